@@ -1,0 +1,3 @@
+from sfs.cli import main
+
+main()

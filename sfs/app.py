@@ -1,0 +1,246 @@
+"""The three jobs of sfs as coroutines: serve, receive, send.
+
+The CLI and the tests call these.  They wire the pieces together: the signaling
+client finds the peer, :mod:`sfs.peer.crypto` agrees on keys through it, the sealed
+offer/answer set up the aiortc connection, and :mod:`sfs.peer.transfer` moves the
+files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sfs.code import Code, new_secret
+from sfs.errors import DiskError, SignalingError, WrongCodeError
+from sfs.peer.connection import DataChannelLink, PeerLink, check_local_addresses
+from sfs.peer.crypto import (
+    FRAME_OVERHEAD_BYTES,
+    KeyExchange,
+    SessionKeys,
+    open_message,
+    seal_message,
+)
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, Offer, Role, TransferProtocol
+from sfs.peer.transfer import (
+    Progress,
+    TransferResult,
+    inspect_sources,
+    receive_files,
+    send_files,
+)
+from sfs.signal.client import SignalClient
+from sfs.signal.messages import IceServer
+from sfs.signal.server import ServerConfig, run_server
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVER_URL = "http://localhost:5000"
+#: How long to wait for each step of the other side during set-up.
+SIGNALING_TIMEOUT_SECONDS = 30.0
+#: How long ICE + DTLS + SCTP may take once the offer and answer are exchanged.
+CONNECT_TIMEOUT_SECONDS = 30.0
+#: After its last acknowledgement, the receiver waits this long for the sender to
+#: close, so that acknowledgement is not lost with a connection torn down too early.
+CLOSE_GRACE_SECONDS = 5.0
+
+
+class Ui(Protocol):
+    """What the user sees and answers; the CLI implements it with click and tqdm."""
+
+    def status(self, message: str) -> None: ...
+    def show_code(self, code: str) -> None: ...
+    def progress(self) -> Progress: ...
+    async def decide(self, offer: Offer) -> bool: ...
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    """Options both peers share.
+
+    :param ice_servers: STUN/TURN servers; ``None`` means those the server recommends.
+    :param ice_addresses: restrict ICE host candidates to these local addresses.
+    """
+
+    server_url: str = DEFAULT_SERVER_URL
+    ice_servers: tuple[IceServer, ...] | None = None
+    ice_addresses: tuple[str, ...] = ()
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    code: Code
+    paths: tuple[Path, ...]
+    peer: PeerOptions = PeerOptions()
+    chunk_size: int = DEFAULT_CHUNK_BYTES
+    sender_name: str = ""
+
+
+@dataclass(frozen=True)
+class ReceiveConfig:
+    output_dir: Path = Path(".")
+    overwrite: bool = False
+    peer: PeerOptions = PeerOptions()
+
+
+async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
+    """Run the signaling server until cancelled."""
+    await run_server(config, ready=ready)
+
+
+async def send(config: SendConfig, ui: Ui) -> TransferResult:
+    """Send files to the receiver that printed ``config.code``."""
+    sources = inspect_sources(list(config.paths))  # fail before contacting anyone
+    addresses = check_local_addresses(config.peer.ice_addresses)
+    partner = config.code.peer_id
+    async with SignalClient(config.peer.server_url) as signal:
+        _, server_ice = await signal.register()
+        await signal.call("find_peer", {"peer_id": partner})
+        await signal.call("send_connection_request", {"peer_id": partner})
+        ui.status(f"Connecting to {partner}…")
+        await _expect(signal, "connection_accepted", partner)
+        exchange = KeyExchange(
+            role="sender", password=config.code.secret.encode(), receiver_id=partner
+        )
+        keys = await _exchange_keys(signal, exchange, partner)
+        ice = server_ice if config.peer.ice_servers is None else config.peer.ice_servers
+        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
+            offer = await link.create_offer()
+            await _send_sealed(signal, "offer", offer, keys, partner)
+            answer = _open_sealed(await _expect(signal, "answer", partner), "answer", keys)
+            await link.accept_answer(answer)
+            channel = await _open(link, signal, config.peer)
+            proto = TransferProtocol(Role.SENDER, keys)
+            chunk_size = min(config.chunk_size, channel.max_message_size - FRAME_OVERHEAD_BYTES)
+            if chunk_size < config.chunk_size:
+                logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
+            # Having received the last message (the final acknowledgement), the sender
+            # closes first; see CLOSE_GRACE_SECONDS.
+            return await send_files(
+                channel,
+                proto,
+                sources,
+                sender=config.sender_name,
+                chunk_size=chunk_size,
+                progress=ui.progress(),
+                on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
+            )
+
+
+async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
+    """Get a code from the server, show it, and receive what the sender offers."""
+    if not config.output_dir.is_dir():
+        raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
+    addresses = check_local_addresses(config.peer.ice_addresses)
+    async with SignalClient(config.peer.server_url) as signal:
+        peer_id, server_ice = await signal.register()
+        code = Code(peer_id, new_secret())
+        ui.show_code(str(code))
+        _, request = await signal.expect("connection_request")
+        partner = _field(request, "peer_id")
+        await signal.call("accept_connection", {"peer_id": partner})
+        exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
+        del code  # the secret is not needed past this point
+        keys = await _exchange_keys(signal, exchange, partner)
+        sealed_offer = await _expect(signal, "offer", partner)
+        try:
+            offer = _open_sealed(sealed_offer, "offer", keys)
+        except WrongCodeError:
+            # Tell the sender, then end: this code has had its one try.
+            try:
+                await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
+            except SignalingError:
+                logger.debug("could not tell the sender about the wrong code", exc_info=True)
+            raise
+        ice = server_ice if config.peer.ice_servers is None else config.peer.ice_servers
+        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
+            answer = await link.answer_offer(offer)
+            await _send_sealed(signal, "answer", answer, keys, partner)
+            channel = await _open(link, signal, config.peer)
+            proto = TransferProtocol(Role.RECEIVER, keys)
+            result = await receive_files(
+                channel,
+                proto,
+                output_dir=config.output_dir,
+                overwrite=config.overwrite,
+                decide=ui.decide,
+                progress=ui.progress(),
+            )
+            await channel.wait_closed(CLOSE_GRACE_SECONDS)
+            return result
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+async def _open(link: PeerLink, signal: SignalClient, options: PeerOptions) -> DataChannelLink:
+    channel = await link.open(options.connect_timeout)
+    # From here on the peers talk directly; the server is no longer needed (and a
+    # server that goes away now cannot disturb the transfer).
+    await signal.leave()
+    return channel
+
+
+async def _expect(signal: SignalClient, event: str, partner: str) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(SIGNALING_TIMEOUT_SECONDS):
+            _, data = await signal.expect(event, partner=partner)
+    except TimeoutError:
+        raise SignalingError(
+            f"the other side did not answer within {SIGNALING_TIMEOUT_SECONDS:.0f} s"
+        ) from None
+    return data
+
+
+async def _exchange_keys(
+    signal: SignalClient, exchange: KeyExchange, partner: str
+) -> SessionKeys:
+    await signal.call(
+        "send_public_key",
+        {"peer_id": partner, "key": base64.b64encode(exchange.message).decode("ascii")},
+    )
+    data = await _expect(signal, "receive_public_key", partner)
+    return exchange.finish(_b64_field(data, "key"))
+
+
+async def _send_sealed(
+    signal: SignalClient, kind: str, description: dict[str, str], keys: SessionKeys, partner: str
+) -> None:
+    plaintext = json.dumps(description, separators=(",", ":")).encode("utf-8")
+    sealed = seal_message(key=keys.signal_send, kind=kind, plaintext=plaintext)
+    await signal.call(kind, {"peer_id": partner, "sealed": base64.b64encode(sealed).decode()})
+
+
+def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> dict[str, str]:
+    plaintext = open_message(key=keys.signal_receive, kind=kind, sealed=_b64_field(data, "sealed"))
+    try:
+        description = json.loads(plaintext)
+    except ValueError as exc:
+        raise SignalingError(f"the other side sent a malformed {kind}") from exc
+    if not isinstance(description, dict) or not all(
+        isinstance(v, str) for v in description.values()
+    ):
+        raise SignalingError(f"the other side sent a malformed {kind}")
+    return description
+
+
+def _field(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise SignalingError(f"the signaling server sent a message without {key}")
+    return value
+
+
+def _b64_field(data: dict[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(_field(data, key), validate=True)
+    except (binascii.Error, ValueError):
+        raise SignalingError(f"the signaling server sent a malformed {key}") from None

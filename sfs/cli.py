@@ -1,0 +1,388 @@
+"""The ``sfs`` command line: parse, set up logging, run one coroutine, map errors.
+
+This is the only module that prints.  Every :class:`~sfs.errors.SfsError` becomes
+one line on stderr and its exit code; tracebacks only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import re
+import sys
+import threading
+import unicodedata
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from sfs import __version__, app
+from sfs.code import Code, parse_code
+from sfs.errors import SfsError
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Offer
+from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
+from sfs.signal.messages import IceServer, parse_ice_server
+from sfs.signal.server import ServerConfig
+
+T = TypeVar("T")
+EXIT_INTERRUPTED = 130
+_CODE_SHAPE = re.compile(r"^\s*[A-Za-z]{3}-[0-9]{3}-")
+logger = logging.getLogger("sfs.cli")
+
+
+# -- output helpers -----------------------------------------------------------------------
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Text from the peer, made safe for a terminal (no escapes, no bidi tricks)."""
+    clean = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+class TqdmProgress:
+    """A tqdm bar per file, on stderr."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self._quiet = quiet
+        self._bar: tqdm[Any] | None = None
+
+    def start(self, name: str, size: int) -> None:
+        self._bar = tqdm(
+            total=size,
+            desc=_printable(name, 30),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            file=sys.stderr,
+            disable=self._quiet,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class ConsoleUi:
+    """The terminal side of :class:`sfs.app.Ui`."""
+
+    def __init__(self, *, quiet: bool, assume_yes: bool = False) -> None:
+        self.quiet = quiet
+        self.assume_yes = assume_yes
+
+    def status(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def show_code(self, code: str) -> None:
+        click.echo(f"Code: {code}")
+        if not self.quiet:
+            click.echo(
+                f"On the other computer run:  sfs send {code} FILE\n"
+                "(or `sfs send FILE` and type the code at the prompt). Waiting…",
+                err=True,
+            )
+
+    def progress(self) -> Progress:
+        return TqdmProgress(quiet=self.quiet)
+
+    async def decide(self, offer: Offer) -> bool:
+        if len(offer.files) == 1:
+            what = _printable(safe_name(offer.files[0].name))
+        else:
+            what = f"{len(offer.files)} files"
+        sender = f" from {_printable(offer.sender, 40)}" if offer.sender else ""
+        question = f"Receive {what} ({format_size(offer.total_size)}){sender}?"
+        if self.assume_yes:
+            self.status(f"{question} yes (--yes)")
+            return True
+        return await _ask_in_thread(lambda: click.confirm(question, default=False, err=True))
+
+
+async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
+    """Ask on the terminal without blocking the event loop (ICE keeps running).
+
+    A daemon thread, not ``to_thread``: a prompt still waiting when the user presses
+    Ctrl-C must not keep the process alive at exit.
+    """
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bool] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = ask()
+        except (click.Abort, EOFError):
+            result = False
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(result))
+
+    threading.Thread(target=run, name="sfs-prompt", daemon=True).start()
+    return await answer
+
+
+def _final_line(verb: str, result: TransferResult) -> str:
+    if len(result.files) == 1:
+        what = Path(result.files[0]).name
+    else:
+        what = f"{len(result.files)} files"
+    rate = result.total_bytes / result.elapsed
+    return (
+        f"{verb} {what} ({format_size(result.total_bytes)}) "
+        f"in {result.elapsed:.1f} s, {format_size(rate)}/s"
+    )
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    if verbose >= 2 or os.environ.get("SFS_DEBUG") == "1":
+        level = logging.DEBUG
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("sfs").setLevel(level)
+
+
+def _run(coro: Coroutine[Any, Any, T], verbose: int) -> T:
+    try:
+        return asyncio.run(coro)
+    except SfsError as exc:
+        if verbose:
+            logger.exception("details")
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; nothing was left at the destination.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _ice_servers(values: Sequence[str]) -> tuple[IceServer, ...] | None:
+    if not values:
+        return None
+    try:
+        return tuple(parse_ice_server(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ice-server") from None
+
+
+def _ice_addresses(values: Sequence[str]) -> tuple[str, ...]:
+    # The environment variable carries one string: accept commas and spaces in it.
+    return tuple(part for v in values for part in re.split(r"[,\s]+", v) if part)
+
+
+def _peer_options(server: str, ice_server: Sequence[str], ice_address: Sequence[str]) -> Any:
+    return app.PeerOptions(
+        server_url=server,
+        ice_servers=_ice_servers(ice_server),
+        ice_addresses=_ice_addresses(ice_address),
+    )
+
+
+def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `send` and `receive` share."""
+    options = [
+        click.option(
+            "--server",
+            default=app.DEFAULT_SERVER_URL,
+            envvar="SFS_SERVER",
+            show_envvar=True,
+            show_default=True,
+            help="URL of the signaling server (`sfs serve`).",
+        ),
+        click.option(
+            "--ice-server",
+            multiple=True,
+            metavar="URL",
+            help="STUN/TURN server, e.g. stun:host:3478 or turn:USER:PASS@host:3478"
+            "?transport=udp; repeatable. Replaces the servers `sfs serve` recommends.",
+        ),
+        click.option(
+            "--ice-address",
+            multiple=True,
+            metavar="ADDR",
+            envvar="SFS_ICE_ADDRESSES",
+            show_envvar=True,
+            help="Offer only this local address as ICE host candidate (repeatable; "
+            "e.g. a VPN address, or 127.0.0.1 for two peers on one machine).",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
+        click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sfs")
+def main() -> None:
+    """End-to-end-encrypted peer-to-peer file transfer with a one-time code."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", envvar="SFS_HOST", show_envvar=True, show_default=True)
+@click.option(
+    "--port", default=5000, type=click.IntRange(0, 65535), envvar="SFS_PORT", show_envvar=True,
+    show_default=True, help="0 picks a free port (printed at start).",
+)
+@click.option(
+    "--ice-server", multiple=True, metavar="URL",
+    help="STUN/TURN server handed to clients when they register; repeatable.",
+)
+@click.option(
+    "--max-connections", default=10_000, type=click.IntRange(1), show_default=True,
+    help="Refuse clients beyond this many at once.",
+)
+@click.option(
+    "--max-lookups-per-connection", default=10, type=click.IntRange(1), show_default=True,
+    help="Code lookups one client may try before it is refused.",
+)
+@click.option(
+    "--max-lookups-per-address", default=60, type=click.IntRange(1), show_default=True,
+    help="Code lookups per client address per minute.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+def serve(
+    host: str,
+    port: int,
+    ice_server: tuple[str, ...],
+    max_connections: int,
+    max_lookups_per_connection: int,
+    max_lookups_per_address: int,
+    verbose: int,
+) -> None:
+    """Run the signaling server (it never sees file data or keys)."""
+    _setup_logging(verbose)
+    logging.getLogger("sfs.signal").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    config = ServerConfig(
+        host=host,
+        port=port,
+        ice_servers=_ice_servers(ice_server) or (),
+        max_connections=max_connections,
+        max_lookups_per_connection=max_lookups_per_connection,
+        max_lookups_per_address=max_lookups_per_address,
+    )
+
+    try:
+        _run(app.serve(config), verbose)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        sys.exit(3)
+
+
+@main.command()
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+    show_default=True, help="Folder to save into.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
+@click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@peer_options
+def receive(
+    output: Path,
+    overwrite: bool,
+    yes: bool,
+    server: str,
+    ice_server: tuple[str, ...],
+    ice_address: tuple[str, ...],
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Print a one-time code and receive the files sent with it."""
+    _setup_logging(verbose)
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError(
+            "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
+        )
+    config = app.ReceiveConfig(
+        output_dir=output,
+        overwrite=overwrite,
+        peer=_peer_options(server, ice_server, ice_address),
+    )
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes)
+    result = _run(app.receive(config, ui), verbose)
+    click.echo(_final_line("Received", result))
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[CODE] FILE...")
+@click.option(
+    "--chunk-size", type=click.IntRange(1, MAX_CHUNK_BYTES), default=DEFAULT_CHUNK_BYTES,
+    show_default=True, help="Plaintext bytes per message (lowered to the peer's limit).",
+)
+@click.option(
+    "--name", "sender_name", default=None,
+    help="Name shown to the receiver (default: your login name).",
+)
+@peer_options
+def send(
+    args: tuple[str, ...],
+    chunk_size: int,
+    sender_name: str | None,
+    server: str,
+    ice_server: tuple[str, ...],
+    ice_address: tuple[str, ...],
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Send FILE... to the receiver that shows CODE.
+
+    Leave CODE out to type it at a prompt (or pipe it on stdin), so it does not
+    appear in the process list.
+    """
+    _setup_logging(verbose)
+    code, files = _split_code(args)
+    config = app.SendConfig(
+        code=code,
+        paths=tuple(Path(f) for f in files),
+        peer=_peer_options(server, ice_server, ice_address),
+        chunk_size=chunk_size,
+        sender_name=_default_sender() if sender_name is None else sender_name,
+    )
+    result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
+    click.echo(_final_line("Sent", result))
+
+
+def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
+    first = args[0]
+    if len(args) > 1 and _CODE_SHAPE.match(first) and not os.path.exists(first):
+        try:
+            return parse_code(first), args[1:]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="CODE") from None
+    if sys.stdin.isatty():
+        text = click.prompt("Code", err=True)
+    else:
+        text = sys.stdin.readline()
+        if not text.strip():
+            raise click.UsageError("no code given: pass it first, or type or pipe it on stdin")
+    try:
+        return parse_code(text), args
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="CODE") from None
+
+
+def _default_sender() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""

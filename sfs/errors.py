@@ -1,0 +1,125 @@
+"""The one exception hierarchy of sfs.
+
+Every class docstring is written for the person at the terminal: the CLI prints
+``str(exc)`` as one line and exits with ``exc.exit_code``.  Exit codes are part of
+the user interface and are listed in README.md; never reuse or renumber one.
+"""
+
+from __future__ import annotations
+
+
+class SfsError(Exception):
+    """Something went wrong."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "error").strip().splitlines()[0])
+
+
+class ProtocolError(SfsError):
+    """The transfer protocol was violated."""
+
+    exit_code = 13
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something the transfer protocol does not allow."""
+
+
+class CryptoError(SfsError):
+    """A message failed its integrity check: it was damaged or tampered with."""
+
+    exit_code = 12
+
+
+class WrongCodeError(CryptoError):
+    """Wrong code: the two sides did not agree on a key (a typo, or someone interfering).
+    Run `sfs receive` again for a new code."""
+
+    exit_code = 5
+
+
+class IntegrityError(CryptoError):
+    """The received file does not match what the sender sent; it was not kept."""
+
+    exit_code = 12
+
+
+class SignalingError(SfsError):
+    """The signaling server failed or refused the request."""
+
+    exit_code = 3
+
+
+class ServerUnreachableError(SignalingError):
+    """Cannot reach the signaling server."""
+
+    exit_code = 3
+
+
+class CodeNotFoundError(SignalingError):
+    """No receiver is waiting with that code. Check the code, or ask for a new one."""
+
+    exit_code = 4
+
+
+class RoomFullError(SignalingError):
+    """That code is already in use by another transfer. Ask for a new one."""
+
+    exit_code = 4
+
+
+class PeerConnectionError(SfsError):
+    """Could not connect to the other side."""
+
+    exit_code = 8
+
+
+class IceFailedError(PeerConnectionError):
+    """Could not open a direct connection to the other side (ICE failed).
+    Across NATs or firewalls, configure a STUN/TURN server with --ice-server."""
+
+    exit_code = 8
+
+
+class PeerGoneError(PeerConnectionError):
+    """The other side went away before the transfer finished."""
+
+    exit_code = 7
+
+
+class TransferError(SfsError):
+    """The transfer did not complete."""
+
+    exit_code = 1
+
+
+class RejectedError(TransferError):
+    """The receiver declined the transfer."""
+
+    exit_code = 6
+
+
+class CancelledByPeerError(TransferError):
+    """The other side cancelled the transfer."""
+
+    exit_code = 7
+
+
+class SourceError(TransferError):
+    """A file to send is missing or unreadable."""
+
+    exit_code = 9
+
+
+class DestinationExistsError(TransferError):
+    """The destination file already exists; pass --overwrite to replace it."""
+
+    exit_code = 10
+
+
+class DiskError(TransferError):
+    """Cannot write the received file (disk full or not writable)."""
+
+    exit_code = 11

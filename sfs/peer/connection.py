@@ -1,0 +1,301 @@
+"""aiortc glue: the only module that touches RTCPeerConnection and RTCDataChannel.
+
+It turns one aiortc DataChannel into the small :class:`~sfs.peer.transfer.Channel`
+interface, with backpressure through ``bufferedAmountLowThreshold`` and the
+``bufferedamountlow`` event (never sleep-polling), and it controls which ICE
+candidates are gathered: explicit ICE servers only (aiortc's default would contact
+a public STUN server) and, optionally, host candidates restricted to given
+addresses, which also lets two peers meet on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from sfs.errors import IceFailedError, PeerConnectionError, PeerGoneError
+from sfs.signal.messages import IceServer
+
+logger = logging.getLogger(__name__)
+
+#: The backpressure mark: stop queueing new frames while this much is buffered.
+HIGH_WATER_BYTES = 16 * 1024 * 1024
+#: Resume when the buffer drains to this.
+LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
+#: RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB.
+DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
+CHANNEL_LABEL = "sfs"
+_MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
+
+# -- restricting host candidates ----------------------------------------------------------
+
+_host_addresses: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "sfs_host_addresses", default=None
+)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _host_addresses.get()
+    if chosen is None:
+        return list(_original_get_host_addresses(use_ipv4, use_ipv6))
+    return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+# aioice has no option for this; it asks this module-level function during gathering.
+# The context variable keeps the choice per task, so two connections in one process
+# (as in the tests) can use different address sets.
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextmanager
+def _gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
+    token = _host_addresses.set(addresses or None)
+    try:
+        yield
+    finally:
+        _host_addresses.reset(token)
+
+
+def check_local_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``--ice-address`` values: IP literals that this machine can bind.
+
+    :raises PeerConnectionError: with a message naming the bad address.
+    """
+    checked = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            raise PeerConnectionError(f"--ice-address {text!r} is not an IP address") from None
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((str(address), 0))
+            except OSError:
+                raise PeerConnectionError(
+                    f"--ice-address {text!r} is not an address of this machine"
+                ) from None
+        checked.append(str(address))
+    return tuple(checked)
+
+
+def remote_max_message_size(sdp: str) -> int:
+    """The largest message the peer accepts, from its SDP (0 in SDP means no limit)."""
+    match = _MAX_MESSAGE_RE.search(sdp)
+    if match is None:
+        return DEFAULT_REMOTE_MAX_MESSAGE_BYTES
+    value = int(match.group(1))
+    return value if value > 0 else 2**30
+
+
+# -- the DataChannel as a Channel -----------------------------------------------------------
+
+
+class DataChannelLink:
+    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transfer.Channel`."""
+
+    def __init__(self, channel: Any, *, max_message_size: int) -> None:
+        self._channel = channel
+        self.max_message_size = max_message_size
+        self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._closed = asyncio.Event()
+        channel.bufferedAmountLowThreshold = LOW_WATER_BYTES
+        channel.on("message", self._on_message)
+        channel.on("bufferedamountlow", self._drained.set)
+        channel.on("close", self.mark_closed)
+
+    def _on_message(self, message: bytes | str) -> None:
+        # Text messages are not part of the protocol; a bytes-like sentinel makes the
+        # protocol layer reject them like any other malformed frame.
+        self._inbox.put_nowait(message if isinstance(message, bytes) else b"")
+
+    def mark_closed(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._drained.set()
+            self._inbox.put_nowait(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed.is_set() or self._channel.readyState != "open":
+            raise PeerGoneError()
+        self._channel.send(frame)
+        if self._channel.bufferedAmount > HIGH_WATER_BYTES:
+            # The event fires when the amount falls through LOW_WATER_BYTES, which it
+            # must do from here, since nothing awaited between the check and the clear.
+            self._drained.clear()
+            await self._drained.wait()
+            if self._closed.is_set():
+                raise PeerGoneError()
+
+    async def receive(self) -> bytes:
+        item = await self._inbox.get()
+        if item is None:
+            self._inbox.put_nowait(None)  # every later receive() sees the close too
+            raise PeerGoneError()
+        return item
+
+    def poll(self) -> bytes | None:
+        if self._inbox.empty():
+            return None
+        item = self._inbox.get_nowait()
+        if item is None:
+            self._inbox.put_nowait(None)
+            raise PeerGoneError()
+        return item
+
+    async def wait_closed(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._closed.wait()
+        except TimeoutError:
+            logger.debug("the peer did not close the channel within %.0f s", timeout)
+
+
+# -- the peer connection --------------------------------------------------------------------
+
+
+def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[Any]:
+    return [
+        RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+        for s in servers
+    ]
+
+
+class PeerLink:
+    """An RTCPeerConnection with one reliable, ordered DataChannel.
+
+    The sender calls :meth:`create_offer` then :meth:`accept_answer`; the receiver
+    calls :meth:`answer_offer`.  Both then await :meth:`open`.
+    """
+
+    def __init__(self, *, ice_servers: Sequence[IceServer], host_addresses: tuple[str, ...]):
+        # An explicit, possibly empty, list: None would make aiortc use public STUN.
+        config = RTCConfiguration(iceServers=to_rtc_ice_servers(ice_servers))
+        self._pc = RTCPeerConnection(configuration=config)
+        self._host_addresses = host_addresses
+        self._channel: Any = None
+        self._channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._link: DataChannelLink | None = None
+        self._remote_max_message = DEFAULT_REMOTE_MAX_MESSAGE_BYTES
+        self._pc.on("connectionstatechange", self._on_state)
+        self._pc.on("datachannel", self._on_datachannel)
+
+    async def __aenter__(self) -> PeerLink:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pc.close()
+        if self._channel_ready.done() and not self._channel_ready.cancelled():
+            self._channel_ready.exception()  # consumed: a failure was already reported
+        if self._link is not None:
+            self._link.mark_closed()
+
+    def _on_state(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("peer connection state: %s", state)
+        if state in ("failed", "closed"):
+            if not self._channel_ready.done():
+                self._channel_ready.set_exception(IceFailedError())
+            if self._link is not None:
+                self._link.mark_closed()
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != CHANNEL_LABEL or self._channel is not None:
+            logger.debug("ignoring unexpected data channel %r", channel.label)
+            return
+        self._watch(channel)
+
+    def _watch(self, channel: Any) -> None:
+        # Wrap the channel at once: a message that arrived before the wrapper's
+        # handler was attached would be lost.
+        self._channel = channel
+        self._link = DataChannelLink(channel, max_message_size=self._remote_max_message)
+
+        def opened() -> None:
+            if not self._channel_ready.done():
+                self._channel_ready.set_result(channel)
+
+        if channel.readyState == "open":
+            opened()
+        channel.on("open", opened)
+
+    async def create_offer(self) -> dict[str, str]:
+        self._watch(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
+        offer = await self._pc.createOffer()
+        with _gathering_on(self._host_addresses):
+            await self._pc.setLocalDescription(offer)
+        return self._local_description()
+
+    async def answer_offer(self, offer: dict[str, str]) -> dict[str, str]:
+        await self._set_remote(offer, "offer")
+        answer = await self._pc.createAnswer()
+        with _gathering_on(self._host_addresses):
+            await self._pc.setLocalDescription(answer)
+        return self._local_description()
+
+    async def accept_answer(self, answer: dict[str, str]) -> None:
+        await self._set_remote(answer, "answer")
+
+    async def _set_remote(self, description: dict[str, str], kind: str) -> None:
+        sdp = description.get("sdp")
+        if description.get("type") != kind or not isinstance(sdp, str):
+            raise PeerConnectionError(f"the other side sent a malformed {kind}")
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise PeerConnectionError(f"the other side's {kind} is not usable: {exc}") from exc
+        self._remote_max_message = remote_max_message_size(sdp)
+        if self._link is not None:
+            self._link.max_message_size = self._remote_max_message
+
+    def _local_description(self) -> dict[str, str]:
+        desc = self._pc.localDescription
+        return {"type": desc.type, "sdp": desc.sdp}
+
+    async def open(self, timeout: float) -> DataChannelLink:
+        """Wait until the DataChannel is open.
+
+        :raises IceFailedError: no connection within ``timeout`` seconds, or ICE failed.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                channel = await self._channel_ready
+        except TimeoutError:
+            raise IceFailedError(
+                f"no direct connection within {timeout:.0f} s (ICE failed). Across NATs or "
+                "firewalls, configure a STUN/TURN server with --ice-server."
+            ) from None
+        assert self._link is not None
+        if channel.readyState != "open":
+            self._link.mark_closed()
+        return self._link

@@ -1,0 +1,251 @@
+"""All of sfs's cryptography, as small pure functions and two tiny stateful classes.
+
+Key agreement (SPAKE2 over Ed25519, the ``spake2`` package, as in magic-wormhole)
+runs between the two peers only; the signaling server relays its messages and
+learns nothing it could use to test a guess offline.  The SPAKE2 identities bind
+the receiver's peer ID, so a server that pairs the sender with another peer than
+the one asked for produces different keys and the exchange fails.
+
+From the 32-byte SPAKE2 key, HKDF-SHA256 derives one key per purpose and per
+direction (``INFO_*`` labels), so no two uses ever share a key:
+
+* signaling, sender -> receiver and receiver -> sender (SDP offer/answer, ICE);
+* data, sender -> receiver (metadata, chunks, completion);
+* control, receiver -> sender (accept/reject, acknowledgements);
+* a verification string that users may compare out of band.
+
+Frames on the DataChannel are ``[12-byte nonce][AES-256-GCM ciphertext + tag]``.
+The nonce is also the frame header: ``version(1) | type(1) | zero(2) | counter(8)``.
+It is passed as associated data as well, so the frame type and the per-direction
+counter are authenticated; a receiver accepts only the next counter, so frames
+cannot be reordered, replayed, dropped or swapped between types unnoticed.
+Signaling messages use random nonces instead (a malicious or merely slow server
+may reorder harmless ICE candidates), with the message kind in the associated data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.ed25519_basic import NotOnCurve
+from spake2.spake2 import SPAKEError
+
+from sfs.errors import CryptoError, WrongCodeError
+
+PROTOCOL_VERSION = 1
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+FRAME_OVERHEAD_BYTES = NONCE_BYTES + TAG_BYTES
+MAX_COUNTER = 2**64 - 1
+
+_SPAKE2_ID_SENDER = b"sfs/1 sender"
+_SPAKE2_ID_RECEIVER_PREFIX = b"sfs/1 receiver "
+
+INFO_SIGNAL_SENDER = b"sfs/1 signaling sender->receiver"
+INFO_SIGNAL_RECEIVER = b"sfs/1 signaling receiver->sender"
+INFO_DATA_SENDER = b"sfs/1 data sender->receiver"
+INFO_CONTROL_RECEIVER = b"sfs/1 control receiver->sender"
+INFO_VERIFY = b"sfs/1 verification"
+
+_HEADER = struct.Struct(">BBHQ")  # version, frame type, reserved, counter
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """The keys of one transfer session, as seen from one side.
+
+    ``*_send`` keys seal what this side sends, ``*_receive`` keys open what it receives.
+    """
+
+    signal_send: bytes
+    signal_receive: bytes
+    frame_send: bytes
+    frame_receive: bytes
+    verifier: str
+
+    def __repr__(self) -> str:  # never let a key reach a log line or traceback
+        return "SessionKeys(<redacted>)"
+
+
+class KeyExchange:
+    """One side of the SPAKE2 exchange on the secret part of the code.
+
+    :param role: ``"sender"`` (SPAKE2 side A) or ``"receiver"`` (side B).
+    :param password: the secret words of the code, e.g. ``b"tiger-lamp"``.
+    :param receiver_id: the receiver's peer ID, e.g. ``"ABC-123"``.
+    :param entropy: randomness source; only known-answer tests pass their own.
+    """
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        password: bytes,
+        receiver_id: str,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if role not in ("sender", "receiver"):
+            raise ValueError(f"unknown role {role!r}")
+        self.role = role
+        self._receiver_id = receiver_id
+        id_b = _SPAKE2_ID_RECEIVER_PREFIX + receiver_id.encode("ascii")
+        cls = SPAKE2_A if role == "sender" else SPAKE2_B
+        self._spake = cls(password, idA=_SPAKE2_ID_SENDER, idB=id_b, entropy_f=entropy)
+        self._message: bytes = self._spake.start()
+
+    @property
+    def message(self) -> bytes:
+        """The message to hand to the other side (via ``send_public_key``)."""
+        return self._message
+
+    def finish(self, peer_message: bytes) -> SessionKeys:
+        """Combine the other side's message into this side's session keys.
+
+        A wrong code is not detected here (SPAKE2 cannot tell); it shows up when the
+        first sealed message fails to open.
+        """
+        try:
+            pake_key: bytes = self._spake.finish(peer_message)
+        except (SPAKEError, NotOnCurve, ValueError, TypeError) as exc:
+            raise WrongCodeError("the other side's key exchange message is invalid") from exc
+        return derive_keys(
+            pake_key=pake_key,
+            transcript=self._receiver_id.encode("ascii"),
+            role=self.role,
+        )
+
+
+def _hkdf(*, pake_key: bytes, transcript: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=transcript, info=info).derive(
+        pake_key
+    )
+
+
+def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys:
+    """Derive one key per purpose and direction from the SPAKE2 key.
+
+    :param transcript: context both sides agree on (the receiver's peer ID); HKDF salt.
+    :param role: ``"sender"`` or ``"receiver"``: decides which keys send and which receive.
+    """
+    keys = {
+        info: _hkdf(pake_key=pake_key, transcript=transcript, info=info)
+        for info in (
+            INFO_SIGNAL_SENDER,
+            INFO_SIGNAL_RECEIVER,
+            INFO_DATA_SENDER,
+            INFO_CONTROL_RECEIVER,
+            INFO_VERIFY,
+        )
+    }
+    verifier = format_verifier(keys[INFO_VERIFY])
+    if role == "sender":
+        return SessionKeys(
+            keys[INFO_SIGNAL_SENDER],
+            keys[INFO_SIGNAL_RECEIVER],
+            keys[INFO_DATA_SENDER],
+            keys[INFO_CONTROL_RECEIVER],
+            verifier,
+        )
+    if role == "receiver":
+        return SessionKeys(
+            keys[INFO_SIGNAL_RECEIVER],
+            keys[INFO_SIGNAL_SENDER],
+            keys[INFO_CONTROL_RECEIVER],
+            keys[INFO_DATA_SENDER],
+            verifier,
+        )
+    raise ValueError(f"unknown role {role!r}")
+
+
+def format_verifier(material: bytes) -> str:
+    """A short string both sides can read aloud to compare: ``"1a2b-3c4d-5e6f"``."""
+    digest = material[:6].hex()
+    return "-".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+
+# -- signaling messages -------------------------------------------------------------------
+
+
+def seal_message(*, key: bytes, kind: str, plaintext: bytes) -> bytes:
+    """Seal one signaling message (offer, answer, ICE candidate) with a random nonce."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, _signal_aad(kind))
+
+
+def open_message(*, key: bytes, kind: str, sealed: bytes) -> bytes:
+    """Open a sealed signaling message; :class:`WrongCodeError` if it does not authenticate.
+
+    A message sealed under another key means the two sides derived different keys
+    from the code: a typo, a guess, or a server in the middle.  All look the same.
+    """
+    if len(sealed) < FRAME_OVERHEAD_BYTES:
+        raise WrongCodeError()
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _signal_aad(kind))
+    except InvalidTag as exc:
+        raise WrongCodeError() from exc
+
+
+def _signal_aad(kind: str) -> bytes:
+    return b"sfs/1 signal " + kind.encode("ascii")
+
+
+# -- DataChannel frames -------------------------------------------------------------------
+
+
+class FrameSealer:
+    """Seals the frames of one direction, numbering them 0, 1, 2, …"""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._counter = 0
+
+    def seal(self, frame_type: int, payload: bytes | memoryview) -> bytes:
+        if self._counter > MAX_COUNTER:
+            raise CryptoError("too many frames for one session")
+        header = _HEADER.pack(PROTOCOL_VERSION, frame_type, 0, self._counter)
+        self._counter += 1
+        return header + self._aead.encrypt(header, payload, header)
+
+
+class FrameOpener:
+    """Opens the frames of one direction, accepting only the next counter."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+        self._counter = 0
+
+    def open(self, frame: bytes) -> tuple[int, bytes]:
+        """Return ``(frame_type, payload)``; raise :class:`CryptoError` on any mismatch."""
+        if len(frame) < FRAME_OVERHEAD_BYTES:
+            raise CryptoError(f"frame too short ({len(frame)} bytes)")
+        version, frame_type, reserved, counter = _HEADER.unpack_from(frame)
+        if version != PROTOCOL_VERSION or reserved != 0:
+            raise CryptoError(f"unsupported frame version {version}")
+        if counter != self._counter:
+            raise CryptoError(
+                f"frame {counter} arrived where frame {self._counter} was due"
+                " (reordered, replayed or dropped)"
+            )
+        header = frame[:NONCE_BYTES]
+        try:
+            payload = self._aead.decrypt(header, frame[NONCE_BYTES:], header)
+        except InvalidTag as exc:
+            raise CryptoError("a frame failed its integrity check (tampered or damaged)") from exc
+        self._counter += 1
+        return frame_type, payload
+
+
+def digests_equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison for digests and other secrets."""
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,410 @@
+"""The sfs transfer protocol, sans I/O.
+
+Wire format (docs/PROTOCOL.md has the full text).  Every DataChannel message is one
+frame, sealed by :mod:`sfs.peer.crypto`::
+
+    [12-byte nonce = version(1) | type(1) | 0(2) | counter(8)] [AES-256-GCM ciphertext + tag]
+
+The type lives in the authenticated nonce, so chunk frames carry the raw file bytes
+and nothing else.  Control payloads are UTF-8 JSON objects.  Each direction has its
+own key and its own counter, starting at 0.
+
+    sender -> receiver              receiver -> sender
+    OFFER {v, sender, files, chunk_size}
+                                    ACCEPT {}  |  REJECT {reason}
+    per file, in order:
+      CHUNK <bytes> ...  (exactly `size` bytes in all)
+      FILE_DONE <32-byte SHA-256 of the file>
+                                    FILE_ACK <empty>  (after the file is verified and in place)
+    either side, at any time:  CANCEL {reason}
+
+States::
+
+    sender:   IDLE -OFFER-> OFFERED -ACCEPT-> SENDING -last FILE_DONE-> AWAITING_ACKS
+              -last FILE_ACK-> DONE
+    receiver: IDLE -OFFER-> DECIDING -ACCEPT-> RECEIVING -last FILE_ACK-> DONE
+    both:     REJECT or CANCEL (sent or received) -> CLOSED
+
+The sender reports success only after the last FILE_ACK, so the receiver has checked
+the file's SHA-256 and renamed it into place.  DataChannel messages keep their
+boundaries, so :meth:`TransferProtocol.receive` takes one whole frame and returns one
+event (there is no byte stream to reassemble as in h11).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sfs.errors import ProtocolError, RemoteProtocolError
+from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: The largest DataChannel message aiortc and browsers accept (a=max-message-size).
+MAX_MESSAGE_BYTES = 262_144
+MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
+DEFAULT_CHUNK_BYTES = 16 * 1024
+MAX_CONTROL_BYTES = 64 * 1024
+MAX_FILES = 1000
+#: Offered names longer than this are refused outright; shorter ones are later cut
+#: down to a safe local name (see transfer.safe_name).
+MAX_OFFERED_NAME_CHARS = 4096
+MAX_SENDER_NAME_CHARS = 64
+MAX_REASON_CHARS = 200
+MAX_FILE_BYTES = 2**63 - 1
+SHA256_BYTES = 32
+
+
+class FrameType(enum.IntEnum):
+    OFFER = 1
+    ACCEPT = 2
+    REJECT = 3
+    CHUNK = 4
+    FILE_DONE = 5
+    FILE_ACK = 6
+    CANCEL = 7
+
+
+class Role(enum.Enum):
+    SENDER = "sender"
+    RECEIVER = "receiver"
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    OFFERED = "offered"
+    DECIDING = "deciding"
+    SENDING = "sending"
+    RECEIVING = "receiving"
+    AWAITING_ACKS = "awaiting_acks"
+    DONE = "done"
+    CLOSED = "closed"
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    size: int
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Offer:
+    files: tuple[FileInfo, ...]
+    sender: str = ""
+    chunk_size: int = DEFAULT_CHUNK_BYTES
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Accept:
+    pass
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str = "declined"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class FileDone:
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class FileAck:
+    pass
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str = "cancelled"
+
+
+Event = Offer | Accept | Reject | Chunk | FileDone | FileAck | Cancel
+
+
+# -- payload codecs -----------------------------------------------------------------------
+
+
+def _encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _decode_json(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise RemoteProtocolError(f"control frame too large ({len(payload)} bytes)")
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError("control frame is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("control frame is not a JSON object")
+    return obj
+
+
+def _int_field(obj: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = obj.get(key)
+    # bool is an int subclass: refuse it explicitly.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RemoteProtocolError(f"field {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _str_field(obj: dict[str, Any], key: str, max_chars: int, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_chars} chars")
+    return value
+
+
+def encode_offer(offer: Offer) -> bytes:
+    return _encode_json(
+        {
+            "v": PROTOCOL_VERSION,
+            "sender": offer.sender,
+            "chunk_size": offer.chunk_size,
+            "files": [
+                {"name": f.name, "size": f.size, "mtime_ns": f.mtime_ns} for f in offer.files
+            ],
+        }
+    )
+
+
+def decode_offer(payload: bytes) -> Offer:
+    obj = _decode_json(payload)
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1")
+    files_obj = obj.get("files")
+    if not isinstance(files_obj, list) or not 1 <= len(files_obj) <= MAX_FILES:
+        raise RemoteProtocolError(f"an offer lists 1 to {MAX_FILES} files")
+    files = []
+    for entry in files_obj:
+        if not isinstance(entry, dict):
+            raise RemoteProtocolError("a file entry is not a JSON object")
+        files.append(
+            FileInfo(
+                name=_str_field(entry, "name", MAX_OFFERED_NAME_CHARS),
+                size=_int_field(entry, "size", 0, MAX_FILE_BYTES),
+                mtime_ns=_int_field(entry, "mtime_ns", -(2**63), 2**63 - 1),
+            )
+        )
+    return Offer(
+        files=tuple(files),
+        sender=_str_field(obj, "sender", MAX_SENDER_NAME_CHARS, ""),
+        chunk_size=_int_field(obj, "chunk_size", 1, MAX_CHUNK_BYTES),
+    )
+
+
+# -- the state machine ----------------------------------------------------------------------
+
+
+class TransferProtocol:
+    """One side of a transfer: turns events into sealed frames and frames into events.
+
+    :param role: which side this is.
+    :param keys: the session keys from the key exchange.
+    :param max_frame_bytes: the largest frame this side accepts (its advertised
+        max-message-size).
+    """
+
+    def __init__(
+        self, role: Role, keys: SessionKeys, *, max_frame_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        self.role = role
+        self.state = State.IDLE
+        self.offer: Offer | None = None
+        self._sealer = FrameSealer(keys.frame_send)
+        self._opener = FrameOpener(keys.frame_receive)
+        self._max_frame_bytes = max_frame_bytes
+        self._file_index = 0  # the file whose bytes are moving now
+        self._file_remaining = 0
+        self._acked = 0  # files the receiver has acknowledged
+
+    # -- public API --
+
+    @property
+    def file_index(self) -> int:
+        return self._file_index
+
+    def send(self, event: Event) -> bytes:
+        """Return the sealed frame for ``event``; :class:`ProtocolError` if not allowed now."""
+        if isinstance(event, Chunk):  # the hot path first
+            return self._send_chunk(event.data)
+        if isinstance(event, Cancel):
+            self._require(self.state is not State.CLOSED, event)
+            self._set_state(State.CLOSED)
+            return self._seal(FrameType.CANCEL, _encode_json({"reason": event.reason}))
+        if self.role is Role.SENDER:
+            return self._sender_send(event)
+        return self._receiver_send(event)
+
+    def receive(self, frame: bytes) -> Event:
+        """Open one frame from the peer and return its event.
+
+        :raises CryptoError: the frame is forged, damaged, reordered or replayed.
+        :raises RemoteProtocolError: the frame is well sealed but not allowed here.
+        """
+        if self.state is State.CLOSED:
+            raise RemoteProtocolError("frame received after the transfer was closed")
+        if len(frame) > self._max_frame_bytes:
+            raise RemoteProtocolError(
+                f"frame of {len(frame)} bytes exceeds the limit of {self._max_frame_bytes}"
+            )
+        frame_type, payload = self._opener.open(frame)
+        try:
+            kind = FrameType(frame_type)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown frame type {frame_type}") from None
+        if kind is FrameType.CANCEL:
+            reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "cancelled")
+            self._set_state(State.CLOSED)
+            return Cancel(reason)
+        if self.role is Role.SENDER:
+            return self._sender_receive(kind, payload)
+        return self._receiver_receive(kind, payload)
+
+    # -- sender side --
+
+    def _sender_send(self, event: Event) -> bytes:
+        if isinstance(event, Offer):
+            self._require(self.state is State.IDLE, event)
+            if not 1 <= len(event.files) <= MAX_FILES:
+                raise ProtocolError(f"an offer lists 1 to {MAX_FILES} files")
+            if not 1 <= event.chunk_size <= MAX_CHUNK_BYTES:
+                raise ProtocolError(f"chunk size must be 1 to {MAX_CHUNK_BYTES} bytes")
+            self.offer = event
+            self._set_state(State.OFFERED)
+            return self._seal(FrameType.OFFER, encode_offer(event))
+        if isinstance(event, FileDone):
+            self._require(self.state is State.SENDING and self._file_remaining == 0, event)
+            if len(event.sha256) != SHA256_BYTES:
+                raise ProtocolError("FILE_DONE carries a 32-byte SHA-256")
+            frame = self._seal(FrameType.FILE_DONE, event.sha256)
+            self._next_file()
+            return frame
+        raise ProtocolError(f"a sender cannot send {type(event).__name__}")
+
+    def _send_chunk(self, data: bytes | memoryview) -> bytes:
+        if self.role is not Role.SENDER or self.state is not State.SENDING:
+            raise ProtocolError(f"cannot send a chunk in state {self.state.value}")
+        assert self.offer is not None
+        if not 0 < len(data) <= min(self._file_remaining, self.offer.chunk_size):
+            raise ProtocolError(
+                f"chunk of {len(data)} bytes does not fit ({self._file_remaining} bytes left, "
+                f"chunk size {self.offer.chunk_size})"
+            )
+        self._file_remaining -= len(data)
+        return self._sealer.seal(FrameType.CHUNK, data)
+
+    def _sender_receive(self, kind: FrameType, payload: bytes) -> Event:
+        if kind is FrameType.ACCEPT and self.state is State.OFFERED:
+            _decode_json(payload)
+            self._file_index = -1
+            self._next_file()
+            return Accept()
+        if kind is FrameType.REJECT and self.state is State.OFFERED:
+            reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "declined")
+            self._set_state(State.CLOSED)
+            return Reject(reason)
+        if kind is FrameType.FILE_ACK and self.state in (State.SENDING, State.AWAITING_ACKS):
+            if payload or self._acked >= self._file_index:
+                raise RemoteProtocolError("acknowledgement for a file that was not sent")
+            self._acked += 1
+            assert self.offer is not None
+            if self._acked == len(self.offer.files):
+                self._set_state(State.DONE)
+            return FileAck()
+        raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
+
+    # -- receiver side --
+
+    def _receiver_send(self, event: Event) -> bytes:
+        if isinstance(event, Accept):
+            self._require(self.state is State.DECIDING, event)
+            self._file_index = -1
+            self._next_file()
+            return self._seal(FrameType.ACCEPT, _encode_json({}))
+        if isinstance(event, Reject):
+            self._require(self.state is State.DECIDING, event)
+            self._set_state(State.CLOSED)
+            return self._seal(FrameType.REJECT, _encode_json({"reason": event.reason}))
+        if isinstance(event, FileAck):
+            self._require(
+                self.state in (State.RECEIVING, State.AWAITING_ACKS)
+                and self._acked < self._file_index,
+                event,
+            )
+            self._acked += 1
+            assert self.offer is not None
+            if self._acked == len(self.offer.files):
+                self._set_state(State.DONE)
+            return self._seal(FrameType.FILE_ACK, b"")
+        raise ProtocolError(f"a receiver cannot send {type(event).__name__}")
+
+    def _receiver_receive(self, kind: FrameType, payload: bytes) -> Event:
+        if kind is FrameType.CHUNK and self.state is State.RECEIVING:
+            assert self.offer is not None
+            if not payload:
+                raise RemoteProtocolError("empty chunk")
+            if len(payload) > self._file_remaining:
+                raise RemoteProtocolError("the sender sent more bytes than it declared")
+            if len(payload) > self.offer.chunk_size:
+                raise RemoteProtocolError("chunk larger than the announced chunk size")
+            self._file_remaining -= len(payload)
+            return Chunk(payload)
+        if kind is FrameType.FILE_DONE and self.state is State.RECEIVING:
+            if self._file_remaining:
+                raise RemoteProtocolError(
+                    f"file ended {self._file_remaining} bytes short of its declared size"
+                )
+            if len(payload) != SHA256_BYTES:
+                raise RemoteProtocolError("FILE_DONE must carry a 32-byte SHA-256")
+            self._next_file()
+            return FileDone(payload)
+        if kind is FrameType.OFFER and self.state is State.IDLE:
+            self.offer = decode_offer(payload)
+            self._set_state(State.DECIDING)
+            return self.offer
+        raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
+
+    # -- helpers --
+
+    def _next_file(self) -> None:
+        assert self.offer is not None
+        self._file_index += 1
+        if self._file_index < len(self.offer.files):
+            self._file_remaining = self.offer.files[self._file_index].size
+            self._set_state(State.SENDING if self.role is Role.SENDER else State.RECEIVING)
+        else:
+            self._file_remaining = 0
+            self._set_state(State.AWAITING_ACKS)
+
+    def _seal(self, kind: FrameType, payload: bytes) -> bytes:
+        return self._sealer.seal(kind, payload)
+
+    def _require(self, allowed: bool, event: Event) -> None:
+        if not allowed:
+            raise ProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
+
+    def _set_state(self, new: State) -> None:
+        if new is not self.state:
+            logger.debug("%s: %s -> %s", self.role.value, self.state.value, new.value)
+            self.state = new

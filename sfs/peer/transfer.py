@@ -1,0 +1,484 @@
+"""Moving files over an abstract message channel: reading, hashing, safe writing.
+
+This layer drives :class:`~sfs.peer.protocol.TransferProtocol` and does the file I/O.
+It knows nothing of WebRTC: anything with the :class:`Channel` methods will do, which
+is how the unit tests run it over a pair of in-memory queues.
+
+Writing is careful: bytes go to ``NAME.part`` in the output folder, the SHA-256 is
+checked, the data is fsynced, and only then does the file appear at its final name,
+without ever replacing an existing file unless the user asked for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import time
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from sfs.errors import (
+    CancelledByPeerError,
+    DestinationExistsError,
+    DiskError,
+    IntegrityError,
+    RejectedError,
+    RemoteProtocolError,
+    SfsError,
+    SourceError,
+)
+from sfs.peer.crypto import digests_equal
+from sfs.peer.protocol import (
+    Accept,
+    Cancel,
+    Chunk,
+    Event,
+    FileAck,
+    FileDone,
+    FileInfo,
+    Offer,
+    Reject,
+    State,
+    TransferProtocol,
+)
+
+logger = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+#: Most file systems limit a name to 255 bytes; keep room for the ``.part`` suffix.
+MAX_NAME_BYTES = 255 - len(PART_SUFFIX)
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{p}{i}" for p in ("COM", "LPT") for i in range(10)
+}
+#: File reads happen in a worker thread, this much at a time, to keep the event loop free.
+READ_BLOCK_BYTES = 1024 * 1024
+
+
+class Channel(Protocol):
+    """A reliable, ordered, message-oriented channel to the peer."""
+
+    async def send(self, frame: bytes) -> None:
+        """Send one message, waiting while too much is buffered."""
+
+    async def receive(self) -> bytes:
+        """Wait for the next message; raise PeerGoneError if the channel closed."""
+
+    def poll(self) -> bytes | None:
+        """Return the next message if one is already here, else None."""
+
+
+class Progress(Protocol):
+    def start(self, name: str, size: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, name: str, size: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+# -- names --------------------------------------------------------------------------------
+
+
+def safe_name(offered: str) -> str:
+    """Reduce a name offered by the peer to a plain, harmless file name.
+
+    Only the last path component survives (``/`` and ``\\`` both count), control
+    and invisible formatting characters go (NUL, escapes, bidi overrides), leading
+    dots go (no hidden files such as ``.bashrc``), Windows device names are defused,
+    and the result fits in 255 bytes with the extension kept.
+
+    :raises RemoteProtocolError: nothing usable is left.
+    """
+    name = offered.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
+    name = unicodedata.normalize("NFC", name).strip().lstrip(".").rstrip(". ")
+    if not name:
+        raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
+    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        name = "_" + name
+    encoded = name.encode("utf-8")
+    if len(encoded) > MAX_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
+        suffix = ("." + ext).encode("utf-8") if keep_ext else b""
+        base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
+        name = base.decode("utf-8", errors="ignore") + suffix.decode("utf-8")
+    return name
+
+
+def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> list[Path]:
+    """Choose the final path of every offered file, or refuse before anything is written.
+
+    :raises DestinationExistsError: a destination exists and ``overwrite`` is off.
+    :raises DiskError: the output folder is unusable or has too little free space.
+    """
+    if not output_dir.is_dir():
+        raise DiskError(f"the output folder {str(output_dir)!r} does not exist")
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise DiskError(f"the output folder {str(output_dir)!r} is not writable")
+    paths: list[Path] = []
+    taken: set[str] = set()
+    for info in offer.files:
+        name = safe_name(info.name)
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        n = 1
+        while name.casefold() in taken:  # two offered files that reduce to one name
+            n += 1
+            name = f"{stem} ({n}){dot}{ext}"
+        taken.add(name.casefold())
+        path = output_dir / name
+        # A resolved parent other than the output folder would mean an escape; safe_name
+        # makes that impossible, and this states it where the path is built.
+        if path.parent != output_dir:
+            raise RemoteProtocolError(f"refusing the path {info.name[:80]!r}")
+        if os.path.lexists(path):
+            if not overwrite:
+                raise DestinationExistsError(
+                    f"{str(path)!r} already exists; pass --overwrite to replace it"
+                )
+            if path.is_dir() and not path.is_symlink():
+                raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
+        paths.append(path)
+    free = shutil.disk_usage(output_dir).free
+    if offer.total_size > free:
+        raise DiskError(
+            f"not enough free space in {str(output_dir)!r}: "
+            f"{format_size(offer.total_size)} offered, {format_size(free)} free"
+        )
+    return paths
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+class PartFile:
+    """``NAME.part`` while it is being written; removed unless :meth:`commit` succeeds."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = final.with_name(final.name + PART_SUFFIX)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.part, flags, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise DiskError(f"{str(self.part)!r} is not a regular file")
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from exc
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from exc
+        self._hash.update(data)
+        self.written += len(data)
+
+    async def commit(self, expected_sha256: bytes, *, overwrite: bool) -> None:
+        """Check the hash, make the bytes durable, and move the file to its final name."""
+        if not digests_equal(self._hash.digest(), expected_sha256):
+            raise IntegrityError(
+                f"{self.final.name}: SHA-256 mismatch; the received data was discarded"
+            )
+        try:
+            await asyncio.to_thread(self._flush_and_sync)
+            self._file.close()
+            _place(self.part, self.final, overwrite=overwrite)
+        except OSError as exc:
+            raise _disk_error(exc, self.final) from exc
+
+    def _flush_and_sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self.part)
+        except FileNotFoundError:
+            pass
+
+
+def _place(part: Path, final: Path, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(part, final)
+        return
+    # link() fails if the final name exists, so no file can be replaced even if one
+    # appears while the transfer runs; rename() alone would silently overwrite.
+    try:
+        os.link(part, final, follow_symlinks=False)
+    except FileExistsError:
+        raise DestinationExistsError(
+            f"{str(final)!r} appeared during the transfer; pass --overwrite to replace it"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # File systems without hard links (FAT, some network shares): best effort.
+        if os.path.lexists(final):
+            raise DestinationExistsError(f"{str(final)!r} already exists") from None
+        os.rename(part, final)
+        return
+    os.unlink(part)
+
+
+def _disk_error(exc: OSError, path: Path) -> DiskError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskError(f"disk full while writing {str(path)!r}")
+    return DiskError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+# -- the two sides --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    name: str
+    size: int
+    mtime_ns: int
+
+
+def inspect_sources(paths: list[Path]) -> list[SourceFile]:
+    """Check every file to send before contacting anyone.
+
+    :raises SourceError: a file is missing, not a regular file or unreadable.
+    """
+    sources = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+        except FileNotFoundError:
+            raise SourceError(f"{str(path)!r}: no such file") from None
+        except IsADirectoryError:
+            raise SourceError(f"{str(path)!r} is a folder; sfs sends files") from None
+        except OSError as exc:
+            raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{str(path)!r} is not a regular file")
+        sources.append(SourceFile(path, path.name, st.st_size, st.st_mtime_ns))
+    if not sources:
+        raise SourceError("no file to send")
+    return sources
+
+
+@dataclass
+class TransferResult:
+    """What moved: file names (sender) or final paths (receiver), bytes, seconds."""
+
+    files: list[Path | str] = field(default_factory=list)
+    total_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+
+    def finish(self) -> TransferResult:
+        self.elapsed = max(time.monotonic() - self.started, 1e-6)
+        return self
+
+
+async def _fail(channel: Channel, proto: TransferProtocol, exc: BaseException) -> None:
+    """Tell the peer why we stop, if the protocol still allows a word."""
+    if proto.state in (State.CLOSED, State.DONE):
+        return
+    try:
+        await asyncio.wait_for(channel.send(proto.send(Cancel(cancel_reason(exc)))), 2)
+    except (SfsError, TimeoutError, ConnectionError):
+        logger.debug("could not deliver the cancel frame", exc_info=True)
+
+
+def cancel_reason(exc: BaseException) -> str:
+    """What to tell the peer: the kind of failure, never a local path or detail."""
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (DiskError, "the receiver cannot write the file (disk full or not writable)"),
+        (DestinationExistsError, "the file already exists on the receiving side"),
+        (IntegrityError, "the received data failed its integrity check"),
+        (RemoteProtocolError, "protocol violation"),
+        (SourceError, "the file changed or became unreadable on the sending side"),
+        ((KeyboardInterrupt, asyncio.CancelledError), "cancelled by the user"),
+    ]
+    for kind, reason in reasons:
+        if isinstance(exc, kind):
+            return reason
+    return "the other side hit an error"
+
+
+def _peer_stopped(event: Event) -> SfsError:
+    if isinstance(event, Reject):
+        return RejectedError(f"the receiver declined the transfer ({event.reason})")
+    if isinstance(event, Cancel):
+        return CancelledByPeerError(f"the other side stopped the transfer: {event.reason}")
+    return RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
+
+
+async def send_files(
+    channel: Channel,
+    proto: TransferProtocol,
+    sources: list[SourceFile],
+    *,
+    sender: str,
+    chunk_size: int,
+    progress: Progress | None = None,
+    on_waiting: Callable[[], None] | None = None,
+) -> TransferResult:
+    """Offer ``sources``, stream them if accepted, and return after the last ack."""
+    progress = progress or NullProgress()
+    result = TransferResult()
+    try:
+        offer = Offer(
+            files=tuple(FileInfo(s.name, s.size, s.mtime_ns) for s in sources),
+            sender=sender,
+            chunk_size=chunk_size,
+        )
+        await channel.send(proto.send(offer))
+        if on_waiting is not None:
+            on_waiting()
+        reply = proto.receive(await channel.receive())
+        if not isinstance(reply, Accept):
+            raise _peer_stopped(reply)
+        result.started = time.monotonic()
+        for source in sources:
+            await _send_one(channel, proto, source, chunk_size, progress)
+            result.files.append(source.name)
+            result.total_bytes += source.size
+        while proto.state is not State.DONE:
+            event = proto.receive(await channel.receive())
+            if not isinstance(event, FileAck):
+                raise _peer_stopped(event)
+        return result.finish()
+    except BaseException as exc:
+        await _fail(channel, proto, exc)
+        raise
+
+
+async def _send_one(
+    channel: Channel,
+    proto: TransferProtocol,
+    source: SourceFile,
+    chunk_size: int,
+    progress: Progress,
+) -> None:
+    digest = hashlib.sha256()
+    progress.start(source.name, source.size)
+    try:
+        f = _open_source(source)
+        try:
+            remaining = source.size
+            block_size = max(chunk_size, READ_BLOCK_BYTES // chunk_size * chunk_size)
+            while remaining:
+                block = await asyncio.to_thread(f.read, min(block_size, remaining))
+                if not block:
+                    raise SourceError(f"{source.name} shrank while it was being sent")
+                digest.update(block)
+                remaining -= len(block)
+                view = memoryview(block)
+                for start in range(0, len(block), chunk_size):
+                    data = view[start : start + chunk_size]
+                    await channel.send(proto.send(Chunk(data)))
+                    progress.advance(len(data))
+                _drain_acks(channel, proto)
+            st = os.fstat(f.fileno())
+            if st.st_size != source.size or st.st_mtime_ns != source.mtime_ns:
+                raise SourceError(f"{source.name} changed while it was being sent")
+        finally:
+            f.close()
+        await channel.send(proto.send(FileDone(digest.digest())))
+    finally:
+        progress.finish()
+
+
+def _open_source(source: SourceFile) -> IO[bytes]:
+    try:
+        return open(source.path, "rb")
+    except OSError as exc:
+        raise SourceError(f"cannot read {str(source.path)!r}: {exc.strerror or exc}") from exc
+
+
+def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:
+    """Handle what the receiver sent meanwhile, so a cancel stops us at once."""
+    while (frame := channel.poll()) is not None:
+        event = proto.receive(frame)
+        if not isinstance(event, FileAck):
+            raise _peer_stopped(event)
+
+
+async def receive_files(
+    channel: Channel,
+    proto: TransferProtocol,
+    *,
+    output_dir: Path,
+    overwrite: bool,
+    decide: Callable[[Offer], Awaitable[bool]],
+    progress: Progress | None = None,
+) -> TransferResult:
+    """Wait for an offer, ask ``decide``, then write every file safely."""
+    progress = progress or NullProgress()
+    result = TransferResult()
+    part: PartFile | None = None
+    try:
+        offer = proto.receive(await channel.receive())
+        if not isinstance(offer, Offer):
+            raise _peer_stopped(offer)
+        destinations = plan_destinations(offer, output_dir, overwrite=overwrite)
+        if not await decide(offer):
+            await channel.send(proto.send(Reject("declined by the receiver")))
+            raise RejectedError("you declined the transfer")
+        await channel.send(proto.send(Accept()))
+        result.started = time.monotonic()
+        for info, dest in zip(offer.files, destinations, strict=True):
+            part = PartFile(dest)
+            progress.start(dest.name, info.size)
+            try:
+                while True:
+                    event = proto.receive(await channel.receive())
+                    if isinstance(event, Chunk):
+                        part.write(event.data)
+                        progress.advance(len(event.data))
+                    elif isinstance(event, FileDone):
+                        done = event
+                        break
+                    else:
+                        raise _peer_stopped(event)
+            finally:
+                progress.finish()
+            await part.commit(done.sha256, overwrite=overwrite)
+            part = None
+            result.files.append(dest)
+            result.total_bytes += info.size
+            await channel.send(proto.send(FileAck()))
+        return result.finish()
+    except BaseException as exc:
+        if part is not None:
+            part.discard()
+        await _fail(channel, proto, exc)
+        raise
+
+
+def format_size(n: float) -> str:
+    """``1.2 MB`` style, decimal units as file managers show them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

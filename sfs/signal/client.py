@@ -1,0 +1,161 @@
+"""The signaling client: an async context manager over ``socketio.AsyncClient``.
+
+Requests use Socket.IO acknowledgements, so each call returns the server's answer or
+raises the matching :mod:`sfs.errors` class.  Pushed events land in one queue that
+:meth:`SignalClient.expect` reads in order; a partner that disconnects or aborts
+turns into an exception there, so the caller never waits on a peer that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
+import socketio
+
+from sfs.errors import (
+    CodeNotFoundError,
+    PeerGoneError,
+    RoomFullError,
+    ServerUnreachableError,
+    SignalingError,
+    WrongCodeError,
+)
+from sfs.signal.messages import IceServer
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+CALL_TIMEOUT_SECONDS = 10.0
+#: Server -> client events this client listens for.
+PUSHED_EVENTS = (
+    "peer_found",
+    "connection_request",
+    "connection_accepted",
+    "receive_public_key",
+    "offer",
+    "answer",
+    "ice_candidate",
+    "peer_aborted",
+    "peer_disconnected",
+)
+_DISCONNECTED = "__disconnected__"
+
+
+class SignalClient:
+    """A connection to ``sfs serve``.
+
+    :param url: the server's base URL, e.g. ``http://localhost:5000``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sio = socketio.AsyncClient(reconnection=False)
+        self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._left = False
+        for name in PUSHED_EVENTS:
+            self._sio.on(name, self._handler(name))
+        self._sio.on("disconnect", self._on_disconnect)
+
+    def _handler(self, name: str) -> Any:
+        async def handle(data: Any = None) -> None:
+            if not isinstance(data, dict):
+                logger.debug("dropping malformed %s event", name)
+                return
+            self._events.put_nowait((name, data))
+
+        return handle
+
+    async def _on_disconnect(self, *args: Any) -> None:
+        self._events.put_nowait((_DISCONNECTED, {}))
+
+    async def __aenter__(self) -> SignalClient:
+        try:
+            await self._sio.connect(
+                self.url, transports=["websocket"], wait_timeout=CONNECT_TIMEOUT_SECONDS
+            )
+        except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
+            raise ServerUnreachableError(
+                f"cannot reach the signaling server at {self.url} (is `sfs serve` running? "
+                "see --server / SFS_SERVER)"
+            ) from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.leave()
+
+    async def leave(self) -> None:
+        """Disconnect; later server events are ignored (the transfer no longer needs them)."""
+        if not self._left:
+            self._left = True
+            await self._sio.disconnect()
+
+    async def call(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and return the server's positive answer.
+
+        :raises SignalingError: (or a subclass) when the server refuses.
+        """
+        try:
+            reply = await self._sio.call(event, data, timeout=CALL_TIMEOUT_SECONDS)
+        except socketio.exceptions.TimeoutError:
+            raise SignalingError(f"the signaling server did not answer {event}") from None
+        except socketio.exceptions.BadNamespaceError:
+            raise SignalingError("lost the connection to the signaling server") from None
+        if not isinstance(reply, dict):
+            raise SignalingError(f"the signaling server sent a malformed reply to {event}")
+        if reply.get("ok") is True:
+            return reply
+        error = reply.get("error")
+        if error == "unknown_peer":
+            raise CodeNotFoundError()
+        if error == "busy":
+            raise RoomFullError()
+        if error == "rate_limited":
+            raise SignalingError("too many attempts; the server asks you to wait a while")
+        message = reply.get("message")
+        detail = message if isinstance(message, str) else str(error)
+        raise SignalingError(f"the signaling server refused {event}: {detail[:200]}")
+
+    async def register(self) -> tuple[str, tuple[IceServer, ...]]:
+        """Get a peer ID and the ICE servers that ``sfs serve`` recommends."""
+        reply = await self.call("register_peer", {})
+        peer_id = reply.get("peer_id")
+        if not isinstance(peer_id, str):
+            raise SignalingError("the signaling server sent no peer ID")
+        servers_obj = reply.get("ice_servers", [])
+        try:
+            servers = tuple(IceServer.from_dict(s) for s in servers_obj)
+        except (ValueError, TypeError) as exc:
+            raise SignalingError(f"the signaling server sent bad ICE servers: {exc}") from exc
+        return peer_id, servers
+
+    async def expect(self, *names: str, partner: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Wait for the next of the ``names`` events (from ``partner``, if given).
+
+        :raises PeerGoneError: the partner disconnected from the server.
+        :raises WrongCodeError: the partner aborted because the code did not match.
+        :raises SignalingError: the server connection was lost.
+        """
+        while True:
+            name, data = await self._events.get()
+            if name == _DISCONNECTED:
+                raise SignalingError("lost the connection to the signaling server")
+            if partner is not None and data.get("peer_id") != partner:
+                logger.debug("ignoring %s not from our partner", name)
+                continue
+            if name == "peer_disconnected" and partner is not None:
+                raise PeerGoneError("the other side left before the connection was set up")
+            if name == "peer_aborted":
+                if data.get("reason") == "wrong_code":
+                    raise WrongCodeError()
+                raise PeerGoneError("the other side gave up before the connection was set up")
+            if name in names:
+                return name, data
+            logger.debug("ignoring %s event while waiting for %s", name, names)

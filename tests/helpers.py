@@ -1,0 +1,89 @@
+"""Shared test helpers (no fixtures here; see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+
+from sfs.errors import PeerGoneError
+from sfs.peer.crypto import KeyExchange, SessionKeys
+
+
+def counter_entropy(seed: int) -> Callable[[int], bytes]:
+    """Deterministic 'randomness' for known-answer vectors."""
+    state = hashlib.sha256(seed.to_bytes(4, "big")).digest()
+
+    def entropy(n: int) -> bytes:
+        nonlocal state
+        out = b""
+        while len(out) < n:
+            state = hashlib.sha256(state).digest()
+            out += state
+        return out[:n]
+
+    return entropy
+
+
+def key_pair(
+    password: bytes = b"tiger-lamp",
+    receiver_id: str = "ABC-123",
+    *,
+    sender_password: bytes | None = None,
+    sender_receiver_id: str | None = None,
+) -> tuple[SessionKeys, SessionKeys]:
+    """(sender keys, receiver keys) from a real SPAKE2 run."""
+    sender = KeyExchange(
+        role="sender",
+        password=sender_password or password,
+        receiver_id=sender_receiver_id or receiver_id,
+    )
+    receiver = KeyExchange(role="receiver", password=password, receiver_id=receiver_id)
+    return sender.finish(receiver.message), receiver.finish(sender.message)
+
+
+class QueueChannel:
+    """One end of an in-memory, message-preserving channel pair."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.peer: QueueChannel | None = None
+        self.sent: list[bytes] = []
+        self.tamper: Callable[[int, bytes], bytes | None] | None = None
+
+    async def send(self, frame: bytes) -> None:
+        assert self.peer is not None
+        index = len(self.sent)
+        self.sent.append(frame)
+        if self.tamper is not None:
+            changed = self.tamper(index, frame)
+            if changed is None:
+                return
+            frame = changed
+        self.peer.inbox.put_nowait(frame)
+
+    async def receive(self) -> bytes:
+        item = await self.inbox.get()
+        if item is None:
+            self.inbox.put_nowait(None)
+            raise PeerGoneError()
+        return item
+
+    def poll(self) -> bytes | None:
+        if self.inbox.empty():
+            return None
+        item = self.inbox.get_nowait()
+        if item is None:
+            self.inbox.put_nowait(None)
+            raise PeerGoneError()
+        return item
+
+    def close(self) -> None:
+        assert self.peer is not None
+        self.peer.inbox.put_nowait(None)
+
+
+def channel_pair() -> tuple[QueueChannel, QueueChannel]:
+    a, b = QueueChannel(), QueueChannel()
+    a.peer, b.peer = b, a
+    return a, b

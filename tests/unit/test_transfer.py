@@ -1,0 +1,258 @@
+"""File-level transfer over an in-memory channel pair: names, safe writes, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from sfs.errors import (
+    CancelledByPeerError,
+    CryptoError,
+    DestinationExistsError,
+    DiskError,
+    IntegrityError,
+    PeerGoneError,
+    RejectedError,
+    RemoteProtocolError,
+    SourceError,
+)
+from sfs.peer.protocol import FileInfo, Offer, Role, TransferProtocol
+from sfs.peer.transfer import (
+    PartFile,
+    inspect_sources,
+    plan_destinations,
+    receive_files,
+    safe_name,
+    send_files,
+)
+from tests.helpers import channel_pair, key_pair
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../etc/passwd", "passwd"),
+        ("/etc/shadow", "shadow"),
+        ("..\\..\\windows\\system32\\evil.dll", "evil.dll"),
+        ("a\x00b\x1b[31mc", "ab[31mc"),
+        ("evil\u202etxt.exe", "eviltxt.exe"),
+        (".bashrc", "bashrc"),
+        ("CON", "_CON"),
+        ("lpt1.txt", "_lpt1.txt"),
+        ("trailing. ", "trailing"),
+        ("résumé.pdf", "résumé.pdf"),
+    ],
+)
+def test_safe_name(offered: str, expected: str) -> None:
+    assert safe_name(offered) == expected
+
+
+@pytest.mark.parametrize("offered", ["", ".", "..", "/", "a/", "\x00\x01", "...", " "])
+def test_unusable_names_are_refused(offered: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        safe_name(offered)
+
+
+def test_long_names_are_cut_to_255_bytes_keeping_the_extension() -> None:
+    name = safe_name("é" * 5000 + ".tar.gz")
+    assert len((name + ".part").encode()) <= 255
+    assert name.endswith(".gz")
+    name = safe_name("x" * 10_000)
+    assert len(name.encode()) <= 250
+
+
+def test_plan_refuses_existing_files_unless_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("keep me")
+    offer = Offer(files=(FileInfo("a.txt", 1),))
+    with pytest.raises(DestinationExistsError):
+        plan_destinations(offer, tmp_path, overwrite=False)
+    assert plan_destinations(offer, tmp_path, overwrite=True) == [tmp_path / "a.txt"]
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DestinationExistsError, match="folder"):
+        plan_destinations(Offer(files=(FileInfo("b", 1),)), tmp_path, overwrite=True)
+
+
+def test_plan_counts_dangling_symlinks_as_existing(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DestinationExistsError):
+        plan_destinations(Offer(files=(FileInfo("link", 1),)), tmp_path, overwrite=False)
+
+
+def test_plan_dedupes_names_within_one_offer(tmp_path: Path) -> None:
+    offer = Offer(files=(FileInfo("x/a.txt", 1), FileInfo("y/a.txt", 1), FileInfo("A.txt", 1)))
+    names = [p.name for p in plan_destinations(offer, tmp_path, overwrite=False)]
+    assert names == ["a.txt", "a (2).txt", "A (3).txt"]
+
+
+def test_plan_refuses_more_than_the_free_space(tmp_path: Path) -> None:
+    offer = Offer(files=(FileInfo("huge", 2**62),))
+    with pytest.raises(DiskError, match="not enough free space"):
+        plan_destinations(offer, tmp_path, overwrite=False)
+
+
+def test_part_file_with_wrong_hash_leaves_nothing(tmp_path: Path) -> None:
+    part = PartFile(tmp_path / "f")
+    part.write(b"data")
+    with pytest.raises(IntegrityError):
+        asyncio.run(part.commit(hashlib.sha256(b"other").digest(), overwrite=False))
+    part.discard()
+    assert os.listdir(tmp_path) == []
+
+
+def test_part_file_never_replaces_a_file_that_appeared(tmp_path: Path) -> None:
+    part = PartFile(tmp_path / "f")
+    part.write(b"new")
+    (tmp_path / "f").write_bytes(b"old")
+    with pytest.raises(DestinationExistsError):
+        asyncio.run(part.commit(hashlib.sha256(b"new").digest(), overwrite=False))
+    part.discard()
+    assert (tmp_path / "f").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_inspect_sources(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"12345")
+    (source,) = inspect_sources([tmp_path / "f"])
+    assert (source.name, source.size) == ("f", 5)
+    with pytest.raises(SourceError, match="no such file"):
+        inspect_sources([tmp_path / "missing"])
+    with pytest.raises(SourceError, match="folder"):
+        inspect_sources([tmp_path])
+    unreadable = tmp_path / "secret"
+    unreadable.write_bytes(b"x")
+    unreadable.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        with pytest.raises(SourceError, match="cannot read"):
+            inspect_sources([unreadable])
+
+
+# -- whole transfers over an in-memory channel ---------------------------------------------
+
+
+async def accept(offer: Offer) -> bool:
+    return True
+
+
+async def decline(offer: Offer) -> bool:
+    return False
+
+
+async def run_transfer(
+    tmp_path: Path,
+    contents: dict[str, bytes],
+    *,
+    decide=accept,  # type: ignore[no-untyped-def]
+    chunk_size: int = 7,
+    tamper=None,  # type: ignore[no-untyped-def]
+    overwrite: bool = False,
+) -> tuple[object, object]:
+    src = tmp_path / "src"
+    out = tmp_path / "out"
+    src.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
+    paths = []
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+        paths.append(src / name)
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    a.tamper = tamper
+    sending = send_files(
+        a, TransferProtocol(Role.SENDER, ks), inspect_sources(paths), sender="t", chunk_size=chunk_size
+    )
+    receiving = receive_files(
+        b, TransferProtocol(Role.RECEIVER, kr), output_dir=out, overwrite=overwrite, decide=decide
+    )
+    results = await asyncio.wait_for(
+        asyncio.gather(sending, receiving, return_exceptions=True), timeout=10
+    )
+    return results[0], results[1]
+
+
+async def test_files_of_many_sizes_arrive_intact(tmp_path: Path) -> None:
+    contents = {f"f{n}": os.urandom(n) for n in (0, 1, 6, 7, 8, 100)}
+    sent, received = await run_transfer(tmp_path, contents)
+    assert not isinstance(sent, BaseException), sent
+    assert not isinstance(received, BaseException), received
+    for name, data in contents.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(contents)
+
+
+async def test_decline_reaches_the_sender(tmp_path: Path) -> None:
+    sent, received = await run_transfer(tmp_path, {"f": b"x"}, decide=decline)
+    assert isinstance(sent, RejectedError)
+    assert isinstance(received, RejectedError)
+    assert os.listdir(tmp_path / "out") == []
+
+
+async def test_existing_destination_is_refused_and_kept(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"precious")
+    sent, received = await run_transfer(tmp_path, {"f": b"new data"})
+    assert isinstance(received, DestinationExistsError)
+    assert isinstance(sent, CancelledByPeerError)
+    assert (tmp_path / "out" / "f").read_bytes() == b"precious"
+
+
+async def test_overwrite_replaces(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"old")
+    sent, received = await run_transfer(tmp_path, {"f": b"new data"}, overwrite=True)
+    assert not isinstance(received, BaseException), received
+    assert (tmp_path / "out" / "f").read_bytes() == b"new data"
+
+
+async def test_tampered_chunk_is_caught_and_nothing_kept(tmp_path: Path) -> None:
+    def flip_third_frame(index: int, frame: bytes) -> bytes:
+        if index == 2:
+            return frame[:-1] + bytes([frame[-1] ^ 1])
+        return frame
+
+    sent, received = await run_transfer(tmp_path, {"f": os.urandom(50)}, tamper=flip_third_frame)
+    assert isinstance(received, CryptoError)
+    assert isinstance(sent, CancelledByPeerError)
+    assert os.listdir(tmp_path / "out") == []
+
+
+async def test_dropped_chunk_is_caught(tmp_path: Path) -> None:
+    sent, received = await run_transfer(
+        tmp_path, {"f": os.urandom(50)}, tamper=lambda i, f: None if i == 2 else f
+    )
+    assert isinstance(received, CryptoError)
+    assert os.listdir(tmp_path / "out") == []
+
+
+async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    ks, kr = key_pair()
+    a, b = channel_pair()
+
+    def cut_after_five(index: int, frame: bytes) -> bytes | None:
+        if index == 5:
+            b.inbox.put_nowait(None)  # the link goes away
+        return None if index >= 5 else frame
+
+    a.tamper = cut_after_five
+    sending = send_files(
+        a, TransferProtocol(Role.SENDER, ks), inspect_sources([src]), sender="", chunk_size=10
+    )
+    receiving = receive_files(
+        b, TransferProtocol(Role.RECEIVER, kr), output_dir=out, overwrite=False, decide=accept
+    )
+    receive_task = asyncio.ensure_future(receiving)
+    send_task = asyncio.ensure_future(sending)
+    with pytest.raises(PeerGoneError):
+        await asyncio.wait_for(receive_task, 5)
+    a.inbox.put_nowait(None)
+    with pytest.raises((PeerGoneError, CancelledByPeerError)):
+        await asyncio.wait_for(send_task, 5)
+    assert os.listdir(out) == []
