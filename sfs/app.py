@@ -33,6 +33,7 @@ from sfs.peer.transfer import (
     Progress,
     TransferResult,
     inspect_sources,
+    linger,
     receive_files,
     send_files,
 )
@@ -174,7 +175,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
                 decide=ui.decide,
                 progress=ui.progress(),
             )
-            await channel.wait_closed(CLOSE_GRACE_SECONDS)
+            await linger(channel, CLOSE_GRACE_SECONDS)
             return result
 
 
@@ -200,9 +201,7 @@ async def _expect(signal: SignalClient, event: str, partner: str) -> dict[str, A
     return data
 
 
-async def _exchange_keys(
-    signal: SignalClient, exchange: KeyExchange, partner: str
-) -> SessionKeys:
+async def _exchange_keys(signal: SignalClient, exchange: KeyExchange, partner: str) -> SessionKeys:
     await signal.call(
         "send_public_key",
         {"peer_id": partner, "key": base64.b64encode(exchange.message).decode("ascii")},

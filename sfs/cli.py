@@ -124,7 +124,12 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
             result = ask()
         except (click.Abort, EOFError):
             result = False
-        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(result))
+
+        def deliver() -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        loop.call_soon_threadsafe(deliver)
 
     threading.Thread(target=run, name="sfs-prompt", daemon=True).start()
     return await answer
@@ -241,23 +246,39 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="0.0.0.0", envvar="SFS_HOST", show_envvar=True, show_default=True)
 @click.option(
-    "--port", default=5000, type=click.IntRange(0, 65535), envvar="SFS_PORT", show_envvar=True,
-    show_default=True, help="0 picks a free port (printed at start).",
+    "--port",
+    default=5000,
+    type=click.IntRange(0, 65535),
+    envvar="SFS_PORT",
+    show_envvar=True,
+    show_default=True,
+    help="0 picks a free port (printed at start).",
 )
 @click.option(
-    "--ice-server", multiple=True, metavar="URL",
+    "--ice-server",
+    multiple=True,
+    metavar="URL",
     help="STUN/TURN server handed to clients when they register; repeatable.",
 )
 @click.option(
-    "--max-connections", default=10_000, type=click.IntRange(1), show_default=True,
+    "--max-connections",
+    default=10_000,
+    type=click.IntRange(1),
+    show_default=True,
     help="Refuse clients beyond this many at once.",
 )
 @click.option(
-    "--max-lookups-per-connection", default=10, type=click.IntRange(1), show_default=True,
+    "--max-lookups-per-connection",
+    default=10,
+    type=click.IntRange(1),
+    show_default=True,
     help="Code lookups one client may try before it is refused.",
 )
 @click.option(
-    "--max-lookups-per-address", default=60, type=click.IntRange(1), show_default=True,
+    "--max-lookups-per-address",
+    default=60,
+    type=click.IntRange(1),
+    show_default=True,
     help="Code lookups per client address per minute.",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
@@ -291,8 +312,12 @@ def serve(
 
 @main.command()
 @click.option(
-    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    show_default=True, help="Folder to save into.",
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to save into.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
@@ -326,11 +351,16 @@ def receive(
 @main.command()
 @click.argument("args", nargs=-1, required=True, metavar="[CODE] FILE...")
 @click.option(
-    "--chunk-size", type=click.IntRange(1, MAX_CHUNK_BYTES), default=DEFAULT_CHUNK_BYTES,
-    show_default=True, help="Plaintext bytes per message (lowered to the peer's limit).",
+    "--chunk-size",
+    type=click.IntRange(1, MAX_CHUNK_BYTES),
+    default=DEFAULT_CHUNK_BYTES,
+    show_default=True,
+    help="Plaintext bytes per message (lowered to the peer's limit).",
 )
 @click.option(
-    "--name", "sender_name", default=None,
+    "--name",
+    "sender_name",
+    default=None,
     help="Name shown to the receiver (default: your login name).",
 )
 @peer_options

@@ -78,6 +78,9 @@ class QueueChannel:
             raise PeerGoneError()
         return item
 
+    async def wait_closed(self) -> None:
+        pass  # an in-memory queue loses nothing at close
+
     def close(self) -> None:
         assert self.peer is not None
         self.peer.inbox.put_nowait(None)

@@ -165,12 +165,8 @@ class DataChannelLink:
             raise PeerGoneError()
         return item
 
-    async def wait_closed(self, timeout: float) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._closed.wait()
-        except TimeoutError:
-            logger.debug("the peer did not close the channel within %.0f s", timeout)
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
 
 # -- the peer connection --------------------------------------------------------------------
@@ -282,17 +278,17 @@ class PeerLink:
         desc = self._pc.localDescription
         return {"type": desc.type, "sdp": desc.sdp}
 
-    async def open(self, timeout: float) -> DataChannelLink:
+    async def open(self, seconds: float) -> DataChannelLink:
         """Wait until the DataChannel is open.
 
-        :raises IceFailedError: no connection within ``timeout`` seconds, or ICE failed.
+        :raises IceFailedError: no connection within ``seconds``, or ICE failed.
         """
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 channel = await self._channel_ready
         except TimeoutError:
             raise IceFailedError(
-                f"no direct connection within {timeout:.0f} s (ICE failed). Across NATs or "
+                f"no direct connection within {seconds:.0f} s (ICE failed). Across NATs or "
                 "firewalls, configure a STUN/TURN server with --ice-server."
             ) from None
         assert self._link is not None

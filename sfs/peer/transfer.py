@@ -60,6 +60,9 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
 }
 #: File reads happen in a worker thread, this much at a time, to keep the event loop free.
 READ_BLOCK_BYTES = 1024 * 1024
+#: How long a side that sends the last frame (reject, cancel) waits for the peer to
+#: read it and close, before closing itself.
+LAST_WORD_GRACE_SECONDS = 3.0
 
 
 class Channel(Protocol):
@@ -73,6 +76,9 @@ class Channel(Protocol):
 
     def poll(self) -> bytes | None:
         """Return the next message if one is already here, else None."""
+
+    async def wait_closed(self) -> None:
+        """Wait until the peer closes the channel."""
 
 
 class Progress(Protocol):
@@ -306,6 +312,21 @@ async def _fail(channel: Channel, proto: TransferProtocol, exc: BaseException) -
         await asyncio.wait_for(channel.send(proto.send(Cancel(cancel_reason(exc)))), 2)
     except (SfsError, TimeoutError, ConnectionError):
         logger.debug("could not deliver the cancel frame", exc_info=True)
+        return
+    await linger(channel, LAST_WORD_GRACE_SECONDS)
+
+
+async def linger(channel: Channel, seconds: float) -> None:
+    """Give the peer time to read our last frame and close first.
+
+    Closing right after sending can lose that frame (aiortc does not flush on close),
+    and the peer closes as soon as it has read it.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await channel.wait_closed()
+    except TimeoutError:
+        logger.debug("the peer did not close within %.0f s", seconds)
 
 
 def cancel_reason(exc: BaseException) -> str:
@@ -443,6 +464,7 @@ async def receive_files(
         destinations = plan_destinations(offer, output_dir, overwrite=overwrite)
         if not await decide(offer):
             await channel.send(proto.send(Reject("declined by the receiver")))
+            await linger(channel, LAST_WORD_GRACE_SECONDS)
             raise RejectedError("you declined the transfer")
         await channel.send(proto.send(Accept()))
         result.started = time.monotonic()

@@ -52,7 +52,9 @@ class SignalClient:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._sio = socketio.AsyncClient(reconnection=False)
+        # handle_sigint=False: engine.io would otherwise cancel every task on Ctrl-C,
+        # aiortc's included, before sfs could tell the peer and clean up.
+        self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._left = False
         for name in PUSHED_EVENTS:

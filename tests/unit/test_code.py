@@ -28,7 +28,15 @@ def test_parse_code_normalises(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "ABC-123", "AB-123-tiger-lamp", "ABC-12-tiger-lamp", "ABC-123-tiger", "ABC-123-tiger-xyzzy"]
+    "text",
+    [
+        "",
+        "ABC-123",
+        "AB-123-tiger-lamp",
+        "ABC-12-tiger-lamp",
+        "ABC-123-tiger",
+        "ABC-123-tiger-xyzzy",
+    ],
 )
 def test_parse_code_rejects(text: str) -> None:
     with pytest.raises(ValueError):

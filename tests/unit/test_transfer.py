@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -146,9 +147,9 @@ async def run_transfer(
     tmp_path: Path,
     contents: dict[str, bytes],
     *,
-    decide=accept,  # type: ignore[no-untyped-def]
+    decide: Callable[[Offer], Awaitable[bool]] = accept,
     chunk_size: int = 7,
-    tamper=None,  # type: ignore[no-untyped-def]
+    tamper: Callable[[int, bytes], bytes | None] | None = None,
     overwrite: bool = False,
 ) -> tuple[object, object]:
     src = tmp_path / "src"
@@ -163,7 +164,11 @@ async def run_transfer(
     a, b = channel_pair()
     a.tamper = tamper
     sending = send_files(
-        a, TransferProtocol(Role.SENDER, ks), inspect_sources(paths), sender="t", chunk_size=chunk_size
+        a,
+        TransferProtocol(Role.SENDER, ks),
+        inspect_sources(paths),
+        sender="t",
+        chunk_size=chunk_size,
     )
     receiving = receive_files(
         b, TransferProtocol(Role.RECEIVER, kr), output_dir=out, overwrite=overwrite, decide=decide

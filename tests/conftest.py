@@ -1,0 +1,114 @@
+"""Shared fixtures: a real `sfs serve` process, and helpers to run real peers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+PROCESS_TIMEOUT_SECONDS = 90
+
+
+def sfs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sfs", *args]
+
+
+def peer_env(server_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SFS_SERVER"] = server_url
+    # aioice never offers 127.0.0.1 by itself; restrict host candidates to it so the
+    # peers meet on loopback and no other interface is ever used by the tests.
+    env["SFS_ICE_ADDRESSES"] = LOOPBACK
+    env.pop("SFS_DEBUG", None)
+    return env
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(tmp: Path, *extra: str) -> ServerProcess:
+    log = tmp / f"server-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            sfs_command("serve", "--host", LOOPBACK, "--port", "0", *extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
+        if match:
+            return ServerProcess(match.group(1), process, log)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"sfs serve did not start:\n{log.read_text(errors='replace')}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def sfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield server
+    finally:
+        stop_process(server.process)
+
+
+def read_line_matching(
+    process: subprocess.Popen[bytes], pattern: str, timeout: float = 30
+) -> re.Match[str]:
+    """Read the process's stdout line by line until ``pattern`` matches."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline().decode("utf-8", "replace")
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        elif process.poll() is not None:
+            break
+    stop_process(process)
+    raise AssertionError(f"no line matching {pattern!r}; stdout so far: {seen!r}")

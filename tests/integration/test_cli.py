@@ -1,0 +1,317 @@
+"""End to end: a real `sfs serve` process and real `sfs send` / `sfs receive` processes
+talking over real aiortc on 127.0.0.1.  Every received file is checked by SHA-256."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    PROCESS_TIMEOUT_SECONDS,
+    ServerProcess,
+    peer_env,
+    read_line_matching,
+    sfs_command,
+    sha256_file,
+    start_server,
+    stop_process,
+)
+
+CODE_RE = r"Code: ([A-Z]{3}-[0-9]{3}-[a-z]+-[a-z]+)"
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def error_line(self) -> str:
+        """The one `Error:` line, checking that there is exactly one and no traceback."""
+        lines = [line for line in self.stderr.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1, self.stderr
+        assert "Traceback" not in self.stderr, self.stderr
+        return lines[0]
+
+
+@dataclass
+class Receiver:
+    process: subprocess.Popen[bytes]
+    code: str
+    stderr_path: Path
+
+    def finish(self, timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
+        try:
+            self.process.wait(timeout)
+        finally:
+            stop_process(self.process)
+        assert self.process.stdout is not None
+        out = self.process.stdout.read().decode("utf-8", "replace")
+        return Finished(self.process.returncode, out, self.stderr_path.read_text(errors="replace"))
+
+
+def start_receiver(
+    server: ServerProcess, out_dir: Path, *args: str, stdin: int | None = None
+) -> Receiver:
+    out_dir.mkdir(exist_ok=True)
+    stderr_path = out_dir.parent / f"receiver-{time.monotonic_ns()}.err"
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            sfs_command("receive", "--output", str(out_dir), *args),
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=peer_env(server.url),
+        )
+    code = read_line_matching(process, CODE_RE).group(1)
+    return Receiver(process, code, stderr_path)
+
+
+def run_sender(
+    server: ServerProcess, *args: str, stdin: str | None = None, url: str | None = None
+) -> Finished:
+    env = peer_env(url or server.url)
+    done = subprocess.run(
+        sfs_command("send", "--name", "tester", *args),
+        input=(stdin or "").encode(),
+        capture_output=True,
+        env=env,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+    )
+    return Finished(done.returncode, done.stdout.decode(), done.stderr.decode("utf-8", "replace"))
+
+
+def make_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 10 * 1024 * 1024],
+    ids=["0B", "1B", "16KiB-1", "16KiB", "16KiB+1", "10MiB"],
+)
+def test_transfer_of_size(sfs_server: ServerProcess, tmp_path: Path, size: int) -> None:
+    src = make_file(tmp_path / "src.bin", size)
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(tmp_path / "out" / "src.bin") == sha256_file(src)
+    assert os.listdir(tmp_path / "out") == ["src.bin"]
+    assert re.search(r"^Sent src\.bin \(.+\) in [\d.]+ s, .+/s$", sent.stdout, re.M), sent.stdout
+    assert re.search(r"^Received src\.bin \(.+\) in [\d.]+ s", received.stdout, re.M)
+
+
+def test_unicode_name_and_several_files(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    first = make_file(tmp_path / "résumé 📄 Ünïcode.pdf", 70_000)
+    second = make_file(tmp_path / "second.txt", 5)
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(first), str(second))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(tmp_path / "out" / first.name) == sha256_file(first)
+    assert sha256_file(tmp_path / "out" / "second.txt") == sha256_file(second)
+    assert "Sent 2 files" in sent.stdout
+
+
+def test_code_typed_on_stdin_stays_out_of_argv(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 1000)
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    sent = run_sender(sfs_server, str(src), stdin=receiver.code + "\n")
+    assert receiver.finish().returncode == 0
+    assert sent.returncode == 0, sent.stderr
+    assert sha256_file(tmp_path / "out" / "f.bin") == sha256_file(src)
+
+
+def test_wrong_code_fails_both_sides_and_burns_the_code(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "f.bin", 100)
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    peer_id, first, second = receiver.code[:7], *receiver.code[8:].split("-")
+    wrong = f"{peer_id}-{second}-{first}" if first != second else f"{peer_id}-able-acid"
+    sent = run_sender(sfs_server, wrong, str(src))
+    received = receiver.finish()
+    assert sent.returncode == 5, sent.stderr
+    assert received.returncode == 5, received.stderr
+    assert "Wrong code" in sent.error_line()
+    assert "Wrong code" in received.error_line()
+    assert os.listdir(tmp_path / "out") == []
+    # The one guess is spent: the right code no longer works.
+    retry = run_sender(sfs_server, receiver.code, str(src))
+    assert retry.returncode == 4, retry.stderr
+    assert receiver.code[8:] not in sfs_server.log_text()
+
+
+def test_unknown_peer_id(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 10)
+    sent = run_sender(sfs_server, "ZZZ-000-tiger-lamp", str(src))
+    assert sent.returncode == 4
+    assert "No receiver is waiting" in sent.error_line()
+
+
+def transfer_with_prompt(
+    server: ServerProcess, src: Path, out: Path, answer: bytes
+) -> tuple[Finished, Finished]:
+    """Run a receiver on a real pseudo-terminal and answer its prompt with ``answer``."""
+    controller, terminal = pty.openpty()
+    try:
+        receiver = start_receiver(server, out, stdin=terminal)
+        os.close(terminal)
+        os.write(controller, answer)  # typed ahead; read when the prompt comes
+        sent = run_sender(server, receiver.code, str(src))
+        return sent, receiver.finish()
+    finally:
+        os.close(controller)
+
+
+def test_prompt_accept(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "a.txt", 5)
+    sent, received = transfer_with_prompt(sfs_server, src, tmp_path / "out", b"y\n")
+    assert "Receive a.txt (5 B) from tester? [y/N]" in received.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert sha256_file(tmp_path / "out" / "a.txt") == sha256_file(src)
+
+
+def test_prompt_reject(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "a.txt", 5)
+    sent, received = transfer_with_prompt(sfs_server, src, tmp_path / "out", b"n\n")
+    assert sent.returncode == 6, sent.stderr
+    assert "declined" in sent.error_line()
+    assert received.returncode == 6
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_no_terminal_and_no_yes_is_refused(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    done = subprocess.run(
+        sfs_command("receive"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=peer_env(sfs_server.url),
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert b"--yes" in done.stderr
+
+
+def test_overwrite_refused_then_allowed(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 3000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f.bin").write_bytes(b"precious")
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    received = receiver.finish()
+    assert received.returncode == 10
+    assert "--overwrite" in received.error_line()
+    assert sent.returncode == 7
+    assert "already exists" in sent.error_line()
+    assert (out / "f.bin").read_bytes() == b"precious"
+    assert os.listdir(out) == ["f.bin"]
+
+    receiver = start_receiver(sfs_server, out, "--yes", "--overwrite")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    assert receiver.finish().returncode == 0
+    assert sent.returncode == 0
+    assert sha256_file(out / "f.bin") == sha256_file(src)
+
+
+def test_server_down(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    url = server.url
+    stop_process(server.process)
+    src = make_file(tmp_path / "f.bin", 10)
+    sent = run_sender(server, "ABC-123-tiger-lamp", str(src), url=url)
+    assert sent.returncode == 3
+    assert "cannot reach the signaling server" in sent.error_line()
+    done = subprocess.run(
+        sfs_command("receive", "--yes"),
+        capture_output=True,
+        env=peer_env(url),
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3
+    assert b"Error: cannot reach" in done.stderr
+
+
+def test_missing_source_fails_before_contacting_anyone(tmp_path: Path) -> None:
+    done = subprocess.run(
+        sfs_command("send", "ABC-123-tiger-lamp", str(tmp_path / "nope")),
+        capture_output=True,
+        env=peer_env("http://127.0.0.1:9"),
+        timeout=30,
+    )
+    assert done.returncode == 9
+    assert done.stderr.decode().strip().startswith("Error:")
+    assert "no such file" in done.stderr.decode()
+
+
+def test_malformed_code_is_a_usage_error(tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", 10)
+    done = subprocess.run(
+        sfs_command("send", "ABC-123-notaword-xyzzy", str(src)),
+        capture_output=True,
+        env=peer_env("http://127.0.0.1:9"),
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert b"code words" in done.stderr
+
+
+def wait_for_part_file(out: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = list(out.glob("*.part"))
+        if parts and parts[0].stat().st_size > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the transfer never started writing")
+
+
+@pytest.mark.parametrize("interrupted", ["sender", "receiver"])
+def test_ctrl_c_ends_both_sides_and_leaves_nothing(
+    sfs_server: ServerProcess, tmp_path: Path, interrupted: str
+) -> None:
+    src = make_file(tmp_path / "big.bin", 96 * 1024 * 1024)
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes", "--quiet")
+    sender = subprocess.Popen(
+        sfs_command("send", "--quiet", "--chunk-size", "1024", receiver.code, str(src)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=peer_env(sfs_server.url),
+    )
+    try:
+        wait_for_part_file(out)
+        victim = sender if interrupted == "sender" else receiver.process
+        victim.send_signal(signal.SIGINT)
+        _, sender_err = sender.communicate(timeout=PROCESS_TIMEOUT_SECONDS)
+        received = receiver.finish()
+    finally:
+        stop_process(sender)
+    if interrupted == "sender":
+        assert sender.returncode == 130, sender_err
+        assert received.returncode == 7, received.stderr
+        assert "cancelled by the user" in received.error_line()
+    else:
+        assert received.returncode == 130, received.stderr
+        assert sender.returncode == 7, sender_err
+    assert os.listdir(out) == []
+
+
+def test_version_and_help() -> None:
+    done = subprocess.run(sfs_command("--version"), capture_output=True, timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.startswith(b"sfs, version ")
