@@ -116,7 +116,9 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
             offer = await link.create_offer()
             await _send_sealed(signal, "offer", offer, keys, partner)
-            answer = _open_sealed(await _expect(signal, "answer", partner), "answer", keys)
+            answer = await _open_or_abort(
+                signal, await _expect(signal, "answer", partner), keys, partner
+            )
             await link.accept_answer(answer)
             channel = await _open(link, signal, config.peer)
             proto = TransferProtocol(Role.SENDER, keys)
@@ -151,16 +153,8 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
         del code  # the secret is not needed past this point
         keys = await _exchange_keys(signal, exchange, partner)
-        sealed_offer = await _expect(signal, "offer", partner)
-        try:
-            offer = _open_sealed(sealed_offer, "offer", keys)
-        except WrongCodeError:
-            # Tell the sender, then end: this code has had its one try.
-            try:
-                await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
-            except SignalingError:
-                logger.debug("could not tell the sender about the wrong code", exc_info=True)
-            raise
+        # If the offer does not open, this code has had its one try: tell the sender, end.
+        offer = await _open_or_abort(signal, await _expect(signal, "offer", partner), keys, partner)
         ice = server_ice if config.peer.ice_servers is None else config.peer.ice_servers
         async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
             answer = await link.answer_offer(offer)
@@ -216,6 +210,21 @@ async def _send_sealed(
     plaintext = json.dumps(description, separators=(",", ":")).encode("utf-8")
     sealed = seal_message(key=keys.signal_send, kind=kind, plaintext=plaintext)
     await signal.call(kind, {"peer_id": partner, "sealed": base64.b64encode(sealed).decode()})
+
+
+async def _open_or_abort(
+    signal: SignalClient, data: dict[str, Any], keys: SessionKeys, partner: str
+) -> dict[str, str]:
+    """Open a sealed offer or answer; if it does not open, tell the partner and stop."""
+    kind = "offer" if keys.role == "receiver" else "answer"
+    try:
+        return _open_sealed(data, kind, keys)
+    except WrongCodeError:
+        try:
+            await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
+        except SignalingError:
+            logger.debug("could not tell the other side about the wrong code", exc_info=True)
+        raise
 
 
 def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> dict[str, str]:

@@ -67,6 +67,7 @@ class SessionKeys:
     ``*_send`` keys seal what this side sends, ``*_receive`` keys open what it receives.
     """
 
+    role: str
     signal_send: bytes
     signal_receive: bytes
     frame_send: bytes
@@ -150,6 +151,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
     verifier = format_verifier(keys[INFO_VERIFY])
     if role == "sender":
         return SessionKeys(
+            role,
             keys[INFO_SIGNAL_SENDER],
             keys[INFO_SIGNAL_RECEIVER],
             keys[INFO_DATA_SENDER],
@@ -158,6 +160,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
         )
     if role == "receiver":
         return SessionKeys(
+            role,
             keys[INFO_SIGNAL_RECEIVER],
             keys[INFO_SIGNAL_SENDER],
             keys[INFO_CONTROL_RECEIVER],
