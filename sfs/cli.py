@@ -191,11 +191,14 @@ def _ice_addresses(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(part for v in values for part in re.split(r"[,\s]+", v) if part)
 
 
-def _peer_options(server: str, ice_server: Sequence[str], ice_address: Sequence[str]) -> Any:
+def _peer_options(
+    server: str, ice_server: Sequence[str], ice_address: Sequence[str], connect_timeout: float
+) -> app.PeerOptions:
     return app.PeerOptions(
         server_url=server,
         ice_servers=_ice_servers(ice_server),
         ice_addresses=_ice_addresses(ice_address),
+        connect_timeout=connect_timeout,
     )
 
 
@@ -225,6 +228,14 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_envvar=True,
             help="Offer only this local address as ICE host candidate (repeatable; "
             "e.g. a VPN address, or 127.0.0.1 for two peers on one machine).",
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(1, 3600),
+            default=app.CONNECT_TIMEOUT_SECONDS,
+            show_default=True,
+            metavar="SECONDS",
+            help="Give up on a direct connection after this long.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
         click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
@@ -329,6 +340,7 @@ def receive(
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
+    connect_timeout: float,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -341,7 +353,7 @@ def receive(
     config = app.ReceiveConfig(
         output_dir=output,
         overwrite=overwrite,
-        peer=_peer_options(server, ice_server, ice_address),
+        peer=_peer_options(server, ice_server, ice_address, connect_timeout),
     )
     ui = ConsoleUi(quiet=quiet, assume_yes=yes)
     result = _run(app.receive(config, ui), verbose)
@@ -371,6 +383,7 @@ def send(
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
+    connect_timeout: float,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -384,7 +397,7 @@ def send(
     config = app.SendConfig(
         code=code,
         paths=tuple(Path(f) for f in files),
-        peer=_peer_options(server, ice_server, ice_address),
+        peer=_peer_options(server, ice_server, ice_address, connect_timeout),
         chunk_size=chunk_size,
         sender_name=_default_sender() if sender_name is None else sender_name,
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +22,10 @@ LOOPBACK = "127.0.0.1"
 PROCESS_TIMEOUT_SECONDS = 90
 
 
-def sfs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sfs", *args]
+def sfs_command(*args: str, netns: str | None = None) -> list[str]:
+    """The command line of `sfs ARGS`, inside network namespace ``netns`` if given."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return [*prefix, sys.executable, "-m", "sfs", *args]
 
 
 def peer_env(server_url: str) -> dict[str, str]:
@@ -52,11 +56,11 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_server(tmp: Path, *extra: str) -> ServerProcess:
+def start_server(tmp: Path, *extra: str, netns: str | None = None) -> ServerProcess:
     log = tmp / f"server-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            sfs_command("serve", "--host", LOOPBACK, "--port", "0", *extra),
+            sfs_command("serve", "--host", LOOPBACK, "--port", "0", *extra, netns=netns),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -112,3 +116,28 @@ def read_line_matching(
             break
     stop_process(process)
     raise AssertionError(f"no line matching {pattern!r}; stdout so far: {seen!r}")
+
+
+_netns_counter = itertools.count()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace with only its own loopback, deleted afterwards.
+
+    Traffic inside it never reaches the host's interfaces, so tests may firewall or
+    cut it freely.
+    """
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    name = f"sfs-test-{os.getpid()}-{next(_netns_counter)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def in_netns(name: str, *command: str) -> None:
+    subprocess.run(["ip", "netns", "exec", name, *command], check=True)

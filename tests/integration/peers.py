@@ -1,0 +1,94 @@
+"""Running real `sfs receive` and `sfs send` processes in tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import (
+    PROCESS_TIMEOUT_SECONDS,
+    ServerProcess,
+    peer_env,
+    read_line_matching,
+    sfs_command,
+    stop_process,
+)
+
+CODE_RE = r"Code: ([A-Z]{3}-[0-9]{3}-[a-z]+-[a-z]+)"
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def error_line(self) -> str:
+        """The one `Error:` line, checking that there is exactly one and no traceback."""
+        lines = [line for line in self.stderr.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1, self.stderr
+        assert "Traceback" not in self.stderr, self.stderr
+        return lines[0]
+
+
+@dataclass
+class Receiver:
+    process: subprocess.Popen[bytes]
+    code: str
+    stderr_path: Path
+
+    def finish(self, timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
+        try:
+            self.process.wait(timeout)
+        finally:
+            stop_process(self.process)
+        assert self.process.stdout is not None
+        out = self.process.stdout.read().decode("utf-8", "replace")
+        return Finished(self.process.returncode, out, self.stderr_path.read_text(errors="replace"))
+
+
+def start_receiver(
+    server: ServerProcess,
+    out_dir: Path,
+    *args: str,
+    stdin: int | None = None,
+    netns: str | None = None,
+) -> Receiver:
+    out_dir.mkdir(exist_ok=True)
+    stderr_path = out_dir.parent / f"receiver-{time.monotonic_ns()}.err"
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            sfs_command("receive", "--output", str(out_dir), *args, netns=netns),
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=peer_env(server.url),
+        )
+    code = read_line_matching(process, CODE_RE).group(1)
+    return Receiver(process, code, stderr_path)
+
+
+def run_sender(
+    server: ServerProcess,
+    *args: str,
+    stdin: str | None = None,
+    url: str | None = None,
+    netns: str | None = None,
+) -> Finished:
+    env = peer_env(url or server.url)
+    done = subprocess.run(
+        sfs_command("send", "--name", "tester", *args, netns=netns),
+        input=(stdin or "").encode(),
+        capture_output=True,
+        env=env,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+    )
+    return Finished(done.returncode, done.stdout.decode(), done.stderr.decode("utf-8", "replace"))
+
+
+def make_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
