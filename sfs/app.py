@@ -13,13 +13,14 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from sfs.code import Code, new_secret
-from sfs.errors import DiskError, SignalingError, WrongCodeError
+from sfs.errors import DiskError, SfsError, SignalingError, VerificationError, WrongCodeError
 from sfs.peer.connection import DataChannelLink, PeerLink, check_local_addresses
 from sfs.peer.crypto import (
     FRAME_OVERHEAD_BYTES,
@@ -32,6 +33,7 @@ from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
     Progress,
     TransferResult,
+    abort_transfer,
     inspect_sources,
     linger,
     receive_files,
@@ -44,9 +46,8 @@ from sfs.signal.server import ServerConfig, run_server
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVER_URL = "http://localhost:5000"
-#: How long to wait for each step of the other side during set-up.
-SIGNALING_TIMEOUT_SECONDS = 30.0
-#: How long ICE + DTLS + SCTP may take once the offer and answer are exchanged.
+#: How long to wait for each step of the other side during set-up, and for ICE,
+#: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
 CONNECT_TIMEOUT_SECONDS = 30.0
 #: After its last acknowledgement, the receiver waits this long for the sender to
 #: close, so that acknowledgement is not lost with a connection torn down too early.
@@ -60,6 +61,7 @@ class Ui(Protocol):
     def show_code(self, code: str) -> None: ...
     def progress(self) -> Progress: ...
     async def decide(self, offer: Offer) -> bool: ...
+    async def confirm_verifier(self, verifier: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class SendConfig:
     peer: PeerOptions = PeerOptions()
     chunk_size: int = DEFAULT_CHUNK_BYTES
     sender_name: str = ""
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class ReceiveConfig:
     output_dir: Path = Path(".")
     overwrite: bool = False
     peer: PeerOptions = PeerOptions()
+    verify: bool = False
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -97,111 +101,171 @@ async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = N
     await run_server(config, ready=ready)
 
 
-async def send(config: SendConfig, ui: Ui) -> TransferResult:
-    """Send files to the receiver that printed ``config.code``."""
-    sources = inspect_sources(list(config.paths))  # fail before contacting anyone
-    addresses = check_local_addresses(config.peer.ice_addresses)
-    partner = config.code.peer_id
-    async with SignalClient(config.peer.server_url) as signal:
+@dataclass(frozen=True)
+class Session:
+    """An open, authenticated DataChannel to the peer, and the session keys."""
+
+    channel: DataChannelLink
+    keys: SessionKeys
+
+
+@asynccontextmanager
+async def sender_session(code: Code, options: PeerOptions, ui: Ui) -> AsyncIterator[Session]:
+    """Find the receiver of ``code``, agree on keys, and open the DataChannel."""
+    addresses = check_local_addresses(options.ice_addresses)
+    partner = code.peer_id
+    async with SignalClient(options.server_url) as signal:
         _, server_ice = await signal.register()
         await signal.call("find_peer", {"peer_id": partner})
         await signal.call("send_connection_request", {"peer_id": partner})
         ui.status(f"Connecting to {partner}…")
-        await _expect(signal, "connection_accepted", partner)
-        exchange = KeyExchange(
-            role="sender", password=config.code.secret.encode(), receiver_id=partner
-        )
-        keys = await _exchange_keys(signal, exchange, partner)
-        ice = server_ice if config.peer.ice_servers is None else config.peer.ice_servers
+        await _expect(signal, "connection_accepted", partner, options)
+        exchange = KeyExchange(role="sender", password=code.secret.encode(), receiver_id=partner)
+        keys = await _exchange_keys(signal, exchange, partner, options)
+        ice = server_ice if options.ice_servers is None else options.ice_servers
         async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
             offer = await link.create_offer()
             await _send_sealed(signal, "offer", offer, keys, partner)
-            answer = await _open_or_abort(
-                signal, await _expect(signal, "answer", partner), keys, partner
-            )
-            await link.accept_answer(answer)
-            channel = await _open(link, signal, config.peer)
-            proto = TransferProtocol(Role.SENDER, keys)
-            chunk_size = min(config.chunk_size, channel.max_message_size - FRAME_OVERHEAD_BYTES)
-            if chunk_size < config.chunk_size:
-                logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
-            # Having received the last message (the final acknowledgement), the sender
-            # closes first; see CLOSE_GRACE_SECONDS.
-            return await send_files(
-                channel,
-                proto,
-                sources,
-                sender=config.sender_name,
-                chunk_size=chunk_size,
-                progress=ui.progress(),
-                on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
-            )
+            sealed_answer = await _expect(signal, "answer", partner, options)
+            await link.accept_answer(await _open_or_abort(signal, sealed_answer, keys, partner))
+            channel = await _open(link, signal, partner, options)
+            yield Session(channel, keys)
+
+
+@asynccontextmanager
+async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Session]:
+    """Register, show the code, wait for the sender, agree on keys, open the DataChannel."""
+    addresses = check_local_addresses(options.ice_addresses)
+    async with SignalClient(options.server_url) as signal:
+        peer_id, server_ice = await signal.register()
+        code = Code(peer_id, new_secret())
+        ui.show_code(str(code))
+        # One sender only: the first request takes this code's single attempt.
+        _, request = await signal.expect("connection_request")
+        partner = _field(request, "peer_id")
+        await signal.call("accept_connection", {"peer_id": partner})
+        exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
+        del code  # the secret is not needed past this point
+        keys = await _exchange_keys(signal, exchange, partner, options)
+        # If the offer does not open, this code has had its one try: tell the sender, end.
+        sealed_offer = await _expect(signal, "offer", partner, options)
+        offer = await _open_or_abort(signal, sealed_offer, keys, partner)
+        ice = server_ice if options.ice_servers is None else options.ice_servers
+        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
+            answer = await link.answer_offer(offer)
+            await _send_sealed(signal, "answer", answer, keys, partner)
+            channel = await _open(link, signal, partner, options)
+            yield Session(channel, keys)
+
+
+async def send(config: SendConfig, ui: Ui) -> TransferResult:
+    """Send files to the receiver that printed ``config.code``."""
+    sources = inspect_sources(list(config.paths))  # fail before contacting anyone
+    async with sender_session(config.code, config.peer, ui) as session:
+        channel = session.channel
+        proto = TransferProtocol(Role.SENDER, session.keys)
+        if config.verify:
+            try:
+                await _confirm_verifier(ui, session.keys)
+            except VerificationError as exc:
+                await abort_transfer(channel, proto, exc)
+                raise
+        chunk_size = min(config.chunk_size, channel.max_message_size - FRAME_OVERHEAD_BYTES)
+        if chunk_size < config.chunk_size:
+            logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
+        # Having received the last message (the final acknowledgement), the sender
+        # closes first; see CLOSE_GRACE_SECONDS.
+        return await send_files(
+            channel,
+            proto,
+            sources,
+            sender=config.sender_name,
+            chunk_size=chunk_size,
+            progress=ui.progress(),
+            on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
+        )
 
 
 async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     """Get a code from the server, show it, and receive what the sender offers."""
     if not config.output_dir.is_dir():
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
-    addresses = check_local_addresses(config.peer.ice_addresses)
-    async with SignalClient(config.peer.server_url) as signal:
-        peer_id, server_ice = await signal.register()
-        code = Code(peer_id, new_secret())
-        ui.show_code(str(code))
-        _, request = await signal.expect("connection_request")
-        partner = _field(request, "peer_id")
-        await signal.call("accept_connection", {"peer_id": partner})
-        exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
-        del code  # the secret is not needed past this point
-        keys = await _exchange_keys(signal, exchange, partner)
-        # If the offer does not open, this code has had its one try: tell the sender, end.
-        offer = await _open_or_abort(signal, await _expect(signal, "offer", partner), keys, partner)
-        ice = server_ice if config.peer.ice_servers is None else config.peer.ice_servers
-        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
-            answer = await link.answer_offer(offer)
-            await _send_sealed(signal, "answer", answer, keys, partner)
-            channel = await _open(link, signal, config.peer)
-            proto = TransferProtocol(Role.RECEIVER, keys)
-            result = await receive_files(
-                channel,
-                proto,
-                output_dir=config.output_dir,
-                overwrite=config.overwrite,
-                decide=ui.decide,
-                progress=ui.progress(),
-            )
-            await linger(channel, CLOSE_GRACE_SECONDS)
-            return result
+    async with receiver_session(config.peer, ui) as session:
+
+        async def decide(offer: Offer) -> bool:
+            if config.verify:
+                await _confirm_verifier(ui, session.keys)
+            return await ui.decide(offer)
+
+        result = await receive_files(
+            session.channel,
+            TransferProtocol(Role.RECEIVER, session.keys),
+            output_dir=config.output_dir,
+            overwrite=config.overwrite,
+            decide=decide,
+            progress=ui.progress(),
+        )
+        await linger(session.channel, CLOSE_GRACE_SECONDS)
+        return result
+
+
+async def _confirm_verifier(ui: Ui, keys: SessionKeys) -> None:
+    if not await ui.confirm_verifier(keys.verifier):
+        raise VerificationError()
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-async def _open(link: PeerLink, signal: SignalClient, options: PeerOptions) -> DataChannelLink:
-    channel = await link.open(options.connect_timeout)
+async def _open(
+    link: PeerLink, signal: SignalClient, partner: str, options: PeerOptions
+) -> DataChannelLink:
+    """Wait for the DataChannel, while listening for the partner giving up."""
+    # A partner that aborts (wrong code) or disconnects while ICE runs would otherwise
+    # leave us waiting for the whole connect timeout, then blaming ICE.
+    watcher = asyncio.ensure_future(signal.expect(partner=partner, tolerate_server_loss=True))
+    opener = asyncio.ensure_future(link.open(options.connect_timeout))
+    try:
+        await asyncio.wait({watcher, opener}, return_when=asyncio.FIRST_COMPLETED)
+        if not opener.done():
+            watcher.result()  # raises the partner's reason
+        channel = await opener
+    finally:
+        for task in (watcher, opener):
+            task.cancel()
+        await asyncio.gather(watcher, opener, return_exceptions=True)
     # From here on the peers talk directly; the server is no longer needed (and a
     # server that goes away now cannot disturb the transfer).
     await signal.leave()
     return channel
 
 
-async def _expect(signal: SignalClient, event: str, partner: str) -> dict[str, Any]:
+async def _expect(
+    signal: SignalClient, event: str, partner: str, options: PeerOptions
+) -> dict[str, Any]:
     try:
-        async with asyncio.timeout(SIGNALING_TIMEOUT_SECONDS):
+        async with asyncio.timeout(options.connect_timeout):
             _, data = await signal.expect(event, partner=partner)
     except TimeoutError:
         raise SignalingError(
-            f"the other side did not answer within {SIGNALING_TIMEOUT_SECONDS:.0f} s"
+            f"the other side did not answer within {options.connect_timeout:.0f} s"
         ) from None
     return data
 
 
-async def _exchange_keys(signal: SignalClient, exchange: KeyExchange, partner: str) -> SessionKeys:
+async def _exchange_keys(
+    signal: SignalClient, exchange: KeyExchange, partner: str, options: PeerOptions
+) -> SessionKeys:
     await signal.call(
         "send_public_key",
         {"peer_id": partner, "key": base64.b64encode(exchange.message).decode("ascii")},
     )
-    data = await _expect(signal, "receive_public_key", partner)
-    return exchange.finish(_b64_field(data, "key"))
+    data = await _expect(signal, "receive_public_key", partner, options)
+    try:
+        return exchange.finish(_b64_field(data, "key"))
+    except WrongCodeError:
+        await _abort_wrong_code(signal, partner)
+        raise
 
 
 async def _send_sealed(
@@ -220,11 +284,16 @@ async def _open_or_abort(
     try:
         return _open_sealed(data, kind, keys)
     except WrongCodeError:
-        try:
-            await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
-        except SignalingError:
-            logger.debug("could not tell the other side about the wrong code", exc_info=True)
+        await _abort_wrong_code(signal, partner)
         raise
+
+
+async def _abort_wrong_code(signal: SignalClient, partner: str) -> None:
+    """Tell the partner the code did not match (best effort: we stop either way)."""
+    try:
+        await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
+    except SfsError:
+        logger.debug("could not tell the other side about the wrong code", exc_info=True)
 
 
 def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> dict[str, str]:

@@ -88,14 +88,19 @@ class ConsoleUi:
     def show_code(self, code: str) -> None:
         click.echo(f"Code: {code}")
         if not self.quiet:
+            # The code goes to stdout only, once: not into logs or stderr captures.
             click.echo(
-                f"On the other computer run:  sfs send {code} FILE\n"
-                "(or `sfs send FILE` and type the code at the prompt). Waiting…",
+                "On the other computer run `sfs send CODE FILE...` with this code "
+                "(or `sfs send FILE...` and type it at the prompt). Waiting…",
                 err=True,
             )
 
     def progress(self) -> Progress:
         return TqdmProgress(quiet=self.quiet)
+
+    async def confirm_verifier(self, verifier: str) -> bool:
+        question = f"Verification string: {verifier}\nDoes the other side show the same?"
+        return await _ask_in_thread(lambda: click.confirm(question, default=False, err=True))
 
     async def decide(self, offer: Offer) -> bool:
         if len(offer.files) == 1:
@@ -200,6 +205,14 @@ def _peer_options(
         ice_addresses=_ice_addresses(ice_address),
         connect_timeout=connect_timeout,
     )
+
+
+VERIFY_OPTION = click.option(
+    "--verify",
+    is_flag=True,
+    help="Show a verification string derived from the session key and ask whether the "
+    "other side shows the same, before any file data moves.",
+)
 
 
 def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -332,11 +345,13 @@ def serve(
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@VERIFY_OPTION
 @peer_options
 def receive(
     output: Path,
     overwrite: bool,
     yes: bool,
+    verify: bool,
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
@@ -350,10 +365,12 @@ def receive(
         raise click.UsageError(
             "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
         )
+    _require_terminal_for_verify(verify)
     config = app.ReceiveConfig(
         output_dir=output,
         overwrite=overwrite,
         peer=_peer_options(server, ice_server, ice_address, connect_timeout),
+        verify=verify,
     )
     ui = ConsoleUi(quiet=quiet, assume_yes=yes)
     result = _run(app.receive(config, ui), verbose)
@@ -375,11 +392,13 @@ def receive(
     default=None,
     help="Name shown to the receiver (default: your login name).",
 )
+@VERIFY_OPTION
 @peer_options
 def send(
     args: tuple[str, ...],
     chunk_size: int,
     sender_name: str | None,
+    verify: bool,
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
@@ -393,6 +412,7 @@ def send(
     appear in the process list.
     """
     _setup_logging(verbose)
+    _require_terminal_for_verify(verify)
     code, files = _split_code(args)
     config = app.SendConfig(
         code=code,
@@ -400,9 +420,15 @@ def send(
         peer=_peer_options(server, ice_server, ice_address, connect_timeout),
         chunk_size=chunk_size,
         sender_name=_default_sender() if sender_name is None else sender_name,
+        verify=verify,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
     click.echo(_final_line("Sent", result))
+
+
+def _require_terminal_for_verify(verify: bool) -> None:
+    if verify and not sys.stdin.isatty():
+        raise click.UsageError("--verify asks you to compare a string, and needs a terminal")
 
 
 def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:

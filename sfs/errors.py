@@ -40,6 +40,12 @@ class WrongCodeError(CryptoError):
     exit_code = 5
 
 
+class VerificationError(CryptoError):
+    """The verification strings were not confirmed as matching; nothing was transferred."""
+
+    exit_code = 14
+
+
 class IntegrityError(CryptoError):
     """The received file does not match what the sender sent; it was not kept."""
 

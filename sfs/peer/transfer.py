@@ -34,6 +34,7 @@ from sfs.errors import (
     RemoteProtocolError,
     SfsError,
     SourceError,
+    VerificationError,
 )
 from sfs.peer.crypto import digests_equal
 from sfs.peer.protocol import (
@@ -304,7 +305,7 @@ class TransferResult:
         return self
 
 
-async def _fail(channel: Channel, proto: TransferProtocol, exc: BaseException) -> None:
+async def abort_transfer(channel: Channel, proto: TransferProtocol, exc: BaseException) -> None:
     """Tell the peer why we stop, if the protocol still allows a word."""
     if proto.state in (State.CLOSED, State.DONE):
         return
@@ -335,6 +336,7 @@ def cancel_reason(exc: BaseException) -> str:
         (DiskError, "the receiver cannot write the file (disk full or not writable)"),
         (DestinationExistsError, "the file already exists on the receiving side"),
         (IntegrityError, "the received data failed its integrity check"),
+        (VerificationError, "the verification strings were not confirmed"),
         (RemoteProtocolError, "protocol violation"),
         (SourceError, "the file changed or became unreadable on the sending side"),
         ((KeyboardInterrupt, asyncio.CancelledError), "cancelled by the user"),
@@ -389,7 +391,7 @@ async def send_files(
                 raise _peer_stopped(event)
         return result.finish()
     except BaseException as exc:
-        await _fail(channel, proto, exc)
+        await abort_transfer(channel, proto, exc)
         raise
 
 
@@ -493,7 +495,7 @@ async def receive_files(
     except BaseException as exc:
         if part is not None:
             part.discard()
-        await _fail(channel, proto, exc)
+        await abort_transfer(channel, proto, exc)
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +21,7 @@ from sfs.errors import (
     PeerGoneError,
     RoomFullError,
     ServerUnreachableError,
+    SfsError,
     SignalingError,
     WrongCodeError,
 )
@@ -42,6 +44,8 @@ PUSHED_EVENTS = (
     "peer_disconnected",
 )
 _DISCONNECTED = "__disconnected__"
+#: Early events kept for a later expect(); a flood only ever costs this many.
+BACKLOG_LIMIT = 64
 
 
 class SignalClient:
@@ -56,6 +60,7 @@ class SignalClient:
         # aiortc's included, before sfs could tell the peer and clean up.
         self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG_LIMIT)
         self._left = False
         for name in PUSHED_EVENTS:
             self._sio.on(name, self._handler(name))
@@ -115,6 +120,8 @@ class SignalClient:
         if reply.get("ok") is True:
             return reply
         error = reply.get("error")
+        if error == "not_paired":
+            raise self._why_partner_left()
         if error == "unknown_peer":
             raise CodeNotFoundError()
         if error == "busy":
@@ -124,6 +131,14 @@ class SignalClient:
         message = reply.get("message")
         detail = message if isinstance(message, str) else str(error)
         raise SignalingError(f"the signaling server refused {event}: {detail[:200]}")
+
+    def _why_partner_left(self) -> SfsError:
+        """The pairing is gone: find the partner's reason among the events received."""
+        while not self._events.empty():
+            name, data = self._events.get_nowait()
+            if name == "peer_aborted" and data.get("reason") == "wrong_code":
+                return WrongCodeError()
+        return PeerGoneError("the other side left before the connection was set up")
 
     async def register(self) -> tuple[str, tuple[IceServer, ...]]:
         """Get a peer ID and the ICE servers that ``sfs serve`` recommends."""
@@ -138,26 +153,40 @@ class SignalClient:
             raise SignalingError(f"the signaling server sent bad ICE servers: {exc}") from exc
         return peer_id, servers
 
-    async def expect(self, *names: str, partner: str | None = None) -> tuple[str, dict[str, Any]]:
+    async def expect(
+        self, *names: str, partner: str | None = None, tolerate_server_loss: bool = False
+    ) -> tuple[str, dict[str, Any]]:
         """Wait for the next of the ``names`` events (from ``partner``, if given).
+
+        Events that arrive early (a server may reorder what it relays) are kept, up to
+        :data:`BACKLOG_LIMIT`, for a later call; events from anyone but the partner
+        are dropped.  With no ``names`` this only watches for the partner leaving.
 
         :raises PeerGoneError: the partner disconnected from the server.
         :raises WrongCodeError: the partner aborted because the code did not match.
-        :raises SignalingError: the server connection was lost.
+        :raises SignalingError: the server connection was lost (unless tolerated).
         """
+        for item in list(self._backlog):
+            if item[0] in names and (partner is None or item[1].get("peer_id") == partner):
+                self._backlog.remove(item)
+                return item
         while True:
             name, data = await self._events.get()
             if name == _DISCONNECTED:
+                if tolerate_server_loss:
+                    continue
                 raise SignalingError("lost the connection to the signaling server")
-            if partner is not None and data.get("peer_id") != partner:
-                logger.debug("ignoring %s not from our partner", name)
-                continue
-            if name == "peer_disconnected" and partner is not None:
-                raise PeerGoneError("the other side left before the connection was set up")
-            if name == "peer_aborted":
-                if data.get("reason") == "wrong_code":
-                    raise WrongCodeError()
-                raise PeerGoneError("the other side gave up before the connection was set up")
+            if partner is not None:
+                if data.get("peer_id") != partner:
+                    logger.debug("ignoring %s not from our partner", name)
+                    continue
+                if name == "peer_disconnected":
+                    raise PeerGoneError("the other side left before the connection was set up")
+                if name == "peer_aborted":
+                    if data.get("reason") == "wrong_code":
+                        raise WrongCodeError()
+                    raise PeerGoneError("the other side gave up before the connection was set up")
             if name in names:
                 return name, data
-            logger.debug("ignoring %s event while waiting for %s", name, names)
+            if name not in ("peer_disconnected", "peer_aborted", "peer_found"):
+                self._backlog.append((name, data))

@@ -1,0 +1,273 @@
+"""A malicious signaling server for tests, built from the real one.
+
+:class:`EvilSignalServer` is the real ``sfs serve`` logic with two seams an attacker
+who runs the server controls completely: what each client's event says when it
+arrives (:meth:`Attack.incoming`) and what the server sends out
+(:meth:`Attack.outgoing`, which may change, drop, delay, replay or add messages).
+The attacks below are the ones SECURITY.md lists; tests run real `sfs send` and
+`sfs receive` processes against this server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from sfs.peer.crypto import KeyExchange, seal_message
+from sfs.signal import messages as m
+from sfs.signal.server import ServerConfig, _SignalServer
+
+Emit = tuple[str, dict[str, object], str]
+
+
+class Attack:
+    """Pass-through; subclasses override what they attack."""
+
+    def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
+        return payload
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        return [(event, data, to)]
+
+
+class EvilSignalServer(_SignalServer):
+    def __init__(self, config: ServerConfig, attack: Attack) -> None:
+        self.attack = attack
+        self.senders: set[str] = set()  # peer IDs that asked for a connection
+        super().__init__(config)
+
+    def _guarded(
+        self, event: str, handler: Callable[[str, object], Awaitable[dict[str, object]]]
+    ) -> Callable[..., Awaitable[dict[str, object]]]:
+        async def tampered(sid: str, payload: object) -> dict[str, object]:
+            return await handler(sid, self.attack.incoming(self, sid, event, payload))
+
+        return super()._guarded(event, tampered)
+
+    async def _emit(self, event: str, data: dict[str, object], to: str) -> None:
+        for out_event, out_data, out_to in await self.attack.outgoing(self, event, data, to):
+            await super()._emit(out_event, out_data, out_to)
+
+    def role_of(self, sid: str) -> str:
+        """Receivers register first and are asked; senders ask."""
+        peer_id = self.table.peer_id_of(sid)
+        return "sender" if peer_id in self.senders else "receiver"
+
+
+@asynccontextmanager
+async def serve_evil(attack: Attack) -> AsyncIterator[tuple[str, EvilSignalServer]]:
+    """Serve ``attack`` on 127.0.0.1 (a free port) in this event loop; yield its URL."""
+    server = EvilSignalServer(ServerConfig(host="127.0.0.1", port=0), attack)
+    app = web.Application()
+    server.sio.attach(app)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await server.close_all()
+
+    app.on_shutdown.append(on_shutdown)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}", server
+    finally:
+        await runner.cleanup()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def flip_sealed(data: dict[str, object]) -> dict[str, object]:
+    sealed = bytearray(base64.b64decode(str(data["sealed"])))
+    sealed[len(sealed) // 2] ^= 0x01
+    return {**data, "sealed": base64.b64encode(bytes(sealed)).decode()}
+
+
+class TrackSenders(Attack):
+    """Remembers which peers are senders (they send connection requests)."""
+
+    def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
+        if event == m.SEND_CONNECTION_REQUEST:
+            peer_id = server.table.peer_id_of(sid)
+            if peer_id:
+                server.senders.add(peer_id)
+        return payload
+
+
+# -- the attacks ----------------------------------------------------------------------------
+
+
+class SubstituteSpake2(TrackSenders):
+    """A full man in the middle of SPAKE2, guessing the words (one guess per side)."""
+
+    guess = b"able-acid"
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event == m.RECEIVE_PUBLIC_KEY:
+            to_sender = server.role_of(to) == "sender"
+            receiver_id = server.table.peer_id_of(to) if not to_sender else str(data["peer_id"])
+            # Play the receiver's part towards the sender and vice versa.
+            exchange = KeyExchange(
+                role="receiver" if to_sender else "sender",
+                password=self.guess,
+                receiver_id=receiver_id or "AAA-000",
+            )
+            data = {**data, "key": base64.b64encode(exchange.message).decode()}
+        return [(event, data, to)]
+
+
+class TamperSealed(Attack):
+    """Flips one bit of the sealed offer or answer on its way."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event == self.kind:
+            data = flip_sealed(data)
+        return [(event, data, to)]
+
+
+class SubstituteOffer(Attack):
+    """Replaces the offer with the server's own SDP (its own DTLS fingerprint), sealed
+    under a key of its choosing: the server cannot know the real one."""
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event == m.OFFER:
+            sdp = (
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+                "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n"
+            )
+            forged = seal_message(
+                key=os.urandom(32),
+                kind="offer",
+                plaintext=json.dumps({"type": "offer", "sdp": sdp}).encode(),
+            )
+            data = {**data, "sealed": base64.b64encode(forged).decode()}
+        return [(event, data, to)]
+
+
+@dataclass
+class Replay(Attack):
+    """Records one session's messages and plays them into the next session."""
+
+    events: tuple[str, ...] = (m.OFFER,)
+    recorded: dict[str, dict[str, object]] = field(default_factory=dict)
+    session: int = 0
+
+    def start_next_session(self) -> None:
+        self.session += 1
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event in self.events:
+            if self.session == 0:
+                self.recorded[event] = data
+            elif event in self.recorded:
+                data = {**self.recorded[event], "peer_id": data["peer_id"]}
+        return [(event, data, to)]
+
+
+class Drop(Attack):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        return [] if event == self.kind else [(event, data, to)]
+
+
+class DeliverOfferBeforeKey(Attack):
+    """Holds the sender's SPAKE2 message to the receiver until after the offer: a
+    harmless reordering that the receiver must survive."""
+
+    def __init__(self) -> None:
+        self.receiver_sid: str | None = None
+        self.held: Emit | None = None
+
+    def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
+        if event == m.ACCEPT_CONNECTION:  # only the receiver accepts
+            self.receiver_sid = sid
+        return payload
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event == m.RECEIVE_PUBLIC_KEY and to == self.receiver_sid:
+            self.held = (event, data, to)
+            return []
+        if event == m.OFFER and self.held is not None:
+            held, self.held = self.held, None
+            return [(event, data, to), held]
+        return [(event, data, to)]
+
+
+class Redirect(Attack):
+    """Pairs the sender with another receiver than the one it asked for, and relabels
+    peer IDs so that each side sees the IDs it expects."""
+
+    def __init__(self) -> None:
+        self.asked: str | None = None
+        self.decoy: str | None = None
+        self.sender_sid: str | None = None
+
+    def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
+        if not isinstance(payload, dict) or "peer_id" not in payload:
+            return payload
+        if event == m.FIND_PEER or event == m.SEND_CONNECTION_REQUEST:
+            self.asked = str(payload["peer_id"])
+            self.sender_sid = sid
+        if sid == self.sender_sid and payload.get("peer_id") == self.asked:
+            return {**payload, "peer_id": self.decoy}
+        return payload
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if to == self.sender_sid and data.get("peer_id") == self.decoy:
+            data = {**data, "peer_id": self.asked}
+        return [(event, data, to)]
+
+
+class Flood(Attack):
+    """Before every real message, sends each client a burst of junk: unknown events,
+    malformed payloads, and well-formed ones from peers that are not its partner."""
+
+    def __init__(self, burst: int = 300) -> None:
+        self.burst = burst
+        self.sent = 0
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event in (m.CONNECTION_REQUEST, m.ERROR):
+            return [(event, data, to)]  # a fake request would take the code's one try
+        junk: list[Emit] = []
+        for i in range(self.burst):
+            stranger = f"ZZZ-{i % 1000:03d}"
+            junk.append(("no_such_event", {"x": i}, to))
+            junk.append((m.OFFER, {"peer_id": stranger, "sealed": "AAAA"}, to))
+            junk.append((m.RECEIVE_PUBLIC_KEY, {"peer_id": stranger, "key": "AAAA"}, to))
+            junk.append((m.PEER_ABORTED, {"peer_id": stranger, "reason": "wrong_code"}, to))
+            junk.append((m.PEER_DISCONNECTED, {"peer_id": stranger}, to))
+            junk.append((m.ANSWER, {"unexpected": [1, 2, {"deep": "x" * 100}]}, to))
+        self.sent += len(junk)
+        return [*junk, (event, data, to)]
