@@ -1,0 +1,260 @@
+"""A malicious sender against a real `sfs receive` process.
+
+The attacker holds the right code, so it completes the key exchange and opens the
+DataChannel with sfs's own code (`sender_session`), then sends whatever frames it
+likes, sealed with the real session key.  Every attack must end with a clear error
+(or a file under a safe name inside the output folder), nothing outside the output
+folder, and nothing unverified at a final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sfs.app import PeerOptions, Session, sender_session
+from sfs.code import parse_code
+from sfs.errors import SfsError
+from sfs.peer.crypto import FrameOpener, FrameSealer
+from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
+from sfs.peer.transfer import NullProgress, Progress
+from tests.conftest import LOOPBACK, ServerProcess
+from tests.integration.peers import Finished, start_receiver
+
+DATA = os.urandom(3000)
+SHA = hashlib.sha256(DATA).digest()
+CHUNK = 1000
+
+
+class QuietUi:
+    def status(self, message: str) -> None:
+        pass
+
+    def show_code(self, code: str) -> None:
+        pass
+
+    def progress(self) -> Progress:
+        return NullProgress()
+
+    async def decide(self, offer: Offer) -> bool:
+        return True
+
+    async def confirm_verifier(self, verifier: str) -> bool:
+        return True
+
+
+class Attacker:
+    """The evil sender's view of an open session."""
+
+    def __init__(self, session: Session) -> None:
+        self.channel = session.channel
+        self.seal = FrameSealer(session.keys.frame_send).seal
+        self.opener = FrameOpener(session.keys.frame_receive)
+
+    async def send(self, frame: bytes) -> None:
+        await self.channel.send(frame)
+
+    async def offer(self, *files: FileInfo, chunk_size: int = CHUNK) -> FrameType:
+        """Offer ``files``; return the receiver's answer (ACCEPT, or CANCEL if refused)."""
+        await self.send(
+            self.seal(FrameType.OFFER, encode_offer(Offer(files, "mallory", chunk_size)))
+        )
+        return await self.reply()
+
+    async def reply(self) -> FrameType:
+        kind, _ = self.opener.open(await self.channel.receive())
+        return FrameType(kind)
+
+    async def chunks(self, data: bytes) -> None:
+        for start in range(0, len(data), CHUNK):
+            await self.send(self.seal(FrameType.CHUNK, data[start : start + CHUNK]))
+
+
+#: A script returns True when the transfer ended normally (nothing left to wait for).
+Script = Callable[[Attacker], Awaitable[bool | None]]
+
+
+async def attack(server: ServerProcess, tmp_path: Path, script: Script) -> Finished:
+    """Run ``script`` as the sender against a real receiver; return the receiver's end."""
+    receiver = start_receiver(server, tmp_path / "out", "--yes", "--connect-timeout", "10")
+    options = PeerOptions(
+        server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+    )
+    async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
+        attacker = Attacker(session)
+        try:
+            if not await script(attacker):
+                # The receiver must now give up: wait for its CANCEL (or its closing).
+                async with asyncio.timeout(20):
+                    while await attacker.reply() is not FrameType.CANCEL:
+                        pass
+        except SfsError:
+            pass
+    return receiver.finish()
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "out" not in p.parts}
+
+
+def assert_clean(result: Finished, tmp_path: Path, before: set[str], exit_code: int) -> None:
+    assert result.returncode == exit_code, result.stderr
+    result.error_line()
+    assert os.listdir(tmp_path / "out") == []
+    after = {p for p in snapshot(tmp_path) if not p.startswith("receiver-")}
+    assert after == before
+
+
+async def tampered_chunk(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    frame = bytearray(a.seal(FrameType.CHUNK, DATA[:CHUNK]))
+    frame[-1] ^= 1
+    await a.send(bytes(frame))
+
+
+async def reordered_chunks(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    first = a.seal(FrameType.CHUNK, DATA[:CHUNK])
+    second = a.seal(FrameType.CHUNK, DATA[CHUNK : 2 * CHUNK])
+    await a.send(second)
+    await a.send(first)
+
+
+async def replayed_chunk(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    frame = a.seal(FrameType.CHUNK, DATA[:CHUNK])
+    await a.send(frame)
+    await a.send(frame)
+
+
+async def duplicated_chunk(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    await a.chunks(DATA[:CHUNK] + DATA[:CHUNK] + DATA[CHUNK : 2 * CHUNK])  # freshly sealed
+    await a.send(a.seal(FrameType.FILE_DONE, SHA))
+
+
+async def truncated_stream(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    await a.chunks(DATA[:CHUNK])
+    raise SfsError("closing early")  # leaves the session: the connection closes
+
+
+async def wrong_hash(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    await a.chunks(DATA)
+    await a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(b"other").digest()))
+
+
+async def more_than_declared(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", len(DATA) - 1)) is FrameType.ACCEPT
+    await a.chunks(DATA)
+
+
+async def larger_than_free_disk(a: Attacker) -> None:
+    assert await a.offer(FileInfo("huge.bin", 2**60)) is FrameType.CANCEL
+
+
+async def oversized_frame(a: Attacker) -> None:
+    assert await a.offer(FileInfo("f.bin", 2 * MAX_CHUNK_BYTES), chunk_size=MAX_CHUNK_BYTES) is (
+        FrameType.ACCEPT
+    )
+    # Lift aiortc's own check of the receiver's advertised limit, as an attacker would.
+    a.channel._channel.transport._remote_max_message_size = 2**22
+    await a.send(a.seal(FrameType.CHUNK, os.urandom(MAX_CHUNK_BYTES + 1000)))
+
+
+async def chunk_before_accept(a: Attacker) -> None:
+    await a.send(a.seal(FrameType.CHUNK, DATA[:CHUNK]))
+
+
+async def unknown_frame_type(a: Attacker) -> None:
+    await a.send(a.seal(200, b"{}"))
+
+
+async def text_message(a: Attacker) -> None:
+    a.channel._channel.send("hello")
+
+
+async def offer_from_another_version(a: Attacker) -> None:
+    payload = json.dumps({"v": 99, "files": [], "chunk_size": 1}).encode()
+    await a.send(a.seal(FrameType.OFFER, payload))
+
+
+@pytest.mark.parametrize(
+    ("script", "exit_code"),
+    [
+        (tampered_chunk, 12),
+        (reordered_chunks, 12),
+        (replayed_chunk, 12),
+        (duplicated_chunk, 12),
+        (truncated_stream, 7),
+        (wrong_hash, 12),
+        (more_than_declared, 13),
+        (larger_than_free_disk, 11),
+        (oversized_frame, 13),
+        (chunk_before_accept, 13),
+        (unknown_frame_type, 13),
+        (text_message, 12),
+        (offer_from_another_version, 13),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+async def test_malicious_frames(
+    sfs_server: ServerProcess, tmp_path: Path, script: Script, exit_code: int
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(sfs_server, tmp_path, script)
+    assert_clean(result, tmp_path, before, exit_code)
+
+
+def offer_one_file(name: str) -> Script:
+    async def script(a: Attacker) -> bool:
+        if await a.offer(FileInfo(name, len(DATA))) is not FrameType.ACCEPT:
+            return False
+        await a.chunks(DATA)
+        await a.send(a.seal(FrameType.FILE_DONE, SHA))
+        return await a.reply() is FrameType.FILE_ACK
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("offered", "saved"),
+    [
+        ("../escape.txt", "escape.txt"),
+        ("../../../../../../tmp/escape.txt", "escape.txt"),
+        ("/etc/passwd", "passwd"),
+        ("..\\..\\windows\\evil.dll", "evil.dll"),
+        ("nul\x00byte.txt", "nulbyte.txt"),
+        ("\x1b]0;owned\x07title.txt", "]0;ownedtitle.txt"),
+        ("right\u202eexe.txt", "rightexe.txt"),
+        ("CON", "_CON"),
+        ("aux.txt", "_aux.txt"),
+        (".profile", "profile"),
+    ],
+)
+async def test_hostile_names_land_safely_inside_the_folder(
+    sfs_server: ServerProcess, tmp_path: Path, offered: str, saved: str
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(sfs_server, tmp_path, offer_one_file(offered))
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path / "out") == [saved]
+    assert (tmp_path / "out" / saved).read_bytes() == DATA
+    after = {p for p in snapshot(tmp_path) if not p.startswith("receiver-")}
+    assert after == before
+
+
+@pytest.mark.parametrize("offered", ["", ".", "..", "/", "\x00\x01\x02", "x" * 10_000], ids=repr)
+async def test_unusable_names_are_refused(
+    sfs_server: ServerProcess, tmp_path: Path, offered: str
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(sfs_server, tmp_path, offer_one_file(offered))
+    assert_clean(result, tmp_path, before, 13)
