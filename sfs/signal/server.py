@@ -24,6 +24,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from socketio import packet as sio_packet
 
 from sfs.signal import messages as m
 
@@ -42,6 +43,13 @@ MAX_PEER_ID_ATTEMPTS = 50
 # handshake, and aiohttp waits this long, twice, before it drops them.
 SHUTDOWN_TIMEOUT_SECONDS = 0.25
 MAX_EVENT_NAME_CHARS = 64
+# A client that leaves this many packets (acks, errors, relayed messages) unread
+# is dropped: at up to a 64 KiB sealed SDP each, this bounds what one connection
+# can make the server hold for it.  A working client reads them at once.
+MAX_QUEUED_PACKETS = 128
+# Event names that python-socketio routes to the server's own connect, disconnect
+# and catch-all handlers instead of treating them as events.
+_SOCKETIO_HANDLER_NAMES = frozenset({"connect", "disconnect", "*"})
 
 
 @dataclass(frozen=True)
@@ -326,6 +334,7 @@ class PeerTable:
 # --------------------------------------------------------------------------- Socket.IO glue
 
 _Handler = Callable[[str, object], Awaitable[dict[str, object]]]
+_WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SIGNAL_TABLE_KEY = web.AppKey("sfs_signal_table", PeerTable)
 
@@ -339,13 +348,22 @@ class _SignalServer:
         # async_handlers=False: each connection's events are handled in order
         # (an offer must not overtake its candidates), and a flood of events
         # cannot pile up tasks.
+        # websocket only: it is all the client speaks, and the only transport a
+        # misbehaving client can be dropped from at once.
         self.sio: Any = socketio.AsyncServer(
             async_mode="aiohttp",
             async_handlers=False,
             max_http_buffer_size=config.max_message_bytes,
+            transports=["websocket"],
             logger=False,
             engineio_logger=False,
         )
+        # Every engine.io session and message passes our checks before
+        # python-socketio's own handlers see it.
+        self._handle_eio_connect = self.sio.eio.handlers["connect"]
+        self._handle_eio_message = self.sio.eio.handlers["message"]
+        self.sio.eio.on("connect", self._on_eio_connect)
+        self.sio.eio.on("message", self._on_eio_message)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_unknown)
@@ -364,6 +382,11 @@ class _SignalServer:
             self.sio.on(event, self._guarded(event, handler))
 
     async def _emit(self, event: str, data: dict[str, object], to: str) -> None:
+        eio_sid = self.sio.manager.eio_sid_from_sid(to, "/")
+        if eio_sid is not None and self._backlog(eio_sid) > MAX_QUEUED_PACKETS:
+            logger.debug("dropped a client that does not read its messages")
+            await self._drop(eio_sid)
+            return
         await self.sio.emit(event, data, to=to)
 
     async def _fail(self, sid: str, event: str, code: str, message: str) -> dict[str, object]:
@@ -392,14 +415,104 @@ class _SignalServer:
 
         return on_event
 
+    # ------------------------------------------------------------------ engine.io
+
+    async def _on_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> object:
+        # Count engine.io sessions too (this one included): one that never joins
+        # the Socket.IO namespace would otherwise escape max_connections.
+        if len(self.sio.eio.sockets) > self.config.max_connections:
+            logger.warning("refused a connection from %s: server full", _remote(environ))
+            return False
+        return await self._handle_eio_connect(eio_sid, environ)
+
+    async def _on_eio_message(self, eio_sid: str, data: object) -> None:
+        if self._backlog(eio_sid) > MAX_QUEUED_PACKETS:
+            logger.debug("dropped a client that does not read its replies")
+        elif not self._acceptable(eio_sid, data):
+            logger.debug("dropped a client that sent a malformed packet")
+        else:
+            await self._handle_eio_message(eio_sid, data)
+            return
+        await self._drop(eio_sid)
+
+    def _acceptable(self, eio_sid: str, data: object) -> bool:
+        """Tell whether *data* is a packet a client of this server may send.
+
+        That is a text CONNECT or DISCONNECT of the default namespace, or an EVENT
+        in it, once joined, headed by an event name.  On anything else
+        python-socketio would raise and ignore it, keep binary attachments until
+        the last of up to 10**10 arrived, or run its own connect, disconnect and
+        catch-all handlers for a client's event of that name.
+        """
+        if not isinstance(data, str):
+            return False
+        try:
+            pkt = self.sio.packet_class(encoded_packet=data)
+        except (ValueError, RecursionError):
+            return False
+        if pkt.namespace not in (None, "/"):
+            return False
+        if pkt.packet_type in (sio_packet.CONNECT, sio_packet.DISCONNECT):
+            return True
+        if pkt.packet_type != sio_packet.EVENT or not isinstance(pkt.data, list) or not pkt.data:
+            return False
+        name = pkt.data[0]
+        if not isinstance(name, str) or name in _SOCKETIO_HANDLER_NAMES:
+            return False
+        return self.sio.manager.sid_from_eio_sid(eio_sid, "/") is not None
+
+    def _backlog(self, eio_sid: str) -> int:
+        """Packets queued for *eio_sid* that its client has not taken yet."""
+        sock = self.sio.eio.sockets.get(eio_sid)
+        return int(sock.queue.qsize()) if sock is not None else 0
+
+    async def _drop(self, eio_sid: str) -> None:
+        """Disconnect a misbehaving client now, without waiting for it to read a goodbye."""
+        request = (self.sio.environ.get(eio_sid) or {}).get("aiohttp.request")
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None:
+            await self.sio.disconnect(sid)  # frees its slot and its pairing
+        transport = getattr(request, "transport", None)
+        if transport is not None:
+            transport.abort()  # engine.io's websocket loop then ends and cleans up
+
+    @web.middleware
+    async def close_broken_sessions(
+        self, request: web.Request, handler: _WebHandler
+    ) -> web.StreamResponse:
+        """Clean up after a frame that engine.io itself cannot decode.
+
+        engine.io decodes websocket frames outside its error handling, so such a
+        frame ends the request with an exception and leaves the session open
+        (and counted) until its ping times out, some 45 s later.
+        """
+        try:
+            return await handler(request)
+        except Exception as exc:
+            eio_sid = next(
+                (
+                    k
+                    for k, v in list(self.sio.environ.items())
+                    if v.get("aiohttp.request") is request
+                ),
+                None,
+            )
+            if eio_sid is None:
+                raise
+            logger.debug("dropped a client that sent a malformed frame")
+            if request.transport is not None:
+                request.transport.abort()
+            sock = self.sio.eio.sockets.pop(eio_sid, None)
+            if sock is not None:
+                # What engine.io's websocket loop does when it ends normally.
+                sock.queue.put_nowait(None)
+                await sock.close(wait=False, abort=True)
+            raise web.HTTPBadRequest() from exc  # a 4xx: aiohttp logs no traceback
+
     # ------------------------------------------------------------------ connection
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> bool:
-        request = environ.get("aiohttp.request")
-        # engine.io fills REMOTE_ADDR with a constant under aiohttp; ask aiohttp.
-        # Behind a reverse proxy this is the proxy: X-Forwarded-For is not trusted,
-        # since any client could set it to dodge the per-address limit.
-        address = str(getattr(request, "remote", None) or "unknown")
+        address = _remote(environ)
         if not self.table.connect(sid, address):
             logger.warning("refused a connection from %s: server full", address)
             return False
@@ -493,6 +606,13 @@ class _SignalServer:
         return m.ok_ack()
 
 
+def _remote(environ: dict[str, Any]) -> str:
+    # engine.io fills REMOTE_ADDR with a constant under aiohttp; ask aiohttp.
+    # Behind a reverse proxy this is the proxy: X-Forwarded-For is not trusted,
+    # since any client could set it to dodge the per-address limit.
+    return str(getattr(environ.get("aiohttp.request"), "remote", None) or "unknown")
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -506,7 +626,7 @@ def create_app(config: ServerConfig) -> web.Application:
     The app's :class:`PeerTable` is available as ``app[SIGNAL_TABLE_KEY]``.
     """
     server = _SignalServer(config)
-    app = web.Application()
+    app = web.Application(middlewares=[server.close_broken_sessions])
     server.sio.attach(app)
     app.router.add_get("/healthz", _healthz)
     app[SIGNAL_TABLE_KEY] = server.table
