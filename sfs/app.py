@@ -175,7 +175,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
         # Having received the last message (the final acknowledgement), the sender
         # closes first; see CLOSE_GRACE_SECONDS.
-        return await send_files(
+        result = await send_files(
             channel,
             proto,
             sources,
@@ -184,6 +184,8 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             progress=ui.progress(),
             on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
         )
+        _log_result("sent", result)
+        return result
 
 
 async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
@@ -205,8 +207,14 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             decide=decide,
             progress=ui.progress(),
         )
+        _log_result("received", result)
         await linger(session.channel, CLOSE_GRACE_SECONDS)
         return result
+
+
+def _log_result(verb: str, result: TransferResult) -> None:
+    # Precise figures for scripts/bench, which reads them at -v.
+    logger.info("%s %d bytes in %.6f s", verb, result.total_bytes, result.elapsed)
 
 
 async def _confirm_verifier(ui: Ui, keys: SessionKeys) -> None:

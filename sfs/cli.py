@@ -169,9 +169,26 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("sfs").setLevel(level)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (aiortc runs much faster on it), else asyncio's.
+
+    ``SFS_EVENT_LOOP=asyncio`` forces the standard loop (for comparison, or to rule
+    uvloop out when debugging).
+    """
+    if os.environ.get("SFS_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _run(coro: Coroutine[Any, Any, T], verbose: int) -> T:
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(coro)
     except SfsError as exc:
         if verbose:
             logger.exception("details")

@@ -65,7 +65,7 @@ aioice.ice.get_host_addresses = _get_host_addresses
 
 
 @contextmanager
-def _gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
+def gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
     token = _host_addresses.set(addresses or None)
     try:
         yield
@@ -248,14 +248,14 @@ class PeerLink:
     async def create_offer(self) -> dict[str, str]:
         self._watch(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
         offer = await self._pc.createOffer()
-        with _gathering_on(self._host_addresses):
+        with gathering_on(self._host_addresses):
             await self._pc.setLocalDescription(offer)
         return self._local_description()
 
     async def answer_offer(self, offer: dict[str, str]) -> dict[str, str]:
         await self._set_remote(offer, "offer")
         answer = await self._pc.createAnswer()
-        with _gathering_on(self._host_addresses):
+        with gathering_on(self._host_addresses):
             await self._pc.setLocalDescription(answer)
         return self._local_description()
 

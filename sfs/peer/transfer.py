@@ -477,6 +477,9 @@ async def receive_files(
                 while True:
                     event = proto.receive(await channel.receive())
                     if isinstance(event, Chunk):
+                        if not result.total_bytes and not part.written:
+                            # Wall time, so scripts/bench can compare it across processes.
+                            logger.info("first data byte at %.6f", time.time())
                         part.write(event.data)
                         progress.advance(len(event.data))
                     elif isinstance(event, FileDone):

@@ -1,0 +1,1 @@
+"""Benchmarks for sfs (not installed with the package; run with scripts/bench)."""

@@ -1,0 +1,357 @@
+"""scripts/bench: how fast sfs moves a file, and how close that is to aiortc's ceiling.
+
+Every run uses real processes on 127.0.0.1: one `sfs serve`, then `sfs receive` and
+`sfs send` as separate processes; then the raw aiortc DataChannel (two processes,
+same message size and event loop, no sfs protocol); optionally magic-wormhole with a
+local mailbox server and transit relay.  Runs are interleaved and the median of
+``--runs`` is printed, with peak RSS and CPU seconds of each side (from wait4()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+MIB = 1024 * 1024
+LOOPBACK = "127.0.0.1"
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)i?B?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE_RE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256M or 2G)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}[unit])
+
+
+@dataclass
+class Usage:
+    """What one process used, from wait4()."""
+
+    returncode: int
+    peak_rss_mib: float
+    cpu_seconds: float
+
+
+@dataclass
+class Sample:
+    mib_per_s: float
+    total_s: float
+    first_byte_s: float | None = None
+    sides: dict[str, Usage] = field(default_factory=dict)
+
+
+def wait_usage(process: subprocess.Popen[bytes], timeout: float) -> Usage:
+    """Wait for ``process`` and return its own resource usage (not its siblings')."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, rusage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return Usage(
+                process.returncode,
+                rusage.ru_maxrss / 1024,  # KiB on Linux
+                rusage.ru_utime + rusage.ru_stime,
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{process.args!r} did not finish within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+def _tool(name: str) -> str | None:
+    """A command from this virtual environment, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class SignalServer:
+    def __init__(self, workdir: Path) -> None:
+        self.log = workdir / "serve.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                python("-m", "sfs", "serve", "--host", LOOPBACK, "--port", "0"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on (http://\S+)", self.log.read_text())
+            if match:
+                self.url = match.group(1)
+                return
+            time.sleep(0.05)
+        self.process.kill()
+        raise RuntimeError("sfs serve did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _read_code(stdout: IO[bytes], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stdout.readline().decode()
+        match = re.search(r"Code: (\S+)", line)
+        if match:
+            return match.group(1)
+    raise RuntimeError("sfs receive printed no code")
+
+
+def run_sfs(server: SignalServer, src: Path, out: Path, env: dict[str, str], chunk: int) -> Sample:
+    for leftover in out.iterdir():
+        leftover.unlink()
+    common = ["--server", server.url, "--ice-address", LOOPBACK, "-q", "-v"]
+    receiver_log = out.parent / "receiver.log"
+    sender_log = out.parent / "sender.log"
+    with open(receiver_log, "wb") as rlog:
+        receiver = subprocess.Popen(
+            python("-m", "sfs", "receive", "--yes", "-o", str(out), *common),
+            stdout=subprocess.PIPE,
+            stderr=rlog,
+            env=env,
+        )
+    assert receiver.stdout is not None
+    code = _read_code(receiver.stdout)
+    started = time.time()
+    with open(sender_log, "wb") as slog:
+        sender = subprocess.Popen(
+            python("-m", "sfs", "send", "--chunk-size", str(chunk), *common, code, str(src)),
+            stdout=subprocess.DEVNULL,
+            stderr=slog,
+            env=env,
+        )
+    sender_usage = wait_usage(sender, 3600)
+    total = time.time() - started
+    receiver_usage = wait_usage(receiver, 60)
+    if sender_usage.returncode or receiver_usage.returncode:
+        raise RuntimeError(
+            f"sfs failed:\n{sender_log.read_text()[-2000:]}\n{receiver_log.read_text()[-2000:]}"
+        )
+    sent = re.search(r"sent (\d+) bytes in ([\d.]+) s", sender_log.read_text())
+    first = re.search(r"first data byte at ([\d.]+)", receiver_log.read_text())
+    if not sent or not first:
+        raise RuntimeError("could not read the timings from the -v logs")
+    return Sample(
+        mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
+        total_s=total,
+        first_byte_s=float(first.group(1)) - started,
+        sides={"sender": sender_usage, "receiver": receiver_usage},
+    )
+
+
+def run_raw(size: int, message_size: int, env: dict[str, str]) -> Sample:
+    module = ["-m", "benchmarks.raw_datachannel"]
+    started = time.time()
+    offerer = subprocess.Popen(
+        python(*module, "offer", "--size", str(size), "--message-size", str(message_size)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    answerer = subprocess.Popen(
+        python(*module, "answer", "--size", str(size)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert offerer.stdin and offerer.stdout and answerer.stdin and answerer.stdout
+    answerer.stdin.write(offerer.stdout.readline())
+    answerer.stdin.flush()
+    offerer.stdin.write(answerer.stdout.readline())
+    offerer.stdin.flush()
+    result = json.loads(offerer.stdout.readline())
+    sides = {"sender": wait_usage(offerer, 600), "receiver": wait_usage(answerer, 60)}
+    return Sample(
+        mib_per_s=size / MIB / result["elapsed"], total_s=time.time() - started, sides=sides
+    )
+
+
+def run_wormhole(src: Path, out: Path, relays: tuple[str, str]) -> Sample:
+    """magic-wormhole with its own mailbox server and transit relay on 127.0.0.1."""
+    for leftover in out.iterdir():
+        leftover.unlink()
+    mailbox, transit = relays
+    common = ["--relay-url", mailbox, "--transit-helper", transit]
+    started = time.time()
+    sender = subprocess.Popen(
+        [str(_tool("wormhole")), *common, "send", "--hide-progress", str(src)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert sender.stdout is not None
+    code = ""
+    deadline = time.monotonic() + 30
+    while not code and time.monotonic() < deadline:
+        match = re.search(r"wormhole receive (\S+)", sender.stdout.readline().decode())
+        code = match.group(1) if match else ""
+    receiver = subprocess.Popen(
+        [str(_tool("wormhole")), *common, "receive", "--accept-file", "--hide-progress", code],
+        cwd=out,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    receiver_usage = wait_usage(receiver, 3600)
+    total = time.time() - started
+    sender_usage = wait_usage(sender, 60)
+    size = src.stat().st_size
+    return Sample(
+        mib_per_s=size / MIB / total,
+        total_s=total,
+        sides={"sender": sender_usage, "receiver": receiver_usage},
+    )
+
+
+class WormholeRelays:
+    """A local mailbox server and transit relay (magic-wormhole-mailbox-server,
+    magic-wormhole-transit-relay), so no traffic leaves 127.0.0.1."""
+
+    def __init__(self, workdir: Path) -> None:
+        if _tool("twistd") is None or _tool("wormhole") is None:
+            raise SystemExit(
+                "--compare wormhole needs: pip install magic-wormhole "
+                "magic-wormhole-mailbox-server magic-wormhole-transit-relay"
+            )
+        self.processes = [
+            subprocess.Popen(
+                [
+                    str(_tool("twistd")),
+                    "-n",
+                    "--pidfile",
+                    str(workdir / "mailbox.pid"),
+                    "wormhole-mailbox",
+                    "--port",
+                    "tcp:4000:interface=127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=workdir,
+            ),
+            subprocess.Popen(
+                [
+                    str(_tool("twistd")),
+                    "-n",
+                    "--pidfile",
+                    str(workdir / "transit.pid"),
+                    "transitrelay",
+                    "--port",
+                    "tcp:4001:interface=127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=workdir,
+            ),
+        ]
+        time.sleep(3)
+        self.urls = ("ws://127.0.0.1:4000/v1", "tcp:127.0.0.1:4001")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(10)
+
+
+def median(samples: Sequence[Sample], get: Callable[[Sample], float | None]) -> float:
+    values = [v for v in (get(s) for s in samples) if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def report(name: str, samples: list[Sample]) -> list[str]:
+    rows = [
+        f"{name:<10} {median(samples, lambda s: s.mib_per_s):8.1f} MiB/s"
+        f"  first byte {median(samples, lambda s: s.first_byte_s):5.2f} s"
+        f"  total {median(samples, lambda s: s.total_s):6.2f} s"
+        f"  (runs: {', '.join(f'{s.mib_per_s:.1f}' for s in samples)})"
+    ]
+    for side in ("sender", "receiver"):
+        rss = median(samples, lambda s, side=side: s.sides[side].peak_rss_mib)  # type: ignore[misc]
+        cpu = median(samples, lambda s, side=side: s.sides[side].cpu_seconds)  # type: ignore[misc]
+        rows.append(f"{'':<10} {side:<8} peak RSS {rss:6.1f} MiB  CPU {cpu:6.2f} s")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--size", type=parse_size, default=256 * MIB, help="file size (256M)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each (median shown)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="sfs --chunk-size")
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio"],
+        default="auto",
+        help="event loop for both sfs and raw (auto: uvloop when installed)",
+    )
+    parser.add_argument("--compare", choices=["wormhole"], action="append", default=[])
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
+    args = parser.parse_args(argv)
+
+    from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
+
+    chunk = args.chunk_size or DEFAULT_CHUNK_BYTES
+    env = dict(os.environ)
+    if args.loop == "asyncio":
+        env["SFS_EVENT_LOOP"] = "asyncio"
+    env.pop("SFS_DEBUG", None)
+    from sfs.cli import event_loop_factory
+
+    loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
+    print(
+        f"sfs benchmark: {args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
+        f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="sfs-bench-") as tmp:
+        workdir = Path(tmp)
+        src = workdir / "src.bin"
+        with open(src, "wb") as f:
+            for _ in range(0, args.size, MIB):
+                f.write(os.urandom(min(MIB, args.size - f.tell())))
+        out = workdir / "out"
+        out.mkdir()
+        server = SignalServer(workdir)
+        relays = WormholeRelays(workdir) if "wormhole" in args.compare else None
+        results: dict[str, list[Sample]] = {"sfs": [], "raw": [], "wormhole": []}
+        try:
+            for run in range(args.runs):
+                results["sfs"].append(run_sfs(server, src, out, env, chunk))
+                if not args.no_raw:
+                    results["raw"].append(run_raw(args.size, chunk + 28, env))
+                if relays is not None:
+                    results["wormhole"].append(run_wormhole(src, out, relays.urls))
+                print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        finally:
+            server.stop()
+            if relays is not None:
+                relays.stop()
+    for name, samples in results.items():
+        if samples:
+            print("\n".join(report(name, samples)))
+    if results["raw"]:
+        ratio = median(results["sfs"], lambda s: s.mib_per_s) / median(
+            results["raw"], lambda s: s.mib_per_s
+        )
+        print(f"sfs/raw    {ratio:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
