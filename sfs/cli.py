@@ -24,7 +24,7 @@ from tqdm import tqdm
 from sfs import __version__, app
 from sfs.code import Code, parse_code
 from sfs.errors import SfsError
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Offer
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
 from sfs.signal.messages import IceServer, parse_ice_server
 from sfs.signal.server import ServerConfig
@@ -436,7 +436,9 @@ def send(
         paths=tuple(Path(f) for f in files),
         peer=_peer_options(server, ice_server, ice_address, connect_timeout),
         chunk_size=chunk_size,
-        sender_name=_default_sender() if sender_name is None else sender_name,
+        sender_name=(_default_sender() if sender_name is None else sender_name)[
+            :MAX_SENDER_NAME_CHARS
+        ],
         verify=verify,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)

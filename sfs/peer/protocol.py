@@ -144,7 +144,11 @@ Event = Offer | Accept | Reject | Chunk | FileDone | FileAck | Cancel
 
 
 def _encode_json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a non-UTF-8 file name
+        raise ProtocolError("a name or reason to send is not valid Unicode") from exc
 
 
 def _decode_json(payload: bytes) -> dict[str, Any]:
@@ -171,7 +175,18 @@ def _str_field(obj: dict[str, Any], key: str, max_chars: int, default: str | Non
     value = obj.get(key, default)
     if not isinstance(value, str) or len(value) > max_chars:
         raise RemoteProtocolError(f"field {key!r} must be a string of at most {max_chars} chars")
+    try:
+        value.encode("utf-8")  # JSON may carry lone surrogates ("\ud800"): not text
+    except UnicodeEncodeError as exc:
+        raise RemoteProtocolError(f"field {key!r} is not valid Unicode") from exc
     return value
+
+
+def _reason_payload(reason: str) -> bytes:
+    """The payload of a REJECT or CANCEL we send; refuse what the peer would refuse."""
+    if len(reason) > MAX_REASON_CHARS:
+        raise ProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
+    return _encode_json({"reason": reason})
 
 
 def encode_offer(offer: Offer) -> bytes:
@@ -250,8 +265,9 @@ class TransferProtocol:
             return self._send_chunk(event.data)
         if isinstance(event, Cancel):
             self._require(self.state is not State.CLOSED, event)
+            payload = _reason_payload(event.reason)
             self._set_state(State.CLOSED)
-            return self._seal(FrameType.CANCEL, _encode_json({"reason": event.reason}))
+            return self._seal(FrameType.CANCEL, payload)
         if self.role is Role.SENDER:
             return self._sender_send(event)
         return self._receiver_send(event)
@@ -290,9 +306,14 @@ class TransferProtocol:
                 raise ProtocolError(f"an offer lists 1 to {MAX_FILES} files")
             if not 1 <= event.chunk_size <= MAX_CHUNK_BYTES:
                 raise ProtocolError(f"chunk size must be 1 to {MAX_CHUNK_BYTES} bytes")
+            payload = encode_offer(event)
+            try:  # the receiver's own check: fail here, not after the peer refuses
+                decode_offer(payload)
+            except RemoteProtocolError as exc:
+                raise ProtocolError(f"the receiver would refuse this offer: {exc}") from exc
             self.offer = event
             self._set_state(State.OFFERED)
-            return self._seal(FrameType.OFFER, encode_offer(event))
+            return self._seal(FrameType.OFFER, payload)
         if isinstance(event, FileDone):
             self._require(self.state is State.SENDING and self._file_remaining == 0, event)
             if len(event.sha256) != SHA256_BYTES:
@@ -344,8 +365,9 @@ class TransferProtocol:
             return self._seal(FrameType.ACCEPT, _encode_json({}))
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
+            payload = _reason_payload(event.reason)
             self._set_state(State.CLOSED)
-            return self._seal(FrameType.REJECT, _encode_json({"reason": event.reason}))
+            return self._seal(FrameType.REJECT, payload)
         if isinstance(event, FileAck):
             self._require(
                 self.state in (State.RECEIVING, State.AWAITING_ACKS)

@@ -61,6 +61,9 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
 }
 #: File reads happen in a worker thread, this much at a time, to keep the event loop free.
 READ_BLOCK_BYTES = 1024 * 1024
+#: Unicode categories never kept in a name: controls, invisible formatting (bidi
+#: overrides), surrogates, and line/paragraph separators.
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
@@ -113,8 +116,8 @@ def safe_name(offered: str) -> str:
     :raises RemoteProtocolError: nothing usable is left.
     """
     name = offered.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
-    name = unicodedata.normalize("NFC", name).strip().lstrip(".").rstrip(". ")
+    name = "".join(c for c in name if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
+    name = _trim(unicodedata.normalize("NFC", name))
     if not name:
         raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
     if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
@@ -125,8 +128,17 @@ def safe_name(offered: str) -> str:
         keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
         suffix = ("." + ext).encode("utf-8") if keep_ext else b""
         base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
-        name = base.decode("utf-8", errors="ignore") + suffix.decode("utf-8")
+        name = _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
     return name
+
+
+def _trim(name: str) -> str:
+    """Strip space and dots at both ends (no hidden files; Windows drops trailing ones)."""
+    while True:
+        trimmed = name.strip().lstrip(".").rstrip(". ")
+        if trimmed == name:
+            return name
+        name = trimmed
 
 
 def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> list[Path]:
@@ -285,7 +297,10 @@ def inspect_sources(paths: list[Path]) -> list[SourceFile]:
             raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{str(path)!r} is not a regular file")
-        sources.append(SourceFile(path, path.name, st.st_size, st.st_mtime_ns))
+        # A name that is not valid UTF-8 (possible on Linux) is offered with
+        # replacement characters rather than refused.
+        name = os.fsencode(path.name).decode("utf-8", errors="replace")
+        sources.append(SourceFile(path, name, st.st_size, st.st_mtime_ns))
     if not sources:
         raise SourceError("no file to send")
     return sources

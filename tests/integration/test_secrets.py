@@ -47,7 +47,7 @@ def test_secret_is_in_no_log_and_no_command_line(tmp_path: Path) -> None:
         sender.stdin.close()
         # While the transfer runs, look at what every user can see of both processes.
         secret = receiver.code[8:]
-        seen = []
+        seen: list[bytes] = []
         while sender.poll() is None and len(seen) < 20:
             for pid in (sender.pid, receiver.process.pid):
                 try:

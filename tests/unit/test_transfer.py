@@ -47,13 +47,15 @@ from tests.helpers import channel_pair, key_pair
         ("lpt1.txt", "_lpt1.txt"),
         ("trailing. ", "trailing"),
         ("résumé.pdf", "résumé.pdf"),
+        (". .x", "x"),
+        ("a\u2028b", "ab"),
     ],
 )
 def test_safe_name(offered: str, expected: str) -> None:
     assert safe_name(offered) == expected
 
 
-@pytest.mark.parametrize("offered", ["", ".", "..", "/", "a/", "\x00\x01", "...", " "])
+@pytest.mark.parametrize("offered", ["", ".", "..", "/", "a/", "\x00\x01", "...", " ", ".\u2028."])
 def test_unusable_names_are_refused(offered: str) -> None:
     with pytest.raises(RemoteProtocolError):
         safe_name(offered)
@@ -114,6 +116,14 @@ def test_part_file_never_replaces_a_file_that_appeared(tmp_path: Path) -> None:
     part.discard()
     assert (tmp_path / "f").read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_non_utf8_source_names_are_offered_with_replacement_characters(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt"))
+    path.write_bytes(b"x")
+    (source,) = inspect_sources([path])
+    assert source.name == "caf\ufffd.txt"
+    source.name.encode("utf-8")
 
 
 def test_inspect_sources(tmp_path: Path) -> None:
