@@ -22,7 +22,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from sfs.cli import event_loop_factory
+from sfs.cli import event_loop_factory, tune_runtime
 from sfs.peer.connection import HIGH_WATER_BYTES, LOW_WATER_BYTES, gathering_on
 
 LOOPBACK = ("127.0.0.1",)
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--message-size", type=int, default=16 * 1024)
     args = parser.parse_args()
+    tune_runtime()  # the same runtime settings as sfs itself
     coro = offer(args.size, args.message_size) if args.role == "offer" else answer(args.size)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(coro)

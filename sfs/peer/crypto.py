@@ -240,9 +240,10 @@ class FrameOpener:
                 f"frame {counter} arrived where frame {self._counter} was due"
                 " (reordered, replayed or dropped)"
             )
-        header = frame[:NONCE_BYTES]
+        view = memoryview(frame)  # no copy of the ciphertext for slicing
+        header = view[:NONCE_BYTES]
         try:
-            payload = self._aead.decrypt(header, frame[NONCE_BYTES:], header)
+            payload = self._aead.decrypt(header, view[NONCE_BYTES:], header)
         except InvalidTag as exc:
             raise CryptoError("a frame failed its integrity check (tampered or damaged)") from exc
         self._counter += 1

@@ -48,7 +48,9 @@ PROTOCOL_VERSION = 1
 #: The largest DataChannel message aiortc and browsers accept (a=max-message-size).
 MAX_MESSAGE_BYTES = 262_144
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
-DEFAULT_CHUNK_BYTES = 16 * 1024
+#: Frames of exactly 64 KiB: measured fastest with aiortc on this project's bench
+#: (docs/PERFORMANCE.md); larger messages make aiortc's reassembly slower.
+DEFAULT_CHUNK_BYTES = 64 * 1024 - FRAME_OVERHEAD_BYTES
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_FILES = 1000
 #: Offered names longer than this are refused outright; shorter ones are later cut

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
@@ -26,14 +27,40 @@ from tests.integration.peers import Finished, make_file, run_sender, start_recei
 
 
 @pytest.mark.parametrize(
-    "size",
-    [0, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 10 * 1024 * 1024],
-    ids=["0B", "1B", "16KiB-1", "16KiB", "16KiB+1", "10MiB"],
+    ("size", "chunk"),
+    [
+        (0, None),
+        (1, None),
+        # Around the 16 KiB chunk of the original design, and around today's default.
+        (16 * 1024 - 1, 16 * 1024),
+        (16 * 1024, 16 * 1024),
+        (16 * 1024 + 1, 16 * 1024),
+        (DEFAULT_CHUNK_BYTES - 1, None),
+        (DEFAULT_CHUNK_BYTES, None),
+        (DEFAULT_CHUNK_BYTES + 1, None),
+        (10 * 1024 * 1024, None),
+        (10 * 1024 * 1024, MAX_CHUNK_BYTES),
+    ],
+    ids=[
+        "0B",
+        "1B",
+        "16KiB-1",
+        "16KiB",
+        "16KiB+1",
+        "default-1",
+        "default",
+        "default+1",
+        "10MiB",
+        "10MiB-largest-chunks",
+    ],
 )
-def test_transfer_of_size(sfs_server: ServerProcess, tmp_path: Path, size: int) -> None:
+def test_transfer_of_size(
+    sfs_server: ServerProcess, tmp_path: Path, size: int, chunk: int | None
+) -> None:
     src = make_file(tmp_path / "src.bin", size)
     receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
-    sent = run_sender(sfs_server, receiver.code, str(src))
+    chunk_args = ("--chunk-size", str(chunk)) if chunk else ()
+    sent = run_sender(sfs_server, *chunk_args, receiver.code, str(src))
     received = receiver.finish()
     assert sent.returncode == 0, sent.stderr
     assert received.returncode == 0, received.stderr
