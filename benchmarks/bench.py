@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from benchmarks.longlink import RECEIVER_ADDRESS, SENDER_ADDRESS, LongLink
+
 MIB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)i?B?$", re.IGNORECASE)
@@ -84,12 +86,27 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where each side runs: a command prefix (e.g. ``ip netns exec NS``) and the only
+    address it offers as ICE host candidate. The server runs beside the sender."""
+
+    sender_prefix: tuple[str, ...] = ()
+    receiver_prefix: tuple[str, ...] = ()
+    sender_address: str = LOOPBACK
+    receiver_address: str = LOOPBACK
+
+
+LOCAL = Placement()
+
+
 class SignalServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, placement: Placement = LOCAL) -> None:
         self.log = workdir / "serve.log"
+        serve = ["serve", "--host", placement.sender_address, "--port", "0"]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                python("-m", "sfs", "serve", "--host", LOOPBACK, "--port", "0"),
+                [*placement.sender_prefix, *python("-m", "sfs", *serve)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -118,15 +135,24 @@ def _read_code(stdout: IO[bytes], timeout: float = 30) -> str:
     raise RuntimeError("sfs receive printed no code")
 
 
-def run_sfs(server: SignalServer, src: Path, out: Path, env: dict[str, str], chunk: int) -> Sample:
+def run_sfs(
+    server: SignalServer,
+    src: Path,
+    out: Path,
+    env: dict[str, str],
+    chunk: int,
+    placement: Placement = LOCAL,
+    streams: int = 1,
+) -> Sample:
     for leftover in out.iterdir():
         leftover.unlink()
-    common = ["--server", server.url, "--ice-address", LOOPBACK, "-q", "-v"]
+    common = ["--server", server.url, "-q", "-v"]
+    receive = ["receive", "--yes", "-o", str(out), "--ice-address", placement.receiver_address]
     receiver_log = out.parent / "receiver.log"
     sender_log = out.parent / "sender.log"
     with open(receiver_log, "wb") as rlog:
         receiver = subprocess.Popen(
-            python("-m", "sfs", "receive", "--yes", "-o", str(out), *common),
+            [*placement.receiver_prefix, *python("-m", "sfs", *receive, *common)],
             stdout=subprocess.PIPE,
             stderr=rlog,
             env=env,
@@ -134,9 +160,11 @@ def run_sfs(server: SignalServer, src: Path, out: Path, env: dict[str, str], chu
     assert receiver.stdout is not None
     code = _read_code(receiver.stdout)
     started = time.time()
+    send = ["send", "--chunk-size", str(chunk), "--streams", str(streams)]
+    send += ["--ice-address", placement.sender_address]
     with open(sender_log, "wb") as slog:
         sender = subprocess.Popen(
-            python("-m", "sfs", "send", "--chunk-size", str(chunk), *common, code, str(src)),
+            [*placement.sender_prefix, *python("-m", "sfs", *send, *common, code, str(src))],
             stdout=subprocess.DEVNULL,
             stderr=slog,
             env=env,
@@ -161,28 +189,27 @@ def run_sfs(server: SignalServer, src: Path, out: Path, env: dict[str, str], chu
 
 
 def _start_raw_pair(
-    size: int, message_size: int, env: dict[str, str], channels: int = 1, connections: int = 1
+    size: int,
+    message_size: int,
+    env: dict[str, str],
+    channels: int = 1,
+    connections: int = 1,
+    placement: Placement | None = None,
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    where = placement or LOCAL
     module = ["-m", "benchmarks.raw_datachannel"]
     stripes = ["--connections", str(connections)]
+    offer_args = ["--size", str(size), "--message-size", str(message_size)]
+    offer_args += ["--channels", str(channels), "--address", where.sender_address]
     offerer = subprocess.Popen(
-        python(
-            *module,
-            "offer",
-            "--size",
-            str(size),
-            "--message-size",
-            str(message_size),
-            "--channels",
-            str(channels),
-            *stripes,
-        ),
+        [*where.sender_prefix, *python(*module, "offer", *offer_args, *stripes)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
     )
+    answer_args = ["--size", str(size), "--address", where.receiver_address]
     answerer = subprocess.Popen(
-        python(*module, "answer", "--size", str(size), *stripes),
+        [*where.receiver_prefix, *python(*module, "answer", *answer_args, *stripes)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -203,11 +230,12 @@ def run_raw(
     channels: int = 1,
     connections: int = 1,
     processes: int = 1,
+    placement: Placement | None = None,
 ) -> Sample:
     """The raw ceiling; with ``processes`` > 1, that many pairs share the bytes."""
     started = time.time()
     pairs = [
-        _start_raw_pair(size // processes, message_size, env, channels, connections)
+        _start_raw_pair(size // processes, message_size, env, channels, connections, placement)
         for _ in range(processes)
     ]
     elapsed = []
@@ -382,7 +410,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="event loop for both sfs and raw (auto: uvloop when installed)",
     )
     parser.add_argument("--compare", choices=["wormhole"], action="append", default=[])
+    parser.add_argument(
+        "--long-link",
+        action="store_true",
+        help="run the peers in two network namespaces joined by a 1 Gbit veth pair with "
+        "25 ms of delay each way (root; builds benchmarks/longlink/nfqdelay.c)",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
+    parser.add_argument("--streams", type=int, default=1, help="sfs send --streams N")
     parser.add_argument(
         "--stripe",
         type=int,
@@ -402,8 +437,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from sfs.cli import event_loop_factory
 
     loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
+    where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
     print(
-        f"sfs benchmark: {args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
+        f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
+        f"chunk {chunk} B, {args.streams} stream(s), "
         f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {platform.machine()}",
         flush=True,
@@ -416,7 +453,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f.write(os.urandom(min(MIB, args.size - f.tell())))
         out = workdir / "out"
         out.mkdir()
-        server = SignalServer(workdir)
+        link = LongLink() if args.long_link else None
+        placement = LOCAL
+        if link is not None:
+            link.__enter__()
+            placement = Placement(
+                tuple(link.prefix("sender")),
+                tuple(link.prefix("receiver")),
+                SENDER_ADDRESS,
+                RECEIVER_ADDRESS,
+            )
+        server = SignalServer(workdir, placement)
         relays = WormholeRelays(workdir) if "wormhole" in args.compare else None
         results: dict[str, list[Sample]] = {"sfs": [], "raw": [], "wormhole": []}
         stripes = (
@@ -432,11 +479,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             results[name] = []
         try:
             for run in range(args.runs):
-                results["sfs"].append(run_sfs(server, src, out, env, chunk))
+                results["sfs"].append(
+                    run_sfs(server, src, out, env, chunk, placement, args.streams)
+                )
                 if not args.no_raw:
-                    results["raw"].append(run_raw(args.size, chunk + 28, env))
+                    results["raw"].append(run_raw(args.size, chunk + 28, env, placement=placement))
                 for name, layout in stripes.items():
-                    results[name].append(run_raw(args.size, chunk + 28, env, **layout))
+                    results[name].append(
+                        run_raw(args.size, chunk + 28, env, placement=placement, **layout)
+                    )
                 if relays is not None:
                     results["wormhole"].append(run_wormhole(src, out, relays.urls))
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
@@ -444,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             server.stop()
             if relays is not None:
                 relays.stop()
+            if link is not None:
+                link.__exit__(None, None, None)
         crypto_cost = crypto_seconds(src, chunk)
     for name, samples in results.items():
         if samples:

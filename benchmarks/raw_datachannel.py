@@ -30,8 +30,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from sfs.cli import event_loop_factory, tune_runtime
 from sfs.peer.connection import HIGH_WATER_BYTES, LOW_WATER_BYTES, gathering_on
 
-LOOPBACK = ("127.0.0.1",)
-
 
 async def _read_line() -> dict[str, Any]:
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -62,7 +60,9 @@ class _Sender:
             await self.drained.wait()
 
 
-async def offer(size: int, message_size: int, channels: int, connections: int) -> None:
+async def offer(
+    size: int, message_size: int, channels: int, connections: int, address: str
+) -> None:
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(connections)]
     senders = [
         _Sender(pc.createDataChannel(f"raw{i}", ordered=True))
@@ -71,7 +71,7 @@ async def offer(size: int, message_size: int, channels: int, connections: int) -
     ]
     done = asyncio.Event()
     senders[0].channel.on("message", lambda _: done.set())
-    with gathering_on(LOOPBACK):
+    with gathering_on((address,)):
         for pc in pcs:
             await pc.setLocalDescription(await pc.createOffer())
     _write_line({"sdps": [pc.localDescription.sdp for pc in pcs]})
@@ -99,7 +99,7 @@ async def offer(size: int, message_size: int, channels: int, connections: int) -
         await pc.close()
 
 
-async def answer(size: int, connections: int) -> None:
+async def answer(size: int, connections: int, address: str) -> None:
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(connections)]
     received = 0
     first: list[Any] = []
@@ -123,7 +123,7 @@ async def answer(size: int, connections: int) -> None:
     offers = (await _read_line())["sdps"]
     for pc, sdp in zip(pcs, offers, strict=True):
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-    with gathering_on(LOOPBACK):
+    with gathering_on((address,)):
         for pc in pcs:
             await pc.setLocalDescription(await pc.createAnswer())
     _write_line({"sdps": [pc.localDescription.sdp for pc in pcs]})
@@ -142,12 +142,13 @@ def main() -> None:
     parser.add_argument("--message-size", type=int, default=64 * 1024)
     parser.add_argument("--channels", type=int, default=1, help="DataChannels per connection")
     parser.add_argument("--connections", type=int, default=1, help="peer connections")
+    parser.add_argument("--address", default="127.0.0.1", help="the only ICE host address")
     args = parser.parse_args()
     tune_runtime()  # the same runtime settings as sfs itself
     if args.role == "offer":
-        coro = offer(args.size, args.message_size, args.channels, args.connections)
+        coro = offer(args.size, args.message_size, args.channels, args.connections, args.address)
     else:
-        coro = answer(args.size, args.connections)
+        coro = answer(args.size, args.connections, args.address)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(coro)
 

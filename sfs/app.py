@@ -20,8 +20,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sfs.code import Code, new_secret
-from sfs.errors import DiskError, SfsError, SignalingError, VerificationError, WrongCodeError
-from sfs.peer.connection import DataChannelLink, PeerLink, check_local_addresses
+from sfs.errors import (
+    DiskError,
+    PeerGoneError,
+    SfsError,
+    SignalingError,
+    VerificationError,
+    WrongCodeError,
+)
+from sfs.peer.connection import (
+    MAX_STREAMS,
+    DataChannelLink,
+    PeerLinks,
+    StripedChannel,
+    check_local_addresses,
+)
 from sfs.peer.crypto import (
     FRAME_OVERHEAD_BYTES,
     KeyExchange,
@@ -49,6 +62,8 @@ DEFAULT_SERVER_URL = "http://localhost:5000"
 #: How long to wait for each step of the other side during set-up, and for ICE,
 #: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
 CONNECT_TIMEOUT_SECONDS = 30.0
+#: How long a channel may still take to open after the partner left the server.
+PARTNER_GONE_GRACE_SECONDS = 5.0
 #: After its last acknowledgement, the receiver waits this long for the sender to
 #: close, so that acknowledgement is not lost with a connection torn down too early.
 CLOSE_GRACE_SECONDS = 5.0
@@ -86,6 +101,7 @@ class SendConfig:
     chunk_size: int = DEFAULT_CHUNK_BYTES
     sender_name: str = ""
     verify: bool = False
+    streams: int = 1
 
 
 @dataclass(frozen=True)
@@ -105,13 +121,18 @@ async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = N
 class Session:
     """An open, authenticated DataChannel to the peer, and the session keys."""
 
-    channel: DataChannelLink
+    channel: DataChannelLink | StripedChannel
     keys: SessionKeys
 
 
 @asynccontextmanager
-async def sender_session(code: Code, options: PeerOptions, ui: Ui) -> AsyncIterator[Session]:
-    """Find the receiver of ``code``, agree on keys, and open the DataChannel."""
+async def sender_session(
+    code: Code, options: PeerOptions, ui: Ui, *, streams: int = 1
+) -> AsyncIterator[Session]:
+    """Find the receiver of ``code``, agree on keys, and open the DataChannel(s).
+
+    :param streams: peer connections to stripe over (the receiver may accept fewer).
+    """
     addresses = check_local_addresses(options.ice_addresses)
     partner = code.peer_id
     async with SignalClient(options.server_url) as signal:
@@ -123,12 +144,12 @@ async def sender_session(code: Code, options: PeerOptions, ui: Ui) -> AsyncItera
         exchange = KeyExchange(role="sender", password=code.secret.encode(), receiver_id=partner)
         keys = await _exchange_keys(signal, exchange, partner, options)
         ice = server_ice if options.ice_servers is None else options.ice_servers
-        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
-            offer = await link.create_offer()
-            await _send_sealed(signal, "offer", offer, keys, partner)
+        async with PeerLinks(streams, ice_servers=ice, host_addresses=addresses) as links:
+            offers = await links.create_offers()
+            await _send_sealed(signal, "offer", offers, keys, partner)
             sealed_answer = await _expect(signal, "answer", partner, options)
-            await link.accept_answer(await _open_or_abort(signal, sealed_answer, keys, partner))
-            channel = await _open(link, signal, partner, options)
+            await links.accept_answers(await _open_or_abort(signal, sealed_answer, keys, partner))
+            channel = await _open(links, signal, partner, options)
             yield Session(channel, keys)
 
 
@@ -149,19 +170,19 @@ async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Sessio
         keys = await _exchange_keys(signal, exchange, partner, options)
         # If the offer does not open, this code has had its one try: tell the sender, end.
         sealed_offer = await _expect(signal, "offer", partner, options)
-        offer = await _open_or_abort(signal, sealed_offer, keys, partner)
+        offers = await _open_or_abort(signal, sealed_offer, keys, partner)
         ice = server_ice if options.ice_servers is None else options.ice_servers
-        async with PeerLink(ice_servers=ice, host_addresses=addresses) as link:
-            answer = await link.answer_offer(offer)
-            await _send_sealed(signal, "answer", answer, keys, partner)
-            channel = await _open(link, signal, partner, options)
+        async with PeerLinks(len(offers), ice_servers=ice, host_addresses=addresses) as links:
+            answers = await links.answer_offers(offers)
+            await _send_sealed(signal, "answer", answers, keys, partner)
+            channel = await _open(links, signal, partner, options)
             yield Session(channel, keys)
 
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
     """Send files to the receiver that printed ``config.code``."""
     sources = inspect_sources(list(config.paths))  # fail before contacting anyone
-    async with sender_session(config.code, config.peer, ui) as session:
+    async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
         if config.verify:
@@ -226,13 +247,13 @@ async def _confirm_verifier(ui: Ui, keys: SessionKeys) -> None:
 
 
 async def _open(
-    link: PeerLink, signal: SignalClient, partner: str, options: PeerOptions
-) -> DataChannelLink:
+    links: PeerLinks, signal: SignalClient, partner: str, options: PeerOptions
+) -> DataChannelLink | StripedChannel:
     """Wait for the DataChannel, while listening for the partner giving up."""
     # A partner that aborts (wrong code) or disconnects while ICE runs would otherwise
     # leave us waiting for the whole connect timeout, then blaming ICE.
-    watcher = asyncio.ensure_future(signal.expect(partner=partner, tolerate_server_loss=True))
-    opener = asyncio.ensure_future(link.open(options.connect_timeout))
+    watcher = asyncio.ensure_future(_watch_partner(signal, partner))
+    opener = asyncio.ensure_future(links.open(options.connect_timeout))
     try:
         await asyncio.wait({watcher, opener}, return_when=asyncio.FIRST_COMPLETED)
         if not opener.done():
@@ -246,6 +267,18 @@ async def _open(
     # server that goes away now cannot disturb the transfer).
     await signal.leave()
     return channel
+
+
+async def _watch_partner(signal: SignalClient, partner: str) -> None:
+    """Raise when the partner gives up while our side of the channel is still opening."""
+    try:
+        await signal.expect(partner=partner, tolerate_server_loss=True)
+    except PeerGoneError:
+        # The partner leaves the server as soon as its side of the channel is open,
+        # which on a long link is a round trip before ours: only a channel that then
+        # stays shut means the partner is really gone.
+        await asyncio.sleep(PARTNER_GONE_GRACE_SECONDS)
+        raise
 
 
 async def _expect(
@@ -277,16 +310,25 @@ async def _exchange_keys(
 
 
 async def _send_sealed(
-    signal: SignalClient, kind: str, description: dict[str, str], keys: SessionKeys, partner: str
+    signal: SignalClient,
+    kind: str,
+    descriptions: list[dict[str, str]],
+    keys: SessionKeys,
+    partner: str,
 ) -> None:
-    plaintext = json.dumps(description, separators=(",", ":")).encode("utf-8")
+    """Seal the session description(s): the first as ``sdp``, any more (striping) as
+    ``extra_sdps``, so a peer that knows only one stream still understands it."""
+    message: dict[str, object] = {"type": kind, "sdp": descriptions[0]["sdp"]}
+    if len(descriptions) > 1:
+        message["extra_sdps"] = [d["sdp"] for d in descriptions[1:]]
+    plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
     sealed = seal_message(key=keys.signal_send, kind=kind, plaintext=plaintext)
     await signal.call(kind, {"peer_id": partner, "sealed": base64.b64encode(sealed).decode()})
 
 
 async def _open_or_abort(
     signal: SignalClient, data: dict[str, Any], keys: SessionKeys, partner: str
-) -> dict[str, str]:
+) -> list[dict[str, str]]:
     """Open a sealed offer or answer; if it does not open, tell the partner and stop."""
     kind = "offer" if keys.role == "receiver" else "answer"
     try:
@@ -304,17 +346,23 @@ async def _abort_wrong_code(signal: SignalClient, partner: str) -> None:
         logger.debug("could not tell the other side about the wrong code", exc_info=True)
 
 
-def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> dict[str, str]:
+def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> list[dict[str, str]]:
     plaintext = open_message(key=keys.signal_receive, kind=kind, sealed=_b64_field(data, "sealed"))
     try:
-        description = json.loads(plaintext)
+        message = json.loads(plaintext)
     except ValueError as exc:
         raise SignalingError(f"the other side sent a malformed {kind}") from exc
-    if not isinstance(description, dict) or not all(
-        isinstance(v, str) for v in description.values()
+    extra = message.get("extra_sdps", []) if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(extra, list):
+        raise SignalingError(f"the other side sent a malformed {kind}")
+    sdps = [message.get("sdp"), *extra]
+    if (
+        message.get("type") != kind
+        or not all(isinstance(sdp, str) for sdp in sdps)
+        or len(sdps) > MAX_STREAMS
     ):
         raise SignalingError(f"the other side sent a malformed {kind}")
-    return description
+    return [{"type": kind, "sdp": sdp} for sdp in sdps]
 
 
 def _field(data: dict[str, Any], key: str) -> str:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from sfs import __version__, app
 from sfs.code import Code, parse_code
 from sfs.errors import SfsError
+from sfs.peer.connection import MAX_STREAMS
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
 from sfs.signal.messages import IceServer, parse_ice_server
@@ -430,12 +431,21 @@ def receive(
     default=None,
     help="Name shown to the receiver (default: your login name).",
 )
+@click.option(
+    "--streams",
+    type=click.IntRange(1, MAX_STREAMS),
+    default=1,
+    show_default=True,
+    help="Stripe the transfer over this many peer connections: faster on long "
+    "(high-latency) links, no gain on a LAN.",
+)
 @VERIFY_OPTION
 @peer_options
 def send(
     args: tuple[str, ...],
     chunk_size: int,
     sender_name: str | None,
+    streams: int,
     verify: bool,
     server: str,
     ice_server: tuple[str, ...],
@@ -461,6 +471,7 @@ def send(
             :MAX_SENDER_NAME_CHARS
         ],
         verify=verify,
+        streams=streams,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
     click.echo(_final_line("Sent", result))

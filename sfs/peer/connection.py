@@ -295,3 +295,92 @@ class PeerLink:
         if channel.readyState != "open":
             self._link.mark_closed()
         return self._link
+
+
+# -- striping ---------------------------------------------------------------------------------
+
+#: The most peer connections one transfer may use (the receiver enforces it).
+MAX_STREAMS = 8
+
+
+class StripedChannel:
+    """Several DataChannels, each on its own peer connection, seen as one channel.
+
+    Frames are dealt round-robin: frame k of a direction goes on link k mod N, and the
+    other side reads the links in the same order, so the frames come out in exactly
+    the order they went in, with no change to the protocol above (its strict counters
+    still hold). Each link is its own SCTP association with its own window, which is
+    what lifts throughput on long links (docs/PERFORMANCE.md).
+    """
+
+    def __init__(self, links: Sequence[DataChannelLink]) -> None:
+        if not links:
+            raise ValueError("at least one link")
+        self._links = list(links)
+        self._next_send = 0
+        self._next_receive = 0
+
+    @property
+    def max_message_size(self) -> int:
+        return min(link.max_message_size for link in self._links)
+
+    async def send(self, frame: bytes) -> None:
+        link = self._links[self._next_send % len(self._links)]
+        self._next_send += 1
+        await link.send(frame)
+
+    async def receive(self) -> bytes:
+        frame = await self._links[self._next_receive % len(self._links)].receive()
+        self._next_receive += 1
+        return frame
+
+    def poll(self) -> bytes | None:
+        frame = self._links[self._next_receive % len(self._links)].poll()
+        if frame is not None:
+            self._next_receive += 1
+        return frame
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*(link.wait_closed() for link in self._links))
+
+
+class PeerLinks:
+    """One to :data:`MAX_STREAMS` :class:`PeerLink` objects used as one transfer path."""
+
+    def __init__(
+        self, count: int, *, ice_servers: Sequence[IceServer], host_addresses: tuple[str, ...]
+    ) -> None:
+        if not 1 <= count <= MAX_STREAMS:
+            raise ValueError(f"1 to {MAX_STREAMS} streams")
+        self._links = [
+            PeerLink(ice_servers=ice_servers, host_addresses=host_addresses) for _ in range(count)
+        ]
+
+    async def __aenter__(self) -> PeerLinks:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self._links))
+
+    async def create_offers(self) -> list[dict[str, str]]:
+        return [await link.create_offer() for link in self._links]
+
+    async def answer_offers(self, offers: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        return [await link.answer_offer(o) for link, o in zip(self._links, offers, strict=True)]
+
+    async def accept_answers(self, answers: Sequence[dict[str, str]]) -> None:
+        """Use as many links as the peer answered; close the rest."""
+        if not 1 <= len(answers) <= len(self._links):
+            raise PeerConnectionError("the other side answered with a wrong number of streams")
+        for link in self._links[len(answers) :]:
+            await link.close()
+        self._links = self._links[: len(answers)]
+        for link, answer in zip(self._links, answers, strict=True):
+            await link.accept_answer(answer)
+
+    async def open(self, seconds: float) -> DataChannelLink | StripedChannel:
+        links = await asyncio.gather(*(link.open(seconds) for link in self._links))
+        return links[0] if len(links) == 1 else StripedChannel(links)

@@ -273,3 +273,15 @@ def test_version_and_help() -> None:
     done = subprocess.run(sfs_command("--version"), capture_output=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.startswith(b"sfs, version ")
+
+
+def test_striped_over_several_connections(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    first = make_file(tmp_path / "a.bin", 3 * 1024 * 1024 + 7)
+    second = make_file(tmp_path / "b.bin", 5)
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    sent = run_sender(sfs_server, "--streams", "3", receiver.code, str(first), str(second))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(tmp_path / "out" / "a.bin") == sha256_file(first)
+    assert sha256_file(tmp_path / "out" / "b.bin") == sha256_file(second)

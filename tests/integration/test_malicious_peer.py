@@ -21,6 +21,7 @@ import pytest
 from sfs.app import PeerOptions, Session, sender_session
 from sfs.code import parse_code
 from sfs.errors import SfsError
+from sfs.peer.connection import DataChannelLink
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
 from sfs.peer.transfer import NullProgress, Progress
@@ -53,6 +54,7 @@ class Attacker:
     """The evil sender's view of an open session."""
 
     def __init__(self, session: Session) -> None:
+        assert isinstance(session.channel, DataChannelLink)  # one stream: the default
         self.channel = session.channel
         self.seal = FrameSealer(session.keys.frame_send).seal
         self.opener = FrameOpener(session.keys.frame_receive)
