@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: The backpressure mark: stop queueing new frames while this much is buffered.
 HIGH_WATER_BYTES = 16 * 1024 * 1024
-#: Resume when the buffer drains to this.
+#: Resume when the buffer drains to this (half the high-water mark).
 LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
 #: RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB.
 DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
@@ -111,13 +111,16 @@ def remote_max_message_size(sdp: str) -> int:
 class DataChannelLink:
     """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transfer.Channel`."""
 
-    def __init__(self, channel: Any, *, max_message_size: int) -> None:
+    def __init__(
+        self, channel: Any, *, max_message_size: int, high_water: int = HIGH_WATER_BYTES
+    ) -> None:
         self._channel = channel
         self.max_message_size = max_message_size
+        self._high_water = high_water
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._drained = asyncio.Event()
         self._closed = asyncio.Event()
-        channel.bufferedAmountLowThreshold = LOW_WATER_BYTES
+        channel.bufferedAmountLowThreshold = high_water // 2
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._drained.set)
         channel.on("close", self.mark_closed)
@@ -141,8 +144,8 @@ class DataChannelLink:
         if self._closed.is_set() or self._channel.readyState != "open":
             raise PeerGoneError()
         self._channel.send(frame)
-        if self._channel.bufferedAmount > HIGH_WATER_BYTES:
-            # The event fires when the amount falls through LOW_WATER_BYTES, which it
+        if self._channel.bufferedAmount > self._high_water:
+            # The event fires when the amount falls through the low mark, which it
             # must do from here, since nothing awaited between the check and the clear.
             self._drained.clear()
             await self._drained.wait()
@@ -186,11 +189,18 @@ class PeerLink:
     calls :meth:`answer_offer`.  Both then await :meth:`open`.
     """
 
-    def __init__(self, *, ice_servers: Sequence[IceServer], host_addresses: tuple[str, ...]):
+    def __init__(
+        self,
+        *,
+        ice_servers: Sequence[IceServer],
+        host_addresses: tuple[str, ...],
+        high_water: int = HIGH_WATER_BYTES,
+    ):
         # An explicit, possibly empty, list: None would make aiortc use public STUN.
         config = RTCConfiguration(iceServers=to_rtc_ice_servers(ice_servers))
         self._pc = RTCPeerConnection(configuration=config)
         self._host_addresses = host_addresses
+        self._high_water = high_water
         self._channel: Any = None
         self._channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._link: DataChannelLink | None = None
@@ -235,7 +245,9 @@ class PeerLink:
         # Wrap the channel at once: a message that arrived before the wrapper's
         # handler was attached would be lost.
         self._channel = channel
-        self._link = DataChannelLink(channel, max_message_size=self._remote_max_message)
+        self._link = DataChannelLink(
+            channel, max_message_size=self._remote_max_message, high_water=self._high_water
+        )
 
         def opened() -> None:
             if not self._channel_ready.done():
@@ -352,8 +364,14 @@ class PeerLinks:
     ) -> None:
         if not 1 <= count <= MAX_STREAMS:
             raise ValueError(f"1 to {MAX_STREAMS} streams")
+        # The buffering budget is shared, so memory does not grow with the stream count.
         self._links = [
-            PeerLink(ice_servers=ice_servers, host_addresses=host_addresses) for _ in range(count)
+            PeerLink(
+                ice_servers=ice_servers,
+                host_addresses=host_addresses,
+                high_water=HIGH_WATER_BYTES // count,
+            )
+            for _ in range(count)
         ]
 
     async def __aenter__(self) -> PeerLinks:
