@@ -25,6 +25,7 @@ def build_nfqdelay(workdir: Path) -> Path:
     """Compile nfqdelay; install its build needs by package name when missing."""
     header = Path("/usr/include/libnetfilter_queue/libnetfilter_queue.h")
     if not header.exists() or shutil.which("iptables") is None:
+        _run("apt-get", "update", "-qq")
         _run("apt-get", "install", "-y", "-qq", "libnetfilter-queue-dev", "iptables", "gcc")
     binary = workdir / "nfqdelay"
     _run("gcc", "-O2", "-o", str(binary), str(SOURCE), "-lnetfilter_queue", "-lnfnetlink")
