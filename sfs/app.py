@@ -102,6 +102,7 @@ class SendConfig:
     sender_name: str = ""
     verify: bool = False
     streams: int = 1
+    resume: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class ReceiveConfig:
     overwrite: bool = False
     peer: PeerOptions = PeerOptions()
     verify: bool = False
+    resume: bool = True
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -204,6 +206,8 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             chunk_size=chunk_size,
             progress=ui.progress(),
             on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
+            resume=config.resume,
+            status=ui.status,
         )
         _log_result("sent", result)
         return result
@@ -227,6 +231,8 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             overwrite=config.overwrite,
             decide=decide,
             progress=ui.progress(),
+            resume=config.resume,
+            status=ui.status,
         )
         _log_result("received", result)
         await linger(session.channel, CLOSE_GRACE_SECONDS)

@@ -150,11 +150,15 @@ def _final_line(verb: str, result: TransferResult) -> str:
         what = Path(result.files[0]).name
     else:
         what = f"{len(result.files)} files"
-    rate = result.total_bytes / result.elapsed
-    return (
+    moved = result.total_bytes - result.resumed_bytes
+    rate = moved / result.elapsed
+    line = (
         f"{verb} {what} ({format_size(result.total_bytes)}) "
         f"in {result.elapsed:.1f} s, {format_size(rate)}/s"
     )
+    if result.resumed_bytes:
+        line += f", {format_size(result.resumed_bytes)} resumed"
+    return line
 
 
 # -- running --------------------------------------------------------------------------------
@@ -246,6 +250,11 @@ def _peer_options(
     )
 
 
+RESUME_OPTION = click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Start over instead of continuing an interrupted transfer of the same file.",
+)
 VERIFY_OPTION = click.option(
     "--verify",
     is_flag=True,
@@ -385,12 +394,14 @@ def serve(
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
 @VERIFY_OPTION
+@RESUME_OPTION
 @peer_options
 def receive(
     output: Path,
     overwrite: bool,
     yes: bool,
     verify: bool,
+    no_resume: bool,
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
@@ -410,6 +421,7 @@ def receive(
         overwrite=overwrite,
         peer=_peer_options(server, ice_server, ice_address, connect_timeout),
         verify=verify,
+        resume=not no_resume,
     )
     ui = ConsoleUi(quiet=quiet, assume_yes=yes)
     result = _run(app.receive(config, ui), verbose)
@@ -440,6 +452,7 @@ def receive(
     "(high-latency) links, no gain on a LAN.",
 )
 @VERIFY_OPTION
+@RESUME_OPTION
 @peer_options
 def send(
     args: tuple[str, ...],
@@ -447,6 +460,7 @@ def send(
     sender_name: str | None,
     streams: int,
     verify: bool,
+    no_resume: bool,
     server: str,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
@@ -472,6 +486,7 @@ def send(
         ],
         verify=verify,
         streams=streams,
+        resume=not no_resume,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
     click.echo(_final_line("Sent", result))

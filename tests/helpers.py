@@ -81,6 +81,9 @@ class QueueChannel:
     async def wait_closed(self) -> None:
         pass  # an in-memory queue loses nothing at close
 
+    def seconds_since_send(self) -> float:
+        return 0.0  # never idle: no keepalives in unit tests
+
     def close(self) -> None:
         assert self.peer is not None
         self.peer.inbox.put_nowait(None)

@@ -16,10 +16,11 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aioice.ice
 from aiortc import (
@@ -33,6 +34,7 @@ from sfs.errors import IceFailedError, PeerConnectionError, PeerGoneError
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The backpressure mark: stop queueing new frames while this much is buffered.
 HIGH_WATER_BYTES = 16 * 1024 * 1024
@@ -41,6 +43,10 @@ LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
 #: RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB.
 DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
 CHANNEL_LABEL = "sfs"
+#: Nothing at all from the peer for this long means the connection is lost. Each
+#: side sends a keepalive every 2 s when idle (sfs.peer.transfer.keepalive), and
+#: aiortc itself may take 30 s or more to notice a dead path.
+IDLE_TIMEOUT_SECONDS = 10.0
 _MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
 
 # -- restricting host candidates ----------------------------------------------------------
@@ -117,6 +123,7 @@ class DataChannelLink:
         self._channel = channel
         self.max_message_size = max_message_size
         self._high_water = high_water
+        self._last_sent = self._last_received = time.monotonic()
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._drained = asyncio.Event()
         self._closed = asyncio.Event()
@@ -126,6 +133,7 @@ class DataChannelLink:
         channel.on("close", self.mark_closed)
 
     def _on_message(self, message: bytes | str) -> None:
+        self._last_received = time.monotonic()
         # Text messages are not part of the protocol; a bytes-like sentinel makes the
         # protocol layer reject them like any other malformed frame.
         self._inbox.put_nowait(message if isinstance(message, bytes) else b"")
@@ -144,16 +152,17 @@ class DataChannelLink:
         if self._closed.is_set() or self._channel.readyState != "open":
             raise PeerGoneError()
         self._channel.send(frame)
+        self._last_sent = time.monotonic()
         if self._channel.bufferedAmount > self._high_water:
             # The event fires when the amount falls through the low mark, which it
             # must do from here, since nothing awaited between the check and the clear.
             self._drained.clear()
-            await self._drained.wait()
+            await self._within_idle_timeout(self._drained.wait)
             if self._closed.is_set():
                 raise PeerGoneError()
 
     async def receive(self) -> bytes:
-        item = await self._inbox.get()
+        item = await self._within_idle_timeout(self._inbox.get)
         if item is None:
             self._inbox.put_nowait(None)  # every later receive() sees the close too
             raise PeerGoneError()
@@ -170,6 +179,24 @@ class DataChannelLink:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def seconds_since_send(self) -> float:
+        return time.monotonic() - self._last_sent
+
+    async def _within_idle_timeout(self, wait: Callable[[], Awaitable[T]]) -> T:
+        """``await wait()``, unless the peer falls silent for IDLE_TIMEOUT_SECONDS."""
+        while True:
+            remaining = self._last_received + IDLE_TIMEOUT_SECONDS - time.monotonic()
+            if remaining <= 0:
+                self.mark_closed()
+                raise PeerGoneError(
+                    f"lost the connection: nothing from the other side for "
+                    f"{IDLE_TIMEOUT_SECONDS:.0f} s"
+                )
+            try:
+                return await asyncio.wait_for(wait(), remaining)
+            except TimeoutError:
+                continue
 
 
 # -- the peer connection --------------------------------------------------------------------
@@ -354,6 +381,9 @@ class StripedChannel:
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*(link.wait_closed() for link in self._links))
+
+    def seconds_since_send(self) -> float:
+        return min(link.seconds_since_send() for link in self._links)
 
 
 class PeerLinks:

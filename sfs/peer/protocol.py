@@ -70,6 +70,8 @@ class FrameType(enum.IntEnum):
     FILE_DONE = 5
     FILE_ACK = 6
     CANCEL = 7
+    RESUME = 8
+    PING = 9
 
 
 class Role(enum.Enum):
@@ -81,6 +83,7 @@ class State(enum.Enum):
     IDLE = "idle"
     OFFERED = "offered"
     DECIDING = "deciding"
+    ACCEPTED = "accepted"
     SENDING = "sending"
     RECEIVING = "receiving"
     AWAITING_ACKS = "awaiting_acks"
@@ -110,8 +113,29 @@ class Offer:
 
 
 @dataclass(frozen=True)
+class ResumeClaim:
+    """The receiver holds the first ``offset`` bytes of a file, with this SHA-256."""
+
+    offset: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class Accept:
-    pass
+    #: One claim per offered file (or none at all): what the receiver already holds.
+    resume: tuple[ResumeClaim, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where the sender starts each file: the receiver's claim, or 0 to start over."""
+
+    offsets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Keepalive: proves the peer is still there while nothing else moves."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +163,7 @@ class Cancel:
     reason: str = "cancelled"
 
 
-Event = Offer | Accept | Reject | Chunk | FileDone | FileAck | Cancel
+Event = Offer | Accept | Reject | Resume | Chunk | FileDone | FileAck | Cancel | Ping
 
 
 # -- payload codecs -----------------------------------------------------------------------
@@ -254,6 +278,8 @@ class TransferProtocol:
         self._file_index = 0  # the file whose bytes are moving now
         self._file_remaining = 0
         self._acked = 0  # files the receiver has acknowledged
+        self._claims: tuple[ResumeClaim, ...] = ()
+        self._offsets: tuple[int, ...] = ()
 
     # -- public API --
 
@@ -265,6 +291,9 @@ class TransferProtocol:
         """Return the sealed frame for ``event``; :class:`ProtocolError` if not allowed now."""
         if isinstance(event, Chunk):  # the hot path first
             return self._send_chunk(event.data)
+        if isinstance(event, Ping):
+            self._require(self.state is not State.CLOSED, event)
+            return self._seal(FrameType.PING, b"")
         if isinstance(event, Cancel):
             self._require(self.state is not State.CLOSED, event)
             payload = _reason_payload(event.reason)
@@ -295,6 +324,10 @@ class TransferProtocol:
             reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "cancelled")
             self._set_state(State.CLOSED)
             return Cancel(reason)
+        if kind is FrameType.PING:
+            if payload:
+                raise RemoteProtocolError("PING carries nothing")
+            return Ping()
         if self.role is Role.SENDER:
             return self._sender_receive(kind, payload)
         return self._receiver_receive(kind, payload)
@@ -316,6 +349,12 @@ class TransferProtocol:
             self.offer = event
             self._set_state(State.OFFERED)
             return self._seal(FrameType.OFFER, payload)
+        if isinstance(event, Resume):
+            self._require(self.state is State.ACCEPTED, event)
+            self._check_offsets(event.offsets, ProtocolError)
+            frame = self._seal(FrameType.RESUME, _encode_json({"offsets": list(event.offsets)}))
+            self._start(event.offsets)
+            return frame
         if isinstance(event, FileDone):
             self._require(self.state is State.SENDING and self._file_remaining == 0, event)
             if len(event.sha256) != SHA256_BYTES:
@@ -339,10 +378,9 @@ class TransferProtocol:
 
     def _sender_receive(self, kind: FrameType, payload: bytes) -> Event:
         if kind is FrameType.ACCEPT and self.state is State.OFFERED:
-            _decode_json(payload)
-            self._file_index = -1
-            self._next_file()
-            return Accept()
+            self._claims = self._decode_claims(_decode_json(payload))
+            self._set_state(State.ACCEPTED)
+            return Accept(self._claims)
         if kind is FrameType.REJECT and self.state is State.OFFERED:
             reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "declined")
             self._set_state(State.CLOSED)
@@ -362,9 +400,12 @@ class TransferProtocol:
     def _receiver_send(self, event: Event) -> bytes:
         if isinstance(event, Accept):
             self._require(self.state is State.DECIDING, event)
-            self._file_index = -1
-            self._next_file()
-            return self._seal(FrameType.ACCEPT, _encode_json({}))
+            self._validate_claims(event.resume, ProtocolError)
+            claims = [{"offset": c.offset, "sha256": c.sha256.hex()} for c in event.resume]
+            frame = self._seal(FrameType.ACCEPT, _encode_json({"resume": claims}))
+            self._claims = event.resume
+            self._set_state(State.ACCEPTED)
+            return frame
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
             payload = _reason_payload(event.reason)
@@ -407,15 +448,66 @@ class TransferProtocol:
             self.offer = decode_offer(payload)
             self._set_state(State.DECIDING)
             return self.offer
+        if kind is FrameType.RESUME and self.state is State.ACCEPTED:
+            obj = _decode_json(payload)
+            offsets = obj.get("offsets")
+            if not isinstance(offsets, list) or not all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offsets
+            ):
+                raise RemoteProtocolError("RESUME carries a list of offsets")
+            self._check_offsets(tuple(offsets), RemoteProtocolError)
+            self._start(tuple(offsets))
+            return Resume(tuple(offsets))
         raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
 
     # -- helpers --
+
+    def _decode_claims(self, obj: dict[str, Any]) -> tuple[ResumeClaim, ...]:
+        entries = obj.get("resume", [])
+        if not isinstance(entries, list):
+            raise RemoteProtocolError("ACCEPT carries a list of resume claims")
+        claims = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise RemoteProtocolError("a resume claim is not a JSON object")
+            digest = _str_field(entry, "sha256", 2 * SHA256_BYTES)
+            try:
+                sha256 = bytes.fromhex(digest)
+            except ValueError:
+                raise RemoteProtocolError("a resume claim's SHA-256 is not hex") from None
+            claims.append(ResumeClaim(_int_field(entry, "offset", 0, MAX_FILE_BYTES), sha256))
+        self._validate_claims(tuple(claims), RemoteProtocolError)
+        return tuple(claims)
+
+    def _validate_claims(self, claims: tuple[ResumeClaim, ...], error: type[ProtocolError]) -> None:
+        assert self.offer is not None
+        if claims and len(claims) != len(self.offer.files):
+            raise error("one resume claim per offered file, or none")
+        for claim, info in zip(claims, self.offer.files, strict=False):
+            if claim.offset > info.size or len(claim.sha256) != SHA256_BYTES:
+                raise error("a resume claim is larger than its file or has no SHA-256")
+
+    def _check_offsets(self, offsets: tuple[int, ...], error: type[ProtocolError]) -> None:
+        """Each file starts at 0 or exactly where the receiver said it holds data."""
+        assert self.offer is not None
+        if len(offsets) != len(self.offer.files):
+            raise error("one resume offset per offered file")
+        for i, offset in enumerate(offsets):
+            claimed = self._claims[i].offset if self._claims else 0
+            if offset not in (0, claimed):
+                raise error(f"resume offset {offset} for file {i} was not claimed")
+
+    def _start(self, offsets: tuple[int, ...]) -> None:
+        self._offsets = offsets
+        self._file_index = -1
+        self._next_file()
 
     def _next_file(self) -> None:
         assert self.offer is not None
         self._file_index += 1
         if self._file_index < len(self.offer.files):
-            self._file_remaining = self.offer.files[self._file_index].size
+            size = self.offer.files[self._file_index].size
+            self._file_remaining = size - self._offsets[self._file_index]
             self._set_state(State.SENDING if self.role is Role.SENDER else State.RECEIVING)
         else:
             self._file_remaining = 0

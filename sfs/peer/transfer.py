@@ -14,22 +14,26 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
 import stat
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from sfs.errors import (
     CancelledByPeerError,
+    CryptoError,
     DestinationExistsError,
     DiskError,
     IntegrityError,
+    ProtocolError,
     RejectedError,
     RemoteProtocolError,
     SfsError,
@@ -46,7 +50,10 @@ from sfs.peer.protocol import (
     FileDone,
     FileInfo,
     Offer,
+    Ping,
     Reject,
+    Resume,
+    ResumeClaim,
     State,
     TransferProtocol,
 )
@@ -64,6 +71,8 @@ READ_BLOCK_BYTES = 1024 * 1024
 #: Unicode categories never kept in a name: controls, invisible formatting (bidi
 #: overrides), surrogates, and line/paragraph separators.
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+#: A side sends a PING after this long without sending anything else.
+PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
@@ -83,6 +92,9 @@ class Channel(Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the peer closes the channel."""
+
+    def seconds_since_send(self) -> float:
+        """How long ago this side last sent a message."""
 
 
 class Progress(Protocol):
@@ -189,21 +201,40 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
 
 
 class PartFile:
-    """``NAME.part`` while it is being written; removed unless :meth:`commit` succeeds."""
+    """``NAME.part`` while it is being written, with ``NAME.part.sfs`` beside it saying
+    which offered file it holds, so an interrupted transfer can resume.
 
-    def __init__(self, final: Path) -> None:
+    :param offset: bytes already held (a resumed transfer); the file is cut to this.
+    :param prefix: SHA-256 state of those bytes (required when ``offset`` > 0).
+    :param identity: what the sidecar records: offered name, size, mtime.
+    """
+
+    def __init__(
+        self,
+        final: Path,
+        *,
+        offset: int = 0,
+        prefix: HashState | None = None,
+        identity: dict[str, object] | None = None,
+    ) -> None:
         self.final = final
-        self.part = final.with_name(final.name + PART_SUFFIX)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        self.part = part_path(final)
+        self.meta = meta_path(final)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self.part, flags, 0o644)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise DiskError(f"{str(self.part)!r} is not a regular file")
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            if identity is not None:
+                _write_meta(self.meta, identity)
         except OSError as exc:
             raise _disk_error(exc, self.part) from exc
         self._file: IO[bytes] = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = prefix.copy() if offset and prefix is not None else hashlib.sha256()
+        self.offset = offset
         self.written = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -226,17 +257,87 @@ class PartFile:
             _place(self.part, self.final, overwrite=overwrite)
         except OSError as exc:
             raise _disk_error(exc, self.final) from exc
+        _unlink(self.meta)
 
     def _flush_and_sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def discard(self) -> None:
-        self._file.close()
+    def keep(self) -> None:
+        """Stop, keeping what arrived (every byte authenticated) for a later resume."""
         try:
-            os.unlink(self.part)
-        except FileNotFoundError:
-            pass
+            self._file.close()
+        except OSError:
+            logger.debug("closing %s failed", self.part, exc_info=True)
+
+    def discard(self) -> None:
+        self.keep()
+        _unlink(self.part)
+        _unlink(self.meta)
+
+
+HashState = Any  # hashlib's sha256 object (no public type name)
+META_SUFFIX = ".sfs"
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def meta_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX + META_SUFFIX)
+
+
+def _write_meta(path: Path, identity: dict[str, object]) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
+        json.dump({"v": 1, **identity}, f)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def identity_of(info: FileInfo) -> dict[str, object]:
+    return {"name": info.name, "size": info.size, "mtime_ns": info.mtime_ns}
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A partial copy found for an offered file."""
+
+    claim: ResumeClaim
+    prefix: HashState
+
+
+def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> Partial | None:
+    """Look for an interrupted copy of ``info`` at ``final``; hash what it holds."""
+    part, meta = part_path(final), meta_path(final)
+    try:
+        if not part.is_file() or part.is_symlink():
+            return None
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status(f"{final.name}: a partial copy without its record; starting over")
+        return None
+    if not isinstance(recorded, dict) or {**recorded, "v": 1} != {"v": 1, **identity_of(info)}:
+        status(f"{final.name}: the partial copy is of another version of the file; starting over")
+        return None
+    held = min(part.stat().st_size, info.size)
+    digest = hashlib.sha256()
+    with open(part, "rb") as f:
+        remaining = held
+        while remaining:
+            block = f.read(min(READ_BLOCK_BYTES, remaining))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    held -= remaining
+    return Partial(ResumeClaim(held, digest.digest()), digest)
 
 
 def _place(part: Path, final: Path, *, overwrite: bool) -> None:
@@ -312,6 +413,7 @@ class TransferResult:
 
     files: list[Path | str] = field(default_factory=list)
     total_bytes: int = 0
+    resumed_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
@@ -370,6 +472,35 @@ def _peer_stopped(event: Event) -> SfsError:
     return RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
 
 
+async def next_event(channel: Channel, proto: TransferProtocol) -> Event:
+    """The next event from the peer, keepalives skipped."""
+    while isinstance(event := proto.receive(await channel.receive()), Ping):
+        pass
+    return event
+
+
+@asynccontextmanager
+async def keepalive(channel: Channel, proto: TransferProtocol) -> AsyncIterator[None]:
+    """Send a PING whenever this side has sent nothing for PING_INTERVAL_SECONDS, so
+    the peer can tell a quiet connection (a user deciding, a disk busy) from a lost one."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_SECONDS)
+            if channel.seconds_since_send() >= PING_INTERVAL_SECONDS and proto.state not in (
+                State.CLOSED,
+                State.DONE,
+            ):
+                await channel.send(proto.send(Ping()))
+
+    task = asyncio.ensure_future(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def send_files(
     channel: Channel,
     proto: TransferProtocol,
@@ -379,35 +510,79 @@ async def send_files(
     chunk_size: int,
     progress: Progress | None = None,
     on_waiting: Callable[[], None] | None = None,
+    resume: bool = True,
+    status: Callable[[str], None] = lambda message: None,
 ) -> TransferResult:
-    """Offer ``sources``, stream them if accepted, and return after the last ack."""
+    """Offer ``sources``, stream them if accepted, and return after the last ack.
+
+    :param resume: continue files the receiver already partly holds, once their
+        prefix is checked against ours; otherwise send everything from the start.
+    """
     progress = progress or NullProgress()
     result = TransferResult()
     try:
-        offer = Offer(
-            files=tuple(FileInfo(s.name, s.size, s.mtime_ns) for s in sources),
-            sender=sender,
-            chunk_size=chunk_size,
-        )
-        await channel.send(proto.send(offer))
-        if on_waiting is not None:
-            on_waiting()
-        reply = proto.receive(await channel.receive())
-        if not isinstance(reply, Accept):
-            raise _peer_stopped(reply)
-        result.started = time.monotonic()
-        for source in sources:
-            await _send_one(channel, proto, source, chunk_size, progress)
-            result.files.append(source.name)
-            result.total_bytes += source.size
-        while proto.state is not State.DONE:
-            event = proto.receive(await channel.receive())
-            if not isinstance(event, FileAck):
-                raise _peer_stopped(event)
+        async with keepalive(channel, proto):
+            offer = Offer(
+                files=tuple(FileInfo(s.name, s.size, s.mtime_ns) for s in sources),
+                sender=sender,
+                chunk_size=chunk_size,
+            )
+            await channel.send(proto.send(offer))
+            if on_waiting is not None:
+                on_waiting()
+            reply = await next_event(channel, proto)
+            if not isinstance(reply, Accept):
+                raise _peer_stopped(reply)
+            result.started = time.monotonic()
+            starts = await _check_claims(sources, reply.resume if resume else (), status)
+            await channel.send(proto.send(Resume(tuple(offset for offset, _ in starts))))
+            for source, (offset, prefix) in zip(sources, starts, strict=True):
+                await _send_one(channel, proto, source, chunk_size, progress, offset, prefix)
+                result.files.append(source.name)
+                result.total_bytes += source.size
+                result.resumed_bytes += offset
+            while proto.state is not State.DONE:
+                event = await next_event(channel, proto)
+                if not isinstance(event, FileAck):
+                    raise _peer_stopped(event)
         return result.finish()
     except BaseException as exc:
         await abort_transfer(channel, proto, exc)
         raise
+
+
+async def _check_claims(
+    sources: list[SourceFile],
+    claims: tuple[ResumeClaim, ...],
+    status: Callable[[str], None],
+) -> list[tuple[int, HashState | None]]:
+    """Where to start each file: the receiver's claim if our own bytes hash the same."""
+    starts: list[tuple[int, HashState | None]] = []
+    for i, source in enumerate(sources):
+        claim = claims[i] if claims else None
+        if claim is None or claim.offset == 0:
+            starts.append((0, None))
+            continue
+        prefix = await asyncio.to_thread(_hash_prefix, source, claim.offset)
+        if prefix is not None and digests_equal(prefix.digest(), claim.sha256):
+            starts.append((claim.offset, prefix))
+        else:
+            status(f"{source.name}: the receiver's partial copy does not match; sending it all")
+            starts.append((0, None))
+    return starts
+
+
+def _hash_prefix(source: SourceFile, length: int) -> HashState | None:
+    digest = hashlib.sha256()
+    with _open_source(source) as f:
+        remaining = length
+        while remaining:
+            block = f.read(min(READ_BLOCK_BYTES, remaining))
+            if not block:
+                return None
+            digest.update(block)
+            remaining -= len(block)
+    return digest
 
 
 async def _send_one(
@@ -416,13 +591,17 @@ async def _send_one(
     source: SourceFile,
     chunk_size: int,
     progress: Progress,
+    offset: int,
+    prefix: HashState | None,
 ) -> None:
-    digest = hashlib.sha256()
+    digest = prefix if prefix is not None else hashlib.sha256()
     progress.start(source.name, source.size)
+    progress.advance(offset)
     try:
         f = _open_source(source)
         try:
-            remaining = source.size
+            f.seek(offset)
+            remaining = source.size - offset
             block_size = max(chunk_size, READ_BLOCK_BYTES // chunk_size * chunk_size)
             while remaining:
                 block = await asyncio.to_thread(f.read, min(block_size, remaining))
@@ -457,8 +636,12 @@ def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:
     """Handle what the receiver sent meanwhile, so a cancel stops us at once."""
     while (frame := channel.poll()) is not None:
         event = proto.receive(frame)
-        if not isinstance(event, FileAck):
+        if not isinstance(event, FileAck | Ping):
             raise _peer_stopped(event)
+
+
+#: Failures after which the bytes already written cannot be trusted for a resume.
+_UNTRUSTED = (IntegrityError, ProtocolError, CryptoError)
 
 
 async def receive_files(
@@ -469,50 +652,86 @@ async def receive_files(
     overwrite: bool,
     decide: Callable[[Offer], Awaitable[bool]],
     progress: Progress | None = None,
+    resume: bool = True,
+    status: Callable[[str], None] = lambda message: None,
 ) -> TransferResult:
-    """Wait for an offer, ask ``decide``, then write every file safely."""
+    """Wait for an offer, ask ``decide``, then write every file safely.
+
+    :param resume: offer to continue from partial copies (``NAME.part``) left by an
+        interrupted transfer of the same file; otherwise start every file over.
+    """
     progress = progress or NullProgress()
     result = TransferResult()
     part: PartFile | None = None
     try:
-        offer = proto.receive(await channel.receive())
-        if not isinstance(offer, Offer):
-            raise _peer_stopped(offer)
-        destinations = plan_destinations(offer, output_dir, overwrite=overwrite)
-        if not await decide(offer):
-            await channel.send(proto.send(Reject("declined by the receiver")))
-            await linger(channel, LAST_WORD_GRACE_SECONDS)
-            raise RejectedError("you declined the transfer")
-        await channel.send(proto.send(Accept()))
-        result.started = time.monotonic()
-        for info, dest in zip(offer.files, destinations, strict=True):
-            part = PartFile(dest)
-            progress.start(dest.name, info.size)
-            try:
-                while True:
-                    event = proto.receive(await channel.receive())
-                    if isinstance(event, Chunk):
-                        if not result.total_bytes and not part.written:
-                            # Wall time, so scripts/bench can compare it across processes.
-                            logger.info("first data byte at %.6f", time.time())
-                        part.write(event.data)
-                        progress.advance(len(event.data))
-                    elif isinstance(event, FileDone):
-                        done = event
-                        break
-                    else:
-                        raise _peer_stopped(event)
-            finally:
-                progress.finish()
-            await part.commit(done.sha256, overwrite=overwrite)
-            part = None
-            result.files.append(dest)
-            result.total_bytes += info.size
-            await channel.send(proto.send(FileAck()))
+        async with keepalive(channel, proto):
+            offer = await next_event(channel, proto)
+            if not isinstance(offer, Offer):
+                raise _peer_stopped(offer)
+            destinations = plan_destinations(offer, output_dir, overwrite=overwrite)
+            if not await decide(offer):
+                await channel.send(proto.send(Reject("declined by the receiver")))
+                await linger(channel, LAST_WORD_GRACE_SECONDS)
+                raise RejectedError("you declined the transfer")
+            partials: list[Partial | None] = [None] * len(offer.files)
+            if resume:
+                for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
+                    partials[i] = await asyncio.to_thread(find_partial, info, dest, status)
+            claims = tuple(
+                p.claim if p else ResumeClaim(0, hashlib.sha256().digest()) for p in partials
+            )
+            has_claims = any(c.offset for c in claims)
+            await channel.send(proto.send(Accept(claims if has_claims else ())))
+            result.started = time.monotonic()
+            starts = await next_event(channel, proto)
+            if not isinstance(starts, Resume):
+                raise _peer_stopped(starts)
+            for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
+                offset = starts.offsets[i]
+                partial = partials[i]
+                if partial is not None and offset == 0 and partial.claim.offset:
+                    status(
+                        f"{dest.name}: the sender's file differs from the partial copy; "
+                        "starting over"
+                    )
+                part = PartFile(
+                    dest,
+                    offset=offset,
+                    prefix=partial.prefix if partial is not None else None,
+                    identity=identity_of(info),
+                )
+                progress.start(dest.name, info.size)
+                progress.advance(offset)
+                try:
+                    while True:
+                        event = await next_event(channel, proto)
+                        if isinstance(event, Chunk):
+                            if not result.total_bytes and not part.written:
+                                # Wall time, so scripts/bench can compare it across processes.
+                                logger.info("first data byte at %.6f", time.time())
+                            part.write(event.data)
+                            progress.advance(len(event.data))
+                        elif isinstance(event, FileDone):
+                            done = event
+                            break
+                        else:
+                            raise _peer_stopped(event)
+                finally:
+                    progress.finish()
+                await part.commit(done.sha256, overwrite=overwrite)
+                part = None
+                result.files.append(dest)
+                result.total_bytes += info.size
+                result.resumed_bytes += offset
+                await channel.send(proto.send(FileAck()))
         return result.finish()
     except BaseException as exc:
         if part is not None:
-            part.discard()
+            if isinstance(exc, _UNTRUSTED) or not (part.offset or part.written):
+                part.discard()
+            else:
+                part.keep()
+                status(f"kept {part.offset + part.written} bytes of {part.final.name} to resume")
         await abort_transfer(channel, proto, exc)
         raise
 

@@ -19,7 +19,10 @@ from sfs.peer.protocol import (
     FileInfo,
     FrameType,
     Offer,
+    Ping,
     Reject,
+    Resume,
+    ResumeClaim,
     Role,
     State,
     TransferProtocol,
@@ -45,6 +48,8 @@ def test_whole_conversation_round_trips_every_frame() -> None:
     assert receiver.receive(sender.send(OFFER)) == OFFER
     assert receiver.state is State.DECIDING
     assert sender.receive(receiver.send(Accept())) == Accept()
+    assert receiver.receive(sender.send(Resume((0, 0)))) == Resume((0, 0))
+    assert receiver.receive(sender.send(Ping())) == Ping()
     assert receiver.receive(sender.send(Chunk(b"hell"))) == Chunk(b"hell")
     assert receiver.receive(sender.send(Chunk(b"o"))) == Chunk(b"o")
     assert receiver.receive(sender.send(FileDone(SHA_A))) == FileDone(SHA_A)
@@ -133,11 +138,13 @@ def accepted_pair() -> tuple[TransferProtocol, TransferProtocol, SessionKeys]:
     sender, receiver, ks, _ = pair()
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept()))
+    receiver.receive(sender.send(Resume((0, 0))))
     return sender, receiver, ks
 
 
 def forged_sender(ks: SessionKeys, frames_before: int) -> FrameSealer:
-    """A sealer in the sender's key, as a malicious sender holding the key would have."""
+    """A sealer in the sender's key, as a malicious sender holding the key would have,
+    past the sender's first ``frames_before`` frames (OFFER and RESUME: 2)."""
     sealer = FrameSealer(ks.frame_send)
     for _ in range(frames_before):
         sealer.seal(FrameType.CHUNK, b"-")
@@ -146,7 +153,7 @@ def forged_sender(ks: SessionKeys, frames_before: int) -> FrameSealer:
 
 def test_more_bytes_than_declared_are_rejected() -> None:
     _, receiver, ks = accepted_pair()
-    sealer = forged_sender(ks, 1)
+    sealer = forged_sender(ks, 2)
     receiver.receive(sealer.seal(FrameType.CHUNK, b"hell"))
     with pytest.raises(RemoteProtocolError, match="more bytes than it declared"):
         receiver.receive(sealer.seal(FrameType.CHUNK, b"o!"))
@@ -155,18 +162,18 @@ def test_more_bytes_than_declared_are_rejected() -> None:
 def test_chunk_larger_than_announced_is_rejected() -> None:
     _, receiver, ks = accepted_pair()
     with pytest.raises(RemoteProtocolError, match="announced chunk size"):
-        receiver.receive(forged_sender(ks, 1).seal(FrameType.CHUNK, b"hello"))
+        receiver.receive(forged_sender(ks, 2).seal(FrameType.CHUNK, b"hello"))
 
 
 def test_empty_chunk_is_rejected() -> None:
     _, receiver, ks = accepted_pair()
     with pytest.raises(RemoteProtocolError, match="empty"):
-        receiver.receive(forged_sender(ks, 1).seal(FrameType.CHUNK, b""))
+        receiver.receive(forged_sender(ks, 2).seal(FrameType.CHUNK, b""))
 
 
 def test_early_file_done_is_rejected() -> None:
     _, receiver, ks = accepted_pair()
-    sealer = forged_sender(ks, 1)
+    sealer = forged_sender(ks, 2)
     receiver.receive(sealer.seal(FrameType.CHUNK, b"hell"))
     with pytest.raises(RemoteProtocolError, match="1 bytes short"):
         receiver.receive(sealer.seal(FrameType.FILE_DONE, SHA_A))
@@ -174,7 +181,7 @@ def test_early_file_done_is_rejected() -> None:
 
 def test_file_done_with_bad_digest_length_is_rejected() -> None:
     sender, receiver, ks = accepted_pair()
-    sealer = forged_sender(ks, 1)
+    sealer = forged_sender(ks, 2)
     receiver.receive(sealer.seal(FrameType.CHUNK, b"hell"))
     receiver.receive(sealer.seal(FrameType.CHUNK, b"o"))
     with pytest.raises(RemoteProtocolError, match="32-byte"):
@@ -200,6 +207,7 @@ def test_ack_for_unsent_file_is_rejected() -> None:
     sender, receiver, ks, kr = pair()
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept()))
+    sender.send(Resume((0, 0)))
     forged = FrameSealer(kr.frame_send)
     forged.seal(FrameType.ACCEPT, b"{}")
     with pytest.raises(RemoteProtocolError, match="not sent"):
@@ -249,3 +257,37 @@ def test_sender_refuses_bad_offers() -> None:
         TransferProtocol(Role.SENDER, ks).send(Offer(files=()))
     with pytest.raises(ProtocolError):
         TransferProtocol(Role.SENDER, ks).send(Offer(files=(FileInfo("a", 1),), chunk_size=0))
+
+
+def test_resume_claims_and_offsets() -> None:
+    sender, receiver, ks, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    claims = (ResumeClaim(3, SHA_A), ResumeClaim(0, SHA_EMPTY))
+    assert sender.receive(receiver.send(Accept(claims))) == Accept(claims)
+    with pytest.raises(ProtocolError, match="not claimed"):
+        sender.send(Resume((2, 0)))  # only 0 or the claimed offset
+    assert receiver.receive(sender.send(Resume((3, 0)))) == Resume((3, 0))
+    # Two bytes are left of the first file.
+    with pytest.raises(ProtocolError):
+        sender.send(Chunk(b"abc"))
+    assert receiver.receive(sender.send(Chunk(b"lo"))) == Chunk(b"lo")
+
+
+def test_resume_offset_beyond_the_claim_is_rejected() -> None:
+    sender, receiver, ks, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    sender.receive(receiver.send(Accept()))
+    forged = forged_sender(ks, 1)
+    with pytest.raises(RemoteProtocolError, match="not claimed"):
+        receiver.receive(forged.seal(FrameType.RESUME, b'{"offsets":[5,0]}'))
+
+
+def test_claims_larger_than_the_file_are_rejected() -> None:
+    sender, receiver, _, kr = pair()
+    receiver.receive(sender.send(OFFER))
+    with pytest.raises(ProtocolError):
+        receiver.send(Accept((ResumeClaim(99, SHA_A), ResumeClaim(0, SHA_EMPTY))))
+    forged = FrameSealer(kr.frame_send)
+    payload = b'{"resume":[{"offset":99,"sha256":"' + SHA_A.hex().encode() + b'"}]}'
+    with pytest.raises(RemoteProtocolError):
+        sender.receive(forged.seal(FrameType.ACCEPT, payload))

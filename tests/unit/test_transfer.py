@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -270,4 +271,84 @@ async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
     a.inbox.put_nowait(None)
     with pytest.raises((PeerGoneError, CancelledByPeerError)):
         await asyncio.wait_for(send_task, 5)
-    assert os.listdir(out) == []
+    # Nothing at the final name; what arrived is kept, with its record, for a resume.
+    assert sorted(os.listdir(out)) == ["big.part", "big.part.sfs"]
+    assert (out / "big.part").read_bytes() == src.read_bytes()[: (out / "big.part").stat().st_size]
+
+    # Resuming: the receiver claims what it holds, the sender checks it and continues.
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    sent, received = await asyncio.gather(
+        send_files(
+            a, TransferProtocol(Role.SENDER, ks), inspect_sources([src]), sender="", chunk_size=10
+        ),
+        receive_files(
+            b, TransferProtocol(Role.RECEIVER, kr), output_dir=out, overwrite=False, decide=accept
+        ),
+    )
+    assert sent.resumed_bytes == received.resumed_bytes > 0
+    assert (out / "big").read_bytes() == src.read_bytes()
+    assert os.listdir(out) == ["big"]
+
+
+async def test_resume_restarts_when_the_source_changed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "f"
+    src.write_bytes(b"new content, same length!")
+    # A partial copy of an older version with the same name, size and mtime on record.
+    (out / "f.part").write_bytes(b"old content")
+    info = inspect_sources([src])[0]
+    record = {"v": 1, "name": "f", "size": info.size, "mtime_ns": info.mtime_ns}
+    (out / "f.part.sfs").write_text(json.dumps(record))
+    messages: list[str] = []
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    sent, received = await asyncio.gather(
+        send_files(
+            a,
+            TransferProtocol(Role.SENDER, ks),
+            [info],
+            sender="",
+            chunk_size=4,
+            status=messages.append,
+        ),
+        receive_files(
+            b,
+            TransferProtocol(Role.RECEIVER, kr),
+            output_dir=out,
+            overwrite=False,
+            decide=accept,
+            status=messages.append,
+        ),
+    )
+    assert sent.resumed_bytes == 0
+    assert (out / "f").read_bytes() == src.read_bytes()
+    assert any("does not match" in m for m in messages)
+    assert any("starting over" in m for m in messages)
+
+
+async def test_no_resume_starts_over(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "f"
+    src.write_bytes(b"0123456789")
+    info = inspect_sources([src])[0]
+    (out / "f.part").write_bytes(b"01234")
+    record = {"v": 1, "name": "f", "size": info.size, "mtime_ns": info.mtime_ns}
+    (out / "f.part.sfs").write_text(json.dumps(record))
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    sent, _ = await asyncio.gather(
+        send_files(a, TransferProtocol(Role.SENDER, ks), [info], sender="", chunk_size=4),
+        receive_files(
+            b,
+            TransferProtocol(Role.RECEIVER, kr),
+            output_dir=out,
+            overwrite=False,
+            decide=accept,
+            resume=False,
+        ),
+    )
+    assert sent.resumed_bytes == 0
+    assert (out / "f").read_bytes() == b"0123456789"
