@@ -1,0 +1,203 @@
+"""Faults with real processes: killed peers, a killed server, a cut link, a full disk,
+a source that changes. After each: nothing at the final name, and a resumed transfer
+completes with the right SHA-256."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    PROCESS_TIMEOUT_SECONDS,
+    ServerProcess,
+    in_netns,
+    peer_env,
+    sfs_command,
+    sha256_file,
+    start_server,
+    stop_process,
+)
+from tests.integration.peers import Finished, Receiver, make_file, run_sender, start_receiver
+
+pytestmark = pytest.mark.slow
+SIZE = 48 * 1024 * 1024
+#: Small chunks slow the transfer down enough to interrupt it half-way.
+SLOW = ("--chunk-size", "4096")
+
+
+def part_size(out: Path, name: str) -> int:
+    try:
+        return (out / f"{name}.part").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_progress(out: Path, name: str, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if part_size(out, name) >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name}.part never reached {at_least} bytes")
+
+
+def start_sender(
+    server: ServerProcess, code: str, src: Path, *args: str, netns: str | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        sfs_command("send", "-q", *args, code, str(src), netns=netns),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=peer_env(server.url),
+    )
+
+
+def finish(process: subprocess.Popen[bytes], timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
+    out, err = process.communicate(timeout=timeout)
+    return Finished(process.returncode, out.decode(), err.decode("utf-8", "replace"))
+
+
+def resume(server: ServerProcess, src: Path, out: Path, *, netns: str | None = None) -> None:
+    """A fresh receive/send pair in the same folder completes from where it stopped."""
+    receiver = start_receiver(server, out, "--yes", netns=netns)
+    sent = run_sender(server, receiver.code, str(src), netns=netns)
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(out / src.name) == sha256_file(src)
+    assert sorted(os.listdir(out)) == [src.name]
+    assert "resumed" in sent.stdout and "resumed" in received.stdout, sent.stdout
+
+
+def interrupted(
+    receiver: Receiver, sender: subprocess.Popen[bytes], victim: str
+) -> tuple[Finished, Finished]:
+    target = sender if victim == "sender" else receiver.process
+    target.send_signal(signal.SIGKILL)
+    return finish(sender), receiver.finish()
+
+
+@pytest.mark.parametrize("victim", ["sender", "receiver"])
+def test_kill_9_then_resume(sfs_server: ServerProcess, tmp_path: Path, victim: str) -> None:
+    src = make_file(tmp_path / "big.bin", SIZE)
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes", "-q")
+    sender = start_sender(sfs_server, receiver.code, src, *SLOW)
+    wait_for_progress(out, "big.bin", SIZE // 4)
+    started = time.monotonic()
+    sent, received = interrupted(receiver, sender, victim)
+    survivor = received if victim == "sender" else sent
+    assert survivor.returncode == 7, survivor.stderr
+    assert time.monotonic() - started < 20, "the survivor must notice within bounded time"
+    survivor.error_line()
+    assert not (out / "big.bin").exists()
+    assert part_size(out, "big.bin") > 0
+    resume(sfs_server, src, out)
+
+
+def test_server_killed_after_the_channel_opened(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        src = make_file(tmp_path / "big.bin", 16 * 1024 * 1024)
+        out = tmp_path / "out"
+        receiver = start_receiver(server, out, "--yes", "-q")
+        sender = start_sender(server, receiver.code, src, *SLOW)
+        wait_for_progress(out, "big.bin", 1)
+        server.process.send_signal(signal.SIGKILL)
+        sent, received = finish(sender), receiver.finish()
+    finally:
+        stop_process(server.process)
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(out / "big.bin") == sha256_file(src)
+
+
+def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str) -> None:
+    if subprocess.run(["which", "iptables"], capture_output=True).returncode:
+        pytest.skip("iptables is not installed (scripts/test installs it as root)")
+    server = start_server(tmp_path, netns=netns)
+    try:
+        src = make_file(tmp_path / "big.bin", SIZE)
+        out = tmp_path / "out"
+        receiver = start_receiver(server, out, "--yes", "-q", netns=netns)
+        sender = start_sender(server, receiver.code, src, *SLOW, netns=netns)
+        wait_for_progress(out, "big.bin", SIZE // 4)
+        # Every UDP packet now vanishes: the peers cannot reach each other any more.
+        in_netns(netns, "iptables", "-I", "INPUT", "-p", "udp", "-j", "DROP")
+        cut = time.monotonic()
+        sent, received = finish(sender, 60), receiver.finish(60)
+        noticed = time.monotonic() - cut
+        assert noticed <= 15, f"took {noticed:.1f} s to notice"
+        for outcome in (sent, received):
+            assert outcome.returncode == 7, outcome.stderr
+            assert "lost the connection" in outcome.error_line()
+        assert not (out / "big.bin").exists()
+        in_netns(netns, "iptables", "-D", "INPUT", "-p", "udp", "-j", "DROP")
+        resume(server, src, out, netns=netns)
+    finally:
+        stop_process(server.process)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_disk_fills_during_the_transfer(
+    sfs_server: ServerProcess, tmp_path: Path, small_disk: Path
+) -> None:
+    src = make_file(tmp_path / "f.bin", 8 * 1024 * 1024)
+    receiver = start_receiver(sfs_server, small_disk, "--yes", "-q")
+    sender = start_sender(sfs_server, receiver.code, src, *SLOW)
+    wait_for_progress(small_disk, "f.bin", 1024 * 1024)
+    # Something else takes the free space while the transfer runs.
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=11"], capture_output=True)
+    sent, received = finish(sender), receiver.finish()
+    assert received.returncode == 11, received.stderr
+    assert "disk full" in received.error_line()
+    assert sent.returncode == 7, sent.stderr
+    assert not (small_disk / "f.bin").exists()
+    assert part_size(small_disk, "f.bin") > 0  # kept for the resume
+    filler.unlink()
+    resume(sfs_server, src, small_disk)
+
+
+def test_source_changing_during_the_transfer(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = make_file(tmp_path / "f.bin", SIZE)
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes", "-q")
+    sender = start_sender(sfs_server, receiver.code, src, *SLOW)
+    wait_for_progress(out, "f.bin", 1024 * 1024)
+    with open(src, "r+b") as f:  # someone edits the file meanwhile
+        f.seek(10)
+        f.write(b"edited")
+    sent, received = finish(sender), receiver.finish()
+    assert sent.returncode == 9, sent.stderr
+    assert "changed while it was being sent" in sent.error_line()
+    assert received.returncode == 7, received.stderr
+    assert not (out / "f.bin").exists()
+    # The edited file is a new version: the resume restarts it from zero, and says so.
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    received = receiver.finish()
+    assert sent.returncode == 0 and received.returncode == 0, received.stderr
+    assert "starting over" in received.stderr
+    assert sha256_file(out / "f.bin") == sha256_file(src)
