@@ -11,18 +11,20 @@ own key and its own counter, starting at 0.
 
     sender -> receiver              receiver -> sender
     OFFER {v, sender, files, chunk_size}
-                                    ACCEPT {}  |  REJECT {reason}
+                                    ACCEPT {resume: [{offset, sha256}]}  |  REJECT {reason}
+    RESUME {offsets}  (0 or the claimed offset, per file)
     per file, in order:
       CHUNK <bytes> ...  (exactly `size` bytes in all)
       FILE_DONE <32-byte SHA-256 of the file>
                                     FILE_ACK <empty>  (after the file is verified and in place)
-    either side, at any time:  CANCEL {reason}
+    either side, at any time:  CANCEL {reason}, PING <empty>
 
 States::
 
-    sender:   IDLE -OFFER-> OFFERED -ACCEPT-> SENDING -last FILE_DONE-> AWAITING_ACKS
-              -last FILE_ACK-> DONE
-    receiver: IDLE -OFFER-> DECIDING -ACCEPT-> RECEIVING -last FILE_ACK-> DONE
+    sender:   IDLE -OFFER-> OFFERED -ACCEPT-> ACCEPTED -RESUME-> SENDING
+              -last FILE_DONE-> AWAITING_ACKS -last FILE_ACK-> DONE
+    receiver: IDLE -OFFER-> DECIDING -ACCEPT-> ACCEPTED -RESUME-> RECEIVING
+              -last FILE_DONE-> AWAITING_ACKS -last FILE_ACK-> DONE
     both:     REJECT or CANCEL (sent or received) -> CLOSED
 
 The sender reports success only after the last FILE_ACK, so the receiver has checked
