@@ -13,8 +13,9 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from sfs.code import Code, new_secret
 from sfs.errors import (
     DiskError,
     PeerGoneError,
+    ServerLostError,
+    ServerUnreachableError,
     SfsError,
     SignalingError,
     VerificationError,
@@ -62,6 +65,8 @@ DEFAULT_SERVER_URL = "http://localhost:5000"
 #: How long to wait for each step of the other side during set-up, and for ICE,
 #: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
 CONNECT_TIMEOUT_SECONDS = 30.0
+#: How long a waiting receiver keeps trying to reach a server that went away.
+RECONNECT_SECONDS = 300.0
 #: How long a channel may still take to open after the partner left the server.
 PARTNER_GONE_GRACE_SECONDS = 5.0
 #: After its last acknowledgement, the receiver waits this long for the sender to
@@ -159,12 +164,25 @@ async def sender_session(
 async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Session]:
     """Register, show the code, wait for the sender, agree on keys, open the DataChannel."""
     addresses = check_local_addresses(options.ice_addresses)
-    async with SignalClient(options.server_url) as signal:
+    async with AsyncExitStack() as stack:
+        signal = await stack.enter_async_context(SignalClient(options.server_url))
         peer_id, server_ice = await signal.register()
         code = Code(peer_id, new_secret())
         ui.show_code(str(code))
-        # One sender only: the first request takes this code's single attempt.
-        _, request = await signal.expect("connection_request")
+        while True:
+            try:
+                # One sender only: the first request takes this code's single attempt.
+                _, request = await signal.expect("connection_request")
+                break
+            except ServerLostError:
+                # The server forgot every peer ID when it went away: come back with a
+                # new code rather than wait for a sender that can no longer find us.
+                ui.status("Lost the signaling server; reconnecting…")
+                signal = await _reconnect(options, stack)
+                peer_id, server_ice = await signal.register()
+                code = Code(peer_id, new_secret())
+                ui.status("Reconnected. The old code no longer works; use this one:")
+                ui.show_code(str(code))
         partner = _field(request, "peer_id")
         await signal.call("accept_connection", {"peer_id": partner})
         exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
@@ -273,6 +291,20 @@ async def _open(
     # server that goes away now cannot disturb the transfer).
     await signal.leave()
     return channel
+
+
+async def _reconnect(options: PeerOptions, stack: AsyncExitStack) -> SignalClient:
+    """Connect again, retrying with growing pauses for up to RECONNECT_SECONDS."""
+    deadline = time.monotonic() + RECONNECT_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            return await stack.enter_async_context(SignalClient(options.server_url))
+        except ServerUnreachableError:
+            if time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 async def _watch_partner(signal: SignalClient, partner: str) -> None:

@@ -64,6 +64,12 @@ class ServerUnreachableError(SignalingError):
     exit_code = 3
 
 
+class ServerLostError(SignalingError):
+    """Lost the connection to the signaling server."""
+
+    exit_code = 3
+
+
 class CodeNotFoundError(SignalingError):
     """No receiver is waiting with that code. Check the code, or ask for a new one."""
 

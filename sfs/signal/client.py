@@ -20,6 +20,7 @@ from sfs.errors import (
     CodeNotFoundError,
     PeerGoneError,
     RoomFullError,
+    ServerLostError,
     ServerUnreachableError,
     SfsError,
     SignalingError,
@@ -114,7 +115,7 @@ class SignalClient:
         except socketio.exceptions.TimeoutError:
             raise SignalingError(f"the signaling server did not answer {event}") from None
         except socketio.exceptions.BadNamespaceError:
-            raise SignalingError("lost the connection to the signaling server") from None
+            raise ServerLostError() from None
         if not isinstance(reply, dict):
             raise SignalingError(f"the signaling server sent a malformed reply to {event}")
         if reply.get("ok") is True:
@@ -175,7 +176,7 @@ class SignalClient:
             if name == _DISCONNECTED:
                 if tolerate_server_loss:
                     continue
-                raise SignalingError("lost the connection to the signaling server")
+                raise ServerLostError()
             if partner is not None:
                 if data.get("peer_id") != partner:
                     logger.debug("ignoring %s not from our partner", name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,12 +19,20 @@ from tests.conftest import (
     ServerProcess,
     in_netns,
     peer_env,
+    read_line_matching,
     sfs_command,
     sha256_file,
     start_server,
     stop_process,
 )
-from tests.integration.peers import Finished, Receiver, make_file, run_sender, start_receiver
+from tests.integration.peers import (
+    CODE_RE,
+    Finished,
+    Receiver,
+    make_file,
+    run_sender,
+    start_receiver,
+)
 
 pytestmark = pytest.mark.slow
 SIZE = 48 * 1024 * 1024
@@ -200,4 +209,31 @@ def test_source_changing_during_the_transfer(sfs_server: ServerProcess, tmp_path
     received = receiver.finish()
     assert sent.returncode == 0 and received.returncode == 0, received.stderr
     assert "starting over" in received.stderr
+    assert sha256_file(out / "f.bin") == sha256_file(src)
+
+
+def test_waiting_receiver_survives_a_server_restart(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port for both lives of the server
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    server = start_server(tmp_path, "--port", port)
+    try:
+        out = tmp_path / "out"
+        receiver = start_receiver(server, out, "--yes")
+        old_code = receiver.code
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        server = start_server(tmp_path, "--port", port)
+        new_code = read_line_matching(receiver.process, CODE_RE).group(1)
+        assert new_code != old_code
+        src = make_file(tmp_path / "f.bin", 100_000)
+        stale = run_sender(server, old_code, str(src))
+        assert stale.returncode == 4, stale.stderr  # the old code is gone, clearly
+        sent = run_sender(server, new_code, str(src))
+        received = receiver.finish()
+    finally:
+        stop_process(server.process)
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert "Reconnected" in received.stderr
     assert sha256_file(out / "f.bin") == sha256_file(src)
