@@ -53,7 +53,8 @@ MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
 #: Frames of exactly 64 KiB: measured fastest with aiortc on this project's bench
 #: (docs/PERFORMANCE.md); larger messages make aiortc's reassembly slower.
 DEFAULT_CHUNK_BYTES = 64 * 1024 - FRAME_OVERHEAD_BYTES
-MAX_CONTROL_BYTES = 64 * 1024
+#: Room for an ACCEPT with a resume claim for each of MAX_FILES files (about 106 kB).
+MAX_CONTROL_BYTES = 192 * 1024
 MAX_FILES = 1000
 #: Offered names longer than this are refused outright; shorter ones are later cut
 #: down to a safe local name (see transfer.safe_name).
@@ -486,8 +487,13 @@ class TransferProtocol:
         if claims and len(claims) != len(self.offer.files):
             raise error("one resume claim per offered file, or none")
         for claim, info in zip(claims, self.offer.files, strict=False):
-            if claim.offset > info.size or len(claim.sha256) != SHA256_BYTES:
-                raise error("a resume claim is larger than its file or has no SHA-256")
+            # type() rather than isinstance(): a bool would go out as JSON true/false.
+            if (
+                type(claim.offset) is not int
+                or not 0 <= claim.offset <= info.size
+                or len(claim.sha256) != SHA256_BYTES
+            ):
+                raise error("a resume claim must be 0 to the file's size, with a SHA-256")
 
     def _check_offsets(self, offsets: tuple[int, ...], error: type[ProtocolError]) -> None:
         """Each file starts at 0 or exactly where the receiver said it holds data."""
@@ -496,7 +502,7 @@ class TransferProtocol:
             raise error("one resume offset per offered file")
         for i, offset in enumerate(offsets):
             claimed = self._claims[i].offset if self._claims else 0
-            if offset not in (0, claimed):
+            if type(offset) is not int or offset not in (0, claimed):
                 raise error(f"resume offset {offset} for file {i} was not claimed")
 
     def _start(self, offsets: tuple[int, ...]) -> None:
