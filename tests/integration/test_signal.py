@@ -157,6 +157,40 @@ async def test_ready_url_and_healthz(server_url: str) -> None:
             assert await response.text() == "ok"
 
 
+async def _stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
+        async with session.get(f"{url}/stats") as response:
+            assert response.status == 200
+            stats: dict[str, Any] = await response.json()
+            return stats
+
+
+async def test_stats_counts_only(server_url: str, connect: Connect) -> None:
+    def counts(connections: int, peers: int, pending: int, pairs: int) -> dict[str, int]:
+        return {"connections": connections, "peers": peers, "pending": pending, "pairs": pairs}
+
+    assert await _stats(server_url) == counts(0, 0, 0, 0)
+    unregistered = await connect(register=False)
+    a, b, c = await connect(), await connect(), await connect()
+    assert await _stats(server_url) == counts(4, 3, 0, 0)
+    await a.call(m.SEND_CONNECTION_REQUEST, {"peer_id": b.peer_id})
+    await b.expect(m.CONNECTION_REQUEST, {"peer_id": a.peer_id})
+    assert await _stats(server_url) == counts(4, 3, 1, 0)
+    await b.call(m.ACCEPT_CONNECTION, {"peer_id": a.peer_id})
+    await a.expect(m.CONNECTION_ACCEPTED, {"peer_id": b.peer_id})
+    assert await _stats(server_url) == counts(4, 3, 0, 1)
+    stats_text = str(await _stats(server_url))
+    assert not any(p.peer_id in stats_text for p in (a, b, c))
+    for peer in (unregistered, a, b, c):
+        await peer.close()
+    # The server learns of each disconnect asynchronously: poll, for up to 5 s.
+    for _ in range(100):
+        if (stats := await _stats(server_url)) == counts(0, 0, 0, 0):
+            break
+        await asyncio.sleep(0.05)
+    assert stats == counts(0, 0, 0, 0)
+
+
 async def test_register_hands_out_unique_ids_and_ice_servers(connect: Connect) -> None:
     peers = [await connect(register=False) for _ in range(6)]
     acks = [await peer.call(m.REGISTER_PEER, {"version": 1}) for peer in peers]
