@@ -24,6 +24,7 @@ from tests.conftest import (
     sha256_file,
     start_server,
     stop_process,
+    tmpfs,
 )
 from tests.integration.peers import (
     CODE_RE,
@@ -155,18 +156,8 @@ def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path, "12m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_disk_fills_during_the_transfer(
