@@ -224,7 +224,11 @@ def _run(coro: Coroutine[Any, Any, T], verbose: int, *, transfer: bool = True) -
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("Interrupted; nothing was left at the destination.", err=True)
+        click.echo(
+            "Interrupted. Nothing is under the final name; any partial copy is kept as "
+            "NAME.part, and running both commands again resumes it.",
+            err=True,
+        )
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -188,7 +188,12 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
             if path.is_dir() and not path.is_symlink():
                 raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
         paths.append(path)
-    free = shutil.disk_usage(output_dir).free
+    # A partial copy already on disk is either continued or cut back to nothing, so
+    # its bytes count as available either way.
+    free = shutil.disk_usage(output_dir).free + sum(
+        min(_size_of(part_path(path)), info.size)
+        for path, info in zip(paths, offer.files, strict=True)
+    )
     if offer.total_size > free:
         raise DiskError(
             f"not enough free space in {str(output_dir)!r}: "
@@ -278,6 +283,13 @@ class PartFile:
 
 HashState = Any  # hashlib's sha256 object (no public type name)
 META_SUFFIX = ".sfs"
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else 0
+    except OSError:
+        return 0
 
 
 def part_path(final: Path) -> Path:

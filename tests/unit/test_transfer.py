@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -91,6 +92,17 @@ def test_plan_dedupes_names_within_one_offer(tmp_path: Path) -> None:
     offer = Offer(files=(FileInfo("x/a.txt", 1), FileInfo("y/a.txt", 1), FileInfo("A.txt", 1)))
     names = [p.name for p in plan_destinations(offer, tmp_path, overwrite=False)]
     assert names == ["a.txt", "a (2).txt", "A (3).txt"]
+
+
+def test_plan_counts_a_partial_copy_as_available_space(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    offer = Offer(files=(FileInfo("big", free + 1000),))
+    with pytest.raises(DiskError):
+        plan_destinations(offer, tmp_path, overwrite=False)
+    # A sparse partial copy of 1 MiB: its bytes are reused or freed either way.
+    with open(tmp_path / "big.part", "wb") as f:
+        f.truncate(1024 * 1024)
+    assert plan_destinations(offer, tmp_path, overwrite=False) == [tmp_path / "big"]
 
 
 def test_plan_refuses_more_than_the_free_space(tmp_path: Path) -> None:
