@@ -305,35 +305,23 @@ class WormholeRelays:
                 "--compare wormhole needs: pip install magic-wormhole "
                 "magic-wormhole-mailbox-server magic-wormhole-transit-relay"
             )
+        services = (("mailbox", "wormhole-mailbox", 4000), ("transit", "transitrelay", 4001))
         self.processes = [
             subprocess.Popen(
                 [
                     str(_tool("twistd")),
                     "-n",
                     "--pidfile",
-                    str(workdir / "mailbox.pid"),
-                    "wormhole-mailbox",
+                    str(workdir / f"{name}.pid"),
+                    plugin,
                     "--port",
-                    "tcp:4000:interface=127.0.0.1",
+                    f"tcp:{port}:interface=127.0.0.1",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd=workdir,
-            ),
-            subprocess.Popen(
-                [
-                    str(_tool("twistd")),
-                    "-n",
-                    "--pidfile",
-                    str(workdir / "transit.pid"),
-                    "transitrelay",
-                    "--port",
-                    "tcp:4001:interface=127.0.0.1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=workdir,
-            ),
+            )
+            for name, plugin, port in services
         ]
         time.sleep(3)
         self.urls = ("ws://127.0.0.1:4000/v1", "tcp:127.0.0.1:4001")

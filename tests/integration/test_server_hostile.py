@@ -30,8 +30,8 @@ import socketio
 from sfs.signal import messages as m
 from tests.conftest import ServerProcess, sha256_file, start_server, stop_process
 from tests.integration.peers import make_file, run_sender, start_receiver
+from tests.integration.sio_client import TIMEOUT_SECONDS, QueueingClient
 
-TIMEOUT_SECONDS = 5.0
 # How long a client watches its queue to show that nothing arrives.
 QUIET_SECONDS = 0.3
 MARKER = "HOSTILE-MARKER"
@@ -146,33 +146,12 @@ def bad_payloads(event: str, peer: str) -> Iterator[tuple[str, tuple[object, ...
 # --------------------------------------------------------------------------- clients
 
 
-class Client:
+class Client(QueueingClient):
     """A python-socketio client that queues every event it receives."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.sio: Any = socketio.AsyncClient(reconnection=False, handle_sigint=False)
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.gone = asyncio.Event()
-        self.peer_id = ""
-        self.sio.on("*", self._on_event)
-        self.sio.on("disconnect", self._on_disconnect)
-
-    async def _on_event(self, event: str, *args: Any) -> None:
-        self.events.put_nowait((event, args[0] if len(args) == 1 else args))
-
-    async def _on_disconnect(self, reason: object = None) -> None:
-        self.gone.set()
-
     async def connect(self) -> Client:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            await self.sio.connect(self.url, transports=["websocket"], wait_timeout=TIMEOUT_SECONDS)
+        await self.open()
         return self
-
-    async def close(self) -> None:
-        if self.sio.connected:
-            async with asyncio.timeout(TIMEOUT_SECONDS):
-                await self.sio.disconnect()
 
     async def call(self, event: str, *args: object) -> Ack:
         """Send *event* with *args* as its arguments (none, one or several)."""
@@ -185,13 +164,6 @@ class Client:
         assert ack["ok"] is True, ack
         self.peer_id = ack["peer_id"]
         return self
-
-    async def next_event(self) -> tuple[str, Any]:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            return await self.events.get()
-
-    async def expect(self, event: str, payload: object) -> None:
-        assert await self.next_event() == (event, payload)
 
     async def expect_failure(self, event: str, args: tuple[object, ...], code: str) -> None:
         """The ack and the `error` event must both carry *code*."""
@@ -208,10 +180,6 @@ class Client:
             async with asyncio.timeout(QUIET_SECONDS):
                 event = await self.events.get()
                 raise AssertionError(f"unexpected event {event!r:.200}")
-
-    async def wait_gone(self) -> None:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            await self.gone.wait()
 
 
 class RawClient:

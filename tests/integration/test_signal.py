@@ -15,8 +15,8 @@ import socketio
 
 from sfs.signal import messages as m
 from sfs.signal.server import ServerConfig, run_server
+from tests.integration.sio_client import TIMEOUT_SECONDS, QueueingClient
 
-TIMEOUT_SECONDS = 5.0
 ICE = (
     m.IceServer(urls=("stun:stun.example.org:3478",)),
     m.IceServer(urls=("turn:turn.example.org?transport=tcp",), username="u", credential="p"),
@@ -28,31 +28,11 @@ NOBODY = "ZZZ-999"
 Ack = dict[str, Any]
 
 
-class Peer:
+class Peer(QueueingClient):
     """A Socket.IO client that queues every event it receives."""
 
-    def __init__(self) -> None:
-        self.sio: Any = socketio.AsyncClient(reconnection=False)
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.gone = asyncio.Event()
-        self.peer_id = ""
-        self.sio.on("*", self._on_event)
-        self.sio.on("disconnect", self._on_disconnect)
-
-    async def _on_event(self, event: str, *args: Any) -> None:
-        self.events.put_nowait((event, args[0] if len(args) == 1 else args))
-
-    async def _on_disconnect(self, reason: object = None) -> None:
-        self.gone.set()
-
     async def connect(self, url: str) -> None:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            await self.sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT_SECONDS)
-
-    async def close(self) -> None:
-        if self.sio.connected:
-            async with asyncio.timeout(TIMEOUT_SECONDS):
-                await self.sio.disconnect()
+        await self.open(url)
 
     async def call(self, event: str, data: object = None) -> Ack:
         async with asyncio.timeout(TIMEOUT_SECONDS):
@@ -65,13 +45,6 @@ class Peer:
         self.peer_id = ack["peer_id"]
         return self.peer_id
 
-    async def next_event(self) -> tuple[str, Any]:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            return await self.events.get()
-
-    async def expect(self, event: str, payload: object) -> None:
-        assert await self.next_event() == (event, payload)
-
     async def expect_failure(self, event: str, data: object, code: str) -> None:
         """Send *event*; the ack and the `error` event must both carry *code*."""
         ack = await self.call(event, data)
@@ -80,10 +53,6 @@ class Peer:
         name, payload = await self.next_event()
         assert name == m.ERROR
         assert payload == {"event": event, "error": code, "message": ack["message"]}
-
-    async def wait_gone(self) -> None:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            await self.gone.wait()
 
 
 @contextlib.asynccontextmanager
