@@ -193,8 +193,11 @@ class DataChannelLink:
                     f"lost the connection: nothing from the other side for "
                     f"{IDLE_TIMEOUT_SECONDS:.0f} s"
                 )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+            # cancellation (Ctrl-C) that arrives as the awaited message does.
             try:
-                return await asyncio.wait_for(wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    return await wait()
             except TimeoutError:
                 continue
 

@@ -439,7 +439,8 @@ async def abort_transfer(channel: Channel, proto: TransferProtocol, exc: BaseExc
     if proto.state in (State.CLOSED, State.DONE):
         return
     try:
-        await asyncio.wait_for(channel.send(proto.send(Cancel(cancel_reason(exc)))), 2)
+        async with asyncio.timeout(2):
+            await channel.send(proto.send(Cancel(cancel_reason(exc))))
     except (SfsError, TimeoutError, ConnectionError):
         logger.debug("could not deliver the cancel frame", exc_info=True)
         return
