@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_N
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
 from sfs.signal.messages import IceServer, parse_ice_server
 from sfs.signal.server import ServerConfig
+from sfs.text import printable
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -42,10 +42,31 @@ logger = logging.getLogger("sfs.cli")
 # -- output helpers -----------------------------------------------------------------------
 
 
-def _printable(text: str, limit: int = 80) -> str:
-    """Text from the peer, made safe for a terminal (no escapes, no bidi tricks)."""
-    clean = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
-    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+def say(message: str, *, err: bool = True) -> None:
+    """Print one line: the only way text reaches the terminal.
+
+    Every message passes through :func:`sfs.text.printable`, whatever its source:
+    many carry a peer's or a server's words (names, reasons, error messages), and
+    one forgotten path would let them write escape sequences to the terminal.
+    """
+    click.echo(printable(message), err=err)
+
+
+def _confirm(question: str) -> bool:
+    return click.confirm(printable(question), default=False, err=True)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log records as inert text: a logged peer string cannot control the terminal.
+
+    The message becomes one line; a traceback keeps its line breaks, each of its
+    lines made printable.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg, record.args = printable(record.getMessage()), None
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
 class TqdmProgress:
@@ -60,7 +81,7 @@ class TqdmProgress:
             return  # not even a disabled bar: tqdm would still start its monitor thread
         self._bar = tqdm(
             total=size,
-            desc=_printable(name, 30),
+            desc=printable(name, 30),
             unit="B",
             unit_scale=True,
             unit_divisor=1000,
@@ -88,36 +109,34 @@ class ConsoleUi:
 
     def status(self, message: str) -> None:
         if not self.quiet:
-            click.echo(message, err=True)
+            say(message)
 
     def show_code(self, code: str) -> None:
-        click.echo(f"Code: {code}")
-        if not self.quiet:
-            # The code goes to stdout only, once: not into logs or stderr captures.
-            click.echo(
-                "On the other computer run `sfs send CODE FILE...` with this code "
-                "(or `sfs send FILE...` and type it at the prompt). Waiting…",
-                err=True,
-            )
+        # The code goes to stdout only, once: not into logs or stderr captures.
+        say(f"Code: {code}", err=False)
+        self.status(
+            "On the other computer run `sfs send CODE FILE...` with this code "
+            "(or `sfs send FILE...` and type it at the prompt). Waiting…"
+        )
 
     def progress(self) -> Progress:
         return TqdmProgress(quiet=self.quiet)
 
     async def confirm_verifier(self, verifier: str) -> bool:
-        question = f"Verification string: {verifier}\nDoes the other side show the same?"
-        return await _ask_in_thread(lambda: click.confirm(question, default=False, err=True))
+        say(f"Verification string: {verifier}")
+        return await _ask_in_thread(lambda: _confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer) -> bool:
         if len(offer.files) == 1:
-            what = _printable(safe_name(offer.files[0].name))
+            what = printable(safe_name(offer.files[0].name), 80)
         else:
             what = f"{len(offer.files)} files"
-        sender = f" from {_printable(offer.sender, 40)}" if offer.sender else ""
+        sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
         question = f"Receive {what} ({format_size(offer.total_size)}){sender}?"
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
             return True
-        return await _ask_in_thread(lambda: click.confirm(question, default=False, err=True))
+        return await _ask_in_thread(lambda: _confirm(question))
 
 
 async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
@@ -170,11 +189,9 @@ def _setup_logging(verbose: int) -> None:
         level = logging.INFO
     if verbose >= 2 or os.environ.get("SFS_DEBUG") == "1":
         level = logging.DEBUG
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("sfs").setLevel(level)
 
 
@@ -221,13 +238,12 @@ def _run(coro: Coroutine[Any, Any, T], verbose: int, *, transfer: bool = True) -
     except SfsError as exc:
         if verbose:
             logger.exception("details")
-        click.echo(f"Error: {exc}", err=True)
+        say(f"Error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo(
+        say(
             "Interrupted. Nothing is under the final name; any partial copy is kept as "
-            "NAME.part, and running both commands again resumes it.",
-            err=True,
+            "NAME.part, and running both commands again resumes it."
         )
         sys.exit(EXIT_INTERRUPTED)
 
@@ -385,7 +401,7 @@ def serve(
     try:
         _run(app.serve(config), verbose, transfer=False)
     except OSError as exc:
-        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        say(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}")
         sys.exit(3)
 
 
@@ -432,7 +448,7 @@ def receive(
     )
     ui = ConsoleUi(quiet=quiet, assume_yes=yes)
     result = _run(app.receive(config, ui), verbose)
-    click.echo(_final_line("Received", result))
+    say(_final_line("Received", result), err=False)
 
 
 @main.command()
@@ -496,7 +512,7 @@ def send(
         resume=not no_resume,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
-    click.echo(_final_line("Sent", result))
+    say(_final_line("Sent", result), err=False)
 
 
 def _require_terminal_for_verify(verify: bool) -> None:
