@@ -63,9 +63,14 @@ logger = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 #: Most file systems limit a name to 255 bytes; keep room for the ``.part`` suffix.
 MAX_NAME_BYTES = 255 - len(PART_SUFFIX)
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {
-    f"{p}{i}" for p in ("COM", "LPT") for i in range(10)
+#: Names Windows takes for devices, whatever the extension ("nul.txt" is NUL too);
+#: it counts the superscript digits ¹²³ as digits here.
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{p}{c}" for p in ("COM", "LPT") for c in "0123456789\u00b9\u00b2\u00b3"
 }
+#: Characters Windows cannot have in a name (":" would open an NTFS alternate data
+#: stream, "report.pdf:Zone.Identifier"). Replaced on every OS: the file may be copied on.
+_WINDOWS_UNSAFE_CHARS = str.maketrans(dict.fromkeys('<>:"|?*', "_"))
 #: File reads happen in a worker thread, this much at a time, to keep the event loop free.
 READ_BLOCK_BYTES = 1024 * 1024
 #: Unicode categories never kept in a name: controls, invisible formatting (bidi
@@ -122,26 +127,34 @@ def safe_name(offered: str) -> str:
 
     Only the last path component survives (``/`` and ``\\`` both count), control
     and invisible formatting characters go (NUL, escapes, bidi overrides), leading
-    dots go (no hidden files such as ``.bashrc``), Windows device names are defused,
-    and the result fits in 255 bytes with the extension kept.
+    dots go (no hidden files such as ``.bashrc``), characters and device names that
+    Windows cannot store are defused (``:<>|?*"`` become ``_``; ``CON``, ``COM¹``,
+    ``CONIN$`` get a ``_`` in front), and the result fits in MAX_NAME_BYTES with the
+    extension kept.
 
     :raises RemoteProtocolError: nothing usable is left.
     """
     name = offered.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
-    name = _trim(unicodedata.normalize("NFC", name))
+    name = _trim(unicodedata.normalize("NFC", name).translate(_WINDOWS_UNSAFE_CHARS))
     if not name:
         raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
-    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        name = "_" + name
-    encoded = name.encode("utf-8")
-    if len(encoded) > MAX_NAME_BYTES:
-        stem, dot, ext = name.rpartition(".")
-        keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
-        suffix = ("." + ext).encode("utf-8") if keep_ext else b""
-        base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
-        name = _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
+    name = _fit(name)
+    # After the cut: a stem cut short could be a device name ("COM1" of "COM1xyz...").
+    if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+        name = _fit("_" + name)
     return name
+
+
+def _fit(name: str) -> str:
+    """Cut ``name`` to MAX_NAME_BYTES, keeping a short extension."""
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
+    suffix = ("." + ext).encode("utf-8") if keep_ext else b""
+    base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
+    return _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
 
 
 def _trim(name: str) -> str:

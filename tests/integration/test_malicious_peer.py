@@ -249,6 +249,8 @@ def offer_one_file(name: str) -> Script:
         ("CON", "_CON"),
         ("aux.txt", "_aux.txt"),
         (".profile", "profile"),
+        ("report.pdf:Zone.Identifier", "report.pdf_Zone.Identifier"),
+        ("COM\u00b9.txt", "_COM\u00b9.txt"),
     ],
 )
 async def test_hostile_names_land_safely_inside_the_folder(

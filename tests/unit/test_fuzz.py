@@ -1028,7 +1028,24 @@ def test_opener_refuses_every_mutation_of_a_valid_frame(
 NAME_PARTS = st.sampled_from(
     ["/", "\\", "\x00", ".", "..", " ", "\t", "\n", "\u202e", "\u200b", "\ufeff", "\x85"]
     + ["CON", "nul", "a", "é", "e\u0301", "😀", ".txt", ".tar.gz", "\u2028", "~"]
+    + [":", "<", ">", "|", "?", "*", '"', ":Zone.Identifier", "CONIN$", "conout$"]
+    + ["COM\u00b9", "lpt\u00b2", "LPT\u00b3", "com7", "Aux", "prn"]
 )
+#: What Windows cannot store in a name, after CPython's ntpath.isreserved (3.13).
+WINDOWS_RESERVED_CHARS = set('<>:"|?*')
+WINDOWS_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{p}{c}" for p in ("COM", "LPT") for c in "0123456789\u00b9\u00b2\u00b3"
+}
+
+
+def windows_cannot_store(name: str) -> bool:
+    return (
+        name[-1:] in (".", " ")
+        or bool(WINDOWS_RESERVED_CHARS & set(name))
+        or name.partition(".")[0].rstrip(" ").upper() in WINDOWS_DEVICE_NAMES
+    )
+
+
 NAMES = st.one_of(
     st.text(ANY_CHARS, max_size=30),
     st.lists(st.one_of(NAME_PARTS, st.text(max_size=4)), max_size=12).map("".join),
@@ -1047,6 +1064,7 @@ def test_safe_name_is_a_plain_local_name_or_raises(text: str) -> None:
     assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name)
     assert name not in (".", "..") and not name.startswith(".")
     assert 0 < len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    assert not windows_cannot_store(name), name
     out = PurePosixPath("/srv/out")
     assert (out / name).parent == out
     assert (out / name).name == name

@@ -51,6 +51,19 @@ from tests.helpers import channel_pair, key_pair
         ("résumé.pdf", "résumé.pdf"),
         (". .x", "x"),
         ("a\u2028b", "ab"),
+        # Windows: alternate data streams, reserved characters and device names
+        ("report.pdf:Zone.Identifier", "report.pdf_Zone.Identifier"),
+        ('a<b>c|d?e*f"g.txt', "a_b_c_d_e_f_g.txt"),
+        ("CONIN$", "_CONIN$"),
+        ("conout$.log", "_conout$.log"),
+        ("COM\u00b9", "_COM\u00b9"),
+        ("lpt\u00b3.txt", "_lpt\u00b3.txt"),
+        ("COM\u00b2.tar.gz", "_COM\u00b2.tar.gz"),
+        ("nul .txt", "_nul .txt"),
+        ("AUX.tar.gz", "_AUX.tar.gz"),
+        ("com0", "_com0"),
+        ("console.txt", "console.txt"),
+        ("name. . ", "name"),
     ],
 )
 def test_safe_name(offered: str, expected: str) -> None:
