@@ -148,13 +148,20 @@ async def sender_session(
         await signal.call("send_connection_request", {"peer_id": partner})
         ui.status(f"Connecting to {partner}…")
         await _expect(signal, "connection_accepted", partner, options)
-        exchange = KeyExchange(role="sender", password=code.secret.encode(), receiver_id=partner)
-        keys = await _exchange_keys(signal, exchange, partner, options)
+        keys = await _exchange_keys(
+            signal,
+            KeyExchange(role="sender", password=code.secret.encode(), receiver_id=partner),
+            partner,
+            options,
+        )
         ice = server_ice if options.ice_servers is None else options.ice_servers
         async with PeerLinks(streams, ice_servers=ice, host_addresses=addresses) as links:
             offers = await links.create_offers()
             await _send_sealed(signal, "offer", offers, keys, partner)
-            sealed_answer = await _expect(signal, "answer", partner, options)
+            # Whoever holds our sealed offer can test one guess of the words against it
+            # offline; a server that plays the receiver then says nothing. Retrying the
+            # same code would hand it another guess.
+            sealed_answer = await _expect(signal, "answer", partner, options, after_offer=True)
             await links.accept_answers(await _open_or_abort(signal, sealed_answer, keys, partner))
             channel = await _open(links, signal, partner, options)
             yield Session(channel, keys)
@@ -188,6 +195,7 @@ async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Sessio
         exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
         del code  # the secret is not needed past this point
         keys = await _exchange_keys(signal, exchange, partner, options)
+        del exchange  # nor is the SPAKE2 state, which holds the password
         # If the offer does not open, this code has had its one try: tell the sender, end.
         sealed_offer = await _expect(signal, "offer", partner, options)
         offers = await _open_or_abort(signal, sealed_offer, keys, partner)
@@ -320,15 +328,29 @@ async def _watch_partner(signal: SignalClient, partner: str) -> None:
 
 
 async def _expect(
-    signal: SignalClient, event: str, partner: str, options: PeerOptions
+    signal: SignalClient,
+    event: str,
+    partner: str,
+    options: PeerOptions,
+    *,
+    after_offer: bool = False,
 ) -> dict[str, Any]:
+    """Wait for ``event`` from the partner, within the connect timeout.
+
+    :param after_offer: our sealed offer is out, so this code has been spent on one
+        attempt: the error then says to get a new one.
+    """
     try:
         async with asyncio.timeout(options.connect_timeout):
             _, data = await signal.expect(event, partner=partner)
     except TimeoutError:
-        raise SignalingError(
-            f"the other side did not answer within {options.connect_timeout:.0f} s"
-        ) from None
+        message = f"the other side did not answer within {options.connect_timeout:.0f} s"
+        if after_offer:
+            message += (
+                "; this code has had its one try: ask the receiver for a new code "
+                "(a new `sfs receive`) instead of retrying it"
+            )
+        raise SignalingError(message) from None
     return data
 
 

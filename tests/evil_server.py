@@ -32,6 +32,10 @@ class Attack:
     def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
         return payload
 
+    def reply(self, server: EvilSignalServer, event: str, ack: dict[str, object]) -> object:
+        """The acknowledgement the client gets for ``event``."""
+        return ack
+
     async def outgoing(
         self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
     ) -> list[Emit]:
@@ -48,7 +52,8 @@ class EvilSignalServer(_SignalServer):
         self, event: str, handler: Callable[[str, object], Awaitable[dict[str, object]]]
     ) -> Callable[..., Awaitable[dict[str, object]]]:
         async def tampered(sid: str, payload: object) -> dict[str, object]:
-            return await handler(sid, self.attack.incoming(self, sid, event, payload))
+            ack = await handler(sid, self.attack.incoming(self, sid, event, payload))
+            return self.attack.reply(self, event, ack)  # type: ignore[return-value]
 
         return super()._guarded(event, tampered)
 

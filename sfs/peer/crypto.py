@@ -101,7 +101,9 @@ class KeyExchange:
         self._receiver_id = receiver_id
         id_b = _SPAKE2_ID_RECEIVER_PREFIX + receiver_id.encode("ascii")
         cls = SPAKE2_A if role == "sender" else SPAKE2_B
-        self._spake = cls(password, idA=_SPAKE2_ID_SENDER, idB=id_b, entropy_f=entropy)
+        self._spake: SPAKE2_A | SPAKE2_B | None = cls(
+            password, idA=_SPAKE2_ID_SENDER, idB=id_b, entropy_f=entropy
+        )
         self._message: bytes = self._spake.start()
 
     @property
@@ -113,12 +115,18 @@ class KeyExchange:
         """Combine the other side's message into this side's session keys.
 
         A wrong code is not detected here (SPAKE2 cannot tell); it shows up when the
-        first sealed message fails to open.
+        first sealed message fails to open.  The SPAKE2 state, which holds the
+        password, is dropped here either way: an exchange is good for one attempt.
         """
+        spake, self._spake = self._spake, None
+        if spake is None:
+            raise ValueError("this key exchange has already finished")
         try:
-            pake_key: bytes = self._spake.finish(peer_message)
+            pake_key: bytes = spake.finish(peer_message)
         except (SPAKEError, NotOnCurve, ValueError, TypeError) as exc:
             raise WrongCodeError("the other side's key exchange message is invalid") from exc
+        finally:
+            del spake  # a traceback keeps this frame, and so its locals, alive
         return derive_keys(
             pake_key=pake_key,
             transcript=self._receiver_id.encode("ascii"),

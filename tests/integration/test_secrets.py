@@ -9,6 +9,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from spake2 import SPAKE2_A, SPAKE2_B
+
 from sfs import app
 from sfs.code import parse_code
 from sfs.peer.crypto import FrameOpener, FrameSealer, KeyExchange, SessionKeys
@@ -77,6 +79,7 @@ class InProcessUi:
         self.code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.baseline = baseline
         self.live_during_transfer = 0
+        self.key_exchanges_during_transfer = -1
 
     def status(self, message: str) -> None:
         pass
@@ -91,10 +94,20 @@ class InProcessUi:
         self.live_during_transfer = len(
             [obj for obj in live_secrets() if id(obj) not in self.baseline]
         )
+        # The SPAKE2 state holds the password: gone once the keys are derived.
+        self.key_exchanges_during_transfer = len(
+            [obj for obj in live_key_exchanges() if id(obj) not in self.baseline]
+        )
         return True
 
     async def confirm_verifier(self, verifier: str) -> bool:
         return True
+
+
+def live_key_exchanges() -> list[object]:
+    gc.collect()
+    kinds = (KeyExchange, SPAKE2_A, SPAKE2_B)
+    return [obj for obj in gc.get_objects() if isinstance(obj, kinds)]
 
 
 def live_secrets() -> list[object]:
@@ -106,7 +119,7 @@ def live_secrets() -> list[object]:
 async def test_no_key_outlives_its_transfer(tmp_path: Path) -> None:
     """Both peers in this process: after the transfer, no key object is left alive."""
     # Other tests in this process may hold keys of their own: only new ones count.
-    before = {id(obj) for obj in live_secrets()}
+    before = {id(obj) for obj in live_secrets() + live_key_exchanges()}
     urls: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     server = asyncio.ensure_future(
         run_server(ServerConfig(host=LOOPBACK, port=0), ready=urls.set_result)
@@ -127,6 +140,7 @@ async def test_no_key_outlives_its_transfer(tmp_path: Path) -> None:
         assert (tmp_path / "out" / "f.bin").read_bytes() == src.read_bytes()
         # The check does see keys while they are in use (both sides' keys, sealers...).
         assert ui.live_during_transfer >= 4
+        assert ui.key_exchanges_during_transfer == 0
         del sent, received, receiving, code, ui
         assert [obj for obj in live_secrets() if id(obj) not in before] == []
     finally:

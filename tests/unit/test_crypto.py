@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import struct
 
 import pytest
+from spake2 import SPAKE2_A, SPAKE2_B
 
 from sfs.errors import CryptoError, WrongCodeError
 from sfs.peer.crypto import (
@@ -129,6 +131,24 @@ def test_invalid_spake2_message_is_rejected() -> None:
     exchange = KeyExchange(role="sender", password=b"a-b", receiver_id="ABC-123")
     with pytest.raises(WrongCodeError):
         exchange.finish(b"\x00" * 33)
+
+
+def test_finish_drops_the_spake2_state() -> None:
+    """The SPAKE2 object holds the password: nothing keeps it once the keys exist."""
+    sender = KeyExchange(role="sender", password=b"a-b", receiver_id="ABC-123")
+    receiver = KeyExchange(role="receiver", password=b"a-b", receiver_id="ABC-123")
+    before = len(spake2_objects())
+    sender.finish(receiver.message)
+    with pytest.raises(WrongCodeError):
+        receiver.finish(b"\x00" * 33)  # a failed finish drops it too
+    assert len(spake2_objects()) == before - 2
+    with pytest.raises(ValueError):
+        sender.finish(receiver.message)  # one attempt per exchange
+
+
+def spake2_objects() -> list[object]:
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, SPAKE2_A | SPAKE2_B)]
 
 
 def sealed_frames(n: int) -> tuple[bytes, list[bytes]]:
