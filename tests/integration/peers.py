@@ -43,13 +43,26 @@ class Receiver:
     stderr_path: Path
 
     def finish(self, timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
+        """Wait for the receiver to end; if it does not, fail with what it said."""
         try:
             self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(self.process)
+            raise AssertionError(
+                f"sfs receive did not finish within {timeout:.0f} s; its stderr:\n"
+                f"{self.stderr_path.read_text(errors='replace')[-3000:]}"
+            ) from None
         finally:
             stop_process(self.process)
         assert self.process.stdout is not None
         out = self.process.stdout.read().decode("utf-8", "replace")
         return Finished(self.process.returncode, out, self.stderr_path.read_text(errors="replace"))
+
+    def stop(self) -> Finished:
+        """End a receiver whose sender failed (it would wait for a sender forever)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.finish()
 
 
 def start_receiver(
@@ -81,13 +94,20 @@ def run_sender(
     netns: str | None = None,
 ) -> Finished:
     env = peer_env(url or server.url)
-    done = subprocess.run(
-        sfs_command("send", "--name", "tester", *args, netns=netns),
-        input=(stdin or "").encode(),
-        capture_output=True,
-        env=env,
-        timeout=PROCESS_TIMEOUT_SECONDS,
-    )
+    try:
+        done = subprocess.run(
+            sfs_command("send", "--name", "tester", *args, netns=netns),
+            input=(stdin or "").encode(),
+            capture_output=True,
+            env=env,
+            timeout=PROCESS_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired as exc:
+        stderr = (exc.stderr or b"").decode("utf-8", "replace")
+        raise AssertionError(
+            f"sfs send did not finish within {PROCESS_TIMEOUT_SECONDS} s; its stderr:\n"
+            f"{stderr[-3000:]}"
+        ) from None
     return Finished(done.returncode, done.stdout.decode(), done.stderr.decode("utf-8", "replace"))
 
 
