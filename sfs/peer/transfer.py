@@ -695,7 +695,7 @@ async def receive_files(
             if not isinstance(offer, Offer):
                 raise _peer_stopped(offer)
             destinations = plan_destinations(offer, output_dir, overwrite=overwrite)
-            if not await decide(offer):
+            if not await _decide_while_listening(channel, proto, decide, offer):
                 await channel.send(proto.send(Reject("declined by the receiver")))
                 await linger(channel, LAST_WORD_GRACE_SECONDS)
                 raise RejectedError("you declined the transfer")
@@ -760,6 +760,38 @@ async def receive_files(
                 status(f"kept {part.offset + part.written} bytes of {part.final.name} to resume")
         await abort_transfer(channel, proto, exc)
         raise
+
+
+async def _decide_while_listening(
+    channel: Channel,
+    proto: TransferProtocol,
+    decide: Callable[[Offer], Awaitable[bool]],
+    offer: Offer,
+) -> bool:
+    """Ask ``decide`` while reading the channel.
+
+    Until the answer the sender may only PING or CANCEL: anything else is a protocol
+    error at once, rather than frames piling up in memory while a prompt is open, and
+    a CANCEL ends the prompt instead of waiting for the user.
+    """
+
+    async def refuse_until_answered() -> None:
+        while True:
+            event = proto.receive(await channel.receive())
+            if not isinstance(event, Ping):
+                raise _peer_stopped(event)
+
+    deciding = asyncio.ensure_future(decide(offer))
+    listening = asyncio.ensure_future(refuse_until_answered())
+    try:
+        await asyncio.wait({deciding, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if listening.done():
+            listening.result()  # raises: it only ever ends with an error
+        return deciding.result()
+    finally:
+        for task in (deciding, listening):
+            task.cancel()
+        await asyncio.gather(deciding, listening, return_exceptions=True)
 
 
 def format_size(n: float) -> str:

@@ -13,6 +13,8 @@ import asyncio
 import hashlib
 import json
 import os
+import pty
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -272,3 +274,91 @@ async def test_unusable_names_are_refused(
     before = snapshot(tmp_path)
     result = await attack(sfs_server, tmp_path, offer_one_file(offered))
     assert_clean(result, tmp_path, before, 13)
+
+
+# -- frames while the receiver's "Receive …? [y/N]" prompt is open ----------------------
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def attack_at_prompt(
+    server: ServerProcess, tmp_path: Path, script: Callable[[Attacker, int], Awaitable[None]]
+) -> tuple[Finished, float]:
+    """Run ``script`` against a receiver that waits at its prompt (stdin a terminal nobody
+    types on); return the receiver's end and how long it took after the script began."""
+    terminal, tty = pty.openpty()
+    try:
+        receiver = start_receiver(server, tmp_path / "out", "--connect-timeout", "10", stdin=tty)
+        os.close(tty)
+        options = PeerOptions(
+            server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+        )
+        async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
+            began = time.monotonic()
+            try:
+                await script(Attacker(session), receiver.process.pid)
+            except SfsError:
+                pass  # the receiver closed the connection: what it should do
+            # It must end without an answer to its prompt (the session stays open meanwhile).
+            await asyncio.to_thread(receiver.process.wait, 15)
+            took = time.monotonic() - began
+        return receiver.finish(), took
+    finally:
+        os.close(terminal)
+
+
+def offer_frame(a: Attacker, size: int = 2**30) -> bytes:
+    return a.seal(FrameType.OFFER, encode_offer(Offer((FileInfo("f.bin", size),), "m", 60_000)))
+
+
+async def test_frames_flooded_at_the_prompt_end_the_transfer(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    peak = 0
+
+    async def flood(a: Attacker, pid: int) -> None:
+        nonlocal peak
+        await a.send(offer_frame(a))
+        junk = os.urandom(60_000)
+        deadline = time.monotonic() + 20
+        sent = 0
+        while time.monotonic() < deadline:
+            await a.send(a.seal(FrameType.CHUNK, junk))
+            sent += 1
+            if sent % 50 == 0:
+                peak = max(peak, rss_bytes(pid))
+            frame = a.channel.poll()
+            if frame is not None and a.opener.open(frame)[0] == FrameType.CANCEL:
+                return
+
+    before = snapshot(tmp_path)
+    result, took = await attack_at_prompt(sfs_server, tmp_path, flood)
+    assert result.returncode == 13, result.stderr
+    assert "unexpected CHUNK" in result.error_line()
+    assert took < 10, f"the receiver took {took:.1f} s to refuse"
+    assert peak < 200 * 1024 * 1024, f"the receiver grew to {peak >> 20} MiB"
+    assert os.listdir(tmp_path / "out") == []
+    assert {p for p in snapshot(tmp_path) if not p.startswith("receiver-")} == before
+
+
+async def test_cancel_at_the_prompt_ends_it_at_once(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    async def ping_then_cancel(a: Attacker, pid: int) -> None:
+        await a.send(offer_frame(a, 10))
+        for _ in range(3):  # keepalives are fine while the user decides
+            await a.send(a.seal(FrameType.PING, b""))
+            await asyncio.sleep(0.2)
+        await a.send(a.seal(FrameType.CANCEL, json.dumps({"reason": "changed my mind"}).encode()))
+
+    result, took = await attack_at_prompt(sfs_server, tmp_path, ping_then_cancel)
+    assert result.returncode == 7, result.stderr
+    assert "changed my mind" in result.error_line()
+    assert took < 5, f"the receiver took {took:.1f} s to notice the cancel"
+    assert os.listdir(tmp_path / "out") == []

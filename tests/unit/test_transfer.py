@@ -23,7 +23,8 @@ from sfs.errors import (
     RemoteProtocolError,
     SourceError,
 )
-from sfs.peer.protocol import FileInfo, Offer, Role, TransferProtocol
+from sfs.peer.crypto import FrameSealer
+from sfs.peer.protocol import FileInfo, FrameType, Offer, Role, TransferProtocol, encode_offer
 from sfs.peer.transfer import (
     PartFile,
     inspect_sources,
@@ -377,3 +378,79 @@ async def test_no_resume_starts_over(tmp_path: Path) -> None:
     )
     assert sent.resumed_bytes == 0
     assert (out / "f").read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize(
+    ("frames", "error"),
+    [
+        ([(FrameType.CHUNK, b"x" * 5)], RemoteProtocolError),
+        ([(FrameType.PING, b""), (FrameType.FILE_DONE, bytes(32))], RemoteProtocolError),
+        ([(FrameType.OFFER, encode_offer(Offer(files=(FileInfo("g", 1),))))], RemoteProtocolError),
+        ([(FrameType.PING, b""), (FrameType.CANCEL, b'{"reason":"no"}')], CancelledByPeerError),
+    ],
+    ids=["chunk", "ping-then-done", "second-offer", "ping-then-cancel"],
+)
+async def test_only_ping_or_cancel_while_the_receiver_decides(
+    tmp_path: Path, frames: list[tuple[int, bytes]], error: type[Exception]
+) -> None:
+    # The prompt is still open: the receiver reads the channel meanwhile, so a sender
+    # cannot pile frames up in its memory, and a cancel ends the prompt at once.
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    seal = FrameSealer(ks.frame_send).seal
+    await a.send(seal(FrameType.OFFER, encode_offer(Offer(files=(FileInfo("f", 5),)))))
+    prompt_open = asyncio.Event()
+
+    async def never_answers(offer: Offer) -> bool:
+        prompt_open.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    receiving = asyncio.ensure_future(
+        receive_files(
+            b,
+            TransferProtocol(Role.RECEIVER, kr),
+            output_dir=tmp_path,
+            overwrite=False,
+            decide=never_answers,
+        )
+    )
+    await asyncio.wait_for(prompt_open.wait(), 5)
+    for frame in frames:
+        await a.send(seal(*frame))
+    with pytest.raises(error):
+        await asyncio.wait_for(receiving, 5)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_slow_answer_then_yes_loses_no_frame(tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"hello")
+    out = tmp_path / "out"
+    out.mkdir()
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def slow_user(offer: Offer) -> bool:
+        return await answer
+
+    sending = asyncio.ensure_future(
+        send_files(
+            a, TransferProtocol(Role.SENDER, ks), inspect_sources([src]), sender="", chunk_size=2
+        )
+    )
+    receiving = asyncio.ensure_future(
+        receive_files(
+            b,
+            TransferProtocol(Role.RECEIVER, kr),
+            output_dir=out,
+            overwrite=False,
+            decide=slow_user,
+        )
+    )
+    await asyncio.sleep(0.05)  # the receiver listens while the user thinks
+    assert not sending.done() and not receiving.done()
+    answer.set_result(True)
+    await asyncio.wait_for(asyncio.gather(sending, receiving), 5)
+    assert (out / "f").read_bytes() == b"hello"
