@@ -11,8 +11,12 @@ own key and its own counter, starting at 0.
 
     sender -> receiver              receiver -> sender
     OFFER {v, sender, files, chunk_size}
-                                    ACCEPT {resume: [{offset, sha256}]}  |  REJECT {reason}
-    RESUME {offsets}  (0 or the claimed offset, per file)
+                                    ACCEPT {held: [offset]}  |  REJECT {reason}
+    RESUME {offsets, sha256}  (per file: 0, or the held offset and the SHA-256 of the
+                               sender's own first `offset` bytes)
+                                    START {offsets}  (only after a RESUME with an offset
+                                    above 0: per file, that offset if the receiver's own
+                                    partial hashes the same, else 0)
     per file, in order:
       CHUNK <bytes> ...  (exactly `size` bytes in all)
       FILE_DONE <32-byte SHA-256 of the file>
@@ -22,10 +26,17 @@ own key and its own counter, starting at 0.
 States::
 
     sender:   IDLE -OFFER-> OFFERED -ACCEPT-> ACCEPTED -RESUME-> SENDING
+              (or ACCEPTED -RESUME with an offset above 0-> CONFIRMING -START-> SENDING)
               -last FILE_DONE-> AWAITING_ACKS -last FILE_ACK-> DONE
     receiver: IDLE -OFFER-> DECIDING -ACCEPT-> ACCEPTED -RESUME-> RECEIVING
+              (or ACCEPTED -RESUME with an offset above 0-> CONFIRMING -START-> RECEIVING)
               -last FILE_DONE-> AWAITING_ACKS -last FILE_ACK-> DONE
     both:     REJECT or CANCEL (sent or received) -> CLOSED
+
+Resume never shows a hash of the receiver's bytes: any sender with the code can make
+an offer that matches a kept partial, so the receiver says only how much it holds,
+and the sender proves what its own prefix is.  START costs a round trip only when a
+file resumes.
 
 The sender reports success only after the last FILE_ACK, so the receiver has checked
 the file's SHA-256 and renamed it into place.  DataChannel messages keep their
@@ -53,7 +64,10 @@ MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
 #: Frames of exactly 64 KiB: measured fastest with aiortc on this project's bench
 #: (docs/PERFORMANCE.md); larger messages make aiortc's reassembly slower.
 DEFAULT_CHUNK_BYTES = 64 * 1024 - FRAME_OVERHEAD_BYTES
-#: Room for an ACCEPT with a resume claim for each of MAX_FILES files (about 106 kB).
+#: The largest control JSON either side accepts. The largest one sfs itself makes is a
+#: RESUME with an offset and a SHA-256 for each of MAX_FILES files (about 88 kB; an
+#: ACCEPT or START with MAX_FILES offsets is about 20 kB); the rest is room for offers
+#: of many files with long names (the sender refuses an offer that does not fit).
 MAX_CONTROL_BYTES = 192 * 1024
 MAX_FILES = 1000
 #: Offered names longer than this are refused outright; shorter ones are later cut
@@ -75,6 +89,7 @@ class FrameType(enum.IntEnum):
     CANCEL = 7
     RESUME = 8
     PING = 9
+    START = 10
 
 
 class Role(enum.Enum):
@@ -87,6 +102,7 @@ class State(enum.Enum):
     OFFERED = "offered"
     DECIDING = "deciding"
     ACCEPTED = "accepted"
+    CONFIRMING = "confirming"
     SENDING = "sending"
     RECEIVING = "receiving"
     AWAITING_ACKS = "awaiting_acks"
@@ -116,22 +132,28 @@ class Offer:
 
 
 @dataclass(frozen=True)
-class ResumeClaim:
-    """The receiver holds the first ``offset`` bytes of a file, with this SHA-256."""
-
-    offset: int
-    sha256: bytes
-
-
-@dataclass(frozen=True)
 class Accept:
-    #: One claim per offered file (or none at all): what the receiver already holds.
-    resume: tuple[ResumeClaim, ...] = ()
+    #: Per offered file (or none at all): how many of its first bytes the receiver
+    #: already holds. Never a hash of them.
+    held: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where the sender starts each file: the receiver's claim, or 0 to start over."""
+    """Where the sender proposes to start each file: 0, or what the receiver holds.
+
+    ``sha256`` has, per file, the SHA-256 of the sender's own first ``offset`` bytes
+    (``b""`` where the offset is 0); it may be empty when every offset is 0.
+    """
+
+    offsets: tuple[int, ...]
+    sha256: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where each file really starts: the RESUME offset if the receiver's own partial
+    hashes the same, else 0. Sent only after a RESUME with an offset above 0."""
 
     offsets: tuple[int, ...]
 
@@ -166,7 +188,7 @@ class Cancel:
     reason: str = "cancelled"
 
 
-Event = Offer | Accept | Reject | Resume | Chunk | FileDone | FileAck | Cancel | Ping
+Event = Offer | Accept | Reject | Resume | Start | Chunk | FileDone | FileAck | Cancel | Ping
 
 
 # -- payload codecs -----------------------------------------------------------------------
@@ -209,6 +231,36 @@ def _str_field(obj: dict[str, Any], key: str, max_chars: int, default: str | Non
     except UnicodeEncodeError as exc:
         raise RemoteProtocolError(f"field {key!r} is not valid Unicode") from exc
     return value
+
+
+def _int_list(obj: dict[str, Any], key: str, default: list[int] | None = None) -> tuple[int, ...]:
+    value = obj.get(key, default)
+    # bool is an int subclass: refuse it explicitly.
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise RemoteProtocolError(f"field {key!r} must be a list of integers")
+    return tuple(value)
+
+
+def _digest_list(obj: dict[str, Any], key: str) -> tuple[bytes, ...]:
+    """A list of SHA-256 digests in lowercase hex, ``""`` for none."""
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise RemoteProtocolError(f"field {key!r} must be a list of hex SHA-256 digests")
+    digests = []
+    for text in value:
+        if text == "":
+            digests.append(b"")
+        elif (
+            isinstance(text, str)
+            and len(text) == 2 * SHA256_BYTES
+            and all(c in "0123456789abcdef" for c in text)
+        ):
+            digests.append(bytes.fromhex(text))
+        else:
+            raise RemoteProtocolError(f"field {key!r} must be a list of hex SHA-256 digests")
+    return tuple(digests)
 
 
 def _reason_payload(reason: str) -> bytes:
@@ -281,8 +333,8 @@ class TransferProtocol:
         self._file_index = 0  # the file whose bytes are moving now
         self._file_remaining = 0
         self._acked = 0  # files the receiver has acknowledged
-        self._claims: tuple[ResumeClaim, ...] = ()
-        self._offsets: tuple[int, ...] = ()
+        self._held: tuple[int, ...] = ()  # what the receiver said it holds (ACCEPT)
+        self._offsets: tuple[int, ...] = ()  # proposed by RESUME, then fixed by START
 
     # -- public API --
 
@@ -354,9 +406,12 @@ class TransferProtocol:
             return self._seal(FrameType.OFFER, payload)
         if isinstance(event, Resume):
             self._require(self.state is State.ACCEPTED, event)
-            self._check_offsets(event.offsets, ProtocolError)
-            frame = self._seal(FrameType.RESUME, _encode_json({"offsets": list(event.offsets)}))
-            self._start(event.offsets)
+            self._check_resume(event, ProtocolError)
+            obj: dict[str, Any] = {"offsets": list(event.offsets)}
+            if event.sha256:
+                obj["sha256"] = [digest.hex() for digest in event.sha256]
+            frame = self._seal(FrameType.RESUME, _encode_json(obj))
+            self._resumed(event.offsets)
             return frame
         if isinstance(event, FileDone):
             self._require(self.state is State.SENDING and self._file_remaining == 0, event)
@@ -381,9 +436,17 @@ class TransferProtocol:
 
     def _sender_receive(self, kind: FrameType, payload: bytes) -> Event:
         if kind is FrameType.ACCEPT and self.state is State.OFFERED:
-            self._claims = self._decode_claims(_decode_json(payload))
+            # No "held" at all: a receiver that resumes nothing.
+            held = _int_list(_decode_json(payload), "held", [])
+            self._check_held(held, RemoteProtocolError)
+            self._held = held
             self._set_state(State.ACCEPTED)
-            return Accept(self._claims)
+            return Accept(held)
+        if kind is FrameType.START and self.state is State.CONFIRMING:
+            offsets = _int_list(_decode_json(payload), "offsets")
+            self._check_start(offsets, RemoteProtocolError)
+            self._start(offsets)
+            return Start(offsets)
         if kind is FrameType.REJECT and self.state is State.OFFERED:
             reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "declined")
             self._set_state(State.CLOSED)
@@ -403,11 +466,16 @@ class TransferProtocol:
     def _receiver_send(self, event: Event) -> bytes:
         if isinstance(event, Accept):
             self._require(self.state is State.DECIDING, event)
-            self._validate_claims(event.resume, ProtocolError)
-            claims = [{"offset": c.offset, "sha256": c.sha256.hex()} for c in event.resume]
-            frame = self._seal(FrameType.ACCEPT, _encode_json({"resume": claims}))
-            self._claims = event.resume
+            self._check_held(event.held, ProtocolError)
+            frame = self._seal(FrameType.ACCEPT, _encode_json({"held": list(event.held)}))
+            self._held = event.held
             self._set_state(State.ACCEPTED)
+            return frame
+        if isinstance(event, Start):
+            self._require(self.state is State.CONFIRMING, event)
+            self._check_start(event.offsets, ProtocolError)
+            frame = self._seal(FrameType.START, _encode_json({"offsets": list(event.offsets)}))
+            self._start(event.offsets)
             return frame
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
@@ -453,57 +521,55 @@ class TransferProtocol:
             return self.offer
         if kind is FrameType.RESUME and self.state is State.ACCEPTED:
             obj = _decode_json(payload)
-            offsets = obj.get("offsets")
-            if not isinstance(offsets, list) or not all(
-                isinstance(o, int) and not isinstance(o, bool) for o in offsets
-            ):
-                raise RemoteProtocolError("RESUME carries a list of offsets")
-            self._check_offsets(tuple(offsets), RemoteProtocolError)
-            self._start(tuple(offsets))
-            return Resume(tuple(offsets))
+            resume = Resume(_int_list(obj, "offsets"), _digest_list(obj, "sha256"))
+            self._check_resume(resume, RemoteProtocolError)
+            self._resumed(resume.offsets)
+            return resume
         raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
 
     # -- helpers --
 
-    def _decode_claims(self, obj: dict[str, Any]) -> tuple[ResumeClaim, ...]:
-        entries = obj.get("resume", [])
-        if not isinstance(entries, list):
-            raise RemoteProtocolError("ACCEPT carries a list of resume claims")
-        claims = []
-        for entry in entries:
-            if not isinstance(entry, dict):
-                raise RemoteProtocolError("a resume claim is not a JSON object")
-            digest = _str_field(entry, "sha256", 2 * SHA256_BYTES)
-            try:
-                sha256 = bytes.fromhex(digest)
-            except ValueError:
-                raise RemoteProtocolError("a resume claim's SHA-256 is not hex") from None
-            claims.append(ResumeClaim(_int_field(entry, "offset", 0, MAX_FILE_BYTES), sha256))
-        self._validate_claims(tuple(claims), RemoteProtocolError)
-        return tuple(claims)
-
-    def _validate_claims(self, claims: tuple[ResumeClaim, ...], error: type[ProtocolError]) -> None:
+    def _check_held(self, held: tuple[int, ...], error: type[ProtocolError]) -> None:
         assert self.offer is not None
-        if claims and len(claims) != len(self.offer.files):
-            raise error("one resume claim per offered file, or none")
-        for claim, info in zip(claims, self.offer.files, strict=False):
+        if held and len(held) != len(self.offer.files):
+            raise error("one held offset per offered file, or none")
+        for offset, info in zip(held, self.offer.files, strict=False):
             # type() rather than isinstance(): a bool would go out as JSON true/false.
-            if (
-                type(claim.offset) is not int
-                or not 0 <= claim.offset <= info.size
-                or len(claim.sha256) != SHA256_BYTES
-            ):
-                raise error("a resume claim must be 0 to the file's size, with a SHA-256")
+            if type(offset) is not int or not 0 <= offset <= info.size:
+                raise error("a held offset must be from 0 to the file's size")
 
-    def _check_offsets(self, offsets: tuple[int, ...], error: type[ProtocolError]) -> None:
-        """Each file starts at 0 or exactly where the receiver said it holds data."""
+    def _check_resume(self, resume: Resume, error: type[ProtocolError]) -> None:
+        """Each file starts at 0, or where the receiver holds data, with a SHA-256."""
         assert self.offer is not None
+        offsets = resume.offsets
         if len(offsets) != len(self.offer.files):
             raise error("one resume offset per offered file")
         for i, offset in enumerate(offsets):
-            claimed = self._claims[i].offset if self._claims else 0
-            if type(offset) is not int or offset not in (0, claimed):
-                raise error(f"resume offset {offset} for file {i} was not claimed")
+            held = self._held[i] if self._held else 0
+            if type(offset) is not int or offset not in (0, held):
+                raise error(f"resume offset {offset} for file {i} is not what the receiver holds")
+        if not resume.sha256 and not any(offsets):
+            return
+        if len(resume.sha256) != len(offsets) or any(
+            len(digest) != (SHA256_BYTES if offset else 0)
+            for offset, digest in zip(offsets, resume.sha256, strict=True)
+        ):
+            raise error("RESUME carries a SHA-256 for each offset above 0, and none for 0")
+
+    def _check_start(self, offsets: tuple[int, ...], error: type[ProtocolError]) -> None:
+        if len(offsets) != len(self._offsets):
+            raise error("one start offset per offered file")
+        for i, (offset, proposed) in enumerate(zip(offsets, self._offsets, strict=True)):
+            if type(offset) is not int or offset not in (0, proposed):
+                raise error(f"start offset {offset} for file {i} was not proposed")
+
+    def _resumed(self, offsets: tuple[int, ...]) -> None:
+        """After RESUME: start now, or first hear (or say) whether the prefixes match."""
+        if any(offsets):
+            self._offsets = offsets
+            self._set_state(State.CONFIRMING)
+        else:
+            self._start(offsets)
 
     def _start(self, offsets: tuple[int, ...]) -> None:
         self._offsets = offsets

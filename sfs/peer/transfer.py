@@ -53,7 +53,7 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    ResumeClaim,
+    Start,
     State,
     TransferProtocol,
 )
@@ -330,39 +330,45 @@ def identity_of(info: FileInfo) -> dict[str, object]:
     return {"name": info.name, "size": info.size, "mtime_ns": info.mtime_ns}
 
 
-@dataclass(frozen=True)
-class Partial:
-    """A partial copy found for an offered file."""
-
-    claim: ResumeClaim
-    prefix: HashState
-
-
-def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> Partial | None:
-    """Look for an interrupted copy of ``info`` at ``final``; hash what it holds."""
+def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> int:
+    """How many bytes of ``info`` an interrupted copy at ``final`` holds (0: none)."""
     part, meta = part_path(final), meta_path(final)
     try:
         if not part.is_file() or part.is_symlink():
-            return None
+            return 0
         recorded = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         status(f"{final.name}: a partial copy without its record; starting over")
-        return None
+        return 0
     if not isinstance(recorded, dict) or {**recorded, "v": 1} != {"v": 1, **identity_of(info)}:
         status(f"{final.name}: the partial copy is of another version of the file; starting over")
+        return 0
+    return min(part.stat().st_size, info.size)
+
+
+def _hash_partial(part: Path, length: int) -> HashState | None:
+    """The SHA-256 state of the first ``length`` bytes of our partial copy; None if it
+    holds fewer (or is not a regular file any more)."""
+    try:
+        fd = os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return None
-    held = min(part.stat().st_size, info.size)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _hash_stream(f, length)
+
+
+def _hash_stream(f: IO[bytes], length: int) -> HashState | None:
     digest = hashlib.sha256()
-    with open(part, "rb") as f:
-        remaining = held
-        while remaining:
-            block = f.read(min(READ_BLOCK_BYTES, remaining))
-            if not block:
-                break
-            digest.update(block)
-            remaining -= len(block)
-    held -= remaining
-    return Partial(ResumeClaim(held, digest.digest()), digest)
+    remaining = length
+    while remaining:
+        block = f.read(min(READ_BLOCK_BYTES, remaining))
+        if not block:
+            return None
+        digest.update(block)
+        remaining -= len(block)
+    return digest
 
 
 def _place(part: Path, final: Path, *, overwrite: bool) -> None:
@@ -560,8 +566,18 @@ async def send_files(
             if not isinstance(reply, Accept):
                 raise _peer_stopped(reply)
             result.started = time.monotonic()
-            starts = await _check_claims(sources, reply.resume if resume else (), status)
-            await channel.send(proto.send(Resume(tuple(offset for offset, _ in starts))))
+            starts = await _prefixes(sources, reply.held if resume else ())
+            offsets = tuple(offset for offset, _ in starts)
+            digests = tuple(p.digest() if p is not None else b"" for _, p in starts)
+            await channel.send(proto.send(Resume(offsets, digests if any(offsets) else ())))
+            if proto.state is State.CONFIRMING:
+                verdict = await next_event(channel, proto)
+                if not isinstance(verdict, Start):
+                    raise _peer_stopped(verdict)
+                for i, (source, offset) in enumerate(zip(sources, verdict.offsets, strict=True)):
+                    if offsets[i] and not offset:
+                        status(f"{source.name}: the receiver's partial copy differs; sending all")
+                        starts[i] = (0, None)
             for source, (offset, prefix) in zip(sources, starts, strict=True):
                 await _send_one(channel, proto, source, chunk_size, progress, offset, prefix)
                 result.files.append(source.name)
@@ -577,38 +593,22 @@ async def send_files(
         raise
 
 
-async def _check_claims(
-    sources: list[SourceFile],
-    claims: tuple[ResumeClaim, ...],
-    status: Callable[[str], None],
+async def _prefixes(
+    sources: list[SourceFile], held: tuple[int, ...]
 ) -> list[tuple[int, HashState | None]]:
-    """Where to start each file: the receiver's claim if our own bytes hash the same."""
+    """Where to propose starting each file, with the hash state of our own bytes before
+    that point: what the receiver holds, or 0 if our file is shorter than that now."""
     starts: list[tuple[int, HashState | None]] = []
     for i, source in enumerate(sources):
-        claim = claims[i] if claims else None
-        if claim is None or claim.offset == 0:
-            starts.append((0, None))
-            continue
-        prefix = await asyncio.to_thread(_hash_prefix, source, claim.offset)
-        if prefix is not None and digests_equal(prefix.digest(), claim.sha256):
-            starts.append((claim.offset, prefix))
-        else:
-            status(f"{source.name}: the receiver's partial copy does not match; sending it all")
-            starts.append((0, None))
+        offset = held[i] if held else 0
+        prefix = await asyncio.to_thread(_hash_prefix, source, offset) if offset else None
+        starts.append((offset, prefix) if prefix is not None else (0, None))
     return starts
 
 
 def _hash_prefix(source: SourceFile, length: int) -> HashState | None:
-    digest = hashlib.sha256()
     with _open_source(source) as f:
-        remaining = length
-        while remaining:
-            block = f.read(min(READ_BLOCK_BYTES, remaining))
-            if not block:
-                return None
-            digest.update(block)
-            remaining -= len(block)
-    return digest
+        return _hash_stream(f, length)
 
 
 async def _send_one(
@@ -699,33 +699,22 @@ async def receive_files(
                 await channel.send(proto.send(Reject("declined by the receiver")))
                 await linger(channel, LAST_WORD_GRACE_SECONDS)
                 raise RejectedError("you declined the transfer")
-            partials: list[Partial | None] = [None] * len(offer.files)
+            held = [0] * len(offer.files)
             if resume:
                 for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
-                    partials[i] = await asyncio.to_thread(find_partial, info, dest, status)
-            claims = tuple(
-                p.claim if p else ResumeClaim(0, hashlib.sha256().digest()) for p in partials
-            )
-            has_claims = any(c.offset for c in claims)
-            await channel.send(proto.send(Accept(claims if has_claims else ())))
+                    held[i] = await asyncio.to_thread(find_partial, info, dest, status)
+            # Only how much: a hash of our bytes would tell anyone who can make a
+            # matching offer what they are (docs/PROTOCOL.md, "Resume").
+            await channel.send(proto.send(Accept(tuple(held) if any(held) else ())))
             result.started = time.monotonic()
-            starts = await next_event(channel, proto)
-            if not isinstance(starts, Resume):
-                raise _peer_stopped(starts)
-            for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
-                offset = starts.offsets[i]
-                partial = partials[i]
-                if partial is not None and offset == 0 and partial.claim.offset:
-                    status(
-                        f"{dest.name}: the sender's file differs from the partial copy; "
-                        "starting over"
-                    )
-                part = PartFile(
-                    dest,
-                    offset=offset,
-                    prefix=partial.prefix if partial is not None else None,
-                    identity=identity_of(info),
-                )
+            proposal = await next_event(channel, proto)
+            if not isinstance(proposal, Resume):
+                raise _peer_stopped(proposal)
+            starts = await _confirm_prefixes(proposal, destinations, held, status)
+            if proto.state is State.CONFIRMING:
+                await channel.send(proto.send(Start(tuple(offset for offset, _ in starts))))
+            for info, dest, (offset, prefix) in zip(offer.files, destinations, starts, strict=True):
+                part = PartFile(dest, offset=offset, prefix=prefix, identity=identity_of(info))
                 progress.start(dest.name, info.size)
                 progress.advance(offset)
                 try:
@@ -792,6 +781,23 @@ async def _decide_while_listening(
         for task in (deciding, listening):
             task.cancel()
         await asyncio.gather(deciding, listening, return_exceptions=True)
+
+
+async def _confirm_prefixes(
+    proposal: Resume, destinations: list[Path], held: list[int], status: Callable[[str], None]
+) -> list[tuple[int, HashState | None]]:
+    """Where each file really starts: the sender's offset where our own partial copy
+    hashes as the sender's prefix does, else 0 (and that partial copy is replaced)."""
+    starts: list[tuple[int, HashState | None]] = []
+    for i, (dest, offset) in enumerate(zip(destinations, proposal.offsets, strict=True)):
+        prefix = await asyncio.to_thread(_hash_partial, part_path(dest), offset) if offset else None
+        if prefix is not None and digests_equal(prefix.digest(), proposal.sha256[i]):
+            starts.append((offset, prefix))
+            continue
+        if held[i]:
+            status(f"{dest.name}: the sender's file differs from the partial copy; starting over")
+        starts.append((0, None))
+    return starts
 
 
 def format_size(n: float) -> str:

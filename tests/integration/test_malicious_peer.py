@@ -17,6 +17,7 @@ import pty
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from sfs.errors import SfsError
 from sfs.peer.connection import DataChannelLink
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.transfer import NullProgress, Progress
+from sfs.peer.transfer import NullProgress, PartFile, Progress, identity_of
 from tests.conftest import LOOPBACK, ServerProcess
 from tests.integration.peers import Finished, start_receiver
 
@@ -362,3 +363,63 @@ async def test_cancel_at_the_prompt_ends_it_at_once(
     assert "changed my mind" in result.error_line()
     assert took < 5, f"the receiver took {took:.1f} s to notice the cancel"
     assert os.listdir(tmp_path / "out") == []
+
+
+# -- the resume exchange reveals nothing of a kept partial -------------------------------
+
+PIN_FILE = FileInfo("pin.txt", 100, 1_700_000_000_123_456_789)
+
+
+async def probe_partial(server: ServerProcess, folder: Path, secret: bytes) -> list[bytes]:
+    """A sender with a valid code, offering exactly the file a kept partial is of, tries
+    to learn that partial's bytes; return every plaintext the receiver sent it."""
+    out = folder / "out"
+    out.mkdir(parents=True)
+    # The partial, written by sfs itself as an interrupted transfer leaves it.
+    kept = PartFile(out / PIN_FILE.name, identity=identity_of(PIN_FILE))
+    kept.write(secret)
+    kept.keep()
+    receiver = start_receiver(server, out, "--yes", "--connect-timeout", "10")
+    options = PeerOptions(
+        server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+    )
+    heard: list[bytes] = []
+
+    async def hear() -> tuple[FrameType, Any]:
+        kind, payload = a.opener.open(await a.channel.receive())
+        heard.append(bytes([kind]) + bytes(payload))
+        return FrameType(kind), json.loads(payload) if payload else None
+
+    mine = os.urandom(PIN_FILE.size)
+    async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
+        a = Attacker(session)
+        await a.send(a.seal(FrameType.OFFER, encode_offer(Offer((PIN_FILE,), "m", CHUNK))))
+        kind, accept = await hear()
+        assert kind is FrameType.ACCEPT
+        held = accept["held"][0]
+        assert held == len(secret)  # the length it holds, nothing more
+        # A guess at the partial's bytes: one guess, which costs the receiver its partial.
+        guess = hashlib.sha256(b"PIN=000000" * 4).hexdigest()
+        resume = {"offsets": [held], "sha256": [guess]}
+        await a.send(a.seal(FrameType.RESUME, json.dumps(resume).encode()))
+        kind, start = await hear()
+        assert (kind, start) == (FrameType.START, {"offsets": [0]})
+        await a.chunks(mine)
+        await a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(mine).digest()))
+        assert (await hear())[0] is FrameType.FILE_ACK
+    result = receiver.finish()
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(out) == [PIN_FILE.name]  # the partial is gone: no second guess
+    assert (out / PIN_FILE.name).read_bytes() == mine
+    digest = hashlib.sha256(secret).digest()
+    for plaintext in heard:
+        assert digest not in plaintext and digest.hex().encode() not in plaintext
+    return heard
+
+
+async def test_resume_reveals_nothing_of_a_kept_partial(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    first = await probe_partial(sfs_server, tmp_path / "a", b"PIN=123456" * 4)
+    second = await probe_partial(sfs_server, tmp_path / "b", b"PIN=654321" * 4)
+    assert first == second  # what the sender heard does not depend on the partial's bytes

@@ -46,8 +46,8 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    ResumeClaim,
     Role,
+    Start,
     State,
     TransferProtocol,
     decode_offer,
@@ -185,9 +185,10 @@ def _spaced(text: str) -> str:
 
 
 DIGEST_32 = st.binary(min_size=SHA256_BYTES, max_size=SHA256_BYTES)
-# ACCEPT's resume claims: mostly valid (for small files), so that RESUME can follow.
+# RESUME's prefix hashes: mostly valid, so that START can follow.
 SHA_HEX = weighted(
     (6, DIGEST_32.map(bytes.hex)),
+    (2, st.just("")),
     (1, st.binary(max_size=40).map(bytes.hex)),
     (1, DIGEST_32.map(bytes.hex).map(_upper)),
     (1, DIGEST_32.map(bytes.hex).map(_spaced)),
@@ -195,45 +196,27 @@ SHA_HEX = weighted(
     (1, TEXT),
     (1, FIELD_JUNK),
 )
-CLAIM_DICTS = st.fixed_dictionaries(
-    {
-        "offset": weighted((6, st.integers(0, 8)), (1, INTS), (1, FIELD_JUNK)),
-        "sha256": SHA_HEX,
-    },
-    optional={"extra": FIELD_JUNK},
-)
-ACCEPT_DICTS = weighted(
-    (1, st.just({})),
-    (
-        6,
-        st.fixed_dictionaries(
-            {
-                "resume": weighted(
-                    (6, st.lists(CLAIM_DICTS, max_size=3)),
-                    (1, st.lists(st.one_of(CLAIM_DICTS, FIELD_JUNK), max_size=3)),
-                    (1, FIELD_JUNK),
-                )
-            },
-            optional={"extra": FIELD_JUNK},
-        ),
-    ),
-)
 OFFSET_VALUES = weighted(
     (6, st.integers(0, 8)), (1, INTS), (1, st.booleans()), (1, st.floats()), (1, FIELD_JUNK)
 )
-RESUME_DICTS = st.fixed_dictionaries(
-    {
-        "offsets": weighted(
-            (
-                6,
-                st.lists(weighted((3, st.just(0)), (1, st.integers(0, 8))), min_size=1, max_size=3),
-            ),
-            (2, st.lists(OFFSET_VALUES, max_size=4)),
-            (1, FIELD_JUNK),
-        )
-    },
-    optional={"extra": FIELD_JUNK},
+OFFSET_LISTS = weighted(
+    (6, st.lists(weighted((3, st.just(0)), (1, st.integers(0, 8))), min_size=1, max_size=3)),
+    (2, st.lists(OFFSET_VALUES, max_size=4)),
+    (1, FIELD_JUNK),
 )
+# ACCEPT's held offsets: mostly valid (for small files), so that RESUME can follow.
+ACCEPT_DICTS = weighted(
+    (1, st.just({})),
+    (6, st.fixed_dictionaries({"held": OFFSET_LISTS}, optional={"extra": FIELD_JUNK})),
+)
+RESUME_DICTS = st.fixed_dictionaries(
+    {"offsets": OFFSET_LISTS},
+    optional={
+        "sha256": weighted((6, st.lists(SHA_HEX, min_size=1, max_size=3)), (1, FIELD_JUNK)),
+        "extra": FIELD_JUNK,
+    },
+)
+START_DICTS = st.fixed_dictionaries({"offsets": OFFSET_LISTS}, optional={"extra": FIELD_JUNK})
 
 
 def _dumps(value: object, ascii_only: bool) -> bytes:
@@ -259,7 +242,7 @@ def _padded(spaces: int) -> bytes:
 
 
 JSON_PAYLOADS = st.builds(
-    _dumps, st.one_of(JSON, OFFER_DICTS, ACCEPT_DICTS, RESUME_DICTS), st.booleans()
+    _dumps, st.one_of(JSON, OFFER_DICTS, ACCEPT_DICTS, RESUME_DICTS, START_DICTS), st.booleans()
 )
 PAYLOADS = st.one_of(
     st.binary(max_size=64),
@@ -270,7 +253,7 @@ PAYLOADS = st.one_of(
     st.builds(_big_list, st.one_of(SCALARS, FILE_ENTRIES), st.integers(0, 3000)),
     st.builds(_padded, st.integers(MAX_CONTROL_BYTES - 3, MAX_CONTROL_BYTES + 3)),
     st.sampled_from(
-        [b"", b"{}", b"[]", b"null", b'{"reason":null}', b"\xff\xfe", b'{"resume":[]}']
+        [b"", b"{}", b"[]", b"null", b'{"reason":null}', b"\xff\xfe", b'{"held":[]}']
         + [b'{"offsets":[]}', b'{"offsets":[0]}', b'{"offsets":[true]}', b'{"offsets":[-1]}']
     ),
 )
@@ -315,31 +298,32 @@ CHUNK_DATA = st.one_of(
     st.binary(max_size=12),
     st.binary(min_size=1, max_size=4).map(_view),
 )
-# Claims a receiver might make: valid for small files, or past the end of the file, with
-# a digest of the wrong length, or one claim too many or too few.  No negative or bool
-# offsets: protocol.py lets those out although the peer refuses them (see
-# test_resume_claim_the_peer_would_refuse_is_refused_locally); add them once it is fixed.
-CLAIMS = st.builds(
-    ResumeClaim,
-    weighted(
-        (8, st.integers(0, 8)),
-        (1, st.integers(0, MAX_FILE_BYTES)),
-        (1, st.integers(MAX_FILE_BYTES, 2**200)),
-    ),
-    weighted((6, DIGEST_32), (1, DIGESTS)),
+# Offsets a receiver might say it holds: valid for small files, or past the end of the
+# file, negative, a bool, or one too many or too few.
+HELD = weighted(
+    (8, st.integers(0, 8)),
+    (1, st.integers(0, MAX_FILE_BYTES)),
+    (1, st.integers(MAX_FILE_BYTES, 2**200)),
+    (1, st.integers(-3, -1)),
+    (1, st.booleans()),
 )
 ACCEPTS = weighted(
     (2, st.just(Accept())),
-    (3, st.builds(Accept, st.lists(CLAIMS, max_size=4).map(tuple))),
+    (3, st.builds(Accept, st.lists(HELD, max_size=4).map(tuple))),
 )
+OFFSETS = st.lists(weighted((6, st.integers(0, 8)), (1, INTS)), max_size=4).map(tuple)
 RESUMES = st.builds(
-    Resume, st.lists(weighted((6, st.integers(0, 8)), (1, INTS)), max_size=4).map(tuple)
+    Resume,
+    OFFSETS,
+    weighted((2, st.just(())), (3, st.lists(DIGESTS, max_size=4).map(tuple))),
 )
+STARTS = st.builds(Start, OFFSETS)
 CLOSING_EVENTS = st.one_of(st.builds(Reject, REASONS), st.builds(Cancel, REASONS))
 OTHER_EVENTS: st.SearchStrategy[Event] = st.one_of(
     st.one_of(SMALL_OFFERS, WILD_OFFERS),
     ACCEPTS,
     RESUMES,
+    STARTS,
     st.builds(Chunk, CHUNK_DATA),
     st.builds(FileDone, DIGESTS),
     st.just(FileAck()),
@@ -364,6 +348,7 @@ OTHER_FRAMES = st.one_of(
     st.tuples(st.just(FrameType.ACCEPT), st.builds(_dumps, ACCEPT_DICTS, st.booleans())),
     st.tuples(st.just(FrameType.RESUME), st.builds(_dumps, RESUME_DICTS, st.booleans())),
     st.tuples(st.just(FrameType.RESUME), st.one_of(PAYLOADS, st.binary(max_size=8))),
+    st.tuples(st.just(FrameType.START), st.builds(_dumps, START_DICTS, st.booleans())),
     st.tuples(st.just(FrameType.PING), st.just(b"")),
     st.tuples(st.just(FrameType.PING), st.binary(min_size=1, max_size=8)),
     st.tuples(st.just(FrameType.FILE_ACK), st.sampled_from([b"", b"x"])),
@@ -372,12 +357,15 @@ OTHER_FRAMES = st.one_of(
 PEER_FRAMES = st.one_of(OTHER_FRAMES, CLOSING_FRAMES)
 # Steps that move a transfer on, so that random sequences get somewhere: FIT is the next
 # chunk that fits (or FILE_DONE once the file is complete), ACK acknowledges a file,
-# RESUME starts the transfer at the offsets the receiver claimed and RESTART at zero.
+# RESUME proposes the offsets the receiver holds and RESTART zero; CONFIRM has the
+# receiver take the proposed offsets (START), DENY start every file at zero.
 FIT = "fit"
 ACK = "ack"
 RESUME = "resume"
 RESTART = "restart"
-DIRECTED = st.sampled_from([FIT, FIT, FIT, FIT, FIT, FIT, ACK, ACK, RESUME, RESTART])
+CONFIRM = "confirm"
+DENY = "deny"
+DIRECTED = st.sampled_from([FIT, FIT, FIT, FIT, FIT, FIT, ACK, ACK, RESUME, RESTART, CONFIRM, DENY])
 Action = tuple[int, bytes] | Event | str
 SEQUENCES: st.SearchStrategy[list[Action]] = st.lists(
     # Closing steps are rare, or most sequences would end early.
@@ -398,37 +386,33 @@ OFFERED = "offered"
 ACCEPTED = "accepted"
 STARTED = "started"
 STAGES = st.sampled_from([IDLE, OFFERED, ACCEPTED, STARTED])
-# Seeds for the receiver's claims (None: no claims at all), and for each file whether
-# the sender takes the claim or starts over.
+# Seeds for the receiver's held offsets (None: it holds nothing), and for each file
+# whether the sender proposes to resume it and the receiver agrees.
 SEEDS = st.one_of(st.none(), st.lists(st.integers(0, 2**16), min_size=1, max_size=3))
 KEEPS = st.lists(st.booleans(), min_size=1, max_size=3)
 
 
-#: Every offer may carry claims for all of its files
-#: (see test_accept_with_a_claim_for_every_offered_file_goes_through).
-MAX_CLAIMED_FILES = MAX_FILES
-
-
-def claims_for(offer: Offer | None, seeds: Sequence[int] | None) -> tuple[ResumeClaim, ...]:
-    """Valid claims for every file of ``offer``, made from ``seeds``; none if no seeds."""
-    if offer is None or not seeds or len(offer.files) > MAX_CLAIMED_FILES:
+def held_for(offer: Offer | None, seeds: Sequence[int] | None) -> tuple[int, ...]:
+    """Valid held offsets for every file of ``offer``, made from ``seeds``; none if no seeds."""
+    if offer is None or not seeds:
         return ()
-    claims = []
-    for i, info in enumerate(offer.files):
-        seed = seeds[i % len(seeds)]
-        claims.append(ResumeClaim(seed % (info.size + 1), seed.to_bytes(SHA256_BYTES, "big")))
-    return tuple(claims)
+    return tuple(seeds[i % len(seeds)] % (info.size + 1) for i, info in enumerate(offer.files))
 
 
 def offsets_for(
-    offer: Offer | None, claims: tuple[ResumeClaim, ...] | None, keeps: Sequence[int]
+    offer: Offer | None, held: tuple[int, ...] | None, keeps: Sequence[int]
 ) -> tuple[int, ...]:
-    """Valid offsets: per file, the claimed offset if ``keeps`` says so, else 0."""
+    """Valid offsets: per file, the held (or proposed) offset if ``keeps`` says so, else 0."""
     if offer is None:
         return (0,)
-    return tuple(
-        claims[i].offset if claims and keeps[i % len(keeps)] else 0 for i in range(len(offer.files))
-    )
+    return tuple(held[i] if held and keeps[i % len(keeps)] else 0 for i in range(len(offer.files)))
+
+
+def resume_for(offsets: tuple[int, ...]) -> Resume:
+    """A valid RESUME: a prefix hash for every offset above 0."""
+    if not any(offsets):
+        return Resume(offsets)
+    return Resume(offsets, tuple(bytes([o % 256]) * SHA256_BYTES if o else b"" for o in offsets))
 
 
 # -- a model of what a correct state machine lets through -----------------------------------
@@ -438,11 +422,12 @@ _RANK = {
     State.OFFERED: 1,
     State.DECIDING: 1,
     State.ACCEPTED: 2,
-    State.SENDING: 3,
-    State.RECEIVING: 3,
-    State.AWAITING_ACKS: 4,
-    State.DONE: 5,
-    State.CLOSED: 6,
+    State.CONFIRMING: 3,
+    State.SENDING: 4,
+    State.RECEIVING: 4,
+    State.AWAITING_ACKS: 5,
+    State.DONE: 6,
+    State.CLOSED: 7,
 }
 _ROLE_STATES = {
     Role.SENDER: {State.OFFERED, State.SENDING},
@@ -456,8 +441,9 @@ class Model:
 
     role: Role
     offer: Offer | None = None
-    claims: tuple[ResumeClaim, ...] | None = None  # None until ACCEPT
-    offsets: tuple[int, ...] = ()  # where each file starts; set by RESUME
+    held: tuple[int, ...] | None = None  # None until ACCEPT
+    proposed: tuple[int, ...] | None = None  # None until RESUME
+    offsets: tuple[int, ...] = ()  # where each file starts; set by RESUME or START
     index: int = -1  # the file whose bytes are moving; -1 until RESUME
     moved: int = 0  # bytes of that file so far, from its offset on
     acked: int = 0
@@ -474,23 +460,33 @@ class Model:
             assert self.offer is None, "a second offer"
             self.offer = event
         elif isinstance(event, Accept):
-            assert self.offer is not None and self.claims is None, "ACCEPT out of turn"
+            assert self.offer is not None and self.held is None, "ACCEPT out of turn"
             files = self.offer.files
-            assert len(event.resume) in (0, len(files)), "one claim per file, or none"
-            for claim, info in zip(event.resume, files, strict=False):
-                assert type(claim.offset) is int and 0 <= claim.offset <= info.size, claim
-                assert len(claim.sha256) == SHA256_BYTES
-            self.claims = tuple(event.resume)
+            assert len(event.held) in (0, len(files)), "one held offset per file, or none"
+            for offset, info in zip(event.held, files, strict=False):
+                assert type(offset) is int and 0 <= offset <= info.size, offset
+            self.held = tuple(event.held)
         elif isinstance(event, Resume):
-            assert self.offer is not None and self.claims is not None, "RESUME before ACCEPT"
-            assert self.index == -1, "a second RESUME"
+            assert self.offer is not None and self.held is not None, "RESUME before ACCEPT"
+            assert self.proposed is None, "a second RESUME"
             assert len(event.offsets) == len(self.offer.files), "one offset per file"
             for i, offset in enumerate(event.offsets):
-                claimed = self.claims[i].offset if self.claims else 0
-                assert type(offset) is int and offset in (0, claimed), "offset not claimed"
-            self.offsets = tuple(event.offsets)
-            self.index = 0
-            self.moved = 0
+                held = self.held[i] if self.held else 0
+                assert type(offset) is int and offset in (0, held), "offset not held"
+            if event.sha256 or any(event.offsets):
+                assert len(event.sha256) == len(event.offsets), "one prefix hash per file"
+                for offset, digest in zip(event.offsets, event.sha256, strict=True):
+                    assert len(digest) == (SHA256_BYTES if offset else 0), "prefix hash"
+            self.proposed = tuple(event.offsets)
+            if not any(event.offsets):
+                self.begin(event.offsets)
+        elif isinstance(event, Start):
+            assert self.proposed is not None and any(self.proposed), "START unasked for"
+            assert self.index == -1, "a second START"
+            assert len(event.offsets) == len(self.proposed), "one offset per file"
+            for offset, proposed in zip(event.offsets, self.proposed, strict=True):
+                assert type(offset) is int and offset in (0, proposed), "offset not proposed"
+            self.begin(event.offsets)
         elif isinstance(event, Chunk):
             assert self.offer is not None and 0 <= self.index < len(self.offer.files)
             assert 0 < len(event.data) <= self.offer.chunk_size, "chunk size not kept"
@@ -511,6 +507,11 @@ class Model:
             assert isinstance(event, Reject | Cancel)
             self.closed = True
 
+    def begin(self, offsets: tuple[int, ...]) -> None:
+        self.offsets = tuple(offsets)
+        self.index = 0
+        self.moved = 0
+
     def check(self, proto: TransferProtocol) -> None:
         state = proto.state
         assert _RANK[state] >= self.rank, f"state moved backwards to {state}"
@@ -521,9 +522,12 @@ class Model:
         if state is State.IDLE:
             assert self.offer is None
         elif state in (State.OFFERED, State.DECIDING):
-            assert self.offer is not None and self.claims is None and self.index == -1
+            assert self.offer is not None and self.held is None and self.index == -1
         elif state is State.ACCEPTED:
-            assert self.offer is not None and self.claims is not None and self.index == -1
+            assert self.offer is not None and self.held is not None and self.proposed is None
+            assert self.index == -1
+        elif state is State.CONFIRMING:
+            assert self.proposed is not None and any(self.proposed) and self.index == -1
         elif state in (State.SENDING, State.RECEIVING):
             assert 0 <= self.index < count and proto.file_index == self.index
         elif state is State.AWAITING_ACKS:
@@ -583,6 +587,14 @@ def do_send(proto: TransferProtocol, model: Model, event: Event) -> bytes | None
 
 
 def resume_frame(offsets: tuple[int, ...]) -> bytes:
+    resume = resume_for(offsets)
+    obj: dict[str, Any] = {"offsets": list(offsets)}
+    if resume.sha256:
+        obj["sha256"] = [digest.hex() for digest in resume.sha256]
+    return json.dumps(obj).encode()
+
+
+def start_frame(offsets: tuple[int, ...]) -> bytes:
     return json.dumps({"offsets": list(offsets)}).encode()
 
 
@@ -596,7 +608,8 @@ def start(
     max_frame_bytes: int | None = None,
 ) -> tuple[TransferProtocol, FrameSealer, Model]:
     """A protocol, the peer's sealer, and the model, taken as far as ``stage``: past OFFER,
-    past ACCEPT (with claims made from ``seeds``), or past RESUME too (``keeps``)."""
+    past ACCEPT (with held offsets made from ``seeds``), or past RESUME (``keeps``) and
+    the START it may need (the receiver takes every proposed offset)."""
     if max_frame_bytes is None:
         proto = TransferProtocol(role, keys_of(role))
     else:
@@ -605,28 +618,32 @@ def start(
     model = Model(role)
     if stage == IDLE:
         return proto, peer, model
-    claims = claims_for(offer, seeds)
-    offsets = offsets_for(offer, claims, keeps)
+    held = held_for(offer, seeds)
+    offsets = offsets_for(offer, held, keeps)
     if role is Role.SENDER:
         assert do_send(proto, model, offer) is not None
         if stage == OFFERED:
             return proto, peer, model
-        payload = [{"offset": c.offset, "sha256": c.sha256.hex()} for c in claims]
-        accept = peer.seal(FrameType.ACCEPT, json.dumps({"resume": payload}).encode())
-        assert do_receive(proto, model, accept, sealed=True) == Accept(claims)
+        accept = peer.seal(FrameType.ACCEPT, json.dumps({"held": list(held)}).encode())
+        assert do_receive(proto, model, accept, sealed=True) == Accept(held)
         assert proto.state is State.ACCEPTED
         if stage == STARTED:
-            assert do_send(proto, model, Resume(offsets)) is not None
+            assert do_send(proto, model, resume_for(offsets)) is not None
+            if any(offsets):
+                frame = peer.seal(FrameType.START, start_frame(offsets))
+                assert do_receive(proto, model, frame, sealed=True) == Start(offsets)
     else:
         frame = peer.seal(FrameType.OFFER, encode_offer(offer))
         assert do_receive(proto, model, frame, sealed=True) == offer
         if stage == OFFERED:
             return proto, peer, model
-        assert do_send(proto, model, Accept(claims)) is not None
+        assert do_send(proto, model, Accept(held)) is not None
         assert proto.state is State.ACCEPTED
         if stage == STARTED:
             frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
-            assert do_receive(proto, model, frame, sealed=True) == Resume(offsets)
+            assert do_receive(proto, model, frame, sealed=True) == resume_for(offsets)
+            if any(offsets):
+                assert do_send(proto, model, Start(offsets)) is not None
     if stage == STARTED:
         assert proto.state in (State.SENDING, State.RECEIVING)
     return proto, peer, model
@@ -640,6 +657,7 @@ def assert_closed_for_good(proto: TransferProtocol, peer: FrameSealer) -> None:
         Cancel(),
         Accept(),
         Resume((0,)),
+        Start((0,)),
         Ping(),
         FileAck(),
         Chunk(b"x"),
@@ -764,11 +782,18 @@ def run_sequence(
             if action == (FrameType.PING, b""):
                 assert (received == Ping()) == (before is not State.CLOSED), "PING refused"
         elif action in (RESUME, RESTART):
-            offsets = offsets_for(model.offer, model.claims, [action == RESUME])
+            offsets = offsets_for(model.offer, model.held, [action == RESUME])
             if model.role is Role.SENDER:
-                do_send(proto, model, Resume(offsets))
+                do_send(proto, model, resume_for(offsets))
             else:
                 frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
+                do_receive(proto, model, frame, sealed=True)
+        elif action in (CONFIRM, DENY):
+            offsets = offsets_for(model.offer, model.proposed, [action == CONFIRM])
+            if model.role is Role.RECEIVER:
+                do_send(proto, model, Start(offsets))
+            else:
+                frame = peer.seal(FrameType.START, start_frame(offsets))
                 do_receive(proto, model, frame, sealed=True)
         elif action == ACK:
             if model.role is Role.SENDER:
@@ -817,8 +842,9 @@ def test_state_machine_survives_random_sequences(
 
 # -- 2b. both sides: whatever one side's state machine sends, the other accepts -------------
 
-# "accept" carries the seeds of the receiver's claims, "resume" which claims the sender
-# takes; the other directed steps carry nothing.
+# "accept" carries the seeds of the receiver's held offsets, "resume" which of them the
+# sender proposes to resume, "start" which proposals the receiver takes; the other
+# directed steps carry nothing.
 DIRECTED_STEPS = weighted(
     (
         12,
@@ -829,6 +855,7 @@ DIRECTED_STEPS = weighted(
     ),
     (1, st.tuples(st.just("accept"), SEEDS)),
     (1, st.tuples(st.just("resume"), KEEPS)),
+    (1, st.tuples(st.just("start"), KEEPS)),
 )
 PairStep = tuple[str, Event | list[int] | list[bool] | None]
 PAIR_STEPS: st.SearchStrategy[list[PairStep]] = st.lists(
@@ -886,10 +913,13 @@ def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairSte
             sender.send(Chunk(b"f" * size) if size else FileDone(bytes(SHA256_BYTES)), receiver)
         elif kind == "accept":
             seeds = arg if isinstance(arg, list) else None
-            receiver.send(Accept(claims_for(receiver.model.offer, seeds)), sender)
+            receiver.send(Accept(held_for(receiver.model.offer, seeds)), sender)
         elif kind == "resume" and isinstance(arg, list):
-            offsets = offsets_for(sender.model.offer, sender.model.claims, arg)
-            sender.send(Resume(offsets), receiver)
+            offsets = offsets_for(sender.model.offer, sender.model.held, arg)
+            sender.send(resume_for(offsets), receiver)
+        elif kind == "start" and isinstance(arg, list):
+            offsets = offsets_for(receiver.model.offer, receiver.model.proposed, arg)
+            receiver.send(Start(offsets), sender)
         elif kind == "ack":
             receiver.send(FileAck(), sender)
         elif kind == "to_receiver" and receiver.inbox:
@@ -908,7 +938,8 @@ def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairSte
         assert receiver.proto.state in (State.DONE, State.CLOSED)
     if receiver.model.index >= 0:  # RESUME went through
         assert receiver.model.offsets == sender.model.offsets
-        assert receiver.model.claims == sender.model.claims
+        assert receiver.model.held == sender.model.held
+        assert receiver.model.proposed == sender.model.proposed
 
 
 # -- 3. decode_offer -------------------------------------------------------------------------
@@ -1384,49 +1415,50 @@ def offered_pair(size: int = 2) -> tuple[TransferProtocol, TransferProtocol]:
 
 
 @pytest.mark.parametrize("offset", [-1, True], ids=["negative", "bool"])
-def test_resume_claim_the_peer_would_refuse_is_refused_locally(offset: int) -> None:
-    # _validate_claims checks only offset <= size: ACCEPT went out with an offset the
-    # sender refuses (_int_field: 0 to MAX_FILE_BYTES, no bool).  With -1 the receiver
-    # then also took RESUME {"offsets": [-1]} and one byte more than the file's size.
+def test_held_offset_the_peer_would_refuse_is_refused_locally(offset: int) -> None:
+    # A check of only offset <= size let ACCEPT out with an offset the sender refuses
+    # (_int_list: no bool); with -1 the receiver then also took RESUME {"offsets": [-1]}
+    # and one byte more than the file's size.
     _, receiver = offered_pair()
     with pytest.raises(ProtocolError):
-        receiver.send(Accept((ResumeClaim(offset, bytes(SHA256_BYTES)),)))
+        receiver.send(Accept((offset,)))
     assert receiver.state is State.DECIDING
 
 
-@pytest.mark.parametrize("claimed", [0, 1])
-def test_resume_offsets_the_peer_would_refuse_are_refused_locally(claimed: int) -> None:
-    # False == 0 and True == 1, so `offset not in (0, claimed)` let them out as JSON
+@pytest.mark.parametrize("held", [0, 1])
+def test_resume_offsets_the_peer_would_refuse_are_refused_locally(held: int) -> None:
+    # False == 0 and True == 1, so `offset not in (0, held)` let them out as JSON
     # false/true, and the receiver refused the RESUME frame (it refuses bools).
     sender, receiver = offered_pair()
-    sender.receive(receiver.send(Accept((ResumeClaim(claimed, bytes(SHA256_BYTES)),))))
+    sender.receive(receiver.send(Accept((held,))))
     with pytest.raises(ProtocolError):
-        sender.send(Resume((bool(claimed),)))
+        sender.send(Resume((bool(held),), (bytes(SHA256_BYTES) if held else b"",)))
     assert sender.state is State.ACCEPTED
 
 
-def test_accept_with_a_claim_for_every_offered_file_goes_through() -> None:
-    # 1000 claims make an ACCEPT of 89 KB: the receiver let it out (and moved to
-    # ACCEPTED), the sender refused it as a control frame over 64 KiB.  Either the
-    # sender must take it, or the receiver must refuse it locally.
+def test_accept_with_an_offset_for_every_offered_file_goes_through() -> None:
+    # 1000 claims with hashes made an ACCEPT of 89 KB, which the sender once refused as
+    # a control frame over its limit.  Either the sender must take it, or the receiver
+    # must refuse it locally.
     sender = idle_sender()
     receiver = TransferProtocol(Role.RECEIVER, RECEIVER_KEYS)
     receiver.receive(sender.send(Offer(files=(FileInfo("", 0),) * MAX_FILES)))
-    claims = (ResumeClaim(0, bytes(SHA256_BYTES)),) * MAX_FILES
+    held = (0,) * MAX_FILES
     try:
-        frame = receiver.send(Accept(claims))
+        frame = receiver.send(Accept(held))
     except ProtocolError as exc:
         assert not isinstance(exc, RemoteProtocolError)
         assert receiver.state is State.DECIDING
         return
-    assert sender.receive(frame) == Accept(claims)
+    assert sender.receive(frame) == Accept(held)
 
 
 def test_resumed_file_carries_only_what_is_left() -> None:
     sender, receiver = offered_pair(size=5)
-    claim = ResumeClaim(3, bytes(SHA256_BYTES))
-    assert sender.receive(receiver.send(Accept((claim,)))) == Accept((claim,))
-    assert receiver.receive(sender.send(Resume((3,)))) == Resume((3,))
+    assert sender.receive(receiver.send(Accept((3,)))) == Accept((3,))
+    resume = Resume((3,), (bytes(SHA256_BYTES),))
+    assert receiver.receive(sender.send(resume)) == resume
+    assert sender.receive(receiver.send(Start((3,)))) == Start((3,))
     with pytest.raises(ProtocolError):
         sender.send(Chunk(b"xyz"))
     assert receiver.receive(sender.send(Chunk(b"xy"))) == Chunk(b"xy")

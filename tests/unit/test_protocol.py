@@ -8,9 +8,14 @@ import json
 import pytest
 
 from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
-from sfs.peer.crypto import FrameSealer, SessionKeys
+from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.protocol import (
     MAX_CHUNK_BYTES,
+    MAX_CONTROL_BYTES,
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    MAX_OFFERED_NAME_CHARS,
+    MAX_SENDER_NAME_CHARS,
     Accept,
     Cancel,
     Chunk,
@@ -22,8 +27,8 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    ResumeClaim,
     Role,
+    Start,
     State,
     TransferProtocol,
     decode_offer,
@@ -259,18 +264,107 @@ def test_sender_refuses_bad_offers() -> None:
         TransferProtocol(Role.SENDER, ks).send(Offer(files=(FileInfo("a", 1),), chunk_size=0))
 
 
-def test_resume_claims_and_offsets() -> None:
+def test_accept_says_how_much_is_held_and_nothing_else() -> None:
+    # A hash of the receiver's bytes would let any sender with the code that offers a
+    # matching name, size and mtime learn (guess offline) what someone else sent.
     sender, receiver, ks, _ = pair()
     receiver.receive(sender.send(OFFER))
-    claims = (ResumeClaim(3, SHA_A), ResumeClaim(0, SHA_EMPTY))
-    assert sender.receive(receiver.send(Accept(claims))) == Accept(claims)
-    with pytest.raises(ProtocolError, match="not claimed"):
-        sender.send(Resume((2, 0)))  # only 0 or the claimed offset
-    assert receiver.receive(sender.send(Resume((3, 0)))) == Resume((3, 0))
+    frame = receiver.send(Accept((3, 0)))
+    assert FrameOpener(ks.frame_receive).open(frame) == (FrameType.ACCEPT, b'{"held":[3,0]}')
+    assert sender.receive(frame) == Accept((3, 0))
+
+
+def test_resume_sends_the_senders_prefix_hash_and_the_receiver_answers_start() -> None:
+    sender, receiver, _, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    sender.receive(receiver.send(Accept((3, 0))))
+    with pytest.raises(ProtocolError, match="not what the receiver holds"):
+        sender.send(Resume((2, 0), (SHA_A, b"")))  # only 0 or the held offset
+    with pytest.raises(ProtocolError, match="SHA-256"):
+        sender.send(Resume((3, 0)))  # an offset above 0 needs the sender's prefix hash
+    resume = Resume((3, 0), (SHA_A, b""))
+    assert receiver.receive(sender.send(resume)) == resume
+    assert (sender.state, receiver.state) == (State.CONFIRMING, State.CONFIRMING)
+    with pytest.raises(ProtocolError):
+        sender.send(Chunk(b"lo"))  # not before the receiver's START
+    with pytest.raises(ProtocolError, match="not proposed"):
+        receiver.send(Start((2, 0)))
+    assert sender.receive(receiver.send(Start((3, 0)))) == Start((3, 0))
+    assert (sender.state, receiver.state) == (State.SENDING, State.RECEIVING)
     # Two bytes are left of the first file.
     with pytest.raises(ProtocolError):
         sender.send(Chunk(b"abc"))
     assert receiver.receive(sender.send(Chunk(b"lo"))) == Chunk(b"lo")
+
+
+def test_start_may_send_a_file_from_zero_after_all() -> None:
+    sender, receiver, _, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    sender.receive(receiver.send(Accept((3, 0))))
+    receiver.receive(sender.send(Resume((3, 0), (SHA_A, b""))))
+    assert sender.receive(receiver.send(Start((0, 0)))) == Start((0, 0))
+    assert receiver.receive(sender.send(Chunk(b"hell"))) == Chunk(b"hell")
+
+
+def test_resume_from_zero_needs_no_start() -> None:
+    sender, receiver, _, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    sender.receive(receiver.send(Accept((3, 0))))
+    assert receiver.receive(sender.send(Resume((0, 0)))) == Resume((0, 0))
+    assert sender.state is State.SENDING and receiver.state is State.RECEIVING
+    with pytest.raises(ProtocolError):
+        receiver.send(Start((0, 0)))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"offsets":[3,0]}',
+        b'{"offsets":[3,0],"sha256":["' + SHA_A.hex().encode() + b'"]}',
+        b'{"offsets":[3,0],"sha256":["' + SHA_A.hex().upper().encode() + b'",""]}',
+        b'{"offsets":[3,0],"sha256":["'
+        + SHA_A.hex().encode()
+        + b'","'
+        + SHA_A.hex().encode()
+        + b'"]}',
+        b'{"offsets":[3,0],"sha256":["abc",""]}',
+        b'{"offsets":[3,0],"sha256":"x"}',
+        b'{"offsets":[true,0]}',
+    ],
+)
+def test_malformed_resume_is_rejected(payload: bytes) -> None:
+    sender, receiver, ks, _ = pair()
+    receiver.receive(sender.send(OFFER))
+    sender.receive(receiver.send(Accept((3, 0))))
+    with pytest.raises(RemoteProtocolError):
+        receiver.receive(forged_sender(ks, 1).seal(FrameType.RESUME, payload))
+    assert receiver.state is State.ACCEPTED
+
+
+def test_largest_control_frames_sfs_makes_fit() -> None:
+    # ACCEPT, RESUME and START for MAX_FILES files at the largest offsets go through,
+    # and so does an offer of MAX_FILES files with names of 100 characters.
+    files = tuple(
+        FileInfo(f"{i:03}" + "n" * 97, MAX_FILE_BYTES, -(2**63)) for i in range(MAX_FILES)
+    )
+    offer = Offer(files, "s" * MAX_SENDER_NAME_CHARS, MAX_CHUNK_BYTES)
+    assert len(encode_offer(offer)) <= MAX_CONTROL_BYTES
+    sender, receiver, ks, kr = pair()
+    receiver.receive(sender.send(offer))
+    held = (MAX_FILE_BYTES,) * MAX_FILES
+    resume = Resume(held, (b"\xff" * 32,) * MAX_FILES)
+    frames = [receiver.send(Accept(held))]
+    assert sender.receive(frames[0]) == Accept(held)
+    frames.append(sender.send(resume))
+    assert receiver.receive(frames[1]) == resume
+    frames.append(receiver.send(Start(held)))
+    assert sender.receive(frames[2]) == Start(held)
+    for frame in frames:
+        assert len(frame) - 28 <= MAX_CONTROL_BYTES
+    # The offer's limit is the receiver's: a longer offer is refused before it goes out.
+    long_names = tuple(FileInfo("n" * MAX_OFFERED_NAME_CHARS, 1) for _ in range(MAX_FILES))
+    with pytest.raises(ProtocolError, match="would refuse"):
+        pair()[0].send(Offer(long_names))
 
 
 def test_resume_offset_beyond_the_claim_is_rejected() -> None:
@@ -278,16 +372,15 @@ def test_resume_offset_beyond_the_claim_is_rejected() -> None:
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept()))
     forged = forged_sender(ks, 1)
-    with pytest.raises(RemoteProtocolError, match="not claimed"):
+    with pytest.raises(RemoteProtocolError, match="not what the receiver holds"):
         receiver.receive(forged.seal(FrameType.RESUME, b'{"offsets":[5,0]}'))
 
 
-def test_claims_larger_than_the_file_are_rejected() -> None:
+def test_held_offsets_larger_than_the_file_are_rejected() -> None:
     sender, receiver, _, kr = pair()
     receiver.receive(sender.send(OFFER))
     with pytest.raises(ProtocolError):
-        receiver.send(Accept((ResumeClaim(99, SHA_A), ResumeClaim(0, SHA_EMPTY))))
+        receiver.send(Accept((99, 0)))
     forged = FrameSealer(kr.frame_send)
-    payload = b'{"resume":[{"offset":99,"sha256":"' + SHA_A.hex().encode() + b'"}]}'
     with pytest.raises(RemoteProtocolError):
-        sender.receive(forged.seal(FrameType.ACCEPT, payload))
+        sender.receive(forged.seal(FrameType.ACCEPT, b'{"held":[99,0]}'))
