@@ -47,10 +47,12 @@ from sfs.peer.crypto import (
 )
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
+    Channel,
     Progress,
     TransferResult,
     abort_transfer,
     inspect_sources,
+    keepalive,
     linger,
     receive_files,
     send_files,
@@ -142,7 +144,8 @@ async def sender_session(
     """
     addresses = check_local_addresses(options.ice_addresses)
     partner = code.peer_id
-    async with SignalClient(options.server_url) as signal:
+    ui.status(f"Connecting to {options.server_url}…")
+    async with _signal_client(options) as signal:
         _, server_ice = await signal.register()
         await signal.call("find_peer", {"peer_id": partner})
         await signal.call("send_connection_request", {"peer_id": partner})
@@ -172,7 +175,8 @@ async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Sessio
     """Register, show the code, wait for the sender, agree on keys, open the DataChannel."""
     addresses = check_local_addresses(options.ice_addresses)
     async with AsyncExitStack() as stack:
-        signal = await stack.enter_async_context(SignalClient(options.server_url))
+        ui.status(f"Connecting to {options.server_url}…")
+        signal = await stack.enter_async_context(_signal_client(options))
         peer_id, server_ice = await signal.register()
         code = Code(peer_id, new_secret())
         ui.show_code(str(code))
@@ -214,11 +218,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
         if config.verify:
-            try:
-                await _confirm_verifier(ui, session.keys)
-            except VerificationError as exc:
-                await abort_transfer(channel, proto, exc)
-                raise
+            await _verify(ui, channel, proto, session.keys)
         chunk_size = min(config.chunk_size, channel.max_message_size - FRAME_OVERHEAD_BYTES)
         if chunk_size < config.chunk_size:
             logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
@@ -244,18 +244,15 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     if not config.output_dir.is_dir():
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     async with receiver_session(config.peer, ui) as session:
-
-        async def decide(offer: Offer) -> bool:
-            if config.verify:
-                await _confirm_verifier(ui, session.keys)
-            return await ui.decide(offer)
-
+        proto = TransferProtocol(Role.RECEIVER, session.keys)
+        if config.verify:
+            await _verify(ui, session.channel, proto, session.keys)
         result = await receive_files(
             session.channel,
-            TransferProtocol(Role.RECEIVER, session.keys),
+            proto,
             output_dir=config.output_dir,
             overwrite=config.overwrite,
-            decide=decide,
+            decide=ui.decide,
             progress=ui.progress(),
             resume=config.resume,
             status=ui.status,
@@ -270,9 +267,22 @@ def _log_result(verb: str, result: TransferResult) -> None:
     logger.info("%s %d bytes in %.6f s", verb, result.total_bytes, result.elapsed)
 
 
-async def _confirm_verifier(ui: Ui, keys: SessionKeys) -> None:
-    if not await ui.confirm_verifier(keys.verifier):
-        raise VerificationError()
+async def _verify(ui: Ui, channel: Channel, proto: TransferProtocol, keys: SessionKeys) -> None:
+    """Have the user compare the verification strings before any offer moves.
+
+    Both sides ask as soon as their channel is open, so each shows its string at
+    once: neither user is asked to compare with a string the other side does not show
+    yet. Keepalives run meanwhile: a user who takes a while to compare must not look
+    like a lost connection to the other side.
+    """
+    try:
+        async with keepalive(channel, proto):
+            confirmed = await ui.confirm_verifier(keys.verifier)
+        if not confirmed:
+            raise VerificationError()
+    except VerificationError as exc:
+        await abort_transfer(channel, proto, exc)
+        raise
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -301,13 +311,17 @@ async def _open(
     return channel
 
 
+def _signal_client(options: PeerOptions) -> SignalClient:
+    return SignalClient(options.server_url, connect_timeout=options.connect_timeout)
+
+
 async def _reconnect(options: PeerOptions, stack: AsyncExitStack) -> SignalClient:
     """Connect again, retrying with growing pauses for up to RECONNECT_SECONDS."""
     deadline = time.monotonic() + RECONNECT_SECONDS
     pause = 0.5
     while True:
         try:
-            return await stack.enter_async_context(SignalClient(options.server_url))
+            return await stack.enter_async_context(_signal_client(options))
         except ServerUnreachableError:
             if time.monotonic() + pause > deadline:
                 raise

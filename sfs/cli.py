@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +23,12 @@ import click
 from tqdm import tqdm
 
 from sfs import __version__, app
-from sfs.code import Code, parse_code
-from sfs.errors import SfsError
-from sfs.peer.connection import MAX_STREAMS
+from sfs.code import CODE_SHAPE, Code, parse_code
+from sfs.errors import PeerConnectionError, SfsError
+from sfs.peer.connection import MAX_STREAMS, check_local_addresses
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
+from sfs.signal import server as signal_server
 from sfs.signal.messages import IceServer, parse_ice_server
 from sfs.signal.server import ServerConfig
 from sfs.text import printable
@@ -35,7 +37,6 @@ T = TypeVar("T")
 EXIT_INTERRUPTED = 130
 #: Allocations between two first-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 50_000
-_CODE_SHAPE = re.compile(r"^\s*[A-Za-z]{3}-[0-9]{3}-")
 logger = logging.getLogger("sfs.cli")
 
 
@@ -265,12 +266,33 @@ def _ice_addresses(values: Sequence[str]) -> tuple[str, ...]:
 def _peer_options(
     server: str, ice_server: Sequence[str], ice_address: Sequence[str], connect_timeout: float
 ) -> app.PeerOptions:
+    try:
+        addresses = check_local_addresses(_ice_addresses(ice_address))
+    except PeerConnectionError as exc:
+        raise click.BadParameter(
+            str(exc).removeprefix("--ice-address "), param_hint="--ice-address"
+        ) from None
     return app.PeerOptions(
         server_url=server,
         ice_servers=_ice_servers(ice_server),
-        ice_addresses=_ice_addresses(ice_address),
+        ice_addresses=addresses,
         connect_timeout=connect_timeout,
     )
+
+
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An http:// or https:// URL with a host: anything else is a usage error, not a
+    server that cannot be reached."""
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(
+            f"{value!r} is not an http:// or https:// URL with a host, e.g. http://localhost:5000"
+        )
+    return value.strip()
 
 
 RESUME_OPTION = click.option(
@@ -292,6 +314,7 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--server",
             default=app.DEFAULT_SERVER_URL,
+            callback=_server_url,
             envvar="SFS_SERVER",
             show_envvar=True,
             show_default=True,
@@ -374,7 +397,71 @@ def main() -> None:
     default=60,
     type=click.IntRange(1),
     show_default=True,
-    help="Code lookups per client address per minute.",
+    help="Code lookups per client address (IPv6: per /64) per minute.",
+)
+@click.option(
+    "--max-connections-per-address",
+    default=signal_server.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    type=click.IntRange(1),
+    show_default=True,
+    help="Connections one client address (IPv6: one /64) may hold at once; each peer "
+    "holds one while it connects, so this is how many may share a NAT.",
+)
+@click.option(
+    "--header-timeout",
+    default=signal_server.DEFAULT_HEADER_TIMEOUT_SECONDS,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that has not sent its HTTP request (or websocket upgrade).",
+)
+@click.option(
+    "--join-timeout",
+    default=signal_server.DEFAULT_JOIN_TIMEOUT_SECONDS,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a websocket that has not joined the Socket.IO namespace.",
+)
+@click.option(
+    "--register-timeout",
+    default=signal_server.DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="Disconnect a client that has not registered by then.",
+)
+@click.option(
+    "--pairing-timeout",
+    default=signal_server.DEFAULT_PAIRING_TIMEOUT_SECONDS,
+    type=click.FloatRange(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="Disconnect both peers of a connection request that has not ended by then "
+    "(peers leave once connected); keep it above the clients' --connect-timeout.",
+)
+@click.option(
+    "--max-queued-bytes-per-connection",
+    default=signal_server.DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
+    type=click.IntRange(1),
+    show_default=True,
+    help="Disconnect a client that leaves more than this unread.",
+)
+@click.option(
+    "--max-queued-bytes",
+    default=signal_server.DEFAULT_MAX_QUEUED_BYTES,
+    type=click.IntRange(1),
+    show_default=True,
+    help="Unread data for all clients together; beyond it the clients with the most "
+    "unread are disconnected.",
+)
+@click.option(
+    "--fd-reserve",
+    default=signal_server.DEFAULT_FD_RESERVE,
+    type=click.IntRange(signal_server.MIN_FD_RESERVE),
+    show_default=True,
+    help="File descriptors kept free for /healthz: Socket.IO clients get 503 when only "
+    "this many are left.  The soft `ulimit -n` is raised to the hard one at start.",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 def serve(
@@ -384,19 +471,38 @@ def serve(
     max_connections: int,
     max_lookups_per_connection: int,
     max_lookups_per_address: int,
+    max_connections_per_address: int,
+    header_timeout: float,
+    join_timeout: float,
+    register_timeout: float,
+    pairing_timeout: float,
+    max_queued_bytes_per_connection: int,
+    max_queued_bytes: int,
+    fd_reserve: int,
     verbose: int,
 ) -> None:
     """Run the signaling server (it never sees file data or keys)."""
     _setup_logging(verbose)
     logging.getLogger("sfs.signal").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-    config = ServerConfig(
-        host=host,
-        port=port,
-        ice_servers=_ice_servers(ice_server) or (),
-        max_connections=max_connections,
-        max_lookups_per_connection=max_lookups_per_connection,
-        max_lookups_per_address=max_lookups_per_address,
-    )
+    try:
+        config = ServerConfig(
+            host=host,
+            port=port,
+            ice_servers=_ice_servers(ice_server) or (),
+            max_connections=max_connections,
+            max_lookups_per_connection=max_lookups_per_connection,
+            max_lookups_per_address=max_lookups_per_address,
+            max_connections_per_address=max_connections_per_address,
+            header_timeout_seconds=header_timeout,
+            join_timeout_seconds=join_timeout,
+            register_timeout_seconds=register_timeout,
+            pairing_timeout_seconds=pairing_timeout,
+            max_queued_bytes_per_connection=max_queued_bytes_per_connection,
+            max_queued_bytes=max_queued_bytes,
+            fd_reserve=fd_reserve,
+        )
+    except ValueError as exc:  # limits that contradict each other
+        raise click.UsageError(str(exc)) from None
 
     try:
         _run(app.serve(config), verbose, transfer=False)
@@ -520,21 +626,69 @@ def _require_terminal_for_verify(verify: bool) -> None:
         raise click.UsageError("--verify asks you to compare a string, and needs a terminal")
 
 
+#: Tries at the `Code:` prompt before giving up.
+CODE_PROMPT_TRIES = 3
+
+
 def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
-    first = args[0]
-    if len(args) > 1 and _CODE_SHAPE.match(first) and not os.path.exists(first):
+    """Take the code from the first argument, or from a prompt or stdin if it is not
+    there; say exactly what is wrong when an argument looks like a code but is not one,
+    or stands in the wrong place (a mistyped code must not become a file name)."""
+    code_like = [i for i, arg in enumerate(args) if _looks_like_code(arg)]
+    if code_like and code_like[0] > 0:
+        raise click.UsageError(
+            f"{_peer_id_part(args[code_like[0]])} looks like a code: put it first, "
+            "as in `sfs send CODE FILE...`"
+        )
+    if code_like:
         try:
-            return parse_code(first), args[1:]
+            code = parse_code(args[0])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="CODE") from None
-    if sys.stdin.isatty():
-        text = click.prompt("Code", err=True)
-    else:
-        text = sys.stdin.readline()
-        if not text.strip():
-            raise click.UsageError("no code given: pass it first, or type or pipe it on stdin")
+        files = args[1:]
+        if not files:
+            raise click.UsageError("no file to send: `sfs send CODE FILE...`")
+        if len(code_like) > 1:
+            raise click.UsageError(
+                f"{_peer_id_part(args[code_like[1]])} looks like a second code; "
+                "give one code, then the files"
+            )
+        return code, files
+    return _prompt_code() if sys.stdin.isatty() else _read_code(), args
+
+
+def _looks_like_code(arg: str) -> bool:
+    return CODE_SHAPE.match(arg) is not None and not os.path.lexists(arg)
+
+
+def _peer_id_part(arg: str) -> str:
+    """What of a code-like argument may be shown: the peer ID, never secret words."""
+    peer_id = arg.strip()[:7].upper()
+    return peer_id + ("-…" if len(arg.strip()) > 7 else "")
+
+
+def _prompt_code() -> Code:
+    """Ask on the terminal: a typo asks again; Ctrl-C or Ctrl-D ends like Ctrl-C."""
+    for _ in range(CODE_PROMPT_TRIES):
+        try:
+            text = click.prompt("Code", err=True)
+        except click.Abort:
+            say("")
+            say("Interrupted.")
+            sys.exit(EXIT_INTERRUPTED)
+        try:
+            return parse_code(text)
+        except ValueError as exc:
+            say(f"Error: {exc}")
+    raise click.UsageError(f"no valid code after {CODE_PROMPT_TRIES} tries")
+
+
+def _read_code() -> Code:
+    text = sys.stdin.readline()
+    if not text.strip():
+        raise click.UsageError("no code given: pass it first, or type or pipe it on stdin")
     try:
-        return parse_code(text), args
+        return parse_code(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="CODE") from None
 

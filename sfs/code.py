@@ -16,7 +16,10 @@ from functools import cache
 from importlib import resources
 
 SECRET_WORDS = 2
-_CODE_RE = re.compile(r"^([A-Za-z]{3}-[0-9]{3})-([a-z]+(?:-[a-z]+)*)$")
+_PEER_ID_RE = re.compile(r"[A-Z]{3}-[0-9]{3}")
+#: Anything that starts like a code: a peer ID, then maybe words (or the start of one).
+CODE_SHAPE = re.compile(r"^\s*[A-Za-z]{3}-[0-9]{3}(?:[-\s].*)?$", re.DOTALL)
+_ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,36 @@ def new_secret(words: int = SECRET_WORDS) -> str:
 def parse_code(text: str) -> Code:
     """Parse what a user typed: surrounding space and letter case do not matter.
 
-    :raises ValueError: with a message for the user when the text is not a code.
+    :raises ValueError: with a message for the user that says which part of the code
+        is wrong or missing; it never repeats the secret words.
     """
-    cleaned = "-".join(text.strip().split()).lower()
-    match = _CODE_RE.match(cleaned)
-    if match is None:
+    parts = "-".join(text.strip().split()).lower().split("-")
+    if parts == [""]:
+        raise ValueError("no code given; a code looks like ABC-123-tiger-lamp")
+    peer_id = "-".join(parts[:2]).upper()
+    if _PEER_ID_RE.fullmatch(peer_id) is None:
         raise ValueError(
-            "a code looks like ABC-123-tiger-lamp: the receiver's ID, then its secret words"
+            "a code starts with the receiver's ID, three letters and three digits, "
+            "as in ABC-123-tiger-lamp"
         )
-    peer_id, secret = match.groups()
+    words = parts[2:]
+    while words and not words[-1]:  # "ABC-123-" or "ABC-123-tiger-": a word to come
+        words.pop()
+    if not words:
+        raise ValueError(
+            f"{peer_id} is missing its secret words (a code looks like ABC-123-tiger-lamp)"
+        )
+    if len(words) < SECRET_WORDS:
+        raise ValueError(f"the code {peer_id}-… is missing its {_ordinal(len(words))} secret word")
     known = set(wordlist())
-    unknown = [word for word in secret.split("-") if word not in known]
-    if unknown or len(secret.split("-")) < SECRET_WORDS:
-        raise ValueError("the words of that code are not sfs code words; check for typos")
-    return Code(peer_id.upper(), secret)
+    for i, word in enumerate(words):
+        if word not in known:
+            raise ValueError(
+                f"the {_ordinal(i)} secret word of {peer_id}-… is not an sfs code word; "
+                "check for typos"
+            )
+    return Code(peer_id, "-".join(words))
+
+
+def _ordinal(index: int) -> str:
+    return _ORDINALS[index] if index < len(_ORDINALS) else f"#{index + 1}"

@@ -53,10 +53,13 @@ class SignalClient:
     """A connection to ``sfs serve``.
 
     :param url: the server's base URL, e.g. ``http://localhost:5000``.
+    :param connect_timeout: how long reaching the server may take, all of it: TCP,
+        the websocket upgrade and joining the namespace.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
         self.url = url
+        self.connect_timeout = connect_timeout
         # handle_sigint=False: engine.io would otherwise cancel every task on Ctrl-C,
         # aiortc's included, before sfs could tell the peer and clean up.
         self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
@@ -80,16 +83,33 @@ class SignalClient:
         self._events.put_nowait((_DISCONNECTED, {}))
 
     async def __aenter__(self) -> SignalClient:
+        # python-socketio's wait_timeout covers only the namespace join: a server that
+        # accepts the TCP connection and never answers the upgrade would hang us.
         try:
-            await self._sio.connect(
-                self.url, transports=["websocket"], wait_timeout=CONNECT_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                await self._sio.connect(
+                    self.url, transports=["websocket"], wait_timeout=self.connect_timeout
+                )
+        except TimeoutError:
+            await self._abandon()
+            raise ServerUnreachableError(
+                f"the signaling server at {self.url} did not answer within "
+                f"{self.connect_timeout:.0f} s (see --server / SFS_SERVER, --connect-timeout)"
+            ) from None
         except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
             raise ServerUnreachableError(
                 f"cannot reach the signaling server at {self.url} (is `sfs serve` running? "
                 "see --server / SFS_SERVER)"
             ) from exc
         return self
+
+    async def _abandon(self) -> None:
+        """Drop a connection attempt that was cut short."""
+        try:
+            async with asyncio.timeout(1):
+                await self._sio.disconnect()
+        except (TimeoutError, OSError, ValueError, socketio.exceptions.SocketIOError):
+            logger.debug("dropping the half-open connection failed", exc_info=True)
 
     async def __aexit__(
         self,

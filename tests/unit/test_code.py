@@ -47,3 +47,23 @@ def test_code_repr_hides_the_secret() -> None:
     code = Code("ABC-123", "tiger-lamp")
     assert "tiger" not in repr(code)
     assert str(code) == "ABC-123-tiger-lamp"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no code given"),
+        ("ABC-123", "ABC-123 is missing its secret words"),
+        ("ABC-123-", "ABC-123 is missing its secret words"),
+        ("abc-123-tiger", "the code ABC-123-… is missing its second secret word"),
+        ("ABC-123-tiger-", "missing its second secret word"),
+        ("ABC-123-tiger-xyzzy", "the second secret word of ABC-123-… is not an sfs code word"),
+        ("ABC-123-xyzzy-lamp", "the first secret word"),
+        ("AB-123-tiger-lamp", "three letters and three digits"),
+    ],
+)
+def test_parse_code_says_which_part_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        parse_code(text)
+    assert "tiger" not in str(caught.value).replace("ABC-123-tiger-lamp", "")
+    assert "lamp" not in str(caught.value).replace("ABC-123-tiger-lamp", "")

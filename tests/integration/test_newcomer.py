@@ -1,0 +1,246 @@
+"""What a newcomer hits on the command line (issue 9): mistyped codes, prompt manners,
+URLs and addresses checked up front, a server that never answers, `--verify` order.
+
+Every test drives the real CLI; prompts are answered on a real pty.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sfs.code import wordlist
+from tests.conftest import (
+    PROCESS_TIMEOUT_SECONDS,
+    ServerProcess,
+    peer_env,
+    sfs_command,
+    sha256_file,
+)
+from tests.integration.peers import Finished, make_file, start_receiver
+
+NOWHERE = "http://127.0.0.1:9"
+#: Secret words for the codes typed here (not the "tiger-lamp" of sfs's own examples).
+W1, W2 = wordlist()[10:12]
+CODE = f"ABC-123-{W1}-{W2}"
+WAIT_SECONDS = 30
+
+
+def run(*args: str, env_url: str = NOWHERE, stdin: int | None = None) -> Finished:
+    done = subprocess.run(
+        sfs_command(*args),
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        capture_output=True,
+        env=peer_env(env_url),
+        timeout=WAIT_SECONDS,
+    )
+    return Finished(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("ABC-123", "f.bin"), "ABC-123 is missing its secret words"),
+        (("f.bin", CODE), "ABC-123-… looks like a code: put it first"),
+        ((CODE,), "no file to send"),
+        ((f"ABC-123-{W1}", "f.bin"), "missing its second secret word"),
+        ((f"ABC-123-{W1}-xyzzy", "f.bin"), "second secret word of ABC-123-… is not an sfs"),
+        ((CODE, "f.bin", f"XYZ-999-{W2}-{W1}"), "looks like a second code"),
+    ],
+)
+def test_code_mistakes_are_named(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    make_file(tmp_path / "f.bin", 10)
+    files = [str(tmp_path / a) if a == "f.bin" else a for a in args]
+    result = run("send", *files)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "no such file" not in result.stderr
+    for word in (W1, W2, "xyzzy"):
+        assert word not in result.stderr  # secret words are never repeated back
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, int]]:
+    """A pty: (the side we type into, the side the process reads)."""
+    master, slave = pty.openpty()
+    try:
+        yield master, slave
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_typo_at_the_code_prompt_asks_again(tmp_path: Path, terminal: tuple[int, int]) -> None:
+    master, slave = terminal
+    src = make_file(tmp_path / "f.bin", 10)
+    os.write(master, f"ABC-123\nABC-123-{W1}\nnonsense\n".encode())
+    result = run("send", str(src), stdin=slave)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("Code:") == 3
+    assert "missing its secret words" in result.stderr
+    assert "missing its second secret word" in result.stderr
+    assert "no valid code after 3 tries" in result.stderr
+
+
+def test_ctrl_d_at_the_code_prompt_exits_130(tmp_path: Path, terminal: tuple[int, int]) -> None:
+    master, slave = terminal
+    src = make_file(tmp_path / "f.bin", 10)
+    os.write(master, b"\x04")
+    result = run("send", str(src), stdin=slave)
+    assert result.returncode == 130, result.stderr
+    assert "Aborted" not in result.stderr
+
+
+def test_ctrl_c_at_the_code_prompt_exits_130(tmp_path: Path, terminal: tuple[int, int]) -> None:
+    _, slave = terminal
+    src = make_file(tmp_path / "f.bin", 10)
+    process = subprocess.Popen(
+        sfs_command("send", str(src)),
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=peer_env(NOWHERE),
+    )
+    try:
+        assert process.stderr is not None
+        seen = b""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while b"Code:" not in seen and time.monotonic() < deadline:
+            seen += os.read(process.stderr.fileno(), 100)
+        assert b"Code:" in seen
+        # As a person would, press Ctrl-C once the prompt waits: a signal in the
+        # instant between printing the prompt and reading the line is lost in
+        # CPython's readline (it is handled before the select() that then blocks).
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert b"Aborted" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--server", "not a url"), "is not an http:// or https:// URL"),
+        (("--server", "ftp://example.test"), "is not an http:// or https:// URL"),
+        (("--server", "ws://127.0.0.1:5000"), "is not an http:// or https:// URL"),
+        (("--server", "http://:5000"), "is not an http:// or https:// URL"),
+        (("--ice-address", "10.255.255.254"), "is not an address of this machine"),
+        (("--ice-address", "nonsense"), "is not an IP address"),
+    ],
+)
+@pytest.mark.parametrize("command", ["send", "receive"])
+def test_bad_urls_and_addresses_are_usage_errors(
+    tmp_path: Path, command: str, args: tuple[str, ...], message: str
+) -> None:
+    src = make_file(tmp_path / "f.bin", 10)
+    rest = (CODE, str(src)) if command == "send" else ("--yes",)
+    result = run(command, *args, *rest)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never says a word."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("command", ["send", "receive"])
+def test_a_server_that_never_answers_times_out(
+    tmp_path: Path, silent_server: str, command: str
+) -> None:
+    src = make_file(tmp_path / "f.bin", 10)
+    rest = (CODE, str(src)) if command == "send" else ("--yes",)
+    started = time.monotonic()
+    result = run(command, "--connect-timeout", "2", *rest, env_url=silent_server)
+    assert result.returncode == 3, result.stderr
+    assert time.monotonic() - started < WAIT_SECONDS - 5
+    assert result.stderr.startswith(f"Connecting to {silent_server}…")
+    assert "did not answer within 2 s" in result.error_line()
+
+
+def read_until(path: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared; stderr:\n{path.read_text(errors='replace')}")
+
+
+@pytest.mark.parametrize("pause_seconds", [0, 12])
+def test_both_sides_show_the_string_before_either_is_answered(
+    sfs_server: ServerProcess, tmp_path: Path, pause_seconds: float
+) -> None:
+    """Neither side waits for the other's answer to show its string; and a user who
+    takes longer than the 10 s idle limit to compare does not lose the connection."""
+    src = make_file(tmp_path / "f.bin", 50_000)
+    receiver_pty, receiver_tty = pty.openpty()
+    sender_pty, sender_tty = pty.openpty()
+    sender_err = tmp_path / "sender.err"
+    try:
+        receiver = start_receiver(
+            sfs_server, tmp_path / "out", "--yes", "--verify", stdin=receiver_tty
+        )
+        with open(sender_err, "wb") as err:
+            sender = subprocess.Popen(
+                sfs_command("send", "--verify", receiver.code, str(src)),
+                stdin=sender_tty,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=peer_env(sfs_server.url),
+            )
+        try:
+            read_until(sender_err, "Verification string:", sender)
+            read_until(receiver.stderr_path, "Verification string:", receiver.process)
+            time.sleep(pause_seconds)
+            os.write(sender_pty, b"y\n")
+            os.write(receiver_pty, b"y\n")
+            assert sender.wait(PROCESS_TIMEOUT_SECONDS) == 0, sender_err.read_text()
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+        received = receiver.finish()
+    finally:
+        for fd in (receiver_pty, receiver_tty, sender_pty, sender_tty):
+            os.close(fd)
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(tmp_path / "out" / "f.bin") == sha256_file(src)
