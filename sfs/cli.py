@@ -12,8 +12,10 @@ import getpass
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -35,6 +37,10 @@ from sfs.text import printable
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
+#: Without a terminal, a progress line per file at most this often.
+PROGRESS_LINE_SECONDS = 5.0
+#: An offer lists at least this many names, however small the terminal.
+MIN_LISTED_FILES = 5
 #: Allocations between two first-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 50_000
 logger = logging.getLogger("sfs.cli")
@@ -68,6 +74,35 @@ class PrintableFormatter(logging.Formatter):
         record = logging.makeLogRecord(record.__dict__)
         record.msg, record.args = printable(record.getMessage()), None
         return "\n".join(printable(line) for line in super().format(record).split("\n"))
+
+
+class LineProgress:
+    """Progress for a log rather than a terminal: one plain line per file at most
+    every PROGRESS_LINE_SECONDS (tqdm's bars would fill a log with carriage returns)."""
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._size = self._done = 0
+        self._started = self._last = 0.0
+
+    def start(self, name: str, size: int) -> None:
+        self._name, self._size, self._done = printable(name, 60), size, 0
+        self._started = self._last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_LINE_SECONDS:
+            self._last = now
+            percent = 100 * self._done / self._size if self._size else 100.0
+            rate = self._done / max(now - self._started, 1e-6)
+            say(
+                f"{self._name}: {format_size(self._done)} of {format_size(self._size)} "
+                f"({percent:.0f} %), {format_size(rate)}/s"
+            )
+
+    def finish(self) -> None:
+        pass
 
 
 class TqdmProgress:
@@ -113,14 +148,20 @@ class ConsoleUi:
             say(message)
 
     def show_code(self, code: str) -> None:
-        # The code goes to stdout only, once: not into logs or stderr captures.
+        # The code goes to stdout only, once: not into logs or stderr captures. When
+        # stdout goes elsewhere (a file, a pipe) but stderr is the user's terminal, the
+        # person must still see it there.
         say(f"Code: {code}", err=False)
+        if not sys.stdout.isatty() and sys.stderr.isatty():
+            say(f"Code: {code}")
         self.status(
             "On the other computer run `sfs send CODE FILE...` with this code "
             "(or `sfs send FILE...` and type it at the prompt). Waiting…"
         )
 
     def progress(self) -> Progress:
+        if not self.quiet and not sys.stderr.isatty():
+            return LineProgress()
         return TqdmProgress(quiet=self.quiet)
 
     async def confirm_verifier(self, verifier: str) -> bool:
@@ -132,12 +173,25 @@ class ConsoleUi:
             what = printable(safe_name(offer.files[0].name), 80)
         else:
             what = f"{len(offer.files)} files"
+            # Every name, up to a screenful: the user must see what is to be written.
+            for line in offer_listing(offer, max_lines=shutil.get_terminal_size().lines - 4):
+                self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
         question = f"Receive {what} ({format_size(offer.total_size)}){sender}?"
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
             return True
         return await _ask_in_thread(lambda: _confirm(question))
+
+
+def offer_listing(offer: Offer, *, max_lines: int) -> list[str]:
+    """One line per offered file (its safe name and size), then "… and N more" if they
+    do not all fit in ``max_lines``."""
+    lines = [f"  {printable(safe_name(f.name), 70)}  {format_size(f.size)}" for f in offer.files]
+    keep = max(max_lines, MIN_LISTED_FILES)
+    if len(lines) > keep:
+        lines = [*lines[: keep - 1], f"  … and {len(lines) - keep + 1} more"]
+    return lines
 
 
 async def _ask_in_thread(ask: Callable[[], bool]) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from tests.conftest import (
     sfs_command,
     sha256_file,
 )
-from tests.integration.peers import Finished, make_file, start_receiver
+from tests.integration.peers import Finished, make_file, run_sender, start_receiver
 
 NOWHERE = "http://127.0.0.1:9"
 #: Secret words for the codes typed here (not the "tiger-lamp" of sfs's own examples).
@@ -244,3 +245,45 @@ def test_both_sides_show_the_string_before_either_is_answered(
             os.close(fd)
     assert received.returncode == 0, received.stderr
     assert sha256_file(tmp_path / "out" / "f.bin") == sha256_file(src)
+
+
+def test_a_multi_file_offer_shows_every_name_and_no_bar_in_a_log(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """With --yes and stderr going to a log: the names are listed, and progress comes
+    as plain lines, never tqdm's carriage returns."""
+    sources = [make_file(tmp_path / f"photo-{i}.jpg", 300_000) for i in range(3)]
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    sent = run_sender(sfs_server, receiver.code, *map(str, sources))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    for src in sources:
+        assert f"  {src.name}  300.0 kB" in received.stderr
+    assert "Receive 3 files (900.0 kB) from tester? yes (--yes)" in received.stderr
+    assert "\r" not in received.stderr and "\r" not in sent.stderr
+
+
+def test_the_code_reaches_a_terminal_when_stdout_is_redirected(
+    sfs_server: ServerProcess, tmp_path: Path, terminal: tuple[int, int]
+) -> None:
+    master, slave = terminal
+    process = subprocess.Popen(
+        sfs_command("receive", "--yes", "-o", str(tmp_path)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=peer_env(sfs_server.url),
+    )
+    try:
+        seen = b""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while b"Code: " not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 1000)
+        assert b"Code: " in seen, seen
+    finally:
+        process.terminate()
+        process.wait(WAIT_SECONDS)
+    assert process.stdout is not None
+    assert process.stdout.read().startswith(b"Code: ")
