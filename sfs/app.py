@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,6 +29,7 @@ from sfs.errors import (
     ServerUnreachableError,
     SfsError,
     SignalingError,
+    SourceError,
     VerificationError,
     WrongCodeError,
 )
@@ -45,7 +47,7 @@ from sfs.peer.crypto import (
     open_message,
     seal_message,
 )
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, Offer, Role, TransferProtocol
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_FILES, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
     Channel,
     Progress,
@@ -214,6 +216,9 @@ async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Sessio
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
     """Send files to the receiver that printed ``config.code``."""
     sources = inspect_sources(list(config.paths))  # fail before contacting anyone
+    if len(sources) > MAX_FILES:
+        # Found now, not after connecting: that would spend the receiver's code.
+        raise SourceError(f"sfs sends at most {MAX_FILES} files at once ({len(sources)} given)")
     async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
@@ -241,8 +246,12 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
 
 async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     """Get a code from the server, show it, and receive what the sender offers."""
+    # Checked before a code is shown: a sender that connects to a receiver that cannot
+    # write has spent the code for nothing.
     if not config.output_dir.is_dir():
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
+    if not os.access(config.output_dir, os.W_OK | os.X_OK):
+        raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
     async with receiver_session(config.peer, ui) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         if config.verify:

@@ -145,12 +145,14 @@ def in_netns(name: str, *command: str) -> None:
 
 
 @contextlib.contextmanager
-def tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    """A small tmpfs at ``folder/small`` (a disk that fills), unmounted afterwards."""
+def tmpfs(folder: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs at ``folder/small`` (a disk that fills, or that nobody, root
+    included, can write), unmounted afterwards."""
     mount_point = folder / "small"
     mount_point.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
         capture_output=True,
     )
     if mounted.returncode != 0:

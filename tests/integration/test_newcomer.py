@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 
 from sfs.code import wordlist
+from sfs.peer.protocol import MAX_FILES
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
     peer_env,
     sfs_command,
     sha256_file,
+    tmpfs,
 )
 from tests.integration.peers import Finished, make_file, run_sender, start_receiver
 
@@ -287,3 +289,22 @@ def test_the_code_reaches_a_terminal_when_stdout_is_redirected(
         process.wait(WAIT_SECONDS)
     assert process.stdout is not None
     assert process.stdout.read().startswith(b"Code: ")
+
+
+def test_a_read_only_output_folder_is_refused_before_a_code_is_shown(tmp_path: Path) -> None:
+    with tmpfs(tmp_path, "1m", read_only=True) as folder:
+        result = run("receive", "--yes", "-o", str(folder))
+    assert result.returncode == 11, result.stderr
+    assert "is not writable" in result.error_line()
+    assert "Code:" not in result.stdout
+
+
+def test_too_many_files_are_refused_before_connecting(tmp_path: Path) -> None:
+    files = []
+    for i in range(MAX_FILES + 1):
+        (tmp_path / f"{i}.txt").touch()
+        files.append(str(tmp_path / f"{i}.txt"))
+    result = run("send", CODE, *files)
+    assert result.returncode == 9, result.stderr
+    assert f"at most {MAX_FILES} files" in result.error_line()
+    assert "Connecting" not in result.stderr
