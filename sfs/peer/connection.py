@@ -11,6 +11,7 @@ addresses, which also lets two peers meet on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import ipaddress
 import logging
@@ -27,10 +28,23 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCSctpTransport,
     RTCSessionDescription,
 )
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG,
+    SCTP_DATA_LAST_FRAG,
+    tsn_plus_one,
+)
+from aiortc.utils import uint32_gt, uint32_gte
 
-from sfs.errors import IceFailedError, PeerConnectionError, PeerGoneError
+from sfs.errors import (
+    IceFailedError,
+    PeerConnectionError,
+    PeerGoneError,
+    RemoteProtocolError,
+    SfsError,
+)
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +57,8 @@ LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
 #: RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB.
 DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
 CHANNEL_LABEL = "sfs"
+#: What one link holds for its consumer, received but not yet read (see _ReceiveWindow).
+RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
 #: Nothing at all from the peer for this long means the connection is lost. Each
 #: side sends a keepalive every 2 s when idle (sfs.peer.transfer.keepalive), and
 #: aiortc itself may take 30 s or more to notice a dead path.
@@ -114,29 +130,80 @@ def remote_max_message_size(sdp: str) -> int:
 # -- the DataChannel as a Channel -----------------------------------------------------------
 
 
+class IdleClock:
+    """When the peer was last heard from.
+
+    One per transfer path: the links of a :class:`StripedChannel` share one, since
+    anything heard on any of them proves the peer alive (its keepalives are dealt
+    round-robin too, so one link of N hears one only every N pings).
+    """
+
+    def __init__(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+
 class DataChannelLink:
-    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transfer.Channel`."""
+    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transfer.Channel`.
+
+    What arrives waits in an inbox until it is read. On a real aiortc channel the
+    inbox counts against the SCTP receive window (:class:`_ReceiveWindow`), so a
+    peer cannot make it grow beyond ``receive_window`` bytes: when it is full, the
+    peer's SCTP sender is held back until the reader catches up.
+    """
 
     def __init__(
-        self, channel: Any, *, max_message_size: int, high_water: int = HIGH_WATER_BYTES
+        self,
+        channel: Any,
+        *,
+        max_message_size: int,
+        high_water: int = HIGH_WATER_BYTES,
+        receive_window: int = RECEIVE_WINDOW_BYTES,
     ) -> None:
         self._channel = channel
         self.max_message_size = max_message_size
         self._high_water = high_water
-        self._last_sent = self._last_received = time.monotonic()
+        self._last_sent = time.monotonic()
+        self._clock = IdleClock()
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._held = 0
+        self._error: SfsError | None = None
         self._drained = asyncio.Event()
         self._closed = asyncio.Event()
+        transport = getattr(channel, "transport", None)
+        self._window = (
+            _ReceiveWindow(transport, self, receive_window)
+            if isinstance(transport, RTCSctpTransport)
+            else None
+        )
         channel.bufferedAmountLowThreshold = high_water // 2
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._drained.set)
         channel.on("close", self.mark_closed)
 
+    def share_idle_clock(self, clock: IdleClock) -> None:
+        self._clock = clock
+
+    def heard(self) -> None:
+        self._clock.heard()
+
     def _on_message(self, message: bytes | str) -> None:
-        self._last_received = time.monotonic()
+        self._clock.heard()
         # Text messages are not part of the protocol; a bytes-like sentinel makes the
         # protocol layer reject them like any other malformed frame.
-        self._inbox.put_nowait(message if isinstance(message, bytes) else b"")
+        frame = message if isinstance(message, bytes) else b""
+        self._held += len(frame)
+        if self._window is not None:
+            self._window.hold(len(frame))
+        self._inbox.put_nowait(frame)
+
+    def _taken(self, frame: bytes) -> bytes:
+        self._held -= len(frame)
+        if self._window is not None:
+            self._window.release(len(frame))
+        return frame
 
     def mark_closed(self) -> None:
         if not self._closed.is_set():
@@ -144,13 +211,24 @@ class DataChannelLink:
             self._drained.set()
             self._inbox.put_nowait(None)
 
+    def fail(self, error: SfsError) -> None:
+        """Close the link; reading past what is queued raises ``error``."""
+        if not self._closed.is_set():
+            self._error = error
+        self.mark_closed()
+
+    @property
+    def received_bytes_held(self) -> int:
+        """Bytes received from the peer and not yet read."""
+        return self._held
+
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
 
     async def send(self, frame: bytes) -> None:
         if self._closed.is_set() or self._channel.readyState != "open":
-            raise PeerGoneError()
+            raise self._error or PeerGoneError()
         self._channel.send(frame)
         self._last_sent = time.monotonic()
         if self._channel.bufferedAmount > self._high_water:
@@ -159,14 +237,19 @@ class DataChannelLink:
             self._drained.clear()
             await self._within_idle_timeout(self._drained.wait)
             if self._closed.is_set():
-                raise PeerGoneError()
+                raise self._error or PeerGoneError()
 
     async def receive(self) -> bytes:
+        # A frame already here is delivered whatever the idle clock says: it proves
+        # the peer was alive, however long the reader took to come for it.
+        frame = self.poll()
+        if frame is not None:
+            return frame
         item = await self._within_idle_timeout(self._inbox.get)
         if item is None:
             self._inbox.put_nowait(None)  # every later receive() sees the close too
-            raise PeerGoneError()
-        return item
+            raise self._error or PeerGoneError()
+        return self._taken(item)
 
     def poll(self) -> bytes | None:
         if self._inbox.empty():
@@ -174,8 +257,8 @@ class DataChannelLink:
         item = self._inbox.get_nowait()
         if item is None:
             self._inbox.put_nowait(None)
-            raise PeerGoneError()
-        return item
+            raise self._error or PeerGoneError()
+        return self._taken(item)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -186,7 +269,7 @@ class DataChannelLink:
     async def _within_idle_timeout(self, wait: Callable[[], Awaitable[T]]) -> T:
         """``await wait()``, unless the peer falls silent for IDLE_TIMEOUT_SECONDS."""
         while True:
-            remaining = self._last_received + IDLE_TIMEOUT_SECONDS - time.monotonic()
+            remaining = self._clock.last_heard + IDLE_TIMEOUT_SECONDS - time.monotonic()
             if remaining <= 0:
                 self.mark_closed()
                 raise PeerGoneError(
@@ -200,6 +283,150 @@ class DataChannelLink:
                     return await wait()
             except TimeoutError:
                 continue
+
+
+# -- bounding what SCTP receives (a narrow patch over aiortc 1.16) ---------------------------
+
+#: A generous estimate of what CPython spends per held SCTP chunk or queued message
+#: beyond its payload, so that a flood of tiny ones is bounded in memory, not only
+#: in payload bytes.
+_OVERHEAD_BYTES_EACH = 256
+#: sfs uses one SCTP stream per association; a peer that sends on more than this
+#: many is not an sfs peer.
+_MAX_INBOUND_STREAMS = 16
+
+
+class _ReceiveWindow:
+    """The receive side of one aiortc SCTP association, bounded.
+
+    aiortc (1.16) frees its receive window as soon as a message is handed to the
+    DataChannel's ``message`` callback, its sender ignores the window its peer
+    advertises, and its receiver reassembles a message of any size. So a peer that
+    sends faster than sfs reads, or one enormous message, grows the receiver's
+    memory without bound. This class replaces ``_receive_data_chunk`` on one
+    transport instance (never aiortc's class) and changes three things:
+
+    - The window covers what the link holds for its reader too: the link calls
+      :meth:`hold` when it queues a message and :meth:`release` when the reader takes
+      it, so ``_advertised_rwnd`` (what aiortc's SACKs advertise) is what is really
+      free of ``window`` bytes.
+    - A new DATA chunk that does not fit is dropped, as RFC 9260 section 6.2 says
+      for a full window, and the SACK that follows does not acknowledge it. The
+      sender keeps it and sends it again: aiortc's sender when its T3 timer expires
+      (about once a second), a browser's when it probes the window. So the sender is
+      held back, and nothing is lost. Only when the reader holds nothing is the
+      next chunk in sequence taken regardless, since nothing else could free the
+      window (a full reassembly queue waiting on one lost chunk, say).
+    - A message whose fragments add up to more than the max-message-size that
+      aiortc advertises (``a=max-message-size``) aborts the association, and the
+      link fails with a protocol error. Fragments are tracked in runs (consecutive
+      TSNs, which RFC 9260 requires for the fragments of one message): each run's two
+      end chunks carry ``_sfs_run = (other end, bytes)``, so a chunk joins its
+      neighbours' runs without a scan.
+    """
+
+    def __init__(self, transport: Any, link: DataChannelLink, window: int) -> None:
+        if getattr(transport, "_sfs_window", None) is not None:
+            raise ValueError("one DataChannelLink per SCTP association")
+        self._transport = transport
+        self._link = link
+        self._max_message = RTCSctpTransport.getCapabilities().maxMessageSize
+        if window < 2 * self._max_message:
+            raise ValueError("the receive window must hold at least two messages")
+        self._reader_holds = 0
+        held = sum(len(c.user_data) for c in self._reassembling())
+        transport._advertised_rwnd = window - held
+        self._aiortc_receive_data_chunk = transport._receive_data_chunk
+        transport._receive_data_chunk = self._receive_data_chunk
+        transport._sfs_window = self
+
+    def hold(self, size: int) -> None:
+        self._reader_holds += size + _OVERHEAD_BYTES_EACH
+        self._transport._advertised_rwnd -= size + _OVERHEAD_BYTES_EACH
+
+    def release(self, size: int) -> None:
+        self._reader_holds -= size + _OVERHEAD_BYTES_EACH
+        self._transport._advertised_rwnd += size + _OVERHEAD_BYTES_EACH
+
+    def _reassembling(self) -> Iterator[Any]:
+        for stream in self._transport._inbound_streams.values():
+            yield from stream.reassembly
+
+    async def _receive_data_chunk(self, chunk: Any) -> None:
+        transport = self._transport
+        if transport._association_state == RTCSctpTransport.State.CLOSED:
+            return  # aborted: the rest of this packet
+        self._link.heard()  # a chunk proves the peer alive, whether kept or dropped
+        last = transport._last_received_tsn
+        if last is not None and (
+            uint32_gte(last, chunk.tsn) or chunk.tsn in transport._sack_misordered
+        ):
+            await self._aiortc_receive_data_chunk(chunk)  # a duplicate: aiortc reports it
+            return
+        streams = transport._inbound_streams
+        if chunk.stream_id not in streams and len(streams) >= _MAX_INBOUND_STREAMS:
+            await self._abort(f"the other side used more than {_MAX_INBOUND_STREAMS} streams")
+            return
+        stream = streams.get(chunk.stream_id)
+        reassembly = stream.reassembly if stream is not None else []
+        held_chunks = sum(len(s.reassembly) for s in streams.values())
+        free = transport._advertised_rwnd - _OVERHEAD_BYTES_EACH * (held_chunks + 1)
+        next_in_sequence = last is None or chunk.tsn == tsn_plus_one(last)
+        if free < len(chunk.user_data) and not (self._reader_holds == 0 and next_in_sequence):
+            transport._sack_needed = True  # report the window; the sender will resend
+            return
+        if _join_run(reassembly, chunk) > self._max_message:
+            await self._abort(
+                f"the other side sent a message larger than {self._max_message} bytes, "
+                "the most this side accepts"
+            )
+            return
+        await self._aiortc_receive_data_chunk(chunk)
+
+    async def _abort(self, reason: str) -> None:
+        logger.debug("aborting the SCTP association: %s", reason)
+        self._link.fail(RemoteProtocolError(reason))
+        await self._transport._abort()
+        self._transport._set_state(RTCSctpTransport.State.CLOSED)
+
+
+_TSN_MODULO = 2**32
+
+
+def _join_run(reassembly: list[Any], chunk: Any) -> int:
+    """Record the not yet held ``chunk`` in its run of one message's fragments, and
+    return the run's size in bytes. ``reassembly`` is aiortc's list, sorted by TSN."""
+    tsn = chunk.tsn
+    if not reassembly or uint32_gt(tsn, reassembly[-1].tsn):
+        pos = len(reassembly)  # the usual case: in order
+    elif uint32_gt(reassembly[0].tsn, tsn):
+        pos = 0
+    else:
+        base = reassembly[0].tsn
+        pos = bisect.bisect_left(
+            reassembly, (tsn - base) % _TSN_MODULO, key=lambda c: (c.tsn - base) % _TSN_MODULO
+        )
+    first = last = chunk
+    size = len(chunk.user_data)
+    if pos > 0 and not chunk.flags & SCTP_DATA_FIRST_FRAG:
+        left = reassembly[pos - 1]  # if in this run, it is its last chunk so far
+        if left.tsn == (tsn - 1) % _TSN_MODULO and not left.flags & SCTP_DATA_LAST_FRAG:
+            first, left_size = getattr(left, "_sfs_run", (left, len(left.user_data)))
+            size += left_size
+    if pos < len(reassembly) and not chunk.flags & SCTP_DATA_LAST_FRAG:
+        right = reassembly[pos]  # if in this run, it is its first chunk so far
+        if right.tsn == (tsn + 1) % _TSN_MODULO and not right.flags & SCTP_DATA_FIRST_FRAG:
+            last, right_size = getattr(right, "_sfs_run", (right, len(right.user_data)))
+            size += right_size
+    if first.flags & SCTP_DATA_FIRST_FRAG and last.flags & SCTP_DATA_LAST_FRAG:
+        # Whole: no chunk can join it now. Drop the ends' references to each other, so
+        # the message is freed as soon as aiortc delivers it, not at the next GC.
+        first.__dict__.pop("_sfs_run", None)
+        last.__dict__.pop("_sfs_run", None)
+    else:
+        first._sfs_run = (last, size)
+        last._sfs_run = (first, size)
+    return size
 
 
 # -- the peer connection --------------------------------------------------------------------
@@ -351,7 +578,8 @@ class StripedChannel:
     Frames are dealt round-robin: frame k of a direction goes on link k mod N, and the
     other side reads the links in the same order, so the frames come out in exactly
     the order they went in, with no change to the protocol above (its strict counters
-    still hold). Each link is its own SCTP association with its own window, which is
+    still hold). The links share one idle clock: the peer is alive while any of them
+    hears from it. Each link is its own SCTP association with its own window, which is
     what lifts throughput on long links (docs/PERFORMANCE.md).
     """
 
@@ -359,6 +587,9 @@ class StripedChannel:
         if not links:
             raise ValueError("at least one link")
         self._links = list(links)
+        clock = IdleClock()
+        for link in self._links:
+            link.share_idle_clock(clock)
         self._next_send = 0
         self._next_receive = 0
 
