@@ -31,6 +31,7 @@ from aiortc import (
     RTCSctpTransport,
     RTCSessionDescription,
 )
+from aiortc import sdp as sdp_parser
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
@@ -439,6 +440,12 @@ def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[Any]:
     ]
 
 
+def _unusable(kind: str, exc: Exception) -> PeerConnectionError:
+    return PeerConnectionError(
+        f"the other side's {kind} is not usable: {exc or type(exc).__name__}"
+    )
+
+
 class PeerLink:
     """An RTCPeerConnection with one reliable, ordered DataChannel.
 
@@ -535,10 +542,24 @@ class PeerLink:
         sdp = description.get("sdp")
         if description.get("type") != kind or not isinstance(sdp, str):
             raise PeerConnectionError(f"the other side sent a malformed {kind}")
+        # aiortc's SDP parser checks some things with assert, and without a DTLS
+        # fingerprint it fails later, in a background task that only logs a traceback.
+        unusable = (ValueError, TypeError, KeyError, IndexError, AssertionError)
+        try:
+            parsed = sdp_parser.SessionDescription.parse(sdp)
+        except unusable as exc:
+            raise _unusable(kind, exc) from exc
+        if not parsed.media:
+            raise PeerConnectionError(f"the other side's {kind} offers no data channel")
+        if any(not m.dtls or not m.dtls.fingerprints for m in parsed.media):
+            raise PeerConnectionError(
+                f"the other side's {kind} has no DTLS certificate fingerprint, so the "
+                "connection could not be secured; it is not a WebRTC peer sfs can talk to"
+            )
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise PeerConnectionError(f"the other side's {kind} is not usable: {exc}") from exc
+        except unusable as exc:
+            raise _unusable(kind, exc) from exc
         self._remote_max_message = remote_max_message_size(sdp)
         if self._link is not None:
             self._link.max_message_size = self._remote_max_message
