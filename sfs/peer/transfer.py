@@ -4,9 +4,12 @@ This layer drives :class:`~sfs.peer.protocol.TransferProtocol` and does the file
 It knows nothing of WebRTC: anything with the :class:`Channel` methods will do, which
 is how the unit tests run it over a pair of in-memory queues.
 
-Writing is careful: bytes go to ``NAME.part`` in the output folder, the SHA-256 is
-checked, the data is fsynced, and only then does the file appear at its final name,
-without ever replacing an existing file unless the user asked for that.
+Writing is careful: bytes go to a hidden partial copy of sfs's own, ``.NAME.sfs-part``
+in the output folder (with ``.NAME.sfs-info`` beside it saying which offered file it
+holds), the SHA-256 is checked, the data is fsynced, and only then does the file appear
+at its final name, without ever replacing an existing file unless the user asked for
+that.  A file at either hidden name that sfs did not write is never opened, truncated
+or removed: the transfer is refused instead.
 """
 
 from __future__ import annotations
@@ -60,9 +63,16 @@ from sfs.peer.protocol import (
 
 logger = logging.getLogger(__name__)
 
-PART_SUFFIX = ".part"
-#: Most file systems limit a name to 255 bytes; keep room for the ``.part`` suffix.
-MAX_NAME_BYTES = 255 - len(PART_SUFFIX)
+#: The partial copy of NAME is ``.NAME.sfs-part``, its record ``.NAME.sfs-info``: hidden,
+#: and names no user file has by accident. A final name never starts with a dot
+#: (safe_name), so it can never be one of these.
+PART_SUFFIX = ".sfs-part"
+META_SUFFIX = ".sfs-info"
+#: Most file systems limit a name to 255 bytes; keep room for the dot and suffix.
+MAX_NAME_BYTES = 255 - 1 - max(len(PART_SUFFIX), len(META_SUFFIX))
+#: What a record says it is, so that no other JSON file passes for one.
+RECORD_KIND = "sfs partial copy"
+_MAX_RECORD_BYTES = 16 * 1024
 #: Names Windows takes for devices, whatever the extension ("nul.txt" is NUL too);
 #: it counts the superscript digits ¹²³ as digits here.
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
@@ -157,6 +167,21 @@ def _fit(name: str) -> str:
     return _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
 
 
+def _names_written(name: str) -> tuple[str, str, str]:
+    """The final, partial-copy and record names of a file that arrives as ``name``."""
+    return name, f".{name}{PART_SUFFIX}", f".{name}{META_SUFFIX}"
+
+
+def _numbered(name: str, n: int) -> str:
+    """``name (n).ext``, still within MAX_NAME_BYTES."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext.encode("utf-8")) > 16:
+        stem, dot, ext = name, "", ""
+    tail = f" ({n}){dot}{ext}"
+    budget = MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    return _trim(stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")) + tail
+
+
 def _trim(name: str) -> str:
     """Strip space and dots at both ends (no hidden files; Windows drops trailing ones)."""
     while True:
@@ -177,17 +202,16 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(output_dir)!r} is not writable")
     paths: list[Path] = []
+    # Every name sfs will write, for two offered files that reduce to one name.
     taken: set[str] = set()
+    reclaimable = 0
     for info in offer.files:
-        name = safe_name(info.name)
-        stem, dot, ext = name.rpartition(".")
-        if not dot:
-            stem, ext = name, ""
+        name = first = safe_name(info.name)
         n = 1
-        while name.casefold() in taken:  # two offered files that reduce to one name
+        while any(used.casefold() in taken for used in _names_written(name)):
             n += 1
-            name = f"{stem} ({n}){dot}{ext}"
-        taken.add(name.casefold())
+            name = _numbered(first, n)
+        taken.update(used.casefold() for used in _names_written(name))
         path = output_dir / name
         # A resolved parent other than the output folder would mean an escape; safe_name
         # makes that impossible, and this states it where the path is built.
@@ -200,13 +224,13 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
                 )
             if path.is_dir() and not path.is_symlink():
                 raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
+        # sfs's own partial copy is either continued or replaced, so its bytes count as
+        # available either way; anything else at those names stops us here.
+        partial = _own_partial(path)
+        if partial is not None:
+            reclaimable += min(partial.size, info.size)
         paths.append(path)
-    # A partial copy already on disk is either continued or cut back to nothing, so
-    # its bytes count as available either way.
-    free = shutil.disk_usage(output_dir).free + sum(
-        min(_size_of(part_path(path)), info.size)
-        for path, info in zip(paths, offer.files, strict=True)
-    )
+    free = shutil.disk_usage(output_dir).free + reclaimable
     if offer.total_size > free:
         raise DiskError(
             f"not enough free space in {str(output_dir)!r}: "
@@ -219,41 +243,64 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
 
 
 class PartFile:
-    """``NAME.part`` while it is being written, with ``NAME.part.sfs`` beside it saying
-    which offered file it holds, so an interrupted transfer can resume.
+    """sfs's own partial copy of a file while it is written, with its record beside it
+    saying which offered file it holds, so an interrupted transfer can resume.
 
-    :param offset: bytes already held (a resumed transfer); the file is cut to this.
+    :param identity: what the record says: offered name, size, mtime.
+    :param offset: bytes already held (a resumed transfer): the partial copy that
+        find_partial found is reopened and cut to this. Otherwise any partial copy of
+        sfs's own at these names is replaced, and new files are made with O_EXCL.
     :param prefix: SHA-256 state of those bytes (required when ``offset`` > 0).
-    :param identity: what the sidecar records: offered name, size, mtime.
+    :raises DestinationExistsError: a file sfs did not write is at one of the names.
     """
 
     def __init__(
         self,
         final: Path,
         *,
+        identity: dict[str, object],
         offset: int = 0,
         prefix: HashState | None = None,
-        identity: dict[str, object] | None = None,
     ) -> None:
         self.final = final
         self.part = part_path(final)
         self.meta = meta_path(final)
-        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.part, flags, 0o644)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise DiskError(f"{str(self.part)!r} is not a regular file")
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
-            if identity is not None:
-                _write_meta(self.meta, identity)
+            fd = self._reopen(offset) if offset else self._create(identity)
         except OSError as exc:
             raise _disk_error(exc, self.part) from exc
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = prefix.copy() if offset and prefix is not None else hashlib.sha256()
         self.offset = offset
         self.written = 0
+
+    def _reopen(self, offset: int) -> int:
+        fd = os.open(self.part, os.O_WRONLY | _NOFOLLOW)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DiskError(f"{str(self.part)!r} is not a regular file")
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _create(self, identity: dict[str, object]) -> int:
+        if _own_partial(self.final) is not None:  # raises if the names are not ours
+            # Part first: a record without a part is still recognisably ours.
+            _unlink(self.part)
+            _unlink(self.meta)
+        record = json.dumps({"v": 1, "kind": RECORD_KIND, **identity}).encode("utf-8")
+        try:
+            # Record first, then the part: a crash in between leaves only a record,
+            # which is ours; a part without a record would not be.
+            _write_new(self.meta, record)
+            return os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        except FileExistsError:
+            raise DestinationExistsError(
+                f"{str(self.part)!r} appeared while sfs was about to write it; not touching it"
+            ) from None
 
     def write(self, data: bytes | memoryview) -> None:
         try:
@@ -295,28 +342,23 @@ class PartFile:
 
 
 HashState = Any  # hashlib's sha256 object (no public type name)
-META_SUFFIX = ".sfs"
-
-
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size if path.is_file() and not path.is_symlink() else 0
-    except OSError:
-        return 0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def part_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX)
+    return final.with_name(_names_written(final.name)[1])
 
 
 def meta_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX + META_SUFFIX)
+    return final.with_name(_names_written(final.name)[2])
 
 
-def _write_meta(path: Path, identity: dict[str, object]) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(path, flags, 0o644), "w", encoding="utf-8") as f:
-        json.dump({"v": 1, **identity}, f)
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)  # one small write: a record is whole or absent
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:
@@ -326,24 +368,83 @@ def _unlink(path: Path) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class _OwnPartial:
+    """sfs's own partial copy at a destination: what its record says, and its size."""
+
+    identity: dict[str, object]
+    size: int  # 0 when only the record is there
+
+
+def _own_partial(final: Path) -> _OwnPartial | None:
+    """sfs's own partial copy for ``final``, or None if neither of its names exists.
+
+    Ours means: a record that sfs wrote (a regular file of the exact form sfs writes)
+    and, if the part exists, a regular file rather than a symlink or anything else.
+
+    :raises DestinationExistsError: something sfs did not write is at one of the names.
+    """
+    part, meta = part_path(final), meta_path(final)
+    part_st, meta_st = _lstat(part), _lstat(meta)
+    if part_st is None and meta_st is None:
+        return None
+    identity = _read_record(meta) if meta_st is not None and stat.S_ISREG(meta_st.st_mode) else None
+    in_the_way = meta if identity is None else part
+    if identity is None or (part_st is not None and not stat.S_ISREG(part_st.st_mode)):
+        raise DestinationExistsError(
+            f"{str(in_the_way)!r} is in the way of {final.name!r}, and sfs did not write it; "
+            "move it away to receive this file here"
+        )
+    return _OwnPartial(identity, part_st.st_size if part_st is not None else 0)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _disk_error(exc, path) from exc
+
+
+def _read_record(path: Path) -> dict[str, object] | None:
+    """The identity in a record sfs wrote, or None if the file is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            obj = json.loads(f.read(_MAX_RECORD_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or set(obj) != {"v", "kind", "name", "size", "mtime_ns"}:
+        return None
+    identity = {key: obj[key] for key in ("name", "size", "mtime_ns")}
+    if (
+        obj["v"] != 1
+        or obj["kind"] != RECORD_KIND
+        or not isinstance(obj["name"], str)
+        or type(obj["size"]) is not int
+        or type(obj["mtime_ns"]) is not int
+    ):
+        return None
+    return identity
+
+
 def identity_of(info: FileInfo) -> dict[str, object]:
     return {"name": info.name, "size": info.size, "mtime_ns": info.mtime_ns}
 
 
 def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> int:
-    """How many bytes of ``info`` an interrupted copy at ``final`` holds (0: none)."""
-    part, meta = part_path(final), meta_path(final)
-    try:
-        if not part.is_file() or part.is_symlink():
-            return 0
-        recorded = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        status(f"{final.name}: a partial copy without its record; starting over")
+    """How many bytes of ``info`` sfs's own interrupted copy for ``final`` holds (0: none).
+
+    :raises DestinationExistsError: a file sfs did not write is at the partial's names.
+    """
+    partial = _own_partial(final)
+    if partial is None or not partial.size:
         return 0
-    if not isinstance(recorded, dict) or {**recorded, "v": 1} != {"v": 1, **identity_of(info)}:
+    if partial.identity != identity_of(info):
         status(f"{final.name}: the partial copy is of another version of the file; starting over")
         return 0
-    return min(part.stat().st_size, info.size)
+    return min(partial.size, info.size)
 
 
 def _hash_partial(part: Path, length: int) -> HashState | None:
@@ -683,7 +784,7 @@ async def receive_files(
 ) -> TransferResult:
     """Wait for an offer, ask ``decide``, then write every file safely.
 
-    :param resume: offer to continue from partial copies (``NAME.part``) left by an
+    :param resume: offer to continue from partial copies (``.NAME.sfs-part``) left by an
         interrupted transfer of the same file; otherwise start every file over.
     """
     progress = progress or NullProgress()

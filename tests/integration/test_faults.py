@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sfs.peer.transfer import part_path
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
@@ -42,8 +43,9 @@ SLOW = ("--chunk-size", "4096")
 
 
 def part_size(out: Path, name: str) -> int:
+    """The size of sfs's hidden partial copy of ``name``."""
     try:
-        return (out / f"{name}.part").stat().st_size
+        return part_path(out / name).stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -54,7 +56,7 @@ def wait_for_progress(out: Path, name: str, at_least: int, timeout: float = 60) 
         if part_size(out, name) >= at_least:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{name}.part never reached {at_least} bytes")
+    raise AssertionError(f"the partial copy of {name} never reached {at_least} bytes")
 
 
 def start_sender(

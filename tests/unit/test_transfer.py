@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,10 @@ from sfs.peer.crypto import FrameSealer
 from sfs.peer.protocol import FileInfo, FrameType, Offer, Role, TransferProtocol, encode_offer
 from sfs.peer.transfer import (
     PartFile,
+    identity_of,
     inspect_sources,
+    meta_path,
+    part_path,
     plan_destinations,
     receive_files,
     safe_name,
@@ -79,10 +81,10 @@ def test_unusable_names_are_refused(offered: str) -> None:
 
 def test_long_names_are_cut_to_255_bytes_keeping_the_extension() -> None:
     name = safe_name("é" * 5000 + ".tar.gz")
-    assert len((name + ".part").encode()) <= 255
+    assert len(("." + name + ".sfs-part").encode()) <= 255
     assert name.endswith(".gz")
     name = safe_name("x" * 10_000)
-    assert len(name.encode()) <= 250
+    assert len(name.encode()) <= 245
 
 
 def test_plan_refuses_existing_files_unless_overwrite(tmp_path: Path) -> None:
@@ -113,9 +115,15 @@ def test_plan_counts_a_partial_copy_as_available_space(tmp_path: Path) -> None:
     offer = Offer(files=(FileInfo("big", free + 1000),))
     with pytest.raises(DiskError):
         plan_destinations(offer, tmp_path, overwrite=False)
-    # A sparse partial copy of 1 MiB: its bytes are reused or freed either way.
+    # A user's own file named like a partial copy is not sfs's to reuse or free.
     with open(tmp_path / "big.part", "wb") as f:
         f.truncate(1024 * 1024)
+    with pytest.raises(DiskError):
+        plan_destinations(offer, tmp_path, overwrite=False)
+    # sfs's own sparse partial copy of 1 MiB: its bytes are reused or freed either way.
+    kept = PartFile(tmp_path / "big", identity=identity_of(FileInfo("big", 1)))
+    kept.keep()
+    os.truncate(part_path(tmp_path / "big"), 1024 * 1024)
     assert plan_destinations(offer, tmp_path, overwrite=False) == [tmp_path / "big"]
 
 
@@ -126,7 +134,7 @@ def test_plan_refuses_more_than_the_free_space(tmp_path: Path) -> None:
 
 
 def test_part_file_with_wrong_hash_leaves_nothing(tmp_path: Path) -> None:
-    part = PartFile(tmp_path / "f")
+    part = PartFile(tmp_path / "f", identity=identity_of(FileInfo("f", 3)))
     part.write(b"data")
     with pytest.raises(IntegrityError):
         asyncio.run(part.commit(hashlib.sha256(b"other").digest(), overwrite=False))
@@ -135,7 +143,7 @@ def test_part_file_with_wrong_hash_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_part_file_never_replaces_a_file_that_appeared(tmp_path: Path) -> None:
-    part = PartFile(tmp_path / "f")
+    part = PartFile(tmp_path / "f", identity=identity_of(FileInfo("f", 3)))
     part.write(b"new")
     (tmp_path / "f").write_bytes(b"old")
     with pytest.raises(DestinationExistsError):
@@ -298,8 +306,9 @@ async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
     with pytest.raises((PeerGoneError, CancelledByPeerError)):
         await asyncio.wait_for(send_task, 5)
     # Nothing at the final name; what arrived is kept, with its record, for a resume.
-    assert sorted(os.listdir(out)) == ["big.part", "big.part.sfs"]
-    assert (out / "big.part").read_bytes() == src.read_bytes()[: (out / "big.part").stat().st_size]
+    assert sorted(os.listdir(out)) == [".big.sfs-info", ".big.sfs-part"]
+    held = (out / ".big.sfs-part").read_bytes()
+    assert held and held == src.read_bytes()[: len(held)]
 
     # Resuming: the receiver claims what it holds, the sender checks it and continues.
     ks, kr = key_pair()
@@ -323,10 +332,10 @@ async def test_resume_restarts_when_the_source_changed(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"new content, same length!")
     # A partial copy of an older version with the same name, size and mtime on record.
-    (out / "f.part").write_bytes(b"old content")
     info = inspect_sources([src])[0]
-    record = {"v": 1, "name": "f", "size": info.size, "mtime_ns": info.mtime_ns}
-    (out / "f.part.sfs").write_text(json.dumps(record))
+    kept = PartFile(out / "f", identity=identity_of(FileInfo("f", info.size, info.mtime_ns)))
+    kept.write(b"old content")
+    kept.keep()
     messages: list[str] = []
     ks, kr = key_pair()
     a, b = channel_pair()
@@ -360,9 +369,9 @@ async def test_no_resume_starts_over(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"0123456789")
     info = inspect_sources([src])[0]
-    (out / "f.part").write_bytes(b"01234")
-    record = {"v": 1, "name": "f", "size": info.size, "mtime_ns": info.mtime_ns}
-    (out / "f.part.sfs").write_text(json.dumps(record))
+    kept = PartFile(out / "f", identity=identity_of(FileInfo("f", info.size, info.mtime_ns)))
+    kept.write(b"01234")
+    kept.keep()
     ks, kr = key_pair()
     a, b = channel_pair()
     sent, _ = await asyncio.gather(
@@ -454,3 +463,79 @@ async def test_a_slow_answer_then_yes_loses_no_frame(tmp_path: Path) -> None:
     answer.set_result(True)
     await asyncio.wait_for(asyncio.gather(sending, receiving), 5)
     assert (out / "f").read_bytes() == b"hello"
+
+
+# -- partial copies: only sfs's own, under hidden names, are ever touched -----------------
+
+
+async def test_a_users_own_part_file_is_never_touched(tmp_path: Path) -> None:
+    # A browser's unfinished download, say: sfs neither truncates nor removes it.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.docx.part").write_bytes(b"the user's own bytes")
+    sent, received = await run_transfer(tmp_path, {"thesis.docx": b"offered"})
+    assert not isinstance(received, BaseException), received
+    assert (tmp_path / "out" / "thesis.docx.part").read_bytes() == b"the user's own bytes"
+    assert (tmp_path / "out" / "thesis.docx").read_bytes() == b"offered"
+    assert sorted(os.listdir(tmp_path / "out")) == ["thesis.docx", "thesis.docx.part"]
+
+
+async def test_offered_x_part_and_x_both_arrive(tmp_path: Path) -> None:
+    contents = {"x.part": b"first file", "x": b"second file", "x.part.sfs": b"third"}
+    sent, received = await run_transfer(tmp_path, contents)
+    assert not isinstance(received, BaseException), received
+    for name, data in contents.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(contents)
+
+
+@pytest.mark.parametrize("in_the_way", ["file", "symlink", "record", "folder"])
+def test_a_part_name_sfs_did_not_write_is_refused_untouched(
+    tmp_path: Path, in_the_way: str
+) -> None:
+    final = tmp_path / "f"
+    part, record = part_path(final), meta_path(final)
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    if in_the_way == "file":  # a part file without sfs's record
+        part.write_bytes(b"not sfs's")
+    elif in_the_way == "symlink":  # sfs's record, but its part replaced by a symlink
+        _write_record(final, FileInfo("f", 4))
+        part.symlink_to(target)
+    elif in_the_way == "record":  # something at the record's name that sfs did not write
+        record.write_text("not a record")
+    else:
+        _write_record(final, FileInfo("f", 4))
+        part.mkdir()
+    before = {p.name: p.lstat() for p in tmp_path.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(DestinationExistsError, match="sfs did not write"):
+            plan_destinations(Offer(files=(FileInfo("f", 4),)), tmp_path, overwrite=overwrite)
+    assert {p.name: p.lstat() for p in tmp_path.iterdir()} == before
+    assert target.read_bytes() == b"keep"
+
+
+def _write_record(final: Path, info: FileInfo) -> None:
+    """A record as sfs writes it, next to a part name that is then replaced."""
+    kept = PartFile(final, identity=identity_of(info))
+    kept.keep()
+    os.unlink(part_path(final))
+
+
+def test_part_names_are_hidden_and_fit_a_file_system_name(tmp_path: Path) -> None:
+    name = safe_name("é" * 5000 + ".tar.gz")
+    for path in (part_path(tmp_path / name), meta_path(tmp_path / name)):
+        assert path.name.startswith(".") and len(path.name.encode()) <= 255
+    # A final name never starts with a dot, so it can never be a part or record name.
+    assert not safe_name(part_path(tmp_path / "x").name).startswith(".")
+
+
+async def test_an_older_version_of_sfs_partial_is_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = PartFile(out / "f", identity=identity_of(FileInfo("f", 99, 1)))
+    kept.write(b"old")
+    kept.keep()
+    sent, received = await run_transfer(tmp_path, {"f": b"new content"})
+    assert not isinstance(received, BaseException), received
+    assert os.listdir(out) == ["f"]
+    assert (out / "f").read_bytes() == b"new content"
