@@ -895,8 +895,10 @@ async def _confirm_prefixes(
         if prefix is not None and digests_equal(prefix.digest(), proposal.sha256[i]):
             starts.append((offset, prefix))
             continue
-        if held[i]:
+        if offset:
             status(f"{dest.name}: the sender's file differs from the partial copy; starting over")
+        elif held[i]:
+            status(f"{dest.name}: the sender sends it from the start; starting over")
         starts.append((0, None))
     return starts
 
