@@ -10,17 +10,32 @@ limited per connection and per client address.
 All bookkeeping lives in :class:`PeerTable`, which does no I/O and is unit tested
 on its own; :class:`_SignalServer` only validates payloads, calls the table and
 emits what the table says to emit.
+
+No client may hold the server's resources for long or in bulk.  Every TCP
+connection counts against a cap per client address (per /64 for IPv6) and
+against the file descriptor limit, with a reserve kept so that ``/healthz``
+answers when Socket.IO clients are turned away (:class:`Admission`); a request
+must arrive within the header timeout, a websocket session must join the
+Socket.IO namespace within the join timeout, register within the register
+timeout, and a pairing must end (the peers leave once their DataChannel is open)
+within the pairing timeout (:class:`Deadlines`); and what waits unread for a
+client is bounded in bytes per connection and in all (:class:`QueueMeter`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+import os
+import socket
+import sys
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import socketio
 from aiohttp import web
@@ -47,6 +62,37 @@ MAX_EVENT_NAME_CHARS = 64
 # is dropped: at up to a 64 KiB sealed SDP each, this bounds what one connection
 # can make the server hold for it.  A working client reads them at once.
 MAX_QUEUED_PACKETS = 128
+# Defaults of the exhaustion limits (ServerConfig has the reasoning per field).
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_JOIN_TIMEOUT_SECONDS = 10.0
+DEFAULT_REGISTER_TIMEOUT_SECONDS = 10.0
+DEFAULT_PAIRING_TIMEOUT_SECONDS = 120.0
+DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION = 512 * 1024
+DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
+DEFAULT_FD_RESERVE = 256
+# The listen backlog is also how many connections one pass of the event loop may
+# accept before any of them is looked at, so the fds kept free must exceed it.
+LISTEN_BACKLOG = 128
+# The kernel's send buffer per connection.  Left to autotuning it grows to
+# tcp_wmem's maximum (4 MiB by default) for a client that does not read, outside
+# every budget here; signaling messages are at most a sealed SDP (64 KiB).
+SEND_BUFFER_BYTES = 64 * 1024
+# Descriptors the server may open besides connections (logs, DNS, a pipe or two).
+FD_SPARE = 16
+MIN_FD_RESERVE = LISTEN_BACKLOG + 2 * FD_SPARE
+# Where the soft fd limit goes when the hard one is unlimited.
+UNLIMITED_FD_TARGET = 1 << 20
+# The share of a packet queued for a client beyond its payload (the objects that
+# carry it), so that a flood of tiny packets also counts.
+PACKET_OVERHEAD_BYTES = 64
+# Sweeps for overdue sessions run this many times per shortest timeout, but at
+# least every SWEEP_MAX_SECONDS and at most every SWEEP_MIN_SECONDS.
+SWEEPS_PER_TIMEOUT = 4
+SWEEP_MIN_SECONDS = 0.05
+SWEEP_MAX_SECONDS = 1.0
+# An IPv6 client usually holds a whole /64: limits per address apply to that.
+IPV6_PREFIX_BITS = 64
 # Event names that python-socketio routes to the server's own connect, disconnect
 # and catch-all handlers instead of treating them as events.
 _SOCKETIO_HANDLER_NAMES = frozenset({"connect", "disconnect", "*"})
@@ -65,6 +111,25 @@ class ServerConfig:
     :param max_lookups_per_address: attempts from one client address per window
     :param lookup_window_seconds: length of that sliding window
     :param max_message_bytes: largest frame accepted; a larger one drops the connection
+    :param max_connections_per_address: TCP connections one client address (IPv6:
+        one /64) may hold at once; more are closed on accept.  Each sfs peer holds
+        one while it sets up, so this is how many peers may share a NAT.
+    :param header_timeout_seconds: a connection that has not sent a whole HTTP
+        request (the websocket upgrade, or ``/healthz``) by then is closed
+    :param join_timeout_seconds: a websocket that has not joined the Socket.IO
+        namespace by then is closed (clients join at once)
+    :param register_timeout_seconds: a client that has not sent ``register_peer``
+        by then, counted from joining, is disconnected
+    :param pairing_timeout_seconds: a connection request, accepted or not, that
+        has not ended by then (the peers leave as soon as their DataChannel is
+        open) costs both peers their connection; must exceed the clients'
+        ``--connect-timeout`` plus the key exchange and gathering
+    :param max_queued_bytes_per_connection: data waiting for one client to read
+        it; a client that lets more pile up is dropped
+    :param max_queued_bytes: the same over all clients; when it is exceeded the
+        clients with the most unread data are dropped, not the ones sending
+    :param fd_reserve: file descriptors kept free for plain HTTP (``/healthz``):
+        websocket sessions are answered 503 once only this many are left
     """
 
     host: str = "0.0.0.0"
@@ -75,6 +140,14 @@ class ServerConfig:
     max_lookups_per_address: int = 60
     lookup_window_seconds: float = 60.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS
+    register_timeout_seconds: float = DEFAULT_REGISTER_TIMEOUT_SECONDS
+    pairing_timeout_seconds: float = DEFAULT_PAIRING_TIMEOUT_SECONDS
+    max_queued_bytes_per_connection: int = DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    fd_reserve: int = DEFAULT_FD_RESERVE
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -86,11 +159,25 @@ class ServerConfig:
             "max_lookups_per_connection",
             "max_lookups_per_address",
             "max_message_bytes",
+            "max_connections_per_address",
+            "max_queued_bytes_per_connection",
+            "max_queued_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.lookup_window_seconds <= 0:
-            raise ValueError("lookup_window_seconds must be positive")
+        for name in (
+            "lookup_window_seconds",
+            "header_timeout_seconds",
+            "join_timeout_seconds",
+            "register_timeout_seconds",
+            "pairing_timeout_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_queued_bytes < self.max_queued_bytes_per_connection:
+            raise ValueError("max_queued_bytes must be at least max_queued_bytes_per_connection")
+        if self.fd_reserve < MIN_FD_RESERVE:
+            raise ValueError(f"fd_reserve must be at least {MIN_FD_RESERVE}")
 
 
 class Rejected(Exception):
@@ -111,10 +198,72 @@ class Link(Enum):
     PAIRED = "paired"
 
 
+def address_key(address: str) -> str:
+    """The client address that per-address limits count: an IPv6 address's /64.
+
+    An IPv6 host is usually given a whole /64 and can pick any address in it, so
+    counting single addresses would let one client be 2**64 of them.  IPv4-mapped
+    IPv6 addresses (from a dual-stack socket) count as the IPv4 address they are;
+    anything unparsable counts as itself.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone index
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_BITS), strict=False))
+    return str(ip)
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+class Deadlines(Generic[_K]):
+    """Keys that expire *timeout_seconds* after they were started (no I/O).
+
+    All keys share one timeout, so insertion order is deadline order: a dict is
+    the queue, and :meth:`expired` costs only what has expired.
+
+    :param timeout_seconds: time from :meth:`start` to expiry
+    """
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._due: dict[_K, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def start(self, key: _K, *, now: float) -> None:
+        """(Re)start *key*'s clock."""
+        self._due.pop(key, None)  # a restarted key goes to the back
+        self._due[key] = now + self.timeout_seconds
+
+    def cancel(self, key: _K) -> None:
+        self._due.pop(key, None)
+
+    def expired(self, *, now: float) -> list[_K]:
+        """Remove and return the keys whose deadline is *now* or earlier, oldest first."""
+        out: list[_K] = []
+        for key, due in self._due.items():
+            if due > now:
+                break
+            out.append(key)
+        for key in out:
+            del self._due[key]
+        return out
+
+
 @dataclass
 class _Connection:
     sid: str
     address: str
+    address_key: str
     peer_id: str | None = None
     lookups: int = 0
     link: Link = Link.FREE
@@ -147,7 +296,10 @@ class PeerTable:
     Connections are keyed by their opaque Socket.IO session ID.  Each peer has at
     most one link at a time; both ends of a link point at each other.  Methods
     raise :class:`Rejected` and leave the links unchanged when they refuse.
-    Time comes in as *now* (monotonic seconds).
+    Time comes in as *now* (monotonic seconds).  A connection must register
+    within ``register_timeout_seconds`` of connecting, and a link must end within
+    ``pairing_timeout_seconds`` of its request: :meth:`overdue_registrations` and
+    :meth:`stalled_pairings` name the connections to drop.
 
     :param config: the limits to enforce
     :param new_id: source of candidate peer IDs (tests pass a predictable one)
@@ -160,6 +312,8 @@ class PeerTable:
         self._sid_by_peer_id: dict[str, str] = {}
         self._lookups_by_address: dict[str, deque[float]] = {}
         self._last_sweep = float("-inf")
+        self._unregistered: Deadlines[str] = Deadlines(config.register_timeout_seconds)
+        self._linked: Deadlines[str] = Deadlines(config.pairing_timeout_seconds)
 
     # ------------------------------------------------------------------ queries
 
@@ -205,11 +359,14 @@ class PeerTable:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def connect(self, sid: str, address: str) -> bool:
+    def connect(self, sid: str, address: str, *, now: float) -> bool:
         """Admit a new connection; False when the server is full."""
         if len(self._connections) >= self.config.max_connections:
             return False
-        self._connections[sid] = _Connection(sid=sid, address=address)
+        self._connections[sid] = _Connection(
+            sid=sid, address=address, address_key=address_key(address)
+        )
+        self._unregistered.start(sid, now=now)
         return True
 
     def register(self, sid: str) -> str:
@@ -222,6 +379,7 @@ class PeerTable:
             if peer_id not in self._sid_by_peer_id:
                 conn.peer_id = peer_id
                 self._sid_by_peer_id[peer_id] = sid
+                self._unregistered.cancel(sid)
                 return peer_id
         raise Rejected(m.SERVER_FULL, "no free peer ID, try again later")
 
@@ -230,12 +388,22 @@ class PeerTable:
         conn = self._connections.pop(sid, None)
         if conn is None:
             return None
+        self._unregistered.cancel(sid)
+        self._linked.cancel(sid)
         if conn.peer_id is not None:
             del self._sid_by_peer_id[conn.peer_id]
         notify = conn.other_sid
         if notify is not None:
             self._free(self._connections[notify])
         return Departure(peer_id=conn.peer_id, notify_sid=notify)
+
+    def overdue_registrations(self, *, now: float) -> list[str]:
+        """Connections that have not registered in time (each named once)."""
+        return self._unregistered.expired(now=now)
+
+    def stalled_pairings(self, *, now: float) -> list[str]:
+        """Both ends of every request or pairing that has not ended in time (each named once)."""
+        return self._linked.expired(now=now)
 
     # ------------------------------------------------------------------ events
 
@@ -252,6 +420,8 @@ class PeerTable:
         target = self._lookup(sid, peer_id, now=now)
         conn.link, conn.other_sid = Link.REQUESTING, target.sid
         target.link, target.other_sid = Link.REQUESTED, sid
+        self._linked.start(sid, now=now)
+        self._linked.start(target.sid, now=now)
         return Route(to_sid=target.sid, from_peer_id=self._id(conn))
 
     def accept(self, sid: str, peer_id: str) -> Route:
@@ -296,9 +466,9 @@ class PeerTable:
         assert conn.peer_id is not None  # only registered peers get this far
         return conn.peer_id
 
-    @staticmethod
-    def _free(conn: _Connection) -> None:
+    def _free(self, conn: _Connection) -> None:
         conn.link, conn.other_sid = Link.FREE, None
+        self._linked.cancel(conn.sid)
 
     def _lookup(self, sid: str, peer_id: str, *, now: float) -> _Connection:
         # The rate limit comes first and counts misses as well as hits: the
@@ -318,7 +488,7 @@ class PeerTable:
         if conn.lookups >= self.config.max_lookups_per_connection:
             raise Rejected(m.RATE_LIMITED, "too many lookups on this connection")
         self._sweep(now)
-        window = self._lookups_by_address.setdefault(conn.address, deque())
+        window = self._lookups_by_address.setdefault(conn.address_key, deque())
         horizon = now - self.config.lookup_window_seconds
         while window and window[0] <= horizon:
             window.popleft()
@@ -344,12 +514,134 @@ class PeerTable:
         return len(self._lookups_by_address)
 
 
+class Admission:
+    """Which TCP connections to take: per client address, and within the fd limit (no I/O).
+
+    Every connection costs a file descriptor, and once the process has none left,
+    accept() fails for everyone, ``/healthz`` included.  So the fds are shared out:
+    websocket sessions may use all but *fd_reserve* of them, and only plain
+    requests and connections that have yet to send one go beyond that.  The last
+    ``LISTEN_BACKLOG + FD_SPARE`` fds are never used: one pass of the event loop
+    may accept that many at once; before they are reached, :meth:`must_shed` asks
+    for the oldest connection without a request to be closed.
+
+    :param max_per_address: connections one :func:`address_key` may hold
+    :param fd_reserve: fds websocket sessions leave to everything else
+    """
+
+    def __init__(self, *, max_per_address: int, fd_reserve: int) -> None:
+        self._max_per_address = max_per_address
+        self._fd_reserve = fd_reserve
+        self._fd_limit = float("inf")  # until set_fd_limit()
+        self._fds_before = 0
+        self._by_address: Counter[str] = Counter()
+        self.connections = 0
+        self.sessions = 0
+
+    def set_fd_limit(self, fd_limit: int, *, fds_in_use: int) -> None:
+        """The process's fd limit, and the fds it holds before any connection."""
+        self._fd_limit = fd_limit
+        self._fds_before = fds_in_use
+
+    @property
+    def fds_in_use(self) -> int:
+        return self._fds_before + self.connections
+
+    @property
+    def session_capacity(self) -> float:
+        """Websocket sessions the fd limit leaves room for."""
+        return max(self._fd_limit - self._fd_reserve - self._fds_before, 0)
+
+    @property
+    def tracked_addresses(self) -> int:
+        return len(self._by_address)
+
+    def open(self, key: str) -> bool:
+        """Count a new connection from *key*; False (and nothing counted) if it has its share."""
+        if self._by_address[key] >= self._max_per_address:
+            return False
+        self._by_address[key] += 1
+        self.connections += 1
+        return True
+
+    def close(self, key: str) -> None:
+        """Forget one connection that :meth:`open` counted."""
+        left = self._by_address[key] - 1
+        if left > 0:
+            self._by_address[key] = left
+        else:
+            del self._by_address[key]
+        self.connections -= 1
+
+    def must_shed(self) -> bool:
+        """True when a connection must go before the fds a burst of accepts needs are used."""
+        return self.fds_in_use > self._fd_limit - LISTEN_BACKLOG - FD_SPARE
+
+    def start_session(self) -> bool:
+        """Count a websocket session; False if it would eat into the reserve."""
+        if self.sessions >= self.session_capacity:
+            return False
+        self.sessions += 1
+        return True
+
+    def end_session(self) -> None:
+        self.sessions -= 1
+
+
+class QueueMeter:
+    """Bytes waiting for clients to read them, per queue and in all (no I/O).
+
+    :param per_queue: what one client may leave unread
+    :param total: what all of them together may
+    """
+
+    def __init__(self, *, per_queue: int, total: int) -> None:
+        self.per_queue = per_queue
+        self.total = total
+        self.queued_bytes = 0
+        self._by_queue: dict[Hashable, int] = {}
+
+    def add(self, queue: Hashable, n: int) -> None:
+        self._by_queue[queue] = self._by_queue.get(queue, 0) + n
+        self.queued_bytes += n
+
+    def remove(self, queue: Hashable, n: int) -> None:
+        left = self._by_queue.get(queue, 0) - n
+        if left > 0:
+            self._by_queue[queue] = left
+        else:
+            self._by_queue.pop(queue, None)
+        self.queued_bytes -= n
+
+    def forget(self, queue: Hashable) -> None:
+        """Stop counting *queue* (its client is gone), whatever it still holds."""
+        self.queued_bytes -= self._by_queue.pop(queue, 0)
+
+    def queued(self, queue: Hashable) -> int:
+        return self._by_queue.get(queue, 0)
+
+    def over_total(self) -> bool:
+        return self.queued_bytes > self.total
+
+    def largest(self) -> Hashable | None:
+        """The queue holding the most, or None if all are empty."""
+        if not self._by_queue:
+            return None
+        return max(self._by_queue, key=self._by_queue.__getitem__)
+
+    @property
+    def tracked_queues(self) -> int:
+        return len(self._by_queue)
+
+
 # --------------------------------------------------------------------------- Socket.IO glue
 
 _Handler = Callable[[str, object], Awaitable[dict[str, object]]]
 _WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SIGNAL_TABLE_KEY = web.AppKey("sfs_signal_table", PeerTable)
+# Where python-socketio serves (its default path).
+SOCKETIO_PATH = "/socket.io/"
 
 
 class _ClientManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -385,12 +677,186 @@ class _ClientManager(socketio.AsyncManager):  # type: ignore[misc]
                     del pending[namespace]
 
 
+def _packet_bytes(pkt: object) -> int:
+    data = getattr(pkt, "data", None)
+    return PACKET_OVERHEAD_BYTES + (len(data) if isinstance(data, str | bytes) else 0)
+
+
+class _MeteredQueue(asyncio.Queue[Any]):
+    """engine.io's queue of packets for one client, counted by a :class:`QueueMeter`.
+
+    engine.io makes one per session (``create_queue``) and its writer task takes
+    packets from it as fast as the client reads, so what it holds is what the
+    client has left unread (beyond the transport's own bounded buffer).
+    """
+
+    def __init__(self, meter: QueueMeter) -> None:
+        super().__init__()
+        self._meter = meter
+        self.owner: str | None = None  # the engine.io session ID, once it is known
+        self.closed = False
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        if item is not None and not self.closed:  # None: engine.io's end-of-queue marker
+            self._meter.add(self, _packet_bytes(item))
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if item is not None and not self.closed:
+            self._meter.remove(self, _packet_bytes(item))
+        return item
+
+    def close(self) -> None:
+        """Stop counting: the session is gone, whatever is left goes with it."""
+        self.closed = True
+        self._meter.forget(self)
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one TCP connection, behind :class:`_Gate`'s checks."""
+
+    def __init__(self, gate: _Gate, inner: asyncio.Protocol) -> None:
+        self.gate = gate
+        self.inner = inner
+        self.key: str | None = None  # counted under this address key while set
+        self.transport: asyncio.BaseTransport | None = None
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if not self.gate.admit(self):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._admitted = True
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._admitted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self._admitted else None
+
+    def pause_writing(self) -> None:
+        if self._admitted:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._admitted:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.release(self)
+        if self._admitted:
+            self.inner.connection_lost(exc)
+
+
+class _Gate:
+    """Counts TCP connections with :class:`Admission`, before aiohttp sees them.
+
+    Connections that have not sent a request yet are kept oldest first: under fd
+    pressure the oldest is closed to make room.  Its middleware turns websocket
+    sessions away with 503 when only the reserve is left, and closes every other
+    connection after its one response, so that each connection is waiting for its
+    first request (bounded by the header timeout), being answered, or a session.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.admission = Admission(
+            max_per_address=config.max_connections_per_address, fd_reserve=config.fd_reserve
+        )
+        self._waiting: dict[object, _GuardedProtocol] = {}  # by aiohttp's protocol
+        self._shedding = False
+
+    def wrap(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for the listening socket, around aiohttp's *make*."""
+        return lambda: _GuardedProtocol(self, make())
+
+    def admit(self, conn: _GuardedProtocol) -> bool:
+        assert conn.transport is not None
+        peer = conn.transport.get_extra_info("peername")
+        key = address_key(str(peer[0]) if isinstance(peer, tuple) and peer else "unknown")
+        if not self.admission.open(key):
+            logger.debug("closed a connection from %s: too many from there", key)
+            return False
+        conn.key = key
+        shedding = self.admission.must_shed()
+        if shedding and not self._shedding:  # once per episode, not per connection
+            logger.warning(
+                "file descriptors are running out (%d in use): closing connections "
+                "that have not sent a request, oldest first",
+                self.admission.fds_in_use,
+            )
+        self._shedding = shedding
+        while self.admission.must_shed() and self._waiting:
+            oldest = self._waiting.pop(next(iter(self._waiting)))
+            self._uncount(oldest)
+            if oldest.transport is not None:
+                oldest.transport.abort()  # type: ignore[attr-defined]
+        if self.admission.must_shed():  # nothing left to shed: this one cannot stay
+            self._uncount(conn)
+            return False
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self._waiting[conn.inner] = conn
+        return True
+
+    def release(self, conn: _GuardedProtocol) -> None:
+        self._waiting.pop(conn.inner, None)
+        self._uncount(conn)
+
+    def _uncount(self, conn: _GuardedProtocol) -> None:
+        if conn.key is not None:
+            self.admission.close(conn.key)
+            conn.key = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: _WebHandler) -> web.StreamResponse:
+        """Count sessions against the fd reserve; one response per plain connection."""
+        self._waiting.pop(request.protocol, None)  # it has sent its request
+        session = request.path.startswith(SOCKETIO_PATH)
+        if session and not self.admission.start_session():
+            logger.debug("refused a Socket.IO client: file descriptors are running out")
+            busy = web.Response(status=503, text="server busy, try again later")
+            busy.force_close()
+            return busy
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.force_close()
+            raise
+        finally:
+            if session:
+                self.admission.end_session()
+        response.force_close()
+        return response
+
+
+GATE_KEY = web.AppKey("sfs_signal_gate", _Gate)
+METER_KEY = web.AppKey("sfs_signal_meter", QueueMeter)
+
+
 class _SignalServer:
     """Binds a :class:`PeerTable` to a python-socketio ``AsyncServer`` (untyped)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.table = PeerTable(config)
+        self.meter = QueueMeter(
+            per_queue=config.max_queued_bytes_per_connection, total=config.max_queued_bytes
+        )
+        self._unjoined: Deadlines[str] = Deadlines(config.join_timeout_seconds)
+        shortest = min(
+            config.join_timeout_seconds,
+            config.register_timeout_seconds,
+            config.pairing_timeout_seconds,
+        )
+        self.sweep_seconds = min(
+            max(shortest / SWEEPS_PER_TIMEOUT, SWEEP_MIN_SECONDS), SWEEP_MAX_SECONDS
+        )
         # async_handlers=False: each connection's events are handled in order
         # (an offer must not overtake its candidates), and a flood of events
         # cannot pile up tasks.
@@ -409,8 +875,12 @@ class _SignalServer:
         # python-socketio's own handlers see it.
         self._handle_eio_connect = self.sio.eio.handlers["connect"]
         self._handle_eio_message = self.sio.eio.handlers["message"]
+        self._handle_eio_disconnect = self.sio.eio.handlers["disconnect"]
         self.sio.eio.on("connect", self._on_eio_connect)
         self.sio.eio.on("message", self._on_eio_message)
+        self.sio.eio.on("disconnect", self._on_eio_disconnect)
+        # Each session's outgoing packets are counted as they queue up.
+        self.sio.eio.create_queue = lambda *args, **kwargs: _MeteredQueue(self.meter)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_unknown)
@@ -430,10 +900,21 @@ class _SignalServer:
 
     async def _emit(self, event: str, data: dict[str, object], to: str) -> None:
         eio_sid = self.sio.manager.eio_sid_from_sid(to, "/")
-        if eio_sid is not None and self._backlog(eio_sid) > MAX_QUEUED_PACKETS:
-            logger.debug("dropped a client that does not read its messages")
-            await self._drop(eio_sid)
-            return
+        if eio_sid is not None:
+            if self._over_budget(eio_sid):
+                logger.debug("dropped a client that does not read its messages")
+                await self._drop(eio_sid)
+                return
+            # Over the global budget, the client with the most unread data goes:
+            # that is who holds the memory, not whoever happens to send next.
+            while self.meter.over_total():
+                victim = self.meter.largest()
+                if not isinstance(victim, _MeteredQueue) or victim.owner is None:
+                    break  # cannot happen: every counted queue has its session
+                logger.debug("dropped the client with the most unread data: budget spent")
+                await self._drop(victim.owner)
+                if victim.owner == eio_sid:
+                    return
         await self.sio.emit(event, data, to=to)
 
     async def _fail(self, sid: str, event: str, code: str, message: str) -> dict[str, object]:
@@ -465,15 +946,33 @@ class _SignalServer:
     # ------------------------------------------------------------------ engine.io
 
     async def _on_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> object:
+        sock = self.sio.eio.sockets.get(eio_sid)
+        queue = getattr(sock, "queue", None)
         # Count engine.io sessions too (this one included): one that never joins
         # the Socket.IO namespace would otherwise escape max_connections.
         if len(self.sio.eio.sockets) > self.config.max_connections:
             logger.warning("refused a connection from %s: server full", _remote(environ))
+            if isinstance(queue, _MeteredQueue):
+                queue.close()  # engine.io drops the session without a disconnect
             return False
+        if isinstance(queue, _MeteredQueue):
+            queue.owner = eio_sid
+        self._unjoined.start(eio_sid, now=asyncio.get_running_loop().time())
         return await self._handle_eio_connect(eio_sid, environ)
 
+    async def _on_eio_disconnect(self, eio_sid: str, reason: object = None) -> None:
+        self._forget(eio_sid)
+        await self._handle_eio_disconnect(eio_sid, reason)
+
+    def _forget(self, eio_sid: str) -> None:
+        """Stop the join clock and the byte count of a session that is going away."""
+        self._unjoined.cancel(eio_sid)
+        queue = getattr(self.sio.eio.sockets.get(eio_sid), "queue", None)
+        if isinstance(queue, _MeteredQueue):
+            queue.close()
+
     async def _on_eio_message(self, eio_sid: str, data: object) -> None:
-        if self._backlog(eio_sid) > MAX_QUEUED_PACKETS:
+        if self._over_budget(eio_sid):
             logger.debug("dropped a client that does not read its replies")
         elif not self._acceptable(eio_sid, data):
             logger.debug("dropped a client that sent a malformed packet")
@@ -508,13 +1007,25 @@ class _SignalServer:
             return False
         return self.sio.manager.sid_from_eio_sid(eio_sid, "/") is not None
 
-    def _backlog(self, eio_sid: str) -> int:
-        """Packets queued for *eio_sid* that its client has not taken yet."""
+    def _over_budget(self, eio_sid: str) -> bool:
+        """Tell whether *eio_sid* has left more unread than one client may.
+
+        That is packets in engine.io's queue, by count and in bytes, plus the bytes
+        in the transport's buffer (which aiohttp keeps near its high-water mark).
+        """
         sock = self.sio.eio.sockets.get(eio_sid)
-        return int(sock.queue.qsize()) if sock is not None else 0
+        if sock is None:
+            return False
+        if sock.queue.qsize() > MAX_QUEUED_PACKETS:
+            return True
+        request = (self.sio.environ.get(eio_sid) or {}).get("aiohttp.request")
+        transport = getattr(request, "transport", None)
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return bool(self.meter.queued(sock.queue) + buffered > self.meter.per_queue)
 
     async def _drop(self, eio_sid: str) -> None:
         """Disconnect a misbehaving client now, without waiting for it to read a goodbye."""
+        self._forget(eio_sid)  # its unread data no longer counts against anyone
         request = (self.sio.environ.get(eio_sid) or {}).get("aiohttp.request")
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
         if sid is not None:
@@ -549,6 +1060,7 @@ class _SignalServer:
             logger.debug("dropped a client that sent a malformed frame")
             if request.transport is not None:
                 request.transport.abort()
+            self._forget(eio_sid)
             sock = self.sio.eio.sockets.pop(eio_sid, None)
             if sock is not None:
                 # What engine.io's websocket loop does when it ends normally.
@@ -560,9 +1072,10 @@ class _SignalServer:
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> bool:
         address = _remote(environ)
-        if not self.table.connect(sid, address):
+        if not self.table.connect(sid, address, now=asyncio.get_running_loop().time()):
             logger.warning("refused a connection from %s: server full", address)
-            return False
+            return False  # still unjoined: the join timeout ends the session
+        self._unjoined.cancel(self.sio.manager.eio_sid_from_sid(sid, "/"))
         logger.debug("connection from %s", address)
         return True
 
@@ -584,14 +1097,43 @@ class _SignalServer:
         name = event[:MAX_EVENT_NAME_CHARS]
         return await self._fail(sid, name, m.UNKNOWN_EVENT, "unknown event")
 
+    # ------------------------------------------------------------------ timeouts
+
+    async def sweep_forever(self) -> None:
+        """Drop overdue sessions every ``sweep_seconds`` until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            await self.sweep(now=loop.time())
+
+    async def sweep(self, *, now: float) -> None:
+        """Drop every session that has not joined, registered or ended its pairing in time."""
+        for eio_sid in self._unjoined.expired(now=now):
+            logger.debug("dropped a websocket that did not join the namespace in time")
+            await self._drop(eio_sid)
+        for sid in self.table.overdue_registrations(now=now):
+            logger.debug("dropped a client that did not register in time")
+            await self._drop_sid(sid)
+        for sid in self.table.stalled_pairings(now=now):
+            logger.info("dropped %s: its pairing made no progress", self.table.peer_id_of(sid))
+            await self._drop_sid(sid)
+
+    async def _drop_sid(self, sid: str) -> None:
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            await self._drop(eio_sid)
+        else:  # cannot happen: the table only holds joined sessions
+            await self._on_disconnect(sid)
+
     async def close_all(self) -> None:
         """Disconnect every client, so the web server can stop without waiting."""
         # Close the engine.io sockets, not just the Socket.IO namespace: only
         # that ends each websocket handler, which aiohttp would otherwise wait
-        # for until its shutdown timeout.  (engine.io's disconnect() with no
-        # sockets at all would call asyncio.wait([]), which raises.)
-        if self.sio.eio.sockets:
-            await self.sio.eio.disconnect()
+        # for until its shutdown timeout.  Without waiting for the goodbye to be
+        # sent: a session whose websocket has just ended has no writer left, and
+        # engine.io's own disconnect() would wait for it forever.
+        for sock in list(self.sio.eio.sockets.values()):
+            await sock.close(wait=False)
 
     # ------------------------------------------------------------------ events
 
@@ -671,10 +1213,16 @@ def create_app(config: ServerConfig) -> web.Application:
     """Build the aiohttp application: Socket.IO at ``/socket.io/``, ``GET /healthz``
     and ``GET /stats``.
 
-    The app's :class:`PeerTable` is available as ``app[SIGNAL_TABLE_KEY]``.
+    The app's :class:`PeerTable` is available as ``app[SIGNAL_TABLE_KEY]``, and the
+    gate that counts TCP connections as ``app[GATE_KEY]``: :func:`run_server` puts
+    it in front of the listening socket, which the per-address and fd limits need.
+    ``app[METER_KEY]`` counts the bytes queued for clients.
     """
     server = _SignalServer(config)
-    app = web.Application(middlewares=[server.close_broken_sessions])
+    gate = _Gate(config)
+    app = web.Application(middlewares=[gate.middleware, server.close_broken_sessions])
+    app[GATE_KEY] = gate
+    app[METER_KEY] = server.meter
     server.sio.attach(app)
     app.router.add_get("/healthz", _healthz)
 
@@ -688,8 +1236,47 @@ def create_app(config: ServerConfig) -> web.Application:
         await server.close_all()
         await server.sio.shutdown()
 
+    async def sweeper(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(server.sweep_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(sweeper)
     return app
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft limit on open files to the hard one; return the soft limit now.
+
+    The common soft limit of 1024 is what one client filled with idle sockets; the
+    hard limit is what the administrator allows.  None where there is no such limit.
+    """
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_FD_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY:
+        return None
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it below "unlimited"
+            logger.warning("could not raise the open-files limit from %d: %s", soft, exc)
+        else:
+            soft = target
+    return soft
+
+
+def _open_fds() -> int:
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return len(os.listdir(folder))
+    return 2 * FD_SPARE  # a guess; the reserve absorbs the error
 
 
 def _url(address: object) -> str:
@@ -705,18 +1292,46 @@ async def run_server(config: ServerConfig, *, ready: Callable[[str], None] | Non
     :param ready: called once with the bound URL (e.g. ``http://127.0.0.1:43121``),
         which tells the real port when ``config.port`` is 0
     """
+    fd_limit = raise_fd_limit()
+    app = create_app(config)
+    gate = app[GATE_KEY]
     # No access log: one INFO line per register, pair and disconnect is the log.
+    # aiohttp's keep-alive timer starts when a connection is made and closes it if
+    # no whole request has arrived by then: that is the header timeout.  The gate
+    # closes every connection after one response, so it never times out a second.
     runner = web.AppRunner(
-        create_app(config), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        keepalive_timeout=config.header_timeout_seconds,
+        lingering_time=config.header_timeout_seconds,
     )
     await runner.setup()
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
-        url = _url(runner.addresses[0])
+        assert runner.server is not None  # set up above
+        # Not a web.TCPSite: the gate must see each connection before aiohttp does.
+        listener = await asyncio.get_running_loop().create_server(
+            gate.wrap(runner.server), config.host, config.port, backlog=LISTEN_BACKLOG
+        )
+        if fd_limit is not None:
+            gate.admission.set_fd_limit(fd_limit, fds_in_use=_open_fds())
+            room = gate.admission.session_capacity
+            logger.debug("open-files limit %d: room for %d clients", fd_limit, room)
+            if room < config.max_connections:
+                logger.warning(
+                    "the open-files limit (%d) allows %d clients, fewer than "
+                    "--max-connections (%d); raise `ulimit -n` for more",
+                    fd_limit,
+                    room,
+                    config.max_connections,
+                )
+        url = _url(listener.sockets[0].getsockname())
         logger.info("sfs signaling server listening on %s", url)
         if ready is not None:
             ready(url)
         await asyncio.Event().wait()
     finally:
+        if listener is not None:
+            listener.close()
         await runner.cleanup()

@@ -389,7 +389,7 @@ def _paired() -> PeerTable:
     """sa (A) asked sb (B), which accepted; sc (C) is registered and free."""
     table = _table(A, B, C)
     for sid in ("sa", "sb", "sc"):
-        assert table.connect(sid, "10.0.0.1")
+        assert table.connect(sid, "10.0.0.1", now=0.0)
         table.register(sid)
     table.request("sa", B, now=0.0)
     table.accept("sb", A)
@@ -404,8 +404,8 @@ def _code(call: Callable[[], object]) -> str:
 
 def test_register_gives_unique_ids_and_skips_live_ones() -> None:
     table = _table(A, A, A, B)
-    table.connect("s1", "x")
-    table.connect("s2", "x")
+    table.connect("s1", "x", now=0.0)
+    table.connect("s2", "x", now=0.0)
     assert table.register("s1") == A
     assert table.register("s2") == B  # two draws of A were skipped
     assert table.sid_of(A) == "s1" and table.peer_id_of("s2") == B
@@ -413,16 +413,16 @@ def test_register_gives_unique_ids_and_skips_live_ones() -> None:
 
 def test_register_reuses_an_id_once_its_peer_left() -> None:
     table = _table(A, A)
-    table.connect("s1", "x")
+    table.connect("s1", "x", now=0.0)
     table.register("s1")
     table.disconnect("s1")
-    table.connect("s2", "x")
+    table.connect("s2", "x", now=0.0)
     assert table.register("s2") == A
 
 
 def test_register_twice_is_rejected() -> None:
     table = _table(A, B)
-    table.connect("s1", "x")
+    table.connect("s1", "x", now=0.0)
     table.register("s1")
     assert _code(lambda: table.register("s1")) == m.ALREADY_REGISTERED
     assert table.peer_id_of("s1") == A
@@ -430,8 +430,8 @@ def test_register_twice_is_rejected() -> None:
 
 def test_register_gives_up_when_no_id_is_free() -> None:
     table = PeerTable(ServerConfig(), new_id=lambda: A)
-    table.connect("s1", "x")
-    table.connect("s2", "x")
+    table.connect("s1", "x", now=0.0)
+    table.connect("s2", "x", now=0.0)
     table.register("s1")
     assert _code(lambda: table.register("s2")) == m.SERVER_FULL
     assert table.peer_id_of("s2") is None
@@ -440,24 +440,24 @@ def test_register_gives_up_when_no_id_is_free() -> None:
 def test_many_registrations_are_unique() -> None:
     table = _table()
     for i in range(2000):
-        table.connect(f"s{i}", "x")
+        table.connect(f"s{i}", "x", now=0.0)
         table.register(f"s{i}")
     assert len({table.peer_id_of(f"s{i}") for i in range(2000)}) == 2000
 
 
 def test_connect_refuses_over_max_connections() -> None:
     table = _table(max_connections=2)
-    assert table.connect("s1", "x") and table.connect("s2", "x")
-    assert not table.connect("s3", "x")
+    assert table.connect("s1", "x", now=0.0) and table.connect("s2", "x", now=0.0)
+    assert not table.connect("s3", "x", now=0.0)
     assert table.connection_count == 2
     table.disconnect("s1")
-    assert table.connect("s3", "x")
+    assert table.connect("s3", "x", now=0.0)
 
 
 def test_unregistered_peer_can_do_nothing() -> None:
     table = _table(A)
-    table.connect("s1", "x")
-    table.connect("s2", "x")
+    table.connect("s1", "x", now=0.0)
+    table.connect("s2", "x", now=0.0)
     table.register("s2")
     for call in (
         lambda: table.find("s1", A, now=0.0),
@@ -472,7 +472,7 @@ def test_unregistered_peer_can_do_nothing() -> None:
 def test_find() -> None:
     table = _table(A, B, C)
     for sid in ("sa", "sb", "sc"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.find("sa", B, now=0.0)
     assert table.link_of("sb") == (Link.FREE, None)  # finding changes nothing
@@ -491,7 +491,7 @@ def test_find_busy_when_target_pending_or_paired() -> None:
 def test_request_and_accept_pair_both_ends() -> None:
     table = _table(A, B)
     for sid in ("sa", "sb"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     assert table.request("sa", B, now=0.0) == Route(to_sid="sb", from_peer_id=A)
     assert table.link_of("sa") == (Link.REQUESTING, B)
@@ -513,7 +513,7 @@ def test_request_rejections() -> None:
 def test_request_to_a_peer_with_a_pending_request_is_busy() -> None:
     table = _table(A, B, C)
     for sid in ("sa", "sb", "sc"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.request("sa", B, now=0.0)
     assert _code(lambda: table.request("sc", B, now=0.0)) == m.BUSY  # B was asked
@@ -524,7 +524,7 @@ def test_request_to_a_peer_with_a_pending_request_is_busy() -> None:
 def test_accept_needs_a_pending_request_from_that_peer() -> None:
     table = _table(A, B, C)
     for sid in ("sa", "sb", "sc"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     assert _code(lambda: table.accept("sb", A)) == m.UNKNOWN_PEER  # nothing pending
     table.request("sa", B, now=0.0)
@@ -549,7 +549,7 @@ def test_relay_only_between_partners() -> None:
 def test_relay_refused_while_only_pending() -> None:
     table = _table(A, B)
     for sid in ("sa", "sb"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.request("sa", B, now=0.0)
     assert _code(lambda: table.relay("sa", B)) == m.NOT_PAIRED
@@ -578,7 +578,7 @@ def test_disconnect_of_a_partner() -> None:
 def test_disconnect_during_a_pending_request(leaving: str, staying: str) -> None:
     table = _table(A, B)
     for sid in ("sa", "sb"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.request("sa", B, now=0.0)
     departure = table.disconnect(leaving)
@@ -588,9 +588,9 @@ def test_disconnect_during_a_pending_request(leaving: str, staying: str) -> None
 
 def test_disconnect_of_unregistered_or_free_peer() -> None:
     table = _table(A)
-    table.connect("s1", "x")
+    table.connect("s1", "x", now=0.0)
     assert table.disconnect("s1") == Departure(peer_id=None, notify_sid=None)
-    table.connect("s2", "x")
+    table.connect("s2", "x", now=0.0)
     table.register("s2")
     assert table.disconnect("s2") == Departure(peer_id=A, notify_sid=None)
     assert table.connection_count == 0
@@ -599,7 +599,7 @@ def test_disconnect_of_unregistered_or_free_peer() -> None:
 def test_lookups_limited_per_connection() -> None:
     table = _table(A, B, max_lookups_per_connection=3)
     for sid in ("sa", "sb"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.find("sa", B, now=0.0)
     assert _code(lambda: table.find("sa", "ZZZ-999", now=1.0)) == m.UNKNOWN_PEER  # misses count
@@ -611,9 +611,9 @@ def test_lookups_limited_per_connection() -> None:
 
 def test_lookups_limited_per_address_in_a_sliding_window() -> None:
     table = _table(A, B, C, max_lookups_per_address=3, lookup_window_seconds=10.0)
-    table.connect("sa", "10.0.0.1")
-    table.connect("sb", "10.0.0.1")
-    table.connect("sc", "10.0.0.2")
+    table.connect("sa", "10.0.0.1", now=0.0)
+    table.connect("sb", "10.0.0.1", now=0.0)
+    table.connect("sc", "10.0.0.2", now=0.0)
     for sid in ("sa", "sb", "sc"):
         table.register(sid)
     table.find("sa", C, now=0.0)
@@ -629,7 +629,7 @@ def test_lookups_limited_per_address_in_a_sliding_window() -> None:
 def test_rejected_lookups_do_not_use_up_the_window() -> None:
     table = _table(A, B, max_lookups_per_address=1, lookup_window_seconds=10.0)
     for sid in ("sa", "sb"):
-        table.connect(sid, "x")
+        table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.find("sa", B, now=0.0)
     for t in range(1, 10):
@@ -639,10 +639,10 @@ def test_rejected_lookups_do_not_use_up_the_window() -> None:
 
 def test_idle_addresses_are_forgotten() -> None:
     table = _table(*(f"AAA-{i:03d}" for i in range(101)), lookup_window_seconds=10.0)
-    table.connect("target", "t")
+    table.connect("target", "t", now=0.0)
     table.register("target")
     for i in range(100):
-        table.connect(f"s{i}", f"10.0.{i}.1")
+        table.connect(f"s{i}", f"10.0.{i}.1", now=0.0)
         table.register(f"s{i}")
         table.find(f"s{i}", "AAA-000", now=float(i) / 100)
     assert table.tracked_addresses == 100
