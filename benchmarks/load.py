@@ -42,6 +42,7 @@ import socketio
 
 from benchmarks.bench import Usage, wait_usage
 from sfs.signal import messages as m
+from sfs.signal.server import DEFAULT_FD_RESERVE
 
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
@@ -54,8 +55,9 @@ LOOKUPS_PER_HANDSHAKE = 2
 LOOKUP_HEADROOM = 16
 CONNECTION_HEADROOM = 16
 # File descriptors each process needs beyond one per client: the interpreter, the
-# server's listening socket, log files, imported extension modules.
-FD_HEADROOM = 256
+# server's listening socket, log files, imported extension modules, and the reserve
+# the server keeps free for /healthz (it refuses Socket.IO clients inside it).
+FD_HEADROOM = 256 + DEFAULT_FD_RESERVE
 # Of --timeout, kept for disconnecting the clients, letting the server finish with
 # them and stopping it: a third each at most.
 TEARDOWN_SECONDS = 15.0
@@ -106,6 +108,8 @@ class ServerProcess:
         self.log = workdir / "serve.log"
         serve = ["serve", "--host", LOOPBACK, "--port", "0"]
         serve += ["--max-connections", str(max_connections)]
+        # Every client comes from 127.0.0.1.
+        serve += ["--max-connections-per-address", str(max_connections)]
         serve += ["--max-lookups-per-address", str(max_lookups)]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
