@@ -86,6 +86,7 @@ class Ui(Protocol):
     def progress(self) -> Progress: ...
     async def decide(self, offer: Offer) -> bool: ...
     async def confirm_verifier(self, verifier: str) -> bool: ...
+    def kept_partial(self, name: str, held_bytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ class PeerOptions:
 
 @dataclass(frozen=True)
 class SendConfig:
-    code: Code
+    """:param code: the receiver's code; ``None`` prints a code here and waits for
+    ``sfs receive CODE`` (the sender-first flow)."""
+
+    code: Code | None
     paths: tuple[Path, ...]
     peer: PeerOptions = PeerOptions()
     chunk_size: int = DEFAULT_CHUNK_BYTES
@@ -116,11 +120,15 @@ class SendConfig:
 
 @dataclass(frozen=True)
 class ReceiveConfig:
+    """:param code: the sender's code (``sfs send --print-code``) to join; ``None``
+    prints a code here and waits for the sender (the receiver-first flow)."""
+
     output_dir: Path = Path(".")
     overwrite: bool = False
     peer: PeerOptions = PeerOptions()
     verify: bool = False
     resume: bool = True
+    code: Code | None = None
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -136,30 +144,99 @@ class Session:
     keys: SessionKeys
 
 
+@dataclass
+class _Pairing:
+    """Two peers the server has introduced; the code's words are not yet proven.
+
+    :param code: the code in use; its peer ID is the side that printed it.
+    :param printed_by: which role printed it (``sfs receive``, or ``sfs send
+        --print-code``): the key exchange binds both.
+    """
+
+    signal: SignalClient
+    partner: str
+    code: Code
+    printed_by: str
+    server_ice: tuple[IceServer, ...]
+
+
+async def _wait_for_partner(
+    stack: AsyncExitStack, options: PeerOptions, ui: Ui, *, role: str
+) -> _Pairing:
+    """Register, show a new code, and accept the first peer that asks for us."""
+    ui.status(f"Connecting to {options.server_url}…")
+    signal = await stack.enter_async_context(_signal_client(options))
+    peer_id, server_ice = await signal.register()
+    code = Code(peer_id, new_secret())
+    ui.show_code(str(code))
+    while True:
+        try:
+            # One peer only: the first request takes this code's single attempt.
+            _, request = await signal.expect("connection_request")
+            break
+        except ServerLostError:
+            # The server forgot every peer ID when it went away: come back with a
+            # new code rather than wait for a peer that can no longer find us.
+            ui.status("Lost the signaling server; reconnecting…")
+            signal = await _reconnect(options, stack)
+            peer_id, server_ice = await signal.register()
+            code = Code(peer_id, new_secret())
+            ui.status("Reconnected. The old code no longer works; use this one:")
+            ui.show_code(str(code))
+    partner = _field(request, "peer_id")
+    await signal.call("accept_connection", {"peer_id": partner})
+    return _Pairing(signal, partner, code, role, server_ice)
+
+
+async def _join(
+    stack: AsyncExitStack, code: Code, options: PeerOptions, ui: Ui, *, printed_by: str
+) -> _Pairing:
+    """Register, and ask the peer that printed ``code`` for a connection."""
+    ui.status(f"Connecting to {options.server_url}…")
+    signal = await stack.enter_async_context(_signal_client(options))
+    _, server_ice = await signal.register()
+    partner = code.peer_id
+    await signal.call("find_peer", {"peer_id": partner})
+    await signal.call("send_connection_request", {"peer_id": partner})
+    ui.status(f"Connecting to {partner}…")
+    await _expect(signal, "connection_accepted", partner, options)
+    return _Pairing(signal, partner, code, printed_by, server_ice)
+
+
+async def _agree_keys(pairing: _Pairing, role: str, options: PeerOptions) -> SessionKeys:
+    """SPAKE2 on the code's words; the password and SPAKE2 state are gone afterwards."""
+    exchange = KeyExchange(
+        role=role,
+        password=pairing.code.secret.encode(),
+        code_id=pairing.code.peer_id,
+        printed_by=pairing.printed_by,
+    )
+    try:
+        return await _exchange_keys(pairing.signal, exchange, pairing.partner, options)
+    finally:
+        del exchange
+
+
 @asynccontextmanager
 async def sender_session(
-    code: Code, options: PeerOptions, ui: Ui, *, streams: int = 1
+    code: Code | None, options: PeerOptions, ui: Ui, *, streams: int = 1
 ) -> AsyncIterator[Session]:
-    """Find the receiver of ``code``, agree on keys, and open the DataChannel(s).
+    """Find the receiver of ``code`` (or, with no code, show one and wait for the
+    receiver to come), agree on keys, and open the DataChannel(s).
 
     :param streams: peer connections to stripe over (the receiver may accept fewer).
     """
     addresses = check_local_addresses(options.ice_addresses)
-    partner = code.peer_id
-    ui.status(f"Connecting to {options.server_url}…")
-    async with _signal_client(options) as signal:
-        _, server_ice = await signal.register()
-        await signal.call("find_peer", {"peer_id": partner})
-        await signal.call("send_connection_request", {"peer_id": partner})
-        ui.status(f"Connecting to {partner}…")
-        await _expect(signal, "connection_accepted", partner, options)
-        keys = await _exchange_keys(
-            signal,
-            KeyExchange(role="sender", password=code.secret.encode(), receiver_id=partner),
-            partner,
-            options,
-        )
-        ice = server_ice if options.ice_servers is None else options.ice_servers
+    async with AsyncExitStack() as stack:
+        if code is None:
+            pairing = await _wait_for_partner(stack, options, ui, role="sender")
+        else:
+            pairing = await _join(stack, code, options, ui, printed_by="receiver")
+        del code
+        keys = await _agree_keys(pairing, "sender", options)
+        signal, partner = pairing.signal, pairing.partner
+        ice = pairing.server_ice if options.ice_servers is None else options.ice_servers
+        del pairing  # holds the code's words
         async with PeerLinks(streams, ice_servers=ice, host_addresses=addresses) as links:
             offers = await links.create_offers()
             await _send_sealed(signal, "offer", offers, keys, partner)
@@ -173,35 +250,22 @@ async def sender_session(
 
 
 @asynccontextmanager
-async def receiver_session(options: PeerOptions, ui: Ui) -> AsyncIterator[Session]:
-    """Register, show the code, wait for the sender, agree on keys, open the DataChannel."""
+async def receiver_session(
+    options: PeerOptions, ui: Ui, *, code: Code | None = None
+) -> AsyncIterator[Session]:
+    """Show a code and wait for the sender (or, given the sender's ``code``, join it),
+    agree on keys, and open the DataChannel."""
     addresses = check_local_addresses(options.ice_addresses)
     async with AsyncExitStack() as stack:
-        ui.status(f"Connecting to {options.server_url}…")
-        signal = await stack.enter_async_context(_signal_client(options))
-        peer_id, server_ice = await signal.register()
-        code = Code(peer_id, new_secret())
-        ui.show_code(str(code))
-        while True:
-            try:
-                # One sender only: the first request takes this code's single attempt.
-                _, request = await signal.expect("connection_request")
-                break
-            except ServerLostError:
-                # The server forgot every peer ID when it went away: come back with a
-                # new code rather than wait for a sender that can no longer find us.
-                ui.status("Lost the signaling server; reconnecting…")
-                signal = await _reconnect(options, stack)
-                peer_id, server_ice = await signal.register()
-                code = Code(peer_id, new_secret())
-                ui.status("Reconnected. The old code no longer works; use this one:")
-                ui.show_code(str(code))
-        partner = _field(request, "peer_id")
-        await signal.call("accept_connection", {"peer_id": partner})
-        exchange = KeyExchange(role="receiver", password=code.secret.encode(), receiver_id=peer_id)
-        del code  # the secret is not needed past this point
-        keys = await _exchange_keys(signal, exchange, partner, options)
-        del exchange  # nor is the SPAKE2 state, which holds the password
+        if code is None:
+            pairing = await _wait_for_partner(stack, options, ui, role="receiver")
+        else:
+            pairing = await _join(stack, code, options, ui, printed_by="sender")
+        del code
+        keys = await _agree_keys(pairing, "receiver", options)
+        signal, partner = pairing.signal, pairing.partner
+        server_ice = pairing.server_ice
+        del pairing  # holds the code's words
         # If the offer does not open, this code has had its one try: tell the sender, end.
         sealed_offer = await _expect(signal, "offer", partner, options)
         offers = await _open_or_abort(signal, sealed_offer, keys, partner)
@@ -252,7 +316,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
-    async with receiver_session(config.peer, ui) as session:
+    async with receiver_session(config.peer, ui, code=config.code) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         if config.verify:
             await _verify(ui, session.channel, proto, session.keys)
@@ -265,6 +329,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             progress=ui.progress(),
             resume=config.resume,
             status=ui.status,
+            kept=ui.kept_partial,
         )
         _log_result("received", result)
         await linger(session.channel, CLOSE_GRACE_SECONDS)

@@ -39,6 +39,15 @@ T = TypeVar("T")
 EXIT_INTERRUPTED = 130
 #: Without a terminal, a progress line per file at most this often.
 PROGRESS_LINE_SECONDS = 5.0
+#: What to do with a code: on the receiver's side, and on the sender's (--print-code).
+SEND_HINT = (
+    "On the other computer run `sfs send CODE FILE...` with this code "
+    "(or `sfs send FILE...` and type it at the prompt). Waiting…"
+)
+RECEIVE_HINT = (
+    "On the other computer run `sfs receive CODE` with this code "
+    "(or `sfs receive -` and type it at the prompt). Waiting…"
+)
 #: An offer lists at least this many names, however small the terminal.
 MIN_LISTED_FILES = 5
 #: Allocations between two first-generation collections (CPython's default: 700).
@@ -139,9 +148,13 @@ class TqdmProgress:
 class ConsoleUi:
     """The terminal side of :class:`sfs.app.Ui`."""
 
-    def __init__(self, *, quiet: bool, assume_yes: bool = False) -> None:
+    def __init__(
+        self, *, quiet: bool, assume_yes: bool = False, code_hint: str = SEND_HINT
+    ) -> None:
         self.quiet = quiet
         self.assume_yes = assume_yes
+        self.code_hint = code_hint
+        self.kept: list[str] = []
 
     def status(self, message: str) -> None:
         if not self.quiet:
@@ -154,15 +167,18 @@ class ConsoleUi:
         say(f"Code: {code}", err=False)
         if not sys.stdout.isatty() and sys.stderr.isatty():
             say(f"Code: {code}")
-        self.status(
-            "On the other computer run `sfs send CODE FILE...` with this code "
-            "(or `sfs send FILE...` and type it at the prompt). Waiting…"
-        )
+        self.status(self.code_hint)
 
     def progress(self) -> Progress:
         if not self.quiet and not sys.stderr.isatty():
             return LineProgress()
         return TqdmProgress(quiet=self.quiet)
+
+    def kept_partial(self, name: str, held_bytes: int) -> None:
+        self.kept.append(name)
+        self.status(
+            f"Kept {format_size(held_bytes)} of {name} to resume (hidden, as .{name}.sfs-part)"
+        )
 
     async def confirm_verifier(self, verifier: str) -> bool:
         say(f"Verification string: {verifier}")
@@ -282,7 +298,13 @@ def tune_runtime() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
-def _run(coro: Coroutine[Any, Any, T], verbose: int, *, transfer: bool = True) -> T:
+def _run(
+    coro: Coroutine[Any, Any, T],
+    verbose: int,
+    *,
+    transfer: bool = True,
+    ui: ConsoleUi | None = None,
+) -> T:
     if transfer:
         # Not for `sfs serve`: a long-lived server with many short connections needs
         # prompt full collections (scripts/load: 306 MiB instead of 151 MiB).
@@ -296,10 +318,13 @@ def _run(coro: Coroutine[Any, Any, T], verbose: int, *, transfer: bool = True) -
         say(f"Error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        say(
-            "Interrupted. Nothing is under the final name; any partial copy is kept as "
-            "NAME.part, and running both commands again resumes it."
-        )
+        if ui is not None and ui.kept:
+            say(
+                "Interrupted. Nothing is under the final name; the partial copy is kept, "
+                "and running both commands again resumes it."
+            )
+        else:
+            say("Interrupted.")
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -566,6 +591,7 @@ def serve(
 
 
 @main.command()
+@click.argument("code", required=False, metavar="[CODE]")
 @click.option(
     "-o",
     "--output",
@@ -580,6 +606,7 @@ def serve(
 @RESUME_OPTION
 @peer_options
 def receive(
+    code: str | None,
     output: Path,
     overwrite: bool,
     yes: bool,
@@ -592,14 +619,28 @@ def receive(
     quiet: bool,
     verbose: int,
 ) -> None:
-    """Print a one-time code and receive the files sent with it."""
+    """Print a one-time code and receive the files sent with it.
+
+    With CODE (printed by `sfs send --print-code`), join that sender instead; `-`
+    types it at a prompt (or reads it from stdin), out of the process list.
+    """
     _setup_logging(verbose)
     if not yes and not sys.stdin.isatty():
         raise click.UsageError(
             "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
         )
     _require_terminal_for_verify(verify)
+    if code is None:
+        joined = None
+    elif code == "-":
+        joined = _prompt_code() if sys.stdin.isatty() else _read_code()
+    else:
+        try:
+            joined = parse_code(code)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="CODE") from None
     config = app.ReceiveConfig(
+        code=joined,
         output_dir=output,
         overwrite=overwrite,
         peer=_peer_options(server, ice_server, ice_address, connect_timeout),
@@ -607,7 +648,7 @@ def receive(
         resume=not no_resume,
     )
     ui = ConsoleUi(quiet=quiet, assume_yes=yes)
-    result = _run(app.receive(config, ui), verbose)
+    result = _run(app.receive(config, ui), verbose, ui=ui)
     say(_final_line("Received", result), err=False)
 
 
@@ -634,12 +675,19 @@ def receive(
     help="Stripe the transfer over this many peer connections: faster on long "
     "(high-latency) links, no gain on a LAN.",
 )
+@click.option(
+    "--print-code",
+    is_flag=True,
+    help="Print a code here and wait for the receiver to run `sfs receive CODE` "
+    "(the sender-first flow, as in magic-wormhole and croc).",
+)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
 def send(
     args: tuple[str, ...],
     chunk_size: int,
+    print_code: bool,
     sender_name: str | None,
     streams: int,
     verify: bool,
@@ -654,11 +702,15 @@ def send(
     """Send FILE... to the receiver that shows CODE.
 
     Leave CODE out to type it at a prompt (or pipe it on stdin), so it does not
-    appear in the process list.
+    appear in the process list. With --print-code, this side prints the code instead.
     """
     _setup_logging(verbose)
     _require_terminal_for_verify(verify)
-    code, files = _split_code(args)
+    code: Code | None
+    if print_code:
+        code, files = None, _only_files(args)
+    else:
+        code, files = _split_code(args)
     config = app.SendConfig(
         code=code,
         paths=tuple(Path(f) for f in files),
@@ -671,7 +723,7 @@ def send(
         streams=streams,
         resume=not no_resume,
     )
-    result = _run(app.send(config, ConsoleUi(quiet=quiet)), verbose)
+    result = _run(app.send(config, ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT)), verbose)
     say(_final_line("Sent", result), err=False)
 
 
@@ -709,6 +761,16 @@ def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
             )
         return code, files
     return _prompt_code() if sys.stdin.isatty() else _read_code(), args
+
+
+def _only_files(args: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in args:
+        if _looks_like_code(arg):
+            raise click.UsageError(
+                f"{_peer_id_part(arg)} looks like a code; with --print-code, this side "
+                "prints the code: give only the files"
+            )
+    return args
 
 
 def _looks_like_code(arg: str) -> bool:

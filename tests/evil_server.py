@@ -127,7 +127,7 @@ class SubstituteSpake2(TrackSenders):
             exchange = KeyExchange(
                 role="receiver" if to_sender else "sender",
                 password=self.guess,
-                receiver_id=receiver_id or "AAA-000",
+                code_id=receiver_id or "AAA-000",
             )
             data = {**data, "key": base64.b64encode(exchange.message).decode()}
         return [(event, data, to)]

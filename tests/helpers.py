@@ -36,9 +36,9 @@ def key_pair(
     sender = KeyExchange(
         role="sender",
         password=sender_password or password,
-        receiver_id=sender_receiver_id or receiver_id,
+        code_id=sender_receiver_id or receiver_id,
     )
-    receiver = KeyExchange(role="receiver", password=password, receiver_id=receiver_id)
+    receiver = KeyExchange(role="receiver", password=password, code_id=receiver_id)
     return sender.finish(receiver.message), receiver.finish(sender.message)
 
 

@@ -50,6 +50,9 @@ MAX_COUNTER = 2**64 - 1
 
 _SPAKE2_ID_SENDER = b"sfs/1 sender"
 _SPAKE2_ID_RECEIVER_PREFIX = b"sfs/1 receiver "
+# The sender-first flow: the sender printed the code, so its ID is the one bound.
+_SPAKE2_ID_CODE_SENDER_PREFIX = b"sfs/1 code sender "
+_SPAKE2_ID_RECEIVER = b"sfs/1 receiver"
 
 INFO_SIGNAL_SENDER = b"sfs/1 signaling sender->receiver"
 INFO_SIGNAL_RECEIVER = b"sfs/1 signaling receiver->sender"
@@ -81,9 +84,15 @@ class SessionKeys:
 class KeyExchange:
     """One side of the SPAKE2 exchange on the secret part of the code.
 
+    The SPAKE2 identities bind the peer ID of the side that printed the code, and
+    which side that was: a receiver's code (``sfs receive``) and a sender's code
+    (``sfs send --print-code``) never yield the same keys, so no code can be
+    carried from one flow into the other.
+
     :param role: ``"sender"`` (SPAKE2 side A) or ``"receiver"`` (side B).
     :param password: the secret words of the code, e.g. ``b"tiger-lamp"``.
-    :param receiver_id: the receiver's peer ID, e.g. ``"ABC-123"``.
+    :param code_id: the peer ID in the code, e.g. ``"ABC-123"``.
+    :param printed_by: the role of the side that printed the code.
     :param entropy: randomness source; only known-answer tests pass their own.
     """
 
@@ -92,17 +101,22 @@ class KeyExchange:
         *,
         role: str,
         password: bytes,
-        receiver_id: str,
+        code_id: str,
+        printed_by: str = "receiver",
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if role not in ("sender", "receiver"):
-            raise ValueError(f"unknown role {role!r}")
+        if role not in ("sender", "receiver") or printed_by not in ("sender", "receiver"):
+            raise ValueError(f"unknown role {role!r} or {printed_by!r}")
         self.role = role
-        self._receiver_id = receiver_id
-        id_b = _SPAKE2_ID_RECEIVER_PREFIX + receiver_id.encode("ascii")
+        self._code_id = code_id
+        tag = code_id.encode("ascii")
+        if printed_by == "receiver":  # the original flow: its identities are unchanged
+            id_a, id_b = _SPAKE2_ID_SENDER, _SPAKE2_ID_RECEIVER_PREFIX + tag
+        else:
+            id_a, id_b = _SPAKE2_ID_CODE_SENDER_PREFIX + tag, _SPAKE2_ID_RECEIVER
         cls = SPAKE2_A if role == "sender" else SPAKE2_B
         self._spake: SPAKE2_A | SPAKE2_B | None = cls(
-            password, idA=_SPAKE2_ID_SENDER, idB=id_b, entropy_f=entropy
+            password, idA=id_a, idB=id_b, entropy_f=entropy
         )
         self._message: bytes = self._spake.start()
 
@@ -129,7 +143,7 @@ class KeyExchange:
             del spake  # a traceback keeps this frame, and so its locals, alive
         return derive_keys(
             pake_key=pake_key,
-            transcript=self._receiver_id.encode("ascii"),
+            transcript=self._code_id.encode("ascii"),
             role=self.role,
         )
 
@@ -143,7 +157,7 @@ def _hkdf(*, pake_key: bytes, transcript: bytes, info: bytes) -> bytes:
 def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys:
     """Derive one key per purpose and direction from the SPAKE2 key.
 
-    :param transcript: context both sides agree on (the receiver's peer ID); HKDF salt.
+    :param transcript: context both sides agree on (the peer ID in the code); HKDF salt.
     :param role: ``"sender"`` or ``"receiver"``: decides which keys send and which receive.
     """
     keys = {

@@ -781,11 +781,14 @@ async def receive_files(
     progress: Progress | None = None,
     resume: bool = True,
     status: Callable[[str], None] = lambda message: None,
+    kept: Callable[[str, int], None] = lambda name, held: None,
 ) -> TransferResult:
     """Wait for an offer, ask ``decide``, then write every file safely.
 
     :param resume: offer to continue from partial copies (``.NAME.sfs-part``) left by an
         interrupted transfer of the same file; otherwise start every file over.
+    :param kept: called with a file's name and the bytes held when a transfer that
+        stops keeps its partial copy for a later resume.
     """
     progress = progress or NullProgress()
     result = TransferResult()
@@ -847,7 +850,7 @@ async def receive_files(
                 part.discard()
             else:
                 part.keep()
-                status(f"kept {part.offset + part.written} bytes of {part.final.name} to resume")
+                kept(part.final.name, part.offset + part.written)
         await abort_transfer(channel, proto, exc)
         raise
 

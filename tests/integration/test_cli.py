@@ -225,13 +225,13 @@ def test_malformed_code_is_a_usage_error(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert b"code words" in done.stderr
+    assert b"is not an sfs code word" in done.stderr
 
 
 def wait_for_part_file(out: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        parts = list(out.glob("*.part"))
+        parts = list(out.glob(".*.sfs-part"))
         if parts and parts[0].stat().st_size > 0:
             return
         time.sleep(0.05)
@@ -266,8 +266,11 @@ def test_ctrl_c_ends_both_sides_and_leaves_nothing(
     else:
         assert received.returncode == 130, received.stderr
         assert sender.returncode == 7, sender_err
-    # Nothing at the final name; what arrived is kept only as NAME.part, for a resume.
-    assert sorted(os.listdir(out)) == ["big.bin.part", "big.bin.part.sfs"]
+    # Nothing at the final name; what arrived is kept only as sfs's hidden partial
+    # copy, for a resume, and the one who pressed Ctrl-C is told so.
+    assert sorted(os.listdir(out)) == [".big.bin.sfs-info", ".big.bin.sfs-part"]
+    if interrupted == "receiver":
+        assert "running both commands again resumes it" in received.stderr
 
 
 def test_version_and_help() -> None:

@@ -49,6 +49,9 @@ class QuietUi:
     async def confirm_verifier(self, verifier: str) -> bool:
         return True
 
+    def kept_partial(self, name: str, held_bytes: int) -> None:
+        pass
+
 
 class Attacker:
     """The evil sender's view of an open session."""

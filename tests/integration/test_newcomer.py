@@ -27,6 +27,7 @@ from tests.conftest import (
     peer_env,
     sfs_command,
     sha256_file,
+    start_server,
     tmpfs,
 )
 from tests.integration.peers import Finished, make_file, run_sender, start_receiver
@@ -308,3 +309,19 @@ def test_too_many_files_are_refused_before_connecting(tmp_path: Path) -> None:
     assert result.returncode == 9, result.stderr
     assert f"at most {MAX_FILES} files" in result.error_line()
     assert "Connecting" not in result.stderr
+
+
+def test_ctrl_c_on_an_idle_receiver_or_the_server_mentions_no_partial_copy(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
+    receiver.process.send_signal(signal.SIGINT)
+    result = receiver.finish()
+    assert result.returncode == 130, result.stderr
+    assert "Interrupted." in result.stderr
+    assert "partial" not in result.stderr
+    server = start_server(tmp_path)
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(WAIT_SECONDS) == 130
+    log = server.log_text()
+    assert "Interrupted." in log and "partial" not in log

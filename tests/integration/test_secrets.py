@@ -103,6 +103,9 @@ class InProcessUi:
     async def confirm_verifier(self, verifier: str) -> bool:
         return True
 
+    def kept_partial(self, name: str, held_bytes: int) -> None:
+        pass
+
 
 def live_key_exchanges() -> list[object]:
     gc.collect()

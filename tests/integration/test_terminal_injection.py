@@ -71,6 +71,9 @@ class QuietUi:
     async def confirm_verifier(self, verifier: str) -> bool:
         return True
 
+    def kept_partial(self, name: str, held_bytes: int) -> None:
+        pass
+
 
 def options(url: str) -> PeerOptions:
     return PeerOptions(

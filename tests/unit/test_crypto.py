@@ -19,6 +19,7 @@ from sfs.peer.crypto import (
     FrameOpener,
     FrameSealer,
     KeyExchange,
+    SessionKeys,
     derive_keys,
     open_message,
     seal_message,
@@ -45,10 +46,10 @@ def rfc5869_hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 
 def test_spake2_known_answer() -> None:
     sender = KeyExchange(
-        role="sender", password=b"tiger-lamp", receiver_id="ABC-123", entropy=counter_entropy(1)
+        role="sender", password=b"tiger-lamp", code_id="ABC-123", entropy=counter_entropy(1)
     )
     receiver = KeyExchange(
-        role="receiver", password=b"tiger-lamp", receiver_id="ABC-123", entropy=counter_entropy(2)
+        role="receiver", password=b"tiger-lamp", code_id="ABC-123", entropy=counter_entropy(2)
     )
     assert sender.message.hex() == SPAKE2_SENDER_MSG
     assert receiver.message.hex() == SPAKE2_RECEIVER_MSG
@@ -128,15 +129,15 @@ def test_signal_message_round_trip_and_kind_binding() -> None:
 
 
 def test_invalid_spake2_message_is_rejected() -> None:
-    exchange = KeyExchange(role="sender", password=b"a-b", receiver_id="ABC-123")
+    exchange = KeyExchange(role="sender", password=b"a-b", code_id="ABC-123")
     with pytest.raises(WrongCodeError):
         exchange.finish(b"\x00" * 33)
 
 
 def test_finish_drops_the_spake2_state() -> None:
     """The SPAKE2 object holds the password: nothing keeps it once the keys exist."""
-    sender = KeyExchange(role="sender", password=b"a-b", receiver_id="ABC-123")
-    receiver = KeyExchange(role="receiver", password=b"a-b", receiver_id="ABC-123")
+    sender = KeyExchange(role="sender", password=b"a-b", code_id="ABC-123")
+    receiver = KeyExchange(role="receiver", password=b"a-b", code_id="ABC-123")
     before = len(spake2_objects())
     sender.finish(receiver.message)
     with pytest.raises(WrongCodeError):
@@ -212,3 +213,28 @@ def test_frame_from_the_other_direction_is_rejected() -> None:
     with pytest.raises(CryptoError):
         FrameOpener(sender.frame_receive).open(frame)  # a reflected frame
     assert FrameOpener(receiver.frame_receive).open(frame) == (4, b"x")
+
+
+def test_a_senders_code_agrees_and_never_matches_a_receivers() -> None:
+    """sfs send --print-code: the same words and ID, another flow, other keys."""
+
+    def pair(printed_by: str) -> tuple[SessionKeys, SessionKeys]:
+        sender = KeyExchange(
+            role="sender", password=b"a-b", code_id="ABC-123", printed_by=printed_by
+        )
+        receiver = KeyExchange(
+            role="receiver", password=b"a-b", code_id="ABC-123", printed_by=printed_by
+        )
+        return sender.finish(receiver.message), receiver.finish(sender.message)
+
+    sender_first = pair("sender")
+    receiver_first = pair("receiver")
+    assert sender_first[0].frame_send == sender_first[1].frame_receive
+    assert sender_first[0].verifier == sender_first[1].verifier
+    assert sender_first[0].frame_send != receiver_first[0].frame_send
+    # Mixed flows: a sender-first sender and a receiver-first receiver disagree.
+    sender = KeyExchange(role="sender", password=b"a-b", code_id="ABC-123", printed_by="sender")
+    receiver = KeyExchange(role="receiver", password=b"a-b", code_id="ABC-123")
+    assert (
+        sender.finish(receiver.message).frame_send != receiver.finish(sender.message).frame_receive
+    )
