@@ -50,6 +50,7 @@ class QueueChannel:
         self.peer: QueueChannel | None = None
         self.sent: list[bytes] = []
         self.tamper: Callable[[int, bytes], bytes | None] | None = None
+        self.unsent = 0
 
     async def send(self, frame: bytes) -> None:
         assert self.peer is not None
@@ -83,6 +84,9 @@ class QueueChannel:
 
     def seconds_since_send(self) -> float:
         return 0.0  # never idle: no keepalives in unit tests
+
+    def unsent_bytes(self) -> int:
+        return self.unsent  # what a test says is still buffered
 
     def close(self) -> None:
         assert self.peer is not None

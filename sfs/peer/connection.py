@@ -264,6 +264,11 @@ class DataChannelLink:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    def unsent_bytes(self) -> int:
+        # aiortc counts what it has not yet handed to SCTP; SCTP itself holds only
+        # about a congestion window more.
+        return int(self._channel.bufferedAmount)
+
     def seconds_since_send(self) -> float:
         return time.monotonic() - self._last_sent
 
@@ -639,6 +644,9 @@ class StripedChannel:
 
     def seconds_since_send(self) -> float:
         return min(link.seconds_since_send() for link in self._links)
+
+    def unsent_bytes(self) -> int:
+        return sum(link.unsent_bytes() for link in self._links)
 
 
 class PeerLinks:

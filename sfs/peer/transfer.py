@@ -86,6 +86,8 @@ READ_BLOCK_BYTES = 1024 * 1024
 #: Unicode categories never kept in a name: controls, invisible formatting (bidi
 #: overrides), surrogates, and line/paragraph separators.
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+#: Of an offered name, at most this much is repeated back in a status line.
+MAX_SHOWN_NAME_CHARS = 80
 #: A side sends a PING after this long without sending anything else.
 PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
@@ -110,6 +112,10 @@ class Channel(Protocol):
 
     def seconds_since_send(self) -> float:
         """How long ago this side last sent a message."""
+
+    def unsent_bytes(self) -> int:
+        """Bytes given to :meth:`send` that have not yet left for the peer: progress
+        shown to a user must not count them."""
 
 
 class Progress(Protocol):
@@ -666,6 +672,7 @@ async def send_files(
             reply = await next_event(channel, proto)
             if not isinstance(reply, Accept):
                 raise _peer_stopped(reply)
+            status("The receiver accepted.")
             result.started = time.monotonic()
             starts = await _prefixes(sources, reply.held if resume else ())
             offsets = tuple(offset for offset, _ in starts)
@@ -724,6 +731,7 @@ async def _send_one(
     digest = prefix if prefix is not None else hashlib.sha256()
     progress.start(source.name, source.size)
     progress.advance(offset)
+    queued = shown = offset  # bytes given to the channel / shown as sent
     try:
         f = _open_source(source)
         try:
@@ -740,7 +748,11 @@ async def _send_one(
                 for start in range(0, len(block), chunk_size):
                     data = view[start : start + chunk_size]
                     await channel.send(proto.send(Chunk(data)))
-                    progress.advance(len(data))
+                    queued += len(data)
+                    # What left, not what was queued: the channel buffers megabytes.
+                    if (left := queued - channel.unsent_bytes()) > shown:
+                        progress.advance(left - shown)
+                        shown = left
                 _drain_acks(channel, proto)
             st = os.fstat(f.fileno())
             if st.st_size != source.size or st.st_mtime_ns != source.mtime_ns:
@@ -748,6 +760,7 @@ async def _send_one(
         finally:
             f.close()
         await channel.send(proto.send(FileDone(digest.digest())))
+        progress.advance(source.size - shown)  # the rest is on its way, in order
     finally:
         progress.finish()
 
@@ -839,6 +852,7 @@ async def receive_files(
                     progress.finish()
                 await part.commit(done.sha256, overwrite=overwrite)
                 part = None
+                status(_saved(dest, info.name))
                 result.files.append(dest)
                 result.total_bytes += info.size
                 result.resumed_bytes += offset
@@ -904,6 +918,14 @@ async def _confirm_prefixes(
             status(f"{dest.name}: the sender sends it from the start; starting over")
         starts.append((0, None))
     return starts
+
+
+def _saved(dest: Path, offered: str) -> str:
+    """The line for a file now in place, saying when its name is not the offered one."""
+    line = f"Saved {dest}"
+    if dest.name != offered:
+        line += f" (offered as {offered[:MAX_SHOWN_NAME_CHARS]!r})"
+    return line
 
 
 def format_size(n: float) -> str:

@@ -325,3 +325,35 @@ def test_ctrl_c_on_an_idle_receiver_or_the_server_mentions_no_partial_copy(
     assert server.process.wait(WAIT_SECONDS) == 130
     log = server.log_text()
     assert "Interrupted." in log and "partial" not in log
+
+
+def test_ctrl_c_on_the_sender_ends_the_receivers_prompt_at_once(
+    sfs_server: ServerProcess, tmp_path: Path, terminal: tuple[int, int]
+) -> None:
+    _, slave = terminal
+    src = make_file(tmp_path / "f.bin", 10_000)
+    receiver = start_receiver(sfs_server, tmp_path / "out", stdin=slave)
+    sender_err = tmp_path / "sender.err"
+    with open(sender_err, "wb") as err:
+        sender = subprocess.Popen(
+            sfs_command("send", receiver.code, str(src)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=peer_env(sfs_server.url),
+        )
+    try:
+        read_until(receiver.stderr_path, "Receive f.bin", receiver.process)
+        read_until(sender_err, "Waiting for the receiver to accept", sender)
+        sender.send_signal(signal.SIGINT)
+        assert sender.wait(WAIT_SECONDS) == 130, sender_err.read_text()
+        started = time.monotonic()
+        received = receiver.finish(timeout=WAIT_SECONDS)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    assert received.returncode == 7, received.stderr
+    assert time.monotonic() - started < 10  # not after the 10 s idle timeout
+    assert "cancelled by the user" in received.error_line()
+    assert os.listdir(tmp_path / "out") == []

@@ -23,7 +23,19 @@ from sfs.errors import (
     SourceError,
 )
 from sfs.peer.crypto import FrameSealer
-from sfs.peer.protocol import FileInfo, FrameType, Offer, Role, TransferProtocol, encode_offer
+from sfs.peer.protocol import (
+    Accept,
+    Chunk,
+    FileDone,
+    FileInfo,
+    FrameType,
+    Offer,
+    Resume,
+    Role,
+    State,
+    TransferProtocol,
+    encode_offer,
+)
 from sfs.peer.transfer import (
     PartFile,
     identity_of,
@@ -539,3 +551,90 @@ async def test_an_older_version_of_sfs_partial_is_replaced(tmp_path: Path) -> No
     assert not isinstance(received, BaseException), received
     assert os.listdir(out) == ["f"]
     assert (out / "f").read_bytes() == b"new content"
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def start(self, name: str, size: int) -> None:
+        self.events.append(("start", size))
+
+    def advance(self, n: int) -> None:
+        self.events.append(("advance", n))
+
+    def finish(self) -> None:
+        self.events.append(("finish", 0))
+
+
+async def test_the_senders_bar_counts_what_left_not_what_was_queued(tmp_path: Path) -> None:
+    """With 30 bytes still buffered in the channel, the bar never shows them as sent
+    until the file is complete, and it ends at the file's size."""
+    data = os.urandom(100)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "out").mkdir()
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    a.unsent = 30
+    progress = RecordingProgress()
+    sending = send_files(
+        a,
+        TransferProtocol(Role.SENDER, ks),
+        inspect_sources([tmp_path / "f"]),
+        sender="t",
+        chunk_size=10,
+        progress=progress,
+    )
+    lines: list[str] = []
+    receiving = receive_files(
+        b,
+        TransferProtocol(Role.RECEIVER, kr),
+        output_dir=tmp_path / "out",
+        overwrite=False,
+        decide=accept,
+        status=lines.append,
+    )
+    await asyncio.wait_for(asyncio.gather(sending, receiving), timeout=10)
+    shown = 0
+    for kind, n in progress.events[1:-2]:  # up to the last chunk's advance
+        assert kind == "advance"
+        shown += n
+        assert shown <= 100 - 30
+    assert sum(n for kind, n in progress.events if kind == "advance") == 100
+    assert progress.events[-1] == ("finish", 0)
+    assert lines == [f"Saved {tmp_path / 'out' / 'f'}"]
+
+
+async def test_each_saved_path_is_told_and_a_changed_name_says_so(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    ks, kr = key_pair()
+    a, b = channel_pair()
+    lines: list[str] = []
+    offer = Offer((FileInfo("a.txt", 1), FileInfo("A.TXT", 1), FileInfo("x:y", 1)), "t", 1)
+
+    async def send() -> None:
+        proto = TransferProtocol(Role.SENDER, ks)
+        await a.send(proto.send(offer))
+        assert isinstance(proto.receive(await a.receive()), Accept)
+        await a.send(proto.send(Resume((0, 0, 0))))
+        for _ in offer.files:
+            await a.send(proto.send(Chunk(b"z")))
+            await a.send(proto.send(FileDone(hashlib.sha256(b"z").digest())))
+        while proto.state is not State.DONE:
+            proto.receive(await a.receive())
+
+    receiving = receive_files(
+        b,
+        TransferProtocol(Role.RECEIVER, kr),
+        output_dir=tmp_path / "out",
+        overwrite=False,
+        decide=accept,
+        status=lines.append,
+    )
+    await asyncio.wait_for(asyncio.gather(send(), receiving), timeout=10)
+    out = tmp_path / "out"
+    assert lines == [
+        f"Saved {out / 'a.txt'}",
+        f"Saved {out / 'A (2).TXT'} (offered as 'A.TXT')",
+        f"Saved {out / 'x_y'} (offered as 'x:y')",
+    ]
