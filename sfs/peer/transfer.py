@@ -586,11 +586,15 @@ async def linger(channel: Channel, seconds: float) -> None:
         logger.debug("the peer did not close within %.0f s", seconds)
 
 
+#: The CANCEL reason that tells the sender the destination exists (its exit code 10).
+EXISTS_REASON = "the file already exists on the receiving side"
+
+
 def cancel_reason(exc: BaseException) -> str:
     """What to tell the peer: the kind of failure, never a local path or detail."""
     reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
         (DiskError, "the receiver cannot write the file (disk full or not writable)"),
-        (DestinationExistsError, "the file already exists on the receiving side"),
+        (DestinationExistsError, EXISTS_REASON),
         (IntegrityError, "the received data failed its integrity check"),
         (VerificationError, "the verification strings were not confirmed"),
         (RemoteProtocolError, "protocol violation"),
@@ -607,6 +611,12 @@ def _peer_stopped(event: Event) -> SfsError:
     if isinstance(event, Reject):
         return RejectedError(f"the receiver declined the transfer ({event.reason})")
     if isinstance(event, Cancel):
+        if event.reason == EXISTS_REASON:
+            # The same exit code on both sides: the cause and the remedy are the same.
+            return DestinationExistsError(
+                f"the other side stopped the transfer: {EXISTS_REASON} (the receiver "
+                "can pass --overwrite or choose another --output folder)"
+            )
         return CancelledByPeerError(f"the other side stopped the transfer: {event.reason}")
     return RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
 

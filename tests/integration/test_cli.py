@@ -173,8 +173,9 @@ def test_overwrite_refused_then_allowed(sfs_server: ServerProcess, tmp_path: Pat
     received = receiver.finish()
     assert received.returncode == 10
     assert "--overwrite" in received.error_line()
-    assert sent.returncode == 7
+    assert sent.returncode == 10  # as on the receiver: same cause, same remedy
     assert "already exists" in sent.error_line()
+    assert "--overwrite" in sent.error_line()
     assert (out / "f.bin").read_bytes() == b"precious"
     assert os.listdir(out) == ["f.bin"]
 
