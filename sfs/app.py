@@ -203,6 +203,16 @@ async def _join(
     return _Pairing(signal, partner, code, printed_by, server_ice)
 
 
+async def _pair(
+    stack: AsyncExitStack, code: Code | None, options: PeerOptions, ui: Ui, *, role: str
+) -> _Pairing:
+    """Without a code, show one and wait; with the other side's code, join it."""
+    if code is None:
+        return await _wait_for_partner(stack, options, ui, role=role)
+    other = "receiver" if role == "sender" else "sender"
+    return await _join(stack, code, options, ui, printed_by=other)
+
+
 async def _agree_keys(pairing: _Pairing, role: str, options: PeerOptions) -> SessionKeys:
     """SPAKE2 on the code's words; the password and SPAKE2 state are gone afterwards."""
     exchange = KeyExchange(
@@ -228,10 +238,7 @@ async def sender_session(
     """
     addresses = check_local_addresses(options.ice_addresses)
     async with AsyncExitStack() as stack:
-        if code is None:
-            pairing = await _wait_for_partner(stack, options, ui, role="sender")
-        else:
-            pairing = await _join(stack, code, options, ui, printed_by="receiver")
+        pairing = await _pair(stack, code, options, ui, role="sender")
         del code
         keys = await _agree_keys(pairing, "sender", options)
         signal, partner = pairing.signal, pairing.partner
@@ -257,10 +264,7 @@ async def receiver_session(
     agree on keys, and open the DataChannel."""
     addresses = check_local_addresses(options.ice_addresses)
     async with AsyncExitStack() as stack:
-        if code is None:
-            pairing = await _wait_for_partner(stack, options, ui, role="receiver")
-        else:
-            pairing = await _join(stack, code, options, ui, printed_by="sender")
+        pairing = await _pair(stack, code, options, ui, role="receiver")
         del code
         keys = await _agree_keys(pairing, "receiver", options)
         signal, partner = pairing.signal, pairing.partner

@@ -149,10 +149,16 @@ class ConsoleUi:
     """The terminal side of :class:`sfs.app.Ui`."""
 
     def __init__(
-        self, *, quiet: bool, assume_yes: bool = False, code_hint: str = SEND_HINT
+        self,
+        *,
+        quiet: bool,
+        assume_yes: bool = False,
+        code_hint: str = SEND_HINT,
+        list_all: bool = False,
     ) -> None:
         self.quiet = quiet
         self.assume_yes = assume_yes
+        self.list_all = list_all
         self.code_hint = code_hint
         self.kept: list[str] = []
 
@@ -190,7 +196,8 @@ class ConsoleUi:
         else:
             what = f"{len(offer.files)} files"
             # Every name, up to a screenful: the user must see what is to be written.
-            for line in offer_listing(offer, max_lines=shutil.get_terminal_size().lines - 4):
+            screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
+            for line in offer_listing(offer, max_lines=screen):
                 self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
         question = f"Receive {what} ({format_size(offer.total_size)}){sender}?"
@@ -602,6 +609,12 @@ def serve(
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@click.option(
+    "--list",
+    "list_all",
+    is_flag=True,
+    help="List every offered file, not just a screenful.",
+)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -610,6 +623,7 @@ def receive(
     output: Path,
     overwrite: bool,
     yes: bool,
+    list_all: bool,
     verify: bool,
     no_resume: bool,
     server: str,
@@ -647,7 +661,7 @@ def receive(
         verify=verify,
         resume=not no_resume,
     )
-    ui = ConsoleUi(quiet=quiet, assume_yes=yes)
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all)
     result = _run(app.receive(config, ui), verbose, ui=ui)
     say(_final_line("Received", result), err=False)
 

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -57,13 +58,27 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_server(tmp: Path, *extra: str, netns: str | None = None) -> ServerProcess:
+def start_server(
+    tmp: Path,
+    *extra: str,
+    netns: str | None = None,
+    host: str = LOOPBACK,
+    nofile: tuple[int, int] | None = None,
+) -> ServerProcess:
+    """A real `sfs serve` on a free port of ``host``; ``nofile`` is its ``ulimit -n``
+    (soft, hard)."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     log = tmp / f"server-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            sfs_command("serve", "--host", LOOPBACK, "--port", "0", *extra, netns=netns),
+            sfs_command("serve", "--host", host, "--port", "0", *extra, netns=netns),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit if nofile is not None else None,
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -75,6 +90,15 @@ def start_server(tmp: Path, *extra: str, netns: str | None = None) -> ServerProc
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"sfs serve did not start:\n{log.read_text(errors='replace')}")
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid``."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

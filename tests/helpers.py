@@ -8,6 +8,36 @@ from collections.abc import Callable
 
 from sfs.errors import PeerGoneError
 from sfs.peer.crypto import KeyExchange, SessionKeys
+from sfs.peer.protocol import Offer
+from sfs.peer.transfer import NullProgress, Progress
+
+
+class QuietUi:
+    """An :class:`sfs.app.Ui` that shows nothing and accepts every offer; the code it
+    is shown (a receiver's, or a sender's with ``--print-code``) lands in ``code``.
+    Create it in a running event loop."""
+
+    def __init__(self) -> None:
+        self.code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def status(self, message: str) -> None:
+        pass
+
+    def show_code(self, code: str) -> None:
+        if not self.code.done():
+            self.code.set_result(code)
+
+    def progress(self) -> Progress:
+        return NullProgress()
+
+    async def decide(self, offer: Offer) -> bool:
+        return True
+
+    async def confirm_verifier(self, verifier: str) -> bool:
+        return True
+
+    def kept_partial(self, name: str, held_bytes: int) -> None:
+        pass
 
 
 def counter_entropy(seed: int) -> Callable[[int], bytes]:

@@ -41,6 +41,7 @@ class Receiver:
     process: subprocess.Popen[bytes]
     code: str
     stderr_path: Path
+    command: str = "receive"
 
     def finish(self, timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
         """Wait for the receiver to end; if it does not, fail with what it said."""
@@ -49,7 +50,7 @@ class Receiver:
         except subprocess.TimeoutExpired:
             stop_process(self.process)
             raise AssertionError(
-                f"sfs receive did not finish within {timeout:.0f} s; its stderr:\n"
+                f"sfs {self.command} did not finish within {timeout:.0f} s; its stderr:\n"
                 f"{self.stderr_path.read_text(errors='replace')[-3000:]}"
             ) from None
         finally:

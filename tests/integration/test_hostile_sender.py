@@ -26,12 +26,12 @@ from sfs.errors import SfsError
 from sfs.peer.protocol import FileInfo, FrameType, Offer, encode_offer
 from sfs.peer.transfer import PartFile, identity_of
 from tests.conftest import LOOPBACK, ServerProcess
+from tests.helpers import QuietUi
 from tests.integration.peers import Finished, start_receiver
 from tests.integration.test_malicious_peer import (
     CHUNK,
     DATA,
     Attacker,
-    QuietUi,
     attack,
     offer_one_file,
     snapshot,

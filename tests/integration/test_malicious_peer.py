@@ -24,33 +24,13 @@ from sfs.errors import SfsError
 from sfs.peer.connection import DataChannelLink
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.transfer import NullProgress, Progress
 from tests.conftest import LOOPBACK, ServerProcess
+from tests.helpers import QuietUi
 from tests.integration.peers import Finished, start_receiver
 
 DATA = os.urandom(3000)
 SHA = hashlib.sha256(DATA).digest()
 CHUNK = 1000
-
-
-class QuietUi:
-    def status(self, message: str) -> None:
-        pass
-
-    def show_code(self, code: str) -> None:
-        pass
-
-    def progress(self) -> Progress:
-        return NullProgress()
-
-    async def decide(self, offer: Offer) -> bool:
-        return True
-
-    async def confirm_verifier(self, verifier: str) -> bool:
-        return True
-
-    def kept_partial(self, name: str, held_bytes: int) -> None:
-        pass
 
 
 class Attacker:

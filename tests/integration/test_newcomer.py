@@ -357,3 +357,24 @@ def test_ctrl_c_on_the_sender_ends_the_receivers_prompt_at_once(
     assert time.monotonic() - started < 10  # not after the 10 s idle timeout
     assert "cancelled by the user" in received.error_line()
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("list_all", [False, True])
+def test_a_long_offer_shows_a_screenful_or_with_list_everything(
+    sfs_server: ServerProcess, tmp_path: Path, list_all: bool
+) -> None:
+    sources = [make_file(tmp_path / f"n{i:02d}.txt", 10) for i in range(40)]
+    args = ("--yes", "--list") if list_all else ("--yes",)
+    receiver = start_receiver(sfs_server, tmp_path / "out", *args)
+    sent = run_sender(sfs_server, receiver.code, *map(str, sources))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    listed = [src.name for src in sources if f"  {src.name}  10 B" in received.stderr]
+    if list_all:
+        assert len(listed) == 40
+    else:  # no terminal: a 24-line screen
+        assert 5 <= len(listed) < 40
+        assert f"  … and {40 - len(listed)} more" in received.stderr
+    for src in sources:
+        assert f"Saved {tmp_path / 'out' / src.name}" in received.stderr

@@ -16,39 +16,24 @@ from tests.conftest import (
     read_line_matching,
     sfs_command,
     sha256_file,
-    stop_process,
 )
-from tests.integration.peers import CODE_RE, Finished, make_file, run_sender
+from tests.integration.peers import CODE_RE, Finished, Receiver, make_file, run_sender
 
 
-class PrintingSender:
-    """`sfs send --print-code` running, with the code it printed."""
-
-    def __init__(self, server: ServerProcess, tmp: Path, *args: str) -> None:
-        self.stderr_path = tmp / f"sender-{time.monotonic_ns()}.err"
-        with open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                sfs_command("send", "--print-code", "--name", "tester", *args),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=peer_env(server.url),
-            )
-        self.code = read_line_matching(self.process, CODE_RE).group(1)
-
-    def finish(self) -> Finished:
-        try:
-            self.process.wait(PROCESS_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"sfs send --print-code did not finish; its stderr:\n"
-                f"{self.stderr_path.read_text(errors='replace')[-3000:]}"
-            ) from None
-        finally:
-            stop_process(self.process)
-        assert self.process.stdout is not None
-        out = self.process.stdout.read().decode("utf-8", "replace")
-        return Finished(self.process.returncode, out, self.stderr_path.read_text(errors="replace"))
+def start_printing_sender(server: ServerProcess, tmp: Path, *args: str) -> Receiver:
+    """`sfs send --print-code` running, with the code it printed (it waits, as a
+    receiver does in the other flow)."""
+    stderr_path = tmp / f"sender-{time.monotonic_ns()}.err"
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            sfs_command("send", "--print-code", "--name", "tester", *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=peer_env(server.url),
+        )
+    code = read_line_matching(process, CODE_RE).group(1)
+    return Receiver(process, code, stderr_path, command="send --print-code")
 
 
 def receive(server: ServerProcess, out: Path, *args: str, stdin: str = "") -> Finished:
@@ -70,7 +55,7 @@ def test_sender_prints_the_code_and_the_receiver_joins(
     sfs_server: ServerProcess, tmp_path: Path
 ) -> None:
     sources = [make_file(tmp_path / "a.bin", 200_000), make_file(tmp_path / "b.bin", 70_000)]
-    sender = PrintingSender(sfs_server, tmp_path, *map(str, sources))
+    sender = start_printing_sender(sfs_server, tmp_path, *map(str, sources))
     received = receive(sfs_server, tmp_path / "out", sender.code)
     sent = sender.finish()
     assert sent.returncode == 0, sent.stderr
@@ -82,7 +67,7 @@ def test_sender_prints_the_code_and_the_receiver_joins(
 
 def test_the_code_can_be_piped_to_the_receiver(sfs_server: ServerProcess, tmp_path: Path) -> None:
     src = make_file(tmp_path / "a.bin", 10_000)
-    sender = PrintingSender(sfs_server, tmp_path, str(src))
+    sender = start_printing_sender(sfs_server, tmp_path, str(src))
     received = receive(sfs_server, tmp_path / "out", "-", stdin=sender.code + "\n")
     sent = sender.finish()
     assert sent.returncode == 0, sent.stderr
@@ -92,7 +77,7 @@ def test_the_code_can_be_piped_to_the_receiver(sfs_server: ServerProcess, tmp_pa
 
 def test_wrong_words_burn_the_senders_code(sfs_server: ServerProcess, tmp_path: Path) -> None:
     src = make_file(tmp_path / "a.bin", 10_000)
-    sender = PrintingSender(sfs_server, tmp_path, str(src))
+    sender = start_printing_sender(sfs_server, tmp_path, str(src))
     peer_id, words = sender.code[:7], sender.code[8:].split("-")
     wrong = next(w for w in wordlist() if w not in words)
     received = receive(sfs_server, tmp_path / "out", f"{peer_id}-{wrong}-{words[1]}")
@@ -108,7 +93,7 @@ def test_a_senders_code_does_not_work_for_another_sender(
     """The key exchange binds which side printed the code: a second sender that takes
     it for a receiver's code gets "wrong code", and so does the printing sender."""
     src = make_file(tmp_path / "a.bin", 10_000)
-    sender = PrintingSender(sfs_server, tmp_path, str(src))
+    sender = start_printing_sender(sfs_server, tmp_path, str(src))
     other = run_sender(sfs_server, sender.code, str(src))
     sent = sender.finish()
     assert other.returncode == 5, other.stderr

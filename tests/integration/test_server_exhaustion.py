@@ -13,11 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import resource
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,7 +23,7 @@ from aiohttp import web
 
 from sfs.signal import messages as m
 from sfs.signal.server import METER_KEY, ServerConfig, create_app
-from tests.conftest import LOOPBACK, ServerProcess, sfs_command, stop_process
+from tests.conftest import LOOPBACK, ServerProcess, rss_kib, start_server, stop_process
 from tests.integration.sio_client import TIMEOUT_SECONDS
 from tests.integration.test_server_hostile import (
     Ack,
@@ -55,30 +51,8 @@ MIB = 1024 * KIB
 def start_limited_server(
     tmp: Path, *extra: str, nofile: tuple[int, int] | None = None, host: str = LOOPBACK
 ) -> ServerProcess:
-    """`sfs serve` like conftest's start_server, optionally under ``ulimit -n`` *nofile*."""
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-
-    log = tmp / f"server-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            sfs_command("serve", "--host", host, "--port", "0", *extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if match:
-            return ServerProcess(match.group(1), process, log)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"sfs serve did not start:\n{log.read_text(errors='replace')}")
+    """`sfs serve`, optionally under ``ulimit -n`` *nofile*."""
+    return start_server(tmp, *extra, host=host, nofile=nofile)
 
 
 @contextlib.contextmanager
@@ -94,14 +68,6 @@ def serving(
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
 def soft_fd_limit(pid: int) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, sha256_file, start_server, stop_process
+from tests.conftest import ServerProcess, rss_kib, sha256_file, start_server, stop_process
 from tests.integration.peers import make_file, run_sender, start_receiver
 
 pytestmark = pytest.mark.slow
@@ -50,14 +50,6 @@ RSS_SLACK_KIB = 8 * 1024
 class Soak:
     server: ServerProcess
     baseline_rss_kib: int
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
 def server_stats(server: ServerProcess) -> dict[str, int]:

@@ -16,7 +16,6 @@ from sfs.app import PeerOptions, receiver_session, sender_session
 from sfs.code import parse_code
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.transfer import NullProgress, Progress
 from sfs.signal import messages as m
 from sfs.text import is_unsafe
 from tests.conftest import (
@@ -28,6 +27,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.evil_server import Attack, EvilSignalServer, serve_evil
+from tests.helpers import QuietUi
 from tests.integration.peers import make_file, run_sender, start_receiver
 from tests.integration.sio_client import QueueingClient
 
@@ -50,29 +50,6 @@ def assert_inert(text: str) -> None:
     bad = sorted({f"U+{ord(c):04X}" for c in text if is_unsafe(c) and c != "\n"})
     assert not bad, (bad, text)
     assert not any(line.startswith("Received") for line in text.splitlines()), text
-
-
-class QuietUi:
-    def __init__(self) -> None:
-        self.code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def status(self, message: str) -> None:
-        pass
-
-    def show_code(self, code: str) -> None:
-        self.code.set_result(code)
-
-    def progress(self) -> Progress:
-        return NullProgress()
-
-    async def decide(self, offer: Offer) -> bool:
-        return True
-
-    async def confirm_verifier(self, verifier: str) -> bool:
-        return True
-
-    def kept_partial(self, name: str, held_bytes: int) -> None:
-        pass
 
 
 def options(url: str) -> PeerOptions:
