@@ -59,7 +59,7 @@ from sfs.peer.transfer import (
     receive_files,
     send_files,
 )
-from sfs.signal.client import SignalClient
+from sfs.signal.client import CANCELLED_REASON, SignalClient
 from sfs.signal.messages import IceServer
 from sfs.signal.server import ServerConfig, run_server
 
@@ -73,6 +73,8 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 RECONNECT_SECONDS = 300.0
 #: How long a channel may still take to open after the partner left the server.
 PARTNER_GONE_GRACE_SECONDS = 5.0
+#: How long a side cancelled during set-up tries to tell its partner.
+ABORT_NOTICE_SECONDS = 2.0
 #: After its last acknowledgement, the receiver waits this long for the sender to
 #: close, so that acknowledgement is not lost with a connection torn down too early.
 CLOSE_GRACE_SECONDS = 5.0
@@ -203,6 +205,21 @@ async def _join(
     return _Pairing(signal, partner, code, printed_by, server_ice)
 
 
+@asynccontextmanager
+async def _cancel_tells_partner(signal: SignalClient, partner: str) -> AsyncIterator[None]:
+    """A Ctrl-C during set-up reaches the partner at once, through the server (there
+    is no channel yet to carry a CANCEL): it must not wait out a timeout."""
+    try:
+        yield
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        try:
+            async with asyncio.timeout(ABORT_NOTICE_SECONDS):
+                await signal.call("abort", {"peer_id": partner, "reason": CANCELLED_REASON})
+        except (SfsError, TimeoutError, asyncio.CancelledError):
+            logger.debug("could not tell the partner about the cancel", exc_info=True)
+        raise
+
+
 async def _pair(
     stack: AsyncExitStack, code: Code | None, options: PeerOptions, ui: Ui, *, role: str
 ) -> _Pairing:
@@ -240,11 +257,14 @@ async def sender_session(
     async with AsyncExitStack() as stack:
         pairing = await _pair(stack, code, options, ui, role="sender")
         del code
-        keys = await _agree_keys(pairing, "sender", options)
         signal, partner = pairing.signal, pairing.partner
-        ice = pairing.server_ice if options.ice_servers is None else options.ice_servers
-        del pairing  # holds the code's words
-        async with PeerLinks(streams, ice_servers=ice, host_addresses=addresses) as links:
+        async with _cancel_tells_partner(signal, partner):
+            keys = await _agree_keys(pairing, "sender", options)
+            ice = pairing.server_ice if options.ice_servers is None else options.ice_servers
+            del pairing  # holds the code's words
+            links = await stack.enter_async_context(
+                PeerLinks(streams, ice_servers=ice, host_addresses=addresses)
+            )
             offers = await links.create_offers()
             await _send_sealed(signal, "offer", offers, keys, partner)
             # Whoever holds our sealed offer can test one guess of the words against it
@@ -253,7 +273,7 @@ async def sender_session(
             sealed_answer = await _expect(signal, "answer", partner, options, after_offer=True)
             await links.accept_answers(await _open_or_abort(signal, sealed_answer, keys, partner))
             channel = await _open(links, signal, partner, options)
-            yield Session(channel, keys)
+        yield Session(channel, keys)
 
 
 @asynccontextmanager
@@ -266,19 +286,23 @@ async def receiver_session(
     async with AsyncExitStack() as stack:
         pairing = await _pair(stack, code, options, ui, role="receiver")
         del code
-        keys = await _agree_keys(pairing, "receiver", options)
         signal, partner = pairing.signal, pairing.partner
-        server_ice = pairing.server_ice
-        del pairing  # holds the code's words
-        # If the offer does not open, this code has had its one try: tell the sender, end.
-        sealed_offer = await _expect(signal, "offer", partner, options)
-        offers = await _open_or_abort(signal, sealed_offer, keys, partner)
-        ice = server_ice if options.ice_servers is None else options.ice_servers
-        async with PeerLinks(len(offers), ice_servers=ice, host_addresses=addresses) as links:
+        async with _cancel_tells_partner(signal, partner):
+            keys = await _agree_keys(pairing, "receiver", options)
+            server_ice = pairing.server_ice
+            del pairing  # holds the code's words
+            # If the offer does not open, this code has had its one try: tell the
+            # sender, end.
+            sealed_offer = await _expect(signal, "offer", partner, options)
+            offers = await _open_or_abort(signal, sealed_offer, keys, partner)
+            ice = server_ice if options.ice_servers is None else options.ice_servers
+            links = await stack.enter_async_context(
+                PeerLinks(len(offers), ice_servers=ice, host_addresses=addresses)
+            )
             answers = await links.answer_offers(offers)
             await _send_sealed(signal, "answer", answers, keys, partner)
             channel = await _open(links, signal, partner, options)
-            yield Session(channel, keys)
+        yield Session(channel, keys)
 
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:

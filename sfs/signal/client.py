@@ -17,6 +17,7 @@ from typing import Any
 import socketio
 
 from sfs.errors import (
+    CancelledByPeerError,
     CodeNotFoundError,
     PeerGoneError,
     RoomFullError,
@@ -45,6 +46,8 @@ PUSHED_EVENTS = (
     "peer_disconnected",
 )
 _DISCONNECTED = "__disconnected__"
+#: The ``abort`` reason of a peer whose user pressed Ctrl-C during set-up.
+CANCELLED_REASON = "cancelled"
 #: Early events kept for a later expect(); a flood only ever costs this many.
 BACKLOG_LIMIT = 64
 
@@ -206,6 +209,11 @@ class SignalClient:
                 if name == "peer_aborted":
                     if data.get("reason") == "wrong_code":
                         raise WrongCodeError()
+                    if data.get("reason") == CANCELLED_REASON:
+                        raise CancelledByPeerError(
+                            "the other side was cancelled by its user before the "
+                            "connection was set up"
+                        )
                     raise PeerGoneError("the other side gave up before the connection was set up")
             if name in names:
                 return name, data

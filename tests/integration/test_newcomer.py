@@ -6,6 +6,7 @@ Every test drives the real CLI; prompts are answered on a real pty.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pty
 import select
@@ -21,6 +22,7 @@ import pytest
 
 from sfs.code import wordlist
 from sfs.peer.protocol import MAX_FILES
+from sfs.signal import messages as m
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
@@ -30,6 +32,7 @@ from tests.conftest import (
     start_server,
     tmpfs,
 )
+from tests.evil_server import Drop, serve_evil
 from tests.integration.peers import Finished, make_file, run_sender, start_receiver
 
 NOWHERE = "http://127.0.0.1:9"
@@ -378,3 +381,53 @@ def test_a_long_offer_shows_a_screenful_or_with_list_everything(
         assert f"  … and {40 - len(listed)} more" in received.stderr
     for src in sources:
         assert f"Saved {tmp_path / 'out' / src.name}" in received.stderr
+
+
+async def test_ctrl_c_during_set_up_reaches_the_other_side_at_once(tmp_path: Path) -> None:
+    """No channel yet (the server drops the answer, so the sender waits for it): the
+    sender's Ctrl-C still ends the receiver at once, through the server's
+    `peer_aborted`, not after a timeout."""
+    src = make_file(tmp_path / "f.bin", 10)
+    (tmp_path / "out").mkdir()
+    slow = ("--connect-timeout", "60")  # nothing but a timeout could end it otherwise
+    sender: asyncio.subprocess.Process | None = None
+    async with serve_evil(Drop(m.ANSWER)) as (url, _):
+        env = peer_env(url)
+        receiver = await asyncio.create_subprocess_exec(
+            *sfs_command("receive", "--yes", "-o", str(tmp_path / "out"), *slow),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert receiver.stdout is not None and receiver.stderr is not None
+            async with asyncio.timeout(WAIT_SECONDS):
+                line = (await receiver.stdout.readline()).decode()
+            code = line.removeprefix("Code: ").strip()
+            sender = await asyncio.create_subprocess_exec(
+                *sfs_command("send", *slow, code, str(src)),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            assert sender.stderr is not None
+            async with asyncio.timeout(WAIT_SECONDS):
+                while b"Connecting to " + code[:7].encode() not in await sender.stderr.readline():
+                    pass
+            await asyncio.sleep(1.5)  # past the key exchange: waiting for the answer
+            sender.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            async with asyncio.timeout(WAIT_SECONDS):
+                _, err = await receiver.communicate()
+                await sender.wait()
+        finally:
+            for process in (receiver, sender):
+                if process is not None and process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    text = err.decode()
+    assert sender is not None and sender.returncode == 130
+    assert receiver.returncode == 7, text
+    # Not the 5 s grace for a partner that merely left the server, nor a timeout.
+    assert time.monotonic() - started < 4, text
+    assert "cancelled by its user" in text
