@@ -258,7 +258,8 @@ async def test_existing_destination_is_refused_and_kept(tmp_path: Path) -> None:
     (tmp_path / "out" / "f").write_bytes(b"precious")
     sent, received = await run_transfer(tmp_path, {"f": b"new data"})
     assert isinstance(received, DestinationExistsError)
-    assert isinstance(sent, CancelledByPeerError)
+    assert isinstance(sent, DestinationExistsError)  # the same exit code on both sides
+    assert "--overwrite" in str(sent)
     assert (tmp_path / "out" / "f").read_bytes() == b"precious"
 
 
