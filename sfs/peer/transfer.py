@@ -60,6 +60,7 @@ from sfs.peer.protocol import (
     State,
     TransferProtocol,
 )
+from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,6 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
 _WINDOWS_UNSAFE_CHARS = str.maketrans(dict.fromkeys('<>:"|?*', "_"))
 #: File reads happen in a worker thread, this much at a time, to keep the event loop free.
 READ_BLOCK_BYTES = 1024 * 1024
-#: Unicode categories never kept in a name: controls, invisible formatting (bidi
-#: overrides), surrogates, and line/paragraph separators.
-_UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 #: Of an offered name, at most this much is repeated back in a status line.
 MAX_SHOWN_NAME_CHARS = 80
 #: A side sends a PING after this long without sending anything else.
@@ -151,7 +149,8 @@ def safe_name(offered: str) -> str:
     :raises RemoteProtocolError: nothing usable is left.
     """
     name = offered.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
+    # The characters never shown raw on a terminal are never kept in a name either.
+    name = "".join(c for c in name if not is_unsafe(c))
     name = _trim(unicodedata.normalize("NFC", name).translate(_WINDOWS_UNSAFE_CHARS))
     if not name:
         raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
