@@ -428,7 +428,8 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=app.CONNECT_TIMEOUT_SECONDS,
             show_default=True,
             metavar="SECONDS",
-            help="Give up on a direct connection after this long.",
+            help="Give up when the signaling server, the other side or the direct "
+            "connection does not answer within this long.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
         click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
