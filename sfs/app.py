@@ -1,40 +1,34 @@
 """The three jobs of sfs as coroutines: serve, receive, send.
 
-The CLI and the tests call these.  They wire the pieces together: the signaling
-client finds the peer, :mod:`sfs.peer.crypto` agrees on keys through it, the sealed
-offer/answer set up the aiortc connection, and :mod:`sfs.peer.transfer` moves the
-files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
+The CLI and the tests call these.  They wire the pieces together: the set-up
+(pairing, SPAKE2, the sealed offer/answer) is :class:`sfs.peer.handshake.Handshake`,
+which this module only pumps between the signaling client and the aiortc
+connection; then :mod:`sfs.peer.transfer` moves the files.  Nothing here prints;
+what the user sees goes through a :class:`Ui`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sfs.code import Code, new_secret
+from sfs.code import Code
 from sfs.errors import (
     DiskError,
-    PeerGoneError,
-    ServerLostError,
     ServerUnreachableError,
     SfsError,
-    SignalingError,
     SourceError,
     VerificationError,
-    WrongCodeError,
 )
 from sfs.peer.connection import (
-    MAX_STREAMS,
     DataChannelLink,
     PeerLinks,
     StripedChannel,
@@ -42,10 +36,28 @@ from sfs.peer.connection import (
 )
 from sfs.peer.crypto import (
     FRAME_OVERHEAD_BYTES,
-    KeyExchange,
     SessionKeys,
-    open_message,
-    seal_message,
+)
+from sfs.peer.handshake import (
+    AcceptAnswers,
+    Action,
+    AnswerOffers,
+    Call,
+    Cancelled,
+    ChannelOpen,
+    CreateOffers,
+    Done,
+    Event,
+    Handshake,
+    Leave,
+    LocalDescription,
+    OpenChannel,
+    Reconnect,
+    Registered,
+    ServerLost,
+    ShowCode,
+    Status,
+    signal_event,
 )
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_FILES, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
@@ -59,7 +71,7 @@ from sfs.peer.transfer import (
     receive_files,
     send_files,
 )
-from sfs.signal.client import CANCELLED_REASON, SignalClient
+from sfs.signal.client import SERVER_LOST, SignalClient
 from sfs.signal.messages import IceServer
 from sfs.signal.server import ServerConfig, run_server
 
@@ -71,8 +83,6 @@ DEFAULT_SERVER_URL = "http://localhost:5000"
 CONNECT_TIMEOUT_SECONDS = 30.0
 #: How long a waiting receiver keeps trying to reach a server that went away.
 RECONNECT_SECONDS = 300.0
-#: How long a channel may still take to open after the partner left the server.
-PARTNER_GONE_GRACE_SECONDS = 5.0
 #: How long a side cancelled during set-up tries to tell its partner.
 ABORT_NOTICE_SECONDS = 2.0
 #: After its last acknowledgement, the receiver waits this long for the sender to
@@ -146,104 +156,6 @@ class Session:
     keys: SessionKeys
 
 
-@dataclass
-class _Pairing:
-    """Two peers the server has introduced; the code's words are not yet proven.
-
-    :param code: the code in use; its peer ID is the side that printed it.
-    :param printed_by: which role printed it (``sfs receive``, or ``sfs send
-        --print-code``): the key exchange binds both.
-    """
-
-    signal: SignalClient
-    partner: str
-    code: Code
-    printed_by: str
-    server_ice: tuple[IceServer, ...]
-
-
-async def _wait_for_partner(
-    stack: AsyncExitStack, options: PeerOptions, ui: Ui, *, role: str
-) -> _Pairing:
-    """Register, show a new code, and accept the first peer that asks for us."""
-    ui.status(f"Connecting to {options.server_url}…")
-    signal = await stack.enter_async_context(_signal_client(options))
-    peer_id, server_ice = await signal.register()
-    code = Code(peer_id, new_secret())
-    ui.show_code(str(code))
-    while True:
-        try:
-            # One peer only: the first request takes this code's single attempt.
-            _, request = await signal.expect("connection_request")
-            break
-        except ServerLostError:
-            # The server forgot every peer ID when it went away: come back with a
-            # new code rather than wait for a peer that can no longer find us.
-            ui.status("Lost the signaling server; reconnecting…")
-            signal = await _reconnect(options, stack)
-            peer_id, server_ice = await signal.register()
-            code = Code(peer_id, new_secret())
-            ui.status("Reconnected. The old code no longer works; use this one:")
-            ui.show_code(str(code))
-    partner = _field(request, "peer_id")
-    await signal.call("accept_connection", {"peer_id": partner})
-    return _Pairing(signal, partner, code, role, server_ice)
-
-
-async def _join(
-    stack: AsyncExitStack, code: Code, options: PeerOptions, ui: Ui, *, printed_by: str
-) -> _Pairing:
-    """Register, and ask the peer that printed ``code`` for a connection."""
-    ui.status(f"Connecting to {options.server_url}…")
-    signal = await stack.enter_async_context(_signal_client(options))
-    _, server_ice = await signal.register()
-    partner = code.peer_id
-    await signal.call("find_peer", {"peer_id": partner})
-    await signal.call("send_connection_request", {"peer_id": partner})
-    ui.status(f"Connecting to {partner}…")
-    await _expect(signal, "connection_accepted", partner, options)
-    return _Pairing(signal, partner, code, printed_by, server_ice)
-
-
-@asynccontextmanager
-async def _cancel_tells_partner(signal: SignalClient, partner: str) -> AsyncIterator[None]:
-    """A Ctrl-C during set-up reaches the partner at once, through the server (there
-    is no channel yet to carry a CANCEL): it must not wait out a timeout."""
-    try:
-        yield
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        try:
-            async with asyncio.timeout(ABORT_NOTICE_SECONDS):
-                await signal.call("abort", {"peer_id": partner, "reason": CANCELLED_REASON})
-        except (SfsError, TimeoutError, asyncio.CancelledError):
-            logger.debug("could not tell the partner about the cancel", exc_info=True)
-        raise
-
-
-async def _pair(
-    stack: AsyncExitStack, code: Code | None, options: PeerOptions, ui: Ui, *, role: str
-) -> _Pairing:
-    """Without a code, show one and wait; with the other side's code, join it."""
-    if code is None:
-        return await _wait_for_partner(stack, options, ui, role=role)
-    other = "receiver" if role == "sender" else "sender"
-    return await _join(stack, code, options, ui, printed_by=other)
-
-
-async def _agree_keys(pairing: _Pairing, role: str, options: PeerOptions) -> SessionKeys:
-    """SPAKE2 on the code's words; the password and SPAKE2 state are gone afterwards."""
-    exchange = KeyExchange(
-        role=role,
-        password=pairing.code.secret.encode(),
-        code_id=pairing.code.peer_id,
-        printed_by=pairing.printed_by,
-    )
-    try:
-        return await _exchange_keys(pairing.signal, exchange, pairing.partner, options)
-    finally:
-        del exchange
-
-
 @asynccontextmanager
 async def sender_session(
     code: Code | None, options: PeerOptions, ui: Ui, *, streams: int = 1
@@ -254,26 +166,18 @@ async def sender_session(
     :param streams: peer connections to stripe over (the receiver may accept fewer).
     """
     addresses = check_local_addresses(options.ice_addresses)
+    handshake = Handshake(
+        Role.SENDER,
+        code=code,
+        connect_timeout=options.connect_timeout,
+        ice_servers=options.ice_servers,
+        streams=streams,
+    )
+    del code
     async with AsyncExitStack() as stack:
-        pairing = await _pair(stack, code, options, ui, role="sender")
-        del code
-        signal, partner = pairing.signal, pairing.partner
-        async with _cancel_tells_partner(signal, partner):
-            keys = await _agree_keys(pairing, "sender", options)
-            ice = pairing.server_ice if options.ice_servers is None else options.ice_servers
-            del pairing  # holds the code's words
-            links = await stack.enter_async_context(
-                PeerLinks(streams, ice_servers=ice, host_addresses=addresses)
-            )
-            offers = await links.create_offers()
-            await _send_sealed(signal, "offer", offers, keys, partner)
-            # Whoever holds our sealed offer can test one guess of the words against it
-            # offline; a server that plays the receiver then says nothing. Retrying the
-            # same code would hand it another guess.
-            sealed_answer = await _expect(signal, "answer", partner, options, after_offer=True)
-            await links.accept_answers(await _open_or_abort(signal, sealed_answer, keys, partner))
-            channel = await _open(links, signal, partner, options)
-        yield Session(channel, keys)
+        session = await _set_up(stack, handshake, options, ui, addresses)
+        del handshake
+        yield session
 
 
 @asynccontextmanager
@@ -283,26 +187,17 @@ async def receiver_session(
     """Show a code and wait for the sender (or, given the sender's ``code``, join it),
     agree on keys, and open the DataChannel."""
     addresses = check_local_addresses(options.ice_addresses)
+    handshake = Handshake(
+        Role.RECEIVER,
+        code=code,
+        connect_timeout=options.connect_timeout,
+        ice_servers=options.ice_servers,
+    )
+    del code
     async with AsyncExitStack() as stack:
-        pairing = await _pair(stack, code, options, ui, role="receiver")
-        del code
-        signal, partner = pairing.signal, pairing.partner
-        async with _cancel_tells_partner(signal, partner):
-            keys = await _agree_keys(pairing, "receiver", options)
-            server_ice = pairing.server_ice
-            del pairing  # holds the code's words
-            # If the offer does not open, this code has had its one try: tell the
-            # sender, end.
-            sealed_offer = await _expect(signal, "offer", partner, options)
-            offers = await _open_or_abort(signal, sealed_offer, keys, partner)
-            ice = server_ice if options.ice_servers is None else options.ice_servers
-            links = await stack.enter_async_context(
-                PeerLinks(len(offers), ice_servers=ice, host_addresses=addresses)
-            )
-            answers = await links.answer_offers(offers)
-            await _send_sealed(signal, "answer", answers, keys, partner)
-            channel = await _open(links, signal, partner, options)
-        yield Session(channel, keys)
+        session = await _set_up(stack, handshake, options, ui, addresses)
+        del handshake
+        yield session
 
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
@@ -390,27 +285,144 @@ async def _verify(ui: Ui, channel: Channel, proto: TransferProtocol, keys: Sessi
 # -- helpers --------------------------------------------------------------------------------
 
 
-async def _open(
-    links: PeerLinks, signal: SignalClient, partner: str, options: PeerOptions
-) -> DataChannelLink | StripedChannel:
-    """Wait for the DataChannel, while listening for the partner giving up."""
-    # A partner that aborts (wrong code) or disconnects while ICE runs would otherwise
-    # leave us waiting for the whole connect timeout, then blaming ICE.
-    watcher = asyncio.ensure_future(_watch_partner(signal, partner))
-    opener = asyncio.ensure_future(links.open(options.connect_timeout))
+async def _set_up(
+    stack: AsyncExitStack,
+    handshake: Handshake,
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    """Pump ``handshake`` between the signaling client and the peer connection(s).
+
+    Everything the set-up decides is :class:`Handshake`'s; this only carries out its
+    actions and feeds it what the server, the connection and the clock say.  The
+    connections and the signaling client live on ``stack``.
+    """
+    loop = asyncio.get_running_loop()
+    ui.status(f"Connecting to {options.server_url}…")
+    signal = await stack.enter_async_context(_signal_client(options))
+    links: PeerLinks | None = None
+    opener: asyncio.Future[DataChannelLink | StripedChannel] | None = None
     try:
-        await asyncio.wait({watcher, opener}, return_when=asyncio.FIRST_COMPLETED)
-        if not opener.done():
-            watcher.result()  # raises the partner's reason
-        channel = await opener
+        peer_id, server_ice = await signal.register()
+        pending: deque[Event] = deque([Registered(peer_id, server_ice)])
+        while True:
+            if pending:
+                actions = handshake.handle(pending.popleft(), loop.time())
+            else:
+                event = await _next_input(signal, opener, handshake.next_deadline())
+                if event is None:  # a deadline, or an event set-up does not use
+                    actions = handshake.handle_timer(loop.time())
+                else:
+                    actions = handshake.handle(event, loop.time())
+            for action in actions:
+                if isinstance(action, Call):
+                    await _call(signal, action)
+                elif isinstance(action, ShowCode):
+                    ui.show_code(action.code)
+                elif isinstance(action, Status):
+                    ui.status(action.message)
+                elif isinstance(action, Reconnect):
+                    # How to get back (retries, pauses) is I/O policy, so it lives here;
+                    # that the old code is dead and a new one is shown is the handshake's.
+                    signal = await _reconnect(options, stack)
+                    peer_id, server_ice = await signal.register()
+                    pending.append(Registered(peer_id, server_ice))
+                elif isinstance(action, CreateOffers):
+                    links = await stack.enter_async_context(
+                        PeerLinks(
+                            action.count, ice_servers=action.ice_servers, host_addresses=addresses
+                        )
+                    )
+                    offers = await links.create_offers()
+                    pending.append(LocalDescription(tuple(d["sdp"] for d in offers)))
+                elif isinstance(action, AnswerOffers):
+                    links = await stack.enter_async_context(
+                        PeerLinks(
+                            len(action.sdps),
+                            ice_servers=action.ice_servers,
+                            host_addresses=addresses,
+                        )
+                    )
+                    answers = await links.answer_offers(_descriptions("offer", action.sdps))
+                    pending.append(LocalDescription(tuple(d["sdp"] for d in answers)))
+                elif isinstance(action, AcceptAnswers):
+                    assert links is not None
+                    await links.accept_answers(_descriptions("answer", action.sdps))
+                elif isinstance(action, OpenChannel):
+                    assert links is not None
+                    opener = asyncio.ensure_future(links.open(options.connect_timeout))
+                elif isinstance(action, Leave):
+                    # From here on the peers talk directly; a server that goes away now
+                    # cannot disturb the transfer.
+                    await signal.leave()
+                elif isinstance(action, Done):
+                    assert opener is not None
+                    return Session(opener.result(), action.keys)
+                else:
+                    raise action.error
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        await _tell_partner(signal, handshake.handle(Cancelled(), loop.time()))
+        raise
     finally:
-        for task in (watcher, opener):
-            task.cancel()
-        await asyncio.gather(watcher, opener, return_exceptions=True)
-    # From here on the peers talk directly; the server is no longer needed (and a
-    # server that goes away now cannot disturb the transfer).
-    await signal.leave()
-    return channel
+        if opener is not None and not opener.done():
+            opener.cancel()
+            await asyncio.gather(opener, return_exceptions=True)
+
+
+async def _next_input(
+    signal: SignalClient,
+    opener: asyncio.Future[DataChannelLink | StripedChannel] | None,
+    deadline: float | None,
+) -> Event | None:
+    """The next thing that happened: a server event, the channel opening, or
+    ``None`` when the deadline came first (or the server said something unused)."""
+    receiving = asyncio.ensure_future(signal.next_event())
+    waiters: set[asyncio.Future[Any]] = {receiving}
+    if opener is not None:
+        waiters.add(opener)
+    timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not receiving.done():
+            # Safe: an event not yet taken stays in the client's queue for the next call.
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
+    if opener is not None and opener.done():
+        opener.result()  # raises why the channel did not open
+        return ChannelOpen()
+    if receiving.cancelled():
+        return None
+    name, data = receiving.result()
+    return ServerLost() if name == SERVER_LOST else signal_event(name, data)
+
+
+async def _call(signal: SignalClient, call: Call) -> None:
+    if not call.best_effort:
+        await signal.call(call.event, call.payload)
+        return
+    try:
+        await signal.call(call.event, call.payload)
+    except SfsError:
+        logger.debug("could not tell the other side (%s)", call.event, exc_info=True)
+
+
+async def _tell_partner(signal: SignalClient, actions: list[Action]) -> None:
+    """A Ctrl-C during set-up reaches the partner at once, through the server (there
+    is no channel yet to carry a CANCEL): it must not wait out a timeout."""
+    for action in actions:
+        if not isinstance(action, Call):
+            continue
+        try:
+            async with asyncio.timeout(ABORT_NOTICE_SECONDS):
+                await signal.call(action.event, action.payload)
+        except (SfsError, TimeoutError, asyncio.CancelledError):
+            logger.debug("could not tell the partner about the cancel", exc_info=True)
+
+
+def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
+    return [{"type": kind, "sdp": sdp} for sdp in sdps]
 
 
 def _signal_client(options: PeerOptions) -> SignalClient:
@@ -429,127 +441,3 @@ async def _reconnect(options: PeerOptions, stack: AsyncExitStack) -> SignalClien
                 raise
         await asyncio.sleep(pause)
         pause = min(pause * 2, 5.0)
-
-
-async def _watch_partner(signal: SignalClient, partner: str) -> None:
-    """Raise when the partner gives up while our side of the channel is still opening."""
-    try:
-        await signal.expect(partner=partner, tolerate_server_loss=True)
-    except PeerGoneError:
-        # The partner leaves the server as soon as its side of the channel is open,
-        # which on a long link is a round trip before ours: only a channel that then
-        # stays shut means the partner is really gone.
-        await asyncio.sleep(PARTNER_GONE_GRACE_SECONDS)
-        raise
-
-
-async def _expect(
-    signal: SignalClient,
-    event: str,
-    partner: str,
-    options: PeerOptions,
-    *,
-    after_offer: bool = False,
-) -> dict[str, Any]:
-    """Wait for ``event`` from the partner, within the connect timeout.
-
-    :param after_offer: our sealed offer is out, so this code has been spent on one
-        attempt: the error then says to get a new one.
-    """
-    try:
-        async with asyncio.timeout(options.connect_timeout):
-            _, data = await signal.expect(event, partner=partner)
-    except TimeoutError:
-        message = f"the other side did not answer within {options.connect_timeout:.0f} s"
-        if after_offer:
-            message += (
-                "; this code has had its one try: ask the receiver for a new code "
-                "(a new `sfs receive`) instead of retrying it"
-            )
-        raise SignalingError(message) from None
-    return data
-
-
-async def _exchange_keys(
-    signal: SignalClient, exchange: KeyExchange, partner: str, options: PeerOptions
-) -> SessionKeys:
-    await signal.call(
-        "send_public_key",
-        {"peer_id": partner, "key": base64.b64encode(exchange.message).decode("ascii")},
-    )
-    data = await _expect(signal, "receive_public_key", partner, options)
-    try:
-        return exchange.finish(_b64_field(data, "key"))
-    except WrongCodeError:
-        await _abort_wrong_code(signal, partner)
-        raise
-
-
-async def _send_sealed(
-    signal: SignalClient,
-    kind: str,
-    descriptions: list[dict[str, str]],
-    keys: SessionKeys,
-    partner: str,
-) -> None:
-    """Seal the session description(s): the first as ``sdp``, any more (striping) as
-    ``extra_sdps``, so a peer that knows only one stream still understands it."""
-    message: dict[str, object] = {"type": kind, "sdp": descriptions[0]["sdp"]}
-    if len(descriptions) > 1:
-        message["extra_sdps"] = [d["sdp"] for d in descriptions[1:]]
-    plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
-    sealed = seal_message(key=keys.signal_send, kind=kind, plaintext=plaintext)
-    await signal.call(kind, {"peer_id": partner, "sealed": base64.b64encode(sealed).decode()})
-
-
-async def _open_or_abort(
-    signal: SignalClient, data: dict[str, Any], keys: SessionKeys, partner: str
-) -> list[dict[str, str]]:
-    """Open a sealed offer or answer; if it does not open, tell the partner and stop."""
-    kind = "offer" if keys.role == "receiver" else "answer"
-    try:
-        return _open_sealed(data, kind, keys)
-    except WrongCodeError:
-        await _abort_wrong_code(signal, partner)
-        raise
-
-
-async def _abort_wrong_code(signal: SignalClient, partner: str) -> None:
-    """Tell the partner the code did not match (best effort: we stop either way)."""
-    try:
-        await signal.call("abort", {"peer_id": partner, "reason": "wrong_code"})
-    except SfsError:
-        logger.debug("could not tell the other side about the wrong code", exc_info=True)
-
-
-def _open_sealed(data: dict[str, Any], kind: str, keys: SessionKeys) -> list[dict[str, str]]:
-    plaintext = open_message(key=keys.signal_receive, kind=kind, sealed=_b64_field(data, "sealed"))
-    try:
-        message = json.loads(plaintext)
-    except ValueError as exc:
-        raise SignalingError(f"the other side sent a malformed {kind}") from exc
-    extra = message.get("extra_sdps", []) if isinstance(message, dict) else None
-    if not isinstance(message, dict) or not isinstance(extra, list):
-        raise SignalingError(f"the other side sent a malformed {kind}")
-    sdps = [message.get("sdp"), *extra]
-    if (
-        message.get("type") != kind
-        or not all(isinstance(sdp, str) for sdp in sdps)
-        or len(sdps) > MAX_STREAMS
-    ):
-        raise SignalingError(f"the other side sent a malformed {kind}")
-    return [{"type": kind, "sdp": sdp} for sdp in sdps]
-
-
-def _field(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise SignalingError(f"the signaling server sent a message without {key}")
-    return value
-
-
-def _b64_field(data: dict[str, Any], key: str) -> bytes:
-    try:
-        return base64.b64decode(_field(data, key), validate=True)
-    except (binascii.Error, ValueError):
-        raise SignalingError(f"the signaling server sent a malformed {key}") from None

@@ -2,22 +2,20 @@
 
 Requests use Socket.IO acknowledgements, so each call returns the server's answer or
 raises the matching :mod:`sfs.errors` class.  Pushed events land in one queue that
-:meth:`SignalClient.expect` reads in order; a partner that disconnects or aborts
-turns into an exception there, so the caller never waits on a peer that is gone.
+:meth:`SignalClient.next_event` reads in order; what they mean for the set-up (whose
+they are, which are early, a partner gone) is :mod:`sfs.peer.handshake`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from types import TracebackType
 from typing import Any
 
 import socketio
 
 from sfs.errors import (
-    CancelledByPeerError,
     CodeNotFoundError,
     PeerGoneError,
     RoomFullError,
@@ -46,10 +44,8 @@ PUSHED_EVENTS = (
     "peer_disconnected",
 )
 _DISCONNECTED = "__disconnected__"
-#: The ``abort`` reason of a peer whose user pressed Ctrl-C during set-up.
-CANCELLED_REASON = "cancelled"
-#: Early events kept for a later expect(); a flood only ever costs this many.
-BACKLOG_LIMIT = 64
+#: What next_event() returns once the connection to the server dropped.
+SERVER_LOST = "server_lost"
 
 
 class SignalClient:
@@ -67,7 +63,6 @@ class SignalClient:
         # aiortc's included, before sfs could tell the peer and clean up.
         self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._backlog: deque[tuple[str, dict[str, Any]]] = deque(maxlen=BACKLOG_LIMIT)
         self._left = False
         for name in PUSHED_EVENTS:
             self._sio.on(name, self._handler(name))
@@ -177,45 +172,10 @@ class SignalClient:
             raise SignalingError(f"the signaling server sent bad ICE servers: {exc}") from exc
         return peer_id, servers
 
-    async def expect(
-        self, *names: str, partner: str | None = None, tolerate_server_loss: bool = False
-    ) -> tuple[str, dict[str, Any]]:
-        """Wait for the next of the ``names`` events (from ``partner``, if given).
-
-        Events that arrive early (a server may reorder what it relays) are kept, up to
-        :data:`BACKLOG_LIMIT`, for a later call; events from anyone but the partner
-        are dropped.  With no ``names`` this only watches for the partner leaving.
-
-        :raises PeerGoneError: the partner disconnected from the server.
-        :raises WrongCodeError: the partner aborted because the code did not match.
-        :raises SignalingError: the server connection was lost (unless tolerated).
-        """
-        for item in list(self._backlog):
-            if item[0] in names and (partner is None or item[1].get("peer_id") == partner):
-                self._backlog.remove(item)
-                return item
-        while True:
-            name, data = await self._events.get()
-            if name == _DISCONNECTED:
-                if tolerate_server_loss:
-                    continue
-                raise ServerLostError()
-            if partner is not None:
-                if data.get("peer_id") != partner:
-                    logger.debug("ignoring %s not from our partner", name)
-                    continue
-                if name == "peer_disconnected":
-                    raise PeerGoneError("the other side left before the connection was set up")
-                if name == "peer_aborted":
-                    if data.get("reason") == "wrong_code":
-                        raise WrongCodeError()
-                    if data.get("reason") == CANCELLED_REASON:
-                        raise CancelledByPeerError(
-                            "the other side was cancelled by its user before the "
-                            "connection was set up"
-                        )
-                    raise PeerGoneError("the other side gave up before the connection was set up")
-            if name in names:
-                return name, data
-            if name not in ("peer_disconnected", "peer_aborted", "peer_found"):
-                self._backlog.append((name, data))
+    async def next_event(self) -> tuple[str, dict[str, Any]]:
+        """The next pushed event, in the order received; ``("server_lost", {})`` when
+        the connection to the server dropped (once: later calls wait for nothing)."""
+        name, data = await self._events.get()
+        if name == _DISCONNECTED:
+            return SERVER_LOST, {}
+        return name, data

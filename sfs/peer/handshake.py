@@ -1,0 +1,681 @@
+"""The set-up of one sfs session, sans I/O: pairing, SPAKE2, sealed offer/answer.
+
+One :class:`Handshake` per side.  It is fed events (from the signaling server, from
+the peer connection, from the user) with the time ``now``, and answers with actions
+for the glue in :mod:`sfs.app` to carry out; it never waits, sleeps or touches a
+socket, so every path below is a unit test (tests/unit/test_handshake.py).
+
+Two flows, the same roles: the sender is always SPAKE2 side A and sends the SDP
+offer; what differs is who shows the code and waits, and who types it and joins.
+
+    waiting side (shows the code)       server       joining side (typed the code)
+    register_peer -> peer ID, ICE                    register_peer -> ICE
+    ShowCode(peer ID + new words)                    find_peer, send_connection_request
+                   <- connection_request ------------
+    accept_connection -------------------------------> connection_accepted
+    send_public_key (SPAKE2)  <-----------------------> send_public_key (SPAKE2)
+    sender:   offer {sealed}  ------------------------> receiver: opens it, answers
+    sender:   opens the answer <----------------------- answer {sealed}
+    both: ICE/DTLS/SCTP until the DataChannel opens, then leave the server
+
+A sealed offer or answer that does not open means the two sides hold different
+keys (a typo, a guess, a server in the middle): that side sends ``abort
+wrong_code`` and stops.  The partner leaving or aborting ends the set-up at any
+step; before the pairing, events of other peers are kept for later (a server may
+reorder what it relays), after it they are dropped.
+
+States::
+
+    both:     IDLE -Registered->
+    waiting:    AWAITING_REQUEST -ConnectionRequested-> AWAITING_KEY
+                (AWAITING_REQUEST -ServerLost-> RECONNECTING -Registered-> AWAITING_REQUEST,
+                 with a new code: the server forgot every peer ID)
+    joining:    AWAITING_ACCEPT -ConnectionAccepted-> AWAITING_KEY
+    sender:   AWAITING_KEY -PublicKeyReceived-> CREATING_OFFERS -LocalDescription->
+              AWAITING_ANSWER -SealedReceived(answer)-> OPENING
+    receiver: AWAITING_KEY -PublicKeyReceived-> AWAITING_OFFER -SealedReceived(offer)->
+              ANSWERING -LocalDescription-> OPENING
+    both:     OPENING -ChannelOpen-> DONE
+              (OPENING -PartnerLeft-> PARTNER_LEFT -ChannelOpen-> DONE, or the grace
+               timer -> FAILED: the partner leaves the server once its own side is open)
+              any error, timeout or Cancelled -> FAILED
+
+Each AWAITING_* state after the pairing (and AWAITING_ACCEPT) has a deadline of
+``connect_timeout`` from when it was entered; :meth:`Handshake.next_deadline` says
+when, :meth:`Handshake.handle_timer` fires it.  The SPAKE2 state and the code's
+words are dropped as soon as the keys are derived, and the keys once handed over.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sfs.code import Code, new_secret
+from sfs.errors import (
+    CancelledByPeerError,
+    PeerGoneError,
+    ServerLostError,
+    SfsError,
+    SignalingError,
+    WrongCodeError,
+)
+from sfs.peer.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.protocol import Role
+from sfs.signal.messages import IceServer
+
+logger = logging.getLogger(__name__)
+
+#: The ``abort`` reason of a peer whose user pressed Ctrl-C during set-up.
+CANCELLED_REASON = "cancelled"
+WRONG_CODE_REASON = "wrong_code"
+#: How long a channel may still take to open after the partner left the server.
+PARTNER_GONE_GRACE_SECONDS = 5.0
+#: Early events kept for a later step; a flood only ever costs this many.
+BACKLOG_LIMIT = 64
+#: The most peer connections one session stripes over (connection.MAX_STREAMS; this
+#: module cannot import aiortc's glue, so tests/unit/test_handshake.py checks they agree).
+MAX_STREAMS = 8
+
+_LEFT_MESSAGE = "the other side left before the connection was set up"
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The server gave us a peer ID (register_peer's reply)."""
+
+    peer_id: str
+    ice_servers: tuple[IceServer, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectionRequested:
+    """Someone typed our code and asks for a connection (``connection_request``)."""
+
+    peer_id: object
+
+
+@dataclass(frozen=True)
+class ConnectionAccepted:
+    peer_id: object
+
+
+@dataclass(frozen=True)
+class PublicKeyReceived:
+    """The partner's SPAKE2 message, base64 as the server relays it (unchecked)."""
+
+    peer_id: object
+    key: object
+
+
+@dataclass(frozen=True)
+class SealedReceived:
+    """A sealed ``offer`` or ``answer``, base64 as the server relays it (unchecked)."""
+
+    peer_id: object
+    kind: str
+    sealed: object
+
+
+@dataclass(frozen=True)
+class PartnerLeft:
+    peer_id: object
+
+
+@dataclass(frozen=True)
+class PartnerAborted:
+    peer_id: object
+    reason: object
+
+
+@dataclass(frozen=True)
+class ServerLost:
+    """The connection to the signaling server dropped."""
+
+
+@dataclass(frozen=True)
+class LocalDescription:
+    """The peer connection made the offers (sender) or answers (receiver) asked for."""
+
+    sdps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChannelOpen:
+    """The DataChannel(s) opened."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The local user gave up (Ctrl-C)."""
+
+
+Event = (
+    Registered
+    | ConnectionRequested
+    | ConnectionAccepted
+    | PublicKeyReceived
+    | SealedReceived
+    | PartnerLeft
+    | PartnerAborted
+    | ServerLost
+    | LocalDescription
+    | ChannelOpen
+    | Cancelled
+)
+
+
+def signal_event(name: str, data: dict[str, object]) -> Event | None:
+    """Turn one pushed signaling event into a handshake event; ``None`` for the ones
+    set-up does not use (``peer_found``, ``ice_candidate``, anything unknown)."""
+    peer_id = data.get("peer_id")
+    if name == "connection_request":
+        return ConnectionRequested(peer_id)
+    if name == "connection_accepted":
+        return ConnectionAccepted(peer_id)
+    if name == "receive_public_key":
+        return PublicKeyReceived(peer_id, data.get("key"))
+    if name in ("offer", "answer"):
+        return SealedReceived(peer_id, name, data.get("sealed"))
+    if name == "peer_disconnected":
+        return PartnerLeft(peer_id)
+    if name == "peer_aborted":
+        return PartnerAborted(peer_id, data.get("reason"))
+    return None
+
+
+# -- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request to the signaling server.
+
+    :param best_effort: the session ends either way; a refusal is not worth reporting.
+    """
+
+    event: str
+    payload: dict[str, str] = field(hash=False)
+    best_effort: bool = False
+
+
+@dataclass(frozen=True)
+class ShowCode:
+    code: str
+
+
+@dataclass(frozen=True)
+class Status:
+    message: str
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Connect to the server again (retrying a while), then feed a new :class:`Registered`."""
+
+
+@dataclass(frozen=True)
+class CreateOffers:
+    """Make ``count`` peer connections and feed their offers as :class:`LocalDescription`."""
+
+    count: int
+    ice_servers: tuple[IceServer, ...]
+
+
+@dataclass(frozen=True)
+class AnswerOffers:
+    """Make one peer connection per offer and feed the answers as :class:`LocalDescription`."""
+
+    sdps: tuple[str, ...]
+    ice_servers: tuple[IceServer, ...]
+
+
+@dataclass(frozen=True)
+class AcceptAnswers:
+    sdps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OpenChannel:
+    """Wait for the DataChannel(s) to open, then feed :class:`ChannelOpen`."""
+
+
+@dataclass(frozen=True)
+class Leave:
+    """Leave the signaling server: the peers talk directly from now on."""
+
+
+@dataclass(frozen=True)
+class Done:
+    keys: SessionKeys
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The set-up is over: raise ``error`` (after the actions before this one)."""
+
+    error: SfsError
+
+
+Action = (
+    Call
+    | ShowCode
+    | Status
+    | Reconnect
+    | CreateOffers
+    | AnswerOffers
+    | AcceptAnswers
+    | OpenChannel
+    | Leave
+    | Done
+    | Fail
+)
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAITING_REQUEST = "awaiting_request"
+    RECONNECTING = "reconnecting"
+    AWAITING_ACCEPT = "awaiting_accept"
+    AWAITING_KEY = "awaiting_key"
+    CREATING_OFFERS = "creating_offers"
+    AWAITING_ANSWER = "awaiting_answer"
+    AWAITING_OFFER = "awaiting_offer"
+    ANSWERING = "answering"
+    OPENING = "opening"
+    PARTNER_LEFT = "partner_left"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: From the pairing on, the partner is told about a cancel or a wrong code.
+_PAIRED = (
+    State.AWAITING_KEY,
+    State.CREATING_OFFERS,
+    State.AWAITING_ANSWER,
+    State.AWAITING_OFFER,
+    State.ANSWERING,
+    State.OPENING,
+    State.PARTNER_LEFT,
+)
+_OVER = (State.DONE, State.FAILED)
+_LOCAL = (Registered, LocalDescription, ChannelOpen)
+
+
+class Handshake:
+    """One side's set-up.
+
+    :param role: the sender is SPAKE2 side A and makes the offer, in both flows.
+    :param code: the other side's code to join; ``None`` to register, show a new code
+        and wait for whoever types it.
+    :param connect_timeout: how long each step of the other side may take.
+    :param ice_servers: STUN/TURN servers to use; ``None`` for the server's.
+    :param streams: peer connections the sender offers (the receiver answers as many).
+    :param new_words: where a waiting side's secret words come from (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        code: Code | None = None,
+        connect_timeout: float,
+        ice_servers: tuple[IceServer, ...] | None = None,
+        streams: int = 1,
+        new_words: Callable[[], str] = new_secret,
+    ) -> None:
+        if not 1 <= streams <= MAX_STREAMS:
+            raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams}")
+        self.role = role
+        self.waits = code is None
+        self.connect_timeout = connect_timeout
+        self._ice_override = ice_servers
+        self._server_ice: tuple[IceServer, ...] = ()
+        self._streams = streams
+        self._new_words = new_words
+        # The joining side knows its partner from the code; the waiting side learns it
+        # from the first connection_request.
+        self._partner: str | None = None if code is None else code.peer_id
+        self._code = code
+        self._exchange: KeyExchange | None = None
+        self._keys: SessionKeys | None = None
+        self._backlog: deque[Event] = deque(maxlen=BACKLOG_LIMIT)
+        self._deadline: float | None = None
+        self._state = State.IDLE
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def partner(self) -> str | None:
+        return self._partner
+
+    def _set_state(self, state: State, *, deadline: float | None = None) -> None:
+        logger.debug("handshake %s: %s -> %s", self.role.value, self._state.name, state.name)
+        self._state = state
+        self._deadline = deadline
+        if state in _OVER:
+            # Nothing secret outlives the set-up (tests/integration/test_secrets.py).
+            self._code = None
+            self._exchange = None
+            self._keys = None
+            self._backlog.clear()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must be called, if the current step can time out."""
+        return self._deadline
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Fire the deadline if it has passed."""
+        if self._deadline is None or now < self._deadline:
+            return []
+        if self._state is State.PARTNER_LEFT:
+            return self._fail(PeerGoneError(_LEFT_MESSAGE))
+        message = f"the other side did not answer within {self.connect_timeout:.0f} s"
+        if self._state is State.AWAITING_ANSWER:
+            # Whoever holds our sealed offer can test one guess of the words against it
+            # offline; a server that plays the receiver then says nothing. Retrying the
+            # same code would hand it another guess.
+            message += (
+                "; this code has had its one try: ask the receiver for a new code "
+                "(a new `sfs receive`) instead of retrying it"
+            )
+        return self._fail(SignalingError(message))
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Take one event; return what to do, in order.
+
+        Events from the server never raise (a bad one ends in :class:`Fail`); local
+        events the state does not expect are the glue's bug and raise ``ValueError``.
+        """
+        if self._state in _OVER:
+            if isinstance(event, _LOCAL):
+                raise ValueError(f"{type(event).__name__} after the handshake is over")
+            return []
+        if isinstance(event, Cancelled):
+            return self._cancel()
+        if isinstance(event, _LOCAL):
+            return self._local(event, now)
+        return self._remote(event, now)
+
+    # -- local events ---------------------------------------------------------------------
+
+    def _local(
+        self, event: Registered | LocalDescription | ChannelOpen, now: float
+    ) -> list[Action]:
+        if isinstance(event, Registered) and self._state in (State.IDLE, State.RECONNECTING):
+            return self._registered(event, now)
+        if isinstance(event, LocalDescription) and self._state is State.CREATING_OFFERS:
+            call = self._sealed_call("offer", event.sdps)
+            self._set_state(State.AWAITING_ANSWER, deadline=now + self.connect_timeout)
+            return [call, *self._from_backlog(now)]
+        if isinstance(event, LocalDescription) and self._state is State.ANSWERING:
+            call = self._sealed_call("answer", event.sdps)
+            self._set_state(State.OPENING)
+            return [call, OpenChannel()]
+        if isinstance(event, ChannelOpen) and self._state in (State.OPENING, State.PARTNER_LEFT):
+            keys = self._keys
+            assert keys is not None
+            self._set_state(State.DONE)
+            return [Leave(), Done(keys)]
+        raise ValueError(f"{type(event).__name__} in state {self._state.name}")
+
+    def _registered(self, event: Registered, now: float) -> list[Action]:
+        self._server_ice = event.ice_servers
+        if not self.waits:
+            assert self._partner is not None
+            payload = {"peer_id": self._partner}
+            self._set_state(State.AWAITING_ACCEPT, deadline=now + self.connect_timeout)
+            return [
+                Call("find_peer", payload),
+                Call("send_connection_request", payload),
+                Status(f"Connecting to {self._partner}…"),
+                *self._from_backlog(now),
+            ]
+        reconnected = self._state is State.RECONNECTING
+        self._code = Code(event.peer_id, self._new_words())
+        self._set_state(State.AWAITING_REQUEST)
+        actions: list[Action] = []
+        if reconnected:
+            actions.append(Status("Reconnected. The old code no longer works; use this one:"))
+        actions.append(ShowCode(str(self._code)))
+        return actions + self._from_backlog(now)
+
+    def _cancel(self) -> list[Action]:
+        actions: list[Action] = []
+        if self._state in _PAIRED:
+            # There is no channel yet to carry a CANCEL: only the server can tell the
+            # partner at once, so that it does not wait out a timeout.
+            actions.append(self._abort_call(CANCELLED_REASON))
+        self._set_state(State.FAILED)
+        return actions
+
+    # -- server events --------------------------------------------------------------------
+
+    def _remote(self, event: Event, now: float) -> list[Action]:
+        if isinstance(event, ServerLost):
+            if self._state is State.AWAITING_REQUEST:
+                # The server forgot every peer ID when it went away: come back with a
+                # new code rather than wait for a peer that can no longer find us.
+                self._set_state(State.RECONNECTING)
+                return [Status("Lost the signaling server; reconnecting…"), Reconnect()]
+            if self._state in (State.OPENING, State.PARTNER_LEFT):
+                return []  # the peers no longer need the server
+            return self._fail(ServerLostError())
+        peer_id = getattr(event, "peer_id", None)
+        if self._partner is None:
+            # Not paired yet: only a request pairs; keep the rest for when one does.
+            if isinstance(event, ConnectionRequested) and self._state is State.AWAITING_REQUEST:
+                return self._requested(event, now)
+            if isinstance(event, PublicKeyReceived | SealedReceived | ConnectionAccepted):
+                self._backlog.append(event)
+            return []
+        if peer_id != self._partner:
+            logger.debug("ignoring %s not from our partner", type(event).__name__)
+            return []
+        if isinstance(event, PartnerLeft):
+            if self._state is State.OPENING:
+                # The partner leaves the server as soon as its side of the channel is
+                # open, which on a long link is a round trip before ours: only a
+                # channel that then stays shut means the partner is really gone.
+                self._set_state(State.PARTNER_LEFT, deadline=now + PARTNER_GONE_GRACE_SECONDS)
+                return []
+            if self._state is State.PARTNER_LEFT:
+                return []
+            return self._fail(PeerGoneError(_LEFT_MESSAGE))
+        if isinstance(event, PartnerAborted):
+            if self._state is State.PARTNER_LEFT:
+                return []
+            return self._fail(_abort_error(event.reason))
+        if self._expects(event):
+            return self._step(event, now)
+        if isinstance(event, PublicKeyReceived | SealedReceived | ConnectionAccepted):
+            self._backlog.append(event)  # maybe early: a server may reorder what it relays
+        return []
+
+    def _expects(self, event: Event) -> bool:
+        state = self._state
+        if isinstance(event, ConnectionAccepted):
+            return state is State.AWAITING_ACCEPT
+        if isinstance(event, PublicKeyReceived):
+            return state is State.AWAITING_KEY
+        if isinstance(event, SealedReceived):
+            return (event.kind == "answer" and state is State.AWAITING_ANSWER) or (
+                event.kind == "offer" and state is State.AWAITING_OFFER
+            )
+        return False
+
+    def _from_backlog(self, now: float) -> list[Action]:
+        """Take the first kept event the new state was waiting for, if any."""
+        if self._partner is None:
+            return []
+        for event in list(self._backlog):
+            if getattr(event, "peer_id", None) == self._partner and self._expects(event):
+                self._backlog.remove(event)
+                return self._step(event, now)
+        return []
+
+    def _requested(self, event: ConnectionRequested, now: float) -> list[Action]:
+        if not isinstance(event.peer_id, str):
+            return self._fail(SignalingError("the signaling server sent a message without peer_id"))
+        # One peer only: the first request takes this code's single attempt.
+        self._partner = event.peer_id
+        return [Call("accept_connection", {"peer_id": self._partner}), *self._start_keys(now)]
+
+    def _step(self, event: Event, now: float) -> list[Action]:
+        if isinstance(event, ConnectionAccepted):
+            return self._start_keys(now)
+        if isinstance(event, PublicKeyReceived):
+            return self._finish_keys(event, now)
+        assert isinstance(event, SealedReceived)
+        if self.role is Role.SENDER:
+            return self._answered(event)
+        return self._offered(event)
+
+    def _start_keys(self, now: float) -> list[Action]:
+        code = self._code
+        assert code is not None and self._partner is not None
+        # The code's peer ID is the side that printed it; the exchange binds both.
+        printed_by = self.role if self.waits else _other(self.role)
+        self._exchange = KeyExchange(
+            role=self.role.value,
+            password=code.secret.encode(),
+            code_id=code.peer_id,
+            printed_by=printed_by.value,
+        )
+        self._code = None  # the words live on in the SPAKE2 state only, until finish()
+        key = base64.b64encode(self._exchange.message).decode("ascii")
+        self._set_state(State.AWAITING_KEY, deadline=now + self.connect_timeout)
+        return [
+            Call("send_public_key", {"peer_id": self._partner, "key": key}),
+            *self._from_backlog(now),
+        ]
+
+    def _finish_keys(self, event: PublicKeyReceived, now: float) -> list[Action]:
+        exchange, self._exchange = self._exchange, None  # one attempt, pass or fail
+        assert exchange is not None
+        try:
+            message = _b64(event.key, "key")
+            self._keys = exchange.finish(message)
+        except WrongCodeError as exc:
+            return self._wrong_code(exc)
+        except SignalingError as exc:
+            return self._fail(exc)
+        finally:
+            del exchange  # a traceback keeps this frame, and so its locals, alive
+        if self.role is Role.SENDER:
+            self._set_state(State.CREATING_OFFERS)
+            return [CreateOffers(self._streams, self._ice())]
+        self._set_state(State.AWAITING_OFFER, deadline=now + self.connect_timeout)
+        return self._from_backlog(now)
+
+    def _offered(self, event: SealedReceived) -> list[Action]:
+        # If the offer does not open, this code has had its one try: tell the sender, end.
+        try:
+            sdps = self._open(event)
+        except WrongCodeError as exc:
+            return self._wrong_code(exc)
+        except SignalingError as exc:
+            return self._fail(exc)
+        self._set_state(State.ANSWERING)
+        return [AnswerOffers(sdps, self._ice())]
+
+    def _answered(self, event: SealedReceived) -> list[Action]:
+        try:
+            sdps = self._open(event)
+        except WrongCodeError as exc:
+            return self._wrong_code(exc)
+        except SignalingError as exc:
+            return self._fail(exc)
+        self._set_state(State.OPENING)
+        return [AcceptAnswers(sdps), OpenChannel()]
+
+    def _ice(self) -> tuple[IceServer, ...]:
+        return self._server_ice if self._ice_override is None else self._ice_override
+
+    # -- sealed offer/answer --------------------------------------------------------------
+
+    def _sealed_call(self, kind: str, sdps: tuple[str, ...]) -> Call:
+        """Seal the session description(s): the first as ``sdp``, any more (striping) as
+        ``extra_sdps``, so a peer that knows only one stream still understands it."""
+        if not sdps:
+            raise ValueError(f"an {kind} needs at least one session description")
+        assert self._keys is not None and self._partner is not None
+        message: dict[str, object] = {"type": kind, "sdp": sdps[0]}
+        if len(sdps) > 1:
+            message["extra_sdps"] = list(sdps[1:])
+        plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
+        return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
+
+    def _open(self, event: SealedReceived) -> tuple[str, ...]:
+        assert self._keys is not None
+        kind = event.kind
+        sealed = _b64(event.sealed, "sealed")
+        plaintext = open_message(key=self._keys.signal_receive, kind=kind, sealed=sealed)
+        malformed = f"the other side sent a malformed {kind}"
+        try:
+            message = json.loads(plaintext)
+        except ValueError as exc:
+            raise SignalingError(malformed) from exc
+        extra = message.get("extra_sdps", []) if isinstance(message, dict) else None
+        if not isinstance(message, dict) or not isinstance(extra, list):
+            raise SignalingError(malformed)
+        sdps = [message.get("sdp"), *extra]
+        if message.get("type") != kind or len(sdps) > MAX_STREAMS:
+            raise SignalingError(malformed)
+        strings = tuple(sdp for sdp in sdps if isinstance(sdp, str))
+        if len(strings) != len(sdps):
+            raise SignalingError(malformed)
+        return strings
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _abort_call(self, reason: str) -> Call:
+        assert self._partner is not None
+        return Call("abort", {"peer_id": self._partner, "reason": reason}, best_effort=True)
+
+    def _wrong_code(self, error: WrongCodeError) -> list[Action]:
+        """Tell the partner the code did not match (best effort: we stop either way)."""
+        call = self._abort_call(WRONG_CODE_REASON)
+        return [call, *self._fail(error)]
+
+    def _fail(self, error: SfsError) -> list[Action]:
+        self._set_state(State.FAILED)
+        return [Fail(error)]
+
+
+def _other(role: Role) -> Role:
+    return Role.RECEIVER if role is Role.SENDER else Role.SENDER
+
+
+def _abort_error(reason: object) -> SfsError:
+    if reason == WRONG_CODE_REASON:
+        return WrongCodeError()
+    if reason == CANCELLED_REASON:
+        return CancelledByPeerError(
+            "the other side was cancelled by its user before the connection was set up"
+        )
+    return PeerGoneError("the other side gave up before the connection was set up")
+
+
+def _b64(value: object, key: str) -> bytes:
+    if not isinstance(value, str):
+        raise SignalingError(f"the signaling server sent a message without {key}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignalingError(f"the signaling server sent a malformed {key}") from None

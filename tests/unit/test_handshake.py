@@ -1,0 +1,834 @@
+"""The set-up machine, every path without a network.
+
+Two :class:`Handshake` machines run against each other through :class:`Relay`,
+which does what the signaling server does with their calls; tests hold, change or
+replace what it relays, or feed one machine directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sfs.code import Code, parse_code
+from sfs.errors import (
+    CancelledByPeerError,
+    PeerGoneError,
+    ServerLostError,
+    SfsError,
+    SignalingError,
+    WrongCodeError,
+)
+from sfs.peer import connection, handshake
+from sfs.peer.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.handshake import (
+    PARTNER_GONE_GRACE_SECONDS,
+    AcceptAnswers,
+    Action,
+    AnswerOffers,
+    Call,
+    Cancelled,
+    ChannelOpen,
+    ConnectionAccepted,
+    ConnectionRequested,
+    CreateOffers,
+    Done,
+    Event,
+    Fail,
+    Handshake,
+    Leave,
+    LocalDescription,
+    OpenChannel,
+    PartnerAborted,
+    PartnerLeft,
+    PublicKeyReceived,
+    Reconnect,
+    Registered,
+    SealedReceived,
+    ServerLost,
+    ShowCode,
+    State,
+    Status,
+    signal_event,
+)
+from sfs.peer.protocol import Role
+from sfs.signal.messages import IceServer
+
+TIMEOUT = 30.0
+WAITER_ID = "ABC-123"
+JOINER_ID = "XYZ-789"
+STRANGER_ID = "EVL-666"
+WORDS = "tiger-lamp"
+LEFT = "the other side left before the connection was set up"
+AFTER_OFFER = (
+    "the other side did not answer within 30 s; this code has had its one try: ask the "
+    "receiver for a new code (a new `sfs receive`) instead of retrying it"
+)
+SERVER_ICE = (IceServer(urls=("stun:stun.example.org",)),)
+
+Tamper = Callable[[str, Call], list[Call]]
+OVER = (State.DONE, State.FAILED)
+LOCAL = (Registered, LocalDescription, ChannelOpen)
+
+
+@dataclass
+class Side:
+    name: str
+    peer_id: str
+    hs: Handshake
+    inbox: deque[Event] = field(default_factory=deque)
+    calls: list[Call] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    keys: SessionKeys | None = None
+    error: SfsError | None = None
+    accepted: tuple[str, ...] | None = None
+
+
+class Relay:
+    """Two machines and a server between them; ``tamper`` sees every call first."""
+
+    def __init__(
+        self,
+        *,
+        waiter_role: Role = Role.RECEIVER,
+        joiner_words: str | None = None,
+        streams: int = 1,
+        tamper: Tamper | None = None,
+        open_channels: bool = True,
+    ) -> None:
+        self.now = 100.0
+        self.actions: list[Action] = []
+        self.tamper = tamper
+        self.open_channels = open_channels
+        joiner_role = Role.SENDER if waiter_role is Role.RECEIVER else Role.RECEIVER
+        waiter = Handshake(
+            waiter_role,
+            connect_timeout=TIMEOUT,
+            streams=streams,
+            new_words=lambda: WORDS,
+        )
+        self.waiter = Side("waiter", WAITER_ID, waiter)
+        self.deliver(self.waiter, Registered(WAITER_ID, SERVER_ICE))
+        code = parse_code(self.waiter.shown[-1])
+        if joiner_words is not None:
+            code = Code(code.peer_id, joiner_words)
+        joiner = Handshake(joiner_role, code=code, connect_timeout=TIMEOUT, streams=streams)
+        self.joiner = Side("joiner", JOINER_ID, joiner)
+        self.joiner.inbox.append(Registered(JOINER_ID, SERVER_ICE))
+
+    @property
+    def sender(self) -> Side:
+        return self.waiter if self.waiter.hs.role is Role.SENDER else self.joiner
+
+    @property
+    def receiver(self) -> Side:
+        return self.joiner if self.waiter.hs.role is Role.SENDER else self.waiter
+
+    def other(self, side: Side) -> Side:
+        return self.joiner if side is self.waiter else self.waiter
+
+    def deliver(self, side: Side, event: Event) -> None:
+        if side.hs.state in OVER and isinstance(event, LOCAL):
+            return  # app.py stops pumping at the end
+        self.perform(side, side.hs.handle(event, self.now))
+
+    def perform(self, side: Side, actions: list[Action]) -> None:
+        self.actions.extend(actions)
+        for action in actions:
+            if isinstance(action, Call):
+                side.calls.append(action)
+                for call in self.tamper(side.name, action) if self.tamper else [action]:
+                    self.route(side, call)
+            elif isinstance(action, ShowCode):
+                side.shown.append(action.code)
+            elif isinstance(action, Status):
+                side.statuses.append(action.message)
+            elif isinstance(action, CreateOffers):
+                sdps = tuple(f"v=0 offer {i}" for i in range(action.count))
+                side.inbox.append(LocalDescription(sdps))
+            elif isinstance(action, AnswerOffers):
+                side.inbox.append(LocalDescription(tuple(f"answer to {s}" for s in action.sdps)))
+            elif isinstance(action, AcceptAnswers):
+                side.accepted = action.sdps
+            elif isinstance(action, OpenChannel):
+                if self.open_channels:
+                    side.inbox.append(ChannelOpen())
+            elif isinstance(action, Done):
+                side.keys = action.keys
+            elif isinstance(action, Fail):
+                side.error = action.error
+            else:
+                assert isinstance(action, Leave | Reconnect)
+
+    def route(self, side: Side, call: Call) -> None:
+        """What the server pushes to the peer named in the call."""
+        target = self.other(side)
+        if call.payload.get("peer_id") != target.peer_id:
+            return
+        payload, sender = call.payload, side.peer_id
+        if call.event == "send_connection_request":
+            target.inbox.append(ConnectionRequested(sender))
+        elif call.event == "accept_connection":
+            target.inbox.append(ConnectionAccepted(sender))
+        elif call.event == "send_public_key":
+            target.inbox.append(PublicKeyReceived(sender, payload["key"]))
+        elif call.event in ("offer", "answer"):
+            target.inbox.append(SealedReceived(sender, call.event, payload["sealed"]))
+        elif call.event == "abort":
+            target.inbox.append(PartnerAborted(sender, payload["reason"]))
+
+    def step(self) -> bool:
+        for side in (self.waiter, self.joiner):
+            if side.inbox:
+                self.deliver(side, side.inbox.popleft())
+                return True
+        return False
+
+    def run(self, until: Callable[[], bool] = lambda: False) -> None:
+        while not until() and self.step():
+            pass
+
+
+def state_of(hs: Handshake) -> State:
+    return hs.state  # a call, so mypy does not keep an earlier narrowing
+
+
+def only_error(actions: list[Action]) -> SfsError:
+    assert isinstance(actions[-1], Fail), actions
+    return actions[-1].error
+
+
+def abort_calls(side: Side) -> list[str]:
+    return [c.payload["reason"] for c in side.calls if c.event == "abort"]
+
+
+FLOWS = [Role.RECEIVER, Role.SENDER]  # who waits: receiver-first, sender-first
+
+
+# -- whole runs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize("streams", [1, 3])
+def test_both_flows_reach_done_with_keys_that_agree(waiter_role: Role, streams: int) -> None:
+    relay = Relay(waiter_role=waiter_role, streams=streams)
+    relay.run()
+    sender, receiver = relay.sender, relay.receiver
+    assert sender.keys is not None and receiver.keys is not None
+    assert sender.keys.signal_send == receiver.keys.signal_receive
+    assert sender.keys.frame_send == receiver.keys.frame_receive
+    assert sender.keys.verifier == receiver.keys.verifier
+    assert sender.accepted == tuple(f"answer to v=0 offer {i}" for i in range(streams))
+    for side in (sender, receiver):
+        assert side.hs.state is State.DONE
+        assert side.error is None
+        assert side.hs.next_deadline() is None
+    assert relay.waiter.shown == [f"{WAITER_ID}-{WORDS}"]
+    assert relay.joiner.statuses == [f"Connecting to {WAITER_ID}…"]
+
+
+def test_the_wire_is_what_it_was() -> None:
+    """The calls and their payloads, in order, as app.py's helpers sent them."""
+    relay = Relay(streams=2)
+    relay.run()
+    joiner, waiter = relay.joiner.calls, relay.waiter.calls
+    assert [c.event for c in joiner] == [
+        "find_peer",
+        "send_connection_request",
+        "send_public_key",
+        "offer",
+    ]
+    assert [c.event for c in waiter] == ["accept_connection", "send_public_key", "answer"]
+    assert joiner[0].payload == joiner[1].payload == {"peer_id": WAITER_ID}
+    assert waiter[0].payload == {"peer_id": JOINER_ID}
+    assert set(joiner[2].payload) == {"peer_id", "key"}
+    assert len(base64.b64decode(joiner[2].payload["key"], validate=True)) == 33
+    # The sealed offer opens to the same compact JSON as before, with extra_sdps.
+    assert relay.receiver.keys is not None
+    sealed = base64.b64decode(joiner[3].payload["sealed"])
+    plaintext = open_message(key=relay.receiver.keys.signal_receive, kind="offer", sealed=sealed)
+    assert plaintext == b'{"type":"offer","sdp":"v=0 offer 0","extra_sdps":["v=0 offer 1"]}'
+
+
+def test_a_single_stream_has_no_extra_sdps() -> None:
+    relay = Relay()
+    relay.run()
+    assert relay.sender.keys is not None
+    answer = next(c for c in relay.receiver.calls if c.event == "answer")
+    sealed = base64.b64decode(answer.payload["sealed"])
+    key = relay.sender.keys.signal_receive
+    assert open_message(key=key, kind="answer", sealed=sealed) == (
+        b'{"type":"answer","sdp":"answer to v=0 offer 0"}'
+    )
+
+
+def test_ice_servers_are_the_servers_unless_given() -> None:
+    mine = (IceServer(urls=("stun:mine.example.org",)),)
+    relay = Relay()
+    relay.joiner.hs = Handshake(
+        Role.SENDER, code=Code(WAITER_ID, WORDS), connect_timeout=TIMEOUT, ice_servers=mine
+    )
+    relay.run()
+    assert relay.sender.keys is not None
+    assert [a for a in relay.actions if isinstance(a, CreateOffers)] == [CreateOffers(1, mine)]
+    answering = [a for a in relay.actions if isinstance(a, AnswerOffers)]
+    assert [a.ice_servers for a in answering] == [SERVER_ICE]
+
+
+def test_secrets_are_dropped_after_key_derivation() -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.sender.hs.state is State.CREATING_OFFERS)
+    hs = relay.sender.hs
+    assert hs._exchange is None and hs._code is None
+    relay.run()
+    for side in (relay.sender, relay.receiver):
+        assert side.hs._exchange is None and side.hs._code is None and side.hs._keys is None
+
+
+# -- wrong code ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+def test_wrong_code_ends_both_sides(waiter_role: Role) -> None:
+    relay = Relay(waiter_role=waiter_role, joiner_words="tiger-lump")
+    relay.run()
+    # The receiver cannot open the offer: it says so and stops; the sender hears it.
+    assert isinstance(relay.receiver.error, WrongCodeError)
+    assert abort_calls(relay.receiver) == ["wrong_code"]
+    assert relay.receiver.calls[-1].best_effort
+    assert isinstance(relay.sender.error, WrongCodeError)
+    assert abort_calls(relay.sender) == []
+    assert relay.sender.hs.state is relay.receiver.hs.state is State.FAILED
+
+
+def corrupt(kind: str) -> Tamper:
+    def tamper(name: str, call: Call) -> list[Call]:
+        if call.event != kind:
+            return [call]
+        sealed = bytearray(base64.b64decode(call.payload["sealed"]))
+        sealed[-1] ^= 1
+        payload = dict(call.payload, sealed=base64.b64encode(bytes(sealed)).decode())
+        return [Call(kind, payload)]
+
+    return tamper
+
+
+def test_an_answer_that_does_not_open_is_a_wrong_code() -> None:
+    relay = Relay(tamper=corrupt("answer"), open_channels=False)
+    relay.run()
+    assert isinstance(relay.sender.error, WrongCodeError)
+    assert abort_calls(relay.sender) == ["wrong_code"]
+    # The receiver, already opening its channel, hears it from the server.
+    assert isinstance(relay.receiver.error, WrongCodeError)
+
+
+def test_an_invalid_spake2_message_is_a_wrong_code() -> None:
+    def tamper(name: str, call: Call) -> list[Call]:
+        if call.event == "send_public_key" and name == "joiner":
+            return [Call(call.event, dict(call.payload, key=base64.b64encode(b"junk").decode()))]
+        return [call]
+
+    relay = Relay(tamper=tamper)
+    relay.run()
+    assert isinstance(relay.waiter.error, WrongCodeError)
+    assert abort_calls(relay.waiter) == ["wrong_code"]
+    assert isinstance(relay.joiner.error, WrongCodeError)
+
+
+def test_a_replayed_offer_from_an_earlier_session_is_a_wrong_code() -> None:
+    earlier = Relay()
+    earlier.run()
+    old_offer = next(c for c in earlier.sender.calls if c.event == "offer")
+
+    def replay(name: str, call: Call) -> list[Call]:
+        return [old_offer] if call.event == "offer" else [call]
+
+    relay = Relay(tamper=replay)
+    relay.run()
+    assert isinstance(relay.receiver.error, WrongCodeError)
+    assert abort_calls(relay.receiver) == ["wrong_code"]
+    assert isinstance(relay.sender.error, WrongCodeError)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (None, "the signaling server sent a message without key"),
+        (42, "the signaling server sent a message without key"),
+        ("not base64!", "the signaling server sent a malformed key"),
+    ],
+)
+def test_a_malformed_key_is_a_signaling_error(key: object, message: str) -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_KEY)
+    error = only_error(relay.receiver.hs.handle(PublicKeyReceived(JOINER_ID, key), relay.now))
+    assert type(error) is SignalingError and str(error) == message
+    assert relay.receiver.hs._exchange is None
+
+
+def test_a_malformed_sealed_field_is_a_signaling_error() -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    hs = relay.receiver.hs
+    error = only_error(hs.handle(SealedReceived(JOINER_ID, "offer", "%%%"), relay.now))
+    assert str(error) == "the signaling server sent a malformed sealed"
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"not json",
+        b"[]",
+        b'{"type":"answer","sdp":"x"}',
+        b'{"type":"offer"}',
+        b'{"type":"offer","sdp":"x","extra_sdps":"y"}',
+        b'{"type":"offer","sdp":"x","extra_sdps":[1]}',
+        json.dumps({"type": "offer", "sdp": "x", "extra_sdps": ["y"] * 8}).encode(),
+    ],
+)
+def test_a_sealed_offer_that_opens_to_nonsense_is_malformed(plaintext: bytes) -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    keys = relay.receiver.hs._keys
+    assert keys is not None
+    sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
+    event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
+    actions = relay.receiver.hs.handle(event, relay.now)
+    assert actions == [Fail(only_error(actions))]  # no abort: the code was right
+    assert str(only_error(actions)) == "the other side sent a malformed offer"
+
+
+def test_max_streams_agrees_with_the_connection() -> None:
+    assert handshake.MAX_STREAMS == connection.MAX_STREAMS
+
+
+# -- the partner gone or giving up --------------------------------------------------------
+
+PAIRED_STATES = [
+    (Role.SENDER, State.AWAITING_KEY),
+    (Role.SENDER, State.CREATING_OFFERS),
+    (Role.SENDER, State.AWAITING_ANSWER),
+    (Role.RECEIVER, State.AWAITING_KEY),
+    (Role.RECEIVER, State.AWAITING_OFFER),
+    (Role.RECEIVER, State.ANSWERING),
+]
+
+
+def relay_at(role: Role, state: State, waiter_role: Role = Role.RECEIVER) -> tuple[Relay, Side]:
+    relay = Relay(waiter_role=waiter_role, open_channels=False)
+    side = relay.sender if role is Role.SENDER else relay.receiver
+    relay.run(until=lambda: side.hs.state is state)
+    assert side.hs.state is state
+    return relay, side
+
+
+@pytest.mark.parametrize(("role", "state"), PAIRED_STATES)
+def test_partner_gone_at_each_stage(role: Role, state: State) -> None:
+    relay, side = relay_at(role, state)
+    partner = relay.other(side).peer_id
+    error = only_error(side.hs.handle(PartnerLeft(partner), relay.now))
+    assert type(error) is PeerGoneError and str(error) == LEFT
+    assert side.hs.state is State.FAILED
+
+
+def test_partner_gone_before_accepting_the_joiner() -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.joiner.hs.state is State.AWAITING_ACCEPT)
+    error = only_error(relay.joiner.hs.handle(PartnerLeft(WAITER_ID), relay.now))
+    assert str(error) == LEFT
+
+
+def test_the_waiting_side_ignores_who_leaves_before_pairing() -> None:
+    relay = Relay()
+    hs = relay.waiter.hs
+    assert hs.handle(PartnerLeft(JOINER_ID), relay.now) == []
+    assert hs.handle(PartnerAborted(JOINER_ID, "wrong_code"), relay.now) == []
+    assert hs.state is State.AWAITING_REQUEST
+    relay.run()
+    assert relay.waiter.keys is not None
+
+
+@pytest.mark.parametrize("role", [Role.SENDER, Role.RECEIVER])
+def test_partner_gone_while_opening_gets_a_grace_period(role: Role) -> None:
+    relay, side = relay_at(role, State.OPENING)
+    partner = relay.other(side).peer_id
+    assert side.hs.handle(PartnerLeft(partner), relay.now) == []
+    assert side.hs.state is State.PARTNER_LEFT
+    assert side.hs.next_deadline() == relay.now + PARTNER_GONE_GRACE_SECONDS
+    # Once it has left, nothing more it says through the server counts.
+    assert side.hs.handle(PartnerLeft(partner), relay.now) == []
+    assert side.hs.handle(PartnerAborted(partner, "wrong_code"), relay.now) == []
+    # Its side opened a round trip before ours: the channel still opens.
+    assert side.hs.handle_timer(relay.now + PARTNER_GONE_GRACE_SECONDS - 0.1) == []
+    actions = side.hs.handle(ChannelOpen(), relay.now + 1)
+    assert isinstance(actions[0], Leave) and isinstance(actions[1], Done)
+
+
+def test_partner_gone_while_opening_and_the_channel_stays_shut() -> None:
+    relay, side = relay_at(Role.SENDER, State.OPENING)
+    side.hs.handle(PartnerLeft(relay.other(side).peer_id), relay.now)
+    assert side.hs.handle(ServerLost(), relay.now) == []
+    error = only_error(side.hs.handle_timer(relay.now + PARTNER_GONE_GRACE_SECONDS))
+    assert type(error) is PeerGoneError and str(error) == LEFT
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind", "message"),
+    [
+        ("wrong_code", WrongCodeError, WrongCodeError().args[0]),
+        (
+            "cancelled",
+            CancelledByPeerError,
+            "the other side was cancelled by its user before the connection was set up",
+        ),
+        ("other", PeerGoneError, "the other side gave up before the connection was set up"),
+        (None, PeerGoneError, "the other side gave up before the connection was set up"),
+    ],
+)
+@pytest.mark.parametrize(("role", "state"), [*PAIRED_STATES, (Role.SENDER, State.OPENING)])
+def test_partner_aborted(
+    reason: object, kind: type[SfsError], message: str, role: Role, state: State
+) -> None:
+    relay, side = relay_at(role, state)
+    partner = relay.other(side).peer_id
+    error = only_error(side.hs.handle(PartnerAborted(partner, reason), relay.now))
+    assert type(error) is kind and str(error) == message
+
+
+# -- timeouts -----------------------------------------------------------------------------
+
+PLAIN_TIMEOUT = "the other side did not answer within 30 s"
+
+
+@pytest.mark.parametrize(
+    ("role", "state", "message"),
+    [
+        (Role.SENDER, State.AWAITING_ACCEPT, PLAIN_TIMEOUT),
+        (Role.RECEIVER, State.AWAITING_ACCEPT, PLAIN_TIMEOUT),
+        (Role.SENDER, State.AWAITING_KEY, PLAIN_TIMEOUT),
+        (Role.SENDER, State.AWAITING_ANSWER, AFTER_OFFER),
+        (Role.RECEIVER, State.AWAITING_KEY, PLAIN_TIMEOUT),
+        (Role.RECEIVER, State.AWAITING_OFFER, PLAIN_TIMEOUT),
+    ],
+)
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+def test_timeouts_at_each_wait(role: Role, state: State, message: str, waiter_role: Role) -> None:
+    joins = (role is Role.SENDER) == (waiter_role is Role.RECEIVER)
+    if state is State.AWAITING_ACCEPT and not joins:
+        pytest.skip("only the joining side waits for an accept")
+    relay = Relay(waiter_role=waiter_role)
+    side = relay.sender if role is Role.SENDER else relay.receiver
+    relay.now = 500.0  # the deadline counts from when the wait began
+    relay.run(until=lambda: side.hs.state is state)
+    assert side.hs.next_deadline() == 500.0 + TIMEOUT
+    assert side.hs.handle_timer(500.0 + TIMEOUT - 0.01) == []
+    error = only_error(side.hs.handle_timer(500.0 + TIMEOUT))
+    assert type(error) is SignalingError and str(error) == message
+    assert abort_calls(side) == []
+
+
+def test_the_waiting_side_waits_for_a_request_without_a_deadline() -> None:
+    relay = Relay()
+    assert relay.waiter.hs.state is State.AWAITING_REQUEST
+    assert relay.waiter.hs.next_deadline() is None
+    assert relay.waiter.hs.handle_timer(1e9) == []
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "state"),
+    [*PAIRED_STATES, (Role.SENDER, State.OPENING), (Role.RECEIVER, State.OPENING)],
+)
+def test_cancel_after_pairing_tells_the_partner(role: Role, state: State) -> None:
+    relay, side = relay_at(role, state)
+    actions = side.hs.handle(Cancelled(), relay.now)
+    partner = relay.other(side)
+    assert actions == [Call("abort", {"peer_id": partner.peer_id, "reason": "cancelled"}, True)]
+    assert side.hs.state is State.FAILED
+    relay.perform(side, actions)
+    side.inbox.clear()
+    relay.run()
+    assert isinstance(partner.error, CancelledByPeerError)
+
+
+@pytest.mark.parametrize("which", ["waiter", "joiner"])
+def test_cancel_before_pairing_tells_no_one(which: str) -> None:
+    relay = Relay()
+    side = relay.waiter if which == "waiter" else relay.joiner
+    relay.run(until=lambda: relay.joiner.hs.state is State.AWAITING_ACCEPT)
+    assert side.hs.handle(Cancelled(), relay.now) == []
+    assert side.hs.state is State.FAILED
+
+
+# -- strangers, reordering, reconnecting, out-of-state events ----------------------------
+
+
+def test_events_from_strangers_are_ignored_after_pairing() -> None:
+    relay, side = relay_at(Role.RECEIVER, State.AWAITING_OFFER)
+    relay.open_channels = True
+    hs = side.hs
+    strangers: list[Event] = [
+        PartnerLeft(STRANGER_ID),
+        PartnerAborted(STRANGER_ID, "wrong_code"),
+        SealedReceived(STRANGER_ID, "offer", "AAAA"),
+        PublicKeyReceived(STRANGER_ID, "AAAA"),
+        ConnectionRequested(STRANGER_ID),
+        ConnectionAccepted(None),
+        PartnerLeft(None),
+    ]
+    for event in strangers:
+        assert hs.handle(event, relay.now) == []
+    assert hs.state is State.AWAITING_OFFER
+    relay.run()
+    assert relay.sender.keys is not None and relay.receiver.keys is not None
+
+
+def test_a_second_request_is_ignored_once_paired() -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.waiter.hs.state is State.AWAITING_KEY)
+    assert relay.waiter.hs.handle(ConnectionRequested(STRANGER_ID), relay.now) == []
+    assert relay.waiter.hs.partner == JOINER_ID
+
+
+def test_a_request_without_peer_id_is_a_signaling_error() -> None:
+    relay = Relay()
+    error = only_error(relay.waiter.hs.handle(ConnectionRequested(None), relay.now))
+    assert str(error) == "the signaling server sent a message without peer_id"
+
+
+def test_an_offer_relayed_before_the_key_is_kept_for_later() -> None:
+    """A server may reorder: the receiver gets the offer before the sender's key."""
+    held: list[Call] = []
+
+    def hold_key(name: str, call: Call) -> list[Call]:
+        if call.event == "send_public_key" and name == "joiner":
+            held.append(call)
+            return []
+        if call.event == "offer":
+            return [call, *held]
+        return [call]
+
+    relay = Relay(tamper=hold_key)
+    # The sender needs the receiver's key first; that one goes through.
+    relay.run()
+    assert relay.sender.keys is not None and relay.receiver.keys is not None
+
+
+def test_early_events_before_pairing_are_kept_for_the_partner() -> None:
+    """Before a request pairs it, the waiting side keeps what comes (a server may
+    reorder), and later uses only what its partner sent."""
+    joiner = KeyExchange(role="sender", password=WORDS.encode(), code_id=WAITER_ID)
+    key = base64.b64encode(joiner.message).decode()
+    hs = Handshake(Role.RECEIVER, connect_timeout=TIMEOUT, new_words=lambda: WORDS)
+    hs.handle(Registered(WAITER_ID), 0.0)
+    assert hs.handle(PublicKeyReceived(STRANGER_ID, "AAAA"), 0.0) == []
+    assert hs.handle(PublicKeyReceived(JOINER_ID, key), 0.0) == []
+    assert state_of(hs) is State.AWAITING_REQUEST
+    actions = hs.handle(ConnectionRequested(JOINER_ID), 1.0)
+    assert [a.event for a in actions if isinstance(a, Call)] == [
+        "accept_connection",
+        "send_public_key",
+    ]
+    assert hs.state is State.AWAITING_OFFER
+    assert hs.next_deadline() == 1.0 + TIMEOUT
+
+
+def test_a_lost_server_while_waiting_gives_a_new_code() -> None:
+    words = iter(["tiger-lamp", "otter-bell"])
+    hs = Handshake(Role.RECEIVER, connect_timeout=TIMEOUT, new_words=lambda: next(words))
+    assert hs.handle(Registered(WAITER_ID), 0.0) == [ShowCode(f"{WAITER_ID}-tiger-lamp")]
+    assert hs.handle(ServerLost(), 1.0) == [
+        Status("Lost the signaling server; reconnecting…"),
+        Reconnect(),
+    ]
+    assert state_of(hs) is State.RECONNECTING
+    assert hs.handle(Registered("NEW-456"), 2.0) == [
+        Status("Reconnected. The old code no longer works; use this one:"),
+        ShowCode("NEW-456-otter-bell"),
+    ]
+    assert hs.state is State.AWAITING_REQUEST
+
+
+@pytest.mark.parametrize(("role", "state"), PAIRED_STATES + [(Role.SENDER, State.AWAITING_ACCEPT)])
+def test_a_lost_server_after_pairing_ends_the_set_up(role: Role, state: State) -> None:
+    relay, side = relay_at(role, state)
+    error = only_error(side.hs.handle(ServerLost(), relay.now))
+    assert type(error) is ServerLostError
+
+
+def test_a_lost_server_while_opening_does_not_matter() -> None:
+    relay, side = relay_at(Role.RECEIVER, State.OPENING)
+    assert side.hs.handle(ServerLost(), relay.now) == []
+    assert isinstance(side.hs.handle(ChannelOpen(), relay.now)[-1], Done)
+
+
+def test_duplicates_and_wrong_kinds_from_the_partner_are_ignored() -> None:
+    relay, side = relay_at(Role.SENDER, State.AWAITING_ANSWER)
+    hs = side.hs
+    assert hs.handle(ConnectionAccepted(WAITER_ID), relay.now) == []
+    assert hs.handle(PublicKeyReceived(WAITER_ID, "AAAA"), relay.now) == []
+    assert hs.handle(SealedReceived(WAITER_ID, "offer", "AAAA"), relay.now) == []
+    assert hs.state is State.AWAITING_ANSWER
+
+
+@pytest.mark.parametrize(
+    ("event", "state"),
+    [
+        (ChannelOpen(), State.IDLE),
+        (LocalDescription(("x",)), State.IDLE),
+        (ChannelOpen(), State.AWAITING_KEY),
+        (LocalDescription(("x",)), State.AWAITING_KEY),
+        (Registered(WAITER_ID), State.AWAITING_KEY),
+        (LocalDescription(("x",)), State.DONE),
+        (ChannelOpen(), State.FAILED),
+    ],
+)
+def test_local_events_out_of_state_are_a_bug(event: Event, state: State) -> None:
+    relay = Relay()
+    hs = relay.joiner.hs
+    if state is State.IDLE:
+        hs = Handshake(Role.SENDER, code=Code(WAITER_ID, WORDS), connect_timeout=TIMEOUT)
+    elif state is State.FAILED:
+        hs.handle(Cancelled(), relay.now)
+    else:
+        relay.run(until=lambda: hs.state is state)
+    assert hs.state is state
+    with pytest.raises(ValueError):
+        hs.handle(event, relay.now)
+
+
+def test_server_events_after_the_end_are_ignored() -> None:
+    relay = Relay()
+    relay.run()
+    hs = relay.sender.hs
+    assert hs.handle(PartnerLeft(WAITER_ID), relay.now) == []
+    assert hs.handle(Cancelled(), relay.now) == []
+    assert hs.handle_timer(1e9) == []
+
+
+def test_an_empty_description_is_a_bug() -> None:
+    relay = Relay(open_channels=False)
+    relay.run(until=lambda: relay.sender.hs.state is State.CREATING_OFFERS)
+    with pytest.raises(ValueError):
+        relay.sender.hs.handle(LocalDescription(()), relay.now)
+
+
+def test_bad_stream_counts_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Handshake(Role.SENDER, connect_timeout=TIMEOUT, streams=0)
+    with pytest.raises(ValueError):
+        Handshake(Role.SENDER, connect_timeout=TIMEOUT, streams=handshake.MAX_STREAMS + 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "event"),
+    [
+        ("connection_request", {"peer_id": "A"}, ConnectionRequested("A")),
+        ("connection_accepted", {}, ConnectionAccepted(None)),
+        ("receive_public_key", {"peer_id": "A", "key": "k"}, PublicKeyReceived("A", "k")),
+        ("offer", {"peer_id": "A", "sealed": "s"}, SealedReceived("A", "offer", "s")),
+        ("answer", {"peer_id": "A"}, SealedReceived("A", "answer", None)),
+        ("peer_disconnected", {"peer_id": "A"}, PartnerLeft("A")),
+        ("peer_aborted", {"peer_id": "A", "reason": "x"}, PartnerAborted("A", "x")),
+        ("peer_found", {"peer_id": "A"}, None),
+        ("ice_candidate", {"peer_id": "A"}, None),
+    ],
+)
+def test_signal_event(name: str, data: dict[str, object], event: Event | None) -> None:
+    assert signal_event(name, data) == event
+
+
+# -- fuzzing ------------------------------------------------------------------------------
+
+REMOTE_TYPES = (
+    ConnectionRequested,
+    ConnectionAccepted,
+    PublicKeyReceived,
+    SealedReceived,
+    PartnerLeft,
+    PartnerAborted,
+    ServerLost,
+    Cancelled,
+)
+PEER_IDS = st.sampled_from([WAITER_ID, JOINER_ID, STRANGER_ID, None, 7])
+JUNK = st.one_of(st.none(), st.integers(), st.text(max_size=12), st.just("AAAA"))
+REASONS = st.one_of(JUNK, st.sampled_from(["wrong_code", "cancelled"]))
+REMOTE = st.one_of(
+    st.builds(ConnectionRequested, PEER_IDS),
+    st.builds(ConnectionAccepted, PEER_IDS),
+    st.builds(PublicKeyReceived, PEER_IDS, JUNK),
+    st.builds(SealedReceived, PEER_IDS, st.sampled_from(["offer", "answer"]), JUNK),
+    st.builds(PartnerLeft, PEER_IDS),
+    st.builds(
+        PartnerAborted, PEER_IDS, st.one_of(JUNK, st.sampled_from(["wrong_code", "cancelled"]))
+    ),
+    st.builds(ServerLost),
+    st.builds(Cancelled),
+)
+STEPS = st.lists(
+    st.one_of(
+        st.just("honest"),  # the next message the real partner sent
+        st.floats(min_value=0, max_value=40),  # time passes
+        REMOTE,
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    waiter_role=st.sampled_from(FLOWS),
+    fuzz_waiter=st.booleans(),
+    steps=STEPS,
+)
+def test_random_event_sequences_only_end_in_sfs_errors(
+    waiter_role: Role, fuzz_waiter: bool, steps: list[object]
+) -> None:
+    """Whatever the server does, the machine answers with actions or a Fail of an
+    sfs error; never another exception, and nothing after the end."""
+    relay = Relay(waiter_role=waiter_role)
+    target = relay.waiter if fuzz_waiter else relay.joiner
+    honest = relay.other(target)
+    # The fuzzed side's own local events (its connection) it gets at once; what the
+    # honest partner sends waits in its inbox for an "honest" step.
+    for step in steps:
+        while honest.inbox:
+            relay.deliver(honest, honest.inbox.popleft())
+        for event in [e for e in target.inbox if isinstance(e, LOCAL)]:
+            target.inbox.remove(event)
+            relay.deliver(target, event)
+        over = target.hs.state in (State.DONE, State.FAILED)
+        if step == "honest":
+            if not target.inbox:
+                continue
+            actions = target.hs.handle(target.inbox.popleft(), relay.now)
+        elif isinstance(step, float):
+            relay.now += step
+            actions = target.hs.handle_timer(relay.now)
+        else:
+            assert not isinstance(step, str)
+            assert isinstance(step, REMOTE_TYPES)
+            actions = target.hs.handle(cast(Event, step), relay.now)
+        if over:
+            assert actions == []
+        relay.perform(target, actions)
+        for action in actions:
+            if isinstance(action, Fail):
+                assert isinstance(action.error, SfsError)
+                assert action is actions[-1]
+                assert target.hs.state is State.FAILED
+            if isinstance(action, Done):
+                assert target.hs.state is State.DONE
+        if target.hs.state is State.FAILED:
+            assert target.hs._exchange is None and target.hs._keys is None
