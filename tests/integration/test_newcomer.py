@@ -428,6 +428,7 @@ async def test_ctrl_c_during_set_up_reaches_the_other_side_at_once(tmp_path: Pat
     text = err.decode()
     assert sender is not None and sender.returncode == 130
     assert receiver.returncode == 7, text
-    # Not the 5 s grace for a partner that merely left the server, nor a timeout.
-    assert time.monotonic() - started < 4, text
+    # Not the 60 s connect timeout; and the message shows it came as a cancel, not as
+    # a partner that merely left the server (which also ends it, after a 5 s grace).
+    assert time.monotonic() - started < 10, text
     assert "cancelled by its user" in text
