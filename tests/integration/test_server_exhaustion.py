@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -29,10 +29,9 @@ from tests.integration.test_server_hostile import (
     Ack,
     Client,
     RawClient,
-    _ws_frame,
     assert_serving,
+    non_reading_partner,
     pair,
-    slow_reader,
 )
 
 # Bounded waits for what the server does on its own clock (timeouts, sweeps): far
@@ -345,23 +344,6 @@ async def test_pairings_that_make_no_progress_expire(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- (c) unread data
-
-
-@contextlib.asynccontextmanager
-async def non_reading_partner(
-    url: str, sender: Client
-) -> AsyncIterator[tuple[asyncio.StreamReader, str]]:
-    """A raw websocket client paired with *sender* that stops reading once paired."""
-    async with slow_reader(url) as (reader, writer):
-        writer.write(_ws_frame('421["register_peer",{}]'))
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            reply = (await reader.readuntil(b'"ice_servers":[]}]')).decode("latin-1")
-        peer_id = reply.split('"peer_id":"')[1][:7]
-        assert m.is_peer_id(peer_id), reply
-        assert (await sender.call(m.SEND_CONNECTION_REQUEST, {"peer_id": peer_id}))["ok"]
-        writer.write(_ws_frame(f'422["accept_connection",{{"peer_id":"{sender.peer_id}"}}]'))
-        await sender.expect(m.CONNECTION_ACCEPTED, {"peer_id": peer_id})
-        yield reader, peer_id
 
 
 async def relay_offers(sender: Client, peer_id: str, count: int, chars: int) -> list[Ack]:

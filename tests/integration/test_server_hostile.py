@@ -607,10 +607,13 @@ async def test_client_that_never_reads_its_replies_is_dropped(server: ServerProc
     await assert_serving(server)
 
 
-async def test_partner_that_never_reads_is_dropped(server: ServerProcess, connect: Connect) -> None:
-    sender = await connect()
-    async with slow_reader(server.url) as (reader, writer):
-        # Register and accept over the raw socket, reading just those replies.
+@contextlib.asynccontextmanager
+async def non_reading_partner(
+    url: str, sender: Client
+) -> AsyncIterator[tuple[asyncio.StreamReader, str]]:
+    """A raw websocket client paired with *sender* that stops reading once paired
+    (it registers and accepts over the raw socket, reading just those replies)."""
+    async with slow_reader(url) as (reader, writer):
         writer.write(_ws_frame('421["register_peer",{}]'))
         async with asyncio.timeout(TIMEOUT_SECONDS):
             reply = (await reader.readuntil(b'"ice_servers":[]}]')).decode("latin-1")
@@ -619,6 +622,12 @@ async def test_partner_that_never_reads_is_dropped(server: ServerProcess, connec
         assert (await sender.call(m.SEND_CONNECTION_REQUEST, {"peer_id": peer_id}))["ok"]
         writer.write(_ws_frame(f'422["accept_connection",{{"peer_id":"{sender.peer_id}"}}]'))
         await sender.expect(m.CONNECTION_ACCEPTED, {"peer_id": peer_id})
+        yield reader, peer_id
+
+
+async def test_partner_that_never_reads_is_dropped(server: ServerProcess, connect: Connect) -> None:
+    sender = await connect()
+    async with non_reading_partner(server.url, sender) as (reader, peer_id):
         # Now the partner stops reading while the sender relays large offers.
         sealed = "A" * m.MAX_SEALED_SDP_CHARS
         acks: list[Ack] = []
