@@ -46,6 +46,7 @@ from sfs.errors import (
     RemoteProtocolError,
     SfsError,
 )
+from sfs.peer.handshake import MAX_STREAMS as MAX_STREAMS  # the striping limit, re-exported
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
@@ -593,9 +594,6 @@ class PeerLink:
 
 
 # -- striping ---------------------------------------------------------------------------------
-
-#: The most peer connections one transfer may use (the receiver enforces it).
-MAX_STREAMS = 8
 
 
 class StripedChannel:

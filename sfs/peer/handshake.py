@@ -79,8 +79,8 @@ WRONG_CODE_REASON = "wrong_code"
 PARTNER_GONE_GRACE_SECONDS = 5.0
 #: Early events kept for a later step; a flood only ever costs this many.
 BACKLOG_LIMIT = 64
-#: The most peer connections one session stripes over (connection.MAX_STREAMS; this
-#: module cannot import aiortc's glue, so tests/unit/test_handshake.py checks they agree).
+#: The most peer connections one session stripes over (the receiver enforces it; the
+#: connection glue takes it from here, since this module cannot import aiortc's).
 MAX_STREAMS = 8
 
 _LEFT_MESSAGE = "the other side left before the connection was set up"
