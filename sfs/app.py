@@ -10,11 +10,12 @@ what the user sees goes through a :class:`Ui`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from sfs.errors import (
     SourceError,
     VerificationError,
 )
+from sfs.lan.discovery import Browser, advertise, find_lan, first_reachable, open_zeroconf
+from sfs.lan.embedded import embedded_server
+from sfs.lan.record import MAX_ATTEMPTS, Advert, is_final, signaling_url, verdict
 from sfs.peer.connection import (
     DataChannelLink,
     PeerLinks,
@@ -77,7 +81,9 @@ from sfs.signal.server import ServerConfig, run_server
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SERVER_URL = "http://localhost:5000"
+#: In LAN mode, how long the joining side looks for the code's peer on mDNS when
+#: --connect-timeout is not given: on a LAN a waiting peer answers within a second.
+LAN_FIND_SECONDS = 5.0
 #: How long to wait for each step of the other side during set-up, and for ICE,
 #: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
 CONNECT_TIMEOUT_SECONDS = 30.0
@@ -105,14 +111,21 @@ class Ui(Protocol):
 class PeerOptions:
     """Options both peers share.
 
+    :param server_url: the signaling server (``sfs serve``); ``None`` is LAN mode:
+        the waiting side runs one in-process and advertises it on mDNS, the
+        joining side finds it there.
     :param ice_servers: STUN/TURN servers; ``None`` means those the server recommends.
     :param ice_addresses: restrict ICE host candidates to these local addresses.
+    :param name: the display name a waiting side advertises in LAN mode.
+    :param find_timeout: in LAN mode, how long the joining side looks for the peer.
     """
 
-    server_url: str = DEFAULT_SERVER_URL
+    server_url: str | None = None
     ice_servers: tuple[IceServer, ...] | None = None
     ice_addresses: tuple[str, ...] = ()
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    name: str = ""
+    find_timeout: float = LAN_FIND_SECONDS
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,33 @@ async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = N
     await run_server(config, ready=ready)
 
 
+async def peers(show: Callable[[list[Advert]], None], *, once: float | None = None) -> list[Advert]:
+    """Who is waiting on the local network (LAN mode's mDNS records).
+
+    :param once: look for this long, then return what was found; ``None`` calls
+        ``show`` with the list at once, on every change and every second (the
+        waiting times grow) until cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    zeroconf = open_zeroconf(find_lan())
+    try:
+        async with Browser(zeroconf) as browser:
+
+            def now_waiting() -> list[Advert]:
+                return sorted(browser.adverts.values(), key=lambda a: (a.since, a.peer_id))
+
+            if once is not None:
+                deadline = loop.time() + once
+                while await browser.wait_changed(deadline - loop.time()):
+                    pass
+                return now_waiting()
+            while True:
+                show(now_waiting())
+                await browser.wait_changed(1.0)
+    finally:
+        await zeroconf.async_close()
+
+
 @dataclass(frozen=True)
 class Session:
     """An open, authenticated DataChannel to the peer, and the session keys."""
@@ -165,18 +205,7 @@ async def sender_session(
 
     :param streams: peer connections to stripe over (the receiver may accept fewer).
     """
-    addresses = check_local_addresses(options.ice_addresses)
-    handshake = Handshake(
-        Role.SENDER,
-        code=code,
-        connect_timeout=options.connect_timeout,
-        ice_servers=options.ice_servers,
-        streams=streams,
-    )
-    del code
-    async with AsyncExitStack() as stack:
-        session = await _set_up(stack, handshake, options, ui, addresses)
-        del handshake
+    async with _session(Role.SENDER, code, options, ui, streams=streams) as session:
         yield session
 
 
@@ -186,17 +215,36 @@ async def receiver_session(
 ) -> AsyncIterator[Session]:
     """Show a code and wait for the sender (or, given the sender's ``code``, join it),
     agree on keys, and open the DataChannel."""
+    async with _session(Role.RECEIVER, code, options, ui) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _session(
+    role: Role, code: Code | None, options: PeerOptions, ui: Ui, *, streams: int = 1
+) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
-    handshake = Handshake(
-        Role.RECEIVER,
+
+    handshake = functools.partial(
+        Handshake,
+        role,
         code=code,
         connect_timeout=options.connect_timeout,
         ice_servers=options.ice_servers,
+        streams=streams,
     )
-    del code
+
     async with AsyncExitStack() as stack:
-        session = await _set_up(stack, handshake, options, ui, addresses)
-        del handshake
+        if options.server_url is not None:
+            ui.status(f"Connecting via {options.server_url}…")
+            session = await _set_up(stack, handshake(), options.server_url, options, ui, addresses)
+        elif code is None:
+            session = await _wait_on_lan(stack, handshake(), role, options, ui, addresses)
+        else:
+            session = await _join_on_lan(
+                stack, handshake, code.peer_id, role, options, ui, addresses
+            )
+        del code, handshake  # the secret words: not needed any more
         yield session
 
 
@@ -288,23 +336,31 @@ async def _verify(ui: Ui, channel: Channel, proto: TransferProtocol, keys: Sessi
 async def _set_up(
     stack: AsyncExitStack,
     handshake: Handshake,
+    url: str,
     options: PeerOptions,
     ui: Ui,
     addresses: tuple[str, ...],
+    *,
+    registered: Callable[[str], Awaitable[None]] | None = None,
 ) -> Session:
-    """Pump ``handshake`` between the signaling client and the peer connection(s).
+    """Pump ``handshake`` between the signaling client at ``url`` and the peer
+    connection(s).
 
     Everything the set-up decides is :class:`Handshake`'s; this only carries out its
     actions and feeds it what the server, the connection and the clock say.  The
     connections and the signaling client live on ``stack``.
+
+    :param registered: awaited with each peer ID the server gives, before the code
+        is shown (LAN mode advertises it).
     """
     loop = asyncio.get_running_loop()
-    ui.status(f"Connecting to {options.server_url}…")
-    signal = await stack.enter_async_context(_signal_client(options))
+    signal = await stack.enter_async_context(_signal_client(url, options))
     links: PeerLinks | None = None
     opener: asyncio.Future[DataChannelLink | StripedChannel] | None = None
     try:
         peer_id, server_ice = await signal.register()
+        if registered is not None:
+            await registered(peer_id)
         pending: deque[Event] = deque([Registered(peer_id, server_ice)])
         while True:
             if pending:
@@ -325,8 +381,10 @@ async def _set_up(
                 elif isinstance(action, Reconnect):
                     # How to get back (retries, pauses) is I/O policy, so it lives here;
                     # that the old code is dead and a new one is shown is the handshake's.
-                    signal = await _reconnect(options, stack)
+                    signal = await _reconnect(url, options, stack)
                     peer_id, server_ice = await signal.register()
+                    if registered is not None:
+                        await registered(peer_id)
                     pending.append(Registered(peer_id, server_ice))
                 elif isinstance(action, CreateOffers):
                     links = await stack.enter_async_context(
@@ -368,6 +426,106 @@ async def _set_up(
         if opener is not None and not opener.done():
             opener.cancel()
             await asyncio.gather(opener, return_exceptions=True)
+
+
+async def _wait_on_lan(
+    stack: AsyncExitStack,
+    handshake: Handshake,
+    role: Role,
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    """LAN mode, the side that shows the code: run the signaling server here,
+    advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
+    channel is open (the peers talk directly; nobody else should find this code)."""
+    lan = find_lan()
+    async with AsyncExitStack() as rendezvous:
+        embedded = await rendezvous.enter_async_context(embedded_server())
+        zeroconf = open_zeroconf(lan)
+        rendezvous.push_async_callback(zeroconf.async_close)
+        adverts = await rendezvous.enter_async_context(AsyncExitStack())
+        since = int(time.time())
+
+        async def registered(peer_id: str) -> None:
+            await adverts.aclose()  # a new peer ID (the server was lost): the old one goes
+            advert = Advert(peer_id, role.value, options.name, embedded.port, lan.addresses, since)
+            await adverts.enter_async_context(advertise(zeroconf, advert))
+
+        ui.status("On the local network (no server; for other networks use --server)")
+        return await _set_up(
+            stack, handshake, embedded.local_url, options, ui, addresses, registered=registered
+        )
+
+
+async def _join_on_lan(
+    stack: AsyncExitStack,
+    new_handshake: Callable[[], Handshake],
+    peer_id: str,
+    role: Role,
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    """LAN mode, the side that typed the code: find ``peer_id`` on mDNS and set up
+    through its signaling server.  Records are untrusted (anyone can advertise any
+    ID), so each one advertised for the ID is tried, up to MAX_ATTEMPTS, until a
+    set-up gets through; see :mod:`sfs.lan.record`."""
+    lan = find_lan()
+    waiting = Role.RECEIVER if role is Role.SENDER else Role.SENDER
+    ui.status(f"Looking for {peer_id} on the local network…")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.find_timeout
+    failures: list[SfsError] = []
+    tried: set[tuple[str, Advert]] = set()
+    zeroconf = open_zeroconf(lan)
+    try:
+        async with Browser(zeroconf) as browser:
+            while len(tried) < MAX_ATTEMPTS:
+                fresh = [
+                    (name, advert)
+                    for name, advert in browser.adverts.items()
+                    if advert.peer_id == peer_id
+                    and advert.role == waiting.value
+                    and (name, advert) not in tried
+                ]
+                if not fresh:
+                    if not await browser.wait_changed(deadline - loop.time()):
+                        break
+                    continue
+                tried.add(fresh[0])
+                advert = fresh[0][1]
+                host = await first_reachable(advert.addresses, advert.port)
+                if host is None:
+                    logger.info("%s: none of %s answers", peer_id, advert.addresses)
+                    failures.append(ServerUnreachableError())
+                    continue
+                ui.status(f"Found {peer_id} at {host} ({advert.name or 'no name'})")
+                attempt = AsyncExitStack()
+                try:
+                    session = await _set_up(
+                        attempt,
+                        new_handshake(),
+                        signaling_url(host, advert.port),
+                        options,
+                        ui,
+                        addresses,
+                    )
+                except SfsError as exc:
+                    await attempt.aclose()
+                    logger.info("%s at %s: %s", peer_id, host, exc)
+                    failures.append(exc)
+                    if is_final(exc):
+                        break
+                    continue
+                except BaseException:
+                    await attempt.aclose()
+                    raise
+                await stack.enter_async_context(attempt)
+                return session
+    finally:
+        await zeroconf.async_close()
+    raise verdict(failures, peer_id=peer_id, role=waiting.value)
 
 
 async def _next_input(
@@ -425,17 +583,17 @@ def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
     return [{"type": kind, "sdp": sdp} for sdp in sdps]
 
 
-def _signal_client(options: PeerOptions) -> SignalClient:
-    return SignalClient(options.server_url, connect_timeout=options.connect_timeout)
+def _signal_client(url: str, options: PeerOptions) -> SignalClient:
+    return SignalClient(url, connect_timeout=options.connect_timeout)
 
 
-async def _reconnect(options: PeerOptions, stack: AsyncExitStack) -> SignalClient:
+async def _reconnect(url: str, options: PeerOptions, stack: AsyncExitStack) -> SignalClient:
     """Connect again, retrying with growing pauses for up to RECONNECT_SECONDS."""
     deadline = time.monotonic() + RECONNECT_SECONDS
     pause = 0.5
     while True:
         try:
-            return await stack.enter_async_context(_signal_client(options))
+            return await stack.enter_async_context(_signal_client(url, options))
         except ServerUnreachableError:
             if time.monotonic() + pause > deadline:
                 raise

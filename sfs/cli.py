@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from tqdm import tqdm
 
 from sfs import __version__, app
 from sfs.code import CODE_SHAPE, Code, parse_code
 from sfs.errors import PeerConnectionError, SfsError
+from sfs.lan.record import Advert, waited
 from sfs.peer.connection import MAX_STREAMS, check_local_addresses
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
@@ -311,6 +313,7 @@ def _run(
     *,
     transfer: bool = True,
     ui: ConsoleUi | None = None,
+    interrupted: int = EXIT_INTERRUPTED,
 ) -> T:
     if transfer:
         # Not for `sfs serve`: a long-lived server with many short connections needs
@@ -325,6 +328,8 @@ def _run(
         say(f"Error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        if interrupted == 0:  # Ctrl-C is how this command ends
+            sys.exit(0)
         if ui is not None and ui.kept:
             say(
                 "Interrupted. Nothing is under the final name; the partial copy is kept, "
@@ -350,8 +355,22 @@ def _ice_addresses(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def _peer_options(
-    server: str, ice_server: Sequence[str], ice_address: Sequence[str], connect_timeout: float
+    server: str | None,
+    ice_server: Sequence[str],
+    ice_address: Sequence[str],
+    connect_timeout: float,
+    *,
+    lan: bool = False,
+    name: str = "",
 ) -> app.PeerOptions:
+    """The options both peers share; the mode rule is here: ``--lan``, or no
+    ``--server`` and no ``SFS_SERVER``, is LAN mode."""
+    ctx = click.get_current_context()
+    if lan and ctx.get_parameter_source("server") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--lan and --server exclude each other: pick one")
+    # An explicit --connect-timeout also bounds the search on the LAN, whose own
+    # default is short: a waiting peer there answers within a second.
+    explicit = ctx.get_parameter_source("connect_timeout") is ParameterSource.COMMANDLINE
     try:
         addresses = check_local_addresses(_ice_addresses(ice_address))
     except PeerConnectionError as exc:
@@ -359,16 +378,20 @@ def _peer_options(
             str(exc).removeprefix("--ice-address "), param_hint="--ice-address"
         ) from None
     return app.PeerOptions(
-        server_url=server,
+        server_url=None if lan else server,
         ice_servers=_ice_servers(ice_server),
         ice_addresses=addresses,
         connect_timeout=connect_timeout,
+        name=name,
+        find_timeout=connect_timeout if explicit else app.LAN_FIND_SECONDS,
     )
 
 
-def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def _server_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An http:// or https:// URL with a host: anything else is a usage error, not a
     server that cannot be reached."""
+    if value is None or not value.strip():
+        return None  # LAN mode
     try:
         parts = urllib.parse.urlsplit(value.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -399,12 +422,18 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--server",
-            default=app.DEFAULT_SERVER_URL,
+            default=None,
             callback=_server_url,
             envvar="SFS_SERVER",
             show_envvar=True,
-            show_default=True,
-            help="URL of the signaling server (`sfs serve`).",
+            metavar="URL",
+            help="Signaling server (`sfs serve`) for peers on other networks. Without "
+            "it (and without SFS_SERVER), sfs works on the local network by itself.",
+        ),
+        click.option(
+            "--lan",
+            is_flag=True,
+            help="Work on the local network (no server) even if SFS_SERVER is set.",
         ),
         click.option(
             "--ice-server",
@@ -429,7 +458,9 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             metavar="SECONDS",
             help="Give up when the signaling server, the other side or the direct "
-            "connection does not answer within this long.",
+            "connection does not answer within this long (on the local network, "
+            f"looking for the peer takes at most {app.LAN_FIND_SECONDS:.0f} s unless "
+            "this is given).",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
         click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
@@ -616,6 +647,12 @@ def serve(
     is_flag=True,
     help="List every offered file, not just a screenful.",
 )
+@click.option(
+    "--name",
+    default=None,
+    help="Name `sfs peers` shows for this receiver on the local network "
+    "(default: your login name).",
+)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -625,9 +662,11 @@ def receive(
     overwrite: bool,
     yes: bool,
     list_all: bool,
+    name: str | None,
     verify: bool,
     no_resume: bool,
-    server: str,
+    server: str | None,
+    lan: bool,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -658,7 +697,14 @@ def receive(
         code=joined,
         output_dir=output,
         overwrite=overwrite,
-        peer=_peer_options(server, ice_server, ice_address, connect_timeout),
+        peer=_peer_options(
+            server,
+            ice_server,
+            ice_address,
+            connect_timeout,
+            lan=lan,
+            name=_default_sender() if name is None else name,
+        ),
         verify=verify,
         resume=not no_resume,
     )
@@ -680,7 +726,8 @@ def receive(
     "--name",
     "sender_name",
     default=None,
-    help="Name shown to the receiver (default: your login name).",
+    help="Name shown to the receiver, and by `sfs peers` with --print-code "
+    "(default: your login name).",
 )
 @click.option(
     "--streams",
@@ -707,7 +754,8 @@ def send(
     streams: int,
     verify: bool,
     no_resume: bool,
-    server: str,
+    server: str | None,
+    lan: bool,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -726,20 +774,101 @@ def send(
         code, files = None, _only_files(args)
     else:
         code, files = _split_code(args)
+    name = (_default_sender() if sender_name is None else sender_name)[:MAX_SENDER_NAME_CHARS]
     config = app.SendConfig(
         code=code,
         paths=tuple(Path(f) for f in files),
-        peer=_peer_options(server, ice_server, ice_address, connect_timeout),
+        peer=_peer_options(server, ice_server, ice_address, connect_timeout, lan=lan, name=name),
         chunk_size=chunk_size,
-        sender_name=(_default_sender() if sender_name is None else sender_name)[
-            :MAX_SENDER_NAME_CHARS
-        ],
+        sender_name=name,
         verify=verify,
         streams=streams,
         resume=not no_resume,
     )
     result = _run(app.send(config, ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT)), verbose)
     say(_final_line("Sent", result), err=False)
+
+
+@main.command()
+@click.option(
+    "--once",
+    type=click.FloatRange(0, 3600),
+    default=None,
+    metavar="SECONDS",
+    help="Look for this long, print who was found and exit (0 even if nobody).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+def peers(once: float | None, verbose: int) -> None:
+    """List who is waiting on this local network: receivers, and senders that ran
+    `sfs send --print-code`. Updates live until Ctrl-C.
+
+    Only LAN mode peers are listed: a signaling server never publishes who is on it.
+    """
+    _setup_logging(verbose)
+    if once is not None:
+        found = _run(app.peers(lambda _: None, once=once), verbose, transfer=False)
+        for line in peer_table(found, now=time.time()):
+            say(line, err=False)
+        return
+    live = LivePeers(sys.stdout.isatty())
+    try:
+        _run(app.peers(live.show), verbose, transfer=False, interrupted=0)
+    finally:
+        live.close()
+
+
+PEER_NAME_CHARS = 24
+
+
+def peer_table(adverts: Sequence[Advert], *, now: float) -> list[str]:
+    """The lines `sfs peers` prints: a header and one row per waiting peer, or one
+    line saying there is nobody.  Names come from the network: printable() only."""
+    if not adverts:
+        return ["Nobody is waiting on this network."]
+    rows = [("NAME", "ID", "WAITS TO", "ADDRESS", "WAITING")]
+    for advert in adverts:
+        rows.append(
+            (
+                printable(advert.name, PEER_NAME_CHARS) or "-",
+                advert.peer_id,
+                "receive" if advert.role == "receiver" else "send",
+                advert.addresses[0],
+                waited(advert.since, now),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+class LivePeers:
+    """`sfs peers` without --once: on a terminal, the table redrawn in place every
+    second; elsewhere (a pipe, a log), the table again only when who is there changes."""
+
+    def __init__(self, redraw: bool) -> None:
+        self.redraw = redraw
+        self.drawn = 0
+        self.last: list[tuple[str, str]] | None = None
+
+    def show(self, adverts: list[Advert]) -> None:
+        who = [(a.peer_id, a.name) for a in adverts]
+        if not self.redraw and who == self.last:
+            return
+        self.last = who
+        lines = peer_table(adverts, now=time.time())
+        if self.redraw and self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the old table, clear it
+        elif self.drawn:
+            say("", err=False)
+        for line in lines:
+            say(line, err=False)
+        sys.stdout.flush()
+        self.drawn = len(lines)
+
+    def close(self) -> None:
+        sys.stdout.flush()
 
 
 def _require_terminal_for_verify(verify: bool) -> None:

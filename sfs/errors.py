@@ -76,6 +76,18 @@ class CodeNotFoundError(SignalingError):
     exit_code = 4
 
 
+class PeerNotOnLanError(CodeNotFoundError):
+    """No peer with that ID on this network (for other networks use --server)."""
+
+    exit_code = 4
+
+
+class NoLanError(SignalingError):
+    """No network interface with multicast here for LAN mode; use --server URL instead."""
+
+    exit_code = 3
+
+
 class RoomFullError(SignalingError):
     """That code is already in use by another transfer. Ask for a new one."""
 

@@ -22,6 +22,12 @@ import pytest
 
 LOOPBACK = "127.0.0.1"
 PROCESS_TIMEOUT_SECONDS = 90
+#: Without a server, sfs works on the local network: it would multicast on this
+#: machine's real interfaces.  Every sfs the tests start inherits a server that is
+#: never there (a closed loopback port) unless the test asks for LAN mode, which
+#: only runs inside namespaces the test creates (tests/integration/test_lan.py).
+NO_SERVER = "http://127.0.0.1:9"
+os.environ.setdefault("SFS_SERVER", NO_SERVER)
 
 
 def sfs_command(*args: str, netns: str | None = None) -> list[str]:

@@ -1286,11 +1286,18 @@ def _url(address: object) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def run_server(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
+async def run_server(
+    config: ServerConfig,
+    *,
+    ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
     """Serve signaling on ``config.host:config.port`` until cancelled.
 
     :param ready: called once with the bound URL (e.g. ``http://127.0.0.1:43121``),
         which tells the real port when ``config.port`` is 0
+    :param sock: a bound socket to listen on instead of ``config.host:config.port``
+        (the embedded server's one dual-stack port)
     """
     fd_limit = raise_fd_limit()
     app = create_app(config)
@@ -1311,9 +1318,15 @@ async def run_server(config: ServerConfig, *, ready: Callable[[str], None] | Non
     try:
         assert runner.server is not None  # set up above
         # Not a web.TCPSite: the gate must see each connection before aiohttp does.
-        listener = await asyncio.get_running_loop().create_server(
-            gate.wrap(runner.server), config.host, config.port, backlog=LISTEN_BACKLOG
-        )
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            listener = await loop.create_server(
+                gate.wrap(runner.server), sock=sock, backlog=LISTEN_BACKLOG
+            )
+        else:
+            listener = await loop.create_server(
+                gate.wrap(runner.server), config.host, config.port, backlog=LISTEN_BACKLOG
+            )
         if fd_limit is not None:
             gate.admission.set_fd_limit(fd_limit, fds_in_use=_open_fds())
             room = gate.admission.session_capacity

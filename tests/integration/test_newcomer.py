@@ -197,7 +197,7 @@ def test_a_server_that_never_answers_times_out(
     result = run(command, "--connect-timeout", "2", *rest, env_url=silent_server)
     assert result.returncode == 3, result.stderr
     assert time.monotonic() - started < WAIT_SECONDS - 5
-    assert result.stderr.startswith(f"Connecting to {silent_server}…")
+    assert result.stderr.startswith(f"Connecting via {silent_server}…")
     assert "did not answer within 2 s" in result.error_line()
 
 

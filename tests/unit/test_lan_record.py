@@ -1,0 +1,182 @@
+"""The mDNS record (sfs.lan.record): its format, what a joining side accepts from the
+network, and which error it reports when no record led to the peer."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfs.cli import peer_table
+from sfs.errors import (
+    CancelledByPeerError,
+    CodeNotFoundError,
+    IceFailedError,
+    PeerGoneError,
+    PeerNotOnLanError,
+    ServerUnreachableError,
+    SignalingError,
+    WrongCodeError,
+)
+from sfs.lan.record import (
+    MAX_ADDRESSES,
+    MAX_NAME_CHARS,
+    SERVICE_TYPE,
+    Advert,
+    connectable,
+    instance_name,
+    is_final,
+    parse,
+    signaling_url,
+    verdict,
+    waited,
+)
+
+ADVERT = Advert("KQZ-042", "receiver", "alice", 41234, ("10.0.0.2", "fd00::2"), 1_800_000_000)
+
+
+def txt(props: dict[str, str]) -> dict[bytes, bytes | None]:
+    return {k.encode(): v.encode() for k, v in props.items()}
+
+
+def test_the_record_known_answer() -> None:
+    assert ADVERT.properties() == {
+        "v": "1",
+        "id": "KQZ-042",
+        "role": "receiver",
+        "name": "alice",
+        "since": "1800000000",
+    }
+    assert instance_name("KQZ-042", token="3f9a1c") == "sfs KQZ-042 3f9a1c._sfs._tcp.local."
+    assert SERVICE_TYPE == "_sfs._tcp.local."
+
+
+def test_round_trip() -> None:
+    assert parse(txt(ADVERT.properties()), port=41234, addresses=ADVERT.addresses) == ADVERT
+
+
+def test_two_instance_names_differ() -> None:
+    assert instance_name("KQZ-042") != instance_name("KQZ-042")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"v": "2"}, "another version"),
+        ({"id": "kqz-042"}, "not a peer ID"),
+        ({"id": "KQZ-042-tiger-lamp"}, "a whole code is not an ID"),
+        ({"role": "admin"}, "no such role"),
+    ],
+)
+def test_records_that_are_not_usable(change: dict[str, str], why: str) -> None:
+    assert parse(txt({**ADVERT.properties(), **change}), port=1, addresses=["10.0.0.2"]) is None
+
+
+def test_missing_fields_ports_and_addresses() -> None:
+    props = txt(ADVERT.properties())
+    assert (
+        parse({k: v for k, v in props.items() if k != b"id"}, port=1, addresses=["10.0.0.2"])
+        is None
+    )
+    assert parse(props, port=None, addresses=["10.0.0.2"]) is None
+    assert parse(props, port=0, addresses=["10.0.0.2"]) is None
+    assert parse(props, port=70000, addresses=["10.0.0.2"]) is None
+    assert parse(props, port=1, addresses=["127.0.0.1", "fe80::1", "::1"]) is None
+    assert parse({**props, b"v": b"\xff"}, port=1, addresses=["10.0.0.2"]) is None
+
+
+def test_name_and_since_are_cleaned() -> None:
+    props = txt(ADVERT.properties())
+    long_name = {**props, b"name": ("x" * 500).encode(), b"since": b"soon"}
+    advert = parse(long_name, port=1, addresses=["10.0.0.2"])
+    assert advert is not None
+    assert advert.name == "x" * MAX_NAME_CHARS and advert.since == 0
+    bad_utf8 = parse({**props, b"name": b"\xffbob"}, port=1, addresses=["10.0.0.2"])
+    assert bad_utf8 is not None and bad_utf8.name == "\ufffdbob"
+    no_name = parse({**props, b"name": None}, port=1, addresses=["10.0.0.2"])
+    assert no_name is not None and no_name.name == ""
+
+
+def test_connectable_addresses() -> None:
+    assert connectable(
+        ["fd00::2", "127.0.0.1", "10.0.0.2", "fe80::1", "::1", "224.0.0.251", "0.0.0.0",
+         "nonsense", "10.0.0.2", "169.254.3.4"]
+    ) == ("10.0.0.2", "169.254.3.4", "fd00::2")  # fmt: skip
+    many = [f"10.0.0.{i}" for i in range(1, 50)]
+    assert len(connectable(many)) == MAX_ADDRESSES
+
+
+def test_signaling_url() -> None:
+    assert signaling_url("10.0.0.2", 5000) == "http://10.0.0.2:5000"
+    assert signaling_url("fd00::2", 5000) == "http://[fd00::2]:5000"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from([b"v", b"id", b"role", b"name", b"since", b"x"]),
+        st.one_of(st.none(), st.binary(max_size=80)),
+    ),
+    st.one_of(st.none(), st.integers(-10, 70000)),
+    st.lists(st.text(max_size=40), max_size=20),
+)
+def test_parse_never_raises_and_keeps_its_promises(
+    props: dict[bytes, bytes | None], port: int | None, addresses: list[str]
+) -> None:
+    advert = parse(props, port=port, addresses=addresses)
+    if advert is not None:
+        assert advert.role in ("receiver", "sender")
+        assert len(advert.name) <= MAX_NAME_CHARS
+        assert 0 < advert.port < 65536
+        assert 0 < len(advert.addresses) <= MAX_ADDRESSES
+
+
+def test_waited() -> None:
+    assert waited(1000, 1012.7) == "12 s"
+    assert waited(1000, 1000 + 125) == "2 min"
+    assert waited(1000, 1000 + 3 * 3600 + 60 * 5) == "3 h 5 min"
+    assert waited(2000, 1000) == "0 s"  # its clock is ahead of ours
+    assert waited(0, 1000) == "0 s"
+
+
+def test_verdict_when_nothing_answered() -> None:
+    error = verdict(
+        [ServerUnreachableError(), CodeNotFoundError()], peer_id="KQZ-042", role="sender"
+    )
+    assert isinstance(error, PeerNotOnLanError) and error.exit_code == 4
+    assert str(error) == (
+        "no sender with ID KQZ-042 on this network (is it on the same LAN? "
+        "for other networks use --server)"
+    )
+    assert isinstance(verdict([], peer_id="KQZ-042", role="receiver"), PeerNotOnLanError)
+
+
+def test_verdict_prefers_who_held_the_id() -> None:
+    wrong, gone, cancel, ice = (
+        WrongCodeError(),
+        PeerGoneError(),
+        CancelledByPeerError(),
+        IceFailedError(),
+    )
+    other = SignalingError("refused")
+    absent = CodeNotFoundError()
+    assert verdict([absent, other, wrong, cancel], peer_id="A", role="r") is wrong
+    assert verdict([cancel, absent, gone], peer_id="A", role="r") is cancel
+    assert verdict([wrong, ice], peer_id="A", role="r") is ice
+    assert verdict([absent, gone], peer_id="A", role="r") is gone
+    assert verdict([absent, other], peer_id="A", role="r") is other
+
+
+def test_only_a_failed_connection_ends_the_search() -> None:
+    assert is_final(IceFailedError())
+    for error in (PeerGoneError(), WrongCodeError(), CodeNotFoundError(), ServerUnreachableError()):
+        assert not is_final(error)
+
+
+def test_peer_table_shows_network_text_inert() -> None:
+    evil = Advert("KQZ-042", "sender", "\x1b[2J\u202eevil", 1, ("10.0.0.2",), 1000)
+    lines = peer_table([ADVERT, evil], now=ADVERT.since + 30)
+    assert lines[0].split() == ["NAME", "ID", "WAITS", "TO", "ADDRESS", "WAITING"]
+    assert lines[1].split() == ["alice", "KQZ-042", "receive", "10.0.0.2", "30", "s"]
+    assert "\x1b" not in lines[2] and "\u202e" not in lines[2]
+    assert "\\x1b[2J\\u202eevil" in lines[2] and " send " in lines[2]
+    assert peer_table([], now=0) == ["Nobody is waiting on this network."]
