@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from benchmarks.lan import RECEIVER_ADDRESS as LAN_RECEIVER_ADDRESS
+from benchmarks.lan import SENDER_ADDRESS as LAN_SENDER_ADDRESS
+from benchmarks.lan import LanPair
 from benchmarks.longlink import RECEIVER_ADDRESS, SENDER_ADDRESS, LongLink
 
 MIB = 1024 * 1024
@@ -136,7 +139,7 @@ def _read_code(stdout: IO[bytes], timeout: float = 30) -> str:
 
 
 def run_sfs(
-    server: SignalServer,
+    server: SignalServer | None,
     src: Path,
     out: Path,
     env: dict[str, str],
@@ -146,8 +149,13 @@ def run_sfs(
 ) -> Sample:
     for leftover in out.iterdir():
         leftover.unlink()
-    common = ["--server", server.url, "-q", "-v"]
-    receive = ["receive", "--yes", "-o", str(out), "--ice-address", placement.receiver_address]
+    # No server: LAN mode, as a user runs it (mDNS, the embedded server, every
+    # local address as ICE host candidate).
+    lan = server is None
+    common = ["-q", "-v"] if server is None else ["--server", server.url, "-q", "-v"]
+    receive = ["receive", "--yes", "-o", str(out)]
+    if not lan:
+        receive += ["--ice-address", placement.receiver_address]
     receiver_log = out.parent / "receiver.log"
     sender_log = out.parent / "sender.log"
     with open(receiver_log, "wb") as rlog:
@@ -161,7 +169,8 @@ def run_sfs(
     code = _read_code(receiver.stdout)
     started = time.time()
     send = ["send", "--chunk-size", str(chunk), "--streams", str(streams)]
-    send += ["--ice-address", placement.sender_address]
+    if not lan:
+        send += ["--ice-address", placement.sender_address]
     with open(sender_log, "wb") as slog:
         sender = subprocess.Popen(
             [*placement.sender_prefix, *python("-m", "sfs", *send, *common, code, str(src))],
@@ -404,6 +413,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the peers in two network namespaces joined by a 1 Gbit veth pair with "
         "25 ms of delay each way (root; builds benchmarks/longlink/nfqdelay.c)",
     )
+    parser.add_argument(
+        "--lan",
+        action="store_true",
+        help="LAN mode: no `sfs serve`; the peers in two network namespaces on a veth "
+        "pair find each other by mDNS (root). The first-byte figure is the time from "
+        "starting `sfs send` to the receiver's first file byte",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
     parser.add_argument("--streams", type=int, default=1, help="sfs send --streams N")
     parser.add_argument(
@@ -425,7 +441,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from sfs.cli import event_loop_factory
 
     loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
+    if args.lan and args.long_link:
+        parser.error("--lan and --long-link exclude each other")
     where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
+    if args.lan:
+        where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"
+        env.pop("SFS_SERVER", None)
+        env.pop("SFS_ICE_ADDRESSES", None)
     print(
         f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
         f"chunk {chunk} B, {args.streams} stream(s), "
@@ -441,17 +463,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f.write(os.urandom(min(MIB, args.size - f.tell())))
         out = workdir / "out"
         out.mkdir()
-        link = LongLink() if args.long_link else None
+        link: LongLink | LanPair | None = None
         placement = LOCAL
+        if args.long_link:
+            link = LongLink()
+            addresses = (SENDER_ADDRESS, RECEIVER_ADDRESS)
+        elif args.lan:
+            link = LanPair()
+            addresses = (LAN_SENDER_ADDRESS, LAN_RECEIVER_ADDRESS)
         if link is not None:
             link.__enter__()
             placement = Placement(
-                tuple(link.prefix("sender")),
-                tuple(link.prefix("receiver")),
-                SENDER_ADDRESS,
-                RECEIVER_ADDRESS,
+                tuple(link.prefix("sender")), tuple(link.prefix("receiver")), *addresses
             )
-        server = SignalServer(workdir, placement)
+        server = None if args.lan else SignalServer(workdir, placement)
         relays = WormholeRelays(workdir) if "wormhole" in args.compare else None
         results: dict[str, list[Sample]] = {"sfs": [], "raw": [], "wormhole": []}
         stripes = (
@@ -480,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     results["wormhole"].append(run_wormhole(src, out, relays.urls))
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
             if relays is not None:
                 relays.stop()
             if link is not None:

@@ -29,7 +29,14 @@ from sfs.errors import (
     SourceError,
     VerificationError,
 )
-from sfs.lan.discovery import Browser, advertise, find_lan, first_reachable, open_zeroconf
+from sfs.lan.discovery import (
+    GOODBYE_SECONDS,
+    Browser,
+    advertise,
+    find_lan,
+    first_reachable,
+    open_zeroconf,
+)
 from sfs.lan.embedded import embedded_server
 from sfs.lan.record import MAX_ATTEMPTS, Advert, is_final, signaling_url, verdict
 from sfs.peer.connection import (
@@ -440,7 +447,8 @@ async def _wait_on_lan(
     advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
     channel is open (the peers talk directly; nobody else should find this code)."""
     lan = find_lan()
-    async with AsyncExitStack() as rendezvous:
+    rendezvous = AsyncExitStack()
+    try:
         embedded = await rendezvous.enter_async_context(embedded_server())
         zeroconf = open_zeroconf(lan)
         rendezvous.push_async_callback(zeroconf.async_close)
@@ -453,9 +461,17 @@ async def _wait_on_lan(
             await adverts.enter_async_context(advertise(zeroconf, advert))
 
         ui.status("On the local network (no server; for other networks use --server)")
-        return await _set_up(
+        session = await _set_up(
             stack, handshake, embedded.local_url, options, ui, addresses, registered=registered
         )
+    except BaseException:
+        await rendezvous.aclose()
+        raise
+    # The goodbye packets take a quarter of a second: sent while the transfer starts,
+    # not before (the session waits for them at its end).
+    withdrawing = asyncio.ensure_future(rendezvous.aclose())
+    stack.push_async_callback(asyncio.wait_for, withdrawing, GOODBYE_SECONDS + 1)
+    return session
 
 
 async def _join_on_lan(
