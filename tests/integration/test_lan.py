@@ -229,3 +229,17 @@ def test_a_rogue_advertising_the_same_id_gets_nothing(tmp_path: Path) -> None:
         assert received.returncode == 0, received.stderr
         assert sha256_file(out / "secret.bin") == sha256_file(src)
         assert os.listdir(rogue_out) == []
+
+
+def test_lan_and_server_exclude_each_other(tmp_path: Path, netns: str) -> None:
+    """A usage error, before any network: run where only loopback exists, so a
+    regression would fail with exit 3 here instead of multicasting anywhere."""
+    src = make_file(tmp_path / "f.bin", 10)
+    for args in (("receive", "--yes"), ("send", "ABC-123-able-acid", str(src))):
+        done = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "sfs", *args, "--lan",
+             "--server", "http://127.0.0.1:5000"],
+            capture_output=True, env=lan_env(), timeout=30, text=True,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "--lan and --server exclude each other" in done.stderr
