@@ -125,6 +125,7 @@ class PeerOptions:
     :param ice_addresses: restrict ICE host candidates to these local addresses.
     :param name: the display name a waiting side advertises in LAN mode.
     :param find_timeout: in LAN mode, how long the joining side looks for the peer.
+    :param ca_file: certificates to trust for an ``https://`` server (a private CA).
     """
 
     server_url: str | None = None
@@ -133,6 +134,7 @@ class PeerOptions:
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
     name: str = ""
     find_timeout: float = LAN_FIND_SECONDS
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             resume=config.resume,
             status=ui.status,
         )
+        result.route = str(channel.route or "")
         _log_result("sent", result)
         return result
 
@@ -309,6 +312,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             status=ui.status,
             kept=ui.kept_partial,
         )
+        result.route = str(session.channel.route or "")
         _log_result("received", result)
         await linger(session.channel, CLOSE_GRACE_SECONDS)
         return result
@@ -600,7 +604,7 @@ def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _signal_client(url: str, options: PeerOptions) -> SignalClient:
-    return SignalClient(url, connect_timeout=options.connect_timeout)
+    return SignalClient(url, connect_timeout=options.connect_timeout, ca_file=options.ca_file)
 
 
 async def _reconnect(url: str, options: PeerOptions, stack: AsyncExitStack) -> SignalClient:

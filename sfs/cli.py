@@ -33,8 +33,10 @@ from sfs.peer.connection import MAX_STREAMS, check_local_addresses
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
 from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
 from sfs.signal import server as signal_server
-from sfs.signal.messages import IceServer, parse_ice_server
+from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
 from sfs.signal.server import ServerConfig
+from sfs.signal.turn import DEFAULT_TTL_SECONDS as DEFAULT_TURN_TTL_SECONDS
+from sfs.signal.turn import TurnSecret, read_secret
 from sfs.text import printable
 
 T = TypeVar("T")
@@ -257,6 +259,8 @@ def _final_line(verb: str, result: TransferResult) -> str:
     )
     if result.resumed_bytes:
         line += f", {format_size(result.resumed_bytes)} resumed"
+    if result.route:
+        line += f", {result.route}"
     return line
 
 
@@ -362,6 +366,7 @@ def _peer_options(
     *,
     lan: bool = False,
     name: str = "",
+    cacert: Path | None = None,
 ) -> app.PeerOptions:
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
@@ -384,6 +389,7 @@ def _peer_options(
         connect_timeout=connect_timeout,
         name=name,
         find_timeout=connect_timeout if explicit else app.LAN_FIND_SECONDS,
+        ca_file=None if cacert is None else str(cacert),
     )
 
 
@@ -434,6 +440,15 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--lan",
             is_flag=True,
             help="Work on the local network (no server) even if SFS_SERVER is set.",
+        ),
+        click.option(
+            "--cacert",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            envvar="SFS_CA_BUNDLE",
+            show_envvar=True,
+            metavar="FILE",
+            help="Trust these certificates (PEM) for an https:// --server instead of "
+            "the system's (a private CA).",
         ),
         click.option(
             "--ice-server",
@@ -494,7 +509,49 @@ def main() -> None:
     "--ice-server",
     multiple=True,
     metavar="URL",
-    help="STUN/TURN server handed to clients when they register; repeatable.",
+    help="STUN/TURN server handed to clients when they register, as it is (a TURN "
+    "server with a fixed turn:USER:PASS@host); repeatable.",
+)
+@click.option(
+    "--stun",
+    multiple=True,
+    metavar="URL",
+    help="STUN server handed to clients, e.g. stun:turn.example.org:3478; repeatable.",
+)
+@click.option(
+    "--turn",
+    multiple=True,
+    metavar="URL",
+    help="TURN server (coturn with use-auth-secret) handed to clients, each with its "
+    "own short-lived credential, e.g. turn:turn.example.org:3478?transport=udp; "
+    "repeatable (add ?transport=tcp for networks that block UDP).",
+)
+@click.option(
+    "--turn-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="File holding coturn's static-auth-secret (or set SFS_TURN_SECRET). Never "
+    "sent to clients or logged.",
+)
+@click.option(
+    "--turn-ttl",
+    type=click.IntRange(60, 7 * 24 * 3600),
+    default=DEFAULT_TURN_TTL_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long each issued TURN credential is valid.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Serve HTTPS with this certificate chain (PEM); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The private key of --tls-cert (PEM).",
 )
 @click.option(
     "--max-connections",
@@ -586,6 +643,12 @@ def serve(
     host: str,
     port: int,
     ice_server: tuple[str, ...],
+    stun: tuple[str, ...],
+    turn: tuple[str, ...],
+    turn_secret_file: Path | None,
+    turn_ttl: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     max_connections: int,
     max_lookups_per_connection: int,
     max_lookups_per_address: int,
@@ -602,11 +665,18 @@ def serve(
     """Run the signaling server (it never sees file data or keys)."""
     _setup_logging(verbose)
     logging.getLogger("sfs.signal").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     try:
         config = ServerConfig(
             host=host,
             port=port,
             ice_servers=_ice_servers(ice_server) or (),
+            stun_urls=_bare_ice_urls(stun, "--stun"),
+            turn_urls=_bare_ice_urls(turn, "--turn"),
+            turn_secret=_turn_secret(turn_secret_file),
+            turn_ttl_seconds=turn_ttl,
+            tls=(str(tls_cert), str(tls_key)) if tls_cert and tls_key else None,
             max_connections=max_connections,
             max_lookups_per_connection=max_lookups_per_connection,
             max_lookups_per_address=max_lookups_per_address,
@@ -622,11 +692,51 @@ def serve(
     except ValueError as exc:  # limits that contradict each other
         raise click.UsageError(str(exc)) from None
 
+    if config.tls is not None:
+        try:
+            signal_server.tls_context(*config.tls)  # a bad file is a usage error, now
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         _run(app.serve(config), verbose, transfer=False)
     except OSError as exc:
         say(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}")
         sys.exit(3)
+
+
+def _bare_ice_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
+    """--stun/--turn URLs, checked and normalised; credentials do not belong in them
+    (sfs serve issues its own)."""
+    urls: list[str] = []
+    for value in values:
+        if "@" in value:
+            raise click.BadParameter(
+                "put no credentials in the URL: sfs serve issues them "
+                "(for a fixed one, use --ice-server)",
+                param_hint=option,
+            )
+        try:
+            urls.append(canonical_ice_url(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+    return tuple(urls)
+
+
+def _turn_secret(path: Path | None) -> TurnSecret | None:
+    """From --turn-secret-file, else from SFS_TURN_SECRET; the error never shows it."""
+    if path is not None:
+        try:
+            return read_secret(path.read_bytes())
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {str(path)!r}: {exc.strerror or exc}", param_hint="--turn-secret-file"
+            ) from None
+        except ValueError:
+            raise click.BadParameter(
+                f"{str(path)!r} is empty", param_hint="--turn-secret-file"
+            ) from None
+    value = os.environ.get("SFS_TURN_SECRET", "")
+    return read_secret(value.encode()) if value.strip() else None
 
 
 @main.command()
@@ -667,6 +777,7 @@ def receive(
     no_resume: bool,
     server: str | None,
     lan: bool,
+    cacert: Path | None,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -704,6 +815,7 @@ def receive(
             connect_timeout,
             lan=lan,
             name=_default_sender() if name is None else name,
+            cacert=cacert,
         ),
         verify=verify,
         resume=not no_resume,
@@ -756,6 +868,7 @@ def send(
     no_resume: bool,
     server: str | None,
     lan: bool,
+    cacert: Path | None,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -778,7 +891,9 @@ def send(
     config = app.SendConfig(
         code=code,
         paths=tuple(Path(f) for f in files),
-        peer=_peer_options(server, ice_server, ice_address, connect_timeout, lan=lan, name=name),
+        peer=_peer_options(
+            server, ice_server, ice_address, connect_timeout, lan=lan, name=name, cacert=cacert
+        ),
         chunk_size=chunk_size,
         sender_name=name,
         verify=verify,

@@ -88,7 +88,7 @@ def start_server(
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        match = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
+        match = re.search(r"listening on (https?://\S+)", log.read_text(errors="replace"))
         if match:
             return ServerProcess(match.group(1), process, log)
         if process.poll() is not None:

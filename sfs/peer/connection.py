@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as sdp_parser
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
@@ -166,6 +168,8 @@ class DataChannelLink:
     ) -> None:
         self._channel = channel
         self.max_message_size = max_message_size
+        #: How the data flows (set once the connection is up).
+        self.route: Route | None = None
         self._high_water = high_water
         self._last_sent = time.monotonic()
         self._clock = IdleClock()
@@ -446,6 +450,142 @@ def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[Any]:
     ]
 
 
+# -- gathering ----------------------------------------------------------------------------------
+#
+# aiortc hands aioice one STUN and one TURN server (the first of each), and aioice waits
+# up to 5 s for them: with two TURN URLs (UDP and TCP) only the UDP one was tried, so a
+# network that blocks UDP got no relay, and its gathering always took the full 5 s.
+# sfs gives aiortc no STUN/TURN server at all (host candidates only) and gathers the
+# rest itself, here and only here, with aioice's own candidate functions: every STUN
+# and TURN URL at once, done when all answered, GATHER_SECONDS at most, and only
+# RELAY_GRACE_SECONDS more for the others once a relay is in hand.  This touches
+# aioice internals (the connection's candidate and protocol lists); the tests in
+# tests/integration/test_nat_matrix.py are what prove it still works.
+
+#: The longest gathering may take (STUN and TURN answer within a round trip or two).
+GATHER_SECONDS = 3.0
+#: Once a relay candidate is in, how long the rest may still take: a STUN answer
+#: that is later than a whole TURN allocation is most likely not coming (UDP blocked).
+RELAY_GRACE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class IceUrl:
+    """One STUN or TURN URL with what aioice needs for it."""
+
+    kind: str  # "stun" or "turn"
+    host: str
+    port: int
+    transport: str = "udp"
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+
+def ice_urls(servers: Sequence[IceServer]) -> list[IceUrl]:
+    """Every URL of ``servers`` that aioice can use (aiortc's own parser)."""
+    urls = []
+    for server in servers:
+        for url in server.urls:
+            try:
+                parsed = parse_stun_turn_uri(url)
+            except ValueError:
+                logger.debug("skipping an ICE URL aiortc cannot parse: %s", url)
+                continue
+            if parsed["scheme"] == "stun":
+                urls.append(IceUrl("stun", parsed["host"], parsed["port"]))
+            elif parsed["scheme"] in ("turn", "turns") and parsed["transport"] in ("udp", "tcp"):
+                if parsed["scheme"] == "turns" and parsed["transport"] != "tcp":
+                    continue
+                urls.append(
+                    IceUrl(
+                        "turn",
+                        parsed["host"],
+                        parsed["port"],
+                        parsed["transport"],
+                        parsed["scheme"] == "turns",
+                        server.username,
+                        server.credential,
+                    )
+                )
+    return urls
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a connection's data flows, from its nominated ICE candidate pair."""
+
+    kind: str  # "local", "nat" or "relay"
+    relay: str = ""  # "HOST (udp)" for our own relay; "HOST" for the other side's
+
+    def __str__(self) -> str:
+        if self.kind == "local":
+            return "direct on the local network"
+        if self.kind == "nat":
+            return "direct through NAT"
+        if "(" in self.relay:
+            return f"relayed by TURN {self.relay}"
+        return f"relayed by the other side's TURN {self.relay}"
+
+
+async def _gather(connection: Any, urls: Sequence[IceUrl], relays: dict[int, str]) -> None:
+    """Add server-reflexive and relay candidates to aioice ``connection``, whose host
+    candidates are gathered; ``relays`` learns which TURN server each relay is on."""
+    hosts = [p for p in connection._protocols if p.local_candidate.type == "host"]
+    tasks: list[asyncio.Task[Any]] = []
+    for url in urls:
+        if url.kind == "stun":
+            for protocol in hosts:
+                if ipaddress.ip_address(protocol.local_candidate.host).version == 4:
+                    tasks.append(
+                        asyncio.ensure_future(
+                            aioice.ice.server_reflexive_candidate(protocol, (url.host, url.port))
+                        )
+                    )
+        else:
+            for component in connection._components:
+                task = asyncio.ensure_future(_relay(connection, component, url))
+                relays[id(task)] = f"{url.host} ({url.transport})"
+                tasks.append(task)
+    if not tasks:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GATHER_SECONDS
+    pending = set(tasks)
+    try:
+        while pending and (left := deadline - loop.time()) > 0:
+            done, pending = await asyncio.wait(
+                pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task.cancelled() or task.exception() is not None:
+                    logger.debug("an ICE server did not answer: %r", task.exception())
+                    continue
+                candidate, protocol = task.result()
+                connection._local_candidates.append(candidate)
+                if protocol is not None:
+                    connection._protocols.append(protocol)
+                    relays[id(protocol)] = relays.pop(id(task))
+                    deadline = min(deadline, loop.time() + RELAY_GRACE_SECONDS)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _relay(connection: Any, component: int, url: IceUrl) -> tuple[Any, Any]:
+    return await aioice.ice.relayed_candidate(
+        component=component,
+        hide_related_address=False,
+        protocol_factory=lambda: aioice.ice.StunProtocol(connection),
+        turn_server=(url.host, url.port),
+        turn_username=url.username,
+        turn_password=url.password,
+        turn_ssl=url.tls,
+        turn_transport=url.transport,
+    )
+
+
 def _unusable(kind: str, exc: Exception) -> PeerConnectionError:
     return PeerConnectionError(
         f"the other side's {kind} is not usable: {exc or type(exc).__name__}"
@@ -466,9 +606,11 @@ class PeerLink:
         host_addresses: tuple[str, ...],
         high_water: int = HIGH_WATER_BYTES,
     ):
-        # An explicit, possibly empty, list: None would make aiortc use public STUN.
-        config = RTCConfiguration(iceServers=to_rtc_ice_servers(ice_servers))
-        self._pc = RTCPeerConnection(configuration=config)
+        # An explicit, empty list: None would make aiortc use public STUN; the
+        # STUN/TURN servers are ours to gather from (see "gathering" above).
+        self._pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
+        self._ice_urls = ice_urls(ice_servers)
+        self._relays: dict[int, str] = {}
         self._host_addresses = host_addresses
         self._high_water = high_water
         self._channel: Any = None
@@ -531,6 +673,7 @@ class PeerLink:
         self._watch(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
         offer = await self._pc.createOffer()
         with gathering_on(self._host_addresses):
+            await self._gather()
             await self._pc.setLocalDescription(offer)
         return self._local_description()
 
@@ -538,8 +681,44 @@ class PeerLink:
         await self._set_remote(offer, "offer")
         answer = await self._pc.createAnswer()
         with gathering_on(self._host_addresses):
+            await self._gather()
             await self._pc.setLocalDescription(answer)
         return self._local_description()
+
+    def _gatherer(self) -> Any:
+        sctp = self._pc.sctp
+        assert sctp is not None  # made by createDataChannel / the remote offer
+        return sctp.transport.transport.iceGatherer
+
+    def _ice(self) -> Any:
+        """aioice's Connection under this link's (only) ICE transport."""
+        return self._gatherer()._connection
+
+    async def _gather(self) -> None:
+        """Gather every candidate before aiortc would (it then finds them gathered)."""
+        gatherer = self._gatherer()
+        started = time.monotonic()
+        await gatherer.gather()  # host candidates: aiortc was given no servers
+        await _gather(self._ice(), self._ice_urls, self._relays)
+        kinds = [c.type for c in self._ice().local_candidates]
+        logger.debug("gathered %s in %.2f s", kinds, time.monotonic() - started)
+
+    def route(self) -> Route | None:
+        """How the data flows, once connected (None if aioice does not say)."""
+        try:
+            pair = self._ice()._nominated[1]
+        except (AttributeError, KeyError):
+            return None
+        local, remote = pair.local_candidate.type, pair.remote_candidate.type
+        if local == "relay":
+            return Route("relay", self._relays.get(id(pair.protocol), pair.local_candidate.host))
+        if remote == "relay":
+            return Route("relay", pair.remote_candidate.host)
+        # aioice reports a direct path through a NAT with our host candidate as local:
+        # the other side's reflexive candidate is what shows the NAT.
+        if local in ("srflx", "prflx") or remote in ("srflx", "prflx"):
+            return Route("nat")
+        return Route("local")
 
     async def accept_answer(self, answer: dict[str, str]) -> None:
         await self._set_remote(answer, "answer")
@@ -590,6 +769,8 @@ class PeerLink:
         assert self._link is not None
         if channel.readyState != "open":
             self._link.mark_closed()
+        self._link.route = self.route()
+        logger.info("connected: %s", self._link.route or "route unknown")
         return self._link
 
 
@@ -620,6 +801,10 @@ class StripedChannel:
     @property
     def max_message_size(self) -> int:
         return min(link.max_message_size for link in self._links)
+
+    @property
+    def route(self) -> Route | None:
+        return self._links[0].route
 
     async def send(self, frame: bytes) -> None:
         link = self._links[self._next_send % len(self._links)]

@@ -553,6 +553,8 @@ class TransferResult:
     resumed_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
+    #: How the data flowed ("direct through NAT", …), when the connection says.
+    route: str = ""
 
     def finish(self) -> TransferResult:
         self.elapsed = max(time.monotonic() - self.started, 1e-6)

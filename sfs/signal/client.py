@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -48,20 +49,60 @@ _DISCONNECTED = "__disconnected__"
 SERVER_LOST = "server_lost"
 
 
+def trust(ca_file: str) -> ssl.SSLContext:
+    """A client TLS context that trusts only the certificates in ``ca_file``.
+
+    :raises ServerUnreachableError: when the file does not load (exit 3, one line).
+    """
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ServerUnreachableError(f"cannot use {ca_file!r} as CA bundle: {reason}") from None
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The verification failure behind a failed connection, if that is what it was
+    (python-socketio re-raises its own error; the TLS one is in the chain)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        # aiohttp wraps the ssl module's error (and is one itself, without its fields).
+        inner = getattr(seen, "certificate_error", seen)
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            message = getattr(inner, "verify_message", None) or getattr(inner, "reason", None)
+            return str(message or "verification failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class SignalClient:
     """A connection to ``sfs serve``.
 
-    :param url: the server's base URL, e.g. ``http://localhost:5000``.
+    :param url: the server's base URL, e.g. ``http://localhost:5000``; ``https://``
+        verifies the server's certificate.
     :param connect_timeout: how long reaching the server may take, all of it: TCP,
-        the websocket upgrade and joining the namespace.
+        TLS, the websocket upgrade and joining the namespace.
+    :param ca_file: certificates (PEM) to trust for ``https://`` instead of the
+        system's store (a private CA).
     """
 
-    def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        ca_file: str | None = None,
+    ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        extra: dict[str, Any] = {}
+        if ca_file is not None:
+            extra["websocket_extra_options"] = {"ssl": trust(ca_file)}
         # handle_sigint=False: engine.io would otherwise cancel every task on Ctrl-C,
         # aiortc's included, before sfs could tell the peer and clean up.
-        self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, **extra)
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._left = False
         for name in PUSHED_EVENTS:
@@ -95,6 +136,14 @@ class SignalClient:
                 f"{self.connect_timeout:.0f} s (see --server / SFS_SERVER, --connect-timeout)"
             ) from None
         except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
+            await self._abandon()
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                raise ServerUnreachableError(
+                    f"the signaling server at {self.url} has a certificate this machine does "
+                    f"not trust ({untrusted}); for a private CA use --cacert FILE or "
+                    "SFS_CA_BUNDLE"
+                ) from exc
             raise ServerUnreachableError(
                 f"cannot reach the signaling server at {self.url} (is `sfs serve` running? "
                 "see --server / SFS_SERVER)"

@@ -228,6 +228,14 @@ def parse_ice_server(text: str) -> IceServer:
     return server
 
 
+def canonical_ice_url(url: str) -> str:
+    """Check a credential-free STUN/TURN URL (RFC 7064/7065) and return it normalised.
+
+    :raises InvalidMessage: (a ``ValueError``) with a message for the user
+    """
+    return _canonical_url(url.strip())
+
+
 def _canonical_url(url: str) -> str:
     """Check a credential-free STUN/TURN URL (RFC 7064/7065) and return it normalised."""
     if len(url) > MAX_ICE_URL_CHARS:

@@ -30,10 +30,12 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
@@ -42,6 +44,7 @@ from aiohttp import web
 from socketio import packet as sio_packet
 
 from sfs.signal import messages as m
+from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret, rest_credential
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,11 @@ class ServerConfig:
         clients with the most unread data are dropped, not the ones sending
     :param fd_reserve: file descriptors kept free for plain HTTP (``/healthz``):
         websocket sessions are answered 503 once only this many are left
+    :param stun_urls: STUN servers handed to every registering peer
+    :param turn_urls: TURN servers handed to every registering peer, each with a
+        credential of its own from ``turn_secret`` (coturn's ``static-auth-secret``)
+    :param turn_ttl_seconds: how long such a credential is valid
+    :param tls: certificate and key files to serve HTTPS (and websockets over TLS)
     """
 
     host: str = "0.0.0.0"
@@ -148,12 +156,34 @@ class ServerConfig:
     max_queued_bytes_per_connection: int = DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     fd_reserve: int = DEFAULT_FD_RESERVE
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: TurnSecret | None = field(default=None, repr=False)
+    turn_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    tls: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
-        if len(self.ice_servers) > m.MAX_ICE_SERVERS:
+        if len(self.ice_servers) + bool(self.stun_urls) + bool(self.turn_urls) > m.MAX_ICE_SERVERS:
             raise ValueError(f"at most {m.MAX_ICE_SERVERS} ICE servers can be configured")
+        for urls, schemes, option in (
+            (self.stun_urls, ("stun", "stuns"), "--stun"),
+            (self.turn_urls, ("turn", "turns"), "--turn"),
+        ):
+            if len(urls) > m.MAX_ICE_URLS:
+                raise ValueError(f"at most {m.MAX_ICE_URLS} {option} URLs")
+            for url in urls:
+                if url.partition(":")[0].lower() not in schemes:
+                    raise ValueError(f"{option} takes {' or '.join(s + ':' for s in schemes)} URLs")
+        if self.turn_urls and self.turn_secret is None:
+            raise ValueError(
+                "--turn needs the shared secret: --turn-secret-file or SFS_TURN_SECRET"
+            )
+        if self.turn_secret is not None and not self.turn_urls:
+            raise ValueError("a TURN secret without --turn URLs has nothing to sign")
+        if self.turn_ttl_seconds < 60:
+            raise ValueError("--turn-ttl must be at least 60 seconds")
         for name in (
             "max_connections",
             "max_lookups_per_connection",
@@ -1141,7 +1171,24 @@ class _SignalServer:
         m.parse_register_peer(payload)
         peer_id = self.table.register(sid)
         logger.info("registered %s (%s)", peer_id, self.table.address_of(sid))
-        return m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in self.config.ice_servers])
+        servers = [*self.config.ice_servers, *self._issued_ice_servers(peer_id)]
+        return m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in servers])
+
+    def _issued_ice_servers(self, peer_id: str) -> list[m.IceServer]:
+        """The --stun servers, and the --turn servers with a credential for this peer
+        alone, valid for --turn-ttl (coturn checks the expiry itself)."""
+        servers = []
+        if self.config.stun_urls:
+            servers.append(m.IceServer(urls=self.config.stun_urls))
+        if self.config.turn_urls:
+            assert self.config.turn_secret is not None  # ServerConfig checks it
+            username, password = rest_credential(
+                secret=self.config.turn_secret,
+                name=peer_id,
+                expires=int(time.time()) + self.config.turn_ttl_seconds,
+            )
+            servers.append(m.IceServer(self.config.turn_urls, username, password))
+        return servers
 
     async def _find_peer(self, sid: str, payload: object) -> dict[str, object]:
         ref = m.parse_peer_ref(payload)
@@ -1279,11 +1326,27 @@ def _open_fds() -> int:
     return 2 * FD_SPARE  # a guess; the reserve absorbs the error
 
 
-def _url(address: object) -> str:
+def _url(address: object, *, tls: bool = False) -> str:
     if not isinstance(address, tuple) or len(address) < 2:
         raise ValueError(f"unexpected socket address {address!r}")
     host, port = str(address[0]), int(address[1])
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The server side of TLS: the certificate chain and its key, TLS 1.2 or newer.
+
+    :raises ValueError: with a line for the user when the files do not load.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ValueError(f"cannot load the TLS certificate and key: {reason}") from None
+    return context
 
 
 async def run_server(
@@ -1299,6 +1362,7 @@ async def run_server(
     :param sock: a bound socket to listen on instead of ``config.host:config.port``
         (the embedded server's one dual-stack port)
     """
+    context = tls_context(*config.tls) if config.tls is not None else None
     fd_limit = raise_fd_limit()
     app = create_app(config)
     gate = app[GATE_KEY]
@@ -1319,13 +1383,23 @@ async def run_server(
         assert runner.server is not None  # set up above
         # Not a web.TCPSite: the gate must see each connection before aiohttp does.
         loop = asyncio.get_running_loop()
+        # A TLS handshake that does not finish counts against the header timeout.
+        tls: dict[str, Any] = (
+            {"ssl": context, "ssl_handshake_timeout": config.header_timeout_seconds}
+            if context is not None
+            else {}
+        )
         if sock is not None:
             listener = await loop.create_server(
-                gate.wrap(runner.server), sock=sock, backlog=LISTEN_BACKLOG
+                gate.wrap(runner.server), sock=sock, backlog=LISTEN_BACKLOG, **tls
             )
         else:
             listener = await loop.create_server(
-                gate.wrap(runner.server), config.host, config.port, backlog=LISTEN_BACKLOG
+                gate.wrap(runner.server),
+                config.host,
+                config.port,
+                backlog=LISTEN_BACKLOG,
+                **tls,
             )
         if fd_limit is not None:
             gate.admission.set_fd_limit(fd_limit, fds_in_use=_open_fds())
@@ -1339,7 +1413,7 @@ async def run_server(
                     room,
                     config.max_connections,
                 )
-        url = _url(listener.sockets[0].getsockname())
+        url = _url(listener.sockets[0].getsockname(), tls=context is not None)
         logger.info("sfs signaling server listening on %s", url)
         if ready is not None:
             ready(url)
