@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aioice.ice
+import aioice.stun
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -528,9 +529,16 @@ class Route:
         return f"relayed by the other side's TURN {self.relay}"
 
 
-async def _gather(connection: Any, urls: Sequence[IceUrl], relays: dict[int, str]) -> None:
+#: The STUN error codes of a TURN server that refuses the credential (RFC 8489 14.8).
+REFUSED_CREDENTIAL_CODES = frozenset({401, 431, 441})
+
+
+async def _gather(
+    connection: Any, urls: Sequence[IceUrl], relays: dict[int, str], refused: set[str]
+) -> None:
     """Add server-reflexive and relay candidates to aioice ``connection``, whose host
-    candidates are gathered; ``relays`` learns which TURN server each relay is on."""
+    candidates are gathered; ``relays`` learns which TURN server each relay is on,
+    ``refused`` which TURN servers refused the credential."""
     hosts = [p for p in connection._protocols if p.local_candidate.type == "host"]
     tasks: list[asyncio.Task[Any]] = []
     for url in urls:
@@ -559,7 +567,12 @@ async def _gather(connection: Any, urls: Sequence[IceUrl], relays: dict[int, str
             )
             for task in done:
                 if task.cancelled() or task.exception() is not None:
-                    logger.debug("an ICE server did not answer: %r", task.exception())
+                    error = task.exception()
+                    logger.debug("an ICE server did not answer: %s", error)
+                    if isinstance(error, aioice.stun.TransactionFailed):
+                        code = error.response.attributes.get("ERROR-CODE", (0, ""))[0]
+                        if code in REFUSED_CREDENTIAL_CODES and id(task) in relays:
+                            refused.add(relays[id(task)].split(" ")[0])
                     continue
                 candidate, protocol = task.result()
                 connection._local_candidates.append(candidate)
@@ -611,6 +624,7 @@ class PeerLink:
         self._pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
         self._ice_urls = ice_urls(ice_servers)
         self._relays: dict[int, str] = {}
+        self._refused: set[str] = set()
         self._host_addresses = host_addresses
         self._high_water = high_water
         self._channel: Any = None
@@ -685,6 +699,18 @@ class PeerLink:
             await self._pc.setLocalDescription(answer)
         return self._local_description()
 
+    def _ice_failed(self, what: str) -> IceFailedError:
+        if self._refused:
+            return IceFailedError(
+                f"{what}, and the TURN relay {', '.join(sorted(self._refused))} refused the "
+                "credential (expired, or sfs serve's --turn-secret-file differs from "
+                "coturn's static-auth-secret)"
+            )
+        return IceFailedError(
+            f"{what} (ICE failed). Across NATs or firewalls, configure a STUN/TURN "
+            "server with --ice-server."
+        )
+
     def _gatherer(self) -> Any:
         sctp = self._pc.sctp
         assert sctp is not None  # made by createDataChannel / the remote offer
@@ -699,7 +725,7 @@ class PeerLink:
         gatherer = self._gatherer()
         started = time.monotonic()
         await gatherer.gather()  # host candidates: aiortc was given no servers
-        await _gather(self._ice(), self._ice_urls, self._relays)
+        await _gather(self._ice(), self._ice_urls, self._relays, self._refused)
         kinds = [c.type for c in self._ice().local_candidates]
         logger.debug("gathered %s in %.2f s", kinds, time.monotonic() - started)
 
@@ -762,10 +788,9 @@ class PeerLink:
             async with asyncio.timeout(seconds):
                 channel = await self._channel_ready
         except TimeoutError:
-            raise IceFailedError(
-                f"no direct connection within {seconds:.0f} s (ICE failed). Across NATs or "
-                "firewalls, configure a STUN/TURN server with --ice-server."
-            ) from None
+            raise self._ice_failed(f"no direct connection within {seconds:.0f} s") from None
+        except IceFailedError:
+            raise self._ice_failed("no direct connection") from None
         assert self._link is not None
         if channel.readyState != "open":
             self._link.mark_closed()
