@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sfs.check import Report, check
 from sfs.code import Code
 from sfs.errors import (
     DiskError,
@@ -195,6 +196,11 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
                 await browser.wait_changed(1.0)
     finally:
         await zeroconf.async_close()
+
+
+async def check_network(server_url: str, options: PeerOptions) -> Report:
+    """`sfs check`: the signaling server, STUN, the NAT and TURN, as seen from here."""
+    return await check(server_url, connect_timeout=options.connect_timeout, ca_file=options.ca_file)
 
 
 @dataclass(frozen=True)

@@ -932,6 +932,56 @@ def peers(once: float | None, verbose: int) -> None:
         live.close()
 
 
+@main.command("check")
+@click.option(
+    "--server",
+    required=True,
+    callback=_server_url,
+    envvar="SFS_SERVER",
+    show_envvar=True,
+    metavar="URL",
+    help="The signaling server (`sfs serve`) to check with.",
+)
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SFS_CA_BUNDLE",
+    show_envvar=True,
+    metavar="FILE",
+    help="Trust these certificates (PEM) for an https:// server (a private CA).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(1, 3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+def check_command(
+    server: str | None, cacert: Path | None, connect_timeout: float, verbose: int
+) -> None:
+    """Check what this network allows, before a transfer needs it: the server (and
+    its TLS), STUN and the public address seen, the NAT's behaviour, and a TURN
+    allocation with the issued credential on every TURN URL.
+
+    One line per check; exit 0 only if a transfer to anyone is possible.
+    """
+    _setup_logging(verbose)
+    if server is None:
+        raise click.UsageError("give the server to check with: --server URL (or SFS_SERVER)")
+    options = app.PeerOptions(
+        server_url=server,
+        connect_timeout=connect_timeout,
+        ca_file=None if cacert is None else str(cacert),
+    )
+    report = _run(app.check_network(server, options), verbose, transfer=False)
+    for finding in report.findings:
+        say(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.what}: {finding.detail}", err=False)
+    say(f"Transfers possible: {report.summary}", err=False)
+    sys.exit(0 if report.possible else 1)
+
+
 PEER_NAME_CHARS = 24
 
 
