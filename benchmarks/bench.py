@@ -397,7 +397,12 @@ def report(name: str, samples: list[Sample]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("--size", type=parse_size, default=256 * MIB, help="file size (256M)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="file size (256M; with --nat 32M, as every run there is five transfers)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs of each (median shown)")
     parser.add_argument("--chunk-size", type=int, default=None, help="sfs --chunk-size")
     parser.add_argument(
@@ -420,6 +425,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pair find each other by mDNS (root). The first-byte figure is the time from "
         "starting `sfs send` to the receiver's first file byte",
     )
+    parser.add_argument(
+        "--nat",
+        action="store_true",
+        help="the NAT matrix (root; tests/integration/nat.py's lab, coturn and sfs serve): "
+        "connect time (starting `sfs send` to its DataChannel open, median) and MiB/s for "
+        "each case; sfs only",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
     parser.add_argument("--streams", type=int, default=1, help="sfs send --streams N")
     parser.add_argument(
@@ -430,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also measure raw striping over N channels, N connections, N process pairs",
     )
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 32 * MIB if args.nat else 256 * MIB
 
     from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
 
@@ -443,6 +457,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
     if args.lan and args.long_link:
         parser.error("--lan and --long-link exclude each other")
+    if args.nat:
+        if args.lan or args.long_link:
+            parser.error("--nat excludes --lan and --long-link")
+        if os.geteuid() != 0:
+            raise SystemExit("scripts/bench --nat needs root (network namespaces, iptables)")
+        try:
+            from benchmarks.nat import run_nat
+        except ModuleNotFoundError as exc:  # the lab is the test suite's
+            raise SystemExit(
+                f"scripts/bench --nat needs {exc.name}: pip install -e '.[test]'"
+            ) from None
+        title = (
+            f"sfs NAT matrix benchmark (tests/integration/nat.py: namespaces, coturn): "
+            f"{args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
+            f"{args.streams} stream(s), {loop_name}; {platform.python_implementation()} "
+            f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
+        )
+        loop_env = {"SFS_EVENT_LOOP": "asyncio"} if args.loop == "asyncio" else {}
+        run_nat(args.size, args.runs, chunk, args.streams, loop_env, title)
+        return
     where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
     if args.lan:
         where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"

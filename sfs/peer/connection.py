@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+import aioice.candidate
 import aioice.ice
 import aioice.stun
 from aiortc import (
@@ -586,7 +587,22 @@ async def _gather(
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+#: Local preference of a relay reached over TCP (RFC 8445 5.1.2.1): below UDP's 65535,
+#: so when both relays work the UDP one carries the data (no head-of-line blocking
+#: under SCTP's own retransmissions); TCP is for networks where nothing else works.
+TCP_RELAY_PREFERENCE = 32767
+
+
 async def _relay(connection: Any, component: int, url: IceUrl) -> tuple[Any, Any]:
+    candidate, protocol = await _allocate_relay(connection, component, url)
+    if url.transport == "tcp":
+        candidate.priority = aioice.candidate.candidate_priority(
+            component, "relay", local_pref=TCP_RELAY_PREFERENCE
+        )
+    return candidate, protocol
+
+
+async def _allocate_relay(connection: Any, component: int, url: IceUrl) -> tuple[Any, Any]:
     return await aioice.ice.relayed_candidate(
         component=component,
         hide_related_address=False,
@@ -795,7 +811,8 @@ class PeerLink:
         if channel.readyState != "open":
             self._link.mark_closed()
         self._link.route = self.route()
-        logger.info("connected: %s", self._link.route or "route unknown")
+        # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
+        logger.info("connected at %.6f: %s", time.time(), self._link.route or "route unknown")
         return self._link
 
 
