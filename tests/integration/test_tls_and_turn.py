@@ -281,3 +281,26 @@ def test_turn_options_are_checked(tmp_path: Path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert says in done.stderr, done.stderr
         assert SECRET not in done.stderr
+
+
+def test_sfs_check_reports_the_tls_of_the_server(tmp_path: Path, pki: dict[str, Path]) -> None:
+    server = tls_server(tmp_path, pki, "server")
+    try:
+        env = peer_env(server.url)
+        env.pop("SFS_CA_BUNDLE", None)
+        trusted = subprocess.run(
+            sfs_command("check", "--cacert", str(pki["ca"])),
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        untrusted = subprocess.run(
+            sfs_command("check"), capture_output=True, text=True, timeout=60, env=env
+        )
+    finally:
+        stop_process(server.process)
+    first = trusted.stdout.splitlines()[0]
+    assert first.startswith(f"ok    server {server.url}: reachable (TLS, certificate verified)")
+    assert trusted.returncode == 1  # no STUN or TURN server handed out: not with everyone
+    assert "FAIL  TURN: the server hands out no TURN relay" in trusted.stdout
+    first = untrusted.stdout.splitlines()[0]
+    assert first.startswith(f"FAIL  server {server.url}: the signaling server at"), first
+    assert "certificate this machine does not trust" in first and untrusted.returncode == 1
