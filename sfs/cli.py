@@ -491,7 +491,11 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sfs")
 def main() -> None:
-    """End-to-end-encrypted peer-to-peer file transfer with a one-time code."""
+    """End-to-end-encrypted peer-to-peer file transfer with a one-time code.
+
+    With no --server and no SFS_SERVER, `sfs receive` and `sfs send` work on the
+    local network by themselves (mDNS); with a server (`sfs serve`), across networks.
+    """
 
 
 @main.command()
