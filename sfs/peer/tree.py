@@ -1,0 +1,173 @@
+"""Folders: what the sender walks into a transfer, and where the receiver puts it.
+
+The first room of issue 12 (folders), not yet used by the transfer: :func:`walk` turns
+the paths a user named into entries (files and folders, each with its path inside
+the transfer as components), and :func:`plan_tree` turns offered paths into local
+relative paths that can only land inside the output folder.
+
+Offered paths are the peer's words.  Each component goes through
+:func:`sfs.peer.transfer.safe_name` on its own; a component that is empty, ``.``,
+``..``, or holds a separator or NUL is refused, never repaired (a sender that writes
+``a/../../x`` is not honest); so is a path deeper than MAX_DEPTH, and two entries that
+become one name here (after sanitising, case-insensitively: the output folder may be
+on a file system that ignores case), or a file that would sit where a folder goes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sfs.errors import RemoteProtocolError, SourceError
+from sfs.peer.transfer import safe_name
+
+#: The deepest path one entry may have (components, the file's name included).
+MAX_DEPTH = 64
+#: The most entries (files and folders) one transfer may carry.
+MAX_ENTRIES = 100_000
+_FORBIDDEN_IN_COMPONENT = ("/", "\\", "\0")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file or folder to send.
+
+    :param parts: its path inside the transfer, e.g. ``("photos", "2026", "a.jpg")``
+    :param source: where it is on this machine
+    """
+
+    parts: tuple[str, ...]
+    source: Path
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Walked:
+    """:param skipped: what was named or found but is not sent, one line each
+    (symbolic links are not followed, devices, sockets and FIFOs are not files)."""
+
+    entries: tuple[Entry, ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def files(self) -> int:
+        return sum(not e.is_dir for e in self.entries)
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:
+    """Everything under ``paths``, each folder's entries in name order.  A named
+    symbolic link is followed; links inside folders are not.
+
+    :raises SourceError: a named path is missing or unreadable, two named paths have
+        the same name, the tree is deeper than MAX_DEPTH or has more than
+        ``max_entries`` entries.
+    """
+    entries: list[Entry] = []
+    skipped: list[str] = []
+    top: set[str] = set()
+
+    def add(path: Path, parts: tuple[str, ...]) -> None:
+        if len(parts) > MAX_DEPTH:
+            raise SourceError(f"{str(path)!r} is nested more than {MAX_DEPTH} folders deep")
+        try:
+            # A link the user named is what they mean to send; one found inside a
+            # tree may point anywhere (out of it, or back up it), so it is skipped.
+            info = path.stat() if len(parts) == 1 else path.lstat()
+        except OSError as exc:
+            raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(info.st_mode):
+            entries.append(Entry(parts, path, True, mtime_ns=info.st_mtime_ns))
+            _check_count()
+            try:
+                children = sorted(os.scandir(path), key=lambda d: d.name)
+            except OSError as exc:
+                raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+            for child in children:
+                add(Path(child.path), (*parts, child.name))
+        elif stat.S_ISREG(info.st_mode):
+            executable = bool(info.st_mode & stat.S_IXUSR)
+            entries.append(Entry(parts, path, False, info.st_size, info.st_mtime_ns, executable))
+            _check_count()
+        else:
+            skipped.append(f"{path} ({_kind(info.st_mode)})")
+
+    def _check_count() -> None:
+        if len(entries) > max_entries:
+            raise SourceError(f"sfs sends at most {max_entries} files and folders at once")
+
+    for path in paths:
+        name = path.name or path.resolve().name
+        if not name:
+            raise SourceError(f"{str(path)!r} has no name to send it under")
+        if name in top:
+            raise SourceError(f"two of the named paths are called {name!r}; rename one")
+        top.add(name)
+        add(path, (name,))
+    return Walked(tuple(entries), tuple(skipped))
+
+
+def local_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    """The local relative path of one offered path (components).
+
+    :raises RemoteProtocolError: the path is empty, too deep, or a component is
+        ``.``, ``..``, empty, holds a separator or NUL, or is unusable as a name.
+    """
+    if not 1 <= len(parts) <= MAX_DEPTH:
+        raise RemoteProtocolError(f"an offered path has 1 to {MAX_DEPTH} components")
+    for part in parts:
+        if part in ("", ".", "..") or any(c in part for c in _FORBIDDEN_IN_COMPONENT):
+            raise RemoteProtocolError(f"refusing the offered path {'/'.join(parts)[:80]!r}")
+    return tuple(safe_name(part) for part in parts)
+
+
+def plan_tree(offered: Sequence[tuple[Sequence[str], bool]]) -> list[tuple[str, ...]]:
+    """Local relative paths for the offered ``(parts, is_dir)`` entries, in order.
+
+    A folder may be named more than once (explicitly, and as a file's parent); any
+    other two entries that meet in one name here are refused, as is an entry under
+    a path that is a file.
+
+    :raises RemoteProtocolError: as :func:`local_parts`, or on such a clash.
+    """
+    if len(offered) > MAX_ENTRIES:
+        raise RemoteProtocolError(f"an offer carries at most {MAX_ENTRIES} files and folders")
+    kinds: dict[tuple[str, ...], bool] = {}  # casefolded local path -> is a folder
+    planned: list[tuple[str, ...]] = []
+    for parts, is_dir in offered:
+        local = local_parts(parts)
+        key = tuple(part.casefold() for part in local)
+        for depth in range(1, len(key)):
+            if kinds.setdefault(key[:depth], True) is False:
+                raise RemoteProtocolError(_clash(parts, "a file is in the way of its folder"))
+        known = kinds.get(key)
+        if known is not None and not (known and is_dir):
+            raise RemoteProtocolError(_clash(parts, "another offered entry has its name here"))
+        kinds[key] = is_dir
+        planned.append(local)
+    return planned
+
+
+def _clash(parts: Sequence[str], why: str) -> str:
+    return f"the offered path {'/'.join(parts)[:80]!r} cannot be placed: {why}"

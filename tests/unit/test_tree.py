@@ -1,0 +1,134 @@
+"""Folders (sfs.peer.tree): walking a real tree, and the receiver's side of offered
+paths, malicious ones included."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path, PurePosixPath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfs.errors import RemoteProtocolError, SourceError
+from sfs.peer.tree import MAX_DEPTH, local_parts, plan_tree, walk
+
+
+def test_walk_keeps_the_tree_and_skips_what_is_not_a_file(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "src" / "deep").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "src" / "a.py").write_text("print(1)\n")
+    (root / "src" / "deep" / "ünïcode ✓.txt").write_bytes(b"x" * 10)
+    run = root / "run.sh"
+    run.write_text("#!/bin/sh\n")
+    run.chmod(0o755)
+    os.utime(run, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    (root / "link").symlink_to("/etc/passwd")
+    os.mkfifo(root / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "sock"))
+        (tmp_path / "named-link").symlink_to(root / "src" / "a.py")
+        walked = walk([root, tmp_path / "named-link"])
+    parts = [(e.parts, e.is_dir) for e in walked.entries]
+    assert parts == [
+        (("project",), True),
+        (("project", "empty"), True),
+        (("project", "run.sh"), False),
+        (("project", "src"), True),
+        (("project", "src", "a.py"), False),
+        (("project", "src", "deep"), True),
+        (("project", "src", "deep", "ünïcode ✓.txt"), False),
+        (("named-link",), False),  # named by the user: followed
+    ]
+    by_parts = {e.parts: e for e in walked.entries}
+    assert by_parts[("project", "run.sh")].executable
+    assert by_parts[("project", "run.sh")].mtime_ns == 1_700_000_000_000_000_000
+    assert not by_parts[("project", "src", "a.py")].executable
+    assert walked.files == 4 and walked.total_size == 9 + 10 + 10 + 9
+    assert sorted(walked.skipped) == [
+        f"{root / 'fifo'} (a FIFO)",
+        f"{root / 'link'} (a symbolic link)",
+        f"{root / 'sock'} (a socket)",
+    ]
+
+
+def test_walk_refuses_what_cannot_be_sent(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot read"):
+        walk([tmp_path / "missing"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("1")
+    (tmp_path / "b" / "x").write_text("2")
+    with pytest.raises(SourceError, match="called 'x'"):
+        walk([tmp_path / "a" / "x", tmp_path / "b" / "x"])
+    with pytest.raises(SourceError, match="at most 3"):
+        walk([tmp_path / "a", tmp_path / "b"], max_entries=3)
+    deep = tmp_path / "deep"
+    path = deep
+    for i in range(MAX_DEPTH + 1):
+        path = path / f"{i}"
+    path.mkdir(parents=True)
+    with pytest.raises(SourceError, match="nested more than"):
+        walk([deep])
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("a", "..", "x"),
+        ("..", "x"),
+        ("a", ".", "x"),
+        ("a", "", "x"),
+        ("a/b",),
+        ("a\\b",),
+        ("a\0b",),
+        (),
+        ("a",) * (MAX_DEPTH + 1),
+        ("\x1b",),
+    ],
+)
+def test_malicious_paths_are_refused(parts: tuple[str, ...]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        local_parts(parts)
+
+
+def test_components_are_sanitised_one_by_one() -> None:
+    assert local_parts((".hidden", "CON", "a\u202eb.txt")) == ("hidden", "_CON", "ab.txt")
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [
+        [(("a", "x.txt"), False), (("a", "X.TXT"), False)],  # case-insensitive clash
+        [(("a", "x.txt"), False), (("a", ".x.txt"), False)],  # the same after sanitising
+        [(("a",), False), (("a", "b"), False)],  # a file where a folder goes
+        [(("a", "b"), False), (("a",), False)],  # and the other way round
+        [(("a", "b"), True), (("a", "b"), False)],
+    ],
+)
+def test_clashes_are_refused_before_anything_is_written(
+    offered: list[tuple[tuple[str, ...], bool]],
+) -> None:
+    with pytest.raises(RemoteProtocolError, match="cannot be placed"):
+        plan_tree(offered)
+
+
+def test_a_folder_may_be_named_again() -> None:
+    assert plan_tree([(("a",), True), (("a", "b"), False), (("a",), True)]) == [
+        ("a",),
+        ("a", "b"),
+        ("a",),
+    ]
+
+
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=8))
+def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None:
+    try:
+        local = local_parts(parts)
+    except RemoteProtocolError:
+        return
+    joined = PurePosixPath("/out", *local)
+    assert joined.parts[:2] == ("/", "out") and len(joined.parts) == len(local) + 2
+    assert all(p not in ("", ".", "..") and "/" not in p and "\0" not in p for p in local)
