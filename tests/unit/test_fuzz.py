@@ -31,6 +31,7 @@ from sfs.peer.protocol import (
     MAX_CONTROL_BYTES,
     MAX_FILE_BYTES,
     MAX_FILES,
+    MAX_MESSAGE_BYTES,
     MAX_OFFERED_NAME_CHARS,
     MAX_SENDER_NAME_CHARS,
     SHA256_BYTES,
@@ -777,6 +778,11 @@ def run_sequence(
 ) -> None:
     for action in actions:
         if isinstance(action, tuple):
+            if len(action[1]) + FRAME_OVERHEAD_BYTES > MAX_MESSAGE_BYTES:
+                # No DataChannel sends a message over max-message-size (send() refuses
+                # it), and sealing it would use up a counter value the receiver never
+                # sees: every later frame would then look reordered.
+                continue
             before = proto.state
             received = do_receive(proto, model, peer.seal(*action), sealed=True)
             if action == (FrameType.PING, b""):
