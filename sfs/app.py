@@ -77,7 +77,7 @@ from sfs.peer.transfer import (
     Progress,
     TransferResult,
     abort_transfer,
-    inspect_sources,
+    inspect_tree,
     keepalive,
     linger,
     receive_files,
@@ -265,10 +265,13 @@ async def _session(
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
     """Send files to the receiver that printed ``config.code``."""
-    sources = inspect_sources(list(config.paths))  # fail before contacting anyone
+    tree = inspect_tree(list(config.paths))  # fail before contacting anyone
+    sources = tree.files
     if len(sources) > MAX_FILES:
         # Found now, not after connecting: that would spend the receiver's code.
         raise SourceError(f"sfs sends at most {MAX_FILES} files at once ({len(sources)} given)")
+    for skipped in tree.skipped:
+        ui.status(f"Skipping {skipped}")
     async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
@@ -289,6 +292,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
             resume=config.resume,
             status=ui.status,
+            folders=tree.folders,
         )
         result.route = str(channel.route or "")
         _log_result("sent", result)

@@ -30,8 +30,14 @@ from sfs.code import CODE_SHAPE, Code, parse_code
 from sfs.errors import PeerConnectionError, SfsError
 from sfs.lan.record import Advert, waited
 from sfs.peer.connection import MAX_STREAMS, check_local_addresses
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_SENDER_NAME_CHARS, Offer
-from sfs.peer.transfer import Progress, TransferResult, format_size, safe_name
+from sfs.peer.protocol import (
+    DEFAULT_CHUNK_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_SENDER_NAME_CHARS,
+    FileInfo,
+    Offer,
+)
+from sfs.peer.transfer import Progress, TransferResult, format_size, is_tree, safe_name
 from sfs.signal import server as signal_server
 from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
 from sfs.signal.server import ServerConfig
@@ -195,7 +201,12 @@ class ConsoleUi:
         return await _ask_in_thread(lambda: _confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer) -> bool:
-        if len(offer.files) == 1:
+        if is_tree(offer):
+            what = describe_tree(offer)
+            screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
+            for line in offer_listing(offer, max_lines=screen):
+                self.status(line)
+        elif len(offer.files) == 1:
             what = printable(safe_name(offer.files[0].name), 80)
         else:
             what = f"{len(offer.files)} files"
@@ -204,17 +215,44 @@ class ConsoleUi:
             for line in offer_listing(offer, max_lines=screen):
                 self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
-        question = f"Receive {what} ({format_size(offer.total_size)}){sender}?"
+        size = f" ({format_size(offer.total_size)})" if not is_tree(offer) else ""
+        question = f"Receive {what}{size}{sender}?"
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
             return True
         return await _ask_in_thread(lambda: _confirm(question))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def describe_tree(offer: Offer) -> str:
+    """``2 files and 1 folder (1532 files, 1.2 GB)``: what the top of a folder offer
+    holds, then everything in it."""
+    top_files = sum(not info.folder for info in offer.files)
+    top_folders = {folder[0] for folder in offer.folders}
+    top_folders |= {info.folder[0] for info in offer.files if info.folder}
+    parts = []
+    if top_files:
+        parts.append(_plural(top_files, "file"))
+    if top_folders:
+        parts.append(_plural(len(top_folders), "folder"))
+    total = f"{_plural(len(offer.files), 'file')}, {format_size(offer.total_size)}"
+    return f"{' and '.join(parts)} ({total})"
+
+
+def _offered_path(info: FileInfo) -> str:
+    try:
+        return "/".join(safe_name(part) for part in (*info.folder, info.name))
+    except SfsError:
+        return info.name
+
+
 def offer_listing(offer: Offer, *, max_lines: int) -> list[str]:
     """One line per offered file (its safe name and size), then "… and N more" if they
     do not all fit in ``max_lines``."""
-    lines = [f"  {printable(safe_name(f.name), 70)}  {format_size(f.size)}" for f in offer.files]
+    lines = [f"  {printable(_offered_path(f), 70)}  {format_size(f.size)}" for f in offer.files]
     keep = max(max_lines, MIN_LISTED_FILES)
     if len(lines) > keep:
         lines = [*lines[: keep - 1], f"  … and {len(lines) - keep + 1} more"]

@@ -57,7 +57,11 @@ from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, Sess
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+#: The newest version this side speaks.  An offer is written in the oldest version
+#: that can carry it (1 for plain files, 2 for folders and executables), so an older
+#: receiver still gets what it can take; an offer from a newer version is refused
+#: with a message that says to upgrade.
+PROTOCOL_VERSION = 2
 #: The largest DataChannel message aiortc and browsers accept (a=max-message-size).
 MAX_MESSAGE_BYTES = 262_144
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
@@ -115,20 +119,35 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class FileInfo:
+    """:param folder: the folders it is in, inside the transfer (v2), e.g. ``("a", "b")``
+    :param executable: the sender's copy is executable (v2)"""
+
     name: str
     size: int
     mtime_ns: int = 0
+    folder: tuple[str, ...] = ()
+    executable: bool = False
 
 
 @dataclass(frozen=True)
 class Offer:
+    """:param folders: every folder of the transfer, empty ones included (v2)"""
+
     files: tuple[FileInfo, ...]
     sender: str = ""
     chunk_size: int = DEFAULT_CHUNK_BYTES
+    folders: tuple[tuple[str, ...], ...] = ()
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def version(self) -> int:
+        """The oldest protocol version that carries this offer."""
+        if self.folders or any(f.folder or f.executable for f in self.files):
+            return 2
+        return 1
 
 
 @dataclass(frozen=True)
@@ -270,24 +289,48 @@ def _reason_payload(reason: str) -> bytes:
     return _encode_json({"reason": reason})
 
 
+#: The most folders one offer lists, and the deepest path (components) in it.
+MAX_FOLDERS = 10_000
+MAX_PATH_DEPTH = 64
+
+
 def encode_offer(offer: Offer) -> bytes:
-    return _encode_json(
-        {
-            "v": PROTOCOL_VERSION,
-            "sender": offer.sender,
-            "chunk_size": offer.chunk_size,
-            "files": [
-                {"name": f.name, "size": f.size, "mtime_ns": f.mtime_ns} for f in offer.files
-            ],
-        }
-    )
+    version = offer.version
+    files: list[dict[str, Any]] = []
+    for f in offer.files:
+        entry: dict[str, Any] = {"name": f.name, "size": f.size, "mtime_ns": f.mtime_ns}
+        if version >= 2:
+            entry["folder"] = list(f.folder)
+            entry["x"] = f.executable
+        files.append(entry)
+    obj: dict[str, Any] = {
+        "v": version,
+        "sender": offer.sender,
+        "chunk_size": offer.chunk_size,
+        "files": files,
+    }
+    if version >= 2:
+        obj["folders"] = [list(folder) for folder in offer.folders]
+    return _encode_json(obj)
+
+
+def _path_field(obj: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_PATH_DEPTH:
+        raise RemoteProtocolError(f"field {key!r} must be a list of at most {MAX_PATH_DEPTH} names")
+    return tuple(_str_field({"part": part}, "part", MAX_OFFERED_NAME_CHARS) for part in value)
 
 
 def decode_offer(payload: bytes) -> Offer:
     obj = _decode_json(payload)
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1")
+    if isinstance(version, int) and not isinstance(version, bool) and version > PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"the other side runs a newer sfs (protocol {version}; this one speaks up to "
+            f"{PROTOCOL_VERSION}): upgrade sfs here to receive from it"
+        )
+    if version not in (1, 2):
+        raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1 or 2")
     files_obj = obj.get("files")
     if not isinstance(files_obj, list) or not 1 <= len(files_obj) <= MAX_FILES:
         raise RemoteProtocolError(f"an offer lists 1 to {MAX_FILES} files")
@@ -295,17 +338,31 @@ def decode_offer(payload: bytes) -> Offer:
     for entry in files_obj:
         if not isinstance(entry, dict):
             raise RemoteProtocolError("a file entry is not a JSON object")
+        executable = entry.get("x", False) if version >= 2 else False
+        if not isinstance(executable, bool):
+            raise RemoteProtocolError("field 'x' must be true or false")
         files.append(
             FileInfo(
                 name=_str_field(entry, "name", MAX_OFFERED_NAME_CHARS),
                 size=_int_field(entry, "size", 0, MAX_FILE_BYTES),
                 mtime_ns=_int_field(entry, "mtime_ns", -(2**63), 2**63 - 1),
+                folder=_path_field(entry, "folder") if version >= 2 else (),
+                executable=executable,
             )
         )
+    folders: tuple[tuple[str, ...], ...] = ()
+    if version >= 2:
+        folders_obj = obj.get("folders", [])
+        if not isinstance(folders_obj, list) or len(folders_obj) > MAX_FOLDERS:
+            raise RemoteProtocolError(f"an offer lists at most {MAX_FOLDERS} folders")
+        folders = tuple(_path_field({"folder": f}, "folder") for f in folders_obj)
+        if any(not folder for folder in folders):
+            raise RemoteProtocolError("an offered folder has no name")
     return Offer(
         files=tuple(files),
         sender=_str_field(obj, "sender", MAX_SENDER_NAME_CHARS, ""),
         chunk_size=_int_field(obj, "chunk_size", 1, MAX_CHUNK_BYTES),
+        folders=folders,
     )
 
 

@@ -60,6 +60,7 @@ from sfs.peer.protocol import (
     State,
     TransferProtocol,
 )
+from sfs.peer.tree import plan_tree, walk
 from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
@@ -196,20 +197,28 @@ def _trim(name: str) -> str:
         name = trimmed
 
 
+def is_tree(offer: Offer) -> bool:
+    return bool(offer.folders) or any(info.folder for info in offer.files)
+
+
 def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> list[Path]:
     """Choose the final path of every offered file, or refuse before anything is written.
 
     :raises DestinationExistsError: a destination exists and ``overwrite`` is off.
     :raises DiskError: the output folder is unusable or has too little free space.
+    :raises RemoteProtocolError: an offered path that cannot be placed safely.
     """
     if not output_dir.is_dir():
         raise DiskError(f"the output folder {str(output_dir)!r} does not exist")
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(output_dir)!r} is not writable")
+    if is_tree(offer):
+        planned = _plan_tree(offer, output_dir, overwrite=overwrite)
+        _check_free_space(offer, output_dir, planned)
+        return planned
     paths: list[Path] = []
     # Every name sfs will write, for two offered files that reduce to one name.
     taken: set[str] = set()
-    reclaimable = 0
     for info in offer.files:
         name = first = safe_name(info.name)
         n = 1
@@ -222,26 +231,95 @@ def plan_destinations(offer: Offer, output_dir: Path, *, overwrite: bool) -> lis
         # makes that impossible, and this states it where the path is built.
         if path.parent != output_dir:
             raise RemoteProtocolError(f"refusing the path {info.name[:80]!r}")
-        if os.path.lexists(path):
-            if not overwrite:
-                raise DestinationExistsError(
-                    f"{str(path)!r} already exists; pass --overwrite to replace it"
-                )
-            if path.is_dir() and not path.is_symlink():
-                raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
-        # sfs's own partial copy is either continued or replaced, so its bytes count as
-        # available either way; anything else at those names stops us here.
+        _check_existing(path, overwrite=overwrite)
+        paths.append(path)
+    _check_free_space(offer, output_dir, paths)
+    return paths
+
+
+def _check_existing(path: Path, *, overwrite: bool) -> None:
+    if os.path.lexists(path):
+        if not overwrite:
+            raise DestinationExistsError(
+                f"{str(path)!r} already exists; pass --overwrite to replace it"
+            )
+        if path.is_dir() and not path.is_symlink():
+            raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
+
+
+def _check_free_space(offer: Offer, output_dir: Path, paths: list[Path]) -> None:
+    # sfs's own partial copy is either continued or replaced, so its bytes count as
+    # available either way; anything else at those names stops us here.
+    reclaimable = 0
+    for info, path in zip(offer.files, paths, strict=True):
         partial = _own_partial(path)
         if partial is not None:
             reclaimable += min(partial.size, info.size)
-        paths.append(path)
     free = shutil.disk_usage(output_dir).free + reclaimable
     if offer.total_size > free:
         raise DiskError(
             f"not enough free space in {str(output_dir)!r}: "
             f"{format_size(offer.total_size)} offered, {format_size(free)} free"
         )
+
+
+def _plan_tree(offer: Offer, output_dir: Path, *, overwrite: bool) -> list[Path]:
+    """The final paths of a folder offer (sfs.peer.tree decides the names); a folder
+    that exists here is used as it is, unless it is not a folder or is a link."""
+    entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]
+    entries += [((*info.folder, info.name), False) for info in offer.files]
+    local = plan_tree(entries)
+    for parts in local[: len(offer.folders)] + [p[:-1] for p in local[len(offer.folders) :]]:
+        for depth in range(1, len(parts) + 1):
+            _check_folder(output_dir.joinpath(*parts[:depth]))
+    paths = [output_dir.joinpath(*parts) for parts in local[len(offer.folders) :]]
+    for path in paths:
+        _check_existing(path, overwrite=overwrite)
     return paths
+
+
+def _check_folder(path: Path) -> None:
+    """A folder to write into: absent (it will be made), or a real folder, never a
+    link (which could lead out of the output folder)."""
+    info = _lstat(path)
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        raise DestinationExistsError(
+            f"{str(path)!r} is in the way of an offered folder (not a folder, or a link)"
+        )
+
+
+def make_folders(offer: Offer, output_dir: Path) -> None:
+    """Create every folder of a folder offer, parents first, refusing links."""
+    if not is_tree(offer):
+        return
+    entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]
+    entries += [((*info.folder, info.name), False) for info in offer.files]
+    local = plan_tree(entries)
+    wanted = {p for p in local[: len(offer.folders)]}
+    wanted |= {p[:-1] for p in local[len(offer.folders) :] if len(p) > 1}
+    for parts in sorted(wanted, key=len):
+        for depth in range(1, len(parts) + 1):
+            path = output_dir.joinpath(*parts[:depth])
+            try:
+                path.mkdir()
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _disk_error(exc, path) from exc
+            _check_folder(path)
+
+
+def keep_metadata(path: Path, info: FileInfo) -> None:
+    """The sender's modification time, and its executable bit (within our umask)."""
+    try:
+        if info.executable:
+            # Executable for whoever may read it, as `chmod +x` does with a umask.
+            mode = path.stat().st_mode
+            os.chmod(path, stat.S_IMODE(mode) | (stat.S_IMODE(mode) & 0o444) >> 2)
+        if info.mtime_ns:
+            os.utime(path, ns=(info.mtime_ns, info.mtime_ns))
+    except OSError as exc:
+        logger.info("could not keep the time or mode of %s: %s", path, exc)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -515,6 +593,63 @@ class SourceFile:
     name: str
     size: int
     mtime_ns: int
+    folder: tuple[str, ...] = ()
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What one `sfs send` sends: files (in folders, for a tree), every folder, and
+    what was found but is not sent (links inside folders, FIFOs, sockets, devices)."""
+
+    files: list[SourceFile]
+    folders: tuple[tuple[str, ...], ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+def _text(name: str) -> str:
+    # A name that is not valid UTF-8 (possible on Linux) is offered with replacement
+    # characters rather than refused.
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
+def inspect_tree(paths: list[Path]) -> Sources:
+    """Check every file and folder to send before contacting anyone.
+
+    :raises SourceError: as :func:`inspect_sources`, or a folder that cannot be walked.
+    """
+    files: list[SourceFile] = []
+    folders: list[tuple[str, ...]] = []
+    skipped: list[str] = []
+    names: set[str] = set()
+    for path in paths:
+        name = path.name or path.resolve().name
+        if name in names:
+            raise SourceError(f"two of the named paths are called {name!r}; rename one")
+        names.add(name)
+        if not path.is_dir():
+            files += inspect_sources([path])
+            continue
+        walked = walk([path])
+        skipped += walked.skipped
+        for entry in walked.entries:
+            parts = tuple(_text(part) for part in entry.parts)
+            if entry.is_dir:
+                folders.append(parts)
+            else:
+                files.append(
+                    SourceFile(
+                        entry.source,
+                        parts[-1],
+                        entry.size,
+                        entry.mtime_ns,
+                        folder=parts[:-1],
+                        executable=entry.executable,
+                    )
+                )
+    if not files:
+        raise SourceError("no file to send (the folders named hold no files)")
+    return Sources(files, tuple(folders), tuple(skipped))
 
 
 def inspect_sources(paths: list[Path]) -> list[SourceFile]:
@@ -535,10 +670,10 @@ def inspect_sources(paths: list[Path]) -> list[SourceFile]:
             raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{str(path)!r} is not a regular file")
-        # A name that is not valid UTF-8 (possible on Linux) is offered with
-        # replacement characters rather than refused.
-        name = os.fsencode(path.name).decode("utf-8", errors="replace")
-        sources.append(SourceFile(path, name, st.st_size, st.st_mtime_ns))
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        sources.append(
+            SourceFile(path, _text(path.name), st.st_size, st.st_mtime_ns, executable=executable)
+        )
     if not sources:
         raise SourceError("no file to send")
     return sources
@@ -658,6 +793,7 @@ async def send_files(
     *,
     sender: str,
     chunk_size: int,
+    folders: tuple[tuple[str, ...], ...] = (),
     progress: Progress | None = None,
     on_waiting: Callable[[], None] | None = None,
     resume: bool = True,
@@ -673,9 +809,12 @@ async def send_files(
     try:
         async with keepalive(channel, proto):
             offer = Offer(
-                files=tuple(FileInfo(s.name, s.size, s.mtime_ns) for s in sources),
+                files=tuple(
+                    FileInfo(s.name, s.size, s.mtime_ns, s.folder, s.executable) for s in sources
+                ),
                 sender=sender,
                 chunk_size=chunk_size,
+                folders=folders,
             )
             await channel.send(proto.send(offer))
             if on_waiting is not None:
@@ -827,6 +966,7 @@ async def receive_files(
                 await channel.send(proto.send(Reject("declined by the receiver")))
                 await linger(channel, LAST_WORD_GRACE_SECONDS)
                 raise RejectedError("you declined the transfer")
+            await asyncio.to_thread(make_folders, offer, output_dir)
             held = [0] * len(offer.files)
             if resume:
                 for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
@@ -863,6 +1003,7 @@ async def receive_files(
                     progress.finish()
                 await part.commit(done.sha256, overwrite=overwrite)
                 part = None
+                await asyncio.to_thread(keep_metadata, dest, info)
                 status(_saved(dest, info.name))
                 result.files.append(dest)
                 result.total_bytes += info.size

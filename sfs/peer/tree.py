@@ -1,6 +1,6 @@
 """Folders: what the sender walks into a transfer, and where the receiver puts it.
 
-The first room of issue 12 (folders), not yet used by the transfer: :func:`walk` turns
+Folders (issue 12): :func:`walk` turns
 the paths a user named into entries (files and folders, each with its path inside
 the transfer as components), and :func:`plan_tree` turns offered paths into local
 relative paths that can only land inside the output folder.
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfs.errors import RemoteProtocolError, SourceError
-from sfs.peer.transfer import safe_name
 
 #: The deepest path one entry may have (components, the file's name included).
 MAX_DEPTH = 64
@@ -134,6 +133,9 @@ def local_parts(parts: Sequence[str]) -> tuple[str, ...]:
     :raises RemoteProtocolError: the path is empty, too deep, or a component is
         ``.``, ``..``, empty, holds a separator or NUL, or is unusable as a name.
     """
+    # Imported here: transfer.py, which has safe_name, imports this module.
+    from sfs.peer.transfer import safe_name
+
     if not 1 <= len(parts) <= MAX_DEPTH:
         raise RemoteProtocolError(f"an offered path has 1 to {MAX_DEPTH} components")
     for part in parts:

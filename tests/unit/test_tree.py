@@ -132,3 +132,20 @@ def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None
     joined = PurePosixPath("/out", *local)
     assert joined.parts[:2] == ("/", "out") and len(joined.parts) == len(local) + 2
     assert all(p not in ("", ".", "..") and "/" not in p and "\0" not in p for p in local)
+
+
+def test_a_link_in_the_output_folder_is_never_followed(tmp_path: Path) -> None:
+    from sfs.errors import DestinationExistsError
+    from sfs.peer.protocol import FileInfo, Offer
+    from sfs.peer.transfer import make_folders, plan_destinations
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "project").symlink_to(elsewhere)
+    offer = Offer((FileInfo("a.txt", 1, folder=("project",)),))
+    with pytest.raises(DestinationExistsError, match="in the way of an offered folder"):
+        plan_destinations(offer, out, overwrite=True)
+    with pytest.raises(DestinationExistsError):
+        make_folders(offer, out)
+    assert os.listdir(elsewhere) == []

@@ -1,0 +1,154 @@
+"""Folders end to end: a real tree round-trips through real `sfs send` and
+`sfs receive` processes (paths, empty folders, the executable bit, modification
+times, SHA-256 of every file), and what is not a file is skipped with a line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sfs.peer.protocol import FrameType
+from tests.conftest import ServerProcess, start_server, stop_process
+from tests.integration.peers import run_sender, start_receiver
+from tests.integration.test_malicious_peer import (
+    CHUNK,
+    DATA,
+    Attacker,
+    Script,
+    assert_clean,
+    attack,
+    snapshot,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lenient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server of its own: a dozen malicious senders from one address in a minute would
+    meet the shared server's lookup limit."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--max-lookups-per-address", "1000")
+    try:
+        yield server
+    finally:
+        stop_process(server.process)
+
+
+def manifest(root: Path) -> dict[str, tuple[str, int, int | None]]:
+    """Relative path -> (kind, executable bit, mtime of files, SHA-256 of files)."""
+    found: dict[str, tuple[str, int, int | None]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        rel = str(path.relative_to(root))
+        if stat.S_ISDIR(info.st_mode):
+            found[rel] = ("folder", 0, None)
+        elif stat.S_ISREG(info.st_mode):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[rel] = (digest, info.st_mode & stat.S_IXUSR, info.st_mtime_ns)
+    return found
+
+
+def test_a_tree_round_trips(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    tree = src / "project"
+    (tree / "docs" / "nested" / "deeper").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "docs" / "readme.md").write_text("# hello\n")
+    (tree / "docs" / "nested" / "ünïcode ✓ name.bin").write_bytes(os.urandom(200_000))
+    script = tree / "build.sh"
+    script.write_text("#!/bin/sh\necho built\n")
+    script.chmod(0o755)
+    for i, path in enumerate(p for p in tree.rglob("*") if p.is_file()):
+        os.utime(path, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    (tree / "link").symlink_to("/etc/passwd")
+    os.mkfifo(tree / "fifo")
+    (src / "single.txt").write_text("one file beside the folder\n")
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(tree), str(src / "single.txt"))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    expected = manifest(src)
+    for skipped in ("project/link", "project/fifo"):
+        expected.pop(skipped, None)
+    assert manifest(out) == expected
+    assert f"Skipping {tree / 'link'} (a symbolic link)" in sent.stderr
+    assert f"Skipping {tree / 'fifo'} (a FIFO)" in sent.stderr
+    assert "Receive 1 file and 1 folder (4 files, " in received.stderr
+    assert "  project/docs/nested/ünïcode ✓ name.bin  200.0 kB" in received.stderr
+
+
+def test_a_folder_that_exists_is_not_overwritten(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    tree = tmp_path / "src" / "project"
+    tree.mkdir(parents=True)
+    (tree / "a.txt").write_text("new\n")
+    out = tmp_path / "out"
+    (out / "project").mkdir(parents=True)
+    (out / "project" / "a.txt").write_text("mine\n")
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(tree))
+    received = receiver.finish()
+    assert received.returncode == 10, received.stderr
+    assert "already exists" in received.error_line()
+    assert (out / "project" / "a.txt").read_text() == "mine\n"
+    assert sent.returncode == 10, sent.stderr
+
+
+def offer_raw(offer: dict[str, object]) -> Script:
+    async def script(a: Attacker) -> bool:
+        await a.send(a.seal(FrameType.OFFER, json.dumps(offer).encode()))
+        return False  # the receiver must refuse before anything is written
+
+    return script
+
+
+def _tree_offer(
+    *files: tuple[list[str], str], folders: list[list[str]] | None = None
+) -> dict[str, object]:
+    return {
+        "v": 2,
+        "sender": "mallory",
+        "chunk_size": CHUNK,
+        "files": [
+            {"name": name, "size": len(DATA), "mtime_ns": 0, "folder": folder, "x": False}
+            for folder, name in files
+        ],
+        "folders": folders or [],
+    }
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        _tree_offer((["a", "..", ".."], "x")),
+        _tree_offer(([".."], "x")),
+        _tree_offer((["/etc"], "passwd")),
+        _tree_offer((["a/b"], "x")),
+        _tree_offer((["a\x00b"], "x")),
+        _tree_offer(([""], "x")),
+        _tree_offer((["d"] * 500, "x")),
+        _tree_offer((["a"], "x.txt"), (["a"], "X.TXT")),
+        _tree_offer((["a"], "x"), (["a", "x"], "y")),
+        _tree_offer((["a"], "x"), folders=[["a", "x"]]),
+        _tree_offer((["a"], "x"), folders=[[".."]]),
+        {**_tree_offer((["a"], "x")), "v": 3},
+    ],
+    ids=["dotdot", "dotdot-top", "absolute", "slash-inside", "nul-inside", "empty",
+         "500-deep", "case-clash", "file-where-folder", "folder-where-file",
+         "folder-dotdot", "newer-version"],
+)  # fmt: skip
+async def test_hostile_folder_offers_are_refused_before_anything_is_written(
+    lenient_server: ServerProcess, tmp_path: Path, offer: dict[str, object]
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(lenient_server, tmp_path, offer_raw(offer))
+    assert_clean(result, tmp_path, before, 13)
+    if offer["v"] == 3:
+        assert "upgrade sfs here" in result.error_line()
