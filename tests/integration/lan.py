@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROCESS_TIMEOUT_SECONDS, read_line_matching, sfs_command, stop_process
-from tests.integration.peers import CODE_RE, Finished, Receiver
+from tests.integration.peers import CODE_RE, Finished, Receiver, run_sfs
 
 _counter = itertools.count()
 
@@ -185,24 +185,7 @@ def start_waiting(host: Host, tmp: Path, *args: str) -> Receiver:
 
 def run(host: Host, *args: str, timeout: float = PROCESS_TIMEOUT_SECONDS) -> Finished:
     """`sfs ARGS` on ``host``, to its end."""
-    try:
-        done = subprocess.run(
-            sfs_command(*args, netns=host.netns),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=lan_env(),
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = (exc.stderr or b"").decode("utf-8", "replace")
-        raise AssertionError(
-            f"sfs {args[0]} did not finish within {timeout:.0f} s; its stderr:\n{stderr[-3000:]}"
-        ) from None
-    return Finished(
-        done.returncode,
-        done.stdout.decode("utf-8", "replace"),
-        done.stderr.decode("utf-8", "replace"),
-    )
+    return run_sfs(*args, env=lan_env(), netns=host.netns, timeout=timeout)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

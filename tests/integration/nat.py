@@ -45,7 +45,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.integration.lan import Host
-from tests.integration.peers import CODE_RE, Finished, Receiver
+from tests.integration.peers import CODE_RE, Finished, Receiver, run_sfs
 
 PUB_IP = "10.200.0.1"
 SECOND_PUB_IP = "10.200.0.2"
@@ -369,21 +369,6 @@ def run_sender(
     host: Host, server: ServerProcess, *args: str, timeout: float = PROCESS_TIMEOUT_SECONDS
 ) -> Finished:
     """`sfs send --name tester ARGS` on ``host``, to its end."""
-    try:
-        done = subprocess.run(
-            sfs_command("send", "--name", "tester", *args, netns=host.netns),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=nat_env(server),
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = (exc.stderr or b"").decode("utf-8", "replace")
-        raise AssertionError(
-            f"sfs send did not finish within {timeout:.0f} s; its stderr:\n{stderr[-3000:]}"
-        ) from None
-    return Finished(
-        done.returncode,
-        done.stdout.decode("utf-8", "replace"),
-        done.stderr.decode("utf-8", "replace"),
+    return run_sfs(
+        "send", "--name", "tester", *args, env=nat_env(server), netns=host.netns, timeout=timeout
     )

@@ -87,6 +87,36 @@ def start_receiver(
     return Receiver(process, code, stderr_path)
 
 
+def run_sfs(
+    *args: str,
+    env: dict[str, str],
+    netns: str | None = None,
+    stdin: str | None = None,
+    timeout: float = PROCESS_TIMEOUT_SECONDS,
+) -> Finished:
+    """`sfs ARGS` (in ``netns``) to its end; if it does not end in time, fail with what
+    it said."""
+    try:
+        done = subprocess.run(
+            sfs_command(*args, netns=netns),
+            input=None if stdin is None else stdin.encode(),
+            stdin=subprocess.DEVNULL if stdin is None else None,
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        stderr = (exc.stderr or b"").decode("utf-8", "replace")
+        raise AssertionError(
+            f"sfs {args[0]} did not finish within {timeout:.0f} s; its stderr:\n{stderr[-3000:]}"
+        ) from None
+    return Finished(
+        done.returncode,
+        done.stdout.decode("utf-8", "replace"),
+        done.stderr.decode("utf-8", "replace"),
+    )
+
+
 def run_sender(
     server: ServerProcess,
     *args: str,
@@ -94,22 +124,10 @@ def run_sender(
     url: str | None = None,
     netns: str | None = None,
 ) -> Finished:
-    env = peer_env(url or server.url)
-    try:
-        done = subprocess.run(
-            sfs_command("send", "--name", "tester", *args, netns=netns),
-            input=(stdin or "").encode(),
-            capture_output=True,
-            env=env,
-            timeout=PROCESS_TIMEOUT_SECONDS,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = (exc.stderr or b"").decode("utf-8", "replace")
-        raise AssertionError(
-            f"sfs send did not finish within {PROCESS_TIMEOUT_SECONDS} s; its stderr:\n"
-            f"{stderr[-3000:]}"
-        ) from None
-    return Finished(done.returncode, done.stdout.decode(), done.stderr.decode("utf-8", "replace"))
+    return run_sfs(
+        "send", "--name", "tester", *args, env=peer_env(url or server.url), netns=netns,
+        stdin=stdin or "",
+    )  # fmt: skip
 
 
 def make_file(path: Path, size: int) -> Path:
