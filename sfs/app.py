@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sfs.check import Report, check
 from sfs.code import Code
@@ -71,10 +71,11 @@ from sfs.peer.handshake import (
     Status,
     signal_event,
 )
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_FILES, Offer, Role, TransferProtocol
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_ENTRIES, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
     Channel,
     Progress,
+    Sources,
     TransferResult,
     abort_transfer,
     inspect_tree,
@@ -82,6 +83,8 @@ from sfs.peer.transfer import (
     linger,
     receive_files,
     send_files,
+    stream_source,
+    text_source,
 )
 from sfs.signal.client import SERVER_LOST, SignalClient
 from sfs.signal.messages import IceServer
@@ -151,6 +154,12 @@ class SendConfig:
     verify: bool = False
     streams: int = 1
     resume: bool = True
+    #: A text message to send instead of ``paths``.
+    text: str | None = None
+    #: A pipe to send instead of ``paths`` (``sfs send -``), and its name.
+    stream: IO[bytes] | None = None
+    stream_name: str = "stdin"
+    compress: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,8 @@ class ReceiveConfig:
     verify: bool = False
     resume: bool = True
     code: Code | None = None
+    #: Write the one offered file or pipe here (``--stdout``), not into output_dir.
+    sink: IO[bytes] | None = None
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -265,11 +276,20 @@ async def _session(
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
     """Send files to the receiver that printed ``config.code``."""
-    tree = inspect_tree(list(config.paths))  # fail before contacting anyone
+    # Every check of what to send is made now, not after connecting: that would
+    # spend the receiver's code.
+    if config.text is not None:
+        tree = Sources([text_source(config.text)])
+    elif config.stream is not None:
+        tree = Sources([stream_source(config.stream, config.stream_name)])
+    else:
+        tree = inspect_tree(list(config.paths))
     sources = tree.files
-    if len(sources) > MAX_FILES:
-        # Found now, not after connecting: that would spend the receiver's code.
-        raise SourceError(f"sfs sends at most {MAX_FILES} files at once ({len(sources)} given)")
+    if len(sources) + len(tree.folders) > MAX_ENTRIES:
+        raise SourceError(
+            f"sfs sends at most {MAX_ENTRIES} files and folders at once "
+            f"({len(sources) + len(tree.folders)} given)"
+        )
     for skipped in tree.skipped:
         ui.status(f"Skipping {skipped}")
     async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
@@ -293,6 +313,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
             resume=config.resume,
             status=ui.status,
             folders=tree.folders,
+            compress=config.compress,
         )
         result.route = str(channel.route or "")
         _log_result("sent", result)
@@ -321,6 +342,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             resume=config.resume,
             status=ui.status,
             kept=ui.kept_partial,
+            sink=config.sink,
         )
         result.route = str(session.channel.route or "")
         _log_result("received", result)

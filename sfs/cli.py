@@ -34,6 +34,7 @@ from sfs.peer.protocol import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
     MAX_SENDER_NAME_CHARS,
+    MAX_TEXT_BYTES,
     FileInfo,
     Offer,
 )
@@ -43,7 +44,7 @@ from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
 from sfs.signal.server import ServerConfig
 from sfs.signal.turn import DEFAULT_TTL_SECONDS as DEFAULT_TURN_TTL_SECONDS
 from sfs.signal.turn import TurnSecret, read_secret
-from sfs.text import printable
+from sfs.text import printable, printable_text
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -96,25 +97,38 @@ class PrintableFormatter(logging.Formatter):
 
 
 class LineProgress:
-    """Progress for a log rather than a terminal: one plain line per file at most
-    every PROGRESS_LINE_SECONDS (tqdm's bars would fill a log with carriage returns)."""
+    """Progress for a log rather than a terminal: one plain line at most every
+    PROGRESS_LINE_SECONDS (tqdm's bars would fill a log with carriage returns), per
+    file, or for the whole transfer when it has many files."""
 
     def __init__(self) -> None:
         self._name = ""
-        self._size = self._done = 0
+        self._size: int | None = 0
+        self._done = 0
         self._started = self._last = 0.0
+        self._overall = False
 
-    def start(self, name: str, size: int) -> None:
-        self._name, self._size, self._done = printable(name, 60), size, 0
-        self._started = self._last = time.monotonic()
+    def begin(self, files: int, total: int | None) -> None:
+        self._overall = files > 1
+        if self._overall:
+            self._name, self._size, self._done = f"{files} files", total, 0
+            self._started = self._last = time.monotonic()
+
+    def start(self, name: str, size: int | None) -> None:
+        if not self._overall:
+            self._name, self._size, self._done = printable(name, 60), size, 0
+            self._started = self._last = time.monotonic()
 
     def advance(self, n: int) -> None:
         self._done += n
         now = time.monotonic()
         if now - self._last >= PROGRESS_LINE_SECONDS:
             self._last = now
-            percent = 100 * self._done / self._size if self._size else 100.0
             rate = self._done / max(now - self._started, 1e-6)
+            if self._size is None:
+                say(f"{self._name}: {format_size(self._done)}, {format_size(rate)}/s")
+                return
+            percent = 100 * self._done / self._size if self._size else 100.0
             say(
                 f"{self._name}: {format_size(self._done)} of {format_size(self._size)} "
                 f"({percent:.0f} %), {format_size(rate)}/s"
@@ -125,17 +139,17 @@ class LineProgress:
 
 
 class TqdmProgress:
-    """A tqdm bar per file, on stderr."""
+    """A tqdm bar on stderr: one per file, or one for the whole transfer when it has
+    many files (a bar per file of a tree of thousands would cost more than the files)."""
 
     def __init__(self, *, quiet: bool) -> None:
         self._quiet = quiet
         self._bar: tqdm[Any] | None = None
+        self._files_left = 0  # of an overall bar
 
-    def start(self, name: str, size: int) -> None:
-        if self._quiet:
-            return  # not even a disabled bar: tqdm would still start its monitor thread
-        self._bar = tqdm(
-            total=size,
+    def _new_bar(self, name: str, total: int | None) -> tqdm[Any]:
+        return tqdm(
+            total=total,
             desc=printable(name, 30),
             unit="B",
             unit_scale=True,
@@ -145,11 +159,25 @@ class TqdmProgress:
             dynamic_ncols=True,
         )
 
+    def begin(self, files: int, total: int | None) -> None:
+        if self._quiet or files <= 1:
+            return  # not even a disabled bar: tqdm would still start its monitor thread
+        self._files_left = files
+        self._bar = self._new_bar(f"{files} files", total)
+
+    def start(self, name: str, size: int | None) -> None:
+        if not self._quiet and not self._files_left:
+            self._bar = self._new_bar(name, size)
+
     def advance(self, n: int) -> None:
         if self._bar is not None:
             self._bar.update(n)
 
     def finish(self) -> None:
+        if self._files_left:
+            self._files_left -= 1
+            if self._files_left:
+                return
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -165,11 +193,15 @@ class ConsoleUi:
         assume_yes: bool = False,
         code_hint: str = SEND_HINT,
         list_all: bool = False,
+        stdout_free: bool = True,
     ) -> None:
+        """:param stdout_free: stdout may carry the code (False with --stdout, where
+        it carries the data and everything else goes to stderr)."""
         self.quiet = quiet
         self.assume_yes = assume_yes
         self.list_all = list_all
         self.code_hint = code_hint
+        self.stdout_free = stdout_free
         self.kept: list[str] = []
 
     def status(self, message: str) -> None:
@@ -180,8 +212,8 @@ class ConsoleUi:
         # The code goes to stdout only, once: not into logs or stderr captures. When
         # stdout goes elsewhere (a file, a pipe) but stderr is the user's terminal, the
         # person must still see it there.
-        say(f"Code: {code}", err=False)
-        if not sys.stdout.isatty() and sys.stderr.isatty():
+        say(f"Code: {code}", err=not self.stdout_free)
+        if self.stdout_free and not sys.stdout.isatty() and sys.stderr.isatty():
             say(f"Code: {code}")
         self.status(self.code_hint)
 
@@ -201,7 +233,11 @@ class ConsoleUi:
         return await _ask_in_thread(lambda: _confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer) -> bool:
-        if is_tree(offer):
+        if offer.text:
+            what = f"a text message ({_plural(offer.files[0].size, 'byte')})"
+        elif offer.stream:
+            what = f"{printable(safe_name(offer.files[0].name), 80)} (a pipe, size unknown)"
+        elif is_tree(offer):
             what = describe_tree(offer)
             screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
             for line in offer_listing(offer, max_lines=screen):
@@ -215,7 +251,8 @@ class ConsoleUi:
             for line in offer_listing(offer, max_lines=screen):
                 self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
-        size = f" ({format_size(offer.total_size)})" if not is_tree(offer) else ""
+        plain = not (is_tree(offer) or offer.text or offer.stream)
+        size = f" ({format_size(offer.total_size)})" if plain else ""
         question = f"Receive {what}{size}{sender}?"
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
@@ -285,8 +322,10 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
 
 
 def _final_line(verb: str, result: TransferResult) -> str:
-    if len(result.files) == 1:
-        what = Path(result.files[0]).name
+    if result.text is not None:
+        what = "a text message"
+    elif len(result.files) == 1:
+        what = Path(result.files[0]).name or "a text message"
     else:
         what = f"{len(result.files)} files"
     moved = result.total_bytes - result.resumed_bytes
@@ -295,8 +334,12 @@ def _final_line(verb: str, result: TransferResult) -> str:
         f"{verb} {what} ({format_size(result.total_bytes)}) "
         f"in {result.elapsed:.1f} s, {format_size(rate)}/s"
     )
+    if result.skipped_files:
+        line += f", {_plural(result.skipped_files, 'file')} already there (same SHA-256)"
+    if result.resumed_files:
+        line += f", {_plural(result.resumed_files, 'file')} resumed"
     if result.resumed_bytes:
-        line += f", {format_size(result.resumed_bytes)} resumed"
+        line += f", {format_size(result.resumed_bytes)} not sent again"
     if result.route:
         line += f", {result.route}"
     return line
@@ -805,6 +848,14 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     help="Name `sfs peers` shows for this receiver on the local network "
     "(default: your login name).",
 )
+@click.option(
+    "--stdout",
+    "to_stdout",
+    is_flag=True,
+    help="Write the one incoming file or pipe to stdout (everything else goes to "
+    "stderr); an offer of more is refused. Data already written cannot be taken "
+    "back: an integrity failure still exits 12.",
+)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -815,6 +866,7 @@ def receive(
     yes: bool,
     list_all: bool,
     name: str | None,
+    to_stdout: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -861,14 +913,17 @@ def receive(
         ),
         verify=verify,
         resume=not no_resume,
+        sink=sys.stdout.buffer if to_stdout else None,
     )
-    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all)
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout)
     result = _run(app.receive(config, ui), verbose, ui=ui)
-    say(_final_line("Received", result), err=False)
+    if result.text is not None:
+        click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))
+    say(_final_line("Received", result), err=to_stdout or result.text is not None)
 
 
 @main.command()
-@click.argument("args", nargs=-1, required=True, metavar="[CODE] FILE...")
+@click.argument("args", nargs=-1, metavar="[CODE] FILE...")
 @click.option(
     "--chunk-size",
     type=click.IntRange(1, MAX_CHUNK_BYTES),
@@ -897,6 +952,26 @@ def receive(
     help="Print a code here and wait for the receiver to run `sfs receive CODE` "
     "(the sender-first flow, as in magic-wormhole and croc).",
 )
+@click.option(
+    "--text",
+    default=None,
+    metavar="TEXT",
+    help="Send this text message instead of files (`-`: read it from stdin); the "
+    f"receiver prints it. At most {MAX_TEXT_BYTES // 1024 // 1024} MiB.",
+)
+@click.option(
+    "--as",
+    "stream_name",
+    default="stdin",
+    show_default=True,
+    metavar="NAME",
+    help="The name the receiver saves a pipe (FILE `-`, stdin) under.",
+)
+@click.option(
+    "--no-compress",
+    is_flag=True,
+    help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
+)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -904,6 +979,9 @@ def send(
     args: tuple[str, ...],
     chunk_size: int,
     print_code: bool,
+    text: str | None,
+    stream_name: str,
+    no_compress: bool,
     sender_name: str | None,
     streams: int,
     verify: bool,
@@ -925,14 +1003,28 @@ def send(
     _setup_logging(verbose)
     _require_terminal_for_verify(verify)
     code: Code | None
+    # stdin carries the data (a pipe, or --text -): the code cannot come from there.
+    stdin_taken = "-" in args or text == "-"
     if print_code:
         code, files = None, _only_files(args)
     else:
-        code, files = _split_code(args)
+        code, files = _split_code(args, stdin_taken=stdin_taken, want_files=text is None)
+    if text is not None and files:
+        raise click.UsageError("--text sends a text message: give no files with it")
+    if text is None and not files:
+        raise click.UsageError("no file to send: `sfs send CODE FILE...` (or --text)")
+    if "-" in files and len(files) > 1:
+        raise click.UsageError("`-` (stdin) is sent alone: give no other files with it")
+    if text == "-":
+        text = _read_text()
     name = (_default_sender() if sender_name is None else sender_name)[:MAX_SENDER_NAME_CHARS]
     config = app.SendConfig(
         code=code,
-        paths=tuple(Path(f) for f in files),
+        paths=tuple(Path(f) for f in files if f != "-"),
+        text=text,
+        stream=sys.stdin.buffer if "-" in files else None,
+        stream_name=stream_name,
+        compress=not no_compress,
         peer=_peer_options(
             server, ice_server, ice_address, connect_timeout, lan=lan, name=name, cacert=cacert
         ),
@@ -1087,10 +1179,16 @@ def _require_terminal_for_verify(verify: bool) -> None:
 CODE_PROMPT_TRIES = 3
 
 
-def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
+def _split_code(
+    args: tuple[str, ...], *, stdin_taken: bool = False, want_files: bool = True
+) -> tuple[Code, tuple[str, ...]]:
     """Take the code from the first argument, or from a prompt or stdin if it is not
     there; say exactly what is wrong when an argument looks like a code but is not one,
-    or stands in the wrong place (a mistyped code must not become a file name)."""
+    or stands in the wrong place (a mistyped code must not become a file name).
+
+    :param stdin_taken: stdin carries data, so the code must be an argument or typed.
+    :param want_files: files must follow the code (not with --text).
+    """
     code_like = [i for i, arg in enumerate(args) if _looks_like_code(arg)]
     if code_like and code_like[0] > 0:
         raise click.UsageError(
@@ -1103,7 +1201,7 @@ def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="CODE") from None
         files = args[1:]
-        if not files:
+        if not files and want_files:
             raise click.UsageError("no file to send: `sfs send CODE FILE...`")
         if len(code_like) > 1:
             raise click.UsageError(
@@ -1111,6 +1209,10 @@ def _split_code(args: tuple[str, ...]) -> tuple[Code, tuple[str, ...]]:
                 "give one code, then the files"
             )
         return code, files
+    if stdin_taken and not sys.stdin.isatty():
+        raise click.UsageError(
+            "stdin carries the data here: give the code first, `sfs send CODE -`"
+        )
     return _prompt_code() if sys.stdin.isatty() else _read_code(), args
 
 
@@ -1148,6 +1250,19 @@ def _prompt_code() -> Code:
         except ValueError as exc:
             say(f"Error: {exc}")
     raise click.UsageError(f"no valid code after {CODE_PROMPT_TRIES} tries")
+
+
+def _read_text() -> str:
+    """--text -: the message from stdin, refused early when it is too large."""
+    data = sys.stdin.buffer.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise click.UsageError(
+            f"the text on stdin is over {MAX_TEXT_BYTES // 1024 // 1024} MiB: send it as a file"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.UsageError("the text on stdin is not UTF-8: send it as a file") from None
 
 
 def _read_code() -> Code:

@@ -27,6 +27,10 @@ class RemoteProtocolError(ProtocolError):
     """The other side sent something the transfer protocol does not allow."""
 
 
+class UpgradeError(RemoteProtocolError):
+    """The two sides run versions of sfs that cannot talk: upgrade the older one."""
+
+
 class CryptoError(SfsError):
     """A message failed its integrity check: it was damaged or tampered with."""
 

@@ -47,3 +47,15 @@ def printable(text: str, limit: int | None = None) -> str:
     if limit is not None and len(clean) > limit:
         clean = clean[: max(limit - 1, 0)] + ELLIPSIS
     return clean
+
+
+#: Kept in a message shown as text (``sfs send --text``): line breaks and tabs.
+_TEXT_KEEPS = frozenset("\n\t")
+
+
+def printable_text(text: str) -> str:
+    """Return a text message as inert lines: as :func:`printable`, but newlines and
+    tabs stay (CRLF becomes a newline), so a message keeps its lines and no line
+    can control the terminal."""
+    text = text.replace("\r\n", "\n")
+    return "".join(c if c in _TEXT_KEEPS or not is_unsafe(c) else _escape(c) for c in text)

@@ -23,6 +23,14 @@ own key and its own counter, starting at 0.
                                     FILE_ACK <empty>  (after the file is verified and in place)
     either side, at any time:  CANCEL {reason}, PING <empty>
 
+Version 3 (text, pipes, trees of up to 100 000 entries, compression) keeps that
+conversation and changes three things: OFFER carries only a header and the files
+follow in one LISTING; a control payload too large for one frame travels as MORE
+frames (its leading pieces) and then its own frame (the last piece); and ACCEPT,
+RESUME and START list only the files whose offset is above 0.  ZCHUNK, a CHUNK
+compressed with zstd, may be sent in any version once the receiver's ACCEPT said
+``"zstd": true`` (older senders ignore the key).
+
 States::
 
     sender:   IDLE -OFFER-> OFFERED -ACCEPT-> ACCEPTED -RESUME-> SENDING
@@ -52,16 +60,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sfs.errors import ProtocolError, RemoteProtocolError
+import zstandard
+
+from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
 from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
 
 logger = logging.getLogger(__name__)
 
 #: The newest version this side speaks.  An offer is written in the oldest version
-#: that can carry it (1 for plain files, 2 for folders and executables), so an older
-#: receiver still gets what it can take; an offer from a newer version is refused
-#: with a message that says to upgrade.
-PROTOCOL_VERSION = 2
+#: that can carry it (1 for plain files, 2 for folders and executables, 3 for text,
+#: a pipe, or more than fits in one frame), so an older receiver still gets what it
+#: can take; an offer from a newer version is refused with a message that says to
+#: upgrade.
+PROTOCOL_VERSION = 3
 #: The largest DataChannel message aiortc and browsers accept (a=max-message-size).
 MAX_MESSAGE_BYTES = 262_144
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
@@ -73,7 +84,15 @@ DEFAULT_CHUNK_BYTES = 64 * 1024 - FRAME_OVERHEAD_BYTES
 #: ACCEPT or START with MAX_FILES offsets is about 20 kB); the rest is room for offers
 #: of many files with long names (the sender refuses an offer that does not fit).
 MAX_CONTROL_BYTES = 192 * 1024
+#: Version 3: the most a control payload joined from MORE pieces may hold (a listing
+#: of MAX_ENTRIES entries with long names, or a RESUME with a SHA-256 for each file).
+MAX_JOINED_CONTROL_BYTES = 32 * 1024 * 1024
+#: Files in one offer of version 1 or 2.
 MAX_FILES = 1000
+#: Files and folders in one offer of version 3 (sfs.peer.tree walks no more).
+MAX_ENTRIES = 100_000
+#: A text message (``sfs send --text``) is held in memory: more is a file.
+MAX_TEXT_BYTES = 1024 * 1024
 #: Offered names longer than this are refused outright; shorter ones are later cut
 #: down to a safe local name (see transfer.safe_name).
 MAX_OFFERED_NAME_CHARS = 4096
@@ -94,6 +113,13 @@ class FrameType(enum.IntEnum):
     RESUME = 8
     PING = 9
     START = 10
+    MORE = 11
+    LISTING = 12
+    ZCHUNK = 13
+
+
+#: Frames that are not control payloads: they never end a run of MORE pieces.
+_DATA_FRAMES = frozenset({FrameType.CHUNK, FrameType.ZCHUNK, FrameType.PING, FrameType.MORE})
 
 
 class Role(enum.Enum):
@@ -104,6 +130,7 @@ class Role(enum.Enum):
 class State(enum.Enum):
     IDLE = "idle"
     OFFERED = "offered"
+    LISTING = "listing"  # receiver, version 3: the header is in, the files are due
     DECIDING = "deciding"
     ACCEPTED = "accepted"
     CONFIRMING = "confirming"
@@ -120,31 +147,47 @@ class State(enum.Enum):
 @dataclass(frozen=True)
 class FileInfo:
     """:param folder: the folders it is in, inside the transfer (v2), e.g. ``("a", "b")``
-    :param executable: the sender's copy is executable (v2)"""
+    :param executable: the sender's copy is executable (v2)
+    :param stream: a pipe of unknown size (v3): ``size`` is 0 and means nothing"""
 
     name: str
     size: int
     mtime_ns: int = 0
     folder: tuple[str, ...] = ()
     executable: bool = False
+    stream: bool = False
 
 
 @dataclass(frozen=True)
 class Offer:
-    """:param folders: every folder of the transfer, empty ones included (v2)"""
+    """:param folders: every folder of the transfer, empty ones included (v2)
+    :param text: one text message to show, not a file to save (v3)"""
 
     files: tuple[FileInfo, ...]
     sender: str = ""
     chunk_size: int = DEFAULT_CHUNK_BYTES
     folders: tuple[tuple[str, ...], ...] = ()
+    text: bool = False
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
     @property
+    def stream(self) -> bool:
+        return any(f.stream for f in self.files)
+
+    @property
     def version(self) -> int:
         """The oldest protocol version that carries this offer."""
+        if (
+            self.text
+            or self.stream
+            or len(self.files) > MAX_FILES
+            or len(self.folders) > MAX_FOLDERS
+            or _json_size(_offer_object(self, 2)) > MAX_CONTROL_BYTES
+        ):
+            return 3
         if self.folders or any(f.folder or f.executable for f in self.files):
             return 2
         return 1
@@ -155,6 +198,8 @@ class Accept:
     #: Per offered file (or none at all): how many of its first bytes the receiver
     #: already holds. Never a hash of them.
     held: tuple[int, ...] = ()
+    #: The receiver takes ZCHUNK frames (zstd).
+    zstd: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +234,17 @@ class Reject:
 
 @dataclass(frozen=True)
 class Chunk:
+    """File bytes.  To send them compressed, ``data`` is one zstd frame and
+    ``plain_size`` the bytes it holds (a ZCHUNK); a received ZCHUNK arrives as the
+    plain bytes."""
+
     data: bytes | memoryview
+    plain_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A piece of a control payload (MORE) came in: nothing for the caller yet."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +262,9 @@ class Cancel:
     reason: str = "cancelled"
 
 
-Event = Offer | Accept | Reject | Resume | Start | Chunk | FileDone | FileAck | Cancel | Ping
+Event = (
+    Offer | Accept | Reject | Resume | Start | Chunk | FileDone | FileAck | Cancel | Ping | Partial
+)
 
 
 # -- payload codecs -----------------------------------------------------------------------
@@ -221,8 +278,14 @@ def _encode_json(obj: dict[str, Any]) -> bytes:
         raise ProtocolError("a name or reason to send is not valid Unicode") from exc
 
 
-def _decode_json(payload: bytes) -> dict[str, Any]:
-    if len(payload) > MAX_CONTROL_BYTES:
+def _json_size(obj: dict[str, Any]) -> int:
+    """The bytes ``obj`` takes as JSON (names that are not text are refused later)."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+def _decode_json(payload: bytes, limit: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+    if len(payload) > limit:
         raise RemoteProtocolError(f"control frame too large ({len(payload)} bytes)")
     try:
         obj = json.loads(payload.decode("utf-8"))
@@ -238,6 +301,13 @@ def _int_field(obj: dict[str, Any], key: str, low: int, high: int) -> int:
     # bool is an int subclass: refuse it explicitly.
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise RemoteProtocolError(f"field {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _bool_field(obj: dict[str, Any], key: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise RemoteProtocolError(f"field {key!r} must be true or false")
     return value
 
 
@@ -262,24 +332,67 @@ def _int_list(obj: dict[str, Any], key: str, default: list[int] | None = None) -
     return tuple(value)
 
 
+def _hex_digest(text: object, key: str) -> bytes:
+    """One SHA-256 digest in lowercase hex; ``""`` for none."""
+    if text == "":
+        return b""
+    if (
+        isinstance(text, str)
+        and len(text) == 2 * SHA256_BYTES
+        and all(c in "0123456789abcdef" for c in text)
+    ):
+        return bytes.fromhex(text)
+    raise RemoteProtocolError(f"field {key!r} must be a list of hex SHA-256 digests")
+
+
 def _digest_list(obj: dict[str, Any], key: str) -> tuple[bytes, ...]:
     """A list of SHA-256 digests in lowercase hex, ``""`` for none."""
     value = obj.get(key, [])
     if not isinstance(value, list):
         raise RemoteProtocolError(f"field {key!r} must be a list of hex SHA-256 digests")
-    digests = []
-    for text in value:
-        if text == "":
-            digests.append(b"")
-        elif (
-            isinstance(text, str)
-            and len(text) == 2 * SHA256_BYTES
-            and all(c in "0123456789abcdef" for c in text)
+    return tuple(_hex_digest(text, key) for text in value)
+
+
+def _sparse(offsets: tuple[int, ...], digests: tuple[bytes, ...] = ()) -> list[list[Any]]:
+    """Version 3's form of per-file offsets: ``[index, offset(, hex)]`` for each file
+    whose offset is above 0, in file order."""
+    rows: list[list[Any]] = []
+    for i, offset in enumerate(offsets):
+        if offset:
+            rows.append([i, offset, digests[i].hex()] if digests else [i, offset])
+    return rows
+
+
+def _dense(
+    obj: dict[str, Any], key: str, count: int, *, digests: bool = False
+) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
+    """Per-file offsets (and digests) from version 3's sparse rows; files not listed
+    are at 0.  Rows name each file at most once, in increasing order."""
+    rows = obj.get(key, [])
+    if not isinstance(rows, list) or len(rows) > count:
+        raise RemoteProtocolError(f"field {key!r} must be a list of [index, offset] rows")
+    offsets = [0] * count
+    hashes = [b""] * count
+    last = -1
+    width = 3 if digests else 2
+    for row in rows:
+        if (
+            not isinstance(row, list)
+            or len(row) != width
+            or not all(type(v) is int for v in row[:2])
+            or not last < row[0] < count
+            or not 0 < row[1] <= MAX_FILE_BYTES
         ):
-            digests.append(bytes.fromhex(text))
-        else:
-            raise RemoteProtocolError(f"field {key!r} must be a list of hex SHA-256 digests")
-    return tuple(digests)
+            raise RemoteProtocolError(
+                f"field {key!r} must list files in order, each once, with an offset above 0"
+            )
+        last = row[0]
+        offsets[row[0]] = row[1]
+        if digests:
+            hashes[row[0]] = _hex_digest(row[2], key)
+            if not hashes[row[0]]:
+                raise RemoteProtocolError(f"field {key!r} needs a SHA-256 for each offset")
+    return tuple(offsets), (tuple(hashes) if digests and rows else ())
 
 
 def _reason_payload(reason: str) -> bytes:
@@ -289,29 +402,54 @@ def _reason_payload(reason: str) -> bytes:
     return _encode_json({"reason": reason})
 
 
-#: The most folders one offer lists, and the deepest path (components) in it.
+#: The most folders an offer of version 2 lists, and the deepest path (components).
 MAX_FOLDERS = 10_000
 MAX_PATH_DEPTH = 64
 
 
-def encode_offer(offer: Offer) -> bytes:
-    version = offer.version
-    files: list[dict[str, Any]] = []
-    for f in offer.files:
-        entry: dict[str, Any] = {"name": f.name, "size": f.size, "mtime_ns": f.mtime_ns}
-        if version >= 2:
-            entry["folder"] = list(f.folder)
-            entry["x"] = f.executable
-        files.append(entry)
+def _file_object(info: FileInfo, version: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": info.name,
+        "size": None if info.stream else info.size,
+        "mtime_ns": info.mtime_ns,
+    }
+    if version >= 2:
+        entry["folder"] = list(info.folder)
+        entry["x"] = info.executable
+    return entry
+
+
+def _offer_object(offer: Offer, version: int) -> dict[str, Any]:
+    """A whole offer of version 1 or 2, as one JSON object."""
     obj: dict[str, Any] = {
         "v": version,
         "sender": offer.sender,
         "chunk_size": offer.chunk_size,
-        "files": files,
+        "files": [_file_object(f, version) for f in offer.files],
     }
     if version >= 2:
         obj["folders"] = [list(folder) for folder in offer.folders]
-    return _encode_json(obj)
+    return obj
+
+
+def encode_offer(offer: Offer) -> bytes:
+    """The OFFER payload: the whole offer (versions 1 and 2), or its header (3)."""
+    version = offer.version
+    if version < 3:
+        return _encode_json(_offer_object(offer, version))
+    return _encode_json(
+        {"v": 3, "sender": offer.sender, "chunk_size": offer.chunk_size, "text": offer.text}
+    )
+
+
+def encode_listing(offer: Offer) -> bytes:
+    """The LISTING payload of a version 3 offer: its files and folders."""
+    return _encode_json(
+        {
+            "files": [_file_object(f, 3) for f in offer.files],
+            "folders": [list(folder) for folder in offer.folders],
+        }
+    )
 
 
 def _path_field(obj: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -321,49 +459,104 @@ def _path_field(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(_str_field({"part": part}, "part", MAX_OFFERED_NAME_CHARS) for part in value)
 
 
-def decode_offer(payload: bytes) -> Offer:
+def offer_version(payload: bytes) -> int:
+    """The version an OFFER payload is written in; a newer one says to upgrade.
+
+    :raises RemoteProtocolError: not an offer sfs can read.
+    """
     obj = _decode_json(payload)
     version = obj.get("v")
     if isinstance(version, int) and not isinstance(version, bool) and version > PROTOCOL_VERSION:
-        raise RemoteProtocolError(
+        raise UpgradeError(
             f"the other side runs a newer sfs (protocol {version}; this one speaks up to "
             f"{PROTOCOL_VERSION}): upgrade sfs here to receive from it"
         )
-    if version not in (1, 2):
-        raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1 or 2")
-    files_obj = obj.get("files")
-    if not isinstance(files_obj, list) or not 1 <= len(files_obj) <= MAX_FILES:
-        raise RemoteProtocolError(f"an offer lists 1 to {MAX_FILES} files")
-    files = []
-    for entry in files_obj:
-        if not isinstance(entry, dict):
-            raise RemoteProtocolError("a file entry is not a JSON object")
-        executable = entry.get("x", False) if version >= 2 else False
-        if not isinstance(executable, bool):
-            raise RemoteProtocolError("field 'x' must be true or false")
-        files.append(
-            FileInfo(
-                name=_str_field(entry, "name", MAX_OFFERED_NAME_CHARS),
-                size=_int_field(entry, "size", 0, MAX_FILE_BYTES),
-                mtime_ns=_int_field(entry, "mtime_ns", -(2**63), 2**63 - 1),
-                folder=_path_field(entry, "folder") if version >= 2 else (),
-                executable=executable,
-            )
-        )
-    folders: tuple[tuple[str, ...], ...] = ()
-    if version >= 2:
-        folders_obj = obj.get("folders", [])
-        if not isinstance(folders_obj, list) or len(folders_obj) > MAX_FOLDERS:
-            raise RemoteProtocolError(f"an offer lists at most {MAX_FOLDERS} folders")
-        folders = tuple(_path_field({"folder": f}, "folder") for f in folders_obj)
-        if any(not folder for folder in folders):
-            raise RemoteProtocolError("an offered folder has no name")
-    return Offer(
-        files=tuple(files),
+    if version not in (1, 2, 3):
+        raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1 to 3")
+    return int(version)
+
+
+def _decode_file(entry: object, version: int) -> FileInfo:
+    if not isinstance(entry, dict):
+        raise RemoteProtocolError("a file entry is not a JSON object")
+    stream = version >= 3 and entry.get("size", 0) is None
+    return FileInfo(
+        name=_str_field(entry, "name", MAX_OFFERED_NAME_CHARS),
+        size=0 if stream else _int_field(entry, "size", 0, MAX_FILE_BYTES),
+        mtime_ns=_int_field(entry, "mtime_ns", -(2**63), 2**63 - 1),
+        folder=_path_field(entry, "folder") if version >= 2 else (),
+        executable=_bool_field(entry, "x") if version >= 2 else False,
+        stream=stream,
+    )
+
+
+def decode_offer(payload: bytes, listing: bytes | None = None) -> Offer:
+    """The offer in an OFFER payload (and, for version 3, its LISTING payload).
+
+    :raises RemoteProtocolError: anything an offer may not be.
+    """
+    version = offer_version(payload)
+    obj = _decode_json(payload)
+    if version == 3:
+        if listing is None:
+            raise RemoteProtocolError("a version 3 offer lists its files in a LISTING")
+        body = _decode_json(listing, MAX_JOINED_CONTROL_BYTES)
+        max_files, max_folders = MAX_ENTRIES, MAX_ENTRIES
+    else:
+        body = obj
+        max_files, max_folders = MAX_FILES, MAX_FOLDERS
+    files_obj = body.get("files")
+    if not isinstance(files_obj, list) or not 1 <= len(files_obj) <= max_files:
+        raise RemoteProtocolError(f"an offer lists 1 to {max_files} files")
+    folders_obj = body.get("folders", []) if version >= 2 else []
+    if not isinstance(folders_obj, list) or len(folders_obj) > max_folders:
+        raise RemoteProtocolError(f"an offer lists at most {max_folders} folders")
+    if len(files_obj) + len(folders_obj) > MAX_ENTRIES:
+        raise RemoteProtocolError(f"an offer lists at most {MAX_ENTRIES} files and folders")
+    files = tuple(_decode_file(entry, version) for entry in files_obj)
+    folders = tuple(_path_field({"folder": f}, "folder") for f in folders_obj)
+    if any(not folder for folder in folders):
+        raise RemoteProtocolError("an offered folder has no name")
+    text = version >= 3 and _bool_field(obj, "text")
+    offer = Offer(
+        files=files,
         sender=_str_field(obj, "sender", MAX_SENDER_NAME_CHARS, ""),
         chunk_size=_int_field(obj, "chunk_size", 1, MAX_CHUNK_BYTES),
         folders=folders,
+        text=text,
     )
+    _check_kind(offer, RemoteProtocolError)
+    return offer
+
+
+def _check_kind(offer: Offer, error: type[ProtocolError]) -> None:
+    """A text message or a pipe comes alone."""
+    if (offer.text or offer.stream) and (len(offer.files) != 1 or offer.folders):
+        raise error("a text message or a pipe is offered alone")
+    if offer.text and (offer.stream or offer.files[0].size > MAX_TEXT_BYTES):
+        raise error(f"a text message is at most {MAX_TEXT_BYTES} bytes (more is a file)")
+
+
+def decompress_chunk(
+    payload: bytes, limit: int, decompressor: zstandard.ZstdDecompressor | None = None
+) -> bytes:
+    """The bytes of one ZCHUNK: a single zstd frame that states its size, 1 to
+    ``limit`` bytes (so a small frame cannot unpack into a huge one).
+
+    :raises RemoteProtocolError: anything else.
+    """
+    try:
+        size = zstandard.frame_content_size(payload)
+        if not 0 < size <= limit:
+            raise RemoteProtocolError(f"a compressed chunk must hold 1 to {limit} bytes")
+        data = (decompressor or zstandard.ZstdDecompressor()).decompress(
+            payload, max_output_size=limit
+        )
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError("a compressed chunk is not a valid zstd frame") from exc
+    if len(data) != size:
+        raise RemoteProtocolError("a compressed chunk holds other than it says")
+    return data
 
 
 # -- the state machine ----------------------------------------------------------------------
@@ -384,14 +577,21 @@ class TransferProtocol:
         self.role = role
         self.state = State.IDLE
         self.offer: Offer | None = None
+        #: The version of this session: that of the offer, once it is sent or read.
+        self.version = 0
+        #: ZCHUNK frames are allowed: the receiver said so in its ACCEPT.
+        self.zstd = False
         self._sealer = FrameSealer(keys.frame_send)
         self._opener = FrameOpener(keys.frame_receive)
         self._max_frame_bytes = max_frame_bytes
         self._file_index = 0  # the file whose bytes are moving now
-        self._file_remaining = 0
+        self._file_remaining: int | None = 0  # None: a pipe, whose end FILE_DONE says
         self._acked = 0  # files the receiver has acknowledged
         self._held: tuple[int, ...] = ()  # what the receiver said it holds (ACCEPT)
         self._offsets: tuple[int, ...] = ()  # proposed by RESUME, then fixed by START
+        self._header = b""  # a version 3 OFFER payload, until its LISTING comes
+        self._pieces = bytearray()  # MORE pieces of the next control payload
+        self._unzstd: zstandard.ZstdDecompressor | None = None
 
     # -- public API --
 
@@ -400,17 +600,32 @@ class TransferProtocol:
         return self._file_index
 
     def send(self, event: Event) -> bytes:
-        """Return the sealed frame for ``event``; :class:`ProtocolError` if not allowed now."""
+        """Return the sealed frame for ``event``; :class:`ProtocolError` if not allowed
+        now, or if it takes more than one frame (use :meth:`send_frames`)."""
         if isinstance(event, Chunk):  # the hot path first
-            return self._send_chunk(event.data)
+            return self._send_chunk(event)
+        frames = self.send_frames(event)
+        if len(frames) != 1:
+            raise ValueError(f"{type(event).__name__} takes {len(frames)} frames: send_frames()")
+        return frames[0]
+
+    def send_frames(self, event: Event) -> list[bytes]:
+        """Return the sealed frames for ``event``, in order: one, or (version 3) a
+        large control payload as MORE pieces and its own frame; a version 3 offer
+        is its OFFER and its LISTING.
+
+        :raises ProtocolError: not allowed now.
+        """
+        if isinstance(event, Chunk):
+            return [self._send_chunk(event)]
         if isinstance(event, Ping):
             self._require(self.state is not State.CLOSED, event)
-            return self._seal(FrameType.PING, b"")
+            return [self._seal(FrameType.PING, b"")]
         if isinstance(event, Cancel):
             self._require(self.state is not State.CLOSED, event)
             payload = _reason_payload(event.reason)
             self._set_state(State.CLOSED)
-            return self._seal(FrameType.CANCEL, payload)
+            return self._control(FrameType.CANCEL, payload)
         if self.role is Role.SENDER:
             return self._sender_send(event)
         return self._receiver_send(event)
@@ -432,80 +647,116 @@ class TransferProtocol:
             kind = FrameType(frame_type)
         except ValueError:
             raise RemoteProtocolError(f"unknown frame type {frame_type}") from None
-        if kind is FrameType.CANCEL:
-            reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "cancelled")
-            self._set_state(State.CLOSED)
-            return Cancel(reason)
-        if kind is FrameType.PING:
+        if kind is FrameType.MORE:
+            if self.version < 3:
+                raise RemoteProtocolError("MORE frame outside a version 3 session")
+            if len(self._pieces) + len(payload) > MAX_JOINED_CONTROL_BYTES:
+                raise RemoteProtocolError("a control payload in MORE pieces is too large")
+            self._pieces += payload
+            return Partial()
+        if kind is FrameType.PING:  # may come between pieces: the keepalive runs apart
             if payload:
                 raise RemoteProtocolError("PING carries nothing")
             return Ping()
+        if kind not in _DATA_FRAMES and self._pieces:
+            payload = bytes(self._pieces) + payload
+            self._pieces.clear()
+        elif self._pieces:
+            raise RemoteProtocolError(f"{kind.name} frame in the middle of a control payload")
+        if kind is FrameType.CANCEL:
+            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "cancelled")
+            self._set_state(State.CLOSED)
+            return Cancel(reason)
         if self.role is Role.SENDER:
             return self._sender_receive(kind, payload)
         return self._receiver_receive(kind, payload)
 
     # -- sender side --
 
-    def _sender_send(self, event: Event) -> bytes:
+    def _sender_send(self, event: Event) -> list[bytes]:
         if isinstance(event, Offer):
             self._require(self.state is State.IDLE, event)
-            if not 1 <= len(event.files) <= MAX_FILES:
-                raise ProtocolError(f"an offer lists 1 to {MAX_FILES} files")
+            _check_kind(event, ProtocolError)
+            version = event.version
+            if not 1 <= len(event.files) <= (MAX_ENTRIES if version >= 3 else MAX_FILES):
+                raise ProtocolError(f"an offer lists 1 to {MAX_ENTRIES} files")
             if not 1 <= event.chunk_size <= MAX_CHUNK_BYTES:
                 raise ProtocolError(f"chunk size must be 1 to {MAX_CHUNK_BYTES} bytes")
             payload = encode_offer(event)
+            listing = encode_listing(event) if version >= 3 else None
             try:  # the receiver's own check: fail here, not after the peer refuses
-                decode_offer(payload)
+                decode_offer(payload, listing)
             except RemoteProtocolError as exc:
                 raise ProtocolError(f"the receiver would refuse this offer: {exc}") from exc
             self.offer = event
+            self.version = version
+            frames = [self._seal(FrameType.OFFER, payload)]
+            if listing is not None:
+                frames += self._control(FrameType.LISTING, listing)
             self._set_state(State.OFFERED)
-            return self._seal(FrameType.OFFER, payload)
+            return frames
         if isinstance(event, Resume):
             self._require(self.state is State.ACCEPTED, event)
             self._check_resume(event, ProtocolError)
-            obj: dict[str, Any] = {"offsets": list(event.offsets)}
-            if event.sha256:
-                obj["sha256"] = [digest.hex() for digest in event.sha256]
-            frame = self._seal(FrameType.RESUME, _encode_json(obj))
+            obj: dict[str, Any]
+            if self.version >= 3:
+                obj = {"offsets": _sparse(event.offsets, event.sha256)}
+            else:
+                obj = {"offsets": list(event.offsets)}
+                if event.sha256:
+                    obj["sha256"] = [digest.hex() for digest in event.sha256]
+            frames = self._control(FrameType.RESUME, _encode_json(obj))
             self._resumed(event.offsets)
-            return frame
+            return frames
         if isinstance(event, FileDone):
-            self._require(self.state is State.SENDING and self._file_remaining == 0, event)
+            self._require(self.state is State.SENDING and not self._file_remaining, event)
             if len(event.sha256) != SHA256_BYTES:
                 raise ProtocolError("FILE_DONE carries a 32-byte SHA-256")
             frame = self._seal(FrameType.FILE_DONE, event.sha256)
             self._next_file()
-            return frame
+            return [frame]
         raise ProtocolError(f"a sender cannot send {type(event).__name__}")
 
-    def _send_chunk(self, data: bytes | memoryview) -> bytes:
+    def _send_chunk(self, chunk: Chunk) -> bytes:
         if self.role is not Role.SENDER or self.state is not State.SENDING:
             raise ProtocolError(f"cannot send a chunk in state {self.state.value}")
         assert self.offer is not None
-        if not 0 < len(data) <= min(self._file_remaining, self.offer.chunk_size):
+        size = len(chunk.data) if chunk.plain_size is None else chunk.plain_size
+        remaining = self.offer.chunk_size if self._file_remaining is None else self._file_remaining
+        if not 0 < size <= min(remaining, self.offer.chunk_size):
             raise ProtocolError(
-                f"chunk of {len(data)} bytes does not fit ({self._file_remaining} bytes left, "
+                f"chunk of {size} bytes does not fit ({remaining} bytes left, "
                 f"chunk size {self.offer.chunk_size})"
             )
-        self._file_remaining -= len(data)
-        return self._sealer.seal(FrameType.CHUNK, data)
+        if self._file_remaining is not None:
+            self._file_remaining -= size
+        if chunk.plain_size is None:
+            return self._sealer.seal(FrameType.CHUNK, chunk.data)
+        if not self.zstd:
+            raise ProtocolError("the receiver did not say it takes compressed chunks")
+        return self._sealer.seal(FrameType.ZCHUNK, chunk.data)
 
     def _sender_receive(self, kind: FrameType, payload: bytes) -> Event:
         if kind is FrameType.ACCEPT and self.state is State.OFFERED:
-            # No "held" at all: a receiver that resumes nothing.
-            held = _int_list(_decode_json(payload), "held", [])
+            assert self.offer is not None
+            obj = self._json(payload)
+            if self.version >= 3:
+                held, _ = _dense(obj, "held", len(self.offer.files))
+                held = held if any(held) else ()
+            else:  # No "held" at all: a receiver that resumes nothing.
+                held = _int_list(obj, "held", [])
             self._check_held(held, RemoteProtocolError)
             self._held = held
+            self.zstd = _bool_field(obj, "zstd")
             self._set_state(State.ACCEPTED)
-            return Accept(held)
+            return Accept(held, self.zstd)
         if kind is FrameType.START and self.state is State.CONFIRMING:
-            offsets = _int_list(_decode_json(payload), "offsets")
+            offsets = self._read_offsets(self._json(payload))
             self._check_start(offsets, RemoteProtocolError)
             self._start(offsets)
             return Start(offsets)
         if kind is FrameType.REJECT and self.state is State.OFFERED:
-            reason = _str_field(_decode_json(payload), "reason", MAX_REASON_CHARS, "declined")
+            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "declined")
             self._set_state(State.CLOSED)
             return Reject(reason)
         if kind is FrameType.FILE_ACK and self.state in (State.SENDING, State.AWAITING_ACKS):
@@ -520,25 +771,34 @@ class TransferProtocol:
 
     # -- receiver side --
 
-    def _receiver_send(self, event: Event) -> bytes:
+    def _receiver_send(self, event: Event) -> list[bytes]:
         if isinstance(event, Accept):
             self._require(self.state is State.DECIDING, event)
             self._check_held(event.held, ProtocolError)
-            frame = self._seal(FrameType.ACCEPT, _encode_json({"held": list(event.held)}))
+            obj: dict[str, Any] = {}
+            if self.version >= 3:
+                obj["held"] = _sparse(event.held)
+            else:
+                obj["held"] = list(event.held)
+            if event.zstd:
+                obj["zstd"] = True
+            frames = self._control(FrameType.ACCEPT, _encode_json(obj))
             self._held = event.held
+            self.zstd = event.zstd
             self._set_state(State.ACCEPTED)
-            return frame
+            return frames
         if isinstance(event, Start):
             self._require(self.state is State.CONFIRMING, event)
             self._check_start(event.offsets, ProtocolError)
-            frame = self._seal(FrameType.START, _encode_json({"offsets": list(event.offsets)}))
+            offsets = _sparse(event.offsets) if self.version >= 3 else list(event.offsets)
+            frames = self._control(FrameType.START, _encode_json({"offsets": offsets}))
             self._start(event.offsets)
-            return frame
+            return frames
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
             payload = _reason_payload(event.reason)
             self._set_state(State.CLOSED)
-            return self._seal(FrameType.REJECT, payload)
+            return self._control(FrameType.REJECT, payload)
         if isinstance(event, FileAck):
             self._require(
                 self.state in (State.RECEIVING, State.AWAITING_ACKS)
@@ -549,19 +809,26 @@ class TransferProtocol:
             assert self.offer is not None
             if self._acked == len(self.offer.files):
                 self._set_state(State.DONE)
-            return self._seal(FrameType.FILE_ACK, b"")
+            return [self._seal(FrameType.FILE_ACK, b"")]
         raise ProtocolError(f"a receiver cannot send {type(event).__name__}")
 
     def _receiver_receive(self, kind: FrameType, payload: bytes) -> Event:
-        if kind is FrameType.CHUNK and self.state is State.RECEIVING:
+        if kind in (FrameType.CHUNK, FrameType.ZCHUNK) and self.state is State.RECEIVING:
             assert self.offer is not None
+            if kind is FrameType.ZCHUNK:
+                if not self.zstd:
+                    raise RemoteProtocolError("a compressed chunk, though none was agreed")
+                if self._unzstd is None:  # one context for the session: 7x cheaper
+                    self._unzstd = zstandard.ZstdDecompressor()
+                payload = decompress_chunk(payload, self.offer.chunk_size, self._unzstd)
             if not payload:
                 raise RemoteProtocolError("empty chunk")
-            if len(payload) > self._file_remaining:
+            if self._file_remaining is not None and len(payload) > self._file_remaining:
                 raise RemoteProtocolError("the sender sent more bytes than it declared")
             if len(payload) > self.offer.chunk_size:
                 raise RemoteProtocolError("chunk larger than the announced chunk size")
-            self._file_remaining -= len(payload)
+            if self._file_remaining is not None:
+                self._file_remaining -= len(payload)
             return Chunk(payload)
         if kind is FrameType.FILE_DONE and self.state is State.RECEIVING:
             if self._file_remaining:
@@ -573,18 +840,45 @@ class TransferProtocol:
             self._next_file()
             return FileDone(payload)
         if kind is FrameType.OFFER and self.state is State.IDLE:
+            version = offer_version(payload)
+            if version >= 3:
+                self.version = version
+                self._header = payload
+                self._set_state(State.LISTING)
+                return Partial()
             self.offer = decode_offer(payload)
+            self.version = version
+            self._set_state(State.DECIDING)
+            return self.offer
+        if kind is FrameType.LISTING and self.state is State.LISTING:
+            self.offer = decode_offer(self._header, payload)
+            self._header = b""
             self._set_state(State.DECIDING)
             return self.offer
         if kind is FrameType.RESUME and self.state is State.ACCEPTED:
-            obj = _decode_json(payload)
-            resume = Resume(_int_list(obj, "offsets"), _digest_list(obj, "sha256"))
+            assert self.offer is not None
+            obj = self._json(payload)
+            if self.version >= 3:
+                resume = Resume(*_dense(obj, "offsets", len(self.offer.files), digests=True))
+            else:
+                resume = Resume(_int_list(obj, "offsets"), _digest_list(obj, "sha256"))
             self._check_resume(resume, RemoteProtocolError)
             self._resumed(resume.offsets)
             return resume
         raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
 
     # -- helpers --
+
+    def _json(self, payload: bytes) -> dict[str, Any]:
+        """A control payload: joined from MORE pieces in version 3, so larger."""
+        limit = MAX_JOINED_CONTROL_BYTES if self.version >= 3 else MAX_CONTROL_BYTES
+        return _decode_json(payload, limit)
+
+    def _read_offsets(self, obj: dict[str, Any]) -> tuple[int, ...]:
+        assert self.offer is not None
+        if self.version >= 3:
+            return _dense(obj, "offsets", len(self.offer.files))[0]
+        return _int_list(obj, "offsets")
 
     def _check_held(self, held: tuple[int, ...], error: type[ProtocolError]) -> None:
         assert self.offer is not None
@@ -637,8 +931,10 @@ class TransferProtocol:
         assert self.offer is not None
         self._file_index += 1
         if self._file_index < len(self.offer.files):
-            size = self.offer.files[self._file_index].size
-            self._file_remaining = size - self._offsets[self._file_index]
+            info = self.offer.files[self._file_index]
+            self._file_remaining = (
+                None if info.stream else info.size - self._offsets[self._file_index]
+            )
             self._set_state(State.SENDING if self.role is Role.SENDER else State.RECEIVING)
         else:
             self._file_remaining = 0
@@ -646,6 +942,20 @@ class TransferProtocol:
 
     def _seal(self, kind: FrameType, payload: bytes) -> bytes:
         return self._sealer.seal(kind, payload)
+
+    def _control(self, kind: FrameType, payload: bytes) -> list[bytes]:
+        """One control payload as frames: in version 3, MORE pieces first when it is
+        larger than one frame may carry."""
+        if len(payload) <= MAX_CONTROL_BYTES:
+            return [self._seal(kind, payload)]
+        if self.version < 3:
+            raise ProtocolError(f"a control frame of {len(payload)} bytes does not fit")
+        if len(payload) > MAX_JOINED_CONTROL_BYTES:
+            raise ProtocolError(f"a control payload of {len(payload)} bytes is too large")
+        cuts = range(0, len(payload), MAX_CONTROL_BYTES)
+        frames = [self._seal(FrameType.MORE, payload[i : i + MAX_CONTROL_BYTES]) for i in cuts[:-1]]
+        frames.append(self._seal(kind, payload[cuts[-1] :]))
+        return frames
 
     def _require(self, allowed: bool, event: Event) -> None:
         if not allowed:

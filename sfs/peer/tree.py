@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfs.errors import RemoteProtocolError, SourceError
+from sfs.peer.protocol import MAX_ENTRIES, MAX_PATH_DEPTH
 
-#: The deepest path one entry may have (components, the file's name included).
-MAX_DEPTH = 64
-#: The most entries (files and folders) one transfer may carry.
-MAX_ENTRIES = 100_000
+#: The deepest path one entry may have (components, the file's name included), and
+#: the most entries (files and folders) one transfer may carry: the protocol's limits.
+MAX_DEPTH = MAX_PATH_DEPTH
 _FORBIDDEN_IN_COMPONENT = ("/", "\\", "\0")
 
 

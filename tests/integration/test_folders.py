@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.peer.protocol import FrameType
+from sfs.peer.protocol import PROTOCOL_VERSION, FrameType
 from tests.conftest import ServerProcess, start_server, stop_process
 from tests.integration.peers import run_sender, start_receiver
 from tests.integration.test_malicious_peer import (
@@ -138,7 +138,7 @@ def _tree_offer(
         _tree_offer((["a"], "x"), (["a", "x"], "y")),
         _tree_offer((["a"], "x"), folders=[["a", "x"]]),
         _tree_offer((["a"], "x"), folders=[[".."]]),
-        {**_tree_offer((["a"], "x")), "v": 3},
+        {**_tree_offer((["a"], "x")), "v": PROTOCOL_VERSION + 1},
     ],
     ids=["dotdot", "dotdot-top", "absolute", "slash-inside", "nul-inside", "empty",
          "500-deep", "case-clash", "file-where-folder", "folder-where-file",
@@ -150,5 +150,58 @@ async def test_hostile_folder_offers_are_refused_before_anything_is_written(
     before = snapshot(tmp_path)
     result = await attack(lenient_server, tmp_path, offer_raw(offer))
     assert_clean(result, tmp_path, before, 13)
-    if offer["v"] == 3:
+    if offer["v"] == PROTOCOL_VERSION + 1:
         assert "upgrade sfs here" in result.error_line()
+
+
+def offer_v3(listing: bytes, *, text: bool = False) -> Script:
+    """A version 3 offer as a malicious sender writes it: the header, then ``listing``
+    in MORE pieces of at most 192 KiB and a LISTING frame."""
+
+    async def script(a: Attacker) -> bool:
+        header = {"v": 3, "sender": "mallory", "chunk_size": CHUNK, "text": text}
+        await a.send(a.seal(FrameType.OFFER, json.dumps(header).encode()))
+        pieces = [listing[i : i + PIECE] for i in range(0, len(listing), PIECE)] or [b""]
+        for piece in pieces[:-1]:
+            await a.send(a.seal(FrameType.MORE, piece))
+        await a.send(a.seal(FrameType.LISTING, pieces[-1]))
+        return False  # the receiver must refuse before anything is written
+
+    return script
+
+
+PIECE = 192 * 1024
+
+
+def _listing(files: list[dict[str, object]], folders: list[list[str]] | None = None) -> bytes:
+    return json.dumps({"files": files, "folders": folders or []}).encode()
+
+
+def _entry(folder: list[str], name: str = "x", size: int | None = 1) -> dict[str, object]:
+    return {"name": name, "size": size, "mtime_ns": 0, "folder": folder, "x": False}
+
+
+@pytest.mark.parametrize(
+    ("listing", "text"),
+    [
+        (_listing([_entry(["a", "..", ".."])]), False),
+        (_listing([_entry(["/etc"], "passwd")]), False),
+        (_listing([_entry(["a\x00b"])]), False),
+        # a million entries: more than the 32 MiB a joined control payload may hold
+        (b'{"files":[' + b",".join([b'{"name":"f","size":1,"mtime_ns":0}'] * 1_000_000) + b"]}",
+         False),
+        # 100 001 entries under the byte limit: more than an offer may list
+        (_listing([{"name": f"{i}", "size": 0, "mtime_ns": 0} for i in range(100_001)]), False),
+        (_listing([_entry([], "a", None), _entry([], "b", None)]), False),
+        (_listing([_entry([], "", 2 * 1024 * 1024)]), True),
+        (_listing([_entry([], "", 5)], [["d"]]), True),
+    ],
+    ids=["dotdot", "absolute", "nul-inside", "million-entries", "100001-entries",
+         "two-pipes", "text-over-1-MiB", "text-with-a-folder"],
+)  # fmt: skip
+async def test_hostile_version_3_offers_are_refused_before_anything_is_written(
+    lenient_server: ServerProcess, tmp_path: Path, listing: bytes, text: bool
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(lenient_server, tmp_path, offer_v3(listing, text=text))
+    assert_clean(result, tmp_path, before, 13)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sfs.code import wordlist
-from sfs.peer.protocol import MAX_FILES
+from sfs.peer.protocol import MAX_ENTRIES
 from sfs.signal import messages as m
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
@@ -304,13 +304,13 @@ def test_a_read_only_output_folder_is_refused_before_a_code_is_shown(tmp_path: P
 
 
 def test_too_many_files_are_refused_before_connecting(tmp_path: Path) -> None:
-    files = []
-    for i in range(MAX_FILES + 1):
-        (tmp_path / f"{i}.txt").touch()
-        files.append(str(tmp_path / f"{i}.txt"))
-    result = run("send", CODE, *files)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(MAX_ENTRIES):  # with the folder itself, one entry too many
+        (tree / f"{i}").touch()
+    result = run("send", CODE, str(tree))
     assert result.returncode == 9, result.stderr
-    assert f"at most {MAX_FILES} files" in result.error_line()
+    assert f"at most {MAX_ENTRIES} files and folders" in result.error_line()
     assert "Connecting" not in result.stderr
 
 

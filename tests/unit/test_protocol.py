@@ -12,9 +12,10 @@ from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.protocol import (
     MAX_CHUNK_BYTES,
     MAX_CONTROL_BYTES,
+    MAX_ENTRIES,
     MAX_FILE_BYTES,
     MAX_FILES,
-    MAX_OFFERED_NAME_CHARS,
+    MAX_MESSAGE_BYTES,
     MAX_SENDER_NAME_CHARS,
     Accept,
     Cancel,
@@ -24,6 +25,7 @@ from sfs.peer.protocol import (
     FileInfo,
     FrameType,
     Offer,
+    Partial,
     Ping,
     Reject,
     Resume,
@@ -361,10 +363,18 @@ def test_largest_control_frames_sfs_makes_fit() -> None:
     assert sender.receive(frames[2]) == Start(held)
     for frame in frames:
         assert len(frame) - 28 <= MAX_CONTROL_BYTES
-    # The offer's limit is the receiver's: a longer offer is refused before it goes out.
-    long_names = tuple(FileInfo("n" * MAX_OFFERED_NAME_CHARS, 1) for _ in range(MAX_FILES))
-    with pytest.raises(ProtocolError, match="would refuse"):
-        pair()[0].send(Offer(long_names))
+    # A longer offer is version 3: its listing travels in MORE pieces.
+    long_names = Offer(tuple(FileInfo(f"{i:04}" + "n" * 4000, 1) for i in range(MAX_FILES)))
+    assert long_names.version == 3
+    sender, receiver, _, _ = pair()
+    frames = sender.send_frames(long_names)
+    assert len(frames) > 3 and all(len(f) <= MAX_MESSAGE_BYTES for f in frames)
+    events = [receiver.receive(frame) for frame in frames]
+    assert events[-1] == long_names and all(isinstance(e, Partial) for e in events[:-1])
+    # The offer's limit is the receiver's: a longer one is refused before it goes out.
+    too_many = tuple(FileInfo(f"{i:06}", 1) for i in range(MAX_ENTRIES + 1))
+    with pytest.raises(ProtocolError, match="1 to"):
+        pair()[0].send_frames(Offer(too_many))
 
 
 def test_resume_offset_beyond_the_claim_is_rejected() -> None:

@@ -558,7 +558,11 @@ class RecordingProgress:
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
 
-    def start(self, name: str, size: int) -> None:
+    def begin(self, files: int, total: int | None) -> None:
+        pass
+
+    def start(self, name: str, size: int | None) -> None:
+        assert size is not None
         self.events.append(("start", size))
 
     def advance(self, n: int) -> None:
