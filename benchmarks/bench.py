@@ -432,6 +432,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "connect time (starting `sfs send` to its DataChannel open, median) and MiB/s for "
         "each case; sfs only",
     )
+    parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="many small files (benchmarks/tree.py): 10 000 × 4 KiB and this checkout's "
+        "source, each as a folder and as one tar stream, with and without compression; "
+        "files/s, MiB/s and peak RSS on 127.0.0.1",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
     parser.add_argument("--streams", type=int, default=1, help="sfs send --streams N")
     parser.add_argument(
@@ -442,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also measure raw striping over N channels, N connections, N process pairs",
     )
     args = parser.parse_args(argv)
+    if args.tree and (args.lan or args.long_link or args.nat):
+        parser.error("--tree runs on 127.0.0.1 only: no --lan, --long-link or --nat")
+    if args.tree and (args.size is not None or args.compare or args.stripe):
+        parser.error("--tree has its own data sets: no --size, --compare or --stripe")
     if args.size is None:
         args.size = 32 * MIB if args.nat else 256 * MIB
 
@@ -476,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         loop_env = {"SFS_EVENT_LOOP": "asyncio"} if args.loop == "asyncio" else {}
         run_nat(args.size, args.runs, chunk, args.streams, loop_env, title)
+        return
+    if args.tree:
+        from benchmarks.tree import run_tree
+
+        run_tree(args.runs, chunk, args.streams, env, loop_name)
         return
     where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
     if args.lan:
