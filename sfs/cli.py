@@ -289,10 +289,11 @@ def _offered_path(info: FileInfo) -> str:
 def offer_listing(offer: Offer, *, max_lines: int) -> list[str]:
     """One line per offered file (its safe name and size), then "… and N more" if they
     do not all fit in ``max_lines``."""
-    lines = [f"  {printable(_offered_path(f), 70)}  {format_size(f.size)}" for f in offer.files]
     keep = max(max_lines, MIN_LISTED_FILES)
-    if len(lines) > keep:
-        lines = [*lines[: keep - 1], f"  … and {len(lines) - keep + 1} more"]
+    shown = offer.files if len(offer.files) <= keep else offer.files[: keep - 1]
+    lines = [f"  {printable(_offered_path(f), 70)}  {format_size(f.size)}" for f in shown]
+    if len(shown) < len(offer.files):
+        lines.append(f"  … and {len(offer.files) - len(shown)} more")
     return lines
 
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,8 @@ class FrameType(enum.IntEnum):
     ZCHUNK = 13
 
 
+#: A version 3 FILE_ACK for more than one file: how many, 4 bytes big endian.
+_ACK_COUNT = struct.Struct(">I")
 #: Frames that are not control payloads: they never end a run of MORE pieces.
 _DATA_FRAMES = frozenset({FrameType.CHUNK, FrameType.ZCHUNK, FrameType.PING, FrameType.MORE})
 
@@ -254,7 +257,10 @@ class FileDone:
 
 @dataclass(frozen=True)
 class FileAck:
-    pass
+    """The receiver verified and placed the next ``count`` files (more than one in a
+    single frame only in version 3)."""
+
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -760,13 +766,18 @@ class TransferProtocol:
             self._set_state(State.CLOSED)
             return Reject(reason)
         if kind is FrameType.FILE_ACK and self.state in (State.SENDING, State.AWAITING_ACKS):
-            if payload or self._acked >= self._file_index:
+            count = 1
+            if self.version >= 3 and len(payload) == _ACK_COUNT.size:
+                (count,) = _ACK_COUNT.unpack(payload)
+            elif payload:
+                raise RemoteProtocolError("FILE_ACK carries nothing, or a count in version 3")
+            if not 0 < count <= self._file_index - self._acked:
                 raise RemoteProtocolError("acknowledgement for a file that was not sent")
-            self._acked += 1
+            self._acked += count
             assert self.offer is not None
             if self._acked == len(self.offer.files):
                 self._set_state(State.DONE)
-            return FileAck()
+            return FileAck(count)
         raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
 
     # -- receiver side --
@@ -802,14 +813,17 @@ class TransferProtocol:
         if isinstance(event, FileAck):
             self._require(
                 self.state in (State.RECEIVING, State.AWAITING_ACKS)
-                and self._acked < self._file_index,
+                and 0 < event.count <= self._file_index - self._acked,
                 event,
             )
-            self._acked += 1
+            self._acked += event.count
             assert self.offer is not None
             if self._acked == len(self.offer.files):
                 self._set_state(State.DONE)
-            return [self._seal(FrameType.FILE_ACK, b"")]
+            if self.version >= 3:  # one frame for a whole batch
+                payload = _ACK_COUNT.pack(event.count) if event.count > 1 else b""
+                return [self._seal(FrameType.FILE_ACK, payload)]
+            return [self._seal(FrameType.FILE_ACK, b"") for _ in range(event.count)]
         raise ProtocolError(f"a receiver cannot send {type(event).__name__}")
 
     def _receiver_receive(self, kind: FrameType, payload: bytes) -> Event:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import stat
+import tempfile
 import time
 import unicodedata
 import weakref
@@ -599,61 +600,140 @@ def make_durable(paths: list[Path]) -> None:
 
 #: Verified files wait for one durable point (and their final names, and their
 #: acknowledgements) until this many are waiting, this many bytes, or this long.
+#: Small files wait in memory: at most two batches' bytes (one being placed).
 BATCH_FILES = 1000
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 0.5
 
 
 @dataclass
 class _Verified:
-    """A file whose bytes checked out: its partial copy (None when the whole file was
-    already here), the offered file, and where it goes."""
+    """A file whose bytes checked out: its partial copy, or (a small file) its bytes,
+    or neither (the whole file was already here); the offered file, and where it goes."""
 
     part: PartFile | None
     info: FileInfo
     dest: Path
     offset: int
+    data: bytes | None = None
 
 
-class _Batch:
-    """Verified files waiting for one durable point before they get their final
-    names: nothing unverified ever reaches a final name, and a tree of small files
-    costs one sync rather than one fsync per file."""
+class _Placer:
+    """Verified files on their way to their final names, a batch at a time.
 
-    def __init__(self, *, overwrite: bool) -> None:
+    Nothing unverified ever reaches a final name, and a tree of small files costs one
+    sync per batch rather than one fsync per file.  A batch is made durable and placed
+    in a worker thread while the next one arrives (one batch in flight at a time);
+    once it is in place, ``acknowledge`` gets its files, in order.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        overwrite: bool,
+        acknowledge: Callable[[list[_Verified]], Awaitable[None]],
+    ) -> None:
+        self.output_dir = output_dir
         self.overwrite = overwrite
-        self.items: list[_Verified] = []
+        self.waiting: list[_Verified] = []
+        self._staging: Path | None = None  # made when the first small file comes
+        self._staged = 0
+        self._acknowledge = acknowledge
         self._bytes = 0
         self._since = 0.0
+        self._placing: asyncio.Future[list[_Verified]] | None = None
 
     def add(self, item: _Verified) -> None:
-        if not self.items:
+        if not self.waiting:
             self._since = time.monotonic()
-        self.items.append(item)
+        self.waiting.append(item)
         self._bytes += item.info.size
 
-    def due(self) -> bool:
-        return (
-            len(self.items) >= BATCH_FILES
+    async def poll(self, *, now: bool = False) -> None:
+        """Acknowledge a batch that is in place; start the next when it is due (or,
+        with ``now``, whatever waits: a large file comes next)."""
+        if self._placing is not None and self._placing.done():
+            await self._finish()
+        due = (
+            len(self.waiting) >= BATCH_FILES
             or self._bytes >= BATCH_BYTES
             or time.monotonic() - self._since >= BATCH_SECONDS
         )
+        if self.waiting and self._placing is None and (due or now):
+            self._start()
 
-    async def flush(self) -> list[_Verified]:
-        """Make the waiting files durable and place them; return them in order."""
-        items, self.items, self._bytes = self.items, [], 0
-        await asyncio.to_thread(self._place_all, items)
+    async def drain(self) -> None:
+        """Place and acknowledge everything (at the end)."""
+        if self._placing is not None:
+            await self._finish()
+        if self.waiting:
+            self._start()
+            await self._finish()
+
+    async def abandon(self) -> None:
+        """On a failure: the batch in flight finishes, and the files still waiting,
+        all verified, are placed too; no acknowledgement can go out any more."""
+        try:
+            if self._placing is not None:
+                await asyncio.shield(self._placing)
+            if self.waiting:
+                items, self.waiting = self.waiting, []
+                await asyncio.to_thread(self._place_all, items)
+        except (SfsError, OSError):
+            logger.info("verified files kept as partial copies", exc_info=True)
+
+    def _start(self) -> None:
+        items, self.waiting, self._bytes = self.waiting, [], 0
+        self._placing = asyncio.ensure_future(asyncio.to_thread(self._place_all, items))
+
+    async def _finish(self) -> None:
+        assert self._placing is not None
+        items = await self._placing
+        self._placing = None
+        await self._acknowledge(items)
+
+    async def close(self) -> None:
+        """Remove the staging folder: sfs made it (mkdtemp, private) and wrote all
+        that is in it; anything left there is a copy of a file placed or abandoned."""
+        if self._staging is not None:
+            await asyncio.to_thread(shutil.rmtree, self._staging, True)
+
+    def _place_all(self, items: list[_Verified]) -> list[_Verified]:
+        started = time.monotonic()
+        staged: list[tuple[Path, Path]] = []
+        for item in items:
+            if item.data is not None:
+                staged.append((self._stage(item.data, item.info), item.dest))
+            elif item.part is not None:
+                keep_metadata(item.part.part, item.info)  # before the link: one inode
+        parts = [item.part for item in items if item.part is not None]
+        make_durable([part.part for part in parts] + [path for path, _ in staged])
+        for part in parts:
+            part.place(overwrite=self.overwrite)
+        for path, dest in staged:
+            try:
+                _place(path, dest, overwrite=self.overwrite)
+            except OSError as exc:
+                raise _disk_error(exc, dest) from exc
+        logger.debug("placed %d files in %.3f s", len(items), time.monotonic() - started)
         return items
 
-    def _place_all(self, items: list[_Verified]) -> None:
-        parts = [item for item in items if item.part is not None]
-        for item in parts:
-            assert item.part is not None
-            keep_metadata(item.part.part, item.info)  # before the link: one inode
-        make_durable([item.part.part for item in parts if item.part is not None])
-        for item in parts:
-            assert item.part is not None
-            item.part.place(overwrite=self.overwrite)
+    def _stage(self, data: bytes, info: FileInfo) -> Path:
+        """Write a small file's verified bytes into sfs's own staging folder: one new
+        file each, no partial copy or record (nothing to resume in a small file)."""
+        try:
+            if self._staging is None:
+                self._staging = Path(tempfile.mkdtemp(prefix=".sfs-staging-", dir=self.output_dir))
+            self._staged += 1
+            path = self._staging / str(self._staged)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise _disk_error(exc, self._staging or self.output_dir) from exc
+        keep_metadata(path, info)
+        return path
 
 
 def find_held(
@@ -1119,8 +1199,9 @@ def _hash_prefix(source: SourceFile, length: int) -> HashState | None:
         return _hash_stream(f, length)
 
 
-#: A file up to this size is read at once on the event loop: a thread hop per small
-#: file costs more than the read (a tree of thousands of small files).
+#: A file up to this size is read at once on the event loop (a thread hop per small
+#: file costs more than the read), and received into memory, checked, and written
+#: once to sfs's staging folder (a tree of thousands of small files).
 SMALL_FILE_BYTES = 256 * 1024
 #: Compression is kept for a chunk only if it saves at least this fraction.
 MIN_COMPRESSION_SAVING = 0.1
@@ -1310,7 +1391,20 @@ async def receive_files(
     progress = progress or NullProgress()
     result = TransferResult()
     part: PartFile | None = None
-    batch = _Batch(overwrite=overwrite)
+    few = True  # name each saved file (not for a huge tree)
+
+    async def acknowledge(items: list[_Verified]) -> None:
+        for item in items:
+            if few and (item.part is not None or item.data is not None):
+                status(_saved(item.dest, item.info.name))
+            result.files.append(item.dest)
+            result.total_bytes += item.info.size
+            result.resumed_bytes += item.offset
+            result.resumed_files += bool(item.offset) and item.part is not None
+        if items:
+            await send_all(channel, proto, FileAck(len(items)))
+
+    placer = _Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
     try:
         async with keepalive(channel, proto):
             offer = await next_event(channel, proto)
@@ -1354,14 +1448,20 @@ async def receive_files(
                 await send_all(channel, proto, Start(tuple(offset for offset, _ in starts)))
             progress.begin(len(offer.files), None if offer.stream else offer.total_size)
             few = len(offer.files) <= MAX_SAVED_LINES
+            many = len(offer.files) >= MANY_FILES
             for i, (info, dest, (offset, prefix)) in enumerate(
                 zip(offer.files, destinations, starts, strict=True)
             ):
                 whole = i in complete and offset == info.size
-                if batch.items and info.size - offset >= BATCH_BYTES // 8:
-                    # A large file takes a while: the small ones before it need not wait.
-                    await _acknowledge(batch, channel, proto, result, status if few else None)
-                if not whole and not in_memory:
+                # Of many files, a small one is held in memory until it checks out,
+                # then written once (no partial copy and record: two file creations
+                # fewer); it has nothing worth resuming.
+                small = (
+                    many and not (whole or in_memory or offset) and info.size <= SMALL_FILE_BYTES
+                )
+                # A large file takes a while: the small ones before it need not wait.
+                await placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
+                if not (whole or in_memory or small):
                     part = PartFile(dest, offset=offset, prefix=prefix, identity=identity_of(info))
                     writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
                 else:
@@ -1390,7 +1490,7 @@ async def receive_files(
                     progress.finish()
                 if part is not None:
                     part.verify(done.sha256)
-                    batch.add(_Verified(part, info, dest, offset))
+                    placer.add(_Verified(part, info, dest, offset))
                     part = None
                 else:
                     size = await memory.verify(done.sha256)
@@ -1398,10 +1498,11 @@ async def receive_files(
                         result.text = _text_message(bytes(memory.data))
                     if info.stream:
                         info = dataclasses.replace(info, size=size)
-                    batch.add(_Verified(None, info, dest, offset))
+                    data = bytes(memory.data) if small else None
+                    placer.add(_Verified(None, info, dest, offset, data))
                     result.skipped_files += whole and info.size > 0
-                if batch.due() or i == len(offer.files) - 1:
-                    await _acknowledge(batch, channel, proto, result, status if few else None)
+                await placer.poll()
+            await placer.drain()
             if not few and not in_memory:
                 status(f"Saved {describe_saved(offer, output_dir)}")
         return result.finish()
@@ -1412,11 +1513,15 @@ async def receive_files(
             else:
                 part.keep()
                 kept(part.final.name, part.offset + part.written)
-        await _place_verified(batch)
+        await placer.abandon()
         await abort_transfer(channel, proto, exc)
         raise
+    finally:
+        await placer.close()
 
 
+#: From this many files in one offer, small files skip the partial copy.
+MANY_FILES = 100
 #: Up to this many files (what an offer of protocol 2 could hold), the receiver
 #: names each one it saved; beyond, one line for them all.
 MAX_SAVED_LINES = 1000
@@ -1434,35 +1539,6 @@ def describe_offer(offer: Offer) -> str:
 
 def describe_saved(offer: Offer, output_dir: Path) -> str:
     return f"{describe_offer(offer)} in {output_dir}"
-
-
-async def _acknowledge(
-    batch: _Batch,
-    channel: Channel,
-    proto: TransferProtocol,
-    result: TransferResult,
-    status: Callable[[str], None] | None,
-) -> None:
-    """Place the batch's files (one durable point for all), then acknowledge each."""
-    for item in await batch.flush():
-        if status is not None and item.part is not None:
-            status(_saved(item.dest, item.info.name))
-        result.files.append(item.dest)
-        result.total_bytes += item.info.size
-        result.resumed_bytes += item.offset
-        result.resumed_files += bool(item.offset) and item.part is not None
-        await channel.send(proto.send(FileAck()))
-
-
-async def _place_verified(batch: _Batch) -> None:
-    """On a failure, files already verified still get their names: they are whole
-    and checked, only their acknowledgement cannot go out any more."""
-    if not batch.items:
-        return
-    try:
-        await batch.flush()
-    except (SfsError, OSError):
-        logger.info("verified files kept as partial copies", exc_info=True)
 
 
 async def _refuse(channel: Channel, proto: TransferProtocol, reason: str) -> None:
