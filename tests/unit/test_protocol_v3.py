@@ -319,3 +319,33 @@ def test_any_held_offsets_round_trip_sparsely(sizes: list[int], seed: int) -> No
     if any(offsets):
         start = Start(tuple(o if i % 2 else 0 for i, o in enumerate(offsets)))
         assert deliver(receiver.send_frames(start), sender)[-1] == start
+
+
+def test_one_ack_may_cover_a_batch_but_never_files_not_yet_done() -> None:
+    sender, receiver = offered(MANY)
+    sender.receive(receiver.send(Accept()))
+    receiver.receive(sender.send(Resume((0,) * len(MANY.files))))
+    for _ in range(5):
+        receiver.receive(sender.send(Chunk(b"abc")))
+        receiver.receive(sender.send(FileDone(hashlib.sha256(b"abc").digest())))
+    with pytest.raises(ProtocolError):
+        receiver.send(FileAck(6))  # only 5 are done
+    assert sender.receive(receiver.send(FileAck(5))) == FileAck(5)
+    with pytest.raises(RemoteProtocolError, match="not sent"):
+        forged_ack = forged(RECEIVER_KEYS, 2).seal(FrameType.FILE_ACK, (1).to_bytes(4, "big"))
+        sender.receive(forged_ack)
+
+
+def test_a_counted_ack_is_refused_before_version_3() -> None:
+    offer = Offer((FileInfo("a", 0), FileInfo("b", 0)))
+    sender, receiver = offered(offer)
+    sender.receive(receiver.send(Accept()))
+    receiver.receive(sender.send(Resume((0, 0))))
+    for _ in range(2):
+        receiver.receive(sender.send(FileDone(hashlib.sha256(b"").digest())))
+    # Version 1 writes a batch as one empty FILE_ACK per file.
+    frames = receiver.send_frames(FileAck(2))
+    assert len(frames) == 2
+    counted = forged(RECEIVER_KEYS, 1).seal(FrameType.FILE_ACK, (2).to_bytes(4, "big"))
+    with pytest.raises(RemoteProtocolError, match="carries nothing"):
+        sender.receive(counted)
