@@ -68,7 +68,7 @@ from sfs.peer.protocol import (
     State,
     TransferProtocol,
 )
-from sfs.peer.tree import plan_tree, walk
+from sfs.peer.tree import local_parts, plan_tree, walk
 from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
@@ -340,25 +340,29 @@ def _check_folder(path: Path) -> None:
         )
 
 
-def make_folders(offer: Offer, output_dir: Path) -> None:
-    """Create every folder of a folder offer, parents first, refusing links."""
+def make_folders(offer: Offer, output_dir: Path, destinations: list[Path]) -> None:
+    """Create every folder of a folder offer, parents first, refusing links.
+
+    :param destinations: what :func:`plan_destinations` chose for the files: their
+        folders are made, with the offer's own (empty ones too), each checked once.
+    """
     if not is_tree(offer):
         return
-    entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]
-    entries += [((*info.folder, info.name), False) for info in offer.files]
-    local = plan_tree(entries)
-    wanted = {p for p in local[: len(offer.folders)]}
-    wanted |= {p[:-1] for p in local[len(offer.folders) :] if len(p) > 1}
-    for parts in sorted(wanted, key=len):
-        for depth in range(1, len(parts) + 1):
-            path = output_dir.joinpath(*parts[:depth])
-            try:
-                path.mkdir()
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise _disk_error(exc, path) from exc
-            _check_folder(path)
+    wanted = {output_dir.joinpath(*local_parts(folder)) for folder in offer.folders}
+    wanted |= {dest.parent for dest in destinations}
+    on_the_way = {
+        output_dir.joinpath(*path.relative_to(output_dir).parts[:depth])
+        for path in wanted
+        for depth in range(1, len(path.relative_to(output_dir).parts) + 1)
+    }
+    for path in sorted(on_the_way, key=lambda p: len(p.parts)):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _disk_error(exc, path) from exc
+        _check_folder(path)
 
 
 def keep_metadata(path: Path, info: FileInfo) -> None:
@@ -1427,7 +1431,7 @@ async def receive_files(
                 raise RejectedError("you declined the transfer")
             held, complete = [0] * len(offer.files), set[int]()
             if not in_memory:
-                await asyncio.to_thread(make_folders, offer, output_dir)
+                await asyncio.to_thread(make_folders, offer, output_dir, destinations)
                 if resume:
                     held, complete = await asyncio.to_thread(find_held, offer, destinations, status)
             # Only how much: a hash of our bytes would tell anyone who can make a

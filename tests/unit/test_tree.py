@@ -147,5 +147,5 @@ def test_a_link_in_the_output_folder_is_never_followed(tmp_path: Path) -> None:
     with pytest.raises(DestinationExistsError, match="in the way of an offered folder"):
         plan_destinations(offer, out, overwrite=True)
     with pytest.raises(DestinationExistsError):
-        make_folders(offer, out)
+        make_folders(offer, out, [out / "project" / "a.txt"])
     assert os.listdir(elsewhere) == []
