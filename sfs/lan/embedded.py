@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: One pairing needs two connections; the rest is room for a few mistaken or
 #: hostile neighbours, each held to the usual per-address limits.
-EMBEDDED_CONFIG = ServerConfig(host="::", port=0, max_connections=64)
+EMBEDDED_CONFIG = ServerConfig(host="::", port=0, max_connections=64, page=False)
 
 
 @dataclass(frozen=True)

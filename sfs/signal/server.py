@@ -44,6 +44,7 @@ from aiohttp import web
 from socketio import packet as sio_packet
 
 from sfs.signal import messages as m
+from sfs.signal.page import add_page_routes
 from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret, rest_credential
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class ServerConfig:
         credential of its own from ``turn_secret`` (coturn's ``static-auth-secret``)
     :param turn_ttl_seconds: how long such a credential is valid
     :param tls: certificate and key files to serve HTTPS (and websockets over TLS)
+    :param page: serve the browser page at ``/`` (sfs.signal.page)
     """
 
     host: str = "0.0.0.0"
@@ -161,6 +163,7 @@ class ServerConfig:
     turn_secret: TurnSecret | None = field(default=None, repr=False)
     turn_ttl_seconds: int = DEFAULT_TTL_SECONDS
     tls: tuple[str, str] | None = None
+    page: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -1277,6 +1280,8 @@ def create_app(config: ServerConfig) -> web.Application:
         return web.json_response(server.table.stats())
 
     app.router.add_get("/stats", stats)
+    if config.page:
+        add_page_routes(app)
     app[SIGNAL_TABLE_KEY] = server.table
 
     async def on_shutdown(app: web.Application) -> None:
