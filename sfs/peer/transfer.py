@@ -1566,8 +1566,9 @@ def _text_message(data: bytes) -> str:
 
 
 class _MemoryFile:
-    """Where bytes go that are not written to a file of their own: a text message
-    (kept in memory, at most MAX_TEXT_BYTES), a pipe to ``sink`` (stdout), or
+    """Where bytes go that are not written to a partial copy: a text message or a
+    small file of a large offer (kept in memory: at most MAX_TEXT_BYTES or
+    SMALL_FILE_BYTES, which the protocol enforces), a pipe to ``sink`` (stdout), or
     nothing at all (a file already here whole: no bytes come)."""
 
     def __init__(self, sink: IO[bytes] | None, prefix: HashState | None) -> None:
