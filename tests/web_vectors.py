@@ -1,6 +1,8 @@
-"""Known-answer vectors for the browser page's crypto (``sfs/web/src/*.js``).
+"""Known-answer vectors for the browser page's crypto and transfer protocol
+(``sfs/web/src/*.js``).
 
-The page must agree with :mod:`sfs.peer.crypto` byte for byte, so the vectors come
+The page must agree with :mod:`sfs.peer.crypto` and :mod:`sfs.peer.protocol` byte for
+byte, so the vectors come
 from the real Python code with deterministic randomness, and the JavaScript tests
 (``node --test sfs/web/test/``) check the port against them.
 ``tests/unit/test_web_vectors.py`` fails if the committed file drifts from what this
@@ -20,9 +22,28 @@ from unittest import mock
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
+from sfs.errors import RemoteProtocolError
 from sfs.peer import crypto
 from sfs.peer.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
-from sfs.peer.protocol import FrameType
+from sfs.peer.protocol import (
+    Accept,
+    Cancel,
+    Chunk,
+    FileAck,
+    FileDone,
+    FileInfo,
+    FrameType,
+    Offer,
+    Partial,
+    Ping,
+    Reject,
+    Resume,
+    Role,
+    Start,
+    TransferProtocol,
+)
+from sfs.peer.transfer import format_size, safe_name
+from sfs.text import printable
 from tests.helpers import counter_entropy
 
 VECTORS_PATH = Path(__file__).resolve().parent.parent / "sfs" / "web" / "test" / "vectors.json"
@@ -176,6 +197,300 @@ def _frames(key: bytes, frames: list[tuple[FrameType, bytes]], high: bool) -> di
     return {"key": key.hex(), "frames": out}
 
 
+# -- transfer protocol sessions (sfs/web/src/protocol.js) --------------------------------------
+
+#: The rule both this module and the JS test use for a version 3 offer of many files,
+#: so the JS side can rebuild it without 300 kB of frames in this file.
+_MANY_FILES = 1100
+_MANY_NAME_PAD = 180
+_MANY_MTIME_NS = 1_700_000_000_000_000_000
+
+
+def many_files() -> tuple[FileInfo, ...]:
+    """More than 1000 files (so version 3), with a listing larger than one frame (MORE)."""
+    return tuple(
+        FileInfo(f"file-{i:05d}-" + "x" * _MANY_NAME_PAD, i % 5 + 1, _MANY_MTIME_NS + i)
+        for i in range(_MANY_FILES)
+    )
+
+
+_TEXT = "Hello from sfs: café ☕\nSecond line\n".encode()
+_REPORT = b"hello world"
+_FOLDER_OFFER = Offer(
+    files=(
+        FileInfo("readme.txt", 3, 1_600_000_000_000_000_000, ("docs",), False),
+        FileInfo("run.sh", 5, 1_600_000_000_000_000_001, (), True),
+    ),
+    sender="carol",
+    folders=(("docs",), ("empty", "inner")),
+)
+# (name, [(side, event), ...]): each event is sent by that side and read by the other.
+_SESSIONS: list[tuple[str, list[tuple[Role, Any]]]] = [
+    (
+        "v1 one file",
+        [
+            (
+                Role.SENDER,
+                Offer(
+                    files=(FileInfo("report.pdf", len(_REPORT), 1_700_000_000_123_456_789),),
+                    sender="alice",
+                    chunk_size=8,
+                ),
+            ),
+            (Role.RECEIVER, Accept()),
+            (Role.SENDER, Resume((0,))),
+            (Role.SENDER, Chunk(_REPORT[:8])),
+            (Role.SENDER, Ping()),
+            (Role.SENDER, Chunk(_REPORT[8:])),
+            (Role.SENDER, FileDone(hashlib.sha256(_REPORT).digest())),
+            (Role.RECEIVER, Ping()),
+            (Role.RECEIVER, FileAck()),
+        ],
+    ),
+    (
+        "v1 three files, one empty, a name to reduce",
+        [
+            (
+                Role.SENDER,
+                Offer(
+                    files=(
+                        FileInfo("a.txt", 2, 1),
+                        FileInfo("empty", 0, 2),
+                        FileInfo("../Ünïcødé \u202e.txt", 1, 3),
+                    ),
+                    sender="",
+                ),
+            ),
+            (Role.RECEIVER, Accept()),
+            (Role.SENDER, Resume((0, 0, 0))),
+            (Role.SENDER, Chunk(b"ab")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"ab").digest())),
+            (Role.SENDER, FileDone(hashlib.sha256(b"").digest())),
+            (Role.RECEIVER, FileAck()),
+            (Role.SENDER, Chunk(b"z")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"z").digest())),
+            (Role.RECEIVER, FileAck()),
+            (Role.RECEIVER, FileAck()),
+        ],
+    ),
+    (
+        "v1 declined",
+        [
+            (Role.SENDER, Offer(files=(FileInfo("x.bin", 10, 0),), sender="dave")),
+            (Role.SENDER, Ping()),
+            (Role.RECEIVER, Reject("declined by the receiver")),
+        ],
+    ),
+    (
+        "v2 folders, refused by the page",
+        [
+            (Role.SENDER, _FOLDER_OFFER),
+            (
+                Role.RECEIVER,
+                Reject("the web page takes files, not folders: use the sfs command line"),
+            ),
+        ],
+    ),
+    (
+        "v3 text message",
+        [
+            (
+                Role.SENDER,
+                Offer(files=(FileInfo("text", len(_TEXT), 0),), sender="bob", text=True),
+            ),
+            (Role.RECEIVER, Accept()),
+            (Role.SENDER, Resume((0,))),
+            (Role.SENDER, Chunk(_TEXT)),
+            (Role.SENDER, FileDone(hashlib.sha256(_TEXT).digest())),
+            (Role.RECEIVER, FileAck()),
+        ],
+    ),
+    (
+        "v3 pipe",
+        [
+            (Role.SENDER, Offer(files=(FileInfo("stdin", 0, 0, stream=True),), sender="eve")),
+            (Role.RECEIVER, Accept()),
+            (Role.SENDER, Resume((0,))),
+            (Role.SENDER, Chunk(b"piped ")),
+            (Role.SENDER, Chunk(b"bytes")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"piped bytes").digest())),
+            (Role.RECEIVER, FileAck()),
+        ],
+    ),
+    (
+        "v3 many files: MORE pieces, sparse offsets, a counted FILE_ACK, cancel",
+        [
+            (Role.SENDER, Offer(files=many_files(), sender="frank")),
+            (Role.RECEIVER, Ping()),
+            (Role.RECEIVER, Accept((0, 2, 0, 0, 0, 1) + (0,) * (_MANY_FILES - 6))),
+            (
+                Role.SENDER,
+                Resume(
+                    (0, 2) + (0,) * (_MANY_FILES - 2),
+                    (b"", hashlib.sha256(b"ab").digest()) + (b"",) * (_MANY_FILES - 2),
+                ),
+            ),
+            (Role.RECEIVER, Start((0, 2) + (0,) * (_MANY_FILES - 2))),
+            (Role.SENDER, Chunk(b"0")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"0").digest())),
+            (Role.SENDER, FileDone(hashlib.sha256(b"ab").digest())),
+            (Role.RECEIVER, FileAck(2)),
+            (Role.SENDER, Cancel("cancelled by the user")),
+        ],
+    ),
+]
+#: Frames longer than this are given by their SHA-256 (the JS test rebuilds them).
+_FRAME_HEX_LIMIT = 4096
+
+
+def _describe(event: Any) -> dict[str, Any]:
+    """An event as plain JSON (mtime_ns as a string: JSON numbers lose its digits in JS)."""
+    if isinstance(event, Offer):
+        if event.files == many_files():
+            files: Any = {"generated": "many_files"}
+        else:
+            files = [
+                {
+                    "name": f.name,
+                    "size": f.size,
+                    "mtime_ns": str(f.mtime_ns),
+                    "folder": list(f.folder),
+                    "x": f.executable,
+                    "stream": f.stream,
+                }
+                for f in event.files
+            ]
+        return {
+            "type": "Offer",
+            "sender": event.sender,
+            "chunk_size": event.chunk_size,
+            "text": event.text,
+            "folders": [list(folder) for folder in event.folders],
+            "files": files,
+            "version": event.version,
+        }
+    # Per-file lists as [index, value] for the values that are not 0 (or empty), and
+    # their length: a list per file of an offer of 1100 files is mostly zeros.
+    if isinstance(event, Accept):
+        return {"type": "Accept", "held": _rows(event.held), "zstd": event.zstd}
+    if isinstance(event, Resume):
+        return {
+            "type": "Resume",
+            "offsets": _rows(event.offsets),
+            "sha256": _rows(tuple(d.hex() for d in event.sha256)),
+        }
+    if isinstance(event, Start):
+        return {"type": "Start", "offsets": _rows(event.offsets)}
+    if isinstance(event, Reject | Cancel):
+        return {"type": type(event).__name__, "reason": event.reason}
+    if isinstance(event, Chunk):
+        return {"type": "Chunk", "data": bytes(event.data).hex()}
+    if isinstance(event, FileDone):
+        return {"type": "FileDone", "sha256": event.sha256.hex()}
+    if isinstance(event, FileAck):
+        return {"type": "FileAck", "count": event.count}
+    if isinstance(event, Ping | Partial):
+        return {"type": type(event).__name__}
+    raise TypeError(f"cannot describe {event!r}")
+
+
+def _rows(values: tuple[Any, ...]) -> dict[str, object]:
+    return {"length": len(values), "rows": [[i, v] for i, v in enumerate(values) if v]}
+
+
+def _session(
+    name: str, steps: list[tuple[Role, Any]], keys_s: SessionKeys, keys_r: SessionKeys
+) -> dict[str, object]:
+    sides = {
+        Role.SENDER: TransferProtocol(Role.SENDER, keys_s),
+        Role.RECEIVER: TransferProtocol(Role.RECEIVER, keys_r),
+    }
+    out = []
+    for side, event in steps:
+        peer = sides[Role.RECEIVER if side is Role.SENDER else Role.SENDER]
+        frames = sides[side].send_frames(event)
+        received = [peer.receive(frame) for frame in frames]
+        # The reader ends with the event that was sent (after Partial for any pieces).
+        assert _describe(received[-1]) == _describe(event) or isinstance(event, Chunk)
+        step: dict[str, object] = {"from": side.value, "event": _describe(event)}
+        if all(len(f) <= _FRAME_HEX_LIMIT for f in frames):
+            step["frames"] = [f.hex() for f in frames]
+        else:
+            step["frames_sha256"] = [hashlib.sha256(f).hexdigest() for f in frames]
+            step["frames_length"] = [len(f) for f in frames]
+        step["received"] = [_describe(e) for e in received]
+        step["states"] = {
+            "sender": sides[Role.SENDER].state.value,
+            "receiver": sides[Role.RECEIVER].state.value,
+        }
+        out.append(step)
+    return {"name": name, "steps": out}
+
+
+def _protocol(keys_s: SessionKeys, keys_r: SessionKeys) -> dict[str, object]:
+    return {
+        "sender_keys": _keys(keys_s),
+        "receiver_keys": _keys(keys_r),
+        "many_files": {
+            "count": _MANY_FILES,
+            "name": "file-{i:05d}-" + "x" * _MANY_NAME_PAD,
+            "size": "i % 5 + 1",
+            "mtime_ns": f"{_MANY_MTIME_NS} + i",
+        },
+        "sessions": [_session(name, steps, keys_s, keys_r) for name, steps in _SESSIONS],
+    }
+
+
+# -- names and text shown (sfs/web/src/transfer.js safeName, formatSize; text.js) ----------
+
+_OFFERED_NAMES = [
+    "report.pdf",
+    "../../etc/passwd",
+    "C:\\Windows\\system32\\evil.exe",
+    "..",
+    ".bashrc",
+    " . hidden . ",
+    "",
+    "/",
+    "\x00\x1b[2Jclear",
+    "exe\u202efdp.txt",
+    "zero\u200bwidth",
+    "line\u2028sep",
+    'a<b>c:d"e|f?g*h.txt',
+    "CON",
+    "nul.txt",
+    "com1.tar.gz",
+    "COM\u00b9",
+    "conin$",
+    "console.txt",
+    "e\u0301te\u0301.txt",  # NFD: becomes NFC
+    "résumé ✓ 日本.txt",
+    "😀" * 80 + ".jpeg",
+    "a" * 300,
+    "a" * 300 + ".verylongextension1234",
+    "b" * 250 + ".txt",
+    "é" * 200 + ".txt",
+    "trailing dots...",
+    "\u3000wide space\u3000",
+]
+_SIZES = [0, 1, 999, 1000, 1001, 1250, 1350, 1750, 2250, 1_234_567, 999_999_999, 10**12, 5 * 10**15]
+_SHOWN = ["plain", "esc\x1b[31mred", "bidi\u202eexe.pdf", "tab\tnew\nline", "😀 ok", "x" * 50]
+
+
+def _names() -> dict[str, object]:
+    def reduced(name: str) -> str | None:
+        try:
+            return safe_name(name)
+        except RemoteProtocolError:
+            return None
+
+    return {
+        "safe_names": [[name, reduced(name)] for name in _OFFERED_NAMES],
+        "sizes": [[n, format_size(n)] for n in _SIZES],
+        "printable": [[text, printable(text), printable(text, 20)] for text in _SHOWN],
+    }
+
+
 def build_vectors() -> dict[str, object]:
     """Every vector, as plain JSON data."""
     group = ParamsEd25519.group
@@ -201,6 +516,8 @@ def build_vectors() -> dict[str, object]:
             "sender_to_receiver": _frames(keys_s.frame_send, _SENDER_FRAMES, high=True),
             "receiver_to_sender": _frames(keys_r.frame_send, _RECEIVER_FRAMES, high=False),
         },
+        "protocol": _protocol(keys_s, keys_r),
+        "names": _names(),
     }
 
 

@@ -1,0 +1,291 @@
+// The page's jobs as async functions: receive and send (the counterpart of sfs/app.py).
+//
+// They wire the pieces together and decide nothing themselves: the set-up (pairing,
+// SPAKE2, the sealed offer/answer) is ./handshake.js's Handshake, which setUp() only
+// pumps between the signaling client and the peer connection; then ./transfer.js
+// moves the files.  What the user sees goes through a `ui` object (./app.js):
+//
+//   ui.status(message)        one line of what is happening
+//   ui.showCode(code)         the receiver's code, to give to the sender
+//   ui.pairing()              someone came with the code: the set-up runs
+//   ui.connected(verifier)    the DataChannel is open
+//   ui.waiting()              the offer is out; the receiver is asked
+//   ui.progress               begin/start/advance/finish (see transfer.js)
+//   ui.decide(offer, names, signal) -> {saving} | null
+//   ui.started(outbox, proto) the transfer runs (the page's tab-close handler needs it)
+
+import { loadWordlist, newSecret } from "./code.js";
+import { FRAME_OVERHEAD_BYTES } from "./crypto.js";
+import { CancelledError, PeerConnectionError, ServerUnreachableError } from "./errors.js";
+import {
+  AcceptAnswers,
+  AnswerOffers,
+  Call,
+  Cancelled,
+  ChannelOpen,
+  CreateOffers,
+  Done,
+  Fail,
+  Handshake,
+  Leave,
+  LocalDescription,
+  OpenChannel,
+  Reconnect,
+  Registered,
+  ServerLost,
+  ShowCode,
+  signalEvent,
+  Status,
+} from "./handshake.js";
+import { PeerLink } from "./connection.js";
+import { DEFAULT_CHUNK_BYTES, Role, TransferProtocol } from "./protocol.js";
+import { SERVER_LOST, SignalClient } from "./signal.js";
+import { CLOSE_GRACE_SECONDS, linger, receiveFiles, sendFiles } from "./transfer.js";
+
+/** How long each step of the other side may take during set-up, and ICE after it. */
+export const CONNECT_TIMEOUT_SECONDS = 30;
+/** How long a waiting receiver keeps trying to reach a server that went away. */
+export const RECONNECT_SECONDS = 300;
+/** How long a side cancelled during set-up tries to tell its partner. */
+export const ABORT_NOTICE_SECONDS = 2;
+
+const clock = () => performance.now() / 1000;
+
+/**
+ * Pump `handshake` between the signaling server at `url` and the peer connection.
+ * @param {Handshake} handshake
+ * @param {object} options
+ * @param {string} options.url  the signaling server (the page's own origin)
+ * @param {object} options.ui
+ * @param {AbortSignal} [options.cancel]  the user gave up
+ * @returns {Promise<{link: DataChannelLink, keys: SessionKeys, peer: PeerLink}>}
+ */
+export async function setUp(handshake, { url, ui, cancel }) {
+  let signal = await SignalClient.connect(url);
+  let peer = null;
+  let opening = null;
+  try {
+    let { peerId, iceServers } = await signal.register();
+    const pending = [new Registered(peerId, iceServers)];
+    for (;;) {
+      let actions;
+      if (pending.length) {
+        actions = await handshake.handle(pending.shift(), clock());
+      } else {
+        const event = await nextInput(signal, opening, handshake.nextDeadline(), cancel);
+        actions =
+          event === null ? handshake.handleTimer(clock()) : await handshake.handle(event, clock());
+      }
+      for (const action of actions) {
+        if (action instanceof Call) {
+          if (action.event === "accept_connection" || action.event === "send_connection_request") {
+            ui.pairing?.();
+          }
+          await call(signal, action);
+        } else if (action instanceof ShowCode) {
+          ui.showCode(action.code);
+        } else if (action instanceof Status) {
+          ui.status(action.message);
+        } else if (action instanceof Reconnect) {
+          // How to get back (retries, pauses) is I/O policy, so it lives here; that
+          // the old code is dead and a new one is shown is the handshake's.
+          signal = await reconnect(url, cancel);
+          ({ peerId, iceServers } = await signal.register());
+          pending.push(new Registered(peerId, iceServers));
+        } else if (action instanceof CreateOffers) {
+          peer = new PeerLink({ iceServers: action.iceServers });
+          pending.push(new LocalDescription([await peer.createOffer()]));
+        } else if (action instanceof AnswerOffers) {
+          // One stream: the first description is answered, extra ones (striping) are
+          // not, which tells a striping sender to use one.
+          peer = new PeerLink({ iceServers: action.iceServers });
+          pending.push(new LocalDescription([await peer.answerOffer(action.sdps[0])]));
+        } else if (action instanceof AcceptAnswers) {
+          if (action.sdps.length !== 1) {
+            throw new PeerConnectionError("the other side answered with a wrong number of streams");
+          }
+          await peer.acceptAnswer(action.sdps[0]);
+        } else if (action instanceof OpenChannel) {
+          opening = peer.open(handshake.connectTimeout);
+          opening.catch(() => {}); // read in nextInput
+        } else if (action instanceof Leave) {
+          // From here on the peers talk directly; a server that goes away now cannot
+          // disturb the transfer.
+          signal.leave();
+        } else if (action instanceof Done) {
+          return { link: await opening, keys: action.keys, peer };
+        } else if (action instanceof Fail) {
+          throw action.error;
+        }
+      }
+    }
+  } catch (error) {
+    if (error instanceof CancelledError) {
+      await tellPartner(signal, await handshake.handle(new Cancelled(), clock()));
+    }
+    peer?.close();
+    throw error;
+  } finally {
+    signal.leave();
+  }
+}
+
+/**
+ * The next thing that happened: a server event, the channel opening, or null when
+ * the deadline came first (or the server said something set-up does not use).
+ */
+async function nextInput(signal, opening, deadline, cancel) {
+  const withdraw = new AbortController();
+  const waits = [
+    signal.nextEvent({ signal: withdraw.signal }).then(([name, data]) =>
+      name === SERVER_LOST ? new ServerLost() : signalEvent(name, data),
+    ),
+  ];
+  if (opening !== null) waits.push(opening.then(() => new ChannelOpen()));
+  let timer;
+  if (deadline !== null) {
+    waits.push(
+      new Promise((resolve) => {
+        timer = setTimeout(() => resolve(null), Math.max(0, deadline - clock()) * 1000);
+      }),
+    );
+  }
+  let onCancel;
+  if (cancel) {
+    waits.push(
+      new Promise((_, reject) => {
+        onCancel = () => reject(new CancelledError());
+        if (cancel.aborted) onCancel();
+        cancel.addEventListener("abort", onCancel, { once: true });
+      }),
+    );
+  }
+  try {
+    return await Promise.race(waits);
+  } finally {
+    // An event not yet taken stays in the client's queue for the next call.
+    withdraw.abort();
+    waits[0].catch(() => {});
+    clearTimeout(timer);
+    if (onCancel) cancel.removeEventListener("abort", onCancel);
+  }
+}
+
+async function call(signal, action) {
+  if (!action.bestEffort) {
+    await signal.call(action.event, action.payload);
+    return;
+  }
+  try {
+    await signal.call(action.event, action.payload);
+  } catch {
+    // could not tell the other side; the session ends either way
+  }
+}
+
+/** A cancel during set-up reaches the partner at once, through the server. */
+async function tellPartner(signal, actions) {
+  for (const action of actions) {
+    if (!(action instanceof Call)) continue;
+    let timer;
+    try {
+      await Promise.race([
+        signal.call(action.event, action.payload),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("timed out")), ABORT_NOTICE_SECONDS * 1000);
+        }),
+      ]);
+    } catch {
+      // best effort
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** Connect again, retrying with growing pauses for up to RECONNECT_SECONDS. */
+async function reconnect(url, cancel) {
+  const deadline = clock() + RECONNECT_SECONDS;
+  let pause = 0.5;
+  for (;;) {
+    if (cancel?.aborted) throw new CancelledError();
+    try {
+      return await SignalClient.connect(url);
+    } catch (error) {
+      if (!(error instanceof ServerUnreachableError) || clock() + pause > deadline) throw error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, pause * 1000));
+    pause = Math.min(pause * 2, 5);
+  }
+}
+
+/**
+ * Show a code, wait for the sender, and receive what it offers.
+ * @param {object} options
+ * @param {object} options.ui  see the top of this file
+ * @param {string} options.wordlist  the text of sfs/wordlist.txt
+ * @param {string} [options.url]
+ * @param {AbortSignal} [options.cancel]
+ * @returns {Promise<import("./transfer.js").TransferResult>}
+ */
+export async function receive({ ui, wordlist, url = location.origin, cancel }) {
+  const words = loadWordlist(wordlist);
+  const handshake = new Handshake(Role.RECEIVER, {
+    connectTimeout: CONNECT_TIMEOUT_SECONDS,
+    newWords: () => newSecret(words),
+  });
+  const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
+  try {
+    ui.connected(keys.verifier);
+    const proto = new TransferProtocol(Role.RECEIVER, keys);
+    const result = await receiveFiles(link, proto, {
+      decide: ui.decide,
+      progress: ui.progress,
+      status: ui.status,
+      started: (outbox) => ui.started?.(outbox, proto),
+      cancel,
+    });
+    result.route = link.route;
+    // Having sent the last acknowledgement, wait for the sender to close first.
+    await linger(link, CLOSE_GRACE_SECONDS);
+    return result;
+  } finally {
+    peer.close();
+  }
+}
+
+/**
+ * Send `files` to the receiver that showed `code`.
+ * @param {object} options
+ * @param {import("./code.js").Code} options.code
+ * @param {File[]} options.files
+ * @param {string} options.sender  the name the receiver is shown
+ * @param {object} options.ui
+ * @param {string} [options.url]
+ * @param {AbortSignal} [options.cancel]
+ */
+export async function send({ code, files, sender, ui, url = location.origin, cancel }) {
+  const handshake = new Handshake(Role.SENDER, { code, connectTimeout: CONNECT_TIMEOUT_SECONDS });
+  const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
+  try {
+    ui.connected(keys.verifier);
+    const proto = new TransferProtocol(Role.SENDER, keys);
+    // Frames no larger than the receiver takes: 64 KiB, as the command line sends.
+    const chunkSize = Math.min(DEFAULT_CHUNK_BYTES, link.maxMessageSize - FRAME_OVERHEAD_BYTES);
+    const result = await sendFiles(link, proto, files, {
+      sender,
+      chunkSize,
+      progress: ui.progress,
+      onWaiting: ui.waiting,
+      status: ui.status,
+      started: (outbox) => ui.started?.(outbox, proto),
+      cancel,
+    });
+    result.route = link.route;
+    return result;
+  } finally {
+    // Having received the last message (the final acknowledgement), the sender
+    // closes first; the receiver waits for that.
+    peer.close();
+  }
+}

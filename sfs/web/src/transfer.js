@@ -1,0 +1,729 @@
+// Moving files over a Channel: the page's port of the relevant parts of
+// sfs/peer/transfer.py (send_files, receive_files, safe_name and their helpers).
+//
+// It knows nothing of WebRTC: a Channel is anything with send(frame),
+// receive({signal}), poll(), waitClosed(), secondsSinceSend() and unsentBytes()
+// (./connection.js DataChannelLink), and where received files go is a Saving from
+// ./save.js.  What the page does differently from the command line:
+//
+// * As sender it offers plain files (version 1, or 3 beyond 1000 files) and never
+//   resumes: RESUME says 0 for every file whatever the receiver holds (a browser
+//   cannot find the same file again to hash its prefix).
+// * As receiver it holds nothing (ACCEPT {"held": []}), never takes zstd, refuses an
+//   offer with folders, shows a text message instead of saving it, and acknowledges
+//   each file once its SHA-256 checked out and its saving finished.
+// * Sealing and opening are asynchronous (WebCrypto), so frames go out through an
+//   Outbox that keeps them in the order they were numbered.
+
+import { sha256 } from "@noble/hashes/sha2.js";
+
+import { digestsEqual } from "./crypto.js";
+import {
+  CancelledByPeerError,
+  CancelledError,
+  DestinationExistsError,
+  DiskError,
+  IntegrityError,
+  RejectedError,
+  RemoteProtocolError,
+  SourceError,
+  UpgradeError,
+} from "./errors.js";
+import {
+  Accept,
+  Cancel,
+  Chunk,
+  FileAck,
+  FileDone,
+  FileInfo,
+  Offer,
+  Partial,
+  Ping,
+  Reject,
+  Resume,
+  State,
+} from "./protocol.js";
+
+/** A side sends a PING after this long without sending anything else. */
+export const PING_INTERVAL_SECONDS = 2;
+/** How long a side that sends the last frame (reject, cancel) waits for the peer to close. */
+export const LAST_WORD_GRACE_SECONDS = 3;
+/** After its last acknowledgement, the receiver waits this long for the sender to close. */
+export const CLOSE_GRACE_SECONDS = 5;
+/** Files are read this much at a time (File.slice), then cut into chunks. */
+export const READ_BLOCK_BYTES = 1024 * 1024;
+/** Of an offered name, at most this much is repeated back in a status line. */
+export const MAX_SHOWN_NAME_CHARS = 80;
+/** Names fit in 255 bytes with the command line's hidden partial-copy names around them. */
+export const MAX_NAME_BYTES = 255 - 1 - ".sfs-part".length;
+
+/** The CANCEL reason that tells the sender the destination exists. */
+export const EXISTS_REASON = "the file already exists on the receiving side";
+/** The CANCEL reason of a receiver that cannot read the offer's protocol version. */
+export const UPGRADE_REASON = "the receiver runs an older sfs: upgrade sfs there";
+/** What a receiver of protocol 2 or older answers to an offer of version 3. */
+const OLD_RECEIVER_REASON = "protocol violation";
+/** The REJECT reason of the page for an offer with folders. */
+export const FOLDERS_REASON = "the web page takes files, not folders: use the sfs command line";
+export const DECLINED_REASON = "declined by the receiver";
+/** The CANCEL reason of a page whose tab is closed during a transfer. */
+export const PAGE_CLOSED_REASON = "the other side went away (its web page was closed)";
+
+const now = () => performance.now() / 1000;
+
+// -- names --------------------------------------------------------------------------------
+
+// The characters never shown raw (sfs/text.py) are never kept in a name either.
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
+// Names Windows takes for devices, whatever the extension ("nul.txt" is NUL too).
+const WINDOWS_RESERVED = new Set(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]);
+for (const prefix of ["COM", "LPT"]) {
+  for (const c of "0123456789\u00b9\u00b2\u00b3") WINDOWS_RESERVED.add(prefix + c);
+}
+const encoder = new TextEncoder();
+const utf8Length = (text) => encoder.encode(text).length;
+
+/**
+ * Reduce a name offered by the peer to a plain, harmless file name, exactly as
+ * sfs/peer/transfer.py safe_name does: the last path component only, no control or
+ * invisible characters, no leading dots, Windows' forbidden characters and device
+ * names defused, at most MAX_NAME_BYTES with the extension kept.
+ * @throws {RemoteProtocolError} nothing usable is left
+ */
+export function safeName(offered) {
+  let name = offered.replaceAll("\\", "/");
+  name = name.slice(name.lastIndexOf("/") + 1);
+  name = name.replace(UNSAFE, "");
+  name = trim(name.normalize("NFC").replace(/[<>:"|?*]/g, "_"));
+  if (!name) {
+    throw new RemoteProtocolError(
+      `the offered file name ${JSON.stringify(offered.slice(0, 40))} is empty or unusable`,
+    );
+  }
+  name = fit(name);
+  // After the cut: a stem cut short could be a device name ("COM1" of "COM1xyz...").
+  if (WINDOWS_RESERVED.has(name.split(".")[0].replace(/ +$/, "").toUpperCase())) {
+    name = fit("_" + name);
+  }
+  return name;
+}
+
+/** Strip space and dots at both ends (no hidden files; Windows drops trailing ones). */
+function trim(name) {
+  for (;;) {
+    const trimmed = pyStrip(name).replace(/^\.+/, "").replace(/[. ]+$/, "");
+    if (trimmed === name) return name;
+    name = trimmed;
+  }
+}
+
+// Python's str.strip(): the characters str.isspace() calls whitespace.
+const PY_SPACE = "[\\s\\x1c-\\x1f\\x85]";
+const PY_STRIP = new RegExp(`^${PY_SPACE}+|${PY_SPACE}+$`, "gu");
+function pyStrip(text) {
+  return text.replace(PY_STRIP, "");
+}
+
+/** The first `limit` bytes of `text` in UTF-8, never cutting a character in two. */
+function cutUtf8(text, limit) {
+  const bytes = encoder.encode(text);
+  if (bytes.length <= limit) return text;
+  let end = limit;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--; // a character's continuation
+  return new TextDecoder().decode(bytes.subarray(0, end));
+}
+
+/** Cut `name` to MAX_NAME_BYTES, keeping a short extension. */
+function fit(name) {
+  if (utf8Length(name) <= MAX_NAME_BYTES) return name;
+  const dot = name.lastIndexOf(".");
+  const ext = dot >= 0 ? name.slice(dot + 1) : "";
+  const keepExt = dot >= 0 && utf8Length(ext) > 0 && utf8Length(ext) <= 16;
+  const suffix = keepExt ? "." + ext : "";
+  const stem = keepExt ? name.slice(0, dot) : name;
+  return trim(cutUtf8(stem, MAX_NAME_BYTES - utf8Length(suffix))) + suffix;
+}
+
+/** `name (n).ext`, still within MAX_NAME_BYTES. */
+export function numbered(name, n) {
+  const dot = name.lastIndexOf(".");
+  let stem = name;
+  let tail = ` (${n})`;
+  if (dot >= 0 && utf8Length(name.slice(dot + 1)) <= 16) {
+    stem = name.slice(0, dot);
+    tail += name.slice(dot);
+  }
+  return trim(cutUtf8(stem, MAX_NAME_BYTES - utf8Length(tail))) + tail;
+}
+
+/**
+ * The names to save the offered files under: each safe, and two files never one name
+ * (the second becomes "name (2).ext"), as the command line plans a flat offer.
+ * Compared without case, as the file systems of most phones and desktops do.
+ */
+export function planNames(offer) {
+  const taken = new Set();
+  const key = (name) => name.toLowerCase();
+  return offer.files.map((info) => {
+    const first = safeName(info.name);
+    let name = first;
+    for (let n = 2; taken.has(key(name)); n++) name = numbered(first, n);
+    taken.add(key(name));
+    return name;
+  });
+}
+
+/** The name of a text or pipe, only ever shown: its safe form, or "-". */
+export function shownName(offered) {
+  try {
+    return safeName(offered);
+  } catch {
+    return "-";
+  }
+}
+
+/** An offer with folders (version 2): the page takes flat files only. */
+export function isTree(offer) {
+  return offer.folders.length > 0 || offer.files.some((info) => info.folder.length > 0);
+}
+
+/** "3 files", "a text message": for messages. */
+export function describeOffer(offer) {
+  if (offer.text) return "a text message";
+  const n = offer.files.length;
+  let what = `${n} file${n === 1 ? "" : "s"}`;
+  if (offer.folders.length) {
+    what += ` in ${offer.folders.length} folder${offer.folders.length === 1 ? "" : "s"}`;
+  }
+  return what;
+}
+
+/** "1.2 MB" style, decimal units as file managers show them (sfs format_size). */
+export function formatSize(n) {
+  for (const unit of ["B", "kB", "MB", "GB", "TB"]) {
+    if (Math.abs(n) < 1000 || unit === "TB") {
+      return unit === "B" ? `${Math.round(n)} B` : `${fixed1(n)} ${unit}`;
+    }
+    n /= 1000;
+  }
+  throw new Error("unreachable");
+}
+
+/** Python's f"{x:.1f}": an exact tie (1.25) rounds to even, where toFixed rounds up. */
+function fixed1(x) {
+  if (Number.isInteger(x * 4) && !Number.isInteger(x * 2)) {
+    const low = Math.floor(x * 10); // x * 4 is exact: x is k/4, a tie at one decimal
+    return ((low % 2 === 0 ? low : low + 1) / 10).toFixed(1);
+  }
+  return x.toFixed(1);
+}
+
+/** What moved: file names, bytes, seconds. */
+export class TransferResult {
+  constructor() {
+    this.files = [];
+    this.totalBytes = 0;
+    this.received = 0;
+    /** A text message received (`sfs send --text`). */
+    this.text = null;
+    this.started = now();
+    this.elapsed = 0;
+    this.route = "";
+  }
+
+  finish() {
+    this.elapsed = Math.max(now() - this.started, 1e-6);
+    return this;
+  }
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+/** The last line, as the command line prints it: "Received x.pdf (1.2 MB) in 0.4 s, 3.1 MB/s". */
+export function finalLine(verb, result) {
+  let what;
+  if (result.text !== null) what = "a text message";
+  else if (result.files.length === 1) what = result.files[0];
+  else what = plural(result.files.length, "file");
+  const rate = result.totalBytes / result.elapsed;
+  let line =
+    `${verb} ${what} (${formatSize(result.totalBytes)}) ` +
+    `in ${result.elapsed.toFixed(1)} s, ${formatSize(rate)}/s`;
+  if (result.route) line += `, ${result.route}`;
+  return line;
+}
+
+// -- frames out, in order -------------------------------------------------------------------
+
+/**
+ * Sends events in the order they were sealed.  TransferProtocol numbers frames when
+ * it is called; the channel must get them in that order, even when one send waits on
+ * backpressure while a keepalive PING is sealed (Python's _send_lock).
+ */
+export class Outbox {
+  constructor(channel, proto) {
+    this._channel = channel;
+    this._proto = proto;
+    this._chain = Promise.resolve();
+    /** Events handed over and not yet on the channel. */
+    this.pending = 0;
+  }
+
+  /**
+   * Seal `event` now (throws ProtocolError at once if not allowed) and send its
+   * frames after everything before it.
+   * @returns {Promise<void>} settles once its frames are on the channel
+   */
+  send(event) {
+    const frames = this._proto.sendFrames(event);
+    this.pending += 1;
+    const sent = this._chain.then(async () => {
+      try {
+        for (const frame of frames) await this._channel.send(await frame);
+      } finally {
+        this.pending -= 1;
+      }
+    });
+    this._chain = sent.catch(() => {}); // each caller sees its own failure
+    return sent;
+  }
+}
+
+/**
+ * Send a PING whenever this side has sent nothing for PING_INTERVAL_SECONDS, so the
+ * peer can tell a quiet connection (a user deciding, a slow disk) from a lost one.
+ * @returns {() => void} stops it
+ */
+export function keepalive(channel, proto, outbox) {
+  const timer = setInterval(
+    () => {
+      if (
+        outbox.pending === 0 &&
+        channel.secondsSinceSend() >= PING_INTERVAL_SECONDS &&
+        proto.state !== State.CLOSED &&
+        proto.state !== State.DONE
+      ) {
+        outbox.send(new Ping()).catch(() => {}); // a dead channel shows on the next read
+      }
+    },
+    (PING_INTERVAL_SECONDS * 1000) / 4,
+  );
+  return () => clearInterval(timer);
+}
+
+/** The next event from the peer, keepalives and pieces of larger frames skipped. */
+export async function nextEvent(channel, proto, options) {
+  for (;;) {
+    const event = await proto.receive(await channel.receive(options));
+    if (!(event instanceof Ping || event instanceof Partial)) return event;
+  }
+}
+
+/** What to tell the peer: the kind of failure, never a local path or detail. */
+export function cancelReason(error) {
+  const reasons = [
+    [DiskError, "the receiver cannot write the file (disk full or not writable)"],
+    [DestinationExistsError, EXISTS_REASON],
+    [IntegrityError, "the received data failed its integrity check"],
+    [UpgradeError, UPGRADE_REASON],
+    [RemoteProtocolError, "protocol violation"],
+    [SourceError, "the file changed or became unreadable on the sending side"],
+  ];
+  if (error instanceof CancelledError) return error.reason ?? "cancelled by the user";
+  for (const [Kind, reason] of reasons) if (error instanceof Kind) return reason;
+  return "the other side hit an error";
+}
+
+/**
+ * Why the peer's `event` ends the transfer; `offerVersion`, when it is the answer to
+ * our offer, tells an old receiver's refusal of a newer offer.
+ */
+export function peerStopped(event, offerVersion = 0) {
+  if (event instanceof Reject) {
+    return new RejectedError(`the other side declined the transfer (${event.reason})`);
+  }
+  if (
+    event instanceof Cancel &&
+    (event.reason === UPGRADE_REASON || (offerVersion >= 3 && event.reason === OLD_RECEIVER_REASON))
+  ) {
+    return new UpgradeError(
+      "the receiver cannot read this offer: it runs an older sfs (more than 1000 files " +
+        "need protocol 3); upgrade sfs there",
+    );
+  }
+  if (event instanceof Cancel) {
+    if (event.reason === EXISTS_REASON) {
+      return new DestinationExistsError(`the other side stopped the transfer: ${EXISTS_REASON}`);
+    }
+    return new CancelledByPeerError(`the other side stopped the transfer: ${event.reason}`);
+  }
+  return new RemoteProtocolError(`unexpected ${event.constructor.name} from the other side`);
+}
+
+/** Give the peer time to read our last frame and close first (at most `seconds`). */
+export async function linger(channel, seconds) {
+  let timer;
+  await Promise.race([
+    channel.waitClosed(),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, seconds * 1000);
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
+/** Tell the peer why we stop, if the protocol still allows a word. */
+export async function abortTransfer(channel, proto, outbox, error) {
+  if (proto.state === State.CLOSED || proto.state === State.DONE) return;
+  let sent;
+  try {
+    sent = outbox.send(new Cancel(cancelReason(error)));
+  } catch {
+    return; // the protocol allows no word now
+  }
+  let timer;
+  try {
+    await Promise.race([
+      sent,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error("timed out")), 2000);
+      }),
+    ]);
+  } catch {
+    return; // could not deliver the cancel frame
+  } finally {
+    clearTimeout(timer);
+  }
+  await linger(channel, LAST_WORD_GRACE_SECONDS);
+}
+
+// -- sending ------------------------------------------------------------------------------
+
+/** No progress display: the default. */
+export const NULL_PROGRESS = Object.freeze({
+  begin() {},
+  start() {},
+  advance() {},
+  finish() {},
+});
+
+/**
+ * Offer `files`, stream them if accepted, and resolve after the last acknowledgement.
+ *
+ * @param {object} channel  see the top of this file
+ * @param {import("./protocol.js").TransferProtocol} proto  a sender's
+ * @param {File[]} files  what the user picked (or dropped)
+ * @param {object} options
+ * @param {string} options.sender  the name the receiver is shown
+ * @param {number} options.chunkSize
+ * @param {object} [options.progress]  begin(files, total), start(name, size), advance(n), finish()
+ * @param {() => void} [options.onWaiting]  the offer is out; the receiver is asked
+ * @param {(message: string) => void} [options.status]
+ * @param {(outbox: Outbox) => void} [options.started]  the page's tab-close handler needs it
+ * @param {AbortSignal} [options.cancel]  the user stops it (its reason is thrown)
+ * @returns {Promise<TransferResult>}
+ */
+export async function sendFiles(
+  channel,
+  proto,
+  files,
+  { sender, chunkSize, progress = NULL_PROGRESS, onWaiting, status = () => {}, started, cancel },
+) {
+  const result = new TransferResult();
+  const outbox = new Outbox(channel, proto);
+  started?.(outbox);
+  const stopKeepalive = keepalive(channel, proto, outbox);
+  try {
+    const offer = new Offer({
+      files: files.map(
+        (file) =>
+          new FileInfo({
+            name: file.name,
+            size: file.size,
+            // What a later resume would recognise the file by; milliseconds are all a
+            // browser knows.
+            mtimeNs: BigInt(Math.trunc(file.lastModified || 0)) * 1_000_000n,
+          }),
+      ),
+      sender,
+      chunkSize,
+    });
+    await outbox.send(offer);
+    onWaiting?.();
+    const reply = await nextEvent(channel, proto, { signal: cancel });
+    if (!(reply instanceof Accept)) throw peerStopped(reply, offer.version);
+    status("The receiver accepted.");
+    result.started = now();
+    // Every file from its start, whatever the receiver holds (see the top of the file).
+    await outbox.send(new Resume(files.map(() => 0)));
+    progress.begin(files.length, offer.totalSize);
+    for (const file of files) {
+      const options = { chunkSize, progress, cancel };
+      result.totalBytes += await sendOne(channel, proto, outbox, file, options);
+      result.files.push(file.name);
+    }
+    while (proto.state !== State.DONE) {
+      const event = await nextEvent(channel, proto, { signal: cancel });
+      if (!(event instanceof FileAck)) throw peerStopped(event);
+    }
+    return result.finish();
+  } catch (error) {
+    stopKeepalive();
+    await abortTransfer(channel, proto, outbox, error);
+    throw error;
+  } finally {
+    stopKeepalive();
+  }
+}
+
+/** Send one file; resolve to its size. */
+async function sendOne(channel, proto, outbox, file, { chunkSize, progress, cancel }) {
+  const digest = sha256.create();
+  const size = file.size;
+  progress.start(file.name, size);
+  const blockSize = Math.max(chunkSize, Math.floor(READ_BLOCK_BYTES / chunkSize) * chunkSize);
+  const read = (at) => {
+    const reading = readBlock(file, at, Math.min(at + blockSize, size));
+    reading.catch(() => {}); // awaited below, or dropped once something else failed
+    return reading;
+  };
+  let shown = 0;
+  try {
+    // The next block is read while this one is sealed and sent.
+    let next = size ? read(0) : null;
+    for (let at = 0; at < size; at += blockSize) {
+      cancel?.throwIfAborted();
+      const block = await next;
+      next = at + blockSize < size ? read(at + blockSize) : null;
+      digest.update(block);
+      const sends = [];
+      for (let i = 0; i < block.length; i += chunkSize) {
+        sends.push(outbox.send(new Chunk(block.subarray(i, i + chunkSize))));
+      }
+      await Promise.all(sends); // backpressure: the channel holds at most its high water
+      // What left, not what was queued: the channel buffers megabytes.
+      const left = at + block.length - channel.unsentBytes();
+      if (left > shown) {
+        progress.advance(left - shown);
+        shown = left;
+      }
+      await drainAcks(channel, proto);
+    }
+    await outbox.send(new FileDone(digest.digest()));
+    progress.advance(size - shown); // the rest is on its way, in order
+  } finally {
+    progress.finish();
+  }
+  return size;
+}
+
+async function readBlock(file, start, end) {
+  let buffer;
+  try {
+    buffer = await file.slice(start, end).arrayBuffer();
+  } catch (error) {
+    // Browsers refuse to read a file that changed on disk after it was picked.
+    throw new SourceError(`cannot read ${file.name}: it changed or became unreadable`, {
+      cause: error,
+    });
+  }
+  if (buffer.byteLength !== end - start) {
+    throw new SourceError(`${file.name} changed while it was being sent`);
+  }
+  return new Uint8Array(buffer);
+}
+
+/** Handle what the receiver sent meanwhile, so a cancel stops us at once. */
+async function drainAcks(channel, proto) {
+  for (let frame = channel.poll(); frame !== undefined; frame = channel.poll()) {
+    const event = await proto.receive(frame);
+    if (!(event instanceof FileAck || event instanceof Ping || event instanceof Partial)) {
+      throw peerStopped(event);
+    }
+  }
+}
+
+// -- receiving ----------------------------------------------------------------------------
+
+/**
+ * Wait for an offer, ask `decide`, then receive every file into the Saving it gives.
+ *
+ * An offer with folders is refused (REJECT, FOLDERS_REASON) before anyone is asked.  A
+ * text message is not saved: it ends up in the result's `text`.  Every file's bytes
+ * are hashed as they come, and the SHA-256 is compared with the sender's BEFORE the
+ * file is committed to its place; a mismatch aborts the save (IntegrityError).
+ *
+ * @param {object} channel
+ * @param {import("./protocol.js").TransferProtocol} proto  a receiver's
+ * @param {object} options
+ * @param {(offer: Offer, names: string[], signal: AbortSignal) => Promise<object|null>}
+ *   options.decide  null to decline; else {saving} (saving: a ./save.js Saving, or
+ *   null for a text message).  `signal` aborts when the sender cancels meanwhile.
+ * @param {object} [options.progress]
+ * @param {(message: string) => void} [options.status]
+ * @param {(outbox: Outbox) => void} [options.started]
+ * @param {AbortSignal} [options.cancel]  the user stops it (its reason is thrown)
+ * @returns {Promise<TransferResult>}
+ */
+export async function receiveFiles(
+  channel,
+  proto,
+  { decide, progress = NULL_PROGRESS, status = () => {}, started, cancel },
+) {
+  const result = new TransferResult();
+  const outbox = new Outbox(channel, proto);
+  started?.(outbox);
+  const stopKeepalive = keepalive(channel, proto, outbox);
+  let sink = null;
+  let saving = null;
+  try {
+    const reading = { signal: cancel };
+    const offer = await nextEvent(channel, proto, reading);
+    if (!(offer instanceof Offer)) throw peerStopped(offer);
+    if (isTree(offer)) {
+      await refuse(channel, outbox, FOLDERS_REASON);
+      throw new RejectedError(
+        `the sender offers ${describeOffer(offer)}: ${FOLDERS_REASON}`,
+      );
+    }
+    const names = offer.text ? ["text"] : planNames(offer);
+    const answer = await decideWhileListening(channel, proto, (signal) =>
+      decide(offer, names, signal),
+    );
+    if (answer === null) {
+      await refuse(channel, outbox, DECLINED_REASON);
+      throw new RejectedError("You declined the transfer.");
+    }
+    saving = answer.saving;
+    await outbox.send(new Accept([], false)); // holds nothing, takes no zstd
+    result.started = now();
+    const proposal = await nextEvent(channel, proto, reading);
+    if (!(proposal instanceof Resume)) throw peerStopped(proposal);
+    progress.begin(offer.files.length, offer.stream ? null : offer.totalSize);
+    for (const [index, info] of offer.files.entries()) {
+      const name = names[index];
+      const declared = info.stream ? null : info.size;
+      sink = offer.text ? new TextSink() : await saving.open(index, name, declared);
+      const digest = sha256.create();
+      let size = 0;
+      progress.start(name, info.stream ? null : info.size);
+      let done;
+      try {
+        for (;;) {
+          const event = await nextEvent(channel, proto, reading);
+          if (event instanceof Chunk) {
+            const n = event.data.length; // before write(): a sink may take the buffer over
+            digest.update(event.data);
+            await sink.write(event.data);
+            size += n;
+            result.received += n;
+            progress.advance(n);
+          } else if (event instanceof FileDone) {
+            done = event;
+            break;
+          } else {
+            throw peerStopped(event);
+          }
+        }
+      } finally {
+        progress.finish();
+      }
+      if (!digestsEqual(digest.digest(), done.sha256)) {
+        throw new IntegrityError(
+          "integrity check failed: the data received does not match what was sent " +
+            "(SHA-256 mismatch); it was not kept",
+        );
+      }
+      // Only now does the file take its place (or start its download for real).
+      await sink.commit();
+      if (offer.text) result.text = sink.text();
+      sink = null;
+      result.files.push(offer.text ? "a text message" : name);
+      result.totalBytes += size;
+      await outbox.send(new FileAck(1));
+      if (!offer.text && offer.files.length <= 1000) status(savedLine(name, info.name));
+    }
+    return result.finish();
+  } catch (error) {
+    stopKeepalive();
+    await sink?.abort(error);
+    await saving?.close();
+    await abortTransfer(channel, proto, outbox, error);
+    throw error;
+  } finally {
+    stopKeepalive();
+  }
+}
+
+/** The line for a file now saved, saying when its name is not the offered one. */
+function savedLine(name, offered) {
+  let line = `Saved ${name}`;
+  if (name !== offered) {
+    line += ` (offered as ${JSON.stringify(offered.slice(0, MAX_SHOWN_NAME_CHARS))})`;
+  }
+  return line;
+}
+
+async function refuse(channel, outbox, reason) {
+  await outbox.send(new Reject(reason));
+  await linger(channel, LAST_WORD_GRACE_SECONDS);
+}
+
+const DECIDED = Symbol("decided");
+
+/**
+ * Ask `decide` while reading the channel.  Until the answer the sender may only PING
+ * or CANCEL: anything else is a protocol error at once, and a CANCEL ends the question
+ * (the signal given to `decide` aborts) instead of waiting for the user.
+ */
+async function decideWhileListening(channel, proto, decide) {
+  const stop = new AbortController();
+  const listening = (async () => {
+    for (;;) {
+      let frame;
+      try {
+        frame = await channel.receive({ signal: stop.signal });
+      } catch (error) {
+        if (error === DECIDED) return;
+        throw error;
+      }
+      const event = await proto.receive(frame);
+      if (!(event instanceof Ping)) throw peerStopped(event);
+    }
+  })();
+  try {
+    return await Promise.race([decide(stop.signal), listening.then(() => null)]);
+  } finally {
+    stop.abort(DECIDED);
+    await listening; // a frame being read when the answer came is checked all the same
+  }
+}
+
+/** A text message: held in memory (at most 1 MiB), shown rather than saved. */
+class TextSink {
+  constructor() {
+    this._parts = [];
+    this._size = 0;
+  }
+  write(data) {
+    this._parts.push(data);
+    this._size += data.length;
+  }
+  commit() {}
+  abort() {
+    this._parts = [];
+  }
+  text() {
+    const all = new Uint8Array(this._size);
+    let at = 0;
+    for (const part of this._parts) {
+      all.set(part, at);
+      at += part.length;
+    }
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(all);
+    } catch (error) {
+      throw new RemoteProtocolError("the text message is not valid UTF-8", { cause: error });
+    }
+  }
+}

@@ -1,0 +1,411 @@
+// Moving files (src/transfer.js) over an in-memory channel pair, as tests/unit/
+// test_transfer.py does for Python; Python's own frames replayed into the page's
+// receiver, whose answers must be Python's bytes; the DataChannel link
+// (src/connection.js) on a fake RTCDataChannel; names and sizes as Python writes them.
+// Run: node --test sfs/web/test/
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { describe, it } from "node:test";
+
+import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
+
+import { DataChannelLink } from "../src/connection.js";
+import { SessionKeys } from "../src/crypto.js";
+import {
+  CancelledByPeerError,
+  CancelledError,
+  IntegrityError,
+  PeerGoneError,
+  RejectedError,
+} from "../src/errors.js";
+import {
+  Chunk,
+  FileDone,
+  FileInfo,
+  Offer,
+  Resume,
+  Role,
+  TransferProtocol,
+} from "../src/protocol.js";
+import { AsyncQueue } from "../src/queue.js";
+import { printable } from "../src/text.js";
+import {
+  DECLINED_REASON,
+  finalLine,
+  FOLDERS_REASON,
+  formatSize,
+  planNames,
+  receiveFiles,
+  safeName,
+  sendFiles,
+} from "../src/transfer.js";
+
+const vectors = JSON.parse(readFileSync(new URL("./vectors.json", import.meta.url), "utf8"));
+const P = vectors.protocol;
+const sha256 = (data) => createHash("sha256").update(data).digest();
+
+function keys(role) {
+  const k = P[`${role}_keys`];
+  const b = hexToBytes;
+  return new SessionKeys(role, b(k.signal_send), b(k.signal_receive), b(k.frame_send), b(k.frame_receive), k.verifier);
+}
+
+const CLOSED = Symbol("closed");
+
+/** One end of an in-memory, message-preserving channel pair (a Channel). */
+class MemoryChannel {
+  constructor() {
+    this.inbox = new AsyncQueue();
+    this.peer = null;
+    this.closed = false;
+    this.sent = [];
+    this.closeWaiters = [];
+    this.lastSent = performance.now();
+  }
+  static pair() {
+    const [a, b] = [new MemoryChannel(), new MemoryChannel()];
+    [a.peer, b.peer] = [b, a];
+    return [a, b];
+  }
+  async send(frame) {
+    if (this.closed) throw new PeerGoneError();
+    this.sent.push(frame);
+    this.lastSent = performance.now();
+    if (this.onSend) this.onSend(frame);
+    else this.peer?.inbox.put(frame.slice());
+  }
+  async receive({ signal } = {}) {
+    const item = await this.inbox.get({ signal });
+    if (item === CLOSED) {
+      this.inbox.unget(CLOSED);
+      throw new PeerGoneError();
+    }
+    return item;
+  }
+  poll() {
+    const item = this.inbox.poll();
+    if (item === CLOSED) {
+      this.inbox.unget(CLOSED);
+      throw new PeerGoneError();
+    }
+    return item;
+  }
+  waitClosed() {
+    return this.closed ? Promise.resolve() : new Promise((r) => this.closeWaiters.push(r));
+  }
+  secondsSinceSend() {
+    return (performance.now() - this.lastSent) / 1000;
+  }
+  unsentBytes() {
+    return 0;
+  }
+  close() {
+    for (const end of [this, this.peer]) {
+      if (!end || end.closed) continue;
+      end.closed = true;
+      end.inbox.put(CLOSED);
+      end.closeWaiters.splice(0).forEach((r) => r());
+    }
+  }
+}
+
+/** A Saving that keeps each file in memory, and remembers what happened to it. */
+class MemorySaving {
+  constructor() {
+    this.files = [];
+    this.closed = false;
+  }
+  async open(index, name, size) {
+    const file = { index, name, size, parts: [], committed: false, aborted: false };
+    this.files.push(file);
+    return {
+      write: async (data) => {
+        file.parts.push(data.slice());
+      },
+      commit: async () => {
+        file.committed = true;
+      },
+      abort: async () => {
+        file.aborted = true;
+      },
+    };
+  }
+  async close() {
+    this.closed = true;
+  }
+  bytes(i) {
+    return Buffer.concat(this.files[i].parts);
+  }
+}
+
+const random = (n) => {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i += 65536) crypto.getRandomValues(out.subarray(i, i + 65536));
+  return out;
+};
+
+describe("sendFiles and receiveFiles over an in-memory channel", () => {
+  it("move files of 0 B, 1 B, 16 KiB - 1 and 300 KiB, each checked", async () => {
+    const [a, b] = MemoryChannel.pair();
+    const contents = [new Uint8Array(0), Uint8Array.of(7), random(16 * 1024 - 1), random(300 * 1024)];
+    const names = ["empty.bin", "one.bin", "../under-16k.bin", "résumé ✓ 日本.txt"];
+    const files = contents.map((data, i) => new File([data], names[i], { lastModified: 1_700_000_000_123 }));
+    const saving = new MemorySaving();
+    let offered = null;
+    const [sent, received] = await Promise.all([
+      sendFiles(a, new TransferProtocol(Role.SENDER, keys("sender")), files, {
+        sender: "alice",
+        chunkSize: 4096,
+      }),
+      receiveFiles(b, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+        decide: async (offer, planned) => {
+          offered = { offer, planned };
+          return { saving };
+        },
+      }),
+    ]);
+    assert.equal(offered.offer.sender, "alice");
+    assert.equal(offered.offer.files[2].mtimeNs, 1_700_000_000_123_000_000n);
+    assert.deepEqual(offered.planned, ["empty.bin", "one.bin", "under-16k.bin", "résumé ✓ 日本.txt"]);
+    contents.forEach((data, i) => {
+      assert.deepEqual(new Uint8Array(saving.bytes(i)), data);
+      assert.ok(saving.files[i].committed && !saving.files[i].aborted);
+    });
+    const total = contents.reduce((n, d) => n + d.length, 0);
+    assert.equal(sent.totalBytes, total);
+    assert.equal(received.totalBytes, total);
+    assert.match(finalLine("Sent", sent), /^Sent 4 files \(323\.6 kB\) in \d+\.\d s, .*\/s$/);
+    assert.match(finalLine("Received", received), /^Received 4 files \(323\.6 kB\)/);
+  });
+
+  it("a decline reaches the sender as 'declined' and nothing is saved", async () => {
+    const [a, b] = MemoryChannel.pair();
+    const sending = sendFiles(a, new TransferProtocol(Role.SENDER, keys("sender")), [new File(["x"], "x.txt")], {
+      sender: "",
+      chunkSize: 4096,
+    });
+    const receiving = receiveFiles(b, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+      decide: async () => {
+        setTimeout(() => a.close(), 10); // the sender closes on reading REJECT
+        return null;
+      },
+    });
+    await assert.rejects(sending, (e) => e instanceof RejectedError && /declined the transfer \(declined by the receiver\)/.test(e.message));
+    await assert.rejects(receiving, (e) => e instanceof RejectedError && /You declined/.test(e.message));
+  });
+
+  it("a sender that stops while the receiver decides ends the question", async () => {
+    const [a, b] = MemoryChannel.pair();
+    const cancel = new AbortController();
+    let asked = null;
+    const sending = sendFiles(a, new TransferProtocol(Role.SENDER, keys("sender")), [new File(["x"], "x.txt")], {
+      sender: "",
+      chunkSize: 4096,
+      onWaiting: () => setTimeout(() => cancel.abort(new CancelledError()), 20),
+      cancel: cancel.signal,
+    });
+    const receiving = receiveFiles(b, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+      decide: (offer, names, signal) =>
+        new Promise((resolve) => {
+          asked = signal;
+          signal.addEventListener("abort", () => {
+            b.close(); // the receiver closes after the sender's last word
+            resolve(null);
+          });
+        }),
+    });
+    await assert.rejects(receiving, (e) => e instanceof CancelledByPeerError && /cancelled by the user/.test(e.message));
+    await assert.rejects(sending, CancelledError);
+    assert.ok(asked.aborted);
+  });
+});
+
+/** A channel that plays Python's side of a recorded session, frame by frame. */
+function replay(session, side) {
+  const mine = side; // the side under test ("receiver")
+  const channel = new MemoryChannel();
+  const steps = session.steps;
+  let at = 0;
+  const expected = [];
+  const release = () => {
+    // Python's frames up to the page's next turn go in; the page's are expected then.
+    while (at < steps.length && steps[at].from !== mine) {
+      for (const frame of steps[at].frames) channel.inbox.put(hexToBytes(frame));
+      at++;
+    }
+    while (at < steps.length && steps[at].from === mine) {
+      expected.push(...steps[at].frames);
+      at++;
+    }
+  };
+  channel.onSend = (frame) => {
+    assert.equal(bytesToHex(frame), expected.shift(), "the page's frame differs from Python's");
+    if (!expected.length) release();
+  };
+  release();
+  channel.done = () => expected.length === 0 && at === steps.length;
+  return channel;
+}
+
+describe("the page's receiver against Python's recorded senders", () => {
+  const session = (name) => P.sessions.find((s) => s.name === name);
+
+  for (const name of ["v1 three files, one empty, a name to reduce", "v3 pipe"]) {
+    it(`answers with Python's bytes: ${name}`, async () => {
+      const channel = replay(session(name), "receiver");
+      const saving = new MemorySaving();
+      const result = await receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+        decide: async () => ({ saving }),
+      });
+      assert.ok(channel.done());
+      assert.ok(saving.files.every((f) => f.committed));
+      assert.ok(result.files.length >= 1);
+    });
+  }
+
+  it("shows a text message instead of saving it", async () => {
+    const channel = replay(session("v3 text message"), "receiver");
+    const result = await receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+      decide: async (offer) => {
+        assert.ok(offer.text);
+        return { saving: null };
+      },
+    });
+    assert.equal(result.text, "Hello from sfs: café ☕\nSecond line\n");
+    assert.equal(finalLine("Received", result).split(" (")[0], "Received a text message");
+  });
+
+  it("refuses folders with the words Python recorded, and declines likewise", async () => {
+    for (const [name, reason] of [
+      ["v2 folders, refused by the page", FOLDERS_REASON],
+      ["v1 declined", DECLINED_REASON],
+    ]) {
+      const channel = replay(session(name), "receiver");
+      const saving = new MemorySaving();
+      setTimeout(() => channel.close(), 20); // Python's sender closes on the REJECT
+      await assert.rejects(
+        receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+          decide: async () => null,
+        }),
+        RejectedError,
+      );
+      assert.ok(channel.done(), reason);
+      assert.equal(saving.files.length, 0);
+    }
+  });
+});
+
+describe("integrity", () => {
+  it("a SHA-256 that does not match: the save is aborted, never committed, and the sender told", async () => {
+    const channel = new MemoryChannel();
+    const sender = new TransferProtocol(Role.SENDER, keys("sender"));
+    const replies = [];
+    channel.onSend = async (frame) => replies.push(frame);
+    const put = async (event) => {
+      for (const frame of sender.sendFrames(event)) channel.inbox.put(await frame);
+    };
+    const saving = new MemorySaving();
+    const receiving = receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+      decide: async () => ({ saving }),
+    });
+    await put(new Offer({ files: [new FileInfo({ name: "a.bin", size: 3 })], chunkSize: 4096 }));
+    while (!replies.length) await new Promise((r) => setTimeout(r, 1));
+    await sender.receive(replies[0]); // ACCEPT
+    await put(new Resume([0]));
+    await put(new Chunk(Uint8Array.of(1, 2, 3)));
+    await put(new FileDone(sha256(Uint8Array.of(1, 2, 4))));
+    setTimeout(() => channel.close(), 20);
+    await assert.rejects(receiving, (e) => e instanceof IntegrityError && /SHA-256 mismatch/.test(e.message));
+    assert.ok(saving.files[0].aborted);
+    assert.ok(!saving.files[0].committed);
+    const cancel = await sender.receive(replies.at(-1));
+    assert.equal(cancel.reason, "the received data failed its integrity check");
+  });
+});
+
+describe("the DataChannel link (src/connection.js)", () => {
+  class FakeChannel extends EventTarget {
+    constructor() {
+      super();
+      this.readyState = "open";
+      this.bufferedAmount = 0;
+      this.sent = [];
+    }
+    send(frame) {
+      this.sent.push(frame);
+      this.bufferedAmount += frame.length;
+    }
+    drain() {
+      this.bufferedAmount = 0;
+      this.dispatchEvent(new Event("bufferedamountlow"));
+    }
+    deliver(bytes) {
+      const event = new Event("message");
+      event.data = bytes.buffer;
+      this.dispatchEvent(event);
+    }
+  }
+
+  it("holds a sender back above the high-water mark until the buffer drains", async () => {
+    const channel = new FakeChannel();
+    const link = new DataChannelLink(channel, { maxMessageSize: 262144, highWater: 100 });
+    await link.send(new Uint8Array(60));
+    let done = false;
+    const waiting = link.send(new Uint8Array(60)).then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(done, false);
+    channel.drain();
+    await waiting;
+    assert.equal(channel.bufferedAmountLowThreshold, 50);
+  });
+
+  it("delivers frames in order, and says the peer is gone once it is silent too long", async () => {
+    const channel = new FakeChannel();
+    const link = new DataChannelLink(channel, { maxMessageSize: 262144, idleTimeout: 0.2 });
+    channel.deliver(Uint8Array.of(1));
+    channel.deliver(Uint8Array.of(2));
+    assert.deepEqual(await link.receive(), Uint8Array.of(1));
+    assert.deepEqual(link.poll(), Uint8Array.of(2));
+    await assert.rejects(link.receive(), /lost the connection: nothing from the other side for 0.2 s/);
+  });
+
+  it("gives up a read on request without losing the frame that comes after", async () => {
+    const channel = new FakeChannel();
+    const link = new DataChannelLink(channel, { maxMessageSize: 262144 });
+    const stop = new AbortController();
+    const reading = link.receive({ signal: stop.signal });
+    stop.abort("decided");
+    await assert.rejects(reading, (e) => e === "decided");
+    channel.deliver(Uint8Array.of(9));
+    assert.deepEqual(await link.receive(), Uint8Array.of(9));
+    channel.dispatchEvent(new Event("close"));
+    await assert.rejects(link.receive(), PeerGoneError);
+    await link.waitClosed();
+  });
+});
+
+describe("names and sizes as sfs/peer/transfer.py writes them", () => {
+  for (const [offered, expected] of vectors.names.safe_names) {
+    it(`safe_name(${JSON.stringify(offered).slice(0, 40)})`, () => {
+      if (expected === null) assert.throws(() => safeName(offered), /empty or unusable/);
+      else assert.equal(safeName(offered), expected);
+    });
+  }
+
+  it("formats sizes and shown text the same", () => {
+    for (const [n, text] of vectors.names.sizes) assert.equal(formatSize(n), text, String(n));
+    for (const [text, shown, cut] of vectors.names.printable) {
+      assert.equal(printable(text), shown);
+      assert.equal(printable(text, 20), cut);
+    }
+  });
+
+  it("never gives two files one name", () => {
+    const offer = new Offer({
+      files: ["a.txt", "A.TXT", "dir/a.txt", "b"].map((name) => new FileInfo({ name, size: 1 })),
+    });
+    assert.deepEqual(planNames(offer), ["a.txt", "A (2).TXT", "a (3).txt", "b"]);
+  });
+});
+

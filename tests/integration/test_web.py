@@ -1,0 +1,330 @@
+"""The browser page against the CLI and against itself, in headless Debian Chromium
+(Playwright) inside a network namespace of the test's own, with a real `sfs serve`:
+files of 0 B, 1 B, 16 KiB - 1, 16 KiB + 1 and 10 MiB and a unicode name, each checked
+by SHA-256; a wrong code on either side; a decline; a tab closed mid-transfer; a
+screenshot of every step (test-artifacts/web/), checked to be non-blank."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.web import (
+    Lab,
+    finish,
+    lab,
+    read_code,
+    receiver_code,
+    screenshot,
+    sha256,
+    skip_unless_ready,
+    status,
+    wait_state,
+)
+
+pytestmark = pytest.mark.slow
+
+SIZES = {
+    "empty.bin": 0,
+    "one.bin": 1,
+    "just-under-16k.bin": 16 * 1024 - 1,
+    "just-over-16k.bin": 16 * 1024 + 1,
+    "ten-mib.bin": 10 * 1024 * 1024,
+    "résumé ✓ 日本.txt": 3000,
+}
+
+
+@pytest.fixture(scope="module")
+def web_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    skip_unless_ready()
+    with lab(tmp_path_factory.mktemp("web")) as the_lab:
+        yield the_lab
+
+
+def make_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, size in SIZES.items():
+        path = folder / name
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+class Downloads:
+    """Every download a page starts, saved under ``folder`` by its suggested name."""
+
+    def __init__(self, page: Any, folder: Path) -> None:
+        self.folder = folder
+        self.items: list[Any] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        page.on("download", lambda download: self.items.append(download))
+
+    def saved(self, count: int, timeout: float = 60) -> dict[str, Path]:
+        deadline = time.monotonic() + timeout
+        while len(self.items) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(self.items) == count, f"{len(self.items)} downloads, expected {count}"
+        saved = {}
+        for download in self.items:
+            failure = download.failure()
+            assert failure is None, f"download {download.suggested_filename} failed: {failure}"
+            path = self.folder / download.suggested_filename
+            download.save_as(str(path))
+            saved[download.suggested_filename] = path
+        return saved
+
+
+def test_browser_sends_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+    code = read_code(receiver)
+    page = web_lab.new_page()
+    screenshot(page, "send-1-start")
+    page.click("#role-send")
+    page.fill("#code-input", code)
+    page.set_input_files("#file-input", [str(p) for p in files])
+    screenshot(page, "send-2-files-chosen")
+    page.click("#send")
+    wait_state(page, "done")
+    screenshot(page, "send-3-done")
+    returncode, stdout, stderr = finish(receiver)
+    assert returncode == 0, stderr
+    assert "Sent 6 files" in status(page)
+    for path in files:
+        assert sha256(out / path.name) == sha256(path), path.name
+    assert "Received 6 files" in stdout
+    page.context.close()
+
+
+def test_cli_sends_to_the_browser(web_lab: Lab, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src")
+    page = web_lab.new_page()
+    downloads = Downloads(page, tmp_path / "downloads")
+    page.click("#role-receive")
+    code = receiver_code(page)
+    screenshot(page, "receive-1-code")
+    sender = web_lab.cli("send", "--name", "alice", code, *(str(p) for p in files))
+    wait_state(page, "deciding")
+    screenshot(page, "receive-2-offer")
+    assert "from alice" in status(page) or "from alice" in page.inner_text("body")
+    page.click("#accept")
+    wait_state(page, "done")
+    screenshot(page, "receive-3-done")
+    returncode, stdout, stderr = finish(sender)
+    assert returncode == 0, stderr
+    saved = downloads.saved(len(files))
+    for path in files:
+        assert sha256(saved[path.name]) == sha256(path), path.name
+    page.context.close()
+
+
+def test_browser_sends_to_a_browser(web_lab: Lab, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "src")
+    receiving = web_lab.new_page()
+    downloads = Downloads(receiving, tmp_path / "downloads")
+    receiving.click("#role-receive")
+    code = receiver_code(receiving)
+    sending = web_lab.new_page()
+    sending.click("#role-send")
+    sending.fill("#code-input", code)
+    sending.set_input_files("#file-input", [str(p) for p in files])
+    sending.click("#send")
+    wait_state(receiving, "deciding")
+    screenshot(receiving, "b2b-receiver-offer")
+    receiving.click("#accept")
+    wait_state(receiving, "done")
+    wait_state(sending, "done")
+    screenshot(sending, "b2b-sender-done")
+    screenshot(receiving, "b2b-receiver-done")
+    saved = downloads.saved(len(files))
+    for path in files:
+        assert sha256(saved[path.name]) == sha256(path), path.name
+    sending.context.close()
+    receiving.context.close()
+
+
+def test_a_link_with_the_code_opens_send_mode_with_it_filled_in(web_lab: Lab) -> None:
+    page = web_lab.new_page(query="?save=download#ABC-123-tiger-lamp")
+    page.wait_for_selector("#code-input")
+    assert page.input_value("#code-input") == "ABC-123-tiger-lamp"
+    page.context.close()
+
+
+def wrong(code: str) -> str:
+    """The same peer ID with two other words of the list (a typo the code's shape
+    cannot catch: only the key exchange can)."""
+    parts = code.split("-")
+    lines = (Path(__file__).parents[2] / "sfs" / "wordlist.txt").read_text().splitlines()
+    words = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    others = [w for w in words if w not in parts[2:]][:2]
+    return "-".join(parts[:2] + others)
+
+
+def test_a_wrong_code_typed_in_the_browser(web_lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+    code = read_code(receiver)
+    (tmp_path / "f.bin").write_bytes(b"secret")
+    page = web_lab.new_page()
+    page.click("#role-send")
+    page.fill("#code-input", wrong(code))
+    page.set_input_files("#file-input", [str(tmp_path / "f.bin")])
+    page.click("#send")
+    wait_state(page, "error")
+    screenshot(page, "send-wrong-code")
+    assert "wrong code" in status(page).lower()
+    returncode, _, stderr = finish(receiver)
+    assert returncode == 5, stderr
+    assert os.listdir(out) == []
+    page.context.close()
+
+
+def test_a_wrong_code_given_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
+    page = web_lab.new_page()
+    downloads = Downloads(page, tmp_path / "downloads")
+    page.click("#role-receive")
+    code = receiver_code(page)
+    (tmp_path / "f.bin").write_bytes(b"secret")
+    sender = web_lab.cli("send", wrong(code), str(tmp_path / "f.bin"))
+    returncode, _, stderr = finish(sender)
+    assert returncode == 5, stderr
+    wait_state(page, "error")
+    screenshot(page, "receive-wrong-code")
+    assert "wrong code" in status(page).lower()
+    assert downloads.items == []
+    page.context.close()
+
+
+def test_the_browser_declines(web_lab: Lab, tmp_path: Path) -> None:
+    page = web_lab.new_page()
+    page.click("#role-receive")
+    code = receiver_code(page)
+    (tmp_path / "f.bin").write_bytes(b"unwanted")
+    sender = web_lab.cli("send", code, str(tmp_path / "f.bin"))
+    wait_state(page, "deciding")
+    page.click("#decline")
+    screenshot(page, "receive-declined")
+    returncode, _, stderr = finish(sender)
+    assert returncode == 6, stderr
+    assert "declined" in stderr
+    page.context.close()
+
+
+def test_the_sending_tab_closed_mid_transfer(web_lab: Lab, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(200 * 1024 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+    code = read_code(receiver)
+    page = web_lab.new_page()
+    page.click("#role-send")
+    page.fill("#code-input", code)
+    page.set_input_files("#file-input", [str(big)])
+    page.click("#send")
+    wait_state(page, "transferring")
+    time.sleep(1)
+    screenshot(page, "send-mid-transfer")
+    started = time.monotonic()
+    page.close()
+    returncode, _, stderr = finish(receiver)
+    assert returncode == 7, stderr
+    assert time.monotonic() - started < 20
+    assert not (out / "big.bin").exists()
+
+
+def test_the_receiving_tab_closed_mid_transfer(web_lab: Lab, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(200 * 1024 * 1024))
+    page = web_lab.new_page()
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", code, str(big))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "transferring")
+    time.sleep(1)
+    started = time.monotonic()
+    page.close()
+    returncode, _, stderr = finish(sender)
+    assert returncode == 7, stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_hostile_name_is_shown_as_text(web_lab: Lab, tmp_path: Path) -> None:
+    evil = tmp_path / '<img src=x onerror="document.title=1">.txt'
+    evil.write_bytes(b"x")
+    page = web_lab.new_page()
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", "--name", "<b>mallory</b>", code, str(evil))
+    wait_state(page, "deciding")
+    screenshot(page, "receive-hostile-name")
+    body = page.inner_text("body")
+    assert "<b>mallory</b>" in body  # shown as the characters it is
+    assert page.locator("img[src=x]").count() == 0 and page.locator("b").count() == 0
+    assert page.title() != "1"
+    page.click("#decline")
+    finish(sender)
+    page.context.close()
+
+
+def test_without_a_way_to_stream_to_disk_the_limit_is_said_before_accepting(
+    web_lab: Lab, tmp_path: Path
+) -> None:
+    """?save=memory is what a page over plain http on a LAN address gets (no secure
+    context: no service worker, no File System Access API)."""
+    src = tmp_path / "small.bin"
+    src.write_bytes(os.urandom(300_000))
+    page = web_lab.new_page(query="?save=memory")
+    downloads = Downloads(page, tmp_path / "downloads")
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", code, str(src))
+    wait_state(page, "deciding")
+    assert "at most 512 MB here" in page.inner_text("body")
+    screenshot(page, "receive-memory-limit")
+    page.click("#accept")
+    wait_state(page, "done")
+    returncode, _, stderr = finish(sender)
+    assert returncode == 0, stderr
+    assert sha256(downloads.saved(1)["small.bin"]) == sha256(src)
+    page.context.close()
+
+
+def test_a_text_message_is_shown_and_a_folder_is_refused(web_lab: Lab, tmp_path: Path) -> None:
+    page = web_lab.new_page()
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", code, "--text", "meet at 10\n\x1b[31mnot red")
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "done")
+    assert finish(sender)[0] == 0
+    shown = page.locator("#text-message").inner_text()
+    assert "meet at 10" in shown and "\x1b" not in shown
+    screenshot(page, "receive-text")
+    page.context.close()
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    page = web_lab.new_page()
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", code, str(folder))
+    returncode, _, stderr = finish(sender)
+    assert returncode == 6, stderr
+    assert "the web page takes files, not folders" in stderr
+    wait_state(page, "error")
+    assert "folder" in status(page)
+    page.context.close()
