@@ -1494,6 +1494,8 @@ async def receive_files(
                     progress.finish()
                 if part is not None:
                     part.verify(done.sha256)
+                    if info.stream:  # its size is what came
+                        info = dataclasses.replace(info, size=part.written)
                     placer.add(_Verified(part, info, dest, offset))
                     part = None
                 else:

@@ -301,3 +301,13 @@ async def test_a_pipe_with_a_wrong_hash_is_exit_12_after_the_data(tmp_path: Path
     assert isinstance(received, IntegrityError) and "already written" in str(received)
     assert received.exit_code == 12
     assert sink.getvalue() == b"abc" * 100  # it went out before the check could fail
+
+
+async def test_a_pipe_into_a_folder_becomes_a_file_of_the_size_that_came(tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+    sent, received, _ = await transfer(
+        [stream_source(io.BytesIO(data), "backup.tar")], tmp_path / "out"
+    )
+    assert isinstance(received, TransferResult), received
+    assert (tmp_path / "out" / "backup.tar").read_bytes() == data
+    assert received.total_bytes == len(data) == getattr(sent, "total_bytes", None)
