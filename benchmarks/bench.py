@@ -10,6 +10,7 @@ local mailbox server and transit relay.  Runs are interleaved and the median of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -83,6 +84,39 @@ def _tool(name: str) -> str | None:
     """A command from this virtual environment, else from PATH."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
+
+
+#: What `--compare wormhole` runs, installed by the bench itself into a virtual
+#: environment of its own (never into sfs's: twisted and its pins stay apart).
+WORMHOLE_PACKAGES = (
+    "magic-wormhole",
+    "magic-wormhole-mailbox-server",
+    "magic-wormhole-transit-relay",
+)
+COMPARE_VENV = Path(
+    os.environ.get("SFS_COMPARE_VENV", Path(__file__).resolve().parents[1] / ".venv-compare")
+)
+
+
+def wormhole_tools() -> Path:
+    """The bin folder of a virtual environment with magic-wormhole and its local
+    mailbox server and transit relay, made (once) if it is not there yet."""
+    bin_dir = COMPARE_VENV / "bin"
+    if (bin_dir / "wormhole").exists() and (bin_dir / "twistd").exists():
+        return bin_dir
+    print(f"installing {', '.join(WORMHOLE_PACKAGES)} into {COMPARE_VENV} …", file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(COMPARE_VENV)], check=True, timeout=300)
+        subprocess.run(
+            [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", *WORMHOLE_PACKAGES],
+            check=True,
+            timeout=900,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise SystemExit(
+            f"could not install {' '.join(WORMHOLE_PACKAGES)} into {COMPARE_VENV}: {exc}"
+        ) from None
+    return bin_dir
 
 
 def python(*args: str) -> list[str]:
@@ -266,15 +300,16 @@ def run_raw(
     return Sample(mib_per_s=moved / MIB / max(elapsed), total_s=time.time() - started, sides=sides)
 
 
-def run_wormhole(src: Path, out: Path, relays: tuple[str, str]) -> Sample:
+def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
     """magic-wormhole with its own mailbox server and transit relay on 127.0.0.1."""
     for leftover in out.iterdir():
         leftover.unlink()
-    mailbox, transit = relays
+    mailbox, transit = relays.urls
+    wormhole = str(relays.bin / "wormhole")
     common = ["--relay-url", mailbox, "--transit-helper", transit]
     started = time.time()
     sender = subprocess.Popen(
-        [str(_tool("wormhole")), *common, "send", "--hide-progress", str(src)],
+        [wormhole, *common, "send", "--hide-progress", str(src)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -285,7 +320,7 @@ def run_wormhole(src: Path, out: Path, relays: tuple[str, str]) -> Sample:
         match = re.search(r"wormhole receive (\S+)", sender.stdout.readline().decode())
         code = match.group(1) if match else ""
     receiver = subprocess.Popen(
-        [str(_tool("wormhole")), *common, "receive", "--accept-file", "--hide-progress", code],
+        [wormhole, *common, "receive", "--accept-file", "--hide-progress", code],
         cwd=out,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -309,16 +344,12 @@ class WormholeRelays:
     magic-wormhole-transit-relay), so no traffic leaves 127.0.0.1."""
 
     def __init__(self, workdir: Path) -> None:
-        if _tool("twistd") is None or _tool("wormhole") is None:
-            raise SystemExit(
-                "--compare wormhole needs: pip install magic-wormhole "
-                "magic-wormhole-mailbox-server magic-wormhole-transit-relay"
-            )
+        self.bin = wormhole_tools()
         services = (("mailbox", "wormhole-mailbox", 4000), ("transit", "transitrelay", 4001))
         self.processes = [
             subprocess.Popen(
                 [
-                    str(_tool("twistd")),
+                    str(self.bin / "twistd"),
                     "-n",
                     "--pidfile",
                     str(workdir / f"{name}.pid"),
@@ -526,8 +557,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             placement = Placement(
                 tuple(link.prefix("sender")), tuple(link.prefix("receiver")), *addresses
             )
-        server = None if args.lan else SignalServer(workdir, placement)
-        relays = WormholeRelays(workdir) if "wormhole" in args.compare else None
+        # Every early exit ends what was started: the relays come first (installing
+        # magic-wormhole may fail), and one stack stops them all.
+        started = contextlib.ExitStack()
+        if link is not None:
+            started.callback(link.__exit__, None, None, None)
+        relays = None
+        server = None
+        try:
+            if "wormhole" in args.compare:
+                relays = WormholeRelays(workdir)
+                started.callback(relays.stop)
+            if not args.lan:
+                server = SignalServer(workdir, placement)
+                started.callback(server.stop)
+        except BaseException:
+            started.close()
+            raise
         results: dict[str, list[Sample]] = {"sfs": [], "raw": [], "wormhole": []}
         stripes = (
             {
@@ -552,15 +598,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         run_raw(args.size, chunk + 28, env, placement=placement, **layout)
                     )
                 if relays is not None:
-                    results["wormhole"].append(run_wormhole(src, out, relays.urls))
+                    results["wormhole"].append(run_wormhole(src, out, relays))
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
-            if server is not None:
-                server.stop()
-            if relays is not None:
-                relays.stop()
-            if link is not None:
-                link.__exit__(None, None, None)
+            started.close()
         crypto_cost = crypto_seconds(src, chunk)
     for name, samples in results.items():
         if samples:
