@@ -37,13 +37,14 @@ def is_unsafe(char: str) -> bool:
     return unicodedata.category(char) in UNSAFE_CATEGORIES
 
 
-def printable(text: str, limit: int | None = None) -> str:
+def printable(text: str, limit: int | None = None, *, keep: frozenset[str] = frozenset()) -> str:
     """Return ``text`` as one line of inert text: unsafe characters become ``\\x1b``-style
     escapes (a backslash itself stays, it controls nothing).
 
     :param limit: cut the result to this many characters, ending it with ``…``.
+    :param keep: unsafe characters to leave as they are (a message's line breaks).
     """
-    clean = "".join(_escape(c) if is_unsafe(c) else c for c in text)
+    clean = "".join(_escape(c) if is_unsafe(c) and c not in keep else c for c in text)
     if limit is not None and len(clean) > limit:
         clean = clean[: max(limit - 1, 0)] + ELLIPSIS
     return clean
@@ -57,5 +58,4 @@ def printable_text(text: str) -> str:
     """Return a text message as inert lines: as :func:`printable`, but newlines and
     tabs stay (CRLF becomes a newline), so a message keeps its lines and no line
     can control the terminal."""
-    text = text.replace("\r\n", "\n")
-    return "".join(c if c in _TEXT_KEEPS or not is_unsafe(c) else _escape(c) for c in text)
+    return printable(text.replace("\r\n", "\n"), keep=_TEXT_KEEPS)

@@ -55,6 +55,7 @@ event (there is no byte stream to reassemble as in h11).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import struct
@@ -180,9 +181,10 @@ class Offer:
     def stream(self) -> bool:
         return any(f.stream for f in self.files)
 
-    @property
+    @functools.cached_property
     def version(self) -> int:
-        """The oldest protocol version that carries this offer."""
+        """The oldest protocol version that carries this offer (computed once: for a
+        large offer it means encoding it as version 2 to measure it)."""
         if (
             self.text
             or self.stream

@@ -1510,7 +1510,7 @@ async def receive_files(
                 await placer.poll()
             await placer.drain()
             if not few and not in_memory:
-                status(f"Saved {describe_saved(offer, output_dir)}")
+                status(f"Saved {describe_offer(offer)} in {output_dir}")
         return result.finish()
     except BaseException as exc:
         if part is not None:
@@ -1541,10 +1541,6 @@ def describe_offer(offer: Offer) -> str:
     if offer.folders:
         what += f" in {len(offer.folders)} folder" + ("s" if len(offer.folders) != 1 else "")
     return what
-
-
-def describe_saved(offer: Offer, output_dir: Path) -> str:
-    return f"{describe_offer(offer)} in {output_dir}"
 
 
 async def _refuse(channel: Channel, proto: TransferProtocol, reason: str) -> None:

@@ -59,3 +59,10 @@ def test_log_records_are_inert() -> None:
     text = formatter.format(record)
     assert "\x1b" not in text and "\\x1b]0;title\\x07" in text
     assert text.count("\n") >= 2  # the traceback keeps its own lines
+
+
+def test_a_text_message_keeps_its_lines_and_tabs_and_nothing_else() -> None:
+    from sfs.text import printable_text
+
+    shown = printable_text("a\tb\r\nc\n\x1b[2J\rd\u202e")
+    assert shown == "a\tb\nc\n\\x1b[2J\\x0dd\\u202e"
