@@ -1,10 +1,14 @@
-"""scripts/bench: how fast sfs moves a file, and how close that is to aiortc's ceiling.
+"""scripts/bench: how fast sfs moves a file, side by side with what it competes with.
 
 Every run uses real processes on 127.0.0.1: one `sfs serve`, then `sfs receive` and
-`sfs send` as separate processes; then the raw aiortc DataChannel (two processes,
-same message size and event loop, no sfs protocol); optionally magic-wormhole with a
-local mailbox server and transit relay.  Runs are interleaved and the median of
-``--runs`` is printed, with peak RSS and CPU seconds of each side (from wait4()).
+`sfs send` as separate processes, once per transport (auto, tcp, datachannel); the
+raw aiortc DataChannel (two processes, same message size and event loop, no sfs
+protocol); optionally magic-wormhole with a local mailbox server and transit relay,
+installed by the bench itself.  Runs are interleaved and one table prints the median
+of ``--runs`` for each (MiB/s, first byte, peak RSS and CPU of each side, from
+wait4()), the ratios, and the single-core limit computed from this machine's own
+AES-GCM, SHA-256 and loopback TCP speeds.  ``--plot FILE.png`` draws each one's
+throughput over time (matplotlib).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +66,44 @@ class Sample:
     total_s: float
     first_byte_s: float | None = None
     sides: dict[str, Usage] = field(default_factory=dict)
+    #: (seconds since the start, bytes arrived), sampled while it ran (for --plot).
+    series: list[tuple[float, int]] = field(default_factory=list)
+    #: What it chose, e.g. "4 streams" (sfs over WebRTC with --streams auto).
+    note: str = ""
+
+
+class Sampler:
+    """Polls how many bytes have arrived, every ``interval`` seconds, in a thread."""
+
+    def __init__(self, arrived: Callable[[], int], interval: float = 0.05) -> None:
+        self.series: list[tuple[float, int]] = []
+        self._arrived = arrived
+        self._interval = interval
+        self._stop = threading.Event()
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.series.append((time.monotonic() - self._start, self._arrived()))
+            except OSError:
+                pass  # a file renamed under us: the next poll sees it
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.series
+
+
+def bytes_in(folder: Path) -> Callable[[], int]:
+    """How many bytes the files in ``folder`` hold (hidden partial copies included)."""
+
+    def arrived() -> int:
+        return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+
+    return arrived
 
 
 def wait_usage(process: subprocess.Popen[bytes], timeout: float) -> Usage:
@@ -179,7 +223,8 @@ def run_sfs(
     env: dict[str, str],
     chunk: int,
     placement: Placement = LOCAL,
-    streams: int = 1,
+    streams: str = "auto",
+    transport: str = "auto",
 ) -> Sample:
     for leftover in out.iterdir():
         leftover.unlink()
@@ -202,7 +247,7 @@ def run_sfs(
     assert receiver.stdout is not None
     code = _read_code(receiver.stdout)
     started = time.time()
-    send = ["send", "--chunk-size", str(chunk), "--streams", str(streams)]
+    send = ["send", "--chunk-size", str(chunk), "--streams", streams, "--transport", transport]
     if not lan:
         send += ["--ice-address", placement.sender_address]
     with open(sender_log, "wb") as slog:
@@ -212,22 +257,30 @@ def run_sfs(
             stderr=slog,
             env=env,
         )
+    sampler = Sampler(bytes_in(out))
     sender_usage = wait_usage(sender, 3600)
+    series = sampler.stop()
     total = time.time() - started
     receiver_usage = wait_usage(receiver, 60)
     if sender_usage.returncode or receiver_usage.returncode:
         raise RuntimeError(
             f"sfs failed:\n{sender_log.read_text()[-2000:]}\n{receiver_log.read_text()[-2000:]}"
         )
-    sent = re.search(r"sent (\d+) bytes in ([\d.]+) s", sender_log.read_text())
+    sender_text = sender_log.read_text()
+    sent = re.search(r"sent (\d+) bytes in ([\d.]+) s", sender_text)
     first = re.search(r"first data byte at ([\d.]+)", receiver_log.read_text())
     if not sent or not first:
         raise RuntimeError("could not read the timings from the -v logs")
+    chosen = re.search(r"(\d+) WebRTC stream", sender_text)
+    over_tcp = "direct TCP connection to" in sender_text
+    note = "TCP" if over_tcp else f"WebRTC, {chosen.group(1) if chosen else streams} stream(s)"
     return Sample(
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
         total_s=total,
         first_byte_s=float(first.group(1)) - started,
         sides={"sender": sender_usage, "receiver": receiver_usage},
+        series=series,
+        note=note,
     )
 
 
@@ -238,6 +291,7 @@ def _start_raw_pair(
     channels: int = 1,
     connections: int = 1,
     placement: Placement | None = None,
+    progress: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     where = placement or LOCAL
     module = ["-m", "benchmarks.raw_datachannel"]
@@ -251,6 +305,8 @@ def _start_raw_pair(
         env=env,
     )
     answer_args = ["--size", str(size), "--address", where.receiver_address]
+    if progress is not None:
+        answer_args += ["--progress", str(progress)]
     answerer = subprocess.Popen(
         [*where.receiver_prefix, *python(*module, "answer", *answer_args, *stripes)],
         stdin=subprocess.PIPE,
@@ -274,13 +330,23 @@ def run_raw(
     connections: int = 1,
     processes: int = 1,
     placement: Placement | None = None,
+    workdir: Path | None = None,
 ) -> Sample:
     """The raw ceiling; with ``processes`` > 1, that many pairs share the bytes."""
     started = time.time()
+    progress = None if workdir is None or processes > 1 else workdir / "raw-progress"
+    if progress is not None:
+        progress.write_text("0")
     pairs = [
-        _start_raw_pair(size // processes, message_size, env, channels, connections, placement)
+        _start_raw_pair(
+            size // processes, message_size, env, channels, connections, placement, progress
+        )
         for _ in range(processes)
     ]
+    sampler = None
+    if progress is not None:
+        path = progress
+        sampler = Sampler(lambda: int(path.read_text() or 0))
     elapsed = []
     sides: dict[str, Usage] = {}
     for offerer, answerer in pairs:
@@ -297,7 +363,12 @@ def run_raw(
             else:
                 sides[name] = usage
     moved = size // processes * processes
-    return Sample(mib_per_s=moved / MIB / max(elapsed), total_s=time.time() - started, sides=sides)
+    return Sample(
+        mib_per_s=moved / MIB / max(elapsed),
+        total_s=time.time() - started,
+        sides=sides,
+        series=sampler.stop() if sampler is not None else [],
+    )
 
 
 def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
@@ -325,7 +396,9 @@ def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    sampler = Sampler(bytes_in(out))
     receiver_usage = wait_usage(receiver, 3600)
+    series = sampler.stop()
     total = time.time() - started
     sender_usage = wait_usage(sender, 60)
     size = src.stat().st_size
@@ -336,6 +409,7 @@ def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
         mib_per_s=size / MIB / total,
         total_s=total,
         sides={"sender": sender_usage, "receiver": receiver_usage},
+        series=series,
     )
 
 
@@ -372,37 +446,67 @@ class WormholeRelays:
             process.wait(10)
 
 
-def crypto_seconds(src: Path, chunk: int) -> tuple[float, float]:
-    """CPU seconds that SHA-256 plus AES-GCM take for ``src`` on each side, measured
-    here with sfs's own frame sealer and opener, chunk by chunk as in a transfer."""
+@dataclass(frozen=True)
+class Limits:
+    """What one core of this machine does per second (MiB/s), measured here."""
+
+    aes_gcm: float  # sealing frames of the chunk size with sfs's own FrameSealer
+    sha256: float  # hashlib, 1 MiB blocks
+    tcp: float  # loopback TCP, one thread at each end, 1 MiB writes
+
+    @property
+    def single_core(self) -> float:
+        """A side that hashes, seals (or opens) and moves every byte on one core."""
+        return 1 / (1 / self.aes_gcm + 1 / self.sha256 + 1 / self.tcp)
+
+
+def _rate(step: Callable[[], int], seconds: float) -> float:
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += step()
+    return done / MIB / (time.perf_counter() - start)
+
+
+def micro_limits(chunk: int, seconds: float = 1.0) -> Limits:
     import hashlib
 
-    from sfs.peer.crypto import FrameOpener, FrameSealer
+    from sfs.peer.crypto import FrameSealer
     from sfs.peer.protocol import FrameType
 
-    key = os.urandom(32)
-    frames = []
-    sealer = FrameSealer(key)
-    start = time.process_time()
+    block = os.urandom(MIB)
+    payload = block[:chunk]
+    sealer = FrameSealer(os.urandom(32))
+    aes = _rate(lambda: len(sealer.seal(FrameType.CHUNK, payload)) and len(payload), seconds)
     digest = hashlib.sha256()
-    with open(src, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-            frames.append(sealer.seal(FrameType.CHUNK, block))
-            if len(frames) > 64:  # keep memory flat: time only, frames are dropped
-                frames.clear()
-    sender = time.process_time() - start
-    sealer = FrameSealer(key)
-    opener = FrameOpener(key)
-    receiver = 0.0
-    with open(src, "rb") as f:
-        while block := f.read(chunk):
-            frame = sealer.seal(FrameType.CHUNK, block)
-            start = time.process_time()
-            _, plain = opener.open(frame)
-            hashlib.sha256().update(plain)
-            receiver += time.process_time() - start
-    return sender, receiver
+
+    def hash_block() -> int:
+        digest.update(block)
+        return len(block)
+
+    sha = _rate(hash_block, seconds)
+
+    server = socket.create_server((LOOPBACK, 0))
+    port = server.getsockname()[1]
+
+    def drain() -> None:
+        connection, _ = server.accept()
+        buffer = bytearray(MIB)
+        with connection:
+            while connection.recv_into(buffer):
+                pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with socket.create_connection((LOCAL.sender_address, port)) as client:
+
+        def send_block() -> int:
+            client.sendall(block)
+            return len(block)
+
+        tcp = _rate(send_block, seconds)
+    reader.join(10)
+    server.close()
+    return Limits(aes, sha, tcp)
 
 
 def median(samples: Sequence[Sample], get: Callable[[Sample], float | None]) -> float:
@@ -410,20 +514,96 @@ def median(samples: Sequence[Sample], get: Callable[[Sample], float | None]) -> 
     return statistics.median(values) if values else float("nan")
 
 
-def report(name: str, samples: list[Sample]) -> list[str]:
-    first_byte = median(samples, lambda s: s.first_byte_s)
+def _fmt(value: float, spec: str) -> str:
+    return "–" if math.isnan(value) else format(value, spec)
+
+
+def table(results: dict[str, list[Sample]]) -> list[str]:
+    """One row per contender: medians, and every run's MiB/s."""
     rows = [
-        name,
-        f"  {median(samples, lambda s: s.mib_per_s):6.1f} MiB/s"
-        + (f"  first byte {first_byte:5.2f} s" if not math.isnan(first_byte) else "")
-        + f"  total {median(samples, lambda s: s.total_s):6.2f} s"
-        + f"  (runs: {', '.join(f'{s.mib_per_s:.1f}' for s in samples)})",
+        "| | MiB/s | first byte | RSS send / recv | CPU send / recv | path | runs (MiB/s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for side in ("sender", "receiver"):
-        rss = median(samples, lambda s, side=side: s.sides[side].peak_rss_mib)  # type: ignore[misc]
-        cpu = median(samples, lambda s, side=side: s.sides[side].cpu_seconds)  # type: ignore[misc]
-        rows.append(f"  {side:<8} peak RSS {rss:6.1f} MiB  CPU {cpu:6.2f} s")
+    for name, samples in results.items():
+        if not samples:
+            continue
+
+        def side(side: str, what: str, samples: list[Sample] = samples) -> float:
+            return median(samples, lambda sample: float(getattr(sample.sides[side], what)))
+
+        notes = sorted({s.note for s in samples if s.note})
+        rows.append(
+            f"| {name} | {median(samples, lambda s: s.mib_per_s):.1f} "
+            f"| {_fmt(median(samples, lambda s: s.first_byte_s), '.2f')} s "
+            f"| {side('sender', 'peak_rss_mib'):.0f} / {side('receiver', 'peak_rss_mib'):.0f} MiB "
+            f"| {side('sender', 'cpu_seconds'):.1f} / {side('receiver', 'cpu_seconds'):.1f} s "
+            f"| {', '.join(notes) or '–'} "
+            f"| {', '.join(f'{s.mib_per_s:.1f}' for s in samples)} |"
+        )
     return rows
+
+
+def ratios(results: dict[str, list[Sample]], limits: Limits | None) -> list[str]:
+    """The ratios the goals are stated in, each with its goal and whether it is met."""
+
+    def speed(name: str) -> float:
+        return median(results.get(name, []), lambda s: s.mib_per_s)
+
+    lines = []
+
+    def check(label: str, value: float, goal: float) -> None:
+        if math.isnan(value):
+            return
+        verdict = "met" if value >= goal else "NOT met"
+        lines.append(f"{label}: {value:.2f} (goal ≥ {goal}: {verdict})")
+
+    check("sfs auto / magic-wormhole", speed(AUTO) / speed(WORMHOLE), 1.5)
+    if limits is not None:
+        check("sfs auto / single-core limit", speed(AUTO) / limits.single_core, 0.5)
+    check("sfs datachannel / raw aiortc", speed(DATACHANNEL) / speed(RAW), 0.95)
+    for name in (AUTO, TCP, DATACHANNEL):
+        first = median(results.get(name, []), lambda s: s.first_byte_s)
+        if not math.isnan(first):
+            verdict = "met" if first <= 1.0 else "NOT met"
+            lines.append(f"first byte, {name}: {first:.2f} s (goal ≤ 1.0 s: {verdict})")
+    return lines
+
+
+def plot(results: dict[str, list[Sample]], path: Path, title: str) -> None:
+    """Throughput over time of each contender's median run (0.25 s windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 5), dpi=110)
+    for name, samples in results.items():
+        runs = sorted((s for s in samples if len(s.series) > 2), key=lambda s: s.mib_per_s)
+        if not runs:
+            continue
+        series = runs[len(runs) // 2].series
+        times, rates = [], []
+        j = 0
+        for i, (t, arrived) in enumerate(series):
+            while series[j][0] < t - 0.25:
+                j += 1
+            if i > j:
+                times.append(t)
+                rates.append((arrived - series[j][1]) / MIB / (t - series[j][0]))
+        axes.plot(times, rates, label=name, linewidth=1.5)
+    axes.set_xlabel("seconds since the sender started")
+    axes.set_ylabel("MiB/s arriving (0.25 s window)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+AUTO, TCP, DATACHANNEL = "sfs auto", "sfs --transport tcp", "sfs --transport datachannel"
+RAW, WORMHOLE = "raw aiortc DataChannel", "magic-wormhole (direct TCP)"
+SFS_CONTENDERS = {AUTO: "auto", TCP: "tcp", DATACHANNEL: "datachannel"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -447,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--long-link",
         action="store_true",
         help="run the peers in two network namespaces joined by a 1 Gbit veth pair with "
-        "25 ms of delay each way (root; builds benchmarks/longlink/nfqdelay.c)",
+        "25 ms of delay each way on every packet (root; builds "
+        "benchmarks/longlink/nfqdelay.c); --streams auto picks the WebRTC streams",
     )
     parser.add_argument(
         "--lan",
@@ -471,7 +652,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "files/s, MiB/s and peak RSS on 127.0.0.1",
     )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
-    parser.add_argument("--streams", type=int, default=1, help="sfs send --streams N")
+    parser.add_argument("--streams", default="auto", help="sfs send --streams auto|N (for WebRTC)")
+    parser.add_argument(
+        "--transport",
+        choices=sorted(SFS_CONTENDERS.values()),
+        action="append",
+        default=[],
+        help="measure sfs with only this --transport (repeatable; default: all three)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw each one's throughput over time (its median run) into FILE.png",
+    )
     parser.add_argument(
         "--stripe",
         type=int,
@@ -529,13 +724,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"
         env.pop("SFS_SERVER", None)
         env.pop("SFS_ICE_ADDRESSES", None)
-    print(
+    title = (
         f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
-        f"chunk {chunk} B, {args.streams} stream(s), "
+        f"chunk {chunk} B, --streams {args.streams}, "
         f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, {platform.machine()}",
-        flush=True,
+        f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
+    print(title, flush=True)
+    transports = set(args.transport) or set(SFS_CONTENDERS.values())
+    if args.lan:
+        transports &= {"auto"}  # mDNS and LAN mode as users run them
     with tempfile.TemporaryDirectory(prefix="sfs-bench-") as tmp:
         workdir = Path(tmp)
         src = workdir / "src.bin"
@@ -574,7 +772,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except BaseException:
             started.close()
             raise
-        results: dict[str, list[Sample]] = {"sfs": [], "raw": [], "wormhole": []}
+        results: dict[str, list[Sample]] = {
+            name: [] for name, transport in SFS_CONTENDERS.items() if transport in transports
+        }
+        if not args.no_raw:
+            results[RAW] = []
         stripes = (
             {
                 f"raw {args.stripe} channels": {"channels": args.stripe},
@@ -586,38 +788,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         for name in stripes:
             results[name] = []
+        if relays is not None:
+            results[WORMHOLE] = []
         try:
             for run in range(args.runs):
-                results["sfs"].append(
-                    run_sfs(server, src, out, env, chunk, placement, args.streams)
-                )
+                for name, transport in SFS_CONTENDERS.items():
+                    if name in results:
+                        results[name].append(
+                            run_sfs(
+                                server, src, out, env, chunk, placement, args.streams, transport
+                            )
+                        )
                 if not args.no_raw:
-                    results["raw"].append(run_raw(args.size, chunk + 28, env, placement=placement))
+                    results[RAW].append(
+                        run_raw(args.size, chunk + 28, env, placement=placement, workdir=workdir)
+                    )
                 for name, layout in stripes.items():
                     results[name].append(
                         run_raw(args.size, chunk + 28, env, placement=placement, **layout)
                     )
                 if relays is not None:
-                    results["wormhole"].append(run_wormhole(src, out, relays))
+                    results[WORMHOLE].append(run_wormhole(src, out, relays))
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
             started.close()
-        crypto_cost = crypto_seconds(src, chunk)
-    for name, samples in results.items():
-        if samples:
-            print("\n".join(report(name, samples)))
-    if results["sfs"]:
-        for side, seconds in zip(("sender", "receiver"), crypto_cost, strict=True):
-            cpu = median(results["sfs"], lambda s, side=side: s.sides[side].cpu_seconds)  # type: ignore[misc]
-            print(
-                f"  {side:<8} SHA-256 + AES-GCM {seconds:5.2f} s CPU = {100 * seconds / cpu:4.1f} %"
-                " of its CPU"
-            )
-    if results["raw"]:
-        ratio = median(results["sfs"], lambda s: s.mib_per_s) / median(
-            results["raw"], lambda s: s.mib_per_s
+    limits = None if link is not None else micro_limits(chunk)
+    print("\n".join(table(results)))
+    if limits is not None:
+        print(
+            f"micro-limits, one core: AES-256-GCM {limits.aes_gcm:.0f} MiB/s, SHA-256 "
+            f"{limits.sha256:.0f} MiB/s, loopback TCP {limits.tcp:.0f} MiB/s: a side that "
+            f"does all three for every byte moves at most {limits.single_core:.0f} MiB/s"
         )
-        print(f"sfs/raw  {ratio:.2f}")
+    print("\n".join(ratios(results, limits)))
+    if args.plot is not None:
+        plot(results, args.plot, title)
+        print(f"throughput over time: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def table(results: dict[str, list[NatSample]], failures: dict[str, int]) -> list
 
 
 def run_nat(
-    size: int, runs: int, chunk: int, streams: int, env_extra: dict[str, str], title: str
+    size: int, runs: int, chunk: int, streams: str, env_extra: dict[str, str], title: str
 ) -> None:
     """Build the lab, run every case ``runs`` times, print the table; exit 1 if any
     run failed (its reason is on stderr)."""

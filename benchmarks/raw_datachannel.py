@@ -99,9 +99,10 @@ async def offer(
         await pc.close()
 
 
-async def answer(size: int, connections: int, address: str) -> None:
+async def answer(size: int, connections: int, address: str, progress: str | None) -> None:
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(connections)]
     received = 0
+    shown = 0.0
     first: list[Any] = []
     closed = asyncio.Event()
 
@@ -110,8 +111,13 @@ async def answer(size: int, connections: int, address: str) -> None:
             first.append(channel)
 
         def on_message(message: bytes) -> None:
-            nonlocal received
+            nonlocal received, shown
             received += len(message)
+            if progress is not None and time.monotonic() - shown > 0.05:
+                # For the bench's throughput plot: how much has come, now.
+                shown = time.monotonic()
+                with open(progress, "w") as f:
+                    f.write(str(received))
             if received >= size:
                 first[0].send(b"!")
 
@@ -143,12 +149,13 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1, help="DataChannels per connection")
     parser.add_argument("--connections", type=int, default=1, help="peer connections")
     parser.add_argument("--address", default="127.0.0.1", help="the only ICE host address")
+    parser.add_argument("--progress", default=None, help="(answer) write bytes received here")
     args = parser.parse_args()
     tune_runtime()  # the same runtime settings as sfs itself
     if args.role == "offer":
         coro = offer(args.size, args.message_size, args.channels, args.connections, args.address)
     else:
-        coro = answer(args.size, args.connections, args.address)
+        coro = answer(args.size, args.connections, args.address, args.progress)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(coro)
 

@@ -316,7 +316,7 @@ def run_transfer(
     workdir: Path,
     env: dict[str, str],
     chunk: int,
-    streams: int,
+    streams: str,
 ) -> TreeSample:
     """One `sfs receive` + `sfs send` of ``data`` the way ``case`` says, checked."""
     out = workdir / "out"
@@ -448,7 +448,7 @@ def _goal_line(data: DataSet, samples: list[TreeSample]) -> str:
 def run_tree(
     runs: int,
     chunk: int,
-    streams: int,
+    streams: str,
     env: dict[str, str],
     loop_name: str,
     *,
@@ -456,7 +456,7 @@ def run_tree(
 ) -> None:
     """Build both data sets, run every case ``runs`` times (interleaved), print the
     table; a failed or wrong transfer exits non-zero with the reason."""
-    streams_note = f", {streams} streams" if streams > 1 else ""
+    streams_note = f", --streams {streams}" if streams != "auto" else ""
     print(
         f"sfs tree benchmark on {LOOPBACK}: {runs} runs, chunk {chunk} B{streams_note}, "
         f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "

@@ -45,6 +45,7 @@ from sfs.peer.connection import (
     PeerLinks,
     StripedChannel,
     check_local_addresses,
+    host_addresses,
 )
 from sfs.peer.crypto import (
     FRAME_OVERHEAD_BYTES,
@@ -72,6 +73,7 @@ from sfs.peer.handshake import (
     signal_event,
 )
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_ENTRIES, Offer, Role, TransferProtocol
+from sfs.peer.tcp import DirectPath, Opened, TcpLink, Transport, open_transport
 from sfs.peer.transfer import (
     Channel,
     Progress,
@@ -130,6 +132,8 @@ class PeerOptions:
     :param name: the display name a waiting side advertises in LAN mode.
     :param find_timeout: in LAN mode, how long the joining side looks for the peer.
     :param ca_file: certificates to trust for an ``https://`` server (a private CA).
+    :param transport: TCP when the peers reach each other directly, else WebRTC
+        (``auto``); or only one of them.
     """
 
     server_url: str | None = None
@@ -139,6 +143,7 @@ class PeerOptions:
     name: str = ""
     find_timeout: float = LAN_FIND_SECONDS
     ca_file: str | None = None
+    transport: Transport = Transport.AUTO
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ class SendConfig:
     chunk_size: int = DEFAULT_CHUNK_BYTES
     sender_name: str = ""
     verify: bool = False
-    streams: int = 1
+    #: Peer connections to stripe a WebRTC transfer over; None: from the round trip.
+    streams: int | None = None
     resume: bool = True
     #: A text message to send instead of ``paths``.
     text: str | None = None
@@ -216,20 +222,22 @@ async def check_network(server_url: str, options: PeerOptions) -> Report:
 
 @dataclass(frozen=True)
 class Session:
-    """An open, authenticated DataChannel to the peer, and the session keys."""
+    """An open, authenticated channel to the peer (a proven TCP connection or the
+    DataChannel(s)), and the session keys of that transport."""
 
-    channel: DataChannelLink | StripedChannel
+    channel: DataChannelLink | StripedChannel | TcpLink
     keys: SessionKeys
 
 
 @asynccontextmanager
 async def sender_session(
-    code: Code | None, options: PeerOptions, ui: Ui, *, streams: int = 1
+    code: Code | None, options: PeerOptions, ui: Ui, *, streams: int | None = 1
 ) -> AsyncIterator[Session]:
     """Find the receiver of ``code`` (or, with no code, show one and wait for the
     receiver to come), agree on keys, and open the DataChannel(s).
 
-    :param streams: peer connections to stripe over (the receiver may accept fewer).
+    :param streams: peer connections to stripe over (the receiver may accept fewer);
+        None chooses from the round trip measured during set-up.
     """
     async with _session(Role.SENDER, code, options, ui, streams=streams) as session:
         yield session
@@ -247,7 +255,7 @@ async def receiver_session(
 
 @asynccontextmanager
 async def _session(
-    role: Role, code: Code | None, options: PeerOptions, ui: Ui, *, streams: int = 1
+    role: Role, code: Code | None, options: PeerOptions, ui: Ui, *, streams: int | None = 1
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
 
@@ -399,7 +407,9 @@ async def _set_up(
     loop = asyncio.get_running_loop()
     signal = await stack.enter_async_context(_signal_client(url, options))
     links: PeerLinks | None = None
-    opener: asyncio.Future[DataChannelLink | StripedChannel] | None = None
+    direct: DirectPath | None = None
+    opener: asyncio.Future[Opened] | None = None
+    wants_tcp = options.transport is not Transport.DATACHANNEL
     try:
         peer_id, server_ice = await signal.register()
         if registered is not None:
@@ -430,13 +440,24 @@ async def _set_up(
                         await registered(peer_id)
                     pending.append(Registered(peer_id, server_ice))
                 elif isinstance(action, CreateOffers):
+                    if handshake.round_trip is not None:
+                        logger.info(
+                            "round trip through the server %.1f ms: %d WebRTC stream(s)",
+                            handshake.round_trip * 1000,
+                            action.count,
+                        )
                     links = await stack.enter_async_context(
                         PeerLinks(
                             action.count, ice_servers=action.ice_servers, host_addresses=addresses
                         )
                     )
                     offers = await links.create_offers()
-                    pending.append(LocalDescription(tuple(d["sdp"] for d in offers)))
+                    tcp = None
+                    if wants_tcp:
+                        direct = DirectPath(sender=True, keys=action.keys)
+                        stack.push_async_callback(direct.close)
+                        tcp = await direct.listen(host_addresses(addresses))
+                    pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
                 elif isinstance(action, AnswerOffers):
                     links = await stack.enter_async_context(
                         PeerLinks(
@@ -445,21 +466,47 @@ async def _set_up(
                             host_addresses=addresses,
                         )
                     )
+                    tcp = None
+                    if wants_tcp and action.tcp is not None:
+                        # Dialing the sender's listeners while ours start and the answer
+                        # travels: on a LAN the connection is proven before it arrives.
+                        direct = DirectPath(sender=False, keys=action.keys)
+                        stack.push_async_callback(direct.close)
+                        direct.dial(action.tcp)
+                        tcp = await direct.listen(host_addresses(addresses))
                     answers = await links.answer_offers(_descriptions("offer", action.sdps))
-                    pending.append(LocalDescription(tuple(d["sdp"] for d in answers)))
+                    pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
                 elif isinstance(action, AcceptAnswers):
                     assert links is not None
                     await links.accept_answers(_descriptions("answer", action.sdps))
+                    if direct is not None and action.tcp is not None:
+                        direct.dial(action.tcp)
                 elif isinstance(action, OpenChannel):
                     assert links is not None
-                    opener = asyncio.ensure_future(links.open(options.connect_timeout))
+                    if direct is not None and not action.direct:
+                        await direct.close()  # the other side takes no TCP
+                    opener = asyncio.ensure_future(
+                        open_transport(
+                            sender=handshake.role is Role.SENDER,
+                            transport=options.transport,
+                            direct=direct if action.direct else None,
+                            datachannel=functools.partial(links.open, options.connect_timeout),
+                            connect_timeout=options.connect_timeout,
+                        )
+                    )
                 elif isinstance(action, Leave):
                     # From here on the peers talk directly; a server that goes away now
                     # cannot disturb the transfer.
                     await signal.leave()
                 elif isinstance(action, Done):
-                    assert opener is not None
-                    return Session(opener.result(), action.keys)
+                    assert opener is not None and links is not None
+                    opened = opener.result()
+                    if not opened.over_tcp:
+                        return Session(opened.channel, action.keys)
+                    # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
+                    await links.close()
+                    stack.callback(opened.channel.close)
+                    return Session(opened.channel, action.keys.over_tcp())
                 else:
                     raise action.error
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -591,7 +638,7 @@ async def _join_on_lan(
 
 async def _next_input(
     signal: SignalClient,
-    opener: asyncio.Future[DataChannelLink | StripedChannel] | None,
+    opener: asyncio.Future[Opened] | None,
     deadline: float | None,
 ) -> Event | None:
     """The next thing that happened: a server event, the channel opening, or

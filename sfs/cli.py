@@ -38,6 +38,7 @@ from sfs.peer.protocol import (
     FileInfo,
     Offer,
 )
+from sfs.peer.tcp import Transport
 from sfs.peer.transfer import Progress, TransferResult, format_size, is_tree, safe_name
 from sfs.signal import server as signal_server
 from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
@@ -435,6 +436,17 @@ def _ice_servers(values: Sequence[str]) -> tuple[IceServer, ...] | None:
         raise click.BadParameter(str(exc), param_hint="--ice-server") from None
 
 
+def _streams(value: str) -> int | None:
+    """``--streams``: ``auto`` (None) or 1 to MAX_STREAMS."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_STREAMS:
+        raise click.BadParameter(
+            f"{value!r}: give auto or a number from 1 to {MAX_STREAMS}", param_hint="--streams"
+        )
+    return int(value)
+
+
 def _ice_addresses(values: Sequence[str]) -> tuple[str, ...]:
     # The environment variable carries one string: accept commas and spaces in it.
     return tuple(part for v in values for part in re.split(r"[,\s]+", v) if part)
@@ -449,6 +461,7 @@ def _peer_options(
     lan: bool = False,
     name: str = "",
     cacert: Path | None = None,
+    transport: str = Transport.AUTO.value,
 ) -> app.PeerOptions:
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
@@ -472,6 +485,7 @@ def _peer_options(
         name=name,
         find_timeout=connect_timeout if explicit else app.LAN_FIND_SECONDS,
         ca_file=None if cacert is None else str(cacert),
+        transport=Transport(transport),
     )
 
 
@@ -558,6 +572,17 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "connection does not answer within this long (on the local network, "
             f"looking for the peer takes at most {app.LAN_FIND_SECONDS:.0f} s unless "
             "this is given).",
+        ),
+        click.option(
+            "--transport",
+            type=click.Choice([t.value for t in Transport]),
+            default=Transport.AUTO.value,
+            envvar="SFS_TRANSPORT",
+            show_envvar=True,
+            show_default=True,
+            help="auto: a direct TCP connection when the two sides reach each other "
+            "(fastest), else WebRTC (through NATs and TURN); tcp or datachannel: only "
+            "that one.",
         ),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
         click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
@@ -876,6 +901,7 @@ def receive(
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
+    transport: str,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -911,6 +937,7 @@ def receive(
             lan=lan,
             name=_default_sender() if name is None else name,
             cacert=cacert,
+            transport=transport,
         ),
         verify=verify,
         resume=not no_resume,
@@ -941,11 +968,13 @@ def receive(
 )
 @click.option(
     "--streams",
-    type=click.IntRange(1, MAX_STREAMS),
-    default=1,
+    default="auto",
     show_default=True,
-    help="Stripe the transfer over this many peer connections: faster on long "
-    "(high-latency) links, no gain on a LAN.",
+    metavar="auto|N",
+    callback=lambda ctx, param, value: _streams(value),
+    help=f"Stripe a WebRTC transfer over N peer connections (1-{MAX_STREAMS}): faster "
+    "on long (high-latency) links, slower on a LAN; auto picks from the round trip "
+    "measured while connecting (1 on a LAN). The direct TCP path is never striped.",
 )
 @click.option(
     "--print-code",
@@ -984,7 +1013,7 @@ def send(
     stream_name: str,
     no_compress: bool,
     sender_name: str | None,
-    streams: int,
+    streams: int | None,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -993,6 +1022,7 @@ def send(
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
+    transport: str,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -1027,7 +1057,14 @@ def send(
         stream_name=stream_name,
         compress=not no_compress,
         peer=_peer_options(
-            server, ice_server, ice_address, connect_timeout, lan=lan, name=name, cacert=cacert
+            server,
+            ice_server,
+            ice_address,
+            connect_timeout,
+            lan=lan,
+            name=name,
+            cacert=cacert,
+            transport=transport,
         ),
         chunk_size=chunk_size,
         sender_name=name,

@@ -10,7 +10,9 @@ The attacks below are the ones SECURITY.md lists; tests run real `sfs send` and
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -276,3 +278,45 @@ class Flood(Attack):
             junk.append((m.ANSWER, {"unexpected": [1, 2, {"deep": "x" * 100}]}, to))
         self.sent += len(junk)
         return [*junk, (event, data, to)]
+
+
+class HoldOffer(Attack):
+    """Holds the sealed offer until the test says go (at most ``seconds``): the sender
+    listens for a direct connection meanwhile, and the test can knock on its port first.
+    Records every payload it relays, to show that no address travels in clear."""
+
+    def __init__(self, seconds: float = 15.0) -> None:
+        self.seconds = seconds
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.relayed: list[str] = []
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        self.relayed.append(json.dumps(data))
+        if event == m.OFFER:
+            self.holding.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), self.seconds)
+        return [(event, data, to)]
+
+
+class ForgeDirectAddresses(Attack):
+    """Replaces the sealed offer with one listing the server's own TCP address, sealed
+    under a key of its choosing (it cannot know the real one): the receiver must not
+    dial it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event == m.OFFER:
+            plaintext = {"type": "offer", "sdp": "v=0\r\n", "tcp": [self.address]}
+            forged = seal_message(
+                key=os.urandom(32), kind="offer", plaintext=json.dumps(plaintext).encode()
+            )
+            data = {**data, "sealed": base64.b64encode(forged).decode()}
+        return [(event, data, to)]

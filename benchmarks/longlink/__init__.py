@@ -1,5 +1,6 @@
 """An emulated long link for benchmarks: two network namespaces joined by a veth pair,
-1 Gbit (tbf), and a fixed delay each way added by nfqdelay (NFQUEUE), because this
+1 Gbit (tbf), and a fixed delay each way on every packet (UDP and TCP alike: WebRTC,
+the direct TCP path and signaling) added by nfqdelay (NFQUEUE), because this
 machine's kernel has no netem."""
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def build_nfqdelay(workdir: Path) -> Path:
 @dataclass
 class LongLink:
     """Namespaces ``<prefix>-s`` (sender, 10.99.0.1) and ``<prefix>-r`` (receiver,
-    10.99.0.2); UDP leaving either side waits ``delay_ms``; TCP (signaling) does not."""
+    10.99.0.2); every packet leaving either side waits ``delay_ms``."""
 
     delay_ms: float = 25.0
     rate: str = "1gbit"
@@ -105,8 +106,6 @@ class LongLink:
                     "OUTPUT",
                     "-o",
                     dev,
-                    "-p",
-                    "udp",
                     "-j",
                     "NFQUEUE",
                     "--queue-num",

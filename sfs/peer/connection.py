@@ -101,6 +101,12 @@ def gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
         _host_addresses.reset(token)
 
 
+def host_addresses(chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses to offer a peer: ``--ice-address`` if given, else every address
+    of this machine that ICE would offer (no loopback, no link-local IPv6)."""
+    return chosen or tuple(_original_get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
 def check_local_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
     """Validate ``--ice-address`` values: IP literals that this machine can bind.
 

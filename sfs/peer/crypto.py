@@ -12,6 +12,9 @@ direction (``INFO_*`` labels), so no two uses ever share a key:
 * signaling, sender -> receiver and receiver -> sender (SDP offer/answer, ICE);
 * data, sender -> receiver (metadata, chunks, completion);
 * control, receiver -> sender (accept/reject, acknowledgements);
+* the same two again for the direct TCP path (``sfs/1 tcp …``), so that no nonce is
+  ever used under one key on two transports, and one proof key per role that each
+  side proves on a TCP connection before any frame travels on it;
 * a verification string that users may compare out of band.
 
 Frames on the DataChannel are ``[12-byte nonce][AES-256-GCM ciphertext + tag]``.
@@ -25,6 +28,7 @@ may reorder harmless ICE candidates), with the message kind in the associated da
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import struct
@@ -59,6 +63,10 @@ INFO_SIGNAL_RECEIVER = b"sfs/1 signaling receiver->sender"
 INFO_DATA_SENDER = b"sfs/1 data sender->receiver"
 INFO_CONTROL_RECEIVER = b"sfs/1 control receiver->sender"
 INFO_VERIFY = b"sfs/1 verification"
+INFO_TCP_DATA_SENDER = b"sfs/1 tcp data sender->receiver"
+INFO_TCP_CONTROL_RECEIVER = b"sfs/1 tcp control receiver->sender"
+INFO_TCP_PROOF_SENDER = b"sfs/1 tcp proof sender"
+INFO_TCP_PROOF_RECEIVER = b"sfs/1 tcp proof receiver"
 
 _HEADER = struct.Struct(">BBHQ")  # version, frame type, reserved, counter
 
@@ -76,6 +84,18 @@ class SessionKeys:
     frame_send: bytes
     frame_receive: bytes
     verifier: str
+    #: The frame keys of the direct TCP path, and the keys whose HMAC proves a role
+    #: (this side's, the other side's) on a TCP connection.
+    tcp_send: bytes
+    tcp_receive: bytes
+    proof_send: bytes
+    proof_receive: bytes
+
+    def over_tcp(self) -> SessionKeys:
+        """These keys with the TCP path's frame keys as the frame keys: a transfer
+        runs on one transport with one set of counters, and the two transports never
+        share a key, so no nonce is ever used twice under one key."""
+        return dataclasses.replace(self, frame_send=self.tcp_send, frame_receive=self.tcp_receive)
 
     def __repr__(self) -> str:  # never let a key reach a log line or traceback
         return "SessionKeys(<redacted>)"
@@ -168,6 +188,10 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             INFO_DATA_SENDER,
             INFO_CONTROL_RECEIVER,
             INFO_VERIFY,
+            INFO_TCP_DATA_SENDER,
+            INFO_TCP_CONTROL_RECEIVER,
+            INFO_TCP_PROOF_SENDER,
+            INFO_TCP_PROOF_RECEIVER,
         )
     }
     verifier = format_verifier(keys[INFO_VERIFY])
@@ -179,6 +203,10 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_DATA_SENDER],
             keys[INFO_CONTROL_RECEIVER],
             verifier,
+            keys[INFO_TCP_DATA_SENDER],
+            keys[INFO_TCP_CONTROL_RECEIVER],
+            keys[INFO_TCP_PROOF_SENDER],
+            keys[INFO_TCP_PROOF_RECEIVER],
         )
     if role == "receiver":
         return SessionKeys(
@@ -188,6 +216,10 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_CONTROL_RECEIVER],
             keys[INFO_DATA_SENDER],
             verifier,
+            keys[INFO_TCP_CONTROL_RECEIVER],
+            keys[INFO_TCP_DATA_SENDER],
+            keys[INFO_TCP_PROOF_RECEIVER],
+            keys[INFO_TCP_PROOF_SENDER],
         )
     raise ValueError(f"unknown role {role!r}")
 
@@ -275,3 +307,22 @@ class FrameOpener:
 def digests_equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison for digests and other secrets."""
     return hmac.compare_digest(a, b)
+
+
+# -- the direct TCP path ------------------------------------------------------------------
+
+#: The first bytes a dialer sends on a direct TCP connection; the version of that path.
+TCP_MAGIC = b"sfs/tcp1"
+TCP_NONCE_BYTES = 16
+TCP_PROOF_BYTES = 32
+
+
+def tcp_proof(*, key: bytes, side: bytes, dialer_nonce: bytes, listener_nonce: bytes) -> bytes:
+    """HMAC-SHA256 of one TCP connection's handshake under a role's proof key.
+
+    ``side`` is ``b"L"`` for the listener's proof and ``b"D"`` for the dialer's: with
+    a key per role as well, a proof can be neither reflected nor used for the other
+    end; the two fresh nonces make a recorded one useless.
+    """
+    transcript = side + TCP_MAGIC + dialer_nonce + listener_nonce
+    return hmac.new(key, transcript, "sha256").digest()

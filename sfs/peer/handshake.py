@@ -53,6 +53,7 @@ import binascii
 import enum
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,24 @@ BACKLOG_LIMIT = 64
 #: The most peer connections one session stripes over (the receiver enforces it; the
 #: connection glue takes it from here, since this module cannot import aiortc's).
 MAX_STREAMS = 8
+#: The most direct TCP addresses one description may list.
+MAX_TCP_ADDRESSES = 8
+#: ``--streams auto``: one stream up to this round trip (a LAN, a city)...
+ONE_STREAM_ROUND_TRIP_SECONDS = 0.020
+#: ...then one more per this much round trip, up to AUTO_MAX_STREAMS: one aiortc
+#: association is window-bound to ~150 KiB per round trip, and on a 50 ms link 4
+#: streams measured fastest (8 were slower: docs/PERFORMANCE.md, "striping").
+SECONDS_PER_STREAM = 0.015
+AUTO_MAX_STREAMS = 4
+
+
+def streams_for(round_trip: float | None) -> int:
+    """How many peer connections ``--streams auto`` stripes over, for a round trip
+    (in seconds) through the signaling server; None (not measured) is one."""
+    if round_trip is None or round_trip < ONE_STREAM_ROUND_TRIP_SECONDS:
+        return 1
+    return max(1, min(AUTO_MAX_STREAMS, math.ceil(round_trip / SECONDS_PER_STREAM)))
+
 
 _LEFT_MESSAGE = "the other side left before the connection was set up"
 
@@ -144,9 +163,15 @@ class ServerLost:
 
 @dataclass(frozen=True)
 class LocalDescription:
-    """The peer connection made the offers (sender) or answers (receiver) asked for."""
+    """The peer connection made the offers (sender) or answers (receiver) asked for.
+
+    :param tcp: the addresses this side listens on for a direct TCP connection
+        (``"host:port"``); ``None`` when it takes no part in the direct path (not
+        the same as an empty list: a side that cannot listen may still dial).
+    """
 
     sdps: tuple[str, ...]
+    tcp: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -225,28 +250,46 @@ class Reconnect:
 
 @dataclass(frozen=True)
 class CreateOffers:
-    """Make ``count`` peer connections and feed their offers as :class:`LocalDescription`."""
+    """Make ``count`` peer connections (and, if wanted, listen for a direct TCP
+    connection, proven with ``keys``) and feed the offers as :class:`LocalDescription`."""
 
     count: int
     ice_servers: tuple[IceServer, ...]
+    keys: SessionKeys
 
 
 @dataclass(frozen=True)
 class AnswerOffers:
-    """Make one peer connection per offer and feed the answers as :class:`LocalDescription`."""
+    """Make one peer connection per offer and feed the answers as :class:`LocalDescription`.
+
+    :param tcp: the sender's direct TCP addresses, as it sealed them (unchecked
+        strings); ``None`` when it takes no part in the direct path.
+    """
 
     sdps: tuple[str, ...]
     ice_servers: tuple[IceServer, ...]
+    keys: SessionKeys
+    tcp: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class AcceptAnswers:
+    """:param tcp: the receiver's direct TCP addresses (as in :class:`AnswerOffers`)."""
+
     sdps: tuple[str, ...]
+    tcp: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class OpenChannel:
-    """Wait for the DataChannel(s) to open, then feed :class:`ChannelOpen`."""
+    """Open the transport, then feed :class:`ChannelOpen`.
+
+    :param direct: both descriptions carried TCP addresses: the sender chooses
+        between TCP and the DataChannel and says which on it (sfs.peer.tcp).
+        Otherwise the DataChannel(s), as before the direct path existed.
+    """
+
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,7 +365,11 @@ class Handshake:
         and wait for whoever types it.
     :param connect_timeout: how long each step of the other side may take.
     :param ice_servers: STUN/TURN servers to use; ``None`` for the server's.
-    :param streams: peer connections the sender offers (the receiver answers as many).
+    :param streams: peer connections the sender offers (the receiver answers as many);
+        ``None`` picks them from the round trip measured during set-up
+        (:func:`streams_for`): the sender's request to the partner's accept when it
+        joins, its accept to the partner's SPAKE2 message when it waits. Both go
+        through the server, so this is the partner's round trip via the server.
     :param new_words: where a waiting side's secret words come from (tests pass their own).
     """
 
@@ -333,10 +380,10 @@ class Handshake:
         code: Code | None = None,
         connect_timeout: float,
         ice_servers: tuple[IceServer, ...] | None = None,
-        streams: int = 1,
+        streams: int | None = 1,
         new_words: Callable[[], str] = new_secret,
     ) -> None:
-        if not 1 <= streams <= MAX_STREAMS:
+        if streams is not None and not 1 <= streams <= MAX_STREAMS:
             raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams}")
         self.role = role
         self.waits = code is None
@@ -351,7 +398,13 @@ class Handshake:
         self._code = code
         self._exchange: KeyExchange | None = None
         self._keys: SessionKeys | None = None
+        # The direct TCP addresses of each side's sealed description (None: none).
+        self._own_tcp: tuple[str, ...] | None = None
+        self._peer_tcp: tuple[str, ...] | None = None
         self._backlog: deque[Event] = deque(maxlen=BACKLOG_LIMIT)
+        self._asked_at: float | None = None
+        #: The partner's round trip through the server, once measured (seconds).
+        self.round_trip: float | None = None
         self._deadline: float | None = None
         self._state = State.IDLE
 
@@ -419,13 +472,15 @@ class Handshake:
         if isinstance(event, Registered) and self._state in (State.IDLE, State.RECONNECTING):
             return self._registered(event, now)
         if isinstance(event, LocalDescription) and self._state is State.CREATING_OFFERS:
-            call = self._sealed_call("offer", event.sdps)
+            self._own_tcp = event.tcp
+            call = self._sealed_call("offer", event.sdps, event.tcp)
             self._set_state(State.AWAITING_ANSWER, deadline=now + self.connect_timeout)
             return [call, *self._from_backlog(now)]
         if isinstance(event, LocalDescription) and self._state is State.ANSWERING:
-            call = self._sealed_call("answer", event.sdps)
+            call = self._sealed_call("answer", event.sdps, event.tcp)
             self._set_state(State.OPENING)
-            return [call, OpenChannel()]
+            direct = event.tcp is not None and self._peer_tcp is not None
+            return [call, OpenChannel(direct)]
         if isinstance(event, ChannelOpen) and self._state in (State.OPENING, State.PARTNER_LEFT):
             keys = self._keys
             assert keys is not None
@@ -438,6 +493,7 @@ class Handshake:
         if not self.waits:
             assert self._partner is not None
             payload = {"peer_id": self._partner}
+            self._asked_at = now
             self._set_state(State.AWAITING_ACCEPT, deadline=now + self.connect_timeout)
             return [
                 Call("find_peer", payload),
@@ -533,9 +589,14 @@ class Handshake:
             return self._fail(SignalingError("the signaling server sent a message without peer_id"))
         # One peer only: the first request takes this code's single attempt.
         self._partner = event.peer_id
+        self._asked_at = now
         return [Call("accept_connection", {"peer_id": self._partner}), *self._start_keys(now)]
 
     def _step(self, event: Event, now: float) -> list[Action]:
+        if isinstance(event, ConnectionAccepted | PublicKeyReceived) and self._asked_at is not None:
+            # The first answer to our request (joining) or accept (waiting).
+            self.round_trip = now - self._asked_at
+            self._asked_at = None
         if isinstance(event, ConnectionAccepted):
             return self._start_keys(now)
         if isinstance(event, PublicKeyReceived):
@@ -578,50 +639,56 @@ class Handshake:
             del exchange  # a traceback keeps this frame, and so its locals, alive
         if self.role is Role.SENDER:
             self._set_state(State.CREATING_OFFERS)
-            return [CreateOffers(self._streams, self._ice())]
+            streams = self._streams or streams_for(self.round_trip)
+            return [CreateOffers(streams, self._ice(), self._keys)]
         self._set_state(State.AWAITING_OFFER, deadline=now + self.connect_timeout)
         return self._from_backlog(now)
 
     def _offered(self, event: SealedReceived) -> list[Action]:
         # If the offer does not open, this code has had its one try: tell the sender, end.
         try:
-            sdps = self._open(event)
+            sdps, self._peer_tcp = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(State.ANSWERING)
-        return [AnswerOffers(sdps, self._ice())]
+        assert self._keys is not None
+        return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp)]
 
     def _answered(self, event: SealedReceived) -> list[Action]:
         try:
-            sdps = self._open(event)
+            sdps, self._peer_tcp = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(State.OPENING)
-        return [AcceptAnswers(sdps), OpenChannel()]
+        direct = self._own_tcp is not None and self._peer_tcp is not None
+        return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct)]
 
     def _ice(self) -> tuple[IceServer, ...]:
         return self._server_ice if self._ice_override is None else self._ice_override
 
     # -- sealed offer/answer --------------------------------------------------------------
 
-    def _sealed_call(self, kind: str, sdps: tuple[str, ...]) -> Call:
+    def _sealed_call(self, kind: str, sdps: tuple[str, ...], tcp: tuple[str, ...] | None) -> Call:
         """Seal the session description(s): the first as ``sdp``, any more (striping) as
-        ``extra_sdps``, so a peer that knows only one stream still understands it."""
+        ``extra_sdps``, so a peer that knows only one stream still understands it; the
+        direct TCP addresses as ``tcp`` (a peer that does not know it ignores it)."""
         if not sdps:
             raise ValueError(f"an {kind} needs at least one session description")
         assert self._keys is not None and self._partner is not None
         message: dict[str, object] = {"type": kind, "sdp": sdps[0]}
         if len(sdps) > 1:
             message["extra_sdps"] = list(sdps[1:])
+        if tcp is not None:
+            message["tcp"] = list(tcp)
         plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
 
-    def _open(self, event: SealedReceived) -> tuple[str, ...]:
+    def _open(self, event: SealedReceived) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
         assert self._keys is not None
         kind = event.kind
         sealed = _b64(event.sealed, "sealed")
@@ -640,7 +707,16 @@ class Handshake:
         strings = tuple(sdp for sdp in sdps if isinstance(sdp, str))
         if len(strings) != len(sdps):
             raise SignalingError(malformed)
-        return strings
+        tcp = message.get("tcp")
+        if tcp is None:
+            return strings, None
+        if (
+            not isinstance(tcp, list)
+            or len(tcp) > MAX_TCP_ADDRESSES
+            or not all(isinstance(a, str) and len(a) <= 64 for a in tcp)
+        ):
+            raise SignalingError(malformed)
+        return strings, tuple(tcp)
 
     # -- endings --------------------------------------------------------------------------
 

@@ -7,22 +7,28 @@ is harmless, in an unaltered transfer; and no log line may contain the code's se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from sfs.errors import CryptoError
+from sfs.peer.tcp import Prover
 from sfs.signal import messages as m
-from tests.conftest import peer_env, sfs_command
+from tests.conftest import LOOPBACK, peer_env, sfs_command
 from tests.evil_server import (
     Attack,
     DeliverOfferBeforeKey,
     Drop,
     Flood,
+    ForgeDirectAddresses,
+    HoldOffer,
     Redirect,
     Replay,
     SubstituteOffer,
@@ -30,6 +36,7 @@ from tests.evil_server import (
     TamperSealed,
     serve_evil,
 )
+from tests.helpers import key_pair
 
 TIMEOUT = ("--connect-timeout", "5")
 PROCESS_SECONDS = 40  # two of these must fit in pytest's 120 s
@@ -244,3 +251,85 @@ async def test_sender_redirected_to_another_receiver(
     assert os.listdir(tmp_path / "asked") == []
     assert os.listdir(tmp_path / "decoy") == []
     assert asked_secret not in sent.stderr + at_decoy.stderr + caplog.text
+
+
+# -- the direct TCP path ----------------------------------------------------------------------
+
+
+def listening_ports(pid: int) -> list[int]:
+    """The TCP ports process ``pid`` listens on (from ss, as an attacker scanning would)."""
+    listing = subprocess.run(
+        ["ss", "-Hltnp"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    return [
+        int(line.split()[3].rpartition(":")[2])
+        for line in listing.splitlines()
+        if f"pid={pid}," in line
+    ]
+
+
+async def test_strangers_at_the_direct_port_first_change_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the server holds the offer, the sender listens for a direct connection:
+    three strangers connect to that port first (silent, talking nonsense, and a
+    well-formed hello with a proof under another key). The transfer still goes over
+    the direct TCP connection, intact; each stranger is closed having heard nothing
+    it can use; and the address never crossed the server in clear."""
+    attack = HoldOffer()
+    async with serve_evil(attack) as (url, _):
+        src = tmp_path / "data.bin"
+        src.write_bytes(os.urandom(300_000))
+        out = tmp_path / "out"
+        receiver, peer_id, secret = await start_receiver(url, out)
+        sender = await send(url, f"{peer_id}-{secret}", src)
+        async with asyncio.timeout(20):
+            await attack.holding.wait()
+        ports = listening_ports(sender.process.pid)
+        assert len(ports) == 1, ports  # --ice-address 127.0.0.1: one address, one port
+        strangers = [await asyncio.open_connection(LOOPBACK, ports[0]) for _ in range(3)]
+        strangers[1][1].write(os.urandom(100))
+        other = key_pair(password=b"other-words")[1]
+        impostor = Prover(dialer=True, own_key=other.proof_send, peer_key=other.proof_receive)
+        strangers[2][1].write(impostor.hello())
+        answer = await asyncio.wait_for(strangers[2][0].readexactly(48), 10)
+        with pytest.raises(CryptoError):
+            impostor.receive(answer)
+        strangers[2][1].write(os.urandom(32))
+        await asyncio.sleep(0.2)
+        attack.release.set()
+        sent, received = await asyncio.gather(sender.finish(), receiver.finish())
+    run = Run(sent, received, src, out, secret)
+    run.assert_intact()
+    assert sent.stdout.rstrip().endswith("direct over TCP"), sent.stdout
+    for reader, _ in strangers:
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+    assert not any(f":{ports[0]}" in payload for payload in attack.relayed)
+    run.assert_no_secret_logged(caplog)
+
+
+async def test_a_server_cannot_swap_the_direct_addresses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server puts its own listener in an offer it forges (it cannot seal it under
+    the real key): wrong code at both sides, and nobody ever connects to its port."""
+    knocked: list[object] = []
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        knocked.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    trap = await asyncio.start_server(on_connect, LOOPBACK, 0)
+    port = trap.sockets[0].getsockname()[1]
+    try:
+        run = await attack_run(ForgeDirectAddresses(f"{LOOPBACK}:{port}"), tmp_path)
+    finally:
+        trap.close()
+        await trap.wait_closed()
+    assert run.sent.returncode == 5, run.sent.stderr
+    assert run.received.returncode == 5, run.received.stderr
+    assert knocked == []
+    run.assert_nothing_kept()
+    run.assert_no_secret_logged(caplog)

@@ -38,8 +38,10 @@ from tests.integration.peers import (
 
 pytestmark = pytest.mark.slow
 SIZE = 48 * 1024 * 1024
-#: Small chunks slow the transfer down enough to interrupt it half-way.
-SLOW = ("--chunk-size", "4096")
+#: Small chunks on the DataChannel slow the transfer down enough to interrupt it
+#: half-way (the direct TCP path would be over first; its own cut is tested below,
+#: on a link slowed down by tc).
+SLOW = ("--chunk-size", "4096", "--transport", "datachannel")
 
 
 def part_size(out: Path, name: str) -> int:
@@ -50,13 +52,31 @@ def part_size(out: Path, name: str) -> int:
         return 0
 
 
-def wait_for_progress(out: Path, name: str, at_least: int, timeout: float = 60) -> None:
+def wait_for_progress(
+    out: Path,
+    name: str,
+    at_least: int,
+    timeout: float = 60,
+    *,
+    sender: subprocess.Popen[bytes] | None = None,
+    receiver: Receiver | None = None,
+) -> None:
+    """Wait until the partial copy holds ``at_least`` bytes; if it never does, fail with
+    what the two sides said (they are stopped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if part_size(out, name) >= at_least:
             return
         time.sleep(0.05)
-    raise AssertionError(f"the partial copy of {name} never reached {at_least} bytes")
+    said = []
+    if sender is not None:
+        sender.kill()
+        said.append(f"sfs send stderr:\n{finish(sender, 10).stderr[-2000:]}")
+    if receiver is not None:
+        said.append(f"sfs receive stderr:\n{receiver.stop().stderr[-2000:]}")
+    raise AssertionError(
+        f"the partial copy of {name} never reached {at_least} bytes\n" + "\n".join(said)
+    )
 
 
 def start_sender(
@@ -101,7 +121,7 @@ def test_kill_9_then_resume(sfs_server: ServerProcess, tmp_path: Path, victim: s
     out = tmp_path / "out"
     receiver = start_receiver(sfs_server, out, "--yes", "-q")
     sender = start_sender(sfs_server, receiver.code, src, *SLOW)
-    wait_for_progress(out, "big.bin", SIZE // 4)
+    wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
     started = time.monotonic()
     sent, received = interrupted(receiver, sender, victim)
     survivor = received if victim == "sender" else sent
@@ -130,18 +150,32 @@ def test_server_killed_after_the_channel_opened(tmp_path: Path) -> None:
     assert sha256_file(out / "big.bin") == sha256_file(src)
 
 
-def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "datachannel"])
+def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str, transport: str) -> None:
     if subprocess.run(["which", "iptables"], capture_output=True).returncode:
         pytest.skip("iptables is not installed (scripts/test installs it as root)")
     server = start_server(tmp_path, netns=netns)
+    server_port = server.url.rpartition(":")[2]
+    if transport == "tcp":
+        slow: tuple[str, ...] = ("--transport", "tcp")
+        # 80 Mbit/s on the namespace's loopback (tbf: this kernel has no netem): 48 MiB
+        # take ~5 s, time to cut.
+        # (Its burst must hold loopback's 64 KiB packets, or tbf drops them all.)
+        in_netns(netns, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "80mbit",
+                 "burst", "1mb", "latency", "100ms")  # fmt: skip
+        # Every TCP packet but the signaling server's now vanishes.
+        rule = ["INPUT", "-p", "tcp", "!", "--dport", server_port, "!", "--sport", server_port]
+    else:
+        slow = SLOW
+        rule = ["INPUT", "-p", "udp"]  # every UDP packet: every ICE path
     try:
         src = make_file(tmp_path / "big.bin", SIZE)
         out = tmp_path / "out"
         receiver = start_receiver(server, out, "--yes", "-q", netns=netns)
-        sender = start_sender(server, receiver.code, src, *SLOW, netns=netns)
-        wait_for_progress(out, "big.bin", SIZE // 4)
-        # Every UDP packet now vanishes: the peers cannot reach each other any more.
-        in_netns(netns, "iptables", "-I", "INPUT", "-p", "udp", "-j", "DROP")
+        sender = start_sender(server, receiver.code, src, *slow, netns=netns)
+        wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
+        # The peers cannot reach each other any more.
+        in_netns(netns, "iptables", "-I", *rule, "-j", "DROP")
         cut = time.monotonic()
         sent, received = finish(sender, 60), receiver.finish(60)
         noticed = time.monotonic() - cut
@@ -150,7 +184,7 @@ def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str) -> None:
             assert outcome.returncode == 7, outcome.stderr
             assert "lost the connection" in outcome.error_line()
         assert not (out / "big.bin").exists()
-        in_netns(netns, "iptables", "-D", "INPUT", "-p", "udp", "-j", "DROP")
+        in_netns(netns, "iptables", "-D", *rule, "-j", "DROP")
         resume(server, src, out, netns=netns)
     finally:
         stop_process(server.process)

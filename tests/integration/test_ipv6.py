@@ -15,7 +15,11 @@ from tests.integration.peers import make_file
 pytestmark = pytest.mark.slow
 
 
-def test_an_ipv6_only_pair_through_a_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("transport", "path"),
+    [("auto", "direct over TCP"), ("datachannel", "direct on the local network")],
+)
+def test_an_ipv6_only_pair_through_a_server(tmp_path: Path, transport: str, path: str) -> None:
     with lan_hosts(2, ipv4=False, ipv6=True) as (a, b):
         assert a.ipv6 is not None and b.ipv6 is not None
         server = start_server(tmp_path, netns=a.netns, host=a.ipv6)
@@ -28,8 +32,8 @@ def test_an_ipv6_only_pair_through_a_server(tmp_path: Path) -> None:
                 a, tmp_path, "receive", "--server", server.url, "--yes", "-o", str(out)
             )
             sent = subprocess.run(
-                sfs_command("send", "--server", server.url, receiver.code, str(src),
-                            netns=b.netns),
+                sfs_command("send", "--server", server.url, "--transport", transport,
+                            receiver.code, str(src), netns=b.netns),
                 capture_output=True, text=True, timeout=60, env=lan_env(),
             )  # fmt: skip
             received = receiver.finish()
@@ -39,4 +43,5 @@ def test_an_ipv6_only_pair_through_a_server(tmp_path: Path) -> None:
         assert received.returncode == 0, received.stderr
         assert sha256_file(out / "f.bin") == sha256_file(src)
         assert f"Connecting via {server.url}" in sent.stderr
-        assert sent.stdout.rstrip().endswith("direct on the local network"), sent.stdout
+        assert sent.stdout.rstrip().endswith(path), sent.stdout
+        assert received.stdout.rstrip().endswith(path), received.stdout

@@ -1,8 +1,9 @@
 """A malicious sender against a real `sfs receive` process.
 
 The attacker holds the right code, so it completes the key exchange and opens the
-DataChannel with sfs's own code (`sender_session`), then sends whatever frames it
-likes, sealed with the real session key.  Every attack must end with a clear error
+transport with sfs's own code (`sender_session`): the direct TCP connection or the
+DataChannel, each attack on both; then it sends whatever frames it likes, sealed
+with the real session key.  Every attack must end with a clear error
 (or a file under a safe name inside the output folder), nothing outside the output
 folder, and nothing unverified at a final name.
 """
@@ -13,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,25 @@ from sfs.errors import SfsError
 from sfs.peer.connection import DataChannelLink
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
-from tests.conftest import LOOPBACK, ServerProcess
+from sfs.peer.tcp import TcpLink, Transport
+from tests.conftest import LOOPBACK, ServerProcess, start_server, stop_process
 from tests.helpers import QuietUi
 from tests.integration.peers import Finished, start_receiver
 
 DATA = os.urandom(3000)
+
+
+@pytest.fixture(scope="module")
+def sfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """This module's own server: some sixty sessions a minute on one address, more than
+    the default lookup budget allows (rate limits are tested in test_signal.py)."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--max-lookups-per-address", "1000")
+    try:
+        yield server
+    finally:
+        stop_process(server.process)
+
+
 SHA = hashlib.sha256(DATA).digest()
 CHUNK = 1000
 
@@ -37,13 +52,19 @@ class Attacker:
     """The evil sender's view of an open session."""
 
     def __init__(self, session: Session) -> None:
-        assert isinstance(session.channel, DataChannelLink)  # one stream: the default
+        # One stream (the default), on either transport.
+        assert isinstance(session.channel, DataChannelLink | TcpLink)
         self.channel = session.channel
         self.seal = FrameSealer(session.keys.frame_send).seal
         self.opener = FrameOpener(session.keys.frame_receive)
 
     async def send(self, frame: bytes) -> None:
         await self.channel.send(frame)
+
+    def raw(self, data: bytes) -> None:
+        """Bytes on the TCP connection as they are, outside sfs's framing."""
+        assert isinstance(self.channel, TcpLink) and self.channel._transport is not None
+        self.channel._transport.write(data)
 
     async def offer(self, *files: FileInfo, chunk_size: int = CHUNK) -> FrameType:
         """Offer ``files``; return the receiver's answer (ACCEPT, or CANCEL if refused).
@@ -71,14 +92,22 @@ class Attacker:
 Script = Callable[[Attacker], Awaitable[bool | None]]
 
 
-async def attack(server: ServerProcess, tmp_path: Path, script: Script) -> Finished:
-    """Run ``script`` as the sender against a real receiver; return the receiver's end."""
+async def attack(
+    server: ServerProcess, tmp_path: Path, script: Script, transport: str = "tcp"
+) -> Finished:
+    """Run ``script`` as the sender against a real receiver (``--transport auto``, as a
+    user runs it) over ``transport``; return the receiver's end."""
     receiver = start_receiver(server, tmp_path / "out", "--yes", "--connect-timeout", "10")
     options = PeerOptions(
-        server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+        server_url=server.url,
+        ice_servers=(),
+        ice_addresses=(LOOPBACK,),
+        connect_timeout=10,
+        transport=Transport(transport),
     )
     async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
         attacker = Attacker(session)
+        assert isinstance(attacker.channel, TcpLink) is (transport == "tcp")
         try:
             if not await script(attacker):
                 # The receiver must now give up: wait for its CANCEL (or its closing).
@@ -159,8 +188,9 @@ async def oversized_frame(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", 2 * MAX_CHUNK_BYTES), chunk_size=MAX_CHUNK_BYTES) is (
         FrameType.ACCEPT
     )
-    # Lift aiortc's own check of the receiver's advertised limit, as an attacker would.
-    a.channel._channel.transport._remote_max_message_size = 2**22
+    if isinstance(a.channel, DataChannelLink):
+        # Lift aiortc's own check of the receiver's advertised limit, as an attacker would.
+        a.channel._channel.transport._remote_max_message_size = 2**22
     await a.send(a.seal(FrameType.CHUNK, os.urandom(MAX_CHUNK_BYTES + 1000)))
 
 
@@ -173,7 +203,27 @@ async def unknown_frame_type(a: Attacker) -> None:
 
 
 async def text_message(a: Attacker) -> None:
-    a.channel._channel.send("hello")
+    """A message that is no sealed frame: a DataChannel text message; on TCP, five
+    bytes framed as a message."""
+    if isinstance(a.channel, DataChannelLink):
+        a.channel._channel.send("hello")
+    else:
+        a.raw(b"\x00\x00\x00\x05hello")
+
+
+async def cut_mid_frame(a: Attacker) -> None:
+    """(TCP) half a sealed chunk, then the connection closes."""
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    await a.chunks(DATA[:CHUNK])
+    frame = a.seal(FrameType.CHUNK, DATA[CHUNK : 2 * CHUNK])
+    a.raw(len(frame).to_bytes(4, "big") + frame[: len(frame) // 2])
+    raise SfsError("closing early")
+
+
+async def frame_length_over_the_limit(a: Attacker) -> None:
+    """(TCP) a length prefix of 4 GiB: refused before a byte of it is buffered."""
+    assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
+    a.raw(b"\xff\xff\xff\xff" + os.urandom(1000))
 
 
 async def offer_from_another_version(a: Attacker) -> None:
@@ -200,11 +250,25 @@ async def offer_from_another_version(a: Attacker) -> None:
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
 )
+@pytest.mark.parametrize("transport", ["tcp", "datachannel"])
 async def test_malicious_frames(
+    sfs_server: ServerProcess, tmp_path: Path, script: Script, exit_code: int, transport: str
+) -> None:
+    before = snapshot(tmp_path)
+    result = await attack(sfs_server, tmp_path, script, transport)
+    assert_clean(result, tmp_path, before, exit_code)
+
+
+@pytest.mark.parametrize(
+    ("script", "exit_code"),
+    [(cut_mid_frame, 7), (frame_length_over_the_limit, 13)],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+async def test_malicious_bytes_on_the_tcp_connection(
     sfs_server: ServerProcess, tmp_path: Path, script: Script, exit_code: int
 ) -> None:
     before = snapshot(tmp_path)
-    result = await attack(sfs_server, tmp_path, script)
+    result = await attack(sfs_server, tmp_path, script, "tcp")
     assert_clean(result, tmp_path, before, exit_code)
 
 

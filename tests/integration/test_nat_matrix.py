@@ -44,8 +44,9 @@ RELAYED_TCP = f"relayed by TURN {PUB_IP} (tcp)"
 #: The side whose data goes straight to the other side's relay.
 RELAYED_BY_PEER = f"relayed by the other side's TURN {PUB_IP}"
 RELAYED = (RELAYED_UDP, RELAYED_TCP, RELAYED_BY_PEER)
+DIRECT_TCP = "direct over TCP"
 _PATH_RE = re.compile(
-    r", (direct on the local network|direct through NAT"
+    r", (direct over TCP|direct on the local network|direct through NAT"
     r"|relayed by TURN \S+ \((?:udp|tcp)\)|relayed by the other side's TURN \S+)$"
 )
 
@@ -133,12 +134,14 @@ def transfer(
     turn: Coturn | None,
     *,
     connect_timeout: str = CONNECT_TIMEOUT,
+    transport: str = "auto",
 ) -> Outcome:
     """`sfs receive` on ``receiver``, then `sfs send` of a fresh 2 MiB file from
-    ``sender`` to its code; both to their end."""
+    ``sender`` to its code; both to their end.  With ``--transport auto`` (what users
+    run) across the NATs, the direct TCP attempt fails and WebRTC carries the file."""
     src = make_file(tmp / "f.bin", FILE_BYTES)
-    out_dir = tmp / "out"
-    timeout = ("--connect-timeout", connect_timeout)
+    out_dir = tmp / f"out-{transport}"
+    timeout = ("--connect-timeout", connect_timeout, "--transport", transport)
     waiting = start_receiver(receiver, server, out_dir, *timeout)
     try:
         sent = run_sender(sender, server, *timeout, waiting.code, str(src), timeout=SENDER_TIMEOUT)
@@ -177,8 +180,11 @@ def test_both_symmetric_are_relayed(
 def test_same_nat_connects_on_the_local_network(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
-    # Behind one router (the hairpin case): the host candidates meet on the LAN.
+    # Behind one router: the peers reach each other directly over TCP, and with
+    # WebRTC only, the host candidates meet on the LAN.
     outcome = transfer(server, tmp_path, lab.peer1b, lab.peer1, turn)
+    outcome.assert_delivered(DIRECT_TCP)
+    outcome = transfer(server, tmp_path, lab.peer1b, lab.peer1, turn, transport="datachannel")
     outcome.assert_delivered(LOCAL)
 
 

@@ -58,6 +58,7 @@ from sfs.peer.handshake import (
     State,
     Status,
     signal_event,
+    streams_for,
 )
 from sfs.peer.protocol import Role
 from sfs.signal.messages import IceServer
@@ -91,6 +92,11 @@ class Side:
     keys: SessionKeys | None = None
     error: SfsError | None = None
     accepted: tuple[str, ...] | None = None
+    #: The direct TCP addresses this side lists (None: it takes no part), what it
+    #: was told of the other's, and how it was asked to open the transport.
+    tcp: tuple[str, ...] | None = None
+    peer_tcp: tuple[str, ...] | None = None
+    direct: bool | None = None
 
 
 class Relay:
@@ -101,7 +107,7 @@ class Relay:
         *,
         waiter_role: Role = Role.RECEIVER,
         joiner_words: str | None = None,
-        streams: int = 1,
+        streams: int | None = 1,
         tamper: Tamper | None = None,
         open_channels: bool = True,
     ) -> None:
@@ -153,13 +159,19 @@ class Relay:
             elif isinstance(action, Status):
                 side.statuses.append(action.message)
             elif isinstance(action, CreateOffers):
+                assert action.keys == side.hs._keys
                 sdps = tuple(f"v=0 offer {i}" for i in range(action.count))
-                side.inbox.append(LocalDescription(sdps))
+                side.inbox.append(LocalDescription(sdps, side.tcp))
             elif isinstance(action, AnswerOffers):
-                side.inbox.append(LocalDescription(tuple(f"answer to {s}" for s in action.sdps)))
+                assert action.keys == side.hs._keys
+                side.peer_tcp = action.tcp
+                answers = tuple(f"answer to {s}" for s in action.sdps)
+                side.inbox.append(LocalDescription(answers, side.tcp))
             elif isinstance(action, AcceptAnswers):
                 side.accepted = action.sdps
+                side.peer_tcp = action.tcp
             elif isinstance(action, OpenChannel):
+                side.direct = action.direct
                 if self.open_channels:
                     side.inbox.append(ChannelOpen())
             elif isinstance(action, Done):
@@ -279,7 +291,8 @@ def test_ice_servers_are_the_servers_unless_given() -> None:
     )
     relay.run()
     assert relay.sender.keys is not None
-    assert [a for a in relay.actions if isinstance(a, CreateOffers)] == [CreateOffers(1, mine)]
+    creating = [a for a in relay.actions if isinstance(a, CreateOffers)]
+    assert [(a.count, a.ice_servers) for a in creating] == [(1, mine)]
     answering = [a for a in relay.actions if isinstance(a, AnswerOffers)]
     assert [a.ice_servers for a in answering] == [SERVER_ICE]
 
@@ -404,6 +417,61 @@ def test_a_sealed_offer_that_opens_to_nonsense_is_malformed(plaintext: bytes) ->
     event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
     actions = relay.receiver.hs.handle(event, relay.now)
     assert actions == [Fail(only_error(actions))]  # no abort: the code was right
+    assert str(only_error(actions)) == "the other side sent a malformed offer"
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize(
+    ("sender_tcp", "receiver_tcp"),
+    [
+        (("127.0.0.1:4000", "[::1]:4001"), ("10.0.0.2:5000",)),
+        (("127.0.0.1:4000",), ()),  # a receiver that cannot listen still dials
+        ((), ("10.0.0.2:5000",)),
+        (("127.0.0.1:4000",), None),  # an older receiver, the page, --transport datachannel
+        (None, ("10.0.0.2:5000",)),
+        (None, None),
+    ],
+)
+def test_direct_addresses_travel_sealed_and_both_sides_agree_on_the_choice(
+    waiter_role: Role,
+    sender_tcp: tuple[str, ...] | None,
+    receiver_tcp: tuple[str, ...] | None,
+) -> None:
+    relay = Relay(waiter_role=waiter_role)
+    relay.sender.tcp, relay.receiver.tcp = sender_tcp, receiver_tcp
+    relay.run()
+    assert relay.sender.keys is not None and relay.receiver.keys is not None
+    # The receiver learns the sender's addresses only if it was asked to list its own
+    # (with the offer), the sender the receiver's with the answer.
+    assert relay.receiver.peer_tcp == sender_tcp
+    assert relay.sender.peer_tcp == receiver_tcp
+    both = sender_tcp is not None and receiver_tcp is not None
+    assert relay.sender.direct is relay.receiver.direct is both
+    # On the wire they are inside the sealed blob, never in clear.
+    for call in relay.sender.calls + relay.receiver.calls:
+        assert "127.0.0.1" not in json.dumps(call.payload)
+        assert "10.0.0.2" not in json.dumps(call.payload)
+
+
+@pytest.mark.parametrize(
+    "tcp",
+    [
+        "127.0.0.1:4000",
+        {"a": 1},
+        [1],
+        ["x" * 65],
+        ["127.0.0.1:1"] * 9,
+    ],
+)
+def test_a_malformed_direct_address_list_is_malformed(tcp: object) -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    keys = relay.receiver.hs._keys
+    assert keys is not None
+    plaintext = json.dumps({"type": "offer", "sdp": "x", "tcp": tcp}).encode()
+    sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
+    event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
+    actions = relay.receiver.hs.handle(event, relay.now)
     assert str(only_error(actions)) == "the other side sent a malformed offer"
 
 
@@ -832,3 +900,37 @@ def test_random_event_sequences_only_end_in_sfs_errors(
                 assert target.hs.state is State.DONE
         if target.hs.state is State.FAILED:
             assert target.hs._exchange is None and target.hs._keys is None
+
+
+@pytest.mark.parametrize(
+    ("round_trip", "streams"),
+    [(None, 1), (0.0, 1), (0.019, 1), (0.021, 2), (0.031, 3), (0.05, 4), (2.0, 4)],
+)
+def test_streams_auto_grows_with_the_round_trip(round_trip: float | None, streams: int) -> None:
+    assert streams_for(round_trip) == streams
+
+
+class DelayedRelay(Relay):
+    """Every message through the server takes ``hop`` seconds (half a round trip)."""
+
+    hop = 0.0
+
+    def deliver(self, side: Side, event: Event) -> None:
+        if not isinstance(event, LOCAL):
+            self.now += self.hop
+        super().deliver(side, event)
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize(("hop", "streams"), [(0.001, 1), (0.025, 4)])
+def test_streams_auto_offers_as_many_as_the_measured_round_trip_needs(
+    waiter_role: Role, hop: float, streams: int
+) -> None:
+    relay = DelayedRelay(waiter_role=waiter_role, streams=None)
+    relay.hop = hop
+    relay.run()
+    assert relay.sender.keys is not None and relay.receiver.keys is not None
+    assert relay.sender.hs.round_trip == pytest.approx(2 * hop)
+    offers = [a for a in relay.actions if isinstance(a, CreateOffers)]
+    assert [a.count for a in offers] == [streams]
+    assert relay.sender.accepted is not None and len(relay.sender.accepted) == streams

@@ -1,0 +1,731 @@
+"""The direct TCP transport: a :class:`~sfs.peer.transfer.Channel` over one TCP
+connection between the peers, for when they can reach each other directly.
+
+aiortc's SCTP is pure Python and moves ~30 MiB/s; where two sfs CLIs can simply
+reach each other, a TCP connection carries the same sealed frames at disk speed.
+
+Each peer listens on an ephemeral port of its host addresses and puts them in its
+sealed offer or answer (``"tcp": ["host:port", …]``), so the signaling server neither
+sees nor alters them; each dials every address of the other at once.  A connection
+carries the transfer only after both ends proved the session key on it, before any
+frame (:class:`Prover`)::
+
+    dialer   -> listener:  MAGIC (8) | nonce_d (16)
+    listener -> dialer:    nonce_l (16) | HMAC(proof key of the listener's role, "L" | T)
+    dialer   -> listener:  HMAC(proof key of the dialer's role, "D" | T)
+    T = MAGIC | nonce_d | nonce_l
+
+Fresh nonces from both ends make a recorded handshake useless; keys per role (and
+"L"/"D") make a reflected one fail; a third party that connects first learns
+nothing it can use and is closed.  The sender then picks the first proven connection
+by sending CHOSEN (one byte) on it; every other connection is closed.  If no TCP
+connection is proven in time, the sender sends CHOSEN on the DataChannel instead,
+and the transfer runs there.  Transfer frames are the usual sealed frames, under keys
+of their own (HKDF labels ``sfs/1 tcp …``: no nonce is ever used under one key on two
+transports), each preceded by its length (4 bytes, big endian).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sfs.errors import CryptoError, PeerConnectionError, PeerGoneError, RemoteProtocolError
+from sfs.peer.crypto import (
+    TCP_MAGIC,
+    TCP_NONCE_BYTES,
+    TCP_PROOF_BYTES,
+    SessionKeys,
+    digests_equal,
+    tcp_proof,
+)
+
+logger = logging.getLogger(__name__)
+
+#: What the sender sends on the connection it chose, before any frame: on a proven
+#: TCP connection, or as the DataChannel's first message when TCP was not to be had.
+CHOSEN = b"\x01"
+_LENGTH = struct.Struct(">I")
+#: The largest frame a TcpLink takes (a 4 MiB frame is far beyond what pays).
+MAX_FRAME_BYTES = 1024 * 1024 + 64
+#: Frames read but not yet taken, beyond which the socket stops being read (TCP's
+#: own window then holds the peer back): memory stays flat however fast it sends.
+READ_LIMIT_BYTES = 8 * 1024 * 1024
+#: Bytes given to the transport and not yet to the kernel, beyond which send() waits.
+WRITE_HIGH_BYTES = 4 * 1024 * 1024
+#: Socket buffers, set before connecting: large enough for a fast LAN.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+#: How long one dial may take, and then the proof on a connection.
+DIAL_SECONDS = 3.0
+PROOF_SECONDS = 5.0
+#: In ``auto``, how long the sender waits for a proven TCP connection once it has
+#: the answer before it takes the DataChannel (a LAN answers in milliseconds).
+DIRECT_SECONDS = 2.0
+#: Unproven connections a listener holds at once; more are closed at once.
+MAX_PENDING = 16
+#: The most addresses taken from the other side's sealed list.
+MAX_ADDRESSES = 8
+IDLE_TIMEOUT_SECONDS = 10.0
+
+
+class Transport(enum.Enum):
+    """``--transport``: which way the transfer may go."""
+
+    AUTO = "auto"
+    TCP = "tcp"
+    DATACHANNEL = "datachannel"
+
+
+# -- the proof, sans I/O ----------------------------------------------------------------------
+
+
+class Prover:
+    """One end of the proof on one TCP connection: bytes in, bytes out.
+
+    :param dialer: this end opened the connection.
+    :param own_key: the proof key of this side's role; ``peer_key`` the other's.
+    """
+
+    def __init__(
+        self, *, dialer: bool, own_key: bytes, peer_key: bytes, nonce: bytes | None = None
+    ) -> None:
+        self.dialer = dialer
+        self._own = own_key
+        self._peer = peer_key
+        self._nonce = nonce if nonce is not None else os.urandom(TCP_NONCE_BYTES)
+        self._dialer_nonce: bytes | None = self._nonce if dialer else None
+        self.proven = False
+
+    def hello(self) -> bytes:
+        """What this end sends first (only the dialer speaks first)."""
+        return TCP_MAGIC + self._nonce if self.dialer else b""
+
+    @property
+    def wanted(self) -> int:
+        """How many bytes :meth:`receive` takes next (0 once proven)."""
+        if self.proven:
+            return 0
+        if self.dialer:
+            return TCP_NONCE_BYTES + TCP_PROOF_BYTES
+        if self._dialer_nonce is None:
+            return len(TCP_MAGIC) + TCP_NONCE_BYTES
+        return TCP_PROOF_BYTES
+
+    def receive(self, data: bytes) -> bytes:
+        """Take exactly :attr:`wanted` bytes; return what to send back.
+
+        :raises CryptoError: the other end is not the peer of this session.
+        """
+        if len(data) != self.wanted or self.proven:
+            raise ValueError(f"expected {self.wanted} bytes, not {len(data)}")
+        if self.dialer:
+            listener_nonce, proof = data[:TCP_NONCE_BYTES], data[TCP_NONCE_BYTES:]
+            self._check(proof, b"L", self._nonce, listener_nonce)
+            self.proven = True
+            return tcp_proof(
+                key=self._own, side=b"D", dialer_nonce=self._nonce, listener_nonce=listener_nonce
+            )
+        if self._dialer_nonce is None:
+            if data[: len(TCP_MAGIC)] != TCP_MAGIC:
+                raise CryptoError("a connection that is not sfs's came to the direct port")
+            self._dialer_nonce = data[len(TCP_MAGIC) :]
+            nonces = {"dialer_nonce": self._dialer_nonce, "listener_nonce": self._nonce}
+            return self._nonce + tcp_proof(key=self._own, side=b"L", **nonces)
+        self._check(data, b"D", self._dialer_nonce, self._nonce)
+        self.proven = True
+        return b""
+
+    def _check(self, proof: bytes, side: bytes, dialer_nonce: bytes, listener_nonce: bytes) -> None:
+        expected = tcp_proof(
+            key=self._peer, side=side, dialer_nonce=dialer_nonce, listener_nonce=listener_nonce
+        )
+        if not digests_equal(expected, proof):
+            raise CryptoError("the other end of a direct connection did not prove the session key")
+
+
+# -- one connection ---------------------------------------------------------------------------
+
+
+class _Stage(enum.Enum):
+    PROVING = "proving"
+    AWAITING_CHOICE = "awaiting_choice"  # the receiver's end, proven
+    FRAMES = "frames"
+    CLOSED = "closed"
+
+
+class TcpLink(asyncio.BufferedProtocol):
+    """One TCP connection to the peer: first the proof, then the Channel.
+
+    Reads go straight into each frame's own buffer (no copy, no coroutine per frame);
+    reading pauses while more than READ_LIMIT_BYTES wait to be taken, and send()
+    waits while the transport holds more than WRITE_HIGH_BYTES.
+    """
+
+    route = "direct over TCP"
+
+    def __init__(self, prover: Prover, *, awaits_choice: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.max_message_size = MAX_FRAME_BYTES
+        self.peer = ""
+        self._prover = prover
+        self._awaits_choice = awaits_choice
+        self._stage = _Stage.PROVING
+        self._transport: asyncio.Transport | None = None
+        #: Resolved once both ends proved the key here; an exception if they did not.
+        self.proven: asyncio.Future[TcpLink] = loop.create_future()
+        #: (Receiver's end) resolved when the sender chose this connection.
+        self.chosen: asyncio.Future[TcpLink] = loop.create_future()
+        self._want = bytearray(prover.wanted or 1)
+        self._filled = 0
+        self._length: int | None = None
+        self._inbox: deque[bytearray] = deque()
+        self._held = 0
+        self._paused = False
+        self._arrived = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closed = asyncio.Event()
+        self._error: Exception | None = None
+        self._last_heard = self._last_sent = time.monotonic()
+        self._proof_timer = loop.call_later(PROOF_SECONDS, self._proof_overdue)
+
+    # -- asyncio.BufferedProtocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but are ones.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            tune(sock)
+        if hello := self._prover.hello():
+            transport.write(hello)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._want)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_heard = time.monotonic()
+        self._filled += nbytes
+        if self._filled < len(self._want):
+            return
+        try:
+            if self._stage is _Stage.FRAMES:
+                self._frame_part_done()
+            elif self._stage is _Stage.PROVING:
+                self._proof_part_done()
+            elif self._stage is _Stage.AWAITING_CHOICE:
+                self._choice_done()
+        except (CryptoError, RemoteProtocolError) as exc:
+            self._fail(exc)
+
+    def _proof_part_done(self) -> None:
+        reply = self._prover.receive(bytes(self._want))
+        if reply and self._transport is not None:
+            self._transport.write(reply)
+        if not self._prover.proven:
+            self._expect(self._prover.wanted)
+            return
+        self._proof_timer.cancel()
+        if self._awaits_choice:
+            self._stage = _Stage.AWAITING_CHOICE
+            self._expect(len(CHOSEN))
+        else:
+            self._stage = _Stage.FRAMES
+            self._expect(_LENGTH.size)
+        if not self.proven.done():
+            self.proven.set_result(self)
+
+    def _choice_done(self) -> None:
+        if bytes(self._want) != CHOSEN:
+            raise RemoteProtocolError("the other side sent something else than its choice")
+        self._stage = _Stage.FRAMES
+        self._expect(_LENGTH.size)
+        if not self.chosen.done():
+            self.chosen.set_result(self)
+
+    def _frame_part_done(self) -> None:
+        if self._length is None:
+            (length,) = _LENGTH.unpack(self._want)
+            if not 0 < length <= MAX_FRAME_BYTES:
+                raise RemoteProtocolError(
+                    f"the other side sent a frame of {length} bytes (at most {MAX_FRAME_BYTES})"
+                )
+            self._length = length
+            self._expect(length)
+            return
+        self._inbox.append(self._want)
+        self._held += self._length
+        self._length = None
+        self._expect(_LENGTH.size)
+        self._arrived.set()
+        if self._held > READ_LIMIT_BYTES and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _expect(self, n: int) -> None:
+        self._want = bytearray(n)
+        self._filled = 0
+
+    def eof_received(self) -> bool | None:
+        self._end(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    def _end(self, exc: Exception | None) -> None:
+        self._proof_timer.cancel()
+        if self._stage is not _Stage.FRAMES and self._error is None:
+            self._error = PeerGoneError("the direct connection closed before it was set up")
+        if exc is not None and self._error is None:
+            self._error = PeerGoneError(f"the direct connection broke: {exc}")
+        if self._length is not None or self._filled:
+            # Cut inside a frame: what came is not a frame, and says so.
+            self._error = self._error or PeerGoneError("the direct connection broke mid-frame")
+        self._stage = _Stage.CLOSED
+        self._settle()
+        self._closed.set()
+        self._arrived.set()
+        self._drained.set()
+
+    def _settle(self) -> None:
+        error = self._error or PeerGoneError()
+        for future in (self.proven, self.chosen):
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: a connection that failed is no news
+
+    def _proof_overdue(self) -> None:
+        self._fail(CryptoError("the other end of a direct connection did not prove itself in time"))
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        logger.debug("direct connection %s: %s", self.peer, error)
+        if self._transport is not None:
+            self._transport.abort()
+        self._end(None)
+
+    # -- Channel ------------------------------------------------------------------------------
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed.is_set() or self._transport is None:
+            raise self._gone()
+        self._transport.writelines((_LENGTH.pack(len(frame)), frame))
+        self._last_sent = time.monotonic()
+        if not self._drained.is_set():
+            await self._within_idle_timeout(self._drained)
+            if self._closed.is_set() and self._error is not None:
+                raise self._gone()
+
+    async def receive(self) -> bytes:
+        while True:
+            frame = self.poll()
+            if frame is not None:
+                return frame
+            if self._closed.is_set():
+                raise self._gone()
+            self._arrived.clear()
+            await self._within_idle_timeout(self._arrived)
+
+    def poll(self) -> bytes | None:
+        if not self._inbox:
+            if self._closed.is_set() and self._error is not None:
+                raise self._error
+            return None
+        frame = self._inbox.popleft()
+        self._held -= len(frame)
+        if self._paused and self._held <= READ_LIMIT_BYTES // 2 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        # A bytearray is bytes-like everywhere a frame goes (AES-GCM, struct, slicing).
+        return frame  # type: ignore[return-value]
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def seconds_since_send(self) -> float:
+        return time.monotonic() - self._last_sent
+
+    def unsent_bytes(self) -> int:
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and self._stage is not _Stage.CLOSED
+
+    @property
+    def usable(self) -> bool:
+        return self._stage is _Stage.FRAMES
+
+    def choose(self) -> None:
+        """(Sender) make this the connection of the transfer: tell the other end."""
+        assert self._transport is not None and self._stage is _Stage.FRAMES
+        self._transport.write(CHOSEN)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._end(None)
+
+    def _gone(self) -> Exception:
+        return self._error or PeerGoneError()
+
+    async def _within_idle_timeout(self, event: asyncio.Event) -> None:
+        while not event.is_set():
+            remaining = self._last_heard + IDLE_TIMEOUT_SECONDS - time.monotonic()
+            if remaining <= 0:
+                self._fail(
+                    PeerGoneError(
+                        f"lost the connection: nothing from the other side for "
+                        f"{IDLE_TIMEOUT_SECONDS:.0f} s"
+                    )
+                )
+                raise self._gone()
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                continue
+
+
+def tune(sock: Any) -> None:
+    """No Nagle delay for the small control frames; large buffers for a fast link."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        logger.debug("could not set TCP_NODELAY", exc_info=True)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError:  # capped by the system: what it allows is fine
+            logger.debug("could not set a socket buffer", exc_info=True)
+
+
+# -- both ends of the attempt -----------------------------------------------------------------
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_addresses(offered: object) -> list[tuple[str, int]]:
+    """The other side's listening addresses from its sealed description: a list of
+    ``"host:port"`` / ``"[v6]:port"`` strings with IP literals; anything else is
+    skipped, and at most MAX_ADDRESSES are kept."""
+    if not isinstance(offered, list | tuple):
+        return []
+    found: list[tuple[str, int]] = []
+    for entry in offered:
+        if not isinstance(entry, str) or len(found) >= MAX_ADDRESSES:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            continue
+        found.append((str(address), int(port)))
+    return found
+
+
+class DirectPath:
+    """One side's listeners and dials for one session, and the connections they made.
+
+    :param sender: the sender chooses the connection, the receiver waits to be told.
+    :param keys: the session keys (their proof keys are used here).
+    """
+
+    def __init__(self, *, sender: bool, keys: SessionKeys) -> None:
+        self._sender = sender
+        self._keys = keys
+        self._servers: list[asyncio.AbstractServer] = []
+        self._links: list[TcpLink] = []
+        self._dials: list[asyncio.Task[None]] = []
+        self._proven: asyncio.Queue[TcpLink] = asyncio.Queue()
+        self._chosen: asyncio.Future[TcpLink] = asyncio.get_running_loop().create_future()
+        self._taken: TcpLink | None = None
+
+    def _new_link(self, *, dialer: bool) -> TcpLink:
+        prover = Prover(
+            dialer=dialer, own_key=self._keys.proof_send, peer_key=self._keys.proof_receive
+        )
+        link = TcpLink(prover, awaits_choice=not self._sender)
+        self._links.append(link)
+        link.proven.add_done_callback(self._on_proven)
+        if not self._sender:
+            link.chosen.add_done_callback(self._on_chosen)
+        return link
+
+    def _accept(self) -> TcpLink:
+        pending = sum(1 for link in self._links if not link.proven.done())
+        link = self._new_link(dialer=False)
+        if pending >= MAX_PENDING or self._taken is not None:
+            # A flood of connections that prove nothing costs at most this much.
+            asyncio.get_running_loop().call_soon(link.close)
+        return link
+
+    @property
+    def connected_count(self) -> int:
+        """Connections open, proven or still proving."""
+        return sum(1 for link in self._links if link.open)
+
+    @property
+    def proven_count(self) -> int:
+        """Connections proven and still open."""
+        return sum(1 for link in self._links if link.open and link.proven.done())
+
+    def _on_proven(self, future: asyncio.Future[TcpLink]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            logger.debug("direct connection %s proven", future.result().peer)
+            self._proven.put_nowait(future.result())
+
+    def _on_chosen(self, future: asyncio.Future[TcpLink]) -> None:
+        if not future.cancelled() and future.exception() is None and not self._chosen.done():
+            self._chosen.set_result(future.result())
+
+    async def listen(self, hosts: Sequence[str]) -> tuple[str, ...]:
+        """Listen on an ephemeral port of each host address; return ``host:port``
+        strings for the sealed description (none if no address can listen)."""
+        loop = asyncio.get_running_loop()
+        addresses = []
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                tune(sock)  # accepted sockets inherit the buffer sizes
+                sock.bind((host, 0))
+                sock.listen(MAX_PENDING)
+                sock.setblocking(False)
+                server = await loop.create_server(lambda: self._accept(), sock=sock)
+            except OSError as exc:
+                sock.close()
+                logger.debug("cannot listen on %s: %s", host, exc)
+                continue
+            self._servers.append(server)
+            addresses.append(format_address(host, sock.getsockname()[1]))
+        logger.info("listening for a direct connection on %s", ", ".join(addresses) or "nothing")
+        return tuple(addresses)
+
+    def dial(self, offered: object) -> None:
+        """Dial every address of the other side's sealed list at once."""
+        addresses = parse_addresses(offered)
+        logger.info("dialing %s", ", ".join(format_address(*a) for a in addresses) or "nothing")
+        for host, port in addresses:
+            self._dials.append(asyncio.ensure_future(self._dial(host, port)))
+
+    async def _dial(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            tune(sock)
+            sock.setblocking(False)
+            async with asyncio.timeout(DIAL_SECONDS):
+                await loop.sock_connect(sock, (host, port))
+            await loop.create_connection(lambda: self._new_link(dialer=True), sock=sock)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            reason = errno.errorcode.get(getattr(exc, "errno", 0) or 0, type(exc).__name__)
+            logger.info("dialing %s: %s", format_address(host, port), reason)
+
+    async def choose(self) -> TcpLink:
+        """(Sender) wait for the first proven connection, choose it, close the rest."""
+        link = await self._proven.get()
+        while not link.usable:  # closed since it was proven
+            link = await self._proven.get()
+        link.choose()
+        self._taken = link
+        await self.close()
+        return link
+
+    async def chosen(self) -> TcpLink:
+        """(Receiver) wait until the sender chose one of the proven connections."""
+        link = await self._chosen
+        self._taken = link
+        await self.close()
+        return link
+
+    async def close(self) -> None:
+        """Stop listening and dialing; close every connection but the chosen one."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for task in self._dials:
+            task.cancel()
+        await asyncio.gather(*self._dials, return_exceptions=True)
+        self._dials.clear()
+        for link in self._links:
+            if link is not self._taken:
+                link.close()
+        self._links = [] if self._taken is None else [self._taken]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The transport a session's transfer runs on."""
+
+    channel: Any  # a Channel: TcpLink, or the DataChannel link(s)
+    over_tcp: bool
+
+
+async def open_transport(
+    *,
+    sender: bool,
+    transport: Transport,
+    direct: DirectPath | None,
+    datachannel: Callable[[], Awaitable[Any]],
+    connect_timeout: float,
+) -> Opened:
+    """Open the transport of the transfer: the chosen TCP connection, or the DataChannel.
+
+    ``direct`` is None when either side left TCP out of its description (an older
+    sfs, the browser page, ``--transport datachannel``): then the DataChannel is used
+    as always, with no CHOSEN message.  Otherwise the sender chooses (TCP within
+    DIRECT_SECONDS in ``auto``, else the DataChannel) and says so on the chosen one;
+    the receiver takes whichever the sender chose.
+    """
+    if direct is None:
+        if transport is Transport.TCP:
+            raise PeerConnectionError(
+                "the other side does not take direct TCP connections (an older sfs, a "
+                "browser, or --transport datachannel); try --transport auto"
+            )
+        return Opened(await datachannel(), over_tcp=False)
+    try:
+        if sender:
+            return await _sender_opens(transport, direct, datachannel, connect_timeout)
+        return await _receiver_opens(transport, direct, datachannel, connect_timeout)
+    finally:
+        await direct.close()
+
+
+async def _sender_opens(
+    transport: Transport,
+    direct: DirectPath,
+    datachannel: Callable[[], Awaitable[Any]],
+    connect_timeout: float,
+) -> Opened:
+    if transport is Transport.TCP:
+        try:
+            async with asyncio.timeout(connect_timeout):
+                return _tcp_chosen(await direct.choose())
+        except TimeoutError:
+            raise PeerConnectionError(
+                f"no direct TCP connection within {connect_timeout:.0f} s (--transport tcp); "
+                "try --transport auto"
+            ) from None
+    by_tcp = asyncio.ensure_future(direct.choose()) if transport is Transport.AUTO else None
+    by_datachannel = asyncio.ensure_future(datachannel())
+    try:
+        if by_tcp is not None:
+            # TCP, if a connection is proven within DIRECT_SECONDS; but once the
+            # DataChannel is open, only while a TCP connection is still being proven
+            # (across NATs the dials go nowhere: no reason to wait then).
+            deadline = asyncio.get_running_loop().time() + DIRECT_SECONDS
+            pending: set[asyncio.Future[Any]] = {by_tcp, by_datachannel}
+            while pending:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if by_tcp in done:
+                    return _tcp_chosen(by_tcp.result())
+                if by_datachannel in done and not direct.connected_count:
+                    break
+            logger.info("no direct TCP connection: using WebRTC")
+            by_tcp.cancel()
+        await direct.close()
+        channel = await by_datachannel
+        await channel.send(CHOSEN)
+        return Opened(channel, over_tcp=False)
+    finally:
+        for future in (by_tcp, by_datachannel):
+            if future is not None and not future.done():
+                future.cancel()
+        await asyncio.gather(
+            *(f for f in (by_tcp, by_datachannel) if f is not None), return_exceptions=True
+        )
+
+
+def _tcp_chosen(link: TcpLink) -> Opened:
+    # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
+    logger.info("direct TCP connection to %s chosen", link.peer)
+    logger.info("connected at %.6f: %s", time.time(), link.route)
+    return Opened(link, over_tcp=True)
+
+
+async def _receiver_opens(
+    transport: Transport,
+    direct: DirectPath,
+    datachannel: Callable[[], Awaitable[Any]],
+    connect_timeout: float,
+) -> Opened:
+    async def over_datachannel() -> Any:
+        channel = await datachannel()
+        first = await channel.receive()
+        if bytes(first) != CHOSEN:
+            raise RemoteProtocolError("the other side sent a frame before choosing a transport")
+        return channel
+
+    by_tcp = asyncio.ensure_future(direct.chosen())
+    by_datachannel = asyncio.ensure_future(over_datachannel())
+    try:
+        # The DataChannel has its own bound (connect_timeout, then ICE's reason, with
+        # its hint); this one is for a sender that never says anything at all.
+        async with asyncio.timeout(connect_timeout + DIRECT_SECONDS + 1):
+            await asyncio.wait({by_tcp, by_datachannel}, return_when=asyncio.FIRST_COMPLETED)
+            if by_tcp.done():
+                logger.info("the sender chose the direct TCP connection")
+                return Opened(by_tcp.result(), over_tcp=True)
+            if by_datachannel.exception() is None:
+                if transport is Transport.TCP:
+                    raise PeerConnectionError(
+                        "the sender could not connect here over TCP (--transport tcp); "
+                        "try --transport auto"
+                    )
+                return Opened(by_datachannel.result(), over_tcp=False)
+            # No DataChannel (ICE failed): TCP can still win if a connection is
+            # proven, and the sender chooses within its own bound; else this is over,
+            # and ICE's reason (with its hint) is the one to give.
+            if direct.proven_count:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DIRECT_SECONDS):
+                        return Opened(await by_tcp, over_tcp=True)
+            return Opened(by_datachannel.result(), over_tcp=False)
+    except TimeoutError:
+        raise PeerConnectionError(
+            f"the sender chose no connection within {connect_timeout:.0f} s"
+        ) from None
+    finally:
+        for future in (by_tcp, by_datachannel):
+            future.cancel()
+        await asyncio.gather(by_tcp, by_datachannel, return_exceptions=True)

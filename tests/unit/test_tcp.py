@@ -1,0 +1,433 @@
+"""The direct TCP path: the proof (sans I/O), TcpLink's framing over real loopback
+sockets, DirectPath's choice with strangers about, and no nonce twice under one key
+across the two transports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfs.errors import CryptoError, PeerGoneError, RemoteProtocolError
+from sfs.peer import tcp, transfer
+from sfs.peer.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
+from sfs.peer.protocol import Offer, Role, TransferProtocol
+from sfs.peer.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
+from sfs.peer.transfer import inspect_sources, receive_files, send_files
+from tests.helpers import channel_pair, key_pair
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def provers(
+    sender: SessionKeys, receiver: SessionKeys, *, sender_dials: bool = True
+) -> tuple[Prover, Prover]:
+    """(dialer, listener) for one connection between the two sides."""
+    s = Prover(dialer=sender_dials, own_key=sender.proof_send, peer_key=sender.proof_receive)
+    r = Prover(
+        dialer=not sender_dials, own_key=receiver.proof_send, peer_key=receiver.proof_receive
+    )
+    return (s, r) if sender_dials else (r, s)
+
+
+def run_proof(dialer: Prover, listener: Prover) -> list[bytes]:
+    """Drive both ends to the end; return the three messages."""
+    hello = dialer.hello()
+    answer = listener.receive(hello)
+    final = dialer.receive(answer)
+    assert listener.receive(final) == b""
+    return [hello, answer, final]
+
+
+# -- the proof --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender_dials", [True, False])
+def test_both_ends_prove_the_key_in_three_messages(sender_dials: bool) -> None:
+    ks, kr = key_pair()
+    dialer, listener = provers(ks, kr, sender_dials=sender_dials)
+    messages = run_proof(dialer, listener)
+    assert [len(m) for m in messages] == [24, 48, 32]
+    assert messages[0].startswith(TCP_MAGIC)
+    assert dialer.proven and listener.proven
+
+
+def test_the_proof_is_an_hmac_of_the_transcript_under_the_roles_key() -> None:
+    """Known answer: the HMAC of "L" | MAGIC | nonce_d | nonce_l, as PROTOCOL.md says."""
+    ks, kr = key_pair()
+    nd, nl = bytes(range(16)), bytes(range(16, 32))
+    dialer = Prover(dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive, nonce=nd)
+    listener = Prover(dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive, nonce=nl)
+    hello, answer, final = run_proof(dialer, listener)
+    assert hello == b"sfs/tcp1" + nd
+    expected = hmac.new(kr.proof_send, b"L" + b"sfs/tcp1" + nd + nl, "sha256").digest()
+    assert answer == nl + expected
+    assert final == tcp_proof(key=ks.proof_send, side=b"D", dialer_nonce=nd, listener_nonce=nl)
+
+
+def test_a_peer_with_other_keys_proves_nothing() -> None:
+    ks, _ = key_pair()
+    _, other = key_pair(password=b"tiger-lump")
+    dialer, listener = provers(ks, other)
+    with pytest.raises(CryptoError, match="did not prove the session key"):
+        dialer.receive(listener.receive(dialer.hello()))
+
+
+def test_a_stranger_that_does_not_speak_sfs_gets_no_answer() -> None:
+    _, kr = key_pair()
+    listener = Prover(dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive)
+    with pytest.raises(CryptoError, match="not sfs's"):
+        listener.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[:24])
+
+
+def test_a_recorded_handshake_replayed_to_a_new_listener_fails() -> None:
+    ks, kr = key_pair()
+    dialer, listener = provers(ks, kr)
+    hello, _, final = run_proof(dialer, listener)
+    # The same key, a fresh listener (a new nonce): the old final proof is worthless.
+    again = Prover(dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive)
+    again.receive(hello)
+    with pytest.raises(CryptoError):
+        again.receive(final)
+
+
+def test_a_listeners_proof_reflected_back_is_refused() -> None:
+    """A man in the middle who bounces the receiver's own listener proof back to it
+    (as if from the sender's listener) fails: the roles' keys differ."""
+    ks, kr = key_pair()
+    receiver_dialing = Prover(dialer=True, own_key=kr.proof_send, peer_key=kr.proof_receive)
+    receiver_listening = Prover(dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive)
+    answer = receiver_listening.receive(receiver_dialing.hello())
+    with pytest.raises(CryptoError):
+        receiver_dialing.receive(answer)
+
+
+@given(which=st.integers(0, 2), position=st.integers(0, 47), bit=st.integers(0, 7))
+def test_any_flipped_bit_in_the_handshake_fails_it(which: int, position: int, bit: int) -> None:
+    ks, kr = KEYS
+    dialer, listener = provers(ks, kr)
+    hello = dialer.hello()
+    if which == 0:
+        hello = flip(hello, position % len(hello), bit)
+    try:
+        answer = listener.receive(hello)
+        if which == 1:
+            answer = flip(answer, position % len(answer), bit)
+        final = dialer.receive(answer)
+        if which == 2:
+            final = flip(final, position % len(final), bit)
+        listener.receive(final)
+    except CryptoError:
+        return
+    pytest.fail("a flipped bit went unnoticed")
+
+
+KEYS = key_pair()
+
+
+def flip(data: bytes, position: int, bit: int) -> bytes:
+    changed = bytearray(data)
+    changed[position] ^= 1 << bit
+    return bytes(changed)
+
+
+def test_addresses_from_the_other_side_are_ip_literals_only() -> None:
+    offered = [
+        "127.0.0.1:4000",
+        "[::1]:4001",
+        "example.org:80",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "127.0.0.1",
+        "[::1:4001",
+        7,
+    ]
+    assert parse_addresses(offered) == [("127.0.0.1", 4000), ("::1", 4001)]
+    assert parse_addresses("127.0.0.1:4000") == []
+    assert len(parse_addresses([f"127.0.0.1:{p}" for p in range(1, 20)])) == tcp.MAX_ADDRESSES
+
+
+# -- real connections on loopback -------------------------------------------------------------
+
+
+async def direct_pair(
+    ks: SessionKeys | None = None, kr: SessionKeys | None = None
+) -> tuple[TcpLink, TcpLink]:
+    """(sender's, receiver's) chosen connection, over 127.0.0.1."""
+    if ks is None or kr is None:
+        ks, kr = key_pair()
+    sender = DirectPath(sender=True, keys=ks)
+    receiver = DirectPath(sender=False, keys=kr)
+    receiver.dial(await sender.listen(["127.0.0.1"]))
+    await receiver.listen(["127.0.0.1"])
+    async with asyncio.timeout(5):
+        chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
+    return chosen, taken
+
+
+async def test_frames_of_every_size_arrive_whole_and_in_order() -> None:
+    a, b = await direct_pair()
+    frames = [os.urandom(n) for n in (1, 2, 3, 4, 5, 1000, 65_536, tcp.MAX_FRAME_BYTES)] * 3
+    sending = asyncio.gather(*(a.send(f) for f in frames))
+    received = [bytes(await b.receive()) for _ in frames]
+    await sending
+    assert received == frames
+    a.close()
+    with pytest.raises(PeerGoneError):
+        await b.receive()
+
+
+async def test_reading_pauses_when_frames_are_not_taken() -> None:
+    """Memory stays flat: a receiver that takes nothing holds about READ_LIMIT_BYTES,
+    and the sender waits (TCP's window and the write limit hold it back)."""
+    a, b = await direct_pair()
+    frame = os.urandom(1024 * 1024)
+
+    async def flood() -> None:
+        for _ in range(64):
+            await a.send(frame)
+
+    sending = asyncio.ensure_future(flood())
+    await asyncio.sleep(1.0)
+    assert not sending.done()
+    assert b._held <= tcp.READ_LIMIT_BYTES + len(frame) + 8
+    for _ in range(64):
+        assert await b.receive() == frame
+    await sending
+
+
+async def test_an_oversized_frame_is_refused() -> None:
+    a, b = await direct_pair()
+    assert a._transport is not None
+    a._transport.write(struct.pack(">I", tcp.MAX_FRAME_BYTES + 1))
+    with pytest.raises(RemoteProtocolError, match="frame of"):
+        await b.receive()
+
+
+async def test_a_connection_cut_mid_frame_is_an_error_not_a_short_frame() -> None:
+    a, b = await direct_pair()
+    assert a._transport is not None
+    a._transport.write(struct.pack(">I", 100) + b"x" * 50)
+    a.close()
+    with pytest.raises(PeerGoneError, match="mid-frame"):
+        await b.receive()
+
+
+async def closed_unanswered(reader: asyncio.StreamReader, *, answered: bytes = b"") -> None:
+    """The other end closed (or reset) the connection, having sent only ``answered``."""
+    async with asyncio.timeout(5):
+        try:
+            assert await reader.read() == answered
+        except ConnectionResetError:
+            pass
+
+
+async def raw_connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = parse_addresses([address])[0]
+    return await asyncio.open_connection(host, port)
+
+
+async def test_strangers_on_the_port_first_change_nothing() -> None:
+    """A third party that connects first (silent, talking nonsense, or replaying the
+    handshake of an earlier session) gets nothing and the real peer gets through."""
+    ks, kr = key_pair()
+    old_ks, old_kr = key_pair(password=b"other-words")
+    sender = DirectPath(sender=True, keys=ks)
+    addresses = await sender.listen(["127.0.0.1"])
+    silent = await raw_connect(addresses[0])
+    nonsense = await raw_connect(addresses[0])
+    nonsense[1].write(b"\x16\x03\x01" + os.urandom(200))
+    # A well-formed hello from someone without the key gets the listener's answer,
+    # and then nothing: its final proof cannot be right.
+    impostor = await raw_connect(addresses[0])
+    stranger = Prover(dialer=True, own_key=old_ks.proof_send, peer_key=old_ks.proof_receive)
+    impostor[1].write(stranger.hello())
+    answer = await impostor[0].readexactly(48)
+    with pytest.raises(CryptoError):
+        stranger.receive(answer)
+    impostor[1].write(os.urandom(32))
+    # Then the receiver.
+    receiver = DirectPath(sender=False, keys=kr)
+    receiver.dial(addresses)
+    async with asyncio.timeout(5):
+        chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
+    await chosen.send(b"hello")
+    assert await taken.receive() == b"hello"
+    # Every stranger was closed, none heard a frame.
+    for reader, _ in (silent, nonsense, impostor):
+        await closed_unanswered(reader)
+
+
+async def dial_and_prove(
+    address: str, prover: Prover, *, then: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]:
+    """Dial ``address`` as ``prover`` and run the dialer's side of the proof by hand
+    (then send ``then``); return the connection and every byte string sent."""
+    reader, writer = await raw_connect(address)
+    sent = [prover.hello()]
+    writer.write(sent[0])
+    sent.append(prover.receive(await reader.readexactly(48)))
+    writer.write(sent[1] + then)
+    return reader, writer, sent
+
+
+async def test_a_replayed_dialer_handshake_is_not_proven() -> None:
+    """Everything a genuine dialer sent on one connection, sent again on a new one: the
+    new listener's nonce makes the recorded proof fail, and the connection is closed."""
+    ks, kr = key_pair()
+    sender = DirectPath(sender=True, keys=ks)
+    addresses = await sender.listen(["127.0.0.1"])
+    genuine = Prover(dialer=True, own_key=kr.proof_send, peer_key=kr.proof_receive)
+    _, writer, recorded = await dial_and_prove(addresses[0], genuine)
+    chosen = await asyncio.wait_for(sender.choose(), 5)  # that one was proven
+    chosen.close()
+    # The replay, to a listener of the same session.
+    sender2 = DirectPath(sender=True, keys=ks)
+    addresses2 = await sender2.listen(["127.0.0.1"])
+    reader2, writer2 = await raw_connect(addresses2[0])
+    writer2.write(recorded[0])
+    await reader2.readexactly(48)
+    writer2.write(recorded[1])
+    await closed_unanswered(reader2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sender2.choose(), 0.5)
+    await sender2.close()
+
+
+async def test_a_receiver_takes_only_the_connection_the_sender_chose() -> None:
+    """Two proven connections (each side dialed the other): the one with CHOSEN wins,
+    the other is closed by both."""
+    ks, kr = key_pair()
+    sender = DirectPath(sender=True, keys=ks)
+    receiver = DirectPath(sender=False, keys=kr)
+    receiver_addresses = await receiver.listen(["127.0.0.1"])
+    receiver.dial(await sender.listen(["127.0.0.1"]))
+    sender.dial(receiver_addresses)
+    await asyncio.sleep(0.3)  # both proven by now
+    assert receiver.proven_count == 2
+    async with asyncio.timeout(5):
+        chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
+    # The same connection at both ends: the sender's end is the receiver's peer.
+    assert chosen._transport is not None
+    assert chosen._transport.get_extra_info("sockname")[1] == int(taken.peer.rpartition(":")[2])
+    await chosen.send(b"x")
+    assert await taken.receive() == b"x"
+    assert sum(link.usable for link in receiver._links) == 1
+
+
+async def test_a_choice_byte_that_is_not_chosen_is_a_protocol_error() -> None:
+    ks, kr = key_pair()
+    receiver = DirectPath(sender=False, keys=kr)
+    addresses = await receiver.listen(["127.0.0.1"])
+    dialer = Prover(dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive)
+    reader, _writer, _ = await dial_and_prove(addresses[0], dialer, then=b"\x02")
+    await closed_unanswered(reader)
+    assert not receiver._chosen.done()
+    await receiver.close()
+
+
+# -- no nonce twice ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """Wraps a channel's send to keep every frame (the nonce is its first 12 bytes)."""
+
+    def __init__(self, channel: object) -> None:
+        self.frames: list[bytes] = []
+        original: Callable[[bytes], object] = channel.send  # type: ignore[attr-defined]
+
+        async def send(frame: bytes) -> None:
+            self.frames.append(bytes(frame))
+            await original(frame)  # type: ignore[misc]
+
+        channel.send = send  # type: ignore[attr-defined]
+
+
+async def test_no_nonce_is_used_twice_under_one_key_on_either_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session's keys, a whole transfer (keepalives included) on each transport:
+    every (key, nonce) pair is new, and each transport's frames open only under its
+    own keys."""
+    monkeypatch.setattr(transfer, "PING_INTERVAL_SECONDS", 0.02)
+    ks, kr = key_pair()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(300_000))
+    (src / "b").write_bytes(b"")
+    (src / "c").write_bytes(os.urandom(5))
+
+    async def slow_yes(offer: Offer) -> bool:
+        await asyncio.sleep(0.3)  # keepalives flow both ways meanwhile
+        return True
+
+    keys_used: dict[bytes, list[bytes]] = {}
+    for over_tcp in (False, True):
+        out = tmp_path / f"out-{over_tcp}"
+        out.mkdir()
+        if over_tcp:
+            s_keys, r_keys = ks.over_tcp(), kr.over_tcp()
+            a, b = await direct_pair(ks, kr)
+        else:
+            s_keys, r_keys = ks, kr
+            a, b = channel_pair()  # type: ignore[assignment]
+        sent, answered = Recorder(a), Recorder(b)
+        await asyncio.gather(
+            send_files(
+                a,
+                TransferProtocol(Role.SENDER, s_keys),
+                inspect_sources(sorted(src.iterdir())),
+                sender="t",
+                chunk_size=50_000,
+            ),
+            receive_files(
+                b,
+                TransferProtocol(Role.RECEIVER, r_keys),
+                output_dir=out,
+                overwrite=False,
+                decide=slow_yes,
+            ),
+        )
+        for name in "abc":
+            assert (out / name).read_bytes() == (src / name).read_bytes()
+        pings = [f for f in sent.frames + answered.frames if f[1] == 6]  # PING
+        assert pings, "the test must see keepalives"
+        keys_used.setdefault(s_keys.frame_send, []).extend(f[:12] for f in sent.frames)
+        keys_used.setdefault(r_keys.frame_send, []).extend(f[:12] for f in answered.frames)
+        # A frame of this transport does not open under the other one's key.
+        other = kr.frame_receive if over_tcp else kr.over_tcp().frame_receive
+        with pytest.raises(CryptoError):
+            FrameOpener(other).open(sent.frames[0])
+    assert len(keys_used) == 4, "four keys: two directions on two transports"
+    for nonces in keys_used.values():
+        assert len(nonces) == len(set(nonces)) >= 3
+
+
+def test_the_transports_keys_are_distinct_and_mirror_each_other() -> None:
+    ks, kr = key_pair()
+    assert ks.tcp_send == kr.tcp_receive and ks.tcp_receive == kr.tcp_send
+    assert ks.proof_send == kr.proof_receive and ks.proof_receive == kr.proof_send
+    keys = [ks.frame_send, ks.frame_receive, ks.tcp_send, ks.tcp_receive]
+    keys += [ks.proof_send, ks.proof_receive, ks.signal_send, ks.signal_receive]
+    assert len(set(keys)) == len(keys)
+    assert ks.over_tcp().frame_send == ks.tcp_send
+    assert "tcp" not in repr(ks.over_tcp()) and hashlib.sha256(ks.tcp_send).digest()
+
+
+def test_tune_sets_large_buffers_and_no_delay() -> None:
+    with socket.socket() as sock:
+        tcp.tune(sock)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 64 * 1024
+
+
+assert CHOSEN == b"\x01"
