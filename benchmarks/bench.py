@@ -221,7 +221,7 @@ def run_sfs(
     src: Path,
     out: Path,
     env: dict[str, str],
-    chunk: int,
+    chunk: int | None,
     placement: Placement = LOCAL,
     streams: str = "auto",
     transport: str = "auto",
@@ -247,7 +247,9 @@ def run_sfs(
     assert receiver.stdout is not None
     code = _read_code(receiver.stdout)
     started = time.time()
-    send = ["send", "--chunk-size", str(chunk), "--streams", streams, "--transport", transport]
+    send = ["send", "--streams", streams, "--transport", transport]
+    if chunk is not None:
+        send += ["--chunk-size", str(chunk)]
     if not lan:
         send += ["--ice-address", placement.sender_address]
     with open(sender_log, "wb") as slog:
@@ -615,7 +617,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="file size (256M; with --nat 32M, as every run there is five transfers)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs of each (median shown)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="sfs --chunk-size")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="sfs --chunk-size (default: sfs's own, per transport) and the raw message size",
+    )
     parser.add_argument(
         "--loop",
         choices=["auto", "asyncio"],
@@ -682,9 +689,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.size is None:
         args.size = 32 * MIB if args.nat else 256 * MIB
 
-    from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
+    from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
-    chunk = args.chunk_size or DEFAULT_CHUNK_BYTES
+    chunk = args.chunk_size or DEFAULT_CHUNK_BYTES  # for raw, --nat and --tree
+    sfs_chunk = args.chunk_size  # None: each transport's own default
     env = dict(os.environ)
     if args.loop == "asyncio":
         env["SFS_EVENT_LOOP"] = "asyncio"
@@ -726,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         env.pop("SFS_ICE_ADDRESSES", None)
     title = (
         f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
-        f"chunk {chunk} B, --streams {args.streams}, "
+        f"chunk {sfs_chunk or f'{DEFAULT_CHUNK_BYTES} B (WebRTC) / {MAX_CHUNK_BYTES} B (TCP)'}, "
+        f"--streams {args.streams}, "
         f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
@@ -796,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if name in results:
                         results[name].append(
                             run_sfs(
-                                server, src, out, env, chunk, placement, args.streams, transport
+                                server, src, out, env, sfs_chunk, placement, args.streams, transport
                             )
                         )
                 if not args.no_raw:
@@ -812,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
             started.close()
-    limits = None if link is not None else micro_limits(chunk)
+    limits = None if link is not None else micro_limits(sfs_chunk or MAX_CHUNK_BYTES)
     print("\n".join(table(results)))
     if limits is not None:
         print(

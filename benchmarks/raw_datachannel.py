@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -116,8 +117,9 @@ async def answer(size: int, connections: int, address: str, progress: str | None
             if progress is not None and time.monotonic() - shown > 0.05:
                 # For the bench's throughput plot: how much has come, now.
                 shown = time.monotonic()
-                with open(progress, "w") as f:
+                with open(progress + ".new", "w") as f:
                     f.write(str(received))
+                os.replace(progress + ".new", progress)  # never seen half-written
             if received >= size:
                 first[0].send(b"!")
 

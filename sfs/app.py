@@ -72,7 +72,7 @@ from sfs.peer.handshake import (
     Status,
     signal_event,
 )
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_ENTRIES, Offer, Role, TransferProtocol
+from sfs.peer.protocol import MAX_ENTRIES, Offer, Role, TransferProtocol
 from sfs.peer.tcp import DirectPath, Opened, TcpLink, Transport, open_transport
 from sfs.peer.transfer import (
     Channel,
@@ -154,7 +154,8 @@ class SendConfig:
     code: Code | None
     paths: tuple[Path, ...]
     peer: PeerOptions = PeerOptions()
-    chunk_size: int = DEFAULT_CHUNK_BYTES
+    #: Plaintext bytes per frame; None: what the transport carries fastest.
+    chunk_size: int | None = None
     sender_name: str = ""
     verify: bool = False
     #: Peer connections to stripe a WebRTC transfer over; None: from the round trip.
@@ -305,8 +306,9 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         proto = TransferProtocol(Role.SENDER, session.keys)
         if config.verify:
             await _verify(ui, channel, proto, session.keys)
-        chunk_size = min(config.chunk_size, channel.max_message_size - FRAME_OVERHEAD_BYTES)
-        if chunk_size < config.chunk_size:
+        wanted = config.chunk_size or channel.preferred_chunk_size
+        chunk_size = min(wanted, channel.max_message_size - FRAME_OVERHEAD_BYTES)
+        if chunk_size < wanted:
             logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
         # Having received the last message (the final acknowledgement), the sender
         # closes first; see CLOSE_GRACE_SECONDS.

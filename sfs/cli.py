@@ -7,6 +7,7 @@ one line on stderr and its exit code; tracebacks only with ``-v``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import getpass
 import logging
@@ -64,6 +65,10 @@ RECEIVE_HINT = (
 MIN_LISTED_FILES = 5
 #: Allocations between two first-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 50_000
+#: Allocations below this come from the heap, not from mmap (see _tune_malloc).
+MALLOC_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+#: Freed heap memory kept for reuse before any is returned to the system.
+MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 logger = logging.getLogger("sfs.cli")
 
 
@@ -392,6 +397,32 @@ def tune_runtime() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+    _tune_malloc()
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _tune_malloc() -> None:
+    """Keep the transfer's large buffers in the heap (glibc only; elsewhere nothing).
+
+    Each frame allocates a few 64-256 KiB buffers (the frame, the plaintext) and frees
+    them a moment later. glibc serves allocations from 128 KiB upwards with fresh mmap
+    pages and trims the heap top above 128 KiB, so every frame cost page faults and
+    munmap calls: the receiver spent more time in the kernel than in Python. Raising
+    both thresholds makes the same memory serve frame after frame: a receiver over
+    TCP used 60 % less system time and moved 1 GiB 40 % faster (docs/PERFORMANCE.md).
+    Freed memory up to the trim threshold stays with the process, which RSS shows.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc has it; musl does not
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES)
 
 
 def _run(
@@ -955,9 +986,9 @@ def receive(
 @click.option(
     "--chunk-size",
     type=click.IntRange(1, MAX_CHUNK_BYTES),
-    default=DEFAULT_CHUNK_BYTES,
-    show_default=True,
-    help="Plaintext bytes per message (lowered to the peer's limit).",
+    default=None,
+    help=f"Plaintext bytes per message (lowered to the peer's limit) [default: "
+    f"{DEFAULT_CHUNK_BYTES} over WebRTC, {MAX_CHUNK_BYTES} over TCP, each measured fastest].",
 )
 @click.option(
     "--name",
@@ -1007,7 +1038,7 @@ def receive(
 @peer_options
 def send(
     args: tuple[str, ...],
-    chunk_size: int,
+    chunk_size: int | None,
     print_code: bool,
     text: str | None,
     stream_name: str,

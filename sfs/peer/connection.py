@@ -51,6 +51,7 @@ from sfs.errors import (
     SfsError,
 )
 from sfs.peer.handshake import MAX_STREAMS as MAX_STREAMS  # the striping limit, re-exported
+from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ class DataChannelLink:
     ) -> None:
         self._channel = channel
         self.max_message_size = max_message_size
+        #: 64 KiB frames: measured fastest through aiortc's SCTP (docs/PERFORMANCE.md).
+        self.preferred_chunk_size = DEFAULT_CHUNK_BYTES
         #: How the data flows (set once the connection is up).
         self.route: Route | None = None
         self._high_water = high_water
@@ -849,6 +852,10 @@ class StripedChannel:
     @property
     def max_message_size(self) -> int:
         return min(link.max_message_size for link in self._links)
+
+    @property
+    def preferred_chunk_size(self) -> int:
+        return self._links[0].preferred_chunk_size
 
     @property
     def route(self) -> Route | None:
