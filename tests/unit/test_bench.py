@@ -1,0 +1,80 @@
+"""scripts/bench's own arithmetic and drawing: the table, the ratios against the
+goals, the single-core limit and the plot (the measurements themselves are the
+bench's job, not the tests')."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import (
+    AUTO,
+    DATACHANNEL,
+    MIB,
+    RAW,
+    TCP,
+    WORMHOLE,
+    Limits,
+    Sample,
+    Usage,
+    micro_limits,
+    plot,
+    ratios,
+    table,
+)
+
+
+def sample(mib_per_s: float, first: float | None = None, note: str = "") -> Sample:
+    usage = Usage(0, 100.0, 2.0)
+    series = [(t / 10, int(t / 10 * mib_per_s * MIB)) for t in range(30)]
+    return Sample(mib_per_s, 10.0, first, {"sender": usage, "receiver": usage}, series, note)
+
+
+RESULTS = {
+    AUTO: [sample(600, 0.5, "TCP"), sample(650, 0.6, "TCP"), sample(500, 0.4, "TCP")],
+    TCP: [sample(640, 0.5, "TCP")],
+    DATACHANNEL: [sample(26, 0.55, "WebRTC, 1 stream(s)")],
+    RAW: [sample(27)],
+    WORMHOLE: [sample(160)],
+}
+
+
+def test_the_single_core_limit_adds_up_the_time_per_byte() -> None:
+    limits = Limits(aes_gcm=8000, sha256=1600, tcp=4000)
+    assert limits.single_core == pytest.approx(1 / (1 / 8000 + 1 / 1600 + 1 / 4000))
+
+
+def test_the_table_shows_medians_and_every_run() -> None:
+    rows = table(RESULTS)
+    auto = next(row for row in rows if row.startswith(f"| {AUTO} |"))
+    assert "| 600.0 |" in auto and "0.50 s" in auto and "600.0, 650.0, 500.0" in auto
+    raw = next(row for row in rows if row.startswith(f"| {RAW} |"))
+    assert "| – s |" in raw  # no first byte measured
+    assert len(rows) == 2 + len(RESULTS)
+
+
+def test_the_ratios_say_whether_each_goal_is_met() -> None:
+    lines = ratios(RESULTS, Limits(aes_gcm=8000, sha256=1600, tcp=4000))
+    text = "\n".join(lines)
+    assert "sfs auto / magic-wormhole: 3.75 (goal ≥ 1.5: met)" in text
+    assert "sfs datachannel / raw aiortc: 0.96 (goal ≥ 0.95: met)" in text
+    assert "single-core limit: 0.60 (goal ≥ 0.5: met)" in text  # 600 of 1000
+    slow = {**RESULTS, DATACHANNEL: [sample(20, 1.2)]}
+    text = "\n".join(ratios(slow, None))
+    assert "0.74 (goal ≥ 0.95: NOT met)" in text
+    assert f"first byte, {DATACHANNEL}: 1.20 s (goal ≤ 1.0 s: NOT met)" in text
+    assert "single-core" not in text  # no limits (a namespace run): no such line
+
+
+def test_the_plot_is_a_picture(tmp_path: Path) -> None:
+    path = tmp_path / "plot.png"
+    plot(RESULTS, path, "test")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+
+
+def test_micro_limits_are_measured_here() -> None:
+    limits = micro_limits(65_508, seconds=0.05)
+    for value in (limits.aes_gcm, limits.sha256, limits.tcp):
+        assert math.isfinite(value) and value > 10
