@@ -19,6 +19,7 @@ from benchmarks.bench import (
     Limits,
     Sample,
     Usage,
+    data_seconds,
     micro_limits,
     plot,
     ratios,
@@ -78,3 +79,10 @@ def test_micro_limits_are_measured_here() -> None:
     limits = micro_limits(65_508, seconds=0.05)
     for value in (limits.aes_gcm, limits.sha256, limits.tcp):
         assert math.isfinite(value) and value > 10
+
+
+def test_a_data_phase_is_first_byte_to_last() -> None:
+    series = [(0.1, 0), (0.2, 0), (0.3, 10), (0.4, 60), (0.5, 100), (0.6, 100)]
+    assert data_seconds(series, 100) == pytest.approx(0.3)
+    assert data_seconds(series, 200) is None  # never all there
+    assert data_seconds([], 100) is None
