@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -609,7 +610,7 @@ def plot(results: dict[str, list[Sample]], path: Path, title: str) -> None:
         axes.plot(times, rates, label=name, linewidth=1.5)
     axes.set_xlabel("seconds since the sender started")
     axes.set_ylabel("MiB/s arriving (0.25 s window)")
-    axes.set_title(title.replace("; ", "\n", 1), fontsize=9)
+    axes.set_title(textwrap.fill(title, 100), fontsize=9)
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
