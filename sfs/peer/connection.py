@@ -374,11 +374,39 @@ class _ReceiveWindow:
         for stream in self._transport._inbound_streams.values():
             yield from stream.reassembly
 
-    async def _receive_data_chunk(self, chunk: Any) -> None:
+    def _receive_data_chunk(self, chunk: Any) -> Awaitable[None]:
+        """aiortc awaits what this returns for every DATA chunk (~1 200 bytes each).
+
+        A plain function, not a coroutine, with a fast path for the usual chunk (the
+        next in sequence on the one stream, with room for it): a coroutine frame and
+        the general checks per chunk cost sfs 12 % of its throughput over WebRTC.
+        """
         transport = self._transport
-        if transport._association_state == RTCSctpTransport.State.CLOSED:
-            return  # aborted: the rest of this packet
+        if transport._association_state is _CLOSED:
+            return _nothing()  # aborted: the rest of this packet
         self._link.heard()  # a chunk proves the peer alive, whether kept or dropped
+        last = transport._last_received_tsn
+        streams = transport._inbound_streams
+        if last is not None and chunk.tsn == (last + 1) % _TSN_MODULO and len(streams) == 1:
+            stream = streams.get(chunk.stream_id)
+            if stream is not None:
+                # Not a duplicate (the next TSN never is), not a new stream; the same
+                # window rule as below: in sequence, so taken when the reader holds
+                # nothing even if it does not fit.
+                reassembly = stream.reassembly
+                free = transport._advertised_rwnd - _OVERHEAD_BYTES_EACH * (len(reassembly) + 1)
+                if free < len(chunk.user_data) and self._reader_holds:
+                    transport._sack_needed = True
+                    return _nothing()
+                if _join_run(reassembly, chunk) > self._max_message:
+                    return self._abort(_TOO_LARGE.format(self._max_message))
+                awaitable: Awaitable[None] = self._aiortc_receive_data_chunk(chunk)
+                return awaitable
+        return self._receive_unusual_chunk(chunk)
+
+    async def _receive_unusual_chunk(self, chunk: Any) -> None:
+        """The general case: duplicates, gaps, new streams, several streams."""
+        transport = self._transport
         last = transport._last_received_tsn
         if last is not None and (
             uint32_gte(last, chunk.tsn) or chunk.tsn in transport._sack_misordered
@@ -398,10 +426,7 @@ class _ReceiveWindow:
             transport._sack_needed = True  # report the window; the sender will resend
             return
         if _join_run(reassembly, chunk) > self._max_message:
-            await self._abort(
-                f"the other side sent a message larger than {self._max_message} bytes, "
-                "the most this side accepts"
-            )
+            await self._abort(_TOO_LARGE.format(self._max_message))
             return
         await self._aiortc_receive_data_chunk(chunk)
 
@@ -413,6 +438,12 @@ class _ReceiveWindow:
 
 
 _TSN_MODULO = 2**32
+_CLOSED = RTCSctpTransport.State.CLOSED
+_TOO_LARGE = "the other side sent a message larger than {} bytes, the most this side accepts"
+
+
+async def _nothing() -> None:
+    """What aiortc awaits for a chunk that is dropped."""
 
 
 def _join_run(reassembly: list[Any], chunk: Any) -> int:
