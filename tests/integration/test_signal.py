@@ -74,16 +74,27 @@ async def serving(config: ServerConfig) -> AsyncIterator[str]:
                 await task
 
 
-def _config(**overrides: Any) -> ServerConfig:
-    return ServerConfig(**{"host": "127.0.0.1", "port": 0, "ice_servers": ICE, **overrides})
+MakeConfig = Callable[..., ServerConfig]
+
+
+@pytest.fixture
+def make_config(redis_url: str | None) -> MakeConfig:
+    """``make_config(**overrides)``: a server on a free port of 127.0.0.1 with this
+    test's registry (every test here runs with each, tests/conftest.py)."""
+
+    def make(**overrides: Any) -> ServerConfig:
+        defaults = {"host": "127.0.0.1", "port": 0, "ice_servers": ICE, "redis_url": redis_url}
+        return ServerConfig(**{**defaults, **overrides})
+
+    return make
 
 
 Connect = Callable[..., Awaitable[Peer]]
 
 
 @pytest.fixture
-async def server_url() -> AsyncIterator[str]:
-    async with serving(_config()) as url:
+async def server_url(make_config: MakeConfig) -> AsyncIterator[str]:
+    async with serving(make_config()) as url:
         yield url
 
 
@@ -418,8 +429,8 @@ async def test_oversized_frame_drops_only_that_connection(connect: Connect) -> N
 # --------------------------------------------------------------------------- limits
 
 
-async def test_rate_limit_per_connection(connect: Connect) -> None:
-    async with serving(_config(max_lookups_per_connection=3)) as url:
+async def test_rate_limit_per_connection(connect: Connect, make_config: MakeConfig) -> None:
+    async with serving(make_config(max_lookups_per_connection=3)) as url:
         a, b = await connect(url=url), await connect(url=url)
         await a.call(m.FIND_PEER, {"peer_id": b.peer_id})
         await a.expect(m.PEER_FOUND, {"peer_id": b.peer_id})
@@ -432,8 +443,8 @@ async def test_rate_limit_per_connection(connect: Connect) -> None:
         await b.expect(m.PEER_FOUND, {"peer_id": a.peer_id})
 
 
-async def test_rate_limit_per_address(connect: Connect) -> None:
-    config = _config(max_lookups_per_connection=100, max_lookups_per_address=4)
+async def test_rate_limit_per_address(connect: Connect, make_config: MakeConfig) -> None:
+    config = make_config(max_lookups_per_connection=100, max_lookups_per_address=4)
     async with serving(config) as url:
         a, b = await connect(url=url), await connect(url=url)
         for _ in range(3):
@@ -446,8 +457,8 @@ async def test_rate_limit_per_address(connect: Connect) -> None:
         await c.expect_failure(m.SEND_CONNECTION_REQUEST, {"peer_id": a.peer_id}, m.RATE_LIMITED)
 
 
-async def test_server_full_refuses_connections(connect: Connect) -> None:
-    async with serving(_config(max_connections=2)) as url:
+async def test_server_full_refuses_connections(connect: Connect, make_config: MakeConfig) -> None:
+    async with serving(make_config(max_connections=2)) as url:
         a, b = await connect(url=url), await connect(url=url)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await connect(url=url)
@@ -462,11 +473,11 @@ async def test_server_full_refuses_connections(connect: Connect) -> None:
 
 
 async def test_logs_events_once_and_never_payloads(
-    connect: Connect, caplog: pytest.LogCaptureFixture
+    connect: Connect, caplog: pytest.LogCaptureFixture, make_config: MakeConfig
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="sfs")
     secret_key, secret_sdp = "U0VDUkVULUtFWQ==", "U0VDUkVULVNEUA=="
-    async with serving(_config()) as url:
+    async with serving(make_config()) as url:
         a, b = await connect(url=url), await connect(url=url)
         await _pair(a, b)
         await a.call(m.SEND_PUBLIC_KEY, {"peer_id": b.peer_id, "key": secret_key})
