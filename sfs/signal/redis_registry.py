@@ -95,6 +95,8 @@ LISTEN_RETRY_MIN_SECONDS = 0.1
 LISTEN_RETRY_MAX_SECONDS = 2.0
 # Peer IDs per heartbeat script: Redis runs one script at a time, so keep each short.
 HEARTBEAT_BATCH = 1000
+# How long Redis remembers whom a departed peer's leaving freed (see _LEAVE).
+LEFT_MEMORY_MS = 60_000
 # redis-py's own options for every client here: bounded waits, no silent retries (a
 # script run twice is not what the caller asked for), TCP keepalive to notice a peer
 # that vanished.
@@ -169,13 +171,20 @@ redis.call('PEXPIRE', key, ARGV[5])
 return 1
 """
 
-# ARGV: prefix, id, sid.  Forgets the peer if it is still this sid's, frees its
-# partner or counterpart and returns {that one's sid}, or {}.
+# ARGV: prefix, id, sid, remember_ms.  Forgets the peer if it is still this sid's,
+# frees its partner or counterpart and returns {that one's sid}, or {}.  What it
+# returned is kept for a while: a call whose answer was lost (it timed out after
+# Redis had run it) is made again, and must name the partner again.
 _LEAVE = """
 local me = ARGV[2]
 local mine = peer_key(me)
+local told = prefix .. 'left:' .. me .. ':' .. ARGV[3]
 local my = redis.call('HMGET', mine, 'sid', 'other', 'node')
-if my[1] ~= ARGV[3] then return {} end
+if my[1] ~= ARGV[3] then
+  local partner = redis.call('GET', told)
+  if partner then return {partner} end
+  return {}
+end
 redis.call('DEL', mine)
 redis.call('ZREM', linked_key(my[3]), me)
 if my[2] == '' then return {} end
@@ -188,6 +197,7 @@ set_free(theirs)
 local list = linked_key(o[3])
 local due = redis.call('ZSCORE', list, my[2])
 if due and tonumber(due) > now_ms() then redis.call('ZREM', list, my[2]) end
+redis.call('SET', told, o[2], 'PX', ARGV[4])
 return {o[2]}
 """
 
@@ -422,8 +432,7 @@ class _RedisClientManager(OwnRoomsOnly, socketio.AsyncRedisManager):  # type: ig
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task):
             thread.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await thread
+            await asyncio.wait([thread], timeout=REDIS_TIMEOUT_SECONDS)
         for closable in (self.pubsub, self.redis):
             if closable is not None:
                 with contextlib.suppress(Exception):
@@ -520,8 +529,7 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await asyncio.wait([self._heartbeat], timeout=REDIS_TIMEOUT_SECONDS)
             self._heartbeat = None
         if self._manager is not None:
             await self._manager.stop()
@@ -542,6 +550,11 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
                 result = await self._scripts[script](args=[PREFIX, *args], client=self._redis)
         except (RedisError, OSError, TimeoutError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled while waiting: redis-py may report that as a connection
+                # error (its pool does), which must not hide the cancellation.
+                raise asyncio.CancelledError() from exc
             if self._reachable:
                 self._reachable = False
                 logger.warning(
@@ -601,7 +614,7 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
         if conn.peer_id is None:
             return Departure(peer_id=None, notify_sid=None)
         try:
-            notify = await self._run("leave", conn.peer_id, sid)
+            notify = await self._run("leave", conn.peer_id, sid, LEFT_MEMORY_MS)
         except RegistryUnavailable:
             self._departures.append((conn.peer_id, sid))  # expire() tries again
             return Departure(peer_id=conn.peer_id, notify_sid=None)
@@ -676,7 +689,7 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
     async def _finish_departures(self, expiry: Expiry) -> None:
         while self._departures:
             peer_id, sid = self._departures[0]
-            notify = await self._run("leave", peer_id, sid)
+            notify = await self._run("leave", peer_id, sid, LEFT_MEMORY_MS)
             self._departures.pop(0)
             if notify:
                 expiry.departed.append(Departure(peer_id=peer_id, notify_sid=notify[0]))
