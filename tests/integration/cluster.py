@@ -149,8 +149,13 @@ class Nginx:
     process: subprocess.Popen[bytes] | None = None
 
     @staticmethod
-    def available() -> bool:
-        return shutil.which("nginx") is not None
+    def binary() -> str | None:
+        # Debian puts it in /usr/sbin, which a user's PATH may lack.
+        return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.binary() is not None
 
     @property
     def url(self) -> str:
@@ -203,11 +208,13 @@ class Nginx:
         (self.folder / "temp").mkdir(exist_ok=True)
         conf = self.folder / "nginx.conf"
         conf.write_text(self.config())
-        check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
+        nginx = self.binary()
+        assert nginx is not None
+        check = subprocess.run([nginx, "-t", "-c", str(conf)], capture_output=True, text=True)
         if check.returncode != 0:
             raise AssertionError(f"nginx rejects the configuration:\n{check.stderr}")
         self.process = subprocess.Popen(
-            ["nginx", "-c", str(conf), "-g", "daemon off;"],
+            [nginx, "-c", str(conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
