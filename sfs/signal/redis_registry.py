@@ -125,7 +125,7 @@ def redis_url_display(url: str) -> str:
     if scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// --redis URL needs the socket's path")
-        return urlunsplit((scheme, "", parts.path, "", ""))
+        return f"unix://{parts.path}"
     if not parts.hostname:
         raise ValueError("the --redis URL names no host")
     database = parts.path.strip("/")

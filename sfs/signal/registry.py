@@ -448,5 +448,6 @@ class Registry(ABC):
 
         ``connections`` and ``peers`` count this node's; ``pending`` (connection
         requests not yet accepted) and ``pairs`` count those whose requester is on
-        this node, so that the sums over all nodes are the totals.
+        this node, so that the sums over all nodes are the totals.  Never raises:
+        when the store does not answer, ``pending`` and ``pairs`` are left out.
         """

@@ -42,6 +42,7 @@ from tests.conftest import (
 from tests.integration.cluster import Nginx, RedisServer, free_port
 from tests.integration.peers import make_file, run_sender, run_sfs, start_receiver
 from tests.integration.sio_client import Ack, Peer
+from tests.integration.test_server_hostile import Client, non_reading_partner, read_until_closed
 from tests.integration.test_tls_and_turn import make_pki
 
 TTL_SECONDS = 2.0
@@ -237,6 +238,33 @@ async def test_of_senders_on_both_nodes_racing_for_one_receiver_exactly_one_wins
         assert receiver.events.empty(), receiver.events.get_nowait()  # nobody else got in
         for client in (receiver, *senders):
             await client.close()
+
+
+async def test_a_partner_on_another_node_that_never_reads_is_dropped_there(
+    cluster: Cluster,
+) -> None:
+    """Relays that reach a node through Redis meet the same unread budget as its own:
+    the receiver on node 1 stops reading while its sender on node 2 relays 64 KiB
+    offers; node 1 drops it, and the sender is told it is no longer paired."""
+    node1, node2 = cluster.nodes
+    sender = await Client(node2.url).connect()
+    try:
+        await sender.register()
+        async with non_reading_partner(node1.url, sender) as (reader, peer_id):
+            sealed = "A" * m.MAX_SEALED_SDP_CHARS
+            acks: list[Ack] = []
+            while len(acks) < 2000:  # 128 MiB: twice the budget of all clients together
+                acks.append(await sender.call(m.OFFER, {"peer_id": peer_id, "sealed": sealed}))
+                if not acks[-1]["ok"]:
+                    break
+            assert acks[-1].get("error") == m.NOT_PAIRED, (len(acks), acks[-1], cluster.logs())
+            await read_until_closed(reader)
+    finally:
+        await sender.close()
+    dropped = await asyncio.to_thread(
+        metric, node1, 'sfs_dropped_connections_total{reason="unread"}'
+    )
+    assert dropped == 1, cluster.logs()
 
 
 # --------------------------------------------------------------------------- failures
