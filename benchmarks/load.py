@@ -318,6 +318,8 @@ class Results:
     server: list[dict[str, ServerSnapshot]] = field(default_factory=list)  # per node
     redis: dict[str, RedisSnapshot] = field(default_factory=dict)
     client_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # This process's CPU when the run began (--compare runs several in one process).
+    client_cpu_base: float = field(default_factory=time.process_time)
     server_usage: list[Usage | None] = field(default_factory=list)
     log_problems: list[str] = field(default_factory=list)
 
@@ -332,7 +334,7 @@ class Results:
 
 
 def _snapshot(deployment: Deployment, results: Results, name: str) -> None:
-    results.client_cpu_seconds[name] = time.process_time()
+    results.client_cpu_seconds[name] = time.process_time() - results.client_cpu_base
     if not results.server:
         results.server = [{} for _ in deployment.nodes]
     for i, server in enumerate(deployment.nodes):
@@ -498,7 +500,7 @@ def report(results: Results) -> list[str]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     rows.append(
         f"load client         CPU {_cpu_by_phase(results.client_cpu_seconds)}; "
-        f"peak RSS {own.ru_maxrss / 1024:.1f} MiB (same machine, same CPUs)"
+        f"peak RSS {own.ru_maxrss / 1024:.1f} MiB so far (same machine, same CPUs)"
     )
     rows.append(f"server log          {len(results.log_problems)} warnings or errors")
     rows.extend(f"    {line[:200]}" for line in results.log_problems[:_ERROR_EXAMPLES])

@@ -7,12 +7,14 @@ one line on stderr and its exit code; tracebacks only with ``-v``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import getpass
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -810,10 +812,37 @@ def serve(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     try:
-        _run(app.serve(config), verbose, transfer=False)
+        _run(_until_terminated(app.serve(config)), verbose, transfer=False)
     except OSError as exc:
         say(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}")
         sys.exit(3)
+
+
+async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
+    """Run *serving* until SIGTERM (what a service manager sends), which then stops it
+    as Ctrl-C does: every client is disconnected and told, and with --redis its peer
+    leaves the registry at once, so partners on other nodes need not wait for the TTL."""
+    task = asyncio.ensure_future(serving)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except NotImplementedError:  # Windows: SIGTERM ends the process as before
+        pass
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _redis_url(value: str | None) -> str | None:

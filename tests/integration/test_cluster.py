@@ -295,6 +295,32 @@ async def test_when_a_node_is_killed_its_peers_partner_on_the_other_is_told_in_t
     assert "Traceback" not in node1.log_text(), cluster.logs()
 
 
+async def test_a_node_stopped_with_sigterm_lets_its_peers_go_at_once(
+    cluster: Cluster, peers: list[Peer]
+) -> None:
+    """What a service manager does (a rolling restart): the node disconnects its clients
+    and takes their peers out of Redis before it exits, so the partner on the other
+    node is told at once, not after the TTL."""
+    node1, node2 = cluster.nodes
+    receiver = await joined(peers, node1.url)
+    sender = await joined(peers, node2.url)
+    await pair(sender, receiver)
+    node2.process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    async with asyncio.timeout(NOTICE_BOUND_SECONDS):
+        event = await receiver.events.get()
+    waited = time.monotonic() - stopped
+    assert event == (m.PEER_DISCONNECTED, {"peer_id": sender.peer_id}), cluster.logs()
+    assert waited < TTL_SECONDS / 2, f"{waited:.2f} s: told by the TTL, not by the node"
+    assert await asyncio.to_thread(node2.process.wait, 10) == 0, cluster.logs()
+    await sender.wait_gone()
+    with cluster.redis.client() as redis:
+        assert [redis.hget(k, "node") for k in redis.scan_iter(f"{PREFIX}peer:*")] == [
+            redis.hget(f"{PREFIX}peer:{receiver.peer_id}", "node")
+        ]
+    assert "Traceback" not in node2.log_text(), cluster.logs()
+
+
 async def test_redis_stopped_and_restarted(
     cluster: Cluster, peers: list[Peer], tmp_path: Path
 ) -> None:
