@@ -1,9 +1,12 @@
-"""scripts/load: many Socket.IO clients and concurrent handshakes against one `sfs serve`.
+"""scripts/load: many Socket.IO clients and concurrent handshakes against `sfs serve`.
 
-Starts a real ``sfs serve`` on 127.0.0.1 (port 0), connects ``--clients`` python-socketio
-clients to it (websocket transport, as sfs itself), then runs ``--handshakes`` pairings at
-once, each between a fresh receiver and sender drawn from those clients and each the
-signaling of a real transfer (no WebRTC):
+Starts ``--nodes`` real ``sfs serve`` processes on 127.0.0.1 (port 0; with ``--redis``
+they share their peers through a ``redis-server`` the script starts on a free port of
+127.0.0.1, without persistence), connects ``--clients`` python-socketio clients to them,
+spread evenly (websocket transport, as sfs itself), then runs ``--handshakes`` pairings
+at once, each between a fresh receiver and sender drawn from those clients (with
+several nodes, always on two different nodes) and each the signaling of a real
+transfer (no WebRTC):
 
     receiver register_peer; sender register_peer, find_peer, send_connection_request;
     receiver gets connection_request, accept_connection; sender gets connection_accepted;
@@ -12,8 +15,10 @@ signaling of a real transfer (no WebRTC):
 
 The latency of a handshake runs from the sender's find_peer to its receiving the answer.
 Every other client registers and stays connected, idle.  Any failed ack, wrong, missing
-or late event, or exception is an error; the script exits 1 if there was any.  The whole
-run, server start and stop included, is bounded by ``--timeout``.
+or late event, or exception is an error, as is a warning in a node's log; the script exits
+1 if there was any.  The whole run, servers' start and stop included, is bounded by
+``--timeout``.  ``--compare`` first runs the same load on one node in memory and on one
+node with Redis, and ends with a table of all three.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import socketio
 from benchmarks.bench import Usage, wait_usage
 from sfs.signal import messages as m
 from sfs.signal.server import DEFAULT_FD_RESERVE
+from tests.integration.cluster import RedisServer
 
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
@@ -67,7 +73,10 @@ QUIET_POLL_SECONDS = 0.2
 SERVER_START_SECONDS = 20.0
 _LOG_PROBLEM_RE = re.compile(r" (WARNING|ERROR|CRITICAL) |^Traceback", re.MULTILINE)
 _ERROR_EXAMPLES = 5
-DESCRIPTION = "Many Socket.IO clients and concurrent handshakes against one `sfs serve`."
+DESCRIPTION = "Many Socket.IO clients and concurrent handshakes against `sfs serve` nodes."
+# Per node, unless --clients / --handshakes say otherwise.
+CLIENTS_PER_NODE = 2000
+HANDSHAKES_PER_NODE = 200
 
 
 class LoadError(Exception):
@@ -99,18 +108,43 @@ class ServerSnapshot:
     cpu_seconds: float
 
 
+@dataclass(frozen=True)
+class RedisSnapshot:
+    used_mib: float  # INFO memory: used_memory
+    rss_mib: float  # the redis-server process
+
+
+def redis_snapshot(redis: RedisServer) -> RedisSnapshot:
+    return RedisSnapshot(
+        rss_mib=_proc_status_kib(redis.pid, "VmRSS") / 1024,
+        used_mib=redis.used_memory_bytes() / MIB,
+    )
+
+
 class ServerProcess:
-    """``sfs serve`` on 127.0.0.1, port 0, with limits raised for the run."""
+    """``sfs serve`` on 127.0.0.1, port 0, with limits raised for the run.
+
+    :param redis_url: share the peers through this Redis (``--redis``)
+    """
 
     def __init__(
-        self, workdir: Path, *, max_connections: int, max_lookups: int, env: dict[str, str]
+        self,
+        workdir: Path,
+        *,
+        max_connections: int,
+        max_lookups: int,
+        env: dict[str, str],
+        index: int = 1,
+        redis_url: str | None = None,
     ) -> None:
-        self.log = workdir / "serve.log"
+        self.log = workdir / f"serve-{index}.log"
         serve = ["serve", "--host", LOOPBACK, "--port", "0"]
         serve += ["--max-connections", str(max_connections)]
         # Every client comes from 127.0.0.1.
         serve += ["--max-connections-per-address", str(max_connections)]
         serve += ["--max-lookups-per-address", str(max_lookups)]
+        if redis_url is not None:
+            serve += ["--redis", redis_url]
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sfs", *serve],
@@ -256,18 +290,37 @@ async def handshake(receiver: LoadClient, sender: LoadClient) -> float:
 
 
 @dataclass
+class Deployment:
+    """The nodes of a run, and the Redis they share (if any)."""
+
+    nodes: list[ServerProcess]
+    redis: RedisServer | None = None
+
+    @property
+    def label(self) -> str:
+        registry = "Redis" if self.redis is not None else "in memory"
+        return f"{len(self.nodes)} node{'s' if len(self.nodes) > 1 else ''}, {registry}"
+
+
+@dataclass
 class Results:
     clients_wanted: int
     handshakes_wanted: int
     connect_concurrency: int
+    label: str = ""
+    nodes: int = 1
     clients_connected: int = 0
     connect_seconds: float = 0.0
     handshake_seconds: float = 0.0
+    crossing: int = 0  # handshakes whose receiver and sender are on different nodes
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
-    server: dict[str, ServerSnapshot] = field(default_factory=dict)
+    server: list[dict[str, ServerSnapshot]] = field(default_factory=list)  # per node
+    redis: dict[str, RedisSnapshot] = field(default_factory=dict)
     client_cpu_seconds: dict[str, float] = field(default_factory=dict)
-    server_usage: Usage | None = None
+    # This process's CPU when the run began (--compare runs several in one process).
+    client_cpu_base: float = field(default_factory=time.process_time)
+    server_usage: list[Usage | None] = field(default_factory=list)
     log_problems: list[str] = field(default_factory=list)
 
     def error(self, phase: str, exc: BaseException) -> None:
@@ -280,20 +333,30 @@ class Results:
         self.errors[f"{phase}: {text}"] += 1
 
 
-def _snapshot(server: ServerProcess, results: Results, name: str) -> None:
-    results.client_cpu_seconds[name] = time.process_time()
-    if server.process.poll() is None:
-        results.server[name] = server.snapshot()
-    elif not any(kind.startswith("server:") for kind in results.errors):
-        results.errors[f"server: exited with status {server.process.returncode}"] += 1
+def _snapshot(deployment: Deployment, results: Results, name: str) -> None:
+    results.client_cpu_seconds[name] = time.process_time() - results.client_cpu_base
+    if not results.server:
+        results.server = [{} for _ in deployment.nodes]
+    for i, server in enumerate(deployment.nodes):
+        if server.process.poll() is None:
+            results.server[i][name] = server.snapshot()
+        elif not any(kind.startswith(f"node {i + 1}:") for kind in results.errors):
+            results.errors[f"node {i + 1}: exited with status {server.process.returncode}"] += 1
+    if deployment.redis is not None:
+        try:
+            results.redis[name] = redis_snapshot(deployment.redis)
+        except (OSError, ValueError) as exc:  # redis-py's errors are OSErrors too
+            results.error("redis", exc)
 
 
-async def _quiet(server: ServerProcess, deadline: float) -> None:
-    """Wait until the server is idle again (or *deadline*)."""
-    while server.process.poll() is None and time.monotonic() < deadline:
-        before = server.snapshot().cpu_seconds
+async def _quiet(servers: list[ServerProcess], deadline: float) -> None:
+    """Wait until every node is idle again (or *deadline*)."""
+    running = [s for s in servers if s.process.poll() is None]
+    while running and time.monotonic() < deadline:
+        before = [s.snapshot().cpu_seconds for s in running]
         await asyncio.sleep(QUIET_POLL_SECONDS)
-        if server.snapshot().cpu_seconds - before < QUIET_CPU_SECONDS:
+        after = [s.snapshot().cpu_seconds for s in running]
+        if all(b - a < QUIET_CPU_SECONDS for a, b in zip(before, after, strict=True)):
             return
 
 
@@ -319,24 +382,40 @@ async def _bounded(deadline: float, coros: Sequence[Coroutine[Any, Any, object]]
     return outcomes
 
 
+def handshake_pairs(clients: int, handshakes: int, nodes: int) -> list[tuple[int, int]]:
+    """(receiver, sender) client indexes for each handshake, client *i* being on node
+    ``i % nodes``: with several nodes, the sender is always on the receiver's next node."""
+    by_node = [list(range(n, clients, nodes)) for n in range(nodes)]
+    for indexes in by_node:
+        random.shuffle(indexes)
+    pairs = []
+    for i in range(handshakes):
+        receiver_node = i % nodes
+        sender_node = (receiver_node + 1) % nodes
+        pairs.append((by_node[receiver_node].pop(), by_node[sender_node].pop()))
+    return pairs
+
+
 async def run_load(
-    server: ServerProcess, args: argparse.Namespace, results: Results, deadline: float
+    deployment: Deployment, args: argparse.Namespace, results: Results, deadline: float
 ) -> None:
     """Connect the clients, run the handshakes, disconnect; all by *deadline*."""
+    nodes = deployment.nodes
     # One connection pool for all clients, with no limit: each websocket holds its
     # connection for its whole life, and aiohttp's default pool stops at 100.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         clients = [LoadClient(http) for _ in range(args.clients)]
-        pairs = random.sample(range(args.clients), 2 * args.handshakes)
-        in_handshakes = set(pairs)
+        pairs = handshake_pairs(args.clients, args.handshakes, len(nodes))
+        results.crossing = sum(r % len(nodes) != s % len(nodes) for r, s in pairs)
+        in_handshakes = {i for pair in pairs for i in pair}
         gate = asyncio.Semaphore(args.connect_concurrency)
         connected: list[LoadClient] = []
 
         async def join(index: int) -> None:
             async with gate:
                 client = clients[index]
-                await client.connect(server.url)
+                await client.connect(nodes[index % len(nodes)].url)
                 connected.append(client)
                 if index not in in_handshakes:
                     await client.register()  # an idle peer, as a receiver showing its code
@@ -348,30 +427,26 @@ async def run_load(
             results.clients_connected = len(connected)
             for exc in _errors_of(outcomes):
                 results.error("connect", exc)
-            _snapshot(server, results, "connected")
+            _snapshot(deployment, results, "connected")
 
             if results.clients_connected == args.clients:
                 started = time.monotonic()
                 outcomes = await _bounded(
-                    deadline,
-                    [
-                        handshake(clients[pairs[2 * i]], clients[pairs[2 * i + 1]])
-                        for i in range(args.handshakes)
-                    ],
+                    deadline, [handshake(clients[r], clients[s]) for r, s in pairs]
                 )
                 results.handshake_seconds = time.monotonic() - started
                 results.latencies = [o for o in outcomes if isinstance(o, float)]
                 for exc in _errors_of(outcomes):
                     results.error("handshake", exc)
-                _snapshot(server, results, "handshakes")
-            results.log_problems = server.log_problems()
+                _snapshot(deployment, results, "handshakes")
+            results.log_problems = [line for s in nodes for line in s.log_problems()]
         finally:
             # Bounded: a client stuck in its closing handshake must not hold the run.
             await _bounded(time.monotonic() + TEARDOWN_SECONDS / 3, [c.close() for c in connected])
     # A client's disconnect does not wait for the server, which goes on handling the
     # closed connections for a while: count that CPU in this phase.
-    await _quiet(server, time.monotonic() + TEARDOWN_SECONDS / 3)
-    _snapshot(server, results, "disconnected")
+    await _quiet(nodes, time.monotonic() + TEARDOWN_SECONDS / 3)
+    _snapshot(deployment, results, "disconnected")
 
 
 # --------------------------------------------------------------------------- reporting
@@ -384,12 +459,16 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def report(results: Results) -> list[str]:
+    nodes = results.nodes
+    spread = f", {results.clients_wanted // nodes} per node" if nodes > 1 else ""
     rows = [
+        f"== {results.label}",
         f"clients connected   {results.clients_connected}/{results.clients_wanted} in "
         f"{results.connect_seconds:.2f} s ({results.connect_concurrency} at a time; "
-        f"{results.clients_wanted - 2 * results.handshakes_wanted} registered and idle)",
+        f"{results.clients_wanted - 2 * results.handshakes_wanted} registered and idle{spread})",
         f"handshakes done     {len(results.latencies)}/{results.handshakes_wanted} in "
-        f"{results.handshake_seconds:.2f} s, all started at once",
+        f"{results.handshake_seconds:.2f} s, all started at once"
+        + (f"; {results.crossing} across nodes" if nodes > 1 else ""),
     ]
     if results.latencies:
         ms = [1000 * x for x in results.latencies]
@@ -398,24 +477,57 @@ def report(results: Results) -> list[str]:
             + "  ".join(f"p{p} {percentile(ms, p):.1f}" for p in (50, 90, 99))
             + f"  max {max(ms):.1f} ms (find_peer to answer, at the sender)"
         )
-    snaps = results.server
-    if snaps:
+    for i, snaps in enumerate(results.server):
+        if not snaps:
+            continue
+        who = "server" if nodes == 1 else f"node {i + 1}"
         rss = ", ".join(f"{_RSS_LABELS[name]} {s.rss_mib:.1f}" for name, s in snaps.items())
         peak = max(s.peak_rss_mib for s in snaps.values())
-        rows.append(f"server RSS          {rss} MiB; peak (VmHWM) {peak:.1f} MiB")
+        rows.append(f"{who + ' RSS':<20}{rss} MiB; peak (VmHWM) {peak:.1f} MiB")
         cpu = _cpu_by_phase({name: s.cpu_seconds for name, s in snaps.items()})
-        usage = results.server_usage
+        usage = results.server_usage[i] if i < len(results.server_usage) else None
         total = f"; {usage.cpu_seconds:.2f} s in all" if usage else ""
-        rows.append(f"server CPU          {cpu}{total}")
+        rows.append(f"{who + ' CPU':<20}{cpu}{total}")
+    if results.redis:
+        used = ", ".join(
+            f"{_RSS_LABELS[name]} {s.used_mib:.1f}" for name, s in results.redis.items()
+        )
+        redis_rss = max(s.rss_mib for s in results.redis.values())
+        rows.append(
+            f"Redis memory        used_memory: {used} MiB; "
+            f"redis-server RSS up to {redis_rss:.1f} MiB"
+        )
     own = resource.getrusage(resource.RUSAGE_SELF)
     rows.append(
         f"load client         CPU {_cpu_by_phase(results.client_cpu_seconds)}; "
-        f"peak RSS {own.ru_maxrss / 1024:.1f} MiB (same machine, same CPUs)"
+        f"peak RSS {own.ru_maxrss / 1024:.1f} MiB so far (same machine, same CPUs)"
     )
     rows.append(f"server log          {len(results.log_problems)} warnings or errors")
     rows.extend(f"    {line[:200]}" for line in results.log_problems[:_ERROR_EXAMPLES])
     rows.append(f"errors              {error_count(results)}")
     rows.extend(f"    {n} x {kind}" for kind, n in results.errors.most_common())
+    return rows
+
+
+def summary(runs: Sequence[Results]) -> list[str]:
+    """One row per run: what docs/PERFORMANCE.md quotes."""
+    rows = [
+        "| nodes | registry | clients | handshakes (across nodes) | p50 ms | p99 ms "
+        "| RSS per node, peak MiB | Redis used_memory, peak MiB | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        ms = [1000 * x for x in r.latencies]
+        p50, p99 = (f"{percentile(ms, p):.0f}" for p in (50, 99)) if ms else ("-", "-")
+        rss = " / ".join(
+            f"{max(s.peak_rss_mib for s in snaps.values()):.0f}" for snaps in r.server if snaps
+        )
+        redis = f"{max(s.used_mib for s in r.redis.values()):.1f}" if r.redis else "-"
+        registry = "Redis" if r.redis else "memory"
+        rows.append(
+            f"| {r.nodes} | {registry} | {r.clients_connected} | {len(r.latencies)} "
+            f"({r.crossing}) | {p50} | {p99} | {rss} | {redis} | {error_count(r)} |"
+        )
     return rows
 
 
@@ -452,7 +564,7 @@ def error_count(results: Results) -> int:
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one; return the new soft limit.
 
-    The server inherits it, so both processes get it.
+    The servers inherit it, so every process gets it.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -464,14 +576,72 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def run_once(
+    args: argparse.Namespace,
+    *,
+    nodes: int,
+    redis: bool,
+    env: dict[str, str],
+    loop_factory: Any,
+) -> Results:
+    """One whole run: Redis (if asked) and the nodes started, loaded, stopped, all
+    within ``--timeout``."""
+    deadline = time.monotonic() + args.timeout - TEARDOWN_SECONDS
+    max_connections = args.clients + CONNECTION_HEADROOM
+    max_lookups = LOOKUPS_PER_HANDSHAKE * args.handshakes + LOOKUP_HEADROOM
+    results = Results(args.clients, args.handshakes, args.connect_concurrency, nodes=nodes)
+    with tempfile.TemporaryDirectory(prefix="sfs-load-") as tmp:
+        deployment = Deployment([])
+        try:
+            if redis:
+                deployment.redis = RedisServer(Path(tmp) / "redis").start()
+            for index in range(1, nodes + 1):
+                deployment.nodes.append(
+                    ServerProcess(
+                        Path(tmp),
+                        index=index,
+                        max_connections=max_connections,
+                        max_lookups=max_lookups,
+                        env=env,
+                        redis_url=deployment.redis.url if deployment.redis else None,
+                    )
+                )
+            for server in deployment.nodes:
+                server.wait_ready(min(SERVER_START_SECONDS, deadline - time.monotonic()))
+            results.label = deployment.label
+            _snapshot(deployment, results, "idle")
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(run_load(deployment, args, results, deadline))
+        finally:
+            results.server_usage = [s.stop(TEARDOWN_SECONDS / 3) for s in deployment.nodes]
+            if deployment.redis is not None:
+                deployment.redis.stop()
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/load", description=DESCRIPTION)
-    parser.add_argument("--clients", type=int, default=2000, help="clients in all (2000)")
     parser.add_argument(
-        "--handshakes", type=int, default=200, help="concurrent handshakes, 2 clients each (200)"
+        "--nodes", type=int, default=1, help="sfs serve processes (1; more need --redis)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="hard bound on the whole run, s (120)"
+        "--redis",
+        action="store_true",
+        help="start a redis-server on 127.0.0.1 and run the nodes with --redis",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="first run the same load on 1 node in memory and 1 node with Redis",
+    )
+    parser.add_argument("--clients", type=int, help=f"clients in all ({CLIENTS_PER_NODE} per node)")
+    parser.add_argument(
+        "--handshakes",
+        type=int,
+        help=f"concurrent handshakes, 2 clients each ({HANDSHAKES_PER_NODE} per node)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="hard bound on each run, s (120)"
     )
     parser.add_argument(
         "--connect-concurrency", type=int, default=100, help="connects in flight at once (100)"
@@ -480,16 +650,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--loop",
         choices=["auto", "asyncio"],
         default="auto",
-        help="event loop for the server and the clients (auto: uvloop when installed)",
+        help="event loop for the servers and the clients (auto: uvloop when installed)",
     )
     args = parser.parse_args(argv)
+    if args.nodes < 1 or (args.nodes > 1 and not args.redis):
+        parser.error("--nodes must be at least 1, and more than 1 needs --redis")
+    if args.compare and not (args.redis and args.nodes > 1):
+        parser.error("--compare compares several nodes with Redis: add --redis --nodes N")
+    if args.redis and not RedisServer.available():
+        parser.error("--redis needs redis-server (Debian package redis-server)")
+    args.clients = args.clients or CLIENTS_PER_NODE * args.nodes
+    args.handshakes = args.handshakes or HANDSHAKES_PER_NODE * args.nodes
     if args.handshakes < 1 or args.clients < 2 * args.handshakes:
         parser.error("need --handshakes >= 1 and --clients >= 2 x --handshakes")
     if args.connect_concurrency < 1:
         parser.error("--connect-concurrency must be at least 1")
     if args.timeout < 2 * TEARDOWN_SECONDS:
         parser.error(f"--timeout must be at least {2 * TEARDOWN_SECONDS:.0f} s")
-    deadline = time.monotonic() + args.timeout - TEARDOWN_SECONDS
 
     fds = raise_fd_limit()
     if fds != resource.RLIM_INFINITY and fds < args.clients + FD_HEADROOM:
@@ -500,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     env = dict(os.environ)
     env.pop("SFS_DEBUG", None)
+    env.pop("SFS_REDIS_URL", None)  # only what --redis says
     if args.loop == "asyncio":
         env["SFS_EVENT_LOOP"] = "asyncio"
         os.environ["SFS_EVENT_LOOP"] = "asyncio"
@@ -510,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     max_lookups = LOOKUPS_PER_HANDSHAKE * args.handshakes + LOOKUP_HEADROOM
     print(
         f"sfs serve under load on {LOOPBACK}: {args.clients} clients, {args.handshakes} "
-        f"concurrent handshakes, timeout {args.timeout:.0f} s; "
+        f"concurrent handshakes, timeout {args.timeout:.0f} s per run; "
         f"{'asyncio' if loop_factory is None else 'uvloop'}; "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, open-file limit {fds}",
@@ -522,20 +700,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{LOOPBACK}: find_peer and send_connection_request; the default is 60 a minute)",
         flush=True,
     )
-    results = Results(args.clients, args.handshakes, args.connect_concurrency)
-    with tempfile.TemporaryDirectory(prefix="sfs-load-") as tmp:
-        server = ServerProcess(
-            Path(tmp), max_connections=max_connections, max_lookups=max_lookups, env=env
-        )
-        try:
-            server.wait_ready(min(SERVER_START_SECONDS, deadline - time.monotonic()))
-            _snapshot(server, results, "idle")
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(run_load(server, args, results, deadline))
-        finally:
-            results.server_usage = server.stop(TEARDOWN_SECONDS / 3)
-    print("\n".join(report(results)))
-    sys.exit(1 if error_count(results) else 0)
+    plan = [(args.nodes, args.redis)]
+    if args.compare:
+        plan = [(1, False), (1, True), *plan]
+    runs = []
+    for nodes, redis in plan:
+        results = run_once(args, nodes=nodes, redis=redis, env=env, loop_factory=loop_factory)
+        print("\n".join(report(results)), flush=True)
+        runs.append(results)
+    print("\n".join(summary(runs)))
+    sys.exit(1 if any(error_count(r) for r in runs) else 0)
 
 
 if __name__ == "__main__":

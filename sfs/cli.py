@@ -7,6 +7,7 @@ one line on stderr and its exit code; tracebacks only with ``-v``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import getpass
@@ -14,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -780,6 +782,28 @@ def main() -> None:
     help="File descriptors kept free for /healthz: Socket.IO clients get 503 when only "
     "this many are left.  The soft `ulimit -n` is raised to the hard one at start.",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="SFS_REDIS_URL",
+    show_envvar=True,
+    metavar="URL",
+    callback=lambda ctx, param, value: _redis_url(value),
+    help="Keep the peers in this Redis, shared with every `sfs serve` node that uses it "
+    "(several nodes behind a load balancer): redis://[:PASSWORD@]HOST[:PORT][/DB], "
+    "rediss:// for TLS, or unix://PATH.  Put a password in SFS_REDIS_URL, not on the "
+    "command line.  Without it, the peers live in this process.",
+)
+@click.option(
+    "--redis-ttl",
+    default=signal_server.REDIS_TTL_DEFAULT_SECONDS,
+    type=click.FloatRange(min=signal_server.REDIS_TTL_MIN_SECONDS),
+    show_default=True,
+    metavar="SECONDS",
+    help="With --redis: how long a node's peers stay registered after its last "
+    "heartbeat (it sends one every third of that), so how soon the partners of a node "
+    "that died are told.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 def serve(
     host: str,
@@ -802,6 +826,8 @@ def serve(
     max_queued_bytes_per_connection: int,
     max_queued_bytes: int,
     fd_reserve: int,
+    redis_url: str | None,
+    redis_ttl: float,
     verbose: int,
 ) -> None:
     """Run the signaling server (it never sees file data or keys)."""
@@ -830,6 +856,8 @@ def serve(
             max_queued_bytes_per_connection=max_queued_bytes_per_connection,
             max_queued_bytes=max_queued_bytes,
             fd_reserve=fd_reserve,
+            redis_url=redis_url,
+            redis_ttl_seconds=redis_ttl,
         )
     except ValueError as exc:  # limits that contradict each other
         raise click.UsageError(str(exc)) from None
@@ -840,10 +868,49 @@ def serve(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     try:
-        _run(app.serve(config), verbose, transfer=False)
+        _run(_until_terminated(app.serve(config)), verbose, transfer=False)
     except OSError as exc:
         say(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}")
         sys.exit(3)
+
+
+async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
+    """Run *serving* until SIGTERM (what a service manager sends), which then stops it
+    as Ctrl-C does: every client is disconnected and told, and with --redis its peer
+    leaves the registry at once, so partners on other nodes need not wait for the TTL."""
+    task = asyncio.ensure_future(serving)
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except NotImplementedError:  # Windows: SIGTERM ends the process as before
+        pass
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _redis_url(value: str | None) -> str | None:
+    """--redis / SFS_REDIS_URL, checked; an empty SFS_REDIS_URL means none.  The error
+    never shows the URL, which may hold a password."""
+    if value is None or not value.strip():
+        return None
+    try:
+        signal_server.redis_url_display(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--redis / SFS_REDIS_URL") from None
+    return value.strip()
 
 
 def _bare_ice_urls(values: Sequence[str], option: str) -> tuple[str, ...]:

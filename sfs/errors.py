@@ -98,6 +98,12 @@ class RoomFullError(SignalingError):
     exit_code = 4
 
 
+class RegistryUnreachableError(SignalingError):
+    """`sfs serve --redis` cannot reach Redis, where the nodes keep their peers."""
+
+    exit_code = 3
+
+
 class PeerConnectionError(SfsError):
     """Could not connect to the other side."""
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cluster import RedisServer
+
 LOOPBACK = "127.0.0.1"
 PROCESS_TIMEOUT_SECONDS = 90
 #: Without a server, sfs works on the local network: it would multicast on this
@@ -124,6 +126,54 @@ def sfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         yield server
     finally:
         stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on a free port of 127.0.0.1, for the whole run."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: The registries `sfs serve` can keep its peers in; server tests run against both.
+REGISTRIES = ["memory", "redis"]
+
+
+@pytest.fixture(scope="module", params=REGISTRIES)
+def registry_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _fresh_redis_url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    if kind == "memory":
+        return None
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_url(registry_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the in-memory registry, else the URL of an emptied Redis."""
+    return _fresh_redis_url(registry_kind, request)
+
+
+@pytest.fixture
+def registry_args(redis_url: str | None) -> list[str]:
+    """`sfs serve` arguments for this test's registry."""
+    return [] if redis_url is None else ["--redis", redis_url]
+
+
+@pytest.fixture(scope="module")
+def module_registry_args(registry_kind: str, request: pytest.FixtureRequest) -> list[str]:
+    """`sfs serve` arguments for a server that several tests of a module share."""
+    url = _fresh_redis_url(registry_kind, request)
+    return [] if url is None else ["--redis", url]
 
 
 def read_line_matching(

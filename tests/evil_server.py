@@ -65,7 +65,7 @@ class EvilSignalServer(_SignalServer):
 
     def role_of(self, sid: str) -> str:
         """Receivers register first and are asked; senders ask."""
-        peer_id = self.table.peer_id_of(sid)
+        peer_id = self.registry.peer_id_of(sid)
         return "sender" if peer_id in self.senders else "receiver"
 
 
@@ -105,7 +105,7 @@ class TrackSenders(Attack):
 
     def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
         if event == m.SEND_CONNECTION_REQUEST:
-            peer_id = server.table.peer_id_of(sid)
+            peer_id = server.registry.peer_id_of(sid)
             if peer_id:
                 server.senders.add(peer_id)
         return payload
@@ -124,7 +124,7 @@ class SubstituteSpake2(TrackSenders):
     ) -> list[Emit]:
         if event == m.RECEIVE_PUBLIC_KEY:
             to_sender = server.role_of(to) == "sender"
-            receiver_id = server.table.peer_id_of(to) if not to_sender else str(data["peer_id"])
+            receiver_id = server.registry.peer_id_of(to) if not to_sender else str(data["peer_id"])
             # Play the receiver's part towards the sender and vice versa.
             exchange = KeyExchange(
                 role="receiver" if to_sender else "sender",

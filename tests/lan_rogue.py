@@ -27,8 +27,8 @@ from sfs import app
 from sfs.errors import SfsError
 from sfs.lan.discovery import advertise, find_lan, open_zeroconf
 from sfs.lan.record import Advert
+from sfs.signal.memory_registry import PeerTable
 from sfs.signal.messages import new_peer_id
-from sfs.signal.server import PeerTable
 from tests.helpers import QuietUi
 
 

@@ -7,9 +7,14 @@ peers run SPAKE2 through it and seal their SDP with the result), and it never
 tells anyone which peer IDs exist: there is no peer list, and lookups are rate
 limited per connection and per client address.
 
-All bookkeeping lives in :class:`PeerTable`, which does no I/O and is unit tested
-on its own; :class:`_SignalServer` only validates payloads, calls the table and
-emits what the table says to emit.
+All bookkeeping lives in a :class:`~sfs.signal.registry.Registry`: in this process's
+memory (:class:`~sfs.signal.memory_registry.MemoryRegistry`, the default, whose
+:class:`~sfs.signal.memory_registry.PeerTable` does no I/O and is unit tested on its
+own), or in Redis, shared by several nodes behind a load balancer
+(:class:`~sfs.signal.redis_registry.RedisRegistry`, ``--redis URL``).
+:class:`_SignalServer` only validates payloads, asks the registry and emits what the
+registry says to emit; clients cannot tell which registry is in use.  ``GET /metrics``
+serves this node's counts (sfs.signal.metrics).
 
 No client may hold the server's resources for long or in bulk.  Every TCP
 connection counts against a cap per client address (per /64 for IPv6) and
@@ -26,37 +31,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
 import ssl
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import socketio
 from aiohttp import web
 from socketio import packet as sio_packet
 
 from sfs.signal import messages as m
+from sfs.signal.memory_registry import MemoryRegistry
+from sfs.signal.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfs.signal.metrics import Metrics
 from sfs.signal.page import add_page_routes
+from sfs.signal.redis_registry import DEFAULT_TTL_SECONDS as DEFAULT_REDIS_TTL_SECONDS
+from sfs.signal.redis_registry import MIN_TTL_SECONDS as MIN_REDIS_TTL_SECONDS
+from sfs.signal.redis_registry import RedisRegistry
+from sfs.signal.redis_registry import redis_url_display as redis_url_display  # for the CLI
+from sfs.signal.registry import (
+    Deadlines,
+    Departure,
+    Expiry,
+    Registry,
+    Rejected,
+    address_key,
+)
 from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret, rest_credential
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5000
+# For the CLI: `sfs serve --redis-ttl`.
+REDIS_TTL_DEFAULT_SECONDS = DEFAULT_REDIS_TTL_SECONDS
+REDIS_TTL_MIN_SECONDS = MIN_REDIS_TTL_SECONDS
 # Far above the largest valid payload (a 64 KiB sealed SDP) yet small enough
 # that nobody can make the server buffer much for them.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
-# How often register tries a random ID before giving up; with at most
-# max_connections live out of 17.6 million IDs, a dozen collisions in a row
-# means something is wrong.
-MAX_PEER_ID_ATTEMPTS = 50
 # On shutdown every client has already been sent a disconnect; some (the
 # python-socketio client among them) never finish the websocket closing
 # handshake, and aiohttp waits this long, twice, before it drops them.
@@ -95,8 +112,6 @@ PACKET_OVERHEAD_BYTES = 64
 SWEEPS_PER_TIMEOUT = 4
 SWEEP_MIN_SECONDS = 0.05
 SWEEP_MAX_SECONDS = 1.0
-# An IPv6 client usually holds a whole /64: limits per address apply to that.
-IPV6_PREFIX_BITS = 64
 # Event names that python-socketio routes to the server's own connect, disconnect
 # and catch-all handlers instead of treating them as events.
 _SOCKETIO_HANDLER_NAMES = frozenset({"connect", "disconnect", "*"})
@@ -140,6 +155,11 @@ class ServerConfig:
     :param turn_ttl_seconds: how long such a credential is valid
     :param tls: certificate and key files to serve HTTPS (and websockets over TLS)
     :param page: serve the browser page at ``/`` (sfs.signal.page)
+    :param redis_url: keep the peers in this Redis, shared with every node that
+        uses it (sfs.signal.redis_registry); None keeps them in this process
+    :param redis_ttl_seconds: how long a node's peers stay in Redis after its last
+        heartbeat (it sends one every third of that): the bound on how long the
+        partners of a node that died wait to be told
     """
 
     host: str = "0.0.0.0"
@@ -164,6 +184,8 @@ class ServerConfig:
     turn_ttl_seconds: int = DEFAULT_TTL_SECONDS
     tls: tuple[str, str] | None = None
     page: bool = True
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_ttl_seconds: float = DEFAULT_REDIS_TTL_SECONDS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -211,340 +233,10 @@ class ServerConfig:
             raise ValueError("max_queued_bytes must be at least max_queued_bytes_per_connection")
         if self.fd_reserve < MIN_FD_RESERVE:
             raise ValueError(f"fd_reserve must be at least {MIN_FD_RESERVE}")
-
-
-class Rejected(Exception):
-    """The server refuses a client's request; *code* is one of the messages error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Link(Enum):
-    """Where a peer stands with respect to one other peer."""
-
-    FREE = "free"
-    REQUESTING = "requesting"  # sent a connection request, waiting for accept
-    REQUESTED = "requested"  # received a connection request, not yet accepted
-    PAIRED = "paired"
-
-
-def address_key(address: str) -> str:
-    """The client address that per-address limits count: an IPv6 address's /64.
-
-    An IPv6 host is usually given a whole /64 and can pick any address in it, so
-    counting single addresses would let one client be 2**64 of them.  IPv4-mapped
-    IPv6 addresses (from a dual-stack socket) count as the IPv4 address they are;
-    anything unparsable counts as itself.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone index
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_BITS), strict=False))
-    return str(ip)
-
-
-_K = TypeVar("_K", bound=Hashable)
-
-
-class Deadlines(Generic[_K]):
-    """Keys that expire *timeout_seconds* after they were started (no I/O).
-
-    All keys share one timeout, so insertion order is deadline order: a dict is
-    the queue, and :meth:`expired` costs only what has expired.
-
-    :param timeout_seconds: time from :meth:`start` to expiry
-    """
-
-    def __init__(self, timeout_seconds: float) -> None:
-        self.timeout_seconds = timeout_seconds
-        self._due: dict[_K, float] = {}
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._due
-
-    def start(self, key: _K, *, now: float) -> None:
-        """(Re)start *key*'s clock."""
-        self._due.pop(key, None)  # a restarted key goes to the back
-        self._due[key] = now + self.timeout_seconds
-
-    def cancel(self, key: _K) -> None:
-        self._due.pop(key, None)
-
-    def expired(self, *, now: float) -> list[_K]:
-        """Remove and return the keys whose deadline is *now* or earlier, oldest first."""
-        out: list[_K] = []
-        for key, due in self._due.items():
-            if due > now:
-                break
-            out.append(key)
-        for key in out:
-            del self._due[key]
-        return out
-
-
-@dataclass
-class _Connection:
-    sid: str
-    address: str
-    address_key: str
-    peer_id: str | None = None
-    lookups: int = 0
-    link: Link = Link.FREE
-    other_sid: str | None = None  # the counterpart of any link but FREE
-
-
-@dataclass(frozen=True)
-class Route:
-    """Deliver to *to_sid* a message that names its sender as *from_peer_id*."""
-
-    to_sid: str
-    from_peer_id: str
-
-
-@dataclass(frozen=True)
-class Departure:
-    """What :meth:`PeerTable.disconnect` leaves to do.
-
-    :param peer_id: the leaving peer's ID, or None if it never registered
-    :param notify_sid: its partner or pending counterpart, to be told it is gone
-    """
-
-    peer_id: str | None
-    notify_sid: str | None
-
-
-class PeerTable:
-    """Live connections, peer IDs, pending requests and pairings (no I/O).
-
-    Connections are keyed by their opaque Socket.IO session ID.  Each peer has at
-    most one link at a time; both ends of a link point at each other.  Methods
-    raise :class:`Rejected` and leave the links unchanged when they refuse.
-    Time comes in as *now* (monotonic seconds).  A connection must register
-    within ``register_timeout_seconds`` of connecting, and a link must end within
-    ``pairing_timeout_seconds`` of its request: :meth:`overdue_registrations` and
-    :meth:`stalled_pairings` name the connections to drop.
-
-    :param config: the limits to enforce
-    :param new_id: source of candidate peer IDs (tests pass a predictable one)
-    """
-
-    def __init__(self, config: ServerConfig, *, new_id: Callable[[], str] = m.new_peer_id) -> None:
-        self.config = config
-        self._new_id = new_id
-        self._connections: dict[str, _Connection] = {}
-        self._sid_by_peer_id: dict[str, str] = {}
-        self._lookups_by_address: dict[str, deque[float]] = {}
-        self._last_sweep = float("-inf")
-        self._unregistered: Deadlines[str] = Deadlines(config.register_timeout_seconds)
-        self._linked: Deadlines[str] = Deadlines(config.pairing_timeout_seconds)
-
-    # ------------------------------------------------------------------ queries
-
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
-    def stats(self) -> dict[str, int]:
-        """Counts only (what ``GET /stats`` serves): never an ID or an address.
-
-        ``pending`` counts connection requests not yet accepted, ``pairs`` pairings.
-        """
-        links = [conn.link for conn in self._connections.values()]
-        return {
-            "connections": len(self._connections),
-            "peers": len(self._sid_by_peer_id),
-            "pending": links.count(Link.REQUESTING),
-            "pairs": links.count(Link.PAIRED) // 2,
-        }
-
-    @property
-    def sids(self) -> list[str]:
-        return list(self._connections)
-
-    def is_connected(self, sid: str) -> bool:
-        return sid in self._connections
-
-    def address_of(self, sid: str) -> str:
-        return self._connections[sid].address
-
-    def peer_id_of(self, sid: str) -> str | None:
-        conn = self._connections.get(sid)
-        return conn.peer_id if conn else None
-
-    def sid_of(self, peer_id: str) -> str | None:
-        return self._sid_by_peer_id.get(peer_id)
-
-    def link_of(self, sid: str) -> tuple[Link, str | None]:
-        """Return the link state of *sid* and the peer ID at its other end."""
-        conn = self._connections[sid]
-        other = self._connections[conn.other_sid] if conn.other_sid else None
-        return conn.link, other.peer_id if other else None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def connect(self, sid: str, address: str, *, now: float) -> bool:
-        """Admit a new connection; False when the server is full."""
-        if len(self._connections) >= self.config.max_connections:
-            return False
-        self._connections[sid] = _Connection(
-            sid=sid, address=address, address_key=address_key(address)
-        )
-        self._unregistered.start(sid, now=now)
-        return True
-
-    def register(self, sid: str) -> str:
-        """Give *sid* a peer ID that no live peer has."""
-        conn = self._connections[sid]
-        if conn.peer_id is not None:
-            raise Rejected(m.ALREADY_REGISTERED, f"already registered as {conn.peer_id}")
-        for _ in range(MAX_PEER_ID_ATTEMPTS):
-            peer_id = self._new_id()
-            if peer_id not in self._sid_by_peer_id:
-                conn.peer_id = peer_id
-                self._sid_by_peer_id[peer_id] = sid
-                self._unregistered.cancel(sid)
-                return peer_id
-        raise Rejected(m.SERVER_FULL, "no free peer ID, try again later")
-
-    def disconnect(self, sid: str) -> Departure | None:
-        """Forget *sid*, its request and its pairing; None if it was unknown."""
-        conn = self._connections.pop(sid, None)
-        if conn is None:
-            return None
-        self._unregistered.cancel(sid)
-        self._linked.cancel(sid)
-        if conn.peer_id is not None:
-            del self._sid_by_peer_id[conn.peer_id]
-        notify = conn.other_sid
-        if notify is not None:
-            self._free(self._connections[notify])
-        return Departure(peer_id=conn.peer_id, notify_sid=notify)
-
-    def overdue_registrations(self, *, now: float) -> list[str]:
-        """Connections that have not registered in time (each named once)."""
-        return self._unregistered.expired(now=now)
-
-    def stalled_pairings(self, *, now: float) -> list[str]:
-        """Both ends of every request or pairing that has not ended in time (each named once)."""
-        return self._linked.expired(now=now)
-
-    # ------------------------------------------------------------------ events
-
-    def find(self, sid: str, peer_id: str, *, now: float) -> None:
-        """Check that *peer_id* is there and free to be asked (a rate-limited lookup)."""
-        self._registered(sid)
-        self._lookup(sid, peer_id, now=now)
-
-    def request(self, sid: str, peer_id: str, *, now: float) -> Route:
-        """Record a connection request from *sid* to *peer_id*."""
-        conn = self._registered(sid)
-        if conn.link is not Link.FREE:
-            raise Rejected(m.BUSY, "you already have a connection or a pending request")
-        target = self._lookup(sid, peer_id, now=now)
-        conn.link, conn.other_sid = Link.REQUESTING, target.sid
-        target.link, target.other_sid = Link.REQUESTED, sid
-        self._linked.start(sid, now=now)
-        self._linked.start(target.sid, now=now)
-        return Route(to_sid=target.sid, from_peer_id=self._id(conn))
-
-    def accept(self, sid: str, peer_id: str) -> Route:
-        """Pair *sid* with *peer_id*, which must have asked *sid* for a connection."""
-        conn = self._registered(sid)
-        requester_sid = self._sid_by_peer_id.get(peer_id)
-        if (
-            requester_sid is None
-            or conn.link is not Link.REQUESTED
-            or conn.other_sid != requester_sid
-        ):
-            raise Rejected(m.UNKNOWN_PEER, f"no pending connection request from {peer_id}")
-        requester = self._connections[requester_sid]
-        conn.link = requester.link = Link.PAIRED
-        return Route(to_sid=requester_sid, from_peer_id=self._id(conn))
-
-    def relay(self, sid: str, peer_id: str) -> Route:
-        """Route a message from *sid* to *peer_id*, which must be its partner."""
-        conn = self._registered(sid)
-        partner_sid = self._sid_by_peer_id.get(peer_id)
-        if conn.link is not Link.PAIRED or partner_sid is None or conn.other_sid != partner_sid:
-            raise Rejected(m.NOT_PAIRED, f"you are not paired with {peer_id}")
-        return Route(to_sid=partner_sid, from_peer_id=self._id(conn))
-
-    def abort(self, sid: str, peer_id: str) -> Route:
-        """Like :meth:`relay`, then dissolve the pairing: nothing more may pass."""
-        route = self.relay(sid, peer_id)
-        self._free(self._connections[route.to_sid])
-        self._free(self._connections[sid])
-        return route
-
-    # ------------------------------------------------------------------ helpers
-
-    def _registered(self, sid: str) -> _Connection:
-        conn = self._connections[sid]
-        if conn.peer_id is None:
-            raise Rejected(m.NOT_REGISTERED, "register_peer first")
-        return conn
-
-    @staticmethod
-    def _id(conn: _Connection) -> str:
-        assert conn.peer_id is not None  # only registered peers get this far
-        return conn.peer_id
-
-    def _free(self, conn: _Connection) -> None:
-        conn.link, conn.other_sid = Link.FREE, None
-        self._linked.cancel(conn.sid)
-
-    def _lookup(self, sid: str, peer_id: str, *, now: float) -> _Connection:
-        # The rate limit comes first and counts misses as well as hits: the
-        # peer ID space is small, and guessing is what it must slow down.
-        self._consume_lookup(self._connections[sid], now=now)
-        target_sid = self._sid_by_peer_id.get(peer_id)
-        if target_sid is None:
-            raise Rejected(m.UNKNOWN_PEER, f"no peer {peer_id}")
-        if target_sid == sid:
-            raise Rejected(m.INVALID, "that is your own peer ID")
-        target = self._connections[target_sid]
-        if target.link is not Link.FREE:
-            raise Rejected(m.BUSY, f"{peer_id} is busy with another peer")
-        return target
-
-    def _consume_lookup(self, conn: _Connection, *, now: float) -> None:
-        if conn.lookups >= self.config.max_lookups_per_connection:
-            raise Rejected(m.RATE_LIMITED, "too many lookups on this connection")
-        self._sweep(now)
-        window = self._lookups_by_address.setdefault(conn.address_key, deque())
-        horizon = now - self.config.lookup_window_seconds
-        while window and window[0] <= horizon:
-            window.popleft()
-        if len(window) >= self.config.max_lookups_per_address:
-            raise Rejected(m.RATE_LIMITED, "too many lookups from your address, wait a minute")
-        conn.lookups += 1
-        window.append(now)
-
-    def _sweep(self, now: float) -> None:
-        # Drop addresses idle for a whole window, at most once per window, so the
-        # table cannot grow with every address that ever made one lookup.
-        if now - self._last_sweep < self.config.lookup_window_seconds:
-            return
-        self._last_sweep = now
-        horizon = now - self.config.lookup_window_seconds
-        idle = [a for a, w in self._lookups_by_address.items() if not w or w[-1] <= horizon]
-        for address in idle:
-            del self._lookups_by_address[address]
-
-    @property
-    def tracked_addresses(self) -> int:
-        """Addresses with lookups still in memory (for tests)."""
-        return len(self._lookups_by_address)
+        if self.redis_url is not None:
+            redis_url_display(self.redis_url)  # raises ValueError for a bad URL
+        if not self.redis_ttl_seconds >= MIN_REDIS_TTL_SECONDS:
+            raise ValueError(f"--redis-ttl must be at least {MIN_REDIS_TTL_SECONDS:g} seconds")
 
 
 class Admission:
@@ -672,42 +364,9 @@ class QueueMeter:
 _Handler = Callable[[str, object], Awaitable[dict[str, object]]]
 _WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-SIGNAL_TABLE_KEY = web.AppKey("sfs_signal_table", PeerTable)
+REGISTRY_KEY = web.AppKey("sfs_signal_registry", Registry)
 # Where python-socketio serves (its default path).
 SOCKETIO_PATH = "/socket.io/"
-
-
-class _ClientManager(socketio.AsyncManager):  # type: ignore[misc]
-    """python-socketio's client manager without its scan of every room per disconnect.
-
-    The stock ``basic_disconnect`` looks for the leaving client in every room of the
-    namespace, and every client has a room of its own, so each disconnect costs
-    O(clients) and all of them leaving O(clients**2): 0.7 ms of event loop per
-    disconnect and 3.9 s of CPU for all of them at 10 000 clients (scripts/load,
-    docs/PERFORMANCE.md).  sfs puts a client in no room but the two python-socketio
-    gives it, the namespace's (``None``) and its own, so only those are left.
-    """
-
-    def basic_enter_room(
-        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
-    ) -> None:
-        if room is not None and room != sid:  # basic_disconnect would miss it
-            raise ValueError("sfs puts clients in no rooms")
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-
-    def basic_disconnect(self, sid: str, namespace: str, **kwargs: object) -> None:
-        # The rest is what python-socketio 5's basic_disconnect does.
-        if namespace not in self.rooms:
-            return
-        for room in (sid, None):
-            self.basic_leave_room(sid, namespace, room)  # no-op where it is not in
-        self.callbacks.pop(sid, None)
-        for pending in (self.pending_connect, self.pending_disconnect):
-            waiting = pending.get(namespace)
-            if waiting is not None and sid in waiting:
-                waiting.remove(sid)
-                if not waiting:
-                    del pending[namespace]
 
 
 def _packet_bytes(pkt: object) -> int:
@@ -872,12 +531,21 @@ GATE_KEY = web.AppKey("sfs_signal_gate", _Gate)
 METER_KEY = web.AppKey("sfs_signal_meter", QueueMeter)
 
 
+def new_registry(config: ServerConfig) -> Registry:
+    """The registry *config* asks for: in Redis with ``redis_url``, else in memory."""
+    if config.redis_url is not None:
+        return RedisRegistry(config)
+    return MemoryRegistry(config)
+
+
 class _SignalServer:
-    """Binds a :class:`PeerTable` to a python-socketio ``AsyncServer`` (untyped)."""
+    """Binds a :class:`~sfs.signal.registry.Registry` to a python-socketio
+    ``AsyncServer`` (untyped)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.table = PeerTable(config)
+        self.registry = new_registry(config)
+        self.metrics = Metrics()
         self.meter = QueueMeter(
             per_queue=config.max_queued_bytes_per_connection, total=config.max_queued_bytes
         )
@@ -897,7 +565,7 @@ class _SignalServer:
         # misbehaving client can be dropped from at once.
         self.sio: Any = socketio.AsyncServer(
             async_mode="aiohttp",
-            client_manager=_ClientManager(),
+            client_manager=self.registry.client_manager(check_delivery=self._check_delivery),
             async_handlers=False,
             max_http_buffer_size=config.max_message_bytes,
             transports=["websocket"],
@@ -932,27 +600,43 @@ class _SignalServer:
             self.sio.on(event, self._guarded(event, handler))
 
     async def _emit(self, event: str, data: dict[str, object], to: str) -> None:
+        """Emit to *to*, a client of this node or (through the registry's client
+        manager) of another."""
         eio_sid = self.sio.manager.eio_sid_from_sid(to, "/")
-        if eio_sid is not None:
-            if self._over_budget(eio_sid):
-                logger.debug("dropped a client that does not read its messages")
-                await self._drop(eio_sid)
-                return
-            # Over the global budget, the client with the most unread data goes:
-            # that is who holds the memory, not whoever happens to send next.
-            while self.meter.over_total():
-                victim = self.meter.largest()
-                if not isinstance(victim, _MeteredQueue) or victim.owner is None:
-                    break  # cannot happen: every counted queue has its session
-                logger.debug("dropped the client with the most unread data: budget spent")
-                await self._drop(victim.owner)
-                if victim.owner == eio_sid:
-                    return
+        if eio_sid is not None and not await self._make_room(eio_sid):
+            return
         await self.sio.emit(event, data, to=to)
 
-    async def _fail(self, sid: str, event: str, code: str, message: str) -> dict[str, object]:
-        who = self.table.peer_id_of(sid) or "an unregistered client"
-        logger.debug("rejected %s from %s: %s", event, who, code)
+    async def _check_delivery(self, sid: str) -> bool:
+        """Before an emit from another node reaches *sid*: the same budget checks."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        return eio_sid is not None and await self._make_room(eio_sid)
+
+    async def _make_room(self, eio_sid: str) -> bool:
+        """Check the unread budgets before something more is queued for *eio_sid*;
+        False if that client was dropped instead."""
+        if self._over_budget(eio_sid):
+            logger.debug("dropped a client that does not read its messages")
+            await self._drop(eio_sid, "unread")
+            return False
+        # Over the global budget, the client with the most unread data goes:
+        # that is who holds the memory, not whoever happens to send next.
+        while self.meter.over_total():
+            victim = self.meter.largest()
+            if not isinstance(victim, _MeteredQueue) or victim.owner is None:
+                break  # cannot happen: every counted queue has its session
+            logger.debug("dropped the client with the most unread data: budget spent")
+            await self._drop(victim.owner, "unread")
+            if victim.owner == eio_sid:
+                return False
+        return True
+
+    async def _fail(
+        self, sid: str, event: str, code: str, message: str, *, reason: str | None = None
+    ) -> dict[str, object]:
+        who = self.registry.peer_id_of(sid) or "an unregistered client"
+        logger.debug("rejected %s from %s: %s", event, who, reason or code)
+        self.metrics.reject(reason or code, code)
         await self._emit(m.ERROR, m.error_event(event, code, message), sid)
         return m.error_ack(code, message)
 
@@ -963,14 +647,14 @@ class _SignalServer:
         # take any number and insist on exactly one: a wrong count must become an
         # "invalid" ack, not a TypeError inside python-socketio.
         async def on_event(sid: str, *args: object) -> dict[str, object]:
-            if not self.table.is_connected(sid):  # cannot happen; never trust that
+            if not self.registry.is_connected(sid):  # cannot happen; never trust that
                 return m.error_ack(m.NOT_REGISTERED, "not connected")
             try:
                 if len(args) != 1:
                     raise m.InvalidMessage("send exactly one payload object")
                 return await handler(sid, args[0])
             except Rejected as exc:
-                return await self._fail(sid, event, exc.code, exc.message)
+                return await self._fail(sid, event, exc.code, exc.message, reason=exc.reason)
             except m.InvalidMessage as exc:
                 return await self._fail(sid, event, exc.code, str(exc))
 
@@ -1012,7 +696,7 @@ class _SignalServer:
         else:
             await self._handle_eio_message(eio_sid, data)
             return
-        await self._drop(eio_sid)
+        await self._drop(eio_sid, "malformed")
 
     def _acceptable(self, eio_sid: str, data: object) -> bool:
         """Tell whether *data* is a packet a client of this server may send.
@@ -1056,8 +740,12 @@ class _SignalServer:
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         return bool(self.meter.queued(sock.queue) + buffered > self.meter.per_queue)
 
-    async def _drop(self, eio_sid: str) -> None:
-        """Disconnect a misbehaving client now, without waiting for it to read a goodbye."""
+    async def _drop(self, eio_sid: str, reason: str) -> None:
+        """Disconnect a misbehaving client now, without waiting for it to read a goodbye.
+
+        :param reason: what metrics count it as (sfs.signal.metrics.DROP_REASONS)
+        """
+        self.metrics.drop(reason)
         self._forget(eio_sid)  # its unread data no longer counts against anyone
         request = (self.sio.environ.get(eio_sid) or {}).get("aiohttp.request")
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
@@ -1105,7 +793,7 @@ class _SignalServer:
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> bool:
         address = _remote(environ)
-        if not self.table.connect(sid, address, now=asyncio.get_running_loop().time()):
+        if not self.registry.connect(sid, address, now=asyncio.get_running_loop().time()):
             logger.warning("refused a connection from %s: server full", address)
             return False  # still unjoined: the join timeout ends the session
         self._unjoined.cancel(self.sio.manager.eio_sid_from_sid(sid, "/"))
@@ -1113,14 +801,17 @@ class _SignalServer:
         return True
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
-        departure = self.table.disconnect(sid)
+        departure = await self.registry.disconnect(sid)
         if departure is None:
             return
         if departure.peer_id is None:
             logger.debug("a connection closed before registering")
             return
         logger.info("disconnected %s", departure.peer_id)
-        if departure.notify_sid is not None:
+        await self._tell_departure(departure)
+
+    async def _tell_departure(self, departure: Departure) -> None:
+        if departure.notify_sid is not None and departure.peer_id is not None:
             await self._emit(
                 m.PEER_DISCONNECTED, m.PeerRef(departure.peer_id).to_dict(), departure.notify_sid
             )
@@ -1140,22 +831,30 @@ class _SignalServer:
             await self.sweep(now=loop.time())
 
     async def sweep(self, *, now: float) -> None:
-        """Drop every session that has not joined, registered or ended its pairing in time."""
+        """Drop every session that has not joined, registered or ended its pairing in
+        time, or that the registry lost; tell the partners of peers that left unseen."""
         for eio_sid in self._unjoined.expired(now=now):
             logger.debug("dropped a websocket that did not join the namespace in time")
-            await self._drop(eio_sid)
-        for sid in self.table.overdue_registrations(now=now):
+            await self._drop(eio_sid, "no_join")
+        for sid in self.registry.overdue_registrations(now=now):
             logger.debug("dropped a client that did not register in time")
-            await self._drop_sid(sid)
-        for sid in self.table.stalled_pairings(now=now):
-            logger.info("dropped %s: its pairing made no progress", self.table.peer_id_of(sid))
-            await self._drop_sid(sid)
+            await self._drop_sid(sid, "no_register")
+        expiry: Expiry = await self.registry.expire(now=now)
+        for sid in expiry.stalled:
+            logger.info("dropped %s: its pairing made no progress", self.registry.peer_id_of(sid))
+            await self._drop_sid(sid, "stalled")
+        for sid in expiry.lost:
+            logger.info("dropped %s: the registry lost it", self.registry.peer_id_of(sid))
+            await self._drop_sid(sid, "lost")
+        for departure in expiry.departed:
+            logger.info("%s is gone without a goodbye", departure.peer_id)
+            await self._tell_departure(departure)
 
-    async def _drop_sid(self, sid: str) -> None:
+    async def _drop_sid(self, sid: str, reason: str) -> None:
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is not None:
-            await self._drop(eio_sid)
-        else:  # cannot happen: the table only holds joined sessions
+            await self._drop(eio_sid, reason)
+        else:  # cannot happen: the registry names only this node's joined sessions
             await self._on_disconnect(sid)
 
     async def close_all(self) -> None:
@@ -1172,8 +871,9 @@ class _SignalServer:
 
     async def _register_peer(self, sid: str, payload: object) -> dict[str, object]:
         m.parse_register_peer(payload)
-        peer_id = self.table.register(sid)
-        logger.info("registered %s (%s)", peer_id, self.table.address_of(sid))
+        peer_id = await self.registry.register(sid)
+        self.metrics.registrations.inc()
+        logger.info("registered %s (%s)", peer_id, self.registry.address_of(sid))
         servers = [*self.config.ice_servers, *self._issued_ice_servers(peer_id)]
         return m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in servers])
 
@@ -1195,13 +895,13 @@ class _SignalServer:
 
     async def _find_peer(self, sid: str, payload: object) -> dict[str, object]:
         ref = m.parse_peer_ref(payload)
-        self.table.find(sid, ref.peer_id, now=asyncio.get_running_loop().time())
+        await self.registry.find(sid, ref.peer_id, now=asyncio.get_running_loop().time())
         await self._emit(m.PEER_FOUND, ref.to_dict(), sid)
         return m.ok_ack(peer_id=ref.peer_id)
 
     async def _send_connection_request(self, sid: str, payload: object) -> dict[str, object]:
         ref = m.parse_peer_ref(payload)
-        route = self.table.request(sid, ref.peer_id, now=asyncio.get_running_loop().time())
+        route = await self.registry.request(sid, ref.peer_id, now=asyncio.get_running_loop().time())
         logger.debug("%s asks %s for a connection", route.from_peer_id, ref.peer_id)
         await self._emit(
             m.CONNECTION_REQUEST, m.PeerRef(route.from_peer_id).to_dict(), route.to_sid
@@ -1210,7 +910,8 @@ class _SignalServer:
 
     async def _accept_connection(self, sid: str, payload: object) -> dict[str, object]:
         ref = m.parse_peer_ref(payload)
-        route = self.table.accept(sid, ref.peer_id)
+        route = await self.registry.accept(sid, ref.peer_id)
+        self.metrics.paired.inc()
         logger.info("paired %s with %s", ref.peer_id, route.from_peer_id)
         await self._emit(
             m.CONNECTION_ACCEPTED, m.PeerRef(route.from_peer_id).to_dict(), route.to_sid
@@ -1219,17 +920,20 @@ class _SignalServer:
 
     async def _send_public_key(self, sid: str, payload: object) -> dict[str, object]:
         msg = m.parse_public_key(payload)
-        route = self.table.relay(sid, msg.peer_id)
+        route = await self.registry.relay(sid, msg.peer_id)
+        self.metrics.relayed.labels(event=m.SEND_PUBLIC_KEY).inc()
         relayed = m.PublicKey(peer_id=route.from_peer_id, key=msg.key)
         await self._emit(m.RECEIVE_PUBLIC_KEY, relayed.to_dict(), route.to_sid)
         return m.ok_ack()
 
     def _make_sealed_relay(self, event: str) -> _Handler:
         max_chars = m.SEALED_LIMITS[event]
+        counter = self.metrics.relayed.labels(event=event)
 
         async def relay(sid: str, payload: object) -> dict[str, object]:
             msg = m.parse_sealed(payload, max_chars=max_chars)
-            route = self.table.relay(sid, msg.peer_id)
+            route = await self.registry.relay(sid, msg.peer_id)
+            counter.inc()
             relayed = m.Sealed(peer_id=route.from_peer_id, sealed=msg.sealed)
             await self._emit(event, relayed.to_dict(), route.to_sid)
             return m.ok_ack()
@@ -1238,7 +942,8 @@ class _SignalServer:
 
     async def _abort(self, sid: str, payload: object) -> dict[str, object]:
         msg = m.parse_abort(payload)
-        route = self.table.abort(sid, msg.peer_id)
+        route = await self.registry.abort(sid, msg.peer_id)
+        self.metrics.relayed.labels(event=m.ABORT).inc()
         logger.debug("%s aborted with %s (%s)", route.from_peer_id, msg.peer_id, msg.reason)
         relayed = m.Abort(peer_id=route.from_peer_id, reason=msg.reason)
         await self._emit(m.PEER_ABORTED, relayed.to_dict(), route.to_sid)
@@ -1260,13 +965,16 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: ServerConfig) -> web.Application:
-    """Build the aiohttp application: Socket.IO at ``/socket.io/``, ``GET /healthz``
-    and ``GET /stats``.
+    """Build the aiohttp application: Socket.IO at ``/socket.io/``, ``GET /healthz``,
+    ``GET /stats`` and ``GET /metrics``.
 
-    The app's :class:`PeerTable` is available as ``app[SIGNAL_TABLE_KEY]``, and the
-    gate that counts TCP connections as ``app[GATE_KEY]``: :func:`run_server` puts
-    it in front of the listening socket, which the per-address and fd limits need.
-    ``app[METER_KEY]`` counts the bytes queued for clients.
+    The app's :class:`~sfs.signal.registry.Registry` is available as
+    ``app[REGISTRY_KEY]``, and the gate that counts TCP connections as
+    ``app[GATE_KEY]``: :func:`run_server` puts it in front of the listening socket,
+    which the per-address and fd limits need.  ``app[METER_KEY]`` counts the bytes
+    queued for clients.  The registry connects to its store when the app starts
+    (a Redis that cannot be reached fails the start with
+    :class:`~sfs.errors.RegistryUnreachableError`).
     """
     server = _SignalServer(config)
     gate = _Gate(config)
@@ -1277,16 +985,30 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(server.table.stats())
+        return web.json_response(await server.registry.stats())
+
+    async def metrics(request: web.Request) -> web.Response:
+        counts = await server.registry.stats()
+        # Registry.stats leaves the shared counts out when its store did not answer.
+        body = server.metrics.render(counts, registry_up="pending" in counts)
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
     if config.page:
         add_page_routes(app)
-    app[SIGNAL_TABLE_KEY] = server.table
+    app[REGISTRY_KEY] = server.registry
 
     async def on_shutdown(app: web.Application) -> None:
         await server.close_all()
         await server.sio.shutdown()
+
+    async def registry(app: web.Application) -> AsyncIterator[None]:
+        await server.registry.start()
+        try:
+            yield
+        finally:  # after on_shutdown: every client has left by now
+            await server.registry.close()
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(server.sweep_forever())
@@ -1296,6 +1018,7 @@ def create_app(config: ServerConfig) -> web.Application:
             await task
 
     app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(registry)
     app.cleanup_ctx.append(sweeper)
     return app
 
@@ -1407,7 +1130,8 @@ async def run_server(
                 **tls,
             )
         if fd_limit is not None:
-            gate.admission.set_fd_limit(fd_limit, fds_in_use=_open_fds())
+            registry = app[REGISTRY_KEY]
+            gate.admission.set_fd_limit(fd_limit, fds_in_use=_open_fds() + registry.descriptors)
             room = gate.admission.session_capacity
             logger.debug("open-files limit %d: room for %d clients", fd_limit, room)
             if room < config.max_connections:

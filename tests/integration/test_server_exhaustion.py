@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from sfs.signal import messages as m
+from sfs.signal.redis_registry import RedisRegistry
 from sfs.signal.server import METER_KEY, ServerConfig, create_app
 from tests.conftest import LOOPBACK, ServerProcess, rss_kib, start_server, stop_process
 from tests.integration.sio_client import TIMEOUT_SECONDS
@@ -63,6 +64,12 @@ def serving(
         yield server
     finally:
         stop_process(server.process)
+
+
+def pool_slack(registry_args: list[str]) -> int:
+    """The file descriptors a Redis registry may open as it gets busy, and keep: its
+    connections to Redis."""
+    return RedisRegistry.descriptors if "--redis" in registry_args else 0
 
 
 def fd_count(pid: int) -> int:
@@ -170,10 +177,12 @@ async def ws_refused(
 # --------------------------------------------------------------------------- (a) raw TCP
 
 
-async def test_idle_and_slow_sockets_are_closed_by_the_header_timeout(tmp_path: Path) -> None:
-    with serving(tmp_path, "--header-timeout", "1") as server:
+async def test_idle_and_slow_sockets_are_closed_by_the_header_timeout(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
+    with serving(tmp_path, *registry_args, "--header-timeout", "1") as server:
         pid = server.process.pid
-        baseline = fd_count(pid)
+        baseline = fd_count(pid) + pool_slack(registry_args)
         idle = await open_sockets(server.url, 30)
         slowloris = await open_sockets(server.url, 10, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         with closing_all(idle + slowloris) as socks:
@@ -188,13 +197,16 @@ async def test_idle_and_slow_sockets_are_closed_by_the_header_timeout(tmp_path: 
 
 async def test_fd_limit_raised_and_healthz_answers_through_a_flood_of_idle_sockets(
     tmp_path: Path,
+    registry_args: list[str],
 ) -> None:
     """The server at ``ulimit -n 128`` (hard 512), 600 idle sockets open against it."""
     flags = ("--max-connections-per-address", "100000", "--header-timeout", "3")
-    with serving(tmp_path, *flags, nofile=(LOW_FD_SOFT_LIMIT, LOW_FD_HARD_LIMIT)) as server:
+    with serving(
+        tmp_path, *registry_args, *flags, nofile=(LOW_FD_SOFT_LIMIT, LOW_FD_HARD_LIMIT)
+    ) as server:
         pid = server.process.pid
         assert soft_fd_limit(pid) == LOW_FD_HARD_LIMIT  # raised to the hard limit at start
-        baseline = fd_count(pid)
+        baseline = fd_count(pid) + pool_slack(registry_args)
         with closing_all(await open_sockets(server.url, 600)) as socks:
             assert len(socks) >= 500
             for _ in range(5):
@@ -207,13 +219,17 @@ async def test_fd_limit_raised_and_healthz_answers_through_a_flood_of_idle_socke
         assert "out of system resource" not in server.log_text()
 
 
-async def test_websockets_stop_short_of_the_fd_limit_with_a_503(tmp_path: Path) -> None:
+async def test_websockets_stop_short_of_the_fd_limit_with_a_503(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
     """Sessions are refused with 503 before the fds run out; /healthz keeps answering."""
     flags: tuple[str, ...] = ("--max-connections-per-address", "100000")
     flags += ("--join-timeout", "60", "--register-timeout", "60")
-    with serving(tmp_path, *flags, nofile=(LOW_FD_HARD_LIMIT, LOW_FD_HARD_LIMIT)) as server:
+    with serving(
+        tmp_path, *registry_args, *flags, nofile=(LOW_FD_HARD_LIMIT, LOW_FD_HARD_LIMIT)
+    ) as server:
         pid = server.process.pid
-        baseline = fd_count(pid)
+        baseline = fd_count(pid) + pool_slack(registry_args)
         sessions: list[RawClient] = []
         refusal: int | None = None
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -236,11 +252,13 @@ async def test_websockets_stop_short_of_the_fd_limit_with_a_503(tmp_path: Path) 
 # --------------------------------------------------------------------------- (b) one address
 
 
-async def test_one_address_gets_a_few_connections_not_every_slot(tmp_path: Path) -> None:
+async def test_one_address_gets_a_few_connections_not_every_slot(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
     flags = ("--max-connections", "20", "--max-connections-per-address", "4")
-    with serving(tmp_path, *flags) as server:
+    with serving(tmp_path, *registry_args, *flags) as server:
         pid = server.process.pid
-        baseline = fd_count(pid)
+        baseline = fd_count(pid) + pool_slack(registry_args)
         clients = [await Client(server.url).connect() for _ in range(4)]
         try:
             for client in clients:
@@ -271,11 +289,13 @@ async def test_one_address_gets_a_few_connections_not_every_slot(tmp_path: Path)
                 await client.close()
 
 
-async def test_session_that_never_joins_the_namespace_is_dropped(tmp_path: Path) -> None:
+async def test_session_that_never_joins_the_namespace_is_dropped(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
     flags = ("--join-timeout", "1", "--max-connections-per-address", "8")
-    with serving(tmp_path, *flags) as server:
+    with serving(tmp_path, *registry_args, *flags) as server:
         pid = server.process.pid
-        baseline = fd_count(pid)
+        baseline = fd_count(pid) + pool_slack(registry_args)
         async with aiohttp.ClientSession() as session:
             # It answers every engine.io ping (autoping), but never sends "40".
             raws = [await RawClient.open(session, server.url, join=False) for _ in range(8)]
@@ -300,8 +320,10 @@ async def test_session_that_never_joins_the_namespace_is_dropped(tmp_path: Path)
         await assert_serving(server)
 
 
-async def test_client_that_never_registers_is_dropped(tmp_path: Path) -> None:
-    with serving(tmp_path, "--register-timeout", "1") as server:
+async def test_client_that_never_registers_is_dropped(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
+    with serving(tmp_path, *registry_args, "--register-timeout", "1") as server:
         lurker = await Client(server.url).connect()
         peer = await registered(server.url)
         try:
@@ -316,8 +338,10 @@ async def test_client_that_never_registers_is_dropped(tmp_path: Path) -> None:
         await assert_serving(server)
 
 
-async def test_pairings_that_make_no_progress_expire(tmp_path: Path) -> None:
-    with serving(tmp_path, "--pairing-timeout", "2") as server:
+async def test_pairings_that_make_no_progress_expire(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
+    with serving(tmp_path, *registry_args, "--pairing-timeout", "2") as server:
         a, b, c, d, waiting = [await registered(server.url) for _ in "abcde"]
         try:
             await pair(a, b)  # paired, then silent
@@ -375,14 +399,16 @@ async def warm_up(server: ServerProcess) -> int:
     return rss_kib(server.process.pid)
 
 
-async def test_partner_that_never_reads_is_dropped_at_its_byte_budget(tmp_path: Path) -> None:
+async def test_partner_that_never_reads_is_dropped_at_its_byte_budget(
+    tmp_path: Path, registry_args: list[str]
+) -> None:
     """Eight pairs whose receivers stop reading: 100 offers of 64 KiB each (6.4 MiB,
     fewer than the 128-packet limit) are relayed to each, and nobody reads them."""
     pairs, offers = 8, 100
-    with serving(tmp_path, "--max-connections-per-address", "64") as server:
+    with serving(tmp_path, *registry_args, "--max-connections-per-address", "64") as server:
         pid = server.process.pid
         before = await warm_up(server)
-        baseline_fds = fd_count(pid)
+        baseline_fds = fd_count(pid) + pool_slack(registry_args)
         async with contextlib.AsyncExitStack() as stack:
             senders = [await registered(server.url) for _ in range(pairs)]
             for sender in senders:
@@ -410,11 +436,12 @@ async def test_partner_that_never_reads_is_dropped_at_its_byte_budget(tmp_path: 
 
 async def test_global_budget_drops_the_largest_backlog_and_spares_the_others(
     tmp_path: Path,
+    registry_args: list[str],
 ) -> None:
     """Three non-readers, each under its own (large) budget, together over the global one."""
     flags: tuple[str, ...] = ("--max-queued-bytes-per-connection", str(4 * MIB))
     flags += ("--max-queued-bytes", str(4 * MIB))
-    with serving(tmp_path, *flags) as server:
+    with serving(tmp_path, *registry_args, *flags) as server:
         pid = server.process.pid
         before = await warm_up(server)
         async with contextlib.AsyncExitStack() as stack:
@@ -464,9 +491,9 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1)")
-async def test_ipv6_clients_are_capped_too(tmp_path: Path) -> None:
+async def test_ipv6_clients_are_capped_too(tmp_path: Path, registry_args: list[str]) -> None:
     flags = ("--max-connections-per-address", "3", "--header-timeout", "30")
-    with serving(tmp_path, *flags, host="::1") as server:
+    with serving(tmp_path, *registry_args, *flags, host="::1") as server:
         with closing_all(await open_sockets(server.url, 6)) as socks:
             assert len(socks) == 6
 
@@ -480,9 +507,11 @@ async def test_ipv6_clients_are_capped_too(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- bookkeeping
 
 
-async def test_unread_bytes_are_forgotten_whichever_way_a_client_leaves() -> None:
+async def test_unread_bytes_are_forgotten_whichever_way_a_client_leaves(
+    redis_url: str | None,
+) -> None:
     """In process, to read the meter: every way out returns its bytes to the budget."""
-    app = create_app(ServerConfig(host=LOOPBACK, port=0, max_connections=3))
+    app = create_app(ServerConfig(host=LOOPBACK, port=0, max_connections=3, redis_url=redis_url))
     meter = app[METER_KEY]
     runner = web.AppRunner(app, shutdown_timeout=0.25)
     await runner.setup()

@@ -294,10 +294,17 @@ async def try_connect(url: str) -> Client | None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_registry_args: list[str]
+) -> Iterator[ServerProcess]:
     # Every client here shares 127.0.0.1; the per-address lookup limit is not
     # what these tests are about.
-    process = start_server(tmp_path_factory.mktemp("hostile"), "--max-lookups-per-address", "1000")
+    process = start_server(
+        tmp_path_factory.mktemp("hostile"),
+        "--max-lookups-per-address",
+        "1000",
+        *module_registry_args,
+    )
     try:
         yield process
     finally:
@@ -681,9 +688,11 @@ async def test_relay_only_between_partners(server: ServerProcess, connect: Conne
 # --------------------------------------------------------------------------- connection limit
 
 
-async def test_max_connections(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+async def test_max_connections(
+    tmp_path: Path, session: aiohttp.ClientSession, registry_args: list[str]
+) -> None:
     limit = 3
-    server = start_server(tmp_path, "--max-connections", str(limit))
+    server = start_server(tmp_path, "--max-connections", str(limit), *registry_args)
     clients: list[Client] = []
     try:
         clients = [await Client(server.url).connect() for _ in range(limit)]
@@ -811,8 +820,8 @@ async def _flood(url: str, target: str, stop: asyncio.Event, acks: list[Ack], bu
                 await client.close()
 
 
-async def test_transfer_succeeds_during_a_flood(tmp_path: Path) -> None:
-    server = start_server(tmp_path)
+async def test_transfer_succeeds_during_a_flood(tmp_path: Path, registry_args: list[str]) -> None:
+    server = start_server(tmp_path, *registry_args)
     try:
         src = make_file(
             tmp_path / "payload.bin", 1 * MIB + int.from_bytes(os.urandom(3)) % (3 * MIB)

@@ -12,10 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from sfs.signal import messages as m
 from sfs.signal.server import ServerConfig, run_server
-from tests.integration.sio_client import TIMEOUT_SECONDS, QueueingClient
+from tests.integration.sio_client import TIMEOUT_SECONDS, Peer
 
 ICE = (
     m.IceServer(urls=("stun:stun.example.org:3478",)),
@@ -24,35 +25,6 @@ ICE = (
 KEY = "S0VZLUtFWS1LRVk="
 SEALED = "c2VhbGVkLXNkcA=="
 NOBODY = "ZZZ-999"
-
-Ack = dict[str, Any]
-
-
-class Peer(QueueingClient):
-    """A Socket.IO client that queues every event it receives."""
-
-    async def connect(self, url: str) -> None:
-        await self.open(url)
-
-    async def call(self, event: str, data: object = None) -> Ack:
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            ack: Ack = await self.sio.call(event, data, timeout=TIMEOUT_SECONDS)
-        return ack
-
-    async def register(self) -> str:
-        ack = await self.call(m.REGISTER_PEER, {})
-        assert ack["ok"], ack
-        self.peer_id = ack["peer_id"]
-        return self.peer_id
-
-    async def expect_failure(self, event: str, data: object, code: str) -> None:
-        """Send *event*; the ack and the `error` event must both carry *code*."""
-        ack = await self.call(event, data)
-        assert ack["ok"] is False and ack["error"] == code, ack
-        assert isinstance(ack["message"], str) and ack["message"]
-        name, payload = await self.next_event()
-        assert name == m.ERROR
-        assert payload == {"event": event, "error": code, "message": ack["message"]}
 
 
 @contextlib.asynccontextmanager
@@ -74,16 +46,27 @@ async def serving(config: ServerConfig) -> AsyncIterator[str]:
                 await task
 
 
-def _config(**overrides: Any) -> ServerConfig:
-    return ServerConfig(**{"host": "127.0.0.1", "port": 0, "ice_servers": ICE, **overrides})
+MakeConfig = Callable[..., ServerConfig]
+
+
+@pytest.fixture
+def make_config(redis_url: str | None) -> MakeConfig:
+    """``make_config(**overrides)``: a server on a free port of 127.0.0.1 with this
+    test's registry (every test here runs with each, tests/conftest.py)."""
+
+    def make(**overrides: Any) -> ServerConfig:
+        defaults = {"host": "127.0.0.1", "port": 0, "ice_servers": ICE, "redis_url": redis_url}
+        return ServerConfig(**{**defaults, **overrides})
+
+    return make
 
 
 Connect = Callable[..., Awaitable[Peer]]
 
 
 @pytest.fixture
-async def server_url() -> AsyncIterator[str]:
-    async with serving(_config()) as url:
+async def server_url(make_config: MakeConfig) -> AsyncIterator[str]:
+    async with serving(make_config()) as url:
         yield url
 
 
@@ -158,6 +141,50 @@ async def test_stats_counts_only(server_url: str, connect: Connect) -> None:
             break
         await asyncio.sleep(0.05)
     assert stats == counts(0, 0, 0, 0)
+
+
+async def test_metrics_count_what_happened_and_name_nobody(
+    server_url: str, connect: Connect
+) -> None:
+    a, b, c = await connect(), await connect(), await connect()
+    for _ in range(10):  # the lookups a connection may make
+        await c.expect_failure(m.FIND_PEER, {"peer_id": NOBODY}, m.UNKNOWN_PEER)
+    await c.expect_failure(m.FIND_PEER, {"peer_id": a.peer_id}, m.RATE_LIMITED)
+    await _pair(a, b)
+    await a.call(m.SEND_PUBLIC_KEY, {"peer_id": b.peer_id, "key": KEY})
+    for event in (m.OFFER, m.ICE_CANDIDATE, m.ICE_CANDIDATE):
+        assert (await a.call(event, {"peer_id": b.peer_id, "sealed": SEALED}))["ok"]
+    await a.expect_failure(m.OFFER, {"peer_id": c.peer_id, "sealed": SEALED}, m.NOT_PAIRED)
+    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
+        async with session.get(f"{server_url}/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain; version=")
+            text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("sfs_connections") == 3 and value("sfs_registered_peers") == 3
+    assert value("sfs_pairings") == 1 and value("sfs_pending_requests") == 0
+    assert value("sfs_registry_up") == 1
+    assert value("sfs_registrations_total") == 3 and value("sfs_pairings_made_total") == 1
+    assert value("sfs_relayed_messages_total", event=m.SEND_PUBLIC_KEY) == 1
+    assert value("sfs_relayed_messages_total", event=m.OFFER) == 1
+    assert value("sfs_relayed_messages_total", event=m.ICE_CANDIDATE) == 2
+    assert value("sfs_rejected_events_total", reason=m.UNKNOWN_PEER) == 10
+    assert value("sfs_rejected_events_total", reason=m.RATE_LIMITED) == 1
+    assert value("sfs_rejected_events_total", reason=m.NOT_PAIRED) == 1
+    assert value("sfs_rejected_events_total", reason="registry_unavailable") == 0
+    assert value("sfs_lookup_rate_limited_total") == 1
+    # Counts only: no peer ID, no address, nothing of the Redis URL.
+    secrets = [a.peer_id, b.peer_id, c.peer_id, NOBODY, "127.0.0.1", "redis://"]
+    for secret in secrets:
+        assert secret not in text, secret
 
 
 async def test_register_hands_out_unique_ids_and_ice_servers(connect: Connect) -> None:
@@ -418,8 +445,8 @@ async def test_oversized_frame_drops_only_that_connection(connect: Connect) -> N
 # --------------------------------------------------------------------------- limits
 
 
-async def test_rate_limit_per_connection(connect: Connect) -> None:
-    async with serving(_config(max_lookups_per_connection=3)) as url:
+async def test_rate_limit_per_connection(connect: Connect, make_config: MakeConfig) -> None:
+    async with serving(make_config(max_lookups_per_connection=3)) as url:
         a, b = await connect(url=url), await connect(url=url)
         await a.call(m.FIND_PEER, {"peer_id": b.peer_id})
         await a.expect(m.PEER_FOUND, {"peer_id": b.peer_id})
@@ -432,8 +459,8 @@ async def test_rate_limit_per_connection(connect: Connect) -> None:
         await b.expect(m.PEER_FOUND, {"peer_id": a.peer_id})
 
 
-async def test_rate_limit_per_address(connect: Connect) -> None:
-    config = _config(max_lookups_per_connection=100, max_lookups_per_address=4)
+async def test_rate_limit_per_address(connect: Connect, make_config: MakeConfig) -> None:
+    config = make_config(max_lookups_per_connection=100, max_lookups_per_address=4)
     async with serving(config) as url:
         a, b = await connect(url=url), await connect(url=url)
         for _ in range(3):
@@ -446,8 +473,8 @@ async def test_rate_limit_per_address(connect: Connect) -> None:
         await c.expect_failure(m.SEND_CONNECTION_REQUEST, {"peer_id": a.peer_id}, m.RATE_LIMITED)
 
 
-async def test_server_full_refuses_connections(connect: Connect) -> None:
-    async with serving(_config(max_connections=2)) as url:
+async def test_server_full_refuses_connections(connect: Connect, make_config: MakeConfig) -> None:
+    async with serving(make_config(max_connections=2)) as url:
         a, b = await connect(url=url), await connect(url=url)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await connect(url=url)
@@ -462,11 +489,11 @@ async def test_server_full_refuses_connections(connect: Connect) -> None:
 
 
 async def test_logs_events_once_and_never_payloads(
-    connect: Connect, caplog: pytest.LogCaptureFixture
+    connect: Connect, caplog: pytest.LogCaptureFixture, make_config: MakeConfig
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="sfs")
     secret_key, secret_sdp = "U0VDUkVULUtFWQ==", "U0VDUkVULVNEUA=="
-    async with serving(_config()) as url:
+    async with serving(make_config()) as url:
         a, b = await connect(url=url), await connect(url=url)
         await _pair(a, b)
         await a.call(m.SEND_PUBLIC_KEY, {"peer_id": b.peer_id, "key": secret_key})

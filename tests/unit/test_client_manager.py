@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import socketio
 
-from sfs.signal.server import _ClientManager
+from sfs.signal.memory_registry import _ClientManager
 
 
 def _server(manager: Any) -> Any:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import pytest
 
 from sfs.signal import messages as m
+from sfs.signal.memory_registry import PeerTable
+from sfs.signal.registry import Deadlines, Rejected, address_key
 from sfs.signal.server import (
     FD_SPARE,
     LISTEN_BACKLOG,
     Admission,
-    Deadlines,
-    PeerTable,
     QueueMeter,
-    Rejected,
     ServerConfig,
-    address_key,
 )
 
 A, B, C = "AAA-001", "BBB-002", "CCC-003"
