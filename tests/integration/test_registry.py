@@ -161,13 +161,20 @@ async def test_of_senders_racing_for_one_receiver_exactly_one_wins(node: Node) -
         assert route.from_peer_id == receiver_id
 
 
-async def test_a_pairing_across_nodes_relays_only_between_its_peers(node: Node) -> None:
+async def _paired_across(node: Node) -> tuple[RedisRegistry, RedisRegistry, list[str]]:
+    """Nodes a and b; a receiver on a paired with a sender on b, and a third peer on
+    b: (a, b, [receiver sid, receiver ID, sender sid, sender ID, third sid, third ID])."""
     a, b = await node(), await node()
     r_sid, r_id = await _peer(a)
     s_sid, s_id = await _peer(b)
-    intruder_sid, _ = await _peer(b)
+    third_sid, third_id = await _peer(b)
     await b.request(s_sid, r_id, now=0.0)
     await a.accept(r_sid, s_id)
+    return a, b, [r_sid, r_id, s_sid, s_id, third_sid, third_id]
+
+
+async def test_a_pairing_across_nodes_relays_only_between_its_peers(node: Node) -> None:
+    a, b, (r_sid, r_id, s_sid, s_id, intruder_sid, _) = await _paired_across(node)
     assert (await b.relay(s_sid, r_id)).to_sid == r_sid
     assert (await a.relay(r_sid, s_id)).to_sid == s_sid
     with pytest.raises(Rejected) as info:
@@ -222,12 +229,7 @@ async def test_a_stalled_pairing_across_nodes_costs_both_ends(node: Node) -> Non
 
 
 async def test_the_partner_of_a_peer_on_a_dead_node_is_told_within_the_ttl(node: Node) -> None:
-    a, b = await node(), await node()
-    r_sid, r_id = await _peer(a)
-    s_sid, s_id = await _peer(b)
-    idle_sid, idle_id = await _peer(b)
-    await b.request(s_sid, r_id, now=0.0)
-    await a.accept(r_sid, s_id)
+    a, b, (r_sid, r_id, _, s_id, _, idle_id) = await _paired_across(node)
     await b.heartbeat()
     await b.close()  # b dies: no goodbye, no more heartbeats
     died = time.monotonic()

@@ -520,7 +520,10 @@ async def test_oversized_frame_costs_the_connection(
 ) -> None:
     raw = await RawClient.open(session, server.url)
     text = '42["register_peer",' + json.dumps(MARKER * (2 * MIB // len(MARKER))) + "]"
-    await raw.send(text.encode() if binary else text)
+    # The server may reset the connection as soon as it has read the frame's header,
+    # before all 2 MiB are written: that is the drop this test wants, not a failure.
+    with contextlib.suppress(ConnectionError):
+        await raw.send(text.encode() if binary else text)
     await raw.expect_dropped()
     await raw.close()
     # Just under the limit is still read, and refused politely.
