@@ -17,6 +17,7 @@ from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
+    in_netns,
     peer_env,
     sfs_command,
     sha256_file,
@@ -241,18 +242,40 @@ def wait_for_part_file(out: Path, timeout: float = 30) -> None:
     raise AssertionError("the transfer never started writing")
 
 
+@pytest.mark.parametrize("transport", ["datachannel", "tcp"])
 @pytest.mark.parametrize("interrupted", ["sender", "receiver"])
 def test_ctrl_c_ends_both_sides_and_leaves_nothing(
-    sfs_server: ServerProcess, tmp_path: Path, interrupted: str
+    request: pytest.FixtureRequest, tmp_path: Path, interrupted: str, transport: str
 ) -> None:
+    netns: str | None = None
+    if transport == "tcp":
+        # Over TCP 96 MiB cross loopback in about a second: too soon to interrupt for
+        # sure. In a namespace of its own, loopback is slowed to 200 Mbit/s (tbf, with
+        # a burst that holds loopback's 64 KiB packets).
+        netns = request.getfixturevalue("netns")
+        in_netns(netns, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "200mbit",
+                 "burst", "1mb", "latency", "100ms")  # fmt: skip
+        server = start_server(tmp_path, netns=netns)
+    else:
+        server = request.getfixturevalue("sfs_server")
     src = make_file(tmp_path / "big.bin", 96 * 1024 * 1024)
     out = tmp_path / "out"
-    receiver = start_receiver(sfs_server, out, "--yes", "--quiet")
+    receiver = start_receiver(server, out, "--yes", "--quiet", netns=netns)
     sender = subprocess.Popen(
-        sfs_command("send", "--quiet", "--chunk-size", "1024", receiver.code, str(src)),
+        sfs_command(
+            "send",
+            "--quiet",
+            "--transport",
+            transport,
+            "--chunk-size",
+            "1024",
+            receiver.code,
+            str(src),
+            netns=netns,
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=peer_env(sfs_server.url),
+        env=peer_env(server.url),
     )
     try:
         wait_for_part_file(out)
@@ -262,6 +285,8 @@ def test_ctrl_c_ends_both_sides_and_leaves_nothing(
         received = receiver.finish()
     finally:
         stop_process(sender)
+        if netns is not None:
+            stop_process(server.process)
     if interrupted == "sender":
         assert sender.returncode == 130, sender_err
         assert received.returncode == 7, received.stderr

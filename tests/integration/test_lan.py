@@ -153,6 +153,10 @@ def test_receiver_killed_mid_transfer_then_resumed_on_the_lan(tmp_path: Path) ->
         src = make_file(tmp_path / "big.bin", size)
         out = tmp_path / "out"
         out.mkdir()
+        # The peers meet over TCP, which would move 48 MiB before the kill lands: the
+        # sender's link is slowed to 200 Mbit/s.
+        b.run("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit",
+              "burst", "1mb", "latency", "100ms")  # fmt: skip
         receiver = start_waiting(a, tmp_path, "receive", "--yes", "-q", "-o", str(out))
         sender = start(
             b, "send", "-q", "--chunk-size", "4096", receiver.code, str(src),
