@@ -46,8 +46,8 @@ import aiohttp
 import socketio
 
 from benchmarks.bench import Usage, wait_usage
+from sfs.defaults import DEFAULT_FD_RESERVE
 from sfs.signal import messages as m
-from sfs.signal.server import DEFAULT_FD_RESERVE
 from tests.integration.cluster import RedisServer
 
 LOOPBACK = "127.0.0.1"

@@ -23,6 +23,8 @@ from typing import IO, Any, Protocol
 
 from sfs.check import Report, check
 from sfs.code import Code
+from sfs.defaults import CONNECT_TIMEOUT_SECONDS as CONNECT_TIMEOUT_SECONDS
+from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.errors import (
     DiskError,
     ServerUnreachableError,
@@ -94,12 +96,6 @@ from sfs.signal.server import ServerConfig, run_server
 
 logger = logging.getLogger(__name__)
 
-#: In LAN mode, how long the joining side looks for the code's peer on mDNS when
-#: --connect-timeout is not given: on a LAN a waiting peer answers within a second.
-LAN_FIND_SECONDS = 5.0
-#: How long to wait for each step of the other side during set-up, and for ICE,
-#: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
-CONNECT_TIMEOUT_SECONDS = 30.0
 #: How long a waiting receiver keeps trying to reach a server that went away.
 RECONNECT_SECONDS = 300.0
 #: How long a side cancelled during set-up tries to tell its partner.

@@ -6,49 +6,65 @@ one line on stderr and its exit code; tracebacks only with ``-v``.
 
 from __future__ import annotations
 
-import asyncio
+# Only what --help and --version need is imported here: they must answer in well
+# under 0.2 s, and aiortc, aiohttp, socketio and cryptography take half a second.
+# Everything heavy is imported in the function that uses it.
 import contextlib
-import ctypes
 import gc
-import getpass
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
-from tqdm import tqdm
 
-from sfs import __version__, app
-from sfs.code import CODE_SHAPE, Code, parse_code
-from sfs.errors import PeerConnectionError, SfsError
-from sfs.lan.record import Advert, waited
-from sfs.peer.connection import MAX_STREAMS, check_local_addresses
-from sfs.peer.protocol import (
+from sfs import __version__
+from sfs.defaults import (
+    CONNECT_TIMEOUT_SECONDS,
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_FD_RESERVE,
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_JOIN_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
+    DEFAULT_PAIRING_TIMEOUT_SECONDS,
+    DEFAULT_REDIS_TTL_SECONDS,
+    DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    DEFAULT_TURN_TTL_SECONDS,
+    LAN_FIND_SECONDS,
     MAX_CHUNK_BYTES,
     MAX_SENDER_NAME_CHARS,
+    MAX_STREAMS,
     MAX_TEXT_BYTES,
-    FileInfo,
-    Offer,
+    MIN_FD_RESERVE,
+    MIN_REDIS_TTL_SECONDS,
+    SETUP_PROTOCOL_VERSION,
+    SIGNALING_PROTOCOL_VERSION,
+    TRANSFER_PROTOCOL_VERSION,
+    Transport,
 )
-from sfs.peer.tcp import Transport
-from sfs.peer.transfer import Progress, TransferResult, format_size, is_tree, safe_name
-from sfs.signal import server as signal_server
-from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
-from sfs.signal.server import ServerConfig
-from sfs.signal.turn import DEFAULT_TTL_SECONDS as DEFAULT_TURN_TTL_SECONDS
-from sfs.signal.turn import TurnSecret, read_secret
-from sfs.text import printable, printable_text
+from sfs.errors import PeerConnectionError, SfsError
+from sfs.text import format_size, printable, printable_text
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from sfs import app
+    from sfs.code import Code
+    from sfs.lan.record import Advert
+    from sfs.peer.protocol import FileInfo, Offer
+    from sfs.peer.transfer import Progress, TransferResult
+    from sfs.signal.messages import IceServer
+    from sfs.signal.turn import TurnSecret
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -156,6 +172,8 @@ class TqdmProgress:
         self._files_left = 0  # of an overall bar
 
     def _new_bar(self, name: str, total: int | None) -> tqdm[Any]:
+        from tqdm import tqdm
+
         return tqdm(
             total=total,
             desc=printable(name, 30),
@@ -241,6 +259,10 @@ class ConsoleUi:
         return await _ask_in_thread(lambda: _confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer) -> bool:
+        import shutil
+
+        from sfs.peer.transfer import is_tree, safe_name
+
         if offer.text:
             what = f"a text message ({_plural(offer.files[0].size, 'byte')})"
         elif offer.stream:
@@ -288,6 +310,8 @@ def describe_tree(offer: Offer) -> str:
 
 
 def _offered_path(info: FileInfo) -> str:
+    from sfs.peer.transfer import safe_name
+
     try:
         return "/".join(safe_name(part) for part in (*info.folder, info.name))
     except SfsError:
@@ -311,6 +335,9 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
     A daemon thread, not ``to_thread``: a prompt still waiting when the user presses
     Ctrl-C must not keep the process alive at exit.
     """
+    import asyncio
+    import threading
+
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[bool] = loop.create_future()
 
@@ -419,6 +446,8 @@ def _tune_malloc() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    import ctypes
+
     try:
         mallopt = ctypes.CDLL(None).mallopt  # glibc has it; musl does not
     except (OSError, AttributeError):
@@ -435,6 +464,8 @@ def _run(
     ui: ConsoleUi | None = None,
     interrupted: int = EXIT_INTERRUPTED,
 ) -> T:
+    import asyncio
+
     if transfer:
         # Not for `sfs serve`: a long-lived server with many short connections needs
         # prompt full collections (scripts/load: 306 MiB instead of 151 MiB).
@@ -463,6 +494,8 @@ def _run(
 def _ice_servers(values: Sequence[str]) -> tuple[IceServer, ...] | None:
     if not values:
         return None
+    from sfs.signal.messages import parse_ice_server
+
     try:
         return tuple(parse_ice_server(v) for v in values)
     except ValueError as exc:
@@ -498,6 +531,9 @@ def _peer_options(
 ) -> app.PeerOptions:
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
+    from sfs import app
+    from sfs.peer.connection import check_local_addresses
+
     ctx = click.get_current_context()
     if lan and ctx.get_parameter_source("server") is ParameterSource.COMMANDLINE:
         raise click.UsageError("--lan and --server exclude each other: pick one")
@@ -516,7 +552,7 @@ def _peer_options(
         ice_addresses=addresses,
         connect_timeout=connect_timeout,
         name=name,
-        find_timeout=connect_timeout if explicit else app.LAN_FIND_SECONDS,
+        find_timeout=connect_timeout if explicit else LAN_FIND_SECONDS,
         ca_file=None if cacert is None else str(cacert),
         transport=Transport(transport),
     )
@@ -527,8 +563,10 @@ def _server_url(ctx: click.Context, param: click.Parameter, value: str | None) -
     server that cannot be reached."""
     if value is None or not value.strip():
         return None  # LAN mode
+    from urllib.parse import urlsplit
+
     try:
-        parts = urllib.parse.urlsplit(value.strip())
+        parts = urlsplit(value.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         parts = None
@@ -598,12 +636,12 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--connect-timeout",
             type=click.FloatRange(1, 3600),
-            default=app.CONNECT_TIMEOUT_SECONDS,
+            default=CONNECT_TIMEOUT_SECONDS,
             show_default=True,
             metavar="SECONDS",
             help="Give up when the signaling server, the other side or the direct "
             "connection does not answer within this long (on the local network, "
-            f"looking for the peer takes at most {app.LAN_FIND_SECONDS:.0f} s unless "
+            f"looking for the peer takes at most {LAN_FIND_SECONDS:.0f} s unless "
             "this is given).",
         ),
         click.option(
@@ -629,7 +667,12 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sfs")
+@click.version_option(
+    __version__,
+    prog_name="sfs",
+    message=f"%(prog)s %(version)s (protocols: transfer {TRANSFER_PROTOCOL_VERSION}, "
+    f"set-up {SETUP_PROTOCOL_VERSION}, signaling {SIGNALING_PROTOCOL_VERSION})",
+)
 def main() -> None:
     """End-to-end-encrypted peer-to-peer file transfer with a one-time code.
 
@@ -720,7 +763,7 @@ def main() -> None:
 )
 @click.option(
     "--max-connections-per-address",
-    default=signal_server.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     type=click.IntRange(1),
     show_default=True,
     help="Connections one client address (IPv6: one /64) may hold at once; each peer "
@@ -728,7 +771,7 @@ def main() -> None:
 )
 @click.option(
     "--header-timeout",
-    default=signal_server.DEFAULT_HEADER_TIMEOUT_SECONDS,
+    default=DEFAULT_HEADER_TIMEOUT_SECONDS,
     type=click.FloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
@@ -736,7 +779,7 @@ def main() -> None:
 )
 @click.option(
     "--join-timeout",
-    default=signal_server.DEFAULT_JOIN_TIMEOUT_SECONDS,
+    default=DEFAULT_JOIN_TIMEOUT_SECONDS,
     type=click.FloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
@@ -744,7 +787,7 @@ def main() -> None:
 )
 @click.option(
     "--register-timeout",
-    default=signal_server.DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    default=DEFAULT_REGISTER_TIMEOUT_SECONDS,
     type=click.FloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
@@ -752,7 +795,7 @@ def main() -> None:
 )
 @click.option(
     "--pairing-timeout",
-    default=signal_server.DEFAULT_PAIRING_TIMEOUT_SECONDS,
+    default=DEFAULT_PAIRING_TIMEOUT_SECONDS,
     type=click.FloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
@@ -761,14 +804,14 @@ def main() -> None:
 )
 @click.option(
     "--max-queued-bytes-per-connection",
-    default=signal_server.DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
+    default=DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
     type=click.IntRange(1),
     show_default=True,
     help="Disconnect a client that leaves more than this unread.",
 )
 @click.option(
     "--max-queued-bytes",
-    default=signal_server.DEFAULT_MAX_QUEUED_BYTES,
+    default=DEFAULT_MAX_QUEUED_BYTES,
     type=click.IntRange(1),
     show_default=True,
     help="Unread data for all clients together; beyond it the clients with the most "
@@ -776,8 +819,8 @@ def main() -> None:
 )
 @click.option(
     "--fd-reserve",
-    default=signal_server.DEFAULT_FD_RESERVE,
-    type=click.IntRange(signal_server.MIN_FD_RESERVE),
+    default=DEFAULT_FD_RESERVE,
+    type=click.IntRange(MIN_FD_RESERVE),
     show_default=True,
     help="File descriptors kept free for /healthz: Socket.IO clients get 503 when only "
     "this many are left.  The soft `ulimit -n` is raised to the hard one at start.",
@@ -796,8 +839,8 @@ def main() -> None:
 )
 @click.option(
     "--redis-ttl",
-    default=signal_server.REDIS_TTL_DEFAULT_SECONDS,
-    type=click.FloatRange(min=signal_server.REDIS_TTL_MIN_SECONDS),
+    default=DEFAULT_REDIS_TTL_SECONDS,
+    type=click.FloatRange(min=MIN_REDIS_TTL_SECONDS),
     show_default=True,
     metavar="SECONDS",
     help="With --redis: how long a node's peers stay registered after its last "
@@ -831,12 +874,15 @@ def serve(
     verbose: int,
 ) -> None:
     """Run the signaling server (it never sees file data or keys)."""
+    from sfs import app
+    from sfs.signal import server as signal_server
+
     _setup_logging(verbose)
     logging.getLogger("sfs.signal").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
-        config = ServerConfig(
+        config = signal_server.ServerConfig(
             host=host,
             port=port,
             ice_servers=_ice_servers(ice_server) or (),
@@ -878,6 +924,8 @@ async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
     """Run *serving* until SIGTERM (what a service manager sends), which then stops it
     as Ctrl-C does: every client is disconnected and told, and with --redis its peer
     leaves the registry at once, so partners on other nodes need not wait for the TTL."""
+    import asyncio
+
     task = asyncio.ensure_future(serving)
     terminated = False
 
@@ -906,8 +954,10 @@ def _redis_url(value: str | None) -> str | None:
     never shows the URL, which may hold a password."""
     if value is None or not value.strip():
         return None
+    from sfs.signal.redis_registry import redis_url_display
+
     try:
-        signal_server.redis_url_display(value)
+        redis_url_display(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--redis / SFS_REDIS_URL") from None
     return value.strip()
@@ -916,6 +966,8 @@ def _redis_url(value: str | None) -> str | None:
 def _bare_ice_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
     """--stun/--turn URLs, checked and normalised; credentials do not belong in them
     (sfs serve issues its own)."""
+    from sfs.signal.messages import canonical_ice_url
+
     urls: list[str] = []
     for value in values:
         if "@" in value:
@@ -933,6 +985,8 @@ def _bare_ice_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
 
 def _turn_secret(path: Path | None) -> TurnSecret | None:
     """From --turn-secret-file, else from SFS_TURN_SECRET; the error never shows it."""
+    from sfs.signal.turn import read_secret
+
     if path is not None:
         try:
             return read_secret(path.read_bytes())
@@ -1008,6 +1062,9 @@ def receive(
     With CODE (printed by `sfs send --print-code`), join that sender instead; `-`
     types it at a prompt (or reads it from stdin), out of the process list.
     """
+    from sfs import app
+    from sfs.code import parse_code
+
     _setup_logging(verbose)
     if not yes and not sys.stdin.isatty():
         raise click.UsageError(
@@ -1129,6 +1186,8 @@ def send(
     Leave CODE out to type it at a prompt (or pipe it on stdin), so it does not
     appear in the process list. With --print-code, this side prints the code instead.
     """
+    from sfs import app
+
     _setup_logging(verbose)
     _require_terminal_for_verify(verify)
     code: Code | None
@@ -1189,6 +1248,8 @@ def peers(once: float | None, verbose: int) -> None:
 
     Only LAN mode peers are listed: a signaling server never publishes who is on it.
     """
+    from sfs import app
+
     _setup_logging(verbose)
     if once is not None:
         found = _run(app.peers(lambda _: None, once=once), verbose, transfer=False)
@@ -1237,6 +1298,8 @@ def check_command(
 
     One line per check; exit 0 only if a transfer to anyone is possible.
     """
+    from sfs import app
+
     _setup_logging(verbose)
     if server is None:
         raise click.UsageError("give the server to check with: --server URL (or SFS_SERVER)")
@@ -1258,6 +1321,8 @@ PEER_NAME_CHARS = 24
 def peer_table(adverts: Sequence[Advert], *, now: float) -> list[str]:
     """The lines `sfs peers` prints: a header and one row per waiting peer, or one
     line saying there is nobody.  Names come from the network: printable() only."""
+    from sfs.lan.record import waited
+
     if not adverts:
         return ["Nobody is waiting on this network."]
     rows = [("NAME", "ID", "WAITS TO", "ADDRESS", "WAITING")]
@@ -1332,6 +1397,8 @@ def _split_code(
             "as in `sfs send CODE FILE...`"
         )
     if code_like:
+        from sfs.code import parse_code
+
         try:
             code = parse_code(args[0])
         except ValueError as exc:
@@ -1363,6 +1430,8 @@ def _only_files(args: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _looks_like_code(arg: str) -> bool:
+    from sfs.code import CODE_SHAPE
+
     return CODE_SHAPE.match(arg) is not None and not os.path.lexists(arg)
 
 
@@ -1374,6 +1443,8 @@ def _peer_id_part(arg: str) -> str:
 
 def _prompt_code() -> Code:
     """Ask on the terminal: a typo asks again; Ctrl-C or Ctrl-D ends like Ctrl-C."""
+    from sfs.code import parse_code
+
     for _ in range(CODE_PROMPT_TRIES):
         try:
             text = click.prompt("Code", err=True)
@@ -1405,6 +1476,8 @@ def _read_code() -> Code:
     text = sys.stdin.readline()
     if not text.strip():
         raise click.UsageError("no code given: pass it first, or type or pipe it on stdin")
+    from sfs.code import parse_code
+
     try:
         return parse_code(text)
     except ValueError as exc:
@@ -1412,6 +1485,8 @@ def _read_code() -> Code:
 
 
 def _default_sender() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):

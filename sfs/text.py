@@ -59,3 +59,12 @@ def printable_text(text: str) -> str:
     tabs stay (CRLF becomes a newline), so a message keeps its lines and no line
     can control the terminal."""
     return printable(text.replace("\r\n", "\n"), keep=_TEXT_KEEPS)
+
+
+def format_size(n: float) -> str:
+    """``1.2 MB`` style, decimal units as file managers show them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

@@ -43,9 +43,10 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
+from sfs.defaults import SETUP_PROTOCOL_VERSION
 from sfs.errors import CryptoError, WrongCodeError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = SETUP_PROTOCOL_VERSION
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16

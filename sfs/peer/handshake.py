@@ -59,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sfs.code import Code, new_secret
+from sfs.defaults import MAX_STREAMS as MAX_STREAMS
 from sfs.errors import (
     CancelledByPeerError,
     PeerGoneError,
@@ -80,9 +81,6 @@ WRONG_CODE_REASON = "wrong_code"
 PARTNER_GONE_GRACE_SECONDS = 5.0
 #: Early events kept for a later step; a flood only ever costs this many.
 BACKLOG_LIMIT = 64
-#: The most peer connections one session stripes over (the receiver enforces it; the
-#: connection glue takes it from here, since this module cannot import aiortc's).
-MAX_STREAMS = 8
 #: The most direct TCP addresses one description may list.
 MAX_TCP_ADDRESSES = 8
 #: ``--streams auto``: one stream up to this round trip (a LAN, a city)...

@@ -64,8 +64,15 @@ from typing import Any
 
 import zstandard
 
+# Defined in sfs.defaults, where the command line reads them without importing this.
+from sfs.defaults import DEFAULT_CHUNK_BYTES as DEFAULT_CHUNK_BYTES
+from sfs.defaults import MAX_CHUNK_BYTES as MAX_CHUNK_BYTES
+from sfs.defaults import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from sfs.defaults import MAX_SENDER_NAME_CHARS as MAX_SENDER_NAME_CHARS
+from sfs.defaults import MAX_TEXT_BYTES as MAX_TEXT_BYTES
+from sfs.defaults import TRANSFER_PROTOCOL_VERSION
 from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
-from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +81,7 @@ logger = logging.getLogger(__name__)
 #: a pipe, or more than fits in one frame), so an older receiver still gets what it
 #: can take; an offer from a newer version is refused with a message that says to
 #: upgrade.
-PROTOCOL_VERSION = 3
-#: The largest DataChannel message aiortc and browsers accept (a=max-message-size).
-MAX_MESSAGE_BYTES = 262_144
-MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - FRAME_OVERHEAD_BYTES
-#: Frames of exactly 64 KiB: measured fastest with aiortc on this project's bench
-#: (docs/PERFORMANCE.md); larger messages make aiortc's reassembly slower.
-DEFAULT_CHUNK_BYTES = 64 * 1024 - FRAME_OVERHEAD_BYTES
+PROTOCOL_VERSION = TRANSFER_PROTOCOL_VERSION
 #: The largest control JSON either side accepts. The largest one sfs itself makes is a
 #: RESUME with an offset and a SHA-256 for each of MAX_FILES files (about 88 kB; an
 #: ACCEPT or START with MAX_FILES offsets is about 20 kB); the rest is room for offers
@@ -93,12 +94,9 @@ MAX_JOINED_CONTROL_BYTES = 32 * 1024 * 1024
 MAX_FILES = 1000
 #: Files and folders in one offer of version 3 (sfs.peer.tree walks no more).
 MAX_ENTRIES = 100_000
-#: A text message (``sfs send --text``) is held in memory: more is a file.
-MAX_TEXT_BYTES = 1024 * 1024
 #: Offered names longer than this are refused outright; shorter ones are later cut
 #: down to a safe local name (see transfer.safe_name).
 MAX_OFFERED_NAME_CHARS = 4096
-MAX_SENDER_NAME_CHARS = 64
 MAX_REASON_CHARS = 200
 MAX_FILE_BYTES = 2**63 - 1
 SHA256_BYTES = 32

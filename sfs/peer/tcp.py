@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from sfs.defaults import Transport as Transport
 from sfs.errors import CryptoError, PeerConnectionError, PeerGoneError, RemoteProtocolError
 from sfs.peer.crypto import (
     TCP_MAGIC,
@@ -79,14 +80,6 @@ MAX_PENDING = 16
 #: The most addresses taken from the other side's sealed list.
 MAX_ADDRESSES = 8
 IDLE_TIMEOUT_SECONDS = 10.0
-
-
-class Transport(enum.Enum):
-    """``--transport``: which way the transfer may go."""
-
-    AUTO = "auto"
-    TCP = "tcp"
-    DATACHANNEL = "datachannel"
 
 
 # -- the proof, sans I/O ----------------------------------------------------------------------

@@ -69,6 +69,7 @@ from sfs.peer.protocol import (
     TransferProtocol,
 )
 from sfs.peer.tree import local_parts, plan_tree, walk
+from sfs.text import format_size as format_size  # re-exported: it used to live here
 from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
@@ -1704,12 +1705,3 @@ def _saved(dest: Path, offered: str) -> str:
     if dest.name != offered:
         line += f" (offered as {offered[:MAX_SHOWN_NAME_CHARS]!r})"
     return line
-
-
-def format_size(n: float) -> str:
-    """``1.2 MB`` style, decimal units as file managers show them."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")

@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-PROTOCOL_VERSION = 1
+from sfs.defaults import SIGNALING_PROTOCOL_VERSION
+
+PROTOCOL_VERSION = SIGNALING_PROTOCOL_VERSION
 
 # Client -> server events (each sent with an ack).
 REGISTER_PEER = "register_peer"

@@ -53,6 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from sfs.defaults import DEFAULT_REDIS_TTL_SECONDS, MIN_REDIS_TTL_SECONDS
 from sfs.errors import RegistryUnreachableError
 from sfs.signal import messages as m
 from sfs.signal.registry import (
@@ -77,8 +78,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "sfs:"
 CHANNEL = PREFIX + "socketio"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_TTL_SECONDS = 10.0
-MIN_TTL_SECONDS = 2.0
+DEFAULT_TTL_SECONDS = DEFAULT_REDIS_TTL_SECONDS
+MIN_TTL_SECONDS = MIN_REDIS_TTL_SECONDS
 # A node refreshes its peers' entries this many times per TTL, so a late heartbeat
 # or two does not lose them.
 HEARTBEATS_PER_TTL = 3

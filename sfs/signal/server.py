@@ -46,13 +46,27 @@ import socketio
 from aiohttp import web
 from socketio import packet as sio_packet
 
+from sfs.defaults import (
+    DEFAULT_FD_RESERVE,
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_JOIN_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
+    DEFAULT_PAIRING_TIMEOUT_SECONDS,
+    DEFAULT_PORT,
+    DEFAULT_REDIS_TTL_SECONDS,
+    DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    FD_SPARE,
+    LISTEN_BACKLOG,
+    MIN_FD_RESERVE,
+    MIN_REDIS_TTL_SECONDS,
+)
 from sfs.signal import messages as m
 from sfs.signal.memory_registry import MemoryRegistry
 from sfs.signal.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfs.signal.metrics import Metrics
 from sfs.signal.page import add_page_routes
-from sfs.signal.redis_registry import DEFAULT_TTL_SECONDS as DEFAULT_REDIS_TTL_SECONDS
-from sfs.signal.redis_registry import MIN_TTL_SECONDS as MIN_REDIS_TTL_SECONDS
 from sfs.signal.redis_registry import RedisRegistry
 from sfs.signal.redis_registry import redis_url_display as redis_url_display  # for the CLI
 from sfs.signal.registry import (
@@ -67,7 +81,6 @@ from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret, rest_credential
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 5000
 # For the CLI: `sfs serve --redis-ttl`.
 REDIS_TTL_DEFAULT_SECONDS = DEFAULT_REDIS_TTL_SECONDS
 REDIS_TTL_MIN_SECONDS = MIN_REDIS_TTL_SECONDS
@@ -84,24 +97,11 @@ MAX_EVENT_NAME_CHARS = 64
 # can make the server hold for it.  A working client reads them at once.
 MAX_QUEUED_PACKETS = 128
 # Defaults of the exhaustion limits (ServerConfig has the reasoning per field).
-DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
-DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
-DEFAULT_JOIN_TIMEOUT_SECONDS = 10.0
-DEFAULT_REGISTER_TIMEOUT_SECONDS = 10.0
-DEFAULT_PAIRING_TIMEOUT_SECONDS = 120.0
-DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION = 512 * 1024
-DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
-DEFAULT_FD_RESERVE = 256
-# The listen backlog is also how many connections one pass of the event loop may
-# accept before any of them is looked at, so the fds kept free must exceed it.
-LISTEN_BACKLOG = 128
+# (DEFAULT_* limits, LISTEN_BACKLOG, FD_SPARE, MIN_FD_RESERVE: from sfs.defaults.)
 # The kernel's send buffer per connection.  Left to autotuning it grows to
 # tcp_wmem's maximum (4 MiB by default) for a client that does not read, outside
 # every budget here; signaling messages are at most a sealed SDP (64 KiB).
 SEND_BUFFER_BYTES = 64 * 1024
-# Descriptors the server may open besides connections (logs, DNS, a pipe or two).
-FD_SPARE = 16
-MIN_FD_RESERVE = LISTEN_BACKLOG + 2 * FD_SPARE
 # Where the soft fd limit goes when the hard one is unlimited.
 UNLIMITED_FD_TARGET = 1 << 20
 # The share of a packet queued for a client beyond its payload (the objects that

@@ -17,7 +17,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-DEFAULT_TTL_SECONDS = 3600
+from sfs.defaults import DEFAULT_TURN_TTL_SECONDS
+
+DEFAULT_TTL_SECONDS = DEFAULT_TURN_TTL_SECONDS
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,8 @@ def test_ctrl_c_ends_both_sides_and_leaves_nothing(
 def test_version_and_help() -> None:
     done = subprocess.run(sfs_command("--version"), capture_output=True, timeout=30)
     assert done.returncode == 0
-    assert done.stdout.startswith(b"sfs, version ")
+    assert done.stdout.startswith(b"sfs 0.")
+    assert b"protocols: transfer 3" in done.stdout
 
 
 def test_striped_over_several_connections(sfs_server: ServerProcess, tmp_path: Path) -> None:

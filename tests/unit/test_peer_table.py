@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from sfs.defaults import FD_SPARE, LISTEN_BACKLOG
 from sfs.signal import messages as m
 from sfs.signal.memory_registry import PeerTable
 from sfs.signal.registry import Deadlines, Rejected, address_key
 from sfs.signal.server import (
-    FD_SPARE,
-    LISTEN_BACKLOG,
     Admission,
     QueueMeter,
     ServerConfig,

@@ -1,0 +1,66 @@
+"""`sfs --help` and `sfs --version` answer at once because they import nothing heavy.
+
+Time itself is shown by `scripts/bench --startup`, not asserted here: what is checked
+is the cause, which does not depend on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sfs import defaults
+from sfs.peer import crypto, protocol
+
+#: Top-level packages that take most of a transfer's start-up.
+HEAVY = {"aiortc", "aiohttp", "aioice", "av", "cryptography", "socketio", "engineio",
+         "spake2", "tqdm", "zeroconf", "redis", "zstandard", "asyncio"}  # fmt: skip
+
+PROBE = """
+import json, sys
+from click.testing import CliRunner
+from sfs.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+loaded = sorted({name.split(".")[0] for name in sys.modules})
+print(json.dumps({"exit": result.exit_code, "output": result.output, "loaded": loaded}))
+"""
+
+
+def _loaded_by(*args: str) -> tuple[set[str], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["exit"] == 0, report["output"]
+    return set(report["loaded"]), report["output"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--version",),
+        ("--help",),
+        *((name, "--help") for name in ("send", "receive", "serve", "peers", "check")),
+    ],  # fmt: skip
+    ids=lambda args: " ".join(args),
+)
+def test_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
+    loaded, output = _loaded_by(*args)
+    assert output
+    assert not loaded & HEAVY, f"`sfs {' '.join(args)}` imported {sorted(loaded & HEAVY)}"
+
+
+def test_version_names_the_protocols() -> None:
+    _, output = _loaded_by("--version")
+    assert output.startswith("sfs ")
+    assert f"transfer {protocol.PROTOCOL_VERSION}" in output
+    assert f"set-up {crypto.PROTOCOL_VERSION}" in output
+
+
+def test_the_light_copies_agree_with_the_modules_that_use_them() -> None:
+    assert defaults.FRAME_OVERHEAD_BYTES == crypto.FRAME_OVERHEAD_BYTES
+    assert defaults.MAX_CHUNK_BYTES == protocol.MAX_MESSAGE_BYTES - crypto.FRAME_OVERHEAD_BYTES
