@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from sfs import __version__
+from sfs import __version__, settings
 from sfs.defaults import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_CHUNK_BYTES,
@@ -539,7 +539,7 @@ def _peer_options(
         raise click.UsageError("--lan and --server exclude each other: pick one")
     # An explicit --connect-timeout also bounds the search on the LAN, whose own
     # default is short: a waiting peer there answers within a second.
-    explicit = ctx.get_parameter_source("connect_timeout") is ParameterSource.COMMANDLINE
+    explicit = ctx.get_parameter_source("connect_timeout") is not ParameterSource.DEFAULT
     try:
         addresses = check_local_addresses(_ice_addresses(ice_address))
     except PeerConnectionError as exc:
@@ -673,12 +673,33 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
     message=f"%(prog)s %(version)s (protocols: transfer {TRANSFER_PROTOCOL_VERSION}, "
     f"set-up {SETUP_PROTOCOL_VERSION}, signaling {SIGNALING_PROTOCOL_VERSION})",
 )
-def main() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=settings.CONFIG_ENV,
+    show_envvar=True,
+    metavar="FILE",
+    help="Read settings from this TOML file instead of "
+    f"{settings.default_config_path()} (see `sfs config`).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None) -> None:
     """End-to-end-encrypted peer-to-peer file transfer with a one-time code.
 
     With no --server and no SFS_SERVER, `sfs receive` and `sfs send` work on the
     local network by themselves (mDNS); with a server (`sfs serve`), across networks.
+
+    Every option can also be set in the environment (SFS_ and its name, as each
+    command's --help shows) or in the config file; the command line wins over the
+    environment, which wins over the file. `sfs config` shows what is in force.
+    Documentation: README.md beside the code (every option, exit codes,
+    troubleshooting).
     """
+    assert isinstance(ctx.command, click.Group)
+    config = settings.load(config_file, ctx.command, ctx)
+    ctx.default_map = config.default_map()
+    ctx.obj = config
 
 
 @main.command()
@@ -1491,3 +1512,43 @@ def _default_sender() -> str:
         return getpass.getuser()
     except (OSError, KeyError):
         return ""
+
+
+@main.command("config")
+@click.argument("command", required=False, metavar="[COMMAND]")
+@click.option("--path", "path_only", is_flag=True, help="Print only the config file's path.")
+@click.pass_context
+def config_command(ctx: click.Context, command: str | None, path_only: bool) -> None:
+    """Print the settings in force for each command (or COMMAND) and where each
+    comes from: the environment (SFS_...), the config file (with its line), or the
+    default. Passwords in URLs are shown as ***.
+
+    The output is TOML: a section of it can go into the config file as it is.
+    """
+    config: settings.ConfigFile = ctx.obj
+    if path_only:
+        say(str(config.path), err=False)
+        return
+    group = ctx.parent.command if ctx.parent is not None else None
+    assert isinstance(group, click.Group) and ctx.parent is not None
+    names = [n for n in sorted(group.commands) if n != "config"]
+    if command is not None and command not in names:
+        raise click.BadParameter(
+            f"{command!r} is not one of {', '.join(names)}", param_hint="COMMAND"
+        )
+    state = "" if config.found else "  (not there: defaults and environment only)"
+    say(f"# config file: {config.path}{state}", err=False)
+    for name in [command] if command else names:
+        say("", err=False)
+        say(f"[{name}]", err=False)
+        for setting in settings.settings_in_force(
+            group.commands[name], ctx.parent, config, os.environ
+        ):
+            line = f"{setting.key} = {settings.show_value(setting.value)}"
+            if setting.value is None:
+                line = f"# {setting.key} (not set)"
+            say(f"{line:<44} # {setting.source}", err=False)
+
+
+# Every option of every command from SFS_<NAME> too (after all commands are defined).
+settings.name_env_vars(main)

@@ -44,8 +44,8 @@ def _loaded_by(*args: str) -> tuple[set[str], str]:
     [
         ("--version",),
         ("--help",),
-        *((name, "--help") for name in ("send", "receive", "serve", "peers", "check")),
-    ],  # fmt: skip
+        *((name, "--help") for name in ("send", "receive", "serve", "peers", "check", "config")),
+    ],
     ids=lambda args: " ".join(args),
 )
 def test_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
