@@ -623,6 +623,30 @@ RAW, WORMHOLE = "raw aiortc DataChannel", "magic-wormhole (direct TCP)"
 SFS_CONTENDERS = {AUTO: "auto", TCP: "tcp", DATACHANNEL: "datachannel"}
 
 
+#: What `--startup` times: the commands that must answer at once.
+STARTUP_COMMANDS = (("--version",), ("--help",), ("send", "--help"), ("receive", "--help"))
+
+
+def startup_times(runs: int) -> list[str]:
+    """Wall time of ``sfs --version`` and ``--help`` as a user runs them (the installed
+    ``sfs`` script, a fresh process each time), median and slowest of ``runs``, beside
+    the interpreter's own start as the floor."""
+    script = Path(sys.executable).with_name("sfs")
+    command_line = [str(script)] if script.exists() else [sys.executable, "-m", "sfs"]
+    cases = [("python -c pass (the floor)", [sys.executable, "-c", "pass"])]
+    cases += [(f"sfs {' '.join(args)}", [*command_line, *args]) for args in STARTUP_COMMANDS]
+    lines = [f"start-up ({runs} runs each: median / slowest):"]
+    for label, argv in cases:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times.append(time.perf_counter() - started)
+        lines.append(f"  {label:<28} {statistics.median(times) * 1000:6.0f} ms / "
+                     f"{max(times) * 1000:4.0f} ms")  # fmt: skip
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument(
@@ -674,6 +698,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "files/s, MiB/s and peak RSS on 127.0.0.1",
     )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only time `sfs --version` and `--help` (10 runs each, or --runs if more); "
+        "every other bench prints them too, after its title",
+    )
     parser.add_argument("--streams", default="auto", help="sfs send --streams auto|N (for WebRTC)")
     parser.add_argument(
         "--transport",
@@ -697,6 +727,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="also measure raw striping over N channels, N connections, N process pairs",
     )
     args = parser.parse_args(argv)
+    if args.startup:
+        print("\n".join(startup_times(max(args.runs, 10))))
+        return
     if args.tree and (args.lan or args.long_link or args.nat):
         parser.error("--tree runs on 127.0.0.1 only: no --lan, --long-link or --nat")
     if args.tree and (args.size is not None or args.compare or args.stripe):
@@ -755,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
     print(title, flush=True)
+    print("\n".join(startup_times(5)), flush=True)
     transports = set(args.transport) or set(SFS_CONTENDERS.values())
     if args.lan:
         transports &= {"auto"}  # mDNS and LAN mode as users run them

@@ -666,6 +666,50 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
 # -- commands ---------------------------------------------------------------------------------
 
 
+def _epilog(examples: Sequence[tuple[str, str]]) -> str:
+    """Each command's --help ends with examples and where the whole story is. (``\\b``
+    keeps click from rewrapping the block.)"""
+    width = max(len(command) for command, _ in examples)
+    lines = [f"  {command.ljust(width)}  {what}" for command, what in examples]
+    return (
+        "\b\nExamples:\n"
+        + "\n".join(lines)
+        + ("\n\nREADME.md (beside the code) has every option, the exit codes and troubleshooting.")
+    )
+
+
+SERVE_EXAMPLES = [
+    ("sfs serve", "signaling on port 5000, every interface"),
+    ("sfs serve --port 0 --host 127.0.0.1", "a free port, this machine only"),
+    ("sfs serve --turn turn:turn.example.org:3478", "hand out TURN credentials"),
+]
+RECEIVE_EXAMPLES = [
+    ("sfs receive", "print a code, wait for files, ask before saving"),
+    ("sfs receive -o ~/Downloads --yes", "save whatever comes into ~/Downloads"),
+    ("sfs receive -", "type a code from `sfs send --print-code`"),
+    ("sfs receive --stdout --yes | tar x", "unpack a tar sent as a pipe"),
+]
+SEND_EXAMPLES = [
+    ("sfs send KQZ-042-tiger-lamp report.pdf", "send to the receiver showing that code"),
+    ("sfs send report.pdf photos/", "type the code at the prompt; folders go whole"),
+    ("sfs send --print-code notes.txt", "print a code here instead"),
+    ("sfs send CODE --text 'hello'", "a text message"),
+    ("tar c dir | sfs send CODE -", "a pipe"),
+]
+PEERS_EXAMPLES = [
+    ("sfs peers", "who waits on this network, live until Ctrl-C"),
+    ("sfs peers --once 2", "look for 2 s, print, exit"),
+]
+CHECK_EXAMPLES = [
+    ("sfs check --server https://sfs.example.org", "can this network reach anyone?"),
+]
+CONFIG_EXAMPLES = [
+    ("sfs config", "every command's settings and where they come from"),
+    ("sfs config send", "just `sfs send`'s"),
+    ("sfs config --path", "where the config file is looked for"),
+]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__,
@@ -702,7 +746,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
     ctx.obj = config
 
 
-@main.command()
+@main.command(epilog=_epilog(SERVE_EXAMPLES))
 @click.option("--host", default="0.0.0.0", envvar="SFS_HOST", show_envvar=True, show_default=True)
 @click.option(
     "--port",
@@ -1023,7 +1067,7 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     return read_secret(value.encode()) if value.strip() else None
 
 
-@main.command()
+@main.command(epilog=_epilog(RECEIVE_EXAMPLES))
 @click.argument("code", required=False, metavar="[CODE]")
 @click.option(
     "-o",
@@ -1126,7 +1170,7 @@ def receive(
     say(_final_line("Received", result), err=to_stdout or result.text is not None)
 
 
-@main.command()
+@main.command(epilog=_epilog(SEND_EXAMPLES))
 @click.argument("args", nargs=-1, metavar="[CODE] FILE...")
 @click.option(
     "--chunk-size",
@@ -1254,7 +1298,7 @@ def send(
     say(_final_line("Sent", result), err=False)
 
 
-@main.command()
+@main.command(epilog=_epilog(PEERS_EXAMPLES))
 @click.option(
     "--once",
     type=click.FloatRange(0, 3600),
@@ -1284,7 +1328,7 @@ def peers(once: float | None, verbose: int) -> None:
         live.close()
 
 
-@main.command("check")
+@main.command("check", epilog=_epilog(CHECK_EXAMPLES))
 @click.option(
     "--server",
     required=True,
@@ -1514,7 +1558,7 @@ def _default_sender() -> str:
         return ""
 
 
-@main.command("config")
+@main.command("config", epilog=_epilog(CONFIG_EXAMPLES))
 @click.argument("command", required=False, metavar="[COMMAND]")
 @click.option("--path", "path_only", is_flag=True, help="Print only the config file's path.")
 @click.pass_context

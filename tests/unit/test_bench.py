@@ -5,6 +5,7 @@ bench's job, not the tests')."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,14 @@ def test_a_data_phase_is_first_byte_to_last() -> None:
     assert data_seconds(series, 100) == pytest.approx(0.3)
     assert data_seconds(series, 200) is None  # never all there
     assert data_seconds([], 100) is None
+
+
+def test_startup_times_every_command_that_must_answer_at_once() -> None:
+    from benchmarks.bench import STARTUP_COMMANDS, startup_times
+
+    lines = startup_times(1)
+    assert len(lines) == 2 + len(STARTUP_COMMANDS)
+    assert "sfs --version" in lines[2]
+    for line in lines[1:]:
+        median, slowest = re.findall(r"(\d+) ms", line)
+        assert 0 < int(median) <= int(slowest)
