@@ -72,7 +72,9 @@ def start_receiver(
     *args: str,
     stdin: int | None = None,
     netns: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Receiver:
+    """`sfs receive --output OUT_DIR ARGS`, its code read; ``env`` adds to peer_env()."""
     out_dir.mkdir(exist_ok=True)
     stderr_path = out_dir.parent / f"receiver-{time.monotonic_ns()}.err"
     with open(stderr_path, "wb") as err:
@@ -81,7 +83,7 @@ def start_receiver(
             stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=subprocess.PIPE,
             stderr=err,
-            env=peer_env(server.url),
+            env={**peer_env(server.url), **(env or {})},
         )
     code = read_line_matching(process, CODE_RE).group(1)
     return Receiver(process, code, stderr_path)

@@ -318,3 +318,35 @@ def test_striped_over_several_connections(sfs_server: ServerProcess, tmp_path: P
     assert received.returncode == 0, received.stderr
     assert sha256_file(tmp_path / "out" / "a.bin") == sha256_file(first)
     assert sha256_file(tmp_path / "out" / "b.bin") == sha256_file(second)
+
+
+def test_settings_from_the_config_file_and_the_environment_reach_a_transfer(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The file says --yes and --overwrite to the receiver (no terminal: without --yes it
+    would refuse; a file of that name is there: without --overwrite, exit 10) and
+    --transport tcp to the sender, whose SFS_TRANSPORT=datachannel wins over it."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "quiet = true\n[receive]\nyes = true\noverwrite = true\n"
+        "[send]\ntransport = 'tcp'\nchunk-size = 16384\n"
+    )
+    src = make_file(tmp_path / "f.bin", 3 * 1024 * 1024 + 5)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f.bin").write_bytes(b"an older copy")
+    settings = {"SFS_CONFIG": str(config)}
+    receiver = start_receiver(sfs_server, out, env=settings)
+    sent = subprocess.run(
+        sfs_command("send", receiver.code, str(src)),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_SECONDS,
+        env={**peer_env(sfs_server.url), **settings, "SFS_TRANSPORT": "datachannel"},
+    )
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(out / "f.bin") == sha256_file(src)
+    assert "over TCP" not in sent.stdout and "direct" in sent.stdout, sent.stdout
+    assert sent.stderr == "" and received.stderr == ""  # quiet = true, for both
