@@ -197,7 +197,9 @@ def _from_toml(param: click.Option, value: Any, *, where: str) -> Any:
             wanted = "true or false" if flag else "a value, not true or false"
             raise SettingsError(f"{where}: --{option_key(param)} takes {wanted}")
     if isinstance(param.type, click.Path):
-        values = [os.path.expanduser(v) if isinstance(v, str) else v for v in values]
+        if not all(isinstance(v, str) for v in values):
+            raise SettingsError(f"{where}: --{option_key(param)} takes a path, in quotes")
+        values = [os.path.expanduser(v) for v in values]
     return values if param.multiple else values[0]
 
 
@@ -213,7 +215,7 @@ def _check(
         raise SettingsError(f"{where}: --{option_key(param)}: {exc.message}") from None
     except click.UsageError as exc:
         raise SettingsError(f"{where}: --{option_key(param)}: {exc.format_message()}") from None
-    except (TypeError, ValueError, AttributeError):  # a TOML type click never expected
+    except (TypeError, ValueError, AttributeError, ArithmeticError):  # types click never expected
         raise SettingsError(
             f"{where}: --{option_key(param)}: {value!r} is not a valid value"
         ) from None

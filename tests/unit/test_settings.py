@@ -217,7 +217,7 @@ def test_hide_password(text: str, shown: str) -> None:
     assert sfs_settings.hide_password(text) == shown
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=int(os.environ.get("SETTINGS_FUZZ_EXAMPLES", "60")), deadline=None)
 @given(
     key=st.sampled_from(["chunk-size", "streams", "port", "yes", "output", "connect-timeout"]),
     value=st.one_of(
@@ -283,3 +283,27 @@ def test_sfs_config_runs_as_a_process(tmp_path: Path) -> None:
     lines = config_lines(done.stdout, "peers")
     assert lines["once"] == ("2", f"{path}, line 2")
     assert lines["verbose"] == ('"2"', "SFS_VERBOSE")
+
+
+@pytest.mark.parametrize("value", ["0", "9", "two", "-1", "1.5", ""])
+def test_a_bad_streams_value_is_a_usage_error(value: str) -> None:
+    code, out, err = run("send", "--streams", value, "ABC-123-able-acid", __file__)
+    assert code == 2
+    assert out == ""
+    assert "--streams" in err and "give auto or a number from 1 to 8" in err
+
+
+@pytest.mark.parametrize("value", ["auto", "1", "8"])
+def test_good_streams_values_pass_the_check(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sfs import cli
+
+    seen = {}
+
+    def stop(*args: object, **kwargs: object) -> None:
+        seen["streams"] = click.get_current_context().params["streams"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_peer_options", stop)
+    code, _, err = run("send", "--streams", value, "ABC-123-able-acid", __file__)
+    assert code == 0, err
+    assert seen["streams"] == (None if value == "auto" else int(value))
