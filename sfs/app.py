@@ -452,8 +452,7 @@ async def _set_up(
                     offers = await links.create_offers()
                     tcp = None
                     if wants_tcp:
-                        direct = DirectPath(sender=True, keys=action.keys)
-                        stack.push_async_callback(direct.close)
+                        direct = _direct_path(stack, sender=True, keys=action.keys)
                         tcp = await direct.listen(host_addresses(addresses))
                     pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
                 elif isinstance(action, AnswerOffers):
@@ -468,8 +467,7 @@ async def _set_up(
                     if wants_tcp and action.tcp is not None:
                         # Dialing the sender's listeners while ours start and the answer
                         # travels: on a LAN the connection is proven before it arrives.
-                        direct = DirectPath(sender=False, keys=action.keys)
-                        stack.push_async_callback(direct.close)
+                        direct = _direct_path(stack, sender=False, keys=action.keys)
                         direct.dial(action.tcp)
                         tcp = await direct.listen(host_addresses(addresses))
                     answers = await links.answer_offers(_descriptions("offer", action.sdps))
@@ -683,6 +681,13 @@ async def _tell_partner(signal: SignalClient, actions: list[Action]) -> None:
                 await signal.call(action.event, action.payload)
         except (SfsError, TimeoutError, asyncio.CancelledError):
             logger.debug("could not tell the partner about the cancel", exc_info=True)
+
+
+def _direct_path(stack: AsyncExitStack, *, sender: bool, keys: SessionKeys) -> DirectPath:
+    """The direct TCP path of this session, closed with the rest of the set-up."""
+    direct = DirectPath(sender=sender, keys=keys)
+    stack.push_async_callback(direct.close)
+    return direct
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
