@@ -66,6 +66,9 @@ DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
 CHANNEL_LABEL = "sfs"
 #: What one link holds for its consumer, received but not yet read (see _ReceiveWindow).
 RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
+#: How long a SACK may wait for a second packet (RFC 9260 section 6.2 allows 200 ms;
+#: a sender that waits for it to send more must not wait long).
+SACK_DELAY_SECONDS = 0.010
 #: Nothing at all from the peer for this long means the connection is lost. Each
 #: side sends a keepalive every 2 s when idle (sfs.peer.transfer.keepalive), and
 #: aiortc itself may take 30 s or more to notice a dead path.
@@ -345,6 +348,13 @@ class _ReceiveWindow:
       TSNs, which RFC 9260 requires for the fragments of one message): each run's two
       end chunks carry ``_sfs_run = (other end, bytes)``, so a chunk joins its
       neighbours' runs without a scan.
+    - A SACK goes for every second packet of DATA, or SACK_DELAY_SECONDS after a
+      packet left unacknowledged, as RFC 9260 section 6.2 asks, instead of after
+      every packet: aiortc's receiver acknowledges each one, and building and
+      sending those SACKs, and the sender's handling of them, were the largest
+      single cost of a transfer on both sides (docs/PERFORMANCE.md). A packet that
+      leaves a gap, a duplicate, or a chunk dropped for the window is acknowledged
+      at once, so loss recovery and the window report are as before.
     """
 
     def __init__(self, transport: Any, link: DataChannelLink, window: int) -> None:
@@ -360,6 +370,13 @@ class _ReceiveWindow:
         transport._advertised_rwnd = window - held
         self._aiortc_receive_data_chunk = transport._receive_data_chunk
         transport._receive_data_chunk = self._receive_data_chunk
+        self._aiortc_send_sack = transport._send_sack
+        transport._send_sack = self._send_sack
+        #: A packet's SACK was left for the next packet (or the timer).
+        self._sack_owed = False
+        #: The next SACK must not wait: a chunk was dropped for the window.
+        self._sack_now = False
+        self._sack_timer: asyncio.TimerHandle | None = None
         transport._sfs_window = self
 
     def hold(self, size: int) -> None:
@@ -396,7 +413,7 @@ class _ReceiveWindow:
                 reassembly = stream.reassembly
                 free = transport._advertised_rwnd - _OVERHEAD_BYTES_EACH * (len(reassembly) + 1)
                 if free < len(chunk.user_data) and self._reader_holds:
-                    transport._sack_needed = True
+                    transport._sack_needed = self._sack_now = True
                     return _nothing()
                 if _join_run(reassembly, chunk) > self._max_message:
                     return self._abort(_TOO_LARGE.format(self._max_message))
@@ -423,12 +440,45 @@ class _ReceiveWindow:
         free = transport._advertised_rwnd - _OVERHEAD_BYTES_EACH * (held_chunks + 1)
         next_in_sequence = last is None or chunk.tsn == tsn_plus_one(last)
         if free < len(chunk.user_data) and not (self._reader_holds == 0 and next_in_sequence):
-            transport._sack_needed = True  # report the window; the sender will resend
+            transport._sack_needed = self._sack_now = True  # report the window; it resends
             return
         if _join_run(reassembly, chunk) > self._max_message:
             await self._abort(_TOO_LARGE.format(self._max_message))
             return
         await self._aiortc_receive_data_chunk(chunk)
+
+    def _send_sack(self) -> Awaitable[None]:
+        """What aiortc awaits after each packet that needs a SACK: the SACK every second
+        time, or at once when there is news for the sender (a gap, a duplicate, a
+        dropped chunk); otherwise a timer sends it if no packet comes first."""
+        transport = self._transport
+        if (
+            self._sack_owed
+            or self._sack_now
+            or transport._sack_misordered
+            or transport._sack_duplicates
+        ):
+            self._sack_owed = self._sack_now = False
+            if self._sack_timer is not None:
+                self._sack_timer.cancel()
+                self._sack_timer = None
+            awaitable: Awaitable[None] = self._aiortc_send_sack()
+            return awaitable
+        self._sack_owed = True
+        self._sack_timer = asyncio.get_running_loop().call_later(
+            SACK_DELAY_SECONDS, self._sack_overdue
+        )
+        return _nothing()
+
+    def _sack_overdue(self) -> None:
+        self._sack_timer = None
+        transport = self._transport
+        if not self._sack_owed or transport._association_state is _CLOSED:
+            return
+        self._sack_owed = False
+        if transport._sack_needed:
+            task = asyncio.ensure_future(self._aiortc_send_sack())
+            task.add_done_callback(_log_failure)
 
     async def _abort(self, reason: str) -> None:
         logger.debug("aborting the SCTP association: %s", reason)
@@ -443,7 +493,12 @@ _TOO_LARGE = "the other side sent a message larger than {} bytes, the most this 
 
 
 async def _nothing() -> None:
-    """What aiortc awaits for a chunk that is dropped."""
+    """What aiortc awaits for a chunk that is dropped, or a SACK left for later."""
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("a delayed SACK could not be sent: %s", task.exception())
 
 
 def _join_run(reassembly: list[Any], chunk: Any) -> int:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiortc.rtcsctptransport import SackChunk
 
 from sfs.errors import PeerGoneError, RemoteProtocolError
 from sfs.peer.connection import (
     RECEIVE_WINDOW_BYTES,
+    SACK_DELAY_SECONDS,
     DataChannelLink,
     PeerLink,
 )
@@ -216,3 +218,70 @@ async def test_a_message_at_the_advertised_size_goes_through() -> None:
         await pair.sender.send(item)
         async with asyncio.timeout(10):
             assert await pair.receiver.receive() == item
+
+
+async def test_a_sack_goes_for_every_second_packet() -> None:
+    """RFC 9260 section 6.2's delayed acknowledgement: half the SACKs aiortc would send
+    (one per packet), and everything still arrives. A packet after a gap (both ends in
+    one process here lose a few to the socket buffer) is acknowledged at once."""
+    async with link_pair() as pair:
+        transport = pair.receiver._channel.transport
+        quiet = news = sacks = 0
+        send_sack, send_chunk = transport._send_sack, transport._send_chunk
+
+        def counting_send_sack() -> Any:
+            nonlocal quiet, news
+            # aiortc asks after every packet that carried DATA
+            if transport._sack_misordered or transport._sack_duplicates:
+                news += 1
+            else:
+                quiet += 1
+            return send_sack()
+
+        async def counting_send_chunk(chunk: Any) -> None:
+            nonlocal sacks
+            sacks += isinstance(chunk, SackChunk)
+            await send_chunk(chunk)
+
+        transport._send_sack, transport._send_chunk = counting_send_sack, counting_send_chunk
+        items = messages(16)
+        sender = asyncio.create_task(send_all(pair.sender, items))
+        async with asyncio.timeout(60):
+            got = [await pair.receiver.receive() for _ in items]
+            await sender
+        assert [hashlib.sha256(m).digest() for m in got] == [
+            hashlib.sha256(m).digest() for m in items
+        ]
+        assert quiet > 1500, (quiet, news)
+        assert 0.45 * quiet <= sacks - news <= 0.55 * quiet, (sacks, quiet, news)
+
+
+async def test_a_lone_packet_is_acknowledged_within_the_delay() -> None:
+    """No second packet comes: the timer sends the SACK, long before the sender's
+    retransmission timer (1 s at least) would send the packet again; and not at once,
+    or there would be one SACK per packet again."""
+    async with link_pair() as pair:
+        sctp = pair.sender._channel.transport
+        acked = asyncio.Event()
+        receive_sack = sctp._receive_sack_chunk
+
+        async def watching(chunk: Any) -> None:
+            await receive_sack(chunk)
+            if not sctp._sent_queue:
+                acked.set()
+
+        sctp._receive_sack_chunk = watching
+        await pair.sender.send(b"x" * 100)
+        await pair.receiver.receive()
+        await asyncio.sleep(0.5)  # everything so far acknowledged
+        assert not sctp._sent_queue
+        for _ in range(5):
+            acked.clear()
+            started = time.monotonic()
+            await pair.sender.send(b"one packet")
+            async with asyncio.timeout(5):
+                await acked.wait()
+            elapsed = time.monotonic() - started
+            assert SACK_DELAY_SECONDS * 0.5 <= elapsed < 0.5, elapsed
+            await pair.receiver.receive()
+            await asyncio.sleep(0.05)

@@ -190,6 +190,27 @@ def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str, transport: 
         stop_process(server.process)
 
 
+def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str) -> None:
+    """2 % of the UDP packets in each direction vanish (so the receiver's delayed SACKs
+    meet gaps, duplicates and retransmissions): the file arrives whole, in bounded time."""
+    if subprocess.run(["which", "iptables"], capture_output=True).returncode:
+        pytest.skip("iptables is not installed (scripts/test installs it as root)")
+    server = start_server(tmp_path, netns=netns)
+    try:
+        in_netns(netns, "iptables", "-I", "INPUT", "-p", "udp", "-m", "statistic",
+                 "--mode", "random", "--probability", "0.02", "-j", "DROP")  # fmt: skip
+        src = make_file(tmp_path / "big.bin", 16 * 1024 * 1024)
+        out = tmp_path / "out"
+        receiver = start_receiver(server, out, "--yes", "-q", netns=netns)
+        sender = start_sender(server, receiver.code, src, "--transport", "datachannel", netns=netns)
+        sent, received = finish(sender, 120), receiver.finish(120)
+        assert sent.returncode == 0, sent.stderr
+        assert received.returncode == 0, received.stderr
+        assert sha256_file(out / "big.bin") == sha256_file(src)
+    finally:
+        stop_process(server.process)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with tmpfs(tmp_path, "12m") as mount_point:
