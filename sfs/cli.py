@@ -43,6 +43,7 @@ from sfs.peer.protocol import (
 )
 from sfs.peer.tcp import Transport
 from sfs.peer.transfer import Progress, TransferResult, format_size, is_tree, safe_name
+from sfs.qr import qr_lines
 from sfs.signal import server as signal_server
 from sfs.signal.messages import IceServer, canonical_ice_url, parse_ice_server
 from sfs.signal.server import ServerConfig
@@ -202,9 +203,12 @@ class ConsoleUi:
         code_hint: str = SEND_HINT,
         list_all: bool = False,
         stdout_free: bool = True,
+        qr: bool = False,
     ) -> None:
         """:param stdout_free: stdout may carry the code (False with --stdout, where
-        it carries the data and everything else goes to stderr)."""
+        it carries the data and everything else goes to stderr).
+        :param qr: draw the code (or the web page's link with it) as a QR code too."""
+        self.qr = qr
         self.quiet = quiet
         self.assume_yes = assume_yes
         self.list_all = list_all
@@ -216,14 +220,21 @@ class ConsoleUi:
         if not self.quiet:
             say(message)
 
-    def show_code(self, code: str) -> None:
+    def show_code(self, code: str, link: str | None = None) -> None:
         # The code goes to stdout only, once: not into logs or stderr captures. When
         # stdout goes elsewhere (a file, a pipe) but stderr is the user's terminal, the
-        # person must still see it there.
-        say(f"Code: {code}", err=not self.stdout_free)
+        # person must still see it there.  So does its QR code, which holds it too.
+        self._code_lines(code, link, err=not self.stdout_free)
         if self.stdout_free and not sys.stdout.isatty() and sys.stderr.isatty():
-            say(f"Code: {code}")
+            self._code_lines(code, link, err=True)
         self.status(self.code_hint)
+
+    def _code_lines(self, code: str, link: str | None, *, err: bool) -> None:
+        say(f"Code: {code}", err=err)
+        if self.qr:
+            show_qr(link or code, err=err)
+            if link:
+                say(f"Link: {link}", err=err)
 
     def progress(self) -> Progress:
         if not self.quiet and not sys.stderr.isatty():
@@ -266,6 +277,24 @@ class ConsoleUi:
             self.status(f"{question} yes (--yes)")
             return True
         return await _ask_in_thread(lambda: _confirm(question))
+
+
+def show_qr(text: str, *, err: bool) -> None:
+    """``text`` as a QR code, printed as it is: the drawing is ours, and its colour
+    codes are what lets a camera read it on any terminal (say() would strip them)."""
+    for line in qr_lines(text):
+        click.echo(line, err=err, color=True)  # click would strip them off a terminal
+
+
+# -- --qr -----------------------------------------------------------------------------------
+
+
+QR_OPTION = click.option(
+    "--qr",
+    is_flag=True,
+    help="Also draw the code as a QR code (with a server that serves the web page, "
+    "its link: http://SERVER/#CODE), for a phone's camera.",
+)
 
 
 def _plural(n: int, word: str) -> str:
@@ -980,6 +1009,7 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     "stderr); an offer of more is refused. Data already written cannot be taken "
     "back: an integrity failure still exits 12.",
 )
+@QR_OPTION
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -991,6 +1021,7 @@ def receive(
     list_all: bool,
     name: str | None,
     to_stdout: bool,
+    qr: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1040,8 +1071,9 @@ def receive(
         verify=verify,
         resume=not no_resume,
         sink=sys.stdout.buffer if to_stdout else None,
+        link=qr,
     )
-    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout)
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout, qr=qr)
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:
         click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))
@@ -1100,6 +1132,7 @@ def receive(
     is_flag=True,
     help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
 )
+@QR_OPTION
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -1112,6 +1145,7 @@ def send(
     no_compress: bool,
     sender_name: str | None,
     streams: int | None,
+    qr: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1131,6 +1165,8 @@ def send(
     """
     _setup_logging(verbose)
     _require_terminal_for_verify(verify)
+    if qr and not print_code:
+        raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
     code: Code | None
     # stdin carries the data (a pipe, or --text -): the code cannot come from there.
     stdin_taken = "-" in args or text == "-"
@@ -1170,7 +1206,8 @@ def send(
         streams=streams,
         resume=not no_resume,
     )
-    result = _run(app.send(config, ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT)), verbose)
+    ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
+    result = _run(app.send(config, ui), verbose)
     say(_final_line("Sent", result), err=False)
 
 
