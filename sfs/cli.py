@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import getpass
 import logging
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from sfs import __version__, app
 from sfs.code import CODE_SHAPE, Code, parse_code
 from sfs.errors import PeerConnectionError, SfsError
+from sfs.jsonui import JsonLines, JsonUi, PeerEvents
 from sfs.lan.record import Advert, waited
 from sfs.peer.connection import MAX_STREAMS, check_local_addresses
 from sfs.peer.protocol import (
@@ -286,9 +288,41 @@ def show_qr(text: str, *, err: bool) -> None:
         click.echo(line, err=err, color=True)  # click would strip them off a terminal
 
 
-# -- --qr -----------------------------------------------------------------------------------
+# -- --json and --qr ----------------------------------------------------------------------
 
 
+def _json_lines() -> JsonLines:
+    """--json's events: one line each on stdout, flushed (click.echo flushes)."""
+    return JsonLines(click.echo)
+
+
+async def _ask(question: str) -> bool:
+    return await _ask_in_thread(lambda: _confirm(question))
+
+
+def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json``; a usage error the command finds itself is then an ``error`` event
+    on stdout as well as its line on stderr (errors while running: :func:`_run`)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except click.UsageError as exc:
+                if kwargs.get("as_json"):
+                    _json_lines().error(exc.exit_code, exc.format_message())
+                raise
+
+        return click.option("--json", "as_json", is_flag=True, help=help_text)(run)
+
+    return decorate
+
+
+TRANSFER_JSON_HELP = (
+    "Write events to stdout as JSON, one object per line (code, offer, progress, done, "
+    "error; see README.md); no progress bars or status lines, only errors on stderr."
+)
 QR_OPTION = click.option(
     "--qr",
     is_flag=True,
@@ -461,8 +495,9 @@ def _run(
     verbose: int,
     *,
     transfer: bool = True,
-    ui: ConsoleUi | None = None,
+    ui: ConsoleUi | JsonUi | None = None,
     interrupted: int = EXIT_INTERRUPTED,
+    json_lines: JsonLines | None = None,
 ) -> T:
     if transfer:
         # Not for `sfs serve`: a long-lived server with many short connections needs
@@ -475,10 +510,14 @@ def _run(
         if verbose:
             logger.exception("details")
         say(f"Error: {exc}")
+        if json_lines is not None:
+            json_lines.error(exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if interrupted == 0:  # Ctrl-C is how this command ends
             sys.exit(0)
+        if json_lines is not None:
+            json_lines.error(EXIT_INTERRUPTED, "interrupted")
         if ui is not None and ui.kept:
             say(
                 "Interrupted. Nothing is under the final name; the partial copy is kept, "
@@ -1010,6 +1049,7 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     "back: an integrity failure still exits 12.",
 )
 @QR_OPTION
+@json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -1022,6 +1062,7 @@ def receive(
     name: str | None,
     to_stdout: bool,
     qr: bool,
+    as_json: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1040,6 +1081,10 @@ def receive(
     types it at a prompt (or reads it from stdin), out of the process list.
     """
     _setup_logging(verbose)
+    if as_json and to_stdout:
+        raise click.UsageError("--json and --stdout both write to stdout: pick one")
+    if as_json and qr:
+        raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
     if not yes and not sys.stdin.isatty():
         raise click.UsageError(
             "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
@@ -1071,8 +1116,13 @@ def receive(
         verify=verify,
         resume=not no_resume,
         sink=sys.stdout.buffer if to_stdout else None,
-        link=qr,
+        link=qr or as_json,
     )
+    if as_json:
+        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask)
+        received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
+        json_ui.done("receive", received)
+        return
     ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout, qr=qr)
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:
@@ -1133,6 +1183,7 @@ def receive(
     help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
 )
 @QR_OPTION
+@json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -1146,6 +1197,7 @@ def send(
     sender_name: str | None,
     streams: int | None,
     qr: bool,
+    as_json: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1167,6 +1219,8 @@ def send(
     _require_terminal_for_verify(verify)
     if qr and not print_code:
         raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
+    if as_json and qr:
+        raise click.UsageError("--json gives the code in its code event: drop --qr")
     code: Code | None
     # stdin carries the data (a pipe, or --text -): the code cannot come from there.
     stdin_taken = "-" in args or text == "-"
@@ -1206,6 +1260,10 @@ def send(
         streams=streams,
         resume=not no_resume,
     )
+    if as_json:
+        json_ui = JsonUi(_json_lines(), ask=_ask)
+        json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
+        return
     ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
     result = _run(app.send(config, ui), verbose)
     say(_final_line("Sent", result), err=False)
@@ -1219,14 +1277,24 @@ def send(
     metavar="SECONDS",
     help="Look for this long, print who was found and exit (0 even if nobody).",
 )
+@json_option(
+    "Write a JSON object per line to stdout: a peer event for each waiting peer "
+    "(with --once, each found); live, also a gone event when one leaves. See README.md."
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
-def peers(once: float | None, verbose: int) -> None:
+def peers(once: float | None, as_json: bool, verbose: int) -> None:
     """List who is waiting on this local network: receivers, and senders that ran
     `sfs send --print-code`. Updates live until Ctrl-C.
 
     Only LAN mode peers are listed: a signaling server never publishes who is on it.
     """
     _setup_logging(verbose)
+    if as_json:
+        events = PeerEvents(_json_lines())
+        looking = app.peers(events.show, once=once)
+        found = _run(looking, verbose, transfer=False, interrupted=0, json_lines=events.lines)
+        events.show(found)  # --once (live, only Ctrl-C ends it)
+        return
     if once is not None:
         found = _run(app.peers(lambda _: None, once=once), verbose, transfer=False)
         for line in peer_table(found, now=time.time()):
