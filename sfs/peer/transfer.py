@@ -977,8 +977,8 @@ class FileRecord:
     """One file that moved (or was already there whole).
 
     :param name: its path in the offer (``folder/name``), as the sender named it.
-    :param path: the receiver's final path; the sender's source file (``None`` for a
-        text message or a pipe).
+    :param path: the receiver's final path; the sender's source file; ``None`` for a
+        text message, a pipe on the sender, and ``--stdout`` on the receiver.
     :param sha256: the file's SHA-256 (hex), checked by the receiver.
     :param seconds: how long its bytes took (sender: to hand them to the channel).
     :param resumed_bytes: bytes not sent again (a resumed or already-whole file).
@@ -1450,6 +1450,7 @@ async def receive_files(
     result = TransferResult()
     part: PartFile | None = None
     few = True  # name each saved file (not for a huge tree)
+    in_memory = False  # a text message, or --stdout: no file of ours
 
     async def acknowledge(items: list[_Verified]) -> None:
         for item in items:
@@ -1459,7 +1460,7 @@ async def receive_files(
             result.records.append(
                 FileRecord(
                     name="/".join((*item.info.folder, item.info.name)),
-                    path=item.dest,
+                    path=None if in_memory else item.dest,
                     size=item.info.size,
                     sha256=item.sha256.hex(),
                     seconds=item.seconds,
