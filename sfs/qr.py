@@ -1,10 +1,12 @@
 """A QR code as lines of terminal text (``sfs receive --qr``).
 
-Two modules per character cell: the upper half block ``▀`` drawn in the top module's
-colour on the bottom module's colour.  Both colours are explicit (black and bright
-white, as ANSI SGR codes), so the code reads the same on a light terminal and on a
-dark one: a phone camera never sees it inverted.  The quiet zone (four light modules
-on every side, as the QR standard asks) is part of the drawing.
+Two modules per character cell, as half blocks: ``█`` both dark, ``▀`` the upper
+one, ``▄`` the lower one, a space neither.  Each line sets both colours explicitly
+first (black on bright white, as ANSI SGR codes), so the code reads the same on a
+light terminal and on a dark one: a phone camera never sees it inverted.  Without
+colours (a terminal that ignores them) the blocks still draw the code, as segno's
+compact output does.  The quiet zone (four light modules on every side, as the QR
+standard asks) is part of the drawing.
 
 Pure: no I/O; :mod:`sfs.cli` prints the lines.
 """
@@ -15,11 +17,15 @@ import segno
 
 #: Light modules around the symbol, as ISO/IEC 18004 asks.
 QUIET_ZONE_MODULES = 4
-#: Each cell is this character: its upper half in the foreground colour.
-UPPER_HALF = "\u2580"
-#: SGR parameters: foreground and background, per module colour.
-_FOREGROUND = {True: "30", False: "97"}  # dark: black; light: bright white
-_BACKGROUND = {True: "40", False: "107"}
+#: (upper dark, lower dark) -> the character drawn in the dark colour.
+BLOCKS = {
+    (True, True): "\u2588",
+    (True, False): "\u2580",
+    (False, True): "\u2584",
+    (False, False): " ",
+}
+#: Black (dark modules) on bright white (light modules), then back to the terminal's.
+COLOURS = "\x1b[30;107m"
 RESET = "\x1b[0m"
 
 
@@ -33,19 +39,12 @@ def qr_matrix(text: str) -> list[list[bool]]:
 
 
 def qr_lines(text: str) -> list[str]:
-    """``text`` as a QR code: one string per two rows of modules, each ending in a
-    reset of the colours."""
+    """``text`` as a QR code: one string per two rows of modules, each in explicit
+    colours that it resets at its end."""
     matrix = qr_matrix(text)
     if len(matrix) % 2:
         matrix.append([False] * len(matrix[0]))  # the quiet zone, one row deeper
-    lines = []
-    for top, bottom in zip(matrix[::2], matrix[1::2], strict=True):
-        cells = []
-        colours = None
-        for upper, lower in zip(top, bottom, strict=True):
-            if (upper, lower) != colours:
-                colours = (upper, lower)
-                cells.append(f"\x1b[{_FOREGROUND[upper]};{_BACKGROUND[lower]}m")
-            cells.append(UPPER_HALF)
-        lines.append("".join(cells) + RESET)
-    return lines
+    return [
+        COLOURS + "".join(BLOCKS[pair] for pair in zip(top, bottom, strict=True)) + RESET
+        for top, bottom in zip(matrix[::2], matrix[1::2], strict=True)
+    ]

@@ -1,13 +1,12 @@
 """Reading back a QR code that sfs drew on a terminal, as a phone camera would.
 
-The printed lines become a module matrix again (from the SGR colours of each
-``▀`` cell), the matrix a black-and-white PNG, and ``zbarimg`` (Debian's zbar-tools)
-decodes the PNG.
+The printed lines become a module matrix again (from the half block of each cell,
+inside the colours sfs sets), the matrix a black-and-white PNG, and ``zbarimg``
+(Debian's zbar-tools) decodes the PNG.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import struct
 import subprocess
@@ -16,33 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from sfs.qr import UPPER_HALF
+from sfs.qr import BLOCKS, COLOURS, RESET
 
-_CELL = re.compile(r"\x1b\[(\d+);(\d+)m|(" + UPPER_HALF + ")|(\x1b\\[0m)")
 PIXELS_PER_MODULE = 8
+_PAIRS = {char: pair for pair, char in BLOCKS.items()}
 
 
 def parse_drawing(lines: list[str]) -> list[list[bool]]:
     """The modules (``True``: dark) drawn by :func:`sfs.qr.qr_lines`; fails on any
-    character that is not part of such a drawing."""
+    line that is not such a drawing (its colours, half blocks, the reset)."""
     matrix: list[list[bool]] = []
     for line in lines:
-        top: list[bool] = []
-        bottom: list[bool] = []
-        colours: tuple[bool, bool] | None = None
-        pos = 0
-        while pos < len(line):
-            match = _CELL.match(line, pos)
-            assert match is not None, f"unexpected {line[pos : pos + 10]!r} in {line!r}"
-            if match.group(1):
-                colours = (match.group(1) == "30", match.group(2) == "40")
-            elif match.group(3):
-                assert colours is not None, line
-                top.append(colours[0])
-                bottom.append(colours[1])
-            pos = match.end()
-        assert line.endswith("\x1b[0m"), line
-        matrix += [top, bottom]
+        assert line.startswith(COLOURS) and line.endswith(RESET), repr(line)
+        cells = line[len(COLOURS) : -len(RESET)]
+        assert cells and all(c in _PAIRS for c in cells), repr(line)
+        matrix += [[_PAIRS[c][0] for c in cells], [_PAIRS[c][1] for c in cells]]
     assert matrix and all(len(row) == len(matrix[0]) for row in matrix)
     return matrix
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.qr import QUIET_ZONE_MODULES, qr_lines, qr_matrix
+from sfs.qr import COLOURS, QUIET_ZONE_MODULES, RESET, qr_lines, qr_matrix
 from tests.qr_decode import decode_drawing, parse_drawing
 
 
@@ -36,9 +36,8 @@ def test_two_rows_of_modules_per_line_with_a_quiet_zone() -> None:
         assert not any(row[:QUIET_ZONE_MODULES] + row[-QUIET_ZONE_MODULES:])
 
 
-def test_both_colours_are_explicit_in_every_cell() -> None:
-    """No cell relies on the terminal's own colours (light or dark theme)."""
+def test_both_colours_are_explicit_on_every_line() -> None:
+    """No line relies on the terminal's own colours (light or dark theme)."""
     for line in qr_lines("ABC-123-tiger-lamp"):
-        assert line.startswith("\x1b[")  # a colour before the first cell
-        assert line.endswith("\x1b[0m")
-        assert "\n" not in line and " " not in line
+        assert line.startswith(COLOURS) and line.endswith(RESET)
+        assert line.count("\x1b") == 2 and "\n" not in line
