@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from sfs.qr import qr_lines
+from sfs.signal.client import page_link, serves_page
+from sfs.signal.server import ServerConfig
 from tests.conftest import (
     ServerProcess,
     peer_env,
@@ -16,6 +18,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.integration.peers import CODE_RE, make_file, start_receiver
+from tests.integration.test_signal import serving
 from tests.qr_decode import decode_drawing
 
 
@@ -64,3 +67,15 @@ def test_send_print_code_qr_holds_the_code(sfs_server: ServerProcess, tmp_path: 
     finally:
         stop_process(process)
     assert decode_drawing([line.rstrip("\n") for line in drawing], tmp_path) == code
+
+
+async def test_serves_page_tells_a_server_with_the_page_from_one_without() -> None:
+    """The link is given only where the page is: `sfs serve`, not LAN mode's embedded
+    server (page=False), and not a port where nothing listens."""
+    with_page = ServerConfig(host="127.0.0.1", port=0)
+    without = ServerConfig(host="127.0.0.1", port=0, page=False)
+    async with serving(with_page) as url, serving(without) as bare_url:
+        assert await serves_page(url)
+        assert not await serves_page(bare_url)
+    assert not await serves_page("http://127.0.0.1:9")
+    assert page_link(url + "/", "ABC-123-tiger-lamp") == f"{url}/#ABC-123-tiger-lamp"
