@@ -90,7 +90,7 @@ from sfs.peer.transfer import (
     stream_source,
     text_source,
 )
-from sfs.signal.client import SERVER_LOST, SignalClient
+from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.messages import IceServer
 from sfs.signal.server import ServerConfig, run_server
 
@@ -109,7 +109,9 @@ class Ui(Protocol):
     """What the user sees and answers; the CLI implements it with click and tqdm."""
 
     def status(self, message: str) -> None: ...
-    def show_code(self, code: str) -> None: ...
+    def show_code(self, code: str, link: str | None = None) -> None:
+        """Show the code; ``link`` opens the server's web page with it filled in."""
+
     def progress(self) -> Progress: ...
     async def decide(self, offer: Offer) -> bool: ...
     async def confirm_verifier(self, verifier: str) -> bool: ...
@@ -178,6 +180,8 @@ class ReceiveConfig:
     code: Code | None = None
     #: Write the one offered file or pipe here (``--stdout``), not into output_dir.
     sink: IO[bytes] | None = None
+    #: Show the code with a link to the server's web page, if it serves one (--qr, --json).
+    link: bool = False
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -242,17 +246,26 @@ async def sender_session(
 
 @asynccontextmanager
 async def receiver_session(
-    options: PeerOptions, ui: Ui, *, code: Code | None = None
+    options: PeerOptions, ui: Ui, *, code: Code | None = None, page: str | None = None
 ) -> AsyncIterator[Session]:
     """Show a code and wait for the sender (or, given the sender's ``code``, join it),
-    agree on keys, and open the DataChannel."""
-    async with _session(Role.RECEIVER, code, options, ui) as session:
+    agree on keys, and open the DataChannel.
+
+    :param page: the URL of the web page to link the code to (the server's).
+    """
+    async with _session(Role.RECEIVER, code, options, ui, page=page) as session:
         yield session
 
 
 @asynccontextmanager
 async def _session(
-    role: Role, code: Code | None, options: PeerOptions, ui: Ui, *, streams: int | None = 1
+    role: Role,
+    code: Code | None,
+    options: PeerOptions,
+    ui: Ui,
+    *,
+    streams: int | None = 1,
+    page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
 
@@ -268,7 +281,9 @@ async def _session(
     async with AsyncExitStack() as stack:
         if options.server_url is not None:
             ui.status(f"Connecting via {options.server_url}…")
-            session = await _set_up(stack, handshake(), options.server_url, options, ui, addresses)
+            session = await _set_up(
+                stack, handshake(), options.server_url, options, ui, addresses, page=page
+            )
         elif code is None:
             session = await _wait_on_lan(stack, handshake(), role, options, ui, addresses)
         else:
@@ -334,7 +349,11 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
-    async with receiver_session(config.peer, ui, code=config.code) as session:
+    page = None
+    if config.link and config.code is None and config.peer.server_url is not None:
+        if await serves_page(config.peer.server_url, ca_file=config.peer.ca_file):
+            page = config.peer.server_url
+    async with receiver_session(config.peer, ui, code=config.code, page=page) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         if config.verify:
             await _verify(ui, session.channel, proto, session.keys)
@@ -391,6 +410,7 @@ async def _set_up(
     addresses: tuple[str, ...],
     *,
     registered: Callable[[str], Awaitable[None]] | None = None,
+    page: str | None = None,
 ) -> Session:
     """Pump ``handshake`` between the signaling client at ``url`` and the peer
     connection(s).
@@ -401,6 +421,7 @@ async def _set_up(
 
     :param registered: awaited with each peer ID the server gives, before the code
         is shown (LAN mode advertises it).
+    :param page: the web page to link each code shown to.
     """
     loop = asyncio.get_running_loop()
     signal = await stack.enter_async_context(_signal_client(url, options))
@@ -426,7 +447,8 @@ async def _set_up(
                 if isinstance(action, Call):
                     await _call(signal, action)
                 elif isinstance(action, ShowCode):
-                    ui.show_code(action.code)
+                    link = None if page is None else page_link(page, action.code)
+                    ui.show_code(action.code, link)
                 elif isinstance(action, Status):
                     ui.status(action.message)
                 elif isinstance(action, Reconnect):

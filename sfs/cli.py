@@ -10,6 +10,7 @@ from __future__ import annotations
 # under 0.2 s, and aiortc, aiohttp, socketio and cryptography take half a second.
 # Everything heavy is imported in the function that uses it.
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
     from sfs import app
     from sfs.code import Code
+    from sfs.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
     from sfs.peer.protocol import FileInfo, Offer
     from sfs.peer.transfer import Progress, TransferResult
@@ -220,9 +222,12 @@ class ConsoleUi:
         code_hint: str = SEND_HINT,
         list_all: bool = False,
         stdout_free: bool = True,
+        qr: bool = False,
     ) -> None:
         """:param stdout_free: stdout may carry the code (False with --stdout, where
-        it carries the data and everything else goes to stderr)."""
+        it carries the data and everything else goes to stderr).
+        :param qr: draw the code (or the web page's link with it) as a QR code too."""
+        self.qr = qr
         self.quiet = quiet
         self.assume_yes = assume_yes
         self.list_all = list_all
@@ -234,14 +239,21 @@ class ConsoleUi:
         if not self.quiet:
             say(message)
 
-    def show_code(self, code: str) -> None:
+    def show_code(self, code: str, link: str | None = None) -> None:
         # The code goes to stdout only, once: not into logs or stderr captures. When
         # stdout goes elsewhere (a file, a pipe) but stderr is the user's terminal, the
-        # person must still see it there.
-        say(f"Code: {code}", err=not self.stdout_free)
+        # person must still see it there.  So does its QR code, which holds it too.
+        self._code_lines(code, link, err=not self.stdout_free)
         if self.stdout_free and not sys.stdout.isatty() and sys.stderr.isatty():
-            say(f"Code: {code}")
+            self._code_lines(code, link, err=True)
         self.status(self.code_hint)
+
+    def _code_lines(self, code: str, link: str | None, *, err: bool) -> None:
+        say(f"Code: {code}", err=err)
+        if self.qr:
+            show_qr(link or code, err=err)
+            if link:
+                say(f"Link: {link}", err=err)
 
     def progress(self) -> Progress:
         if not self.quiet and not sys.stderr.isatty():
@@ -288,6 +300,60 @@ class ConsoleUi:
             self.status(f"{question} yes (--yes)")
             return True
         return await _ask_in_thread(lambda: _confirm(question))
+
+
+def show_qr(text: str, *, err: bool) -> None:
+    """``text`` as a QR code, printed as it is: the drawing is ours, and its colour
+    codes are what lets a camera read it on any terminal (say() would strip them)."""
+    from sfs.qr import qr_lines
+
+    for line in qr_lines(text):
+        click.echo(line, err=err, color=True)  # click would strip them off a terminal
+
+
+# -- --json and --qr ----------------------------------------------------------------------
+
+
+def _json_lines() -> JsonLines:
+    """--json's events: one line each on stdout, flushed (click.echo flushes)."""
+    from sfs.jsonui import JsonLines
+
+    return JsonLines(click.echo)
+
+
+async def _ask(question: str) -> bool:
+    return await _ask_in_thread(lambda: _confirm(question))
+
+
+def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json``; a usage error the command finds itself is then an ``error`` event
+    on stdout as well as its line on stderr (errors while running: :func:`_run`)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except click.UsageError as exc:
+                if kwargs.get("as_json"):
+                    _json_lines().error(exc.exit_code, exc.format_message())
+                raise
+
+        return click.option("--json", "as_json", is_flag=True, help=help_text)(run)
+
+    return decorate
+
+
+TRANSFER_JSON_HELP = (
+    "Write events to stdout as JSON, one object per line (code, offer, progress, done, "
+    "error; see README.md); no progress bars or status lines, only errors on stderr."
+)
+QR_OPTION = click.option(
+    "--qr",
+    is_flag=True,
+    help="Also draw the code as a QR code (with a server that serves the web page, "
+    "its link: http://SERVER/#CODE), for a phone's camera.",
+)
 
 
 def _plural(n: int, word: str) -> str:
@@ -461,8 +527,9 @@ def _run(
     verbose: int,
     *,
     transfer: bool = True,
-    ui: ConsoleUi | None = None,
+    ui: ConsoleUi | JsonUi | None = None,
     interrupted: int = EXIT_INTERRUPTED,
+    json_lines: JsonLines | None = None,
 ) -> T:
     import asyncio
 
@@ -477,10 +544,14 @@ def _run(
         if verbose:
             logger.exception("details")
         say(f"Error: {exc}")
+        if json_lines is not None:
+            json_lines.error(exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if interrupted == 0:  # Ctrl-C is how this command ends
             sys.exit(0)
+        if json_lines is not None:
+            json_lines.error(EXIT_INTERRUPTED, "interrupted")
         if ui is not None and ui.kept:
             say(
                 "Interrupted. Nothing is under the final name; the partial copy is kept, "
@@ -1099,6 +1170,8 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     "stderr); an offer of more is refused. Data already written cannot be taken "
     "back: an integrity failure still exits 12.",
 )
+@QR_OPTION
+@json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -1110,6 +1183,8 @@ def receive(
     list_all: bool,
     name: str | None,
     to_stdout: bool,
+    qr: bool,
+    as_json: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1131,6 +1206,10 @@ def receive(
     from sfs.code import parse_code
 
     _setup_logging(verbose)
+    if as_json and to_stdout:
+        raise click.UsageError("--json and --stdout both write to stdout: pick one")
+    if as_json and qr:
+        raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
     if not yes and not sys.stdin.isatty():
         raise click.UsageError(
             "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
@@ -1162,8 +1241,16 @@ def receive(
         verify=verify,
         resume=not no_resume,
         sink=sys.stdout.buffer if to_stdout else None,
+        link=qr or as_json,
     )
-    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout)
+    if as_json:
+        from sfs.jsonui import JsonUi
+
+        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask)
+        received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
+        json_ui.done("receive", received)
+        return
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout, qr=qr)
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:
         click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))
@@ -1222,6 +1309,8 @@ def receive(
     is_flag=True,
     help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
 )
+@QR_OPTION
+@json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
 @RESUME_OPTION
 @peer_options
@@ -1234,6 +1323,8 @@ def send(
     no_compress: bool,
     sender_name: str | None,
     streams: int | None,
+    qr: bool,
+    as_json: bool,
     verify: bool,
     no_resume: bool,
     server: str | None,
@@ -1255,6 +1346,10 @@ def send(
 
     _setup_logging(verbose)
     _require_terminal_for_verify(verify)
+    if qr and not print_code:
+        raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
+    if as_json and qr:
+        raise click.UsageError("--json gives the code in its code event: drop --qr")
     code: Code | None
     # stdin carries the data (a pipe, or --text -): the code cannot come from there.
     stdin_taken = "-" in args or text == "-"
@@ -1294,7 +1389,14 @@ def send(
         streams=streams,
         resume=not no_resume,
     )
-    result = _run(app.send(config, ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT)), verbose)
+    if as_json:
+        from sfs.jsonui import JsonUi
+
+        json_ui = JsonUi(_json_lines(), ask=_ask)
+        json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
+        return
+    ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
+    result = _run(app.send(config, ui), verbose)
     say(_final_line("Sent", result), err=False)
 
 
@@ -1306,8 +1408,12 @@ def send(
     metavar="SECONDS",
     help="Look for this long, print who was found and exit (0 even if nobody).",
 )
+@json_option(
+    "Write a JSON object per line to stdout: a peer event for each waiting peer "
+    "(with --once, each found); live, also a gone event when one leaves. See README.md."
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
-def peers(once: float | None, verbose: int) -> None:
+def peers(once: float | None, as_json: bool, verbose: int) -> None:
     """List who is waiting on this local network: receivers, and senders that ran
     `sfs send --print-code`. Updates live until Ctrl-C.
 
@@ -1316,6 +1422,14 @@ def peers(once: float | None, verbose: int) -> None:
     from sfs import app
 
     _setup_logging(verbose)
+    if as_json:
+        from sfs.jsonui import PeerEvents
+
+        events = PeerEvents(_json_lines())
+        looking = app.peers(events.show, once=once)
+        found = _run(looking, verbose, transfer=False, interrupted=0, json_lines=events.lines)
+        events.show(found)  # --once (live, only Ctrl-C ends it)
+        return
     if once is not None:
         found = _run(app.peers(lambda _: None, once=once), verbose, transfer=False)
         for line in peer_table(found, now=time.time()):

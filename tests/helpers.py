@@ -23,7 +23,7 @@ class QuietUi:
     def status(self, message: str) -> None:
         pass
 
-    def show_code(self, code: str) -> None:
+    def show_code(self, code: str, link: str | None = None) -> None:
         if not self.code.done():
             self.code.set_result(code)
 

@@ -638,6 +638,9 @@ class _Verified:
     dest: Path
     offset: int
     data: bytes | None = None
+    #: The file's SHA-256 (checked), and the seconds its bytes took to arrive.
+    sha256: bytes = b""
+    seconds: float = 0.0
 
 
 class _Placer:
@@ -970,11 +973,33 @@ def inspect_sources(paths: list[Path]) -> list[SourceFile]:
     return sources
 
 
+@dataclass(frozen=True)
+class FileRecord:
+    """One file that moved (or was already there whole).
+
+    :param name: its path in the offer (``folder/name``), as the sender named it.
+    :param path: the receiver's final path; the sender's source file; ``None`` for a
+        text message, a pipe on the sender, and ``--stdout`` on the receiver.
+    :param sha256: the file's SHA-256 (hex), checked by the receiver.
+    :param seconds: how long its bytes took (sender: to hand them to the channel).
+    :param resumed_bytes: bytes not sent again (a resumed or already-whole file).
+    """
+
+    name: str
+    path: Path | None
+    size: int
+    sha256: str
+    seconds: float
+    resumed_bytes: int
+
+
 @dataclass
 class TransferResult:
-    """What moved: file names (sender) or final paths (receiver), bytes, seconds."""
+    """What moved: file names (sender) or final paths (receiver), bytes, seconds; and
+    a record per file, in the offer's order."""
 
     files: list[Path | str] = field(default_factory=list)
+    records: list[FileRecord] = field(default_factory=list)
     total_bytes: int = 0
     resumed_bytes: int = 0
     #: Files that were already here whole (their SHA-256 confirmed), not sent again.
@@ -1179,7 +1204,9 @@ async def send_files(
             packer = _Packer(chunk_size, compress=compress and proto.zstd)
             progress.begin(len(sources), None if offer.stream else offer.total_size)
             for source, (offset, prefix) in zip(sources, starts, strict=True):
-                size = await _send_one(channel, proto, source, packer, progress, offset, prefix)
+                record = await _send_one(channel, proto, source, packer, progress, offset, prefix)
+                size = record.size
+                result.records.append(record)
                 result.files.append(source.name)
                 result.total_bytes += size
                 result.resumed_bytes += offset
@@ -1282,9 +1309,10 @@ async def _send_one(
     progress: Progress,
     offset: int,
     prefix: HashState | None,
-) -> int:
-    """Send one file (or text, or pipe) from ``offset``; return its size."""
+) -> FileRecord:
+    """Send one file (or text, or pipe) from ``offset``; return its record."""
     digest = prefix if prefix is not None else hashlib.sha256()
+    started = time.monotonic()
     progress.start(source.name, None if source.stream else source.size)
     progress.advance(offset)
     plain = shown = offset  # bytes given to the channel / shown as sent
@@ -1302,11 +1330,20 @@ async def _send_one(
                     progress.advance(left - shown)
                     shown = left
             _drain_acks(channel, proto)
-        await channel.send(proto.send(FileDone(digest.digest())))
+        sha256 = digest.digest()
+        await channel.send(proto.send(FileDone(sha256)))
         progress.advance(plain - shown)  # the rest is on its way, in order
     finally:
         progress.finish()
-    return plain
+    on_disk = source.data is None and not source.stream
+    return FileRecord(
+        name="/".join((*source.folder, source.name)),
+        path=source.path if on_disk else None,
+        size=plain,
+        sha256=sha256.hex(),
+        seconds=time.monotonic() - started,
+        resumed_bytes=offset,
+    )
 
 
 async def _blocks(
@@ -1414,12 +1451,23 @@ async def receive_files(
     result = TransferResult()
     part: PartFile | None = None
     few = True  # name each saved file (not for a huge tree)
+    in_memory = False  # a text message, or --stdout: no file of ours
 
     async def acknowledge(items: list[_Verified]) -> None:
         for item in items:
             if few and (item.part is not None or item.data is not None):
                 status(_saved(item.dest, item.info.name))
             result.files.append(item.dest)
+            result.records.append(
+                FileRecord(
+                    name="/".join((*item.info.folder, item.info.name)),
+                    path=None if in_memory else item.dest,
+                    size=item.info.size,
+                    sha256=item.sha256.hex(),
+                    seconds=item.seconds,
+                    resumed_bytes=item.offset,
+                )
+            )
             result.total_bytes += item.info.size
             result.resumed_bytes += item.offset
             result.resumed_files += bool(item.offset) and item.part is not None
@@ -1491,6 +1539,7 @@ async def receive_files(
                     writer = memory.write
                 progress.start(dest.name if not in_memory else "stdout", info.size)
                 progress.advance(offset)
+                started = time.monotonic()
                 try:
                     while True:
                         event = await next_event(channel, proto)
@@ -1505,6 +1554,7 @@ async def receive_files(
                             progress.advance(len(event.data))
                         elif isinstance(event, FileDone):
                             done = event
+                            seconds = time.monotonic() - started
                             break
                         else:
                             raise _peer_stopped(event)
@@ -1514,7 +1564,7 @@ async def receive_files(
                     part.verify(done.sha256)
                     if info.stream:  # its size is what came
                         info = dataclasses.replace(info, size=part.written)
-                    placer.add(_Verified(part, info, dest, offset))
+                    placer.add(_Verified(part, info, dest, offset, None, done.sha256, seconds))
                     part = None
                 else:
                     size = await memory.verify(done.sha256)
@@ -1523,7 +1573,7 @@ async def receive_files(
                     if info.stream:
                         info = dataclasses.replace(info, size=size)
                     data = bytes(memory.data) if small else None
-                    placer.add(_Verified(None, info, dest, offset, data))
+                    placer.add(_Verified(None, info, dest, offset, data, done.sha256, seconds))
                     result.skipped_files += whole and info.size > 0
                 await placer.poll()
             await placer.drain()

@@ -14,6 +14,7 @@ import ssl
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import socketio
 
 from sfs.errors import (
@@ -75,6 +76,35 @@ def _certificate_error(exc: BaseException) -> str | None:
             return str(message or "verification failed")
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+#: How long finding out whether the server serves the web page may take.
+PAGE_CHECK_SECONDS = 5.0
+
+
+def page_link(url: str, code: str) -> str:
+    """The link that opens the server's web page with ``code`` filled in: the page
+    reads the code after ``#`` (a fragment, which browsers never send to a server)."""
+    return f"{url.rstrip('/')}/#{code}"
+
+
+async def serves_page(url: str, *, ca_file: str | None = None) -> bool:
+    """Whether the server at ``url`` serves the browser page at ``/`` (``sfs serve``
+    does unless the page was never built; LAN mode's embedded server does not).
+
+    Any failure is a no: the page link is a convenience, never a reason to stop.
+    """
+    ssl_context: ssl.SSLContext | bool = True if ca_file is None else trust(ca_file)
+    try:
+        async with (
+            asyncio.timeout(PAGE_CHECK_SECONDS),
+            aiohttp.ClientSession() as session,
+            session.get(f"{url.rstrip('/')}/", ssl=ssl_context, allow_redirects=False) as reply,
+        ):
+            return reply.status == 200 and reply.content_type == "text/html"
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        logger.debug("no web page at %s", url, exc_info=True)
+        return False
 
 
 class SignalClient:

@@ -84,7 +84,7 @@ class InProcessUi:
     def status(self, message: str) -> None:
         pass
 
-    def show_code(self, code: str) -> None:
+    def show_code(self, code: str, link: str | None = None) -> None:
         self.code.set_result(code)
 
     def progress(self) -> Progress:

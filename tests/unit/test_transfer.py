@@ -38,6 +38,7 @@ from sfs.peer.protocol import (
 )
 from sfs.peer.transfer import (
     PartFile,
+    TransferResult,
     identity_of,
     inspect_sources,
     meta_path,
@@ -246,6 +247,20 @@ async def test_files_of_many_sizes_arrive_intact(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "out")) == sorted(contents)
 
 
+async def test_each_file_has_a_record_on_both_sides(tmp_path: Path) -> None:
+    contents = {f"f{n}": os.urandom(n) for n in (0, 1, 100)}
+    sent, received = await run_transfer(tmp_path, contents)
+    assert isinstance(sent, TransferResult) and isinstance(received, TransferResult)
+    for result, folder in ((sent, "src"), (received, "out")):
+        assert [r.name for r in result.records] == list(contents)
+        for record in result.records:
+            data = contents[record.name]
+            assert record.path == tmp_path / folder / record.name
+            assert record.size == len(data)
+            assert record.sha256 == hashlib.sha256(data).hexdigest()
+            assert record.seconds >= 0 and record.resumed_bytes == 0
+
+
 async def test_decline_reaches_the_sender(tmp_path: Path) -> None:
     sent, received = await run_transfer(tmp_path, {"f": b"x"}, decide=decline)
     assert isinstance(sent, RejectedError)
@@ -335,6 +350,9 @@ async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
         ),
     )
     assert sent.resumed_bytes == received.resumed_bytes > 0
+    assert [r.resumed_bytes for r in sent.records] == [sent.resumed_bytes]
+    assert [r.resumed_bytes for r in received.records] == [sent.resumed_bytes]
+    assert received.records[0].sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert (out / "big").read_bytes() == src.read_bytes()
     assert os.listdir(out) == ["big"]
 

@@ -108,6 +108,9 @@ async def test_a_text_message_arrives_in_the_result_and_writes_nothing(tmp_path:
     assert isinstance(received, TransferResult) and received.text == text
     assert isinstance(sent, TransferResult)
     assert os.listdir(tmp_path / "out") == []
+    # Its records name no file: there is none on either side.
+    assert [r.path for r in sent.records] == [r.path for r in received.records] == [None]
+    assert received.records[0].sha256 == hashlib.sha256(text.encode()).hexdigest()
 
 
 async def test_a_pipe_streams_to_the_sink_with_its_hash_checked(tmp_path: Path) -> None:
