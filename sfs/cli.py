@@ -7,15 +7,12 @@ one line on stderr and its exit code; tracebacks only with ``-v``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
-import getpass
 import logging
 import os
 import re
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -28,7 +25,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
-from sfs import __version__, app
+from sfs import __version__, app, platform
 from sfs.code import CODE_SHAPE, Code, parse_code
 from sfs.errors import PeerConnectionError, SfsError
 from sfs.lan.record import Advert, waited
@@ -417,7 +414,7 @@ def _tune_malloc() -> None:
     TCP used 60 % less system time and moved 1 GiB 40 % faster (docs/PERFORMANCE.md).
     Freed memory up to the trim threshold stays with the process, which RSS shows.
     """
-    if not sys.platform.startswith("linux"):
+    if not platform.is_linux():
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt  # glibc has it; musl does not
@@ -886,19 +883,15 @@ async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
         terminated = True
         task.cancel()
 
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, terminate)
-    except NotImplementedError:  # Windows: SIGTERM ends the process as before
-        pass
+    # Windows has no SIGTERM handler: there SIGTERM ends the process as before.
+    undo = platform.on_terminate(asyncio.get_running_loop(), terminate)
     try:
         await task
     except asyncio.CancelledError:
         if not terminated:
             raise
     finally:
-        with contextlib.suppress(NotImplementedError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        undo()
 
 
 def _redis_url(value: str | None) -> str | None:
@@ -1412,7 +1405,4 @@ def _read_code() -> Code:
 
 
 def _default_sender() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return ""
+    return platform.login_name()
