@@ -64,6 +64,11 @@ RECEIVE_HINT = (
 NARROW_COLUMNS = 60
 NARROW_BAR = "{desc}: {percentage:3.0f}%|{bar}| {rate_fmt}"
 NARROW_COUNT = "{desc}: {n_fmt}{unit} {rate_fmt}"
+#: Columns a bar leaves free at the end of its line: room for the ``^C`` a terminal
+#: echoes when Ctrl-C is typed, which would otherwise wrap and strand the bar.
+BAR_SPARE_COLUMNS = 3
+#: How often a bar looks again at the terminal's width.
+BAR_WIDTH_CHECK_SECONDS = 0.5
 #: An offer lists at least this many names, however small the terminal.
 MIN_LISTED_FILES = 5
 #: Allocations between two first-generation collections (CPython's default: 700).
@@ -174,12 +179,19 @@ class TqdmProgress:
         self._quiet = quiet
         self._bar: tqdm[Any] | None = None
         self._files_left = 0  # of an overall bar
+        self._width_checked = 0.0
+        self.drawn = False  # a bar has been on the screen
+
+    @staticmethod
+    def _bar_columns() -> int | None:
+        width = terminal.columns(sys.stderr)
+        return None if width is None else width - BAR_SPARE_COLUMNS
 
     def _new_bar(self, name: str, total: int | None) -> tqdm[Any]:
-        # tqdm follows the terminal's width as it changes, unless COLUMNS says it.
-        fixed = terminal.columns(None)
-        width = fixed or terminal.columns(sys.stderr)
+        width = terminal.columns(sys.stderr)
         narrow = width is not None and width < NARROW_COLUMNS
+        self._width_checked = time.monotonic()
+        self.drawn = True
         return tqdm(
             total=total,
             desc=printable(name, 30 if width is None else max(8, min(30, width // 3))),
@@ -188,8 +200,7 @@ class TqdmProgress:
             unit_divisor=1000,
             file=sys.stderr,
             leave=False,
-            ncols=fixed,
-            dynamic_ncols=fixed is None,
+            ncols=self._bar_columns(),
             # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
             bar_format=(NARROW_BAR if total is not None else NARROW_COUNT) if narrow else None,
         )
@@ -215,6 +226,12 @@ class TqdmProgress:
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
+            now = time.monotonic()
+            if now - self._width_checked >= BAR_WIDTH_CHECK_SECONDS:
+                # The terminal may have been resized (tqdm's own dynamic_ncols would
+                # fill the last column, which an echoed ^C then wraps).
+                self._width_checked = now
+                self._bar.ncols = self._bar_columns()
             self._bar.update(n)
 
     def finish(self) -> None:
@@ -288,6 +305,11 @@ class ConsoleUi:
         by a prompt that was waiting."""
         for bar in self._bars:
             bar.clear()
+        width = terminal.columns(sys.stderr)
+        if any(bar.drawn for bar in self._bars) and width is not None:
+            # A bar was on this line: blank the whole of it, with the ^C echoed after it.
+            sys.stderr.write("\r" + " " * (width - 1) + "\r")
+            sys.stderr.flush()
         if self._asking:
             self._asking = False
             say("")

@@ -33,10 +33,12 @@ ESC = "\x1b"
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def render(output: str) -> list[str]:
+def render(output: str, columns: int | None = None) -> list[str]:
     """The lines a terminal shows for ``output``: a carriage return goes back to the
-    start of the line and what follows overwrites it; styles are dropped. (A terminal
-    would wrap a line longer than its width: the tests check that none is.)"""
+    start of the line and what follows overwrites it; styles are dropped. With
+    ``columns``, a character written past the last column wraps to a new line, as a
+    terminal does (a carriage return cannot go back up to the line left behind);
+    without, lines are as long as they come, for the tests to check their width."""
     lines: list[list[str]] = [[]]
     column = 0
     for char in _CSI.sub("", output):
@@ -46,6 +48,9 @@ def render(output: str) -> list[str]:
             lines.append([])
             column = 0
         else:
+            if columns is not None and column == columns:
+                lines.append([])
+                column = 0
             line = lines[-1]
             if column < len(line):
                 line[column] = char
@@ -98,16 +103,29 @@ def terminal_env(server: ServerProcess, **extra: str) -> dict[str, str]:
     return env
 
 
+def _take_the_terminal() -> None:
+    """In the child, a session leader: stdin, the terminal, becomes its controlling
+    terminal, so Ctrl-C typed there is SIGINT to it (and is echoed as ``^C``)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def send_on_terminal(
-    server: ServerProcess, tty: Terminal, *args: str, env: dict[str, str] | None = None
+    server: ServerProcess,
+    tty: Terminal,
+    *args: str,
+    env: dict[str, str] | None = None,
+    controlling: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """`sfs send ARGS` with stderr on the terminal and stdout on a pipe."""
+    """`sfs send ARGS` with stderr on the terminal and stdout on a pipe; with
+    ``controlling``, stdin too, as the process's controlling terminal."""
     process = subprocess.Popen(
         sfs_command("send", "--name", "tester", *args),
-        stdin=subprocess.DEVNULL,
+        stdin=tty.terminal if controlling else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=tty.terminal,
         env=env or terminal_env(server),
+        start_new_session=controlling,
+        preexec_fn=_take_the_terminal if controlling else None,
     )
     tty.close_ours()
     return process
@@ -270,19 +288,20 @@ def _wait_for_a_bar(tty: Terminal, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"no progress bar: {tty.text()!r}")
 
 
-@pytest.mark.parametrize("interrupted", ["sender", "receiver"])
+@pytest.mark.parametrize("interrupted", ["sender", "receiver", "sender-keypress"])
 def test_ctrl_c_clears_the_bar_and_prints_one_line(
     sfs_server: ServerProcess, tmp_path: Path, interrupted: str
 ) -> None:
+    """SIGINT, or Ctrl-C typed on the terminal (which echoes ``^C`` over the bar)."""
     src = make_file(tmp_path / "big.bin", 96 * 1024 * 1024)
     tty = Terminal()
     other: subprocess.Popen[bytes] | None = None
-    if interrupted == "sender":
+    if interrupted.startswith("sender"):
         receiver = start_receiver(sfs_server, tmp_path / "out", "--yes", "--quiet")
         other = receiver.process
         victim = send_on_terminal(
             sfs_server, tty, "--transport", "datachannel", "--chunk-size", "1024",
-            receiver.code, str(src),
+            receiver.code, str(src), controlling=interrupted == "sender-keypress",
         )  # fmt: skip
     else:
         victim, code = receive_on_terminal(sfs_server, tty, tmp_path / "out", "--yes")
@@ -294,7 +313,10 @@ def test_ctrl_c_clears_the_bar_and_prints_one_line(
         )  # fmt: skip
     try:
         _wait_for_a_bar(tty, victim)
-        victim.send_signal(signal.SIGINT)
+        if interrupted == "sender-keypress":
+            os.write(tty.controller, b"\x03")
+        else:
+            victim.send_signal(signal.SIGINT)
         victim.wait(PROCESS_TIMEOUT_SECONDS)
         shown = tty.finish()
         other.wait(PROCESS_TIMEOUT_SECONDS)
@@ -303,8 +325,8 @@ def test_ctrl_c_clears_the_bar_and_prints_one_line(
         stop_process(other)
     assert victim.returncode == 130, shown
     assert "Traceback" not in shown
-    lines = render(shown)
-    assert not any("%|" in line or "B/s" in line for line in lines), lines
+    lines = render(shown, columns=80)
+    assert not any("%|" in line or "B/s" in line or "^C" in line for line in lines), lines
     # One line: "Interrupted." and, with a partial copy kept, what to do about it.
     assert lines[-1].startswith("Interrupted."), lines
     assert sum("Interrupted" in line for line in lines) == 1
