@@ -332,3 +332,21 @@ def test_login_name_when_the_system_cannot_tell(
 def test_transfer_reads_the_seam_at_call_time() -> None:
     # A module-level constant would freeze the flags at import, out of the tests' reach.
     assert not hasattr(transfer, "_NOFOLLOW")
+
+
+def test_the_standard_event_loop_where_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop is installed only where it exists (not on Windows: pyproject's marker)."""
+    from sfs.cli import event_loop_factory
+
+    monkeypatch.delenv("SFS_EVENT_LOOP", raising=False)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import fails, as on Windows
+    assert event_loop_factory() is None
+
+
+def test_uvloop_is_not_required_on_windows() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    uvloop = [d for d in dependencies if d.startswith("uvloop")]
+    assert uvloop and all("sys_platform != 'win32'" in d for d in uvloop)
