@@ -336,7 +336,7 @@ class ConsoleUi:
         if offer.text:
             what = f"a text message ({_plural(offer.files[0].size, 'byte')})"
         elif offer.stream:
-            name = printable(safe_name(offer.files[0].name), name_chars)
+            name = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
             what = f"{name} (a pipe, size unknown)"
         elif is_tree(offer):
             what = describe_tree(offer)
@@ -344,7 +344,7 @@ class ConsoleUi:
             for line in offer_listing(offer, max_lines=screen, width=width):
                 self.status(line)
         elif len(offer.files) == 1:
-            what = printable(safe_name(offer.files[0].name), name_chars)
+            what = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
         else:
             what = f"{len(offer.files)} files"
             # Every name, up to a screenful: the user must see what is to be written.
@@ -396,8 +396,9 @@ def offer_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> 
 
     def line(info: FileInfo) -> str:
         size = format_size(info.size)
-        chars = 70 if width is None else min(70, max(8, width - 4 - len(size)))
-        return terminal.cut(f"  {printable(_offered_path(info), chars)}  {size}", width)
+        columns = 70 if width is None else min(70, max(8, width - 4 - len(size)))
+        name = terminal.cut(printable(_offered_path(info)), columns)
+        return terminal.cut(f"  {name}  {size}", width)
 
     lines = [line(f) for f in shown]
     if len(shown) < len(offer.files):

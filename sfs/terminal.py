@@ -15,6 +15,7 @@ and the stream's own answers, so they are tested without a terminal:
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -67,11 +68,34 @@ def columns(stream: IO[Any] | None, environ: Mapping[str, str] | None = None) ->
     return max(width, MIN_COLUMNS) if width > 0 else None
 
 
+def _char_columns(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two for each wide (CJK) character,
+    none for a combining mark."""
+    return sum(_char_columns(char) for char in text)
+
+
 def cut(text: str, width: int | None) -> str:
-    """``text`` in at most ``width`` characters, ending with ``…`` when cut."""
-    if width is None or len(text) <= width:
+    """``text`` in at most ``width`` columns, ending with ``…`` when cut."""
+    if width is None or display_width(text) <= width:
         return text
-    return text[: max(width - 1, 0)].rstrip() + ELLIPSIS
+    kept, used = [], 0
+    for char in text:
+        used += _char_columns(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept).rstrip() + ELLIPSIS
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` and spaces up to ``width`` columns."""
+    return text + " " * max(width - display_width(text), 0)
 
 
 def fit_columns(
@@ -88,7 +112,7 @@ def fit_columns(
     order; a line still too wide is cut at the end.
     """
     kept = list(range(len(rows[0])))
-    full = [max(len(row[i]) for row in rows) for i in kept]
+    full = [max(display_width(row[i]) for row in rows) for i in kept]
     widths = dict(enumerate(full))
 
     def over() -> int:
@@ -106,6 +130,6 @@ def fit_columns(
                 if cut_index in kept:
                     widths[cut_index] += min(max(-over(), 0), full[cut_index] - widths[cut_index])
     lines = [
-        "  ".join(cut(row[i], widths[i]).ljust(widths[i]) for i in kept).rstrip() for row in rows
+        "  ".join(pad(cut(row[i], widths[i]), widths[i]) for i in kept).rstrip() for row in rows
     ]
     return [cut(line, width) for line in lines]

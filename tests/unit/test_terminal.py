@@ -117,6 +117,32 @@ def test_offer_listing_fits_a_narrow_terminal() -> None:
     assert len(offer_listing(offer, max_lines=10)[0]) == 2 + 70 + 2 + len("12.3 MB")
 
 
+def test_wide_characters_count_twice() -> None:
+    assert terminal.display_width("写真フォルダ") == 12
+    assert terminal.display_width("e\u0301") == 1  # a combining accent takes no column
+    assert terminal.cut("写真フォルダ.jpg", 8) == "写真フ…"
+    assert terminal.display_width(terminal.cut("写真フォルダ.jpg", 8)) <= 8
+
+
+def test_a_listing_of_wide_names_fits_too() -> None:
+    offer = Offer(tuple(FileInfo(f"{i}写真" * 20 + ".jpg", 1000) for i in range(2)), "")
+    for line in offer_listing(offer, max_lines=10, width=40):
+        assert terminal.display_width(line) <= 40 and line.endswith("1.0 kB"), line
+
+
+def test_a_peer_table_with_wide_names_stays_aligned() -> None:
+    adverts = [
+        Advert("KQZ-042", "receiver", "山田太郎のパソコン", 41234, ("10.0.0.2",), 0),
+        Advert("BCD-777", "sender", "bob", 41235, ("10.0.0.3",), 0),
+    ]
+    lines = peer_table(adverts, now=0, width=40)
+    assert all(terminal.display_width(line) <= 40 for line in lines), lines
+    # The ID column starts at the same column on every line.
+    starts = {terminal.display_width(line[: line.index(id_)]) for line, id_ in
+              zip(lines, ["ID", "KQZ", "BCD"], strict=True)}  # fmt: skip
+    assert len(starts) == 1, lines
+
+
 ADVERTS = [
     Advert("KQZ-042", "receiver", "alice with a very long name", 41234, ("fd00::1:2:3:4",), 0),
     Advert("BCD-777", "sender", "bob", 41235, ("10.0.0.3",), 0),
