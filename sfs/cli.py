@@ -1309,7 +1309,7 @@ def peers(once: float | None, verbose: int) -> None:
         for line in peer_table(found, now=time.time(), width=terminal.columns(sys.stdout)):
             say(line, err=False)
         return
-    live = LivePeers(sys.stdout.isatty())
+    live = LivePeers(terminal.bars_allowed(sys.stdout))  # no cursor moves on TERM=dumb
     try:
         _run(app.peers(live.show), verbose, transfer=False, interrupted=0)
     finally:

@@ -220,3 +220,15 @@ def test_kept_partials_are_said_with_the_error_not_at_once(
     assert err.getvalue() == "" and ui.kept == ["big.bin"]
     ui.report_kept()
     assert err.getvalue().startswith("Kept 1.0 MB of big.bin to resume")
+
+
+def test_peers_redraw_only_on_a_terminal_that_is_not_dumb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sfs.cli import LivePeers
+
+    tty = FakeTty()
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.setenv("TERM", "dumb")
+    live = LivePeers(terminal.bars_allowed(sys.stdout))
+    live.show(ADVERTS)
+    live.show(ADVERTS[:1])
+    assert "\x1b[" not in tty.getvalue()
