@@ -9,23 +9,21 @@ from __future__ import annotations
 # Only what --help and --version need is imported here: they must answer in well
 # under 0.2 s, and aiortc, aiohttp, socketio and cryptography take half a second.
 # Everything heavy is imported in the function that uses it.
-import contextlib
 import functools
 import gc
 import logging
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import click
 from click.core import ParameterSource
 
-from sfs import __version__, settings
+from sfs import __version__, settings, terminal
 from sfs.defaults import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_CHUNK_BYTES,
@@ -81,6 +79,15 @@ RECEIVE_HINT = (
     "On the other computer run `sfs receive CODE` with this code "
     "(or `sfs receive -` and type it at the prompt). Waiting…"
 )
+#: Below this many columns a progress bar shows only the bar (or the count) and the rate.
+NARROW_COLUMNS = 60
+NARROW_BAR = "{desc}: {percentage:3.0f}%|{bar}| {rate_fmt}"
+NARROW_COUNT = "{desc}: {n_fmt}{unit} {rate_fmt}"
+#: Columns a bar leaves free at the end of its line: room for the ``^C`` a terminal
+#: echoes when Ctrl-C is typed, which would otherwise wrap and strand the bar.
+BAR_SPARE_COLUMNS = 3
+#: How often a bar looks again at the terminal's width.
+BAR_WIDTH_CHECK_SECONDS = 0.5
 #: An offer lists at least this many names, however small the terminal.
 MIN_LISTED_FILES = 5
 #: Allocations between two first-generation collections (CPython's default: 700).
@@ -95,14 +102,33 @@ logger = logging.getLogger("sfs.cli")
 # -- output helpers -----------------------------------------------------------------------
 
 
-def say(message: str, *, err: bool = True) -> None:
+class Styled(NamedTuple):
+    """Part of a line to show in a style (click.style's), where colour is allowed."""
+
+    text: str
+    fg: str | None = None
+    bold: bool = False
+
+
+def say(*parts: str | Styled, err: bool = True) -> None:
     """Print one line: the only way text reaches the terminal.
 
-    Every message passes through :func:`sfs.text.printable`, whatever its source:
+    Every part passes through :func:`sfs.text.printable`, whatever its source:
     many carry a peer's or a server's words (names, reasons, error messages), and
-    one forgotten path would let them write escape sequences to the terminal.
+    one forgotten path would let them write escape sequences to the terminal. Styles
+    are added after that, and shown only on a terminal without NO_COLOR or TERM=dumb.
     """
-    click.echo(printable(message), err=err)
+    line = "".join(
+        click.style(printable(part.text), fg=part.fg, bold=part.bold)
+        if isinstance(part, Styled) and (part.fg or part.bold)
+        else printable(part if isinstance(part, str) else part.text)
+        for part in parts
+    )
+    click.echo(line, err=err, color=False if terminal.colour_off() else None)
+
+
+def say_error(message: str) -> None:
+    say(Styled("Error:", fg="red", bold=True), f" {message}")
 
 
 def _confirm(question: str) -> bool:
@@ -172,20 +198,42 @@ class TqdmProgress:
         self._quiet = quiet
         self._bar: tqdm[Any] | None = None
         self._files_left = 0  # of an overall bar
+        self._width_checked = 0.0
+        self.drawn = False  # a bar has been on the screen
+
+    @staticmethod
+    def _bar_columns() -> int | None:
+        width = terminal.columns(sys.stderr)
+        return None if width is None else width - BAR_SPARE_COLUMNS
 
     def _new_bar(self, name: str, total: int | None) -> tqdm[Any]:
         from tqdm import tqdm
 
+        width = terminal.columns(sys.stderr)
+        narrow = width is not None and width < NARROW_COLUMNS
+        self._width_checked = time.monotonic()
+        self.drawn = True
         return tqdm(
             total=total,
-            desc=printable(name, 30),
+            desc=printable(name, 30 if width is None else max(8, min(30, width // 3))),
             unit="B",
             unit_scale=True,
             unit_divisor=1000,
             file=sys.stderr,
             leave=False,
-            dynamic_ncols=True,
+            ncols=self._bar_columns(),
+            # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
+            bar_format=(NARROW_BAR if total is not None else NARROW_COUNT) if narrow else None,
         )
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
+    def clear(self) -> None:
+        """Take the bar off the screen (before a last line: an error, Ctrl-C)."""
+        self._files_left = 0
+        self.finish()
 
     def begin(self, files: int, total: int | None) -> None:
         if self._quiet or files <= 1:
@@ -199,6 +247,12 @@ class TqdmProgress:
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
+            now = time.monotonic()
+            if now - self._width_checked >= BAR_WIDTH_CHECK_SECONDS:
+                # The terminal may have been resized (tqdm's own dynamic_ncols would
+                # fill the last column, which an echoed ^C then wraps).
+                self._width_checked = now
+                self._bar.ncols = self._bar_columns()
             self._bar.update(n)
 
     def finish(self) -> None:
@@ -234,9 +288,17 @@ class ConsoleUi:
         self.code_hint = code_hint
         self.stdout_free = stdout_free
         self.kept: list[str] = []
+        self._kept_lines: list[str] = []
+        self._bars: list[TqdmProgress] = []
+        self._asking = False
 
     def status(self, message: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if any(bar.active for bar in self._bars):
+            with tqdm.external_write_mode(file=sys.stderr):  # the bar is redrawn below
+                say(message)
+        else:
             say(message)
 
     def show_code(self, code: str, link: str | None = None) -> None:
@@ -249,48 +311,80 @@ class ConsoleUi:
         self.status(self.code_hint)
 
     def _code_lines(self, code: str, link: str | None, *, err: bool) -> None:
-        say(f"Code: {code}", err=err)
+        say("Code: ", Styled(code, bold=True), err=err)
         if self.qr:
             show_qr(link or code, err=err)
             if link:
                 say(f"Link: {link}", err=err)
 
     def progress(self) -> Progress:
-        if not self.quiet and not sys.stderr.isatty():
+        if not self.quiet and not terminal.bars_allowed(sys.stderr):
             return LineProgress()
-        return TqdmProgress(quiet=self.quiet)
+        bar = TqdmProgress(quiet=self.quiet)
+        self._bars.append(bar)
+        return bar
 
     def kept_partial(self, name: str, held_bytes: int) -> None:
+        # Said with the error (report_kept); after Ctrl-C, the one last line says it.
         self.kept.append(name)
-        self.status(
+        self._kept_lines.append(
             f"Kept {format_size(held_bytes)} of {name} to resume (hidden, as .{name}.sfs-part)"
         )
 
+    def clear(self) -> None:
+        """Before the last line: no bar left on the screen, no line left unfinished
+        by a prompt that was waiting."""
+        for bar in self._bars:
+            bar.clear()
+        width = terminal.columns(sys.stderr)
+        if any(bar.drawn for bar in self._bars) and width is not None:
+            # A bar was on this line: blank the whole of it, with the ^C echoed after it.
+            sys.stderr.write("\r" + " " * (width - 1) + "\r")
+            sys.stderr.flush()
+        if self._asking:
+            self._asking = False
+            say("")
+
+    def report_kept(self) -> None:
+        for line in self._kept_lines:
+            self.status(line)
+
+    async def _ask(self, ask: Callable[[], bool]) -> bool:
+        # Still set if Ctrl-C cancels the wait: clear() then ends the prompt's line.
+        self._asking = True
+        answer = await _ask_in_thread(ask)
+        self._asking = False
+        return answer
+
     async def confirm_verifier(self, verifier: str) -> bool:
-        say(f"Verification string: {verifier}")
-        return await _ask_in_thread(lambda: _confirm("Does the other side show the same?"))
+        say("Verification string: ", Styled(verifier, bold=True))
+        return await self._ask(lambda: _confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer) -> bool:
         import shutil
 
         from sfs.peer.transfer import is_tree, safe_name
 
+        # A name is cut to leave the rest of the question on one line of the terminal.
+        width = terminal.columns(sys.stderr)
+        name_chars = 80 if width is None else min(80, max(12, width - 40))
         if offer.text:
             what = f"a text message ({_plural(offer.files[0].size, 'byte')})"
         elif offer.stream:
-            what = f"{printable(safe_name(offer.files[0].name), 80)} (a pipe, size unknown)"
+            name = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
+            what = f"{name} (a pipe, size unknown)"
         elif is_tree(offer):
             what = describe_tree(offer)
             screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
-            for line in offer_listing(offer, max_lines=screen):
+            for line in offer_listing(offer, max_lines=screen, width=width):
                 self.status(line)
         elif len(offer.files) == 1:
-            what = printable(safe_name(offer.files[0].name), 80)
+            what = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
         else:
             what = f"{len(offer.files)} files"
             # Every name, up to a screenful: the user must see what is to be written.
             screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
-            for line in offer_listing(offer, max_lines=screen):
+            for line in offer_listing(offer, max_lines=screen, width=width):
                 self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
         plain = not (is_tree(offer) or offer.text or offer.stream)
@@ -299,7 +393,7 @@ class ConsoleUi:
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
             return True
-        return await _ask_in_thread(lambda: _confirm(question))
+        return await self._ask(lambda: _confirm(question))
 
 
 def show_qr(text: str, *, err: bool) -> None:
@@ -384,12 +478,20 @@ def _offered_path(info: FileInfo) -> str:
         return info.name
 
 
-def offer_listing(offer: Offer, *, max_lines: int) -> list[str]:
+def offer_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> list[str]:
     """One line per offered file (its safe name and size), then "… and N more" if they
-    do not all fit in ``max_lines``."""
+    do not all fit in ``max_lines``; a name is cut with "…" to keep its line within
+    ``width`` columns."""
     keep = max(max_lines, MIN_LISTED_FILES)
     shown = offer.files if len(offer.files) <= keep else offer.files[: keep - 1]
-    lines = [f"  {printable(_offered_path(f), 70)}  {format_size(f.size)}" for f in shown]
+
+    def line(info: FileInfo) -> str:
+        size = format_size(info.size)
+        columns = 70 if width is None else min(70, max(8, width - 4 - len(size)))
+        name = terminal.cut(printable(_offered_path(info)), columns)
+        return terminal.cut(f"  {name}  {size}", width)
+
+    lines = [line(f) for f in shown]
     if len(shown) < len(offer.files):
         lines.append(f"  … and {len(offer.files) - len(shown)} more")
     return lines
@@ -450,15 +552,17 @@ def _final_line(verb: str, result: TransferResult) -> str:
 # -- running --------------------------------------------------------------------------------
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING
+def _setup_logging(verbose: int, *, quiet: bool = False) -> None:
+    """:param quiet: only errors reach stderr (unless -v asks for more)."""
+    level = logging.ERROR if quiet else logging.WARNING
     if verbose == 1:
         level = logging.INFO
     if verbose >= 2 or os.environ.get("SFS_DEBUG") == "1":
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    others = logging.ERROR if quiet and level >= logging.ERROR else logging.WARNING
+    logging.basicConfig(level=others, handlers=[handler])
     logging.getLogger("sfs").setLevel(level)
 
 
@@ -510,7 +614,9 @@ def _tune_malloc() -> None:
     TCP used 60 % less system time and moved 1 GiB 40 % faster (docs/PERFORMANCE.md).
     Freed memory up to the trim threshold stays with the process, which RSS shows.
     """
-    if not sys.platform.startswith("linux"):
+    from sfs import platform
+
+    if not platform.is_linux():
         return
     import ctypes
 
@@ -541,9 +647,12 @@ def _run(
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(coro)
     except SfsError as exc:
+        if ui is not None:
+            ui.clear()
+            ui.report_kept()
         if verbose:
             logger.exception("details")
-        say(f"Error: {exc}")
+        say_error(str(exc))
         if json_lines is not None:
             json_lines.error(exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
@@ -552,6 +661,8 @@ def _run(
             sys.exit(0)
         if json_lines is not None:
             json_lines.error(EXIT_INTERRUPTED, "interrupted")
+        if isinstance(ui, ConsoleUi):
+            ui.clear()  # exactly one line, on a line of its own
         if ui is not None and ui.kept:
             say(
                 "Interrupted. Nothing is under the final name; the partial copy is kept, "
@@ -726,7 +837,13 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "(fastest), else WebRTC (through NATs and TURN); tcp or datachannel: only "
             "that one.",
         ),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines."),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            help="Only errors on stderr: no progress, status lines or warnings (the code, "
+            "the final line and a text message stay on stdout).",
+        ),
         click.option("-v", "--verbose", count=True, help="More log output (-vv: debug)."),
     ]
     for option in reversed(options):
@@ -1052,7 +1169,7 @@ def serve(
     try:
         _run(_until_terminated(app.serve(config)), verbose, transfer=False)
     except OSError as exc:
-        say(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}")
+        say_error(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         sys.exit(3)
 
 
@@ -1062,6 +1179,8 @@ async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
     leaves the registry at once, so partners on other nodes need not wait for the TTL."""
     import asyncio
 
+    from sfs import platform
+
     task = asyncio.ensure_future(serving)
     terminated = False
 
@@ -1070,19 +1189,15 @@ async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
         terminated = True
         task.cancel()
 
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, terminate)
-    except NotImplementedError:  # Windows: SIGTERM ends the process as before
-        pass
+    # Windows has no SIGTERM handler: there SIGTERM ends the process as before.
+    undo = platform.on_terminate(asyncio.get_running_loop(), terminate)
     try:
         await task
     except asyncio.CancelledError:
         if not terminated:
             raise
     finally:
-        with contextlib.suppress(NotImplementedError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        undo()
 
 
 def _redis_url(value: str | None) -> str | None:
@@ -1205,7 +1320,7 @@ def receive(
     from sfs import app
     from sfs.code import parse_code
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet=quiet)
     if as_json and to_stdout:
         raise click.UsageError("--json and --stdout both write to stdout: pick one")
     if as_json and qr:
@@ -1254,7 +1369,10 @@ def receive(
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:
         click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))
-    say(_final_line("Received", result), err=to_stdout or result.text is not None)
+    if to_stdout or result.text is not None:
+        ui.status(_final_line("Received", result))  # stdout carries the output itself
+    else:
+        say(_final_line("Received", result), err=False)
 
 
 @main.command(epilog=_epilog(SEND_EXAMPLES))
@@ -1344,7 +1462,7 @@ def send(
     """
     from sfs import app
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet=quiet)
     _require_terminal_for_verify(verify)
     if qr and not print_code:
         raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
@@ -1396,7 +1514,7 @@ def send(
         json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
         return
     ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
-    result = _run(app.send(config, ui), verbose)
+    result = _run(app.send(config, ui), verbose, ui=ui)
     say(_final_line("Sent", result), err=False)
 
 
@@ -1432,10 +1550,10 @@ def peers(once: float | None, as_json: bool, verbose: int) -> None:
         return
     if once is not None:
         found = _run(app.peers(lambda _: None, once=once), verbose, transfer=False)
-        for line in peer_table(found, now=time.time()):
+        for line in peer_table(found, now=time.time(), width=terminal.columns(sys.stdout)):
             say(line, err=False)
         return
-    live = LivePeers(sys.stdout.isatty())
+    live = LivePeers(terminal.bars_allowed(sys.stdout))  # no cursor moves on TERM=dumb
     try:
         _run(app.peers(live.show), verbose, transfer=False, interrupted=0)
     finally:
@@ -1489,7 +1607,8 @@ def check_command(
     )
     report = _run(app.check_network(server, options), verbose, transfer=False)
     for finding in report.findings:
-        say(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.what}: {finding.detail}", err=False)
+        mark = Styled("ok  ", fg="green") if finding.ok else Styled("FAIL", fg="red", bold=True)
+        say(mark, f"  {finding.what}: {finding.detail}", err=False)
     say(f"Transfers possible: {report.summary}", err=False)
     sys.exit(0 if report.possible else 1)
 
@@ -1497,9 +1616,11 @@ def check_command(
 PEER_NAME_CHARS = 24
 
 
-def peer_table(adverts: Sequence[Advert], *, now: float) -> list[str]:
+def peer_table(adverts: Sequence[Advert], *, now: float, width: int | None = None) -> list[str]:
     """The lines `sfs peers` prints: a header and one row per waiting peer, or one
-    line saying there is nobody.  Names come from the network: printable() only."""
+    line saying there is nobody.  Names come from the network: printable() only.
+
+    :param width: no line is wider: names, then addresses, are cut with "…"."""
     from sfs.lan.record import waited
 
     if not adverts:
@@ -1515,11 +1636,7 @@ def peer_table(adverts: Sequence[Advert], *, now: float) -> list[str]:
                 waited(advert.since, now),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    return terminal.fit_columns(rows, width, shrink={0: 6, 3: 12}, drop=(4, 2))
 
 
 class LivePeers:
@@ -1536,7 +1653,9 @@ class LivePeers:
         if not self.redraw and who == self.last:
             return
         self.last = who
-        lines = peer_table(adverts, now=time.time())
+        # Not one line wider than the terminal: a wrapped line would throw off the
+        # count of lines to go back up by.
+        lines = peer_table(adverts, now=time.time(), width=terminal.columns(sys.stdout))
         if self.redraw and self.drawn:
             sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the old table, clear it
         elif self.drawn:
@@ -1634,7 +1753,7 @@ def _prompt_code() -> Code:
         try:
             return parse_code(text)
         except ValueError as exc:
-            say(f"Error: {exc}")
+            say_error(str(exc))
     raise click.UsageError(f"no valid code after {CODE_PROMPT_TRIES} tries")
 
 
@@ -1664,12 +1783,9 @@ def _read_code() -> Code:
 
 
 def _default_sender() -> str:
-    import getpass
+    from sfs import platform
 
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return ""
+    return platform.login_name()
 
 
 @main.command("config", epilog=_epilog(CONFIG_EXAMPLES))

@@ -35,6 +35,7 @@ from typing import IO, Any, Protocol
 
 import zstandard
 
+from sfs import platform
 from sfs.errors import (
     CancelledByPeerError,
     CryptoError,
@@ -371,7 +372,7 @@ def make_folders(offer: Offer, output_dir: Path, destinations: list[Path]) -> No
 def keep_metadata(path: Path, info: FileInfo) -> None:
     """The sender's modification time, and its executable bit (within our umask)."""
     try:
-        if info.executable:
+        if info.executable and platform.has_exec_bit():
             # Executable for whoever may read it, as `chmod +x` does with a umask.
             mode = path.stat().st_mode
             os.chmod(path, stat.S_IMODE(mode) | (stat.S_IMODE(mode) & 0o444) >> 2)
@@ -418,7 +419,7 @@ class PartFile:
         self._flushed = 0  # bytes of written handed to the disk by _write_behind
 
     def _reopen(self, offset: int) -> int:
-        fd = os.open(self.part, os.O_WRONLY | _NOFOLLOW)
+        fd = os.open(self.part, platform.open_flags(os.O_WRONLY))
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise DiskError(f"{str(self.part)!r} is not a regular file")
@@ -439,7 +440,7 @@ class PartFile:
             # Record first, then the part: a crash in between leaves only a record,
             # which is ours; a part without a record would not be.
             _write_new(self.meta, record)
-            return os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            return os.open(self.part, _new_file_flags(), 0o644)
         except FileExistsError:
             raise DestinationExistsError(
                 f"{str(self.part)!r} appeared while sfs was about to write it; not touching it"
@@ -509,7 +510,11 @@ class PartFile:
 
 
 HashState = Any  # hashlib's sha256 object (no public type name)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _new_file_flags() -> int:
+    """A new file of sfs's own: never one that exists, never through a link."""
+    return platform.open_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
 
 def part_path(final: Path) -> Path:
@@ -521,7 +526,7 @@ def meta_path(final: Path) -> Path:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    fd = os.open(path, _new_file_flags(), 0o644)
     try:
         os.write(fd, data)  # one small write: a record is whole or absent
     finally:
@@ -577,7 +582,7 @@ def _lstat(path: Path) -> os.stat_result | None:
 def _read_record(path: Path) -> dict[str, object] | None:
     """The identity in a record sfs wrote, or None if the file is not one."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = os.open(path, platform.open_flags(os.O_RDONLY))
         with os.fdopen(fd, "rb") as f:
             obj = json.loads(f.read(_MAX_RECORD_BYTES + 1))
     except (OSError, ValueError):
@@ -601,17 +606,16 @@ def identity_of(info: FileInfo) -> dict[str, object]:
 
 
 def make_durable(paths: list[Path]) -> None:
-    """Make the bytes of ``paths`` durable: one sync(2) for many files where the OS
-    has it (one fsync each costs about 0.4 ms here, which caps a tree of small files
-    at about 2 500 files/s), else an fsync per file."""
+    """Make the bytes of ``paths`` durable: one sync(2) for many files where it waits
+    for the data (Linux; one fsync each costs about 0.4 ms here, which caps a tree of
+    small files at about 2 500 files/s), else an fsync per file."""
     if not paths:
         return
     try:
-        if len(paths) > 1 and hasattr(os, "sync"):
-            os.sync()
+        if len(paths) > 1 and platform.sync_all():
             return
         for path in paths:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+            fd = os.open(path, platform.sync_open_flags())
             try:
                 os.fsync(fd)
             finally:
@@ -752,7 +756,7 @@ class _Placer:
                 self._staging = Path(tempfile.mkdtemp(prefix=".sfs-staging-", dir=self.output_dir))
             self._staged += 1
             path = self._staging / str(self._staged)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            fd = os.open(path, _new_file_flags(), 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         except OSError as exc:
@@ -800,7 +804,7 @@ def _hash_partial(part: Path, length: int) -> HashState | None:
     """The SHA-256 state of the first ``length`` bytes of our partial copy; None if it
     holds fewer (or is not a regular file any more)."""
     try:
-        fd = os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(part, platform.open_flags(os.O_RDONLY))
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
@@ -825,23 +829,15 @@ def _place(part: Path, final: Path, *, overwrite: bool) -> None:
     if overwrite:
         os.replace(part, final)
         return
-    # link() fails if the final name exists, so no file can be replaced even if one
-    # appears while the transfer runs; rename() alone would silently overwrite.
+    # Never rename() alone, which would silently replace a file that appeared while
+    # the transfer ran: see platform.place_no_replace (a link, or a rename onto a name
+    # sfs reserved with O_EXCL where there are no hard links, or Windows's rename).
     try:
-        os.link(part, final, follow_symlinks=False)
+        platform.place_no_replace(part, final)
     except FileExistsError:
         raise DestinationExistsError(
             f"{str(final)!r} appeared during the transfer; pass --overwrite to replace it"
         ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        # File systems without hard links (FAT, some network shares): best effort.
-        if os.path.lexists(final):
-            raise DestinationExistsError(f"{str(final)!r} already exists") from None
-        os.rename(part, final)
-        return
-    os.unlink(part)
 
 
 def _disk_error(exc: OSError, path: Path) -> DiskError:

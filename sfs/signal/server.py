@@ -32,10 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -46,6 +44,7 @@ import socketio
 from aiohttp import web
 from socketio import packet as sio_packet
 
+from sfs import platform
 from sfs.defaults import (
     DEFAULT_FD_RESERVE,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
@@ -1029,29 +1028,12 @@ def raise_fd_limit() -> int | None:
     The common soft limit of 1024 is what one client filled with idle sockets; the
     hard limit is what the administrator allows.  None where there is no such limit.
     """
-    if sys.platform == "win32":
-        return None
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = UNLIMITED_FD_TARGET if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY:
-        return None
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:  # macOS caps it below "unlimited"
-            logger.warning("could not raise the open-files limit from %d: %s", soft, exc)
-        else:
-            soft = target
-    return soft
+    return platform.raise_fd_limit(UNLIMITED_FD_TARGET)
 
 
 def _open_fds() -> int:
-    for folder in ("/proc/self/fd", "/dev/fd"):
-        with contextlib.suppress(OSError):
-            return len(os.listdir(folder))
-    return 2 * FD_SPARE  # a guess; the reserve absorbs the error
+    count = platform.open_fd_count()
+    return 2 * FD_SPARE if count is None else count  # a guess; the reserve absorbs the error
 
 
 def _url(address: object, *, tls: bool = False) -> str:

@@ -98,6 +98,29 @@ def test_components_are_sanitised_one_by_one() -> None:
     assert local_parts((".hidden", "CON", "a\u202eb.txt")) == ("hidden", "_CON", "ab.txt")
 
 
+def test_folders_get_the_same_windows_rule_as_files() -> None:
+    """Names Windows cannot store, fixed on every OS (the tree may be copied on):
+    trailing dots and spaces, devices with or without an extension, ``<>:"|?*``."""
+    offered = [
+        (("docs. ", "nul.txt"), False),
+        (("COM1", "a<b>:c"), True),
+        (("con .tar.gz", "x. . ."), False),
+        (("LPT\u00b9", 'q"|?*'), False),
+    ]
+    assert plan_tree(offered) == [
+        ("docs", "_nul.txt"),
+        ("_COM1", "a_b__c"),
+        ("_con .tar.gz", "x"),
+        ("_LPT\u00b9", "q____"),
+    ]
+
+
+def test_a_folder_and_its_windows_twin_meet_in_one_name() -> None:
+    # "photos." is stored as "photos" on Windows: the same folder here too.
+    with pytest.raises(RemoteProtocolError):
+        plan_tree([(("photos", "a.jpg"), False), (("photos.", "A.JPG"), False)])
+
+
 @pytest.mark.parametrize(
     "offered",
     [

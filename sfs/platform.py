@@ -1,0 +1,187 @@
+"""What differs between Linux, macOS and Windows, decided in this one place.
+
+Every call that exists on some operating systems only, or behaves differently on
+them, goes through a function here, so the rest of sfs reads the same everywhere and
+the Windows and macOS paths can be unit-tested on Linux: the decisions look at
+``os.name``, ``sys.platform`` and the ``os`` module *when called*, which a test can
+monkeypatch.
+
+- ``os.open`` opens in text mode on Windows unless ``O_BINARY`` is given (every
+  ``\\n`` written would become ``\\r\\n``): :func:`open_flags`.
+- ``fsync`` on Windows (FlushFileBuffers) needs a handle open for writing:
+  :func:`sync_open_flags`.
+- ``sync(2)`` waits for the data only on Linux; macOS and the BSDs schedule the
+  writes and return, and Windows has none: :func:`sync_all`.
+- Hard links fail on FAT, exFAT and some network shares; Windows renames without
+  replacing by itself: :func:`place_no_replace` never replaces a file, either way.
+- ``resource`` and ``/proc/self/fd`` are POSIX and Linux only: :func:`raise_fd_limit`,
+  :func:`open_fd_count`.
+- ``loop.add_signal_handler`` raises NotImplementedError on Windows:
+  :func:`on_terminate`.
+- Permission bits other than read-only mean nothing on Windows: :func:`has_exec_bit`.
+- ``getpass.getuser()`` fails without a login name (no variable, no passwd entry;
+  ImportError on Windows before Python 3.13): :func:`login_name`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import getpass
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Errors of link(2) that mean "no hard links here" (FAT on Linux says EPERM, a
+#: network share may say anything of these); the fallback in place_no_replace still
+#: never replaces a file.
+NO_HARD_LINK_ERRNOS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EINVAL}
+    | {errno.EMLINK, errno.EACCES}
+)
+
+
+def is_windows() -> bool:
+    return os.name == "nt"
+
+
+def is_linux() -> bool:
+    return sys.platform.startswith("linux")
+
+
+def open_flags(flags: int) -> int:
+    """``flags`` for ``os.open`` of file data: binary mode (Windows) and no following
+    of a symbolic link at the last component (where the OS can refuse one)."""
+    return flags | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def sync_open_flags() -> int:
+    """How to open a file sfs wrote in order to fsync it: FlushFileBuffers on Windows
+    needs write access; elsewhere read-only is enough."""
+    return open_flags(os.O_RDWR if is_windows() else os.O_RDONLY)
+
+
+def sync_all() -> bool:
+    """Flush everything written to the disks with one ``sync()``, if that waits for
+    the data here (Linux); return False where it does not, and each file needs its
+    own fsync."""
+    if not is_linux() or not hasattr(os, "sync"):
+        return False
+    os.sync()
+    return True
+
+
+def _link(src: Path, dst: Path) -> None:
+    if os.link in os.supports_follow_symlinks:
+        os.link(src, dst, follow_symlinks=False)
+    else:
+        os.link(src, dst)
+
+
+def place_no_replace(src: Path, dst: Path) -> None:
+    """Give the file at ``src`` (sfs's own) the name ``dst``, never replacing a file
+    that is there, even one that appeared a moment ago.
+
+    Windows: a rename, which never replaces. Elsewhere a hard link, which fails if the
+    name exists, then the old name goes; where hard links do not work (FAT, some
+    network shares), the name is first reserved with an empty file created
+    exclusively (O_EXCL), and only that file of sfs's own is replaced by the rename.
+
+    :raises FileExistsError: something is at ``dst``; ``src`` is left as it was.
+    """
+    if is_windows():
+        os.rename(src, dst)  # MoveFileEx without REPLACE_EXISTING
+        return
+    try:
+        _link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINK_ERRNOS:
+            raise
+        logger.debug("no hard link for %s (%s): reserving the name instead", dst, exc)
+        _rename_onto_reserved(src, dst)
+        return
+    os.unlink(src)
+
+
+def _rename_onto_reserved(src: Path, dst: Path) -> None:
+    fd = os.open(dst, open_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o600)
+    os.close(fd)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dst)  # the empty file just made: nobody else's
+        raise
+
+
+def has_exec_bit() -> bool:
+    """Whether files have an executable bit worth keeping (not on Windows)."""
+    return not is_windows()
+
+
+def raise_fd_limit(unlimited_target: int) -> int | None:
+    """Raise the soft limit on open files to the hard one (or to ``unlimited_target``
+    when the hard limit is unlimited); return the soft limit now, or None where there
+    is no such limit (Windows) or it is unlimited."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    target = unlimited_target if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it below "unlimited"
+            logger.warning("could not raise the open-files limit from %d: %s", soft, exc)
+        else:
+            soft = target
+    return soft
+
+
+#: Where a process lists its open file descriptors: Linux, then macOS and the BSDs.
+FD_FOLDERS = ("/proc/self/fd", "/dev/fd")
+
+
+def open_fd_count() -> int | None:
+    """How many file descriptors this process has open, or None if the OS does not
+    tell (Windows)."""
+    for folder in FD_FOLDERS:
+        with contextlib.suppress(OSError):
+            return len(os.listdir(folder))
+    return None
+
+
+def on_terminate(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``callback`` on SIGTERM (what a service manager sends); return what undoes
+    it.  Windows has no such handler: there SIGTERM ends the process as before."""
+    try:
+        loop.add_signal_handler(signal.SIGTERM, callback)
+    except (NotImplementedError, AttributeError):
+        return lambda: None
+
+    def undo() -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return undo
+
+
+def login_name() -> str:
+    """The user's login name, or "" when the system cannot tell."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return ""
