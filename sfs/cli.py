@@ -647,7 +647,7 @@ def _run(
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(coro)
     except SfsError as exc:
-        if ui is not None:
+        if isinstance(ui, ConsoleUi):
             ui.clear()
             ui.report_kept()
         if verbose:

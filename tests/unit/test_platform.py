@@ -276,10 +276,11 @@ def test_open_fd_count_falls_back_then_gives_up(monkeypatch: pytest.MonkeyPatch)
 def test_server_guesses_open_fds_where_the_os_does_not_tell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from sfs.defaults import FD_SPARE
     from sfs.signal import server
 
     monkeypatch.setattr(platform, "open_fd_count", lambda: None)
-    assert server._open_fds() == 2 * server.FD_SPARE
+    assert server._open_fds() == 2 * FD_SPARE
 
 
 def test_on_terminate_without_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
