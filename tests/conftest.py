@@ -30,6 +30,11 @@ PROCESS_TIMEOUT_SECONDS = 90
 #: only runs inside namespaces the test creates (tests/integration/test_lan.py).
 NO_SERVER = "http://127.0.0.1:9"
 os.environ.setdefault("SFS_SERVER", NO_SERVER)
+# A test run started in the background (`cmd &` in a script) inherits SIGINT ignored,
+# and so would every sfs it starts: the Ctrl-C tests would press a key nobody hears.
+# Python's own handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def sfs_command(*args: str, netns: str | None = None) -> list[str]:
