@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import click
 from click.core import ParameterSource
 
-from sfs import __version__, settings, terminal
+from sfs import __version__, platform, settings, terminal
 from sfs.defaults import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_CHUNK_BYTES,
@@ -221,7 +221,7 @@ class TqdmProgress:
             unit_divisor=1000,
             file=sys.stderr,
             leave=False,
-            ncols=self._bar_columns(),
+            ncols=None if width is None else width - BAR_SPARE_COLUMNS,
             # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
             bar_format=(NARROW_BAR if total is not None else NARROW_COUNT) if narrow else None,
         )
@@ -296,6 +296,8 @@ class ConsoleUi:
         if self.quiet:
             return
         if any(bar.active for bar in self._bars):
+            from tqdm import tqdm
+
             with tqdm.external_write_mode(file=sys.stderr):  # the bar is redrawn below
                 say(message)
         else:
@@ -528,10 +530,14 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
 def _final_line(verb: str, result: TransferResult) -> str:
     if result.text is not None:
         what = "a text message"
-    elif len(result.files) == 1:
-        what = Path(result.files[0]).name or "a text message"
+    elif len(result.records) == 1:
+        record = result.records[0]
+        # The name it has here: the receiver's may differ from the offered one.
+        what = (record.path.name if record.path else record.name.rpartition("/")[2]) or (
+            "a text message"
+        )
     else:
-        what = f"{len(result.files)} files"
+        what = f"{len(result.records)} files"
     moved = result.total_bytes - result.resumed_bytes
     rate = moved / result.elapsed
     line = (
@@ -614,8 +620,6 @@ def _tune_malloc() -> None:
     TCP used 60 % less system time and moved 1 GiB 40 % faster (docs/PERFORMANCE.md).
     Freed memory up to the trim threshold stays with the process, which RSS shows.
     """
-    from sfs import platform
-
     if not platform.is_linux():
         return
     import ctypes
@@ -1178,8 +1182,6 @@ async def _until_terminated(serving: Coroutine[Any, Any, None]) -> None:
     as Ctrl-C does: every client is disconnected and told, and with --redis its peer
     leaves the registry at once, so partners on other nodes need not wait for the TTL."""
     import asyncio
-
-    from sfs import platform
 
     task = asyncio.ensure_future(serving)
     terminated = False
@@ -1783,8 +1785,6 @@ def _read_code() -> Code:
 
 
 def _default_sender() -> str:
-    from sfs import platform
-
     return platform.login_name()
 
 

@@ -25,7 +25,6 @@ monkeypatch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import getpass
@@ -35,6 +34,10 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: the CLI imports this module before any event loop
+    import asyncio
 
 logger = logging.getLogger(__name__)
 

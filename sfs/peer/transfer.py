@@ -991,10 +991,8 @@ class FileRecord:
 
 @dataclass
 class TransferResult:
-    """What moved: file names (sender) or final paths (receiver), bytes, seconds; and
-    a record per file, in the offer's order."""
+    """What moved: a record per file, in the offer's order; bytes, seconds."""
 
-    files: list[Path | str] = field(default_factory=list)
     records: list[FileRecord] = field(default_factory=list)
     total_bytes: int = 0
     resumed_bytes: int = 0
@@ -1203,7 +1201,6 @@ async def send_files(
                 record = await _send_one(channel, proto, source, packer, progress, offset, prefix)
                 size = record.size
                 result.records.append(record)
-                result.files.append(source.name)
                 result.total_bytes += size
                 result.resumed_bytes += offset
                 whole = bool(source.size) and offset == source.size
@@ -1453,7 +1450,6 @@ async def receive_files(
         for item in items:
             if few and (item.part is not None or item.data is not None):
                 status(_saved(item.dest, item.info.name))
-            result.files.append(item.dest)
             result.records.append(
                 FileRecord(
                     name="/".join((*item.info.folder, item.info.name)),

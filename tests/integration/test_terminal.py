@@ -259,6 +259,21 @@ def test_offer_listing_fits_columns(sfs_server: ServerProcess, tmp_path: Path) -
     assert all(len(line) <= 40 and line.endswith("10 B") and "…" in line for line in listing)
 
 
+def test_status_lines_print_above_a_live_bar(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    """A receiver of several files says `Saved PATH` for each while the overall bar is
+    on the terminal: each line goes above the bar, which is drawn again below it."""
+    sources = [str(make_file(tmp_path / f"f{i}.bin", 2 * 1024 * 1024)) for i in range(3)]
+    tty = Terminal()
+    receiver, code = receive_on_terminal(sfs_server, tty, tmp_path / "out", "--yes")
+    sent = run_sfs("send", code, *sources, env=peer_env(sfs_server.url))
+    receiver.wait(PROCESS_TIMEOUT_SECONDS)
+    shown = tty.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert receiver.returncode == 0, shown
+    for i in range(3):
+        assert f"Saved {tmp_path / 'out' / f'f{i}.bin'}" in shown, shown
+
+
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
 

@@ -165,7 +165,7 @@ async def test_a_tree_of_more_than_1000_files_arrives(tmp_path: Path) -> None:
     assert isinstance(received, TransferResult), received
     assert isinstance(sent, TransferResult), sent
     assert same_tree(tree, tmp_path / "out" / "tree")
-    assert len(received.files) == 1500
+    assert len(received.records) == 1500
     assert frame_types(wire)[:2] == [FrameType.OFFER, FrameType.LISTING]
 
 
