@@ -36,12 +36,12 @@ from sfs.lan.discovery import (
     GOODBYE_SECONDS,
     Browser,
     advertise,
+    find_holder,
     find_lan,
-    first_reachable,
     open_zeroconf,
 )
 from sfs.lan.embedded import embedded_server
-from sfs.lan.record import MAX_ATTEMPTS, Advert, is_final, signaling_url, verdict
+from sfs.lan.record import Advert, signaling_url
 from sfs.peer.connection import (
     DataChannelLink,
     PeerLinks,
@@ -202,7 +202,7 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
         async with Browser(zeroconf) as browser:
 
             def now_waiting() -> list[Advert]:
-                return sorted(browser.adverts.values(), key=lambda a: (a.since, a.peer_id))
+                return sorted(browser.adverts.values(), key=lambda a: (a.since, a.name))
 
             if once is not None:
                 deadline = loop.time() + once
@@ -288,7 +288,7 @@ async def _session(
             session = await _wait_on_lan(stack, handshake(), role, options, ui, addresses)
         else:
             session = await _join_on_lan(
-                stack, handshake, code.peer_id, role, options, ui, addresses
+                stack, handshake(), code.peer_id, role, options, ui, addresses
             )
         del code, handshake  # the secret words: not needed any more
         yield session
@@ -550,7 +550,7 @@ async def _wait_on_lan(
     lan = find_lan()
     rendezvous = AsyncExitStack()
     try:
-        embedded = await rendezvous.enter_async_context(embedded_server())
+        embedded = await rendezvous.enter_async_context(embedded_server(role.value))
         zeroconf = open_zeroconf(lan)
         rendezvous.push_async_callback(zeroconf.async_close)
         adverts = await rendezvous.enter_async_context(AsyncExitStack())
@@ -558,7 +558,8 @@ async def _wait_on_lan(
 
         async def registered(peer_id: str) -> None:
             await adverts.aclose()  # a new peer ID (the server was lost): the old one goes
-            advert = Advert(peer_id, role.value, options.name, embedded.port, lan.addresses, since)
+            embedded.holding.peer_id = peer_id  # what probes now prove
+            advert = Advert(role.value, options.name, embedded.port, lan.addresses, since)
             await adverts.enter_async_context(advertise(zeroconf, advert))
 
         ui.status("On the local network (no server; for other networks use --server)")
@@ -586,72 +587,35 @@ async def _finish_withdrawing(withdrawing: asyncio.Future[None]) -> None:
 
 async def _join_on_lan(
     stack: AsyncExitStack,
-    new_handshake: Callable[[], Handshake],
+    handshake: Handshake,
     peer_id: str,
     role: Role,
     options: PeerOptions,
     ui: Ui,
     addresses: tuple[str, ...],
 ) -> Session:
-    """LAN mode, the side that typed the code: find ``peer_id`` on mDNS and set up
-    through its signaling server.  Records are untrusted (anyone can advertise any
-    ID), so each one advertised for the ID is tried, up to MAX_ATTEMPTS, until a
-    set-up gets through; see :mod:`sfs.lan.record`."""
+    """LAN mode, the side that typed the code: find the endpoint that holds
+    ``peer_id`` and set up through its signaling server.
+
+    Records are untrusted and do not name the ID: every endpoint of a waiting peer
+    of the right role is asked at once whether it holds the ID, and the code's key
+    exchange runs with the one that proved it, once (see :mod:`sfs.lan.record`).
+    """
     lan = find_lan()
     waiting = Role.RECEIVER if role is Role.SENDER else Role.SENDER
     ui.status(f"Looking for {peer_id} on the local network…")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + options.find_timeout
-    failures: list[SfsError] = []
-    tried: set[tuple[str, Advert]] = set()
     zeroconf = open_zeroconf(lan)
     try:
         async with Browser(zeroconf) as browser:
-            while len(tried) < MAX_ATTEMPTS:
-                fresh = [
-                    (name, advert)
-                    for name, advert in browser.adverts.items()
-                    if advert.peer_id == peer_id
-                    and advert.role == waiting.value
-                    and (name, advert) not in tried
-                ]
-                if not fresh:
-                    if not await browser.wait_changed(deadline - loop.time()):
-                        break
-                    continue
-                tried.add(fresh[0])
-                advert = fresh[0][1]
-                host = await first_reachable(advert.addresses, advert.port)
-                if host is None:
-                    logger.info("%s: none of %s answers", peer_id, advert.addresses)
-                    failures.append(ServerUnreachableError())
-                    continue
-                ui.status(f"Found {peer_id} at {host} ({advert.name or 'no name'})")
-                attempt = AsyncExitStack()
-                try:
-                    session = await _set_up(
-                        attempt,
-                        new_handshake(),
-                        signaling_url(host, advert.port),
-                        options,
-                        ui,
-                        addresses,
-                    )
-                except SfsError as exc:
-                    await attempt.aclose()
-                    logger.info("%s at %s: %s", peer_id, host, exc)
-                    failures.append(exc)
-                    if is_final(exc):
-                        break
-                    continue
-                except BaseException:
-                    await attempt.aclose()
-                    raise
-                await stack.enter_async_context(attempt)
-                return session
+            holder = await find_holder(
+                browser, peer_id=peer_id, waiting_role=waiting.value, within=options.find_timeout
+            )
     finally:
         await zeroconf.async_close()
-    raise verdict(failures, peer_id=peer_id, role=waiting.value)
+    assert holder.host is not None
+    ui.status(f"Found {peer_id} at {holder.host} ({holder.advert.name or 'no name'})")
+    url = signaling_url(holder.host, holder.advert.port)
+    return await _set_up(stack, handshake, url, options, ui, addresses)
 
 
 async def _next_input(

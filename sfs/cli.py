@@ -1627,18 +1627,17 @@ def peer_table(adverts: Sequence[Advert], *, now: float, width: int | None = Non
 
     if not adverts:
         return ["Nobody is waiting on this network."]
-    rows = [("NAME", "ID", "WAITS TO", "ADDRESS", "WAITING")]
+    rows = [("NAME", "WAITS TO", "ADDRESS", "WAITING")]
     for advert in adverts:
         rows.append(
             (
                 printable(advert.name, PEER_NAME_CHARS) or "-",
-                advert.peer_id,
                 "receive" if advert.role == "receiver" else "send",
                 advert.addresses[0],
                 waited(advert.since, now),
             )
         )
-    return terminal.fit_columns(rows, width, shrink={0: 6, 3: 12}, drop=(4, 2))
+    return terminal.fit_columns(rows, width, shrink={0: 6, 2: 12}, drop=(3, 1))
 
 
 class LivePeers:
@@ -1648,10 +1647,10 @@ class LivePeers:
     def __init__(self, redraw: bool) -> None:
         self.redraw = redraw
         self.drawn = 0
-        self.last: list[tuple[str, str]] | None = None
+        self.last: list[tuple[str, str, tuple[str, ...], int]] | None = None
 
     def show(self, adverts: list[Advert]) -> None:
-        who = [(a.peer_id, a.name) for a in adverts]
+        who = [(a.name, a.role, a.addresses, a.port) for a in adverts]
         if not self.redraw and who == self.last:
             return
         self.last = who

@@ -86,6 +86,20 @@ class PeerNotOnLanError(CodeNotFoundError):
     exit_code = 4
 
 
+class PeerBusyError(CodeNotFoundError):
+    """The peer's device on this network is too busy to answer (someone may be flooding
+    it); try again in a moment."""
+
+    exit_code = 4
+
+
+class IdClaimedTwiceError(CodeNotFoundError):
+    """Two devices on this network claim that code's ID: someone may be interfering.
+    Nothing was sent; ask for a new code."""
+
+    exit_code = 4
+
+
 class NoLanError(SignalingError):
     """No network interface with multicast here for LAN mode; use --server URL instead."""
 

@@ -208,7 +208,6 @@ class JsonUi:
 
 def peer_fields(advert: Advert) -> dict[str, Any]:
     return {
-        "id": advert.peer_id,
         "name": advert.name,
         "role": advert.role,
         "address": advert.addresses[0] if advert.addresses else None,

@@ -8,28 +8,39 @@ IPv6; never loopback.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import ipaddress
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import aiohttp
 import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from sfs.errors import NoLanError
 from sfs.lan.record import (
+    MAX_PROBE_BODY_BYTES,
     MAX_RECORDS,
+    PROBE_PATH,
     SERVICE_TYPE,
     Advert,
+    Probed,
+    choose,
     connectable,
     instance_name,
     parse,
+    signaling_url,
 )
+from sfs.peer.crypto import IdProbe
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +51,12 @@ IFF_MULTICAST = 0x1000
 RESOLVE_MILLISECONDS = 3000
 #: How long the goodbye packets may take on the way out.
 GOODBYE_SECONDS = 1.0
-#: How long a TCP connection to an advertised address may take (on a LAN, an
-#: address that does not answer by then is not the way there).
+#: How long asking an advertised endpoint whether it holds the ID may take (on a
+#: LAN, an address that does not answer by then is not the way there).
 PROBE_SECONDS = 3.0
+#: Once an endpoint has proven the ID, how long the other probes still under way
+#: may take to show a second device claiming it.
+SETTLE_SECONDS = 0.5
 
 
 def _multicast_capable(name: str) -> bool:
@@ -105,7 +119,7 @@ async def advertise(zc: AsyncZeroconf, advert: Advert) -> AsyncIterator[None]:
     token = secrets.token_hex(3)
     info = AsyncServiceInfo(
         SERVICE_TYPE,
-        instance_name(advert.peer_id, token=token),
+        instance_name(token=token),
         port=advert.port,
         properties=advert.properties(),
         parsed_addresses=list(advert.addresses),
@@ -119,7 +133,7 @@ async def advertise(zc: AsyncZeroconf, advert: Advert) -> AsyncIterator[None]:
     announced = asyncio.ensure_future(
         await zc.async_register_service(info, cooperating_responders=True)
     )
-    logger.debug("advertising %s on %s port %d", advert.peer_id, advert.addresses, advert.port)
+    logger.debug("advertising a %s on %s port %d", advert.role, advert.addresses, advert.port)
     try:
         yield
     finally:
@@ -128,7 +142,7 @@ async def advertise(zc: AsyncZeroconf, advert: Advert) -> AsyncIterator[None]:
             async with asyncio.timeout(GOODBYE_SECONDS):
                 await (await zc.async_unregister_service(info))
         except (TimeoutError, OSError):
-            logger.debug("the goodbye for %s was not sent in time", advert.peer_id)
+            logger.debug("the goodbye for our record was not sent in time")
 
 
 class Browser:
@@ -215,31 +229,116 @@ class Browser:
             self._resolving.pop(name, None)
 
 
-async def first_reachable(
-    addresses: tuple[str, ...], port: int, *, within: float = PROBE_SECONDS
-) -> str | None:
-    """The first of ``addresses`` that accepts a TCP connection on ``port``, all tried
-    at once (a record may list addresses of networks this machine is not on)."""
+async def probe(
+    advert: Advert, *, peer_id: str, waiting_role: str, within: float = PROBE_SECONDS
+) -> Probed:
+    """Ask every address of ``advert`` at once whether it holds ``peer_id`` (a record
+    may list addresses of networks this machine is not on); the first that proves it
+    wins.  Never more than ``within`` seconds: a record whose port accepts and then
+    says nothing costs no more than that, and all records are asked at once."""
 
-    async def probe(address: str) -> str:
-        _, writer = await asyncio.open_connection(address, port)
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return address
+    async def ask(session: aiohttp.ClientSession, address: str) -> Probed:
+        question = IdProbe(peer_id=peer_id, waiting_role=waiting_role)
+        url = signaling_url(address, advert.port) + PROBE_PATH
+        body = {"msg": base64.b64encode(question.message).decode("ascii")}
+        try:
+            async with session.post(url, json=body, allow_redirects=False) as response:
+                if response.status == 503:
+                    return Probed(advert, host=address, busy=True)
+                if response.status != 200:
+                    return Probed(advert)
+                answer = json.loads(await response.content.read(MAX_PROBE_BODY_BYTES))
+                message, instance, proof = (
+                    base64.b64decode(answer[key], validate=True)
+                    for key in ("msg", "instance", "proof")
+                )
+        except aiohttp.ClientConnectorError:  # nobody there
+            return Probed(advert)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError):
+            # Connected, then closed before an answer: turned away at the door.
+            return Probed(advert, host=address, busy=True)
+        except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError, binascii.Error):
+            return Probed(advert)
+        if not question.holds(message=message, instance=instance, proof=proof):
+            return Probed(advert)
+        return Probed(advert, host=address, instance=instance)
 
-    tasks = [asyncio.ensure_future(probe(address)) for address in addresses]
+    timeout = aiohttp.ClientTimeout(total=within)
+    results: list[Probed] = []
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        tasks = [asyncio.ensure_future(ask(session, a)) for a in advert.addresses]
+        try:
+            async with asyncio.timeout(within):
+                for next_done in asyncio.as_completed(tasks):
+                    result = await next_done
+                    if result.instance is not None:
+                        return result
+                    results.append(result)
+        except TimeoutError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    busy = next((r for r in results if r.busy), None)
+    return busy or Probed(advert)
+
+
+async def find_holder(
+    browser: Browser, *, peer_id: str, waiting_role: str, within: float
+) -> Probed:
+    """Probe every record of a waiting ``waiting_role`` as it comes, all at once, and
+    return the endpoint that holds ``peer_id``: see :func:`sfs.lan.record.choose`.
+
+    Once one has proven it, the probes still under way get SETTLE_SECONDS to finish,
+    so that a second device claiming the ID is noticed.  Ends within ``within``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    asked: set[tuple[str, Advert]] = set()
+    running: set[asyncio.Future[Probed]] = set()
+    done: list[Probed] = []
+    changed: asyncio.Future[bool] | None = None
+    found_at: float | None = None
     try:
-        async with asyncio.timeout(within):
-            for next_done in asyncio.as_completed(tasks):
-                try:
-                    return await next_done
-                except OSError:
+        while True:
+            for name, advert in browser.adverts.items():
+                if advert.role != waiting_role or (name, advert) in asked:
                     continue
-    except TimeoutError:
-        pass
+                if len(asked) >= MAX_RECORDS:
+                    break
+                asked.add((name, advert))
+                running.add(
+                    asyncio.ensure_future(
+                        probe(
+                            advert,
+                            peer_id=peer_id,
+                            waiting_role=waiting_role,
+                            within=min(PROBE_SECONDS, max(0.1, deadline - loop.time())),
+                        )
+                    )
+                )
+            if found_at is not None:
+                deadline = min(deadline, found_at + SETTLE_SECONDS)
+                if not running:
+                    break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if changed is None or changed.done():
+                changed = asyncio.ensure_future(browser.wait_changed(remaining))
+            waiters: set[asyncio.Future[Any]] = {changed, *running}
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                result = task.result()
+                if result.instance is not None and found_at is None:
+                    found_at = loop.time()
+                done.append(result)
     finally:
-        for task in tasks:
+        leftovers: list[asyncio.Future[Any]] = [*running]
+        if changed is not None:
+            leftovers.append(changed)
+        for task in leftovers:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return None
+        await asyncio.gather(*leftovers, return_exceptions=True)
+    return choose(done, peer_id=peer_id, role=waiting_role)

@@ -4,34 +4,118 @@ It is ``sfs serve``'s own code (:func:`sfs.signal.server.run_server`), with its
 validation and limits, on one free port of every address (one dual-stack socket
 where IPv6 is there, so IPv4 and IPv6 share the port the record names).  It lives
 only while the waiting side sets up; peers talk directly after that.
+
+Beside signaling it answers one more request, ``POST PROBE_PATH``: the joining
+side's question whether this endpoint holds the code's ID (see
+:mod:`sfs.lan.record`), which the record no longer says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import logging
+import os
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
+from sfs.errors import CryptoError
+from sfs.lan.record import MAX_PROBE_BODY_BYTES, PROBE_PATH
+from sfs.peer.crypto import PROBE_INSTANCE_BYTES, answer_probe
+from sfs.signal.registry import address_key
 from sfs.signal.server import ServerConfig, run_server
 
 logger = logging.getLogger(__name__)
 
-#: One pairing needs two connections; the rest is room for a few mistaken or
-#: hostile neighbours, each held to the usual per-address limits.
-EMBEDDED_CONFIG = ServerConfig(host="::", port=0, max_connections=64, page=False)
+#: One pairing needs two connections (the waiting side's own and the joiner's); the
+#: rest is room for mistaken or hostile neighbours.  One address may hold only a
+#: few, so that a flood from one or a few neighbours cannot fill it (a connection
+#: that sends nothing is closed after the header timeout, one that never registers
+#: after the register timeout).
+EMBEDDED_MAX_CONNECTIONS = 64
+EMBEDDED_MAX_CONNECTIONS_PER_ADDRESS = 4
+EMBEDDED_CONFIG = ServerConfig(
+    host="::",
+    port=0,
+    max_connections=EMBEDDED_MAX_CONNECTIONS,
+    max_connections_per_address=EMBEDDED_MAX_CONNECTIONS_PER_ADDRESS,
+    # A joining sfs asks at once: the ID space is small, so guessing is slowed.
+    max_lookups_per_address=10,
+    header_timeout_seconds=5.0,
+    join_timeout_seconds=5.0,
+    register_timeout_seconds=5.0,
+    page=False,
+)
+#: Probes one address may send per PROBE_WINDOW_SECONDS: each costs a SPAKE2 run
+#: (about 10 ms of CPU), and an honest joiner sends one per address it tries.
+PROBES_PER_ADDRESS = 8
+PROBE_WINDOW_SECONDS = 10.0
+
+
+@dataclass
+class Holding:
+    """What the embedded server proves to probes: the waiting peer's ID (None
+    until the server has given it one) and role, under a random instance name."""
+
+    role: str
+    peer_id: str | None = None
+    instance: bytes = field(default_factory=lambda: os.urandom(PROBE_INSTANCE_BYTES))
+    _recent: dict[str, deque[float]] = field(default_factory=dict)
+
+    def admit(self, key: str, now: float) -> bool:
+        """Count a probe from address *key*; False once it sends too many."""
+        window = self._recent.setdefault(key, deque())
+        while window and window[0] <= now - PROBE_WINDOW_SECONDS:
+            window.popleft()
+        if len(window) >= PROBES_PER_ADDRESS:
+            return False
+        window.append(now)
+        if len(self._recent) > 4 * EMBEDDED_MAX_CONNECTIONS:  # forget the idle ones
+            for idle in [k for k, w in self._recent.items() if not w]:
+                del self._recent[idle]
+        return True
+
+    async def answer(self, request: web.Request) -> web.Response:
+        """``POST PROBE_PATH`` ``{"msg": b64}`` -> ``{"msg", "instance", "proof"}``."""
+        key = address_key(str(request.remote or "unknown"))
+        if self.peer_id is None or not self.admit(key, asyncio.get_running_loop().time()):
+            return web.Response(status=503, text="busy")
+        body = await request.content.read(MAX_PROBE_BODY_BYTES + 1)
+        try:
+            if len(body) > MAX_PROBE_BODY_BYTES:
+                raise ValueError("too long")
+            message = base64.b64decode(json.loads(body)["msg"], validate=True)
+            answer, proof = answer_probe(
+                peer_id=self.peer_id, role=self.role, message=message, instance=self.instance
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error, CryptoError):
+            return web.Response(status=400, text="bad probe")
+        return web.json_response(
+            {
+                "msg": base64.b64encode(answer).decode("ascii"),
+                "instance": base64.b64encode(self.instance).decode("ascii"),
+                "proof": base64.b64encode(proof).decode("ascii"),
+            }
+        )
 
 
 @dataclass(frozen=True)
 class Embedded:
     """:param port: the port every address listens on (for the record)
-    :param local_url: how this process reaches it"""
+    :param local_url: how this process reaches it
+    :param holding: set its ``peer_id`` to the ID the server gave the waiting side"""
 
     port: int
     local_url: str
+    holding: Holding
 
 
 def _listening_socket() -> socket.socket:
@@ -52,12 +136,22 @@ def _listening_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def embedded_server(config: ServerConfig = EMBEDDED_CONFIG) -> AsyncIterator[Embedded]:
-    """Run the signaling server until the block ends."""
+async def embedded_server(
+    role: str, config: ServerConfig = EMBEDDED_CONFIG
+) -> AsyncIterator[Embedded]:
+    """Run the signaling server until the block ends.
+
+    :param role: the waiting side's role, which probes prove along with the ID
+    """
     sock = _listening_socket()
     port = int(sock.getsockname()[1])
+    holding = Holding(role)
+
+    def extend(app: web.Application) -> None:
+        app.router.add_post(PROBE_PATH, holding.answer)
+
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_server(config, ready=ready.set_result, sock=sock))
+    task = asyncio.create_task(run_server(config, ready=ready.set_result, sock=sock, extend=extend))
     try:
         waiters: set[asyncio.Future[Any]] = {task, ready}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -65,7 +159,7 @@ async def embedded_server(config: ServerConfig = EMBEDDED_CONFIG) -> AsyncIterat
             task.result()  # raises why it did not start
             raise RuntimeError("the embedded signaling server stopped at once")
         # 127.0.0.1 reaches a dual-stack socket too (as ::ffff:127.0.0.1).
-        yield Embedded(port=port, local_url=f"http://127.0.0.1:{port}")
+        yield Embedded(port=port, local_url=f"http://127.0.0.1:{port}", holding=holding)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

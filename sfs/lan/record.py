@@ -5,18 +5,19 @@ Pure: no sockets, no zeroconf.  :mod:`sfs.lan.discovery` moves these over mDNS.
 A waiting peer (the receiver; the sender with ``--print-code``) advertises one DNS-SD
 service of type ``_sfs._tcp.local.``::
 
-    instance  "sfs KQZ-042 3f9a1c._sfs._tcp.local."   unique: a random suffix, so two
-                                                       advertisers never clash
-    SRV       port of its embedded signaling server, host "<instance>.local."
+    instance  "sfs 3f9a1c._sfs._tcp.local."   unique: a random suffix
+    SRV       port of its embedded signaling server, host "sfs-<suffix>.local."
     A / AAAA  its addresses (no loopback, no IPv6 link-local)
-    TXT       v=1  id=KQZ-042  role=receiver|sender  name=<display name>  since=<unix s>
+    TXT       v=2  role=receiver|sender  name=<display name>  since=<unix s>
 
-The secret words are never in it: they are the SPAKE2 password, shown only to the
-two users.  Nothing in a record is trusted: anyone on the LAN can advertise any
-ID.  The joining side validates each field, shows text only through
-:func:`sfs.text.printable`, and treats a record as a place to try: the handshake
-with the real peer is what proves it (a rogue endpoint gets one online guess of
-the code, as a malicious signaling server does).
+Neither the code's ID nor anything derived from it is in the record: a neighbour who
+could read the ID there could ask the waiting peer to pair and spend its one
+attempt.  The joining side asks each waiting endpoint of the right role whether it
+holds the ID (``POST PROBE_PATH``, a SPAKE2 run on the ID alone, see
+:class:`sfs.peer.crypto.IdProbe`) and runs the code's key exchange with the one
+endpoint that proved it: one exchange per attempt, however many records a rogue
+advertises.  Nothing in a record is trusted: the joining side validates each
+field and shows text only through :func:`sfs.text.printable`.
 """
 
 from __future__ import annotations
@@ -26,28 +27,19 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sfs.errors import (
-    CancelledByPeerError,
-    CodeNotFoundError,
-    CryptoError,
-    PeerConnectionError,
-    PeerGoneError,
-    PeerNotOnLanError,
-    ServerLostError,
-    ServerUnreachableError,
-    SfsError,
-)
-from sfs.signal.messages import is_peer_id
+from sfs.errors import IdClaimedTwiceError, PeerBusyError, PeerNotOnLanError
 
 SERVICE_TYPE = "_sfs._tcp.local."
 #: The record format and the set-up protocol behind it; another value is skipped.
-VERSION = "1"
+#: (Version 1 carried the code's ID in the clear.)
+VERSION = "2"
 ROLES = ("receiver", "sender")
 #: Longest display name kept from a record (characters, after decoding).
 MAX_NAME_CHARS = 64
-#: Records for one ID the joining side tries before giving up: a LAN flooded with
-#: fake records costs a bounded number of attempts.
-MAX_ATTEMPTS = 8
+#: Where a waiting peer's embedded server answers probes (see the module's text).
+PROBE_PATH = "/sfs-lan/probe"
+#: Largest probe request or answer body (three base64 fields of at most 44 chars).
+MAX_PROBE_BODY_BYTES = 512
 #: Addresses of one record tried (all at once: the first that answers is used).
 MAX_ADDRESSES = 8
 #: Records a browser keeps track of at once; more are ignored.
@@ -61,7 +53,6 @@ class Advert:
     :param since: when it started waiting, Unix seconds on *its* clock.
     """
 
-    peer_id: str
     role: str
     name: str
     port: int
@@ -72,16 +63,15 @@ class Advert:
         """The TXT record."""
         return {
             "v": VERSION,
-            "id": self.peer_id,
             "role": self.role,
             "name": self.name[:MAX_NAME_CHARS],
             "since": str(self.since),
         }
 
 
-def instance_name(peer_id: str, *, token: str | None = None) -> str:
+def instance_name(*, token: str | None = None) -> str:
     """A DNS-SD instance name no other advertiser uses (a random suffix)."""
-    return f"sfs {peer_id} {token or secrets.token_hex(3)}.{SERVICE_TYPE}"
+    return f"sfs {token or secrets.token_hex(3)}.{SERVICE_TYPE}"
 
 
 def parse(
@@ -101,10 +91,10 @@ def parse(
 
     if text(b"v") != VERSION:
         return None
-    peer_id, role = text(b"id"), text(b"role")
-    if not is_peer_id(peer_id) or role not in ROLES:
+    role = text(b"role")
+    if role not in ROLES:
         return None
-    assert peer_id is not None and role is not None
+    assert role is not None
     if port is None or not 0 < port < 65536:
         return None
     usable = connectable(addresses)
@@ -114,7 +104,6 @@ def parse(
     since_text = text(b"since") or ""
     since = int(since_text) if since_text.isdigit() and len(since_text) <= 12 else 0
     return Advert(
-        peer_id=peer_id,
         role=role,
         name=name.decode("utf-8", "replace")[:MAX_NAME_CHARS],
         port=port,
@@ -162,38 +151,47 @@ def waited(since: int, now: float) -> str:
 
 # -- the joining side's verdict ---------------------------------------------------------------
 
-#: Failures that say "not here": the endpoint was not there, or did not know the ID.
-_ABSENT = (ServerUnreachableError, ServerLostError, CodeNotFoundError)
 
+@dataclass(frozen=True)
+class Probed:
+    """What one endpoint answered to "do you hold the ID?".
 
-def is_final(error: SfsError) -> bool:
-    """Whether trying further records is pointless: the connection failing once the
-    sealed answer opened can only be the real peer's (a rogue cannot seal an answer).
-    A partner that left mid-way may have been a rogue: not final."""
-    return isinstance(error, PeerConnectionError) and not isinstance(error, PeerGoneError)
-
-
-def _weight(error: SfsError) -> int:
-    if is_final(error):
-        return 4
-    if isinstance(error, CryptoError):  # someone held the ID: a typo, or a rogue's guess
-        return 3
-    if isinstance(error, CancelledByPeerError):
-        return 2
-    return 0 if isinstance(error, _ABSENT) else 1
-
-
-def verdict(errors: Sequence[SfsError], *, peer_id: str, role: str) -> SfsError:
-    """The one error to report when no record led to the peer.
-
-    Someone holding the ID and answering beats "not found": the connection failing
-    after the handshake, then a wrong code, then a cancel, then any other refusal
-    (the first of each kind).  With only absences, the peer is not on this LAN.
+    :param instance: the endpoint's proven instance (it holds the ID), else None
+    :param busy: it turned the probe away (too many connections, rate limit): it may
+        hold the ID but cannot say now
+    :param host: the address that answered
     """
-    best = max(errors, key=_weight, default=None)
-    if best is not None and _weight(best) > 0:
-        return best
-    return PeerNotOnLanError(
+
+    advert: Advert
+    host: str | None = None
+    instance: bytes | None = None
+    busy: bool = False
+
+
+def choose(probed: Sequence[Probed], *, peer_id: str, role: str) -> Probed:
+    """The one endpoint to run the code's key exchange with, or the error to report.
+
+    Two different instances that both prove the ID are two devices claiming it (the
+    code leaked, or a rogue that learnt the ID from it): no key exchange with either,
+    since a rogue would get a guess of the secret words.  The same instance reached
+    at several records or addresses is one device (a relay changes nothing: the key
+    exchange is end to end).
+    """
+    holders = [p for p in probed if p.instance is not None]
+    instances = {p.instance for p in holders}
+    if len(instances) > 1:
+        raise IdClaimedTwiceError(
+            f"{len(instances)} devices on this network claim ID {peer_id}: someone may be "
+            "interfering; nothing was sent to either (ask for a new code)"
+        )
+    if holders:
+        return holders[0]
+    if any(p.busy for p in probed):
+        raise PeerBusyError(
+            f"a {role} on this network did not answer: too busy (someone may be flooding "
+            "it); try again in a moment"
+        )
+    raise PeerNotOnLanError(
         f"no {role} with ID {peer_id} on this network (is it on the same LAN? "
         "for other networks use --server)"
     )

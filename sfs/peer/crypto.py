@@ -327,3 +327,87 @@ def tcp_proof(*, key: bytes, side: bytes, dialer_nonce: bytes, listener_nonce: b
     """
     transcript = side + TCP_MAGIC + dialer_nonce + listener_nonce
     return hmac.new(key, transcript, "sha256").digest()
+
+
+# -- LAN mode: which endpoint holds the code's ID -----------------------------------------
+
+#: A LAN record does not carry the code's ID (a neighbour who read it could take the
+#: waiting peer's one attempt).  The joining side finds the endpoint that holds the
+#: ID with a SPAKE2 run on the ID alone: the waiting side proves it knows the ID, and
+#: neither side learns anything it could test guesses against offline (a stranger
+#: gets one online guess of the ID per probe, out of 17.6 million).
+_PROBE_ID_JOINER = b"sfs/1 lan probe joiner"
+_PROBE_ID_WAITER_PREFIX = b"sfs/1 lan probe waiter "
+INFO_PROBE_PROOF = b"sfs/1 lan probe proof"
+#: A waiting endpoint's random name for itself: two endpoints that prove the same
+#: ID with different instances are two devices, not one reached two ways.
+PROBE_INSTANCE_BYTES = 16
+PROBE_PROOF_BYTES = 32
+
+
+def _probe_password(peer_id: str) -> bytes:
+    return peer_id.encode("ascii")
+
+
+def _probe_proof(*, pake_key: bytes, instance: bytes) -> bytes:
+    key = _hkdf(pake_key=pake_key, transcript=b"", info=INFO_PROBE_PROOF)
+    return hmac.new(key, instance, "sha256").digest()
+
+
+class IdProbe:
+    """The joining side of one probe: "does this endpoint hold ``peer_id`` for a
+    waiting ``waiting_role``?"  One instance per endpoint asked.
+
+    :param entropy: randomness source; only known-answer tests pass their own.
+    """
+
+    def __init__(
+        self, *, peer_id: str, waiting_role: str, entropy: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        id_b = _PROBE_ID_WAITER_PREFIX + waiting_role.encode("ascii")
+        self._spake: SPAKE2_A | None = SPAKE2_A(
+            _probe_password(peer_id), idA=_PROBE_ID_JOINER, idB=id_b, entropy_f=entropy
+        )
+        self.message: bytes = self._spake.start()
+
+    def holds(self, *, message: bytes, instance: bytes, proof: bytes) -> bool:
+        """Whether the answer proves the ID (False for anything malformed)."""
+        spake, self._spake = self._spake, None
+        if spake is None:
+            raise ValueError("this probe has already been answered")
+        if len(instance) != PROBE_INSTANCE_BYTES or len(proof) != PROBE_PROOF_BYTES:
+            return False
+        try:
+            pake_key: bytes = spake.finish(message)
+        except (SPAKEError, NotOnCurve, ValueError, TypeError):
+            return False
+        expected = _probe_proof(pake_key=pake_key, instance=instance)
+        return hmac.compare_digest(expected, proof)
+
+
+def answer_probe(
+    *,
+    peer_id: str,
+    role: str,
+    message: bytes,
+    instance: bytes,
+    entropy: Callable[[int], bytes] = os.urandom,
+) -> tuple[bytes, bytes]:
+    """The waiting side's answer to a probe: its SPAKE2 message and the proof.
+
+    It answers every well-formed probe the same way, whatever ID the joiner tried:
+    only a joiner that used the right ID can check the proof.  Raises
+    :class:`CryptoError` for a message that is not a SPAKE2 message.
+    """
+    spake = SPAKE2_B(
+        _probe_password(peer_id),
+        idA=_PROBE_ID_JOINER,
+        idB=_PROBE_ID_WAITER_PREFIX + role.encode("ascii"),
+        entropy_f=entropy,
+    )
+    answer: bytes = spake.start()
+    try:
+        pake_key: bytes = spake.finish(message)
+    except (SPAKEError, NotOnCurve, ValueError, TypeError) as exc:
+        raise CryptoError("not a key exchange message") from exc
+    return answer, _probe_proof(pake_key=pake_key, instance=instance)

@@ -1064,6 +1064,7 @@ async def run_server(
     *,
     ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    extend: Callable[[web.Application], None] | None = None,
 ) -> None:
     """Serve signaling on ``config.host:config.port`` until cancelled.
 
@@ -1071,10 +1072,14 @@ async def run_server(
         which tells the real port when ``config.port`` is 0
     :param sock: a bound socket to listen on instead of ``config.host:config.port``
         (the embedded server's one dual-stack port)
+    :param extend: adds routes of its own to the app before it starts (the embedded
+        server's probe); they sit behind the same gate and limits
     """
     context = tls_context(*config.tls) if config.tls is not None else None
     fd_limit = raise_fd_limit()
     app = create_app(config)
+    if extend is not None:
+        extend(app)
     gate = app[GATE_KEY]
     # No access log: one INFO line per register, pair and disconnect is the log.
     # aiohttp's keep-alive timer starts when a connection is made and closes it if

@@ -164,21 +164,20 @@ def test_offer_kinds() -> None:
 def test_peers_come_and_go() -> None:
     lines: list[str] = []
     peers = PeerEvents(JsonLines(lines.append))
-    alice = Advert("KQZ-042", "receiver", "alice\x1b]52;c;", 5000, ("192.168.1.20",), 1700000000)
-    bob = Advert("ABC-123", "sender", "bob", 5001, ("192.168.1.21", "fe80::1"), 1700000001)
+    alice = Advert("receiver", "alice\x1b]52;c;", 5000, ("192.168.1.20",), 1700000000)
+    bob = Advert("sender", "bob", 5001, ("192.168.1.21", "fe80::1"), 1700000001)
     peers.show([alice])
     peers.show([alice])  # no change, no event
     peers.show([alice, bob])
     peers.show([bob])
     events = parse(lines)
-    assert [(e["type"], e["id"]) for e in events] == [
-        ("peer", "KQZ-042"),
-        ("peer", "ABC-123"),
-        ("gone", "KQZ-042"),
+    assert [(e["type"], e["port"]) for e in events] == [
+        ("peer", 5000),
+        ("peer", 5001),
+        ("gone", 5000),
     ]
     assert events[1] == {
         "type": "peer",
-        "id": "ABC-123",
         "name": "bob",
         "role": "sender",
         "address": "192.168.1.21",

@@ -1,5 +1,5 @@
 """The mDNS record (sfs.lan.record): its format, what a joining side accepts from the
-network, and which error it reports when no record led to the peer."""
+network, and which endpoint it chooses (or which error it reports) from the probes."""
 
 from __future__ import annotations
 
@@ -8,31 +8,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.cli import peer_table
-from sfs.errors import (
-    CancelledByPeerError,
-    CodeNotFoundError,
-    IceFailedError,
-    PeerGoneError,
-    PeerNotOnLanError,
-    ServerUnreachableError,
-    SignalingError,
-    WrongCodeError,
-)
+from sfs.errors import IdClaimedTwiceError, PeerBusyError, PeerNotOnLanError
 from sfs.lan.record import (
     MAX_ADDRESSES,
     MAX_NAME_CHARS,
     SERVICE_TYPE,
     Advert,
+    Probed,
+    choose,
     connectable,
     instance_name,
-    is_final,
     parse,
     signaling_url,
-    verdict,
     waited,
 )
 
-ADVERT = Advert("KQZ-042", "receiver", "alice", 41234, ("10.0.0.2", "fd00::2"), 1_800_000_000)
+ADVERT = Advert("receiver", "alice", 41234, ("10.0.0.2", "fd00::2"), 1_800_000_000)
 
 
 def txt(props: dict[str, str]) -> dict[bytes, bytes | None]:
@@ -41,13 +32,12 @@ def txt(props: dict[str, str]) -> dict[bytes, bytes | None]:
 
 def test_the_record_known_answer() -> None:
     assert ADVERT.properties() == {
-        "v": "1",
-        "id": "KQZ-042",
+        "v": "2",
         "role": "receiver",
         "name": "alice",
         "since": "1800000000",
     }
-    assert instance_name("KQZ-042", token="3f9a1c") == "sfs KQZ-042 3f9a1c._sfs._tcp.local."
+    assert instance_name(token="3f9a1c") == "sfs 3f9a1c._sfs._tcp.local."
     assert SERVICE_TYPE == "_sfs._tcp.local."
 
 
@@ -56,15 +46,14 @@ def test_round_trip() -> None:
 
 
 def test_two_instance_names_differ() -> None:
-    assert instance_name("KQZ-042") != instance_name("KQZ-042")
+    assert instance_name() != instance_name()
 
 
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"v": "2"}, "another version"),
-        ({"id": "kqz-042"}, "not a peer ID"),
-        ({"id": "KQZ-042-tiger-lamp"}, "a whole code is not an ID"),
+        ({"v": "1"}, "version 1 named the ID: no longer read"),
+        ({"v": "3"}, "a later version"),
         ({"role": "admin"}, "no such role"),
     ],
 )
@@ -75,7 +64,7 @@ def test_records_that_are_not_usable(change: dict[str, str], why: str) -> None:
 def test_missing_fields_ports_and_addresses() -> None:
     props = txt(ADVERT.properties())
     assert (
-        parse({k: v for k, v in props.items() if k != b"id"}, port=1, addresses=["10.0.0.2"])
+        parse({k: v for k, v in props.items() if k != b"role"}, port=1, addresses=["10.0.0.2"])
         is None
     )
     assert parse(props, port=None, addresses=["10.0.0.2"]) is None
@@ -138,45 +127,83 @@ def test_waited() -> None:
     assert waited(0, 1000) == "0 s"
 
 
-def test_verdict_when_nothing_answered() -> None:
-    error = verdict(
-        [ServerUnreachableError(), CodeNotFoundError()], peer_id="KQZ-042", role="sender"
+def test_records_never_carry_an_id_or_anything_of_the_code() -> None:
+    assert set(ADVERT.properties()) == {"v", "role", "name", "since"}
+
+
+OTHER = Advert("receiver", "bob", 41235, ("10.0.0.3",), 1_800_000_000)
+
+
+def test_choose_the_one_that_proved_the_id() -> None:
+    holder = Probed(ADVERT, host="10.0.0.2", instance=b"a" * 16)
+    assert choose([Probed(OTHER), holder], peer_id="KQZ-042", role="receiver") is holder
+    # The same instance at two records or addresses (a relay, a second interface) is
+    # one device: no alarm.
+    again = Probed(OTHER, host="10.0.0.3", instance=b"a" * 16)
+    assert choose([holder, again], peer_id="KQZ-042", role="receiver") is holder
+
+
+def test_two_devices_proving_one_id_get_nothing() -> None:
+    with pytest.raises(IdClaimedTwiceError) as caught:
+        choose(
+            [
+                Probed(ADVERT, host="10.0.0.2", instance=b"a" * 16),
+                Probed(OTHER, host="10.0.0.3", instance=b"b" * 16),
+            ],
+            peer_id="KQZ-042",
+            role="receiver",
+        )
+    assert caught.value.exit_code == 4
+    assert str(caught.value).startswith(
+        "2 devices on this network claim ID KQZ-042: someone may be interfering"
     )
-    assert isinstance(error, PeerNotOnLanError) and error.exit_code == 4
-    assert str(error) == (
-        "no sender with ID KQZ-042 on this network (is it on the same LAN? "
-        "for other networks use --server)"
+
+
+def test_busy_is_not_absent() -> None:
+    with pytest.raises(PeerBusyError) as caught:
+        choose([Probed(OTHER), Probed(ADVERT, busy=True)], peer_id="KQZ-042", role="receiver")
+    assert caught.value.exit_code == 4 and "too busy" in str(caught.value)
+
+
+def test_nobody_proved_it() -> None:
+    for probed in ([], [Probed(ADVERT), Probed(OTHER)]):
+        with pytest.raises(PeerNotOnLanError) as caught:
+            choose(probed, peer_id="KQZ-042", role="sender")
+        assert str(caught.value) == (
+            "no sender with ID KQZ-042 on this network (is it on the same LAN? "
+            "for other networks use --server)"
+        )
+
+
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.sampled_from([b"a" * 16, b"b" * 16])), st.booleans()),
+        max_size=12,
     )
-    assert isinstance(verdict([], peer_id="KQZ-042", role="receiver"), PeerNotOnLanError)
-
-
-def test_verdict_prefers_who_held_the_id() -> None:
-    wrong, gone, cancel, ice = (
-        WrongCodeError(),
-        PeerGoneError(),
-        CancelledByPeerError(),
-        IceFailedError(),
-    )
-    other = SignalingError("refused")
-    absent = CodeNotFoundError()
-    assert verdict([absent, other, wrong, cancel], peer_id="A", role="r") is wrong
-    assert verdict([cancel, absent, gone], peer_id="A", role="r") is cancel
-    assert verdict([wrong, ice], peer_id="A", role="r") is ice
-    assert verdict([absent, gone], peer_id="A", role="r") is gone
-    assert verdict([absent, other], peer_id="A", role="r") is other
-
-
-def test_only_a_failed_connection_ends_the_search() -> None:
-    assert is_final(IceFailedError())
-    for error in (PeerGoneError(), WrongCodeError(), CodeNotFoundError(), ServerUnreachableError()):
-        assert not is_final(error)
+)
+def test_choose_never_picks_an_unproven_endpoint(answers: list[tuple[bytes | None, bool]]) -> None:
+    probed = [
+        Probed(ADVERT, host="10.0.0.2" if i or busy else None, instance=i, busy=busy)
+        for i, busy in answers
+    ]
+    instances = {i for i, _ in answers if i is not None}
+    try:
+        chosen = choose(probed, peer_id="KQZ-042", role="receiver")
+    except IdClaimedTwiceError:
+        assert len(instances) > 1
+    except PeerBusyError:
+        assert not instances and any(busy for _, busy in answers)
+    except PeerNotOnLanError:
+        assert not instances
+    else:
+        assert len(instances) == 1 and chosen.instance in instances
 
 
 def test_peer_table_shows_network_text_inert() -> None:
-    evil = Advert("KQZ-042", "sender", "\x1b[2J\u202eevil", 1, ("10.0.0.2",), 1000)
+    evil = Advert("sender", "\x1b[2J\u202eevil", 1, ("10.0.0.2",), 1000)
     lines = peer_table([ADVERT, evil], now=ADVERT.since + 30)
-    assert lines[0].split() == ["NAME", "ID", "WAITS", "TO", "ADDRESS", "WAITING"]
-    assert lines[1].split() == ["alice", "KQZ-042", "receive", "10.0.0.2", "30", "s"]
+    assert lines[0].split() == ["NAME", "WAITS", "TO", "ADDRESS", "WAITING"]
+    assert lines[1].split() == ["alice", "receive", "10.0.0.2", "30", "s"]
     assert "\x1b" not in lines[2] and "\u202e" not in lines[2]
     assert "\\x1b[2J\\u202eevil" in lines[2] and " send " in lines[2]
     assert peer_table([], now=0) == ["Nobody is waiting on this network."]
