@@ -14,7 +14,8 @@ It finds the victim's record by its display name (records carry no ID) and then:
 ``flood SESSIONS SILENT``
     opens SESSIONS Socket.IO sessions to the victim's embedded server, registers
     each, and keeps them idle; and SILENT TCP connections that never send a byte.
-    Prints ``flooding A B`` (the sessions and connections that got in).
+    Prints ``flooding A B`` (the sessions and connections that got in), and
+    ``all dropped`` once the server has closed every session.
 ``burn GUESSES``
     what a neighbour without the code can try against the victim: registers at its
     embedded server and asks for a connection to GUESSES random peer IDs, and probes
@@ -107,6 +108,10 @@ async def flood(victim: Advert, sessions: int, silent: int) -> None:
             continue
     say(f"flooding {len(clients)} {len(sockets)}")
     say("ready")
+    # Sessions that never ask for a connection are dropped in time.
+    while any(client.connected for client in clients):
+        await asyncio.sleep(0.2)
+    say("all dropped")
     await asyncio.Event().wait()
 
 

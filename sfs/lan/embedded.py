@@ -37,9 +37,11 @@ logger = logging.getLogger(__name__)
 
 #: One pairing needs two connections (the waiting side's own and the joiner's); the
 #: rest is room for mistaken or hostile neighbours.  One address may hold only a
-#: few, so that a flood from one or a few neighbours cannot fill it (a connection
-#: that sends nothing is closed after the header timeout, one that never registers
-#: after the register timeout).
+#: few, so that a flood from one or a few neighbours cannot fill it, and every slot
+#: must make progress: a connection that sends nothing is closed after the header
+#: timeout, one that does not register after the register timeout, and one from
+#: another machine that has not asked for a connection after the request timeout
+#: (a joining sfs asks at once; only the waiting side itself, on loopback, waits).
 EMBEDDED_MAX_CONNECTIONS = 64
 EMBEDDED_MAX_CONNECTIONS_PER_ADDRESS = 4
 EMBEDDED_CONFIG = ServerConfig(
@@ -52,6 +54,7 @@ EMBEDDED_CONFIG = ServerConfig(
     header_timeout_seconds=5.0,
     join_timeout_seconds=5.0,
     register_timeout_seconds=5.0,
+    request_timeout_seconds=10.0,
     page=False,
 )
 #: Probes one address may send per PROBE_WINDOW_SECONDS: each costs a SPAKE2 run

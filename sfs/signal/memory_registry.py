@@ -133,6 +133,7 @@ class PeerTable(ConnectionBook[_Connection]):
         target = self._lookup(sid, peer_id, now=now)
         conn.link, conn.other_sid = Link.REQUESTING, target.sid
         target.link, target.other_sid = Link.REQUESTED, sid
+        self._progressed(sid)
         self._linked.start(sid, now=now)
         self._linked.start(target.sid, now=now)
         return Route(to_sid=target.sid, from_peer_id=self._id(conn))

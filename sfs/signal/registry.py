@@ -147,6 +147,17 @@ class Expiry:
     departed: list[Departure] = field(default_factory=list)
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a client address is this machine's loopback (IPv4-mapped included)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def address_key(address: str) -> str:
     """The client address that per-address limits count: an IPv6 address's /64.
 
@@ -237,6 +248,13 @@ class ConnectionBook(Generic[_C]):
         self._connections: dict[str, _C] = {}
         self._sid_by_peer_id: dict[str, str] = {}
         self._unregistered: Deadlines[str] = Deadlines(config.register_timeout_seconds)
+        # Only where the config asks (LAN mode's embedded server, where only the local
+        # waiting side has reason to wait): connections from other machines that
+        # have not asked for a connection in time.
+        self._idle: Deadlines[str] | None = (
+            None if config.request_timeout_seconds is None
+            else Deadlines(config.request_timeout_seconds)
+        )  # fmt: skip
 
     @property
     def connection_count(self) -> int:
@@ -258,11 +276,22 @@ class ConnectionBook(Generic[_C]):
             return False
         self._connections[sid] = self._make(sid, address, address_key(address))
         self._unregistered.start(sid, now=now)
+        if self._idle is not None and not is_loopback(address):
+            self._idle.start(sid, now=now)
         return True
 
     def overdue_registrations(self, *, now: float) -> list[str]:
-        """Connections that have not registered in time (each named once)."""
-        return self._unregistered.expired(now=now)
+        """Connections that have not registered in time, or (``request_timeout_seconds``)
+        have not asked for a connection in time (each named once)."""
+        overdue = self._unregistered.expired(now=now)
+        if self._idle is not None:
+            overdue += [sid for sid in self._idle.expired(now=now) if sid not in overdue]
+        return overdue
+
+    def _progressed(self, sid: str) -> None:
+        """*sid* asked for a connection: it is no longer idle."""
+        if self._idle is not None:
+            self._idle.cancel(sid)
 
     def _not_yet_registered(self, sid: str) -> _C:
         conn = self._connections[sid]
@@ -281,6 +310,7 @@ class ConnectionBook(Generic[_C]):
         if conn is None:
             return None
         self._unregistered.cancel(sid)
+        self._progressed(sid)
         if conn.peer_id is not None:
             del self._sid_by_peer_id[conn.peer_id]
         return conn

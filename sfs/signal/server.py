@@ -156,6 +156,10 @@ class ServerConfig:
     :param page: serve the browser page at ``/`` (sfs.signal.page)
     :param redis_url: keep the peers in this Redis, shared with every node that
         uses it (sfs.signal.redis_registry); None keeps them in this process
+    :param request_timeout_seconds: if set, a client from another machine (not
+        loopback) that has not asked for a connection by then, counted from
+        connecting, is disconnected: LAN mode's embedded server, where only its own
+        waiting side (on loopback) has reason to wait; with the memory registry only
     :param redis_ttl_seconds: how long a node's peers stay in Redis after its last
         heartbeat (it sends one every third of that): the bound on how long the
         partners of a node that died wait to be told
@@ -185,6 +189,7 @@ class ServerConfig:
     page: bool = True
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_ttl_seconds: float = DEFAULT_REDIS_TTL_SECONDS
+    request_timeout_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -234,6 +239,10 @@ class ServerConfig:
             raise ValueError(f"fd_reserve must be at least {MIN_FD_RESERVE}")
         if self.redis_url is not None:
             redis_url_display(self.redis_url)  # raises ValueError for a bad URL
+        if self.request_timeout_seconds is not None and (
+            self.redis_url is not None or not self.request_timeout_seconds > 0
+        ):
+            raise ValueError("request_timeout_seconds: positive, without Redis")
         if not self.redis_ttl_seconds >= MIN_REDIS_TTL_SECONDS:
             raise ValueError(f"--redis-ttl must be at least {MIN_REDIS_TTL_SECONDS:g} seconds")
 
@@ -836,7 +845,7 @@ class _SignalServer:
             logger.debug("dropped a websocket that did not join the namespace in time")
             await self._drop(eio_sid, "no_join")
         for sid in self.registry.overdue_registrations(now=now):
-            logger.debug("dropped a client that did not register in time")
+            logger.debug("dropped a client that did not register (or ask) in time")
             await self._drop_sid(sid, "no_register")
         expiry: Expiry = await self.registry.expire(now=now)
         for sid in expiry.stalled:

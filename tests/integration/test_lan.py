@@ -317,7 +317,8 @@ def test_a_flood_from_one_neighbour_cannot_keep_the_sender_out(tmp_path: Path) -
     """C opens 80 Socket.IO sessions and 80 silent connections to A's embedded server
     (before: 64 from one address filled it, and the sender was told "no receiver").
     Only a few get in; the sender from B delivers.  The same flood from the sender's
-    own address (a shared NAT) is reported as busy, not as absent."""
+    own address (a shared NAT) is reported as busy, not as absent; and the flood's
+    idle sessions are dropped in time."""
     with lan_hosts(3) as (a, b, c):
         src = make_file(tmp_path / "f.bin", MIB)
         out = tmp_path / "out"
@@ -339,6 +340,8 @@ def test_a_flood_from_one_neighbour_cannot_keep_the_sender_out(tmp_path: Path) -
         try:
             rogue.wait_ready(60)
             sent = run(b, "send", again.code, str(src))
+            # Slots must make progress: sessions that never ask are dropped (10 s).
+            rogue.lines.wait_for("^all dropped", 20)
         finally:
             rogue.stop()
             again.stop()

@@ -99,6 +99,36 @@ def test_a_connection_must_register_in_time() -> None:
     assert table.overdue_registrations(now=200.0) == []  # named once
 
 
+def test_with_a_request_timeout_remote_clients_must_ask_and_loopback_may_wait() -> None:
+    """LAN mode's embedded server: only its own waiting side (on loopback) may sit
+    registered and idle; a neighbour that registers and never asks is dropped."""
+    table = _table(A, B, C, register_timeout_seconds=5, request_timeout_seconds=10)
+    table.connect("waiter", "::ffff:127.0.0.1", now=0.0)
+    table.register("waiter")
+    table.connect("idler", "10.0.0.7", now=0.0)
+    table.register("idler")
+    table.connect("joiner", "10.0.0.8", now=1.0)
+    table.register("joiner")
+    table.request("joiner", A, now=2.0)
+    assert table.overdue_registrations(now=9.9) == []
+    assert table.overdue_registrations(now=10.0) == ["idler"]
+    assert table.overdue_registrations(now=100.0) == []  # the waiter and the joiner stay
+
+
+def test_without_a_request_timeout_registered_clients_may_wait() -> None:
+    table = _table(A)
+    table.connect("peer", "10.0.0.7", now=0.0)
+    table.register("peer")
+    assert table.overdue_registrations(now=1e6) == []
+
+
+def test_a_request_timeout_is_for_the_memory_registry_only() -> None:
+    with pytest.raises(ValueError, match="without Redis"):
+        ServerConfig(request_timeout_seconds=10, redis_url="redis://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="positive"):
+        ServerConfig(request_timeout_seconds=0)
+
+
 # --------------------------------------------------------------------------- pairing clock
 
 
