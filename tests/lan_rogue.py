@@ -88,9 +88,21 @@ async def clone(victim: Advert, zeroconf: Any, count: int, stalls: int, peer_id:
 
 async def flood(victim: Advert, sessions: int, silent: int) -> None:
     url = signaling_url(victim.addresses[0], victim.port)
-    clients, sockets = [], []
+    clients: list[Any] = []
+    sockets = []
+    gone: set[int] = set()  # id() of each client the server disconnected
+    changed = asyncio.Event()
+
+    def on_disconnect(client: Any) -> Any:
+        async def handler(*_: object) -> None:
+            gone.add(id(client))
+            changed.set()
+
+        return handler
+
     for _ in range(sessions):
         client: Any = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        client.on("disconnect", on_disconnect(client))
         try:
             async with asyncio.timeout(3):
                 await client.connect(url, transports=["websocket"], wait_timeout=3)
@@ -109,8 +121,9 @@ async def flood(victim: Advert, sessions: int, silent: int) -> None:
     say(f"flooding {len(clients)} {len(sockets)}")
     say("ready")
     # Sessions that never ask for a connection are dropped in time.
-    while any(client.connected for client in clients):
-        await asyncio.sleep(0.2)
+    while not {id(client) for client in clients} <= gone:
+        await changed.wait()
+        changed.clear()
     say("all dropped")
     await asyncio.Event().wait()
 
