@@ -883,9 +883,6 @@ class NameClaims:
         self._held[i] = claim
         return claim
 
-    def holds(self, i: int) -> bool:
-        return (held := self._held.get(i)) is not None and held.held
-
     def release_all(self) -> None:
         for claim in self._held.values():
             claim.release()
