@@ -21,6 +21,9 @@ monkeypatch.
 - Permission bits other than read-only mean nothing on Windows: :func:`has_exec_bit`.
 - ``getpass.getuser()`` fails without a login name (no variable, no passwd entry;
   ImportError on Windows before Python 3.13): :func:`login_name`.
+- File locks: ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows, none on a
+  file system without locks; and a file open elsewhere cannot be removed on Windows:
+  :func:`try_lock`, :func:`release_lock_file`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
+import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type only: the CLI imports this module before any event loop
     import asyncio
@@ -123,6 +127,65 @@ def _rename_onto_reserved(src: Path, dst: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(dst)  # the empty file just made: nobody else's
         raise
+
+
+#: Errors of flock(2) that mean "no locks on this file system" (some FUSE and network
+#: file systems): a transfer there goes on without an exclusive claim, as before.
+NO_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+#: What msvcrt.locking raises for a byte another handle has locked.
+_WINDOWS_LOCKED_ERRNOS = frozenset({errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive advisory lock on the open file ``fd`` without waiting.
+
+    True if it is ours now (or the file system has no locks at all), False if another
+    open of the file holds it: another process, or another open in this one.  The
+    operating system drops the lock when the file is closed or its process ends, however
+    it ends (kill -9 included), so nothing stale is ever held.
+    """
+    if is_windows():
+        msvcrt: Any = importlib.import_module("msvcrt")
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # byte 0, even of an empty file
+        except OSError as exc:
+            if exc.errno in _WINDOWS_LOCKED_ERRNOS:
+                return False
+            raise
+        return True
+    try:
+        fcntl: Any = importlib.import_module("fcntl")
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in NO_LOCK_ERRNOS:
+            raise
+        logger.info("no file locks here (%s): going on without an exclusive claim", exc)
+    return True
+
+
+def release_lock_file(fd: int, path: Path) -> None:
+    """Remove the lock file ``path`` that ``fd`` holds locked, then close it.
+
+    POSIX: removed while still locked, so whoever opens the name next makes a new file
+    (and whoever opened the old one meanwhile sees, after locking it, that it is no
+    longer at that name).  Windows cannot remove a file another handle has open: closed
+    first, then removed if nobody else has it open (if somebody has, it stays for them).
+    """
+    if is_windows():
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def has_exec_bit() -> bool:

@@ -9,7 +9,9 @@ in the output folder (with ``.NAME.sfs-info`` beside it saying which offered fil
 holds), the SHA-256 is checked, the data is fsynced, and only then does the file appear
 at its final name, without ever replacing an existing file unless the user asked for
 that.  A file at either hidden name that sfs did not write is never opened, truncated
-or removed: the transfer is refused instead.
+or removed: the transfer is refused instead.  Each name is claimed by one transfer at a
+time (:mod:`sfs.peer.claims`): a second ``sfs receive`` in the same folder never touches
+the first one's files, and saves a file of the same name under the next free name.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import tempfile
 import time
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ from sfs.errors import (
     UpgradeError,
     VerificationError,
 )
+from sfs.peer.claims import Claim, try_claim
 from sfs.peer.crypto import digests_equal
 from sfs.peer.protocol import (
     MAX_TEXT_BYTES,
@@ -75,13 +78,17 @@ from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
 
-#: The partial copy of NAME is ``.NAME.sfs-part``, its record ``.NAME.sfs-info``: hidden,
-#: and names no user file has by accident. A final name never starts with a dot
-#: (safe_name), so it can never be one of these.
+#: The partial copy of NAME is ``.NAME.sfs-part``, its record ``.NAME.sfs-info``, and
+#: the lock that claims NAME for one transfer ``.NAME.sfs-lock``: hidden, and names no
+#: user file has by accident. A final name never starts with a dot (safe_name), so it
+#: can never be one of these.
 PART_SUFFIX = ".sfs-part"
 META_SUFFIX = ".sfs-info"
+LOCK_SUFFIX = ".sfs-lock"
 #: Most file systems limit a name to 255 bytes; keep room for the dot and suffix.
-MAX_NAME_BYTES = 255 - 1 - max(len(PART_SUFFIX), len(META_SUFFIX))
+MAX_NAME_BYTES = 255 - 1 - max(len(PART_SUFFIX), len(META_SUFFIX), len(LOCK_SUFFIX))
+#: The number the second file of one name gets: ``a.txt``, then ``a (2).txt``.
+FIRST_COPY_NUMBER = 2
 #: What a record says it is, so that no other JSON file passes for one.
 RECORD_KIND = "sfs partial copy"
 _MAX_RECORD_BYTES = 16 * 1024
@@ -193,9 +200,29 @@ def _fit(name: str) -> str:
     return _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
 
 
-def _names_written(name: str) -> tuple[str, str, str]:
-    """The final, partial-copy and record names of a file that arrives as ``name``."""
-    return name, f".{name}{PART_SUFFIX}", f".{name}{META_SUFFIX}"
+def _names_written(name: str) -> tuple[str, str, str, str]:
+    """The final, partial-copy, record and lock names of a file that arrives as ``name``."""
+    return name, f".{name}{PART_SUFFIX}", f".{name}{META_SUFFIX}", f".{name}{LOCK_SUFFIX}"
+
+
+def names_taken(name: str) -> set[str]:
+    """Every name sfs writes for a file that arrives as ``name``, case-folded (as
+    Windows and macOS compare names): what a second file must not share."""
+    return {used.casefold() for used in _names_written(name)}
+
+
+def free_name(wanted: str, taken: Container[str]) -> str:
+    """The first of ``wanted``, ``wanted (2)``, ``wanted (3)``… (the extension kept)
+    none of whose names (:func:`names_taken`) is in ``taken``.
+
+    Pure: finding what is taken (the other files of the offer, names another transfer
+    holds, files already there) is the caller's.
+    """
+    name, n = wanted, FIRST_COPY_NUMBER - 1
+    while any(used in taken for used in names_taken(name)):
+        n += 1
+        name = _numbered(wanted, n)
+    return name
 
 
 def _numbered(name: str, n: int) -> str:
@@ -249,12 +276,8 @@ def _plan_flat(offer: Offer, output_dir: Path) -> list[Path]:
     # Every name sfs will write, for two offered files that reduce to one name.
     taken: set[str] = set()
     for info in offer.files:
-        name = first = safe_name(info.name)
-        n = 1
-        while any(used.casefold() in taken for used in _names_written(name)):
-            n += 1
-            name = _numbered(first, n)
-        taken.update(used.casefold() for used in _names_written(name))
+        name = free_name(safe_name(info.name), taken)
+        taken |= names_taken(name)
         path = output_dir / name
         # A resolved parent other than the output folder would mean an escape; safe_name
         # makes that impossible, and this states it where the path is built.
@@ -394,7 +417,10 @@ class PartFile:
         find_partial found is reopened and cut to this. Otherwise any partial copy of
         sfs's own at these names is replaced, and new files are made with O_EXCL.
     :param prefix: SHA-256 state of those bytes (required when ``offset`` > 0).
-    :raises DestinationExistsError: a file sfs did not write is at one of the names.
+    :param claim: this transfer's claim on ``final`` (:mod:`sfs.peer.claims`); without
+        one, it is taken here. Released once the file is placed, kept or discarded.
+    :raises DestinationExistsError: a file sfs did not write is at one of the names, or
+        (taking the claim here) another transfer holds the name.
     """
 
     def __init__(
@@ -404,14 +430,20 @@ class PartFile:
         identity: dict[str, object],
         offset: int = 0,
         prefix: HashState | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self.final = final
         self.part = part_path(final)
         self.meta = meta_path(final)
+        self.claim = claim if claim is not None else claim_or_refuse(final)
         try:
             fd = self._reopen(offset) if offset else self._create(identity)
         except OSError as exc:
+            self.claim.release()
             raise _disk_error(exc, self.part) from exc
+        except BaseException:
+            self.claim.release()
+            raise
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = prefix.copy() if offset and prefix is not None else hashlib.sha256()
         self.offset = offset
@@ -495,18 +527,24 @@ class PartFile:
         except OSError as exc:
             raise _disk_error(exc, self.final) from exc
         _unlink(self.meta)
+        self.claim.release()
 
     def keep(self) -> None:
         """Stop, keeping what arrived (every byte authenticated) for a later resume."""
+        self._close()
+        self.claim.release()
+
+    def discard(self) -> None:
+        self._close()
+        _unlink(self.part)  # still under the claim: nobody else's files
+        _unlink(self.meta)
+        self.claim.release()
+
+    def _close(self) -> None:
         try:
             self._file.close()
         except OSError:
             logger.debug("closing %s failed", self.part, exc_info=True)
-
-    def discard(self) -> None:
-        self.keep()
-        _unlink(self.part)
-        _unlink(self.meta)
 
 
 HashState = Any  # hashlib's sha256 object (no public type name)
@@ -523,6 +561,29 @@ def part_path(final: Path) -> Path:
 
 def meta_path(final: Path) -> Path:
     return final.with_name(_names_written(final.name)[2])
+
+
+def lock_path(final: Path) -> Path:
+    return final.with_name(_names_written(final.name)[3])
+
+
+def in_use_error(final: Path) -> DestinationExistsError:
+    return DestinationExistsError(
+        f"{str(final)!r} is in use by another transfer; let it finish, or receive into "
+        "another --output folder"
+    )
+
+
+def claim_or_refuse(final: Path) -> Claim:
+    """This transfer's claim on ``final``.
+
+    :raises DestinationExistsError: another transfer holds it (or something sfs did
+        not write is at its lock's name).
+    """
+    claim = try_claim(lock_path(final))
+    if claim is None:
+        raise in_use_error(final)
+    return claim
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -765,25 +826,107 @@ class _Placer:
         return path
 
 
+class NameClaims:
+    """A receiving transfer's claims on the names it writes (:mod:`sfs.peer.claims`),
+    taken file by file when first needed and given back once each file is in place.
+
+    When another transfer holds a file's name (or has just placed a file there), a
+    file of a flat offer goes to the next free name (:func:`free_name`) and a file of
+    a folder is refused: a folder's layout is the sender's.
+
+    :param destinations: the list the transfer writes to; a moved file's entry changes.
+    :param numbered: move a file to the next free name (else refuse).
+    :param overwrite: the user asked to replace existing files: a file at the name is
+        no reason to move.
+    """
+
+    def __init__(self, destinations: list[Path], *, numbered: bool, overwrite: bool) -> None:
+        self.destinations = destinations
+        self.numbered = numbered
+        self.overwrite = overwrite
+        # The names of this offer's own files are never another file's free name.
+        self._taken: set[str] = set()
+        for dest in destinations if numbered else ():
+            self._taken |= names_taken(dest.name)
+        self._held: dict[int, Claim] = {}
+
+    def claim(self, i: int, status: Callable[[str], None]) -> Claim:
+        """Hold the claim on file ``i``'s name, moving it first if need be (its path is
+        then ``destinations[i]``).
+
+        :raises DestinationExistsError: the name is taken and the file cannot move.
+        """
+        if (held := self._held.get(i)) is not None and held.held:
+            return held
+        wanted = dest = self.destinations[i]
+        while True:
+            numbered = dest != wanted
+            claim = None if numbered and _lstat(dest) is not None else try_claim(lock_path(dest))
+            # A file at the wanted name that the plan did not see: another transfer
+            # placed it since (it had the claim until then).
+            appeared = not numbered and not self.overwrite and _lstat(dest) is not None
+            if claim is not None and not appeared:
+                break
+            if claim is not None:
+                claim.release()
+            if not self.numbered:
+                raise in_use_error(wanted) if claim is None else _appeared_error(wanted)
+            self._taken |= names_taken(dest.name)
+            dest = wanted.with_name(free_name(wanted.name, self._taken))
+        if numbered:
+            self._taken |= names_taken(dest.name)
+            self.destinations[i] = dest
+            status(
+                f"{wanted.name!r} is taken by another transfer in this folder; "
+                f"this one is saved as {dest.name!r}"
+            )
+        self._held[i] = claim
+        return claim
+
+    def release_all(self) -> None:
+        for claim in self._held.values():
+            claim.release()
+        self._held.clear()
+
+
+def _appeared_error(final: Path) -> DestinationExistsError:
+    return DestinationExistsError(
+        f"{str(final)!r} appeared during the transfer; pass --overwrite to replace it"
+    )
+
+
 def find_held(
-    offer: Offer, destinations: list[Path], status: Callable[[str], None]
+    offer: Offer,
+    destinations: list[Path],
+    status: Callable[[str], None],
+    claims: NameClaims | None = None,
 ) -> tuple[list[int], set[int]]:
     """Per offered file, how many of its bytes are here already: in sfs's own partial
     copy, or (the second value, by index) as a whole file at its final name, which
-    the sender's SHA-256 must then confirm before it counts."""
+    the sender's SHA-256 must then confirm before it counts.
+
+    :param claims: a partial copy is looked at only under this transfer's claim on its
+        name (one that another transfer holds is that transfer's; the file moves).
+    """
     held = [0] * len(offer.files)
     complete: set[int] = set()
-    for i, (info, dest) in enumerate(zip(offer.files, destinations, strict=True)):
+    for i, info in enumerate(offer.files):
         if info.stream:
             continue
-        st = _lstat(dest)
+        st = _lstat(destinations[i])
         if st is not None and _maybe_complete(st, info):
             # The whole file may be here already (a partial copy beside it is stale).
             held[i] = info.size  # 0 for an empty file: nothing to confirm
             complete.add(i)
-        else:
-            held[i] = find_partial(info, dest, status)
+            continue
+        if claims is not None and _has_partial(destinations[i]):
+            claims.claim(i, status)  # may move it: destinations[i] is then the new name
+        held[i] = find_partial(info, destinations[i], status)
     return held, complete
+
+
+def _has_partial(final: Path) -> bool:
+    return _lstat(part_path(final)) is not None or _lstat(meta_path(final)) is not None
 
 
 def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> int:
@@ -1467,6 +1610,7 @@ async def receive_files(
             await send_all(channel, proto, FileAck(len(items)))
 
     placer = _Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
+    claims: NameClaims | None = None
     try:
         async with keepalive(channel, proto):
             offer = await next_event(channel, proto)
@@ -1489,9 +1633,12 @@ async def receive_files(
                 raise RejectedError("you declined the transfer")
             held, complete = [0] * len(offer.files), set[int]()
             if not in_memory:
+                claims = NameClaims(destinations, numbered=not is_tree(offer), overwrite=overwrite)
                 await asyncio.to_thread(make_folders, offer, output_dir, destinations)
                 if resume:
-                    held, complete = await asyncio.to_thread(find_held, offer, destinations, status)
+                    held, complete = await asyncio.to_thread(
+                        find_held, offer, destinations, status, claims
+                    )
             # Only how much: a hash of our bytes would tell anyone who can make a
             # matching offer what they are (docs/PROTOCOL.md, "Resume").
             await send_all(channel, proto, Accept(tuple(held) if any(held) else (), zstd))
@@ -1511,9 +1658,7 @@ async def receive_files(
             progress.begin(len(offer.files), None if offer.stream else offer.total_size)
             few = len(offer.files) <= MAX_SAVED_LINES
             many = len(offer.files) >= MANY_FILES
-            for i, (info, dest, (offset, prefix)) in enumerate(
-                zip(offer.files, destinations, starts, strict=True)
-            ):
+            for i, (info, (offset, prefix)) in enumerate(zip(offer.files, starts, strict=True)):
                 whole = i in complete and offset == info.size
                 # Of many files, a small one is held in memory until it checks out,
                 # then written once (no partial copy and record: two file creations
@@ -1524,11 +1669,22 @@ async def receive_files(
                 # A large file takes a while: the small ones before it need not wait.
                 await placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
                 if not (whole or in_memory or small):
-                    part = PartFile(dest, offset=offset, prefix=prefix, identity=identity_of(info))
+                    assert claims is not None
+                    # The claim first: it may move the file to a free name (offset 0:
+                    # a file with a partial copy to continue was claimed by find_held).
+                    claim = claims.claim(i, status)
+                    part = PartFile(
+                        destinations[i],
+                        offset=offset,
+                        prefix=prefix,
+                        identity=identity_of(info),
+                        claim=claim,
+                    )
                     writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
                 else:
                     memory = _MemoryFile(sink, prefix)
                     writer = memory.write
+                dest = destinations[i]
                 progress.start(dest.name if not in_memory else "stdout", info.size)
                 progress.advance(offset)
                 started = time.monotonic()
@@ -1584,6 +1740,8 @@ async def receive_files(
         raise
     finally:
         await placer.close()
+        if claims is not None:  # after the last file is placed (or kept)
+            claims.release_all()
 
 
 #: From this many files in one offer, small files skip the partial copy.
