@@ -474,8 +474,10 @@ async def _set_up(
                     offers = await links.create_offers()
                     tcp = None
                     if wants_tcp:
-                        direct = _direct_path(stack, sender=True, keys=action.keys)
-                        tcp = await direct.listen(host_addresses(addresses))
+                        direct = _direct_path(
+                            stack, sender=True, keys=action.keys, hosts=host_addresses(addresses)
+                        )
+                        tcp = await direct.listen()
                     pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
                 elif isinstance(action, AnswerOffers):
                     links = await stack.enter_async_context(
@@ -489,9 +491,11 @@ async def _set_up(
                     if wants_tcp and action.tcp is not None:
                         # Dialing the sender's listeners while ours start and the answer
                         # travels: on a LAN the connection is proven before it arrives.
-                        direct = _direct_path(stack, sender=False, keys=action.keys)
+                        direct = _direct_path(
+                            stack, sender=False, keys=action.keys, hosts=host_addresses(addresses)
+                        )
                         direct.dial(action.tcp)
-                        tcp = await direct.listen(host_addresses(addresses))
+                        tcp = await direct.listen()
                     answers = await links.answer_offers(_descriptions("offer", action.sdps))
                     pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
                 elif isinstance(action, AcceptAnswers):
@@ -669,9 +673,11 @@ async def _tell_partner(signal: SignalClient, actions: list[Action]) -> None:
             logger.debug("could not tell the partner about the cancel", exc_info=True)
 
 
-def _direct_path(stack: AsyncExitStack, *, sender: bool, keys: SessionKeys) -> DirectPath:
-    """The direct TCP path of this session, closed with the rest of the set-up."""
-    direct = DirectPath(sender=sender, keys=keys)
+def _direct_path(
+    stack: AsyncExitStack, *, sender: bool, keys: SessionKeys, hosts: tuple[str, ...]
+) -> DirectPath:
+    """The direct TCP path of this session on ``hosts``, closed with the rest of the set-up."""
+    direct = DirectPath(sender=sender, keys=keys, hosts=hosts)
     stack.push_async_callback(direct.close)
     return direct
 

@@ -302,6 +302,26 @@ class HoldOffer(Attack):
         return [(event, data, to)]
 
 
+class HoldDescriptions(Attack):
+    """Holds the sealed offer, then the sealed answer, each until the test says go
+    (at most ``seconds``): meanwhile the side that sealed it listens for a direct
+    connection, and the test can fill its listener with strangers first."""
+
+    def __init__(self, seconds: float = 20.0) -> None:
+        self.seconds = seconds
+        self.holding = {m.OFFER: asyncio.Event(), m.ANSWER: asyncio.Event()}
+        self.release = {m.OFFER: asyncio.Event(), m.ANSWER: asyncio.Event()}
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event in self.holding:
+            self.holding[event].set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release[event].wait(), self.seconds)
+        return [(event, data, to)]
+
+
 class ForgeDirectAddresses(Attack):
     """Replaces the sealed offer with one listing the server's own TCP address, sealed
     under a key of its choosing (it cannot know the real one): the receiver must not

@@ -69,16 +69,39 @@ READ_LIMIT_BYTES = 8 * 1024 * 1024
 WRITE_HIGH_BYTES = 4 * 1024 * 1024
 #: Socket buffers, set before connecting: large enough for a fast LAN.
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-#: How long one dial may take, and then the proof on a connection.
+#: How long one dial may take.
 DIAL_SECONDS = 3.0
-PROOF_SECONDS = 5.0
 #: In ``auto``, how long the sender waits for a proven TCP connection once it has
 #: the answer before it takes the DataChannel (a LAN answers in milliseconds).
 DIRECT_SECONDS = 2.0
-#: Unproven connections a listener holds at once; more are closed at once.
-MAX_PENDING = 16
 #: The most addresses taken from the other side's sealed list.
 MAX_ADDRESSES = 8
+#: The lowest port dialled: sfs listens on an ephemeral port, never a privileged one,
+#: so a lower port in a peer's list can only aim at somebody else's service.
+MIN_PORT = 1024
+
+# -- what a listener holds for strangers --------------------------------------------------
+# Anyone who reaches a listening port can connect and say nothing, or dribble a byte
+# now and then.  Such connections cost a socket each, so a listening side holds at
+# most MAX_UNPROVEN unproven ones, and at most MAX_UNPROVEN_PER_SOURCE from one source
+# (an IPv4 address, or an IPv6 /64: one host commonly has a whole /64), far below the
+# total so that one host cannot fill it.  A newcomer past either cap is let in and the
+# weakest unproven connection of that source (or, past the total, of all) is closed:
+# one whose hello (magic and nonce, 24 bytes) has not arrived whole, oldest first.
+# Refusing newcomers instead would let whoever came first keep the real peer out.
+# The real peer's dialer sends its hello with its connect, so it is never the weakest
+# while a silent or slow stranger is held; it proves one round trip later.  Only a
+# flood of complete hellos from its own source, more than MAX_UNPROVEN_PER_SOURCE
+# within that round trip, could push it out (SECURITY.md says so).
+#: Unproven connections accepted at once, on all listeners of one side (sockets).
+MAX_UNPROVEN = 32
+#: Of them, from one source (sockets).
+MAX_UNPROVEN_PER_SOURCE = 4
+#: The IPv6 prefix that counts as one source (bits).
+SOURCE_PREFIX_V6_BITS = 64
+#: How long a connection may take to prove the key, from its connect (seconds): the
+#: real peer needs one round trip and a half; a stranger's socket is freed by then.
+PROOF_SECONDS = 3.0
 IDLE_TIMEOUT_SECONDS = 10.0
 
 
@@ -105,6 +128,11 @@ class Prover:
     def hello(self) -> bytes:
         """What this end sends first (only the dialer speaks first)."""
         return TCP_MAGIC + self._nonce if self.dialer else b""
+
+    @property
+    def greeted(self) -> bool:
+        """The dialer's hello (magic and nonce) has arrived whole (a dialer: always)."""
+        return self._dialer_nonce is not None
 
     @property
     def wanted(self) -> int:
@@ -172,10 +200,20 @@ class TcpLink(asyncio.BufferedProtocol):
     #: 512 KiB and 1 MiB a third less; docs/PERFORMANCE.md).
     preferred_chunk_size = MAX_CHUNK_BYTES
 
-    def __init__(self, prover: Prover, *, awaits_choice: bool) -> None:
+    def __init__(
+        self,
+        prover: Prover,
+        *,
+        awaits_choice: bool,
+        on_made: Callable[[TcpLink], None] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.max_message_size = MAX_FRAME_BYTES
         self.peer = ""
+        #: Where the connection comes from, as a listener counts it (source_of).
+        self.source = ""
+        self.since = time.monotonic()
+        self._on_made = on_made
         self._prover = prover
         self._awaits_choice = awaits_choice
         self._stage = _Stage.PROVING
@@ -207,11 +245,14 @@ class TcpLink(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        self.source = source_of(str(peer[0])) if isinstance(peer, tuple) else ""
         sock = transport.get_extra_info("socket")
         if sock is not None:
             tune(sock)
         if hello := self._prover.hello():
             transport.write(hello)
+        if self._on_made is not None:
+            self._on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self._want)[self._filled :]
@@ -377,6 +418,29 @@ class TcpLink(asyncio.BufferedProtocol):
     def usable(self) -> bool:
         return self._stage is _Stage.FRAMES
 
+    @property
+    def accepted(self) -> bool:
+        """A listener accepted this connection (this side did not dial it)."""
+        return not self._prover.dialer
+
+    @property
+    def closed(self) -> bool:
+        return self._stage is _Stage.CLOSED
+
+    @property
+    def unproven(self) -> bool:
+        """Still proving the key, and not closed."""
+        return self._stage is _Stage.PROVING
+
+    @property
+    def knock(self) -> Knock:
+        """What a listener weighs when it must close one unproven connection."""
+        return Knock(self.source, self._prover.greeted, self.since)
+
+    def evict(self) -> None:
+        """Close this unproven connection to make room for a newer one."""
+        self._fail(PeerGoneError("closed unproven to make room for a newer connection"))
+
     def choose(self) -> None:
         """(Sender) make this the connection of the transfer: tell the other end."""
         assert self._transport is not None and self._stage is _Stage.FRAMES
@@ -425,6 +489,121 @@ def tune(sock: Any) -> None:
 # -- both ends of the attempt -----------------------------------------------------------------
 
 
+# -- pure rules: whom a listener closes, whom a side dials ------------------------------------
+
+
+def source_of(host: str) -> str:
+    """The source a connection from ``host`` counts against: the IPv4 address (also
+    when written IPv4-mapped), or the IPv6 address's /SOURCE_PREFIX_V6_BITS prefix."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        bare = ipaddress.IPv6Address(int(address))  # without a scope
+        return str(ipaddress.IPv6Network((bare, SOURCE_PREFIX_V6_BITS), strict=False))
+    return str(address)
+
+
+@dataclass(frozen=True)
+class Knock:
+    """What a listener knows of one unproven connection it accepted."""
+
+    #: :func:`source_of` its address.
+    source: str
+    #: Its hello arrived whole (the real peer's always has, one round trip before it proves).
+    greeted: bool
+    #: When it connected (monotonic seconds).
+    since: float
+
+
+def to_evict(held: Sequence[Knock], source: str) -> int | None:
+    """Which of the unproven connections ``held`` to close as a newcomer from
+    ``source`` comes in (its index), or None while both caps have room.
+
+    Past MAX_UNPROVEN_PER_SOURCE, one of the newcomer's own source; else past
+    MAX_UNPROVEN, one of all.  The weakest goes: not greeted before greeted, then
+    the oldest."""
+    same = [i for i, knock in enumerate(held) if knock.source == source]
+    if len(same) >= MAX_UNPROVEN_PER_SOURCE:
+        candidates = same
+    elif len(held) >= MAX_UNPROVEN:
+        candidates = list(range(len(held)))
+    else:
+        return None
+    return min(candidates, key=lambda i: (held[i].greeted, held[i].since))
+
+
+_Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: IPv4 0.0.0.0/8 is "this network": Linux connects 0.0.0.0 to this machine itself.
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def _plain(address: _Ip) -> _Ip:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is (the socket reaches that)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _link_local_here(address: _Ip, own: Sequence[_Ip]) -> bool:
+    """A link-local address is reachable only over a link this side is on: one of its
+    own addresses is link-local too (IPv6: with the same scope, the interface)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        scopes = {
+            o.scope_id for o in own if isinstance(o, ipaddress.IPv6Address) and o.is_link_local
+        }
+        return address.scope_id is not None and address.scope_id in scopes
+    return any(isinstance(o, ipaddress.IPv4Address) and o.is_link_local for o in own)
+
+
+def _refusal(address: _Ip, port: int, own: Sequence[_Ip]) -> str | None:
+    """Why ``address``:``port`` from the other side's list is not dialled, or None.
+
+    The list comes from whoever holds the code, before anyone accepted anything:
+    only an address the peer could have, that this side could reach, is dialled."""
+    if port < MIN_PORT:
+        return "a privileged port, where sfs never listens"
+    if address.is_unspecified or address in _THIS_NETWORK:
+        return "unspecified (it would reach this machine)"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_loopback:
+        if any(o.is_loopback for o in own):
+            return None
+        return "loopback, and this side is not on loopback (the peer is elsewhere)"
+    if address.is_reserved:  # IPv4 240.0.0.0/4 with 255.255.255.255; IPv6 ::/8 and more
+        return "reserved or broadcast"
+    if address.is_link_local and not _link_local_here(address, own):
+        return "link-local, on no link of this side"
+    return None
+
+
+def dialable(
+    offered: Sequence[tuple[str, int]], *, own_hosts: Sequence[str]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
+    """Split the other side's parsed addresses into those to dial and those refused
+    (with the reason), given the hosts this side listens on.
+
+    Loopback is dialled only by a side that is on loopback itself (its own hosts
+    include one, as ``--ice-address 127.0.0.1`` makes them): such a side can only
+    have been reached by a peer on this machine, which could connect to any local
+    port anyway.  Duplicates go; at most MAX_ADDRESSES are kept."""
+    own = [_plain(ipaddress.ip_address(h)) for h in own_hosts]
+    kept: list[tuple[str, int]] = []
+    refused: list[tuple[str, int, str]] = []
+    for host, port in offered:
+        address = _plain(ipaddress.ip_address(host))
+        reason = _refusal(address, port, own)
+        if reason is not None:
+            refused.append((host, port, reason))
+        elif (str(address), port) not in kept and len(kept) < MAX_ADDRESSES:
+            kept.append((str(address), port))
+    return kept, refused
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -457,11 +636,14 @@ class DirectPath:
 
     :param sender: the sender chooses the connection, the receiver waits to be told.
     :param keys: the session keys (their proof keys are used here).
+    :param hosts: this side's addresses: it listens on them, and they say which of
+        the other side's addresses it may dial (:func:`dialable`).
     """
 
-    def __init__(self, *, sender: bool, keys: SessionKeys) -> None:
+    def __init__(self, *, sender: bool, keys: SessionKeys, hosts: Sequence[str]) -> None:
         self._sender = sender
         self._keys = keys
+        self._hosts = tuple(hosts)
         self._servers: list[asyncio.AbstractServer] = []
         self._links: list[TcpLink] = []
         self._dials: list[asyncio.Task[None]] = []
@@ -473,7 +655,8 @@ class DirectPath:
         prover = Prover(
             dialer=dialer, own_key=self._keys.proof_send, peer_key=self._keys.proof_receive
         )
-        link = TcpLink(prover, awaits_choice=not self._sender)
+        on_made = None if dialer else self._admit
+        link = TcpLink(prover, awaits_choice=not self._sender, on_made=on_made)
         self._links.append(link)
         link.proven.add_done_callback(self._on_proven)
         if not self._sender:
@@ -481,12 +664,23 @@ class DirectPath:
         return link
 
     def _accept(self) -> TcpLink:
-        pending = sum(1 for link in self._links if not link.proven.done())
-        link = self._new_link(dialer=False)
-        if pending >= MAX_PENDING or self._taken is not None:
-            # A flood of connections that prove nothing costs at most this much.
-            asyncio.get_running_loop().call_soon(link.close)
-        return link
+        return self._new_link(dialer=False)
+
+    def _admit(self, newcomer: TcpLink) -> None:
+        """A connection came to a listener: make room for it (module comment above)."""
+        if self._taken is not None:
+            newcomer.close()
+            return
+        self._links = [link for link in self._links if not link.closed]
+        held = [
+            link
+            for link in self._links
+            if link.accepted and link.unproven and link.open and link is not newcomer
+        ]
+        victim = to_evict([link.knock for link in held], newcomer.source)
+        if victim is not None:
+            logger.debug("closing unproven direct connection %s for a newer one", held[victim].peer)
+            held[victim].evict()
 
     @property
     def connected_count(self) -> int:
@@ -507,18 +701,18 @@ class DirectPath:
         if not future.cancelled() and future.exception() is None and not self._chosen.done():
             self._chosen.set_result(future.result())
 
-    async def listen(self, hosts: Sequence[str]) -> tuple[str, ...]:
-        """Listen on an ephemeral port of each host address; return ``host:port``
+    async def listen(self) -> tuple[str, ...]:
+        """Listen on an ephemeral port of each of this side's hosts; return ``host:port``
         strings for the sealed description (none if no address can listen)."""
         loop = asyncio.get_running_loop()
         addresses = []
-        for host in hosts:
+        for host in self._hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 tune(sock)  # accepted sockets inherit the buffer sizes
                 sock.bind((host, 0))
-                sock.listen(MAX_PENDING)
+                sock.listen(MAX_UNPROVEN)
                 sock.setblocking(False)
                 server = await loop.create_server(lambda: self._accept(), sock=sock)
             except OSError as exc:
@@ -531,8 +725,11 @@ class DirectPath:
         return tuple(addresses)
 
     def dial(self, offered: object) -> None:
-        """Dial every address of the other side's sealed list at once."""
-        addresses = parse_addresses(offered)
+        """Dial every address of the other side's sealed list that it could have
+        (:func:`dialable`) at once."""
+        addresses, refused = dialable(parse_addresses(offered), own_hosts=self._hosts)
+        for host, port, reason in refused:
+            logger.info("not dialing %s: %s", format_address(host, port), reason)
         logger.info("dialing %s", ", ".join(format_address(*a) for a in addresses) or "nothing")
         for host, port in addresses:
             self._dials.append(asyncio.ensure_future(self._dial(host, port)))

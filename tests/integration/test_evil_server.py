@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sfs.errors import CryptoError
-from sfs.peer.tcp import Prover
+from sfs.peer.tcp import MAX_UNPROVEN, Prover
 from sfs.signal import messages as m
 from tests.conftest import LOOPBACK, peer_env, sfs_command
 from tests.evil_server import (
@@ -28,6 +28,7 @@ from tests.evil_server import (
     Drop,
     Flood,
     ForgeDirectAddresses,
+    HoldDescriptions,
     HoldOffer,
     Redirect,
     Replay,
@@ -37,6 +38,7 @@ from tests.evil_server import (
     serve_evil,
 )
 from tests.helpers import key_pair
+from tests.strangers import Strangers, many_sources
 
 TIMEOUT = ("--connect-timeout", "5")
 PROCESS_SECONDS = 40  # two of these must fit in pytest's 120 s
@@ -307,6 +309,49 @@ async def test_strangers_at_the_direct_port_first_change_nothing(
             with contextlib.suppress(ConnectionResetError):
                 assert await reader.read() == b""
     assert not any(f":{ports[0]}" in payload for payload in attack.relayed)
+    run.assert_no_secret_logged(caplog)
+
+
+@pytest.mark.parametrize("sources", ["one-source", "many-sources"])
+async def test_silent_and_slow_strangers_on_each_listener_leave_the_transfer_on_tcp(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sources: str
+) -> None:
+    """Before: the first 16 strangers at a listener kept every later connection out,
+    so the real peer's was closed at once and ``auto`` fell back to WebRTC unnoticed
+    (this test saw "direct on the local network").  Now, while the server holds the
+    offer (then the answer), 64 silent and 64 slow strangers connect to each listener
+    of the side that sealed it, from the real peer's own address or from 128 others,
+    and new silent ones keep coming as the real peer connects: the file still goes
+    over the direct TCP connection, intact."""
+    attack = HoldDescriptions()
+    crowds: list[Strangers] = []
+    addresses = [LOOPBACK] if sources == "one-source" else many_sources(128)
+    async with serve_evil(attack) as (url, _):
+        src = tmp_path / "data.bin"
+        src.write_bytes(os.urandom(2_000_000))
+        out = tmp_path / "out"
+        receiver, peer_id, secret = await start_receiver(url, out)
+        sender = await send(url, f"{peer_id}-{secret}", src)
+        try:
+            for event, sealer in ((m.OFFER, sender), (m.ANSWER, receiver)):
+                async with asyncio.timeout(20):
+                    await attack.holding[event].wait()
+                ports = listening_ports(sealer.process.pid)
+                assert ports, sealer.stderr_path.read_text()
+                for port in ports:
+                    crowd = Strangers(LOOPBACK, port, addresses)
+                    crowds.append(crowd)
+                    await crowd.open(silent=64, slow=64)
+                    crowd.keep_knocking()
+                attack.release[event].set()
+            sent, received = await asyncio.gather(sender.finish(), receiver.finish())
+        finally:
+            for crowd in crowds:
+                await crowd.close()
+    run = Run(sent, received, src, out, secret)
+    run.assert_intact()
+    assert sent.stdout.rstrip().endswith("direct over TCP"), sent.stdout + sent.stderr[-3000:]
+    assert crowds[0].closed_by_listener() >= 128 - MAX_UNPROVEN
     run.assert_no_secret_logged(caplog)
 
 

@@ -14,6 +14,8 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -25,8 +27,15 @@ from sfs.errors import SfsError
 from sfs.peer.connection import DataChannelLink
 from sfs.peer.crypto import FrameOpener, FrameSealer
 from sfs.peer.protocol import MAX_CHUNK_BYTES, FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.tcp import TcpLink, Transport
-from tests.conftest import LOOPBACK, ServerProcess, start_server, stop_process
+from sfs.peer.tcp import TcpLink, Transport, format_address, parse_addresses
+from tests.conftest import (
+    LOOPBACK,
+    ServerProcess,
+    in_netns,
+    peer_env,
+    start_server,
+    stop_process,
+)
 from tests.helpers import QuietUi
 from tests.integration.peers import Finished, start_receiver
 
@@ -317,3 +326,42 @@ async def test_unusable_names_are_refused(
     before = snapshot(tmp_path)
     result = await attack(sfs_server, tmp_path, offer_one_file(offered))
     assert_clean(result, tmp_path, before, 13)
+
+
+#: The receiver's own address in its namespace: not loopback, so it is not "on this
+#: machine only", and the peer it meets could be anywhere.
+VICTIM_ADDRESS = "10.99.0.1"
+
+
+def test_a_sealed_offer_aiming_at_local_services_gets_no_connection_to_them(
+    tmp_path: Path, netns: str
+) -> None:
+    """Before: the receiver dialled the sealed list as given, before anyone accepted
+    anything, and wrote its 24-byte hello to each: this test saw connections to the
+    traps at 127.0.0.1, 127.0.0.2, ::1, 0.0.0.0, ::, ::ffff:127.0.0.1 and to port 22.
+    Now a real `sfs receive` on a non-loopback address, given a sealed offer (the
+    right code) that names traps on its own machine by loopback, unspecified,
+    IPv4-mapped, broadcast and privileged-port addresses, dials none of them, and
+    says so at -v; the session itself still opens (over the receiver's listener)."""
+    in_netns(netns, "ip", "addr", "add", f"{VICTIM_ADDRESS}/32", "dev", "lo")
+    server = start_server(tmp_path, netns=netns)
+    try:
+        receiver = start_receiver(
+            server, tmp_path / "out", "--yes", "--connect-timeout", "20", netns=netns,
+            env={"SFS_ICE_ADDRESSES": VICTIM_ADDRESS, "SFS_DEBUG": "1"},
+        )  # fmt: skip
+        attacker = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.hostile_direct_offer",
+             server.url, receiver.code, VICTIM_ADDRESS],
+            capture_output=True, text=True, timeout=60, env=peer_env(server.url),
+        )  # fmt: skip
+        received = receiver.stop()
+    finally:
+        stop_process(server.process)
+    assert attacker.returncode == 0, attacker.stderr[-3000:] + received.stderr[-3000:]
+    report = json.loads(attacker.stdout.splitlines()[-1])
+    assert report["knocked"] == [], received.stderr[-3000:]
+    for host, port in parse_addresses(report["offered"]):
+        refused = f"not dialing {format_address(host, port)}:"
+        assert refused in received.stderr, received.stderr[-3000:]
+    assert "dialing nothing" in received.stderr

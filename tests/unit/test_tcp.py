@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import os
 import socket
 import struct
@@ -23,8 +24,12 @@ from sfs.peer.protocol import Offer, Role, TransferProtocol
 from sfs.peer.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
 from sfs.peer.transfer import inspect_sources, receive_files, send_files
 from tests.helpers import channel_pair, key_pair
+from tests.strangers import Strangers, many_sources
 
 pytestmark = pytest.mark.timeout(30)
+
+#: The hosts of a side on loopback (it may then dial the other side's loopback ports).
+LOOPBACK = ("127.0.0.1",)
 
 
 def provers(
@@ -164,10 +169,10 @@ async def direct_pair(
     """(sender's, receiver's) chosen connection, over 127.0.0.1."""
     if ks is None or kr is None:
         ks, kr = key_pair()
-    sender = DirectPath(sender=True, keys=ks)
-    receiver = DirectPath(sender=False, keys=kr)
-    receiver.dial(await sender.listen(["127.0.0.1"]))
-    await receiver.listen(["127.0.0.1"])
+    sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    receiver = DirectPath(sender=False, keys=kr, hosts=LOOPBACK)
+    receiver.dial(await sender.listen())
+    await receiver.listen()
     async with asyncio.timeout(5):
         chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
     return chosen, taken
@@ -240,8 +245,8 @@ async def test_strangers_on_the_port_first_change_nothing() -> None:
     handshake of an earlier session) gets nothing and the real peer gets through."""
     ks, kr = key_pair()
     old_ks, old_kr = key_pair(password=b"other-words")
-    sender = DirectPath(sender=True, keys=ks)
-    addresses = await sender.listen(["127.0.0.1"])
+    sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    addresses = await sender.listen()
     silent = await raw_connect(addresses[0])
     nonsense = await raw_connect(addresses[0])
     nonsense[1].write(b"\x16\x03\x01" + os.urandom(200))
@@ -255,7 +260,7 @@ async def test_strangers_on_the_port_first_change_nothing() -> None:
         stranger.receive(answer)
     impostor[1].write(os.urandom(32))
     # Then the receiver.
-    receiver = DirectPath(sender=False, keys=kr)
+    receiver = DirectPath(sender=False, keys=kr, hosts=LOOPBACK)
     receiver.dial(addresses)
     async with asyncio.timeout(5):
         chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
@@ -283,15 +288,15 @@ async def test_a_replayed_dialer_handshake_is_not_proven() -> None:
     """Everything a genuine dialer sent on one connection, sent again on a new one: the
     new listener's nonce makes the recorded proof fail, and the connection is closed."""
     ks, kr = key_pair()
-    sender = DirectPath(sender=True, keys=ks)
-    addresses = await sender.listen(["127.0.0.1"])
+    sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    addresses = await sender.listen()
     genuine = Prover(dialer=True, own_key=kr.proof_send, peer_key=kr.proof_receive)
     _, writer, recorded = await dial_and_prove(addresses[0], genuine)
     chosen = await asyncio.wait_for(sender.choose(), 5)  # that one was proven
     chosen.close()
     # The replay, to a listener of the same session.
-    sender2 = DirectPath(sender=True, keys=ks)
-    addresses2 = await sender2.listen(["127.0.0.1"])
+    sender2 = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    addresses2 = await sender2.listen()
     reader2, writer2 = await raw_connect(addresses2[0])
     writer2.write(recorded[0])
     await reader2.readexactly(48)
@@ -306,10 +311,10 @@ async def test_a_receiver_takes_only_the_connection_the_sender_chose() -> None:
     """Two proven connections (each side dialed the other): the one with CHOSEN wins,
     the other is closed by both."""
     ks, kr = key_pair()
-    sender = DirectPath(sender=True, keys=ks)
-    receiver = DirectPath(sender=False, keys=kr)
-    receiver_addresses = await receiver.listen(["127.0.0.1"])
-    receiver.dial(await sender.listen(["127.0.0.1"]))
+    sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    receiver = DirectPath(sender=False, keys=kr, hosts=LOOPBACK)
+    receiver_addresses = await receiver.listen()
+    receiver.dial(await sender.listen())
     sender.dial(receiver_addresses)
     await asyncio.sleep(0.3)  # both proven by now
     assert receiver.proven_count == 2
@@ -325,8 +330,8 @@ async def test_a_receiver_takes_only_the_connection_the_sender_chose() -> None:
 
 async def test_a_choice_byte_that_is_not_chosen_is_a_protocol_error() -> None:
     ks, kr = key_pair()
-    receiver = DirectPath(sender=False, keys=kr)
-    addresses = await receiver.listen(["127.0.0.1"])
+    receiver = DirectPath(sender=False, keys=kr, hosts=LOOPBACK)
+    addresses = await receiver.listen()
     dialer = Prover(dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive)
     reader, _writer, _ = await dial_and_prove(addresses[0], dialer, then=b"\x02")
     await closed_unanswered(reader)
@@ -431,3 +436,238 @@ def test_tune_sets_large_buffers_and_no_delay() -> None:
 
 def test_the_choice_byte_is_as_docs_protocol_says() -> None:
     assert CHOSEN == b"\x01"
+
+
+# -- which of the other side's addresses are dialled (issue 22, item 6) ------------------------
+
+ELSEWHERE = ("192.168.1.20",)  # a side on a LAN, not on loopback
+
+
+def test_loopback_and_unreachable_addresses_from_a_peer_elsewhere_are_not_dialled() -> None:
+    """Before: every IP literal with a port from 1 up was dialled as given (loopback,
+    0.0.0.0, multicast, broadcast, a link-local address with no interface)."""
+    offered = [
+        ("127.0.0.1", 5000),
+        ("127.3.2.1", 5000),
+        ("::1", 5000),
+        ("::ffff:127.0.0.1", 5000),  # loopback written IPv4-mapped
+        ("0.0.0.0", 5000),  # Linux connects this to the machine itself
+        ("0.1.2.3", 5000),
+        ("::", 5000),
+        ("224.0.0.1", 5000),
+        ("239.255.255.250", 5000),
+        ("ff02::1", 5000),
+        ("255.255.255.255", 5000),
+        ("240.0.0.1", 5000),
+        ("fe80::1", 5000),  # link-local without an interface
+        ("fe80::1%eth0", 5000),  # on an interface this side has no address on
+        ("169.254.1.1", 5000),
+        ("192.168.1.30", 22),  # a privileged port: sfs never listens there
+        ("192.168.1.30", 0),
+    ]
+    kept, refused = tcp.dialable(offered, own_hosts=ELSEWHERE)
+    assert kept == []
+    assert [(h, p) for h, p, _ in refused] == offered
+
+
+def test_the_addresses_an_honest_peer_lists_are_all_dialled() -> None:
+    offered = [
+        ("192.168.1.30", 40000),
+        ("10.0.0.7", 1024),
+        ("203.0.113.9", 65535),
+        ("fd77:1::2", 50000),
+        ("2001:db8::5", 50001),
+        ("::ffff:192.168.1.31", 40001),
+    ]
+    kept, refused = tcp.dialable(offered, own_hosts=ELSEWHERE)
+    assert refused == []
+    assert kept == [*offered[:5], ("192.168.1.31", 40001)]
+
+
+def test_loopback_is_dialled_by_a_side_on_loopback_itself() -> None:
+    """Both on this machine (``--ice-address 127.0.0.1``, as the tests run): loopback
+    is where the peer is.  Still no unspecified address."""
+    offered = [("127.0.0.1", 5000), ("::1", 5001), ("0.0.0.0", 5002)]
+    for own in (("127.0.0.1",), ("::1",), ("192.168.1.20", "127.0.0.1")):
+        kept, _ = tcp.dialable(offered, own_hosts=own)
+        assert kept == offered[:2]
+
+
+def test_link_local_is_dialled_only_on_a_link_of_this_side() -> None:
+    offered = [("fe80::2%eth0", 5000), ("fe80::2%eth1", 5000), ("fe80::3", 5000)]
+    kept, _ = tcp.dialable(offered, own_hosts=("fe80::1%eth0",))
+    assert kept == [("fe80::2%eth0", 5000)]
+    kept, _ = tcp.dialable([("169.254.7.7", 5000)], own_hosts=("169.254.1.1",))
+    assert kept == [("169.254.7.7", 5000)]
+
+
+def test_duplicates_go_and_at_most_max_addresses_are_dialled() -> None:
+    offered = [("10.0.0.1", 5000)] * 3 + [("10.0.0.2", p) for p in range(5000, 5020)]
+    kept, _ = tcp.dialable(offered, own_hosts=ELSEWHERE)
+    assert kept[:2] == [("10.0.0.1", 5000), ("10.0.0.2", 5000)]
+    assert len(kept) == tcp.MAX_ADDRESSES
+
+
+OWN_HOSTS = st.sampled_from(
+    [(), ("127.0.0.1",), ("::1",), ("192.168.1.20",), ("fd00::1",), ("169.254.1.1",),
+     ("fe80::1%eth0",), ("10.0.0.1", "127.0.0.1")]
+)  # fmt: skip
+ANY_ADDRESS = st.one_of(
+    st.ip_addresses(),
+    st.sampled_from(["127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.1", "ff02::1",
+                     "255.255.255.255", "fe80::1", "fe80::1%eth0", "169.254.1.1",
+                     "::ffff:127.0.0.1", "::ffff:0.0.0.0", "::127.0.0.1"]),
+)  # fmt: skip
+
+
+@given(
+    offered=st.lists(st.tuples(ANY_ADDRESS.map(str), st.integers(0, 65535)), max_size=20),
+    own_hosts=OWN_HOSTS,
+)
+def test_nothing_dialled_is_an_address_the_peer_could_not_have(
+    offered: list[tuple[str, int]], own_hosts: tuple[str, ...]
+) -> None:
+    kept, refused = tcp.dialable(offered, own_hosts=own_hosts)
+    own = [ipaddress.ip_address(h) for h in own_hosts]
+    assert len(kept) == len(set(kept)) <= tcp.MAX_ADDRESSES
+    for host, port in kept:
+        address = ipaddress.ip_address(host)
+        assert port >= tcp.MIN_PORT
+        assert not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is None
+        assert not (address.is_unspecified or address.is_multicast)
+        assert not address.is_reserved or address.is_loopback  # ::1 is in ::/8
+        assert not (isinstance(address, ipaddress.IPv4Address) and address.packed[0] == 0)
+        if address.is_loopback:
+            assert any(o.is_loopback for o in own)
+        if address.is_link_local:
+            assert any(o.is_link_local and o.version == address.version for o in own)
+            if isinstance(address, ipaddress.IPv6Address):
+                assert address.scope_id is not None
+    # Everything refused was offered, and says why.
+    assert all(reason for _, _, reason in refused)
+    assert {(h, p) for h, p, _ in refused} <= set(offered)
+
+
+@given(
+    hosts=st.lists(
+        st.ip_addresses().filter(
+            lambda a: (
+                (a.is_private or a.is_global)
+                and not (a.is_loopback or a.is_link_local or a.is_multicast or a.is_reserved)
+                and not a.is_unspecified
+                and not (isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None)
+                and not (isinstance(a, ipaddress.IPv4Address) and a.packed[0] == 0)
+            )
+        ),
+        unique=True,
+        max_size=tcp.MAX_ADDRESSES,
+    ),
+    port=st.integers(tcp.MIN_PORT, 65535),
+    own_hosts=OWN_HOSTS,
+)
+def test_every_unicast_address_an_honest_peer_lists_is_dialled(
+    hosts: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    port: int,
+    own_hosts: tuple[str, ...],
+) -> None:
+    offered = [(str(h), port) for h in hosts]
+    kept, refused = tcp.dialable(offered, own_hosts=own_hosts)
+    assert (kept, refused) == (offered, [])
+
+
+# -- whom a listener closes to make room (issue 22, item 5) -------------------------------------
+
+
+def test_a_newcomer_past_the_cap_of_its_source_closes_that_sources_oldest_silent_one() -> None:
+    held = [tcp.Knock("10.0.0.9", greeted=True, since=0.0)] + [
+        tcp.Knock("10.0.0.9", greeted=False, since=float(t))
+        for t in range(1, tcp.MAX_UNPROVEN_PER_SOURCE)
+    ]
+    assert tcp.to_evict(held[:-1], "10.0.0.9") is None
+    assert tcp.to_evict(held, "10.0.0.9") == 1  # not the greeted one, though older
+    assert tcp.to_evict(held, "10.0.0.8") is None  # another source: room left
+
+
+def test_past_the_total_the_weakest_of_all_goes() -> None:
+    held = [
+        tcp.Knock(f"10.0.{i}.1", greeted=i % 2 == 0, since=float(i))
+        for i in range(tcp.MAX_UNPROVEN)
+    ]
+    assert tcp.to_evict(held, "10.1.0.1") == 1  # the oldest not greeted
+    greeted = [tcp.Knock(k.source, True, k.since) for k in held]
+    assert tcp.to_evict(greeted, "10.1.0.1") == 0
+
+
+def test_one_ipv6_host_counts_as_one_source_however_many_addresses_it_takes() -> None:
+    assert tcp.source_of("2001:db8:1:2::1") == tcp.source_of("2001:db8:1:2:ffff::7")
+    assert tcp.source_of("2001:db8:1:2::1") != tcp.source_of("2001:db8:1:3::1")
+    assert tcp.source_of("::ffff:10.0.0.1") == tcp.source_of("10.0.0.1") == "10.0.0.1"
+
+
+@given(
+    arrivals=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "peer"]), st.booleans()), max_size=200
+    ),
+    real_at=st.integers(0, 200),
+)
+def test_strangers_that_never_greet_can_never_close_the_real_peers_connection(
+    arrivals: list[tuple[str, bool]], real_at: int
+) -> None:
+    """A listener fed any sequence of strangers (from the real peer's own source too),
+    with the real peer's connection (greeted on arrival) among them: the caps always
+    hold, and the real one is closed only when every other candidate greeted too."""
+    order = [*arrivals[:real_at], ("peer", True), *arrivals[real_at:]]
+    real = min(real_at, len(arrivals))
+    held: list[tcp.Knock] = []
+    for t, (source, greets) in enumerate(order):
+        victim = tcp.to_evict(held, source)
+        if victim is not None:
+            same = [k for k in held if k.source == source]
+            candidates = same if len(same) >= tcp.MAX_UNPROVEN_PER_SOURCE else held
+            if held[victim].since == real:
+                assert all(k.greeted for k in candidates)
+            assert held[victim] in candidates
+            assert held[victim].since == min(
+                k.since for k in candidates if k.greeted == held[victim].greeted
+            )
+            held.pop(victim)
+        held.append(tcp.Knock(source, greets, float(t)))
+        assert len(held) <= tcp.MAX_UNPROVEN
+        assert all(sum(k.source == s for k in held) <= tcp.MAX_UNPROVEN_PER_SOURCE for s in "abc")
+
+
+# -- strangers holding a listener (issue 22, item 5) --------------------------------------------
+
+
+@pytest.mark.parametrize("sources", ["one-source", "many-sources"])
+@pytest.mark.parametrize("listener", ["sender", "receiver"])
+async def test_silent_and_slow_strangers_cannot_keep_the_real_peer_off_a_listener(
+    listener: str, sources: str
+) -> None:
+    """Before: a listener closed every connection past 16 unproven ones, so the first
+    16 strangers kept the real peer out (its dial was closed, choose() timed out).
+    Now 64 silent and 64 slow strangers per listener are opened first, from the real
+    peer's own address or from 128 others, and more keep coming as it dials: the real
+    connection is proven and chosen, and the strangers were closed to make room."""
+    ks, kr = key_pair()
+    sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
+    receiver = DirectPath(sender=False, keys=kr, hosts=LOOPBACK)
+    listening, dialing = (sender, receiver) if listener == "sender" else (receiver, sender)
+    (address,) = await listening.listen()
+    host, port = parse_addresses([address])[0]
+    strangers = Strangers(
+        host, port, ["127.0.0.1"] if sources == "one-source" else many_sources(128)
+    )
+    try:
+        await strangers.open(silent=64, slow=64)
+        strangers.keep_knocking()
+        dialing.dial([address])
+        async with asyncio.timeout(10):
+            chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
+        await chosen.send(b"through")
+        assert await taken.receive() == b"through"
+        assert strangers.closed_by_listener() >= 128 - tcp.MAX_UNPROVEN
+    finally:
+        await strangers.close()
+        await sender.close()
+        await receiver.close()
