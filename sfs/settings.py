@@ -212,9 +212,10 @@ def read_config_text(path: Path) -> str | None:
     :raises SettingsError: it is not a regular file, is larger, is unreadable or is
         not UTF-8.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    from sfs import platform
+
     try:
-        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, platform.nonblocking_read_flags())
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -394,7 +395,8 @@ def settings_in_force(
             where = "default"
             # As given, before the option's callback (--streams: "auto", not None).
             value = param.get_default(sub)
-        if value is _UNSET:  # click 8.3 and later: an option with no default
+        if value is _UNSET or value is None:  # click 8.3 and later: UNSET, not None
+            # A repeatable option is an empty list ([] in TOML) on every click.
             value = () if param.multiple else None
         settings.append(Setting(option_key(param), value, where))
     return settings
