@@ -821,7 +821,7 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--connect-timeout",
-            type=click.FloatRange(1, 3600),
+            type=settings.FiniteFloatRange(1, 3600),
             default=CONNECT_TIMEOUT_SECONDS,
             show_default=True,
             metavar="SECONDS",
@@ -1029,7 +1029,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--header-timeout",
     default=DEFAULT_HEADER_TIMEOUT_SECONDS,
-    type=click.FloatRange(min=0, min_open=True),
+    type=settings.FiniteFloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Close a connection that has not sent its HTTP request (or websocket upgrade).",
@@ -1037,7 +1037,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--join-timeout",
     default=DEFAULT_JOIN_TIMEOUT_SECONDS,
-    type=click.FloatRange(min=0, min_open=True),
+    type=settings.FiniteFloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Close a websocket that has not joined the Socket.IO namespace.",
@@ -1045,7 +1045,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--register-timeout",
     default=DEFAULT_REGISTER_TIMEOUT_SECONDS,
-    type=click.FloatRange(min=0, min_open=True),
+    type=settings.FiniteFloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Disconnect a client that has not registered by then.",
@@ -1053,7 +1053,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--pairing-timeout",
     default=DEFAULT_PAIRING_TIMEOUT_SECONDS,
-    type=click.FloatRange(min=0, min_open=True),
+    type=settings.FiniteFloatRange(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Disconnect both peers of a connection request that has not ended by then "
@@ -1097,7 +1097,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--redis-ttl",
     default=DEFAULT_REDIS_TTL_SECONDS,
-    type=click.FloatRange(min=MIN_REDIS_TTL_SECONDS),
+    type=settings.FiniteFloatRange(min=MIN_REDIS_TTL_SECONDS),
     show_default=True,
     metavar="SECONDS",
     help="With --redis: how long a node's peers stay registered after its last "
@@ -1523,7 +1523,7 @@ def send(
 @main.command(epilog=_epilog(PEERS_EXAMPLES))
 @click.option(
     "--once",
-    type=click.FloatRange(0, 3600),
+    type=settings.FiniteFloatRange(0, 3600),
     default=None,
     metavar="SECONDS",
     help="Look for this long, print who was found and exit (0 even if nobody).",
@@ -1582,7 +1582,7 @@ def peers(once: float | None, as_json: bool, verbose: int) -> None:
 )
 @click.option(
     "--connect-timeout",
-    type=click.FloatRange(1, 3600),
+    type=settings.FiniteFloatRange(1, 3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -1809,9 +1809,14 @@ def config_command(ctx: click.Context, command: str | None, path_only: bool) -> 
         raise click.BadParameter(
             f"{command!r} is not one of {', '.join(names)}", param_hint="COMMAND"
         )
+    shown = [command] if command else names
+    # What the commands refuse from the environment, `sfs config` refuses too (the
+    # file was checked when it was read).
+    for name in shown:
+        settings.check_environment(group.commands[name], ctx.parent, os.environ)
     state = "" if config.found else "  (not there: defaults and environment only)"
     say(f"# config file: {config.path}{state}", err=False)
-    for name in [command] if command else names:
+    for name in shown:
         say("", err=False)
         say(f"[{name}]", err=False)
         for setting in settings.settings_in_force(

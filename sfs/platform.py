@@ -68,6 +68,14 @@ def open_flags(flags: int) -> int:
     return flags | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
+def nonblocking_read_flags() -> int:
+    """Flags to open a file the user named for reading: links followed (unlike
+    :func:`open_flags`), and O_NONBLOCK so that a FIFO or a device never blocks the
+    ``open`` itself (the caller checks the type with ``fstat`` then)."""
+    extra = getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0)
+    return os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | extra
+
+
 def sync_open_flags() -> int:
     """How to open a file sfs wrote in order to fsync it: FlushFileBuffers on Windows
     needs write access; elsewhere read-only is enough."""

@@ -19,12 +19,20 @@ top apply to every command that has that option, a table per command (``[send]``
 
 Anything wrong in the file (its syntax, a key no command has, a value the option
 refuses) is one line naming the file and the line, before anything else happens.
+
+A value is checked the same way wherever it comes from: a value in the file goes
+through the option as the text it would be on the command line (``30``, ``nan``), so
+what the command line or an ``SFS_`` variable refuses, the file refuses too. The file
+itself is read only if it is a regular file, of at most MAX_CONFIG_BYTES.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +46,9 @@ CONFIG_ENV = "SFS_CONFIG"
 CONFIG_NAME = "config.toml"
 #: Options never set from the environment or a file.
 _NOT_SETTINGS = frozenset({"help", "version", "config_file"})
+#: The largest config file read: far more than any real one, and a bound on what a
+#: wrong --config (a device, a huge log) can make sfs read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def default_config_path() -> Path:
@@ -87,20 +98,32 @@ class SettingsError(click.ClickException):
     exit_code = 2
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without ``nan`` and ``inf``: a comparison with ``nan`` is
+    always false, so FloatRange takes it for any range, and ``inf`` passes one with no
+    upper end. Every float option of sfs (timeouts, TTLs) uses this, and so the
+    command line, the environment and the config file all refuse them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
 @dataclass
 class ConfigFile:
     """What a config file sets, per command, checked against the commands' options."""
 
     path: Path
     found: bool = False
-    #: command name -> parameter name -> (value, line)
+    #: command name -> parameter name -> (value as the file has it, line)
     values: dict[str, dict[str, tuple[Any, int]]] = field(default_factory=dict)
+    #: command name -> parameter name -> the value as the option is given it (text)
+    given: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def default_map(self) -> dict[str, dict[str, Any]]:
-        return {
-            command: {name: value for name, (value, _) in params.items()}
-            for command, params in self.values.items()
-        }
+        return {command: dict(params) for command, params in self.given.items()}
 
     def line_of(self, command: str, name: str) -> int | None:
         entry = self.values.get(command, {}).get(name)
@@ -119,18 +142,18 @@ def load(path: Path | None, group: click.Group, ctx: click.Context) -> ConfigFil
     explicit = path is not None
     path = path if path is not None else default_config_path()
     config = ConfigFile(path=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    text = read_config_text(path)
+    if text is None:
         if explicit:
             raise SettingsError(f"the config file {path} does not exist") from None
         return config
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SettingsError(f"cannot read the config file {path}: {reason}") from None
     config.found = True
     try:
         document = tomllib.loads(text)
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables by recursion: a file nested
+        # thousands deep ends there, not in a TOMLDecodeError.
+        raise SettingsError(f"{path}: values are nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         found = re.search(r"\(at line (\d+), column \d+\)$", message)
@@ -162,17 +185,100 @@ def load(path: Path | None, group: click.Group, ctx: click.Context) -> ConfigFil
             **{key: (value, lines.key(command_name, key)) for key, value in table.items()},
         }
         checked: dict[str, tuple[Any, int]] = {}
+        as_text: dict[str, Any] = {}
         for key, (value, line) in given.items():
             param = _option(command, key)
             if param is None or param.name is None:
                 continue  # a shared key for the commands that have it
             where = f"{path}, line {line}"
             value = _from_toml(param, value, where=where)
-            _check(param, value, command, ctx, where=where)
+            text_value = _as_text(value)
+            _check(param, text_value, command, ctx, where=where)
             checked[param.name] = (value, line)
+            as_text[param.name] = text_value
         if checked:
             config.values[command_name] = checked
+            config.given[command_name] = as_text
     return config
+
+
+def read_config_text(path: Path) -> str | None:
+    """The text of the config file at ``path``; None if there is none.
+
+    Opened without blocking (a FIFO named as the file would otherwise hang the
+    ``open``), then refused unless it is a regular file, and read to at most
+    MAX_CONFIG_BYTES (``/dev/zero`` is endless; a device or a log could be huge).
+
+    :raises SettingsError: it is not a regular file, is larger, is unreadable or is
+        not UTF-8.
+    """
+    from sfs import platform
+
+    try:
+        fd = os.open(path, platform.nonblocking_read_flags())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SettingsError(f"cannot read the config file {path}: {_reason(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SettingsError(f"the config file {path} is a folder")
+        if not stat.S_ISREG(mode):
+            raise SettingsError(f"the config file {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"cannot read the config file {path}: {_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise SettingsError(
+            f"the config file {path} is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"cannot read the config file {path}: {exc}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _as_text(value: Any) -> Any:
+    """A file's value as the command line would give it: numbers and dates as text, so
+    the option converts and checks them as it does ``--x 30`` or ``SFS_X=nan`` (a TOML
+    ``nan``, or ``5.5`` for a whole number, is refused as they are). True and false
+    stay as they are, for flags."""
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
+
+
+def check_environment(
+    command: click.Command, parent: click.Context, environ: Mapping[str, str]
+) -> None:
+    """Check each ``SFS_`` value that ``command`` would take, as the command does when
+    it runs (`sfs config` shows them; it must not accept what the command refuses).
+
+    :raises SettingsError: one line naming the variable.
+    """
+    for param in settings_of(command):
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+        name = next((n for n in names if environ.get(n)), None)
+        if name is None:
+            continue
+        value: Any = environ[name]
+        if param.multiple or (param.nargs != 1):
+            value = param.type.split_envvar_value(value)
+        _check(param, value, command, parent, where=name)
 
 
 def _option(command: click.Command, key: str) -> click.Option | None:
@@ -191,6 +297,8 @@ def _from_toml(param: click.Option, value: Any, *, where: str) -> Any:
     if isinstance(value, list) and not param.multiple:
         raise SettingsError(f"{where}: --{option_key(param)} takes one value, not a list")
     values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, list | dict) for v in values):
+        raise SettingsError(f"{where}: --{option_key(param)} takes a list of values, not of lists")
     flag = param.is_flag and not param.count
     for one in values:
         if flag != isinstance(one, bool):
@@ -287,8 +395,15 @@ def settings_in_force(
             where = "default"
             # As given, before the option's callback (--streams: "auto", not None).
             value = param.get_default(sub)
+        if value is _UNSET or value is None:  # click 8.3 and later: UNSET, not None
+            # A repeatable option is an empty list ([] in TOML) on every click.
+            value = () if param.multiple else None
         settings.append(Setting(option_key(param), value, where))
     return settings
+
+
+#: click 8.3 and later give an option with no default this sentinel, not None.
+_UNSET: Any = getattr(click.core, "UNSET", object())
 
 
 def show_value(value: Any) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextvars
+import functools
+import inspect
 import ipaddress
 import logging
 import re
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 import aioice.candidate
 import aioice.ice
 import aioice.stun
+import aiortc
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -39,6 +42,8 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
+    DataChunk,
+    InboundStream,
     tsn_plus_one,
 )
 from aiortc.utils import uint32_gt, uint32_gte
@@ -90,14 +95,65 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
 
-# aioice has no option for this; it asks this module-level function during gathering.
-# The context variable keeps the choice per task, so two connections in one process
-# (as in the tests) can use different address sets.
-aioice.ice.get_host_addresses = _get_host_addresses
+# -- what sfs relies on inside aioice and aiortc -----------------------------------------
+#
+# sfs replaces a module function of aioice, reads aioice's candidate lists, and replaces
+# two methods on each aiortc SCTP transport.  pyproject.toml bounds both packages to
+# the versions tested; these checks are for an install outside those bounds: what
+# does not have the expected shape is not patched (aiortc's own behaviour stays, with
+# one warning), or is refused with a clear error, never patched blindly.  The tests
+# in tests/unit/test_dependency_shapes.py assert the same shapes.
+
+
+def _names_used(function: Any) -> frozenset[str]:
+    """The global and attribute names ``function``'s code uses (``self._x`` -> ``_x``)."""
+    code = getattr(function, "__code__", None)
+    return frozenset(code.co_names) if code is not None else frozenset()
+
+
+def _parameters(function: Any) -> list[str] | None:
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def aioice_problem(ice: Any = aioice.ice) -> str | None:
+    """What of aioice's insides that sfs uses is not as expected; None if all is."""
+    if _parameters(getattr(ice, "get_host_addresses", None)) != ["use_ipv4", "use_ipv6"]:
+        return "aioice.ice.get_host_addresses(use_ipv4, use_ipv6) is not there"
+    connection = getattr(ice, "Connection", None)
+    if "get_host_addresses" not in _names_used(getattr(connection, "gather_candidates", None)):
+        return "Connection.gather_candidates no longer asks get_host_addresses"
+    missing = _CONNECTION_ATTRIBUTES - _names_used(getattr(connection, "__init__", None))
+    if missing:
+        return f"Connection has no {', '.join(sorted(missing))}"
+    for name in ("server_reflexive_candidate", "relayed_candidate", "StunProtocol"):
+        if not callable(getattr(ice, name, None)):
+            return f"aioice.ice.{name} is not there"
+    return None
+
+
+_CONNECTION_ATTRIBUTES = frozenset({"_protocols", "_components", "_local_candidates", "_nominated"})
+_AIOICE_PROBLEM = aioice_problem()
+if _AIOICE_PROBLEM is None:
+    # aioice has no option for this; it asks this module-level function during
+    # gathering. The context variable keeps the choice per task, so two connections in
+    # one process (as in the tests) can use different address sets.
+    aioice.ice.get_host_addresses = _get_host_addresses
+
+
+def _aioice_unusable() -> PeerConnectionError:
+    return PeerConnectionError(
+        f"this aioice ({getattr(aioice, '__version__', '?')}) is not one sfs works with "
+        f"({_AIOICE_PROBLEM}); install the version pyproject.toml asks for"
+    )
 
 
 @contextmanager
 def gathering_on(addresses: tuple[str, ...]) -> Iterator[None]:
+    if addresses and _AIOICE_PROBLEM is not None:
+        raise _aioice_unusable()
     token = _host_addresses.set(addresses or None)
     try:
         yield
@@ -195,7 +251,7 @@ class DataChannelLink:
         transport = getattr(channel, "transport", None)
         self._window = (
             _ReceiveWindow(transport, self, receive_window)
-            if isinstance(transport, RTCSctpTransport)
+            if isinstance(transport, RTCSctpTransport) and sctp_internals_fit()
             else None
         )
         channel.bufferedAmountLowThreshold = high_water // 2
@@ -319,6 +375,71 @@ _OVERHEAD_BYTES_EACH = 256
 #: sfs uses one SCTP stream per association; a peer that sends on more than this
 #: many is not an sfs peer.
 _MAX_INBOUND_STREAMS = 16
+
+
+#: What _ReceiveWindow replaces on a transport, each with the parameters aiortc calls
+#: it with, and awaited by aiortc (so a plain function returning an awaitable will do).
+_SCTP_REPLACED = {"_receive_data_chunk": ["self", "chunk"], "_send_sack": ["self"]}
+#: aiortc's SCTP transport state that _ReceiveWindow reads and writes.
+_SCTP_ATTRIBUTES = frozenset(
+    {
+        "_advertised_rwnd",
+        "_inbound_streams",
+        "_last_received_tsn",
+        "_sack_duplicates",
+        "_sack_misordered",
+        "_sack_needed",
+        "_association_state",
+    }
+)
+
+
+def sctp_problem(
+    transport: Any = RTCSctpTransport, stream: Any = InboundStream, chunk: Any = DataChunk
+) -> str | None:
+    """What of aiortc's SCTP insides that :class:`_ReceiveWindow` patches is not as
+    expected; None if all is."""
+    for name, parameters in _SCTP_REPLACED.items():
+        method = getattr(transport, name, None)
+        if not inspect.iscoroutinefunction(method) or _parameters(method) != parameters:
+            return f"RTCSctpTransport.{name}({', '.join(parameters[1:])}) is not there"
+    if "_receive_data_chunk" not in _names_used(getattr(transport, "_receive_chunk", None)):
+        return "RTCSctpTransport._receive_chunk no longer calls _receive_data_chunk"
+    callers = [f for n, f in vars(transport).items() if n != "_send_sack" and inspect.isfunction(f)]
+    if not any("_send_sack" in _names_used(f) for f in callers):
+        return "nothing in RTCSctpTransport calls _send_sack any more"
+    for name in ("_abort", "_set_state"):
+        if not callable(getattr(transport, name, None)):
+            return f"RTCSctpTransport.{name} is not there"
+    if not hasattr(getattr(transport, "State", None), "CLOSED"):
+        return "RTCSctpTransport.State.CLOSED is not there"
+    missing = _SCTP_ATTRIBUTES - _names_used(getattr(transport, "__init__", None))
+    if missing:
+        return f"RTCSctpTransport has no {', '.join(sorted(missing))}"
+    if "reassembly" not in _names_used(getattr(stream, "__init__", None)):
+        return "InboundStream has no reassembly list"
+    missing = frozenset({"tsn", "flags", "user_data", "stream_id"}) - _names_used(
+        getattr(chunk, "__init__", None)
+    )
+    if missing:
+        return f"DataChunk has no {', '.join(sorted(missing))}"
+    return None
+
+
+@functools.cache
+def sctp_internals_fit() -> bool:
+    """True if :class:`_ReceiveWindow` may patch this aiortc; if not, warn once, and
+    each link keeps aiortc's own receive window and SACKs."""
+    problem = sctp_problem()
+    if problem is not None:
+        logger.warning(
+            "aiortc %s is not a version sfs was tested with (%s): using aiortc's own "
+            "SCTP receive window and acknowledgements, which do not bound what the "
+            "other side may make this side hold; install the aiortc pyproject.toml asks for",
+            getattr(aiortc, "__version__", "?"),
+            problem,
+        )
+    return problem is None
 
 
 class _ReceiveWindow:
@@ -836,6 +957,8 @@ class PeerLink:
         gatherer = self._gatherer()
         started = time.monotonic()
         await gatherer.gather()  # host candidates: aiortc was given no servers
+        if self._ice_urls and _AIOICE_PROBLEM is not None:
+            raise _aioice_unusable()  # sfs gathers from STUN/TURN with aioice's insides
         await _gather(self._ice(), self._ice_urls, self._relays, self._refused)
         kinds = [c.type for c in self._ice().local_candidates]
         logger.debug("gathered %s in %.2f s", kinds, time.monotonic() - started)

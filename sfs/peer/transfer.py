@@ -72,7 +72,14 @@ from sfs.peer.protocol import (
     State,
     TransferProtocol,
 )
-from sfs.peer.tree import local_parts, plan_tree, walk
+from sfs.peer.tree import (
+    local_parts,
+    open_regular,
+    plan_tree,
+    reads_more_than_its_size,
+    size_unknown,
+    walk,
+)
 from sfs.text import format_size as format_size  # re-exported: it used to live here
 from sfs.text import is_unsafe
 
@@ -1049,8 +1056,18 @@ def _text(name: str) -> str:
 def inspect_tree(paths: list[Path]) -> Sources:
     """Check every file and folder to send before contacting anyone.
 
-    :raises SourceError: as :func:`inspect_sources`, or a folder that cannot be walked.
+    A single file that says it is empty but reads more (``/proc/version``) is sent
+    as a pipe is: what a read gives, size unknown until its end.
+
+    :raises SourceError: as :func:`inspect_sources`, or a folder that cannot be walked,
+        or a file in it that says it is empty but reads more.
     """
+    if len(paths) == 1 and not paths[0].is_dir():
+        f, info = open_regular(paths[0])
+        if reads_more_than_its_size(f, info):
+            name = _text(paths[0].name or paths[0].resolve().name)
+            return Sources([SourceFile(paths[0], name, 0, info.st_mtime_ns, reader=f)])
+        f.close()
     files: list[SourceFile] = []
     folders: list[tuple[str, ...]] = []
     skipped: list[str] = []
@@ -1070,6 +1087,8 @@ def inspect_tree(paths: list[Path]) -> Sources:
             if entry.is_dir:
                 folders.append(parts)
             else:
+                if entry.size == 0:
+                    _refuse_size_unknown(entry.source)
                 files.append(
                     SourceFile(
                         entry.source,
@@ -1088,21 +1107,16 @@ def inspect_tree(paths: list[Path]) -> Sources:
 def inspect_sources(paths: list[Path]) -> list[SourceFile]:
     """Check every file to send before contacting anyone.
 
-    :raises SourceError: a file is missing, not a regular file or unreadable.
+    :raises SourceError: a file is missing, not a regular file (a FIFO or a device:
+        those are refused at once, never opened in a way that could block), unreadable,
+        or says it is empty but reads more.
     """
     sources = []
     for path in paths:
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-        except FileNotFoundError:
-            raise SourceError(f"{str(path)!r}: no such file") from None
-        except IsADirectoryError:
-            raise SourceError(f"{str(path)!r} is a folder; sfs sends files") from None
-        except OSError as exc:
-            raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"{str(path)!r} is not a regular file")
+        f, st = open_regular(path)
+        with f:
+            if reads_more_than_its_size(f, st):
+                raise SourceError(size_unknown(path))
         executable = bool(st.st_mode & stat.S_IXUSR)
         sources.append(
             SourceFile(path, _text(path.name), st.st_size, st.st_mtime_ns, executable=executable)
@@ -1533,15 +1547,25 @@ async def _blocks(
         st = os.fstat(f.fileno())
         if st.st_size != source.size or st.st_mtime_ns != source.mtime_ns:
             raise SourceError(f"{source.name} changed while it was being sent")
+        # A file that reads more than its size says (as /sys files may) would otherwise
+        # be sent cut short, with success.
+        if f.read(1):
+            raise SourceError(f"{source.name} gives more bytes than its size says")
     finally:
         f.close()
 
 
+def _refuse_size_unknown(path: Path) -> None:
+    f, info = open_regular(path)
+    with f:
+        if reads_more_than_its_size(f, info):
+            raise SourceError(size_unknown(path))
+
+
 def _open_source(source: SourceFile) -> IO[bytes]:
-    try:
-        return open(source.path, "rb")
-    except OSError as exc:
-        raise SourceError(f"cannot read {str(source.path)!r}: {exc.strerror or exc}") from exc
+    # Opened again now: what is there must still be a regular file (a FIFO put in its
+    # place since the check would otherwise block the open).
+    return open_regular(source.path)[0]
 
 
 def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:

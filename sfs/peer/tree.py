@@ -15,12 +15,15 @@ on a file system that ignores case), or a file that would sit where a folder goe
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
+from sfs import platform
 from sfs.errors import RemoteProtocolError, SourceError
 from sfs.peer.protocol import MAX_ENTRIES, MAX_PATH_DEPTH
 
@@ -73,6 +76,60 @@ def _kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "not a regular file"
+
+
+#: How a pipe is sent (a FIFO or a device named as a file is refused with this).
+PIPE_HINT = "send a pipe's output with `-` (e.g. `sfs send CODE - < FILE`)"
+
+
+def open_regular(path: Path) -> tuple[IO[bytes], os.stat_result]:
+    """``path`` opened for reading, if it is a regular file (a named symbolic link is
+    followed), with its ``fstat``.
+
+    Opened with O_NONBLOCK, so that a FIFO (or a device) never blocks the ``open``:
+    checking with ``stat`` first would leave a moment in which one could be put in
+    its place. The file type comes from the open file; for a regular file O_NONBLOCK
+    is cleared again (it means nothing there on Linux, but not everywhere).
+
+    :raises SourceError: missing, unreadable, a folder, or not a regular file.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, platform.nonblocking_read_flags())
+    except FileNotFoundError:
+        raise SourceError(f"{str(path)!r}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{str(path)!r} is a folder; sfs sends files") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SourceError(f"{str(path)!r} is a folder; sfs sends files")
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceError(f"{str(path)!r} is {_kind(info.st_mode)}, not a file: {PIPE_HINT}")
+        if nonblock:
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~nonblock)
+        return os.fdopen(fd, "rb"), info
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def reads_more_than_its_size(f: IO[bytes], info: os.stat_result) -> bool:
+    """A regular file that says it is empty but gives bytes when read: most of /proc,
+    some of /sys and of FUSE. Its size cannot be offered; it can be sent as a pipe is.
+    (``peek`` leaves what it reads to be read again.)"""
+    return info.st_size == 0 and bool(cast(io.BufferedReader, f).peek(1))
+
+
+def size_unknown(path: Path) -> str:
+    return (
+        f"{str(path)!r} says it is empty but reading it gives bytes (a /proc or /sys file?): "
+        f"sfs sends such a file only alone, as a pipe; {PIPE_HINT}"
+    )
 
 
 def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:

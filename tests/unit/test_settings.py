@@ -307,3 +307,169 @@ def test_good_streams_values_pass_the_check(value: str, monkeypatch: pytest.Monk
     code, _, err = run("send", "--streams", value, "ABC-123-able-acid", __file__)
     assert code == 0, err
     assert seen["streams"] == (None if value == "auto" else int(value))
+
+
+# -- local input: what --config reads, and one check for every source (issue 22 item 8) ---------
+
+
+def sfs_process(
+    *args: str, env: dict[str, str] | None = None, memory_bytes: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`sfs ARGS` as a process, with no settings of this machine; ``memory_bytes``
+    caps its address space (RLIMIT_AS), so a read without bound fails fast instead
+    of growing."""
+    import resource
+
+    def limit() -> None:
+        if memory_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SFS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**base, "XDG_CONFIG_HOME": "/nonexistent", **(env or {})},
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("/dev/zero", "is not a regular file"),
+        ("fifo", "is not a regular file"),
+        ("big.toml", "is larger than 1 MiB"),
+    ],
+)
+def test_the_config_file_is_a_regular_file_of_at_most_1_mib_or_refused_at_once(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    """/dev/zero used to be read without end (over 1 GiB in 0.7 s), and a FIFO hung
+    in open(): here the process has 1 GiB of address space and 30 s."""
+    if name == "fifo":
+        os.mkfifo(tmp_path / name)  # nobody ever writes to it
+    elif name == "big.toml":
+        # Valid TOML all along, so only the size can refuse it.
+        (tmp_path / name).write_text("# " + "x" * 2 * 1024 * 1024 + "\n")
+    path = name if name.startswith("/") else str(tmp_path / name)
+    done = sfs_process("config", env={"SFS_CONFIG": path}, memory_bytes=1024**3)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"Error: the config file {path} {says}"]
+    assert done.stdout == ""
+
+
+def test_a_config_file_of_exactly_1_mib_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    line = "[send]\nchunk-size = 1000\n"
+    path.write_text(line + "#" * (sfs_settings.MAX_CONFIG_BYTES - len(line) - 1) + "\n")
+    assert path.stat().st_size == sfs_settings.MAX_CONFIG_BYTES
+    code, out, err = run("--config", str(path), "config", "send")
+    assert code == 0, err
+    assert config_lines(out, "send")["chunk-size"] == ("1000", f"{path}, line 2")
+
+
+@pytest.mark.parametrize("opening", ["[", "{a="])
+def test_a_config_file_nested_100_000_deep_is_one_line_and_exit_2(
+    tmp_path: Path, opening: str
+) -> None:
+    """It used to end in a RecursionError traceback from tomllib."""
+    closing = "]" if opening == "[" else "}"
+    path = tmp_path / "deep.toml"
+    path.write_text("server = " + opening * 100_000 + "1" + closing * 100_000 + "\n")
+    done = sfs_process("--config", str(path), "config")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"Error: {path}: values are nested too deeply"]
+
+
+def test_a_list_of_lists_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[send]\nice-server = [['stun:a.example']]\n")
+    code, _, err = run("--config", str(path), "config")
+    assert code == 2
+    assert err.splitlines() == [
+        f"Error: {path}, line 2: --ice-server takes a list of values, not of lists"
+    ]
+
+
+_SECONDS = [
+    ("send", "connect-timeout"),
+    ("receive", "connect-timeout"),
+    ("check", "connect-timeout"),
+    ("peers", "once"),
+    ("serve", "header-timeout"),
+    ("serve", "pairing-timeout"),
+    ("serve", "redis-ttl"),
+]
+
+
+@pytest.mark.parametrize(("command", "key"), _SECONDS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5"])
+@pytest.mark.parametrize("source", ["command line", "environment", "file"])
+def test_nan_inf_and_negative_seconds_are_refused_from_every_source(
+    tmp_path: Path, command: str, key: str, value: str, source: str
+) -> None:
+    """`connect-timeout = nan` in the file was taken (click's FloatRange takes nan);
+    `sfs config` took any SFS_ value. One check now, whatever the source."""
+    variable = "SFS_" + key.upper().replace("-", "_")
+    if source == "command line":
+        args = [command, f"--{key}", value]
+        if command in ("send", "receive"):
+            args += ["--server", "http://127.0.0.1:9"]
+        args += {"send": ["ABC-123-able-acid", __file__], "check": ["--server", "http://x"]}.get(
+            command, []
+        )
+        code, out, err = run(*args)
+    elif source == "environment":
+        code, out, err = run("config", command, env={variable: value})
+    else:
+        path = tmp_path / "config.toml"
+        path.write_text(f"[{command}]\n{key} = {value}\n")
+        code, out, err = run("--config", str(path), "config", command)
+    assert code == 2, (out, err)
+    assert out == ""
+    last = err.strip().splitlines()[-1]
+    assert f"--{key}" in last, err
+    if source == "file":
+        assert len(err.strip().splitlines()) == 1 and last.startswith(f"Error: {path}, line 2:")
+    if source == "environment":
+        assert err.strip().splitlines() == [last] and last.startswith(f"Error: {variable}: ")
+
+
+def test_finite_seconds_from_every_source_are_taken(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[serve]\nheader-timeout = 2.5\nredis-ttl = 30\n")
+    code, out, err = run("--config", str(path), "config", "serve", env={"SFS_JOIN_TIMEOUT": "1e2"})
+    assert code == 0, err
+    serve = config_lines(out, "serve")
+    assert serve["header-timeout"] == ("2.5", f"{path}, line 2")
+    assert serve["redis-ttl"] == ("30", f"{path}, line 3")
+    assert serve["join-timeout"] == ('"1e2"', "SFS_JOIN_TIMEOUT")
+
+
+def test_sfs_config_refuses_what_the_commands_refuse_from_the_environment() -> None:
+    """`SFS_TRANSPORT=x sfs config` exited 0 while every command refused it."""
+    done = sfs_process("config", env={"SFS_TRANSPORT": "x"})
+    assert done.returncode == 2, done.stdout
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "Error: SFS_TRANSPORT: --transport: 'x' is not one of 'auto', 'tcp', 'datachannel'."
+    ]
+    # The command itself: the same refusal (click's wording), exit 2.
+    code, _, err = run("send", "ABC-123-able-acid", __file__, env={"SFS_TRANSPORT": "x"})
+    assert code == 2 and "'x' is not one of 'auto', 'tcp', 'datachannel'" in err
+    # A command without that option is not concerned.
+    code, _, err = run("config", "serve", env={"SFS_TRANSPORT": "x"})
+    assert code == 0, err
+
+
+def test_options_without_a_default_show_as_not_set() -> None:
+    """click 8.3 and later give them a sentinel: `cacert = "Sentinel.UNSET"` was shown."""
+    code, out, err = run("config")
+    assert code == 0, err
+    assert "Sentinel" not in out and "UNSET" not in out
+    send = config_lines(out, "send")
+    assert send["cacert"] == ("", "default")
+    assert send["ice-server"] == ("[]", "default")
