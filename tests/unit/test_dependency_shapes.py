@@ -241,7 +241,7 @@ def _bounds() -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["aiortc", "aioice", "click", "python-socketio", "python-engineio"]
+    "name", ["aiortc", "aioice", "click", "python-socketio", "python-engineio", "aiohttp"]
 )
 def test_what_sfs_reaches_into_is_bounded_above_and_installed_within(name: str) -> None:
     from packaging.requirements import Requirement
