@@ -1377,8 +1377,19 @@ def receive(
         say(_final_line("Received", result), err=False)
 
 
+def _complete_files(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Files and folders for `sfs send`'s arguments: the shell's own file completion
+    (click tells bash `compopt -o default`, zsh `_path_files`, fish its path
+    completion).  A code typed first is left alone: there is nothing to offer."""
+    import click.shell_completion
+
+    return [click.shell_completion.CompletionItem(incomplete, type="file")]
+
+
 @main.command(epilog=_epilog(SEND_EXAMPLES))
-@click.argument("args", nargs=-1, metavar="[CODE] FILE...")
+@click.argument("args", nargs=-1, metavar="[CODE] FILE...", shell_complete=_complete_files)
 @click.option(
     "--chunk-size",
     type=click.IntRange(1, MAX_CHUNK_BYTES),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,18 +44,6 @@ def test_bash_completes_commands_options_and_choices(tmp_path: Path) -> None:
     assert "--chunk-size" in bash_complete("send", "--")
 
 
-def test_bash_completes_file_names_where_files_go(tmp_path: Path) -> None:
-    # click hands file and folder arguments to the shell's own completion
-    # (`compopt -o default`): COMPREPLY stays empty and bash lists the files.
-    lines = shell(
-        "bash",
-        'eval "$(_SFS_COMPLETE=bash_source sfs)"; '
-        f"cd {tmp_path}; COMP_WORDS=(sfs receive --output ''); COMP_CWORD=3; "
-        '_sfs_completion sfs; echo "${#COMPREPLY[@]}"',
-    )
-    assert lines == ["0"]
-
-
 def test_fish_completes_with_descriptions() -> None:
     lines = shell(
         "fish",
@@ -83,3 +73,87 @@ def test_the_entry_point_answers_for_zsh() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == ["plain", "--transport"]
+
+
+def interactive(name: str, argv: list[str], setup: str, typed: str, want: str, cwd: Path) -> str:
+    """Type ``typed`` and a Tab into a real interactive shell on a pty, after ``setup``;
+    return what the shell echoed once ``want`` shows up (or fail with all it showed)."""
+    if shutil.which(name) is None:
+        pytest.skip(f"{name} is not installed (scripts/test installs it as root)")
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFS_")}
+    env.update(PATH=BIN + os.pathsep + env.get("PATH", ""), TERM="dumb", HOME=str(cwd))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the shell itself
+        os.chdir(cwd)
+        os.execvpe(name, [name, *argv], env)
+    seen = b""
+    try:
+        os.write(fd, setup.encode() + b"\n")
+        os.write(fd, typed.encode() + b"\t")
+        deadline = time.monotonic() + 20
+        while want.encode() not in seen.split(b"READY", 1)[-1]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{name} never showed {want!r}; it showed:\n{seen!r}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return seen.decode("utf-8", "replace")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("typed", "completed"),
+    [
+        ("sfs send ABC-123-tiger-lamp rep", "sfs send ABC-123-tiger-lamp report.pdf"),
+        ("sfs send rep", "sfs send report.pdf"),
+        ("sfs receive --output Down", "sfs receive --output Downloads/"),
+    ],
+)
+def test_bash_completes_files_and_folders_on_a_real_terminal(
+    tmp_path: Path, typed: str, completed: str
+) -> None:
+    """click hands file and folder arguments to the shell's own completion
+    (`compopt -o default` / `-o dirnames`): bash itself lists them."""
+    (tmp_path / "report.pdf").write_bytes(b"x")
+    (tmp_path / "Downloads").mkdir()
+    interactive(
+        "bash",
+        ["--norc", "--noprofile", "-i"],
+        'eval "$(_SFS_COMPLETE=bash_source sfs)"; echo READ""Y',
+        typed,
+        completed,
+        tmp_path,
+    )
+
+
+def test_zsh_completes_a_file_to_send_on_a_real_terminal(tmp_path: Path) -> None:
+    (tmp_path / "report.pdf").write_bytes(b"x")
+    interactive(
+        "zsh",
+        ["-f", "-i"],
+        'autoload -U compinit; compinit -u -D; eval "$(_SFS_COMPLETE=zsh_source sfs)"; '
+        'echo READ""Y',
+        "sfs send ABC-123-tiger-lamp rep",
+        "report.pdf",
+        tmp_path,
+    )
+
+
+def test_fish_completes_a_file_to_send(tmp_path: Path) -> None:
+    (tmp_path / "report.pdf").write_bytes(b"x")
+    lines = shell(
+        "fish",
+        f"cd {tmp_path}; eval (env _SFS_COMPLETE=fish_source sfs | string collect); "
+        'complete -C "sfs send ABC-123-tiger-lamp rep"; complete -C "sfs send rep"',
+    )
+    assert lines == ["report.pdf", "report.pdf"], lines

@@ -473,3 +473,26 @@ def test_options_without_a_default_show_as_not_set() -> None:
     send = config_lines(out, "send")
     assert send["cacert"] == ("", "default")
     assert send["ice-server"] == ("[]", "default")
+
+
+def test_sfs_config_output_is_a_valid_config_file_that_round_trips(tmp_path: Path) -> None:
+    """README: a section of `sfs config` can go into the config file as it is.  The whole
+    output, read back, gives every command the same values, now from the file (run
+    with the newest click allowed, and again by scripts/test with the oldest)."""
+    code, shown, err = run("config")
+    assert code == 0, err
+    path = tmp_path / "config.toml"
+    path.write_text(shown)
+    code, again, err = run("--config", str(path), "config")
+    assert code == 0, err
+    for command in ("check", "peers", "receive", "send", "serve"):
+        before, after = config_lines(shown, command), config_lines(again, command)
+        assert before.keys() == after.keys(), command
+        for key, (value, _) in before.items():
+            assert after[key][0] == value, (command, key)
+            if value:  # a value that is set comes from the file now
+                assert after[key][1].startswith(str(path)), (command, key, after[key])
+    # And every command takes the file as it is.
+    for command in ("send", "receive", "serve", "peers", "check"):
+        code, _, err = run("--config", str(path), command, "--help")
+        assert code == 0, (command, err)
