@@ -7,6 +7,12 @@ for every server: a NAT that maps one socket to one public address lets direct
 connections through; one that maps per destination does not), and a TURN allocation
 with the issued credential on every TURN URL.  The STUN and TURN protocols are
 aioice's; this module only asks.  :func:`verdict` is pure.
+
+A server with no STUN and no TURN is not broken: peers on one network connect
+directly without either.  So each line is ``ok`` (works), ``warn`` (works, with a
+limit: nothing to cross NATs with, a NAT that maps per destination) or ``fail``
+(something handed out, or the server itself, does not work), and any transfer being
+possible is what ``sfs check`` exits 0 for.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import aioice.stun
 import aioice.turn
@@ -31,13 +37,21 @@ PROBE_SECONDS = 3.0
 STUN_RETRANSMISSIONS = 3
 
 
+Level = Literal["ok", "warn", "fail"]
+
+
 @dataclass(frozen=True)
 class Finding:
-    """One line of the report: ``ok`` says whether this part works."""
+    """One line of the report."""
 
-    ok: bool
+    level: Level
     what: str
     detail: str
+
+    @property
+    def ok(self) -> bool:
+        """This part works (perhaps with a limit the detail says)."""
+        return self.level != "fail"
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,14 @@ async def probe_stun(urls: Sequence[IceUrl]) -> list[Finding]:
     """A binding request to every STUN server, all from one socket, then the NAT's
     mapping behaviour when two or more answered."""
     if not urls:
-        return [Finding(False, "STUN", "the server hands out no STUN server (sfs serve --stun)")]
+        return [
+            Finding(
+                "warn",
+                "STUN",
+                "the server hands out no STUN server: fine on one network; across NATs "
+                "peers need one (sfs serve --stun)",
+            )
+        ]
     loop = asyncio.get_running_loop()
     transport, stun = await loop.create_datagram_endpoint(_StunSocket, local_addr=("0.0.0.0", 0))
     findings: list[Finding] = []
@@ -119,23 +140,23 @@ async def probe_stun(urls: Sequence[IceUrl]) -> list[Finding]:
                 async with asyncio.timeout(PROBE_SECONDS):
                     seen = await stun.mapped_address((host, url.port))
             except (OSError, TimeoutError, aioice.stun.TransactionError) as exc:
-                return Finding(False, name, f"no answer ({_reason(exc)}); UDP blocked?")
+                return Finding("fail", name, f"no answer ({_reason(exc)}); UDP blocked?")
             local = (_local_address(host), local_port)
             mapped.append(seen)
             unmapped = unmapped or seen == local
-            return Finding(True, name, f"seen as {seen[0]}:{seen[1]} (local {local[0]}:{local[1]})")
+            return Finding("ok", name, f"seen as {seen[0]}:{seen[1]} (local {local[0]}:{local[1]})")
 
         findings += await asyncio.gather(*(ask(url) for url in urls))
     finally:
         transport.close()
     if unmapped:
         findings.append(
-            Finding(True, "NAT", "none on the way: the STUN server sees this machine's own address")
+            Finding("ok", "NAT", "none on the way: the STUN server sees this machine's own address")
         )
     elif len(mapped) >= 2 and len(set(mapped)) == 1:
         findings.append(
             Finding(
-                True,
+                "ok",
                 "NAT",
                 "one public address for every destination (endpoint-independent mapping): "
                 "direct connections through it can work",
@@ -144,7 +165,7 @@ async def probe_stun(urls: Sequence[IceUrl]) -> list[Finding]:
     elif len(mapped) >= 2:
         findings.append(
             Finding(
-                False,
+                "warn",
                 "NAT",
                 "a new public address per destination (symmetric): direct connections "
                 "across NATs fail, a TURN relay is needed",
@@ -152,7 +173,7 @@ async def probe_stun(urls: Sequence[IceUrl]) -> list[Finding]:
         )
     elif mapped:
         findings.append(
-            Finding(True, "NAT", "behaviour unknown: it takes two STUN servers to tell")
+            Finding("ok", "NAT", "behaviour unknown: it takes two STUN servers to tell")
         )
     return findings
 
@@ -160,7 +181,14 @@ async def probe_stun(urls: Sequence[IceUrl]) -> list[Finding]:
 async def probe_turn(urls: Sequence[IceUrl]) -> list[Finding]:
     """A TURN allocation on every TURN URL, with the credential the server issued."""
     if not urls:
-        return [Finding(False, "TURN", "the server hands out no TURN relay (sfs serve --turn)")]
+        return [
+            Finding(
+                "warn",
+                "TURN",
+                "the server hands out no TURN relay: peers behind strict NATs or "
+                "UDP-blocking firewalls cannot be reached (sfs serve --turn)",
+            )
+        ]
     return list(await asyncio.gather(*(_allocate(url) for url in urls)))
 
 
@@ -179,13 +207,13 @@ async def _allocate(url: IceUrl) -> Finding:
     except aioice.stun.TransactionFailed as exc:
         code = exc.response.attributes.get("ERROR-CODE", (0, ""))[0]
         if code in (401, 431, 441):
-            return Finding(False, name, "refused the credential (expired, or a wrong secret)")
-        return Finding(False, name, f"refused the allocation ({_reason(exc)})")
+            return Finding("fail", name, "refused the credential (expired, or a wrong secret)")
+        return Finding("fail", name, f"refused the allocation ({_reason(exc)})")
     except (OSError, TimeoutError, aioice.stun.TransactionError, ConnectionError) as exc:
-        return Finding(False, name, f"no answer ({_reason(exc)})")
+        return Finding("fail", name, f"no answer ({_reason(exc)})")
     relayed = transport.get_extra_info("sockname")
     transport.close()
-    return Finding(True, name, f"relay allocated at {relayed[0]}:{relayed[1]}")
+    return Finding("ok", name, f"relay allocated at {relayed[0]}:{relayed[1]}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -195,23 +223,31 @@ def _reason(exc: BaseException) -> str:
 
 
 def verdict(findings: Sequence[Finding]) -> tuple[bool, str]:
-    """Whether a transfer to anyone is possible, and the line that says why.
+    """Whether any transfer is possible, and the line that says with whom.
 
-    Anyone: also a peer behind a NAT that maps per destination, or a firewall that
-    lets only TCP out.  A working TURN relay reaches them all; without one, only a
-    machine with a public address (no NAT) and a STUN answer (UDP works) does.
+    Peers on one network connect directly once the signaling server introduces
+    them, so a reachable server is enough for some transfer.  Anyone (also a peer
+    behind a NAT that maps per destination, or a firewall that lets only TCP out)
+    takes a working TURN relay, or this machine having a public address (no NAT)
+    and UDP (a STUN answer).  Across ordinary NATs, a STUN server is what it takes.
     """
     by_kind = {f.what.split(" ")[0]: f for f in findings}
-    if not by_kind.get("server", Finding(False, "server", "")).ok:
+    if not by_kind.get("server", Finding("fail", "server", "")).ok:
         return False, "no: the signaling server cannot be reached"
-    if any(f.ok and f.what.startswith("TURN ") for f in findings):
+    if any(f.level == "ok" and f.what.startswith("TURN ") for f in findings):
         return True, "yes: with anyone (through the TURN relay when nothing else works)"
     nat = by_kind.get("NAT")
     if nat is not None and nat.ok and nat.detail.startswith("none"):
         return True, "yes: no NAT on the way and UDP works (peers can reach this machine)"
-    return False, (
-        "not with everyone: no TURN relay works, so peers behind strict NATs or "
-        "UDP-blocking firewalls cannot be reached (see `sfs serve --turn`)"
+    if not any(f.level == "ok" and f.what.startswith("STUN ") for f in findings):
+        return True, (
+            "on the same network only: across NATs peers need a STUN server, and a TURN "
+            "relay for strict NATs (see `sfs serve --stun`, `--turn`)"
+        )
+    return True, (
+        "on the same network and across most NATs; not with everyone: no TURN relay "
+        "works, so peers behind strict NATs or UDP-blocking firewalls cannot be reached "
+        "(see `sfs serve --turn`)"
     )
 
 
@@ -226,11 +262,11 @@ async def check(server_url: str, *, connect_timeout: float, ca_file: str | None 
         ) as signal:
             peer_id, servers = await signal.register()
     except SfsError as exc:
-        findings.append(Finding(False, f"server {server_url}", str(exc)))
+        findings.append(Finding("fail", f"server {server_url}", str(exc)))
     else:
         how = "TLS, certificate verified" if tls else "no TLS"
         findings.append(
-            Finding(True, f"server {server_url}", f"reachable ({how}); it gave the ID {peer_id}")
+            Finding("ok", f"server {server_url}", f"reachable ({how}); it gave the ID {peer_id}")
         )
     if findings[0].ok:
         urls = ice_urls(servers)

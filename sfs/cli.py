@@ -1606,7 +1606,8 @@ def check_command(
     its TLS), STUN and the public address seen, the NAT's behaviour, and a TURN
     allocation with the issued credential on every TURN URL.
 
-    One line per check; exit 0 only if a transfer to anyone is possible.
+    One line per check (ok, warn: works with a limit, FAIL); exit 0 if any transfer
+    is possible (the server answers: peers on one network need nothing more), else 1.
     """
     from sfs import app
 
@@ -1619,9 +1620,13 @@ def check_command(
         ca_file=None if cacert is None else str(cacert),
     )
     report = _run(app.check_network(server, options), verbose, transfer=False)
+    marks = {
+        "ok": Styled("ok  ", fg="green"),
+        "warn": Styled("warn", fg="yellow"),
+        "fail": Styled("FAIL", fg="red", bold=True),
+    }
     for finding in report.findings:
-        mark = Styled("ok  ", fg="green") if finding.ok else Styled("FAIL", fg="red", bold=True)
-        say(mark, f"  {finding.what}: {finding.detail}", err=False)
+        say(marks[finding.level], f"  {finding.what}: {finding.detail}", err=False)
     say(f"Transfers possible: {report.summary}", err=False)
     sys.exit(0 if report.possible else 1)
 

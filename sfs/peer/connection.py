@@ -340,9 +340,15 @@ class DataChannelLink:
         await self._closed.wait()
 
     def unsent_bytes(self) -> int:
-        # aiortc counts what it has not yet handed to SCTP; SCTP itself holds only
-        # about a congestion window more.
-        return int(self._channel.bufferedAmount)
+        # aiortc's bufferedAmount counts what it has not yet handed to SCTP; SCTP then
+        # holds what waits for the congestion window and what is in flight, not yet
+        # acknowledged by the peer's SCTP (sfs has one channel per association).
+        held = int(self._channel.bufferedAmount)
+        sctp = getattr(self._channel, "transport", None)
+        if isinstance(sctp, RTCSctpTransport):
+            held += int(sctp._flight_size)
+            held += sum(len(chunk.user_data) for chunk in sctp._outbound_queue)
+        return held
 
     def seconds_since_send(self) -> float:
         return time.monotonic() - self._last_sent
@@ -733,7 +739,7 @@ def ice_urls(servers: Sequence[IceServer]) -> list[IceUrl]:
 class Route:
     """How a connection's data flows, from its nominated ICE candidate pair."""
 
-    kind: str  # "local", "nat" or "relay"
+    kind: str  # "local", "nat", "direct" (neither is known) or "relay"
     relay: str = ""  # "HOST (udp)" for our own relay; "HOST" for the other side's
 
     def __str__(self) -> str:
@@ -741,9 +747,94 @@ class Route:
             return "direct on the local network"
         if self.kind == "nat":
             return "direct through NAT"
+        if self.kind == "direct":
+            return "direct"
         if "(" in self.relay:
             return f"relayed by TURN {self.relay}"
         return f"relayed by the other side's TURN {self.relay}"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class PairEnd:
+    """What is known of one end of the nominated candidate pair."""
+
+    type: str  # "host", "srflx", "prflx" or "relay"
+    address: str  # an IP address, or a browser's mDNS name (``….local``), or ""
+
+
+def route_of(
+    local: PairEnd,
+    remote: PairEnd,
+    *,
+    networks: Sequence[Network],
+    behind_nat: bool,
+    our_relay: str = "",
+) -> Route:
+    """How the data flows, from what is known of both candidates (pure).
+
+    :param networks: the networks of this machine's interfaces (address and prefix).
+    :param behind_nat: a STUN server saw this machine at an address not its own.
+    :param our_relay: how to name our TURN relay, when the local end is one.
+
+    First match wins:
+
+    ====================  ===========================================  ==========
+    local                 remote                                       route
+    ====================  ===========================================  ==========
+    relay                 any                                          relay (ours)
+    any                   relay                                        relay (theirs)
+    any                   an address on one of our networks, or an     local
+                          mDNS name (mDNS answers on the link only)
+    srflx / prflx         any                                          nat
+    any                   srflx (the peer's address as its NAT maps)   nat
+    any, behind a NAT     any                                          nat
+    any                   any (host or prflx elsewhere: routed, a      direct
+                          VPN, or a NAT we cannot see)
+    ====================  ===========================================  ==========
+
+    A peer-reflexive remote is an address learnt from the peer's own checks: a
+    NAT's, or a host address the peer did not signal (a browser hides its host
+    addresses behind mDNS names), so only where it is says anything.  When
+    nothing is known, the route is "direct", never a guess.
+    """
+    if local.type == "relay":
+        return Route("relay", our_relay or local.address)
+    if remote.type == "relay":
+        return Route("relay", remote.address)
+    if remote.address.lower().endswith(".local") or _on(remote.address, networks):
+        return Route("local")
+    if local.type in ("srflx", "prflx") or remote.type == "srflx" or behind_nat:
+        return Route("nat")
+    return Route("direct")
+
+
+def _on(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def local_networks() -> tuple[Network, ...]:
+    """The networks of this machine's interfaces, loopback and link-local included
+    (a peer there is on the same link)."""
+    import ifaddr
+
+    networks: list[Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                networks.append(
+                    ipaddress.ip_network(f"{address.split('%')[0]}/{ip.network_prefix}", False)
+                )
+            except ValueError:
+                continue
+    return tuple(networks)
 
 
 #: The STUN error codes of a TURN server that refuses the credential (RFC 8489 14.8).
@@ -969,16 +1060,19 @@ class PeerLink:
             pair = self._ice()._nominated[1]
         except (AttributeError, KeyError):
             return None
-        local, remote = pair.local_candidate.type, pair.remote_candidate.type
-        if local == "relay":
-            return Route("relay", self._relays.get(id(pair.protocol), pair.local_candidate.host))
-        if remote == "relay":
-            return Route("relay", pair.remote_candidate.host)
-        # aioice reports a direct path through a NAT with our host candidate as local:
-        # the other side's reflexive candidate is what shows the NAT.
-        if local in ("srflx", "prflx") or remote in ("srflx", "prflx"):
-            return Route("nat")
-        return Route("local")
+        ice = self._ice()
+        local, remote = pair.local_candidate, pair.remote_candidate
+        # aioice reports a direct path through a NAT with our host candidate (the
+        # base) as local: our own reflexive candidates are what show our NAT.
+        own = {c.host for c in ice.local_candidates if c.type == "host"}
+        behind_nat = any(c.type == "srflx" and c.host not in own for c in ice.local_candidates)
+        return route_of(
+            PairEnd(local.type, local.host),
+            PairEnd(remote.type, remote.host),
+            networks=local_networks(),
+            behind_nat=behind_nat,
+            our_relay=self._relays.get(id(pair.protocol), ""),
+        )
 
     async def accept_answer(self, answer: dict[str, str]) -> None:
         await self._set_remote(answer, "answer")

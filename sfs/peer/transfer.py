@@ -17,6 +17,7 @@ the first one's files, and saves a file of the same name under the next free nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -1354,23 +1355,48 @@ async def send_files(
                         starts[i] = (0, None)
             packer = _Packer(chunk_size, compress=compress and proto.zstd)
             progress.begin(len(sources), None if offer.stream else offer.total_size)
-            for source, (offset, prefix) in zip(sources, starts, strict=True):
-                record = await _send_one(channel, proto, source, packer, progress, offset, prefix)
-                size = record.size
-                result.records.append(record)
-                result.total_bytes += size
-                result.resumed_bytes += offset
-                whole = bool(source.size) and offset == source.size
-                result.skipped_files += whole
-                result.resumed_files += bool(offset) and not whole
-            while proto.state is not State.DONE:
-                event = await next_event(channel, proto)
-                if not isinstance(event, FileAck):
-                    raise _peer_stopped(event)
+            departures = Departures(progress)
+            try:
+                for source, (offset, prefix) in zip(sources, starts, strict=True):
+                    record = await _send_one(
+                        channel, proto, source, packer, departures, offset, prefix
+                    )
+                    size = record.size
+                    result.records.append(record)
+                    result.total_bytes += size
+                    result.resumed_bytes += offset
+                    whole = bool(source.size) and offset == source.size
+                    result.skipped_files += whole
+                    result.resumed_files += bool(offset) and not whole
+                await _await_acks(channel, proto, departures)
+            finally:
+                departures.close()
         return result.finish()
     except BaseException as exc:
         await abort_transfer(channel, proto, exc)
         raise
+
+
+async def _await_acks(channel: Channel, proto: TransferProtocol, departures: Departures) -> None:
+    """The last acknowledgements, with the progress following the channel's buffer
+    as it drains meanwhile (the last file is shown done only when it is)."""
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_TICK_SECONDS)  # a display refresh, not a wait
+            departures.left(channel.unsent_bytes())
+
+    follower = asyncio.create_task(follow())
+    try:
+        while proto.state is not State.DONE:
+            event = await next_event(channel, proto)
+            if not isinstance(event, FileAck):
+                raise _peer_stopped(event)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    departures.all_acknowledged()
 
 
 async def _prefixes(
@@ -1451,40 +1477,121 @@ class _Packer:
         return chunks
 
 
+#: How often the sender's progress looks again at what has left, once every byte is
+#: handed to the channel and only the acknowledgements are awaited.
+PROGRESS_TICK_SECONDS = 0.25
+
+
+@dataclass
+class _Departing:
+    name: str
+    size: int | None
+    offset: int
+    plain: int = 0  # bytes handed to the channel (past the offset)
+    handed_all: bool = False
+    started: bool = False
+    shown: int = 0  # of plain, shown as gone
+
+
+class Departures:
+    """A sender's progress as what has left for the receiver, not what was queued.
+
+    The channel buffers megabytes (``Channel.unsent_bytes``), and the sender hands
+    the next file's bytes while the last one's are still buffered; so a file is
+    shown started, advanced and finished as its bytes leave, in order, not as they
+    are handed over.  The receiver acknowledges only whole files, so what is in flight
+    beyond the buffer (a congestion window, the peer's socket) is the error left, and
+    at the last acknowledgement everything counts.  Pure: the driver feeds it.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._files: list[_Departing] = []
+        self._head = 0  # the first file not yet shown finished
+        self._handed_plain = 0
+        self._handed_wire = 0
+        self._gone = 0  # of _handed_plain
+
+    def file(self, name: str, size: int | None, offset: int) -> None:
+        """The next file; ``offset`` bytes of it are already there (resumed)."""
+        self._files.append(_Departing(name, size, offset))
+        self._walk()
+
+    def handed(self, plain: int, wire: int) -> None:
+        """``plain`` bytes of the current file went into the channel as ``wire`` bytes."""
+        self._files[-1].plain += plain
+        self._handed_plain += plain
+        self._handed_wire += wire
+
+    def handed_all(self) -> None:
+        """The current file's last byte went into the channel."""
+        self._files[-1].handed_all = True
+        self._walk()
+
+    def left(self, unsent_wire: int) -> None:
+        """The channel still holds ``unsent_wire`` bytes: the rest has left."""
+        ratio = self._handed_plain / max(self._handed_wire, 1)  # compression
+        gone = self._handed_plain - int(unsent_wire * ratio)
+        self._gone = min(self._handed_plain, max(self._gone, gone))
+        self._walk()
+
+    def all_acknowledged(self) -> None:
+        """The receiver acknowledged every file: every byte arrived."""
+        self._gone = self._handed_plain
+        self._walk()
+
+    def close(self) -> None:
+        """The transfer ended (or failed): take down what is still shown."""
+        if self._head < len(self._files) and self._files[self._head].started:
+            self._progress.finish()
+        self._head = len(self._files)
+
+    def _walk(self) -> None:
+        before = sum(f.plain for f in self._files[: self._head])
+        while self._head < len(self._files):
+            f = self._files[self._head]
+            if not f.started:
+                f.started = True
+                self._progress.start(f.name, f.size)
+                self._progress.advance(f.offset)
+            now = min(f.plain, max(0, self._gone - before))
+            if now > f.shown:
+                self._progress.advance(now - f.shown)
+                f.shown = now
+            if not (f.handed_all and f.shown == f.plain):
+                return
+            self._progress.finish()
+            before += f.plain
+            self._head += 1
+
+
 async def _send_one(
     channel: Channel,
     proto: TransferProtocol,
     source: SourceFile,
     packer: _Packer,
-    progress: Progress,
+    departures: Departures,
     offset: int,
     prefix: HashState | None,
 ) -> FileRecord:
     """Send one file (or text, or pipe) from ``offset``; return its record."""
     digest = prefix if prefix is not None else hashlib.sha256()
     started = time.monotonic()
-    progress.start(source.name, None if source.stream else source.size)
-    progress.advance(offset)
-    plain = shown = offset  # bytes given to the channel / shown as sent
-    wire = 0  # what those bytes took on the wire (less, when compressed)
-    try:
-        async for block, chunks in _blocks(source, offset, packer):
-            digest.update(block)
-            for chunk in chunks:
-                await channel.send(proto.send(chunk))
-                plain += len(chunk.data) if chunk.plain_size is None else chunk.plain_size
-                wire += len(chunk.data)
-                # What left, not what was queued: the channel buffers megabytes.
-                unsent = channel.unsent_bytes() * (plain - offset) / max(wire, 1)
-                if (left := plain - int(unsent)) > shown:
-                    progress.advance(left - shown)
-                    shown = left
-            _drain_acks(channel, proto)
-        sha256 = digest.digest()
-        await channel.send(proto.send(FileDone(sha256)))
-        progress.advance(plain - shown)  # the rest is on its way, in order
-    finally:
-        progress.finish()
+    departures.file(source.name, None if source.stream else source.size, offset)
+    plain = offset  # bytes given to the channel
+    async for block, chunks in _blocks(source, offset, packer):
+        digest.update(block)
+        for chunk in chunks:
+            await channel.send(proto.send(chunk))
+            size = len(chunk.data) if chunk.plain_size is None else chunk.plain_size
+            plain += size
+            departures.handed(size, len(chunk.data))
+            departures.left(channel.unsent_bytes())
+        _drain_acks(channel, proto)
+    sha256 = digest.digest()
+    await channel.send(proto.send(FileDone(sha256)))
+    departures.handed_all()
+    departures.left(channel.unsent_bytes())
     on_disk = source.data is None and not source.stream
     return FileRecord(
         name="/".join((*source.folder, source.name)),

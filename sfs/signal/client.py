@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import socketio
+import yarl
 
 from sfs.errors import (
     CodeNotFoundError,
@@ -107,6 +108,54 @@ async def serves_page(url: str, *, ca_file: str | None = None) -> bool:
         return False
 
 
+async def why_unreachable(url: str, *, tls: ssl.SSLContext | bool, seconds: float) -> str:
+    """The one line that says why the Socket.IO connection to ``url`` failed.
+
+    python-socketio says only "Connection error" whatever happened, so one plain HTTP
+    request asks again: a name that does not resolve, nothing listening, and something
+    that answers but is not ``sfs serve`` (a web server, another service) each need
+    another fix.  Engine.IO answers a websocket request without its upgrade with 400.
+    """
+    base = url.rstrip("/")
+    try:
+        async with (
+            asyncio.timeout(max(1.0, min(seconds, PAGE_CHECK_SECONDS))),
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{base}/socket.io/?EIO=4&transport=websocket", ssl=tls, allow_redirects=False
+            ) as reply,
+        ):
+            status, kind = reply.status, reply.content_type
+    except aiohttp.ClientConnectorDNSError:
+        host = yarl.URL(url).host or url
+        return (
+            f"cannot reach the signaling server at {url}: the name {host} does not resolve "
+            "(a typo in --server / SFS_SERVER?)"
+        )
+    except aiohttp.ClientConnectorError as exc:
+        return (
+            f"cannot reach the signaling server at {url}: nothing answers at {exc.host}:"
+            f"{exc.port} (is `sfs serve` running? see --server / SFS_SERVER)"
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        logger.debug("asking %s again over plain HTTP failed", url, exc_info=True)
+    else:
+        if status == 400 and kind == "text/plain":
+            return (
+                f"the signaling server at {url} answers, but its websocket connection "
+                "failed (a proxy in front of it must pass websockets: Upgrade and "
+                "Connection headers)"
+            )
+        return (
+            f"something answers at {url} (HTTP {status}), but it is not `sfs serve`; "
+            "check --server / SFS_SERVER"
+        )
+    return (
+        f"cannot reach the signaling server at {url} (is `sfs serve` running? "
+        "see --server / SFS_SERVER)"
+    )
+
+
 class SignalClient:
     """A connection to ``sfs serve``.
 
@@ -128,8 +177,10 @@ class SignalClient:
         self.url = url
         self.connect_timeout = connect_timeout
         extra: dict[str, Any] = {}
+        self._ssl: ssl.SSLContext | bool = True
         if ca_file is not None:
-            extra["websocket_extra_options"] = {"ssl": trust(ca_file)}
+            self._ssl = trust(ca_file)
+            extra["websocket_extra_options"] = {"ssl": self._ssl}
         # handle_sigint=False: engine.io would otherwise cancel every task on Ctrl-C,
         # aiortc's included, before sfs could tell the peer and clean up.
         self._sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, **extra)
@@ -175,8 +226,7 @@ class SignalClient:
                     "SFS_CA_BUNDLE"
                 ) from exc
             raise ServerUnreachableError(
-                f"cannot reach the signaling server at {self.url} (is `sfs serve` running? "
-                "see --server / SFS_SERVER)"
+                await why_unreachable(self.url, tls=self._ssl, seconds=self.connect_timeout)
             ) from exc
         return self
 

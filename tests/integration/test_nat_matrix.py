@@ -46,7 +46,7 @@ RELAYED_BY_PEER = f"relayed by the other side's TURN {PUB_IP}"
 RELAYED = (RELAYED_UDP, RELAYED_TCP, RELAYED_BY_PEER)
 DIRECT_TCP = "direct over TCP"
 _PATH_RE = re.compile(
-    r", (direct over TCP|direct on the local network|direct through NAT"
+    r", (direct over TCP|direct on the local network|direct through NAT|direct"
     r"|relayed by TURN \S+ \((?:udp|tcp)\)|relayed by the other side's TURN \S+)$"
 )
 

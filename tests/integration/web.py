@@ -130,7 +130,9 @@ def _sfs(*args: str) -> list[str]:
 
 
 @contextmanager
-def lab(workdir: Path) -> Iterator[Lab]:
+def lab(workdir: Path, *, mdns: bool = False) -> Iterator[Lab]:
+    """:param mdns: Chromium as users run it, its host addresses hidden behind mDNS
+    ``.local`` names (aioice then learns them as peer-reflexive)."""
     from playwright.sync_api import sync_playwright
 
     with web_namespace() as netns:
@@ -143,7 +145,7 @@ def lab(workdir: Path) -> Iterator[Lab]:
                 browser = playwright.chromium.launch(
                     executable_path=str(wrapper),
                     args=[
-                        *CHROMIUM_ARGS,
+                        *(a for a in CHROMIUM_ARGS if not (mdns and "Mdns" in a)),
                         # WebCrypto, the service worker and the File System Access
                         # API need a secure context: what https gives in real use.
                         f"--unsafely-treat-insecure-origin-as-secure={server.url}",

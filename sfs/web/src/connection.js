@@ -391,15 +391,9 @@ export class PeerLink {
         });
       }
       if (pair === null) return "";
-      const local = stats.get(pair.localCandidateId)?.candidateType;
-      const remote = stats.get(pair.remoteCandidateId)?.candidateType;
-      if (local === "relay") return "relayed by TURN";
-      if (remote === "relay") return "relayed by the other side's TURN";
-      if (local === "srflx" || remote === "srflx") return "direct through NAT";
-      // A peer-reflexive candidate is an address learnt from the peer's own checks:
-      // a NAT's, or just one not signalled (common on a LAN), so it proves nothing.
-      if (local === "host" && remote === "host") return "direct on the local network";
-      return "direct";
+      const local = stats.get(pair.localCandidateId);
+      const remote = stats.get(pair.remoteCandidateId);
+      return routeOf(local?.candidateType, remote?.candidateType, remote?.address ?? "");
     } catch {
       return "";
     }
@@ -410,6 +404,29 @@ export class PeerLink {
     this._readyCallbacks.reject(new PeerGoneError());
     if (this._link !== null) this._link.markClosed();
   }
+}
+
+// Private and link-local ranges: a peer seen at one of these from a host candidate
+// of ours is on our side of any NAT.  (100.64.0.0/10, a carrier's NAT, is not one.)
+const PRIVATE_ADDRESS =
+  /^(10\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.|169\.254\.|f[cd][0-9a-f]{2}:|fe[89ab][0-9a-f]:)/i;
+
+/**
+ * How the data flows, from the selected pair's candidate types and the peer's address
+ * (pure; the page cannot see its own interfaces, so a private address stands for "on
+ * our network").  A peer-reflexive candidate is an address learnt from the peer's
+ * own checks: a NAT's, or one not signalled, so only where it is says anything.
+ * "direct" when nothing is known, never a guess.
+ */
+export function routeOf(local, remote, remoteAddress) {
+  if (local === "relay") return "relayed by TURN";
+  if (remote === "relay") return "relayed by the other side's TURN";
+  if (local === "srflx" || remote === "srflx") return "direct through NAT";
+  // Chromium's own address comes back as peer-reflexive when it hid it behind an
+  // mDNS name: the peer's checks name it, and that proves no NAT.
+  const onOurSide = remoteAddress.toLowerCase().endsWith(".local") || PRIVATE_ADDRESS.test(remoteAddress);
+  if (onOurSide) return "direct on the local network";
+  return "direct";
 }
 
 function noDirectConnection(what) {

@@ -407,6 +407,86 @@ export const NULL_PROGRESS = Object.freeze({
   finish() {},
 });
 
+/** How often the progress looks again at the channel's buffer while only the
+ * acknowledgements are awaited (a display refresh, not a wait). */
+export const PROGRESS_TICK_MS = 250;
+
+/**
+ * A sender's progress as what has left for the receiver, not what was queued
+ * (transfer.py's Departures, line for line).  The channel buffers megabytes
+ * (unsentBytes()), and the next file's bytes are handed over while the last one's
+ * are still buffered; so a file is shown started, advanced and finished as its
+ * bytes leave, in order, and at the last acknowledgement everything counts.
+ */
+export class Departures {
+  constructor(progress) {
+    this._progress = progress;
+    this._files = [];
+    this._head = 0; // the first file not yet shown finished
+    this._handed = 0;
+    this._gone = 0;
+  }
+
+  /** The next file. */
+  file(name, size) {
+    this._files.push({ name, size, plain: 0, handedAll: false, started: false, shown: 0 });
+    this._walk();
+  }
+
+  /** `n` bytes of the current file went into the channel. */
+  handed(n) {
+    this._files[this._files.length - 1].plain += n;
+    this._handed += n;
+  }
+
+  /** The current file's last byte went into the channel. */
+  handedAll() {
+    this._files[this._files.length - 1].handedAll = true;
+    this._walk();
+  }
+
+  /** The channel still holds `unsent` bytes: the rest has left. */
+  left(unsent) {
+    this._gone = Math.min(this._handed, Math.max(this._gone, this._handed - unsent));
+    this._walk();
+  }
+
+  /** The receiver acknowledged every file. */
+  allAcknowledged() {
+    this._gone = this._handed;
+    this._walk();
+  }
+
+  /** The transfer ended (or failed): take down what is still shown. */
+  close() {
+    if (this._head < this._files.length && this._files[this._head].started) {
+      this._progress.finish();
+    }
+    this._head = this._files.length;
+  }
+
+  _walk() {
+    let before = 0;
+    for (let i = 0; i < this._head; i++) before += this._files[i].plain;
+    while (this._head < this._files.length) {
+      const f = this._files[this._head];
+      if (!f.started) {
+        f.started = true;
+        this._progress.start(f.name, f.size);
+      }
+      const now = Math.min(f.plain, Math.max(0, this._gone - before));
+      if (now > f.shown) {
+        this._progress.advance(now - f.shown);
+        f.shown = now;
+      }
+      if (!(f.handedAll && f.shown === f.plain)) return;
+      this._progress.finish();
+      before += f.plain;
+      this._head += 1;
+    }
+  }
+}
+
 /**
  * Offer `files`, stream them if accepted, and resolve after the last acknowledgement.
  *
@@ -457,14 +537,26 @@ export async function sendFiles(
     // Every file from its start, whatever the receiver holds (see the top of the file).
     await outbox.send(new Resume(files.map(() => 0)));
     progress.begin(files.length, offer.totalSize);
-    for (const file of files) {
-      const options = { chunkSize, progress, cancel };
-      result.totalBytes += await sendOne(channel, proto, outbox, file, options);
-      result.files.push(file.name);
-    }
-    while (proto.state !== State.DONE) {
-      const event = await nextEvent(channel, proto, { signal: cancel });
-      if (!(event instanceof FileAck)) throw peerStopped(event);
+    const departures = new Departures(progress);
+    try {
+      for (const file of files) {
+        const options = { chunkSize, departures, cancel };
+        result.totalBytes += await sendOne(channel, proto, outbox, file, options);
+        result.files.push(file.name);
+      }
+      // The buffer drains while the acknowledgements come: the bar follows it.
+      const follow = setInterval(() => departures.left(channel.unsentBytes()), PROGRESS_TICK_MS);
+      try {
+        while (proto.state !== State.DONE) {
+          const event = await nextEvent(channel, proto, { signal: cancel });
+          if (!(event instanceof FileAck)) throw peerStopped(event);
+        }
+      } finally {
+        clearInterval(follow);
+      }
+      departures.allAcknowledged();
+    } finally {
+      departures.close();
     }
     return result.finish();
   } catch (error) {
@@ -477,43 +569,35 @@ export async function sendFiles(
 }
 
 /** Send one file; resolve to its size. */
-async function sendOne(channel, proto, outbox, file, { chunkSize, progress, cancel }) {
+async function sendOne(channel, proto, outbox, file, { chunkSize, departures, cancel }) {
   const digest = sha256.create();
   const size = file.size;
-  progress.start(file.name, size);
+  departures.file(file.name, size);
   const blockSize = Math.max(chunkSize, Math.floor(READ_BLOCK_BYTES / chunkSize) * chunkSize);
   const read = (at) => {
     const reading = readBlock(file, at, Math.min(at + blockSize, size));
     reading.catch(() => {}); // awaited below, or dropped once something else failed
     return reading;
   };
-  let shown = 0;
-  try {
-    // The next block is read while this one is sealed and sent.
-    let next = size ? read(0) : null;
-    for (let at = 0; at < size; at += blockSize) {
-      cancel?.throwIfAborted();
-      const block = await next;
-      next = at + blockSize < size ? read(at + blockSize) : null;
-      digest.update(block);
-      const sends = [];
-      for (let i = 0; i < block.length; i += chunkSize) {
-        sends.push(outbox.send(new Chunk(block.subarray(i, i + chunkSize))));
-      }
-      await Promise.all(sends); // backpressure: the channel holds at most its high water
-      // What left, not what was queued: the channel buffers megabytes.
-      const left = at + block.length - channel.unsentBytes();
-      if (left > shown) {
-        progress.advance(left - shown);
-        shown = left;
-      }
-      await drainAcks(channel, proto);
+  // The next block is read while this one is sealed and sent.
+  let next = size ? read(0) : null;
+  for (let at = 0; at < size; at += blockSize) {
+    cancel?.throwIfAborted();
+    const block = await next;
+    next = at + blockSize < size ? read(at + blockSize) : null;
+    digest.update(block);
+    const sends = [];
+    for (let i = 0; i < block.length; i += chunkSize) {
+      sends.push(outbox.send(new Chunk(block.subarray(i, i + chunkSize))));
     }
-    await outbox.send(new FileDone(digest.digest()));
-    progress.advance(size - shown); // the rest is on its way, in order
-  } finally {
-    progress.finish();
+    await Promise.all(sends); // backpressure: the channel holds at most its high water
+    departures.handed(block.length);
+    departures.left(channel.unsentBytes());
+    await drainAcks(channel, proto);
   }
+  await outbox.send(new FileDone(digest.digest()));
+  departures.handedAll();
+  departures.left(channel.unsentBytes());
   return size;
 }
 

@@ -10,7 +10,7 @@ import { describe, it } from "node:test";
 
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 
-import { DataChannelLink } from "../src/connection.js";
+import { DataChannelLink, routeOf } from "../src/connection.js";
 import { SessionKeys } from "../src/crypto.js";
 import {
   CancelledByPeerError,
@@ -32,6 +32,7 @@ import { AsyncQueue } from "../src/queue.js";
 import { printable } from "../src/text.js";
 import {
   DECLINED_REASON,
+  Departures,
   finalLine,
   FOLDERS_REASON,
   formatSize,
@@ -409,3 +410,88 @@ describe("names and sizes as sfs/peer/transfer.py writes them", () => {
   });
 });
 
+
+describe("the sender's progress counts what has left (Departures, as transfer.py's)", () => {
+  class Recorder {
+    constructor() {
+      this.calls = [];
+      this.shown = 0;
+    }
+    start(name) {
+      this.calls.push(["start", name]);
+    }
+    advance(n) {
+      assert.ok(n >= 0);
+      this.shown += n;
+    }
+    finish() {
+      this.calls.push(["finish", this.shown]);
+    }
+  }
+
+  it("a file is done only when its last byte has left, not when it was queued", () => {
+    const shown = new Recorder();
+    const d = new Departures(shown);
+    d.file("a.bin", 10_000_000);
+    d.handed(10_000_000);
+    d.left(4_000_000);
+    assert.equal(shown.shown, 6_000_000);
+    d.handedAll();
+    assert.deepEqual(shown.calls, [["start", "a.bin"]]); // 4 MB still buffered
+    d.left(1_000_000);
+    assert.equal(shown.shown, 9_000_000);
+    d.allAcknowledged();
+    assert.deepEqual(shown.calls.at(-1), ["finish", 10_000_000]);
+  });
+
+  it("the next file starts when the last one's bytes have left", () => {
+    const shown = new Recorder();
+    const d = new Departures(shown);
+    d.file("a", 100);
+    d.handed(100);
+    d.handedAll();
+    d.file("b", 50);
+    d.handed(50);
+    d.left(120);
+    assert.deepEqual(shown.calls, [["start", "a"]]);
+    assert.equal(shown.shown, 30);
+    d.left(40);
+    assert.deepEqual(shown.calls, [["start", "a"], ["finish", 100], ["start", "b"]]);
+    assert.equal(shown.shown, 110);
+    d.left(60); // never backwards
+    assert.equal(shown.shown, 110);
+    d.handedAll();
+    d.allAcknowledged();
+    assert.deepEqual(shown.calls.at(-1), ["finish", 150]);
+    d.close();
+    assert.equal(shown.calls.length, 4);
+  });
+});
+
+describe("the page's route label (routeOf): from what is known, 'direct' when unsure", () => {
+  const LOCAL = "direct on the local network";
+  const NAT = "direct through NAT";
+  const cases = [
+    // [local type, remote type, remote address, label]
+    ["host", "host", "10.203.0.2", LOCAL],
+    ["host", "prflx", "192.168.1.30", LOCAL], // the CLI learnt from its checks, same LAN
+    ["host", "host", "1f0e8c2a-77aa.local", LOCAL],
+    ["host", "host", "fd00::30", LOCAL],
+    ["host", "prflx", "172.20.0.5", LOCAL],
+    ["host", "srflx", "203.0.113.7", NAT],
+    ["srflx", "host", "203.0.113.7", NAT],
+    ["prflx", "host", "10.203.0.2", LOCAL], // Chromium's own mDNS-hidden address, named by the peer
+    ["prflx", "host", "203.0.113.7", "direct"],
+    ["host", "host", "203.0.113.7", "direct"], // a public address: routed, no NAT seen
+    ["host", "prflx", "203.0.113.7", "direct"],
+    ["host", "prflx", "100.64.0.9", "direct"], // a carrier's NAT range is not ours
+    ["host", "host", "", "direct"],
+    ["relay", "host", "10.0.0.1", "relayed by TURN"],
+    ["host", "relay", "198.51.100.9", "relayed by the other side's TURN"],
+  ];
+  for (const [local, remote, address, label] of cases) {
+    it(`${local} / ${remote} ${address || "(no address)"}: ${label}`, () => {
+      assert.equal(routeOf(local, remote, address), label);
+    });
+  }
+});
