@@ -345,7 +345,9 @@ class DataChannelLink:
         # acknowledged by the peer's SCTP (sfs has one channel per association).
         held = int(self._channel.bufferedAmount)
         sctp = getattr(self._channel, "transport", None)
-        if isinstance(sctp, RTCSctpTransport):
+        # Only where aiortc's insides are as tested (sctp_internals_fit): elsewhere the
+        # progress counts what left aiortc's own buffer, a window ahead at most.
+        if isinstance(sctp, RTCSctpTransport) and sctp_internals_fit():
             held += int(sctp._flight_size)
             held += sum(len(chunk.user_data) for chunk in sctp._outbound_queue)
         return held
@@ -396,6 +398,9 @@ _SCTP_ATTRIBUTES = frozenset(
         "_sack_misordered",
         "_sack_needed",
         "_association_state",
+        # Read, not written: what SCTP still holds of what was sent (unsent_bytes).
+        "_flight_size",
+        "_outbound_queue",
     }
 )
 
