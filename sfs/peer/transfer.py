@@ -473,11 +473,12 @@ def _plan_tops(
     """The local name of each folder at the top of the offer (casefolded -> name): its
     own, or the next free one when a folder of that name here is not to be continued."""
     under: dict[str, list[tuple[FileInfo, tuple[str, ...]]]] = {}
-    taken = places.taken(output_dir)
+    # The files at the top keep their names from the folders' (and take theirs later).
+    taken = set(places.taken(output_dir))
     for info, parts in files:
         if len(parts) > 1:
             under.setdefault(parts[0].casefold(), []).append((info, parts))
-        else:  # the files at the top keep their names from the folders'
+        else:
             taken |= names_taken(parts[0])
     tops: dict[str, str] = {}
     for wanted in dict.fromkeys(wanted_tops):
@@ -502,6 +503,7 @@ def _plan_tops(
                 )
                 break
         taken.add(name.casefold())
+        places.taken(output_dir).add(name.casefold())
         tops[wanted.casefold()] = name
         if name != wanted:
             places.notes.append(f"{wanted}/ exists: will save as {name}/")
