@@ -78,6 +78,7 @@ from sfs.peer.protocol import MAX_ENTRIES, Offer, Role, TransferProtocol
 from sfs.peer.tcp import DirectPath, Opened, TcpLink, Transport, open_transport
 from sfs.peer.transfer import (
     Channel,
+    Plan,
     Progress,
     Sources,
     TransferResult,
@@ -113,7 +114,9 @@ class Ui(Protocol):
         """Show the code; ``link`` opens the server's web page with it filled in."""
 
     def progress(self) -> Progress: ...
-    async def decide(self, offer: Offer) -> bool: ...
+    async def decide(self, offer: Offer, plan: Plan) -> bool:
+        """Ask whether to take ``offer``; ``plan`` says where each file would go."""
+
     async def confirm_verifier(self, verifier: str) -> bool: ...
     def kept_partial(self, name: str, held_bytes: int) -> None: ...
 
@@ -315,8 +318,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
     async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
-        if config.verify:
-            await _verify(ui, channel, proto, session.keys)
+        await _verify(ui, channel, proto, session.keys, ask=config.verify)
         wanted = config.chunk_size or channel.preferred_chunk_size
         chunk_size = min(wanted, channel.max_message_size - FRAME_OVERHEAD_BYTES)
         if chunk_size < wanted:
@@ -355,8 +357,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             page = config.peer.server_url
     async with receiver_session(config.peer, ui, code=config.code, page=page) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
-        if config.verify:
-            await _verify(ui, session.channel, proto, session.keys)
+        await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
         result = await receive_files(
             session.channel,
             proto,
@@ -380,14 +381,23 @@ def _log_result(verb: str, result: TransferResult) -> None:
     logger.info("%s %d bytes in %.6f s", verb, result.total_bytes, result.elapsed)
 
 
-async def _verify(ui: Ui, channel: Channel, proto: TransferProtocol, keys: SessionKeys) -> None:
-    """Have the user compare the verification strings before any offer moves.
+async def _verify(
+    ui: Ui, channel: Channel, proto: TransferProtocol, keys: SessionKeys, *, ask: bool
+) -> None:
+    """Show the verification string; with ``ask`` (--verify), have the user compare the
+    strings before any offer moves.
+
+    Every side shows it, as the web page does, so either side may compare whatever
+    the other runs; only --verify waits for an answer.
 
     Both sides ask as soon as their channel is open, so each shows its string at
     once: neither user is asked to compare with a string the other side does not show
     yet. Keepalives run meanwhile: a user who takes a while to compare must not look
     like a lost connection to the other side.
     """
+    if not ask:
+        ui.status(f"Verification: {keys.verifier} (the other side shows the same)")
+        return
     try:
         async with keepalive(channel, proto):
             confirmed = await ui.confirm_verifier(keys.verifier)

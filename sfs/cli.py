@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from sfs.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
     from sfs.peer.protocol import FileInfo, Offer
-    from sfs.peer.transfer import Progress, TransferResult
+    from sfs.peer.transfer import Plan, Progress, TransferResult
     from sfs.signal.messages import IceServer
     from sfs.signal.turn import TurnSecret
 
@@ -362,7 +362,7 @@ class ConsoleUi:
         say("Verification string: ", Styled(verifier, bold=True))
         return await self._ask(lambda: _confirm("Does the other side show the same?"))
 
-    async def decide(self, offer: Offer) -> bool:
+    async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
         import shutil
 
         from sfs.peer.transfer import is_tree, safe_name
@@ -388,6 +388,8 @@ class ConsoleUi:
             screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
             for line in offer_listing(offer, max_lines=screen, width=width):
                 self.status(line)
+        for line in plan_lines(plan):
+            self.status(line)
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
         plain = not (is_tree(offer) or offer.text or offer.stream)
         size = f" ({format_size(offer.total_size)})" if plain else ""
@@ -396,6 +398,19 @@ class ConsoleUi:
             self.status(f"{question} yes (--yes)")
             return True
         return await self._ask(lambda: _confirm(question))
+
+
+def plan_lines(plan: Plan | None) -> list[str]:
+    """What happens to the names that are taken (``report.pdf exists: will save as
+    report (1).pdf``), said before the question: a few, then how many more."""
+    from sfs.peer.transfer import MAX_PLAN_NOTES
+
+    if plan is None:
+        return []
+    lines = [printable(note) for note in plan.notes[:MAX_PLAN_NOTES]]
+    if len(plan.notes) > MAX_PLAN_NOTES:
+        lines.append(f"…and {len(plan.notes) - MAX_PLAN_NOTES} more names that are taken")
+    return lines
 
 
 def show_qr(text: str, *, err: bool) -> None:

@@ -21,7 +21,14 @@ from typing import Any
 
 from sfs.lan.record import Advert
 from sfs.peer.protocol import Offer
-from sfs.peer.transfer import FileRecord, TransferResult, describe_offer, format_size, is_tree
+from sfs.peer.transfer import (
+    FileRecord,
+    Plan,
+    TransferResult,
+    describe_offer,
+    format_size,
+    is_tree,
+)
 from sfs.text import printable
 
 #: At most one progress event this often (and always one as each file ends).
@@ -57,16 +64,23 @@ def offer_kind(offer: Offer) -> str:
     return "tree" if is_tree(offer) else "files"
 
 
-def offer_event(offer: Offer) -> dict[str, Any]:
+def offer_event(offer: Offer, plan: Plan | None = None) -> dict[str, Any]:
+    """:param plan: where each file is to be saved (each file's ``path``: None for a
+    text message or ``--stdout``), and what happens to the names that are taken."""
+    paths: list[str | None] = [None] * len(offer.files)
+    if plan is not None and plan.written:
+        paths = [os.path.abspath(path) for path in plan.paths]
     return {
         "type": "offer",
         "kind": offer_kind(offer),
         "sender": offer.sender,
         "files": [
-            {"name": "/".join((*info.folder, info.name)), "size": info.size} for info in offer.files
+            {"name": "/".join((*info.folder, info.name)), "size": info.size, "path": path}
+            for info, path in zip(offer.files, paths, strict=True)
         ],
         "folders": ["/".join(folder) for folder in offer.folders],
         "total": None if offer.stream else offer.total_size,
+        "notes": list(plan.notes) if plan is not None else [],
     }
 
 
@@ -194,8 +208,8 @@ class JsonUi:
             f"Verification string: {verifier}. Does the other side show the same?"
         )
 
-    async def decide(self, offer: Offer) -> bool:
-        self.lines.emit(offer_event(offer))
+    async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
+        self.lines.emit(offer_event(offer, plan))
         if self.assume_yes:
             return True
         sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sfs.errors import PeerGoneError
 from sfs.peer.crypto import KeyExchange, SessionKeys
 from sfs.peer.protocol import Offer
-from sfs.peer.transfer import NullProgress, Progress
+from sfs.peer.transfer import NullProgress, Plan, Progress
 
 
 class QuietUi:
@@ -30,7 +30,7 @@ class QuietUi:
     def progress(self) -> Progress:
         return NullProgress()
 
-    async def decide(self, offer: Offer) -> bool:
+    async def decide(self, offer: Offer, plan: Plan) -> bool:
         return True
 
     async def confirm_verifier(self, verifier: str) -> bool:

@@ -170,6 +170,9 @@ class Offer:
     chunk_size: int = DEFAULT_CHUNK_BYTES
     folders: tuple[tuple[str, ...], ...] = ()
     text: bool = False
+    #: The sender can continue an interrupted transfer of these files (``"resumes":
+    #: false`` says it cannot: the web page; absent, it can).
+    resumes: bool = True
 
     @property
     def total_size(self) -> int:
@@ -310,8 +313,8 @@ def _int_field(obj: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
-def _bool_field(obj: dict[str, Any], key: str) -> bool:
-    value = obj.get(key, False)
+def _bool_field(obj: dict[str, Any], key: str, *, default: bool = False) -> bool:
+    value = obj.get(key, default)
     if not isinstance(value, bool):
         raise RemoteProtocolError(f"field {key!r} must be true or false")
     return value
@@ -435,6 +438,8 @@ def _offer_object(offer: Offer, version: int) -> dict[str, Any]:
     }
     if version >= 2:
         obj["folders"] = [list(folder) for folder in offer.folders]
+    if not offer.resumes:
+        obj["resumes"] = False
     return obj
 
 
@@ -443,9 +448,10 @@ def encode_offer(offer: Offer) -> bytes:
     version = offer.version
     if version < 3:
         return _encode_json(_offer_object(offer, version))
-    return _encode_json(
-        {"v": 3, "sender": offer.sender, "chunk_size": offer.chunk_size, "text": offer.text}
-    )
+    header = {"v": 3, "sender": offer.sender, "chunk_size": offer.chunk_size, "text": offer.text}
+    if not offer.resumes:
+        header["resumes"] = False
+    return _encode_json(header)
 
 
 def encode_listing(offer: Offer) -> bytes:
@@ -530,6 +536,7 @@ def decode_offer(payload: bytes, listing: bytes | None = None) -> Offer:
         chunk_size=_int_field(obj, "chunk_size", 1, MAX_CHUNK_BYTES),
         folders=folders,
         text=text,
+        resumes=_bool_field(obj, "resumes", default=True),
     )
     _check_kind(offer, RemoteProtocolError)
     return offer

@@ -10,8 +10,9 @@ holds), the SHA-256 is checked, the data is fsynced, and only then does the file
 at its final name, without ever replacing an existing file unless the user asked for
 that.  A file at either hidden name that sfs did not write is never opened, truncated
 or removed: the transfer is refused instead.  Each name is claimed by one transfer at a
-time (:mod:`sfs.peer.claims`): a second ``sfs receive`` in the same folder never touches
-the first one's files, and saves a file of the same name under the next free name.
+time (:mod:`sfs.peer.claims`).  One rule for every name that is taken (a file already
+there, another transfer's claim, two offered files that become one name, a file that
+appears before the last step): the file goes to the next free name, ``NAME (1).EXT``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import tempfile
 import time
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,6 @@ from sfs.peer.protocol import (
     TransferProtocol,
 )
 from sfs.peer.tree import (
-    local_parts,
     open_regular,
     plan_tree,
     reads_more_than_its_size,
@@ -88,15 +88,20 @@ logger = logging.getLogger(__name__)
 
 #: The partial copy of NAME is ``.NAME.sfs-part``, its record ``.NAME.sfs-info``, and
 #: the lock that claims NAME for one transfer ``.NAME.sfs-lock``: hidden, and names no
-#: user file has by accident. A final name never starts with a dot (safe_name), so it
-#: can never be one of these.
+#: user file has by accident. A final name never has one of these forms (safe_name
+#: takes the dot off an offered one), so it can never be taken for one.
 PART_SUFFIX = ".sfs-part"
 META_SUFFIX = ".sfs-info"
 LOCK_SUFFIX = ".sfs-lock"
 #: Most file systems limit a name to 255 bytes; keep room for the dot and suffix.
 MAX_NAME_BYTES = 255 - 1 - max(len(PART_SUFFIX), len(META_SUFFIX), len(LOCK_SUFFIX))
-#: The number the second file of one name gets: ``a.txt``, then ``a (2).txt``.
-FIRST_COPY_NUMBER = 2
+#: The number the second file of one name gets: ``a.txt``, then ``a (1).txt`` (as
+#: browsers and LocalSend number a download whose name is taken).
+FIRST_COPY_NUMBER = 1
+#: How many numbered names are tried for one file before giving up.
+MAX_COPY_NUMBER = 10_000
+#: The staging folder's name starts with this (mkdtemp's prefix).
+STAGING_PREFIX = ".sfs-staging-"
 #: What a record says it is, so that no other JSON file passes for one.
 RECORD_KIND = "sfs partial copy"
 _MAX_RECORD_BYTES = 16 * 1024
@@ -172,40 +177,66 @@ class NullProgress:
 # -- names --------------------------------------------------------------------------------
 
 
-def safe_name(offered: str) -> str:
+def safe_name(offered: str, *, in_folder: bool = False) -> str:
     """Reduce a name offered by the peer to a plain, harmless file name.
 
     Only the last path component survives (``/`` and ``\\`` both count), control
     and invisible formatting characters go (NUL, escapes, bidi overrides), leading
-    dots go (no hidden files such as ``.bashrc``), characters and device names that
-    Windows cannot store are defused (``:<>|?*"`` become ``_``; ``CON``, ``COM¹``,
-    ``CONIN$`` get a ``_`` in front), and the result fits in MAX_NAME_BYTES with the
-    extension kept.
+    dots go (no hidden files such as ``.bashrc`` at the top of the output folder),
+    characters and device names that Windows cannot store are defused (``:<>|?*"``
+    become ``_``; ``CON``, ``COM¹``, ``CONIN$`` get a ``_`` in front), and the result
+    fits in MAX_NAME_BYTES with the extension kept.
 
+    :param in_folder: a name inside an offered folder keeps its leading dot
+        (``.gitignore``): the user chose the folder, and nothing of theirs is hidden
+        from them by it; but never a name of sfs's own form (``.x.sfs-part``, a
+        staging folder), which loses its dot instead, so it is never taken for one.
     :raises RemoteProtocolError: nothing usable is left.
     """
     name = offered.replace("\\", "/").rsplit("/", 1)[-1]
     # The characters never shown raw on a terminal are never kept in a name either.
     name = "".join(c for c in name if not is_unsafe(c))
-    name = _trim(unicodedata.normalize("NFC", name).translate(_WINDOWS_UNSAFE_CHARS))
+    name = unicodedata.normalize("NFC", name).translate(_WINDOWS_UNSAFE_CHARS)
+    hidden_ok = in_folder and not is_own_name(name.strip())
+    trim = _trim_keeping_dots if hidden_ok else _trim
+    name = trim(name)
     if not name:
         raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
-    name = _fit(name)
+    name = _fit(name, trim)
     # After the cut: a stem cut short could be a device name ("COM1" of "COM1xyz...").
     if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
-        name = _fit("_" + name)
+        name = _fit("_" + name, trim)
     return name
 
 
-def _fit(name: str) -> str:
+def is_own_name(name: str) -> bool:
+    """A name of the form sfs gives its own files: a partial copy, its record, a
+    lock, the staging folder."""
+    folded = name.casefold()
+    return folded.startswith(".") and (
+        folded.endswith((PART_SUFFIX, META_SUFFIX, LOCK_SUFFIX))
+        or folded.startswith(STAGING_PREFIX)
+    )
+
+
+def _fit(name: str, trim: Callable[[str], str]) -> str:
     """Cut ``name`` to MAX_NAME_BYTES, keeping a short extension."""
     if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
         return name
-    stem, dot, ext = name.rpartition(".")
+    stem, dot, ext = _split_ext(name)
     keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
     suffix = ("." + ext).encode("utf-8") if keep_ext else b""
     base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
-    return _trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
+    return trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
+
+
+def _split_ext(name: str) -> tuple[str, str, str]:
+    """Stem, dot, extension; a hidden name's leading dot starts no extension
+    (``.gitignore`` has none, ``.config.json`` has ``json``)."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem.strip("."):
+        return name, "", ""
+    return stem, dot, ext
 
 
 def _names_written(name: str) -> tuple[str, str, str, str]:
@@ -219,28 +250,40 @@ def names_taken(name: str) -> set[str]:
     return {used.casefold() for used in _names_written(name)}
 
 
-def free_name(wanted: str, taken: Container[str]) -> str:
-    """The first of ``wanted``, ``wanted (2)``, ``wanted (3)``… (the extension kept)
-    none of whose names (:func:`names_taken`) is in ``taken``.
+def free_name(wanted: str, taken: Container[str], *, folder: bool = False) -> str:
+    """The first of ``wanted``, ``wanted (1)``, ``wanted (2)``… (the extension kept,
+    unless it is a ``folder``) none of whose names (:func:`names_taken`) is in ``taken``.
 
     Pure: finding what is taken (the other files of the offer, names another transfer
     holds, files already there) is the caller's.
     """
-    name, n = wanted, FIRST_COPY_NUMBER - 1
-    while any(used in taken for used in names_taken(name)):
-        n += 1
-        name = _numbered(wanted, n)
-    return name
+    return next(name for name in _candidates(wanted, folder=folder) if not _clashes(name, taken))
 
 
-def _numbered(name: str, n: int) -> str:
-    """``name (n).ext``, still within MAX_NAME_BYTES."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot or len(ext.encode("utf-8")) > 16:
+def _clashes(name: str, taken: Container[str]) -> bool:
+    return any(used in taken for used in names_taken(name))
+
+
+def _candidates(wanted: str, *, folder: bool = False) -> Iterator[str]:
+    """``wanted``, then its numbered names, MAX_COPY_NUMBER of them.
+
+    :raises DestinationExistsError: (once they are all used up) every one is taken.
+    """
+    yield wanted
+    for n in range(FIRST_COPY_NUMBER, FIRST_COPY_NUMBER + MAX_COPY_NUMBER):
+        yield _numbered(wanted, n, folder=folder)
+    raise DestinationExistsError(f"{wanted!r} and {MAX_COPY_NUMBER} numbered names are all taken")
+
+
+def _numbered(name: str, n: int, *, folder: bool = False) -> str:
+    """``name (n).ext`` (a folder: ``name (n)``), still within MAX_NAME_BYTES."""
+    stem, dot, ext = ("", "", "") if folder else _split_ext(name)
+    if folder or not dot or len(ext.encode("utf-8")) > 16:
         stem, dot, ext = name, "", ""
     tail = f" ({n}){dot}{ext}"
     budget = MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    return _trim(stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore")) + tail
+    # Only the end is trimmed: a hidden name inside a folder keeps its dot.
+    return stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore").rstrip(". ") + tail
 
 
 def _trim(name: str) -> str:
@@ -252,20 +295,54 @@ def _trim(name: str) -> str:
         name = trimmed
 
 
+def _trim_keeping_dots(name: str) -> str:
+    """Strip space at both ends and dots at the end (Windows drops trailing ones); a
+    name of dots only is nothing."""
+    trimmed = name.strip().rstrip(". ")
+    return trimmed if trimmed.strip(".") else ""
+
+
 def is_tree(offer: Offer) -> bool:
     return bool(offer.folders) or any(info.folder for info in offer.files)
 
 
+@dataclass
+class Plan:
+    """What each offered file will become here, decided before the user is asked, and
+    shown to them with the question.
+
+    :param paths: each offered file's final path. A file that finds its name taken
+        later (another transfer's claim, a file that appeared) moves on to the next
+        free name, and the line that says it is saved names the path it has.
+    :param folders: every folder a folder offer makes here, parents first.
+    :param notes: one line for each name that is taken, saying what happens instead.
+    :param written: False for a text message or ``--stdout``: the paths are only names.
+    """
+
+    paths: list[Path]
+    folders: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    written: bool = True
+
+
 def plan_destinations(
     offer: Offer, output_dir: Path, *, overwrite: bool, resume: bool = False
-) -> list[Path]:
+) -> Plan:
     """Choose the final path of every offered file, or refuse before anything is written.
+
+    A name that is taken (by a file or folder already there, or by another offered
+    file) goes to the next free name, ``NAME (1).EXT``; with ``overwrite`` a file
+    there is replaced instead.  A folder offered at the top whose name is a folder
+    here is continued (an interrupted transfer of it: it holds part of this offer and
+    nothing in its way) or, unless ``overwrite``, the offered one goes to the next free
+    name, ``photos (1)/``.
 
     :param resume: a regular file already at a destination, of the offered size, is
         no conflict: it may be the same file from an interrupted transfer, which
-        the sender's SHA-256 will tell (see :func:`find_held`).
-    :raises DestinationExistsError: destinations exist and ``overwrite`` is off (all
-        of them named in one message).
+        the sender's SHA-256 will tell (see :func:`find_held`); if not, the offered
+        file goes to the next free name then.
+    :raises DestinationExistsError: a file sfs did not write is at the name of one of
+        its own (a partial copy, its record).
     :raises DiskError: the output folder is unusable or has too little free space.
     :raises RemoteProtocolError: an offered path that cannot be placed safely.
     """
@@ -273,55 +350,73 @@ def plan_destinations(
         raise DiskError(f"the output folder {str(output_dir)!r} does not exist")
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(output_dir)!r} is not writable")
-    paths = _plan_tree(offer, output_dir) if is_tree(offer) else _plan_flat(offer, output_dir)
-    _check_existing(offer, paths, overwrite=overwrite, resume=resume)
-    _check_free_space(offer, output_dir, paths)
-    return paths
+    places = _Places(output_dir, overwrite=overwrite, resume=resume)
+    if is_tree(offer):
+        plan = _plan_tree(offer, output_dir, places)
+    else:
+        paths = [places.file(output_dir, safe_name(info.name), info) for info in offer.files]
+        plan = Plan(paths, notes=places.notes)
+    _check_free_space(offer, output_dir, plan.paths)
+    return plan
 
 
-def _plan_flat(offer: Offer, output_dir: Path) -> list[Path]:
-    paths: list[Path] = []
-    # Every name sfs will write, for two offered files that reduce to one name.
-    taken: set[str] = set()
-    for info in offer.files:
-        name = free_name(safe_name(info.name), taken)
+class _Places:
+    """The names a plan has given out so far, per folder, and the lines that say
+    which were taken."""
+
+    def __init__(self, output_dir: Path, *, overwrite: bool, resume: bool) -> None:
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.resume = resume
+        self.notes: list[str] = []
+        self._taken: dict[Path, set[str]] = {}  # folder -> names sfs will write in it
+
+    def taken(self, folder: Path) -> set[str]:
+        return self._taken.setdefault(folder, set())
+
+    def file(self, folder: Path, wanted: str, info: FileInfo) -> Path:
+        """The first of ``wanted``'s names in ``folder`` that the offer has not given
+        out and where a file can go: nothing there, a file to replace (overwrite), or
+        a file of the offered size (resume: perhaps the offered file, already here)."""
+        taken = self.taken(folder)
+        for name in _candidates(wanted):
+            if _clashes(name, taken):
+                continue
+            st = _lstat(folder / name)
+            if st is None or (not stat.S_ISDIR(st.st_mode) and self.overwrite):
+                break
+            if self.resume and _maybe_complete(st, info):
+                break
+        path = folder / name
         taken |= names_taken(name)
-        path = output_dir / name
-        # A resolved parent other than the output folder would mean an escape; safe_name
-        # makes that impossible, and this states it where the path is built.
-        if path.parent != output_dir:
-            raise RemoteProtocolError(f"refusing the path {info.name[:80]!r}")
-        paths.append(path)
-    return paths
+        self._note(folder / wanted, path, info)
+        return path
 
-
-#: Of the destinations in the way, at most this many are named in the error.
-MAX_NAMED_CONFLICTS = 5
-
-
-def _check_existing(offer: Offer, paths: list[Path], *, overwrite: bool, resume: bool) -> None:
-    """Refuse once, naming every destination in the way (a few, and how many)."""
-    in_the_way: list[Path] = []
-    for info, path in zip(offer.files, paths, strict=True):
-        st = _lstat(path)
-        if st is None:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            raise DestinationExistsError(f"{str(path)!r} is a folder; not replacing it")
-        if resume and _maybe_complete(st, info):
-            continue
-        in_the_way.append(path)
-    if in_the_way and not overwrite:
-        named = ", ".join(repr(str(p)) for p in in_the_way[:MAX_NAMED_CONFLICTS])
-        more = len(in_the_way) - MAX_NAMED_CONFLICTS
-        if len(in_the_way) == 1:
-            message = f"{named} already exists; pass --overwrite to replace it"
-        else:
-            message = f"{len(in_the_way)} destinations already exist: {named}" + (
-                f" and {more} more" if more > 0 else ""
+    def _note(self, wanted: Path, path: Path, info: FileInfo) -> None:
+        if path != wanted:
+            why = "exists" if _lstat(wanted) is not None else "is offered more than once"
+            self.notes.append(f"{self._shown(wanted)} {why}: will save as {self._shown(path)}")
+            return
+        there = _lstat(path)
+        if there is None or path.parent != self.output_dir:
+            return  # inside a folder here: the folder's line says it
+        if self.resume and _maybe_complete(there, info):
+            instead = (
+                "replaced (--overwrite)" if self.overwrite else "saved under the next free name"
             )
-            message += "; pass --overwrite to replace them"
-        raise DestinationExistsError(message)
+            self.notes.append(
+                f"{self._shown(path)} exists with the same size: kept if it is the same "
+                f"file, else {instead}"
+            )
+        elif self.overwrite:
+            self.notes.append(f"{self._shown(path)} exists: will replace it (--overwrite)")
+
+    def _shown(self, path: Path) -> str:
+        return str(path.relative_to(self.output_dir))
+
+
+#: Of the names that are taken, at most this many are said before the question.
+MAX_PLAN_NOTES = 10
 
 
 def _maybe_complete(st: os.stat_result, info: FileInfo) -> bool:
@@ -347,22 +442,109 @@ def _check_free_space(offer: Offer, output_dir: Path, paths: list[Path]) -> None
         )
 
 
-def _plan_tree(offer: Offer, output_dir: Path) -> list[Path]:
-    """The final paths of a folder offer (sfs.peer.tree decides the names); a folder
-    that exists here is used as it is, unless it is not a folder or is a link."""
+def _plan_tree(offer: Offer, output_dir: Path, places: _Places) -> Plan:
+    """The final paths of a folder offer (sfs.peer.tree decides the names inside it,
+    this the names at the top); a folder that exists here is used as it is, unless it
+    is not a folder or is a link."""
     entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]
     entries += [((*info.folder, info.name), False) for info in offer.files]
     local = plan_tree(entries)
-    # Every folder on the way to every entry, each checked once (a tree of 10 000
-    # files has a few hundred).
-    on_the_way = {
-        parts[:depth]
-        for parts in local[: len(offer.folders)] + [p[:-1] for p in local[len(offer.folders) :]]
+    files = local[len(offer.folders) :]
+    wanted_tops = [parts[0] for parts in local[: len(offer.folders)]]
+    wanted_tops += [parts[0] for parts in files if len(parts) > 1]
+    tops = _plan_tops(output_dir, places, wanted_tops, zip(offer.files, files, strict=True))
+    folders = {
+        (tops[parts[0].casefold()], *parts[1:depth])
+        for parts in local[: len(offer.folders)] + [p[:-1] for p in files]
         for depth in range(1, len(parts) + 1)
     }
-    for folder in sorted(on_the_way, key=len):
-        _check_folder(output_dir.joinpath(*folder))
-    return [output_dir.joinpath(*parts) for parts in local[len(offer.folders) :]]
+    made = [output_dir.joinpath(*parts) for parts in sorted(folders, key=len)]
+    for folder in made:
+        _check_folder(folder)
+    paths: list[Path] = []
+    for info, parts in zip(offer.files, files, strict=True):
+        if len(parts) == 1:
+            paths.append(places.file(output_dir, parts[0], info))
+        else:
+            folder = output_dir.joinpath(tops[parts[0].casefold()], *parts[1:-1])
+            paths.append(places.file(folder, parts[-1], info))
+    return Plan(paths, made, places.notes)
+
+
+def _plan_tops(
+    output_dir: Path,
+    places: _Places,
+    wanted_tops: list[str],
+    files: Iterable[tuple[FileInfo, tuple[str, ...]]],
+) -> dict[str, str]:
+    """The local name of each folder at the top of the offer (casefolded -> name): its
+    own, or the next free one when a folder of that name here is not to be continued."""
+    under: dict[str, list[tuple[FileInfo, tuple[str, ...]]]] = {}
+    # The files at the top keep their names from the folders' (and take theirs later).
+    taken = set(places.taken(output_dir))
+    for info, parts in files:
+        if len(parts) > 1:
+            under.setdefault(parts[0].casefold(), []).append((info, parts))
+        else:
+            taken |= names_taken(parts[0])
+    tops: dict[str, str] = {}
+    for wanted in dict.fromkeys(wanted_tops):
+        if wanted.casefold() in tops:
+            continue
+        contents = under.get(wanted.casefold(), [])
+        for name in _candidates(wanted, folder=True):
+            if name.casefold() in taken:
+                continue
+            st = _lstat(output_dir / name)
+            if st is None:
+                break
+            if stat.S_ISDIR(st.st_mode) and (
+                places.overwrite or _continues(output_dir / name, contents, resume=places.resume)
+            ):
+                places.notes.append(
+                    f"{name}/ exists: will add to it, replacing files of the same names "
+                    "(--overwrite)"
+                    if places.overwrite
+                    else f"{name}/ exists and holds part of this transfer: will continue it "
+                    "(what is there whole is kept)"
+                )
+                break
+        taken.add(name.casefold())
+        places.taken(output_dir).add(name.casefold())
+        tops[wanted.casefold()] = name
+        if name != wanted:
+            places.notes.append(f"{wanted}/ exists: will save as {name}/")
+    return tops
+
+
+def _continues(
+    folder: Path, contents: list[tuple[FileInfo, tuple[str, ...]]], *, resume: bool
+) -> bool:
+    """Whether the folder here is this offer's, interrupted: something of the offer is
+    in it (a file of the offered size, or a partial copy), or nothing at all, and no
+    offered file's place in it is taken by anything else."""
+    if not resume:
+        return False
+    found = False
+    for info, parts in contents:
+        path = folder.joinpath(*parts[1:])
+        st = _lstat_quiet(path)
+        if st is not None and not _maybe_complete(st, info):
+            return False
+        found = found or st is not None or _lstat_quiet(part_path(path)) is not None
+    if found:
+        return True
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
+def _lstat_quiet(path: Path) -> os.stat_result | None:
+    """As _lstat, but a path that cannot be looked at (a file in the way of a folder
+    on it, no permission) counts as nothing there: the plan checks it properly."""
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _check_folder(path: Path) -> None:
@@ -375,22 +557,9 @@ def _check_folder(path: Path) -> None:
         )
 
 
-def make_folders(offer: Offer, output_dir: Path, destinations: list[Path]) -> None:
-    """Create every folder of a folder offer, parents first, refusing links.
-
-    :param destinations: what :func:`plan_destinations` chose for the files: their
-        folders are made, with the offer's own (empty ones too), each checked once.
-    """
-    if not is_tree(offer):
-        return
-    wanted = {output_dir.joinpath(*local_parts(folder)) for folder in offer.folders}
-    wanted |= {dest.parent for dest in destinations}
-    on_the_way = {
-        output_dir.joinpath(*path.relative_to(output_dir).parts[:depth])
-        for path in wanted
-        for depth in range(1, len(path.relative_to(output_dir).parts) + 1)
-    }
-    for path in sorted(on_the_way, key=lambda p: len(p.parts)):
+def make_folders(plan: Plan) -> None:
+    """Create every folder of a folder offer (the plan's, parents first), refusing links."""
+    for path in plan.folders:
         try:
             path.mkdir()
         except FileExistsError:
@@ -508,11 +677,12 @@ class PartFile:
         )
         self._flushed = self.written
 
-    async def commit(self, expected_sha256: bytes, *, overwrite: bool) -> None:
-        """Check the hash, make the bytes durable, and move the file to its final name."""
+    async def commit(self, expected_sha256: bytes, *, overwrite: bool) -> Path:
+        """Check the hash, make the bytes durable, and move the file to its final name
+        (returned)."""
         self.verify(expected_sha256)
         await asyncio.to_thread(make_durable, [self.part])
-        self.place(overwrite=overwrite)
+        return self.place(overwrite=overwrite)
 
     def verify(self, expected_sha256: bytes) -> None:
         """Check the hash and close the partial copy (not yet durable, not yet placed).
@@ -528,14 +698,16 @@ class PartFile:
         except OSError as exc:
             raise _disk_error(exc, self.part) from exc
 
-    def place(self, *, overwrite: bool) -> None:
-        """Give the verified, durable partial copy its final name."""
+    def place(self, *, overwrite: bool) -> Path:
+        """Give the verified, durable partial copy its final name (the next free one
+        if a file appeared there meanwhile); return it."""
         try:
-            _place(self.part, self.final, overwrite=overwrite)
+            placed = _place(self.part, self.final, overwrite=overwrite)
         except OSError as exc:
             raise _disk_error(exc, self.final) from exc
         _unlink(self.meta)
         self.claim.release()
+        return placed
 
     def keep(self) -> None:
         """Stop, keeping what arrived (every byte authenticated) for a later resume."""
@@ -799,21 +971,22 @@ class _Placer:
 
     def _place_all(self, items: list[_Verified]) -> list[_Verified]:
         started = time.monotonic()
-        staged: list[tuple[Path, Path]] = []
+        staged: list[tuple[Path, _Verified]] = []
         for item in items:
             if item.data is not None:
-                staged.append((self._stage(item.data, item.info), item.dest))
+                staged.append((self._stage(item.data, item.info), item))
             elif item.part is not None:
                 keep_metadata(item.part.part, item.info)  # before the link: one inode
         parts = [item.part for item in items if item.part is not None]
         make_durable([part.part for part in parts] + [path for path, _ in staged])
-        for part in parts:
-            part.place(overwrite=self.overwrite)
-        for path, dest in staged:
+        for item in items:
+            if item.part is not None:
+                item.dest = item.part.place(overwrite=self.overwrite)
+        for path, item in staged:
             try:
-                _place(path, dest, overwrite=self.overwrite)
+                item.dest = _place(path, item.dest, overwrite=self.overwrite)
             except OSError as exc:
-                raise _disk_error(exc, dest) from exc
+                raise _disk_error(exc, item.dest) from exc
         logger.debug("placed %d files in %.3f s", len(items), time.monotonic() - started)
         return items
 
@@ -822,7 +995,7 @@ class _Placer:
         file each, no partial copy or record (nothing to resume in a small file)."""
         try:
             if self._staging is None:
-                self._staging = Path(tempfile.mkdtemp(prefix=".sfs-staging-", dir=self.output_dir))
+                self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
             self._staged += 1
             path = self._staging / str(self._staged)
             fd = os.open(path, _new_file_flags(), 0o644)
@@ -838,69 +1011,72 @@ class NameClaims:
     """A receiving transfer's claims on the names it writes (:mod:`sfs.peer.claims`),
     taken file by file when first needed and given back once each file is in place.
 
-    When another transfer holds a file's name (or has just placed a file there), a
-    file of a flat offer goes to the next free name (:func:`free_name`) and a file of
-    a folder is refused: a folder's layout is the sender's.
+    When another transfer holds a file's name, or a file has appeared there since the
+    plan, the file goes to the next free name in its folder (:func:`free_name`).
 
     :param destinations: the list the transfer writes to; a moved file's entry changes.
-    :param numbered: move a file to the next free name (else refuse).
     :param overwrite: the user asked to replace existing files: a file at the name is
         no reason to move.
     """
 
-    def __init__(self, destinations: list[Path], *, numbered: bool, overwrite: bool) -> None:
+    def __init__(self, destinations: list[Path], *, overwrite: bool) -> None:
         self.destinations = destinations
-        self.numbered = numbered
         self.overwrite = overwrite
         # The names of this offer's own files are never another file's free name.
-        self._taken: set[str] = set()
-        for dest in destinations if numbered else ():
-            self._taken |= names_taken(dest.name)
+        self._taken: dict[Path, set[str]] = {}
+        for dest in destinations:
+            self._taken.setdefault(dest.parent, set()).update(names_taken(dest.name))
         self._held: dict[int, Claim] = {}
 
     def claim(self, i: int, status: Callable[[str], None]) -> Claim:
         """Hold the claim on file ``i``'s name, moving it first if need be (its path is
         then ``destinations[i]``).
 
-        :raises DestinationExistsError: the name is taken and the file cannot move.
+        :raises DestinationExistsError: something sfs did not write is at a lock's name.
         """
         if (held := self._held.get(i)) is not None and held.held:
             return held
         wanted = dest = self.destinations[i]
+        why = ""
         while True:
             numbered = dest != wanted
             claim = None if numbered and _lstat(dest) is not None else try_claim(lock_path(dest))
-            # A file at the wanted name that the plan did not see: another transfer
-            # placed it since (it had the claim until then).
+            # A file at the planned name that the plan did not see: another transfer
+            # placed it since (it had the claim until then), or someone else did.
             appeared = not numbered and not self.overwrite and _lstat(dest) is not None
             if claim is not None and not appeared:
                 break
             if claim is not None:
                 claim.release()
-            if not self.numbered:
-                raise in_use_error(wanted) if claim is None else _appeared_error(wanted)
-            self._taken |= names_taken(dest.name)
-            dest = wanted.with_name(free_name(wanted.name, self._taken))
+            if not numbered:
+                why = "appeared since you accepted" if appeared else "is in use by another transfer"
+            dest = self._next(i, wanted, dest)
         if numbered:
-            self._taken |= names_taken(dest.name)
-            self.destinations[i] = dest
-            status(
-                f"{wanted.name!r} is taken by another transfer in this folder; "
-                f"this one is saved as {dest.name!r}"
-            )
+            status(f"{wanted.name!r} {why}; this file is saved as {dest.name!r}")
         self._held[i] = claim
         return claim
+
+    def move(self, i: int, status: Callable[[str], None]) -> None:
+        """File ``i`` is not the one already at its name: it goes to the next free name."""
+        wanted = dest = self.destinations[i]
+        while _lstat(dest) is not None:
+            dest = self._next(i, wanted, dest)
+        status(f"{wanted.name!r} exists and differs from this file; it is saved as {dest.name!r}")
+
+    def _next(self, i: int, wanted: Path, taken: Path) -> Path:
+        """The next free name for ``wanted`` (file ``i``) once ``taken`` is: recorded
+        as the file's path."""
+        names = self._taken.setdefault(taken.parent, set())
+        names |= names_taken(taken.name)
+        dest = wanted.with_name(free_name(wanted.name, names))
+        names |= names_taken(dest.name)
+        self.destinations[i] = dest
+        return dest
 
     def release_all(self) -> None:
         for claim in self._held.values():
             claim.release()
         self._held.clear()
-
-
-def _appeared_error(final: Path) -> DestinationExistsError:
-    return DestinationExistsError(
-        f"{str(final)!r} appeared during the transfer; pass --overwrite to replace it"
-    )
 
 
 def find_held(
@@ -976,19 +1152,28 @@ def _hash_stream(f: IO[bytes], length: int) -> HashState | None:
     return digest
 
 
-def _place(part: Path, final: Path, *, overwrite: bool) -> None:
+def _place(part: Path, final: Path, *, overwrite: bool) -> Path:
+    """Give ``part`` the name ``final`` (or, when a file appeared there meanwhile and
+    ``overwrite`` is off, the next free name); return the name it has."""
     if overwrite:
         os.replace(part, final)
-        return
+        return final
     # Never rename() alone, which would silently replace a file that appeared while
     # the transfer ran: see platform.place_no_replace (a link, or a rename onto a name
     # sfs reserved with O_EXCL where there are no hard links, or Windows's rename).
-    try:
-        platform.place_no_replace(part, final)
-    except FileExistsError:
-        raise DestinationExistsError(
-            f"{str(final)!r} appeared during the transfer; pass --overwrite to replace it"
-        ) from None
+    # The link is the claim on a numbered name: it fails if anything is there.
+    for name in _candidates(final.name):
+        path = final.with_name(name)
+        if path != final and _lstat(lock_path(path)) is not None:
+            continue  # another transfer is about to place a file there
+        try:
+            platform.place_no_replace(part, path)
+        except FileExistsError:
+            continue
+        if path != final:
+            logger.info("%s appeared during the transfer; placed as %s", final, path)
+        return path
+    raise AssertionError("unreachable: _candidates raises when every name is taken")
 
 
 def _disk_error(exc: OSError, path: Path) -> DiskError:
@@ -1693,7 +1878,7 @@ async def receive_files(
     *,
     output_dir: Path,
     overwrite: bool,
-    decide: Callable[[Offer], Awaitable[bool]],
+    decide: Callable[[Offer, Plan], Awaitable[bool]],
     progress: Progress | None = None,
     resume: bool = True,
     status: Callable[[str], None] = lambda message: None,
@@ -1701,7 +1886,8 @@ async def receive_files(
     sink: IO[bytes] | None = None,
     zstd: bool = True,
 ) -> TransferResult:
-    """Wait for an offer, ask ``decide``, then write every file safely.
+    """Wait for an offer, plan where each file goes, ask ``decide`` (with the plan),
+    then write every file safely.
 
     A text message is not written anywhere: it ends up in the result's ``text``.
 
@@ -1709,7 +1895,8 @@ async def receive_files(
         interrupted transfer of the same file, and skip files already here whole
         (confirmed by the sender's SHA-256); otherwise start every file over.
     :param kept: called with a file's name and the bytes held when a transfer that
-        stops keeps its partial copy for a later resume.
+        stops keeps its partial copy for a later resume (never for a sender that says
+        it cannot resume: the partial copy is removed, and ``status`` says so).
     :param sink: write the one offered file or pipe here (``--stdout``) instead of
         into ``output_dir``; an offer of anything else is refused.
     :param zstd: take compressed chunks.
@@ -1719,6 +1906,7 @@ async def receive_files(
     part: PartFile | None = None
     few = True  # name each saved file (not for a huge tree)
     in_memory = False  # a text message, or --stdout: no file of ours
+    resumable = True  # the sender says it can resume (Offer.resumes)
 
     async def acknowledge(items: list[_Verified]) -> None:
         for item in items:
@@ -1754,18 +1942,20 @@ async def receive_files(
                 await _refuse(channel, proto, "the receiver takes one file or pipe (--stdout)")
                 raise refusal
             in_memory = offer.text or sink is not None
-            destinations = (
-                [Path(_shown_name(info.name)) for info in offer.files]
+            resumable = offer.resumes
+            plan = (
+                Plan([Path(_shown_name(info.name)) for info in offer.files], written=False)
                 if in_memory
                 else plan_destinations(offer, output_dir, overwrite=overwrite, resume=resume)
             )
-            if not await _decide_while_listening(channel, proto, decide, offer):
+            destinations = plan.paths
+            if not await _decide_while_listening(channel, proto, decide, offer, plan):
                 await _refuse(channel, proto, "declined by the receiver")
                 raise RejectedError("you declined the transfer")
             held, complete = [0] * len(offer.files), set[int]()
             if not in_memory:
-                claims = NameClaims(destinations, numbered=not is_tree(offer), overwrite=overwrite)
-                await asyncio.to_thread(make_folders, offer, output_dir, destinations)
+                claims = NameClaims(destinations, overwrite=overwrite)
+                await asyncio.to_thread(make_folders, plan)
                 if resume:
                     held, complete = await asyncio.to_thread(
                         find_held, offer, destinations, status, claims
@@ -1778,12 +1968,10 @@ async def receive_files(
             if not isinstance(proposal, Resume):
                 raise _peer_stopped(proposal)
             starts = await _confirm_prefixes(proposal, destinations, held, complete, status)
-            for i in complete:
+            for i in sorted(complete):
                 if starts[i][0] != held[i] and not overwrite:
-                    raise DestinationExistsError(
-                        f"{str(destinations[i])!r} already exists and differs from the "
-                        "offered file; pass --overwrite to replace it"
-                    )
+                    assert claims is not None
+                    claims.move(i, status)  # both are kept: this one under a free name
             if proto.state is State.CONFIRMING:
                 await send_all(channel, proto, Start(tuple(offset for offset, _ in starts)))
             progress.begin(len(offer.files), None if offer.stream else offer.total_size)
@@ -1861,11 +2049,20 @@ async def receive_files(
         return result.finish()
     except BaseException as exc:
         if part is not None:
-            if isinstance(exc, _UNTRUSTED) or not (part.offset or part.written):
+            held_bytes = part.offset + part.written
+            if isinstance(exc, _UNTRUSTED) or not held_bytes:
                 part.discard()
+            elif not resumable:
+                # Kept, it would only be replaced by the next offer of the file.
+                part.discard()
+                status(
+                    f"Removed the {format_size(held_bytes)} of {part.final.name} received: "
+                    "the sender cannot resume a transfer (a web page), so sending it "
+                    "again starts over"
+                )
             else:
                 part.keep()
-                kept(part.final.name, part.offset + part.written)
+                kept(part.final.name, held_bytes)
         await placer.abandon()
         await abort_transfer(channel, proto, exc)
         raise
@@ -1962,8 +2159,9 @@ class _MemoryFile:
 async def _decide_while_listening(
     channel: Channel,
     proto: TransferProtocol,
-    decide: Callable[[Offer], Awaitable[bool]],
+    decide: Callable[[Offer, Plan], Awaitable[bool]],
     offer: Offer,
+    plan: Plan,
 ) -> bool:
     """Ask ``decide`` while reading the channel.
 
@@ -1978,7 +2176,7 @@ async def _decide_while_listening(
             if not isinstance(event, Ping):
                 raise _peer_stopped(event)
 
-    deciding = asyncio.ensure_future(decide(offer))
+    deciding = asyncio.ensure_future(decide(offer, plan))
     listening = asyncio.ensure_future(refuse_until_answered())
     try:
         await asyncio.wait({deciding, listening}, return_when=asyncio.FIRST_COMPLETED)

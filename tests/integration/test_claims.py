@@ -94,9 +94,9 @@ def assert_both_landed(
     under the next free one, and nothing else is left in the folder."""
     for process in senders + receivers:
         assert process.returncode == 0, said
-    assert sorted(os.listdir(out)) == ["same", "same (2)"], said
+    assert sorted(os.listdir(out)) == ["same", "same (1)"], said
     assert sha256_file(out / "same") == sent_sha["a"], said
-    assert sha256_file(out / "same (2)") == sent_sha["b"], said
+    assert sha256_file(out / "same (1)") == sent_sha["b"], said
     assert f"Saved {out / 'same'}" in receivers[0].stderr, said
     done: list[dict[str, Any]] = [e for e in events(receivers[1].stdout) if e["type"] == "done"]
-    assert [f["path"] for e in done for f in e["files"]] == [str(out / "same (2)")], said
+    assert [f["path"] for e in done for f in e["files"]] == [str(out / "same (1)")], said

@@ -166,27 +166,67 @@ def test_no_terminal_and_no_yes_is_refused(sfs_server: ServerProcess, tmp_path: 
     assert b"--yes" in done.stderr
 
 
-def test_overwrite_refused_then_allowed(sfs_server: ServerProcess, tmp_path: Path) -> None:
-    src = make_file(tmp_path / "f.bin", 3000)
+def test_a_same_named_file_is_kept_and_the_prompt_says_so_before_accept(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Both are kept: the prompt says where the new one goes before the user answers,
+    the sender succeeds, and sending it again finds it already there (same SHA-256)."""
+    src = make_file(tmp_path / "report.pdf", 3000)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "f.bin").write_bytes(b"precious")
+    (out / "report.pdf").write_bytes(b"precious")
     receiver = start_receiver(sfs_server, out, "--yes")
     sent = run_sender(sfs_server, receiver.code, str(src))
     received = receiver.finish()
-    assert received.returncode == 10
-    assert "--overwrite" in received.error_line()
-    assert sent.returncode == 10  # as on the receiver: same cause, same remedy
-    assert "already exists" in sent.error_line()
-    assert "--overwrite" in sent.error_line()
-    assert (out / "f.bin").read_bytes() == b"precious"
-    assert os.listdir(out) == ["f.bin"]
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    said = received.stderr
+    note = "report.pdf exists: will save as report (1).pdf"
+    assert note in said and said.index(note) < said.index("Receive report.pdf"), said
+    assert f"Saved {out / 'report (1).pdf'} (offered as 'report.pdf')" in said, said
+    assert (out / "report.pdf").read_bytes() == b"precious"
+    assert sha256_file(out / "report (1).pdf") == sha256_file(src)
 
+    # Again: the copy already here is found whole, and nothing new is written.
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    received = receiver.finish()
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert sorted(os.listdir(out)) == ["report (1).pdf", "report.pdf"], received.stderr
+
+    # --overwrite replaces, and says so first.
     receiver = start_receiver(sfs_server, out, "--yes", "--overwrite")
     sent = run_sender(sfs_server, receiver.code, str(src))
-    assert receiver.finish().returncode == 0
+    received = receiver.finish()
+    assert received.returncode == 0, received.stderr
     assert sent.returncode == 0
-    assert sha256_file(out / "f.bin") == sha256_file(src)
+    assert "report.pdf exists: will replace it (--overwrite)" in received.stderr
+    assert sha256_file(out / "report.pdf") == sha256_file(src)
+
+
+def test_json_reports_the_planned_and_the_written_path(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    from tests.integration.test_json import events, start_json_receiver
+
+    src = make_file(tmp_path / "same", 5000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "same").write_bytes(b"the user's own")
+    receiver, _ = start_json_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(src))
+    received = receiver.finish()
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    stream = events(received.stdout)
+    (offer,) = [e for e in stream if e["type"] == "offer"]
+    (done,) = [e for e in stream if e["type"] == "done"]
+    assert offer["files"][0]["path"] == str(out / "same (1)"), offer
+    assert offer["notes"] == ["same exists: will save as same (1)"], offer
+    assert done["files"][0]["path"] == str(out / "same (1)"), done
+    assert sha256_file(out / "same (1)") == sha256_file(src)
+    assert (out / "same").read_bytes() == b"the user's own"
 
 
 def test_server_down(tmp_path: Path) -> None:

@@ -85,20 +85,65 @@ def test_a_tree_round_trips(sfs_server: ServerProcess, tmp_path: Path) -> None:
     assert "  project/docs/nested/ünïcode ✓ name.bin  200.0 kB" in received.stderr
 
 
-def test_a_folder_that_exists_is_not_overwritten(sfs_server: ServerProcess, tmp_path: Path) -> None:
+def test_a_folder_that_exists_is_kept_and_the_new_one_goes_beside_it(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """`project/` here is not this offer's (a file in it differs): the offered folder
+    lands as `project (1)/`, said before the question; sent again, the copy that is
+    there whole is continued (found whole), not copied a third time."""
     tree = tmp_path / "src" / "project"
     tree.mkdir(parents=True)
     (tree / "a.txt").write_text("new\n")
     out = tmp_path / "out"
     (out / "project").mkdir(parents=True)
-    (out / "project" / "a.txt").write_text("mine\n")
+    (out / "project" / "a.txt").write_text("mine, longer\n")
     receiver = start_receiver(sfs_server, out, "--yes")
     sent = run_sender(sfs_server, receiver.code, str(tree))
     received = receiver.finish()
-    assert received.returncode == 10, received.stderr
-    assert "already exists" in received.error_line()
-    assert (out / "project" / "a.txt").read_text() == "mine\n"
-    assert sent.returncode == 10, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    said = received.stderr
+    note = "project/ exists: will save as project (1)/"
+    assert note in said and said.index(note) < said.index("Receive 1 folder"), said
+    assert (out / "project" / "a.txt").read_text() == "mine, longer\n"
+    assert (out / "project (1)" / "a.txt").read_text() == "new\n"
+
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(tree))
+    received = receiver.finish()
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert "project (1)/ exists and holds part of this transfer: will continue it" in (
+        received.stderr
+    )
+    assert sorted(os.listdir(out)) == ["project", "project (1)"]
+    assert os.listdir(out / "project (1)") == ["a.txt"]
+
+
+def test_hidden_files_inside_a_folder_keep_their_dot(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Inside a sent folder `.gitignore` stays `.gitignore`; a name of sfs's own form
+    (`.x.sfs-part`, a user's file here) loses its dot, so it is never taken for a
+    partial copy of `x`; a hidden name offered at the top still loses its dot."""
+    src = tmp_path / "src"
+    tree = src / "project"
+    (tree / ".config").mkdir(parents=True)
+    (tree / ".gitignore").write_text("*.pyc\n")
+    (tree / ".config" / ".env").write_text("A=1\n")
+    (tree / "x").write_bytes(os.urandom(70_000))
+    (tree / ".x.sfs-part").write_bytes(os.urandom(30_000))
+    (src / ".top").write_text("top\n")
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, receiver.code, str(tree), str(src / ".top"))
+    received = receiver.finish()
+    assert received.returncode == 0, received.stderr
+    assert sent.returncode == 0, sent.stderr
+    got = manifest(out)
+    want = manifest(src)
+    renamed = {"project/.x.sfs-part": "project/x.sfs-part", ".top": "top"}
+    assert got == {renamed.get(k, k): v for k, v in want.items()}, received.stderr
 
 
 def offer_raw(offer: dict[str, object]) -> Script:
@@ -134,14 +179,13 @@ def _tree_offer(
         _tree_offer((["a\x00b"], "x")),
         _tree_offer(([""], "x")),
         _tree_offer((["d"] * 500, "x")),
-        _tree_offer((["a"], "x.txt"), (["a"], "X.TXT")),
         _tree_offer((["a"], "x"), (["a", "x"], "y")),
         _tree_offer((["a"], "x"), folders=[["a", "x"]]),
         _tree_offer((["a"], "x"), folders=[[".."]]),
         {**_tree_offer((["a"], "x")), "v": PROTOCOL_VERSION + 1},
     ],
     ids=["dotdot", "dotdot-top", "absolute", "slash-inside", "nul-inside", "empty",
-         "500-deep", "case-clash", "file-where-folder", "folder-where-file",
+         "500-deep", "file-where-folder", "folder-where-file",
          "folder-dotdot", "newer-version"],
 )  # fmt: skip
 async def test_hostile_folder_offers_are_refused_before_anything_is_written(

@@ -82,8 +82,15 @@ def test_a_transfer_as_json_events(sfs_server: ServerProcess, tmp_path: Path) ->
         "type": "offer",
         "kind": "files",
         "sender": "tester",
-        "files": [{"name": "report.bin", "size": src.stat().st_size}],
+        "files": [
+            {
+                "name": "report.bin",
+                "size": src.stat().st_size,
+                "path": str(tmp_path / "out" / "report.bin"),
+            }
+        ],
         "folders": [],
+        "notes": [],
         "total": src.stat().st_size,
     }
     ours = events(sent.stdout)

@@ -15,7 +15,7 @@ from sfs import app
 from sfs.code import parse_code
 from sfs.peer.crypto import FrameOpener, FrameSealer, KeyExchange, SessionKeys
 from sfs.peer.protocol import Offer
-from sfs.peer.transfer import NullProgress, Progress
+from sfs.peer.transfer import NullProgress, Plan, Progress
 from sfs.signal.server import ServerConfig, run_server
 from tests.conftest import (
     LOOPBACK,
@@ -90,7 +90,7 @@ class InProcessUi:
     def progress(self) -> Progress:
         return NullProgress()
 
-    async def decide(self, offer: Offer) -> bool:
+    async def decide(self, offer: Offer, plan: Plan) -> bool:
         self.live_during_transfer = len(
             [obj for obj in live_secrets() if id(obj) not in self.baseline]
         )

@@ -7,6 +7,8 @@ screenshot of every step (test-artifacts/web/), checked to be non-blank."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,7 +221,26 @@ def test_the_browser_declines(web_lab: Lab, tmp_path: Path) -> None:
     page.context.close()
 
 
-def test_the_sending_tab_closed_mid_transfer(web_lab: Lab, tmp_path: Path) -> None:
+def wait_for_partial(out: Path, name: str, receiver: Any, timeout: float = 60) -> None:
+    """Until the CLI's partial copy of ``name`` holds bytes."""
+    part = out / f".{name}.sfs-part"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if part.exists() and part.stat().st_size > 0:
+            return
+        if receiver.poll() is not None:
+            break
+        time.sleep(0.05)
+    _, _, stderr = finish(receiver)
+    raise AssertionError(f"no bytes reached {part}; the receiver's stderr:\n{stderr}")
+
+
+@pytest.mark.parametrize("how", ["tab closed", "ctrl-c"])
+def test_a_page_that_stops_sending_leaves_no_partial_copy_and_the_cli_says_why(
+    web_lab: Lab, tmp_path: Path, how: str
+) -> None:
+    """The page cannot resume (its offer says so): the CLI neither keeps what arrived
+    nor says that running both commands again resumes it."""
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(200 * 1024 * 1024))
     out = tmp_path / "out"
@@ -232,14 +253,47 @@ def test_the_sending_tab_closed_mid_transfer(web_lab: Lab, tmp_path: Path) -> No
     page.set_input_files("#file-input", [str(big)])
     page.click("#send")
     wait_state(page, "transferring")
-    time.sleep(1)
+    wait_for_partial(out, "big.bin", receiver)
     screenshot(page, "send-mid-transfer")
     started = time.monotonic()
-    page.close()
+    if how == "tab closed":
+        page.close()
+    else:
+        receiver.send_signal(signal.SIGINT)
     returncode, _, stderr = finish(receiver)
-    assert returncode == 7, stderr
+    assert returncode == (7 if how == "tab closed" else 130), stderr
     assert time.monotonic() - started < 20
-    assert not (out / "big.bin").exists()
+    assert os.listdir(out) == [], stderr  # neither the file nor a partial copy
+    assert "the sender cannot resume a transfer (a web page)" in stderr, stderr
+    assert "sending it again starts over" in stderr, stderr
+    assert "resumes it" not in stderr and "Kept" not in stderr, stderr
+    if how == "ctrl-c":
+        page.context.close()
+
+
+def test_the_page_and_the_cli_show_the_same_verification_string(
+    web_lab: Lab, tmp_path: Path
+) -> None:
+    """Without --verify, both sides show it (the page always did): either user may
+    compare, whatever the other side runs."""
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+    code = read_code(receiver)
+    page = web_lab.new_page()
+    page.click("#role-send")
+    page.fill("#code-input", code)
+    page.set_input_files("#file-input", [str(tmp_path / "a.txt")])
+    page.click("#send")
+    wait_state(page, "done")
+    returncode, _, stderr = finish(receiver)
+    assert returncode == 0, stderr
+    shown = str(page.locator("#verifier").inner_text()).strip()
+    match = re.fullmatch(r"Verification: (\S+) \(the other side shows the same\)", shown)
+    assert match, shown
+    assert f"Verification: {match.group(1)} (the other side shows the same)" in stderr, stderr
+    page.context.close()
 
 
 def test_the_receiving_tab_closed_mid_transfer(web_lab: Lab, tmp_path: Path) -> None:

@@ -32,9 +32,11 @@ from sfs.peer.protocol import (
     TransferProtocol,
 )
 from sfs.peer.transfer import (
+    FIRST_COPY_NUMBER,
     MAX_NAME_BYTES,
     NameClaims,
     PartFile,
+    Plan,
     free_name,
     identity_of,
     inspect_sources,
@@ -52,14 +54,19 @@ from tests.helpers import QueueChannel, channel_pair, key_pair
 
 
 def test_a_free_name_is_kept_and_a_taken_one_gets_the_next_number() -> None:
+    assert FIRST_COPY_NUMBER == 1  # as browsers and LocalSend number a taken name
     assert free_name("same", set()) == "same"
-    assert free_name("same", names_taken("same")) == "same (2)"
-    taken = names_taken("report.pdf") | names_taken("report (2).pdf")
-    assert free_name("report.pdf", taken) == "report (3).pdf"
+    assert free_name("same", names_taken("same")) == "same (1)"
+    taken = names_taken("report.pdf") | names_taken("report (1).pdf")
+    assert free_name("report.pdf", taken) == "report (2).pdf"
     # Case-folded, as Windows and macOS compare: REPORT.PDF takes report.pdf.
-    assert free_name("report.pdf", names_taken("REPORT.PDF")) == "report (2).pdf"
+    assert free_name("report.pdf", names_taken("REPORT.PDF")) == "report (1).pdf"
     # A partial copy or a lock of a name takes it too.
-    assert free_name("x", {".x.sfs-lock"}) == "x (2)"
+    assert free_name("x", {".x.sfs-lock"}) == "x (1)"
+    # A hidden name (inside a folder) keeps its dot; a folder keeps its dots in place.
+    assert free_name(".gitignore", names_taken(".gitignore")) == ".gitignore (1)"
+    assert free_name(".config.json", names_taken(".config.json")) == ".config (1).json"
+    assert free_name("v1.2", {"v1.2"}, folder=True) == "v1.2 (1)"
 
 
 def _safe(text: str) -> str | None:
@@ -249,27 +256,30 @@ def test_no_locks_on_the_file_system_means_going_on_without(
 
 
 def test_a_name_that_appeared_since_the_plan_moves_to_the_next_free_one(tmp_path: Path) -> None:
-    destinations = [tmp_path / "same", tmp_path / "same (2)"]
-    claims = NameClaims(destinations, numbered=True, overwrite=False)
+    destinations = [tmp_path / "same", tmp_path / "same (1)"]
+    claims = NameClaims(destinations, overwrite=False)
     (tmp_path / "same").write_bytes(b"placed by another transfer")
     said: list[str] = []
     claims.claim(0, said.append)
-    # Not "same (2)": the offer's own second file has that name.
-    assert destinations == [tmp_path / "same (3)", tmp_path / "same (2)"]
-    assert said == [
-        "'same' is taken by another transfer in this folder; this one is saved as 'same (3)'"
-    ]
-    assert try_claim(lock_path(tmp_path / "same (3)")) is None
+    # Not "same (1)": the offer's own second file has that name.
+    assert destinations == [tmp_path / "same (2)", tmp_path / "same (1)"]
+    assert said == ["'same' appeared since you accepted; this file is saved as 'same (2)'"]
+    assert try_claim(lock_path(tmp_path / "same (2)")) is None
     claims.release_all()
     assert sorted(os.listdir(tmp_path)) == ["same"]
 
 
-def test_a_folders_file_in_use_is_refused(tmp_path: Path) -> None:
-    other = try_claim(lock_path(tmp_path / "a"))
+def test_a_folders_file_in_use_moves_to_the_next_free_name(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    other = try_claim(lock_path(tmp_path / "d" / "a"))
     assert other is not None
-    claims = NameClaims([tmp_path / "a"], numbered=False, overwrite=True)
-    with pytest.raises(DestinationExistsError, match="in use by another transfer"):
-        claims.claim(0, print)
+    destinations = [tmp_path / "d" / "a"]
+    claims = NameClaims(destinations, overwrite=True)
+    said: list[str] = []
+    claims.claim(0, said.append)
+    assert destinations == [tmp_path / "d" / "a (1)"]
+    assert said == ["'a' is in use by another transfer; this file is saved as 'a (1)'"]
+    claims.release_all()
     other.release()
 
 
@@ -285,7 +295,7 @@ def test_a_part_file_refuses_a_name_another_transfer_holds(tmp_path: Path) -> No
 async def test_two_transfers_of_one_name_into_one_folder_at_once(tmp_path: Path) -> None:
     """The first transfer is paused half-way through `same` while a second, of another
     file named `same`, runs to its end in the same folder: the second lands as
-    `same (2)`, the first's partial copy is never touched, and both are saved whole."""
+    `same (1)`, the first's partial copy is never touched, and both are saved whole."""
     out = tmp_path / "out"
     out.mkdir()
     first_data, second_data = os.urandom(5000), os.urandom(7000)
@@ -354,16 +364,16 @@ async def test_two_transfers_of_one_name_into_one_folder_at_once(tmp_path: Path)
     go_on.set()
     _, first_result = await asyncio.wait_for(first, 10)
     assert (out / "same").read_bytes() == first_data
-    assert (out / "same (2)").read_bytes() == second_data
-    assert sorted(os.listdir(out)) == ["same", "same (2)"]
+    assert (out / "same (1)").read_bytes() == second_data
+    assert sorted(os.listdir(out)) == ["same", "same (1)"]
     assert f"Saved {out / 'same'}" in lines_a
-    assert f"Saved {out / 'same (2)'} (offered as 'same')" in lines_b
+    assert f"Saved {out / 'same (1)'} (offered as 'same')" in lines_b
     assert [r.path for r in first_result.records] == [out / "same"]
-    assert [r.path for r in second.records] == [out / "same (2)"]
+    assert [r.path for r in second.records] == [out / "same (1)"]
     assert second.records[0].sha256 == hashlib.sha256(second_data).hexdigest()
 
 
-async def _accept(offer: Offer) -> bool:
+async def _accept(offer: Offer, plan: Plan) -> bool:
     return True
 
 

@@ -22,7 +22,7 @@ from sfs.peer import tcp, transfer
 from sfs.peer.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
 from sfs.peer.protocol import Offer, Role, TransferProtocol
 from sfs.peer.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
-from sfs.peer.transfer import inspect_sources, receive_files, send_files
+from sfs.peer.transfer import Plan, inspect_sources, receive_files, send_files
 from tests.helpers import channel_pair, key_pair
 from tests.strangers import Strangers, many_sources
 
@@ -370,7 +370,7 @@ async def test_no_nonce_is_used_twice_under_one_key_on_either_transport(
     (src / "b").write_bytes(b"")
     (src / "c").write_bytes(os.urandom(5))
 
-    async def slow_yes(offer: Offer) -> bool:
+    async def slow_yes(offer: Offer, plan: Plan) -> bool:
         await asyncio.sleep(0.3)  # keepalives flow both ways meanwhile
         return True
 

@@ -38,6 +38,7 @@ from sfs.peer.protocol import (
 )
 from sfs.peer.transfer import (
     PartFile,
+    Plan,
     TransferResult,
     identity_of,
     inspect_sources,
@@ -100,27 +101,47 @@ def test_long_names_are_cut_to_255_bytes_keeping_the_extension() -> None:
     assert len(name.encode()) <= 245
 
 
-def test_plan_refuses_existing_files_unless_overwrite(tmp_path: Path) -> None:
-    (tmp_path / "a.txt").write_text("keep me")
-    offer = Offer(files=(FileInfo("a.txt", 1),))
-    with pytest.raises(DestinationExistsError):
-        plan_destinations(offer, tmp_path, overwrite=False)
-    assert plan_destinations(offer, tmp_path, overwrite=True) == [tmp_path / "a.txt"]
+def test_plan_keeps_both_when_a_name_exists_unless_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "report.pdf").write_text("keep me")
+    offer = Offer(files=(FileInfo("report.pdf", 1),))
+    plan = plan_destinations(offer, tmp_path, overwrite=False)
+    assert plan.paths == [tmp_path / "report (1).pdf"]
+    assert plan.notes == ["report.pdf exists: will save as report (1).pdf"]
+    plan = plan_destinations(offer, tmp_path, overwrite=True)
+    assert plan.paths == [tmp_path / "report.pdf"]
+    assert plan.notes == ["report.pdf exists: will replace it (--overwrite)"]
+    # A folder is never replaced: the next free name, --overwrite or not.
     (tmp_path / "b").mkdir()
-    with pytest.raises(DestinationExistsError, match="folder"):
-        plan_destinations(Offer(files=(FileInfo("b", 1),)), tmp_path, overwrite=True)
+    for overwrite in (False, True):
+        plan = plan_destinations(Offer(files=(FileInfo("b", 1),)), tmp_path, overwrite=overwrite)
+        assert plan.paths == [tmp_path / "b (1)"]
+
+
+def test_plan_gives_a_same_sized_file_the_chance_to_be_the_same(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    offer = Offer(files=(FileInfo("a.txt", 1),))
+    plan = plan_destinations(offer, tmp_path, overwrite=False, resume=True)
+    assert plan.paths == [tmp_path / "a.txt"]
+    assert plan.notes == [
+        "a.txt exists with the same size: kept if it is the same file, else saved under "
+        "the next free name"
+    ]
+    # Without resume it is simply taken.
+    plan = plan_destinations(offer, tmp_path, overwrite=False, resume=False)
+    assert plan.paths == [tmp_path / "a (1).txt"]
 
 
 def test_plan_counts_dangling_symlinks_as_existing(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(DestinationExistsError):
-        plan_destinations(Offer(files=(FileInfo("link", 1),)), tmp_path, overwrite=False)
+    plan = plan_destinations(Offer(files=(FileInfo("link", 1),)), tmp_path, overwrite=False)
+    assert plan.paths == [tmp_path / "link (1)"]
 
 
 def test_plan_dedupes_names_within_one_offer(tmp_path: Path) -> None:
     offer = Offer(files=(FileInfo("x/a.txt", 1), FileInfo("y/a.txt", 1), FileInfo("A.txt", 1)))
-    names = [p.name for p in plan_destinations(offer, tmp_path, overwrite=False)]
-    assert names == ["a.txt", "a (2).txt", "A (3).txt"]
+    plan = plan_destinations(offer, tmp_path, overwrite=False)
+    assert [p.name for p in plan.paths] == ["a.txt", "a (1).txt", "A (2).txt"]
+    assert plan.notes[0] == "a.txt is offered more than once: will save as a (1).txt"
 
 
 def test_plan_counts_a_partial_copy_as_available_space(tmp_path: Path) -> None:
@@ -137,7 +158,7 @@ def test_plan_counts_a_partial_copy_as_available_space(tmp_path: Path) -> None:
     kept = PartFile(tmp_path / "big", identity=identity_of(FileInfo("big", 1)))
     kept.keep()
     os.truncate(part_path(tmp_path / "big"), 1024 * 1024)
-    assert plan_destinations(offer, tmp_path, overwrite=False) == [tmp_path / "big"]
+    assert plan_destinations(offer, tmp_path, overwrite=False).paths == [tmp_path / "big"]
 
 
 def test_plan_refuses_more_than_the_free_space(tmp_path: Path) -> None:
@@ -159,11 +180,11 @@ def test_part_file_never_replaces_a_file_that_appeared(tmp_path: Path) -> None:
     part = PartFile(tmp_path / "f", identity=identity_of(FileInfo("f", 3)))
     part.write(b"new")
     (tmp_path / "f").write_bytes(b"old")
-    with pytest.raises(DestinationExistsError):
-        asyncio.run(part.commit(hashlib.sha256(b"new").digest(), overwrite=False))
-    part.discard()
+    placed = asyncio.run(part.commit(hashlib.sha256(b"new").digest(), overwrite=False))
+    assert placed == tmp_path / "f (1)"
     assert (tmp_path / "f").read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["f"]
+    assert (tmp_path / "f (1)").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["f", "f (1)"]
 
 
 def test_non_utf8_source_names_are_offered_with_replacement_characters(tmp_path: Path) -> None:
@@ -193,11 +214,11 @@ def test_inspect_sources(tmp_path: Path) -> None:
 # -- whole transfers over an in-memory channel ---------------------------------------------
 
 
-async def accept(offer: Offer) -> bool:
+async def accept(offer: Offer, plan: Plan) -> bool:
     return True
 
 
-async def decline(offer: Offer) -> bool:
+async def decline(offer: Offer, plan: Plan) -> bool:
     return False
 
 
@@ -205,7 +226,7 @@ async def run_transfer(
     tmp_path: Path,
     contents: dict[str, bytes],
     *,
-    decide: Callable[[Offer], Awaitable[bool]] = accept,
+    decide: Callable[[Offer, Plan], Awaitable[bool]] = accept,
     chunk_size: int = 7,
     tamper: Callable[[int, bytes], bytes | None] | None = None,
     overwrite: bool = False,
@@ -268,14 +289,25 @@ async def test_decline_reaches_the_sender(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "out") == []
 
 
-async def test_existing_destination_is_refused_and_kept(tmp_path: Path) -> None:
+async def test_an_existing_destination_is_kept_beside_the_new_file(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_bytes(b"precious")
     sent, received = await run_transfer(tmp_path, {"f": b"new data"})
-    assert isinstance(received, DestinationExistsError)
-    assert isinstance(sent, DestinationExistsError)  # the same exit code on both sides
-    assert "--overwrite" in str(sent)
+    assert isinstance(received, TransferResult), received
+    assert not isinstance(sent, BaseException), sent
     assert (tmp_path / "out" / "f").read_bytes() == b"precious"
+    assert (tmp_path / "out" / "f (1)").read_bytes() == b"new data"
+    assert [r.path for r in received.records] == [tmp_path / "out" / "f (1)"]
+
+
+async def test_a_same_sized_file_that_differs_is_kept_beside_the_new_one(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"precious")  # the size of what is sent
+    sent, received = await run_transfer(tmp_path, {"f": b"new data"})
+    assert isinstance(received, TransferResult), received
+    assert (tmp_path / "out" / "f").read_bytes() == b"precious"
+    assert (tmp_path / "out" / "f (1)").read_bytes() == b"new data"
+    assert [r.path for r in received.records] == [tmp_path / "out" / "f (1)"]
 
 
 async def test_overwrite_replaces(tmp_path: Path) -> None:
@@ -441,7 +473,7 @@ async def test_only_ping_or_cancel_while_the_receiver_decides(
     await a.send(seal(FrameType.OFFER, encode_offer(Offer(files=(FileInfo("f", 5),)))))
     prompt_open = asyncio.Event()
 
-    async def never_answers(offer: Offer) -> bool:
+    async def never_answers(offer: Offer, plan: Plan) -> bool:
         prompt_open.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -472,7 +504,7 @@ async def test_a_slow_answer_then_yes_loses_no_frame(tmp_path: Path) -> None:
     a, b = channel_pair()
     answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    async def slow_user(offer: Offer) -> bool:
+    async def slow_user(offer: Offer, plan: Plan) -> bool:
         return await answer
 
     sending = asyncio.ensure_future(
@@ -658,6 +690,6 @@ async def test_each_saved_path_is_told_and_a_changed_name_says_so(tmp_path: Path
     out = tmp_path / "out"
     assert lines == [
         f"Saved {out / 'a.txt'}",
-        f"Saved {out / 'A (2).TXT'} (offered as 'A.TXT')",
+        f"Saved {out / 'A (1).TXT'} (offered as 'A.TXT')",
         f"Saved {out / 'x_y'} (offered as 'x:y')",
     ]

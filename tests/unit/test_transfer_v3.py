@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from sfs.errors import (
-    DestinationExistsError,
     IntegrityError,
     RejectedError,
     UpgradeError,
@@ -23,6 +22,7 @@ from sfs.errors import (
 from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.protocol import FrameType, Offer, Role, TransferProtocol
 from sfs.peer.transfer import (
+    Plan,
     SourceFile,
     TransferResult,
     inspect_sources,
@@ -35,7 +35,7 @@ from sfs.peer.transfer import (
 from tests.helpers import QueueChannel, channel_pair, key_pair
 
 
-async def accept(offer: Offer) -> bool:
+async def accept(offer: Offer, plan: Plan) -> bool:
     return True
 
 
@@ -188,7 +188,7 @@ async def test_files_already_there_whole_are_confirmed_and_skipped(tmp_path: Pat
     assert chunks == 27 * 5
 
 
-async def test_a_file_of_the_same_size_but_other_bytes_is_refused_untouched(
+async def test_a_file_of_the_same_size_but_other_bytes_is_kept_beside_the_new_one(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "f").write_bytes(b"new data")
@@ -196,9 +196,12 @@ async def test_a_file_of_the_same_size_but_other_bytes_is_refused_untouched(
     out.mkdir()
     (out / "f").write_bytes(b"precious")
     sent, received, _ = await transfer(inspect_sources([tmp_path / "f"]), out)
-    assert isinstance(received, DestinationExistsError) and "differs" in str(received)
-    assert isinstance(sent, DestinationExistsError)
+    assert isinstance(received, TransferResult), received
+    assert isinstance(sent, TransferResult), sent
     assert (out / "f").read_bytes() == b"precious"
+    assert (out / "f (1)").read_bytes() == b"new data"
+    assert [r.path for r in received.records] == [out / "f (1)"]
+    (out / "f (1)").unlink()
     sent, received, _ = await transfer(inspect_sources([tmp_path / "f"]), out, overwrite=True)
     assert isinstance(received, TransferResult), received
     assert (out / "f").read_bytes() == b"new data"

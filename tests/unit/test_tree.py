@@ -116,16 +116,49 @@ def test_folders_get_the_same_windows_rule_as_files() -> None:
 
 
 def test_a_folder_and_its_windows_twin_meet_in_one_name() -> None:
-    # "photos." is stored as "photos" on Windows: the same folder here too.
+    # "photos." is stored as "photos" on Windows: the same folder here too, and two
+    # files that meet in one name there are both kept.
+    planned = plan_tree([(("photos", "a.jpg"), False), (("photos.", "A.JPG"), False)])
+    assert planned == [("photos", "a.jpg"), ("photos", "A (1).JPG")]
+
+
+def test_two_files_that_become_one_name_are_both_kept() -> None:
+    planned = plan_tree(
+        [(("a", "x.txt"), False), (("a", "X.TXT"), False), (("a", "x (1).txt"), False)]
+    )
+    assert planned == [("a", "x.txt"), ("a", "X (1).TXT"), ("a", "x (1) (1).txt")]
+
+
+def test_inside_a_folder_a_name_keeps_its_dot_and_at_the_top_it_does_not() -> None:
+    planned = plan_tree(
+        [(("project", ".gitignore"), False), ((".hidden", ".env"), False), ((".top",), False)]
+    )
+    assert planned == [("project", ".gitignore"), ("hidden", ".env"), ("top",)]
+
+
+@pytest.mark.parametrize(
+    ("offered", "local"),
+    [
+        (".x.sfs-part", "x.sfs-part"),
+        (".X.SFS-INFO", "X.SFS-INFO"),
+        (".a.sfs-lock", "a.sfs-lock"),
+        (".sfs-staging-abc", "sfs-staging-abc"),
+        ("..x", "..x"),
+        (".x.sfs-part.txt", ".x.sfs-part.txt"),
+    ],
+)
+def test_a_name_of_sfss_own_form_is_never_kept_hidden(offered: str, local: str) -> None:
+    from sfs.peer.transfer import is_own_name
+
+    assert local_parts(("d", offered)) == ("d", local)
+    assert not is_own_name(local)
     with pytest.raises(RemoteProtocolError):
-        plan_tree([(("photos", "a.jpg"), False), (("photos.", "A.JPG"), False)])
+        local_parts(("d", "..."))
 
 
 @pytest.mark.parametrize(
     "offered",
     [
-        [(("a", "x.txt"), False), (("a", "X.TXT"), False)],  # case-insensitive clash
-        [(("a", "x.txt"), False), (("a", ".x.txt"), False)],  # the same after sanitising
         [(("a",), False), (("a", "b"), False)],  # a file where a folder goes
         [(("a", "b"), False), (("a",), False)],  # and the other way round
         [(("a", "b"), True), (("a", "b"), False)],
@@ -160,15 +193,29 @@ def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None
 def test_a_link_in_the_output_folder_is_never_followed(tmp_path: Path) -> None:
     from sfs.errors import DestinationExistsError
     from sfs.peer.protocol import FileInfo, Offer
-    from sfs.peer.transfer import make_folders, plan_destinations
+    from sfs.peer.transfer import Plan, make_folders, plan_destinations
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
     (out / "project").symlink_to(elsewhere)
     offer = Offer((FileInfo("a.txt", 1, folder=("project",)),))
+    # The link is not a folder of ours: the offered one goes beside it.
+    for overwrite in (False, True):
+        plan = plan_destinations(offer, out, overwrite=overwrite)
+        assert plan.paths == [out / "project (1)" / "a.txt"]
+    # A link inside a folder that is continued is refused.
+    (out / "tree" / "sub").mkdir(parents=True)
+    (out / "tree" / "sub" / "b.txt").write_bytes(b"x")
+    (out / "tree" / "inner").symlink_to(elsewhere)
+    offer = Offer(
+        (
+            FileInfo("b.txt", 1, folder=("tree", "sub")),
+            FileInfo("c.txt", 1, folder=("tree", "inner")),
+        )
+    )
     with pytest.raises(DestinationExistsError, match="in the way of an offered folder"):
-        plan_destinations(offer, out, overwrite=True)
+        plan_destinations(offer, out, overwrite=False, resume=True)
     with pytest.raises(DestinationExistsError):
-        make_folders(offer, out, [out / "project" / "a.txt"])
+        make_folders(Plan([], [out / "project", out / "project" / "x"]))
     assert os.listdir(elsewhere) == []

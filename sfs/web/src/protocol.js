@@ -127,8 +127,16 @@ export class FileInfo {
 }
 
 export class Offer {
-  constructor({ files, sender = "", chunkSize = DEFAULT_CHUNK_BYTES, folders = [], text = false }) {
-    Object.assign(this, { files, sender, chunkSize, folders, text });
+  /** `resumes` false: the sender cannot continue an interrupted transfer (this page, for now). */
+  constructor({
+    files,
+    sender = "",
+    chunkSize = DEFAULT_CHUNK_BYTES,
+    folders = [],
+    text = false,
+    resumes = true,
+  }) {
+    Object.assign(this, { files, sender, chunkSize, folders, text, resumes });
     Object.freeze(this);
   }
 
@@ -283,8 +291,8 @@ function intField(obj, key, low, high) {
   return BigInt(value);
 }
 
-function boolField(obj, key) {
-  const value = get(obj, key, false);
+function boolField(obj, key, fallback = false) {
+  const value = get(obj, key, fallback);
   if (typeof value !== "boolean") {
     throw new RemoteProtocolError(`field '${key}' must be true or false`);
   }
@@ -409,6 +417,7 @@ function offerObject(offer, version) {
     files: offer.files.map((f) => fileObject(f, version)),
   };
   if (version >= 2) obj.folders = offer.folders.map((folder) => [...folder]);
+  if (!offer.resumes) obj.resumes = false;
   return obj;
 }
 
@@ -416,12 +425,9 @@ function offerObject(offer, version) {
 export function encodeOffer(offer) {
   const version = offer.version;
   if (version < 3) return encodeJsonBytes(offerObject(offer, version));
-  return encodeJsonBytes({
-    v: 3,
-    sender: offer.sender,
-    chunk_size: offer.chunkSize,
-    text: offer.text,
-  });
+  const header = { v: 3, sender: offer.sender, chunk_size: offer.chunkSize, text: offer.text };
+  if (!offer.resumes) header.resumes = false;
+  return encodeJsonBytes(header);
 }
 
 /** The LISTING payload of a version 3 offer: its files and folders. */
@@ -533,6 +539,7 @@ export function decodeOffer(payload, listing = null) {
     chunkSize: Number(intField(obj, "chunk_size", 1n, BigInt(MAX_CHUNK_BYTES))),
     folders,
     text,
+    resumes: boolField(obj, "resumes", true),
   });
   checkKind(offer, RemoteProtocolError);
   return offer;

@@ -22,7 +22,7 @@
 // tries them in that order and falls back to the next on any failure.
 
 import { DiskError } from "./errors.js";
-import { numbered } from "./transfer.js";
+import { FIRST_COPY_NUMBER, numbered } from "./transfer.js";
 
 export const MEMORY_LIMIT_BYTES = 512_000_000;
 export const MEMORY_LIMIT_TEXT =
@@ -193,10 +193,10 @@ export class Saving {
       if (index !== 0) throw new Error("one file was picked for several");
       return new WritableSink(await picked.createWritable({ keepExistingData: false }));
     }
-    // A folder: never replace a file that is there; "name (2).ext" instead.
+    // A folder: never replace a file that is there; "name (1).ext" instead.
     let candidate = name;
     const taken = async (n) => this._taken.has(n.toLowerCase()) || (await exists(picked, n));
-    for (let n = 2; await taken(candidate); n++) candidate = numbered(name, n);
+    for (let n = FIRST_COPY_NUMBER; await taken(candidate); n++) candidate = numbered(name, n);
     this._taken.add(candidate.toLowerCase());
     const handle = await picked.getFileHandle(candidate, { create: true });
     // An empty file now stands there; abort() removes it again (it is ours).

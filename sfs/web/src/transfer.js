@@ -156,9 +156,12 @@ export function numbered(name, n) {
   return trim(cutUtf8(stem, MAX_NAME_BYTES - utf8Length(tail))) + tail;
 }
 
+/** The number the second file of one name gets: "a.txt", then "a (1).txt" (transfer.py). */
+export const FIRST_COPY_NUMBER = 1;
+
 /**
  * The names to save the offered files under: each safe, and two files never one name
- * (the second becomes "name (2).ext"), as the command line plans a flat offer.
+ * (the second becomes "name (1).ext"), as the command line plans a flat offer.
  * Compared without case, as the file systems of most phones and desktops do.
  */
 export function planNames(offer) {
@@ -167,7 +170,7 @@ export function planNames(offer) {
   return offer.files.map((info) => {
     const first = safeName(info.name);
     let name = first;
-    for (let n = 2; taken.has(key(name)); n++) name = numbered(first, n);
+    for (let n = FIRST_COPY_NUMBER; taken.has(key(name)); n++) name = numbered(first, n);
     taken.add(key(name));
     return name;
   });
@@ -527,6 +530,9 @@ export async function sendFiles(
       ),
       sender,
       chunkSize,
+      // This page starts every file over (docs/PROTOCOL.md): a receiver keeps no
+      // partial copy for it, and says so.
+      resumes: false,
     });
     await outbox.send(offer);
     onWaiting?.();

@@ -16,6 +16,8 @@ import {
   Accept,
   Cancel,
   Chunk,
+  decodeOffer,
+  encodeOffer,
   FileAck,
   FileDone,
   FileInfo,
@@ -444,5 +446,17 @@ describe("JSON as Python reads and writes it", () => {
       encodeJson({ n: "é\n\u0001\"\\\u2028", t: [true, null, 2n ** 63n - 1n, 0] }),
       '{"n":"é\\n\\u0001\\"\\\\\u2028","t":[true,null,9223372036854775807,0]}',
     );
+  });
+});
+
+describe("an offer says whether its sender can resume", () => {
+  it("false only when said, as sfs/peer/protocol.py reads it", () => {
+    const files = [new FileInfo({ name: "a", size: 1 })];
+    const page = encodeOffer(new Offer({ files, resumes: false }));
+    assert.equal(JSON.parse(new TextDecoder().decode(page)).resumes, false);
+    assert.equal(decodeOffer(page).resumes, false);
+    const plain = encodeOffer(new Offer({ files }));
+    assert.equal("resumes" in JSON.parse(new TextDecoder().decode(plain)), false);
+    assert.equal(decodeOffer(plain).resumes, true);
   });
 });

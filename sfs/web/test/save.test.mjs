@@ -62,13 +62,13 @@ describe("saving received files", () => {
   });
 
   it("into a picked folder: numbers a name that is taken, commits only on close", async () => {
-    const folder = new FakeFolder(["report.pdf", "report (2).pdf"]);
+    const folder = new FakeFolder(["report.pdf", "report (1).pdf"]);
     const saving = new Saving({ picked: folder, methods: [Method.PICKER], worker: null });
     const first = await saving.open(0, "report.pdf", 3);
     await first.write(Uint8Array.of(1, 2, 3));
-    assert.equal(folder.entries.get("report (3).pdf").data, null); // not before the hash checks
+    assert.equal(folder.entries.get("report (2).pdf").data, null); // not before the hash checks
     await first.commit();
-    assert.deepEqual([...folder.entries.get("report (3).pdf").data], [1, 2, 3]);
+    assert.deepEqual([...folder.entries.get("report (2).pdf").data], [1, 2, 3]);
     assert.equal(folder.entries.get("report.pdf").data, null); // the file that was there: untouched
     // Two offered files of one name in one transfer do not collide either.
     const second = await saving.open(1, "report.pdf", 0);

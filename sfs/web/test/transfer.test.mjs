@@ -406,7 +406,7 @@ describe("names and sizes as sfs/peer/transfer.py writes them", () => {
     const offer = new Offer({
       files: ["a.txt", "A.TXT", "dir/a.txt", "b"].map((name) => new FileInfo({ name, size: 1 })),
     });
-    assert.deepEqual(planNames(offer), ["a.txt", "A (2).TXT", "a (3).txt", "b"]);
+    assert.deepEqual(planNames(offer), ["a.txt", "A (1).TXT", "a (2).txt", "b"]);
   });
 });
 
