@@ -111,9 +111,9 @@ class Number(click.FloatRange):
 
 
 class WholeNumber(click.IntRange):
-    """A whole-number option: "'abc' is not a valid whole number"."""
+    """A whole-number option: "'abc' is not a valid integer", not "integer range"."""
 
-    name = "whole number"
+    name = "integer"
 
 
 # -- output helpers -----------------------------------------------------------------------

@@ -350,7 +350,7 @@ def test_a_text_message_is_sized_as_everything_else(
         ),
         (("send", "--text", "-"), "hello", "`sfs send CODE --text -`", "`sfs send CODE -`"),
         (("send", "--connect-timeout", "abc", "f"), None, "'abc' is not a valid number", "range"),
-        (("serve", "--port", "abc"), None, "'abc' is not a valid whole number", "range"),
+        (("serve", "--port", "abc"), None, "'abc' is not a valid integer.", "range"),
     ],
     ids=["sender-first-code", "text-from-stdin", "float", "integer"],
 )
