@@ -176,3 +176,12 @@ def test_help_lists_every_exit_code_that_readme_does() -> None:
     assert _exit_codes() | {0, 2, 130} <= in_help
     assert all(len(line) <= 80 for line in shown.splitlines())
     assert "-o ~/Downloads" in shown.replace("\n  ", " ")
+
+
+@pytest.mark.parametrize("args", [(), *((name,) for name in sorted(main.commands))])
+def test_no_help_sends_the_reader_to_a_file_pip_does_not_install(args: tuple[str, ...]) -> None:
+    from click.testing import CliRunner
+
+    shown = CliRunner().invoke(main, [*args, "--help"], env={"COLUMNS": "120"}).output
+    assert "beside the code" not in shown
+    assert "sfs --help" in shown or not args  # each command points to where the codes are
