@@ -49,7 +49,7 @@ from sfs.defaults import (
     TRANSFER_PROTOCOL_VERSION,
     Transport,
 )
-from sfs.errors import PeerConnectionError, SfsError
+from sfs.errors import DeclinedError, PeerConnectionError, SfsError
 from sfs.text import format_size, printable, printable_text
 
 if TYPE_CHECKING:
@@ -71,18 +71,23 @@ EXIT_INTERRUPTED = 130
 #: Without a terminal, a progress line per file at most this often.
 PROGRESS_LINE_SECONDS = 5.0
 #: What to do with a code: on the receiver's side, and on the sender's (--print-code).
+#: Wrapped at spaces to the terminal's width (terminal.wrap), never mid-word.
 SEND_HINT = (
-    "On the other computer run `sfs send CODE FILE...` with this code "
-    "(or `sfs send FILE...` and type it at the prompt). Waiting…"
+    "On the other computer, run `sfs send CODE FILE...` (or `sfs send FILE...` "
+    "and type the code). Waiting…"
 )
 RECEIVE_HINT = (
-    "On the other computer run `sfs receive CODE` with this code "
-    "(or `sfs receive -` and type it at the prompt). Waiting…"
+    "On the other computer, run `sfs receive CODE` (or `sfs receive -` and type the code). Waiting…"
 )
 #: Below this many columns a progress bar shows only the bar (or the count) and the rate.
 NARROW_COLUMNS = 60
-NARROW_BAR = "{desc}: {percentage:3.0f}%|{bar}| {rate_fmt}"
-NARROW_COUNT = "{desc}: {n_fmt}{unit} {rate_fmt}"
+NARROW_BAR = "{desc}: {percentage:3.0f}%|{bar}| {size_rate}"
+NARROW_COUNT = "{desc}: {size_n} {size_rate}"
+#: tqdm's own layout, with sizes as everywhere else (format_size: ``1.1 GB``, not ``1.07G``).
+WIDE_BAR = (
+    "{desc}: {percentage:3.0f}%|{bar}| {size_n}/{size_total} [{elapsed}<{remaining}, {size_rate}]"
+)
+WIDE_COUNT = "{desc}: {size_n} [{elapsed}, {size_rate}]"
 #: Columns a bar leaves free at the end of its line: room for the ``^C`` a terminal
 #: echoes when Ctrl-C is typed, which would otherwise wrap and strand the bar.
 BAR_SPARE_COLUMNS = 3
@@ -97,6 +102,19 @@ MALLOC_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 #: Freed heap memory kept for reuse before any is returned to the system.
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 logger = logging.getLogger("sfs.cli")
+
+
+class Number(settings.FiniteFloatRange):
+    """A number option: "'abc' is not a valid number", not click's "float range"; and
+    never nan or inf (from any source: settings.FiniteFloatRange)."""
+
+    name = "number"
+
+
+class WholeNumber(click.IntRange):
+    """A whole-number option: "'abc' is not a valid integer", not "integer range"."""
+
+    name = "integer"
 
 
 # -- output helpers -----------------------------------------------------------------------
@@ -207,23 +225,20 @@ class TqdmProgress:
         return None if width is None else width - BAR_SPARE_COLUMNS
 
     def _new_bar(self, name: str, total: int | None) -> tqdm[Any]:
-        from tqdm import tqdm
-
         width = terminal.columns(sys.stderr)
         narrow = width is not None and width < NARROW_COLUMNS
         self._width_checked = time.monotonic()
         self.drawn = True
-        return tqdm(
+        # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
+        layouts = (NARROW_BAR, NARROW_COUNT) if narrow else (WIDE_BAR, WIDE_COUNT)
+        return _size_bar()(
             total=total,
             desc=printable(name, 30 if width is None else max(8, min(30, width // 3))),
             unit="B",
-            unit_scale=True,
-            unit_divisor=1000,
             file=sys.stderr,
             leave=False,
             ncols=None if width is None else width - BAR_SPARE_COLUMNS,
-            # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
-            bar_format=(NARROW_BAR if total is not None else NARROW_COUNT) if narrow else None,
+            bar_format=layouts[0] if total is not None else layouts[1],
         )
 
     @property
@@ -263,6 +278,26 @@ class TqdmProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+@functools.cache
+def _size_bar() -> type[tqdm[Any]]:
+    """tqdm with ``size_n``, ``size_total`` and ``size_rate`` for its layout, written
+    by :func:`format_size`: the bar shows the sizes the prompt and the last line show.
+    (Made on first use: tqdm is not imported for --help.)"""
+    from tqdm import tqdm
+
+    class SizeBar(tqdm):  # type: ignore[type-arg]  # tqdm is generic in its stubs only
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            shown = dict(super().format_dict)
+            total, rate = shown.get("total"), shown.get("rate")
+            shown["size_n"] = format_size(shown.get("n") or 0)
+            shown["size_total"] = "?" if total is None else format_size(total)
+            shown["size_rate"] = "…/s" if not rate else f"{format_size(rate)}/s"
+            return shown
+
+    return SizeBar
 
 
 class ConsoleUi:
@@ -310,7 +345,8 @@ class ConsoleUi:
         self._code_lines(code, link, err=not self.stdout_free)
         if self.stdout_free and not sys.stdout.isatty() and sys.stderr.isatty():
             self._code_lines(code, link, err=True)
-        self.status(self.code_hint)
+        for line in terminal.wrap(self.code_hint, terminal.columns(sys.stderr)):
+            self.status(line)
 
     def _code_lines(self, code: str, link: str | None, *, err: bool) -> None:
         say("Code: ", Styled(code, bold=True), err=err)
@@ -371,14 +407,23 @@ class ConsoleUi:
         width = terminal.columns(sys.stderr)
         name_chars = 80 if width is None else min(80, max(12, width - 40))
         if offer.text:
-            what = f"a text message ({_plural(offer.files[0].size, 'byte')})"
+            what = f"a text message ({format_size(offer.files[0].size)})"
         elif offer.stream:
             name = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
             what = f"{name} (a pipe, size unknown)"
         elif is_tree(offer):
+            # The summary first, then the top level with what each folder holds; every
+            # file only with --list (a tree of thousands is no screenful).
             what = describe_tree(offer)
-            screen = len(offer.files) if self.list_all else shutil.get_terminal_size().lines - 4
-            for line in offer_listing(offer, max_lines=screen, width=width):
+            offered = f"{printable(offer.sender, 40)} offers" if offer.sender else "Offered:"
+            self.status(f"{offered} {what}")
+            screen = shutil.get_terminal_size().lines - 5
+            listing = (
+                offer_listing(offer, max_lines=len(offer.files), width=width)
+                if self.list_all
+                else tree_listing(offer, max_lines=screen, width=width)
+            )
+            for line in listing:
                 self.status(line)
         elif len(offer.files) == 1:
             what = terminal.cut(printable(safe_name(offer.files[0].name)), name_chars)
@@ -445,7 +490,7 @@ def json_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., 
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return f(*args, **kwargs)
-            except click.UsageError as exc:
+            except click.ClickException as exc:
                 if kwargs.get("as_json"):
                     _json_lines().error(exc.exit_code, exc.format_message())
                 raise
@@ -514,6 +559,45 @@ def offer_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> 
     return lines
 
 
+def tree_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> list[str]:
+    """A folder offer's top level, in the offer's order: each file with its size, each
+    folder (``photos/``) with how many files it holds and their size; then "… and N
+    more" if they do not all fit in ``max_lines``."""
+    from sfs.peer.transfer import safe_name
+
+    counts: dict[tuple[str, bool], list[int]] = {}  # (name, is a folder): [files, bytes]
+    for info in offer.files:
+        entry = counts.setdefault(
+            (info.folder[0], True) if info.folder else (info.name, False), [0, 0]
+        )
+        entry[0] += 1
+        entry[1] += info.size
+    for folder in offer.folders:
+        counts.setdefault((folder[0], True), [0, 0])
+
+    def line(name: str, folder: bool, files: int, size: int) -> str:
+        try:
+            name = safe_name(name)
+        except SfsError:
+            pass
+        what = (
+            (f"{_plural(files, 'file')}, {format_size(size)}" if files else "empty")
+            if folder
+            else format_size(size)
+        )
+        columns = 70 if width is None else min(70, max(8, width - 4 - len(what)))
+        shown = terminal.cut(printable(name) + ("/" if folder else ""), columns)
+        return terminal.cut(f"  {shown}  {what}", width)
+
+    keep = max(max_lines, MIN_LISTED_FILES)
+    entries = list(counts.items())
+    shown = entries if len(entries) <= keep else entries[: keep - 1]
+    lines = [line(name, folder, files, size) for (name, folder), (files, size) in shown]
+    if len(shown) < len(entries):
+        lines.append(f"  … and {len(entries) - len(shown)} more")
+    return lines
+
+
 async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
     """Ask on the terminal without blocking the event loop (ICE keeps running).
 
@@ -542,6 +626,16 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
     return await answer
 
 
+#: The shortest time a final line shows: below it, a rate would say more than it knows.
+MIN_SHOWN_SECONDS = 0.001
+
+
+def _seconds(elapsed: float) -> str:
+    """``2.4 s``, ``0.35 s``, ``0.004 s``: never ``0.0 s``."""
+    elapsed = max(elapsed, MIN_SHOWN_SECONDS)
+    return f"{elapsed:.1f} s" if elapsed >= 1 else f"{elapsed:.2g} s"
+
+
 def _final_line(verb: str, result: TransferResult) -> str:
     if result.text is not None:
         what = "a text message"
@@ -554,11 +648,9 @@ def _final_line(verb: str, result: TransferResult) -> str:
     else:
         what = f"{len(result.records)} files"
     moved = result.total_bytes - result.resumed_bytes
-    rate = moved / result.elapsed
-    line = (
-        f"{verb} {what} ({format_size(result.total_bytes)}) "
-        f"in {result.elapsed:.1f} s, {format_size(rate)}/s"
-    )
+    line = f"{verb} {what} ({format_size(result.total_bytes)}) in {_seconds(result.elapsed)}"
+    if moved:  # nothing moved (all there already): no rate to speak of
+        line += f", {format_size(moved / max(result.elapsed, MIN_SHOWN_SECONDS))}/s"
     if result.skipped_files:
         line += f", {_plural(result.skipped_files, 'file')} already there (same SHA-256)"
     if result.resumed_files:
@@ -671,7 +763,10 @@ def _run(
             ui.report_kept()
         if verbose:
             logger.exception("details")
-        say_error(str(exc))
+        if isinstance(exc, DeclinedError):
+            say(str(exc))  # the user's own answer: said plainly, not as an error
+        else:
+            say_error(str(exc))
         if json_lines is not None:
             json_lines.error(exc.exit_code, str(exc))
         sys.exit(exc.exit_code)
@@ -836,7 +931,7 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--connect-timeout",
-            type=settings.FiniteFloatRange(1, 3600),
+            type=Number(1, 3600),
             default=CONNECT_TIMEOUT_SECONDS,
             show_default=True,
             metavar="SECONDS",
@@ -881,7 +976,8 @@ def _epilog(examples: Sequence[tuple[str, str]]) -> str:
     return (
         "\b\nExamples:\n"
         + "\n".join(lines)
-        + ("\n\nREADME.md (beside the code) has every option, the exit codes and troubleshooting.")
+        + "\n\n`sfs --help`: where received files go, and the exit codes. README.md (in sfs's"
+        + "\nsource, not installed) has the details and troubleshooting."
     )
 
 
@@ -941,11 +1037,26 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
     With no --server and no SFS_SERVER, `sfs receive` and `sfs send` work on the
     local network by themselves (mDNS); with a server (`sfs serve`), across networks.
 
+    `sfs receive` saves into the folder it runs in, unless -o FOLDER says where
+    (`sfs receive -o ~/Downloads`); it never replaces a file without --overwrite.
+
     Every option can also be set in the environment (SFS_ and its name, as each
     command's --help shows) or in the config file; the command line wins over the
     environment, which wins over the file. `sfs config` shows what is in force.
-    Documentation: README.md beside the code (every option, exit codes,
-    troubleshooting).
+
+    \b
+    Exit codes:
+      0  done                        8  no connection to the other side
+      1  other error                 9  a file to send is missing or unreadable
+      2  bad command line           10  the destination exists (--overwrite)
+      3  server unreachable         11  cannot write (disk full, not writable)
+      4  no receiver with that code 12  integrity failure (damaged or tampered)
+      5  wrong code                 13  protocol error, or an sfs too old
+      6  declined                   14  --verify not confirmed
+      7  the other side left        130 interrupted (Ctrl-C)
+
+    Each command's --help lists its options, with examples. README.md, in sfs's
+    source (pip does not install it), has the details and troubleshooting.
     """
     assert isinstance(ctx.command, click.Group)
     config = settings.load(config_file, ctx.command, ctx)
@@ -958,7 +1069,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--port",
     default=5000,
-    type=click.IntRange(0, 65535),
+    type=WholeNumber(0, 65535),
     envvar="SFS_PORT",
     show_envvar=True,
     show_default=True,
@@ -994,7 +1105,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 )
 @click.option(
     "--turn-ttl",
-    type=click.IntRange(60, 7 * 24 * 3600),
+    type=WholeNumber(60, 7 * 24 * 3600),
     default=DEFAULT_TURN_TTL_SECONDS,
     show_default=True,
     metavar="SECONDS",
@@ -1015,28 +1126,28 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--max-connections",
     default=10_000,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Refuse clients beyond this many at once.",
 )
 @click.option(
     "--max-lookups-per-connection",
     default=10,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Code lookups one client may try before it is refused.",
 )
 @click.option(
     "--max-lookups-per-address",
     default=60,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Code lookups per client address (IPv6: per /64) per minute.",
 )
 @click.option(
     "--max-connections-per-address",
     default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Connections one client address (IPv6: one /64) may hold at once; each peer "
     "holds one while it connects, so this is how many may share a NAT.",
@@ -1044,7 +1155,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--header-timeout",
     default=DEFAULT_HEADER_TIMEOUT_SECONDS,
-    type=settings.FiniteFloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Close a connection that has not sent its HTTP request (or websocket upgrade).",
@@ -1052,7 +1163,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--join-timeout",
     default=DEFAULT_JOIN_TIMEOUT_SECONDS,
-    type=settings.FiniteFloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Close a websocket that has not joined the Socket.IO namespace.",
@@ -1060,7 +1171,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--register-timeout",
     default=DEFAULT_REGISTER_TIMEOUT_SECONDS,
-    type=settings.FiniteFloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Disconnect a client that has not registered by then.",
@@ -1068,7 +1179,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--pairing-timeout",
     default=DEFAULT_PAIRING_TIMEOUT_SECONDS,
-    type=settings.FiniteFloatRange(min=0, min_open=True),
+    type=Number(min=0, min_open=True),
     show_default=True,
     metavar="SECONDS",
     help="Disconnect both peers of a connection request that has not ended by then "
@@ -1077,14 +1188,14 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--max-queued-bytes-per-connection",
     default=DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Disconnect a client that leaves more than this unread.",
 )
 @click.option(
     "--max-queued-bytes",
     default=DEFAULT_MAX_QUEUED_BYTES,
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     show_default=True,
     help="Unread data for all clients together; beyond it the clients with the most "
     "unread are disconnected.",
@@ -1092,7 +1203,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--fd-reserve",
     default=DEFAULT_FD_RESERVE,
-    type=click.IntRange(MIN_FD_RESERVE),
+    type=WholeNumber(MIN_FD_RESERVE),
     show_default=True,
     help="File descriptors kept free for /healthz: Socket.IO clients get 503 when only "
     "this many are left.  The soft `ulimit -n` is raised to the hard one at start.",
@@ -1112,7 +1223,7 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 @click.option(
     "--redis-ttl",
     default=DEFAULT_REDIS_TTL_SECONDS,
-    type=settings.FiniteFloatRange(min=MIN_REDIS_TTL_SECONDS),
+    type=Number(min=MIN_REDIS_TTL_SECONDS),
     show_default=True,
     metavar="SECONDS",
     help="With --redis: how long a node's peers stay registered after its last "
@@ -1300,7 +1411,14 @@ def _turn_secret(path: Path | None) -> TurnSecret | None:
     is_flag=True,
     help="Write the one incoming file or pipe to stdout (everything else goes to "
     "stderr); an offer of more is refused. Data already written cannot be taken "
-    "back: an integrity failure still exits 12.",
+    "back: an integrity failure still exits 12. Refused when stdout is a terminal, "
+    "unless --force-tty is given too.",
+)
+@click.option(
+    "--force-tty",
+    is_flag=True,
+    help="With --stdout: write to stdout even when it is a terminal (the bytes go "
+    "to the screen as they are).",
 )
 @QR_OPTION
 @json_option(TRANSFER_JSON_HELP)
@@ -1315,6 +1433,7 @@ def receive(
     list_all: bool,
     name: str | None,
     to_stdout: bool,
+    force_tty: bool,
     qr: bool,
     as_json: bool,
     verify: bool,
@@ -1335,11 +1454,16 @@ def receive(
     types it at a prompt (or reads it from stdin), out of the process list.
     """
     from sfs import app
-    from sfs.code import parse_code
 
     _setup_logging(verbose, quiet=quiet)
     if as_json and to_stdout:
         raise click.UsageError("--json and --stdout both write to stdout: pick one")
+    if to_stdout and not force_tty and terminal.is_tty(sys.stdout):
+        # Before a code is shown or used: refusing later would spend it (curl refuses so).
+        raise click.UsageError(
+            "stdout is a terminal: --stdout would put the file's bytes on the screen; "
+            "redirect it (`--stdout > FILE`, `--stdout | tar x`) or add --force-tty"
+        )
     if as_json and qr:
         raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
     if not yes and not sys.stdin.isatty():
@@ -1352,10 +1476,7 @@ def receive(
     elif code == "-":
         joined = _prompt_code() if sys.stdin.isatty() else _read_code()
     else:
-        try:
-            joined = parse_code(code)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="CODE") from None
+        joined = _code_argument(code)
     config = app.ReceiveConfig(
         code=joined,
         output_dir=output,
@@ -1407,7 +1528,7 @@ def _complete_files(
 @click.argument("args", nargs=-1, metavar="[CODE] FILE...", shell_complete=_complete_files)
 @click.option(
     "--chunk-size",
-    type=click.IntRange(1, MAX_CHUNK_BYTES),
+    type=WholeNumber(1, MAX_CHUNK_BYTES),
     default=None,
     help=f"Plaintext bytes per message (lowered to the peer's limit) [default: "
     f"{DEFAULT_CHUNK_BYTES} over WebRTC, {MAX_CHUNK_BYTES} over TCP, each measured fastest].",
@@ -1502,7 +1623,9 @@ def send(
     if print_code:
         code, files = None, _only_files(args)
     else:
-        code, files = _split_code(args, stdin_taken=stdin_taken, want_files=text is None)
+        code, files = _split_code(
+            args, stdin_taken=stdin_taken, want_files=text is None, text_from_stdin=text == "-"
+        )
     if text is not None and files:
         raise click.UsageError("--text sends a text message: give no files with it")
     if text is None and not files:
@@ -1549,7 +1672,7 @@ def send(
 @main.command(epilog=_epilog(PEERS_EXAMPLES))
 @click.option(
     "--once",
-    type=settings.FiniteFloatRange(0, 3600),
+    type=Number(0, 3600),
     default=None,
     metavar="SECONDS",
     help="Look for this long, print who was found and exit (0 even if nobody).",
@@ -1608,7 +1731,7 @@ def peers(once: float | None, as_json: bool, verbose: int) -> None:
 )
 @click.option(
     "--connect-timeout",
-    type=settings.FiniteFloatRange(1, 3600),
+    type=Number(1, 3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -1711,64 +1834,110 @@ CODE_PROMPT_TRIES = 3
 
 
 def _split_code(
-    args: tuple[str, ...], *, stdin_taken: bool = False, want_files: bool = True
+    args: tuple[str, ...],
+    *,
+    stdin_taken: bool = False,
+    want_files: bool = True,
+    text_from_stdin: bool = False,
 ) -> tuple[Code, tuple[str, ...]]:
     """Take the code from the first argument, or from a prompt or stdin if it is not
     there; say exactly what is wrong when an argument looks like a code but is not one,
-    or stands in the wrong place (a mistyped code must not become a file name).
+    or stands in the wrong place (a mistyped code must not become a file name). The
+    files are checked before a prompt asks for a code.
 
     :param stdin_taken: stdin carries data, so the code must be an argument or typed.
     :param want_files: files must follow the code (not with --text).
+    :param text_from_stdin: stdin carries a text message (--text -), not a pipe.
     """
+    from sfs.code import shown_part
+
     code_like = [i for i, arg in enumerate(args) if _looks_like_code(arg)]
     if code_like and code_like[0] > 0:
+        arg = args[code_like[0]]
         raise click.UsageError(
-            f"{_peer_id_part(args[code_like[0]])} looks like a code: put it first, "
+            f"{shown_part(arg)} looks like a code{_did_you_mean(arg)}: put it first, "
             "as in `sfs send CODE FILE...`"
         )
     if code_like:
-        from sfs.code import parse_code
-
-        try:
-            code = parse_code(args[0])
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="CODE") from None
+        code = _code_argument(args[0])
         files = args[1:]
         if not files and want_files:
             raise click.UsageError("no file to send: `sfs send CODE FILE...`")
         if len(code_like) > 1:
             raise click.UsageError(
-                f"{_peer_id_part(args[code_like[1]])} looks like a second code; "
+                f"{shown_part(args[code_like[1]])} looks like a second code; "
                 "give one code, then the files"
             )
         return code, files
+    for arg in args:
+        if arg != "-" and not os.path.lexists(arg):
+            raise MissingFile(f"{arg!r}: no such file")
     if stdin_taken and not sys.stdin.isatty():
-        raise click.UsageError(
-            "stdin carries the data here: give the code first, `sfs send CODE -`"
-        )
+        example = "sfs send CODE --text -" if text_from_stdin else "sfs send CODE -"
+        raise click.UsageError(f"stdin carries the data here: give the code first, `{example}`")
     return _prompt_code() if sys.stdin.isatty() else _read_code(), args
 
 
+class MissingFile(click.ClickException):
+    """A file to send is not there, found before a code is asked for (exit 9, as
+    :class:`sfs.errors.SourceError`)."""
+
+    exit_code = 9
+
+    def show(self, file: Any = None) -> None:
+        say_error(self.format_message())
+
+
 def _only_files(args: tuple[str, ...]) -> tuple[str, ...]:
+    from sfs.code import shown_part
+
     for arg in args:
         if _looks_like_code(arg):
             raise click.UsageError(
-                f"{_peer_id_part(arg)} looks like a code; with --print-code, this side "
+                f"{shown_part(arg)} looks like a code; with --print-code, this side "
                 "prints the code: give only the files"
             )
     return args
 
 
 def _looks_like_code(arg: str) -> bool:
-    from sfs.code import CODE_SHAPE
+    """A code, or an attempt at one, that is not the name of a file here."""
+    from sfs.code import looks_like_code
 
-    return CODE_SHAPE.match(arg) is not None and not os.path.lexists(arg)
+    return looks_like_code(arg) and not os.path.lexists(arg)
 
 
-def _peer_id_part(arg: str) -> str:
-    """What of a code-like argument may be shown: the peer ID, never secret words."""
-    peer_id = arg.strip()[:7].upper()
-    return peer_id + ("-…" if len(arg.strip()) > 7 else "")
+def _code_argument(arg: str) -> Code:
+    """CODE given as an argument; an error names a mistyped code as one, with the
+    code it was likely meant to be."""
+    from sfs.code import CODE_SHAPE, parse_code, shown_part
+
+    try:
+        return parse_code(arg)
+    except ValueError as exc:
+        problem = str(exc)
+        if CODE_SHAPE.match(arg) is None:  # ALX232-…: it could have been a file name
+            problem = (
+                f"{shown_part(arg)} looks like a mistyped code (no file has that name): {problem}"
+            )
+        raise click.BadParameter(problem + _did_you_mean(arg), param_hint="CODE") from None
+
+
+def _did_you_mean(typed: str) -> str:
+    """`` (did you mean ALX-232-beam-haddock?)`` when one code is close to ``typed``.
+
+    Its secret words only on a terminal, where the person typed them: stderr may be
+    a log, which must never hold them (there, only a corrected ID is suggested)."""
+    from sfs.code import shown_part, suggest_code
+
+    suggestion = suggest_code(typed)
+    if suggestion is None:
+        return ""
+    if terminal.is_tty(sys.stderr):
+        return f" (did you mean {suggestion}?)"
+    if shown_part(typed) != f"{suggestion.peer_id}-…":
+        return f" (did you mean {suggestion.peer_id}-…?)"
+    return ""
 
 
 def _prompt_code() -> Code:
@@ -1785,7 +1954,7 @@ def _prompt_code() -> Code:
         try:
             return parse_code(text)
         except ValueError as exc:
-            say_error(str(exc))
+            say_error(str(exc) + _did_you_mean(text))
     raise click.UsageError(f"no valid code after {CODE_PROMPT_TRIES} tries")
 
 
@@ -1811,7 +1980,7 @@ def _read_code() -> Code:
     try:
         return parse_code(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="CODE") from None
+        raise click.BadParameter(str(exc) + _did_you_mean(text), param_hint="CODE") from None
 
 
 def _default_sender() -> str:

@@ -7,6 +7,8 @@ the user interface and are listed in README.md; never reuse or renumber one.
 
 from __future__ import annotations
 
+import errno
+
 
 class SfsError(Exception):
     """Something went wrong."""
@@ -149,6 +151,13 @@ class RejectedError(TransferError):
     exit_code = 6
 
 
+class DeclinedError(RejectedError):
+    """Declined: nothing was received.
+
+    The user's own answer, not a failure: the CLI says it plainly, not as an error,
+    and exits 6 as for any refusal."""
+
+
 class CancelledByPeerError(TransferError):
     """The other side cancelled the transfer."""
 
@@ -171,3 +180,25 @@ class DiskError(TransferError):
     """Cannot write the received file (disk full or not writable)."""
 
     exit_code = 11
+
+
+#: How a connection's end reads in words, by errno (never ``[Errno 104] ...``).
+_CONNECTION_ENDS = {
+    errno.ECONNRESET: "the other side reset it",
+    errno.EPIPE: "the other side closed it",
+    errno.ECONNABORTED: "it was aborted on this machine",
+    errno.ETIMEDOUT: "it timed out",
+    errno.EHOSTUNREACH: "the other side became unreachable",
+    errno.ENETUNREACH: "the network became unreachable",
+    errno.ENETDOWN: "the network went down",
+}
+
+
+def connection_end(exc: BaseException) -> str:
+    """Why a connection ended, for a message: in words, without ``[Errno N]``."""
+    if isinstance(exc, OSError):
+        if exc.errno in _CONNECTION_ENDS:
+            return _CONNECTION_ENDS[exc.errno]
+        if exc.strerror:
+            return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__

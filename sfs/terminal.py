@@ -133,3 +133,20 @@ def fit_columns(
         "  ".join(pad(cut(row[i], widths[i]), widths[i]) for i in kept).rstrip() for row in rows
     ]
     return [cut(line, width) for line in lines]
+
+
+def wrap(text: str, width: int | None) -> list[str]:
+    """``text`` as lines of at most ``width`` columns, broken at spaces, never inside a
+    word (a word wider than a line has one of its own, which the terminal wraps);
+    one line when there is no width (a pipe, a log)."""
+    if width is None or display_width(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        if line and display_width(line) + 1 + display_width(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line]

@@ -44,7 +44,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sfs.defaults import Transport as Transport
-from sfs.errors import CryptoError, PeerConnectionError, PeerGoneError, RemoteProtocolError
+from sfs.errors import (
+    CryptoError,
+    PeerConnectionError,
+    PeerGoneError,
+    RemoteProtocolError,
+    connection_end,
+)
 from sfs.peer.crypto import (
     TCP_MAGIC,
     TCP_NONCE_BYTES,
@@ -342,7 +348,7 @@ class TcpLink(asyncio.BufferedProtocol):
         if self._stage is not _Stage.FRAMES and self._error is None:
             self._error = PeerGoneError("the direct connection closed before it was set up")
         if exc is not None and self._error is None:
-            self._error = PeerGoneError(f"the direct connection broke: {exc}")
+            self._error = PeerGoneError(f"the direct connection broke: {connection_end(exc)}")
         if self._length is not None or self._filled:
             # Cut inside a frame: what came is not a frame, and says so.
             self._error = self._error or PeerGoneError("the direct connection broke mid-frame")

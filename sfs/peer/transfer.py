@@ -43,6 +43,7 @@ from sfs import platform
 from sfs.errors import (
     CancelledByPeerError,
     CryptoError,
+    DeclinedError,
     DestinationExistsError,
     DiskError,
     IntegrityError,
@@ -1409,11 +1410,20 @@ def cancel_reason(exc: BaseException) -> str:
     return "the other side hit an error"
 
 
+#: What a receiver's REJECT says when its user answered no.
+DECLINED_REASON = "declined by the receiver"
+
+
 def _peer_stopped(event: Event, offer_version: int = 0) -> SfsError:
     """Why the peer's ``event`` ends the transfer; ``offer_version``, when it is the
     answer to our offer, tells an old receiver's refusal of a newer offer."""
     if isinstance(event, Reject):
-        return RejectedError(f"the receiver declined the transfer ({event.reason})")
+        # Its reason only when it says more than that it declined (every receiver,
+        # the page's too, sends DECLINED_REASON when its user says no).
+        plain = event.reason in ("", "declined", DECLINED_REASON)
+        return RejectedError(
+            "the receiver declined the transfer" + ("" if plain else f" ({event.reason})")
+        )
     if isinstance(event, Cancel) and (
         event.reason == UPGRADE_REASON
         or (offer_version >= 3 and event.reason == _OLD_RECEIVER_REASON)
@@ -1950,8 +1960,8 @@ async def receive_files(
             )
             destinations = plan.paths
             if not await _decide_while_listening(channel, proto, decide, offer, plan):
-                await _refuse(channel, proto, "declined by the receiver")
-                raise RejectedError("you declined the transfer")
+                await _refuse(channel, proto, DECLINED_REASON)
+                raise DeclinedError()
             held, complete = [0] * len(offer.files), set[int]()
             if not in_memory:
                 claims = NameClaims(destinations, overwrite=overwrite)

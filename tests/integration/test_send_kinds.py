@@ -44,7 +44,7 @@ def test_a_text_message_is_printed_inert_and_nothing_is_written(
     assert received.stdout == (
         "the wifi password is\tcorrect horse\n\\x1b[2Jcleared? \\u202eexe.pdf\n"
     ), received.stdout
-    assert f"Receive a text message ({size} bytes) from tester? yes" in received.stderr
+    assert f"Receive a text message ({size} B) from tester? yes" in received.stderr
     assert re.search(rf"^Received a text message \({size} B\)", received.stderr, re.M)
     assert os.listdir(out) == []
     assert sent.stdout.startswith(f"Sent a text message ({size} B)")
