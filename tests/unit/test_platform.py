@@ -147,15 +147,16 @@ def test_without_hard_links_a_file_that_appeared_is_never_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fallback reserves the name with O_EXCL: a file there (written after the
-    transfer began) makes it fail, and only sfs's own empty file is ever renamed over."""
+    transfer began) is left as it is, and the new one goes to the next free name; only
+    sfs's own empty file is ever renamed over."""
     _no_hard_links(monkeypatch)
     part = _part(tmp_path)
     (tmp_path / "f").write_bytes(b"old")
-    with pytest.raises(DestinationExistsError, match="appeared"):
-        asyncio.run(part.commit(hashlib.sha256(b"new").digest(), overwrite=False))
+    placed = asyncio.run(part.commit(hashlib.sha256(b"new").digest(), overwrite=False))
+    assert placed == tmp_path / "f (1)"
     assert (tmp_path / "f").read_bytes() == b"old"
-    part.discard()
-    assert os.listdir(tmp_path) == ["f"]
+    assert placed.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["f", "f (1)"]
 
 
 @posix_only
