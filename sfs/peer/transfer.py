@@ -1703,6 +1703,8 @@ class Departures:
         self._progress = progress
         self._files: list[_Departing] = []
         self._head = 0  # the first file not yet shown finished
+        self._before_head = 0  # plain bytes of the files before it (kept, not summed:
+        # a tree of 10 000 files would make every step cost the whole list)
         self._handed_plain = 0
         self._handed_wire = 0
         self._gone = 0  # of _handed_plain
@@ -1742,7 +1744,7 @@ class Departures:
         self._head = len(self._files)
 
     def _walk(self) -> None:
-        before = sum(f.plain for f in self._files[: self._head])
+        before = self._before_head
         while self._head < len(self._files):
             f = self._files[self._head]
             if not f.started:
@@ -1757,6 +1759,7 @@ class Departures:
                 return
             self._progress.finish()
             before += f.plain
+            self._before_head = before
             self._head += 1
 
 

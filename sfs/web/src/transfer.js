@@ -426,6 +426,7 @@ export class Departures {
     this._progress = progress;
     this._files = [];
     this._head = 0; // the first file not yet shown finished
+    this._beforeHead = 0; // bytes of the files before it (kept: summing is O(files))
     this._handed = 0;
     this._gone = 0;
   }
@@ -469,8 +470,7 @@ export class Departures {
   }
 
   _walk() {
-    let before = 0;
-    for (let i = 0; i < this._head; i++) before += this._files[i].plain;
+    let before = this._beforeHead;
     while (this._head < this._files.length) {
       const f = this._files[this._head];
       if (!f.started) {
@@ -485,6 +485,7 @@ export class Departures {
       if (!(f.handedAll && f.shown === f.plain)) return;
       this._progress.finish();
       before += f.plain;
+      this._beforeHead = before;
       this._head += 1;
     }
   }
