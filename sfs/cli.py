@@ -330,13 +330,18 @@ class ConsoleUi:
     def status(self, message: str) -> None:
         if self.quiet:
             return
+        # On a terminal a long line is broken between words, never inside one (the
+        # terminal's own wrap would cut a word); elsewhere it stays one line.
+        lines = terminal.wrap(message, terminal.columns(sys.stderr))
         if any(bar.active for bar in self._bars):
             from tqdm import tqdm
 
             with tqdm.external_write_mode(file=sys.stderr):  # the bar is redrawn below
-                say(message)
+                for line in lines:
+                    say(line)
         else:
-            say(message)
+            for line in lines:
+                say(line)
 
     def show_code(self, code: str, link: str | None = None) -> None:
         # The code goes to stdout only, once: not into logs or stderr captures. When
@@ -345,8 +350,7 @@ class ConsoleUi:
         self._code_lines(code, link, err=not self.stdout_free)
         if self.stdout_free and not sys.stdout.isatty() and sys.stderr.isatty():
             self._code_lines(code, link, err=True)
-        for line in terminal.wrap(self.code_hint, terminal.columns(sys.stderr)):
-            self.status(line)
+        self.status(self.code_hint)
 
     def _code_lines(self, code: str, link: str | None, *, err: bool) -> None:
         say("Code: ", Styled(code, bold=True), err=err)

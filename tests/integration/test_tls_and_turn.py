@@ -299,8 +299,10 @@ def test_sfs_check_reports_the_tls_of_the_server(tmp_path: Path, pki: dict[str, 
         stop_process(server.process)
     first = trusted.stdout.splitlines()[0]
     assert first.startswith(f"ok    server {server.url}: reachable (TLS, certificate verified)")
-    assert trusted.returncode == 1  # no STUN or TURN server handed out: not with everyone
-    assert "FAIL  TURN: the server hands out no TURN relay" in trusted.stdout
+    # No STUN or TURN server handed out: `warn` lines, but transfers on one network
+    # work, so exit 0 (issue 23: a working server is no alarm).
+    assert trusted.returncode == 0, trusted.stdout
+    assert "warn  TURN: the server hands out no TURN relay" in trusted.stdout, trusted.stdout
     first = untrusted.stdout.splitlines()[0]
     assert first.startswith(f"FAIL  server {server.url}: the signaling server at"), first
     assert "certificate this machine does not trust" in first and untrusted.returncode == 1
