@@ -92,8 +92,9 @@ from sfs.peer.transfer import (
     text_source,
 )
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
+from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
-from sfs.signal.server import ServerConfig, run_server
+from sfs.signal.server import run_server
 
 logger = logging.getLogger(__name__)
 

@@ -1263,13 +1263,14 @@ def serve(
     """Run the signaling server (it never sees file data or keys)."""
     from sfs import app
     from sfs.signal import server as signal_server
+    from sfs.signal.config import ServerConfig
 
     _setup_logging(verbose)
     logging.getLogger("sfs.signal").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
-        config = signal_server.ServerConfig(
+        config = ServerConfig(
             host=host,
             port=port,
             ice_servers=_ice_servers(ice_server) or (),
@@ -1337,7 +1338,7 @@ def _redis_url(value: str | None) -> str | None:
     never shows the URL, which may hold a password."""
     if value is None or not value.strip():
         return None
-    from sfs.signal.redis_registry import redis_url_display
+    from sfs.signal.config import redis_url_display
 
     try:
         redis_url_display(value)

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from sfs.peer.crypto import KeyExchange, seal_message
 from sfs.signal import messages as m
-from sfs.signal.server import ServerConfig, _SignalServer
+from sfs.signal.config import ServerConfig
+from sfs.signal.server import _SignalServer
 
 Emit = tuple[str, dict[str, object], str]
 

@@ -30,8 +30,9 @@ from aiohttp import web
 from sfs.errors import CryptoError
 from sfs.lan.record import MAX_PROBE_BODY_BYTES, PROBE_PATH
 from sfs.peer.crypto import PROBE_INSTANCE_BYTES, answer_probe
+from sfs.signal.config import ServerConfig
 from sfs.signal.registry import address_key
-from sfs.signal.server import ServerConfig, run_server
+from sfs.signal.server import run_server
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from sfs.signal.registry import (
 )
 
 if TYPE_CHECKING:
-    from sfs.signal.server import ServerConfig
+    from sfs.signal.config import ServerConfig
 
 
 @dataclass

@@ -45,7 +45,6 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import socketio
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -56,6 +55,7 @@ from redis.exceptions import RedisError
 from sfs.defaults import DEFAULT_REDIS_TTL_SECONDS, MIN_REDIS_TTL_SECONDS
 from sfs.errors import RegistryUnreachableError
 from sfs.signal import messages as m
+from sfs.signal.config import redis_url_display
 from sfs.signal.registry import (
     MAX_PEER_ID_ATTEMPTS,
     Connection,
@@ -71,13 +71,12 @@ from sfs.signal.registry import (
 )
 
 if TYPE_CHECKING:
-    from sfs.signal.server import ServerConfig
+    from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "sfs:"
 CHANNEL = PREFIX + "socketio"
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_TTL_SECONDS = DEFAULT_REDIS_TTL_SECONDS
 MIN_TTL_SECONDS = MIN_REDIS_TTL_SECONDS
 # A node refreshes its peers' entries this many times per TTL, so a late heartbeat
@@ -107,34 +106,6 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "socket_keepalive": True,
     "retry": Retry(NoBackoff(), 0),
 }
-
-
-def redis_url_display(url: str) -> str:
-    """*url* as logs and errors may show it: no user name, password or query.
-
-    :raises ValueError: with a line for the user when *url* is not a Redis URL
-        (the message never repeats the URL, which may hold a password)
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError("the --redis URL has a bad host or port") from None
-    scheme = parts.scheme.lower()
-    if scheme not in REDIS_SCHEMES:
-        raise ValueError("--redis takes a redis://, rediss:// or unix:// URL")
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError("a unix:// --redis URL needs the socket's path")
-        return f"unix://{parts.path}"
-    if not parts.hostname:
-        raise ValueError("the --redis URL names no host")
-    database = parts.path.strip("/")
-    if database and not database.isdigit():
-        raise ValueError("the path of a --redis URL is a database number, e.g. /0")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    netloc = host if port is None else f"{host}:{port}"
-    return urlunsplit((scheme, netloc, f"/{database or 0}", "", ""))
 
 
 def _reason(exc: BaseException) -> str:

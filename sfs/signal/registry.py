@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from sfs.signal import messages as m
 
 if TYPE_CHECKING:
-    from sfs.signal.server import ServerConfig
+    from sfs.signal.config import ServerConfig
 
 # How often register tries a random ID before giving up; with at most
 # max_connections live out of 17.6 million IDs, a dozen collisions in a row

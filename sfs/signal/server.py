@@ -17,14 +17,12 @@ registry says to emit; clients cannot tell which registry is in use.  ``GET /met
 serves this node's counts (sfs.signal.metrics).
 
 No client may hold the server's resources for long or in bulk.  Every TCP
-connection counts against a cap per client address (per /64 for IPv6) and
-against the file descriptor limit, with a reserve kept so that ``/healthz``
-answers when Socket.IO clients are turned away (:class:`Admission`); a request
-must arrive within the header timeout, a websocket session must join the
-Socket.IO namespace within the join timeout, register within the register
-timeout, and a pairing must end (the peers leave once their DataChannel is open)
-within the pairing timeout (:class:`Deadlines`); and what waits unread for a
-client is bounded in bytes per connection and in all (:class:`QueueMeter`).
+connection counts against a cap per client address and against the file
+descriptor limit, and what waits unread for a client is bounded
+(sfs.signal.admission); a request must arrive within the header timeout, a
+websocket session must join the Socket.IO namespace within the join timeout,
+register within the register timeout, and a pairing must end (the peers leave once
+their DataChannel is open) within the pairing timeout (:class:`Deadlines`).
 """
 
 from __future__ import annotations
@@ -35,9 +33,7 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -45,47 +41,20 @@ from aiohttp import web
 from socketio import packet as sio_packet
 
 from sfs import platform
-from sfs.defaults import (
-    DEFAULT_FD_RESERVE,
-    DEFAULT_HEADER_TIMEOUT_SECONDS,
-    DEFAULT_JOIN_TIMEOUT_SECONDS,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-    DEFAULT_MAX_QUEUED_BYTES,
-    DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
-    DEFAULT_PAIRING_TIMEOUT_SECONDS,
-    DEFAULT_PORT,
-    DEFAULT_REDIS_TTL_SECONDS,
-    DEFAULT_REGISTER_TIMEOUT_SECONDS,
-    FD_SPARE,
-    LISTEN_BACKLOG,
-    MIN_FD_RESERVE,
-    MIN_REDIS_TTL_SECONDS,
-)
+from sfs.defaults import FD_SPARE, LISTEN_BACKLOG
 from sfs.signal import messages as m
+from sfs.signal.admission import Gate, MeteredQueue, QueueMeter, WebHandler
+from sfs.signal.config import ServerConfig
 from sfs.signal.memory_registry import MemoryRegistry
 from sfs.signal.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfs.signal.metrics import Metrics
 from sfs.signal.page import add_page_routes
 from sfs.signal.redis_registry import RedisRegistry
-from sfs.signal.redis_registry import redis_url_display as redis_url_display  # for the CLI
-from sfs.signal.registry import (
-    Deadlines,
-    Departure,
-    Expiry,
-    Registry,
-    Rejected,
-    address_key,
-)
-from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret, rest_credential
+from sfs.signal.registry import Deadlines, Departure, Expiry, Registry, Rejected
+from sfs.signal.turn import rest_credential
 
 logger = logging.getLogger(__name__)
 
-# For the CLI: `sfs serve --redis-ttl`.
-REDIS_TTL_DEFAULT_SECONDS = DEFAULT_REDIS_TTL_SECONDS
-REDIS_TTL_MIN_SECONDS = MIN_REDIS_TTL_SECONDS
-# Far above the largest valid payload (a 64 KiB sealed SDP) yet small enough
-# that nobody can make the server buffer much for them.
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 # On shutdown every client has already been sent a disconnect; some (the
 # python-socketio client among them) never finish the websocket closing
 # handshake, and aiohttp waits this long, twice, before it drops them.
@@ -95,17 +64,8 @@ MAX_EVENT_NAME_CHARS = 64
 # is dropped: at up to a 64 KiB sealed SDP each, this bounds what one connection
 # can make the server hold for it.  A working client reads them at once.
 MAX_QUEUED_PACKETS = 128
-# Defaults of the exhaustion limits (ServerConfig has the reasoning per field).
-# (DEFAULT_* limits, LISTEN_BACKLOG, FD_SPARE, MIN_FD_RESERVE: from sfs.defaults.)
-# The kernel's send buffer per connection.  Left to autotuning it grows to
-# tcp_wmem's maximum (4 MiB by default) for a client that does not read, outside
-# every budget here; signaling messages are at most a sealed SDP (64 KiB).
-SEND_BUFFER_BYTES = 64 * 1024
 # Where the soft fd limit goes when the hard one is unlimited.
 UNLIMITED_FD_TARGET = 1 << 20
-# The share of a packet queued for a client beyond its payload (the objects that
-# carry it), so that a flood of tiny packets also counts.
-PACKET_OVERHEAD_BYTES = 64
 # Sweeps for overdue sessions run this many times per shortest timeout, but at
 # least every SWEEP_MAX_SECONDS and at most every SWEEP_MIN_SECONDS.
 SWEEPS_PER_TIMEOUT = 4
@@ -116,426 +76,12 @@ SWEEP_MAX_SECONDS = 1.0
 _SOCKETIO_HANDLER_NAMES = frozenset({"connect", "disconnect", "*"})
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Settings of ``sfs serve``.
-
-    :param host: address to bind
-    :param port: TCP port to bind; 0 picks a free one
-    :param ice_servers: STUN/TURN servers handed to every registering peer
-    :param max_connections: concurrent Socket.IO connections; more are refused
-    :param max_lookups_per_connection: find_peer/send_connection_request attempts
-        one connection may make in its lifetime
-    :param max_lookups_per_address: attempts from one client address per window
-    :param lookup_window_seconds: length of that sliding window
-    :param max_message_bytes: largest frame accepted; a larger one drops the connection
-    :param max_connections_per_address: TCP connections one client address (IPv6:
-        one /64) may hold at once; more are closed on accept.  Each sfs peer holds
-        one while it sets up, so this is how many peers may share a NAT.
-    :param header_timeout_seconds: a connection that has not sent a whole HTTP
-        request (the websocket upgrade, or ``/healthz``) by then is closed
-    :param join_timeout_seconds: a websocket that has not joined the Socket.IO
-        namespace by then is closed (clients join at once)
-    :param register_timeout_seconds: a client that has not sent ``register_peer``
-        by then, counted from joining, is disconnected
-    :param pairing_timeout_seconds: a connection request, accepted or not, that
-        has not ended by then (the peers leave as soon as their DataChannel is
-        open) costs both peers their connection; must exceed the clients'
-        ``--connect-timeout`` plus the key exchange and gathering
-    :param max_queued_bytes_per_connection: data waiting for one client to read
-        it; a client that lets more pile up is dropped
-    :param max_queued_bytes: the same over all clients; when it is exceeded the
-        clients with the most unread data are dropped, not the ones sending
-    :param fd_reserve: file descriptors kept free for plain HTTP (``/healthz``):
-        websocket sessions are answered 503 once only this many are left
-    :param stun_urls: STUN servers handed to every registering peer
-    :param turn_urls: TURN servers handed to every registering peer, each with a
-        credential of its own from ``turn_secret`` (coturn's ``static-auth-secret``)
-    :param turn_ttl_seconds: how long such a credential is valid
-    :param tls: certificate and key files to serve HTTPS (and websockets over TLS)
-    :param page: serve the browser page at ``/`` (sfs.signal.page)
-    :param redis_url: keep the peers in this Redis, shared with every node that
-        uses it (sfs.signal.redis_registry); None keeps them in this process
-    :param request_timeout_seconds: if set, a client from another machine (not
-        loopback) that has not asked for a connection by then, counted from
-        connecting, is disconnected: LAN mode's embedded server, where only its own
-        waiting side (on loopback) has reason to wait; with the memory registry only
-    :param redis_ttl_seconds: how long a node's peers stay in Redis after its last
-        heartbeat (it sends one every third of that): the bound on how long the
-        partners of a node that died wait to be told
-    """
-
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    ice_servers: tuple[m.IceServer, ...] = ()
-    max_connections: int = 10000
-    max_lookups_per_connection: int = 10
-    max_lookups_per_address: int = 60
-    lookup_window_seconds: float = 60.0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
-    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
-    join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS
-    register_timeout_seconds: float = DEFAULT_REGISTER_TIMEOUT_SECONDS
-    pairing_timeout_seconds: float = DEFAULT_PAIRING_TIMEOUT_SECONDS
-    max_queued_bytes_per_connection: int = DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION
-    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
-    fd_reserve: int = DEFAULT_FD_RESERVE
-    stun_urls: tuple[str, ...] = ()
-    turn_urls: tuple[str, ...] = ()
-    turn_secret: TurnSecret | None = field(default=None, repr=False)
-    turn_ttl_seconds: int = DEFAULT_TTL_SECONDS
-    tls: tuple[str, str] | None = None
-    page: bool = True
-    redis_url: str | None = field(default=None, repr=False)  # may hold a password
-    redis_ttl_seconds: float = DEFAULT_REDIS_TTL_SECONDS
-    request_timeout_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")
-        if len(self.ice_servers) + bool(self.stun_urls) + bool(self.turn_urls) > m.MAX_ICE_SERVERS:
-            raise ValueError(f"at most {m.MAX_ICE_SERVERS} ICE servers can be configured")
-        for urls, schemes, option in (
-            (self.stun_urls, ("stun", "stuns"), "--stun"),
-            (self.turn_urls, ("turn", "turns"), "--turn"),
-        ):
-            if len(urls) > m.MAX_ICE_URLS:
-                raise ValueError(f"at most {m.MAX_ICE_URLS} {option} URLs")
-            for url in urls:
-                if url.partition(":")[0].lower() not in schemes:
-                    raise ValueError(f"{option} takes {' or '.join(s + ':' for s in schemes)} URLs")
-        if self.turn_urls and self.turn_secret is None:
-            raise ValueError(
-                "--turn needs the shared secret: --turn-secret-file or SFS_TURN_SECRET"
-            )
-        if self.turn_secret is not None and not self.turn_urls:
-            raise ValueError("a TURN secret without --turn URLs has nothing to sign")
-        if self.turn_ttl_seconds < 60:
-            raise ValueError("--turn-ttl must be at least 60 seconds")
-        for name in (
-            "max_connections",
-            "max_lookups_per_connection",
-            "max_lookups_per_address",
-            "max_message_bytes",
-            "max_connections_per_address",
-            "max_queued_bytes_per_connection",
-            "max_queued_bytes",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in (
-            "lookup_window_seconds",
-            "header_timeout_seconds",
-            "join_timeout_seconds",
-            "register_timeout_seconds",
-            "pairing_timeout_seconds",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
-        if self.max_queued_bytes < self.max_queued_bytes_per_connection:
-            raise ValueError("max_queued_bytes must be at least max_queued_bytes_per_connection")
-        if self.fd_reserve < MIN_FD_RESERVE:
-            raise ValueError(f"fd_reserve must be at least {MIN_FD_RESERVE}")
-        if self.redis_url is not None:
-            redis_url_display(self.redis_url)  # raises ValueError for a bad URL
-        if self.request_timeout_seconds is not None and (
-            self.redis_url is not None or not self.request_timeout_seconds > 0
-        ):
-            raise ValueError("request_timeout_seconds: positive, without Redis")
-        if not self.redis_ttl_seconds >= MIN_REDIS_TTL_SECONDS:
-            raise ValueError(f"--redis-ttl must be at least {MIN_REDIS_TTL_SECONDS:g} seconds")
-
-
-class Admission:
-    """Which TCP connections to take: per client address, and within the fd limit (no I/O).
-
-    Every connection costs a file descriptor, and once the process has none left,
-    accept() fails for everyone, ``/healthz`` included.  So the fds are shared out:
-    websocket sessions may use all but *fd_reserve* of them, and only plain
-    requests and connections that have yet to send one go beyond that.  The last
-    ``LISTEN_BACKLOG + FD_SPARE`` fds are never used: one pass of the event loop
-    may accept that many at once; before they are reached, :meth:`must_shed` asks
-    for the oldest connection without a request to be closed.
-
-    :param max_per_address: connections one :func:`address_key` may hold
-    :param fd_reserve: fds websocket sessions leave to everything else
-    """
-
-    def __init__(self, *, max_per_address: int, fd_reserve: int) -> None:
-        self._max_per_address = max_per_address
-        self._fd_reserve = fd_reserve
-        self._fd_limit = float("inf")  # until set_fd_limit()
-        self._fds_before = 0
-        self._by_address: Counter[str] = Counter()
-        self.connections = 0
-        self.sessions = 0
-
-    def set_fd_limit(self, fd_limit: int, *, fds_in_use: int) -> None:
-        """The process's fd limit, and the fds it holds before any connection."""
-        self._fd_limit = fd_limit
-        self._fds_before = fds_in_use
-
-    @property
-    def fds_in_use(self) -> int:
-        return self._fds_before + self.connections
-
-    @property
-    def session_capacity(self) -> float:
-        """Websocket sessions the fd limit leaves room for."""
-        return max(self._fd_limit - self._fd_reserve - self._fds_before, 0)
-
-    @property
-    def tracked_addresses(self) -> int:
-        return len(self._by_address)
-
-    def open(self, key: str) -> bool:
-        """Count a new connection from *key*; False (and nothing counted) if it has its share."""
-        if self._by_address[key] >= self._max_per_address:
-            return False
-        self._by_address[key] += 1
-        self.connections += 1
-        return True
-
-    def close(self, key: str) -> None:
-        """Forget one connection that :meth:`open` counted."""
-        left = self._by_address[key] - 1
-        if left > 0:
-            self._by_address[key] = left
-        else:
-            del self._by_address[key]
-        self.connections -= 1
-
-    def must_shed(self) -> bool:
-        """True when a connection must go before the fds a burst of accepts needs are used."""
-        return self.fds_in_use > self._fd_limit - LISTEN_BACKLOG - FD_SPARE
-
-    def start_session(self) -> bool:
-        """Count a websocket session; False if it would eat into the reserve."""
-        if self.sessions >= self.session_capacity:
-            return False
-        self.sessions += 1
-        return True
-
-    def end_session(self) -> None:
-        self.sessions -= 1
-
-
-class QueueMeter:
-    """Bytes waiting for clients to read them, per queue and in all (no I/O).
-
-    :param per_queue: what one client may leave unread
-    :param total: what all of them together may
-    """
-
-    def __init__(self, *, per_queue: int, total: int) -> None:
-        self.per_queue = per_queue
-        self.total = total
-        self.queued_bytes = 0
-        self._by_queue: dict[Hashable, int] = {}
-
-    def add(self, queue: Hashable, n: int) -> None:
-        self._by_queue[queue] = self._by_queue.get(queue, 0) + n
-        self.queued_bytes += n
-
-    def remove(self, queue: Hashable, n: int) -> None:
-        left = self._by_queue.get(queue, 0) - n
-        if left > 0:
-            self._by_queue[queue] = left
-        else:
-            self._by_queue.pop(queue, None)
-        self.queued_bytes -= n
-
-    def forget(self, queue: Hashable) -> None:
-        """Stop counting *queue* (its client is gone), whatever it still holds."""
-        self.queued_bytes -= self._by_queue.pop(queue, 0)
-
-    def queued(self, queue: Hashable) -> int:
-        return self._by_queue.get(queue, 0)
-
-    def over_total(self) -> bool:
-        return self.queued_bytes > self.total
-
-    def largest(self) -> Hashable | None:
-        """The queue holding the most, or None if all are empty."""
-        if not self._by_queue:
-            return None
-        return max(self._by_queue, key=self._by_queue.__getitem__)
-
-    @property
-    def tracked_queues(self) -> int:
-        return len(self._by_queue)
-
-
 # --------------------------------------------------------------------------- Socket.IO glue
 
 _Handler = Callable[[str, object], Awaitable[dict[str, object]]]
-_WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REGISTRY_KEY = web.AppKey("sfs_signal_registry", Registry)
-# Where python-socketio serves (its default path).
-SOCKETIO_PATH = "/socket.io/"
-
-
-def _packet_bytes(pkt: object) -> int:
-    data = getattr(pkt, "data", None)
-    return PACKET_OVERHEAD_BYTES + (len(data) if isinstance(data, str | bytes) else 0)
-
-
-class _MeteredQueue(asyncio.Queue[Any]):
-    """engine.io's queue of packets for one client, counted by a :class:`QueueMeter`.
-
-    engine.io makes one per session (``create_queue``) and its writer task takes
-    packets from it as fast as the client reads, so what it holds is what the
-    client has left unread (beyond the transport's own bounded buffer).
-    """
-
-    def __init__(self, meter: QueueMeter) -> None:
-        super().__init__()
-        self._meter = meter
-        self.owner: str | None = None  # the engine.io session ID, once it is known
-        self.closed = False
-
-    def _put(self, item: Any) -> None:
-        super()._put(item)
-        if item is not None and not self.closed:  # None: engine.io's end-of-queue marker
-            self._meter.add(self, _packet_bytes(item))
-
-    def _get(self) -> Any:
-        item = super()._get()
-        if item is not None and not self.closed:
-            self._meter.remove(self, _packet_bytes(item))
-        return item
-
-    def close(self) -> None:
-        """Stop counting: the session is gone, whatever is left goes with it."""
-        self.closed = True
-        self._meter.forget(self)
-
-
-class _GuardedProtocol(asyncio.Protocol):
-    """aiohttp's protocol for one TCP connection, behind :class:`_Gate`'s checks."""
-
-    def __init__(self, gate: _Gate, inner: asyncio.Protocol) -> None:
-        self.gate = gate
-        self.inner = inner
-        self.key: str | None = None  # counted under this address key while set
-        self.transport: asyncio.BaseTransport | None = None
-        self._admitted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        if not self.gate.admit(self):
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._admitted = True
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._admitted:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self._admitted else None
-
-    def pause_writing(self) -> None:
-        if self._admitted:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._admitted:
-            self.inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.gate.release(self)
-        if self._admitted:
-            self.inner.connection_lost(exc)
-
-
-class _Gate:
-    """Counts TCP connections with :class:`Admission`, before aiohttp sees them.
-
-    Connections that have not sent a request yet are kept oldest first: under fd
-    pressure the oldest is closed to make room.  Its middleware turns websocket
-    sessions away with 503 when only the reserve is left, and closes every other
-    connection after its one response, so that each connection is waiting for its
-    first request (bounded by the header timeout), being answered, or a session.
-    """
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.admission = Admission(
-            max_per_address=config.max_connections_per_address, fd_reserve=config.fd_reserve
-        )
-        self._waiting: dict[object, _GuardedProtocol] = {}  # by aiohttp's protocol
-        self._shedding = False
-
-    def wrap(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for the listening socket, around aiohttp's *make*."""
-        return lambda: _GuardedProtocol(self, make())
-
-    def admit(self, conn: _GuardedProtocol) -> bool:
-        assert conn.transport is not None
-        peer = conn.transport.get_extra_info("peername")
-        key = address_key(str(peer[0]) if isinstance(peer, tuple) and peer else "unknown")
-        if not self.admission.open(key):
-            logger.debug("closed a connection from %s: too many from there", key)
-            return False
-        conn.key = key
-        shedding = self.admission.must_shed()
-        if shedding and not self._shedding:  # once per episode, not per connection
-            logger.warning(
-                "file descriptors are running out (%d in use): closing connections "
-                "that have not sent a request, oldest first",
-                self.admission.fds_in_use,
-            )
-        self._shedding = shedding
-        while self.admission.must_shed() and self._waiting:
-            oldest = self._waiting.pop(next(iter(self._waiting)))
-            self._uncount(oldest)
-            if oldest.transport is not None:
-                oldest.transport.abort()  # type: ignore[attr-defined]
-        if self.admission.must_shed():  # nothing left to shed: this one cannot stay
-            self._uncount(conn)
-            return False
-        sock = conn.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        self._waiting[conn.inner] = conn
-        return True
-
-    def release(self, conn: _GuardedProtocol) -> None:
-        self._waiting.pop(conn.inner, None)
-        self._uncount(conn)
-
-    def _uncount(self, conn: _GuardedProtocol) -> None:
-        if conn.key is not None:
-            self.admission.close(conn.key)
-            conn.key = None
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: _WebHandler) -> web.StreamResponse:
-        """Count sessions against the fd reserve; one response per plain connection."""
-        self._waiting.pop(request.protocol, None)  # it has sent its request
-        session = request.path.startswith(SOCKETIO_PATH)
-        if session and not self.admission.start_session():
-            logger.debug("refused a Socket.IO client: file descriptors are running out")
-            busy = web.Response(status=503, text="server busy, try again later")
-            busy.force_close()
-            return busy
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.force_close()
-            raise
-        finally:
-            if session:
-                self.admission.end_session()
-        response.force_close()
-        return response
-
-
-GATE_KEY = web.AppKey("sfs_signal_gate", _Gate)
+GATE_KEY = web.AppKey("sfs_signal_gate", Gate)
 METER_KEY = web.AppKey("sfs_signal_meter", QueueMeter)
 
 
@@ -589,7 +135,7 @@ class _SignalServer:
         self.sio.eio.on("message", self._on_eio_message)
         self.sio.eio.on("disconnect", self._on_eio_disconnect)
         # Each session's outgoing packets are counted as they queue up.
-        self.sio.eio.create_queue = lambda *args, **kwargs: _MeteredQueue(self.meter)
+        self.sio.eio.create_queue = lambda *args, **kwargs: MeteredQueue(self.meter)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("*", self._on_unknown)
@@ -631,7 +177,7 @@ class _SignalServer:
         # that is who holds the memory, not whoever happens to send next.
         while self.meter.over_total():
             victim = self.meter.largest()
-            if not isinstance(victim, _MeteredQueue) or victim.owner is None:
+            if not isinstance(victim, MeteredQueue) or victim.owner is None:
                 break  # cannot happen: every counted queue has its session
             logger.debug("dropped the client with the most unread data: budget spent")
             await self._drop(victim.owner, "unread")
@@ -677,10 +223,10 @@ class _SignalServer:
         # the Socket.IO namespace would otherwise escape max_connections.
         if len(self.sio.eio.sockets) > self.config.max_connections:
             logger.warning("refused a connection from %s: server full", _remote(environ))
-            if isinstance(queue, _MeteredQueue):
+            if isinstance(queue, MeteredQueue):
                 queue.close()  # engine.io drops the session without a disconnect
             return False
-        if isinstance(queue, _MeteredQueue):
+        if isinstance(queue, MeteredQueue):
             queue.owner = eio_sid
         self._unjoined.start(eio_sid, now=asyncio.get_running_loop().time())
         return await self._handle_eio_connect(eio_sid, environ)
@@ -693,7 +239,7 @@ class _SignalServer:
         """Stop the join clock and the byte count of a session that is going away."""
         self._unjoined.cancel(eio_sid)
         queue = getattr(self.sio.eio.sockets.get(eio_sid), "queue", None)
-        if isinstance(queue, _MeteredQueue):
+        if isinstance(queue, MeteredQueue):
             queue.close()
 
     async def _on_eio_message(self, eio_sid: str, data: object) -> None:
@@ -765,7 +311,7 @@ class _SignalServer:
 
     @web.middleware
     async def close_broken_sessions(
-        self, request: web.Request, handler: _WebHandler
+        self, request: web.Request, handler: WebHandler
     ) -> web.StreamResponse:
         """Clean up after a frame that engine.io itself cannot decode.
 
@@ -985,7 +531,7 @@ def create_app(config: ServerConfig) -> web.Application:
     :class:`~sfs.errors.RegistryUnreachableError`).
     """
     server = _SignalServer(config)
-    gate = _Gate(config)
+    gate = Gate(config)
     app = web.Application(middlewares=[gate.middleware, server.close_broken_sessions])
     app[GATE_KEY] = gate
     app[METER_KEY] = server.meter

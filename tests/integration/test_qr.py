@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sfs.qr import qr_lines
 from sfs.signal.client import page_link, serves_page
-from sfs.signal.server import ServerConfig
+from sfs.signal.config import ServerConfig
 from tests.conftest import (
     ServerProcess,
     peer_env,

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from sfs.signal import messages as m
+from sfs.signal.config import ServerConfig
 from sfs.signal.redis_registry import PREFIX, REDIS_TIMEOUT_SECONDS, RedisRegistry
 from sfs.signal.registry import Departure, RegistryUnavailable, Rejected
-from sfs.signal.server import ServerConfig
 from tests.integration.cluster import RedisServer
 
 ADDRESS = "192.0.2.7"

@@ -16,7 +16,8 @@ from sfs.code import parse_code
 from sfs.peer.crypto import FrameOpener, FrameSealer, KeyExchange, SessionKeys
 from sfs.peer.protocol import Offer
 from sfs.peer.transfer import NullProgress, Plan, Progress
-from sfs.signal.server import ServerConfig, run_server
+from sfs.signal.config import ServerConfig
+from sfs.signal.server import run_server
 from tests.conftest import (
     LOOPBACK,
     PROCESS_TIMEOUT_SECONDS,

@@ -22,8 +22,9 @@ import pytest
 from aiohttp import web
 
 from sfs.signal import messages as m
+from sfs.signal.config import ServerConfig
 from sfs.signal.redis_registry import RedisRegistry
-from sfs.signal.server import METER_KEY, ServerConfig, create_app
+from sfs.signal.server import METER_KEY, create_app
 from tests.conftest import LOOPBACK, ServerProcess, rss_kib, start_server, stop_process
 from tests.integration.sio_client import TIMEOUT_SECONDS
 from tests.integration.test_server_hostile import (

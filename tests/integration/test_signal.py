@@ -15,7 +15,8 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfs.signal import messages as m
-from sfs.signal.server import ServerConfig, run_server
+from sfs.signal.config import ServerConfig
+from sfs.signal.server import run_server
 from tests.integration.sio_client import TIMEOUT_SECONDS, Peer
 
 ICE = (

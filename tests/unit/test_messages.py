@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sfs.signal import messages as m
+from sfs.signal.config import ServerConfig
 from sfs.signal.memory_registry import PeerTable
 from sfs.signal.registry import Departure, Link, Rejected, Route
-from sfs.signal.server import ServerConfig
 
 KEY = "q83vEjRWeJA="  # 8 bytes of base64
 A, B, C = "AAA-001", "BBB-002", "CCC-003"

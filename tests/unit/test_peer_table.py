@@ -7,13 +7,10 @@ import pytest
 
 from sfs.defaults import FD_SPARE, LISTEN_BACKLOG
 from sfs.signal import messages as m
+from sfs.signal.admission import Admission, QueueMeter
+from sfs.signal.config import ServerConfig
 from sfs.signal.memory_registry import PeerTable
 from sfs.signal.registry import Deadlines, Rejected, address_key
-from sfs.signal.server import (
-    Admission,
-    QueueMeter,
-    ServerConfig,
-)
 
 A, B, C = "AAA-001", "BBB-002", "CCC-003"
 

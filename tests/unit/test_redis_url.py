@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfs.signal.redis_registry import redis_url_display
-from sfs.signal.server import ServerConfig
+from sfs.signal.config import ServerConfig, redis_url_display
 
 
 @pytest.mark.parametrize(

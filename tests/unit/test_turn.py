@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.peer.connection import Route, ice_urls
+from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
-from sfs.signal.server import ServerConfig
 from sfs.signal.turn import TurnSecret, read_secret, rest_credential
 
 SECRET = TurnSecret(b"north")
