@@ -1,7 +1,7 @@
 """Moving files over an abstract message channel: reading, hashing, safe writing.
 
 This layer drives :class:`~sfs.peer.protocol.TransferProtocol` and does the file I/O.
-It knows nothing of WebRTC: anything with the :class:`Channel` methods will do, which
+It knows nothing of WebRTC: any :class:`~sfs.peer.channel.Channel` will do, which
 is how the unit tests run it over a pair of in-memory queues.
 
 Writing is careful: bytes go to a hidden partial copy of sfs's own, ``.NAME.sfs-part``
@@ -54,6 +54,7 @@ from sfs.errors import (
     UpgradeError,
     VerificationError,
 )
+from sfs.peer.channel import Channel
 from sfs.peer.claims import Claim, try_claim
 from sfs.peer.crypto import digests_equal
 from sfs.peer.names import (
@@ -108,29 +109,6 @@ PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
-
-
-class Channel(Protocol):
-    """A reliable, ordered, message-oriented channel to the peer."""
-
-    async def send(self, frame: bytes) -> None:
-        """Send one message, waiting while too much is buffered."""
-
-    async def receive(self) -> bytes:
-        """Wait for the next message; raise PeerGoneError if the channel closed."""
-
-    def poll(self) -> bytes | None:
-        """Return the next message if one is already here, else None."""
-
-    async def wait_closed(self) -> None:
-        """Wait until the peer closes the channel."""
-
-    def seconds_since_send(self) -> float:
-        """How long ago this side last sent a message."""
-
-    def unsent_bytes(self) -> int:
-        """Bytes given to :meth:`send` that have not yet left for the peer: progress
-        shown to a user must not count them."""
 
 
 class Progress(Protocol):
