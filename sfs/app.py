@@ -42,10 +42,9 @@ from sfs.lan.discovery import (
 )
 from sfs.lan.embedded import embedded_server
 from sfs.lan.record import Advert, signaling_url
+from sfs.peer.channel import Channel
 from sfs.peer.connection import (
-    DataChannelLink,
     PeerLinks,
-    StripedChannel,
     check_local_addresses,
     host_addresses,
 )
@@ -75,9 +74,8 @@ from sfs.peer.handshake import (
     signal_event,
 )
 from sfs.peer.protocol import MAX_ENTRIES, Offer, Role, TransferProtocol
-from sfs.peer.tcp import DirectPath, Opened, TcpLink, Transport, open_transport
+from sfs.peer.tcp import DirectPath, Opened, Transport, open_transport
 from sfs.peer.transfer import (
-    Channel,
     Plan,
     Progress,
     Sources,
@@ -230,7 +228,7 @@ class Session:
     """An open, authenticated channel to the peer (a proven TCP connection or the
     DataChannel(s)), and the session keys of that transport."""
 
-    channel: DataChannelLink | StripedChannel | TcpLink
+    channel: Channel
     keys: SessionKeys
 
 
@@ -534,11 +532,11 @@ async def _set_up(
                 elif isinstance(action, Done):
                     assert opener is not None and links is not None
                     opened = opener.result()
-                    if not opened.over_tcp:
+                    if opened.tcp is None:
                         return Session(opened.channel, action.keys)
                     # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
                     await links.close()
-                    stack.callback(opened.channel.close)
+                    stack.callback(opened.tcp.close)
                     return Session(opened.channel, action.keys.over_tcp())
                 else:
                     raise action.error

@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 
+from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from sfs.errors import PeerGoneError
+from sfs.peer.channel import Route
 from sfs.peer.crypto import KeyExchange, SessionKeys
 from sfs.peer.protocol import Offer
 from sfs.peer.transfer import NullProgress, Plan, Progress
@@ -74,6 +76,10 @@ def key_pair(
 
 class QueueChannel:
     """One end of an in-memory, message-preserving channel pair."""
+
+    max_message_size = MAX_MESSAGE_BYTES
+    preferred_chunk_size = DEFAULT_CHUNK_BYTES
+    route: Route | None = None
 
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()

@@ -25,6 +25,7 @@ from spake2.parameters.ed25519 import ParamsEd25519
 from sfs.errors import RemoteProtocolError
 from sfs.peer import crypto
 from sfs.peer.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
+from sfs.peer.names import safe_name
 from sfs.peer.protocol import (
     Accept,
     Cancel,
@@ -42,7 +43,7 @@ from sfs.peer.protocol import (
     Start,
     TransferProtocol,
 )
-from sfs.peer.transfer import format_size, safe_name
+from sfs.peer.transfer import format_size
 from sfs.text import printable
 from tests.helpers import counter_entropy
 

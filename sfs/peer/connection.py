@@ -1,6 +1,6 @@
 """aiortc glue: the only module that touches RTCPeerConnection and RTCDataChannel.
 
-It turns one aiortc DataChannel into the small :class:`~sfs.peer.transfer.Channel`
+It turns one aiortc DataChannel into the small :class:`~sfs.peer.channel.Channel`
 interface, with backpressure through ``bufferedAmountLowThreshold`` and the
 ``bufferedamountlow`` event (never sleep-polling), and it controls which ICE
 candidates are gathered: explicit ICE servers only (aiortc's default would contact
@@ -55,6 +55,7 @@ from sfs.errors import (
     RemoteProtocolError,
     SfsError,
 )
+from sfs.peer.channel import Route
 from sfs.peer.handshake import MAX_STREAMS as MAX_STREAMS  # the striping limit, re-exported
 from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
 from sfs.signal.messages import IceServer
@@ -218,7 +219,7 @@ class IdleClock:
 
 
 class DataChannelLink:
-    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transfer.Channel`.
+    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.channel.Channel`.
 
     What arrives waits in an inbox until it is read. On a real aiortc channel the
     inbox counts against the SCTP receive window (:class:`_ReceiveWindow`), so a
@@ -738,25 +739,6 @@ def ice_urls(servers: Sequence[IceServer]) -> list[IceUrl]:
                     )
                 )
     return urls
-
-
-@dataclass(frozen=True)
-class Route:
-    """How a connection's data flows, from its nominated ICE candidate pair."""
-
-    kind: str  # "local", "nat", "direct" (neither is known) or "relay"
-    relay: str = ""  # "HOST (udp)" for our own relay; "HOST" for the other side's
-
-    def __str__(self) -> str:
-        if self.kind == "local":
-            return "direct on the local network"
-        if self.kind == "nat":
-            return "direct through NAT"
-        if self.kind == "direct":
-            return "direct"
-        if "(" in self.relay:
-            return f"relayed by TURN {self.relay}"
-        return f"relayed by the other side's TURN {self.relay}"
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -95,7 +95,7 @@ MAX_FILES = 1000
 #: Files and folders in one offer of version 3 (sfs.peer.tree walks no more).
 MAX_ENTRIES = 100_000
 #: Offered names longer than this are refused outright; shorter ones are later cut
-#: down to a safe local name (see transfer.safe_name).
+#: down to a safe local name (see names.safe_name).
 MAX_OFFERED_NAME_CHARS = 4096
 MAX_REASON_CHARS = 200
 MAX_FILE_BYTES = 2**63 - 1

@@ -1,4 +1,4 @@
-"""The direct TCP transport: a :class:`~sfs.peer.transfer.Channel` over one TCP
+"""The direct TCP transport: a :class:`~sfs.peer.channel.Channel` over one TCP
 connection between the peers, for when they can reach each other directly.
 
 aiortc's SCTP is pure Python and moves ~30 MiB/s; where two sfs CLIs can simply
@@ -51,6 +51,7 @@ from sfs.errors import (
     RemoteProtocolError,
     connection_end,
 )
+from sfs.peer.channel import Channel, Route
 from sfs.peer.crypto import (
     TCP_MAGIC,
     TCP_NONCE_BYTES,
@@ -205,7 +206,7 @@ class TcpLink(asyncio.BufferedProtocol):
     waits while the transport holds more than WRITE_HIGH_BYTES.
     """
 
-    route = "direct over TCP"
+    route = Route("tcp")
     #: 256 KiB frames: measured fastest on this path (64 and 128 KiB moved 10 % less,
     #: 512 KiB and 1 MiB a third less; docs/PERFORMANCE.md).
     preferred_chunk_size = MAX_CHUNK_BYTES
@@ -811,8 +812,10 @@ class DirectPath:
 class Opened:
     """The transport a session's transfer runs on."""
 
-    channel: Any  # a Channel: TcpLink, or the DataChannel link(s)
-    over_tcp: bool
+    channel: Channel
+    #: The chosen TCP connection, when the channel is one (its closing is the
+    #: caller's); None for the DataChannel(s).
+    tcp: TcpLink | None = None
 
 
 async def open_transport(
@@ -820,7 +823,7 @@ async def open_transport(
     sender: bool,
     transport: Transport,
     direct: DirectPath | None,
-    datachannel: Callable[[], Awaitable[Any]],
+    datachannel: Callable[[], Awaitable[Channel]],
     connect_timeout: float,
 ) -> Opened:
     """Open the transport of the transfer: the chosen TCP connection, or the DataChannel.
@@ -837,7 +840,7 @@ async def open_transport(
                 "the other side does not take direct TCP connections (an older sfs, a "
                 "browser, or --transport datachannel); try --transport auto"
             )
-        return Opened(await datachannel(), over_tcp=False)
+        return Opened(await datachannel())
     try:
         if sender:
             return await _sender_opens(transport, direct, datachannel, connect_timeout)
@@ -849,7 +852,7 @@ async def open_transport(
 async def _sender_opens(
     transport: Transport,
     direct: DirectPath,
-    datachannel: Callable[[], Awaitable[Any]],
+    datachannel: Callable[[], Awaitable[Channel]],
     connect_timeout: float,
 ) -> Opened:
     if transport is Transport.TCP:
@@ -869,7 +872,10 @@ async def _sender_opens(
             # DataChannel is open, only while a TCP connection is still being proven
             # (across NATs the dials go nowhere: no reason to wait then).
             deadline = asyncio.get_running_loop().time() + DIRECT_SECONDS
-            pending: set[asyncio.Future[Any]] = {by_tcp, by_datachannel}
+            pending: set[asyncio.Future[TcpLink] | asyncio.Future[Channel]] = {
+                by_tcp,
+                by_datachannel,
+            }
             while pending:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -886,7 +892,7 @@ async def _sender_opens(
         await direct.close()
         channel = await by_datachannel
         await channel.send(CHOSEN)
-        return Opened(channel, over_tcp=False)
+        return Opened(channel)
     finally:
         for future in (by_tcp, by_datachannel):
             if future is not None and not future.done():
@@ -900,16 +906,20 @@ def _tcp_chosen(link: TcpLink) -> Opened:
     # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
     logger.info("direct TCP connection to %s chosen", link.peer)
     logger.info("connected at %.6f: %s", time.time(), link.route)
-    return Opened(link, over_tcp=True)
+    return _tcp_taken(link)
+
+
+def _tcp_taken(link: TcpLink) -> Opened:
+    return Opened(link, tcp=link)
 
 
 async def _receiver_opens(
     transport: Transport,
     direct: DirectPath,
-    datachannel: Callable[[], Awaitable[Any]],
+    datachannel: Callable[[], Awaitable[Channel]],
     connect_timeout: float,
 ) -> Opened:
-    async def over_datachannel() -> Any:
+    async def over_datachannel() -> Channel:
         channel = await datachannel()
         first = await channel.receive()
         if bytes(first) != CHOSEN:
@@ -925,22 +935,22 @@ async def _receiver_opens(
             await asyncio.wait({by_tcp, by_datachannel}, return_when=asyncio.FIRST_COMPLETED)
             if by_tcp.done():
                 logger.info("the sender chose the direct TCP connection")
-                return Opened(by_tcp.result(), over_tcp=True)
+                return _tcp_taken(by_tcp.result())
             if by_datachannel.exception() is None:
                 if transport is Transport.TCP:
                     raise PeerConnectionError(
                         "the sender could not connect here over TCP (--transport tcp); "
                         "try --transport auto"
                     )
-                return Opened(by_datachannel.result(), over_tcp=False)
+                return Opened(by_datachannel.result())
             # No DataChannel (ICE failed): TCP can still win if a connection is
             # proven, and the sender chooses within its own bound; else this is over,
             # and ICE's reason (with its hint) is the one to give.
             if direct.proven_count:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DIRECT_SECONDS):
-                        return Opened(await by_tcp, over_tcp=True)
-            return Opened(by_datachannel.result(), over_tcp=False)
+                        return _tcp_taken(await by_tcp)
+            return Opened(by_datachannel.result())
     except TimeoutError:
         raise PeerConnectionError(
             f"the sender chose no connection within {connect_timeout:.0f} s"

@@ -1,7 +1,7 @@
 """Moving files over an abstract message channel: reading, hashing, safe writing.
 
 This layer drives :class:`~sfs.peer.protocol.TransferProtocol` and does the file I/O.
-It knows nothing of WebRTC: anything with the :class:`Channel` methods will do, which
+It knows nothing of WebRTC: any :class:`~sfs.peer.channel.Channel` will do, which
 is how the unit tests run it over a pair of in-memory queues.
 
 Writing is careful: bytes go to a hidden partial copy of sfs's own, ``.NAME.sfs-part``
@@ -29,9 +29,8 @@ import shutil
 import stat
 import tempfile
 import time
-import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +54,18 @@ from sfs.errors import (
     UpgradeError,
     VerificationError,
 )
+from sfs.peer.channel import Channel
 from sfs.peer.claims import Claim, try_claim
 from sfs.peer.crypto import digests_equal
+from sfs.peer.names import (
+    STAGING_PREFIX,
+    candidate_names,
+    clashes,
+    free_name,
+    names_taken,
+    names_written,
+    safe_name,
+)
 from sfs.peer.protocol import (
     MAX_TEXT_BYTES,
     Accept,
@@ -83,37 +92,12 @@ from sfs.peer.tree import (
     walk,
 )
 from sfs.text import format_size as format_size  # re-exported: it used to live here
-from sfs.text import is_unsafe
 
 logger = logging.getLogger(__name__)
 
-#: The partial copy of NAME is ``.NAME.sfs-part``, its record ``.NAME.sfs-info``, and
-#: the lock that claims NAME for one transfer ``.NAME.sfs-lock``: hidden, and names no
-#: user file has by accident. A final name never has one of these forms (safe_name
-#: takes the dot off an offered one), so it can never be taken for one.
-PART_SUFFIX = ".sfs-part"
-META_SUFFIX = ".sfs-info"
-LOCK_SUFFIX = ".sfs-lock"
-#: Most file systems limit a name to 255 bytes; keep room for the dot and suffix.
-MAX_NAME_BYTES = 255 - 1 - max(len(PART_SUFFIX), len(META_SUFFIX), len(LOCK_SUFFIX))
-#: The number the second file of one name gets: ``a.txt``, then ``a (1).txt`` (as
-#: browsers and LocalSend number a download whose name is taken).
-FIRST_COPY_NUMBER = 1
-#: How many numbered names are tried for one file before giving up.
-MAX_COPY_NUMBER = 10_000
-#: The staging folder's name starts with this (mkdtemp's prefix).
-STAGING_PREFIX = ".sfs-staging-"
 #: What a record says it is, so that no other JSON file passes for one.
 RECORD_KIND = "sfs partial copy"
 _MAX_RECORD_BYTES = 16 * 1024
-#: Names Windows takes for devices, whatever the extension ("nul.txt" is NUL too);
-#: it counts the superscript digits ¹²³ as digits here.
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
-    f"{p}{c}" for p in ("COM", "LPT") for c in "0123456789\u00b9\u00b2\u00b3"
-}
-#: Characters Windows cannot have in a name (":" would open an NTFS alternate data
-#: stream, "report.pdf:Zone.Identifier"). Replaced on every OS: the file may be copied on.
-_WINDOWS_UNSAFE_CHARS = str.maketrans(dict.fromkeys('<>:"|?*', "_"))
 #: File reads happen in a worker thread, this much at a time, to keep the event loop free.
 READ_BLOCK_BYTES = 1024 * 1024
 #: A large file's bytes go to the disk in steps of this much while it arrives.
@@ -125,29 +109,6 @@ PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
-
-
-class Channel(Protocol):
-    """A reliable, ordered, message-oriented channel to the peer."""
-
-    async def send(self, frame: bytes) -> None:
-        """Send one message, waiting while too much is buffered."""
-
-    async def receive(self) -> bytes:
-        """Wait for the next message; raise PeerGoneError if the channel closed."""
-
-    def poll(self) -> bytes | None:
-        """Return the next message if one is already here, else None."""
-
-    async def wait_closed(self) -> None:
-        """Wait until the peer closes the channel."""
-
-    def seconds_since_send(self) -> float:
-        """How long ago this side last sent a message."""
-
-    def unsent_bytes(self) -> int:
-        """Bytes given to :meth:`send` that have not yet left for the peer: progress
-        shown to a user must not count them."""
 
 
 class Progress(Protocol):
@@ -173,134 +134,6 @@ class NullProgress:
 
     def finish(self) -> None:
         pass
-
-
-# -- names --------------------------------------------------------------------------------
-
-
-def safe_name(offered: str, *, in_folder: bool = False) -> str:
-    """Reduce a name offered by the peer to a plain, harmless file name.
-
-    Only the last path component survives (``/`` and ``\\`` both count), control
-    and invisible formatting characters go (NUL, escapes, bidi overrides), leading
-    dots go (no hidden files such as ``.bashrc`` at the top of the output folder),
-    characters and device names that Windows cannot store are defused (``:<>|?*"``
-    become ``_``; ``CON``, ``COM¹``, ``CONIN$`` get a ``_`` in front), and the result
-    fits in MAX_NAME_BYTES with the extension kept.
-
-    :param in_folder: a name inside an offered folder keeps its leading dot
-        (``.gitignore``): the user chose the folder, and nothing of theirs is hidden
-        from them by it; but never a name of sfs's own form (``.x.sfs-part``, a
-        staging folder), which loses its dot instead, so it is never taken for one.
-    :raises RemoteProtocolError: nothing usable is left.
-    """
-    name = offered.replace("\\", "/").rsplit("/", 1)[-1]
-    # The characters never shown raw on a terminal are never kept in a name either.
-    name = "".join(c for c in name if not is_unsafe(c))
-    name = unicodedata.normalize("NFC", name).translate(_WINDOWS_UNSAFE_CHARS)
-    hidden_ok = in_folder and not is_own_name(name.strip())
-    trim = _trim_keeping_dots if hidden_ok else _trim
-    name = trim(name)
-    if not name:
-        raise RemoteProtocolError(f"the offered file name {offered[:40]!r} is empty or unusable")
-    name = _fit(name, trim)
-    # After the cut: a stem cut short could be a device name ("COM1" of "COM1xyz...").
-    if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
-        name = _fit("_" + name, trim)
-    return name
-
-
-def is_own_name(name: str) -> bool:
-    """A name of the form sfs gives its own files: a partial copy, its record, a
-    lock, the staging folder."""
-    folded = name.casefold()
-    return folded.startswith(".") and (
-        folded.endswith((PART_SUFFIX, META_SUFFIX, LOCK_SUFFIX))
-        or folded.startswith(STAGING_PREFIX)
-    )
-
-
-def _fit(name: str, trim: Callable[[str], str]) -> str:
-    """Cut ``name`` to MAX_NAME_BYTES, keeping a short extension."""
-    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
-        return name
-    stem, dot, ext = _split_ext(name)
-    keep_ext = dot and 0 < len(ext.encode("utf-8")) <= 16
-    suffix = ("." + ext).encode("utf-8") if keep_ext else b""
-    base = (stem if keep_ext else name).encode("utf-8")[: MAX_NAME_BYTES - len(suffix)]
-    return trim(base.decode("utf-8", errors="ignore")) + suffix.decode("utf-8")
-
-
-def _split_ext(name: str) -> tuple[str, str, str]:
-    """Stem, dot, extension; a hidden name's leading dot starts no extension
-    (``.gitignore`` has none, ``.config.json`` has ``json``)."""
-    stem, dot, ext = name.rpartition(".")
-    if not stem.strip("."):
-        return name, "", ""
-    return stem, dot, ext
-
-
-def _names_written(name: str) -> tuple[str, str, str, str]:
-    """The final, partial-copy, record and lock names of a file that arrives as ``name``."""
-    return name, f".{name}{PART_SUFFIX}", f".{name}{META_SUFFIX}", f".{name}{LOCK_SUFFIX}"
-
-
-def names_taken(name: str) -> set[str]:
-    """Every name sfs writes for a file that arrives as ``name``, case-folded (as
-    Windows and macOS compare names): what a second file must not share."""
-    return {used.casefold() for used in _names_written(name)}
-
-
-def free_name(wanted: str, taken: Container[str], *, folder: bool = False) -> str:
-    """The first of ``wanted``, ``wanted (1)``, ``wanted (2)``… (the extension kept,
-    unless it is a ``folder``) none of whose names (:func:`names_taken`) is in ``taken``.
-
-    Pure: finding what is taken (the other files of the offer, names another transfer
-    holds, files already there) is the caller's.
-    """
-    return next(name for name in _candidates(wanted, folder=folder) if not _clashes(name, taken))
-
-
-def _clashes(name: str, taken: Container[str]) -> bool:
-    return any(used in taken for used in names_taken(name))
-
-
-def _candidates(wanted: str, *, folder: bool = False) -> Iterator[str]:
-    """``wanted``, then its numbered names, MAX_COPY_NUMBER of them.
-
-    :raises DestinationExistsError: (once they are all used up) every one is taken.
-    """
-    yield wanted
-    for n in range(FIRST_COPY_NUMBER, FIRST_COPY_NUMBER + MAX_COPY_NUMBER):
-        yield _numbered(wanted, n, folder=folder)
-    raise DestinationExistsError(f"{wanted!r} and {MAX_COPY_NUMBER} numbered names are all taken")
-
-
-def _numbered(name: str, n: int, *, folder: bool = False) -> str:
-    """``name (n).ext`` (a folder: ``name (n)``), still within MAX_NAME_BYTES."""
-    stem, dot, ext = ("", "", "") if folder else _split_ext(name)
-    if folder or not dot or len(ext.encode("utf-8")) > 16:
-        stem, dot, ext = name, "", ""
-    tail = f" ({n}){dot}{ext}"
-    budget = MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    # Only the end is trimmed: a hidden name inside a folder keeps its dot.
-    return stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore").rstrip(". ") + tail
-
-
-def _trim(name: str) -> str:
-    """Strip space and dots at both ends (no hidden files; Windows drops trailing ones)."""
-    while True:
-        trimmed = name.strip().lstrip(".").rstrip(". ")
-        if trimmed == name:
-            return name
-        name = trimmed
-
-
-def _trim_keeping_dots(name: str) -> str:
-    """Strip space at both ends and dots at the end (Windows drops trailing ones); a
-    name of dots only is nothing."""
-    trimmed = name.strip().rstrip(". ")
-    return trimmed if trimmed.strip(".") else ""
 
 
 def is_tree(offer: Offer) -> bool:
@@ -380,8 +213,8 @@ class _Places:
         out and where a file can go: nothing there, a file to replace (overwrite), or
         a file of the offered size (resume: perhaps the offered file, already here)."""
         taken = self.taken(folder)
-        for name in _candidates(wanted):
-            if _clashes(name, taken):
+        for name in candidate_names(wanted):
+            if clashes(name, taken):
                 continue
             st = _lstat(folder / name)
             if st is None or (not stat.S_ISDIR(st.st_mode) and self.overwrite):
@@ -493,7 +326,7 @@ def _plan_tops(
         if wanted.casefold() in tops:
             continue
         contents = under.get(wanted.casefold(), [])
-        for name in _candidates(wanted, folder=True):
+        for name in candidate_names(wanted, folder=True):
             if name.casefold() in taken:
                 continue
             st = _lstat(output_dir / name)
@@ -737,15 +570,15 @@ def _new_file_flags() -> int:
 
 
 def part_path(final: Path) -> Path:
-    return final.with_name(_names_written(final.name)[1])
+    return final.with_name(names_written(final.name)[1])
 
 
 def meta_path(final: Path) -> Path:
-    return final.with_name(_names_written(final.name)[2])
+    return final.with_name(names_written(final.name)[2])
 
 
 def lock_path(final: Path) -> Path:
-    return final.with_name(_names_written(final.name)[3])
+    return final.with_name(names_written(final.name)[3])
 
 
 def in_use_error(final: Path) -> DestinationExistsError:
@@ -1163,7 +996,7 @@ def _place(part: Path, final: Path, *, overwrite: bool) -> Path:
     # the transfer ran: see platform.place_no_replace (a link, or a rename onto a name
     # sfs reserved with O_EXCL where there are no hard links, or Windows's rename).
     # The link is the claim on a numbered name: it fails if anything is there.
-    for name in _candidates(final.name):
+    for name in candidate_names(final.name):
         path = final.with_name(name)
         if path != final and _lstat(lock_path(path)) is not None:
             continue  # another transfer is about to place a file there
@@ -1174,7 +1007,7 @@ def _place(part: Path, final: Path, *, overwrite: bool) -> Path:
         if path != final:
             logger.info("%s appeared during the transfer; placed as %s", final, path)
         return path
-    raise AssertionError("unreachable: _candidates raises when every name is taken")
+    raise AssertionError("unreachable: candidate_names raises when every name is taken")
 
 
 def _disk_error(exc: OSError, path: Path) -> DiskError:

@@ -6,7 +6,7 @@ the transfer as components), and :func:`plan_tree` turns offered paths into loca
 relative paths that can only land inside the output folder.
 
 Offered paths are the peer's words.  Each component goes through
-:func:`sfs.peer.transfer.safe_name` on its own; a component that is empty, ``.``,
+:func:`sfs.peer.names.safe_name` on its own; a component that is empty, ``.``,
 ``..``, or holds a separator or NUL is refused, never repaired (a sender that writes
 ``a/../../x`` is not honest); so is a path deeper than MAX_DEPTH, and a file that
 would sit where a folder goes (or the reverse).  Two files that become one name here
@@ -27,6 +27,7 @@ from typing import IO, cast
 
 from sfs import platform
 from sfs.errors import RemoteProtocolError, SourceError
+from sfs.peer.names import free_name, names_taken, safe_name
 from sfs.peer.protocol import MAX_ENTRIES, MAX_PATH_DEPTH
 
 #: The deepest path one entry may have (components, the file's name included), and
@@ -190,14 +191,11 @@ def local_parts(parts: Sequence[str]) -> tuple[str, ...]:
     """The local relative path of one offered path (components).
 
     The top component is a name at the top of the output folder, never hidden; those
-    below keep a leading dot (:func:`sfs.peer.transfer.safe_name`, ``in_folder``).
+    below keep a leading dot (:func:`sfs.peer.names.safe_name`, ``in_folder``).
 
     :raises RemoteProtocolError: the path is empty, too deep, or a component is
         ``.``, ``..``, empty, holds a separator or NUL, or is unusable as a name.
     """
-    # Imported here: transfer.py, which has safe_name, imports this module.
-    from sfs.peer.transfer import safe_name
-
     if not 1 <= len(parts) <= MAX_DEPTH:
         raise RemoteProtocolError(f"an offered path has 1 to {MAX_DEPTH} components")
     for part in parts:
@@ -215,9 +213,6 @@ def plan_tree(offered: Sequence[tuple[Sequence[str], bool]]) -> list[tuple[str, 
 
     :raises RemoteProtocolError: as :func:`local_parts`, or on such a clash.
     """
-    # Imported here: transfer.py, which has these, imports this module.
-    from sfs.peer.transfer import free_name, names_taken
-
     if len(offered) > MAX_ENTRIES:
         raise RemoteProtocolError(f"an offer carries at most {MAX_ENTRIES} files and folders")
     kinds: dict[tuple[str, ...], bool] = {}  # casefolded local path -> is a folder

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sfs import platform
 from sfs.errors import DestinationExistsError, RemoteProtocolError
 from sfs.peer.claims import try_claim
+from sfs.peer.names import FIRST_COPY_NUMBER, MAX_NAME_BYTES, free_name, names_taken, safe_name
 from sfs.peer.protocol import (
     Accept,
     Chunk,
@@ -32,20 +33,15 @@ from sfs.peer.protocol import (
     TransferProtocol,
 )
 from sfs.peer.transfer import (
-    FIRST_COPY_NUMBER,
-    MAX_NAME_BYTES,
     NameClaims,
     PartFile,
     Plan,
-    free_name,
     identity_of,
     inspect_sources,
     lock_path,
     meta_path,
-    names_taken,
     part_path,
     receive_files,
-    safe_name,
     send_files,
 )
 from tests.helpers import QueueChannel, channel_pair, key_pair

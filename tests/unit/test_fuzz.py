@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
 from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.names import MAX_NAME_BYTES, safe_name
 from sfs.peer.protocol import (
     MAX_CHUNK_BYTES,
     MAX_CONTROL_BYTES,
@@ -56,7 +57,6 @@ from sfs.peer.protocol import (
     decode_offer,
     encode_offer,
 )
-from sfs.peer.transfer import MAX_NAME_BYTES, safe_name
 from sfs.signal import messages as m
 from tests.helpers import key_pair
 

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from sfs.peer.connection import PairEnd, Route, route_of
+from sfs.peer.channel import Route
+from sfs.peer.connection import PairEnd, route_of
 
 LAN = (
     ipaddress.ip_network("192.168.1.0/24"),

@@ -23,6 +23,7 @@ from sfs.errors import (
     SourceError,
 )
 from sfs.peer.crypto import FrameSealer
+from sfs.peer.names import safe_name
 from sfs.peer.protocol import (
     Accept,
     Chunk,
@@ -46,7 +47,6 @@ from sfs.peer.transfer import (
     part_path,
     plan_destinations,
     receive_files,
-    safe_name,
     send_files,
 )
 from tests.helpers import channel_pair, key_pair

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.errors import RemoteProtocolError, SourceError
+from sfs.peer.names import is_own_name
 from sfs.peer.tree import MAX_DEPTH, local_parts, plan_tree, walk
 
 
@@ -148,8 +149,6 @@ def test_inside_a_folder_a_name_keeps_its_dot_and_at_the_top_it_does_not() -> No
     ],
 )
 def test_a_name_of_sfss_own_form_is_never_kept_hidden(offered: str, local: str) -> None:
-    from sfs.peer.transfer import is_own_name
-
     assert local_parts(("d", offered)) == ("d", local)
     assert not is_own_name(local)
     with pytest.raises(RemoteProtocolError):
