@@ -764,6 +764,12 @@ def test_frames_out_of_order_fail_to_open(
         if before is State.CLOSED:
             with pytest.raises(RemoteProtocolError):
                 proto.receive(sealed[i])
+        elif len(sealed[i]) > MAX_MESSAGE_BYTES:
+            # Too large to open at all: refused by its size, in or out of order.
+            with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+                proto.receive(sealed[i])
+            if i == due:
+                break
         elif i != due:
             with pytest.raises(CryptoError):
                 proto.receive(sealed[i])
