@@ -486,8 +486,8 @@ def _rate(step: Callable[[], int], seconds: float) -> float:
 def micro_limits(chunk: int, seconds: float = 1.0) -> Limits:
     import hashlib
 
-    from sfs.peer.crypto import FrameSealer
-    from sfs.peer.protocol import FrameType
+    from sfs.peer.proto.crypto import FrameSealer
+    from sfs.peer.proto.wire import FrameType
 
     block = os.urandom(MIB)
     payload = block[:chunk]
@@ -737,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.size is None:
         args.size = 32 * MIB if args.nat else 256 * MIB
 
-    from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+    from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
     chunk = args.chunk_size or DEFAULT_CHUNK_BYTES  # for raw, --nat and --tree
     sfs_chunk = args.chunk_size  # None: each transport's own default

@@ -294,8 +294,8 @@ def _wait_for_code(
 
 def as_received(sent: dict[str, str]) -> dict[str, str]:
     """The manifest a correct copy has: each path as the receiver names it (sfs's own
-    rule, sfs.peer.tree.local_parts: ``.gitignore`` arrives as ``gitignore``)."""
-    from sfs.peer.tree import local_parts
+    rule, sfs.peer.proto.tree.local_parts: ``.gitignore`` arrives as ``gitignore``)."""
+    from sfs.peer.proto.tree import local_parts
 
     return {"/".join(local_parts(name.split("/"))): sha for name, sha in sent.items()}
 

@@ -1,7 +1,7 @@
 """The three jobs of sfs as coroutines: serve, receive, send.
 
 The CLI and the tests call these.  They wire the pieces together: the set-up
-(pairing, SPAKE2, the sealed offer/answer) is :class:`sfs.peer.handshake.Handshake`,
+(pairing, SPAKE2, the sealed offer/answer) is :class:`sfs.peer.proto.handshake.Handshake`,
 which this module only pumps between the signaling client and the aiortc
 connection; then :mod:`sfs.peer.transfer` moves the files.  Nothing here prints;
 what the user sees goes through a :class:`Ui`.
@@ -48,11 +48,9 @@ from sfs.peer.connection import (
     check_local_addresses,
     host_addresses,
 )
-from sfs.peer.crypto import (
-    FRAME_OVERHEAD_BYTES,
-    SessionKeys,
-)
-from sfs.peer.handshake import (
+from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, SessionKeys
+from sfs.peer.proto.framing import Role, TransferProtocol
+from sfs.peer.proto.handshake import (
     AcceptAnswers,
     Action,
     AnswerOffers,
@@ -73,7 +71,7 @@ from sfs.peer.handshake import (
     Status,
     signal_event,
 )
-from sfs.peer.protocol import MAX_ENTRIES, Offer, Role, TransferProtocol
+from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.tcp import DirectPath, Opened, Transport, open_transport
 from sfs.peer.transfer import (
     Plan,

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from sfs.code import Code
     from sfs.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
-    from sfs.peer.protocol import FileInfo, Offer
+    from sfs.peer.proto.wire import FileInfo, Offer
     from sfs.peer.transfer import Plan, Progress, TransferResult
     from sfs.signal.messages import IceServer
     from sfs.signal.turn import TurnSecret
@@ -405,7 +405,7 @@ class ConsoleUi:
     async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
         import shutil
 
-        from sfs.peer.names import safe_name
+        from sfs.peer.proto.names import safe_name
         from sfs.peer.transfer import is_tree
 
         # A name is cut to leave the rest of the question on one line of the terminal.
@@ -537,7 +537,7 @@ def describe_tree(offer: Offer) -> str:
 
 
 def _offered_path(info: FileInfo) -> str:
-    from sfs.peer.names import safe_name
+    from sfs.peer.proto.names import safe_name
 
     try:
         return "/".join(safe_name(part) for part in (*info.folder, info.name))
@@ -568,7 +568,7 @@ def tree_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> l
     """A folder offer's top level, in the offer's order: each file with its size, each
     folder (``photos/``) with how many files it holds and their size; then "… and N
     more" if they do not all fit in ``max_lines``."""
-    from sfs.peer.names import safe_name
+    from sfs.peer.proto.names import safe_name
 
     counts: dict[tuple[str, bool], list[int]] = {}  # (name, is a folder): [files, bytes]
     for info in offer.files:

@@ -12,9 +12,9 @@ import enum
 
 # -- versions (each module that speaks a protocol re-exports its own as PROTOCOL_VERSION) -----
 
-#: The transfer protocol (sfs.peer.protocol): frames inside the encrypted channel.
+#: The transfer protocol (sfs.peer.proto.wire and .framing): frames inside the encrypted channel.
 TRANSFER_PROTOCOL_VERSION = 3
-#: The set-up (sfs.peer.crypto, sfs.peer.handshake): SPAKE2, key labels, sealed offers.
+#: The set-up (sfs.peer.proto.crypto, sfs.peer.proto.handshake): SPAKE2, key labels, sealed offers.
 SETUP_PROTOCOL_VERSION = 1
 #: The signaling events between a peer and `sfs serve` (sfs.signal.messages).
 SIGNALING_PROTOCOL_VERSION = 1

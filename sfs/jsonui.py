@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sfs.lan.record import Advert
-from sfs.peer.protocol import Offer
+from sfs.peer.proto.wire import Offer
 from sfs.peer.transfer import (
     FileRecord,
     Plan,

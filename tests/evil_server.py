@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from sfs.peer.crypto import KeyExchange, seal_message
+from sfs.peer.proto.crypto import KeyExchange, seal_message
 from sfs.signal import messages as m
 from sfs.signal.config import ServerConfig
 from sfs.signal.server import _SignalServer

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from sfs.errors import PeerGoneError
 from sfs.peer.channel import Route
-from sfs.peer.crypto import KeyExchange, SessionKeys
-from sfs.peer.protocol import Offer
+from sfs.peer.proto.crypto import KeyExchange, SessionKeys
+from sfs.peer.proto.wire import Offer
 from sfs.peer.transfer import NullProgress, Plan, Progress
 
 

@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections import deque
 
-from sfs.peer.crypto import TCP_MAGIC, TCP_NONCE_BYTES
+from sfs.peer.proto.crypto import TCP_MAGIC, TCP_NONCE_BYTES
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

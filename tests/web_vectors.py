@@ -1,7 +1,7 @@
 """Known-answer vectors for the browser page's crypto and transfer protocol
 (``sfs/web/src/*.js``).
 
-The page must agree with :mod:`sfs.peer.crypto` and :mod:`sfs.peer.protocol` byte for
+The page must agree with :mod:`sfs.peer.proto.crypto` and :mod:`sfs.peer.proto.framing` byte for
 byte, so the vectors come
 from the real Python code with deterministic randomness, and the JavaScript tests
 (``node --test sfs/web/test/``) check the port against them.
@@ -23,10 +23,11 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
 from sfs.errors import RemoteProtocolError
-from sfs.peer import crypto
-from sfs.peer.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
-from sfs.peer.names import safe_name
-from sfs.peer.protocol import (
+from sfs.peer.proto import crypto
+from sfs.peer.proto.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
+from sfs.peer.proto.framing import Role, TransferProtocol
+from sfs.peer.proto.names import safe_name
+from sfs.peer.proto.wire import (
     Accept,
     Cancel,
     Chunk,
@@ -39,9 +40,7 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    Role,
     Start,
-    TransferProtocol,
 )
 from sfs.peer.transfer import format_size
 from sfs.text import printable
@@ -59,7 +58,7 @@ _EXCHANGES = [
     ("wrong password", "receiver", "ABC-123", b"tiger-lamb", b"tiger-lamp", 9, 10),
 ]
 _PASSWORDS = [b"", b"tiger-lamp", _UTF8_PW]
-# A signaling plaintext is the JSON session description, as sfs/peer/handshake.py builds it.
+# A signaling plaintext is the JSON session description, as sfs/peer/proto/handshake.py builds it.
 _SIGNALS = [
     ("offer", b'{"type":"offer","sdp":"v=0\\r\\no=- 1 1 IN IP4 0.0.0.0\\r\\n"}'),
     ("answer", b'{"type":"answer","sdp":"v=0\\r\\no=- 2 2 IN IP4 0.0.0.0\\r\\n"}'),
@@ -158,12 +157,12 @@ def _exchange(
 
 
 def _signals(keys_s: SessionKeys, keys_r: SessionKeys) -> list[dict[str, str]]:
-    # seal_message draws its nonce from os.urandom; give this module's ``os`` a
-    # deterministic urandom (only within crypto.py, and only here).
+    # seal_message draws its nonce from secrets.token_bytes; give this module's
+    # ``secrets`` a deterministic token_bytes (only within crypto.py, and only here).
     nonces = counter_entropy(100)
-    fake_os = types.SimpleNamespace(urandom=nonces)
+    fake_secrets = types.SimpleNamespace(token_bytes=nonces)
     out = []
-    with mock.patch.object(crypto, "os", fake_os):
+    with mock.patch.object(crypto, "secrets", fake_secrets):
         for kind, plaintext in _SIGNALS:
             key = keys_r.signal_send if kind == "answer" else keys_s.signal_send
             sealed = crypto.seal_message(key=key, kind=kind, plaintext=plaintext)

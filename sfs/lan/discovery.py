@@ -40,7 +40,7 @@ from sfs.lan.record import (
     parse,
     signaling_url,
 )
-from sfs.peer.crypto import IdProbe
+from sfs.peer.proto.crypto import IdProbe
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from sfs.errors import CryptoError
 from sfs.lan.record import MAX_PROBE_BODY_BYTES, PROBE_PATH
-from sfs.peer.crypto import PROBE_INSTANCE_BYTES, answer_probe
+from sfs.peer.proto.crypto import PROBE_INSTANCE_BYTES, answer_probe
 from sfs.signal.config import ServerConfig
 from sfs.signal.registry import address_key
 from sfs.signal.server import run_server

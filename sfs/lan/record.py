@@ -14,7 +14,7 @@ Neither the code's ID nor anything derived from it is in the record: a neighbour
 could read the ID there could ask the waiting peer to pair and spend its one
 attempt.  The joining side asks each waiting endpoint of the right role whether it
 holds the ID (``POST PROBE_PATH``, a SPAKE2 run on the ID alone, see
-:class:`sfs.peer.crypto.IdProbe`) and runs the code's key exchange with the one
+:class:`sfs.peer.proto.crypto.IdProbe`) and runs the code's key exchange with the one
 endpoint that proved it: one exchange per attempt, however many records a rogue
 advertises.  Nothing in a record is trusted: the joining side validates each
 field and shows text only through :func:`sfs.text.printable`.

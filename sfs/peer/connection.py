@@ -48,6 +48,7 @@ from aiortc.rtcsctptransport import (
 )
 from aiortc.utils import uint32_gt, uint32_gte
 
+from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_STREAMS
 from sfs.errors import (
     IceFailedError,
     PeerConnectionError,
@@ -56,8 +57,6 @@ from sfs.errors import (
     SfsError,
 )
 from sfs.peer.channel import Route
-from sfs.peer.handshake import MAX_STREAMS as MAX_STREAMS  # the striping limit, re-exported
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from sfs.defaults import MAX_CHUNK_BYTES
 from sfs.defaults import Transport as Transport
 from sfs.errors import (
     CryptoError,
@@ -52,7 +53,7 @@ from sfs.errors import (
     connection_end,
 )
 from sfs.peer.channel import Channel, Route
-from sfs.peer.crypto import (
+from sfs.peer.proto.crypto import (
     TCP_MAGIC,
     TCP_NONCE_BYTES,
     TCP_PROOF_BYTES,
@@ -60,7 +61,6 @@ from sfs.peer.crypto import (
     digests_equal,
     tcp_proof,
 )
-from sfs.peer.protocol import MAX_CHUNK_BYTES
 
 #: ioctl(SIOCOUTQ) (= TIOCOUTQ) on Linux: the bytes in a TCP socket's send queue.
 _SIOCOUTQ: int | None = 0x5411 if sys.platform == "linux" else None

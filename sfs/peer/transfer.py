@@ -1,6 +1,6 @@
 """Moving files over an abstract message channel: reading, hashing, safe writing.
 
-This layer drives :class:`~sfs.peer.protocol.TransferProtocol` and does the file I/O.
+This layer drives :class:`~sfs.peer.proto.framing.TransferProtocol` and does the file I/O.
 It knows nothing of WebRTC: any :class:`~sfs.peer.channel.Channel` will do, which
 is how the unit tests run it over a pair of in-memory queues.
 
@@ -39,6 +39,7 @@ from typing import IO, Any, Protocol
 import zstandard
 
 from sfs import platform
+from sfs.defaults import MAX_TEXT_BYTES
 from sfs.errors import (
     CancelledByPeerError,
     CryptoError,
@@ -56,8 +57,10 @@ from sfs.errors import (
 )
 from sfs.peer.channel import Channel
 from sfs.peer.claims import Claim, try_claim
-from sfs.peer.crypto import digests_equal
-from sfs.peer.names import (
+from sfs.peer.files.tree import open_regular, reads_more_than_its_size, size_unknown, walk
+from sfs.peer.proto.crypto import digests_equal
+from sfs.peer.proto.framing import State, TransferProtocol
+from sfs.peer.proto.names import (
     STAGING_PREFIX,
     candidate_names,
     clashes,
@@ -66,8 +69,8 @@ from sfs.peer.names import (
     names_written,
     safe_name,
 )
-from sfs.peer.protocol import (
-    MAX_TEXT_BYTES,
+from sfs.peer.proto.tree import plan_tree
+from sfs.peer.proto.wire import (
     Accept,
     Cancel,
     Chunk,
@@ -81,15 +84,6 @@ from sfs.peer.protocol import (
     Reject,
     Resume,
     Start,
-    State,
-    TransferProtocol,
-)
-from sfs.peer.tree import (
-    open_regular,
-    plan_tree,
-    reads_more_than_its_size,
-    size_unknown,
-    walk,
 )
 from sfs.text import format_size as format_size  # re-exported: it used to live here
 
@@ -277,7 +271,7 @@ def _check_free_space(offer: Offer, output_dir: Path, paths: list[Path]) -> None
 
 
 def _plan_tree(offer: Offer, output_dir: Path, places: _Places) -> Plan:
-    """The final paths of a folder offer (sfs.peer.tree decides the names inside it,
+    """The final paths of a folder offer (sfs.peer.proto.tree decides the names inside it,
     this the names at the top); a folder that exists here is used as it is, unless it
     is not a folder or is a link."""
     entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]

@@ -3,7 +3,7 @@
 Requests use Socket.IO acknowledgements, so each call returns the server's answer or
 raises the matching :mod:`sfs.errors` class.  Pushed events land in one queue that
 :meth:`SignalClient.next_event` reads in order; what they mean for the set-up (whose
-they are, which are early, a partner gone) is :mod:`sfs.peer.handshake`'s business.
+they are, which are early, a partner gone) is :mod:`sfs.peer.proto.handshake`'s business.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.peer.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,

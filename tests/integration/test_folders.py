@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.peer.protocol import PROTOCOL_VERSION, FrameType
+from sfs.peer.proto.wire import PROTOCOL_VERSION, FrameType
 from tests.conftest import ServerProcess, start_server, stop_process
 from tests.integration.peers import run_sender, start_receiver
 from tests.integration.test_malicious_peer import (

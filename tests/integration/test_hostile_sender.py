@@ -23,7 +23,7 @@ import pytest
 from sfs.app import PeerOptions, sender_session
 from sfs.code import parse_code
 from sfs.errors import SfsError
-from sfs.peer.protocol import FileInfo, FrameType, Offer, encode_offer
+from sfs.peer.proto.wire import FileInfo, FrameType, Offer, encode_offer
 from sfs.peer.transfer import PartFile, identity_of
 from tests.conftest import LOOPBACK, ServerProcess
 from tests.helpers import QuietUi

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sfs.code import wordlist
-from sfs.peer.protocol import MAX_ENTRIES
+from sfs.peer.proto.wire import MAX_ENTRIES
 from sfs.signal import messages as m
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sfs.app import PeerOptions, receiver_session, sender_session
 from sfs.code import parse_code
-from sfs.peer.crypto import FrameOpener, FrameSealer
-from sfs.peer.protocol import FileInfo, FrameType, Offer, encode_offer
+from sfs.peer.proto.crypto import FrameOpener, FrameSealer
+from sfs.peer.proto.wire import FileInfo, FrameType, Offer, encode_offer
 from sfs.signal import messages as m
 from sfs.text import is_unsafe
 from tests.conftest import (

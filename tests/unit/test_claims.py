@@ -20,18 +20,15 @@ from hypothesis import strategies as st
 from sfs import platform
 from sfs.errors import DestinationExistsError, RemoteProtocolError
 from sfs.peer.claims import try_claim
-from sfs.peer.names import FIRST_COPY_NUMBER, MAX_NAME_BYTES, free_name, names_taken, safe_name
-from sfs.peer.protocol import (
-    Accept,
-    Chunk,
-    FileDone,
-    FileInfo,
-    Offer,
-    Resume,
-    Role,
-    State,
-    TransferProtocol,
+from sfs.peer.proto.framing import Role, State, TransferProtocol
+from sfs.peer.proto.names import (
+    FIRST_COPY_NUMBER,
+    MAX_NAME_BYTES,
+    free_name,
+    names_taken,
+    safe_name,
 )
+from sfs.peer.proto.wire import Accept, Chunk, FileDone, FileInfo, Offer, Resume
 from sfs.peer.transfer import (
     NameClaims,
     PartFile,

@@ -25,7 +25,7 @@ from sfs.cli import (
     tree_listing,
 )
 from sfs.errors import connection_end
-from sfs.peer.protocol import FileInfo, Offer
+from sfs.peer.proto.wire import FileInfo, Offer
 from sfs.peer.transfer import FileRecord, TransferResult
 from sfs.terminal import display_width, wrap
 

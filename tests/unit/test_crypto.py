@@ -1,4 +1,4 @@
-"""Known-answer vectors and tamper checks for sfs.peer.crypto."""
+"""Known-answer vectors and tamper checks for sfs.peer.proto.crypto."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from spake2 import SPAKE2_A, SPAKE2_B
 
 from sfs.errors import CryptoError, WrongCodeError
-from sfs.peer.crypto import (
+from sfs.peer.proto.crypto import (
     INFO_CONTROL_RECEIVER,
     INFO_DATA_SENDER,
     INFO_SIGNAL_RECEIVER,

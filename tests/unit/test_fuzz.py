@@ -24,19 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
+from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES
 from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
-from sfs.peer.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
-from sfs.peer.names import MAX_NAME_BYTES, safe_name
-from sfs.peer.protocol import (
-    MAX_CHUNK_BYTES,
+from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.proto.framing import Role, State, TransferProtocol
+from sfs.peer.proto.names import MAX_NAME_BYTES, safe_name
+from sfs.peer.proto.wire import (
     MAX_CONTROL_BYTES,
     MAX_ENTRIES,
     MAX_FILE_BYTES,
     MAX_FILES,
-    MAX_MESSAGE_BYTES,
     MAX_OFFERED_NAME_CHARS,
-    MAX_SENDER_NAME_CHARS,
-    MAX_TEXT_BYTES,
     SHA256_BYTES,
     Accept,
     Cancel,
@@ -50,10 +48,7 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    Role,
     Start,
-    State,
-    TransferProtocol,
     decode_offer,
     encode_offer,
 )

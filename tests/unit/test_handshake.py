@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfs.code import Code, parse_code
+from sfs.defaults import MAX_STREAMS
 from sfs.errors import (
     CancelledByPeerError,
     PeerGoneError,
@@ -27,9 +28,9 @@ from sfs.errors import (
     SignalingError,
     WrongCodeError,
 )
-from sfs.peer import connection, handshake
-from sfs.peer.crypto import KeyExchange, SessionKeys, open_message, seal_message
-from sfs.peer.handshake import (
+from sfs.peer.proto.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.proto.framing import Role
+from sfs.peer.proto.handshake import (
     PARTNER_GONE_GRACE_SECONDS,
     AcceptAnswers,
     Action,
@@ -60,7 +61,6 @@ from sfs.peer.handshake import (
     signal_event,
     streams_for,
 )
-from sfs.peer.protocol import Role
 from sfs.signal.messages import IceServer
 
 TIMEOUT = 30.0
@@ -475,10 +475,6 @@ def test_a_malformed_direct_address_list_is_malformed(tcp: object) -> None:
     assert str(only_error(actions)) == "the other side sent a malformed offer"
 
 
-def test_max_streams_agrees_with_the_connection() -> None:
-    assert handshake.MAX_STREAMS == connection.MAX_STREAMS
-
-
 # -- the partner gone or giving up --------------------------------------------------------
 
 PAIRED_STATES = [
@@ -796,7 +792,7 @@ def test_bad_stream_counts_are_refused() -> None:
     with pytest.raises(ValueError):
         Handshake(Role.SENDER, connect_timeout=TIMEOUT, streams=0)
     with pytest.raises(ValueError):
-        Handshake(Role.SENDER, connect_timeout=TIMEOUT, streams=handshake.MAX_STREAMS + 1)
+        Handshake(Role.SENDER, connect_timeout=TIMEOUT, streams=MAX_STREAMS + 1)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from sfs.jsonui import (
     event_line,
 )
 from sfs.lan.record import Advert
-from sfs.peer.protocol import FileInfo, Offer
+from sfs.peer.proto.wire import FileInfo, Offer
 from sfs.peer.transfer import FileRecord, TransferResult
 
 #: What a peer or a server may write: any code point, surrogates and controls included.

@@ -1,5 +1,5 @@
 """LAN mode's probe: does an endpoint hold the code's ID?  A SPAKE2 run on the ID alone
-(sfs.peer.crypto.IdProbe, answer_probe) and the embedded server's answer to it."""
+(sfs.peer.proto.crypto.IdProbe, answer_probe) and the embedded server's answer to it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sfs.errors import CryptoError
 from sfs.lan.embedded import PROBE_WINDOW_SECONDS, PROBES_PER_ADDRESS, Holding, embedded_server
 from sfs.lan.record import PROBE_PATH
-from sfs.peer.crypto import PROBE_INSTANCE_BYTES, IdProbe, answer_probe
+from sfs.peer.proto.crypto import PROBE_INSTANCE_BYTES, IdProbe, answer_probe
 from tests.helpers import counter_entropy
 
 INSTANCE = bytes(range(PROBE_INSTANCE_BYTES))

@@ -21,7 +21,7 @@ import pytest
 from sfs import platform
 from sfs.errors import DestinationExistsError
 from sfs.peer import transfer
-from sfs.peer.protocol import FileInfo
+from sfs.peer.proto.wire import FileInfo
 from sfs.peer.transfer import PartFile, identity_of, keep_metadata, make_durable
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX semantics (link, O_NOFOLLOW)")

@@ -7,16 +7,15 @@ import json
 
 import pytest
 
+from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_NAME_CHARS
 from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
-from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
-from sfs.peer.protocol import (
-    MAX_CHUNK_BYTES,
+from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.proto.framing import Role, State, TransferProtocol
+from sfs.peer.proto.wire import (
     MAX_CONTROL_BYTES,
     MAX_ENTRIES,
     MAX_FILE_BYTES,
     MAX_FILES,
-    MAX_MESSAGE_BYTES,
-    MAX_SENDER_NAME_CHARS,
     Accept,
     Cancel,
     Chunk,
@@ -29,10 +28,7 @@ from sfs.peer.protocol import (
     Ping,
     Reject,
     Resume,
-    Role,
     Start,
-    State,
-    TransferProtocol,
     decode_offer,
     encode_offer,
 )

@@ -12,14 +12,14 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfs.defaults import MAX_MESSAGE_BYTES, MAX_TEXT_BYTES
 from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
-from sfs.peer.crypto import FrameSealer, SessionKeys
-from sfs.peer.protocol import (
+from sfs.peer.proto.crypto import FrameSealer, SessionKeys
+from sfs.peer.proto.framing import Role, State, TransferProtocol
+from sfs.peer.proto.wire import (
     MAX_CONTROL_BYTES,
     MAX_FILES,
     MAX_JOINED_CONTROL_BYTES,
-    MAX_MESSAGE_BYTES,
-    MAX_TEXT_BYTES,
     Accept,
     Chunk,
     FileAck,
@@ -30,10 +30,7 @@ from sfs.peer.protocol import (
     Partial,
     Ping,
     Resume,
-    Role,
     Start,
-    State,
-    TransferProtocol,
     decode_offer,
     decompress_chunk,
     encode_listing,

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sfs import defaults
-from sfs.peer import crypto, protocol
+from sfs.peer.proto import crypto, wire
 
 #: Top-level packages that take most of a transfer's start-up.
 HEAVY = {"aiortc", "aiohttp", "aioice", "av", "cryptography", "socketio", "engineio",
@@ -57,10 +57,10 @@ def test_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
 def test_version_names_the_protocols() -> None:
     _, output = _loaded_by("--version")
     assert output.startswith("sfs ")
-    assert f"transfer {protocol.PROTOCOL_VERSION}" in output
+    assert f"transfer {wire.PROTOCOL_VERSION}" in output
     assert f"set-up {crypto.PROTOCOL_VERSION}" in output
 
 
 def test_the_light_copies_agree_with_the_modules_that_use_them() -> None:
     assert defaults.FRAME_OVERHEAD_BYTES == crypto.FRAME_OVERHEAD_BYTES
-    assert defaults.MAX_CHUNK_BYTES == protocol.MAX_MESSAGE_BYTES - crypto.FRAME_OVERHEAD_BYTES
+    assert defaults.MAX_CHUNK_BYTES == defaults.MAX_MESSAGE_BYTES - crypto.FRAME_OVERHEAD_BYTES

@@ -10,7 +10,7 @@ import pytest
 from sfs import cli, terminal
 from sfs.cli import ConsoleUi, LineProgress, Styled, TqdmProgress, offer_listing, peer_table, say
 from sfs.lan.record import Advert
-from sfs.peer.protocol import FileInfo, Offer
+from sfs.peer.proto.wire import FileInfo, Offer
 
 
 class FakeTty(io.StringIO):

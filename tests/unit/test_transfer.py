@@ -22,9 +22,10 @@ from sfs.errors import (
     RemoteProtocolError,
     SourceError,
 )
-from sfs.peer.crypto import FrameSealer
-from sfs.peer.names import safe_name
-from sfs.peer.protocol import (
+from sfs.peer.proto.crypto import FrameSealer
+from sfs.peer.proto.framing import Role, State, TransferProtocol
+from sfs.peer.proto.names import safe_name
+from sfs.peer.proto.wire import (
     Accept,
     Chunk,
     FileDone,
@@ -32,9 +33,6 @@ from sfs.peer.protocol import (
     FrameType,
     Offer,
     Resume,
-    Role,
-    State,
-    TransferProtocol,
     encode_offer,
 )
 from sfs.peer.transfer import (

@@ -19,8 +19,9 @@ from sfs.errors import (
     RejectedError,
     UpgradeError,
 )
-from sfs.peer.crypto import FrameOpener, FrameSealer, SessionKeys
-from sfs.peer.protocol import FrameType, Offer, Role, TransferProtocol
+from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.proto.framing import Role, TransferProtocol
+from sfs.peer.proto.wire import FrameType, Offer
 from sfs.peer.transfer import (
     Plan,
     SourceFile,

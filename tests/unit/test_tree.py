@@ -1,5 +1,5 @@
-"""Folders (sfs.peer.tree): walking a real tree, and the receiver's side of offered
-paths, malicious ones included."""
+"""Folders: walking a real tree (sfs.peer.files.tree), and the receiver's side of
+offered paths, malicious ones included (sfs.peer.proto.tree)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.errors import RemoteProtocolError, SourceError
-from sfs.peer.names import is_own_name
-from sfs.peer.tree import MAX_DEPTH, local_parts, plan_tree, walk
+from sfs.peer.files.tree import walk
+from sfs.peer.proto.names import is_own_name
+from sfs.peer.proto.tree import MAX_DEPTH, local_parts, plan_tree
 
 
 def test_walk_keeps_the_tree_and_skips_what_is_not_a_file(tmp_path: Path) -> None:
@@ -191,7 +192,7 @@ def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None
 
 def test_a_link_in_the_output_folder_is_never_followed(tmp_path: Path) -> None:
     from sfs.errors import DestinationExistsError
-    from sfs.peer.protocol import FileInfo, Offer
+    from sfs.peer.proto.wire import FileInfo, Offer
     from sfs.peer.transfer import Plan, make_folders, plan_destinations
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"

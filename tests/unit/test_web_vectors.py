@@ -10,7 +10,7 @@ import pytest
 from spake2.parameters.ed25519 import ParamsEd25519
 
 from sfs.errors import CryptoError, WrongCodeError
-from sfs.peer.crypto import FrameOpener, KeyExchange, open_message
+from sfs.peer.proto.crypto import FrameOpener, KeyExchange, open_message
 from tests.web_vectors import VECTORS_PATH, build_vectors, render
 
 

@@ -125,7 +125,7 @@ describe("SPAKE2 (python-spake2 compatible)", () => {
 
 describe("KeyExchange and session keys", () => {
   for (const v of vectors.exchanges) {
-    it(`matches sfs.peer.crypto: ${v.name}`, () => {
+    it(`matches sfs.peer.proto.crypto: ${v.name}`, () => {
       const common = { codeId: v.code_id, printedBy: v.printed_by };
       const sender = new KeyExchange({
         role: "sender",

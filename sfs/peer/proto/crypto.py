@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import os
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,7 +124,7 @@ class KeyExchange:
         password: bytes,
         code_id: str,
         printed_by: str = "receiver",
-        entropy: Callable[[int], bytes] = os.urandom,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         if role not in ("sender", "receiver") or printed_by not in ("sender", "receiver"):
             raise ValueError(f"unknown role {role!r} or {printed_by!r}")
@@ -236,7 +236,7 @@ def format_verifier(material: bytes) -> str:
 
 def seal_message(*, key: bytes, kind: str, plaintext: bytes) -> bytes:
     """Seal one signaling message (offer, answer, ICE candidate) with a random nonce."""
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = secrets.token_bytes(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, _signal_aad(kind))
 
 
@@ -362,7 +362,11 @@ class IdProbe:
     """
 
     def __init__(
-        self, *, peer_id: str, waiting_role: str, entropy: Callable[[int], bytes] = os.urandom
+        self,
+        *,
+        peer_id: str,
+        waiting_role: str,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         id_b = _PROBE_ID_WAITER_PREFIX + waiting_role.encode("ascii")
         self._spake: SPAKE2_A | None = SPAKE2_A(
@@ -391,7 +395,7 @@ def answer_probe(
     role: str,
     message: bytes,
     instance: bytes,
-    entropy: Callable[[int], bytes] = os.urandom,
+    entropy: Callable[[int], bytes] = secrets.token_bytes,
 ) -> tuple[bytes, bytes]:
     """The waiting side's answer to a probe: its SPAKE2 message and the proof.
 

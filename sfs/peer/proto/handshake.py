@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sfs.code import Code, new_secret
-from sfs.defaults import MAX_STREAMS as MAX_STREAMS
+from sfs.defaults import MAX_STREAMS
 from sfs.errors import (
     CancelledByPeerError,
     PeerGoneError,
@@ -68,8 +68,8 @@ from sfs.errors import (
     SignalingError,
     WrongCodeError,
 )
-from sfs.peer.crypto import KeyExchange, SessionKeys, open_message, seal_message
-from sfs.peer.protocol import Role
+from sfs.peer.proto.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.proto.framing import Role
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
