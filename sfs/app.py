@@ -48,6 +48,8 @@ from sfs.peer.connection import (
     check_local_addresses,
     host_addresses,
 )
+from sfs.peer.files.destinations import Plan
+from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
 from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, SessionKeys
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.handshake import (
@@ -74,18 +76,13 @@ from sfs.peer.proto.handshake import (
 from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.tcp import DirectPath, Opened, Transport, open_transport
 from sfs.peer.transfer import (
-    Plan,
     Progress,
-    Sources,
     TransferResult,
     abort_transfer,
-    inspect_tree,
     keepalive,
     linger,
     receive_files,
     send_files,
-    stream_source,
-    text_source,
 )
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.config import ServerConfig

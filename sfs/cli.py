@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     from sfs.code import Code
     from sfs.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
+    from sfs.peer.files.destinations import Plan
     from sfs.peer.proto.wire import FileInfo, Offer
-    from sfs.peer.transfer import Plan, Progress, TransferResult
+    from sfs.peer.transfer import Progress, TransferResult
     from sfs.signal.messages import IceServer
     from sfs.signal.turn import TurnSecret
 
@@ -405,8 +406,8 @@ class ConsoleUi:
     async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
         import shutil
 
+        from sfs.peer.files.destinations import is_tree
         from sfs.peer.proto.names import safe_name
-        from sfs.peer.transfer import is_tree
 
         # A name is cut to leave the rest of the question on one line of the terminal.
         width = terminal.columns(sys.stderr)
@@ -453,7 +454,7 @@ class ConsoleUi:
 def plan_lines(plan: Plan | None) -> list[str]:
     """What happens to the names that are taken (``report.pdf exists: will save as
     report (1).pdf``), said before the question: a few, then how many more."""
-    from sfs.peer.transfer import MAX_PLAN_NOTES
+    from sfs.peer.files.destinations import MAX_PLAN_NOTES
 
     if plan is None:
         return []

@@ -20,16 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sfs.lan.record import Advert
+from sfs.peer.files.destinations import Plan, is_tree
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import (
-    FileRecord,
-    Plan,
-    TransferResult,
-    describe_offer,
-    format_size,
-    is_tree,
-)
-from sfs.text import printable
+from sfs.peer.transfer import FileRecord, TransferResult, describe_offer
+from sfs.text import format_size, printable
 
 #: At most one progress event this often (and always one as each file ends).
 PROGRESS_EVENT_SECONDS = 0.25

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from sfs.errors import PeerGoneError
 from sfs.peer.channel import Route
+from sfs.peer.files.destinations import Plan
 from sfs.peer.proto.crypto import KeyExchange, SessionKeys
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import NullProgress, Plan, Progress
+from sfs.peer.transfer import NullProgress, Progress
 
 
 class QuietUi:

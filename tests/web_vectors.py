@@ -42,8 +42,7 @@ from sfs.peer.proto.wire import (
     Resume,
     Start,
 )
-from sfs.peer.transfer import format_size
-from sfs.text import printable
+from sfs.text import format_size, printable
 from tests.helpers import counter_entropy
 
 VECTORS_PATH = Path(__file__).resolve().parent.parent / "sfs" / "web" / "test" / "vectors.json"

@@ -10,7 +10,7 @@ holds), the SHA-256 is checked, the data is fsynced, and only then does the file
 at its final name, without ever replacing an existing file unless the user asked for
 that.  A file at either hidden name that sfs did not write is never opened, truncated
 or removed: the transfer is refused instead.  Each name is claimed by one transfer at a
-time (:mod:`sfs.peer.claims`).  One rule for every name that is taken (a file already
+time (:mod:`sfs.peer.files.claims`).  One rule for every name that is taken (a file already
 there, another transfer's claim, two offered files that become one name, a file that
 appears before the last step): the file goes to the next free name, ``NAME (1).EXT``.
 """
@@ -20,26 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import hashlib
-import json
 import logging
 import os
-import shutil
-import stat
-import tempfile
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 import zstandard
 
-from sfs import platform
-from sfs.defaults import MAX_TEXT_BYTES
 from sfs.errors import (
     CancelledByPeerError,
     CryptoError,
@@ -56,20 +49,23 @@ from sfs.errors import (
     VerificationError,
 )
 from sfs.peer.channel import Channel
-from sfs.peer.claims import Claim, try_claim
-from sfs.peer.files.tree import open_regular, reads_more_than_its_size, size_unknown, walk
+from sfs.peer.files.destinations import NameClaims, Plan, find_held, make_folders, plan_destinations
+from sfs.peer.files.partial import (
+    READ_BLOCK_BYTES,
+    HashState,
+    PartFile,
+    hash_partial,
+    hash_stream,
+    identity_of,
+    part_path,
+)
+from sfs.peer.files.placer import BATCH_BYTES, Placer, Verified
+from sfs.peer.files.sources import SourceFile, open_source
 from sfs.peer.proto.crypto import digests_equal
 from sfs.peer.proto.framing import State, TransferProtocol
 from sfs.peer.proto.names import (
-    STAGING_PREFIX,
-    candidate_names,
-    clashes,
-    free_name,
-    names_taken,
-    names_written,
     safe_name,
 )
-from sfs.peer.proto.tree import plan_tree
 from sfs.peer.proto.wire import (
     Accept,
     Cancel,
@@ -85,17 +81,10 @@ from sfs.peer.proto.wire import (
     Resume,
     Start,
 )
-from sfs.text import format_size as format_size  # re-exported: it used to live here
+from sfs.text import format_size
 
 logger = logging.getLogger(__name__)
 
-#: What a record says it is, so that no other JSON file passes for one.
-RECORD_KIND = "sfs partial copy"
-_MAX_RECORD_BYTES = 16 * 1024
-#: File reads happen in a worker thread, this much at a time, to keep the event loop free.
-READ_BLOCK_BYTES = 1024 * 1024
-#: A large file's bytes go to the disk in steps of this much while it arrives.
-WRITE_BEHIND_BYTES = 32 * 1024 * 1024
 #: Of an offered name, at most this much is repeated back in a status line.
 MAX_SHOWN_NAME_CHARS = 80
 #: A side sends a PING after this long without sending anything else.
@@ -130,1014 +119,7 @@ class NullProgress:
         pass
 
 
-def is_tree(offer: Offer) -> bool:
-    return bool(offer.folders) or any(info.folder for info in offer.files)
-
-
-@dataclass
-class Plan:
-    """What each offered file will become here, decided before the user is asked, and
-    shown to them with the question.
-
-    :param paths: each offered file's final path. A file that finds its name taken
-        later (another transfer's claim, a file that appeared) moves on to the next
-        free name, and the line that says it is saved names the path it has.
-    :param folders: every folder a folder offer makes here, parents first.
-    :param notes: one line for each name that is taken, saying what happens instead.
-    :param written: False for a text message or ``--stdout``: the paths are only names.
-    """
-
-    paths: list[Path]
-    folders: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    written: bool = True
-
-
-def plan_destinations(
-    offer: Offer, output_dir: Path, *, overwrite: bool, resume: bool = False
-) -> Plan:
-    """Choose the final path of every offered file, or refuse before anything is written.
-
-    A name that is taken (by a file or folder already there, or by another offered
-    file) goes to the next free name, ``NAME (1).EXT``; with ``overwrite`` a file
-    there is replaced instead.  A folder offered at the top whose name is a folder
-    here is continued (an interrupted transfer of it: it holds part of this offer and
-    nothing in its way) or, unless ``overwrite``, the offered one goes to the next free
-    name, ``photos (1)/``.
-
-    :param resume: a regular file already at a destination, of the offered size, is
-        no conflict: it may be the same file from an interrupted transfer, which
-        the sender's SHA-256 will tell (see :func:`find_held`); if not, the offered
-        file goes to the next free name then.
-    :raises DestinationExistsError: a file sfs did not write is at the name of one of
-        its own (a partial copy, its record).
-    :raises DiskError: the output folder is unusable or has too little free space.
-    :raises RemoteProtocolError: an offered path that cannot be placed safely.
-    """
-    if not output_dir.is_dir():
-        raise DiskError(f"the output folder {str(output_dir)!r} does not exist")
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise DiskError(f"the output folder {str(output_dir)!r} is not writable")
-    places = _Places(output_dir, overwrite=overwrite, resume=resume)
-    if is_tree(offer):
-        plan = _plan_tree(offer, output_dir, places)
-    else:
-        paths = [places.file(output_dir, safe_name(info.name), info) for info in offer.files]
-        plan = Plan(paths, notes=places.notes)
-    _check_free_space(offer, output_dir, plan.paths)
-    return plan
-
-
-class _Places:
-    """The names a plan has given out so far, per folder, and the lines that say
-    which were taken."""
-
-    def __init__(self, output_dir: Path, *, overwrite: bool, resume: bool) -> None:
-        self.output_dir = output_dir
-        self.overwrite = overwrite
-        self.resume = resume
-        self.notes: list[str] = []
-        self._taken: dict[Path, set[str]] = {}  # folder -> names sfs will write in it
-
-    def taken(self, folder: Path) -> set[str]:
-        return self._taken.setdefault(folder, set())
-
-    def file(self, folder: Path, wanted: str, info: FileInfo) -> Path:
-        """The first of ``wanted``'s names in ``folder`` that the offer has not given
-        out and where a file can go: nothing there, a file to replace (overwrite), or
-        a file of the offered size (resume: perhaps the offered file, already here)."""
-        taken = self.taken(folder)
-        for name in candidate_names(wanted):
-            if clashes(name, taken):
-                continue
-            st = _lstat(folder / name)
-            if st is None or (not stat.S_ISDIR(st.st_mode) and self.overwrite):
-                break
-            if self.resume and _maybe_complete(st, info):
-                break
-        path = folder / name
-        taken |= names_taken(name)
-        self._note(folder / wanted, path, info)
-        return path
-
-    def _note(self, wanted: Path, path: Path, info: FileInfo) -> None:
-        if path != wanted:
-            why = "exists" if _lstat(wanted) is not None else "is offered more than once"
-            self.notes.append(f"{self._shown(wanted)} {why}: will save as {self._shown(path)}")
-            return
-        there = _lstat(path)
-        if there is None or path.parent != self.output_dir:
-            return  # inside a folder here: the folder's line says it
-        if self.resume and _maybe_complete(there, info):
-            instead = (
-                "replaced (--overwrite)" if self.overwrite else "saved under the next free name"
-            )
-            self.notes.append(
-                f"{self._shown(path)} exists with the same size: kept if it is the same "
-                f"file, else {instead}"
-            )
-        elif self.overwrite:
-            self.notes.append(f"{self._shown(path)} exists: will replace it (--overwrite)")
-
-    def _shown(self, path: Path) -> str:
-        return str(path.relative_to(self.output_dir))
-
-
-#: Of the names that are taken, at most this many are said before the question.
-MAX_PLAN_NOTES = 10
-
-
-def _maybe_complete(st: os.stat_result, info: FileInfo) -> bool:
-    """A regular file of the offered size may be the offered file, already here."""
-    return stat.S_ISREG(st.st_mode) and not info.stream and st.st_size == info.size
-
-
-def _check_free_space(offer: Offer, output_dir: Path, paths: list[Path]) -> None:
-    # sfs's own partial copy is either continued or replaced, so its bytes count as
-    # available either way; anything else at those names stops us here.
-    reclaimable = 0
-    for info, path in zip(offer.files, paths, strict=True):
-        partial = _own_partial(path)
-        if partial is not None:
-            reclaimable += min(partial.size, info.size)
-        elif (st := _lstat(path)) is not None and _maybe_complete(st, info):
-            reclaimable += info.size  # perhaps already complete: nothing to write
-    free = shutil.disk_usage(output_dir).free + reclaimable
-    if offer.total_size > free:
-        raise DiskError(
-            f"not enough free space in {str(output_dir)!r}: "
-            f"{format_size(offer.total_size)} offered, {format_size(free)} free"
-        )
-
-
-def _plan_tree(offer: Offer, output_dir: Path, places: _Places) -> Plan:
-    """The final paths of a folder offer (sfs.peer.proto.tree decides the names inside it,
-    this the names at the top); a folder that exists here is used as it is, unless it
-    is not a folder or is a link."""
-    entries: list[tuple[tuple[str, ...], bool]] = [(folder, True) for folder in offer.folders]
-    entries += [((*info.folder, info.name), False) for info in offer.files]
-    local = plan_tree(entries)
-    files = local[len(offer.folders) :]
-    wanted_tops = [parts[0] for parts in local[: len(offer.folders)]]
-    wanted_tops += [parts[0] for parts in files if len(parts) > 1]
-    tops = _plan_tops(output_dir, places, wanted_tops, zip(offer.files, files, strict=True))
-    folders = {
-        (tops[parts[0].casefold()], *parts[1:depth])
-        for parts in local[: len(offer.folders)] + [p[:-1] for p in files]
-        for depth in range(1, len(parts) + 1)
-    }
-    made = [output_dir.joinpath(*parts) for parts in sorted(folders, key=len)]
-    for folder in made:
-        _check_folder(folder)
-    paths: list[Path] = []
-    for info, parts in zip(offer.files, files, strict=True):
-        if len(parts) == 1:
-            paths.append(places.file(output_dir, parts[0], info))
-        else:
-            folder = output_dir.joinpath(tops[parts[0].casefold()], *parts[1:-1])
-            paths.append(places.file(folder, parts[-1], info))
-    return Plan(paths, made, places.notes)
-
-
-def _plan_tops(
-    output_dir: Path,
-    places: _Places,
-    wanted_tops: list[str],
-    files: Iterable[tuple[FileInfo, tuple[str, ...]]],
-) -> dict[str, str]:
-    """The local name of each folder at the top of the offer (casefolded -> name): its
-    own, or the next free one when a folder of that name here is not to be continued."""
-    under: dict[str, list[tuple[FileInfo, tuple[str, ...]]]] = {}
-    # The files at the top keep their names from the folders' (and take theirs later).
-    taken = set(places.taken(output_dir))
-    for info, parts in files:
-        if len(parts) > 1:
-            under.setdefault(parts[0].casefold(), []).append((info, parts))
-        else:
-            taken |= names_taken(parts[0])
-    tops: dict[str, str] = {}
-    for wanted in dict.fromkeys(wanted_tops):
-        if wanted.casefold() in tops:
-            continue
-        contents = under.get(wanted.casefold(), [])
-        for name in candidate_names(wanted, folder=True):
-            if name.casefold() in taken:
-                continue
-            st = _lstat(output_dir / name)
-            if st is None:
-                break
-            if stat.S_ISDIR(st.st_mode) and (
-                places.overwrite or _continues(output_dir / name, contents, resume=places.resume)
-            ):
-                places.notes.append(
-                    f"{name}/ exists: will add to it, replacing files of the same names "
-                    "(--overwrite)"
-                    if places.overwrite
-                    else f"{name}/ exists and holds part of this transfer: will continue it "
-                    "(what is there whole is kept)"
-                )
-                break
-        taken.add(name.casefold())
-        places.taken(output_dir).add(name.casefold())
-        tops[wanted.casefold()] = name
-        if name != wanted:
-            places.notes.append(f"{wanted}/ exists: will save as {name}/")
-    return tops
-
-
-def _continues(
-    folder: Path, contents: list[tuple[FileInfo, tuple[str, ...]]], *, resume: bool
-) -> bool:
-    """Whether the folder here is this offer's, interrupted: something of the offer is
-    in it (a file of the offered size, or a partial copy), or nothing at all, and no
-    offered file's place in it is taken by anything else."""
-    if not resume:
-        return False
-    found = False
-    for info, parts in contents:
-        path = folder.joinpath(*parts[1:])
-        st = _lstat_quiet(path)
-        if st is not None and not _maybe_complete(st, info):
-            return False
-        found = found or st is not None or _lstat_quiet(part_path(path)) is not None
-    if found:
-        return True
-    with os.scandir(folder) as entries:
-        return next(entries, None) is None
-
-
-def _lstat_quiet(path: Path) -> os.stat_result | None:
-    """As _lstat, but a path that cannot be looked at (a file in the way of a folder
-    on it, no permission) counts as nothing there: the plan checks it properly."""
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
-def _check_folder(path: Path) -> None:
-    """A folder to write into: absent (it will be made), or a real folder, never a
-    link (which could lead out of the output folder)."""
-    info = _lstat(path)
-    if info is not None and not stat.S_ISDIR(info.st_mode):
-        raise DestinationExistsError(
-            f"{str(path)!r} is in the way of an offered folder (not a folder, or a link)"
-        )
-
-
-def make_folders(plan: Plan) -> None:
-    """Create every folder of a folder offer (the plan's, parents first), refusing links."""
-    for path in plan.folders:
-        try:
-            path.mkdir()
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise _disk_error(exc, path) from exc
-        _check_folder(path)
-
-
-def keep_metadata(path: Path, info: FileInfo) -> None:
-    """The sender's modification time, and its executable bit (within our umask)."""
-    try:
-        if info.executable and platform.has_exec_bit():
-            # Executable for whoever may read it, as `chmod +x` does with a umask.
-            mode = path.stat().st_mode
-            os.chmod(path, stat.S_IMODE(mode) | (stat.S_IMODE(mode) & 0o444) >> 2)
-        if info.mtime_ns:
-            os.utime(path, ns=(info.mtime_ns, info.mtime_ns))
-    except OSError as exc:
-        logger.info("could not keep the time or mode of %s: %s", path, exc)
-
-
-# -- writing ------------------------------------------------------------------------------
-
-
-class PartFile:
-    """sfs's own partial copy of a file while it is written, with its record beside it
-    saying which offered file it holds, so an interrupted transfer can resume.
-
-    :param identity: what the record says: offered name, size, mtime.
-    :param offset: bytes already held (a resumed transfer): the partial copy that
-        find_partial found is reopened and cut to this. Otherwise any partial copy of
-        sfs's own at these names is replaced, and new files are made with O_EXCL.
-    :param prefix: SHA-256 state of those bytes (required when ``offset`` > 0).
-    :param claim: this transfer's claim on ``final`` (:mod:`sfs.peer.claims`); without
-        one, it is taken here. Released once the file is placed, kept or discarded.
-    :raises DestinationExistsError: a file sfs did not write is at one of the names, or
-        (taking the claim here) another transfer holds the name.
-    """
-
-    def __init__(
-        self,
-        final: Path,
-        *,
-        identity: dict[str, object],
-        offset: int = 0,
-        prefix: HashState | None = None,
-        claim: Claim | None = None,
-    ) -> None:
-        self.final = final
-        self.part = part_path(final)
-        self.meta = meta_path(final)
-        self.claim = claim if claim is not None else claim_or_refuse(final)
-        try:
-            fd = self._reopen(offset) if offset else self._create(identity)
-        except OSError as exc:
-            self.claim.release()
-            raise _disk_error(exc, self.part) from exc
-        except BaseException:
-            self.claim.release()
-            raise
-        self._file: IO[bytes] = os.fdopen(fd, "wb")
-        self._hash = prefix.copy() if offset and prefix is not None else hashlib.sha256()
-        self.offset = offset
-        self.written = 0
-        self._flushed = 0  # bytes of written handed to the disk by _write_behind
-
-    def _reopen(self, offset: int) -> int:
-        fd = os.open(self.part, platform.open_flags(os.O_WRONLY))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise DiskError(f"{str(self.part)!r} is not a regular file")
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _create(self, identity: dict[str, object]) -> int:
-        if _own_partial(self.final) is not None:  # raises if the names are not ours
-            # Part first: a record without a part is still recognisably ours.
-            _unlink(self.part)
-            _unlink(self.meta)
-        record = json.dumps({"v": 1, "kind": RECORD_KIND, **identity}).encode("utf-8")
-        try:
-            # Record first, then the part: a crash in between leaves only a record,
-            # which is ours; a part without a record would not be.
-            _write_new(self.meta, record)
-            return os.open(self.part, _new_file_flags(), 0o644)
-        except FileExistsError:
-            raise DestinationExistsError(
-                f"{str(self.part)!r} appeared while sfs was about to write it; not touching it"
-            ) from None
-
-    def write(self, data: bytes | memoryview) -> None:
-        try:
-            self._file.write(data)
-            if self.written - self._flushed >= WRITE_BEHIND_BYTES:
-                self._write_behind()
-        except OSError as exc:
-            raise _disk_error(exc, self.part) from exc
-        self._hash.update(data)
-        self.written += len(data)
-
-    def _write_behind(self) -> None:
-        """Start writing what arrived to the disk now, not all at the final fsync: the
-        file is durable sooner after its last byte (and leaves the page cache)."""
-        if not hasattr(os, "posix_fadvise"):
-            return
-        self._file.flush()
-        start = self.offset + self._flushed
-        os.posix_fadvise(
-            self._file.fileno(), start, self.written - self._flushed, os.POSIX_FADV_DONTNEED
-        )
-        self._flushed = self.written
-
-    async def commit(self, expected_sha256: bytes, *, overwrite: bool) -> Path:
-        """Check the hash, make the bytes durable, and move the file to its final name
-        (returned)."""
-        self.verify(expected_sha256)
-        await asyncio.to_thread(make_durable, [self.part])
-        return self.place(overwrite=overwrite)
-
-    def verify(self, expected_sha256: bytes) -> None:
-        """Check the hash and close the partial copy (not yet durable, not yet placed).
-
-        :raises IntegrityError: the bytes are not what the sender sent.
-        """
-        if not digests_equal(self._hash.digest(), expected_sha256):
-            raise IntegrityError(
-                f"{self.final.name}: SHA-256 mismatch; the received data was discarded"
-            )
-        try:
-            self._file.close()
-        except OSError as exc:
-            raise _disk_error(exc, self.part) from exc
-
-    def place(self, *, overwrite: bool) -> Path:
-        """Give the verified, durable partial copy its final name (the next free one
-        if a file appeared there meanwhile); return it."""
-        try:
-            placed = _place(self.part, self.final, overwrite=overwrite)
-        except OSError as exc:
-            raise _disk_error(exc, self.final) from exc
-        _unlink(self.meta)
-        self.claim.release()
-        return placed
-
-    def keep(self) -> None:
-        """Stop, keeping what arrived (every byte authenticated) for a later resume."""
-        self._close()
-        self.claim.release()
-
-    def discard(self) -> None:
-        self._close()
-        _unlink(self.part)  # still under the claim: nobody else's files
-        _unlink(self.meta)
-        self.claim.release()
-
-    def _close(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            logger.debug("closing %s failed", self.part, exc_info=True)
-
-
-HashState = Any  # hashlib's sha256 object (no public type name)
-
-
-def _new_file_flags() -> int:
-    """A new file of sfs's own: never one that exists, never through a link."""
-    return platform.open_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-
-
-def part_path(final: Path) -> Path:
-    return final.with_name(names_written(final.name)[1])
-
-
-def meta_path(final: Path) -> Path:
-    return final.with_name(names_written(final.name)[2])
-
-
-def lock_path(final: Path) -> Path:
-    return final.with_name(names_written(final.name)[3])
-
-
-def in_use_error(final: Path) -> DestinationExistsError:
-    return DestinationExistsError(
-        f"{str(final)!r} is in use by another transfer; let it finish, or receive into "
-        "another --output folder"
-    )
-
-
-def claim_or_refuse(final: Path) -> Claim:
-    """This transfer's claim on ``final``.
-
-    :raises DestinationExistsError: another transfer holds it (or something sfs did
-        not write is at its lock's name).
-    """
-    claim = try_claim(lock_path(final))
-    if claim is None:
-        raise in_use_error(final)
-    return claim
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, _new_file_flags(), 0o644)
-    try:
-        os.write(fd, data)  # one small write: a record is whole or absent
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-@dataclass(frozen=True)
-class _OwnPartial:
-    """sfs's own partial copy at a destination: what its record says, and its size."""
-
-    identity: dict[str, object]
-    size: int  # 0 when only the record is there
-
-
-def _own_partial(final: Path) -> _OwnPartial | None:
-    """sfs's own partial copy for ``final``, or None if neither of its names exists.
-
-    Ours means: a record that sfs wrote (a regular file of the exact form sfs writes)
-    and, if the part exists, a regular file rather than a symlink or anything else.
-
-    :raises DestinationExistsError: something sfs did not write is at one of the names.
-    """
-    part, meta = part_path(final), meta_path(final)
-    part_st, meta_st = _lstat(part), _lstat(meta)
-    if part_st is None and meta_st is None:
-        return None
-    identity = _read_record(meta) if meta_st is not None and stat.S_ISREG(meta_st.st_mode) else None
-    in_the_way = meta if identity is None else part
-    if identity is None or (part_st is not None and not stat.S_ISREG(part_st.st_mode)):
-        raise DestinationExistsError(
-            f"{str(in_the_way)!r} is in the way of {final.name!r}, and sfs did not write it; "
-            "move it away to receive this file here"
-        )
-    return _OwnPartial(identity, part_st.st_size if part_st is not None else 0)
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _disk_error(exc, path) from exc
-
-
-def _read_record(path: Path) -> dict[str, object] | None:
-    """The identity in a record sfs wrote, or None if the file is not one."""
-    try:
-        fd = os.open(path, platform.open_flags(os.O_RDONLY))
-        with os.fdopen(fd, "rb") as f:
-            obj = json.loads(f.read(_MAX_RECORD_BYTES + 1))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(obj, dict) or set(obj) != {"v", "kind", "name", "size", "mtime_ns"}:
-        return None
-    identity = {key: obj[key] for key in ("name", "size", "mtime_ns")}
-    if (
-        obj["v"] != 1
-        or obj["kind"] != RECORD_KIND
-        or not isinstance(obj["name"], str)
-        or type(obj["size"]) is not int
-        or type(obj["mtime_ns"]) is not int
-    ):
-        return None
-    return identity
-
-
-def identity_of(info: FileInfo) -> dict[str, object]:
-    return {"name": info.name, "size": info.size, "mtime_ns": info.mtime_ns}
-
-
-def make_durable(paths: list[Path]) -> None:
-    """Make the bytes of ``paths`` durable: one sync(2) for many files where it waits
-    for the data (Linux; one fsync each costs about 0.4 ms here, which caps a tree of
-    small files at about 2 500 files/s), else an fsync per file."""
-    if not paths:
-        return
-    try:
-        if len(paths) > 1 and platform.sync_all():
-            return
-        for path in paths:
-            fd = os.open(path, platform.sync_open_flags())
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        raise _disk_error(exc, paths[0]) from exc
-
-
-#: Verified files wait for one durable point (and their final names, and their
-#: acknowledgements) until this many are waiting, this many bytes, or this long.
-#: Small files wait in memory: at most two batches' bytes (one being placed).
-BATCH_FILES = 1000
-BATCH_BYTES = 16 * 1024 * 1024
-BATCH_SECONDS = 0.5
-
-
-@dataclass
-class _Verified:
-    """A file whose bytes checked out: its partial copy, or (a small file) its bytes,
-    or neither (the whole file was already here); the offered file, and where it goes."""
-
-    part: PartFile | None
-    info: FileInfo
-    dest: Path
-    offset: int
-    data: bytes | None = None
-    #: The file's SHA-256 (checked), and the seconds its bytes took to arrive.
-    sha256: bytes = b""
-    seconds: float = 0.0
-
-
-class _Placer:
-    """Verified files on their way to their final names, a batch at a time.
-
-    Nothing unverified ever reaches a final name, and a tree of small files costs one
-    sync per batch rather than one fsync per file.  A batch is made durable and placed
-    in a worker thread while the next one arrives (one batch in flight at a time);
-    once it is in place, ``acknowledge`` gets its files, in order.
-    """
-
-    def __init__(
-        self,
-        output_dir: Path,
-        *,
-        overwrite: bool,
-        acknowledge: Callable[[list[_Verified]], Awaitable[None]],
-    ) -> None:
-        self.output_dir = output_dir
-        self.overwrite = overwrite
-        self.waiting: list[_Verified] = []
-        self._staging: Path | None = None  # made when the first small file comes
-        self._staged = 0
-        self._acknowledge = acknowledge
-        self._bytes = 0
-        self._since = 0.0
-        self._placing: asyncio.Future[list[_Verified]] | None = None
-
-    def add(self, item: _Verified) -> None:
-        if not self.waiting:
-            self._since = time.monotonic()
-        self.waiting.append(item)
-        self._bytes += item.info.size
-
-    async def poll(self, *, now: bool = False) -> None:
-        """Acknowledge a batch that is in place; start the next when it is due (or,
-        with ``now``, whatever waits: a large file comes next)."""
-        if self._placing is not None and self._placing.done():
-            await self._finish()
-        due = (
-            len(self.waiting) >= BATCH_FILES
-            or self._bytes >= BATCH_BYTES
-            or time.monotonic() - self._since >= BATCH_SECONDS
-        )
-        if self.waiting and self._placing is None and (due or now):
-            self._start()
-
-    async def drain(self) -> None:
-        """Place and acknowledge everything (at the end)."""
-        if self._placing is not None:
-            await self._finish()
-        if self.waiting:
-            self._start()
-            await self._finish()
-
-    async def abandon(self) -> None:
-        """On a failure: the batch in flight finishes, and the files still waiting,
-        all verified, are placed too; no acknowledgement can go out any more."""
-        try:
-            if self._placing is not None:
-                await asyncio.shield(self._placing)
-            if self.waiting:
-                items, self.waiting = self.waiting, []
-                await asyncio.to_thread(self._place_all, items)
-        except (SfsError, OSError):
-            logger.info("verified files kept as partial copies", exc_info=True)
-
-    def _start(self) -> None:
-        items, self.waiting, self._bytes = self.waiting, [], 0
-        self._placing = asyncio.ensure_future(asyncio.to_thread(self._place_all, items))
-
-    async def _finish(self) -> None:
-        assert self._placing is not None
-        items = await self._placing
-        self._placing = None
-        await self._acknowledge(items)
-
-    async def close(self) -> None:
-        """Remove the staging folder: sfs made it (mkdtemp, private) and wrote all
-        that is in it; anything left there is a copy of a file placed or abandoned."""
-        if self._staging is not None:
-            await asyncio.to_thread(shutil.rmtree, self._staging, True)
-
-    def _place_all(self, items: list[_Verified]) -> list[_Verified]:
-        started = time.monotonic()
-        staged: list[tuple[Path, _Verified]] = []
-        for item in items:
-            if item.data is not None:
-                staged.append((self._stage(item.data, item.info), item))
-            elif item.part is not None:
-                keep_metadata(item.part.part, item.info)  # before the link: one inode
-        parts = [item.part for item in items if item.part is not None]
-        make_durable([part.part for part in parts] + [path for path, _ in staged])
-        for item in items:
-            if item.part is not None:
-                item.dest = item.part.place(overwrite=self.overwrite)
-        for path, item in staged:
-            try:
-                item.dest = _place(path, item.dest, overwrite=self.overwrite)
-            except OSError as exc:
-                raise _disk_error(exc, item.dest) from exc
-        logger.debug("placed %d files in %.3f s", len(items), time.monotonic() - started)
-        return items
-
-    def _stage(self, data: bytes, info: FileInfo) -> Path:
-        """Write a small file's verified bytes into sfs's own staging folder: one new
-        file each, no partial copy or record (nothing to resume in a small file)."""
-        try:
-            if self._staging is None:
-                self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.output_dir))
-            self._staged += 1
-            path = self._staging / str(self._staged)
-            fd = os.open(path, _new_file_flags(), 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        except OSError as exc:
-            raise _disk_error(exc, self._staging or self.output_dir) from exc
-        keep_metadata(path, info)
-        return path
-
-
-class NameClaims:
-    """A receiving transfer's claims on the names it writes (:mod:`sfs.peer.claims`),
-    taken file by file when first needed and given back once each file is in place.
-
-    When another transfer holds a file's name, or a file has appeared there since the
-    plan, the file goes to the next free name in its folder (:func:`free_name`).
-
-    :param destinations: the list the transfer writes to; a moved file's entry changes.
-    :param overwrite: the user asked to replace existing files: a file at the name is
-        no reason to move.
-    """
-
-    def __init__(self, destinations: list[Path], *, overwrite: bool) -> None:
-        self.destinations = destinations
-        self.overwrite = overwrite
-        # The names of this offer's own files are never another file's free name.
-        self._taken: dict[Path, set[str]] = {}
-        for dest in destinations:
-            self._taken.setdefault(dest.parent, set()).update(names_taken(dest.name))
-        self._held: dict[int, Claim] = {}
-
-    def claim(self, i: int, status: Callable[[str], None]) -> Claim:
-        """Hold the claim on file ``i``'s name, moving it first if need be (its path is
-        then ``destinations[i]``).
-
-        :raises DestinationExistsError: something sfs did not write is at a lock's name.
-        """
-        if (held := self._held.get(i)) is not None and held.held:
-            return held
-        wanted = dest = self.destinations[i]
-        why = ""
-        while True:
-            numbered = dest != wanted
-            claim = None if numbered and _lstat(dest) is not None else try_claim(lock_path(dest))
-            # A file at the planned name that the plan did not see: another transfer
-            # placed it since (it had the claim until then), or someone else did.
-            appeared = not numbered and not self.overwrite and _lstat(dest) is not None
-            if claim is not None and not appeared:
-                break
-            if claim is not None:
-                claim.release()
-            if not numbered:
-                why = "appeared since you accepted" if appeared else "is in use by another transfer"
-            dest = self._next(i, wanted, dest)
-        if numbered:
-            status(f"{wanted.name!r} {why}; this file is saved as {dest.name!r}")
-        self._held[i] = claim
-        return claim
-
-    def move(self, i: int, status: Callable[[str], None]) -> None:
-        """File ``i`` is not the one already at its name: it goes to the next free name."""
-        wanted = dest = self.destinations[i]
-        while _lstat(dest) is not None:
-            dest = self._next(i, wanted, dest)
-        status(f"{wanted.name!r} exists and differs from this file; it is saved as {dest.name!r}")
-
-    def _next(self, i: int, wanted: Path, taken: Path) -> Path:
-        """The next free name for ``wanted`` (file ``i``) once ``taken`` is: recorded
-        as the file's path."""
-        names = self._taken.setdefault(taken.parent, set())
-        names |= names_taken(taken.name)
-        dest = wanted.with_name(free_name(wanted.name, names))
-        names |= names_taken(dest.name)
-        self.destinations[i] = dest
-        return dest
-
-    def release_all(self) -> None:
-        for claim in self._held.values():
-            claim.release()
-        self._held.clear()
-
-
-def find_held(
-    offer: Offer,
-    destinations: list[Path],
-    status: Callable[[str], None],
-    claims: NameClaims | None = None,
-) -> tuple[list[int], set[int]]:
-    """Per offered file, how many of its bytes are here already: in sfs's own partial
-    copy, or (the second value, by index) as a whole file at its final name, which
-    the sender's SHA-256 must then confirm before it counts.
-
-    :param claims: a partial copy is looked at only under this transfer's claim on its
-        name (one that another transfer holds is that transfer's; the file moves).
-    """
-    held = [0] * len(offer.files)
-    complete: set[int] = set()
-    for i, info in enumerate(offer.files):
-        if info.stream:
-            continue
-        st = _lstat(destinations[i])
-        if st is not None and _maybe_complete(st, info):
-            # The whole file may be here already (a partial copy beside it is stale).
-            held[i] = info.size  # 0 for an empty file: nothing to confirm
-            complete.add(i)
-            continue
-        if claims is not None and _has_partial(destinations[i]):
-            claims.claim(i, status)  # may move it: destinations[i] is then the new name
-        held[i] = find_partial(info, destinations[i], status)
-    return held, complete
-
-
-def _has_partial(final: Path) -> bool:
-    return _lstat(part_path(final)) is not None or _lstat(meta_path(final)) is not None
-
-
-def find_partial(info: FileInfo, final: Path, status: Callable[[str], None]) -> int:
-    """How many bytes of ``info`` sfs's own interrupted copy for ``final`` holds (0: none).
-
-    :raises DestinationExistsError: a file sfs did not write is at the partial's names.
-    """
-    partial = _own_partial(final)
-    if partial is None or not partial.size:
-        return 0
-    if partial.identity != identity_of(info):
-        status(f"{final.name}: the partial copy is of another version of the file; starting over")
-        return 0
-    return min(partial.size, info.size)
-
-
-def _hash_partial(part: Path, length: int) -> HashState | None:
-    """The SHA-256 state of the first ``length`` bytes of our partial copy; None if it
-    holds fewer (or is not a regular file any more)."""
-    try:
-        fd = os.open(part, platform.open_flags(os.O_RDONLY))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return _hash_stream(f, length)
-
-
-def _hash_stream(f: IO[bytes], length: int) -> HashState | None:
-    digest = hashlib.sha256()
-    remaining = length
-    while remaining:
-        block = f.read(min(READ_BLOCK_BYTES, remaining))
-        if not block:
-            return None
-        digest.update(block)
-        remaining -= len(block)
-    return digest
-
-
-def _place(part: Path, final: Path, *, overwrite: bool) -> Path:
-    """Give ``part`` the name ``final`` (or, when a file appeared there meanwhile and
-    ``overwrite`` is off, the next free name); return the name it has."""
-    if overwrite:
-        os.replace(part, final)
-        return final
-    # Never rename() alone, which would silently replace a file that appeared while
-    # the transfer ran: see platform.place_no_replace (a link, or a rename onto a name
-    # sfs reserved with O_EXCL where there are no hard links, or Windows's rename).
-    # The link is the claim on a numbered name: it fails if anything is there.
-    for name in candidate_names(final.name):
-        path = final.with_name(name)
-        if path != final and _lstat(lock_path(path)) is not None:
-            continue  # another transfer is about to place a file there
-        try:
-            platform.place_no_replace(part, path)
-        except FileExistsError:
-            continue
-        if path != final:
-            logger.info("%s appeared during the transfer; placed as %s", final, path)
-        return path
-    raise AssertionError("unreachable: candidate_names raises when every name is taken")
-
-
-def _disk_error(exc: OSError, path: Path) -> DiskError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskError(f"disk full while writing {str(path)!r}")
-    return DiskError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
-
-
 # -- the two sides --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """What to send: a file at ``path``; or ``data`` held in memory (a text message);
-    or a pipe, ``reader``, of unknown size (``size`` 0)."""
-
-    path: Path
-    name: str
-    size: int
-    mtime_ns: int
-    folder: tuple[str, ...] = ()
-    executable: bool = False
-    data: bytes | None = None
-    reader: IO[bytes] | None = field(default=None, compare=False)
-
-    @property
-    def stream(self) -> bool:
-        return self.reader is not None
-
-
-def text_source(text: str) -> SourceFile:
-    """A text message to send (``sfs send --text``).
-
-    :raises SourceError: it is larger than a text message may be.
-    """
-    data = text.encode("utf-8", errors="replace")
-    if len(data) > MAX_TEXT_BYTES:
-        raise SourceError(
-            f"the text is {format_size(len(data))}; a text message is at most "
-            f"{format_size(MAX_TEXT_BYTES)} (send it as a file)"
-        )
-    return SourceFile(Path("-"), "", len(data), 0, data=data)
-
-
-def stream_source(reader: IO[bytes], name: str) -> SourceFile:
-    """A pipe to send (``sfs send -``): read to its end, size unknown until then."""
-    return SourceFile(Path("-"), name, 0, 0, reader=reader)
-
-
-@dataclass(frozen=True)
-class Sources:
-    """What one `sfs send` sends: files (in folders, for a tree), every folder, and
-    what was found but is not sent (links inside folders, FIFOs, sockets, devices)."""
-
-    files: list[SourceFile]
-    folders: tuple[tuple[str, ...], ...] = ()
-    skipped: tuple[str, ...] = ()
-
-
-def _text(name: str) -> str:
-    # A name that is not valid UTF-8 (possible on Linux) is offered with replacement
-    # characters rather than refused.
-    return os.fsencode(name).decode("utf-8", errors="replace")
-
-
-def inspect_tree(paths: list[Path]) -> Sources:
-    """Check every file and folder to send before contacting anyone.
-
-    A single file that says it is empty but reads more (``/proc/version``) is sent
-    as a pipe is: what a read gives, size unknown until its end.
-
-    :raises SourceError: as :func:`inspect_sources`, or a folder that cannot be walked,
-        or a file in it that says it is empty but reads more.
-    """
-    if len(paths) == 1 and not paths[0].is_dir():
-        f, info = open_regular(paths[0])
-        if reads_more_than_its_size(f, info):
-            name = _text(paths[0].name or paths[0].resolve().name)
-            return Sources([SourceFile(paths[0], name, 0, info.st_mtime_ns, reader=f)])
-        f.close()
-    files: list[SourceFile] = []
-    folders: list[tuple[str, ...]] = []
-    skipped: list[str] = []
-    names: set[str] = set()
-    for path in paths:
-        name = path.name or path.resolve().name
-        if name in names:
-            raise SourceError(f"two of the named paths are called {name!r}; rename one")
-        names.add(name)
-        if not path.is_dir():
-            files += inspect_sources([path])
-            continue
-        walked = walk([path])
-        skipped += walked.skipped
-        for entry in walked.entries:
-            parts = tuple(_text(part) for part in entry.parts)
-            if entry.is_dir:
-                folders.append(parts)
-            else:
-                if entry.size == 0:
-                    _refuse_size_unknown(entry.source)
-                files.append(
-                    SourceFile(
-                        entry.source,
-                        parts[-1],
-                        entry.size,
-                        entry.mtime_ns,
-                        folder=parts[:-1],
-                        executable=entry.executable,
-                    )
-                )
-    if not files:
-        raise SourceError("no file to send (the folders named hold no files)")
-    return Sources(files, tuple(folders), tuple(skipped))
-
-
-def inspect_sources(paths: list[Path]) -> list[SourceFile]:
-    """Check every file to send before contacting anyone.
-
-    :raises SourceError: a file is missing, not a regular file (a FIFO or a device:
-        those are refused at once, never opened in a way that could block), unreadable,
-        or says it is empty but reads more.
-    """
-    sources = []
-    for path in paths:
-        f, st = open_regular(path)
-        with f:
-            if reads_more_than_its_size(f, st):
-                raise SourceError(size_unknown(path))
-        executable = bool(st.st_mode & stat.S_IXUSR)
-        sources.append(
-            SourceFile(path, _text(path.name), st.st_size, st.st_mtime_ns, executable=executable)
-        )
-    if not sources:
-        raise SourceError("no file to send")
-    return sources
 
 
 @dataclass(frozen=True)
@@ -1442,8 +424,8 @@ async def _prefixes(
 
 
 def _hash_prefix(source: SourceFile, length: int) -> HashState | None:
-    with _open_source(source) as f:
-        return _hash_stream(f, length)
+    with open_source(source) as f:
+        return hash_stream(f, length)
 
 
 #: A file up to this size is read at once on the event loop (a thread hop per small
@@ -1652,7 +634,7 @@ async def _blocks(
             if not block:
                 return
             yield block, chunks
-    f = _open_source(source)
+    f = open_source(source)
     try:
         remaining = source.size - offset
         if remaining <= SMALL_FILE_BYTES:
@@ -1685,19 +667,6 @@ async def _blocks(
             raise SourceError(f"{source.name} gives more bytes than its size says")
     finally:
         f.close()
-
-
-def _refuse_size_unknown(path: Path) -> None:
-    f, info = open_regular(path)
-    with f:
-        if reads_more_than_its_size(f, info):
-            raise SourceError(size_unknown(path))
-
-
-def _open_source(source: SourceFile) -> IO[bytes]:
-    # Opened again now: what is there must still be a regular file (a FIFO put in its
-    # place since the check would otherwise block the open).
-    return open_regular(source.path)[0]
 
 
 def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:
@@ -1748,7 +717,7 @@ async def receive_files(
     in_memory = False  # a text message, or --stdout: no file of ours
     resumable = True  # the sender says it can resume (Offer.resumes)
 
-    async def acknowledge(items: list[_Verified]) -> None:
+    async def acknowledge(items: list[Verified]) -> None:
         for item in items:
             if few and (item.part is not None or item.data is not None):
                 status(_saved(item.dest, item.info.name))
@@ -1768,7 +737,7 @@ async def receive_files(
         if items:
             await send_all(channel, proto, FileAck(len(items)))
 
-    placer = _Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
+    placer = Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
     claims: NameClaims | None = None
     try:
         async with keepalive(channel, proto):
@@ -1871,7 +840,7 @@ async def receive_files(
                     part.verify(done.sha256)
                     if info.stream:  # its size is what came
                         info = dataclasses.replace(info, size=part.written)
-                    placer.add(_Verified(part, info, dest, offset, None, done.sha256, seconds))
+                    placer.add(Verified(part, info, dest, offset, None, done.sha256, seconds))
                     part = None
                 else:
                     size = await memory.verify(done.sha256)
@@ -1880,7 +849,7 @@ async def receive_files(
                     if info.stream:
                         info = dataclasses.replace(info, size=size)
                     data = bytes(memory.data) if small else None
-                    placer.add(_Verified(None, info, dest, offset, data, done.sha256, seconds))
+                    placer.add(Verified(None, info, dest, offset, data, done.sha256, seconds))
                     result.skipped_files += whole and info.size > 0
                 await placer.poll()
             await placer.drain()
@@ -2049,7 +1018,7 @@ async def _confirm_prefixes(
                 starts.append((0, None))  # an empty file: nothing to compare
                 continue
             ours = dest if i in complete else part_path(dest)
-            prefix = _hash_partial(ours, offset) if offset else None
+            prefix = hash_partial(ours, offset) if offset else None
             if prefix is not None and digests_equal(prefix.digest(), proposal.sha256[i]):
                 starts.append((offset, prefix))
                 continue

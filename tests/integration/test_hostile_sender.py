@@ -23,8 +23,8 @@ import pytest
 from sfs.app import PeerOptions, sender_session
 from sfs.code import parse_code
 from sfs.errors import SfsError
+from sfs.peer.files.partial import PartFile, identity_of
 from sfs.peer.proto.wire import FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.transfer import PartFile, identity_of
 from tests.conftest import LOOPBACK, ServerProcess
 from tests.helpers import QuietUi
 from tests.integration.peers import Finished, start_receiver

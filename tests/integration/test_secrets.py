@@ -13,9 +13,10 @@ from spake2 import SPAKE2_A, SPAKE2_B
 
 from sfs import app
 from sfs.code import parse_code
+from sfs.peer.files.destinations import Plan
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer, KeyExchange, SessionKeys
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import NullProgress, Plan, Progress
+from sfs.peer.transfer import NullProgress, Progress
 from sfs.signal.config import ServerConfig
 from sfs.signal.server import run_server
 from tests.conftest import (

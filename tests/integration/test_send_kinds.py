@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.peer.transfer import part_path
+from sfs.peer.files.partial import part_path
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 
 from sfs import platform
 from sfs.errors import DestinationExistsError, RemoteProtocolError
-from sfs.peer.claims import try_claim
+from sfs.peer.files.claims import try_claim
+from sfs.peer.files.destinations import NameClaims, Plan
+from sfs.peer.files.partial import PartFile, identity_of, lock_path, meta_path, part_path
+from sfs.peer.files.sources import inspect_sources
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.names import (
     FIRST_COPY_NUMBER,
@@ -29,18 +32,7 @@ from sfs.peer.proto.names import (
     safe_name,
 )
 from sfs.peer.proto.wire import Accept, Chunk, FileDone, FileInfo, Offer, Resume
-from sfs.peer.transfer import (
-    NameClaims,
-    PartFile,
-    Plan,
-    identity_of,
-    inspect_sources,
-    lock_path,
-    meta_path,
-    part_path,
-    receive_files,
-    send_files,
-)
+from sfs.peer.transfer import receive_files, send_files
 from tests.helpers import QueueChannel, channel_pair, key_pair
 
 # -- the next free name (pure) ----------------------------------------------------------------
@@ -119,7 +111,7 @@ def test_one_name_one_claim_in_one_process(tmp_path: Path) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from sfs.peer.claims import try_claim
+from sfs.peer.files.claims import try_claim
 claim = try_claim(Path(sys.argv[1]))
 print("held" if claim is not None else "refused", flush=True)
 sys.stdin.read()

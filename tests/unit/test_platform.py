@@ -20,9 +20,10 @@ import pytest
 
 from sfs import platform
 from sfs.errors import DestinationExistsError
-from sfs.peer import transfer
+from sfs.peer.files import partial
+from sfs.peer.files.destinations import keep_metadata
+from sfs.peer.files.partial import PartFile, identity_of, make_durable
 from sfs.peer.proto.wire import FileInfo
-from sfs.peer.transfer import PartFile, identity_of, keep_metadata, make_durable
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX semantics (link, O_NOFOLLOW)")
 
@@ -66,7 +67,7 @@ def test_every_file_data_open_in_sfs_goes_through_the_seam() -> None:
         for path in root.rglob("*.py")
         if "node_modules" not in path.parts and path.name != "platform.py"
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if "os.open(" in line and "platform." not in line and "_new_file_flags()" not in line
+        if "os.open(" in line and "platform." not in line and "new_file_flags()" not in line
     ]
     assert offenders == []
 
@@ -331,9 +332,9 @@ def test_login_name_when_the_system_cannot_tell(
     assert platform.login_name() == ""
 
 
-def test_transfer_reads_the_seam_at_call_time() -> None:
+def test_partial_copies_read_the_seam_at_call_time() -> None:
     # A module-level constant would freeze the flags at import, out of the tests' reach.
-    assert not hasattr(transfer, "_NOFOLLOW")
+    assert not hasattr(partial, "_NOFOLLOW")
 
 
 def test_the_standard_event_loop_where_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,11 +19,13 @@ from hypothesis import strategies as st
 
 from sfs.errors import CryptoError, PeerGoneError, RemoteProtocolError
 from sfs.peer import tcp, transfer
+from sfs.peer.files.destinations import Plan
+from sfs.peer.files.sources import inspect_sources
 from sfs.peer.proto.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.wire import Offer
 from sfs.peer.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
-from sfs.peer.transfer import Plan, inspect_sources, receive_files, send_files
+from sfs.peer.transfer import receive_files, send_files
 from tests.helpers import channel_pair, key_pair
 from tests.strangers import Strangers, many_sources
 

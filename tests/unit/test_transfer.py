@@ -22,6 +22,9 @@ from sfs.errors import (
     RemoteProtocolError,
     SourceError,
 )
+from sfs.peer.files.destinations import Plan, plan_destinations
+from sfs.peer.files.partial import PartFile, identity_of, meta_path, part_path
+from sfs.peer.files.sources import inspect_sources
 from sfs.peer.proto.crypto import FrameSealer
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.names import safe_name
@@ -35,18 +38,7 @@ from sfs.peer.proto.wire import (
     Resume,
     encode_offer,
 )
-from sfs.peer.transfer import (
-    PartFile,
-    Plan,
-    TransferResult,
-    identity_of,
-    inspect_sources,
-    meta_path,
-    part_path,
-    plan_destinations,
-    receive_files,
-    send_files,
-)
+from sfs.peer.transfer import TransferResult, receive_files, send_files
 from tests.helpers import channel_pair, key_pair
 
 

@@ -19,20 +19,18 @@ from sfs.errors import (
     RejectedError,
     UpgradeError,
 )
-from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
-from sfs.peer.proto.framing import Role, TransferProtocol
-from sfs.peer.proto.wire import FrameType, Offer
-from sfs.peer.transfer import (
-    Plan,
+from sfs.peer.files.destinations import Plan
+from sfs.peer.files.sources import (
     SourceFile,
-    TransferResult,
     inspect_sources,
     inspect_tree,
-    receive_files,
-    send_files,
     stream_source,
     text_source,
 )
+from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
+from sfs.peer.proto.framing import Role, TransferProtocol
+from sfs.peer.proto.wire import FrameType, Offer
+from sfs.peer.transfer import TransferResult, receive_files, send_files
 from tests.helpers import QueueChannel, channel_pair, key_pair
 
 

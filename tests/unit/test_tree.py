@@ -192,8 +192,8 @@ def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None
 
 def test_a_link_in_the_output_folder_is_never_followed(tmp_path: Path) -> None:
     from sfs.errors import DestinationExistsError
+    from sfs.peer.files.destinations import Plan, make_folders, plan_destinations
     from sfs.peer.proto.wire import FileInfo, Offer
-    from sfs.peer.transfer import Plan, make_folders, plan_destinations
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
