@@ -73,10 +73,10 @@ from sfs.peer.proto.handshake import (
     Status,
     signal_event,
 )
+from sfs.peer.proto.progress import Progress
 from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.tcp import DirectPath, Opened, Transport, open_transport
 from sfs.peer.transfer import (
-    Progress,
     TransferResult,
     abort_transfer,
     keepalive,

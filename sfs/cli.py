@@ -62,8 +62,9 @@ if TYPE_CHECKING:
     from sfs.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
     from sfs.peer.files.destinations import Plan
+    from sfs.peer.proto.progress import Progress
     from sfs.peer.proto.wire import FileInfo, Offer
-    from sfs.peer.transfer import Progress, TransferResult
+    from sfs.peer.transfer import TransferResult
     from sfs.signal.messages import IceServer
     from sfs.signal.turn import TurnSecret
 

@@ -112,7 +112,7 @@ def done_event(role: str, result: TransferResult) -> dict[str, Any]:
 
 
 class JsonProgress:
-    """:class:`sfs.peer.transfer.Progress` as ``progress`` events.
+    """:class:`sfs.peer.proto.progress.Progress` as ``progress`` events.
 
     Both sides call ``advance`` once right after ``start`` with the bytes already
     there (a resumed file): those count as done, but not into the rate.

@@ -11,8 +11,8 @@ from sfs.errors import PeerGoneError
 from sfs.peer.channel import Route
 from sfs.peer.files.destinations import Plan
 from sfs.peer.proto.crypto import KeyExchange, SessionKeys
+from sfs.peer.proto.progress import NullProgress, Progress
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import NullProgress, Progress
 
 
 class QuietUi:

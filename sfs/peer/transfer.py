@@ -29,9 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
-
-import zstandard
+from typing import IO
 
 from sfs.errors import (
     CancelledByPeerError,
@@ -53,19 +51,21 @@ from sfs.peer.files.destinations import NameClaims, Plan, find_held, make_folder
 from sfs.peer.files.partial import (
     READ_BLOCK_BYTES,
     HashState,
+    MemoryFile,
     PartFile,
     hash_partial,
-    hash_stream,
     identity_of,
     part_path,
 )
 from sfs.peer.files.placer import BATCH_BYTES, Placer, Verified
-from sfs.peer.files.sources import SourceFile, open_source
+from sfs.peer.files.sources import SourceFile, hash_prefix, open_source
 from sfs.peer.proto.crypto import digests_equal
 from sfs.peer.proto.framing import State, TransferProtocol
 from sfs.peer.proto.names import (
     safe_name,
 )
+from sfs.peer.proto.packing import Packer
+from sfs.peer.proto.progress import Departures, NullProgress, Progress
 from sfs.peer.proto.wire import (
     Accept,
     Cancel,
@@ -92,34 +92,6 @@ PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
-
-
-class Progress(Protocol):
-    def begin(self, files: int, total: int | None) -> None:
-        """Once, before the first file: how many files and bytes (None: unknown)."""
-
-    def start(self, name: str, size: int | None) -> None:
-        """A file begins; ``size`` None for a pipe of unknown size."""
-
-    def advance(self, n: int) -> None: ...
-    def finish(self) -> None: ...
-
-
-class NullProgress:
-    def begin(self, files: int, total: int | None) -> None:
-        pass
-
-    def start(self, name: str, size: int | None) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-# -- the two sides --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -357,7 +329,7 @@ async def send_files(
                                 f"{source.name}: the receiver's partial copy differs; sending all"
                             )
                         starts[i] = (0, None)
-            packer = _Packer(chunk_size, compress=compress and proto.zstd)
+            packer = Packer(chunk_size, compress=compress and proto.zstd)
             progress.begin(len(sources), None if offer.stream else offer.total_size)
             departures = Departures(progress)
             try:
@@ -416,167 +388,27 @@ async def _prefixes(
             # (a receiver that claims to hold part of either gets offset 0).
             on_disk = source.data is None and not source.stream
             offset = held[i] if held and on_disk else 0
-            prefix = _hash_prefix(source, offset) if offset else None
+            prefix = hash_prefix(source, offset) if offset else None
             starts.append((offset, prefix) if prefix is not None else (0, None))
         return starts
 
     return await asyncio.to_thread(hash_all)
 
 
-def _hash_prefix(source: SourceFile, length: int) -> HashState | None:
-    with open_source(source) as f:
-        return hash_stream(f, length)
-
-
 #: A file up to this size is read at once on the event loop (a thread hop per small
 #: file costs more than the read), and received into memory, checked, and written
 #: once to sfs's staging folder (a tree of thousands of small files).
 SMALL_FILE_BYTES = 256 * 1024
-#: Compression is kept for a chunk only if it saves at least this fraction.
-MIN_COMPRESSION_SAVING = 0.1
-#: After this many chunks in a row that do not shrink, compression backs off: it
-#: skips 1, 2, 4 … chunks between tries, at most MAX_SKIPPED_CHUNKS.
-MAX_INCOMPRESSIBLE_CHUNKS = 4
-MAX_SKIPPED_CHUNKS = 32
-#: zstd level 1: measured (docs/PERFORMANCE.md) within 1 % of level 3's effective
-#: speed at this link rate, for less of the sender's CPU.
-ZSTD_LEVEL = 1
-
-
-class _Packer:
-    """Cuts a file's bytes into chunks, compressing those that shrink.
-
-    Data that does not compress (photos, video, archives) costs almost nothing:
-    after MAX_INCOMPRESSIBLE_CHUNKS misses in a row, only a growing fraction of
-    chunks is tried (at least one in MAX_SKIPPED_CHUNKS + 1, so a compressible part
-    later in a pipe or a tree is found again).  The state carries from file to file.
-    Runs in a worker thread for large files (zstd releases the GIL).
-    """
-
-    def __init__(self, chunk_size: int, *, compress: bool) -> None:
-        self.chunk_size = chunk_size
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if compress else None
-        self._misses = 0
-        self._skip = 0
-
-    def pack(self, block: bytes) -> list[Chunk]:
-        view = memoryview(block)
-        size = self.chunk_size
-        chunks = [Chunk(view[i : i + size]) for i in range(0, len(block), size)]
-        if self._zstd is None:
-            return chunks
-        for n, chunk in enumerate(chunks):
-            if self._skip:
-                self._skip -= 1
-                continue
-            packed = self._zstd.compress(chunk.data)
-            if len(packed) <= len(chunk.data) * (1 - MIN_COMPRESSION_SAVING):
-                chunks[n] = Chunk(packed, len(chunk.data))
-                self._misses = 0
-                continue
-            self._misses += 1
-            if self._misses >= MAX_INCOMPRESSIBLE_CHUNKS:
-                backoff = 2 ** (self._misses - MAX_INCOMPRESSIBLE_CHUNKS)
-                self._skip = min(backoff, MAX_SKIPPED_CHUNKS)
-        return chunks
-
-
 #: How often the sender's progress looks again at what has left, once every byte is
 #: handed to the channel and only the acknowledgements are awaited.
 PROGRESS_TICK_SECONDS = 0.25
-
-
-@dataclass
-class _Departing:
-    name: str
-    size: int | None
-    offset: int
-    plain: int = 0  # bytes handed to the channel (past the offset)
-    handed_all: bool = False
-    started: bool = False
-    shown: int = 0  # of plain, shown as gone
-
-
-class Departures:
-    """A sender's progress as what has left for the receiver, not what was queued.
-
-    The channel buffers megabytes (``Channel.unsent_bytes``), and the sender hands
-    the next file's bytes while the last one's are still buffered; so a file is
-    shown started, advanced and finished as its bytes leave, in order, not as they
-    are handed over.  The receiver acknowledges only whole files, so what is in flight
-    beyond the buffer (a congestion window, the peer's socket) is the error left, and
-    at the last acknowledgement everything counts.  Pure: the driver feeds it.
-    """
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._files: list[_Departing] = []
-        self._head = 0  # the first file not yet shown finished
-        self._before_head = 0  # plain bytes of the files before it (kept, not summed:
-        # a tree of 10 000 files would make every step cost the whole list)
-        self._handed_plain = 0
-        self._handed_wire = 0
-        self._gone = 0  # of _handed_plain
-
-    def file(self, name: str, size: int | None, offset: int) -> None:
-        """The next file; ``offset`` bytes of it are already there (resumed)."""
-        self._files.append(_Departing(name, size, offset))
-        self._walk()
-
-    def handed(self, plain: int, wire: int) -> None:
-        """``plain`` bytes of the current file went into the channel as ``wire`` bytes."""
-        self._files[-1].plain += plain
-        self._handed_plain += plain
-        self._handed_wire += wire
-
-    def handed_all(self) -> None:
-        """The current file's last byte went into the channel."""
-        self._files[-1].handed_all = True
-        self._walk()
-
-    def left(self, unsent_wire: int) -> None:
-        """The channel still holds ``unsent_wire`` bytes: the rest has left."""
-        ratio = self._handed_plain / max(self._handed_wire, 1)  # compression
-        gone = self._handed_plain - int(unsent_wire * ratio)
-        self._gone = min(self._handed_plain, max(self._gone, gone))
-        self._walk()
-
-    def all_acknowledged(self) -> None:
-        """The receiver acknowledged every file: every byte arrived."""
-        self._gone = self._handed_plain
-        self._walk()
-
-    def close(self) -> None:
-        """The transfer ended (or failed): take down what is still shown."""
-        if self._head < len(self._files) and self._files[self._head].started:
-            self._progress.finish()
-        self._head = len(self._files)
-
-    def _walk(self) -> None:
-        before = self._before_head
-        while self._head < len(self._files):
-            f = self._files[self._head]
-            if not f.started:
-                f.started = True
-                self._progress.start(f.name, f.size)
-                self._progress.advance(f.offset)
-            now = min(f.plain, max(0, self._gone - before))
-            if now > f.shown:
-                self._progress.advance(now - f.shown)
-                f.shown = now
-            if not (f.handed_all and f.shown == f.plain):
-                return
-            self._progress.finish()
-            before += f.plain
-            self._before_head = before
-            self._head += 1
 
 
 async def _send_one(
     channel: Channel,
     proto: TransferProtocol,
     source: SourceFile,
-    packer: _Packer,
+    packer: Packer,
     departures: Departures,
     offset: int,
     prefix: HashState | None,
@@ -611,7 +443,7 @@ async def _send_one(
 
 
 async def _blocks(
-    source: SourceFile, offset: int, packer: _Packer
+    source: SourceFile, offset: int, packer: Packer
 ) -> AsyncIterator[tuple[bytes, list[Chunk]]]:
     """A source's bytes from ``offset``, block by block, each cut into chunks."""
     block_size = max(packer.chunk_size, READ_BLOCK_BYTES // packer.chunk_size * packer.chunk_size)
@@ -810,7 +642,7 @@ async def receive_files(
                     )
                     writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
                 else:
-                    memory = _MemoryFile(sink, prefix)
+                    memory = MemoryFile(sink, prefix)
                     writer = memory.write
                 dest = destinations[i]
                 progress.start(dest.name if not in_memory else "stdout", info.size)
@@ -916,53 +748,6 @@ def _text_message(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("the text message is not valid UTF-8") from exc
-
-
-class _MemoryFile:
-    """Where bytes go that are not written to a partial copy: a text message or a
-    small file of a large offer (kept in memory: at most MAX_TEXT_BYTES or
-    SMALL_FILE_BYTES, which the protocol enforces), a pipe to ``sink`` (stdout), or
-    nothing at all (a file already here whole: no bytes come)."""
-
-    def __init__(self, sink: IO[bytes] | None, prefix: HashState | None) -> None:
-        self.sink = sink
-        self.data = bytearray()
-        self.size = 0
-        self._hash = prefix.copy() if prefix is not None else hashlib.sha256()
-
-    def write(self, data: bytes | memoryview) -> Awaitable[None] | None:
-        self._hash.update(data)
-        self.size += len(data)
-        if self.sink is None:
-            self.data += data
-            return None
-        return asyncio.to_thread(self._write, bytes(data))
-
-    def _write(self, data: bytes) -> None:
-        assert self.sink is not None
-        try:
-            self.sink.write(data)
-        except OSError as exc:
-            raise DiskError(f"cannot write to the output: {exc.strerror or exc}") from exc
-
-    async def verify(self, expected_sha256: bytes) -> int:
-        """Check the hash (after the data went out, for a pipe: it cannot be taken
-        back); return how many bytes came."""
-        if self.sink is not None:
-            await asyncio.to_thread(self._flush)
-        if not digests_equal(self._hash.digest(), expected_sha256):
-            raise IntegrityError(
-                "SHA-256 mismatch: the data received does not match what was sent"
-                + (" (it was already written to the output)" if self.sink is not None else "")
-            )
-        return self.size
-
-    def _flush(self) -> None:
-        assert self.sink is not None
-        try:
-            self.sink.flush()
-        except OSError as exc:
-            raise DiskError(f"cannot write to the output: {exc.strerror or exc}") from exc
 
 
 async def _decide_while_listening(

@@ -15,8 +15,8 @@ from sfs import app
 from sfs.code import parse_code
 from sfs.peer.files.destinations import Plan
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer, KeyExchange, SessionKeys
+from sfs.peer.proto.progress import NullProgress, Progress
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import NullProgress, Progress
 from sfs.signal.config import ServerConfig
 from sfs.signal.server import run_server
 from tests.conftest import (

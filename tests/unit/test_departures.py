@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sfs.peer.transfer import Departures
+from sfs.peer.proto.progress import Departures
 
 
 class Recorder:

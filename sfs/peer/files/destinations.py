@@ -43,7 +43,7 @@ from sfs.peer.proto.wire import (
     FileInfo,
     Offer,
 )
-from sfs.text import format_size as format_size  # re-exported: it used to live here
+from sfs.text import format_size
 
 logger = logging.getLogger(__name__)
 

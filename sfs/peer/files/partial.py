@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +34,6 @@ from sfs.peer.proto.names import (
 from sfs.peer.proto.wire import (
     FileInfo,
 )
-from sfs.text import format_size as format_size  # re-exported: it used to live here
 
 logger = logging.getLogger(__name__)
 
@@ -383,3 +383,50 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskError(f"disk full while writing {str(path)!r}")
     return DiskError(f"cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+class MemoryFile:
+    """Where bytes go that are not written to a partial copy: a text message or a
+    small file of a large offer (kept in memory: at most MAX_TEXT_BYTES or
+    SMALL_FILE_BYTES, which the protocol enforces), a pipe to ``sink`` (stdout), or
+    nothing at all (a file already here whole: no bytes come)."""
+
+    def __init__(self, sink: IO[bytes] | None, prefix: HashState | None) -> None:
+        self.sink = sink
+        self.data = bytearray()
+        self.size = 0
+        self._hash = prefix.copy() if prefix is not None else hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> Awaitable[None] | None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self.sink is None:
+            self.data += data
+            return None
+        return asyncio.to_thread(self._write, bytes(data))
+
+    def _write(self, data: bytes) -> None:
+        assert self.sink is not None
+        try:
+            self.sink.write(data)
+        except OSError as exc:
+            raise DiskError(f"cannot write to the output: {exc.strerror or exc}") from exc
+
+    async def verify(self, expected_sha256: bytes) -> int:
+        """Check the hash (after the data went out, for a pipe: it cannot be taken
+        back); return how many bytes came."""
+        if self.sink is not None:
+            await asyncio.to_thread(self._flush)
+        if not digests_equal(self._hash.digest(), expected_sha256):
+            raise IntegrityError(
+                "SHA-256 mismatch: the data received does not match what was sent"
+                + (" (it was already written to the output)" if self.sink is not None else "")
+            )
+        return self.size
+
+    def _flush(self) -> None:
+        assert self.sink is not None
+        try:
+            self.sink.flush()
+        except OSError as exc:
+            raise DiskError(f"cannot write to the output: {exc.strerror or exc}") from exc

@@ -23,7 +23,6 @@ from sfs.peer.proto.names import (
 from sfs.peer.proto.wire import (
     FileInfo,
 )
-from sfs.text import format_size as format_size  # re-exported: it used to live here
 
 logger = logging.getLogger(__name__)
 

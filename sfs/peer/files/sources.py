@@ -12,8 +12,9 @@ from sfs.defaults import MAX_TEXT_BYTES
 from sfs.errors import (
     SourceError,
 )
+from sfs.peer.files.partial import HashState, hash_stream
 from sfs.peer.files.tree import open_regular, reads_more_than_its_size, size_unknown, walk
-from sfs.text import format_size as format_size  # re-exported: it used to live here
+from sfs.text import format_size
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,8 @@ def open_source(source: SourceFile) -> IO[bytes]:
     # Opened again now: what is there must still be a regular file (a FIFO put in its
     # place since the check would otherwise block the open).
     return open_regular(source.path)[0]
+
+
+def hash_prefix(source: SourceFile, length: int) -> HashState | None:
+    with open_source(source) as f:
+        return hash_stream(f, length)
