@@ -29,7 +29,8 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sfs.cli import event_loop_factory, tune_runtime
-from sfs.peer.connection import HIGH_WATER_BYTES, LOW_WATER_BYTES, gathering_on
+from sfs.peer.transport.gathering import gathering_on
+from sfs.peer.transport.webrtc import HIGH_WATER_BYTES, LOW_WATER_BYTES
 
 
 async def _read_line() -> dict[str, Any]:

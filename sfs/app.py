@@ -25,6 +25,7 @@ from sfs.check import Report, check
 from sfs.code import Code
 from sfs.defaults import CONNECT_TIMEOUT_SECONDS as CONNECT_TIMEOUT_SECONDS
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
+from sfs.defaults import Transport
 from sfs.errors import (
     DiskError,
     ServerUnreachableError,
@@ -42,12 +43,6 @@ from sfs.lan.discovery import (
 )
 from sfs.lan.embedded import embedded_server
 from sfs.lan.record import Advert, signaling_url
-from sfs.peer.channel import Channel
-from sfs.peer.connection import (
-    PeerLinks,
-    check_local_addresses,
-    host_addresses,
-)
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
 from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, SessionKeys
@@ -75,7 +70,6 @@ from sfs.peer.proto.handshake import (
 )
 from sfs.peer.proto.progress import Progress
 from sfs.peer.proto.wire import MAX_ENTRIES, Offer
-from sfs.peer.tcp import DirectPath, Opened, Transport, open_transport
 from sfs.peer.transfer import (
     TransferResult,
     abort_transfer,
@@ -84,6 +78,11 @@ from sfs.peer.transfer import (
     receive_files,
     send_files,
 )
+from sfs.peer.transport.channel import Channel
+from sfs.peer.transport.gathering import check_local_addresses, host_addresses
+from sfs.peer.transport.opening import Opened, open_transport
+from sfs.peer.transport.tcp import DirectPath
+from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer

@@ -27,7 +27,7 @@ import aioice.stun
 import aioice.turn
 
 from sfs.errors import SfsError
-from sfs.peer.connection import IceUrl, ice_urls
+from sfs.peer.transport.gathering import IceUrl, ice_urls
 from sfs.signal.client import SignalClient
 from sfs.signal.messages import IceServer
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from sfs.errors import PeerGoneError
-from sfs.peer.channel import Route
 from sfs.peer.files.destinations import Plan
 from sfs.peer.proto.crypto import KeyExchange, SessionKeys
 from sfs.peer.proto.progress import NullProgress, Progress
 from sfs.peer.proto.wire import Offer
+from sfs.peer.transport.channel import Route
 
 
 class QuietUi:

@@ -22,7 +22,8 @@ import sys
 
 from sfs.app import PeerOptions, sender_session
 from sfs.code import parse_code
-from sfs.peer.tcp import DirectPath, Transport
+from sfs.defaults import Transport
+from sfs.peer.transport.tcp import DirectPath
 from tests.helpers import QuietUi
 
 

@@ -1,7 +1,7 @@
 """Moving files over an abstract message channel: reading, hashing, safe writing.
 
 This layer drives :class:`~sfs.peer.proto.framing.TransferProtocol` and does the file I/O.
-It knows nothing of WebRTC: any :class:`~sfs.peer.channel.Channel` will do, which
+It knows nothing of WebRTC: any :class:`~sfs.peer.transport.channel.Channel` will do, which
 is how the unit tests run it over a pair of in-memory queues.
 
 Writing is careful: bytes go to a hidden partial copy of sfs's own, ``.NAME.sfs-part``
@@ -46,7 +46,6 @@ from sfs.errors import (
     UpgradeError,
     VerificationError,
 )
-from sfs.peer.channel import Channel
 from sfs.peer.files.destinations import NameClaims, Plan, find_held, make_folders, plan_destinations
 from sfs.peer.files.partial import (
     READ_BLOCK_BYTES,
@@ -81,6 +80,7 @@ from sfs.peer.proto.wire import (
     Resume,
     Start,
 )
+from sfs.peer.transport.channel import Channel
 from sfs.text import format_size
 
 logger = logging.getLogger(__name__)

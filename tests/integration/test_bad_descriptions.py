@@ -11,7 +11,7 @@ import re
 import pytest
 
 from sfs.errors import PeerConnectionError
-from sfs.peer.connection import PeerLink
+from sfs.peer.transport.webrtc import PeerLink
 from tests.conftest import LOOPBACK
 
 

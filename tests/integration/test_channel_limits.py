@@ -20,12 +20,8 @@ import pytest
 from aiortc.rtcsctptransport import SackChunk
 
 from sfs.errors import PeerGoneError, RemoteProtocolError
-from sfs.peer.connection import (
-    RECEIVE_WINDOW_BYTES,
-    SACK_DELAY_SECONDS,
-    DataChannelLink,
-    PeerLink,
-)
+from sfs.peer.transport.sctp_window import SACK_DELAY_SECONDS
+from sfs.peer.transport.webrtc import RECEIVE_WINDOW_BYTES, DataChannelLink, PeerLink
 from tests.conftest import LOOPBACK
 
 MIB = 1024 * 1024

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sfs.errors import CryptoError
-from sfs.peer.tcp import MAX_UNPROVEN, Prover
+from sfs.peer.transport.tcp import MAX_UNPROVEN, Prover
 from sfs.signal import messages as m
 from tests.conftest import LOOPBACK, peer_env, sfs_command
 from tests.evil_server import (

@@ -23,12 +23,12 @@ import pytest
 
 from sfs.app import PeerOptions, Session, sender_session
 from sfs.code import parse_code
-from sfs.defaults import MAX_CHUNK_BYTES
+from sfs.defaults import MAX_CHUNK_BYTES, Transport
 from sfs.errors import SfsError
-from sfs.peer.connection import DataChannelLink
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer
 from sfs.peer.proto.wire import FileInfo, FrameType, Offer, encode_offer
-from sfs.peer.tcp import TcpLink, Transport, format_address, parse_addresses
+from sfs.peer.transport.tcp import TcpLink, format_address, parse_addresses
+from sfs.peer.transport.webrtc import DataChannelLink
 from tests.conftest import (
     LOOPBACK,
     ServerProcess,

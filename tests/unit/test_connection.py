@@ -13,7 +13,7 @@ from aiortc.rtcsctptransport import (
     InboundStream,
 )
 
-from sfs.peer.connection import _join_run
+from sfs.peer.transport.sctp_window import _join_run
 
 CAP = 262_144
 

@@ -23,7 +23,7 @@ import socketio
 from aiortc import RTCSctpTransport
 
 from sfs.errors import PeerConnectionError
-from sfs.peer import connection
+from sfs.peer.transport import gathering, sctp_window, webrtc
 from sfs.signal.memory_registry import _ClientManager
 
 
@@ -50,23 +50,23 @@ class FakeChannel:
 
 
 def test_aiortc_sctp_has_what_the_receive_window_patches() -> None:
-    assert connection.sctp_problem() is None
-    assert connection.sctp_internals_fit()
+    assert sctp_window.sctp_problem() is None
+    assert sctp_window.sctp_internals_fit()
 
 
 async def test_a_real_transport_has_the_attributes_and_gets_the_patch() -> None:
     transport = RTCSctpTransport(_fake_dtls())
-    for name in connection._SCTP_ATTRIBUTES:
+    for name in sctp_window._SCTP_ATTRIBUTES:
         assert hasattr(transport, name), name
     assert transport._advertised_rwnd == 1024 * 1024  # aiortc's own, before sfs
-    link = connection.DataChannelLink(FakeChannel(transport), max_message_size=65536)
+    link = webrtc.DataChannelLink(FakeChannel(transport), max_message_size=65536)
     assert link._window is not None
     # Replaced on this instance only, never on aiortc's class.
     assert "_receive_data_chunk" in vars(transport) and "_send_sack" in vars(transport)
     assert "_receive_data_chunk" not in vars(RTCSctpTransport) or inspect.iscoroutinefunction(
         RTCSctpTransport._receive_data_chunk
     )
-    assert transport._advertised_rwnd == connection.RECEIVE_WINDOW_BYTES
+    assert transport._advertised_rwnd == webrtc.RECEIVE_WINDOW_BYTES
 
 
 def _changed(**changes: Any) -> type:
@@ -104,7 +104,7 @@ def _init_without_window(self: Any) -> None:
     ],
 )
 def test_a_changed_sctp_shape_is_named(changes: dict[str, Any], says: str) -> None:
-    problem = connection.sctp_problem(_changed(**changes))
+    problem = sctp_window.sctp_problem(_changed(**changes))
     assert problem is not None and says in problem
 
 
@@ -118,8 +118,8 @@ def test_a_changed_stream_or_chunk_shape_is_named() -> None:
             self.tsn = self.flags = self.stream_id = 0
             self.payload = b""
 
-    assert "reassembly" in (connection.sctp_problem(stream=Stream) or "")
-    assert "DataChunk has no user_data" == connection.sctp_problem(chunk=Chunk)
+    assert "reassembly" in (sctp_window.sctp_problem(stream=Stream) or "")
+    assert "DataChunk has no user_data" == sctp_window.sctp_problem(chunk=Chunk)
 
 
 async def test_a_changed_shape_keeps_aiortcs_own_behaviour_with_one_warning(
@@ -127,13 +127,13 @@ async def test_a_changed_shape_keeps_aiortcs_own_behaviour_with_one_warning(
 ) -> None:
     """Never a patch over something else: nothing on the transport is replaced, and
     the warning says why, once per process."""
-    monkeypatch.setattr(connection, "sctp_problem", lambda: "RTCSctpTransport has no _x")
-    connection.sctp_internals_fit.cache_clear()
+    monkeypatch.setattr(sctp_window, "sctp_problem", lambda: "RTCSctpTransport has no _x")
+    sctp_window.sctp_internals_fit.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="sfs.peer.connection"):
+        with caplog.at_level(logging.WARNING, logger="sfs.peer.transport.sctp_window"):
             for _ in range(2):
                 transport = RTCSctpTransport(_fake_dtls())
-                link = connection.DataChannelLink(FakeChannel(transport), max_message_size=65536)
+                link = webrtc.DataChannelLink(FakeChannel(transport), max_message_size=65536)
                 assert link._window is None
                 assert "_receive_data_chunk" not in vars(transport)
                 assert "_send_sack" not in vars(transport)
@@ -145,16 +145,16 @@ async def test_a_changed_shape_keeps_aiortcs_own_behaviour_with_one_warning(
         assert "RTCSctpTransport has no _x" in warnings[0].getMessage()
         assert "aiortc's own" in warnings[0].getMessage()
     finally:
-        connection.sctp_internals_fit.cache_clear()
+        sctp_window.sctp_internals_fit.cache_clear()
 
 
 # -- aioice: host addresses and gathering ---------------------------------------------------------
 
 
 def test_aioice_has_what_sfs_gathers_with() -> None:
-    assert connection.aioice_problem() is None
+    assert gathering.aioice_problem() is None
     # Patched: aioice asks sfs's function for the host addresses.
-    assert aioice.ice.get_host_addresses is connection._get_host_addresses
+    assert aioice.ice.get_host_addresses is gathering._get_host_addresses
 
 
 def test_a_changed_aioice_shape_is_named() -> None:
@@ -163,26 +163,26 @@ def test_a_changed_aioice_shape_is_named() -> None:
 
     ice = types.SimpleNamespace(**vars(aioice.ice))
     ice.get_host_addresses = get_host_addresses
-    assert "get_host_addresses(use_ipv4, use_ipv6)" in (connection.aioice_problem(ice) or "")
+    assert "get_host_addresses(use_ipv4, use_ipv6)" in (gathering.aioice_problem(ice) or "")
 
     class Connection(aioice.ice.Connection):
         async def gather_candidates(self) -> None:
             pass
 
     ice = types.SimpleNamespace(**{**vars(aioice.ice), "Connection": Connection})
-    assert "no longer asks get_host_addresses" in (connection.aioice_problem(ice) or "")
+    assert "no longer asks get_host_addresses" in (gathering.aioice_problem(ice) or "")
 
 
 def test_with_a_changed_aioice_ice_address_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(connection, "_AIOICE_PROBLEM", "Connection has no _protocols")
+    monkeypatch.setattr(gathering, "AIOICE_PROBLEM", "Connection has no _protocols")
     with (
         pytest.raises(PeerConnectionError, match="Connection has no _protocols"),
-        connection.gathering_on(("127.0.0.1",)),
+        gathering.gathering_on(("127.0.0.1",)),
     ):
         pass
-    with connection.gathering_on(()):  # no restriction asked: nothing patched is used
+    with gathering.gathering_on(()):  # no restriction asked: nothing patched is used
         pass
 
 

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from sfs.peer.channel import Route
-from sfs.peer.connection import PairEnd, route_of
+from sfs.peer.transport.channel import Route
+from sfs.peer.transport.gathering import PairEnd, route_of
 
 LAN = (
     ipaddress.ip_network("192.168.1.0/24"),

@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 
 from sfs.errors import PeerGoneError
-from sfs.peer import connection
-from sfs.peer.connection import DataChannelLink, StripedChannel
+from sfs.peer.transport import webrtc
+from sfs.peer.transport.webrtc import DataChannelLink, StripedChannel
 from tests.helpers import QueueChannel
 
 
@@ -99,7 +99,7 @@ def striped_links(n: int) -> tuple[StripedChannel, StripedChannel, list[DataChan
 async def test_striped_links_share_one_idle_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """With N links and round-robin pings, each link hears something only every N
     pings; the peer is alive as long as any link hears from it (issue 8, item 7)."""
-    monkeypatch.setattr(connection, "IDLE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(webrtc, "IDLE_TIMEOUT_SECONDS", 0.5)
     sender, receiver, sending_links = striped_links(8)
     # A ping every 0.1 s, dealt over 8 links: each link hears one every 0.8 s,
     # longer than the idle timeout. The receiver reads nothing meanwhile (its user
@@ -125,7 +125,7 @@ async def test_striped_links_share_one_idle_clock(monkeypatch: pytest.MonkeyPatc
 async def test_a_queued_frame_comes_before_the_idle_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(connection, "IDLE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(webrtc, "IDLE_TIMEOUT_SECONDS", 0.2)
     sender, receiver, _ = striped_links(1)
     await sender.send(b"waiting for you")
     await asyncio.sleep(0.3)

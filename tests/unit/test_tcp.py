@@ -18,14 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.errors import CryptoError, PeerGoneError, RemoteProtocolError
-from sfs.peer import tcp, transfer
+from sfs.peer import transfer
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import inspect_sources
 from sfs.peer.proto.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.wire import Offer
-from sfs.peer.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
 from sfs.peer.transfer import receive_files, send_files
+from sfs.peer.transport import tcp
+from sfs.peer.transport.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
 from tests.helpers import channel_pair, key_pair
 from tests.strangers import Strangers, many_sources
 

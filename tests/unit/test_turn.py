@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfs.peer.channel import Route
-from sfs.peer.connection import ice_urls
+from sfs.peer.transport.channel import Route
+from sfs.peer.transport.gathering import ice_urls
 from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
 from sfs.signal.turn import TurnSecret, read_secret, rest_credential

@@ -283,7 +283,7 @@ class OpenChannel:
     """Open the transport, then feed :class:`ChannelOpen`.
 
     :param direct: both descriptions carried TCP addresses: the sender chooses
-        between TCP and the DataChannel and says which on it (sfs.peer.tcp).
+        between TCP and the DataChannel and says which on it (sfs.peer.transport.tcp).
         Otherwise the DataChannel(s), as before the direct path existed.
     """
 

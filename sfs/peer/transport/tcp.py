@@ -1,4 +1,4 @@
-"""The direct TCP transport: a :class:`~sfs.peer.channel.Channel` over one TCP
+"""The direct TCP transport: a :class:`~sfs.peer.transport.channel.Channel` over one TCP
 connection between the peers, for when they can reach each other directly.
 
 aiortc's SCTP is pure Python and moves ~30 MiB/s; where two sfs CLIs can simply
@@ -28,7 +28,6 @@ transports), each preceded by its length (4 bytes, big endian).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import errno
 import ipaddress
@@ -39,20 +38,17 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sfs.defaults import MAX_CHUNK_BYTES
-from sfs.defaults import Transport as Transport
 from sfs.errors import (
     CryptoError,
-    PeerConnectionError,
     PeerGoneError,
     RemoteProtocolError,
     connection_end,
 )
-from sfs.peer.channel import Channel, Route
 from sfs.peer.proto.crypto import (
     TCP_MAGIC,
     TCP_NONCE_BYTES,
@@ -61,6 +57,7 @@ from sfs.peer.proto.crypto import (
     digests_equal,
     tcp_proof,
 )
+from sfs.peer.transport.channel import Route
 
 #: ioctl(SIOCOUTQ) (= TIOCOUTQ) on Linux: the bytes in a TCP socket's send queue.
 _SIOCOUTQ: int | None = 0x5411 if sys.platform == "linux" else None
@@ -82,9 +79,6 @@ WRITE_HIGH_BYTES = 4 * 1024 * 1024
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 #: How long one dial may take.
 DIAL_SECONDS = 3.0
-#: In ``auto``, how long the sender waits for a proven TCP connection once it has
-#: the answer before it takes the DataChannel (a LAN answers in milliseconds).
-DIRECT_SECONDS = 2.0
 #: The most addresses taken from the other side's sealed list.
 MAX_ADDRESSES = 8
 #: The lowest port dialled: sfs listens on an ephemeral port, never a privileged one,
@@ -806,156 +800,3 @@ class DirectPath:
             if link is not self._taken:
                 link.close()
         self._links = [] if self._taken is None else [self._taken]
-
-
-@dataclass(frozen=True)
-class Opened:
-    """The transport a session's transfer runs on."""
-
-    channel: Channel
-    #: The chosen TCP connection, when the channel is one (its closing is the
-    #: caller's); None for the DataChannel(s).
-    tcp: TcpLink | None = None
-
-
-async def open_transport(
-    *,
-    sender: bool,
-    transport: Transport,
-    direct: DirectPath | None,
-    datachannel: Callable[[], Awaitable[Channel]],
-    connect_timeout: float,
-) -> Opened:
-    """Open the transport of the transfer: the chosen TCP connection, or the DataChannel.
-
-    ``direct`` is None when either side left TCP out of its description (an older
-    sfs, the browser page, ``--transport datachannel``): then the DataChannel is used
-    as always, with no CHOSEN message.  Otherwise the sender chooses (TCP within
-    DIRECT_SECONDS in ``auto``, else the DataChannel) and says so on the chosen one;
-    the receiver takes whichever the sender chose.
-    """
-    if direct is None:
-        if transport is Transport.TCP:
-            raise PeerConnectionError(
-                "the other side does not take direct TCP connections (an older sfs, a "
-                "browser, or --transport datachannel); try --transport auto"
-            )
-        return Opened(await datachannel())
-    try:
-        if sender:
-            return await _sender_opens(transport, direct, datachannel, connect_timeout)
-        return await _receiver_opens(transport, direct, datachannel, connect_timeout)
-    finally:
-        await direct.close()
-
-
-async def _sender_opens(
-    transport: Transport,
-    direct: DirectPath,
-    datachannel: Callable[[], Awaitable[Channel]],
-    connect_timeout: float,
-) -> Opened:
-    if transport is Transport.TCP:
-        try:
-            async with asyncio.timeout(connect_timeout):
-                return _tcp_chosen(await direct.choose())
-        except TimeoutError:
-            raise PeerConnectionError(
-                f"no direct TCP connection within {connect_timeout:.0f} s (--transport tcp); "
-                "try --transport auto"
-            ) from None
-    by_tcp = asyncio.ensure_future(direct.choose()) if transport is Transport.AUTO else None
-    by_datachannel = asyncio.ensure_future(datachannel())
-    try:
-        if by_tcp is not None:
-            # TCP, if a connection is proven within DIRECT_SECONDS; but once the
-            # DataChannel is open, only while a TCP connection is still being proven
-            # (across NATs the dials go nowhere: no reason to wait then).
-            deadline = asyncio.get_running_loop().time() + DIRECT_SECONDS
-            pending: set[asyncio.Future[TcpLink] | asyncio.Future[Channel]] = {
-                by_tcp,
-                by_datachannel,
-            }
-            while pending:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                done, pending = await asyncio.wait(
-                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                if by_tcp in done:
-                    return _tcp_chosen(by_tcp.result())
-                if by_datachannel in done and not direct.connected_count:
-                    break
-            logger.info("no direct TCP connection: using WebRTC")
-            by_tcp.cancel()
-        await direct.close()
-        channel = await by_datachannel
-        await channel.send(CHOSEN)
-        return Opened(channel)
-    finally:
-        for future in (by_tcp, by_datachannel):
-            if future is not None and not future.done():
-                future.cancel()
-        await asyncio.gather(
-            *(f for f in (by_tcp, by_datachannel) if f is not None), return_exceptions=True
-        )
-
-
-def _tcp_chosen(link: TcpLink) -> Opened:
-    # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
-    logger.info("direct TCP connection to %s chosen", link.peer)
-    logger.info("connected at %.6f: %s", time.time(), link.route)
-    return _tcp_taken(link)
-
-
-def _tcp_taken(link: TcpLink) -> Opened:
-    return Opened(link, tcp=link)
-
-
-async def _receiver_opens(
-    transport: Transport,
-    direct: DirectPath,
-    datachannel: Callable[[], Awaitable[Channel]],
-    connect_timeout: float,
-) -> Opened:
-    async def over_datachannel() -> Channel:
-        channel = await datachannel()
-        first = await channel.receive()
-        if bytes(first) != CHOSEN:
-            raise RemoteProtocolError("the other side sent a frame before choosing a transport")
-        return channel
-
-    by_tcp = asyncio.ensure_future(direct.chosen())
-    by_datachannel = asyncio.ensure_future(over_datachannel())
-    try:
-        # The DataChannel has its own bound (connect_timeout, then ICE's reason, with
-        # its hint); this one is for a sender that never says anything at all.
-        async with asyncio.timeout(connect_timeout + DIRECT_SECONDS + 1):
-            await asyncio.wait({by_tcp, by_datachannel}, return_when=asyncio.FIRST_COMPLETED)
-            if by_tcp.done():
-                logger.info("the sender chose the direct TCP connection")
-                return _tcp_taken(by_tcp.result())
-            if by_datachannel.exception() is None:
-                if transport is Transport.TCP:
-                    raise PeerConnectionError(
-                        "the sender could not connect here over TCP (--transport tcp); "
-                        "try --transport auto"
-                    )
-                return Opened(by_datachannel.result())
-            # No DataChannel (ICE failed): TCP can still win if a connection is
-            # proven, and the sender chooses within its own bound; else this is over,
-            # and ICE's reason (with its hint) is the one to give.
-            if direct.proven_count:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(DIRECT_SECONDS):
-                        return _tcp_taken(await by_tcp)
-            return Opened(by_datachannel.result())
-    except TimeoutError:
-        raise PeerConnectionError(
-            f"the sender chose no connection within {connect_timeout:.0f} s"
-        ) from None
-    finally:
-        for future in (by_tcp, by_datachannel):
-            future.cancel()
-        await asyncio.gather(by_tcp, by_datachannel, return_exceptions=True)

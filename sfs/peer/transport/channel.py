@@ -1,8 +1,8 @@
 """The Channel: what a transfer runs on, whatever carries it.
 
-One seam per kind of transport: the DataChannel (:class:`sfs.peer.connection.DataChannelLink`,
-several of them as a :class:`sfs.peer.connection.StripedChannel`) and the direct TCP
-connection (:class:`sfs.peer.tcp.TcpLink`) each are a :class:`Channel`, and
+One seam per kind of transport: the DataChannel (:class:`sfs.peer.transport.webrtc.DataChannelLink`,
+several of them as a :class:`sfs.peer.transport.webrtc.StripedChannel`) and the direct TCP
+connection (:class:`sfs.peer.transport.tcp.TcpLink`) each are a :class:`Channel`, and
 :mod:`sfs.peer.transfer` knows nothing of either.  :class:`Route` says how a channel's
 data flows, in the words a user reads at the end of a transfer.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 #: "local", "nat", "direct" (neither is known) and "relay" name a WebRTC connection
-#: by its nominated ICE candidate pair (:func:`sfs.peer.connection.route_of`); "tcp"
+#: by its nominated ICE candidate pair (:func:`sfs.peer.transport.gathering.route_of`); "tcp"
 #: is the direct TCP connection.
 RouteKind = Literal["local", "nat", "direct", "relay", "tcp"]
 

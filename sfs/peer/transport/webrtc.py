@@ -1,0 +1,569 @@
+"""aiortc glue: the only module that touches RTCPeerConnection and RTCDataChannel.
+
+It turns one aiortc DataChannel into the small :class:`~sfs.peer.transport.channel.Channel`
+interface, with backpressure through ``bufferedAmountLowThreshold`` and the
+``bufferedamountlow`` event (never sleep-polling), and it controls which ICE
+candidates are gathered: explicit ICE servers only (aiortc's default would contact
+a public STUN server) and, optionally, host candidates restricted to given
+addresses, which also lets two peers meet on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSctpTransport,
+    RTCSessionDescription,
+)
+from aiortc import sdp as sdp_parser
+
+from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_STREAMS
+from sfs.errors import (
+    IceFailedError,
+    PeerConnectionError,
+    PeerGoneError,
+    SfsError,
+)
+from sfs.peer.transport.channel import Route
+from sfs.peer.transport.gathering import (
+    AIOICE_PROBLEM,
+    PairEnd,
+    aioice_unusable,
+    gather_from_servers,
+    gathering_on,
+    ice_urls,
+    local_networks,
+    route_of,
+)
+from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
+from sfs.signal.messages import IceServer
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: The backpressure mark: stop queueing new frames while this much is buffered.
+HIGH_WATER_BYTES = 16 * 1024 * 1024
+#: Resume when the buffer drains to this (half the high-water mark).
+LOW_WATER_BYTES = HIGH_WATER_BYTES // 2
+#: RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB.
+DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
+CHANNEL_LABEL = "sfs"
+#: What one link holds for its consumer, received but not yet read (see ReceiveWindow).
+RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
+#: Nothing at all from the peer for this long means the connection is lost. Each
+#: side sends a keepalive every 2 s when idle (sfs.peer.transfer.keepalive), and
+#: aiortc itself may take 30 s or more to notice a dead path.
+IDLE_TIMEOUT_SECONDS = 10.0
+_MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
+
+
+def remote_max_message_size(sdp: str) -> int:
+    """The largest message the peer accepts, from its SDP (0 in SDP means no limit)."""
+    match = _MAX_MESSAGE_RE.search(sdp)
+    if match is None:
+        return DEFAULT_REMOTE_MAX_MESSAGE_BYTES
+    value = int(match.group(1))
+    return value if value > 0 else 2**30
+
+
+# -- the DataChannel as a Channel -----------------------------------------------------------
+
+
+class IdleClock:
+    """When the peer was last heard from.
+
+    One per transfer path: the links of a :class:`StripedChannel` share one, since
+    anything heard on any of them proves the peer alive (its keepalives are dealt
+    round-robin too, so one link of N hears one only every N pings).
+    """
+
+    def __init__(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+
+class DataChannelLink:
+    """One open aiortc DataChannel, seen as a :class:`~sfs.peer.transport.channel.Channel`.
+
+    What arrives waits in an inbox until it is read. On a real aiortc channel the
+    inbox counts against the SCTP receive window (:class:`ReceiveWindow`), so a
+    peer cannot make it grow beyond ``receive_window`` bytes: when it is full, the
+    peer's SCTP sender is held back until the reader catches up.
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        *,
+        max_message_size: int,
+        high_water: int = HIGH_WATER_BYTES,
+        receive_window: int = RECEIVE_WINDOW_BYTES,
+    ) -> None:
+        self._channel = channel
+        self.max_message_size = max_message_size
+        #: 64 KiB frames: measured fastest through aiortc's SCTP (docs/PERFORMANCE.md).
+        self.preferred_chunk_size = DEFAULT_CHUNK_BYTES
+        #: How the data flows (set once the connection is up).
+        self.route: Route | None = None
+        self._high_water = high_water
+        self._last_sent = time.monotonic()
+        self._clock = IdleClock()
+        self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._held = 0
+        self._error: SfsError | None = None
+        self._drained = asyncio.Event()
+        self._closed = asyncio.Event()
+        transport = getattr(channel, "transport", None)
+        self._window = (
+            ReceiveWindow(transport, self, receive_window)
+            if isinstance(transport, RTCSctpTransport) and sctp_internals_fit()
+            else None
+        )
+        channel.bufferedAmountLowThreshold = high_water // 2
+        channel.on("message", self._on_message)
+        channel.on("bufferedamountlow", self._drained.set)
+        channel.on("close", self.mark_closed)
+
+    def share_idle_clock(self, clock: IdleClock) -> None:
+        self._clock = clock
+
+    def heard(self) -> None:
+        self._clock.heard()
+
+    def _on_message(self, message: bytes | str) -> None:
+        self._clock.heard()
+        # Text messages are not part of the protocol; a bytes-like sentinel makes the
+        # protocol layer reject them like any other malformed frame.
+        frame = message if isinstance(message, bytes) else b""
+        self._held += len(frame)
+        if self._window is not None:
+            self._window.hold(len(frame))
+        self._inbox.put_nowait(frame)
+
+    def _taken(self, frame: bytes) -> bytes:
+        self._held -= len(frame)
+        if self._window is not None:
+            self._window.release(len(frame))
+        return frame
+
+    def mark_closed(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._drained.set()
+            self._inbox.put_nowait(None)
+
+    def fail(self, error: SfsError) -> None:
+        """Close the link; reading past what is queued raises ``error``."""
+        if not self._closed.is_set():
+            self._error = error
+        self.mark_closed()
+
+    @property
+    def received_bytes_held(self) -> int:
+        """Bytes received from the peer and not yet read."""
+        return self._held
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed.is_set() or self._channel.readyState != "open":
+            raise self._error or PeerGoneError()
+        self._channel.send(frame)
+        self._last_sent = time.monotonic()
+        if self._channel.bufferedAmount > self._high_water:
+            # The event fires when the amount falls through the low mark, which it
+            # must do from here, since nothing awaited between the check and the clear.
+            self._drained.clear()
+            await self._within_idle_timeout(self._drained.wait)
+            if self._closed.is_set():
+                raise self._error or PeerGoneError()
+
+    async def receive(self) -> bytes:
+        # A frame already here is delivered whatever the idle clock says: it proves
+        # the peer was alive, however long the reader took to come for it.
+        frame = self.poll()
+        if frame is not None:
+            return frame
+        item = await self._within_idle_timeout(self._inbox.get)
+        if item is None:
+            self._inbox.put_nowait(None)  # every later receive() sees the close too
+            raise self._error or PeerGoneError()
+        return self._taken(item)
+
+    def poll(self) -> bytes | None:
+        if self._inbox.empty():
+            return None
+        item = self._inbox.get_nowait()
+        if item is None:
+            self._inbox.put_nowait(None)
+            raise self._error or PeerGoneError()
+        return self._taken(item)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def unsent_bytes(self) -> int:
+        # aiortc's bufferedAmount counts what it has not yet handed to SCTP; SCTP then
+        # holds what waits for the congestion window and what is in flight, not yet
+        # acknowledged by the peer's SCTP (sfs has one channel per association).
+        held = int(self._channel.bufferedAmount)
+        sctp = getattr(self._channel, "transport", None)
+        # Only where aiortc's insides are as tested (sctp_internals_fit): elsewhere the
+        # progress counts what left aiortc's own buffer, a window ahead at most.
+        if isinstance(sctp, RTCSctpTransport) and sctp_internals_fit():
+            held += int(sctp._flight_size)
+            held += sum(len(chunk.user_data) for chunk in sctp._outbound_queue)
+        return held
+
+    def seconds_since_send(self) -> float:
+        return time.monotonic() - self._last_sent
+
+    async def _within_idle_timeout(self, wait: Callable[[], Awaitable[T]]) -> T:
+        """``await wait()``, unless the peer falls silent for IDLE_TIMEOUT_SECONDS."""
+        while True:
+            remaining = self._clock.last_heard + IDLE_TIMEOUT_SECONDS - time.monotonic()
+            if remaining <= 0:
+                self.mark_closed()
+                raise PeerGoneError(
+                    f"lost the connection: nothing from the other side for "
+                    f"{IDLE_TIMEOUT_SECONDS:.0f} s"
+                )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
+            # cancellation (Ctrl-C) that arrives as the awaited message does.
+            try:
+                async with asyncio.timeout(remaining):
+                    return await wait()
+            except TimeoutError:
+                continue
+
+
+# -- the peer connection --------------------------------------------------------------------
+
+
+def _unusable(kind: str, exc: Exception) -> PeerConnectionError:
+    return PeerConnectionError(
+        f"the other side's {kind} is not usable: {exc or type(exc).__name__}"
+    )
+
+
+class PeerLink:
+    """An RTCPeerConnection with one reliable, ordered DataChannel.
+
+    The sender calls :meth:`create_offer` then :meth:`accept_answer`; the receiver
+    calls :meth:`answer_offer`.  Both then await :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        *,
+        ice_servers: Sequence[IceServer],
+        host_addresses: tuple[str, ...],
+        high_water: int = HIGH_WATER_BYTES,
+    ):
+        # An explicit, empty list: None would make aiortc use public STUN; the
+        # STUN/TURN servers are ours to gather from (see sfs.peer.transport.gathering).
+        self._pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
+        self._ice_urls = ice_urls(ice_servers)
+        self._relays: dict[int, str] = {}
+        self._refused: set[str] = set()
+        self._host_addresses = host_addresses
+        self._high_water = high_water
+        self._channel: Any = None
+        self._channel_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._link: DataChannelLink | None = None
+        self._remote_max_message = DEFAULT_REMOTE_MAX_MESSAGE_BYTES
+        self._pc.on("connectionstatechange", self._on_state)
+        self._pc.on("datachannel", self._on_datachannel)
+
+    async def __aenter__(self) -> PeerLink:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pc.close()
+        if self._channel_ready.done() and not self._channel_ready.cancelled():
+            self._channel_ready.exception()  # consumed: a failure was already reported
+        if self._link is not None:
+            self._link.mark_closed()
+
+    def _on_state(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("peer connection state: %s", state)
+        if state in ("failed", "closed"):
+            if not self._channel_ready.done():
+                self._channel_ready.set_exception(IceFailedError())
+            if self._link is not None:
+                self._link.mark_closed()
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != CHANNEL_LABEL or self._channel is not None:
+            logger.debug("ignoring unexpected data channel %r", channel.label)
+            return
+        self._watch(channel)
+
+    def _watch(self, channel: Any) -> None:
+        # Wrap the channel at once: a message that arrived before the wrapper's
+        # handler was attached would be lost.
+        self._channel = channel
+        self._link = DataChannelLink(
+            channel, max_message_size=self._remote_max_message, high_water=self._high_water
+        )
+
+        def opened() -> None:
+            if not self._channel_ready.done():
+                self._channel_ready.set_result(channel)
+
+        if channel.readyState == "open":
+            opened()
+        channel.on("open", opened)
+
+    async def create_offer(self) -> dict[str, str]:
+        self._watch(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
+        offer = await self._pc.createOffer()
+        with gathering_on(self._host_addresses):
+            await self._gather()
+            await self._pc.setLocalDescription(offer)
+        return self._local_description()
+
+    async def answer_offer(self, offer: dict[str, str]) -> dict[str, str]:
+        await self._set_remote(offer, "offer")
+        answer = await self._pc.createAnswer()
+        with gathering_on(self._host_addresses):
+            await self._gather()
+            await self._pc.setLocalDescription(answer)
+        return self._local_description()
+
+    def _ice_failed(self, what: str) -> IceFailedError:
+        if self._refused:
+            return IceFailedError(
+                f"{what}, and the TURN relay {', '.join(sorted(self._refused))} refused the "
+                "credential (expired, or sfs serve's --turn-secret-file differs from "
+                "coturn's static-auth-secret)"
+            )
+        return IceFailedError(
+            f"{what} (ICE failed). Across NATs or firewalls, configure a STUN/TURN "
+            "server with --ice-server."
+        )
+
+    def _gatherer(self) -> Any:
+        sctp = self._pc.sctp
+        assert sctp is not None  # made by createDataChannel / the remote offer
+        return sctp.transport.transport.iceGatherer
+
+    def _ice(self) -> Any:
+        """aioice's Connection under this link's (only) ICE transport."""
+        return self._gatherer()._connection
+
+    async def _gather(self) -> None:
+        """Gather every candidate before aiortc would (it then finds them gathered)."""
+        gatherer = self._gatherer()
+        started = time.monotonic()
+        await gatherer.gather()  # host candidates: aiortc was given no servers
+        if self._ice_urls and AIOICE_PROBLEM is not None:
+            raise aioice_unusable()  # sfs gathers from STUN/TURN with aioice's insides
+        await gather_from_servers(self._ice(), self._ice_urls, self._relays, self._refused)
+        kinds = [c.type for c in self._ice().local_candidates]
+        logger.debug("gathered %s in %.2f s", kinds, time.monotonic() - started)
+
+    def route(self) -> Route | None:
+        """How the data flows, once connected (None if aioice does not say)."""
+        try:
+            pair = self._ice()._nominated[1]
+        except (AttributeError, KeyError):
+            return None
+        ice = self._ice()
+        local, remote = pair.local_candidate, pair.remote_candidate
+        # aioice reports a direct path through a NAT with our host candidate (the
+        # base) as local: our own reflexive candidates are what show our NAT.
+        own = {c.host for c in ice.local_candidates if c.type == "host"}
+        behind_nat = any(c.type == "srflx" and c.host not in own for c in ice.local_candidates)
+        return route_of(
+            PairEnd(local.type, local.host),
+            PairEnd(remote.type, remote.host),
+            networks=local_networks(),
+            behind_nat=behind_nat,
+            our_relay=self._relays.get(id(pair.protocol), ""),
+        )
+
+    async def accept_answer(self, answer: dict[str, str]) -> None:
+        await self._set_remote(answer, "answer")
+
+    async def _set_remote(self, description: dict[str, str], kind: str) -> None:
+        sdp = description.get("sdp")
+        if description.get("type") != kind or not isinstance(sdp, str):
+            raise PeerConnectionError(f"the other side sent a malformed {kind}")
+        # aiortc's SDP parser checks some things with assert, and without a DTLS
+        # fingerprint it fails later, in a background task that only logs a traceback.
+        unusable = (ValueError, TypeError, KeyError, IndexError, AssertionError)
+        try:
+            parsed = sdp_parser.SessionDescription.parse(sdp)
+        except unusable as exc:
+            raise _unusable(kind, exc) from exc
+        if not parsed.media:
+            raise PeerConnectionError(f"the other side's {kind} offers no data channel")
+        if any(not m.dtls or not m.dtls.fingerprints for m in parsed.media):
+            raise PeerConnectionError(
+                f"the other side's {kind} has no DTLS certificate fingerprint, so the "
+                "connection could not be secured; it is not a WebRTC peer sfs can talk to"
+            )
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except unusable as exc:
+            raise _unusable(kind, exc) from exc
+        self._remote_max_message = remote_max_message_size(sdp)
+        if self._link is not None:
+            self._link.max_message_size = self._remote_max_message
+
+    def _local_description(self) -> dict[str, str]:
+        desc = self._pc.localDescription
+        return {"type": desc.type, "sdp": desc.sdp}
+
+    async def open(self, seconds: float) -> DataChannelLink:
+        """Wait until the DataChannel is open.
+
+        :raises IceFailedError: no connection within ``seconds``, or ICE failed.
+        """
+        try:
+            async with asyncio.timeout(seconds):
+                channel = await self._channel_ready
+        except TimeoutError:
+            raise self._ice_failed(f"no direct connection within {seconds:.0f} s") from None
+        except IceFailedError:
+            raise self._ice_failed("no direct connection") from None
+        assert self._link is not None
+        if channel.readyState != "open":
+            self._link.mark_closed()
+        self._link.route = self.route()
+        # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
+        logger.info("connected at %.6f: %s", time.time(), self._link.route or "route unknown")
+        return self._link
+
+
+# -- striping ---------------------------------------------------------------------------------
+
+
+class StripedChannel:
+    """Several DataChannels, each on its own peer connection, seen as one channel.
+
+    Frames are dealt round-robin: frame k of a direction goes on link k mod N, and the
+    other side reads the links in the same order, so the frames come out in exactly
+    the order they went in, with no change to the protocol above (its strict counters
+    still hold). The links share one idle clock: the peer is alive while any of them
+    hears from it. Each link is its own SCTP association with its own window, which is
+    what lifts throughput on long links (docs/PERFORMANCE.md).
+    """
+
+    def __init__(self, links: Sequence[DataChannelLink]) -> None:
+        if not links:
+            raise ValueError("at least one link")
+        self._links = list(links)
+        clock = IdleClock()
+        for link in self._links:
+            link.share_idle_clock(clock)
+        self._next_send = 0
+        self._next_receive = 0
+
+    @property
+    def max_message_size(self) -> int:
+        return min(link.max_message_size for link in self._links)
+
+    @property
+    def preferred_chunk_size(self) -> int:
+        return self._links[0].preferred_chunk_size
+
+    @property
+    def route(self) -> Route | None:
+        return self._links[0].route
+
+    async def send(self, frame: bytes) -> None:
+        link = self._links[self._next_send % len(self._links)]
+        self._next_send += 1
+        await link.send(frame)
+
+    async def receive(self) -> bytes:
+        frame = await self._links[self._next_receive % len(self._links)].receive()
+        self._next_receive += 1
+        return frame
+
+    def poll(self) -> bytes | None:
+        frame = self._links[self._next_receive % len(self._links)].poll()
+        if frame is not None:
+            self._next_receive += 1
+        return frame
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*(link.wait_closed() for link in self._links))
+
+    def seconds_since_send(self) -> float:
+        return min(link.seconds_since_send() for link in self._links)
+
+    def unsent_bytes(self) -> int:
+        return sum(link.unsent_bytes() for link in self._links)
+
+
+class PeerLinks:
+    """One to :data:`MAX_STREAMS` :class:`PeerLink` objects used as one transfer path."""
+
+    def __init__(
+        self, count: int, *, ice_servers: Sequence[IceServer], host_addresses: tuple[str, ...]
+    ) -> None:
+        if not 1 <= count <= MAX_STREAMS:
+            raise ValueError(f"1 to {MAX_STREAMS} streams")
+        # The buffering budget is shared, so memory does not grow with the stream count.
+        self._links = [
+            PeerLink(
+                ice_servers=ice_servers,
+                host_addresses=host_addresses,
+                high_water=HIGH_WATER_BYTES // count,
+            )
+            for _ in range(count)
+        ]
+
+    async def __aenter__(self) -> PeerLinks:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self._links))
+
+    async def create_offers(self) -> list[dict[str, str]]:
+        return [await link.create_offer() for link in self._links]
+
+    async def answer_offers(self, offers: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        return [await link.answer_offer(o) for link, o in zip(self._links, offers, strict=True)]
+
+    async def accept_answers(self, answers: Sequence[dict[str, str]]) -> None:
+        """Use as many links as the peer answered; close the rest."""
+        if not 1 <= len(answers) <= len(self._links):
+            raise PeerConnectionError("the other side answered with a wrong number of streams")
+        for link in self._links[len(answers) :]:
+            await link.close()
+        self._links = self._links[: len(answers)]
+        for link, answer in zip(self._links, answers, strict=True):
+            await link.accept_answer(answer)
+
+    async def open(self, seconds: float) -> DataChannelLink | StripedChannel:
+        links = await asyncio.gather(*(link.open(seconds) for link in self._links))
+        return links[0] if len(links) == 1 else StripedChannel(links)
