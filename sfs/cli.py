@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import click
 from click.core import ParameterSource
 
-from sfs import __version__, platform, settings, terminal
+from sfs import __version__, platform, settings
+from sfs.commands import terminal
 from sfs.defaults import (
     CONNECT_TIMEOUT_SECONDS,
     DEFAULT_CHUNK_BYTES,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 
     from sfs import app
     from sfs.code import Code
-    from sfs.jsonui import JsonLines, JsonUi
+    from sfs.commands.jsonui import JsonLines, JsonUi
     from sfs.lan.record import Advert
     from sfs.peer.protocol import FileInfo, Offer
     from sfs.peer.transfer import Plan, Progress, TransferResult
@@ -466,7 +467,7 @@ def plan_lines(plan: Plan | None) -> list[str]:
 def show_qr(text: str, *, err: bool) -> None:
     """``text`` as a QR code, printed as it is: the drawing is ours, and its colour
     codes are what lets a camera read it on any terminal (say() would strip them)."""
-    from sfs.qr import qr_lines
+    from sfs.commands.qr import qr_lines
 
     for line in qr_lines(text):
         click.echo(line, err=err, color=True)  # click would strip them off a terminal
@@ -477,7 +478,7 @@ def show_qr(text: str, *, err: bool) -> None:
 
 def _json_lines() -> JsonLines:
     """--json's events: one line each on stdout, flushed (click.echo flushes)."""
-    from sfs.jsonui import JsonLines
+    from sfs.commands.jsonui import JsonLines
 
     return JsonLines(click.echo)
 
@@ -1503,7 +1504,7 @@ def receive(
         link=qr or as_json,
     )
     if as_json:
-        from sfs.jsonui import JsonUi
+        from sfs.commands.jsonui import JsonUi
 
         json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask)
         received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
@@ -1665,7 +1666,7 @@ def send(
         resume=not no_resume,
     )
     if as_json:
-        from sfs.jsonui import JsonUi
+        from sfs.commands.jsonui import JsonUi
 
         json_ui = JsonUi(_json_lines(), ask=_ask)
         json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
@@ -1698,7 +1699,7 @@ def peers(once: float | None, as_json: bool, verbose: int) -> None:
 
     _setup_logging(verbose)
     if as_json:
-        from sfs.jsonui import PeerEvents
+        from sfs.commands.jsonui import PeerEvents
 
         events = PeerEvents(_json_lines())
         looking = app.peers(events.show, once=once)

@@ -24,10 +24,10 @@ from sfs.cli import (
     offer_listing,
     tree_listing,
 )
+from sfs.commands.terminal import display_width, wrap
 from sfs.errors import connection_end
 from sfs.peer.protocol import FileInfo, Offer
 from sfs.peer.transfer import FileRecord, TransferResult
-from sfs.terminal import display_width, wrap
 
 
 def offer(count: int) -> Offer:

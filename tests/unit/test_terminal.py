@@ -1,4 +1,4 @@
-"""sfs.terminal's decisions, and what the CLI prints with them: colour, widths, bars."""
+"""sfs.commands.terminal's decisions, and what the CLI prints with them: colour, widths, bars."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from sfs import cli, terminal
+from sfs import cli
 from sfs.cli import ConsoleUi, LineProgress, Styled, TqdmProgress, offer_listing, peer_table, say
+from sfs.commands import terminal
 from sfs.lan.record import Advert
 from sfs.peer.protocol import FileInfo, Offer
 
