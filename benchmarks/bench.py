@@ -745,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.loop == "asyncio":
         env["SFS_EVENT_LOOP"] = "asyncio"
     env.pop("SFS_DEBUG", None)
-    from sfs.cli import event_loop_factory
+    from sfs.commands.running import event_loop_factory
 
     loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
     if args.lan and args.long_link:

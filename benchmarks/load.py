@@ -681,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.loop == "asyncio":
         env["SFS_EVENT_LOOP"] = "asyncio"
         os.environ["SFS_EVENT_LOOP"] = "asyncio"
-    from sfs.cli import event_loop_factory
+    from sfs.commands.running import event_loop_factory
 
     loop_factory = event_loop_factory()
     max_connections = args.clients + CONNECTION_HEADROOM

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from sfs.cli import event_loop_factory, tune_runtime
+from sfs.commands.running import event_loop_factory, tune_runtime
 from sfs.peer.transport.gathering import gathering_on
 from sfs.peer.transport.webrtc import HIGH_WATER_BYTES, LOW_WATER_BYTES
 

@@ -1,9 +1,9 @@
 """The numbers and names the command line shows before anything heavy is imported.
 
-``sfs --help`` and ``sfs --version`` must answer at once (under 0.2 s), so cli.py
-cannot import aiortc, aiohttp, cryptography or socketio to learn a default. Each
-value lives here once, and the module that uses it imports it from here (and
-re-exports it under its usual name). This module imports nothing but ``enum``.
+``sfs --help`` and ``sfs --version`` must answer at once (under 0.2 s), so the CLI
+(sfs/cli.py, sfs/commands/) cannot import aiortc, aiohttp, cryptography or socketio
+to learn a default. Each value lives here once, and the module that uses it imports
+it from here (and re-exports it under its usual name). This module imports nothing but ``enum``.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ clipboard, carriage returns and newlines that overwrite or add lines, and Unicod
 overrides that make ``exe.pdf`` of ``fdp.exe``.  :func:`printable` turns every such
 character into a visible escape, so what is shown is exactly one line of inert text.
 
-``sfs.cli`` passes everything it prints through this one function (status lines,
-prompts, errors, log records), whatever its source: a peer's text cannot reach the
-terminal on a path that was forgotten.  The function is pure and cheap.
+The CLI (``sfs.commands.output.say``) passes everything it prints through this one
+function (status lines, prompts, errors, log records), whatever its source: a peer's
+text cannot reach the terminal on a path that was forgotten.  The function is pure and cheap.
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from sfs.qr import BLOCKS, COLOURS, RESET
+from sfs.commands.qr import BLOCKS, COLOURS, RESET
 
 PIXELS_PER_MODULE = 8
 _PAIRS = {char: pair for pair, char in BLOCKS.items()}
 
 
 def parse_drawing(lines: list[str]) -> list[list[bool]]:
-    """The modules (``True``: dark) drawn by :func:`sfs.qr.qr_lines`; fails on any
+    """The modules (``True``: dark) drawn by :func:`sfs.commands.qr.qr_lines`; fails on any
     line that is not such a drawing (its colours, half blocks, the reset)."""
     matrix: list[list[bool]] = []
     for line in lines:

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from sfs.qr import qr_lines
+from sfs.commands.qr import qr_lines
 from sfs.signal.client import page_link, serves_page
 from sfs.signal.config import ServerConfig
 from tests.conftest import (

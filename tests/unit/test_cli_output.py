@@ -12,22 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs import errors
-from sfs.cli import (
-    RECEIVE_HINT,
-    SEND_HINT,
-    WIDE_BAR,
-    _final_line,
-    _seconds,
-    _size_bar,
-    describe_tree,
-    main,
-    offer_listing,
-    tree_listing,
-)
+from sfs.cli import main
+from sfs.commands.listing import _final_line, _seconds, describe_tree, offer_listing, tree_listing
+from sfs.commands.progress import WIDE_BAR, _size_bar
+from sfs.commands.terminal import display_width, wrap
+from sfs.commands.ui import RECEIVE_HINT, SEND_HINT
 from sfs.errors import connection_end
 from sfs.peer.proto.wire import FileInfo, Offer
 from sfs.peer.transfer import FileRecord, TransferResult
-from sfs.terminal import display_width, wrap
 
 
 def offer(count: int) -> Offer:

@@ -1,4 +1,4 @@
-"""`--json`'s events (sfs.jsonui): one valid, inert JSON object per line."""
+"""`--json`'s events (sfs.commands.jsonui): one valid, inert JSON object per line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfs.jsonui import (
+from sfs.commands.jsonui import (
     PROGRESS_EVENT_SECONDS,
     JsonLines,
     JsonProgress,

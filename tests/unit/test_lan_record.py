@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfs.cli import peer_table
+from sfs.commands.peers import peer_table
 from sfs.errors import IdClaimedTwiceError, PeerBusyError, PeerNotOnLanError
 from sfs.lan.record import (
     MAX_ADDRESSES,

@@ -339,7 +339,7 @@ def test_partial_copies_read_the_seam_at_call_time() -> None:
 
 def test_the_standard_event_loop_where_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """uvloop is installed only where it exists (not on Windows: pyproject's marker)."""
-    from sfs.cli import event_loop_factory
+    from sfs.commands.running import event_loop_factory
 
     monkeypatch.delenv("SFS_EVENT_LOOP", raising=False)
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import fails, as on Windows

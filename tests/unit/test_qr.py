@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sfs.qr import COLOURS, QUIET_ZONE_MODULES, RESET, qr_lines, qr_matrix
+from sfs.commands.qr import COLOURS, QUIET_ZONE_MODULES, RESET, qr_lines, qr_matrix
 from tests.qr_decode import decode_drawing, parse_drawing
 
 

@@ -252,7 +252,7 @@ def test_connect_timeout_from_the_file_counts_as_given(
 ) -> None:
     """On the LAN a --connect-timeout given also bounds the search; given in the file or
     the environment, it is given too."""
-    from sfs import cli
+    from sfs.commands import receive
 
     seen = {}
 
@@ -263,7 +263,7 @@ def test_connect_timeout_from_the_file_counts_as_given(
 
     path = tmp_path / "config.toml"
     path.write_text("connect-timeout = 12\n")
-    monkeypatch.setattr(cli, "_peer_options", fake_peer_options)
+    monkeypatch.setattr(receive, "_peer_options", fake_peer_options)
     result = CliRunner().invoke(main, ["--config", str(path), "receive", "--yes"])
     assert result.exit_code == 0, result.output
     assert seen["source"] is click.core.ParameterSource.DEFAULT_MAP
@@ -295,7 +295,7 @@ def test_a_bad_streams_value_is_a_usage_error(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["auto", "1", "8"])
 def test_good_streams_values_pass_the_check(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sfs import cli
+    from sfs.commands import send
 
     seen = {}
 
@@ -303,7 +303,7 @@ def test_good_streams_values_pass_the_check(value: str, monkeypatch: pytest.Monk
         seen["streams"] = click.get_current_context().params["streams"]
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "_peer_options", stop)
+    monkeypatch.setattr(send, "_peer_options", stop)
     code, _, err = run("send", "--streams", value, "ABC-123-able-acid", __file__)
     assert code == 0, err
     assert seen["streams"] == (None if value == "auto" else int(value))

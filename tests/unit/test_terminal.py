@@ -1,4 +1,4 @@
-"""sfs.terminal's decisions, and what the CLI prints with them: colour, widths, bars."""
+"""sfs.commands.terminal's decisions, and what the CLI prints with them: colour, widths, bars."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import sys
 
 import pytest
 
-from sfs import cli, terminal
-from sfs.cli import ConsoleUi, LineProgress, Styled, TqdmProgress, offer_listing, peer_table, say
+from sfs.commands import output, terminal
+from sfs.commands.listing import offer_listing
+from sfs.commands.output import Styled, say
+from sfs.commands.peers import peer_table
+from sfs.commands.progress import LineProgress, TqdmProgress
+from sfs.commands.ui import ConsoleUi
 from sfs.lan.record import Advert
 from sfs.peer.proto.wire import FileInfo, Offer
 
@@ -74,7 +78,7 @@ def _say(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], stream: io.String
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "stderr", stream)
-    cli.say_error("no such code \x1b[2J")
+    output.say_error("no such code \x1b[2J")
     return stream.getvalue()
 
 
@@ -223,7 +227,7 @@ def test_kept_partials_are_said_with_the_error_not_at_once(
 
 
 def test_peers_redraw_only_on_a_terminal_that_is_not_dumb(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sfs.cli import LivePeers
+    from sfs.commands.peers import LivePeers
 
     tty = FakeTty()
     monkeypatch.setattr(sys, "stdout", tty)

@@ -9,7 +9,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfs.cli import PrintableFormatter
+from sfs.commands.running import PrintableFormatter
 from sfs.text import UNSAFE_CATEGORIES, printable
 
 

@@ -1,6 +1,6 @@
 """What the terminal allows: colour, progress bars, and how wide a line may be.
 
-Pure decisions for ``sfs.cli`` (the only module that prints), from the environment
+Pure decisions for the CLI (:mod:`sfs.commands`, the only modules that print), from the environment
 and the stream's own answers, so they are tested without a terminal:
 
 - colour only on a terminal, and never with ``NO_COLOR`` set and non-empty

@@ -8,7 +8,7 @@ colours (a terminal that ignores them) the blocks still draw the code, as segno'
 compact output does.  The quiet zone (four light modules on every side, as the QR
 standard asks) is part of the drawing.
 
-Pure: no I/O; :mod:`sfs.cli` prints the lines.
+Pure: no I/O; :func:`sfs.commands.ui.show_qr` prints the lines.
 """
 
 from __future__ import annotations

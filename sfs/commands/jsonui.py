@@ -3,7 +3,7 @@
 One JSON object per line, each with a ``"type"``: ``code``, ``offer``, ``progress``,
 ``done``, ``error``, and for `sfs peers` ``peer`` and ``gone`` (README.md, "Machine-
 readable output", has the schema of each).  :class:`JsonUi` is the second
-:class:`sfs.app.Ui`, beside the terminal's in :mod:`sfs.cli`.
+:class:`sfs.app.Ui`, beside the terminal's in :mod:`sfs.commands.ui`.
 
 Names, reasons and messages come from the peer or the server: every line is encoded
 with ``ensure_ascii=True`` (and DEL escaped too), so it holds no control character and

@@ -1,0 +1,167 @@
+"""`sfs receive`: print a code (or join one) and receive."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sfs.commands import terminal
+from sfs.commands.codes import _code_argument, _prompt_code, _read_code
+from sfs.commands.listing import _final_line
+from sfs.commands.options import (
+    QR_OPTION,
+    RESUME_OPTION,
+    TRANSFER_JSON_HELP,
+    VERIFY_OPTION,
+    _default_sender,
+    _epilog,
+    _peer_options,
+    _require_terminal_for_verify,
+    json_option,
+    peer_options,
+)
+from sfs.commands.output import say
+from sfs.commands.running import _run, _setup_logging
+from sfs.commands.ui import ConsoleUi, _ask, _json_lines
+from sfs.text import printable_text
+
+RECEIVE_EXAMPLES = [
+    ("sfs receive", "print a code, wait for files, ask before saving"),
+    ("sfs receive -o ~/Downloads --yes", "save whatever comes into ~/Downloads"),
+    ("sfs receive -", "type a code from `sfs send --print-code`"),
+    ("sfs receive --stdout --yes | tar x", "unpack a tar sent as a pipe"),
+]
+
+
+@click.command(epilog=_epilog(RECEIVE_EXAMPLES))
+@click.argument("code", required=False, metavar="[CODE]")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to save into.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
+@click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@click.option(
+    "--list",
+    "list_all",
+    is_flag=True,
+    help="List every offered file, not just a screenful.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Name `sfs peers` shows for this receiver on the local network "
+    "(default: your login name).",
+)
+@click.option(
+    "--stdout",
+    "to_stdout",
+    is_flag=True,
+    help="Write the one incoming file or pipe to stdout (everything else goes to "
+    "stderr); an offer of more is refused. Data already written cannot be taken "
+    "back: an integrity failure still exits 12. Refused when stdout is a terminal, "
+    "unless --force-tty is given too.",
+)
+@click.option(
+    "--force-tty",
+    is_flag=True,
+    help="With --stdout: write to stdout even when it is a terminal (the bytes go "
+    "to the screen as they are).",
+)
+@QR_OPTION
+@json_option(TRANSFER_JSON_HELP)
+@VERIFY_OPTION
+@RESUME_OPTION
+@peer_options
+def receive(
+    code: str | None,
+    output: Path,
+    overwrite: bool,
+    yes: bool,
+    list_all: bool,
+    name: str | None,
+    to_stdout: bool,
+    force_tty: bool,
+    qr: bool,
+    as_json: bool,
+    verify: bool,
+    no_resume: bool,
+    server: str | None,
+    lan: bool,
+    cacert: Path | None,
+    ice_server: tuple[str, ...],
+    ice_address: tuple[str, ...],
+    connect_timeout: float,
+    transport: str,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Print a one-time code and receive the files sent with it.
+
+    With CODE (printed by `sfs send --print-code`), join that sender instead; `-`
+    types it at a prompt (or reads it from stdin), out of the process list.
+    """
+    from sfs import app
+
+    _setup_logging(verbose, quiet=quiet)
+    if as_json and to_stdout:
+        raise click.UsageError("--json and --stdout both write to stdout: pick one")
+    if to_stdout and not force_tty and terminal.is_tty(sys.stdout):
+        # Before a code is shown or used: refusing later would spend it (curl refuses so).
+        raise click.UsageError(
+            "stdout is a terminal: --stdout would put the file's bytes on the screen; "
+            "redirect it (`--stdout > FILE`, `--stdout | tar x`) or add --force-tty"
+        )
+    if as_json and qr:
+        raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError(
+            "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
+        )
+    _require_terminal_for_verify(verify)
+    if code is None:
+        joined = None
+    elif code == "-":
+        joined = _prompt_code() if sys.stdin.isatty() else _read_code()
+    else:
+        joined = _code_argument(code)
+    config = app.ReceiveConfig(
+        code=joined,
+        output_dir=output,
+        overwrite=overwrite,
+        peer=_peer_options(
+            server,
+            ice_server,
+            ice_address,
+            connect_timeout,
+            lan=lan,
+            name=_default_sender() if name is None else name,
+            cacert=cacert,
+            transport=transport,
+        ),
+        verify=verify,
+        resume=not no_resume,
+        sink=sys.stdout.buffer if to_stdout else None,
+        link=qr or as_json,
+    )
+    if as_json:
+        from sfs.commands.jsonui import JsonUi
+
+        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask)
+        received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
+        json_ui.done("receive", received)
+        return
+    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout, qr=qr)
+    result = _run(app.receive(config, ui), verbose, ui=ui)
+    if result.text is not None:
+        click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))
+    if to_stdout or result.text is not None:
+        ui.status(_final_line("Received", result))  # stdout carries the output itself
+    else:
+        say(_final_line("Received", result), err=False)
