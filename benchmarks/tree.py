@@ -9,8 +9,8 @@ with real processes on 127.0.0.1 (one `sfs serve`, then `sfs receive` and `sfs s
 with ``--ice-address 127.0.0.1``): as a folder (`sfs send CODE DIR`), and as one tar
 stream (`tar cf - DIR | sfs send CODE - --as data.tar` into `sfs receive --stdout`);
 then both once more with `--no-compress`, to show what zstd brings.  Every transfer
-is checked: the received tree's paths and SHA-256s against the source's (hidden names
-arrive without their leading dot, as sfs's receiver names them), the received tar's
+is checked: the received tree's paths and SHA-256s against the source's (names as
+sfs's receiver makes them safe; hidden ones inside the folder keep their dot), the received tar's
 SHA-256 against `tar cf -` of the same folder.
 
 Per row, medians over ``--runs``: the data phase (the sender's -v line "sent N bytes
@@ -294,10 +294,13 @@ def _wait_for_code(
 
 def as_received(sent: dict[str, str]) -> dict[str, str]:
     """The manifest a correct copy has: each path as the receiver names it (sfs's own
-    rule, sfs.peer.proto.tree.local_parts: ``.gitignore`` arrives as ``gitignore``)."""
+    rule, sfs.peer.proto.tree.local_parts, under the sent folder: inside it ``.gitignore``
+    keeps its dot)."""
     from sfs.peer.proto.tree import local_parts
 
-    return {"/".join(local_parts(name.split("/"))): sha for name, sha in sent.items()}
+    return {
+        "/".join(local_parts(("folder", *name.split("/")))[1:]): sha for name, sha in sent.items()
+    }
 
 
 def _compare_manifests(want: dict[str, str], got: dict[str, str]) -> list[str]:

@@ -98,3 +98,10 @@ def test_startup_times_every_command_that_must_answer_at_once() -> None:
     for line in lines[1:]:
         median, slowest = re.findall(r"(\d+) ms", line)
         assert 0 < int(median) <= int(slowest)
+
+
+def test_the_tree_bench_expects_hidden_names_inside_the_folder_kept() -> None:
+    from benchmarks.tree import as_received
+
+    sent = {".gitignore": "a", ".ci/run": "b", "src/x.py": "c"}
+    assert as_received(sent) == sent
