@@ -45,6 +45,7 @@ from sfs.lan.embedded import embedded_server
 from sfs.lan.record import Advert, signaling_url
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
+from sfs.peer.proto.conversation import Conversation
 from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, SessionKeys
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.handshake import (
@@ -71,9 +72,8 @@ from sfs.peer.proto.handshake import (
 from sfs.peer.proto.progress import Progress
 from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.transfer import (
+    Pump,
     TransferResult,
-    abort_transfer,
-    keepalive,
     linger,
     receive_files,
     send_files,
@@ -391,13 +391,12 @@ async def _verify(
     if not ask:
         ui.status(f"Verification: {keys.verifier} (the other side shows the same)")
         return
+    pump = Pump(channel, Conversation(proto, time.monotonic()))
     try:
-        async with keepalive(channel, proto):
-            confirmed = await ui.confirm_verifier(keys.verifier)
-        if not confirmed:
+        if not await pump.serve(ui.confirm_verifier(keys.verifier)):
             raise VerificationError()
     except VerificationError as exc:
-        await abort_transfer(channel, proto, exc)
+        await pump.abort(exc)
         raise
 
 

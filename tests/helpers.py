@@ -89,7 +89,9 @@ class QueueChannel:
         self.tamper: Callable[[int, bytes], bytes | None] | None = None
         self.unsent = 0
 
-    async def send(self, frame: bytes) -> None:
+    congested = False
+
+    def send(self, frame: bytes) -> None:
         assert self.peer is not None
         index = len(self.sent)
         self.sent.append(frame)
@@ -119,8 +121,11 @@ class QueueChannel:
     async def wait_closed(self) -> None:
         pass  # an in-memory queue loses nothing at close
 
-    def seconds_since_send(self) -> float:
-        return 0.0  # never idle: no keepalives in unit tests
+    async def drain(self) -> None:
+        pass  # never congested
+
+    def seconds_since_receive(self) -> float:
+        return 0.0  # never idle: a queue does not lose its peer silently
 
     def unsent_bytes(self) -> int:
         return self.unsent  # what a test says is still buffered

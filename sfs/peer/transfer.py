@@ -24,27 +24,21 @@ import hashlib
 import logging
 import os
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from sfs.errors import (
-    CancelledByPeerError,
     CryptoError,
     DeclinedError,
-    DestinationExistsError,
-    DiskError,
     IntegrityError,
+    PeerGoneError,
     ProtocolError,
     RejectedError,
     RemoteProtocolError,
     SfsError,
     SourceError,
-    UpgradeError,
-    VerificationError,
 )
 from sfs.peer.files.destinations import NameClaims, Plan, find_held, make_folders, plan_destinations
 from sfs.peer.files.partial import (
@@ -58,37 +52,33 @@ from sfs.peer.files.partial import (
 )
 from sfs.peer.files.placer import BATCH_BYTES, Placer, Verified
 from sfs.peer.files.sources import SourceFile, hash_prefix, open_source
-from sfs.peer.proto.crypto import digests_equal
-from sfs.peer.proto.framing import State, TransferProtocol
-from sfs.peer.proto.names import (
-    safe_name,
+from sfs.peer.proto.conversation import (
+    Acknowledged,
+    Action,
+    AskUser,
+    ConfirmPrefixes,
+    Conversation,
+    HashPrefixes,
+    Receiver,
+    Sender,
+    SendFiles,
 )
+from sfs.peer.proto.crypto import digests_equal
+from sfs.peer.proto.framing import TransferProtocol
+from sfs.peer.proto.names import safe_name
 from sfs.peer.proto.packing import Packer
 from sfs.peer.proto.progress import Departures, NullProgress, Progress
-from sfs.peer.proto.wire import (
-    Accept,
-    Cancel,
-    Chunk,
-    Event,
-    FileAck,
-    FileDone,
-    FileInfo,
-    Offer,
-    Partial,
-    Ping,
-    Reject,
-    Resume,
-    Start,
-)
+from sfs.peer.proto.wire import Chunk, FileDone, FileInfo, Offer, Reject, Resume
 from sfs.peer.transport.channel import Channel
 from sfs.text import format_size
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+A = TypeVar("A", bound=Action)
+
 #: Of an offered name, at most this much is repeated back in a status line.
 MAX_SHOWN_NAME_CHARS = 80
-#: A side sends a PING after this long without sending anything else.
-PING_INTERVAL_SECONDS = 2.0
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
@@ -139,17 +129,135 @@ class TransferResult:
         return self
 
 
-async def abort_transfer(channel: Channel, proto: TransferProtocol, exc: BaseException) -> None:
-    """Tell the peer why we stop, if the protocol still allows a word."""
-    if proto.state in (State.CLOSED, State.DONE):
-        return
-    try:
-        async with asyncio.timeout(2):
-            await channel.send(proto.send(Cancel(cancel_reason(exc))))
-    except (SfsError, TimeoutError, ConnectionError):
-        logger.debug("could not deliver the cancel frame", exc_info=True)
-        return
-    await linger(channel, LAST_WORD_GRACE_SECONDS)
+class Pump:
+    """Carries a conversation's frames between it and a :class:`Channel`, and keeps
+    its clock: the one place that sends, so frames go out in the order the machine
+    sealed them, and every wait is bounded by the machine's next deadline (a PING
+    when this side has been quiet, :class:`PeerGoneError` when the peer has).
+
+    It is aioquic's ``QuicConnectionProtocol`` for :mod:`sfs.peer.proto.conversation`.
+    """
+
+    def __init__(self, channel: Channel, machine: Conversation) -> None:
+        self.channel = channel
+        self.machine = machine
+
+    def flush(self) -> None:
+        """Send what the machine has queued (a send never waits: see :meth:`drain`)."""
+        for frame in self.machine.frames_to_send(time.monotonic()):
+            self.channel.send(frame)
+
+    def tick(self, now: float) -> None:
+        """The machine's deadline passed: let it judge the peer's silence (by what the
+        transport heard, read or not) and queue a PING if this side was quiet."""
+        self.machine.heard(now - self.channel.seconds_since_receive())
+        self.machine.handle_timer(now)
+        self.flush()
+
+    def _time_left(self) -> float | None:
+        deadline = self.machine.next_deadline()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    async def bounded(self, wait: Callable[[], Awaitable[T]]) -> T:
+        """``await wait()`` with the timers running; ``wait`` must be safe to cancel
+        and call again (a receive, a drain)."""
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow
+                # a cancellation (Ctrl-C) that arrives as the awaited result does.
+                async with asyncio.timeout(self._time_left()):
+                    return await wait()
+            except TimeoutError:
+                self.tick(time.monotonic())
+
+    async def drain(self) -> None:
+        """Wait while the channel holds too much (after a send)."""
+        if self.channel.congested:
+            await self.bounded(self.channel.drain)
+
+    async def serve(self, work: Awaitable[T], *, listen: bool = False) -> T:
+        """Await ``work`` (a thread's disk work, a user's answer) while the timers run.
+
+        With ``listen``, frames from the peer are read meanwhile and given to the
+        machine, which allows only what may come then (while the receiver's user
+        decides: a PING, or a CANCEL that ends the prompt at once).
+        """
+        task = asyncio.ensure_future(work)
+        reading: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if listen and reading is None:
+                    reading = asyncio.ensure_future(self.channel.receive())
+                waiting: set[asyncio.Future[Any]] = {task} if reading is None else {task, reading}
+                await asyncio.wait(
+                    waiting, timeout=self._time_left(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if task.done():
+                    return task.result()
+                if reading is not None and reading.done():
+                    frame, reading = reading.result(), None
+                    if self.machine.frame_received(frame, time.monotonic()) is not None:
+                        raise RemoteProtocolError("the other side did not wait for an answer")
+                    continue
+                self.tick(time.monotonic())
+        finally:
+            for future in (task, reading):
+                if future is not None and not future.done():
+                    future.cancel()
+            await asyncio.gather(
+                *(f for f in (task, reading) if f is not None), return_exceptions=True
+            )
+
+    def poll(self) -> Action | None:
+        """What a frame already here means, if one is (never waits)."""
+        frame = self.channel.poll()
+        if frame is None:
+            return None
+        now = time.monotonic()
+        action = self.machine.frame_received(frame, now)
+        deadline = self.machine.next_deadline()
+        if deadline is not None and now >= deadline:
+            self.tick(now)
+        return action
+
+    async def next_action(self) -> Action:
+        """Read frames until one asks something of this side."""
+        while True:
+            frame = self.channel.poll()
+            if frame is None:
+                frame = await self.bounded(self.channel.receive)
+            now = time.monotonic()
+            action = self.machine.frame_received(frame, now)
+            # Frames may flow faster than any wait: the keepalive is due all the same.
+            deadline = self.machine.next_deadline()
+            if deadline is not None and now >= deadline:
+                self.tick(now)
+            if action is not None:
+                return action
+
+    async def expect(self, kind: type[A]) -> A:
+        """The next action, which must be a ``kind`` (the framing allows no other)."""
+        action = await self.next_action()
+        if not isinstance(action, kind):
+            raise RemoteProtocolError(f"unexpected {type(action).__name__} from the other side")
+        return action
+
+    async def last_word(self) -> None:
+        """Send what is queued (a REJECT) and give the peer time to read it."""
+        self.flush()
+        await linger(self.channel, LAST_WORD_GRACE_SECONDS)
+
+    async def abort(self, exc: BaseException) -> None:
+        """Tell the peer why we stop, if the protocol still allows a word and the peer
+        is still there to read it."""
+        if isinstance(exc, PeerGoneError) or not self.machine.abort(exc):
+            return
+        try:
+            self.flush()
+        except (SfsError, ConnectionError):
+            logger.debug("could not deliver the cancel frame", exc_info=True)
+            return
+        await linger(self.channel, LAST_WORD_GRACE_SECONDS)
 
 
 async def linger(channel: Channel, seconds: float) -> None:
@@ -163,112 +271,6 @@ async def linger(channel: Channel, seconds: float) -> None:
             await channel.wait_closed()
     except TimeoutError:
         logger.debug("the peer did not close within %.0f s", seconds)
-
-
-#: The CANCEL reason that tells the sender the destination exists (its exit code 10).
-EXISTS_REASON = "the file already exists on the receiving side"
-#: The CANCEL reason of a receiver that cannot read the offer's protocol version.
-UPGRADE_REASON = "the receiver runs an older sfs: upgrade sfs there"
-#: What a receiver of protocol 2 or older answers to an offer of version 3.
-_OLD_RECEIVER_REASON = "protocol violation"
-
-
-def cancel_reason(exc: BaseException) -> str:
-    """What to tell the peer: the kind of failure, never a local path or detail."""
-    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (DiskError, "the receiver cannot write the file (disk full or not writable)"),
-        (DestinationExistsError, EXISTS_REASON),
-        (IntegrityError, "the received data failed its integrity check"),
-        (VerificationError, "the verification strings were not confirmed"),
-        (UpgradeError, UPGRADE_REASON),
-        (RemoteProtocolError, "protocol violation"),
-        (SourceError, "the file changed or became unreadable on the sending side"),
-        ((KeyboardInterrupt, asyncio.CancelledError), "cancelled by the user"),
-    ]
-    for kind, reason in reasons:
-        if isinstance(exc, kind):
-            return reason
-    return "the other side hit an error"
-
-
-#: What a receiver's REJECT says when its user answered no.
-DECLINED_REASON = "declined by the receiver"
-
-
-def _peer_stopped(event: Event, offer_version: int = 0) -> SfsError:
-    """Why the peer's ``event`` ends the transfer; ``offer_version``, when it is the
-    answer to our offer, tells an old receiver's refusal of a newer offer."""
-    if isinstance(event, Reject):
-        # Its reason only when it says more than that it declined (every receiver,
-        # the page's too, sends DECLINED_REASON when its user says no).
-        plain = event.reason in ("", "declined", DECLINED_REASON)
-        return RejectedError(
-            "the receiver declined the transfer" + ("" if plain else f" ({event.reason})")
-        )
-    if isinstance(event, Cancel) and (
-        event.reason == UPGRADE_REASON
-        or (offer_version >= 3 and event.reason == _OLD_RECEIVER_REASON)
-    ):
-        return UpgradeError(
-            "the receiver cannot read this offer: it runs an older sfs (text, pipes and "
-            "trees of more than 1000 files need protocol 3); upgrade sfs there"
-        )
-    if isinstance(event, Cancel):
-        if event.reason == EXISTS_REASON:
-            # The same exit code on both sides: the cause and the remedy are the same.
-            return DestinationExistsError(
-                f"the other side stopped the transfer: {EXISTS_REASON} (the receiver "
-                "can pass --overwrite or choose another --output folder)"
-            )
-        return CancelledByPeerError(f"the other side stopped the transfer: {event.reason}")
-    return RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
-
-
-async def next_event(channel: Channel, proto: TransferProtocol) -> Event:
-    """The next event from the peer, keepalives and pieces of larger frames skipped."""
-    while isinstance(event := proto.receive(await channel.receive()), Ping | Partial):
-        pass
-    return event
-
-
-#: One lock per transfer for what is sealed ahead of sending: a large control payload
-#: is sealed as several frames at once, and a keepalive PING sealed meanwhile must not
-#: reach the channel before them (the peer accepts only the next counter).
-_SEND_LOCKS: weakref.WeakKeyDictionary[TransferProtocol, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def _send_lock(proto: TransferProtocol) -> asyncio.Lock:
-    return _SEND_LOCKS.setdefault(proto, asyncio.Lock())
-
-
-async def send_all(channel: Channel, proto: TransferProtocol, event: Event) -> None:
-    """Send ``event`` in as many frames as it takes, none of ours between them."""
-    async with _send_lock(proto):
-        for frame in proto.send_frames(event):
-            await channel.send(frame)
-
-
-@asynccontextmanager
-async def keepalive(channel: Channel, proto: TransferProtocol) -> AsyncIterator[None]:
-    """Send a PING whenever this side has sent nothing for PING_INTERVAL_SECONDS, so
-    the peer can tell a quiet connection (a user deciding, a disk busy) from a lost one."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(PING_INTERVAL_SECONDS)
-            async with _send_lock(proto):
-                if channel.seconds_since_send() >= PING_INTERVAL_SECONDS and proto.state not in (
-                    State.CLOSED,
-                    State.DONE,
-                ):
-                    await channel.send(proto.send(Ping()))
-
-    task = asyncio.ensure_future(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def send_files(
@@ -294,80 +296,71 @@ async def send_files(
     """
     progress = progress or NullProgress()
     result = TransferResult()
+    machine = Sender(proto, time.monotonic(), resume=resume)
+    pump = Pump(channel, machine)
     try:
-        async with keepalive(channel, proto):
-            offer = Offer(
-                files=tuple(
-                    FileInfo(s.name, s.size, s.mtime_ns, s.folder, s.executable, s.stream)
-                    for s in sources
-                ),
-                sender=sender,
-                chunk_size=chunk_size,
-                folders=folders,
-                text=any(s.data is not None for s in sources),
-            )
-            await send_all(channel, proto, offer)
-            if on_waiting is not None:
-                on_waiting()
-            reply = await next_event(channel, proto)
-            if not isinstance(reply, Accept):
-                raise _peer_stopped(reply, offer.version)
-            status("The receiver accepted.")
-            result.started = time.monotonic()
-            starts = await _prefixes(sources, reply.held if resume else ())
-            offsets = tuple(offset for offset, _ in starts)
-            digests = tuple(p.digest() if p is not None else b"" for _, p in starts)
-            await send_all(channel, proto, Resume(offsets, digests if any(offsets) else ()))
-            if proto.state is State.CONFIRMING:
-                verdict = await next_event(channel, proto)
-                if not isinstance(verdict, Start):
-                    raise _peer_stopped(verdict)
-                for i, (source, offset) in enumerate(zip(sources, verdict.offsets, strict=True)):
-                    if offsets[i] and not offset:
-                        if offsets[i] < source.size:
-                            status(
-                                f"{source.name}: the receiver's partial copy differs; sending all"
-                            )
-                        starts[i] = (0, None)
-            packer = Packer(chunk_size, compress=compress and proto.zstd)
-            progress.begin(len(sources), None if offer.stream else offer.total_size)
-            departures = Departures(progress)
-            try:
-                for source, (offset, prefix) in zip(sources, starts, strict=True):
-                    record = await _send_one(
-                        channel, proto, source, packer, departures, offset, prefix
-                    )
-                    size = record.size
-                    result.records.append(record)
-                    result.total_bytes += size
-                    result.resumed_bytes += offset
-                    whole = bool(source.size) and offset == source.size
-                    result.skipped_files += whole
-                    result.resumed_files += bool(offset) and not whole
-                await _await_acks(channel, proto, departures)
-            finally:
-                departures.close()
+        offer = Offer(
+            files=tuple(
+                FileInfo(s.name, s.size, s.mtime_ns, s.folder, s.executable, s.stream)
+                for s in sources
+            ),
+            sender=sender,
+            chunk_size=chunk_size,
+            folders=folders,
+            text=any(s.data is not None for s in sources),
+        )
+        machine.offer(offer)
+        pump.flush()
+        if on_waiting is not None:
+            on_waiting()
+        accepted = await pump.expect(HashPrefixes)
+        status("The receiver accepted.")
+        result.started = time.monotonic()
+        starts = await pump.serve(asyncio.to_thread(_prefixes, sources, accepted.held))
+        offsets = tuple(offset for offset, _ in starts)
+        digests = tuple(p.digest() if p is not None else b"" for _, p in starts)
+        go = machine.prefixes_hashed(offsets, digests)
+        pump.flush()
+        if go is None:  # the receiver checks our prefixes first
+            go = await pump.expect(SendFiles)
+        for i in go.restarted:
+            if offsets[i] < sources[i].size:
+                status(f"{sources[i].name}: the receiver's partial copy differs; sending all")
+            starts[i] = (0, None)
+        packer = Packer(chunk_size, compress=compress and proto.zstd)
+        progress.begin(len(sources), None if offer.stream else offer.total_size)
+        departures = Departures(progress)
+        try:
+            for source, (offset, prefix) in zip(sources, starts, strict=True):
+                record = await _send_one(pump, machine, source, packer, departures, offset, prefix)
+                result.records.append(record)
+                result.total_bytes += record.size
+                result.resumed_bytes += offset
+                whole = bool(source.size) and offset == source.size
+                result.skipped_files += whole
+                result.resumed_files += bool(offset) and not whole
+            await _await_acks(pump, departures)
+        finally:
+            departures.close()
         return result.finish()
     except BaseException as exc:
-        await abort_transfer(channel, proto, exc)
+        await pump.abort(exc)
         raise
 
 
-async def _await_acks(channel: Channel, proto: TransferProtocol, departures: Departures) -> None:
+async def _await_acks(pump: Pump, departures: Departures) -> None:
     """The last acknowledgements, with the progress following the channel's buffer
     as it drains meanwhile (the last file is shown done only when it is)."""
 
     async def follow() -> None:
         while True:
             await asyncio.sleep(PROGRESS_TICK_SECONDS)  # a display refresh, not a wait
-            departures.left(channel.unsent_bytes())
+            departures.left(pump.channel.unsent_bytes())
 
     follower = asyncio.create_task(follow())
     try:
-        while proto.state is not State.DONE:
-            event = await next_event(channel, proto)
-            if not isinstance(event, FileAck):
-                raise _peer_stopped(event)
+        while not pump.machine.over:
+            await pump.expect(Acknowledged)
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -375,24 +368,21 @@ async def _await_acks(channel: Channel, proto: TransferProtocol, departures: Dep
     departures.all_acknowledged()
 
 
-async def _prefixes(
+def _prefixes(
     sources: list[SourceFile], held: tuple[int, ...]
 ) -> list[tuple[int, HashState | None]]:
     """Where to propose starting each file, with the hash state of our own bytes before
-    that point: what the receiver holds, or 0 if our file is shorter than that now."""
-
-    def hash_all() -> list[tuple[int, HashState | None]]:
-        starts: list[tuple[int, HashState | None]] = []
-        for i, source in enumerate(sources):
-            # Only a file on disk resumes: a pipe never, and a text message is short
-            # (a receiver that claims to hold part of either gets offset 0).
-            on_disk = source.data is None and not source.stream
-            offset = held[i] if held and on_disk else 0
-            prefix = hash_prefix(source, offset) if offset else None
-            starts.append((offset, prefix) if prefix is not None else (0, None))
-        return starts
-
-    return await asyncio.to_thread(hash_all)
+    that point: what the receiver holds, or 0 if our file is shorter than that now
+    (blocking: run in a thread)."""
+    starts: list[tuple[int, HashState | None]] = []
+    for i, source in enumerate(sources):
+        # Only a file on disk resumes: a pipe never, and a text message is short
+        # (a receiver that claims to hold part of either gets offset 0).
+        on_disk = source.data is None and not source.stream
+        offset = held[i] if held and on_disk else 0
+        prefix = hash_prefix(source, offset) if offset else None
+        starts.append((offset, prefix) if prefix is not None else (0, None))
+    return starts
 
 
 #: A file up to this size is read at once on the event loop (a thread hop per small
@@ -405,8 +395,8 @@ PROGRESS_TICK_SECONDS = 0.25
 
 
 async def _send_one(
-    channel: Channel,
-    proto: TransferProtocol,
+    pump: Pump,
+    machine: Sender,
     source: SourceFile,
     packer: Packer,
     departures: Departures,
@@ -414,21 +404,27 @@ async def _send_one(
     prefix: HashState | None,
 ) -> FileRecord:
     """Send one file (or text, or pipe) from ``offset``; return its record."""
+    channel = pump.channel
     digest = prefix if prefix is not None else hashlib.sha256()
     started = time.monotonic()
     departures.file(source.name, None if source.stream else source.size, offset)
     plain = offset  # bytes given to the channel
-    async for block, chunks in _blocks(source, offset, packer):
+    async for block, chunks in _blocks(pump, source, offset, packer):
         digest.update(block)
         for chunk in chunks:
-            await channel.send(proto.send(chunk))
+            channel.send(machine.send_chunk(chunk, time.monotonic()))
             size = len(chunk.data) if chunk.plain_size is None else chunk.plain_size
             plain += size
             departures.handed(size, len(chunk.data))
             departures.left(channel.unsent_bytes())
-        _drain_acks(channel, proto)
+            if channel.congested:
+                await pump.drain()
+        # What the receiver sent meanwhile: a cancel stops us at once.
+        while pump.poll() is not None:
+            pass
     sha256 = digest.digest()
-    await channel.send(proto.send(FileDone(sha256)))
+    machine.file_done(sha256)
+    pump.flush()
     departures.handed_all()
     departures.left(channel.unsent_bytes())
     on_disk = source.data is None and not source.stream
@@ -443,7 +439,7 @@ async def _send_one(
 
 
 async def _blocks(
-    source: SourceFile, offset: int, packer: Packer
+    pump: Pump, source: SourceFile, offset: int, packer: Packer
 ) -> AsyncIterator[tuple[bytes, list[Chunk]]]:
     """A source's bytes from ``offset``, block by block, each cut into chunks."""
     block_size = max(packer.chunk_size, READ_BLOCK_BYTES // packer.chunk_size * packer.chunk_size)
@@ -462,7 +458,7 @@ async def _blocks(
             return block, packer.pack(block)
 
         while True:
-            block, chunks = await asyncio.to_thread(read_pipe)
+            block, chunks = await pump.serve(asyncio.to_thread(read_pipe))
             if not block:
                 return
             yield block, chunks
@@ -485,7 +481,9 @@ async def _blocks(
 
             f.seek(offset)
             while remaining:
-                block, chunks = await asyncio.to_thread(read_file, min(block_size, remaining))
+                block, chunks = await pump.serve(
+                    asyncio.to_thread(read_file, min(block_size, remaining))
+                )
                 if not block:
                     raise SourceError(f"{source.name} shrank while it was being sent")
                 remaining -= len(block)
@@ -499,14 +497,6 @@ async def _blocks(
             raise SourceError(f"{source.name} gives more bytes than its size says")
     finally:
         f.close()
-
-
-def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:
-    """Handle what the receiver sent meanwhile, so a cancel stops us at once."""
-    while (frame := channel.poll()) is not None:
-        event = proto.receive(frame)
-        if not isinstance(event, FileAck | Ping | Partial):
-            raise _peer_stopped(event)
 
 
 #: Failures after which the bytes already written cannot be trusted for a resume.
@@ -549,6 +539,9 @@ async def receive_files(
     in_memory = False  # a text message, or --stdout: no file of ours
     resumable = True  # the sender says it can resume (Offer.resumes)
 
+    machine = Receiver(proto, time.monotonic())
+    pump = Pump(channel, machine)
+
     async def acknowledge(items: list[Verified]) -> None:
         for item in items:
             if few and (item.part is not None or item.data is not None):
@@ -566,127 +559,127 @@ async def receive_files(
             result.total_bytes += item.info.size
             result.resumed_bytes += item.offset
             result.resumed_files += bool(item.offset) and item.part is not None
-        if items:
-            await send_all(channel, proto, FileAck(len(items)))
+        machine.files_placed(len(items))
+        pump.flush()
 
     placer = Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
     claims: NameClaims | None = None
     try:
-        async with keepalive(channel, proto):
-            offer = await next_event(channel, proto)
-            if not isinstance(offer, Offer):
-                raise _peer_stopped(offer)
-            if sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
-                refusal = RejectedError(
-                    f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"
-                )
-                await _refuse(channel, proto, "the receiver takes one file or pipe (--stdout)")
-                raise refusal
-            in_memory = offer.text or sink is not None
-            resumable = offer.resumes
-            plan = (
-                Plan([Path(_shown_name(info.name)) for info in offer.files], written=False)
-                if in_memory
-                else plan_destinations(offer, output_dir, overwrite=overwrite, resume=resume)
+        offer = (await pump.expect(AskUser)).offer
+        if sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
+            machine.refuse(Reject("the receiver takes one file or pipe (--stdout)"))
+            await pump.last_word()
+            raise RejectedError(
+                f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"
             )
-            destinations = plan.paths
-            if not await _decide_while_listening(channel, proto, decide, offer, plan):
-                await _refuse(channel, proto, DECLINED_REASON)
-                raise DeclinedError()
-            held, complete = [0] * len(offer.files), set[int]()
-            if not in_memory:
-                claims = NameClaims(destinations, overwrite=overwrite)
-                await asyncio.to_thread(make_folders, plan)
-                if resume:
-                    held, complete = await asyncio.to_thread(
-                        find_held, offer, destinations, status, claims
-                    )
-            # Only how much: a hash of our bytes would tell anyone who can make a
-            # matching offer what they are (docs/PROTOCOL.md, "Resume").
-            await send_all(channel, proto, Accept(tuple(held) if any(held) else (), zstd))
-            result.started = time.monotonic()
-            proposal = await next_event(channel, proto)
-            if not isinstance(proposal, Resume):
-                raise _peer_stopped(proposal)
-            starts = await _confirm_prefixes(proposal, destinations, held, complete, status)
-            for i in sorted(complete):
-                if starts[i][0] != held[i] and not overwrite:
-                    assert claims is not None
-                    claims.move(i, status)  # both are kept: this one under a free name
-            if proto.state is State.CONFIRMING:
-                await send_all(channel, proto, Start(tuple(offset for offset, _ in starts)))
-            progress.begin(len(offer.files), None if offer.stream else offer.total_size)
-            few = len(offer.files) <= MAX_SAVED_LINES
-            many = len(offer.files) >= MANY_FILES
-            for i, (info, (offset, prefix)) in enumerate(zip(offer.files, starts, strict=True)):
-                whole = i in complete and offset == info.size
-                # Of many files, a small one is held in memory until it checks out,
-                # then written once (no partial copy and record: two file creations
-                # fewer); it has nothing worth resuming.
-                small = (
-                    many and not (whole or in_memory or offset) and info.size <= SMALL_FILE_BYTES
+        in_memory = offer.text or sink is not None
+        resumable = offer.resumes
+        plan = (
+            Plan([Path(_shown_name(info.name)) for info in offer.files], written=False)
+            if in_memory
+            else await pump.serve(
+                asyncio.to_thread(
+                    plan_destinations, offer, output_dir, overwrite=overwrite, resume=resume
                 )
-                # A large file takes a while: the small ones before it need not wait.
-                await placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
-                if not (whole or in_memory or small):
-                    assert claims is not None
-                    # The claim first: it may move the file to a free name (offset 0:
-                    # a file with a partial copy to continue was claimed by find_held).
-                    claim = claims.claim(i, status)
-                    part = PartFile(
-                        destinations[i],
-                        offset=offset,
-                        prefix=prefix,
-                        identity=identity_of(info),
-                        claim=claim,
-                    )
-                    writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
-                else:
-                    memory = MemoryFile(sink, prefix)
-                    writer = memory.write
-                dest = destinations[i]
-                progress.start(dest.name if not in_memory else "stdout", info.size)
-                progress.advance(offset)
-                started = time.monotonic()
-                try:
-                    while True:
-                        event = await next_event(channel, proto)
-                        if isinstance(event, Chunk):
-                            if not result.received:
-                                # Wall time, so scripts/bench can compare it across processes.
-                                logger.info("first data byte at %.6f", time.time())
-                            pending = writer(event.data)
-                            if pending is not None:
-                                await pending
-                            result.received += len(event.data)
-                            progress.advance(len(event.data))
-                        elif isinstance(event, FileDone):
-                            done = event
-                            seconds = time.monotonic() - started
-                            break
-                        else:
-                            raise _peer_stopped(event)
-                finally:
-                    progress.finish()
-                if part is not None:
-                    part.verify(done.sha256)
-                    if info.stream:  # its size is what came
-                        info = dataclasses.replace(info, size=part.written)
-                    placer.add(Verified(part, info, dest, offset, None, done.sha256, seconds))
-                    part = None
-                else:
-                    size = await memory.verify(done.sha256)
-                    if offer.text:
-                        result.text = _text_message(bytes(memory.data))
-                    if info.stream:
-                        info = dataclasses.replace(info, size=size)
-                    data = bytes(memory.data) if small else None
-                    placer.add(Verified(None, info, dest, offset, data, done.sha256, seconds))
-                    result.skipped_files += whole and info.size > 0
-                await placer.poll()
-            await placer.drain()
-            if not few and not in_memory:
-                status(f"Saved {describe_offer(offer)} in {output_dir}")
+            )
+        )
+        destinations = plan.paths
+        if not await pump.serve(decide(offer, plan), listen=True):
+            machine.refuse()
+            await pump.last_word()
+            raise DeclinedError()
+        held, complete = [0] * len(offer.files), set[int]()
+        if not in_memory:
+            claims = NameClaims(destinations, overwrite=overwrite)
+            await pump.serve(asyncio.to_thread(make_folders, plan))
+            if resume:
+                held, complete = await pump.serve(
+                    asyncio.to_thread(find_held, offer, destinations, status, claims)
+                )
+        machine.accept(tuple(held), zstd)
+        pump.flush()
+        result.started = time.monotonic()
+        proposal = (await pump.expect(ConfirmPrefixes)).resume
+        starts = await pump.serve(_confirm_prefixes(proposal, destinations, held, complete, status))
+        for i in sorted(complete):
+            if starts[i][0] != held[i] and not overwrite:
+                assert claims is not None
+                claims.move(i, status)  # both are kept: this one under a free name
+        machine.prefixes_confirmed(tuple(offset for offset, _ in starts))
+        pump.flush()
+        progress.begin(len(offer.files), None if offer.stream else offer.total_size)
+        few = len(offer.files) <= MAX_SAVED_LINES
+        many = len(offer.files) >= MANY_FILES
+        for i, (info, (offset, prefix)) in enumerate(zip(offer.files, starts, strict=True)):
+            whole = i in complete and offset == info.size
+            # Of many files, a small one is held in memory until it checks out,
+            # then written once (no partial copy and record: two file creations
+            # fewer); it has nothing worth resuming.
+            small = many and not (whole or in_memory or offset) and info.size <= SMALL_FILE_BYTES
+            # A large file takes a while: the small ones before it need not wait.
+            await placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
+            if not (whole or in_memory or small):
+                assert claims is not None
+                # The claim first: it may move the file to a free name (offset 0:
+                # a file with a partial copy to continue was claimed by find_held).
+                claim = claims.claim(i, status)
+                part = PartFile(
+                    destinations[i],
+                    offset=offset,
+                    prefix=prefix,
+                    identity=identity_of(info),
+                    claim=claim,
+                )
+                writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
+            else:
+                memory = MemoryFile(sink, prefix)
+                writer = memory.write
+            dest = destinations[i]
+            progress.start(dest.name if not in_memory else "stdout", info.size)
+            progress.advance(offset)
+            started = time.monotonic()
+            try:
+                while True:
+                    event = await pump.next_action()
+                    if type(event) is Chunk:
+                        if not result.received:
+                            # Wall time, so scripts/bench can compare it across processes.
+                            logger.info("first data byte at %.6f", time.time())
+                        pending = writer(event.data)
+                        if pending is not None:
+                            await pump.serve(pending)
+                        result.received += len(event.data)
+                        progress.advance(len(event.data))
+                    elif isinstance(event, FileDone):
+                        done = event
+                        seconds = time.monotonic() - started
+                        break
+                    else:
+                        raise RemoteProtocolError(
+                            f"unexpected {type(event).__name__} from the other side"
+                        )
+            finally:
+                progress.finish()
+            if part is not None:
+                part.verify(done.sha256)
+                if info.stream:  # its size is what came
+                    info = dataclasses.replace(info, size=part.written)
+                placer.add(Verified(part, info, dest, offset, None, done.sha256, seconds))
+                part = None
+            else:
+                checking = memory.verify(done.sha256)  # a pipe's flush may take a while
+                size = await (pump.serve(checking) if sink is not None else checking)
+                if offer.text:
+                    result.text = _text_message(bytes(memory.data))
+                if info.stream:
+                    info = dataclasses.replace(info, size=size)
+                data = bytes(memory.data) if small else None
+                placer.add(Verified(None, info, dest, offset, data, done.sha256, seconds))
+                result.skipped_files += whole and info.size > 0
+            await placer.poll()
+        await pump.serve(placer.drain())
+        if not few and not in_memory:
+            status(f"Saved {describe_offer(offer)} in {output_dir}")
         return result.finish()
     except BaseException as exc:
         if part is not None:
@@ -705,7 +698,7 @@ async def receive_files(
                 part.keep()
                 kept(part.final.name, held_bytes)
         await placer.abandon()
-        await abort_transfer(channel, proto, exc)
+        await pump.abort(exc)
         raise
     finally:
         await placer.close()
@@ -730,11 +723,6 @@ def describe_offer(offer: Offer) -> str:
     return what
 
 
-async def _refuse(channel: Channel, proto: TransferProtocol, reason: str) -> None:
-    await channel.send(proto.send(Reject(reason)))
-    await linger(channel, LAST_WORD_GRACE_SECONDS)
-
-
 def _shown_name(offered: str) -> str:
     """The name of a pipe or text, only ever shown: its safe form, or ``-``."""
     try:
@@ -748,39 +736,6 @@ def _text_message(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("the text message is not valid UTF-8") from exc
-
-
-async def _decide_while_listening(
-    channel: Channel,
-    proto: TransferProtocol,
-    decide: Callable[[Offer, Plan], Awaitable[bool]],
-    offer: Offer,
-    plan: Plan,
-) -> bool:
-    """Ask ``decide`` while reading the channel.
-
-    Until the answer the sender may only PING or CANCEL: anything else is a protocol
-    error at once, rather than frames piling up in memory while a prompt is open, and
-    a CANCEL ends the prompt instead of waiting for the user.
-    """
-
-    async def refuse_until_answered() -> None:
-        while True:
-            event = proto.receive(await channel.receive())
-            if not isinstance(event, Ping):
-                raise _peer_stopped(event)
-
-    deciding = asyncio.ensure_future(decide(offer, plan))
-    listening = asyncio.ensure_future(refuse_until_answered())
-    try:
-        await asyncio.wait({deciding, listening}, return_when=asyncio.FIRST_COMPLETED)
-        if listening.done():
-            listening.result()  # raises: it only ever ends with an error
-        return deciding.result()
-    finally:
-        for task in (deciding, listening):
-            task.cancel()
-        await asyncio.gather(deciding, listening, return_exceptions=True)
 
 
 async def _confirm_prefixes(

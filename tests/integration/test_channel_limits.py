@@ -69,7 +69,8 @@ def messages(count: int) -> list[bytes]:
 
 async def send_all(link: DataChannelLink, items: list[bytes]) -> None:
     for item in items:
-        await link.send(item)
+        link.send(item)
+        await link.drain()
 
 
 @asynccontextmanager
@@ -78,7 +79,8 @@ async def pinging(link: DataChannelLink) -> AsyncIterator[None]:
 
     async def ping() -> None:
         while True:
-            await link.send(b"ping")
+            link.send(b"ping")
+            await link.drain()
             await asyncio.sleep(1)
 
     task = asyncio.create_task(ping())
@@ -195,7 +197,8 @@ async def test_one_message_larger_than_advertised_fails_the_link() -> None:
             nonlocal peak
             peak = max(peak, reassembly_bytes(pair.receiver))
 
-        await pair.sender.send(os.urandom(64 * MIB))
+        pair.sender.send(os.urandom(64 * MIB))
+        await pair.sender.drain()
         failed = asyncio.create_task(pair.receiver.receive())
         await sample_while(30, failed.done, sample)
         print(f"64 MiB message: receiver reassembled at most {peak / MIB:.2f} MiB")
@@ -211,7 +214,8 @@ async def test_one_message_larger_than_advertised_fails_the_link() -> None:
 async def test_a_message_at_the_advertised_size_goes_through() -> None:
     async with link_pair() as pair:
         item = os.urandom(262_144)
-        await pair.sender.send(item)
+        pair.sender.send(item)
+        await pair.sender.drain()
         async with asyncio.timeout(10):
             assert await pair.receiver.receive() == item
 
@@ -267,14 +271,16 @@ async def test_a_lone_packet_is_acknowledged_within_the_delay() -> None:
                 acked.set()
 
         sctp._receive_sack_chunk = watching
-        await pair.sender.send(b"x" * 100)
+        pair.sender.send(b"x" * 100)
+        await pair.sender.drain()
         await pair.receiver.receive()
         await asyncio.sleep(0.5)  # everything so far acknowledged
         assert not sctp._sent_queue
         for _ in range(5):
             acked.clear()
             started = time.monotonic()
-            await pair.sender.send(b"one packet")
+            pair.sender.send(b"one packet")
+            await pair.sender.drain()
             async with asyncio.timeout(5):
                 await acked.wait()
             elapsed = time.monotonic() - started

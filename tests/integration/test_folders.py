@@ -150,7 +150,8 @@ def test_hidden_files_inside_a_folder_keep_their_dot(
 
 def offer_raw(offer: dict[str, object]) -> Script:
     async def script(a: Attacker) -> bool:
-        await a.send(a.seal(FrameType.OFFER, json.dumps(offer).encode()))
+        a.send(a.seal(FrameType.OFFER, json.dumps(offer).encode()))
+        await a.drain()
         return False  # the receiver must refuse before anything is written
 
     return script
@@ -206,11 +207,14 @@ def offer_v3(listing: bytes, *, text: bool = False) -> Script:
 
     async def script(a: Attacker) -> bool:
         header = {"v": 3, "sender": "mallory", "chunk_size": CHUNK, "text": text}
-        await a.send(a.seal(FrameType.OFFER, json.dumps(header).encode()))
+        a.send(a.seal(FrameType.OFFER, json.dumps(header).encode()))
+        await a.drain()
         pieces = [listing[i : i + PIECE] for i in range(0, len(listing), PIECE)] or [b""]
         for piece in pieces[:-1]:
-            await a.send(a.seal(FrameType.MORE, piece))
-        await a.send(a.seal(FrameType.LISTING, pieces[-1]))
+            a.send(a.seal(FrameType.MORE, piece))
+            await a.drain()
+        a.send(a.seal(FrameType.LISTING, pieces[-1]))
+        await a.drain()
         return False  # the receiver must refuse before anything is written
 
     return script

@@ -103,12 +103,14 @@ async def test_frames_flooded_at_the_prompt_end_the_transfer(
 
     async def flood(a: Attacker, pid: int) -> None:
         nonlocal peak
-        await a.send(offer_frame(a))
+        a.send(offer_frame(a))
+        await a.drain()
         junk = os.urandom(60_000)
         deadline = time.monotonic() + 20
         sent = 0
         while time.monotonic() < deadline:
-            await a.send(a.seal(FrameType.CHUNK, junk))
+            a.send(a.seal(FrameType.CHUNK, junk))
+            await a.drain()
             sent += 1
             if sent % 50 == 0:
                 peak = max(peak, rss_bytes(pid))
@@ -130,11 +132,14 @@ async def test_cancel_at_the_prompt_ends_it_at_once(
     sfs_server: ServerProcess, tmp_path: Path
 ) -> None:
     async def ping_then_cancel(a: Attacker, pid: int) -> None:
-        await a.send(offer_frame(a, 10))
+        a.send(offer_frame(a, 10))
+        await a.drain()
         for _ in range(3):  # keepalives are fine while the user decides
-            await a.send(a.seal(FrameType.PING, b""))
+            a.send(a.seal(FrameType.PING, b""))
+            await a.drain()
             await asyncio.sleep(0.2)
-        await a.send(a.seal(FrameType.CANCEL, json.dumps({"reason": "changed my mind"}).encode()))
+        a.send(a.seal(FrameType.CANCEL, json.dumps({"reason": "changed my mind"}).encode()))
+        await a.drain()
 
     result, took = await attack_at_prompt(sfs_server, tmp_path, ping_then_cancel)
     assert result.returncode == 7, result.stderr
@@ -171,7 +176,8 @@ async def probe_partial(server: ServerProcess, folder: Path, secret: bytes) -> l
     mine = os.urandom(PIN_FILE.size)
     async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
         a = Attacker(session)
-        await a.send(a.seal(FrameType.OFFER, encode_offer(Offer((PIN_FILE,), "m", CHUNK))))
+        a.send(a.seal(FrameType.OFFER, encode_offer(Offer((PIN_FILE,), "m", CHUNK))))
+        await a.drain()
         kind, accept = await hear()
         assert kind is FrameType.ACCEPT
         held = accept["held"][0]
@@ -179,11 +185,13 @@ async def probe_partial(server: ServerProcess, folder: Path, secret: bytes) -> l
         # A guess at the partial's bytes: one guess, which costs the receiver its partial.
         guess = hashlib.sha256(b"PIN=000000" * 4).hexdigest()
         resume = {"offsets": [held], "sha256": [guess]}
-        await a.send(a.seal(FrameType.RESUME, json.dumps(resume).encode()))
+        a.send(a.seal(FrameType.RESUME, json.dumps(resume).encode()))
+        await a.drain()
         kind, start = await hear()
         assert (kind, start) == (FrameType.START, {"offsets": [0]})
         await a.chunks(mine)
-        await a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(mine).digest()))
+        a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(mine).digest()))
+        await a.drain()
         assert (await hear())[0] is FrameType.FILE_ACK
     result = receiver.finish()
     assert result.returncode == 0, result.stderr

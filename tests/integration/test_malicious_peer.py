@@ -68,8 +68,11 @@ class Attacker:
         self.seal = FrameSealer(session.keys.frame_send).seal
         self.opener = FrameOpener(session.keys.frame_receive)
 
-    async def send(self, frame: bytes) -> None:
-        await self.channel.send(frame)
+    def send(self, frame: bytes) -> None:
+        self.channel.send(frame)
+
+    async def drain(self) -> None:
+        await self.channel.drain()
 
     def raw(self, data: bytes) -> None:
         """Bytes on the TCP connection as they are, outside sfs's framing."""
@@ -80,13 +83,13 @@ class Attacker:
         """Offer ``files``; return the receiver's answer (ACCEPT, or CANCEL if refused).
 
         After an ACCEPT, RESUME says every file starts at 0, as a fresh transfer does."""
-        await self.send(
-            self.seal(FrameType.OFFER, encode_offer(Offer(files, "mallory", chunk_size)))
-        )
+        self.send(self.seal(FrameType.OFFER, encode_offer(Offer(files, "mallory", chunk_size))))
+        await self.drain()
         answer = await self.reply()
         if answer is FrameType.ACCEPT:
             offsets = json.dumps({"offsets": [0] * len(files)}).encode()
-            await self.send(self.seal(FrameType.RESUME, offsets))
+            self.send(self.seal(FrameType.RESUME, offsets))
+            await self.drain()
         return answer
 
     async def reply(self) -> FrameType:
@@ -95,7 +98,8 @@ class Attacker:
 
     async def chunks(self, data: bytes) -> None:
         for start in range(0, len(data), CHUNK):
-            await self.send(self.seal(FrameType.CHUNK, data[start : start + CHUNK]))
+            self.send(self.seal(FrameType.CHUNK, data[start : start + CHUNK]))
+            await self.drain()
 
 
 #: A script returns True when the transfer ended normally (nothing left to wait for).
@@ -149,28 +153,34 @@ async def tampered_chunk(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
     frame = bytearray(a.seal(FrameType.CHUNK, DATA[:CHUNK]))
     frame[-1] ^= 1
-    await a.send(bytes(frame))
+    a.send(bytes(frame))
+    await a.drain()
 
 
 async def reordered_chunks(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
     first = a.seal(FrameType.CHUNK, DATA[:CHUNK])
     second = a.seal(FrameType.CHUNK, DATA[CHUNK : 2 * CHUNK])
-    await a.send(second)
-    await a.send(first)
+    a.send(second)
+    await a.drain()
+    a.send(first)
+    await a.drain()
 
 
 async def replayed_chunk(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
     frame = a.seal(FrameType.CHUNK, DATA[:CHUNK])
-    await a.send(frame)
-    await a.send(frame)
+    a.send(frame)
+    await a.drain()
+    a.send(frame)
+    await a.drain()
 
 
 async def duplicated_chunk(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
     await a.chunks(DATA[:CHUNK] + DATA[:CHUNK] + DATA[CHUNK : 2 * CHUNK])  # freshly sealed
-    await a.send(a.seal(FrameType.FILE_DONE, SHA))
+    a.send(a.seal(FrameType.FILE_DONE, SHA))
+    await a.drain()
 
 
 async def truncated_stream(a: Attacker) -> None:
@@ -182,7 +192,8 @@ async def truncated_stream(a: Attacker) -> None:
 async def wrong_hash(a: Attacker) -> None:
     assert await a.offer(FileInfo("f.bin", len(DATA))) is FrameType.ACCEPT
     await a.chunks(DATA)
-    await a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(b"other").digest()))
+    a.send(a.seal(FrameType.FILE_DONE, hashlib.sha256(b"other").digest()))
+    await a.drain()
 
 
 async def more_than_declared(a: Attacker) -> None:
@@ -201,15 +212,18 @@ async def oversized_frame(a: Attacker) -> None:
     if isinstance(a.channel, DataChannelLink):
         # Lift aiortc's own check of the receiver's advertised limit, as an attacker would.
         a.channel._channel.transport._remote_max_message_size = 2**22
-    await a.send(a.seal(FrameType.CHUNK, os.urandom(MAX_CHUNK_BYTES + 1000)))
+    a.send(a.seal(FrameType.CHUNK, os.urandom(MAX_CHUNK_BYTES + 1000)))
+    await a.drain()
 
 
 async def chunk_before_accept(a: Attacker) -> None:
-    await a.send(a.seal(FrameType.CHUNK, DATA[:CHUNK]))
+    a.send(a.seal(FrameType.CHUNK, DATA[:CHUNK]))
+    await a.drain()
 
 
 async def unknown_frame_type(a: Attacker) -> None:
-    await a.send(a.seal(200, b"{}"))
+    a.send(a.seal(200, b"{}"))
+    await a.drain()
 
 
 async def text_message(a: Attacker) -> None:
@@ -238,7 +252,8 @@ async def frame_length_over_the_limit(a: Attacker) -> None:
 
 async def offer_from_another_version(a: Attacker) -> None:
     payload = json.dumps({"v": 99, "files": [], "chunk_size": 1}).encode()
-    await a.send(a.seal(FrameType.OFFER, payload))
+    a.send(a.seal(FrameType.OFFER, payload))
+    await a.drain()
 
 
 @pytest.mark.parametrize(
@@ -287,7 +302,8 @@ def offer_one_file(name: str) -> Script:
         if await a.offer(FileInfo(name, len(DATA))) is not FrameType.ACCEPT:
             return False
         await a.chunks(DATA)
-        await a.send(a.seal(FrameType.FILE_DONE, SHA))
+        a.send(a.seal(FrameType.FILE_DONE, SHA))
+        await a.drain()
         return await a.reply() is FrameType.FILE_ACK
 
     return script

@@ -69,12 +69,12 @@ async def test_sender_name_file_name_and_cancel_reason(
         seal = FrameSealer(session.keys.frame_send).seal
         opener = FrameOpener(session.keys.frame_receive)
         offer = Offer((FileInfo(HOSTILE_SHORT + "x.txt", 10),), HOSTILE_SHORT, 1000)
-        await session.channel.send(seal(FrameType.OFFER, encode_offer(offer)))
+        session.channel.send(seal(FrameType.OFFER, encode_offer(offer)))
         async with asyncio.timeout(TIMEOUT_SECONDS):
             kind, _ = opener.open(await session.channel.receive())
         assert FrameType(kind) is FrameType.ACCEPT
         reason = json.dumps({"reason": HOSTILE}).encode()
-        await session.channel.send(seal(FrameType.CANCEL, reason))
+        session.channel.send(seal(FrameType.CANCEL, reason))
         async with asyncio.timeout(TIMEOUT_SECONDS):
             await session.channel.wait_closed()
     result = receiver.finish()
@@ -96,9 +96,7 @@ async def test_reject_reason(sfs_server: ServerProcess, tmp_path: Path) -> None:
             async with asyncio.timeout(TIMEOUT_SECONDS):
                 kind, _ = opener.open(await session.channel.receive())
             assert FrameType(kind) is FrameType.OFFER
-            await session.channel.send(
-                seal(FrameType.REJECT, json.dumps({"reason": HOSTILE}).encode())
-            )
+            session.channel.send(seal(FrameType.REJECT, json.dumps({"reason": HOSTILE}).encode()))
             async with asyncio.timeout(TIMEOUT_SECONDS):
                 await session.channel.wait_closed()
 

@@ -291,14 +291,18 @@ async def test_two_transfers_of_one_name_into_one_folder_at_once(tmp_path: Path)
 
     async def first_sender(channel: QueueChannel) -> None:
         proto = TransferProtocol(Role.SENDER, keys_a[0])
-        await channel.send(proto.send(offer))
+        channel.send(proto.send(offer))
+        await channel.drain()
         assert isinstance(proto.receive(await channel.receive()), Accept)
-        await channel.send(proto.send(Resume((0,))))
+        channel.send(proto.send(Resume((0,))))
+        await channel.drain()
         for i in range(0, len(first_data), 1000):
             if i == 2000:
                 await go_on.wait()
-            await channel.send(proto.send(Chunk(first_data[i : i + 1000])))
-        await channel.send(proto.send(FileDone(hashlib.sha256(first_data).digest())))
+            channel.send(proto.send(Chunk(first_data[i : i + 1000])))
+            await channel.drain()
+        channel.send(proto.send(FileDone(hashlib.sha256(first_data).digest())))
+        await channel.drain()
         while proto.state is not State.DONE:
             proto.receive(await channel.receive())
 

@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfs.errors import CryptoError, PeerGoneError, RemoteProtocolError
-from sfs.peer import transfer
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import inspect_sources
+from sfs.peer.proto import conversation
 from sfs.peer.proto.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.wire import Offer
@@ -185,9 +185,9 @@ async def direct_pair(
 async def test_frames_of_every_size_arrive_whole_and_in_order() -> None:
     a, b = await direct_pair()
     frames = [os.urandom(n) for n in (1, 2, 3, 4, 5, 1000, 65_536, tcp.MAX_FRAME_BYTES)] * 3
-    sending = asyncio.gather(*(a.send(f) for f in frames))
+    for f in frames:
+        a.send(f)
     received = [bytes(await b.receive()) for _ in frames]
-    await sending
     assert received == frames
     a.close()
     with pytest.raises(PeerGoneError):
@@ -202,7 +202,8 @@ async def test_reading_pauses_when_frames_are_not_taken() -> None:
 
     async def flood() -> None:
         for _ in range(64):
-            await a.send(frame)
+            a.send(frame)
+            await a.drain()
 
     sending = asyncio.ensure_future(flood())
     await asyncio.sleep(1.0)
@@ -268,7 +269,8 @@ async def test_strangers_on_the_port_first_change_nothing() -> None:
     receiver.dial(addresses)
     async with asyncio.timeout(5):
         chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
-    await chosen.send(b"hello")
+    chosen.send(b"hello")
+    await chosen.drain()
     assert await taken.receive() == b"hello"
     # Every stranger was closed, none heard a frame.
     for reader, _ in (silent, nonsense, impostor):
@@ -327,7 +329,8 @@ async def test_a_receiver_takes_only_the_connection_the_sender_chose() -> None:
     # The same connection at both ends: the sender's end is the receiver's peer.
     assert chosen._transport is not None
     assert chosen._transport.get_extra_info("sockname")[1] == int(taken.peer.rpartition(":")[2])
-    await chosen.send(b"x")
+    chosen.send(b"x")
+    await chosen.drain()
     assert await taken.receive() == b"x"
     assert sum(link.usable for link in receiver._links) == 1
 
@@ -353,9 +356,9 @@ class Recorder:
         self.frames: list[bytes] = []
         original: Callable[[bytes], object] = channel.send  # type: ignore[attr-defined]
 
-        async def send(frame: bytes) -> None:
+        def send(frame: bytes) -> None:
             self.frames.append(bytes(frame))
-            await original(frame)  # type: ignore[misc]
+            original(frame)
 
         channel.send = send  # type: ignore[attr-defined]
 
@@ -366,7 +369,7 @@ async def test_no_nonce_is_used_twice_under_one_key_on_either_transport(
     """One session's keys, a whole transfer (keepalives included) on each transport:
     every (key, nonce) pair is new, and each transport's frames open only under its
     own keys."""
-    monkeypatch.setattr(transfer, "PING_INTERVAL_SECONDS", 0.02)
+    monkeypatch.setattr(conversation, "PING_INTERVAL_SECONDS", 0.02)
     ks, kr = key_pair()
     src = tmp_path / "src"
     src.mkdir()
@@ -668,7 +671,8 @@ async def test_silent_and_slow_strangers_cannot_keep_the_real_peer_off_a_listene
         dialing.dial([address])
         async with asyncio.timeout(10):
             chosen, taken = await asyncio.gather(sender.choose(), receiver.chosen())
-        await chosen.send(b"through")
+        chosen.send(b"through")
+        await chosen.drain()
         assert await taken.receive() == b"through"
         assert strangers.closed_by_listener() >= 128 - tcp.MAX_UNPROVEN
     finally:

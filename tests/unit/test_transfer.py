@@ -460,7 +460,8 @@ async def test_only_ping_or_cancel_while_the_receiver_decides(
     ks, kr = key_pair()
     a, b = channel_pair()
     seal = FrameSealer(ks.frame_send).seal
-    await a.send(seal(FrameType.OFFER, encode_offer(Offer(files=(FileInfo("f", 5),)))))
+    a.send(seal(FrameType.OFFER, encode_offer(Offer(files=(FileInfo("f", 5),)))))
+    await a.drain()
     prompt_open = asyncio.Event()
 
     async def never_answers(offer: Offer, plan: Plan) -> bool:
@@ -479,7 +480,8 @@ async def test_only_ping_or_cancel_while_the_receiver_decides(
     )
     await asyncio.wait_for(prompt_open.wait(), 5)
     for frame in frames:
-        await a.send(seal(*frame))
+        a.send(seal(*frame))
+        await a.drain()
     with pytest.raises(error):
         await asyncio.wait_for(receiving, 5)
     assert os.listdir(tmp_path) == []
@@ -659,12 +661,16 @@ async def test_each_saved_path_is_told_and_a_changed_name_says_so(tmp_path: Path
 
     async def send() -> None:
         proto = TransferProtocol(Role.SENDER, ks)
-        await a.send(proto.send(offer))
+        a.send(proto.send(offer))
+        await a.drain()
         assert isinstance(proto.receive(await a.receive()), Accept)
-        await a.send(proto.send(Resume((0, 0, 0))))
+        a.send(proto.send(Resume((0, 0, 0))))
+        await a.drain()
         for _ in offer.files:
-            await a.send(proto.send(Chunk(b"z")))
-            await a.send(proto.send(FileDone(hashlib.sha256(b"z").digest())))
+            a.send(proto.send(Chunk(b"z")))
+            await a.drain()
+            a.send(proto.send(FileDone(hashlib.sha256(b"z").digest())))
+            await a.drain()
         while proto.state is not State.DONE:
             proto.receive(await a.receive())
 

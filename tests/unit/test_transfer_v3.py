@@ -271,9 +271,8 @@ async def test_an_old_receivers_refusal_of_a_version_3_offer_says_upgrade(
         old = TransferProtocol(Role.RECEIVER, kr)
         await b.receive()  # the offer: its version is unknown there
         sealer = FrameSealer(kr.frame_send)
-        await b.send(
-            sealer.seal(FrameType.CANCEL, json.dumps({"reason": "protocol violation"}).encode())
-        )
+        b.send(sealer.seal(FrameType.CANCEL, json.dumps({"reason": "protocol violation"}).encode()))
+        await b.drain()
         del old
 
     sent, _ = await asyncio.gather(

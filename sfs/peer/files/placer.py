@@ -120,7 +120,9 @@ class Placer:
 
     async def _finish(self) -> None:
         assert self._placing is not None
-        items = await self._placing
+        # Shielded: a caller that stops waiting (Ctrl-C, a lost peer) must not cancel
+        # the batch, which its thread places anyway; abandon() waits for it.
+        items = await asyncio.shield(self._placing)
         self._placing = None
         await self._acknowledge(items)
 

@@ -42,13 +42,13 @@ class Route:
 class Channel(Protocol):
     """A reliable, ordered, message-oriented channel to the peer.
 
-    Ordering: :meth:`send` hands the frame on (to the transport's buffer) before its
-    first ``await``; it may then wait while too much is buffered.  So a frame sealed
-    and given to ``send`` with no ``await`` between goes out in the order it was
-    sealed, whatever other task sends too: the sender seals each chunk and sends it
-    without the lock under which the keepalive seals and sends its PING
-    (:func:`sfs.peer.transfer.keepalive`), and the peer accepts only the next frame
-    counter.
+    Writing is asyncio's ``StreamWriter`` model: :meth:`send` hands a frame on at
+    once and never waits, so frames go out in the order they were given (the peer
+    accepts only the next frame counter); :meth:`drain` waits while too much is
+    buffered.  Nothing here times out: the conversation judges the peer's silence
+    (:mod:`sfs.peer.proto.conversation`) from :meth:`seconds_since_receive` and
+    bounds every wait (:mod:`sfs.peer.transfer`).  Both waits may be cancelled at
+    any point without losing a frame.
     """
 
     @property
@@ -63,8 +63,17 @@ class Channel(Protocol):
     def route(self) -> Route | None:
         """How the data flows; None while (or if) it is not known."""
 
-    async def send(self, frame: bytes) -> None:
-        """Send one message, waiting while too much is buffered."""
+    def send(self, frame: bytes) -> None:
+        """Hand one message on; raise PeerGoneError if the channel closed."""
+
+    @property
+    def congested(self) -> bool:
+        """More than the transport's high-water mark is buffered: :meth:`drain`
+        before sending more."""
+
+    async def drain(self) -> None:
+        """Wait until the buffer is below its low-water mark; raise PeerGoneError if
+        the channel closed meanwhile."""
 
     async def receive(self) -> bytes:
         """Wait for the next message; raise PeerGoneError if the channel closed."""
@@ -75,8 +84,9 @@ class Channel(Protocol):
     async def wait_closed(self) -> None:
         """Wait until the peer closes the channel."""
 
-    def seconds_since_send(self) -> float:
-        """How long ago this side last sent a message."""
+    def seconds_since_receive(self) -> float:
+        """How long ago the transport last got anything from the peer (read yet or
+        not: a frame waiting in a buffer proves the peer alive)."""
 
     def unsent_bytes(self) -> int:
         """Bytes given to :meth:`send` that have not yet left for the peer: progress

@@ -109,7 +109,7 @@ async def _sender_opens(
             by_tcp.cancel()
         await direct.close()
         channel = await by_datachannel
-        await channel.send(CHOSEN)
+        channel.send(CHOSEN)
         return Opened(channel)
     finally:
         for future in (by_tcp, by_datachannel):

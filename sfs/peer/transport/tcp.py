@@ -107,7 +107,6 @@ SOURCE_PREFIX_V6_BITS = 64
 #: How long a connection may take to prove the key, from its connect (seconds): the
 #: real peer needs one round trip and a half; a stranger's socket is freed by then.
 PROOF_SECONDS = 3.0
-IDLE_TIMEOUT_SECONDS = 10.0
 
 
 # -- the proof, sans I/O ----------------------------------------------------------------------
@@ -238,7 +237,7 @@ class TcpLink(asyncio.BufferedProtocol):
         self._drained.set()
         self._closed = asyncio.Event()
         self._error: Exception | None = None
-        self._last_heard = self._last_sent = time.monotonic()
+        self._last_heard = time.monotonic()
         self._proof_timer = loop.call_later(PROOF_SECONDS, self._proof_overdue)
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------------
@@ -373,15 +372,19 @@ class TcpLink(asyncio.BufferedProtocol):
 
     # -- Channel ------------------------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> None:
         if self._closed.is_set() or self._transport is None:
             raise self._gone()
         self._transport.writelines((_LENGTH.pack(len(frame)), frame))
-        self._last_sent = time.monotonic()
-        if not self._drained.is_set():
-            await self._within_idle_timeout(self._drained)
-            if self._closed.is_set() and self._error is not None:
-                raise self._gone()
+
+    @property
+    def congested(self) -> bool:
+        return not self._drained.is_set()
+
+    async def drain(self) -> None:
+        await self._drained.wait()
+        if self._closed.is_set() and self._error is not None:
+            raise self._gone()
 
     async def receive(self) -> bytes:
         while True:
@@ -391,7 +394,7 @@ class TcpLink(asyncio.BufferedProtocol):
             if self._closed.is_set():
                 raise self._gone()
             self._arrived.clear()
-            await self._within_idle_timeout(self._arrived)
+            await self._arrived.wait()
 
     def poll(self) -> bytes | None:
         if not self._inbox:
@@ -409,8 +412,8 @@ class TcpLink(asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    def seconds_since_send(self) -> float:
-        return time.monotonic() - self._last_sent
+    def seconds_since_receive(self) -> float:
+        return time.monotonic() - self._last_heard
 
     def unsent_bytes(self) -> int:
         if self._transport is None:
@@ -475,23 +478,6 @@ class TcpLink(asyncio.BufferedProtocol):
 
     def _gone(self) -> Exception:
         return self._error or PeerGoneError()
-
-    async def _within_idle_timeout(self, event: asyncio.Event) -> None:
-        while not event.is_set():
-            remaining = self._last_heard + IDLE_TIMEOUT_SECONDS - time.monotonic()
-            if remaining <= 0:
-                self._fail(
-                    PeerGoneError(
-                        f"lost the connection: nothing from the other side for "
-                        f"{IDLE_TIMEOUT_SECONDS:.0f} s"
-                    )
-                )
-                raise self._gone()
-            try:
-                async with asyncio.timeout(remaining):
-                    await event.wait()
-            except TimeoutError:
-                continue
 
 
 def tune(sock: Any) -> None:

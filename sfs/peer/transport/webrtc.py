@@ -14,9 +14,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from aiortc import (
     RTCConfiguration,
@@ -48,7 +48,6 @@ from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: The backpressure mark: stop queueing new frames while this much is buffered.
 HIGH_WATER_BYTES = 16 * 1024 * 1024
@@ -59,10 +58,6 @@ DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
 CHANNEL_LABEL = "sfs"
 #: What one link holds for its consumer, received but not yet read (see ReceiveWindow).
 RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
-#: Nothing at all from the peer for this long means the connection is lost. Each
-#: side sends a keepalive every 2 s when idle (sfs.peer.transfer.keepalive), and
-#: aiortc itself may take 30 s or more to notice a dead path.
-IDLE_TIMEOUT_SECONDS = 10.0
 _MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
 
 
@@ -79,7 +74,8 @@ def remote_max_message_size(sdp: str) -> int:
 
 
 class IdleClock:
-    """When the peer was last heard from.
+    """When the peer was last heard from (the conversation judges idleness by it:
+    :mod:`sfs.peer.proto.conversation`).
 
     One per transfer path: the links of a :class:`StripedChannel` share one, since
     anything heard on any of them proves the peer alive (its keepalives are dealt
@@ -117,7 +113,6 @@ class DataChannelLink:
         #: How the data flows (set once the connection is up).
         self.route: Route | None = None
         self._high_water = high_water
-        self._last_sent = time.monotonic()
         self._clock = IdleClock()
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._held = 0
@@ -178,26 +173,29 @@ class DataChannelLink:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    async def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> None:
         if self._closed.is_set() or self._channel.readyState != "open":
             raise self._error or PeerGoneError()
         self._channel.send(frame)
-        self._last_sent = time.monotonic()
-        if self._channel.bufferedAmount > self._high_water:
+
+    @property
+    def congested(self) -> bool:
+        return bool(self._channel.bufferedAmount > self._high_water)
+
+    async def drain(self) -> None:
+        if self._channel.bufferedAmount > self._high_water and not self._closed.is_set():
             # The event fires when the amount falls through the low mark, which it
             # must do from here, since nothing awaited between the check and the clear.
             self._drained.clear()
-            await self._within_idle_timeout(self._drained.wait)
-            if self._closed.is_set():
-                raise self._error or PeerGoneError()
+            await self._drained.wait()
+        if self._closed.is_set():
+            raise self._error or PeerGoneError()
 
     async def receive(self) -> bytes:
-        # A frame already here is delivered whatever the idle clock says: it proves
-        # the peer was alive, however long the reader took to come for it.
         frame = self.poll()
         if frame is not None:
             return frame
-        item = await self._within_idle_timeout(self._inbox.get)
+        item = await self._inbox.get()
         if item is None:
             self._inbox.put_nowait(None)  # every later receive() sees the close too
             raise self._error or PeerGoneError()
@@ -228,26 +226,8 @@ class DataChannelLink:
             held += sum(len(chunk.user_data) for chunk in sctp._outbound_queue)
         return held
 
-    def seconds_since_send(self) -> float:
-        return time.monotonic() - self._last_sent
-
-    async def _within_idle_timeout(self, wait: Callable[[], Awaitable[T]]) -> T:
-        """``await wait()``, unless the peer falls silent for IDLE_TIMEOUT_SECONDS."""
-        while True:
-            remaining = self._clock.last_heard + IDLE_TIMEOUT_SECONDS - time.monotonic()
-            if remaining <= 0:
-                self.mark_closed()
-                raise PeerGoneError(
-                    f"lost the connection: nothing from the other side for "
-                    f"{IDLE_TIMEOUT_SECONDS:.0f} s"
-                )
-            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a
-            # cancellation (Ctrl-C) that arrives as the awaited message does.
-            try:
-                async with asyncio.timeout(remaining):
-                    return await wait()
-            except TimeoutError:
-                continue
+    def seconds_since_receive(self) -> float:
+        return time.monotonic() - self._clock.last_heard
 
 
 # -- the peer connection --------------------------------------------------------------------
@@ -495,10 +475,18 @@ class StripedChannel:
     def route(self) -> Route | None:
         return self._links[0].route
 
-    async def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> None:
         link = self._links[self._next_send % len(self._links)]
         self._next_send += 1
-        await link.send(frame)
+        link.send(frame)
+
+    @property
+    def congested(self) -> bool:
+        return any(link.congested for link in self._links)
+
+    async def drain(self) -> None:
+        for link in self._links:
+            await link.drain()
 
     async def receive(self) -> bytes:
         frame = await self._links[self._next_receive % len(self._links)].receive()
@@ -514,8 +502,8 @@ class StripedChannel:
     async def wait_closed(self) -> None:
         await asyncio.gather(*(link.wait_closed() for link in self._links))
 
-    def seconds_since_send(self) -> float:
-        return min(link.seconds_since_send() for link in self._links)
+    def seconds_since_receive(self) -> float:
+        return self._links[0].seconds_since_receive()  # one clock for all
 
     def unsent_bytes(self) -> int:
         return sum(link.unsent_bytes() for link in self._links)
