@@ -49,7 +49,7 @@ from sfs.defaults import (
     MAX_TEXT_BYTES,
     TRANSFER_PROTOCOL_VERSION,
 )
-from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
+from sfs.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UpgradeError
 
 #: The newest version this side speaks.  An offer is written in the oldest version
 #: that can carry it (1 for plain files, 2 for folders and executables, 3 for text,
@@ -231,7 +231,7 @@ def _encode_json(obj: dict[str, Any]) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a non-UTF-8 file name
-        raise ProtocolError("a name or reason to send is not valid Unicode") from exc
+        raise LocalProtocolError("a name or reason to send is not valid Unicode") from exc
 
 
 def _json_size(obj: dict[str, Any]) -> int:
@@ -354,7 +354,7 @@ def _dense(
 def _reason_payload(reason: str) -> bytes:
     """The payload of a REJECT or CANCEL we send; refuse what the peer would refuse."""
     if len(reason) > MAX_REASON_CHARS:
-        raise ProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
+        raise LocalProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
     return _encode_json({"reason": reason})
 
 

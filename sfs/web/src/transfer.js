@@ -273,7 +273,7 @@ export class Outbox {
   }
 
   /**
-   * Seal `event` now (throws ProtocolError at once if not allowed) and send its
+   * Seal `event` now (throws LocalProtocolError at once if not allowed) and send its
    * frames after everything before it.
    * @returns {Promise<void>} settles once its frames are on the channel
    */
