@@ -24,7 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES
+from sfs.defaults import (
+    MAX_CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_SENDER_NAME_CHARS,
+    MAX_TEXT_BYTES,
+    SIGNALING_PROTOCOL_VERSION,
+)
 from sfs.errors import CryptoError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.proto.framing import Role, State, TransferProtocol
@@ -1286,7 +1292,7 @@ def check_parsed(parse: Parser, result: object) -> None:
     if isinstance(result, m.Abort):
         assert m.REASON_RE.fullmatch(result.reason)
     if isinstance(result, m.RegisterPeer):
-        assert result.version == m.PROTOCOL_VERSION
+        assert result.version == SIGNALING_PROTOCOL_VERSION
     if isinstance(result, m.Ack) and not result.ok:
         assert isinstance(result.error, str) and isinstance(result.message, str)
 

@@ -51,12 +51,12 @@ from sfs.defaults import (
 )
 from sfs.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UpgradeError
 
-#: The newest version this side speaks.  An offer is written in the oldest version
-#: that can carry it (1 for plain files, 2 for folders and executables, 3 for text,
-#: a pipe, or more than fits in one frame), so an older receiver still gets what it
-#: can take; an offer from a newer version is refused with a message that says to
-#: upgrade.
-PROTOCOL_VERSION = TRANSFER_PROTOCOL_VERSION
+# TRANSFER_PROTOCOL_VERSION is the newest version this side speaks.  An offer is
+# written in the oldest version that can carry it (1 for plain files, 2 for folders
+# and executables, 3 for text, a pipe, or more than fits in one frame), so an older
+# receiver still gets what it can take; an offer from a newer version is refused with
+# a message that says to upgrade.
+
 #: The largest control JSON either side accepts. The largest one sfs itself makes is a
 #: RESUME with an offset and a SHA-256 for each of MAX_FILES files (about 88 kB; an
 #: ACCEPT or START with MAX_FILES offsets is about 20 kB); the rest is room for offers
@@ -425,10 +425,14 @@ def offer_version(payload: bytes) -> int:
     """
     obj = _decode_json(payload)
     version = obj.get("v")
-    if isinstance(version, int) and not isinstance(version, bool) and version > PROTOCOL_VERSION:
+    if (
+        isinstance(version, int)
+        and not isinstance(version, bool)
+        and version > TRANSFER_PROTOCOL_VERSION
+    ):
         raise UpgradeError(
             f"the other side runs a newer sfs (protocol {version}; this one speaks up to "
-            f"{PROTOCOL_VERSION}): upgrade sfs here to receive from it"
+            f"{TRANSFER_PROTOCOL_VERSION}): upgrade sfs here to receive from it"
         )
     if version not in (1, 2, 3):
         raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1 to 3")
