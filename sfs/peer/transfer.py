@@ -32,19 +32,14 @@ from pathlib import Path
 from typing import IO
 
 from sfs.errors import (
-    CancelledByPeerError,
     CryptoError,
     DeclinedError,
-    DestinationExistsError,
-    DiskError,
     IntegrityError,
     ProtocolError,
     RejectedError,
     RemoteProtocolError,
     SfsError,
     SourceError,
-    UpgradeError,
-    VerificationError,
 )
 from sfs.peer.files.destinations import NameClaims, Plan, find_held, make_folders, plan_destinations
 from sfs.peer.files.partial import (
@@ -65,9 +60,9 @@ from sfs.peer.proto.names import (
 )
 from sfs.peer.proto.packing import Packer
 from sfs.peer.proto.progress import Departures, NullProgress, Progress
+from sfs.peer.proto.reasons import DECLINED, STDOUT_ONLY, cancel_for, reject, stopped_by
 from sfs.peer.proto.wire import (
     Accept,
-    Cancel,
     Chunk,
     Event,
     FileAck,
@@ -76,7 +71,6 @@ from sfs.peer.proto.wire import (
     Offer,
     Partial,
     Ping,
-    Reject,
     Resume,
     Start,
 )
@@ -145,7 +139,7 @@ async def abort_transfer(channel: Channel, proto: TransferProtocol, exc: BaseExc
         return
     try:
         async with asyncio.timeout(2):
-            await channel.send(proto.send(Cancel(cancel_reason(exc))))
+            await channel.send(proto.send(cancel_for(exc)))
     except (SfsError, TimeoutError, ConnectionError):
         logger.debug("could not deliver the cancel frame", exc_info=True)
         return
@@ -163,65 +157,6 @@ async def linger(channel: Channel, seconds: float) -> None:
             await channel.wait_closed()
     except TimeoutError:
         logger.debug("the peer did not close within %.0f s", seconds)
-
-
-#: The CANCEL reason that tells the sender the destination exists (its exit code 10).
-EXISTS_REASON = "the file already exists on the receiving side"
-#: The CANCEL reason of a receiver that cannot read the offer's protocol version.
-UPGRADE_REASON = "the receiver runs an older sfs: upgrade sfs there"
-#: What a receiver of protocol 2 or older answers to an offer of version 3.
-_OLD_RECEIVER_REASON = "protocol violation"
-
-
-def cancel_reason(exc: BaseException) -> str:
-    """What to tell the peer: the kind of failure, never a local path or detail."""
-    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        (DiskError, "the receiver cannot write the file (disk full or not writable)"),
-        (DestinationExistsError, EXISTS_REASON),
-        (IntegrityError, "the received data failed its integrity check"),
-        (VerificationError, "the verification strings were not confirmed"),
-        (UpgradeError, UPGRADE_REASON),
-        (RemoteProtocolError, "protocol violation"),
-        (SourceError, "the file changed or became unreadable on the sending side"),
-        ((KeyboardInterrupt, asyncio.CancelledError), "cancelled by the user"),
-    ]
-    for kind, reason in reasons:
-        if isinstance(exc, kind):
-            return reason
-    return "the other side hit an error"
-
-
-#: What a receiver's REJECT says when its user answered no.
-DECLINED_REASON = "declined by the receiver"
-
-
-def _peer_stopped(event: Event, offer_version: int = 0) -> SfsError:
-    """Why the peer's ``event`` ends the transfer; ``offer_version``, when it is the
-    answer to our offer, tells an old receiver's refusal of a newer offer."""
-    if isinstance(event, Reject):
-        # Its reason only when it says more than that it declined (every receiver,
-        # the page's too, sends DECLINED_REASON when its user says no).
-        plain = event.reason in ("", "declined", DECLINED_REASON)
-        return RejectedError(
-            "the receiver declined the transfer" + ("" if plain else f" ({event.reason})")
-        )
-    if isinstance(event, Cancel) and (
-        event.reason == UPGRADE_REASON
-        or (offer_version >= 3 and event.reason == _OLD_RECEIVER_REASON)
-    ):
-        return UpgradeError(
-            "the receiver cannot read this offer: it runs an older sfs (text, pipes and "
-            "trees of more than 1000 files need protocol 3); upgrade sfs there"
-        )
-    if isinstance(event, Cancel):
-        if event.reason == EXISTS_REASON:
-            # The same exit code on both sides: the cause and the remedy are the same.
-            return DestinationExistsError(
-                f"the other side stopped the transfer: {EXISTS_REASON} (the receiver "
-                "can pass --overwrite or choose another --output folder)"
-            )
-        return CancelledByPeerError(f"the other side stopped the transfer: {event.reason}")
-    return RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
 
 
 async def next_event(channel: Channel, proto: TransferProtocol) -> Event:
@@ -311,7 +246,7 @@ async def send_files(
                 on_waiting()
             reply = await next_event(channel, proto)
             if not isinstance(reply, Accept):
-                raise _peer_stopped(reply, offer.version)
+                raise stopped_by(reply, offer.version)
             status("The receiver accepted.")
             result.started = time.monotonic()
             starts = await _prefixes(sources, reply.held if resume else ())
@@ -321,7 +256,7 @@ async def send_files(
             if proto.state is State.CONFIRMING:
                 verdict = await next_event(channel, proto)
                 if not isinstance(verdict, Start):
-                    raise _peer_stopped(verdict)
+                    raise stopped_by(verdict)
                 for i, (source, offset) in enumerate(zip(sources, verdict.offsets, strict=True)):
                     if offsets[i] and not offset:
                         if offsets[i] < source.size:
@@ -367,7 +302,7 @@ async def _await_acks(channel: Channel, proto: TransferProtocol, departures: Dep
         while proto.state is not State.DONE:
             event = await next_event(channel, proto)
             if not isinstance(event, FileAck):
-                raise _peer_stopped(event)
+                raise stopped_by(event)
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -506,7 +441,7 @@ def _drain_acks(channel: Channel, proto: TransferProtocol) -> None:
     while (frame := channel.poll()) is not None:
         event = proto.receive(frame)
         if not isinstance(event, FileAck | Ping | Partial):
-            raise _peer_stopped(event)
+            raise stopped_by(event)
 
 
 #: Failures after which the bytes already written cannot be trusted for a resume.
@@ -575,12 +510,12 @@ async def receive_files(
         async with keepalive(channel, proto):
             offer = await next_event(channel, proto)
             if not isinstance(offer, Offer):
-                raise _peer_stopped(offer)
+                raise stopped_by(offer)
             if sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
                 refusal = RejectedError(
                     f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"
                 )
-                await _refuse(channel, proto, "the receiver takes one file or pipe (--stdout)")
+                await _refuse(channel, proto, STDOUT_ONLY)
                 raise refusal
             in_memory = offer.text or sink is not None
             resumable = offer.resumes
@@ -591,7 +526,7 @@ async def receive_files(
             )
             destinations = plan.paths
             if not await _decide_while_listening(channel, proto, decide, offer, plan):
-                await _refuse(channel, proto, DECLINED_REASON)
+                await _refuse(channel, proto, DECLINED)
                 raise DeclinedError()
             held, complete = [0] * len(offer.files), set[int]()
             if not in_memory:
@@ -607,7 +542,7 @@ async def receive_files(
             result.started = time.monotonic()
             proposal = await next_event(channel, proto)
             if not isinstance(proposal, Resume):
-                raise _peer_stopped(proposal)
+                raise stopped_by(proposal)
             starts = await _confirm_prefixes(proposal, destinations, held, complete, status)
             for i in sorted(complete):
                 if starts[i][0] != held[i] and not overwrite:
@@ -665,7 +600,7 @@ async def receive_files(
                             seconds = time.monotonic() - started
                             break
                         else:
-                            raise _peer_stopped(event)
+                            raise stopped_by(event)
                 finally:
                     progress.finish()
                 if part is not None:
@@ -730,8 +665,8 @@ def describe_offer(offer: Offer) -> str:
     return what
 
 
-async def _refuse(channel: Channel, proto: TransferProtocol, reason: str) -> None:
-    await channel.send(proto.send(Reject(reason)))
+async def _refuse(channel: Channel, proto: TransferProtocol, code: str) -> None:
+    await channel.send(proto.send(reject(code)))
     await linger(channel, LAST_WORD_GRACE_SECONDS)
 
 
@@ -768,7 +703,7 @@ async def _decide_while_listening(
         while True:
             event = proto.receive(await channel.receive())
             if not isinstance(event, Ping):
-                raise _peer_stopped(event)
+                raise stopped_by(event)
 
     deciding = asyncio.ensure_future(decide(offer, plan))
     listening = asyncio.ensure_future(refuse_until_answered())

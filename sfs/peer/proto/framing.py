@@ -57,6 +57,7 @@ from sfs.peer.proto.wire import (
     Start,
     _bool_field,
     _check_kind,
+    _code_field,
     _decode_json,
     _dense,
     _digest_list,
@@ -164,7 +165,7 @@ class TransferProtocol:
             return [self._seal(FrameType.PING, b"")]
         if isinstance(event, Cancel):
             self._require(self.state is not State.CLOSED, event)
-            payload = _reason_payload(event.reason)
+            payload = _reason_payload(event.reason, event.code)
             self._set_state(State.CLOSED)
             return self._control(FrameType.CANCEL, payload)
         if self.role is Role.SENDER:
@@ -205,9 +206,10 @@ class TransferProtocol:
         elif self._pieces:
             raise RemoteProtocolError(f"{kind.name} frame in the middle of a control payload")
         if kind is FrameType.CANCEL:
-            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "cancelled")
+            obj = self._json(payload)
+            reason = _str_field(obj, "reason", MAX_REASON_CHARS, "cancelled")
             self._set_state(State.CLOSED)
-            return Cancel(reason)
+            return Cancel(reason, _code_field(obj))
         if self.role is Role.SENDER:
             return self._sender_receive(kind, payload)
         return self._receiver_receive(kind, payload)
@@ -297,9 +299,10 @@ class TransferProtocol:
             self._start(offsets)
             return Start(offsets)
         if kind is FrameType.REJECT and self.state is State.OFFERED:
-            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "declined")
+            obj = self._json(payload)
+            reason = _str_field(obj, "reason", MAX_REASON_CHARS, "declined")
             self._set_state(State.CLOSED)
-            return Reject(reason)
+            return Reject(reason, _code_field(obj))
         if kind is FrameType.FILE_ACK and self.state in (State.SENDING, State.AWAITING_ACKS):
             count = 1
             if self.version >= 3 and len(payload) == _ACK_COUNT.size:
@@ -342,7 +345,7 @@ class TransferProtocol:
             return frames
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
-            payload = _reason_payload(event.reason)
+            payload = _reason_payload(event.reason, event.code)
             self._set_state(State.CLOSED)
             return self._control(FrameType.REJECT, payload)
         if isinstance(event, FileAck):

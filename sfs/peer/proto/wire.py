@@ -37,6 +37,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,7 +183,11 @@ class Ping:
 
 @dataclass(frozen=True)
 class Reject:
+    """The receiver's no, with words for a person and a code for a program."""
+
     reason: str = "declined"
+    #: Machine-readable, one of sfs.peer.proto.reasons' codes; "" from older peers.
+    code: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,11 @@ class FileAck:
 
 @dataclass(frozen=True)
 class Cancel:
+    """Either side stops, with words for a person and a code for a program."""
+
     reason: str = "cancelled"
+    #: Machine-readable, one of sfs.peer.proto.reasons' codes; "" from older peers.
+    code: str = ""
 
 
 Event = (
@@ -351,11 +360,26 @@ def _dense(
     return tuple(offsets), (tuple(hashes) if digests and rows else ())
 
 
-def _reason_payload(reason: str) -> bytes:
+#: What a CANCEL's or REJECT's "code" may be: a short ASCII token.
+CODE_PATTERN = "^[a-z][a-z0-9-]{0,31}$"
+_CODE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def _reason_payload(reason: str, code: str = "") -> bytes:
     """The payload of a REJECT or CANCEL we send; refuse what the peer would refuse."""
     if len(reason) > MAX_REASON_CHARS:
         raise LocalProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
-    return _encode_json({"reason": reason})
+    if code and not _CODE.fullmatch(code):
+        raise LocalProtocolError(f"a code matches {CODE_PATTERN}, not {code[:40]!r}")
+    return _encode_json({"reason": reason, "code": code} if code else {"reason": reason})
+
+
+def _code_field(obj: dict[str, Any]) -> str:
+    """The peer's code, or "" for none.  One that is not a well-formed code is ignored
+    rather than refused: the code is a hint beside the reason, and a CANCEL or REJECT
+    must still end the transfer with the peer's words (older peers send none)."""
+    value = obj.get("code", "")
+    return value if isinstance(value, str) and _CODE.fullmatch(value) else ""
 
 
 #: The most folders an offer of version 2 lists, and the deepest path (components).

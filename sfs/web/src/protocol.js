@@ -191,9 +191,11 @@ export class Start {
 /** Keepalive: proves the peer is still there while nothing else moves. */
 export class Ping {}
 
+/** The receiver's no: words for a person, a code (sfs/peer/proto/reasons.py) for a program. */
 export class Reject {
-  constructor(reason = "declined") {
+  constructor(reason = "declined", code = "") {
     this.reason = reason;
+    this.code = code;
     Object.freeze(this);
   }
 }
@@ -224,9 +226,11 @@ export class FileAck {
   }
 }
 
+/** Either side stops: words for a person, a code for a program ("" from older peers). */
 export class Cancel {
-  constructor(reason = "cancelled") {
+  constructor(reason = "cancelled", code = "") {
     this.reason = reason;
+    this.code = code;
     Object.freeze(this);
   }
 }
@@ -392,11 +396,24 @@ function dense(obj, key, count, { digests = false } = {}) {
 }
 
 /** The payload of a REJECT or CANCEL we send; refuse what the peer would refuse. */
-function reasonPayload(reason) {
+function reasonPayload(reason, code = "") {
   if (codePoints(reason) > MAX_REASON_CHARS) {
     throw new LocalProtocolError(`a reason is at most ${MAX_REASON_CHARS} characters`);
   }
-  return encodeJsonBytes({ reason });
+  if (code && !CODE_RE.test(code)) {
+    throw new LocalProtocolError(`a code matches ${CODE_PATTERN}, not ${JSON.stringify(code)}`);
+  }
+  return encodeJsonBytes(code ? { reason, code } : { reason });
+}
+
+/** What a CANCEL's or REJECT's "code" may be: a short ASCII token. */
+export const CODE_PATTERN = "^[a-z][a-z0-9-]{0,31}$";
+const CODE_RE = new RegExp(CODE_PATTERN);
+
+/** The peer's code, or "": a malformed one is ignored, as in sfs/peer/proto/wire.py. */
+function codeField(obj) {
+  const value = get(obj, "code", "");
+  return typeof value === "string" && CODE_RE.test(value) ? value : "";
 }
 
 function fileObject(info, version) {
@@ -642,7 +659,7 @@ export class TransferProtocol {
     }
     if (event instanceof Cancel) {
       this._require(this.state !== State.CLOSED, event);
-      const payload = reasonPayload(event.reason);
+      const payload = reasonPayload(event.reason, event.code);
       const frames = this._control(FrameType.CANCEL, payload);
       this._setState(State.CLOSED);
       return frames;
@@ -700,9 +717,10 @@ export class TransferProtocol {
       );
     }
     if (kind === FrameType.CANCEL) {
-      const reason = strField(this._json(payload), "reason", MAX_REASON_CHARS, "cancelled");
+      const obj = this._json(payload);
+      const reason = strField(obj, "reason", MAX_REASON_CHARS, "cancelled");
       this._setState(State.CLOSED);
-      return new Cancel(reason);
+      return new Cancel(reason, codeField(obj));
     }
     if (this.role === Role.SENDER) return this._senderReceive(kind, payload);
     return this._receiverReceive(kind, payload);
@@ -808,9 +826,10 @@ export class TransferProtocol {
       return new Start(offsets);
     }
     if (kind === FrameType.REJECT && this.state === State.OFFERED) {
-      const reason = strField(this._json(payload), "reason", MAX_REASON_CHARS, "declined");
+      const obj = this._json(payload);
+      const reason = strField(obj, "reason", MAX_REASON_CHARS, "declined");
       this._setState(State.CLOSED);
-      return new Reject(reason);
+      return new Reject(reason, codeField(obj));
     }
     if (
       kind === FrameType.FILE_ACK &&
@@ -856,7 +875,7 @@ export class TransferProtocol {
     }
     if (event instanceof Reject) {
       this._require(this.state === State.DECIDING, event);
-      const payload = reasonPayload(event.reason);
+      const payload = reasonPayload(event.reason, event.code);
       const frames = this._control(FrameType.REJECT, payload);
       this._setState(State.CLOSED);
       return frames;

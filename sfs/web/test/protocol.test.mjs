@@ -111,8 +111,10 @@ function describeEvent(event) {
     };
   }
   if (event instanceof Start) return { type: "Start", offsets: rows(event.offsets) };
-  if (event instanceof Reject) return { type: "Reject", reason: event.reason };
-  if (event instanceof Cancel) return { type: "Cancel", reason: event.reason };
+  if (event instanceof Reject || event instanceof Cancel) {
+    const type = event instanceof Reject ? "Reject" : "Cancel";
+    return event.code ? { type, reason: event.reason, code: event.code } : { type, reason: event.reason };
+  }
   if (event instanceof Chunk) return { type: "Chunk", data: hex(event.data) };
   if (event instanceof FileDone) return { type: "FileDone", sha256: hex(event.sha256) };
   if (event instanceof FileAck) return { type: "FileAck", count: event.count };
@@ -154,9 +156,9 @@ function buildEvent(d) {
     case "Start":
       return new Start(unrows(d.offsets, 0));
     case "Reject":
-      return new Reject(d.reason);
+      return new Reject(d.reason, d.code ?? "");
     case "Cancel":
-      return new Cancel(d.reason);
+      return new Cancel(d.reason, d.code ?? "");
     case "Chunk":
       return new Chunk(bytes(d.data));
     case "FileDone":
