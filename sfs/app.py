@@ -23,9 +23,8 @@ from typing import IO, Any, Protocol
 
 from sfs.check import Report, check
 from sfs.code import Code
-from sfs.defaults import CONNECT_TIMEOUT_SECONDS as CONNECT_TIMEOUT_SECONDS
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
-from sfs.defaults import Transport
+from sfs.defaults import PEER_CONNECT_TIMEOUT_SECONDS, Transport
 from sfs.errors import (
     DiskError,
     ServerUnreachableError,
@@ -57,7 +56,6 @@ from sfs.peer.proto.handshake import (
     ChannelOpen,
     CreateOffers,
     Done,
-    Event,
     Handshake,
     Leave,
     LocalDescription,
@@ -65,6 +63,7 @@ from sfs.peer.proto.handshake import (
     Reconnect,
     Registered,
     ServerLost,
+    SetupEvent,
     ShowCode,
     Status,
     signal_event,
@@ -133,7 +132,7 @@ class PeerOptions:
     server_url: str | None = None
     ice_servers: tuple[IceServer, ...] | None = None
     ice_addresses: tuple[str, ...] = ()
-    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    connect_timeout: float = PEER_CONNECT_TIMEOUT_SECONDS
     name: str = ""
     find_timeout: float = LAN_FIND_SECONDS
     ca_file: str | None = None
@@ -435,7 +434,7 @@ async def _set_up(
         peer_id, server_ice = await signal.register()
         if registered is not None:
             await registered(peer_id)
-        pending: deque[Event] = deque([Registered(peer_id, server_ice)])
+        pending: deque[SetupEvent] = deque([Registered(peer_id, server_ice)])
         while True:
             if pending:
                 actions = handshake.handle(pending.popleft(), loop.time())
@@ -628,7 +627,7 @@ async def _next_input(
     signal: SignalClient,
     opener: asyncio.Future[Opened] | None,
     deadline: float | None,
-) -> Event | None:
+) -> SetupEvent | None:
     """The next thing that happened: a server event, the channel opening, or
     ``None`` when the deadline came first (or the server said something unused)."""
     receiving = asyncio.ensure_future(signal.next_event())

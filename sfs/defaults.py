@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-# -- versions (each module that speaks a protocol re-exports its own as PROTOCOL_VERSION) -----
+# -- versions (imported from here by each module that speaks the protocol; no aliases) ------
 
 #: The transfer protocol (sfs.peer.proto.wire and .framing): frames inside the encrypted channel.
 TRANSFER_PROTOCOL_VERSION = 3
@@ -51,7 +51,7 @@ class Transport(enum.Enum):
 LAN_FIND_SECONDS = 5.0
 #: How long to wait for each step of the other side during set-up, and for ICE,
 #: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
-CONNECT_TIMEOUT_SECONDS = 30.0
+PEER_CONNECT_TIMEOUT_SECONDS = 30.0
 
 # -- `sfs serve` (ServerConfig has the reasoning per limit) ------------------------------------
 

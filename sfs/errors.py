@@ -20,9 +20,17 @@ class SfsError(Exception):
 
 
 class ProtocolError(SfsError):
-    """The transfer protocol was violated."""
+    """The transfer protocol was violated.
+
+    Never raised itself: :class:`LocalProtocolError` (this side's fault) and
+    :class:`RemoteProtocolError` (the other side's) are siblings beneath it, as in
+    h11's ``_util.py``; catch this class for either."""
 
     exit_code = 13
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the transfer protocol does not allow now: a bug in sfs."""
 
 
 class RemoteProtocolError(ProtocolError):

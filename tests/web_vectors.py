@@ -23,7 +23,7 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
 from sfs.errors import RemoteProtocolError
-from sfs.peer.proto import crypto
+from sfs.peer.proto import crypto, reasons
 from sfs.peer.proto.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.names import safe_name
@@ -277,17 +277,14 @@ _SESSIONS: list[tuple[str, list[tuple[Role, Any]]]] = [
         [
             (Role.SENDER, Offer(files=(FileInfo("x.bin", 10, 0),), sender="dave")),
             (Role.SENDER, Ping()),
-            (Role.RECEIVER, Reject("declined by the receiver")),
+            (Role.RECEIVER, reasons.reject(reasons.DECLINED)),
         ],
     ),
     (
         "v2 folders, refused by the page",
         [
             (Role.SENDER, _FOLDER_OFFER),
-            (
-                Role.RECEIVER,
-                Reject("the web page takes files, not folders: use the sfs command line"),
-            ),
+            (Role.RECEIVER, reasons.reject(reasons.FOLDERS)),
         ],
     ),
     (
@@ -334,7 +331,7 @@ _SESSIONS: list[tuple[str, list[tuple[Role, Any]]]] = [
             (Role.SENDER, FileDone(hashlib.sha256(b"0").digest())),
             (Role.SENDER, FileDone(hashlib.sha256(b"ab").digest())),
             (Role.RECEIVER, FileAck(2)),
-            (Role.SENDER, Cancel("cancelled by the user")),
+            (Role.SENDER, reasons.cancel(reasons.CANCELLED)),
         ],
     ),
 ]
@@ -381,7 +378,8 @@ def _describe(event: Any) -> dict[str, Any]:
     if isinstance(event, Start):
         return {"type": "Start", "offsets": _rows(event.offsets)}
     if isinstance(event, Reject | Cancel):
-        return {"type": type(event).__name__, "reason": event.reason}
+        coded = {"code": event.code} if event.code else {}
+        return {"type": type(event).__name__, "reason": event.reason, **coded}
     if isinstance(event, Chunk):
         return {"type": "Chunk", "data": bytes(event.data).hex()}
     if isinstance(event, FileDone):

@@ -17,8 +17,8 @@ from click.core import ParameterSource
 from sfs import platform, settings
 from sfs.commands.ui import _json_lines
 from sfs.defaults import (
-    CONNECT_TIMEOUT_SECONDS,
     LAN_FIND_SECONDS,
+    PEER_CONNECT_TIMEOUT_SECONDS,
     Transport,
 )
 from sfs.errors import PeerConnectionError
@@ -206,7 +206,7 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--connect-timeout",
             type=Number(1, 3600),
-            default=CONNECT_TIMEOUT_SECONDS,
+            default=PEER_CONNECT_TIMEOUT_SECONDS,
             show_default=True,
             metavar="SECONDS",
             help="Give up when the signaling server, the other side or the direct "

@@ -68,7 +68,8 @@ from sfs.peer.proto.framing import TransferProtocol
 from sfs.peer.proto.names import safe_name
 from sfs.peer.proto.packing import Packer
 from sfs.peer.proto.progress import Departures, NullProgress, Progress
-from sfs.peer.proto.wire import Chunk, FileDone, FileInfo, Offer, Reject, Resume
+from sfs.peer.proto.reasons import STDOUT_ONLY, reject
+from sfs.peer.proto.wire import Chunk, FileDone, FileInfo, Offer, Resume
 from sfs.peer.transport.channel import Channel
 from sfs.text import format_size
 
@@ -567,7 +568,7 @@ async def receive_files(
     try:
         offer = (await pump.expect(AskUser)).offer
         if sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
-            machine.refuse(Reject("the receiver takes one file or pipe (--stdout)"))
+            machine.refuse(reject(STDOUT_ONLY))
             await pump.last_word()
             raise RejectedError(
                 f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"

@@ -32,7 +32,9 @@ from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_SECONDS = 10.0
+#: How long reaching the signaling server may take when the caller names no time; the
+#: other side's steps have their own (sfs.defaults.PEER_CONNECT_TIMEOUT_SECONDS).
+SIGNAL_CONNECT_TIMEOUT_SECONDS = 10.0
 CALL_TIMEOUT_SECONDS = 10.0
 #: Server -> client events this client listens for.
 PUSHED_EVENTS = (
@@ -171,7 +173,7 @@ class SignalClient:
         self,
         url: str,
         *,
-        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        connect_timeout: float = SIGNAL_CONNECT_TIMEOUT_SECONDS,
         ca_file: str | None = None,
     ) -> None:
         self.url = url

@@ -21,13 +21,13 @@ from sfs.signal.registry import (
     Connection,
     ConnectionBook,
     Deadlines,
+    Delivery,
     DeliveryCheck,
     Departure,
     Expiry,
-    Link,
     OwnRoomsOnly,
     Registry,
-    Route,
+    Standing,
     refusal,
 )
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Connection(Connection):
-    link: Link = Link.FREE
+    standing: Standing = Standing.FREE
     other_sid: str | None = None  # the counterpart of any link but FREE
 
 
@@ -70,12 +70,12 @@ class PeerTable(ConnectionBook[_Connection]):
 
         ``pending`` counts connection requests not yet accepted, ``pairs`` pairings.
         """
-        links = [conn.link for conn in self._connections.values()]
+        links = [conn.standing for conn in self._connections.values()]
         return {
             "connections": len(self._connections),
             "peers": len(self._sid_by_peer_id),
-            "pending": links.count(Link.REQUESTING),
-            "pairs": links.count(Link.PAIRED) // 2,
+            "pending": links.count(Standing.REQUESTING),
+            "pairs": links.count(Standing.PAIRED) // 2,
         }
 
     @property
@@ -85,11 +85,11 @@ class PeerTable(ConnectionBook[_Connection]):
     def sid_of(self, peer_id: str) -> str | None:
         return self._sid_by_peer_id.get(peer_id)
 
-    def link_of(self, sid: str) -> tuple[Link, str | None]:
+    def standing_of(self, sid: str) -> tuple[Standing, str | None]:
         """Return the link state of *sid* and the peer ID at its other end."""
         conn = self._connections[sid]
         other = self._connections[conn.other_sid] if conn.other_sid else None
-        return conn.link, other.peer_id if other else None
+        return conn.standing, other.peer_id if other else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,42 +125,46 @@ class PeerTable(ConnectionBook[_Connection]):
         self._registered(sid)
         self._lookup(sid, peer_id, now=now)
 
-    def request(self, sid: str, peer_id: str, *, now: float) -> Route:
+    def request(self, sid: str, peer_id: str, *, now: float) -> Delivery:
         """Record a connection request from *sid* to *peer_id*."""
         conn = self._registered(sid)
-        if conn.link is not Link.FREE:
+        if conn.standing is not Standing.FREE:
             raise refusal("busy_self")
         target = self._lookup(sid, peer_id, now=now)
-        conn.link, conn.other_sid = Link.REQUESTING, target.sid
-        target.link, target.other_sid = Link.REQUESTED, sid
+        conn.standing, conn.other_sid = Standing.REQUESTING, target.sid
+        target.standing, target.other_sid = Standing.REQUESTED, sid
         self._progressed(sid)
         self._linked.start(sid, now=now)
         self._linked.start(target.sid, now=now)
-        return Route(to_sid=target.sid, from_peer_id=self._id(conn))
+        return Delivery(to_sid=target.sid, from_peer_id=self._id(conn))
 
-    def accept(self, sid: str, peer_id: str) -> Route:
+    def accept(self, sid: str, peer_id: str) -> Delivery:
         """Pair *sid* with *peer_id*, which must have asked *sid* for a connection."""
         conn = self._registered(sid)
         requester_sid = self._sid_by_peer_id.get(peer_id)
         if (
             requester_sid is None
-            or conn.link is not Link.REQUESTED
+            or conn.standing is not Standing.REQUESTED
             or conn.other_sid != requester_sid
         ):
             raise refusal("no_request", peer_id)
         requester = self._connections[requester_sid]
-        conn.link = requester.link = Link.PAIRED
-        return Route(to_sid=requester_sid, from_peer_id=self._id(conn))
+        conn.standing = requester.standing = Standing.PAIRED
+        return Delivery(to_sid=requester_sid, from_peer_id=self._id(conn))
 
-    def relay(self, sid: str, peer_id: str) -> Route:
+    def relay(self, sid: str, peer_id: str) -> Delivery:
         """Route a message from *sid* to *peer_id*, which must be its partner."""
         conn = self._registered(sid)
         partner_sid = self._sid_by_peer_id.get(peer_id)
-        if conn.link is not Link.PAIRED or partner_sid is None or conn.other_sid != partner_sid:
+        if (
+            conn.standing is not Standing.PAIRED
+            or partner_sid is None
+            or conn.other_sid != partner_sid
+        ):
             raise refusal("not_paired", peer_id)
-        return Route(to_sid=partner_sid, from_peer_id=self._id(conn))
+        return Delivery(to_sid=partner_sid, from_peer_id=self._id(conn))
 
-    def abort(self, sid: str, peer_id: str) -> Route:
+    def abort(self, sid: str, peer_id: str) -> Delivery:
         """Like :meth:`relay`, then dissolve the pairing: nothing more may pass."""
         route = self.relay(sid, peer_id)
         self._free(self._connections[route.to_sid])
@@ -170,7 +174,7 @@ class PeerTable(ConnectionBook[_Connection]):
     # ------------------------------------------------------------------ helpers
 
     def _free(self, conn: _Connection) -> None:
-        conn.link, conn.other_sid = Link.FREE, None
+        conn.standing, conn.other_sid = Standing.FREE, None
         self._linked.cancel(conn.sid)
 
     def _lookup(self, sid: str, peer_id: str, *, now: float) -> _Connection:
@@ -183,7 +187,7 @@ class PeerTable(ConnectionBook[_Connection]):
         if target_sid == sid:
             raise refusal("self")
         target = self._connections[target_sid]
-        if target.link is not Link.FREE:
+        if target.standing is not Standing.FREE:
             raise refusal("busy_target", peer_id)
         return target
 
@@ -264,16 +268,16 @@ class MemoryRegistry(Registry):
     async def find(self, sid: str, peer_id: str, *, now: float) -> None:
         self.table.find(sid, peer_id, now=now)
 
-    async def request(self, sid: str, peer_id: str, *, now: float) -> Route:
+    async def request(self, sid: str, peer_id: str, *, now: float) -> Delivery:
         return self.table.request(sid, peer_id, now=now)
 
-    async def accept(self, sid: str, peer_id: str) -> Route:
+    async def accept(self, sid: str, peer_id: str) -> Delivery:
         return self.table.accept(sid, peer_id)
 
-    async def relay(self, sid: str, peer_id: str) -> Route:
+    async def relay(self, sid: str, peer_id: str) -> Delivery:
         return self.table.relay(sid, peer_id)
 
-    async def abort(self, sid: str, peer_id: str) -> Route:
+    async def abort(self, sid: str, peer_id: str) -> Delivery:
         return self.table.abort(sid, peer_id)
 
     async def expire(self, *, now: float) -> Expiry:

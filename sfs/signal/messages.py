@@ -20,8 +20,6 @@ from urllib.parse import unquote
 
 from sfs.defaults import SIGNALING_PROTOCOL_VERSION
 
-PROTOCOL_VERSION = SIGNALING_PROTOCOL_VERSION
-
 # Client -> server events (each sent with an ack).
 REGISTER_PEER = "register_peer"
 FIND_PEER = "find_peer"
@@ -298,7 +296,7 @@ def _require_turn_credentials(server: IceServer) -> None:
 class RegisterPeer:
     """``register_peer``: ``{}`` or ``{"version": 1}``."""
 
-    version: int = PROTOCOL_VERSION
+    version: int = SIGNALING_PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
@@ -381,12 +379,12 @@ _PEER_ID = frozenset({"peer_id"})
 def parse_register_peer(obj: object) -> RegisterPeer:
     """Validate a ``register_peer`` payload."""
     fields = _fields(obj, frozenset(), frozenset({"version"}))
-    version = fields.get("version", PROTOCOL_VERSION)
+    version = fields.get("version", SIGNALING_PROTOCOL_VERSION)
     if type(version) is not int:  # bool is an int subclass; reject it
         raise InvalidMessage("version must be an integer")
-    if version != PROTOCOL_VERSION:
+    if version != SIGNALING_PROTOCOL_VERSION:
         raise InvalidMessage(
-            f"unsupported protocol version (this server speaks {PROTOCOL_VERSION})"
+            f"unsupported protocol version (this server speaks {SIGNALING_PROTOCOL_VERSION})"
         )
     return RegisterPeer(version=version)
 

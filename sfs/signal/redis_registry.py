@@ -60,13 +60,13 @@ from sfs.signal.registry import (
     MAX_PEER_ID_ATTEMPTS,
     Connection,
     ConnectionBook,
+    Delivery,
     DeliveryCheck,
     Departure,
     Expiry,
     OwnRoomsOnly,
     Registry,
     RegistryUnavailable,
-    Route,
     refusal,
 )
 
@@ -595,10 +595,10 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
     async def find(self, sid: str, peer_id: str, *, now: float) -> None:
         await self._lookup(sid, peer_id, request=False)
 
-    async def request(self, sid: str, peer_id: str, *, now: float) -> Route:
+    async def request(self, sid: str, peer_id: str, *, now: float) -> Delivery:
         conn, target_sid = await self._lookup(sid, peer_id, request=True)
         assert conn.peer_id is not None  # _lookup checked it
-        return Route(to_sid=target_sid, from_peer_id=conn.peer_id)
+        return Delivery(to_sid=target_sid, from_peer_id=conn.peer_id)
 
     async def _lookup(self, sid: str, peer_id: str, *, request: bool) -> tuple[Connection, str]:
         conn = self._registered(sid)
@@ -624,23 +624,23 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
         self._check(sid, outcome, peer_id)
         return conn, str(rest[0])
 
-    async def accept(self, sid: str, peer_id: str) -> Route:
+    async def accept(self, sid: str, peer_id: str) -> Delivery:
         conn = self._registered(sid)
         outcome, *rest = await self._run("accept", conn.peer_id, peer_id)
         self._check(sid, outcome, peer_id)
-        return Route(to_sid=str(rest[0]), from_peer_id=self._id(conn))
+        return Delivery(to_sid=str(rest[0]), from_peer_id=self._id(conn))
 
-    async def relay(self, sid: str, peer_id: str) -> Route:
+    async def relay(self, sid: str, peer_id: str) -> Delivery:
         return await self._relay(sid, peer_id, dissolve=False)
 
-    async def abort(self, sid: str, peer_id: str) -> Route:
+    async def abort(self, sid: str, peer_id: str) -> Delivery:
         return await self._relay(sid, peer_id, dissolve=True)
 
-    async def _relay(self, sid: str, peer_id: str, *, dissolve: bool) -> Route:
+    async def _relay(self, sid: str, peer_id: str, *, dissolve: bool) -> Delivery:
         conn = self._registered(sid)
         outcome, *rest = await self._run("relay", conn.peer_id, peer_id, int(dissolve))
         self._check(sid, outcome, peer_id)
-        return Route(to_sid=str(rest[0]), from_peer_id=self._id(conn))
+        return Delivery(to_sid=str(rest[0]), from_peer_id=self._id(conn))
 
     async def expire(self, *, now: float) -> Expiry:
         expiry = Expiry()

@@ -21,7 +21,7 @@ coroutines, and a registry that cannot reach its store raises
 :class:`RegistryUnavailable` from them (a :class:`Rejected`: the client is told, the
 server stays up).
 
-A node's sids are opaque Socket.IO session IDs.  A :class:`Route` may name a sid on
+A node's sids are opaque Socket.IO session IDs.  A :class:`Delivery` may name a sid on
 another node: emitting to it is the client manager's business
 (:meth:`Registry.client_manager`).
 """
@@ -101,7 +101,7 @@ def refusal(name: str, peer_id: str = "") -> Rejected:
     return Rejected(code, template.format(peer_id=peer_id))
 
 
-class Link(Enum):
+class Standing(Enum):
     """Where a peer stands with respect to one other peer."""
 
     FREE = "free"
@@ -111,7 +111,7 @@ class Link(Enum):
 
 
 @dataclass(frozen=True)
-class Route:
+class Delivery:
     """Deliver to *to_sid* a message that names its sender as *from_peer_id*."""
 
     to_sid: str
@@ -452,20 +452,20 @@ class Registry(ABC):
         """Check that *peer_id* is there and free to be asked (a rate-limited lookup)."""
 
     @abstractmethod
-    async def request(self, sid: str, peer_id: str, *, now: float) -> Route:
+    async def request(self, sid: str, peer_id: str, *, now: float) -> Delivery:
         """Record a connection request from *sid* to *peer_id* (a lookup too): of
         two requests for one peer, exactly one wins."""
 
     @abstractmethod
-    async def accept(self, sid: str, peer_id: str) -> Route:
+    async def accept(self, sid: str, peer_id: str) -> Delivery:
         """Pair *sid* with *peer_id*, which must have asked *sid* for a connection."""
 
     @abstractmethod
-    async def relay(self, sid: str, peer_id: str) -> Route:
+    async def relay(self, sid: str, peer_id: str) -> Delivery:
         """Route a message from *sid* to *peer_id*, which must be its partner."""
 
     @abstractmethod
-    async def abort(self, sid: str, peer_id: str) -> Route:
+    async def abort(self, sid: str, peer_id: str) -> Delivery:
         """Like :meth:`relay`, then dissolve the pairing: nothing more may pass."""
 
     @abstractmethod

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sfs.peer.proto.wire import PROTOCOL_VERSION, FrameType
+from sfs.defaults import TRANSFER_PROTOCOL_VERSION
+from sfs.peer.proto.wire import FrameType
 from tests.conftest import ServerProcess, start_server, stop_process
 from tests.integration.peers import run_sender, start_receiver
 from tests.integration.test_malicious_peer import (
@@ -185,7 +186,7 @@ def _tree_offer(
         _tree_offer((["a"], "x"), (["a", "x"], "y")),
         _tree_offer((["a"], "x"), folders=[["a", "x"]]),
         _tree_offer((["a"], "x"), folders=[[".."]]),
-        {**_tree_offer((["a"], "x")), "v": PROTOCOL_VERSION + 1},
+        {**_tree_offer((["a"], "x")), "v": TRANSFER_PROTOCOL_VERSION + 1},
     ],
     ids=["dotdot", "dotdot-top", "absolute", "slash-inside", "nul-inside", "empty",
          "500-deep", "file-where-folder", "folder-where-file",
@@ -197,7 +198,7 @@ async def test_hostile_folder_offers_are_refused_before_anything_is_written(
     before = snapshot(tmp_path)
     result = await attack(lenient_server, tmp_path, offer_raw(offer))
     assert_clean(result, tmp_path, before, 13)
-    if offer["v"] == PROTOCOL_VERSION + 1:
+    if offer["v"] == TRANSFER_PROTOCOL_VERSION + 1:
         assert "upgrade sfs here" in result.error_line()
 
 

@@ -24,8 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES
-from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
+from sfs.defaults import (
+    MAX_CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_SENDER_NAME_CHARS,
+    MAX_TEXT_BYTES,
+    SIGNALING_PROTOCOL_VERSION,
+)
+from sfs.errors import CryptoError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.names import MAX_NAME_BYTES, safe_name
@@ -575,7 +581,7 @@ def do_send(proto: TransferProtocol, model: Model, event: Event) -> bytes | None
     try:
         frame = proto.send(event)
     except ProtocolError as exc:
-        assert not isinstance(exc, RemoteProtocolError), "local misuse blamed on the peer"
+        assert isinstance(exc, LocalProtocolError), "local misuse blamed on the peer"
         assert proto.state is before, "a refused event changed the state"
         assert not isinstance(event, Ping) or before is State.CLOSED, "PING refused"
         model.check(proto)
@@ -666,7 +672,7 @@ def assert_closed_for_good(proto: TransferProtocol, peer: FrameSealer) -> None:
         FileDone(bytes(SHA256_BYTES)),
     )
     for event in events:
-        with pytest.raises(ProtocolError):
+        with pytest.raises(LocalProtocolError):
             proto.send(event)
 
 
@@ -1286,7 +1292,7 @@ def check_parsed(parse: Parser, result: object) -> None:
     if isinstance(result, m.Abort):
         assert m.REASON_RE.fullmatch(result.reason)
     if isinstance(result, m.RegisterPeer):
-        assert result.version == m.PROTOCOL_VERSION
+        assert result.version == SIGNALING_PROTOCOL_VERSION
     if isinstance(result, m.Ack) and not result.ok:
         assert isinstance(result.error, str) and isinstance(result.message, str)
 
@@ -1358,7 +1364,7 @@ def test_offer_with_a_name_that_is_not_unicode_is_refused_locally() -> None:
     # os.listdir() gives such names (surrogate escapes) for non-UTF-8 bytes on Linux;
     # encode_offer raised UnicodeEncodeError after the state had moved to OFFERED.
     sender = idle_sender()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Offer(files=(FileInfo("caf\udce9.txt", 1),)))
     assert sender.state is State.IDLE
 
@@ -1391,9 +1397,8 @@ def test_offer_with_a_name_that_is_not_unicode_is_refused_locally() -> None:
 def test_sender_refuses_an_offer_the_receiver_would_refuse(offer: Offer) -> None:
     # These went out, and the receiver answered with a protocol error.
     sender = idle_sender()
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(LocalProtocolError):
         sender.send_frames(offer)
-    assert not isinstance(info.value, RemoteProtocolError)
     assert sender.state is State.IDLE
 
 
@@ -1402,11 +1407,11 @@ def test_cancel_or_reject_the_peer_would_refuse_is_refused_locally(reason: str) 
     # A lone surrogate raised UnicodeEncodeError with the state already CLOSED; a long
     # reason went out and the peer refused the frame instead of closing.
     sender = idle_sender()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Cancel(reason))
     assert sender.state is State.IDLE
     receiver = deciding_receiver()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         receiver.send(Reject(reason))
     assert receiver.state is State.DECIDING
 
@@ -1447,7 +1452,7 @@ def test_held_offset_the_peer_would_refuse_is_refused_locally(offset: int) -> No
     # (_int_list: no bool); with -1 the receiver then also took RESUME {"offsets": [-1]}
     # and one byte more than the file's size.
     _, receiver = offered_pair()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         receiver.send(Accept((offset,)))
     assert receiver.state is State.DECIDING
 
@@ -1458,7 +1463,7 @@ def test_resume_offsets_the_peer_would_refuse_are_refused_locally(held: int) -> 
     # false/true, and the receiver refused the RESUME frame (it refuses bools).
     sender, receiver = offered_pair()
     sender.receive(receiver.send(Accept((held,))))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Resume((bool(held),), (bytes(SHA256_BYTES) if held else b"",)))
     assert sender.state is State.ACCEPTED
 
@@ -1474,7 +1479,7 @@ def test_accept_with_an_offset_for_every_offered_file_goes_through() -> None:
     try:
         frame = receiver.send(Accept(held))
     except ProtocolError as exc:
-        assert not isinstance(exc, RemoteProtocolError)
+        assert isinstance(exc, LocalProtocolError)
         assert receiver.state is State.DECIDING
         return
     assert sender.receive(frame) == Accept(held)
@@ -1486,7 +1491,7 @@ def test_resumed_file_carries_only_what_is_left() -> None:
     resume = Resume((3,), (bytes(SHA256_BYTES),))
     assert receiver.receive(sender.send(resume)) == resume
     assert sender.receive(receiver.send(Start((3,)))) == Start((3,))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Chunk(b"xyz"))
     assert receiver.receive(sender.send(Chunk(b"xy"))) == Chunk(b"xy")
     done = FileDone(bytes(SHA256_BYTES))

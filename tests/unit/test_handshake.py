@@ -42,7 +42,6 @@ from sfs.peer.proto.handshake import (
     ConnectionRequested,
     CreateOffers,
     Done,
-    Event,
     Fail,
     Handshake,
     Leave,
@@ -55,8 +54,9 @@ from sfs.peer.proto.handshake import (
     Registered,
     SealedReceived,
     ServerLost,
+    SetupEvent,
+    SetupState,
     ShowCode,
-    State,
     Status,
     signal_event,
     streams_for,
@@ -76,7 +76,7 @@ AFTER_OFFER = (
 SERVER_ICE = (IceServer(urls=("stun:stun.example.org",)),)
 
 Tamper = Callable[[str, Call], list[Call]]
-OVER = (State.DONE, State.FAILED)
+OVER = (SetupState.DONE, SetupState.FAILED)
 LOCAL = (Registered, LocalDescription, ChannelOpen)
 
 
@@ -85,7 +85,7 @@ class Side:
     name: str
     peer_id: str
     hs: Handshake
-    inbox: deque[Event] = field(default_factory=deque)
+    inbox: deque[SetupEvent] = field(default_factory=deque)
     calls: list[Call] = field(default_factory=list)
     shown: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
@@ -142,7 +142,7 @@ class Relay:
     def other(self, side: Side) -> Side:
         return self.joiner if side is self.waiter else self.waiter
 
-    def deliver(self, side: Side, event: Event) -> None:
+    def deliver(self, side: Side, event: SetupEvent) -> None:
         if side.hs.state in OVER and isinstance(event, LOCAL):
             return  # app.py stops pumping at the end
         self.perform(side, side.hs.handle(event, self.now))
@@ -210,7 +210,7 @@ class Relay:
             pass
 
 
-def state_of(hs: Handshake) -> State:
+def state_of(hs: Handshake) -> SetupState:
     return hs.state  # a call, so mypy does not keep an earlier narrowing
 
 
@@ -241,7 +241,7 @@ def test_both_flows_reach_done_with_keys_that_agree(waiter_role: Role, streams: 
     assert sender.keys.verifier == receiver.keys.verifier
     assert sender.accepted == tuple(f"answer to v=0 offer {i}" for i in range(streams))
     for side in (sender, receiver):
-        assert side.hs.state is State.DONE
+        assert side.hs.state is SetupState.DONE
         assert side.error is None
         assert side.hs.next_deadline() is None
     assert relay.waiter.shown == [f"{WAITER_ID}-{WORDS}"]
@@ -299,7 +299,7 @@ def test_ice_servers_are_the_servers_unless_given() -> None:
 
 def test_secrets_are_dropped_after_key_derivation() -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.sender.hs.state is State.CREATING_OFFERS)
+    relay.run(until=lambda: relay.sender.hs.state is SetupState.CREATING_OFFERS)
     hs = relay.sender.hs
     assert hs._exchange is None and hs._code is None
     relay.run()
@@ -320,7 +320,7 @@ def test_wrong_code_ends_both_sides(waiter_role: Role) -> None:
     assert relay.receiver.calls[-1].best_effort
     assert isinstance(relay.sender.error, WrongCodeError)
     assert abort_calls(relay.sender) == []
-    assert relay.sender.hs.state is relay.receiver.hs.state is State.FAILED
+    assert relay.sender.hs.state is relay.receiver.hs.state is SetupState.FAILED
 
 
 def corrupt(kind: str) -> Tamper:
@@ -382,7 +382,7 @@ def test_a_replayed_offer_from_an_earlier_session_is_a_wrong_code() -> None:
 )
 def test_a_malformed_key_is_a_signaling_error(key: object, message: str) -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_KEY)
+    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_KEY)
     error = only_error(relay.receiver.hs.handle(PublicKeyReceived(JOINER_ID, key), relay.now))
     assert type(error) is SignalingError and str(error) == message
     assert relay.receiver.hs._exchange is None
@@ -390,7 +390,7 @@ def test_a_malformed_key_is_a_signaling_error(key: object, message: str) -> None
 
 def test_a_malformed_sealed_field_is_a_signaling_error() -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
     hs = relay.receiver.hs
     error = only_error(hs.handle(SealedReceived(JOINER_ID, "offer", "%%%"), relay.now))
     assert str(error) == "the signaling server sent a malformed sealed"
@@ -410,7 +410,7 @@ def test_a_malformed_sealed_field_is_a_signaling_error() -> None:
 )
 def test_a_sealed_offer_that_opens_to_nonsense_is_malformed(plaintext: bytes) -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
     keys = relay.receiver.hs._keys
     assert keys is not None
     sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
@@ -465,7 +465,7 @@ def test_direct_addresses_travel_sealed_and_both_sides_agree_on_the_choice(
 )
 def test_a_malformed_direct_address_list_is_malformed(tcp: object) -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.receiver.hs.state is State.AWAITING_OFFER)
+    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
     keys = relay.receiver.hs._keys
     assert keys is not None
     plaintext = json.dumps({"type": "offer", "sdp": "x", "tcp": tcp}).encode()
@@ -478,16 +478,18 @@ def test_a_malformed_direct_address_list_is_malformed(tcp: object) -> None:
 # -- the partner gone or giving up --------------------------------------------------------
 
 PAIRED_STATES = [
-    (Role.SENDER, State.AWAITING_KEY),
-    (Role.SENDER, State.CREATING_OFFERS),
-    (Role.SENDER, State.AWAITING_ANSWER),
-    (Role.RECEIVER, State.AWAITING_KEY),
-    (Role.RECEIVER, State.AWAITING_OFFER),
-    (Role.RECEIVER, State.ANSWERING),
+    (Role.SENDER, SetupState.AWAITING_KEY),
+    (Role.SENDER, SetupState.CREATING_OFFERS),
+    (Role.SENDER, SetupState.AWAITING_ANSWER),
+    (Role.RECEIVER, SetupState.AWAITING_KEY),
+    (Role.RECEIVER, SetupState.AWAITING_OFFER),
+    (Role.RECEIVER, SetupState.ANSWERING),
 ]
 
 
-def relay_at(role: Role, state: State, waiter_role: Role = Role.RECEIVER) -> tuple[Relay, Side]:
+def relay_at(
+    role: Role, state: SetupState, waiter_role: Role = Role.RECEIVER
+) -> tuple[Relay, Side]:
     relay = Relay(waiter_role=waiter_role, open_channels=False)
     side = relay.sender if role is Role.SENDER else relay.receiver
     relay.run(until=lambda: side.hs.state is state)
@@ -496,17 +498,17 @@ def relay_at(role: Role, state: State, waiter_role: Role = Role.RECEIVER) -> tup
 
 
 @pytest.mark.parametrize(("role", "state"), PAIRED_STATES)
-def test_partner_gone_at_each_stage(role: Role, state: State) -> None:
+def test_partner_gone_at_each_stage(role: Role, state: SetupState) -> None:
     relay, side = relay_at(role, state)
     partner = relay.other(side).peer_id
     error = only_error(side.hs.handle(PartnerLeft(partner), relay.now))
     assert type(error) is PeerGoneError and str(error) == LEFT
-    assert side.hs.state is State.FAILED
+    assert side.hs.state is SetupState.FAILED
 
 
 def test_partner_gone_before_accepting_the_joiner() -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.joiner.hs.state is State.AWAITING_ACCEPT)
+    relay.run(until=lambda: relay.joiner.hs.state is SetupState.AWAITING_ACCEPT)
     error = only_error(relay.joiner.hs.handle(PartnerLeft(WAITER_ID), relay.now))
     assert str(error) == LEFT
 
@@ -516,17 +518,17 @@ def test_the_waiting_side_ignores_who_leaves_before_pairing() -> None:
     hs = relay.waiter.hs
     assert hs.handle(PartnerLeft(JOINER_ID), relay.now) == []
     assert hs.handle(PartnerAborted(JOINER_ID, "wrong_code"), relay.now) == []
-    assert hs.state is State.AWAITING_REQUEST
+    assert hs.state is SetupState.AWAITING_REQUEST
     relay.run()
     assert relay.waiter.keys is not None
 
 
 @pytest.mark.parametrize("role", [Role.SENDER, Role.RECEIVER])
 def test_partner_gone_while_opening_gets_a_grace_period(role: Role) -> None:
-    relay, side = relay_at(role, State.OPENING)
+    relay, side = relay_at(role, SetupState.OPENING)
     partner = relay.other(side).peer_id
     assert side.hs.handle(PartnerLeft(partner), relay.now) == []
-    assert side.hs.state is State.PARTNER_LEFT
+    assert side.hs.state is SetupState.PARTNER_LEFT
     assert side.hs.next_deadline() == relay.now + PARTNER_GONE_GRACE_SECONDS
     # Once it has left, nothing more it says through the server counts.
     assert side.hs.handle(PartnerLeft(partner), relay.now) == []
@@ -538,7 +540,7 @@ def test_partner_gone_while_opening_gets_a_grace_period(role: Role) -> None:
 
 
 def test_partner_gone_while_opening_and_the_channel_stays_shut() -> None:
-    relay, side = relay_at(Role.SENDER, State.OPENING)
+    relay, side = relay_at(Role.SENDER, SetupState.OPENING)
     side.hs.handle(PartnerLeft(relay.other(side).peer_id), relay.now)
     assert side.hs.handle(ServerLost(), relay.now) == []
     error = only_error(side.hs.handle_timer(relay.now + PARTNER_GONE_GRACE_SECONDS))
@@ -558,9 +560,9 @@ def test_partner_gone_while_opening_and_the_channel_stays_shut() -> None:
         (None, PeerGoneError, "the other side gave up before the connection was set up"),
     ],
 )
-@pytest.mark.parametrize(("role", "state"), [*PAIRED_STATES, (Role.SENDER, State.OPENING)])
+@pytest.mark.parametrize(("role", "state"), [*PAIRED_STATES, (Role.SENDER, SetupState.OPENING)])
 def test_partner_aborted(
-    reason: object, kind: type[SfsError], message: str, role: Role, state: State
+    reason: object, kind: type[SfsError], message: str, role: Role, state: SetupState
 ) -> None:
     relay, side = relay_at(role, state)
     partner = relay.other(side).peer_id
@@ -576,18 +578,20 @@ PLAIN_TIMEOUT = "the other side did not answer within 30 s"
 @pytest.mark.parametrize(
     ("role", "state", "message"),
     [
-        (Role.SENDER, State.AWAITING_ACCEPT, PLAIN_TIMEOUT),
-        (Role.RECEIVER, State.AWAITING_ACCEPT, PLAIN_TIMEOUT),
-        (Role.SENDER, State.AWAITING_KEY, PLAIN_TIMEOUT),
-        (Role.SENDER, State.AWAITING_ANSWER, AFTER_OFFER),
-        (Role.RECEIVER, State.AWAITING_KEY, PLAIN_TIMEOUT),
-        (Role.RECEIVER, State.AWAITING_OFFER, PLAIN_TIMEOUT),
+        (Role.SENDER, SetupState.AWAITING_ACCEPT, PLAIN_TIMEOUT),
+        (Role.RECEIVER, SetupState.AWAITING_ACCEPT, PLAIN_TIMEOUT),
+        (Role.SENDER, SetupState.AWAITING_KEY, PLAIN_TIMEOUT),
+        (Role.SENDER, SetupState.AWAITING_ANSWER, AFTER_OFFER),
+        (Role.RECEIVER, SetupState.AWAITING_KEY, PLAIN_TIMEOUT),
+        (Role.RECEIVER, SetupState.AWAITING_OFFER, PLAIN_TIMEOUT),
     ],
 )
 @pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
-def test_timeouts_at_each_wait(role: Role, state: State, message: str, waiter_role: Role) -> None:
+def test_timeouts_at_each_wait(
+    role: Role, state: SetupState, message: str, waiter_role: Role
+) -> None:
     joins = (role is Role.SENDER) == (waiter_role is Role.RECEIVER)
-    if state is State.AWAITING_ACCEPT and not joins:
+    if state is SetupState.AWAITING_ACCEPT and not joins:
         pytest.skip("only the joining side waits for an accept")
     relay = Relay(waiter_role=waiter_role)
     side = relay.sender if role is Role.SENDER else relay.receiver
@@ -602,7 +606,7 @@ def test_timeouts_at_each_wait(role: Role, state: State, message: str, waiter_ro
 
 def test_the_waiting_side_waits_for_a_request_without_a_deadline() -> None:
     relay = Relay()
-    assert relay.waiter.hs.state is State.AWAITING_REQUEST
+    assert relay.waiter.hs.state is SetupState.AWAITING_REQUEST
     assert relay.waiter.hs.next_deadline() is None
     assert relay.waiter.hs.handle_timer(1e9) == []
 
@@ -612,14 +616,14 @@ def test_the_waiting_side_waits_for_a_request_without_a_deadline() -> None:
 
 @pytest.mark.parametrize(
     ("role", "state"),
-    [*PAIRED_STATES, (Role.SENDER, State.OPENING), (Role.RECEIVER, State.OPENING)],
+    [*PAIRED_STATES, (Role.SENDER, SetupState.OPENING), (Role.RECEIVER, SetupState.OPENING)],
 )
-def test_cancel_after_pairing_tells_the_partner(role: Role, state: State) -> None:
+def test_cancel_after_pairing_tells_the_partner(role: Role, state: SetupState) -> None:
     relay, side = relay_at(role, state)
     actions = side.hs.handle(Cancelled(), relay.now)
     partner = relay.other(side)
     assert actions == [Call("abort", {"peer_id": partner.peer_id, "reason": "cancelled"}, True)]
-    assert side.hs.state is State.FAILED
+    assert side.hs.state is SetupState.FAILED
     relay.perform(side, actions)
     side.inbox.clear()
     relay.run()
@@ -630,19 +634,19 @@ def test_cancel_after_pairing_tells_the_partner(role: Role, state: State) -> Non
 def test_cancel_before_pairing_tells_no_one(which: str) -> None:
     relay = Relay()
     side = relay.waiter if which == "waiter" else relay.joiner
-    relay.run(until=lambda: relay.joiner.hs.state is State.AWAITING_ACCEPT)
+    relay.run(until=lambda: relay.joiner.hs.state is SetupState.AWAITING_ACCEPT)
     assert side.hs.handle(Cancelled(), relay.now) == []
-    assert side.hs.state is State.FAILED
+    assert side.hs.state is SetupState.FAILED
 
 
 # -- strangers, reordering, reconnecting, out-of-state events ----------------------------
 
 
 def test_events_from_strangers_are_ignored_after_pairing() -> None:
-    relay, side = relay_at(Role.RECEIVER, State.AWAITING_OFFER)
+    relay, side = relay_at(Role.RECEIVER, SetupState.AWAITING_OFFER)
     relay.open_channels = True
     hs = side.hs
-    strangers: list[Event] = [
+    strangers: list[SetupEvent] = [
         PartnerLeft(STRANGER_ID),
         PartnerAborted(STRANGER_ID, "wrong_code"),
         SealedReceived(STRANGER_ID, "offer", "AAAA"),
@@ -653,14 +657,14 @@ def test_events_from_strangers_are_ignored_after_pairing() -> None:
     ]
     for event in strangers:
         assert hs.handle(event, relay.now) == []
-    assert hs.state is State.AWAITING_OFFER
+    assert hs.state is SetupState.AWAITING_OFFER
     relay.run()
     assert relay.sender.keys is not None and relay.receiver.keys is not None
 
 
 def test_a_second_request_is_ignored_once_paired() -> None:
     relay = Relay()
-    relay.run(until=lambda: relay.waiter.hs.state is State.AWAITING_KEY)
+    relay.run(until=lambda: relay.waiter.hs.state is SetupState.AWAITING_KEY)
     assert relay.waiter.hs.handle(ConnectionRequested(STRANGER_ID), relay.now) == []
     assert relay.waiter.hs.partner == JOINER_ID
 
@@ -698,13 +702,13 @@ def test_early_events_before_pairing_are_kept_for_the_partner() -> None:
     hs.handle(Registered(WAITER_ID), 0.0)
     assert hs.handle(PublicKeyReceived(STRANGER_ID, "AAAA"), 0.0) == []
     assert hs.handle(PublicKeyReceived(JOINER_ID, key), 0.0) == []
-    assert state_of(hs) is State.AWAITING_REQUEST
+    assert state_of(hs) is SetupState.AWAITING_REQUEST
     actions = hs.handle(ConnectionRequested(JOINER_ID), 1.0)
     assert [a.event for a in actions if isinstance(a, Call)] == [
         "accept_connection",
         "send_public_key",
     ]
-    assert hs.state is State.AWAITING_OFFER
+    assert hs.state is SetupState.AWAITING_OFFER
     assert hs.next_deadline() == 1.0 + TIMEOUT
 
 
@@ -716,54 +720,56 @@ def test_a_lost_server_while_waiting_gives_a_new_code() -> None:
         Status("Lost the signaling server; reconnecting…"),
         Reconnect(),
     ]
-    assert state_of(hs) is State.RECONNECTING
+    assert state_of(hs) is SetupState.RECONNECTING
     assert hs.handle(Registered("NEW-456"), 2.0) == [
         Status("Reconnected. The old code no longer works; use this one:"),
         ShowCode("NEW-456-otter-bell"),
     ]
-    assert hs.state is State.AWAITING_REQUEST
+    assert hs.state is SetupState.AWAITING_REQUEST
 
 
-@pytest.mark.parametrize(("role", "state"), PAIRED_STATES + [(Role.SENDER, State.AWAITING_ACCEPT)])
-def test_a_lost_server_after_pairing_ends_the_set_up(role: Role, state: State) -> None:
+@pytest.mark.parametrize(
+    ("role", "state"), PAIRED_STATES + [(Role.SENDER, SetupState.AWAITING_ACCEPT)]
+)
+def test_a_lost_server_after_pairing_ends_the_set_up(role: Role, state: SetupState) -> None:
     relay, side = relay_at(role, state)
     error = only_error(side.hs.handle(ServerLost(), relay.now))
     assert type(error) is ServerLostError
 
 
 def test_a_lost_server_while_opening_does_not_matter() -> None:
-    relay, side = relay_at(Role.RECEIVER, State.OPENING)
+    relay, side = relay_at(Role.RECEIVER, SetupState.OPENING)
     assert side.hs.handle(ServerLost(), relay.now) == []
     assert isinstance(side.hs.handle(ChannelOpen(), relay.now)[-1], Done)
 
 
 def test_duplicates_and_wrong_kinds_from_the_partner_are_ignored() -> None:
-    relay, side = relay_at(Role.SENDER, State.AWAITING_ANSWER)
+    relay, side = relay_at(Role.SENDER, SetupState.AWAITING_ANSWER)
     hs = side.hs
     assert hs.handle(ConnectionAccepted(WAITER_ID), relay.now) == []
     assert hs.handle(PublicKeyReceived(WAITER_ID, "AAAA"), relay.now) == []
     assert hs.handle(SealedReceived(WAITER_ID, "offer", "AAAA"), relay.now) == []
-    assert hs.state is State.AWAITING_ANSWER
+    assert hs.state is SetupState.AWAITING_ANSWER
 
 
 @pytest.mark.parametrize(
     ("event", "state"),
     [
-        (ChannelOpen(), State.IDLE),
-        (LocalDescription(("x",)), State.IDLE),
-        (ChannelOpen(), State.AWAITING_KEY),
-        (LocalDescription(("x",)), State.AWAITING_KEY),
-        (Registered(WAITER_ID), State.AWAITING_KEY),
-        (LocalDescription(("x",)), State.DONE),
-        (ChannelOpen(), State.FAILED),
+        (ChannelOpen(), SetupState.IDLE),
+        (LocalDescription(("x",)), SetupState.IDLE),
+        (ChannelOpen(), SetupState.AWAITING_KEY),
+        (LocalDescription(("x",)), SetupState.AWAITING_KEY),
+        (Registered(WAITER_ID), SetupState.AWAITING_KEY),
+        (LocalDescription(("x",)), SetupState.DONE),
+        (ChannelOpen(), SetupState.FAILED),
     ],
 )
-def test_local_events_out_of_state_are_a_bug(event: Event, state: State) -> None:
+def test_local_events_out_of_state_are_a_bug(event: SetupEvent, state: SetupState) -> None:
     relay = Relay()
     hs = relay.joiner.hs
-    if state is State.IDLE:
+    if state is SetupState.IDLE:
         hs = Handshake(Role.SENDER, code=Code(WAITER_ID, WORDS), connect_timeout=TIMEOUT)
-    elif state is State.FAILED:
+    elif state is SetupState.FAILED:
         hs.handle(Cancelled(), relay.now)
     else:
         relay.run(until=lambda: hs.state is state)
@@ -783,7 +789,7 @@ def test_server_events_after_the_end_are_ignored() -> None:
 
 def test_an_empty_description_is_a_bug() -> None:
     relay = Relay(open_channels=False)
-    relay.run(until=lambda: relay.sender.hs.state is State.CREATING_OFFERS)
+    relay.run(until=lambda: relay.sender.hs.state is SetupState.CREATING_OFFERS)
     with pytest.raises(ValueError):
         relay.sender.hs.handle(LocalDescription(()), relay.now)
 
@@ -809,7 +815,7 @@ def test_bad_stream_counts_are_refused() -> None:
         ("ice_candidate", {"peer_id": "A"}, None),
     ],
 )
-def test_signal_event(name: str, data: dict[str, object], event: Event | None) -> None:
+def test_signal_event(name: str, data: dict[str, object], event: SetupEvent | None) -> None:
     assert signal_event(name, data) == event
 
 
@@ -872,7 +878,7 @@ def test_random_event_sequences_only_end_in_sfs_errors(
         for event in [e for e in target.inbox if isinstance(e, LOCAL)]:
             target.inbox.remove(event)
             relay.deliver(target, event)
-        over = target.hs.state in (State.DONE, State.FAILED)
+        over = target.hs.state in (SetupState.DONE, SetupState.FAILED)
         if step == "honest":
             if not target.inbox:
                 continue
@@ -883,7 +889,7 @@ def test_random_event_sequences_only_end_in_sfs_errors(
         else:
             assert not isinstance(step, str)
             assert isinstance(step, REMOTE_TYPES)
-            actions = target.hs.handle(cast(Event, step), relay.now)
+            actions = target.hs.handle(cast(SetupEvent, step), relay.now)
         if over:
             assert actions == []
         relay.perform(target, actions)
@@ -891,10 +897,10 @@ def test_random_event_sequences_only_end_in_sfs_errors(
             if isinstance(action, Fail):
                 assert isinstance(action.error, SfsError)
                 assert action is actions[-1]
-                assert target.hs.state is State.FAILED
+                assert target.hs.state is SetupState.FAILED
             if isinstance(action, Done):
-                assert target.hs.state is State.DONE
-        if target.hs.state is State.FAILED:
+                assert target.hs.state is SetupState.DONE
+        if target.hs.state is SetupState.FAILED:
             assert target.hs._exchange is None and target.hs._keys is None
 
 
@@ -911,7 +917,7 @@ class DelayedRelay(Relay):
 
     hop = 0.0
 
-    def deliver(self, side: Side, event: Event) -> None:
+    def deliver(self, side: Side, event: SetupEvent) -> None:
         if not isinstance(event, LOCAL):
             self.now += self.hop
         super().deliver(side, event)

@@ -11,7 +11,7 @@ import pytest
 from sfs.signal import messages as m
 from sfs.signal.config import ServerConfig
 from sfs.signal.memory_registry import PeerTable
-from sfs.signal.registry import Departure, Link, Rejected, Route
+from sfs.signal.registry import Delivery, Departure, Rejected, Standing
 
 KEY = "q83vEjRWeJA="  # 8 bytes of base64
 A, B, C = "AAA-001", "BBB-002", "CCC-003"
@@ -477,7 +477,7 @@ def test_find() -> None:
         table.connect(sid, "x", now=0.0)
         table.register(sid)
     table.find("sa", B, now=0.0)
-    assert table.link_of("sb") == (Link.FREE, None)  # finding changes nothing
+    assert table.standing_of("sb") == (Standing.FREE, None)  # finding changes nothing
     assert _code(lambda: table.find("sa", "ZZZ-999", now=0.0)) == m.UNKNOWN_PEER
     assert _code(lambda: table.find("sa", A, now=0.0)) == m.INVALID
     table.request("sa", B, now=0.0)
@@ -495,12 +495,12 @@ def test_request_and_accept_pair_both_ends() -> None:
     for sid in ("sa", "sb"):
         table.connect(sid, "x", now=0.0)
         table.register(sid)
-    assert table.request("sa", B, now=0.0) == Route(to_sid="sb", from_peer_id=A)
-    assert table.link_of("sa") == (Link.REQUESTING, B)
-    assert table.link_of("sb") == (Link.REQUESTED, A)
-    assert table.accept("sb", A) == Route(to_sid="sa", from_peer_id=B)
-    assert table.link_of("sa") == (Link.PAIRED, B)
-    assert table.link_of("sb") == (Link.PAIRED, A)
+    assert table.request("sa", B, now=0.0) == Delivery(to_sid="sb", from_peer_id=A)
+    assert table.standing_of("sa") == (Standing.REQUESTING, B)
+    assert table.standing_of("sb") == (Standing.REQUESTED, A)
+    assert table.accept("sb", A) == Delivery(to_sid="sa", from_peer_id=B)
+    assert table.standing_of("sa") == (Standing.PAIRED, B)
+    assert table.standing_of("sb") == (Standing.PAIRED, A)
 
 
 def test_request_rejections() -> None:
@@ -509,7 +509,7 @@ def test_request_rejections() -> None:
     assert _code(lambda: table.request("sc", C, now=0.0)) == m.INVALID
     assert _code(lambda: table.request("sc", A, now=0.0)) == m.BUSY
     assert _code(lambda: table.request("sa", C, now=0.0)) == m.BUSY  # caller is paired
-    assert table.link_of("sc") == (Link.FREE, None)
+    assert table.standing_of("sc") == (Standing.FREE, None)
 
 
 def test_request_to_a_peer_with_a_pending_request_is_busy() -> None:
@@ -540,8 +540,8 @@ def test_accept_needs_a_pending_request_from_that_peer() -> None:
 
 def test_relay_only_between_partners() -> None:
     table = _paired()
-    assert table.relay("sa", B) == Route(to_sid="sb", from_peer_id=A)
-    assert table.relay("sb", A) == Route(to_sid="sa", from_peer_id=B)
+    assert table.relay("sa", B) == Delivery(to_sid="sb", from_peer_id=A)
+    assert table.relay("sb", A) == Delivery(to_sid="sa", from_peer_id=B)
     assert _code(lambda: table.relay("sc", A)) == m.NOT_PAIRED  # a third peer
     assert _code(lambda: table.relay("sa", C)) == m.NOT_PAIRED  # not its partner
     assert _code(lambda: table.relay("sa", A)) == m.NOT_PAIRED  # itself
@@ -560,9 +560,9 @@ def test_relay_refused_while_only_pending() -> None:
 
 def test_abort_relays_then_dissolves_the_pairing() -> None:
     table = _paired()
-    assert table.abort("sb", A) == Route(to_sid="sa", from_peer_id=B)
-    assert table.link_of("sa") == (Link.FREE, None)
-    assert table.link_of("sb") == (Link.FREE, None)
+    assert table.abort("sb", A) == Delivery(to_sid="sa", from_peer_id=B)
+    assert table.standing_of("sa") == (Standing.FREE, None)
+    assert table.standing_of("sb") == (Standing.FREE, None)
     assert _code(lambda: table.relay("sa", B)) == m.NOT_PAIRED
     assert _code(lambda: table.abort("sc", A)) == m.NOT_PAIRED
 
@@ -571,7 +571,7 @@ def test_disconnect_of_a_partner() -> None:
     table = _paired()
     assert table.disconnect("sa") == Departure(peer_id=A, notify_sid="sb")
     assert table.sid_of(A) is None and not table.is_connected("sa")
-    assert table.link_of("sb") == (Link.FREE, None)
+    assert table.standing_of("sb") == (Standing.FREE, None)
     assert table.disconnect("sa") is None  # idempotent
     table.find("sc", B, now=0.0)  # B is free again
 
@@ -585,7 +585,7 @@ def test_disconnect_during_a_pending_request(leaving: str, staying: str) -> None
     table.request("sa", B, now=0.0)
     departure = table.disconnect(leaving)
     assert departure is not None and departure.notify_sid == staying
-    assert table.link_of(staying) == (Link.FREE, None)
+    assert table.standing_of(staying) == (Standing.FREE, None)
 
 
 def test_disconnect_of_unregistered_or_free_peer() -> None:

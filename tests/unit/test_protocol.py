@@ -8,7 +8,7 @@ import json
 import pytest
 
 from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_SENDER_NAME_CHARS
-from sfs.errors import CryptoError, ProtocolError, RemoteProtocolError
+from sfs.errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.wire import (
@@ -236,29 +236,29 @@ def test_tampered_frame_raises_crypto_error() -> None:
         (Role.RECEIVER, Accept()),
     ],
 )
-def test_local_misuse_raises_protocol_error(role: Role, event: object) -> None:
+def test_local_misuse_raises_local_protocol_error(role: Role, event: object) -> None:
     ks, kr = key_pair()
     proto = TransferProtocol(role, ks if role is Role.SENDER else kr)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         proto.send(event)  # type: ignore[arg-type]
 
 
 def test_sender_cannot_overrun_or_undershoot_a_file() -> None:
     sender, _, _ = accepted_pair()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Chunk(b"hello"))  # larger than the chunk size of 4
     sender.send(Chunk(b"hell"))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(FileDone(SHA_A))  # one byte still missing
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Chunk(b"o!"))  # more than is left
 
 
 def test_sender_refuses_bad_offers() -> None:
     ks, _ = key_pair()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         TransferProtocol(Role.SENDER, ks).send(Offer(files=()))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         TransferProtocol(Role.SENDER, ks).send(Offer(files=(FileInfo("a", 1),), chunk_size=0))
 
 
@@ -276,21 +276,21 @@ def test_resume_sends_the_senders_prefix_hash_and_the_receiver_answers_start() -
     sender, receiver, _, _ = pair()
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept((3, 0))))
-    with pytest.raises(ProtocolError, match="not what the receiver holds"):
+    with pytest.raises(LocalProtocolError, match="not what the receiver holds"):
         sender.send(Resume((2, 0), (SHA_A, b"")))  # only 0 or the held offset
-    with pytest.raises(ProtocolError, match="SHA-256"):
+    with pytest.raises(LocalProtocolError, match="SHA-256"):
         sender.send(Resume((3, 0)))  # an offset above 0 needs the sender's prefix hash
     resume = Resume((3, 0), (SHA_A, b""))
     assert receiver.receive(sender.send(resume)) == resume
     assert (sender.state, receiver.state) == (State.CONFIRMING, State.CONFIRMING)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Chunk(b"lo"))  # not before the receiver's START
-    with pytest.raises(ProtocolError, match="not proposed"):
+    with pytest.raises(LocalProtocolError, match="not proposed"):
         receiver.send(Start((2, 0)))
     assert sender.receive(receiver.send(Start((3, 0)))) == Start((3, 0))
     assert (sender.state, receiver.state) == (State.SENDING, State.RECEIVING)
     # Two bytes are left of the first file.
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         sender.send(Chunk(b"abc"))
     assert receiver.receive(sender.send(Chunk(b"lo"))) == Chunk(b"lo")
 
@@ -310,7 +310,7 @@ def test_resume_from_zero_needs_no_start() -> None:
     sender.receive(receiver.send(Accept((3, 0))))
     assert receiver.receive(sender.send(Resume((0, 0)))) == Resume((0, 0))
     assert sender.state is State.SENDING and receiver.state is State.RECEIVING
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         receiver.send(Start((0, 0)))
 
 
@@ -369,7 +369,7 @@ def test_largest_control_frames_sfs_makes_fit() -> None:
     assert events[-1] == long_names and all(isinstance(e, Partial) for e in events[:-1])
     # The offer's limit is the receiver's: a longer one is refused before it goes out.
     too_many = tuple(FileInfo(f"{i:06}", 1) for i in range(MAX_ENTRIES + 1))
-    with pytest.raises(ProtocolError, match="1 to"):
+    with pytest.raises(LocalProtocolError, match="1 to"):
         pair()[0].send_frames(Offer(too_many))
 
 
@@ -385,7 +385,7 @@ def test_resume_offset_beyond_the_claim_is_rejected() -> None:
 def test_held_offsets_larger_than_the_file_are_rejected() -> None:
     sender, receiver, _, kr = pair()
     receiver.receive(sender.send(OFFER))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         receiver.send(Accept((99, 0)))
     forged = FrameSealer(kr.frame_send)
     with pytest.raises(RemoteProtocolError):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfs.defaults import MAX_MESSAGE_BYTES, MAX_TEXT_BYTES
-from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
+from sfs.errors import LocalProtocolError, RemoteProtocolError, UpgradeError
 from sfs.peer.proto.crypto import FrameSealer, SessionKeys
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.wire import (
@@ -125,9 +125,9 @@ def test_a_listing_without_its_header_is_refused() -> None:
 
 
 def test_the_sender_refuses_a_pipe_or_text_that_is_not_alone() -> None:
-    with pytest.raises(ProtocolError, match="alone"):
+    with pytest.raises(LocalProtocolError, match="alone"):
         fresh()[0].send_frames(Offer((FileInfo("a", 0, stream=True), FileInfo("b", 1))))
-    with pytest.raises(ProtocolError, match="at most"):
+    with pytest.raises(LocalProtocolError, match="at most"):
         fresh()[0].send_frames(Offer((FileInfo("", MAX_TEXT_BYTES + 1),), text=True))
 
 
@@ -220,13 +220,13 @@ def test_compressed_chunks_flow_only_once_the_receiver_said_so() -> None:
     receiver.receive(sender.send(Resume((0,) * len(MANY.files))))
     assert receiver.receive(sender.send(Chunk(b"xyz"))) == Chunk(b"xyz")
     receiver.receive(sender.send(FileDone(hashlib.sha256(b"xyz").digest())))
-    with pytest.raises(ProtocolError, match="does not fit"):
+    with pytest.raises(LocalProtocolError, match="does not fit"):
         sender.send(Chunk(packed, len(data)))  # 16 bytes into a file of 3
     # Without the receiver's word, the sender may not compress at all.
     sender, receiver = offered(PIPE)
     sender.receive(receiver.send(Accept()))
     receiver.receive(sender.send(Resume((0,))))
-    with pytest.raises(ProtocolError, match="compressed"):
+    with pytest.raises(LocalProtocolError, match="compressed"):
         sender.send(Chunk(zstandard.ZstdCompressor().compress(b"abcd"), 4))
     with pytest.raises(RemoteProtocolError, match="none was agreed"):
         receiver.receive(forged(SENDER_KEYS, 3).seal(FrameType.ZCHUNK, packed))
@@ -325,7 +325,7 @@ def test_one_ack_may_cover_a_batch_but_never_files_not_yet_done() -> None:
     for _ in range(5):
         receiver.receive(sender.send(Chunk(b"abc")))
         receiver.receive(sender.send(FileDone(hashlib.sha256(b"abc").digest())))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(LocalProtocolError):
         receiver.send(FileAck(6))  # only 5 are done
     assert sender.receive(receiver.send(FileAck(5))) == FileAck(5)
     with pytest.raises(RemoteProtocolError, match="not sent"):

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sfs import defaults
-from sfs.peer.proto import crypto, wire
+from sfs.peer.proto import crypto
 
 #: Top-level packages that take most of a transfer's start-up.
 HEAVY = {"aiortc", "aiohttp", "aioice", "av", "cryptography", "socketio", "engineio",
@@ -57,8 +57,8 @@ def test_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
 def test_version_names_the_protocols() -> None:
     _, output = _loaded_by("--version")
     assert output.startswith("sfs ")
-    assert f"transfer {wire.PROTOCOL_VERSION}" in output
-    assert f"set-up {crypto.PROTOCOL_VERSION}" in output
+    assert f"transfer {defaults.TRANSFER_PROTOCOL_VERSION}" in output
+    assert f"set-up {defaults.SETUP_PROTOCOL_VERSION}" in output
 
 
 def test_the_light_copies_agree_with_the_modules_that_use_them() -> None:

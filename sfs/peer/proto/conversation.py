@@ -38,12 +38,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfs.errors import PeerGoneError, ProtocolError
+from sfs.errors import LocalProtocolError, PeerGoneError
 from sfs.peer.proto.framing import Role, State, TransferProtocol
-from sfs.peer.proto.reasons import cancel_for, declined, stopped_by
+from sfs.peer.proto.reasons import cancel_for, reject, stopped_by
 from sfs.peer.proto.wire import (
     Accept,
     Chunk,
+    Event,
     FileAck,
     FileDone,
     Offer,
@@ -174,7 +175,7 @@ class Conversation:
             return None
         return self._handle(event)
 
-    def _handle(self, event: object) -> Action | None:
+    def _handle(self, event: Event) -> Action | None:
         raise stopped_by(event)
 
     def abort(self, exc: BaseException) -> bool:
@@ -198,7 +199,7 @@ class Sender(Conversation):
 
     def __init__(self, proto: TransferProtocol, now: float, *, resume: bool = True) -> None:
         if proto.role is not Role.SENDER:
-            raise ProtocolError("a Sender needs the sender's framing")
+            raise LocalProtocolError("a Sender needs the sender's framing")
         super().__init__(proto, now)
         self.resume = resume
         self._proposed: tuple[int, ...] = ()
@@ -230,7 +231,7 @@ class Sender(Conversation):
         """The current file's bytes are all sent: queue its FILE_DONE."""
         self._queue(FileDone(sha256))
 
-    def _handle(self, event: object) -> Action | None:
+    def _handle(self, event: Event) -> Action | None:
         if isinstance(event, FileAck):
             return Acknowledged(event.count, self.proto.state is State.DONE)
         if isinstance(event, Accept):
@@ -255,7 +256,7 @@ class Receiver(Conversation):
 
     def __init__(self, proto: TransferProtocol, now: float) -> None:
         if proto.role is not Role.RECEIVER:
-            raise ProtocolError("a Receiver needs the receiver's framing")
+            raise LocalProtocolError("a Receiver needs the receiver's framing")
         super().__init__(proto, now)
 
     def accept(self, held: tuple[int, ...], zstd: bool) -> None:
@@ -264,10 +265,10 @@ class Receiver(Conversation):
         matching offer what they are; docs/PROTOCOL.md, "Resume")."""
         self._queue(Accept(held if any(held) else (), zstd))
 
-    def refuse(self, reject: Reject | None = None) -> None:
-        """Queue the REJECT: the user said no, or (``reject``) this side cannot take
-        the offer.  The driver lingers for the sender to read it, then stops."""
-        self._queue(reject or declined())
+    def refuse(self, refusal: Reject | None = None) -> None:
+        """Queue the REJECT: the user said no, or this side cannot take
+        the offer (``refusal``).  The driver lingers for the sender to read it, then stops."""
+        self._queue(refusal or reject())
 
     def prefixes_confirmed(self, offsets: tuple[int, ...]) -> None:
         """Where each file really starts; queues the START the sender waits for when
@@ -285,7 +286,7 @@ class Receiver(Conversation):
     def done(self) -> bool:
         return self.proto.state is State.DONE
 
-    def _handle(self, event: object) -> Action | None:
+    def _handle(self, event: Event) -> Action | None:
         if isinstance(event, Chunk | FileDone):
             return event
         if isinstance(event, Offer):

@@ -46,7 +46,6 @@ from spake2.spake2 import SPAKEError
 from sfs.defaults import SETUP_PROTOCOL_VERSION
 from sfs.errors import CryptoError, WrongCodeError
 
-PROTOCOL_VERSION = SETUP_PROTOCOL_VERSION
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -271,7 +270,7 @@ class FrameSealer:
     def seal(self, frame_type: int, payload: bytes | memoryview) -> bytes:
         if self._counter > MAX_COUNTER:
             raise CryptoError("too many frames for one session")
-        header = _HEADER.pack(PROTOCOL_VERSION, frame_type, 0, self._counter)
+        header = _HEADER.pack(SETUP_PROTOCOL_VERSION, frame_type, 0, self._counter)
         self._counter += 1
         return header + self._aead.encrypt(header, payload, header)
 
@@ -288,7 +287,7 @@ class FrameOpener:
         if len(frame) < FRAME_OVERHEAD_BYTES:
             raise CryptoError(f"frame too short ({len(frame)} bytes)")
         version, frame_type, reserved, counter = _HEADER.unpack_from(frame)
-        if version != PROTOCOL_VERSION or reserved != 0:
+        if version != SETUP_PROTOCOL_VERSION or reserved != 0:
             raise CryptoError(f"unsupported frame version {version}")
         if counter != self._counter:
             raise CryptoError(

@@ -33,7 +33,7 @@ from typing import Any
 import zstandard
 
 from sfs.defaults import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
-from sfs.errors import ProtocolError, RemoteProtocolError
+from sfs.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.proto.wire import (
     MAX_CONTROL_BYTES,
@@ -57,6 +57,7 @@ from sfs.peer.proto.wire import (
     Start,
     _bool_field,
     _check_kind,
+    _code_field,
     _decode_json,
     _dense,
     _digest_list,
@@ -141,7 +142,7 @@ class TransferProtocol:
         return self._file_index
 
     def send(self, event: Event) -> bytes:
-        """Return the sealed frame for ``event``; :class:`ProtocolError` if not allowed
+        """Return the sealed frame for ``event``; :class:`LocalProtocolError` if not allowed
         now, or if it takes more than one frame (use :meth:`send_frames`)."""
         if isinstance(event, Chunk):  # the hot path first
             return self._send_chunk(event)
@@ -155,7 +156,7 @@ class TransferProtocol:
         large control payload as MORE pieces and its own frame; a version 3 offer
         is its OFFER and its LISTING.
 
-        :raises ProtocolError: not allowed now.
+        :raises LocalProtocolError: not allowed now.
         """
         if isinstance(event, Chunk):
             return [self._send_chunk(event)]
@@ -164,7 +165,7 @@ class TransferProtocol:
             return [self._seal(FrameType.PING, b"")]
         if isinstance(event, Cancel):
             self._require(self.state is not State.CLOSED, event)
-            payload = _reason_payload(event.reason)
+            payload = _reason_payload(event.reason, event.code)
             self._set_state(State.CLOSED)
             return self._control(FrameType.CANCEL, payload)
         if self.role is Role.SENDER:
@@ -205,9 +206,10 @@ class TransferProtocol:
         elif self._pieces:
             raise RemoteProtocolError(f"{kind.name} frame in the middle of a control payload")
         if kind is FrameType.CANCEL:
-            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "cancelled")
+            obj = self._json(payload)
+            reason = _str_field(obj, "reason", MAX_REASON_CHARS, "cancelled")
             self._set_state(State.CLOSED)
-            return Cancel(reason)
+            return Cancel(reason, _code_field(obj))
         if self.role is Role.SENDER:
             return self._sender_receive(kind, payload)
         return self._receiver_receive(kind, payload)
@@ -217,18 +219,18 @@ class TransferProtocol:
     def _sender_send(self, event: Event) -> list[bytes]:
         if isinstance(event, Offer):
             self._require(self.state is State.IDLE, event)
-            _check_kind(event, ProtocolError)
+            _check_kind(event, LocalProtocolError)
             version = event.version
             if not 1 <= len(event.files) <= (MAX_ENTRIES if version >= 3 else MAX_FILES):
-                raise ProtocolError(f"an offer lists 1 to {MAX_ENTRIES} files")
+                raise LocalProtocolError(f"an offer lists 1 to {MAX_ENTRIES} files")
             if not 1 <= event.chunk_size <= MAX_CHUNK_BYTES:
-                raise ProtocolError(f"chunk size must be 1 to {MAX_CHUNK_BYTES} bytes")
+                raise LocalProtocolError(f"chunk size must be 1 to {MAX_CHUNK_BYTES} bytes")
             payload = encode_offer(event)
             listing = encode_listing(event) if version >= 3 else None
             try:  # the receiver's own check: fail here, not after the peer refuses
                 decode_offer(payload, listing)
             except RemoteProtocolError as exc:
-                raise ProtocolError(f"the receiver would refuse this offer: {exc}") from exc
+                raise LocalProtocolError(f"the receiver would refuse this offer: {exc}") from exc
             self.offer = event
             self.version = version
             frames = [self._seal(FrameType.OFFER, payload)]
@@ -238,7 +240,7 @@ class TransferProtocol:
             return frames
         if isinstance(event, Resume):
             self._require(self.state is State.ACCEPTED, event)
-            self._check_resume(event, ProtocolError)
+            self._check_resume(event, LocalProtocolError)
             obj: dict[str, Any]
             if self.version >= 3:
                 obj = {"offsets": _sparse(event.offsets, event.sha256)}
@@ -252,20 +254,20 @@ class TransferProtocol:
         if isinstance(event, FileDone):
             self._require(self.state is State.SENDING and not self._file_remaining, event)
             if len(event.sha256) != SHA256_BYTES:
-                raise ProtocolError("FILE_DONE carries a 32-byte SHA-256")
+                raise LocalProtocolError("FILE_DONE carries a 32-byte SHA-256")
             frame = self._seal(FrameType.FILE_DONE, event.sha256)
             self._next_file()
             return [frame]
-        raise ProtocolError(f"a sender cannot send {type(event).__name__}")
+        raise LocalProtocolError(f"a sender cannot send {type(event).__name__}")
 
     def _send_chunk(self, chunk: Chunk) -> bytes:
         if self.role is not Role.SENDER or self.state is not State.SENDING:
-            raise ProtocolError(f"cannot send a chunk in state {self.state.value}")
+            raise LocalProtocolError(f"cannot send a chunk in state {self.state.value}")
         assert self.offer is not None
         size = len(chunk.data) if chunk.plain_size is None else chunk.plain_size
         remaining = self.offer.chunk_size if self._file_remaining is None else self._file_remaining
         if not 0 < size <= min(remaining, self.offer.chunk_size):
-            raise ProtocolError(
+            raise LocalProtocolError(
                 f"chunk of {size} bytes does not fit ({remaining} bytes left, "
                 f"chunk size {self.offer.chunk_size})"
             )
@@ -274,7 +276,7 @@ class TransferProtocol:
         if chunk.plain_size is None:
             return self._sealer.seal(FrameType.CHUNK, chunk.data)
         if not self.zstd:
-            raise ProtocolError("the receiver did not say it takes compressed chunks")
+            raise LocalProtocolError("the receiver did not say it takes compressed chunks")
         return self._sealer.seal(FrameType.ZCHUNK, chunk.data)
 
     def _sender_receive(self, kind: FrameType, payload: bytes) -> Event:
@@ -297,9 +299,10 @@ class TransferProtocol:
             self._start(offsets)
             return Start(offsets)
         if kind is FrameType.REJECT and self.state is State.OFFERED:
-            reason = _str_field(self._json(payload), "reason", MAX_REASON_CHARS, "declined")
+            obj = self._json(payload)
+            reason = _str_field(obj, "reason", MAX_REASON_CHARS, "declined")
             self._set_state(State.CLOSED)
-            return Reject(reason)
+            return Reject(reason, _code_field(obj))
         if kind is FrameType.FILE_ACK and self.state in (State.SENDING, State.AWAITING_ACKS):
             count = 1
             if self.version >= 3 and len(payload) == _ACK_COUNT.size:
@@ -320,7 +323,7 @@ class TransferProtocol:
     def _receiver_send(self, event: Event) -> list[bytes]:
         if isinstance(event, Accept):
             self._require(self.state is State.DECIDING, event)
-            self._check_held(event.held, ProtocolError)
+            self._check_held(event.held, LocalProtocolError)
             obj: dict[str, Any] = {}
             if self.version >= 3:
                 obj["held"] = _sparse(event.held)
@@ -335,14 +338,14 @@ class TransferProtocol:
             return frames
         if isinstance(event, Start):
             self._require(self.state is State.CONFIRMING, event)
-            self._check_start(event.offsets, ProtocolError)
+            self._check_start(event.offsets, LocalProtocolError)
             offsets = _sparse(event.offsets) if self.version >= 3 else list(event.offsets)
             frames = self._control(FrameType.START, _encode_json({"offsets": offsets}))
             self._start(event.offsets)
             return frames
         if isinstance(event, Reject):
             self._require(self.state is State.DECIDING, event)
-            payload = _reason_payload(event.reason)
+            payload = _reason_payload(event.reason, event.code)
             self._set_state(State.CLOSED)
             return self._control(FrameType.REJECT, payload)
         if isinstance(event, FileAck):
@@ -359,7 +362,7 @@ class TransferProtocol:
                 payload = _ACK_COUNT.pack(event.count) if event.count > 1 else b""
                 return [self._seal(FrameType.FILE_ACK, payload)]
             return [self._seal(FrameType.FILE_ACK, b"") for _ in range(event.count)]
-        raise ProtocolError(f"a receiver cannot send {type(event).__name__}")
+        raise LocalProtocolError(f"a receiver cannot send {type(event).__name__}")
 
     def _receiver_receive(self, kind: FrameType, payload: bytes) -> Event:
         if kind in (FrameType.CHUNK, FrameType.ZCHUNK) and self.state is State.RECEIVING:
@@ -498,9 +501,9 @@ class TransferProtocol:
         if len(payload) <= MAX_CONTROL_BYTES:
             return [self._seal(kind, payload)]
         if self.version < 3:
-            raise ProtocolError(f"a control frame of {len(payload)} bytes does not fit")
+            raise LocalProtocolError(f"a control frame of {len(payload)} bytes does not fit")
         if len(payload) > MAX_JOINED_CONTROL_BYTES:
-            raise ProtocolError(f"a control payload of {len(payload)} bytes is too large")
+            raise LocalProtocolError(f"a control payload of {len(payload)} bytes is too large")
         cuts = range(0, len(payload), MAX_CONTROL_BYTES)
         frames = [self._seal(FrameType.MORE, payload[i : i + MAX_CONTROL_BYTES]) for i in cuts[:-1]]
         frames.append(self._seal(kind, payload[cuts[-1] :]))
@@ -508,7 +511,9 @@ class TransferProtocol:
 
     def _require(self, allowed: bool, event: Event) -> None:
         if not allowed:
-            raise ProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
+            raise LocalProtocolError(
+                f"cannot send {type(event).__name__} in state {self.state.value}"
+            )
 
     def _set_state(self, new: State) -> None:
         if new is not self.state:

@@ -182,7 +182,7 @@ class Cancelled:
     """The local user gave up (Ctrl-C)."""
 
 
-Event = (
+SetupEvent = (
     Registered
     | ConnectionRequested
     | ConnectionAccepted
@@ -197,7 +197,7 @@ Event = (
 )
 
 
-def signal_event(name: str, data: dict[str, object]) -> Event | None:
+def signal_event(name: str, data: dict[str, object]) -> SetupEvent | None:
     """Turn one pushed signaling event into a handshake event; ``None`` for the ones
     set-up does not use (``peer_found``, ``ice_candidate``, anything unknown)."""
     peer_id = data.get("peer_id")
@@ -325,7 +325,7 @@ Action = (
 # -- the machine --------------------------------------------------------------------------
 
 
-class State(enum.Enum):
+class SetupState(enum.Enum):
     IDLE = "idle"
     AWAITING_REQUEST = "awaiting_request"
     RECONNECTING = "reconnecting"
@@ -343,15 +343,15 @@ class State(enum.Enum):
 
 #: From the pairing on, the partner is told about a cancel or a wrong code.
 _PAIRED = (
-    State.AWAITING_KEY,
-    State.CREATING_OFFERS,
-    State.AWAITING_ANSWER,
-    State.AWAITING_OFFER,
-    State.ANSWERING,
-    State.OPENING,
-    State.PARTNER_LEFT,
+    SetupState.AWAITING_KEY,
+    SetupState.CREATING_OFFERS,
+    SetupState.AWAITING_ANSWER,
+    SetupState.AWAITING_OFFER,
+    SetupState.ANSWERING,
+    SetupState.OPENING,
+    SetupState.PARTNER_LEFT,
 )
-_OVER = (State.DONE, State.FAILED)
+_OVER = (SetupState.DONE, SetupState.FAILED)
 _LOCAL = (Registered, LocalDescription, ChannelOpen)
 
 
@@ -399,22 +399,22 @@ class Handshake:
         # The direct TCP addresses of each side's sealed description (None: none).
         self._own_tcp: tuple[str, ...] | None = None
         self._peer_tcp: tuple[str, ...] | None = None
-        self._backlog: deque[Event] = deque(maxlen=BACKLOG_LIMIT)
+        self._backlog: deque[SetupEvent] = deque(maxlen=BACKLOG_LIMIT)
         self._asked_at: float | None = None
         #: The partner's round trip through the server, once measured (seconds).
         self.round_trip: float | None = None
         self._deadline: float | None = None
-        self._state = State.IDLE
+        self._state = SetupState.IDLE
 
     @property
-    def state(self) -> State:
+    def state(self) -> SetupState:
         return self._state
 
     @property
     def partner(self) -> str | None:
         return self._partner
 
-    def _set_state(self, state: State, *, deadline: float | None = None) -> None:
+    def _set_state(self, state: SetupState, *, deadline: float | None = None) -> None:
         logger.debug("handshake %s: %s -> %s", self.role.value, self._state.name, state.name)
         self._state = state
         self._deadline = deadline
@@ -433,10 +433,10 @@ class Handshake:
         """Fire the deadline if it has passed."""
         if self._deadline is None or now < self._deadline:
             return []
-        if self._state is State.PARTNER_LEFT:
+        if self._state is SetupState.PARTNER_LEFT:
             return self._fail(PeerGoneError(_LEFT_MESSAGE))
         message = f"the other side did not answer within {self.connect_timeout:.0f} s"
-        if self._state is State.AWAITING_ANSWER:
+        if self._state is SetupState.AWAITING_ANSWER:
             # Whoever holds our sealed offer can test one guess of the words against it
             # offline; a server that plays the receiver then says nothing. Retrying the
             # same code would hand it another guess.
@@ -446,7 +446,7 @@ class Handshake:
             )
         return self._fail(SignalingError(message))
 
-    def handle(self, event: Event, now: float) -> list[Action]:
+    def handle(self, event: SetupEvent, now: float) -> list[Action]:
         """Take one event; return what to do, in order.
 
         Events from the server never raise (a bad one ends in :class:`Fail`); local
@@ -467,22 +467,28 @@ class Handshake:
     def _local(
         self, event: Registered | LocalDescription | ChannelOpen, now: float
     ) -> list[Action]:
-        if isinstance(event, Registered) and self._state in (State.IDLE, State.RECONNECTING):
+        if isinstance(event, Registered) and self._state in (
+            SetupState.IDLE,
+            SetupState.RECONNECTING,
+        ):
             return self._registered(event, now)
-        if isinstance(event, LocalDescription) and self._state is State.CREATING_OFFERS:
+        if isinstance(event, LocalDescription) and self._state is SetupState.CREATING_OFFERS:
             self._own_tcp = event.tcp
             call = self._sealed_call("offer", event.sdps, event.tcp)
-            self._set_state(State.AWAITING_ANSWER, deadline=now + self.connect_timeout)
+            self._set_state(SetupState.AWAITING_ANSWER, deadline=now + self.connect_timeout)
             return [call, *self._from_backlog(now)]
-        if isinstance(event, LocalDescription) and self._state is State.ANSWERING:
+        if isinstance(event, LocalDescription) and self._state is SetupState.ANSWERING:
             call = self._sealed_call("answer", event.sdps, event.tcp)
-            self._set_state(State.OPENING)
+            self._set_state(SetupState.OPENING)
             direct = event.tcp is not None and self._peer_tcp is not None
             return [call, OpenChannel(direct)]
-        if isinstance(event, ChannelOpen) and self._state in (State.OPENING, State.PARTNER_LEFT):
+        if isinstance(event, ChannelOpen) and self._state in (
+            SetupState.OPENING,
+            SetupState.PARTNER_LEFT,
+        ):
             keys = self._keys
             assert keys is not None
-            self._set_state(State.DONE)
+            self._set_state(SetupState.DONE)
             return [Leave(), Done(keys)]
         raise ValueError(f"{type(event).__name__} in state {self._state.name}")
 
@@ -492,16 +498,16 @@ class Handshake:
             assert self._partner is not None
             payload = {"peer_id": self._partner}
             self._asked_at = now
-            self._set_state(State.AWAITING_ACCEPT, deadline=now + self.connect_timeout)
+            self._set_state(SetupState.AWAITING_ACCEPT, deadline=now + self.connect_timeout)
             return [
                 Call("find_peer", payload),
                 Call("send_connection_request", payload),
                 Status(f"Connecting to {self._partner}…"),
                 *self._from_backlog(now),
             ]
-        reconnected = self._state is State.RECONNECTING
+        reconnected = self._state is SetupState.RECONNECTING
         self._code = Code(event.peer_id, self._new_words())
-        self._set_state(State.AWAITING_REQUEST)
+        self._set_state(SetupState.AWAITING_REQUEST)
         actions: list[Action] = []
         if reconnected:
             actions.append(Status("Reconnected. The old code no longer works; use this one:"))
@@ -514,25 +520,28 @@ class Handshake:
             # There is no channel yet to carry a CANCEL: only the server can tell the
             # partner at once, so that it does not wait out a timeout.
             actions.append(self._abort_call(CANCELLED_REASON))
-        self._set_state(State.FAILED)
+        self._set_state(SetupState.FAILED)
         return actions
 
     # -- server events --------------------------------------------------------------------
 
-    def _remote(self, event: Event, now: float) -> list[Action]:
+    def _remote(self, event: SetupEvent, now: float) -> list[Action]:
         if isinstance(event, ServerLost):
-            if self._state is State.AWAITING_REQUEST:
+            if self._state is SetupState.AWAITING_REQUEST:
                 # The server forgot every peer ID when it went away: come back with a
                 # new code rather than wait for a peer that can no longer find us.
-                self._set_state(State.RECONNECTING)
+                self._set_state(SetupState.RECONNECTING)
                 return [Status("Lost the signaling server; reconnecting…"), Reconnect()]
-            if self._state in (State.OPENING, State.PARTNER_LEFT):
+            if self._state in (SetupState.OPENING, SetupState.PARTNER_LEFT):
                 return []  # the peers no longer need the server
             return self._fail(ServerLostError())
         peer_id = getattr(event, "peer_id", None)
         if self._partner is None:
             # Not paired yet: only a request pairs; keep the rest for when one does.
-            if isinstance(event, ConnectionRequested) and self._state is State.AWAITING_REQUEST:
+            if (
+                isinstance(event, ConnectionRequested)
+                and self._state is SetupState.AWAITING_REQUEST
+            ):
                 return self._requested(event, now)
             if isinstance(event, PublicKeyReceived | SealedReceived | ConnectionAccepted):
                 self._backlog.append(event)
@@ -541,17 +550,17 @@ class Handshake:
             logger.debug("ignoring %s not from our partner", type(event).__name__)
             return []
         if isinstance(event, PartnerLeft):
-            if self._state is State.OPENING:
+            if self._state is SetupState.OPENING:
                 # The partner leaves the server as soon as its side of the channel is
                 # open, which on a long link is a round trip before ours: only a
                 # channel that then stays shut means the partner is really gone.
-                self._set_state(State.PARTNER_LEFT, deadline=now + PARTNER_GONE_GRACE_SECONDS)
+                self._set_state(SetupState.PARTNER_LEFT, deadline=now + PARTNER_GONE_GRACE_SECONDS)
                 return []
-            if self._state is State.PARTNER_LEFT:
+            if self._state is SetupState.PARTNER_LEFT:
                 return []
             return self._fail(PeerGoneError(_LEFT_MESSAGE))
         if isinstance(event, PartnerAborted):
-            if self._state is State.PARTNER_LEFT:
+            if self._state is SetupState.PARTNER_LEFT:
                 return []
             return self._fail(_abort_error(event.reason))
         if self._expects(event):
@@ -560,15 +569,15 @@ class Handshake:
             self._backlog.append(event)  # maybe early: a server may reorder what it relays
         return []
 
-    def _expects(self, event: Event) -> bool:
+    def _expects(self, event: SetupEvent) -> bool:
         state = self._state
         if isinstance(event, ConnectionAccepted):
-            return state is State.AWAITING_ACCEPT
+            return state is SetupState.AWAITING_ACCEPT
         if isinstance(event, PublicKeyReceived):
-            return state is State.AWAITING_KEY
+            return state is SetupState.AWAITING_KEY
         if isinstance(event, SealedReceived):
-            return (event.kind == "answer" and state is State.AWAITING_ANSWER) or (
-                event.kind == "offer" and state is State.AWAITING_OFFER
+            return (event.kind == "answer" and state is SetupState.AWAITING_ANSWER) or (
+                event.kind == "offer" and state is SetupState.AWAITING_OFFER
             )
         return False
 
@@ -590,7 +599,7 @@ class Handshake:
         self._asked_at = now
         return [Call("accept_connection", {"peer_id": self._partner}), *self._start_keys(now)]
 
-    def _step(self, event: Event, now: float) -> list[Action]:
+    def _step(self, event: SetupEvent, now: float) -> list[Action]:
         if isinstance(event, ConnectionAccepted | PublicKeyReceived) and self._asked_at is not None:
             # The first answer to our request (joining) or accept (waiting).
             self.round_trip = now - self._asked_at
@@ -617,7 +626,7 @@ class Handshake:
         )
         self._code = None  # the words live on in the SPAKE2 state only, until finish()
         key = base64.b64encode(self._exchange.message).decode("ascii")
-        self._set_state(State.AWAITING_KEY, deadline=now + self.connect_timeout)
+        self._set_state(SetupState.AWAITING_KEY, deadline=now + self.connect_timeout)
         return [
             Call("send_public_key", {"peer_id": self._partner, "key": key}),
             *self._from_backlog(now),
@@ -636,10 +645,10 @@ class Handshake:
         finally:
             del exchange  # a traceback keeps this frame, and so its locals, alive
         if self.role is Role.SENDER:
-            self._set_state(State.CREATING_OFFERS)
+            self._set_state(SetupState.CREATING_OFFERS)
             streams = self._streams or streams_for(self.round_trip)
             return [CreateOffers(streams, self._ice(), self._keys)]
-        self._set_state(State.AWAITING_OFFER, deadline=now + self.connect_timeout)
+        self._set_state(SetupState.AWAITING_OFFER, deadline=now + self.connect_timeout)
         return self._from_backlog(now)
 
     def _offered(self, event: SealedReceived) -> list[Action]:
@@ -650,7 +659,7 @@ class Handshake:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
-        self._set_state(State.ANSWERING)
+        self._set_state(SetupState.ANSWERING)
         assert self._keys is not None
         return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp)]
 
@@ -661,7 +670,7 @@ class Handshake:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
-        self._set_state(State.OPENING)
+        self._set_state(SetupState.OPENING)
         direct = self._own_tcp is not None and self._peer_tcp is not None
         return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct)]
 
@@ -728,7 +737,7 @@ class Handshake:
         return [call, *self._fail(error)]
 
     def _fail(self, error: SfsError) -> list[Action]:
-        self._set_state(State.FAILED)
+        self._set_state(SetupState.FAILED)
         return [Fail(error)]
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,14 @@ from sfs.defaults import (
     MAX_TEXT_BYTES,
     TRANSFER_PROTOCOL_VERSION,
 )
-from sfs.errors import ProtocolError, RemoteProtocolError, UpgradeError
+from sfs.errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UpgradeError
 
-#: The newest version this side speaks.  An offer is written in the oldest version
-#: that can carry it (1 for plain files, 2 for folders and executables, 3 for text,
-#: a pipe, or more than fits in one frame), so an older receiver still gets what it
-#: can take; an offer from a newer version is refused with a message that says to
-#: upgrade.
-PROTOCOL_VERSION = TRANSFER_PROTOCOL_VERSION
+# TRANSFER_PROTOCOL_VERSION is the newest version this side speaks.  An offer is
+# written in the oldest version that can carry it (1 for plain files, 2 for folders
+# and executables, 3 for text, a pipe, or more than fits in one frame), so an older
+# receiver still gets what it can take; an offer from a newer version is refused with
+# a message that says to upgrade.
+
 #: The largest control JSON either side accepts. The largest one sfs itself makes is a
 #: RESUME with an offset and a SHA-256 for each of MAX_FILES files (about 88 kB; an
 #: ACCEPT or START with MAX_FILES offsets is about 20 kB); the rest is room for offers
@@ -182,7 +183,11 @@ class Ping:
 
 @dataclass(frozen=True)
 class Reject:
+    """The receiver's no, with words for a person and a code for a program."""
+
     reason: str = "declined"
+    #: Machine-readable, one of sfs.peer.proto.reasons' codes; "" from older peers.
+    code: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,11 @@ class FileAck:
 
 @dataclass(frozen=True)
 class Cancel:
+    """Either side stops, with words for a person and a code for a program."""
+
     reason: str = "cancelled"
+    #: Machine-readable, one of sfs.peer.proto.reasons' codes; "" from older peers.
+    code: str = ""
 
 
 Event = (
@@ -231,7 +240,7 @@ def _encode_json(obj: dict[str, Any]) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a non-UTF-8 file name
-        raise ProtocolError("a name or reason to send is not valid Unicode") from exc
+        raise LocalProtocolError("a name or reason to send is not valid Unicode") from exc
 
 
 def _json_size(obj: dict[str, Any]) -> int:
@@ -351,11 +360,26 @@ def _dense(
     return tuple(offsets), (tuple(hashes) if digests and rows else ())
 
 
-def _reason_payload(reason: str) -> bytes:
+#: What a CANCEL's or REJECT's "code" may be: a short ASCII token.
+CODE_PATTERN = "^[a-z][a-z0-9-]{0,31}$"
+_CODE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def _reason_payload(reason: str, code: str = "") -> bytes:
     """The payload of a REJECT or CANCEL we send; refuse what the peer would refuse."""
     if len(reason) > MAX_REASON_CHARS:
-        raise ProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
-    return _encode_json({"reason": reason})
+        raise LocalProtocolError(f"a reason is at most {MAX_REASON_CHARS} characters")
+    if code and not _CODE.fullmatch(code):
+        raise LocalProtocolError(f"a code matches {CODE_PATTERN}, not {code[:40]!r}")
+    return _encode_json({"reason": reason, "code": code} if code else {"reason": reason})
+
+
+def _code_field(obj: dict[str, Any]) -> str:
+    """The peer's code, or "" for none.  One that is not a well-formed code is ignored
+    rather than refused: the code is a hint beside the reason, and a CANCEL or REJECT
+    must still end the transfer with the peer's words (older peers send none)."""
+    value = obj.get("code", "")
+    return value if isinstance(value, str) and _CODE.fullmatch(value) else ""
 
 
 #: The most folders an offer of version 2 lists, and the deepest path (components).
@@ -425,10 +449,14 @@ def offer_version(payload: bytes) -> int:
     """
     obj = _decode_json(payload)
     version = obj.get("v")
-    if isinstance(version, int) and not isinstance(version, bool) and version > PROTOCOL_VERSION:
+    if (
+        isinstance(version, int)
+        and not isinstance(version, bool)
+        and version > TRANSFER_PROTOCOL_VERSION
+    ):
         raise UpgradeError(
             f"the other side runs a newer sfs (protocol {version}; this one speaks up to "
-            f"{PROTOCOL_VERSION}): upgrade sfs here to receive from it"
+            f"{TRANSFER_PROTOCOL_VERSION}): upgrade sfs here to receive from it"
         )
     if version not in (1, 2, 3):
         raise RemoteProtocolError(f"the other side speaks sfs protocol {version!r}, not 1 to 3")

@@ -30,11 +30,12 @@ import {
   RejectedError,
   SfsError,
 } from "./errors.js";
-import { Cancel, State as ProtocolState } from "./protocol.js";
+import { State as ProtocolState } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
-import { finalLine, formatSize, PAGE_CLOSED_REASON } from "./transfer.js";
+import { cancel, PAGE_CLOSED } from "./reasons.js";
+import { finalLine, formatSize } from "./transfer.js";
 
 const WORDS = loadWordlist(wordlistText);
 const MAX_SENDER_NAME_CHARS = 64;
@@ -201,11 +202,11 @@ function started(outbox, proto) {
 }
 
 /** Best effort: tell the peer on the DataChannel why we stop (the tab is closing). */
-function sayGoodbye(reason) {
+function sayGoodbye(code) {
   const { outbox, proto } = running;
   if (!outbox || proto.state === ProtocolState.CLOSED || proto.state === ProtocolState.DONE) return;
   try {
-    outbox.send(new Cancel(reason)).catch(() => {});
+    outbox.send(cancel(code)).catch(() => {});
   } catch {
     // the protocol allows no word now
   }
@@ -224,7 +225,7 @@ window.addEventListener("beforeunload", (event) => {
     event.returnValue = ""; // what older browsers look for
   }
 });
-window.addEventListener("pagehide", () => sayGoodbye(PAGE_CLOSED_REASON));
+window.addEventListener("pagehide", () => sayGoodbye(PAGE_CLOSED));
 
 /** Run one job (receive or send) and show how it ended. */
 async function run(job, verb) {

@@ -27,6 +27,12 @@ export const ProtocolError = define(
   SfsError,
   "The transfer protocol was violated.",
 );
+// Siblings, as in sfs/errors.py: what this side did wrong (a bug) and what the peer did.
+export const LocalProtocolError = define(
+  "LocalProtocolError",
+  ProtocolError,
+  "This side tried to send something the transfer protocol does not allow now: a bug in sfs.",
+);
 export const RemoteProtocolError = define(
   "RemoteProtocolError",
   ProtocolError,

@@ -37,13 +37,13 @@
 //
 // One difference from Python, forced by WebCrypto being asynchronous: sealing and
 // opening return promises.  send()/sendFrames() check the event and change the state
-// at once (throwing ProtocolError there and then) and return a promise of the sealed
+// at once (throwing LocalProtocolError there and then) and return a promise of the sealed
 // frame(s); frames are numbered, and their promises settle, in call order.
 // receive(frame) opens the frame and then runs the state machine; call it for one
 // frame at a time, awaiting each, in the order the frames arrived.
 
 import { FRAME_OVERHEAD_BYTES, FrameOpener, FrameSealer } from "./crypto.js";
-import { ProtocolError, RemoteProtocolError, UpgradeError } from "./errors.js";
+import { LocalProtocolError, RemoteProtocolError, UpgradeError } from "./errors.js";
 import {
   codePoints,
   encodeJson,
@@ -191,9 +191,11 @@ export class Start {
 /** Keepalive: proves the peer is still there while nothing else moves. */
 export class Ping {}
 
+/** The receiver's no: words for a person, a code (sfs/peer/proto/reasons.py) for a program. */
 export class Reject {
-  constructor(reason = "declined") {
+  constructor(reason = "declined", code = "") {
     this.reason = reason;
+    this.code = code;
     Object.freeze(this);
   }
 }
@@ -224,9 +226,11 @@ export class FileAck {
   }
 }
 
+/** Either side stops: words for a person, a code for a program ("" from older peers). */
 export class Cancel {
-  constructor(reason = "cancelled") {
+  constructor(reason = "cancelled", code = "") {
     this.reason = reason;
+    this.code = code;
     Object.freeze(this);
   }
 }
@@ -254,7 +258,7 @@ function encodeJsonBytes(obj) {
   const text = encodeJson(obj);
   if (!isWellFormed(text)) {
     // A lone surrogate (a name that is not text): Python refuses to encode it too.
-    throw new ProtocolError("a name or reason to send is not valid Unicode");
+    throw new LocalProtocolError("a name or reason to send is not valid Unicode");
   }
   return textEncoder.encode(text);
 }
@@ -392,11 +396,24 @@ function dense(obj, key, count, { digests = false } = {}) {
 }
 
 /** The payload of a REJECT or CANCEL we send; refuse what the peer would refuse. */
-function reasonPayload(reason) {
+function reasonPayload(reason, code = "") {
   if (codePoints(reason) > MAX_REASON_CHARS) {
-    throw new ProtocolError(`a reason is at most ${MAX_REASON_CHARS} characters`);
+    throw new LocalProtocolError(`a reason is at most ${MAX_REASON_CHARS} characters`);
   }
-  return encodeJsonBytes({ reason });
+  if (code && !CODE_RE.test(code)) {
+    throw new LocalProtocolError(`a code matches ${CODE_PATTERN}, not ${JSON.stringify(code)}`);
+  }
+  return encodeJsonBytes(code ? { reason, code } : { reason });
+}
+
+/** What a CANCEL's or REJECT's "code" may be: a short ASCII token. */
+export const CODE_PATTERN = "^[a-z][a-z0-9-]{0,31}$";
+const CODE_RE = new RegExp(CODE_PATTERN);
+
+/** The peer's code, or "": a malformed one is ignored, as in sfs/peer/proto/wire.py. */
+function codeField(obj) {
+  const value = get(obj, "code", "");
+  return typeof value === "string" && CODE_RE.test(value) ? value : "";
 }
 
 function fileObject(info, version) {
@@ -615,7 +632,7 @@ export class TransferProtocol {
   }
 
   /**
-   * The sealed frame for `event`.  Throws ProtocolError at once if it is not allowed
+   * The sealed frame for `event`.  Throws LocalProtocolError at once if it is not allowed
    * now, or if it takes more than one frame (use sendFrames).
    * @returns {Promise<Uint8Array>}
    */
@@ -631,7 +648,7 @@ export class TransferProtocol {
   /**
    * The sealed frames for `event`, in order: one, or (version 3) a large control
    * payload as MORE pieces and its own frame; a version 3 offer is its OFFER and LISTING.
-   * Throws ProtocolError at once when not allowed now (nothing is sealed then).
+   * Throws LocalProtocolError at once when not allowed now (nothing is sealed then).
    * @returns {Promise<Uint8Array>[]}  one promise per frame, settling in order
    */
   sendFrames(event) {
@@ -642,7 +659,7 @@ export class TransferProtocol {
     }
     if (event instanceof Cancel) {
       this._require(this.state !== State.CLOSED, event);
-      const payload = reasonPayload(event.reason);
+      const payload = reasonPayload(event.reason, event.code);
       const frames = this._control(FrameType.CANCEL, payload);
       this._setState(State.CLOSED);
       return frames;
@@ -700,9 +717,10 @@ export class TransferProtocol {
       );
     }
     if (kind === FrameType.CANCEL) {
-      const reason = strField(this._json(payload), "reason", MAX_REASON_CHARS, "cancelled");
+      const obj = this._json(payload);
+      const reason = strField(obj, "reason", MAX_REASON_CHARS, "cancelled");
       this._setState(State.CLOSED);
-      return new Cancel(reason);
+      return new Cancel(reason, codeField(obj));
     }
     if (this.role === Role.SENDER) return this._senderReceive(kind, payload);
     return this._receiverReceive(kind, payload);
@@ -713,15 +731,15 @@ export class TransferProtocol {
   _senderSend(event) {
     if (event instanceof Offer) {
       this._require(this.state === State.IDLE, event);
-      checkKind(event, ProtocolError);
+      checkKind(event, LocalProtocolError);
       const version = event.version;
       const most = version >= 3 ? MAX_ENTRIES : MAX_FILES;
       if (!(event.files.length >= 1 && event.files.length <= most)) {
-        throw new ProtocolError(`an offer lists 1 to ${MAX_ENTRIES} files`);
+        throw new LocalProtocolError(`an offer lists 1 to ${MAX_ENTRIES} files`);
       }
       const size = event.chunkSize;
       if (!(isExactInt(size) && size >= 1 && size <= MAX_CHUNK_BYTES)) {
-        throw new ProtocolError(`chunk size must be 1 to ${MAX_CHUNK_BYTES} bytes`);
+        throw new LocalProtocolError(`chunk size must be 1 to ${MAX_CHUNK_BYTES} bytes`);
       }
       const payload = encodeOffer(event);
       const listing = version >= 3 ? encodeListing(event) : null;
@@ -730,7 +748,7 @@ export class TransferProtocol {
         decodeOffer(payload, listing);
       } catch (error) {
         if (error instanceof RemoteProtocolError) {
-          throw new ProtocolError(`the receiver would refuse this offer: ${error.message}`, {
+          throw new LocalProtocolError(`the receiver would refuse this offer: ${error.message}`, {
             cause: error,
           });
         }
@@ -745,7 +763,7 @@ export class TransferProtocol {
     }
     if (event instanceof Resume) {
       this._require(this.state === State.ACCEPTED, event);
-      this._checkResume(event, ProtocolError);
+      this._checkResume(event, LocalProtocolError);
       let obj;
       if (this.version >= 3) {
         obj = { offsets: sparse(event.offsets, event.sha256) };
@@ -760,24 +778,24 @@ export class TransferProtocol {
     if (event instanceof FileDone) {
       this._require(this.state === State.SENDING && !this._fileRemaining, event);
       if (event.sha256.length !== SHA256_BYTES) {
-        throw new ProtocolError("FILE_DONE carries a 32-byte SHA-256");
+        throw new LocalProtocolError("FILE_DONE carries a 32-byte SHA-256");
       }
       const frame = this._seal(FrameType.FILE_DONE, event.sha256);
       this._nextFile();
       return [frame];
     }
-    throw new ProtocolError(`a sender cannot send ${event.constructor.name}`);
+    throw new LocalProtocolError(`a sender cannot send ${event.constructor.name}`);
   }
 
   _sendChunk(chunk) {
     if (this.role !== Role.SENDER || this.state !== State.SENDING) {
-      throw new ProtocolError(`cannot send a chunk in state ${this.state}`);
+      throw new LocalProtocolError(`cannot send a chunk in state ${this.state}`);
     }
     const size = chunk.data.length;
     const chunkSize = this.offer.chunkSize;
     const remaining = this._fileRemaining === null ? chunkSize : this._fileRemaining;
     if (!(size > 0 && size <= Math.min(remaining, chunkSize))) {
-      throw new ProtocolError(
+      throw new LocalProtocolError(
         `chunk of ${size} bytes does not fit (${remaining} bytes left, chunk size ${chunkSize})`,
       );
     }
@@ -808,9 +826,10 @@ export class TransferProtocol {
       return new Start(offsets);
     }
     if (kind === FrameType.REJECT && this.state === State.OFFERED) {
-      const reason = strField(this._json(payload), "reason", MAX_REASON_CHARS, "declined");
+      const obj = this._json(payload);
+      const reason = strField(obj, "reason", MAX_REASON_CHARS, "declined");
       this._setState(State.CLOSED);
-      return new Reject(reason);
+      return new Reject(reason, codeField(obj));
     }
     if (
       kind === FrameType.FILE_ACK &&
@@ -837,7 +856,7 @@ export class TransferProtocol {
   _receiverSend(event) {
     if (event instanceof Accept) {
       this._require(this.state === State.DECIDING, event);
-      this._checkHeld(event.held, ProtocolError);
+      this._checkHeld(event.held, LocalProtocolError);
       const obj = { held: this.version >= 3 ? sparse(event.held) : [...event.held] };
       if (event.zstd) obj.zstd = true;
       const frames = this._control(FrameType.ACCEPT, encodeJsonBytes(obj));
@@ -848,7 +867,7 @@ export class TransferProtocol {
     }
     if (event instanceof Start) {
       this._require(this.state === State.CONFIRMING, event);
-      this._checkStart(event.offsets, ProtocolError);
+      this._checkStart(event.offsets, LocalProtocolError);
       const offsets = this.version >= 3 ? sparse(event.offsets) : [...event.offsets];
       const frames = this._control(FrameType.START, encodeJsonBytes({ offsets }));
       this._start(event.offsets);
@@ -856,7 +875,7 @@ export class TransferProtocol {
     }
     if (event instanceof Reject) {
       this._require(this.state === State.DECIDING, event);
-      const payload = reasonPayload(event.reason);
+      const payload = reasonPayload(event.reason, event.code);
       const frames = this._control(FrameType.REJECT, payload);
       this._setState(State.CLOSED);
       return frames;
@@ -882,7 +901,7 @@ export class TransferProtocol {
       }
       return Array.from({ length: event.count }, () => this._seal(FrameType.FILE_ACK, EMPTY));
     }
-    throw new ProtocolError(`a receiver cannot send ${event.constructor.name}`);
+    throw new LocalProtocolError(`a receiver cannot send ${event.constructor.name}`);
   }
 
   _receiverReceive(kind, payload) {
@@ -1043,10 +1062,10 @@ export class TransferProtocol {
   _control(kind, payload) {
     if (payload.length <= MAX_CONTROL_BYTES) return [this._seal(kind, payload)];
     if (this.version < 3) {
-      throw new ProtocolError(`a control frame of ${payload.length} bytes does not fit`);
+      throw new LocalProtocolError(`a control frame of ${payload.length} bytes does not fit`);
     }
     if (payload.length > MAX_JOINED_CONTROL_BYTES) {
-      throw new ProtocolError(`a control payload of ${payload.length} bytes is too large`);
+      throw new LocalProtocolError(`a control payload of ${payload.length} bytes is too large`);
     }
     const frames = [];
     let at = 0;
@@ -1059,7 +1078,7 @@ export class TransferProtocol {
 
   _require(allowed, event) {
     if (!allowed) {
-      throw new ProtocolError(`cannot send ${event.constructor.name} in state ${this.state}`);
+      throw new LocalProtocolError(`cannot send ${event.constructor.name} in state ${this.state}`);
     }
   }
 

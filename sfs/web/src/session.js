@@ -43,7 +43,7 @@ import { SERVER_LOST, SignalClient } from "./signal.js";
 import { CLOSE_GRACE_SECONDS, linger, receiveFiles, sendFiles } from "./transfer.js";
 
 /** How long each step of the other side may take during set-up, and ICE after it. */
-export const CONNECT_TIMEOUT_SECONDS = 30;
+export const PEER_CONNECT_TIMEOUT_SECONDS = 30;
 /** How long a waiting receiver keeps trying to reach a server that went away. */
 export const RECONNECT_SECONDS = 300;
 /** How long a side cancelled during set-up tries to tell its partner. */
@@ -231,7 +231,7 @@ async function reconnect(url, cancel) {
 export async function receive({ ui, wordlist, url = location.origin, cancel }) {
   const words = loadWordlist(wordlist);
   const handshake = new Handshake(Role.RECEIVER, {
-    connectTimeout: CONNECT_TIMEOUT_SECONDS,
+    connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS,
     newWords: () => newSecret(words),
   });
   const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
@@ -265,7 +265,7 @@ export async function receive({ ui, wordlist, url = location.origin, cancel }) {
  * @param {AbortSignal} [options.cancel]
  */
 export async function send({ code, files, sender, ui, url = location.origin, cancel }) {
-  const handshake = new Handshake(Role.SENDER, { code, connectTimeout: CONNECT_TIMEOUT_SECONDS });
+  const handshake = new Handshake(Role.SENDER, { code, connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS });
   const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
   try {
     ui.connected(keys.verifier);

@@ -22,7 +22,8 @@ import {
 } from "./errors.js";
 import { AsyncQueue } from "./queue.js";
 
-export const CONNECT_TIMEOUT_SECONDS = 10;
+/** How long reaching the signaling server may take (sfs/signal/client.py has the same). */
+export const SIGNAL_CONNECT_TIMEOUT_SECONDS = 10;
 export const CALL_TIMEOUT_SECONDS = 10;
 /** Server -> client events this client listens for. */
 export const PUSHED_EVENTS = [
@@ -52,7 +53,7 @@ export class SignalClient {
    * @param {Function} [options.connect]  socket.io's io(); tests pass their own
    * @returns {Promise<SignalClient>}
    */
-  static async connect(url, { connectTimeout = CONNECT_TIMEOUT_SECONDS, connect = io } = {}) {
+  static async connect(url, { connectTimeout = SIGNAL_CONNECT_TIMEOUT_SECONDS, connect = io } = {}) {
     const socket = connect(url, {
       transports: ["websocket"],
       reconnection: false, // a lost server is the handshake's to handle (a new code)

@@ -18,20 +18,15 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 
 import { digestsEqual } from "./crypto.js";
+import { cancelFor, DECLINED, FOLDERS, REJECT_REASONS, reject, stoppedBy } from "./reasons.js";
 import {
-  CancelledByPeerError,
-  CancelledError,
-  DestinationExistsError,
-  DiskError,
   IntegrityError,
   RejectedError,
   RemoteProtocolError,
   SourceError,
-  UpgradeError,
 } from "./errors.js";
 import {
   Accept,
-  Cancel,
   Chunk,
   FileAck,
   FileDone,
@@ -39,7 +34,6 @@ import {
   Offer,
   Partial,
   Ping,
-  Reject,
   Resume,
   State,
 } from "./protocol.js";
@@ -56,18 +50,6 @@ export const READ_BLOCK_BYTES = 1024 * 1024;
 export const MAX_SHOWN_NAME_CHARS = 80;
 /** Names fit in 255 bytes with the command line's hidden partial-copy names around them. */
 export const MAX_NAME_BYTES = 255 - 1 - ".sfs-part".length;
-
-/** The CANCEL reason that tells the sender the destination exists. */
-export const EXISTS_REASON = "the file already exists on the receiving side";
-/** The CANCEL reason of a receiver that cannot read the offer's protocol version. */
-export const UPGRADE_REASON = "the receiver runs an older sfs: upgrade sfs there";
-/** What a receiver of protocol 2 or older answers to an offer of version 3. */
-const OLD_RECEIVER_REASON = "protocol violation";
-/** The REJECT reason of the page for an offer with folders. */
-export const FOLDERS_REASON = "the web page takes files, not folders: use the sfs command line";
-export const DECLINED_REASON = "declined by the receiver";
-/** The CANCEL reason of a page whose tab is closed during a transfer. */
-export const PAGE_CLOSED_REASON = "the other side went away (its web page was closed)";
 
 const now = () => performance.now() / 1000;
 
@@ -273,7 +255,7 @@ export class Outbox {
   }
 
   /**
-   * Seal `event` now (throws ProtocolError at once if not allowed) and send its
+   * Seal `event` now (throws LocalProtocolError at once if not allowed) and send its
    * frames after everything before it.
    * @returns {Promise<void>} settles once its frames are on the channel
    */
@@ -322,47 +304,6 @@ export async function nextEvent(channel, proto, options) {
   }
 }
 
-/** What to tell the peer: the kind of failure, never a local path or detail. */
-export function cancelReason(error) {
-  const reasons = [
-    [DiskError, "the receiver cannot write the file (disk full or not writable)"],
-    [DestinationExistsError, EXISTS_REASON],
-    [IntegrityError, "the received data failed its integrity check"],
-    [UpgradeError, UPGRADE_REASON],
-    [RemoteProtocolError, "protocol violation"],
-    [SourceError, "the file changed or became unreadable on the sending side"],
-  ];
-  if (error instanceof CancelledError) return error.reason ?? "cancelled by the user";
-  for (const [Kind, reason] of reasons) if (error instanceof Kind) return reason;
-  return "the other side hit an error";
-}
-
-/**
- * Why the peer's `event` ends the transfer; `offerVersion`, when it is the answer to
- * our offer, tells an old receiver's refusal of a newer offer.
- */
-export function peerStopped(event, offerVersion = 0) {
-  if (event instanceof Reject) {
-    return new RejectedError(`the other side declined the transfer (${event.reason})`);
-  }
-  if (
-    event instanceof Cancel &&
-    (event.reason === UPGRADE_REASON || (offerVersion >= 3 && event.reason === OLD_RECEIVER_REASON))
-  ) {
-    return new UpgradeError(
-      "the receiver cannot read this offer: it runs an older sfs (more than 1000 files " +
-        "need protocol 3); upgrade sfs there",
-    );
-  }
-  if (event instanceof Cancel) {
-    if (event.reason === EXISTS_REASON) {
-      return new DestinationExistsError(`the other side stopped the transfer: ${EXISTS_REASON}`);
-    }
-    return new CancelledByPeerError(`the other side stopped the transfer: ${event.reason}`);
-  }
-  return new RemoteProtocolError(`unexpected ${event.constructor.name} from the other side`);
-}
-
 /** Give the peer time to read our last frame and close first (at most `seconds`). */
 export async function linger(channel, seconds) {
   let timer;
@@ -380,7 +321,7 @@ export async function abortTransfer(channel, proto, outbox, error) {
   if (proto.state === State.CLOSED || proto.state === State.DONE) return;
   let sent;
   try {
-    sent = outbox.send(new Cancel(cancelReason(error)));
+    sent = outbox.send(cancelFor(error));
   } catch {
     return; // the protocol allows no word now
   }
@@ -538,7 +479,7 @@ export async function sendFiles(
     await outbox.send(offer);
     onWaiting?.();
     const reply = await nextEvent(channel, proto, { signal: cancel });
-    if (!(reply instanceof Accept)) throw peerStopped(reply, offer.version);
+    if (!(reply instanceof Accept)) throw stoppedBy(reply, offer.version);
     status("The receiver accepted.");
     result.started = now();
     // Every file from its start, whatever the receiver holds (see the top of the file).
@@ -556,7 +497,7 @@ export async function sendFiles(
       try {
         while (proto.state !== State.DONE) {
           const event = await nextEvent(channel, proto, { signal: cancel });
-          if (!(event instanceof FileAck)) throw peerStopped(event);
+          if (!(event instanceof FileAck)) throw stoppedBy(event);
         }
       } finally {
         clearInterval(follow);
@@ -629,7 +570,7 @@ async function drainAcks(channel, proto) {
   for (let frame = channel.poll(); frame !== undefined; frame = channel.poll()) {
     const event = await proto.receive(frame);
     if (!(event instanceof FileAck || event instanceof Ping || event instanceof Partial)) {
-      throw peerStopped(event);
+      throw stoppedBy(event);
     }
   }
 }
@@ -639,7 +580,7 @@ async function drainAcks(channel, proto) {
 /**
  * Wait for an offer, ask `decide`, then receive every file into the Saving it gives.
  *
- * An offer with folders is refused (REJECT, FOLDERS_REASON) before anyone is asked.  A
+ * An offer with folders is refused (REJECT, code FOLDERS) before anyone is asked.  A
  * text message is not saved: it ends up in the result's `text`.  Every file's bytes
  * are hashed as they come, and the SHA-256 is compared with the sender's BEFORE the
  * file is committed to its place; a mismatch aborts the save (IntegrityError).
@@ -670,11 +611,11 @@ export async function receiveFiles(
   try {
     const reading = { signal: cancel };
     const offer = await nextEvent(channel, proto, reading);
-    if (!(offer instanceof Offer)) throw peerStopped(offer);
+    if (!(offer instanceof Offer)) throw stoppedBy(offer);
     if (isTree(offer)) {
-      await refuse(channel, outbox, FOLDERS_REASON);
+      await refuse(channel, outbox, FOLDERS);
       throw new RejectedError(
-        `the sender offers ${describeOffer(offer)}: ${FOLDERS_REASON}`,
+        `the sender offers ${describeOffer(offer)}: ${REJECT_REASONS[FOLDERS]}`,
       );
     }
     const names = offer.text ? ["text"] : planNames(offer);
@@ -682,14 +623,14 @@ export async function receiveFiles(
       decide(offer, names, signal),
     );
     if (answer === null) {
-      await refuse(channel, outbox, DECLINED_REASON);
+      await refuse(channel, outbox, DECLINED);
       throw new RejectedError("You declined the transfer.");
     }
     saving = answer.saving;
     await outbox.send(new Accept([], false)); // holds nothing, takes no zstd
     result.started = now();
     const proposal = await nextEvent(channel, proto, reading);
-    if (!(proposal instanceof Resume)) throw peerStopped(proposal);
+    if (!(proposal instanceof Resume)) throw stoppedBy(proposal);
     progress.begin(offer.files.length, offer.stream ? null : offer.totalSize);
     for (const [index, info] of offer.files.entries()) {
       const name = names[index];
@@ -713,7 +654,7 @@ export async function receiveFiles(
             done = event;
             break;
           } else {
-            throw peerStopped(event);
+            throw stoppedBy(event);
           }
         }
       } finally {
@@ -755,8 +696,8 @@ function savedLine(name, offered) {
   return line;
 }
 
-async function refuse(channel, outbox, reason) {
-  await outbox.send(new Reject(reason));
+async function refuse(channel, outbox, code) {
+  await outbox.send(reject(code));
   await linger(channel, LAST_WORD_GRACE_SECONDS);
 }
 
@@ -779,7 +720,7 @@ async function decideWhileListening(channel, proto, decide) {
         throw error;
       }
       const event = await proto.receive(frame);
-      if (!(event instanceof Ping)) throw peerStopped(event);
+      if (!(event instanceof Ping)) throw stoppedBy(event);
     }
   })();
   try {

@@ -10,7 +10,7 @@ import { describe, it } from "node:test";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 
 import { CryptoError, FrameSealer, SessionKeys } from "../src/crypto.js";
-import { ProtocolError, RemoteProtocolError, UpgradeError } from "../src/errors.js";
+import { LocalProtocolError, RemoteProtocolError, UpgradeError } from "../src/errors.js";
 import { encodeJson, JsonError, JsonFloat, parseJson } from "../src/json.js";
 import {
   Accept,
@@ -111,8 +111,10 @@ function describeEvent(event) {
     };
   }
   if (event instanceof Start) return { type: "Start", offsets: rows(event.offsets) };
-  if (event instanceof Reject) return { type: "Reject", reason: event.reason };
-  if (event instanceof Cancel) return { type: "Cancel", reason: event.reason };
+  if (event instanceof Reject || event instanceof Cancel) {
+    const type = event instanceof Reject ? "Reject" : "Cancel";
+    return event.code ? { type, reason: event.reason, code: event.code } : { type, reason: event.reason };
+  }
   if (event instanceof Chunk) return { type: "Chunk", data: hex(event.data) };
   if (event instanceof FileDone) return { type: "FileDone", sha256: hex(event.sha256) };
   if (event instanceof FileAck) return { type: "FileAck", count: event.count };
@@ -154,9 +156,9 @@ function buildEvent(d) {
     case "Start":
       return new Start(unrows(d.offsets, 0));
     case "Reject":
-      return new Reject(d.reason);
+      return new Reject(d.reason, d.code ?? "");
     case "Cancel":
-      return new Cancel(d.reason);
+      return new Cancel(d.reason, d.code ?? "");
     case "Chunk":
       return new Chunk(bytes(d.data));
     case "FileDone":
@@ -400,13 +402,13 @@ describe("a sender refuses what sfs/peer/protocol.py refuses", () => {
 
   it("will not send what the receiver would refuse", async () => {
     const t = await offered();
-    assert.throws(() => t.proto.send(new Chunk(text("a"))), ProtocolError); // not accepted yet
+    assert.throws(() => t.proto.send(new Chunk(text("a"))), LocalProtocolError); // not accepted yet
     await t.proto.receive(await t.raw.seal(FrameType.ACCEPT, text('{"held":[]}')));
     assert.throws(() => t.proto.sendFrames(new Resume([1])), /not what the receiver holds/);
     await Promise.all(t.proto.sendFrames(new Resume([0])));
     assert.throws(() => t.proto.send(new Chunk(text("abcd"))), /does not fit/);
     await t.proto.send(new Chunk(text("ab")));
-    assert.throws(() => t.proto.send(new FileDone(new Uint8Array(32))), ProtocolError);
+    assert.throws(() => t.proto.send(new FileDone(new Uint8Array(32))), LocalProtocolError);
     assert.throws(() => t.proto.send(new Cancel("r".repeat(201))), /at most 200/);
     const proto = new TransferProtocol(Role.SENDER, keys("sender"));
     assert.throws(

@@ -29,12 +29,11 @@ import {
   TransferProtocol,
 } from "../src/protocol.js";
 import { AsyncQueue } from "../src/queue.js";
+import { DECLINED_REASON, FOLDERS, REJECT_REASONS } from "../src/reasons.js";
 import { printable } from "../src/text.js";
 import {
-  DECLINED_REASON,
   Departures,
   finalLine,
-  FOLDERS_REASON,
   formatSize,
   planNames,
   receiveFiles,
@@ -279,7 +278,7 @@ describe("the page's receiver against Python's recorded senders", () => {
 
   it("refuses folders with the words Python recorded, and declines likewise", async () => {
     for (const [name, reason] of [
-      ["v2 folders, refused by the page", FOLDERS_REASON],
+      ["v2 folders, refused by the page", REJECT_REASONS[FOLDERS]],
       ["v1 declined", DECLINED_REASON],
     ]) {
       const channel = replay(session(name), "receiver");
