@@ -87,10 +87,9 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
+            # OSError: a file renamed under us: the next poll sees it.
+            with contextlib.suppress(OSError):
                 self.series.append((time.monotonic() - self._start, self._arrived()))
-            except OSError:
-                pass  # a file renamed under us: the next poll sees it
 
     def stop(self) -> list[tuple[float, int]]:
         self._stop.set()
@@ -325,7 +324,10 @@ def _start_raw_pair(
         stdout=subprocess.PIPE,
         env=env,
     )
-    assert offerer.stdin and offerer.stdout and answerer.stdin and answerer.stdout
+    assert offerer.stdin
+    assert offerer.stdout
+    assert answerer.stdin
+    assert answerer.stdout
     answerer.stdin.write(offerer.stdout.readline())
     answerer.stdin.flush()
     offerer.stdin.write(answerer.stdout.readline())

@@ -345,9 +345,13 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
     page = None
-    if config.link and config.code is None and config.peer.server_url is not None:
-        if await serves_page(config.peer.server_url, ca_file=config.peer.ca_file):
-            page = config.peer.server_url
+    if (
+        config.link
+        and config.code is None
+        and config.peer.server_url is not None
+        and await serves_page(config.peer.server_url, ca_file=config.peer.ca_file)
+    ):
+        page = config.peer.server_url
     async with receiver_session(config.peer, ui, code=config.code, page=page) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
@@ -524,7 +528,8 @@ async def _set_up(
                     # cannot disturb the transfer.
                     await signal.leave()
                 elif isinstance(action, Done):
-                    assert opener is not None and links is not None
+                    assert opener is not None
+                    assert links is not None
                     opened = opener.result()
                     if opened.tcp is None:
                         return Session(opened.channel, action.keys)

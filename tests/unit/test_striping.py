@@ -61,7 +61,7 @@ async def test_poll_and_close() -> None:
 
 
 def test_needs_a_link() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one link"):
         StripedChannel([])
 
 
