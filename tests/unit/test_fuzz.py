@@ -801,52 +801,57 @@ def run_sequence(
     proto: TransferProtocol, peer: FrameSealer, model: Model, actions: list[Action]
 ) -> None:
     for action in actions:
-        if isinstance(action, tuple):
-            if len(action[1]) + FRAME_OVERHEAD_BYTES > MAX_MESSAGE_BYTES:
-                # No DataChannel sends a message over max-message-size (send() refuses
-                # it), and sealing it would use up a counter value the receiver never
-                # sees: every later frame would then look reordered.
-                continue
-            before = proto.state
-            received = do_receive(proto, model, peer.seal(*action), sealed=True)
-            if action == (FrameType.PING, b""):
-                assert (received == Ping()) == (before is not State.CLOSED), "PING refused"
-        elif action in (RESUME, RESTART):
-            offsets = offsets_for(model.offer, model.held, [action == RESUME])
-            if model.role is Role.SENDER:
-                do_send(proto, model, resume_for(offsets))
-            else:
-                frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
-                do_receive(proto, model, frame, sealed=True)
-        elif action in (CONFIRM, DENY):
-            offsets = offsets_for(model.offer, model.proposed, [action == CONFIRM])
-            if model.role is Role.RECEIVER:
-                do_send(proto, model, Start(offsets))
-            else:
-                frame = peer.seal(FrameType.START, start_frame(offsets))
-                do_receive(proto, model, frame, sealed=True)
-        elif action == ACK:
-            if model.role is Role.SENDER:
-                do_receive(proto, model, peer.seal(FrameType.FILE_ACK, b""), sealed=True)
-            else:
-                do_send(proto, model, FileAck())
-        elif isinstance(action, str):
-            size = model.fitting_chunk()
-            if model.role is Role.SENDER:
-                event: Event = Chunk(b"s" * size) if size else FileDone(bytes(SHA256_BYTES))
-                do_send(proto, model, event)
-            elif size:
-                do_receive(proto, model, peer.seal(FrameType.CHUNK, b"r" * size), sealed=True)
-            else:
-                frame = peer.seal(FrameType.FILE_DONE, bytes(SHA256_BYTES))
-                do_receive(proto, model, frame, sealed=True)
-        else:
-            do_send(proto, model, action)
+        play(proto, peer, model, action)
     note_event(f"{model.role.value} ended {proto.state.value}")
     if any(model.offsets):
         note_event("resumed at a claimed offset")
     if proto.state is State.CLOSED:
         assert_closed_for_good(proto, peer)
+
+
+def play(proto: TransferProtocol, peer: FrameSealer, model: Model, action: Action) -> None:
+    """One action of a random sequence: a frame from the peer, or a step of this side."""
+    if isinstance(action, tuple):
+        if len(action[1]) + FRAME_OVERHEAD_BYTES > MAX_MESSAGE_BYTES:
+            # No DataChannel sends a message over max-message-size (send() refuses
+            # it), and sealing it would use up a counter value the receiver never
+            # sees: every later frame would then look reordered.
+            return
+        before = proto.state
+        received = do_receive(proto, model, peer.seal(*action), sealed=True)
+        if action == (FrameType.PING, b""):
+            assert (received == Ping()) == (before is not State.CLOSED), "PING refused"
+    elif action in (RESUME, RESTART):
+        offsets = offsets_for(model.offer, model.held, [action == RESUME])
+        if model.role is Role.SENDER:
+            do_send(proto, model, resume_for(offsets))
+        else:
+            frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
+            do_receive(proto, model, frame, sealed=True)
+    elif action in (CONFIRM, DENY):
+        offsets = offsets_for(model.offer, model.proposed, [action == CONFIRM])
+        if model.role is Role.RECEIVER:
+            do_send(proto, model, Start(offsets))
+        else:
+            frame = peer.seal(FrameType.START, start_frame(offsets))
+            do_receive(proto, model, frame, sealed=True)
+    elif action == ACK:
+        if model.role is Role.SENDER:
+            do_receive(proto, model, peer.seal(FrameType.FILE_ACK, b""), sealed=True)
+        else:
+            do_send(proto, model, FileAck())
+    elif isinstance(action, str):
+        size = model.fitting_chunk()
+        if model.role is Role.SENDER:
+            event: Event = Chunk(b"s" * size) if size else FileDone(bytes(SHA256_BYTES))
+            do_send(proto, model, event)
+        elif size:
+            do_receive(proto, model, peer.seal(FrameType.CHUNK, b"r" * size), sealed=True)
+        else:
+            frame = peer.seal(FrameType.FILE_DONE, bytes(SHA256_BYTES))
+            do_receive(proto, model, frame, sealed=True)
+    else:
+        do_send(proto, model, action)
 
 
 @fuzz(1600)
@@ -927,6 +932,35 @@ class Side:
         self.model.check(self.proto)
 
 
+def take_step(
+    sender: Side, receiver: Side, kind: str, arg: Event | list[int] | list[bool] | None
+) -> None:
+    """One step of a pair: one side sends (an event, or the next directed step), or a
+    frame in flight is delivered."""
+    if kind == "sender" and isinstance(arg, Event):
+        sender.send(arg, receiver)
+    elif kind == "receiver" and isinstance(arg, Event):
+        receiver.send(arg, sender)
+    elif kind == "fit":
+        size = sender.model.fitting_chunk()
+        sender.send(Chunk(b"f" * size) if size else FileDone(bytes(SHA256_BYTES)), receiver)
+    elif kind == "accept":
+        seeds = arg if isinstance(arg, list) else None
+        receiver.send(Accept(held_for(receiver.model.offer, seeds)), sender)
+    elif kind == "resume" and isinstance(arg, list):
+        offsets = offsets_for(sender.model.offer, sender.model.held, arg)
+        sender.send(resume_for(offsets), receiver)
+    elif kind == "start" and isinstance(arg, list):
+        offsets = offsets_for(receiver.model.offer, receiver.model.proposed, arg)
+        receiver.send(Start(offsets), sender)
+    elif kind == "ack":
+        receiver.send(FileAck(), sender)
+    elif kind == "to_receiver" and receiver.inbox:
+        receiver.deliver_one()
+    elif kind == "to_sender" and sender.inbox:
+        sender.deliver_one()
+
+
 @fuzz(1000)
 @given(offer=weighted((3, SMALL_OFFERS), (1, WILD_OFFERS)), steps=PAIR_STEPS)
 def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairStep]) -> None:
@@ -934,28 +968,7 @@ def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairSte
     receiver = Side(TransferProtocol(Role.RECEIVER, RECEIVER_KEYS), Model(Role.RECEIVER), [])
     sender.send(offer, receiver)
     for kind, arg in steps:
-        if kind == "sender" and isinstance(arg, Event):
-            sender.send(arg, receiver)
-        elif kind == "receiver" and isinstance(arg, Event):
-            receiver.send(arg, sender)
-        elif kind == "fit":
-            size = sender.model.fitting_chunk()
-            sender.send(Chunk(b"f" * size) if size else FileDone(bytes(SHA256_BYTES)), receiver)
-        elif kind == "accept":
-            seeds = arg if isinstance(arg, list) else None
-            receiver.send(Accept(held_for(receiver.model.offer, seeds)), sender)
-        elif kind == "resume" and isinstance(arg, list):
-            offsets = offsets_for(sender.model.offer, sender.model.held, arg)
-            sender.send(resume_for(offsets), receiver)
-        elif kind == "start" and isinstance(arg, list):
-            offsets = offsets_for(receiver.model.offer, receiver.model.proposed, arg)
-            receiver.send(Start(offsets), sender)
-        elif kind == "ack":
-            receiver.send(FileAck(), sender)
-        elif kind == "to_receiver" and receiver.inbox:
-            receiver.deliver_one()
-        elif kind == "to_sender" and sender.inbox:
-            sender.deliver_one()
+        take_step(sender, receiver, kind, arg)
     while receiver.inbox or sender.inbox:
         if receiver.inbox:
             receiver.deliver_one()
