@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from benchmarks.lan import RECEIVER_ADDRESS as LAN_RECEIVER_ADDRESS
 from benchmarks.lan import SENDER_ADDRESS as LAN_SENDER_ADDRESS
@@ -87,10 +87,9 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
+            # OSError: a file renamed under us: the next poll sees it.
+            with contextlib.suppress(OSError):
                 self.series.append((time.monotonic() - self._start, self._arrived()))
-            except OSError:
-                pass  # a file renamed under us: the next poll sees it
 
     def stop(self) -> list[tuple[float, int]]:
         self._stop.set()
@@ -325,7 +324,10 @@ def _start_raw_pair(
         stdout=subprocess.PIPE,
         env=env,
     )
-    assert offerer.stdin and offerer.stdout and answerer.stdin and answerer.stdout
+    assert offerer.stdin
+    assert offerer.stdout
+    assert answerer.stdin
+    assert answerer.stdout
     answerer.stdin.write(offerer.stdout.readline())
     answerer.stdin.flush()
     offerer.stdin.write(answerer.stdout.readline())
@@ -648,6 +650,122 @@ def startup_times(runs: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.startup:
+        print("\n".join(startup_times(max(args.runs, 10))))
+        return
+    _check_args(parser, args)
+    if args.size is None:
+        args.size = 32 * MIB if args.nat else 256 * MIB
+
+    from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+
+    chunk = args.chunk_size or DEFAULT_CHUNK_BYTES  # for raw, --nat and --tree
+    sfs_chunk = args.chunk_size  # None: each transport's own default
+    env = dict(os.environ)
+    if args.loop == "asyncio":
+        env["SFS_EVENT_LOOP"] = "asyncio"
+    env.pop("SFS_DEBUG", None)
+    from sfs.commands.running import event_loop_factory
+
+    loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
+    if args.nat:
+        _run_nat(args, chunk, loop_name)
+        return
+    if args.tree:
+        from benchmarks.tree import run_tree
+
+        run_tree(args.runs, chunk, args.streams, env, loop_name)
+        return
+    where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
+    if args.lan:
+        where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"
+        env.pop("SFS_SERVER", None)
+        env.pop("SFS_ICE_ADDRESSES", None)
+    title = (
+        f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
+        f"chunk {sfs_chunk or f'{DEFAULT_CHUNK_BYTES} B (WebRTC) / {MAX_CHUNK_BYTES} B (TCP)'}, "
+        f"--streams {args.streams}, "
+        f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}"
+    )
+    print(title, flush=True)
+    print("\n".join(startup_times(5)), flush=True)
+    transports = set(args.transport) or set(SFS_CONTENDERS.values())
+    if args.lan:
+        transports &= {"auto"}  # mDNS and LAN mode as users run them
+    results, on_loopback = _measure(args, env, chunk, sfs_chunk, transports)
+    _report(results, (sfs_chunk or MAX_CHUNK_BYTES) if on_loopback else None, args.plot, title)
+
+
+def _measure(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    chunk: int,
+    sfs_chunk: int | None,
+    transports: set[str],
+) -> tuple[dict[str, list[Sample]], bool]:
+    """Every contender's samples, run after run, and whether they ran on loopback
+    (no --long-link, no --lan)."""
+    with tempfile.TemporaryDirectory(prefix="sfs-bench-") as tmp:
+        workdir = Path(tmp)
+        src = workdir / "src.bin"
+        with open(src, "wb") as f:
+            for _ in range(0, args.size, MIB):
+                f.write(os.urandom(min(MIB, args.size - f.tell())))
+        out = workdir / "out"
+        out.mkdir()
+        link, placement = _open_link(args)
+        # Every early exit ends what was started: the relays come first (installing
+        # magic-wormhole may fail), and one stack stops them all.
+        started = contextlib.ExitStack()
+        if link is not None:
+            started.callback(link.__exit__, None, None, None)
+        relays = None
+        server = None
+        try:
+            if "wormhole" in args.compare:
+                relays = WormholeRelays(workdir)
+                started.callback(relays.stop)
+            if not args.lan:
+                server = SignalServer(workdir, placement)
+                started.callback(server.stop)
+        except BaseException:
+            started.close()
+            raise
+        results = _contenders(args, transports)
+        stripes = _stripes(args.stripe)
+        for name in stripes:
+            results[name] = []
+        if relays is not None:
+            results[WORMHOLE] = []
+        try:
+            for run in range(args.runs):
+                for name, transport in SFS_CONTENDERS.items():
+                    if name in results:
+                        results[name].append(
+                            run_sfs(
+                                server, src, out, env, sfs_chunk, placement, args.streams, transport
+                            )
+                        )
+                if not args.no_raw:
+                    results[RAW].append(
+                        run_raw(args.size, chunk + 28, env, placement=placement, workdir=workdir)
+                    )
+                for name, layout in stripes.items():
+                    results[name].append(
+                        run_raw(args.size, chunk + 28, env, placement=placement, **layout)
+                    )
+                if relays is not None:
+                    results[WORMHOLE].append(run_wormhole(src, out, relays))
+                print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        finally:
+            started.close()
+    return results, link is None
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument(
         "--size",
@@ -726,151 +844,85 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="N",
         help="also measure raw striping over N channels, N connections, N process pairs",
     )
-    args = parser.parse_args(argv)
-    if args.startup:
-        print("\n".join(startup_times(max(args.runs, 10))))
-        return
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The combinations that make no sense, refused before anything starts."""
     if args.tree and (args.lan or args.long_link or args.nat):
         parser.error("--tree runs on 127.0.0.1 only: no --lan, --long-link or --nat")
     if args.tree and (args.size is not None or args.compare or args.stripe):
         parser.error("--tree has its own data sets: no --size, --compare or --stripe")
-    if args.size is None:
-        args.size = 32 * MIB if args.nat else 256 * MIB
-
-    from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
-
-    chunk = args.chunk_size or DEFAULT_CHUNK_BYTES  # for raw, --nat and --tree
-    sfs_chunk = args.chunk_size  # None: each transport's own default
-    env = dict(os.environ)
-    if args.loop == "asyncio":
-        env["SFS_EVENT_LOOP"] = "asyncio"
-    env.pop("SFS_DEBUG", None)
-    from sfs.commands.running import event_loop_factory
-
-    loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
     if args.lan and args.long_link:
         parser.error("--lan and --long-link exclude each other")
-    if args.nat:
-        if args.lan or args.long_link:
-            parser.error("--nat excludes --lan and --long-link")
-        if os.geteuid() != 0:
-            raise SystemExit("scripts/bench --nat needs root (network namespaces, iptables)")
-        try:
-            from benchmarks.nat import run_nat
-        except ModuleNotFoundError as exc:  # the lab is the test suite's
-            raise SystemExit(
-                f"scripts/bench --nat needs {exc.name}: pip install -e '.[test]'"
-            ) from None
-        title = (
-            f"sfs NAT matrix benchmark (tests/integration/nat.py: namespaces, coturn): "
-            f"{args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
-            f"{args.streams} stream(s), {loop_name}; {platform.python_implementation()} "
-            f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
-        )
-        loop_env = {"SFS_EVENT_LOOP": "asyncio"} if args.loop == "asyncio" else {}
-        run_nat(args.size, args.runs, chunk, args.streams, loop_env, title)
-        return
-    if args.tree:
-        from benchmarks.tree import run_tree
+    if args.nat and (args.lan or args.long_link):
+        parser.error("--nat excludes --lan and --long-link")
 
-        run_tree(args.runs, chunk, args.streams, env, loop_name)
-        return
-    where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
-    if args.lan:
-        where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"
-        env.pop("SFS_SERVER", None)
-        env.pop("SFS_ICE_ADDRESSES", None)
+
+def _run_nat(args: argparse.Namespace, chunk: int, loop_name: str) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("scripts/bench --nat needs root (network namespaces, iptables)")
+    try:
+        from benchmarks.nat import run_nat
+    except ModuleNotFoundError as exc:  # the lab is the test suite's
+        raise SystemExit(
+            f"scripts/bench --nat needs {exc.name}: pip install -e '.[test]'"
+        ) from None
     title = (
-        f"sfs benchmark on {where}: {args.size / MIB:.0f} MiB file, {args.runs} runs, "
-        f"chunk {sfs_chunk or f'{DEFAULT_CHUNK_BYTES} B (WebRTC) / {MAX_CHUNK_BYTES} B (TCP)'}, "
-        f"--streams {args.streams}, "
-        f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, {platform.machine()}"
+        f"sfs NAT matrix benchmark (tests/integration/nat.py: namespaces, coturn): "
+        f"{args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
+        f"{args.streams} stream(s), {loop_name}; {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
     )
-    print(title, flush=True)
-    print("\n".join(startup_times(5)), flush=True)
-    transports = set(args.transport) or set(SFS_CONTENDERS.values())
-    if args.lan:
-        transports &= {"auto"}  # mDNS and LAN mode as users run them
-    with tempfile.TemporaryDirectory(prefix="sfs-bench-") as tmp:
-        workdir = Path(tmp)
-        src = workdir / "src.bin"
-        with open(src, "wb") as f:
-            for _ in range(0, args.size, MIB):
-                f.write(os.urandom(min(MIB, args.size - f.tell())))
-        out = workdir / "out"
-        out.mkdir()
-        link: LongLink | LanPair | None = None
-        placement = LOCAL
-        if args.long_link:
-            link = LongLink()
-            addresses = (SENDER_ADDRESS, RECEIVER_ADDRESS)
-        elif args.lan:
-            link = LanPair()
-            addresses = (LAN_SENDER_ADDRESS, LAN_RECEIVER_ADDRESS)
-        if link is not None:
-            link.__enter__()
-            placement = Placement(
-                tuple(link.prefix("sender")), tuple(link.prefix("receiver")), *addresses
-            )
-        # Every early exit ends what was started: the relays come first (installing
-        # magic-wormhole may fail), and one stack stops them all.
-        started = contextlib.ExitStack()
-        if link is not None:
-            started.callback(link.__exit__, None, None, None)
-        relays = None
-        server = None
-        try:
-            if "wormhole" in args.compare:
-                relays = WormholeRelays(workdir)
-                started.callback(relays.stop)
-            if not args.lan:
-                server = SignalServer(workdir, placement)
-                started.callback(server.stop)
-        except BaseException:
-            started.close()
-            raise
-        results: dict[str, list[Sample]] = {
-            name: [] for name, transport in SFS_CONTENDERS.items() if transport in transports
-        }
-        if not args.no_raw:
-            results[RAW] = []
-        stripes = (
-            {
-                f"raw {args.stripe} channels": {"channels": args.stripe},
-                f"raw {args.stripe} connections": {"connections": args.stripe},
-                f"raw {args.stripe} processes": {"processes": args.stripe},
-            }
-            if args.stripe > 1
-            else {}
+    loop_env = {"SFS_EVENT_LOOP": "asyncio"} if args.loop == "asyncio" else {}
+    run_nat(args.size, args.runs, chunk, args.streams, loop_env, title)
+
+
+def _open_link(args: argparse.Namespace) -> tuple[LongLink | LanPair | None, Placement]:
+    """The two namespaces of --long-link or --lan, entered, and where each side runs."""
+    link: LongLink | LanPair | None = None
+    placement = LOCAL
+    if args.long_link:
+        link = LongLink()
+        addresses = (SENDER_ADDRESS, RECEIVER_ADDRESS)
+    elif args.lan:
+        link = LanPair()
+        addresses = (LAN_SENDER_ADDRESS, LAN_RECEIVER_ADDRESS)
+    if link is not None:
+        link.__enter__()
+        placement = Placement(
+            tuple(link.prefix("sender")), tuple(link.prefix("receiver")), *addresses
         )
-        for name in stripes:
-            results[name] = []
-        if relays is not None:
-            results[WORMHOLE] = []
-        try:
-            for run in range(args.runs):
-                for name, transport in SFS_CONTENDERS.items():
-                    if name in results:
-                        results[name].append(
-                            run_sfs(
-                                server, src, out, env, sfs_chunk, placement, args.streams, transport
-                            )
-                        )
-                if not args.no_raw:
-                    results[RAW].append(
-                        run_raw(args.size, chunk + 28, env, placement=placement, workdir=workdir)
-                    )
-                for name, layout in stripes.items():
-                    results[name].append(
-                        run_raw(args.size, chunk + 28, env, placement=placement, **layout)
-                    )
-                if relays is not None:
-                    results[WORMHOLE].append(run_wormhole(src, out, relays))
-                print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
-        finally:
-            started.close()
-    limits = None if link is not None else micro_limits(sfs_chunk or MAX_CHUNK_BYTES)
+    return link, placement
+
+
+def _contenders(args: argparse.Namespace, transports: set[str]) -> dict[str, list[Sample]]:
+    """An empty list of samples for each sfs transport measured, and the raw ceiling."""
+    results: dict[str, list[Sample]] = {
+        name: [] for name, transport in SFS_CONTENDERS.items() if transport in transports
+    }
+    if not args.no_raw:
+        results[RAW] = []
+    return results
+
+
+def _stripes(count: int) -> dict[str, dict[str, Any]]:
+    """The raw striping layouts of --stripe N (none for N < 2)."""
+    if count <= 1:
+        return {}
+    return {
+        f"raw {count} channels": {"channels": count},
+        f"raw {count} connections": {"connections": count},
+        f"raw {count} processes": {"processes": count},
+    }
+
+
+def _report(
+    results: dict[str, list[Sample]], limits_chunk: int | None, plot_path: Path | None, title: str
+) -> None:
+    """The table, the micro-limits (on loopback only: *limits_chunk* None elsewhere),
+    the ratios and the plot."""
+    limits = None if limits_chunk is None else micro_limits(limits_chunk)
     print("\n".join(table(results)))
     if limits is not None:
         print(
@@ -879,9 +931,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"does all three for every byte moves at most {limits.single_core:.0f} MiB/s"
         )
     print("\n".join(ratios(results, limits)))
-    if args.plot is not None:
-        plot(results, args.plot, title)
-        print(f"throughput over time: {args.plot}")
+    if plot_path is not None:
+        plot(results, plot_path, title)
+        print(f"throughput over time: {plot_path}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -136,10 +137,8 @@ async def answer(size: int, connections: int, address: str, progress: str | None
         for pc in pcs:
             await pc.setLocalDescription(await pc.createAnswer())
     _write_line({"sdps": [pc.localDescription.sdp for pc in pcs]})
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(closed.wait(), 600)
-    except TimeoutError:
-        pass
     for pc in pcs:
         await pc.close()
 

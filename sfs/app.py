@@ -344,9 +344,13 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
     page = None
-    if config.link and config.code is None and config.peer.server_url is not None:
-        if await serves_page(config.peer.server_url, ca_file=config.peer.ca_file):
-            page = config.peer.server_url
+    if (
+        config.link
+        and config.code is None
+        and config.peer.server_url is not None
+        and await serves_page(config.peer.server_url, ca_file=config.peer.ca_file)
+    ):
+        page = config.peer.server_url
     async with receiver_session(config.peer, ui, code=config.code, page=page) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
@@ -424,121 +428,175 @@ async def _set_up(
         is shown (LAN mode advertises it).
     :param page: the web page to link each code shown to.
     """
-    loop = asyncio.get_running_loop()
     signal = await stack.enter_async_context(_signal_client(url, options))
-    links: PeerLinks | None = None
-    direct: DirectPath | None = None
-    opener: asyncio.Future[Opened] | None = None
-    wants_tcp = options.transport is not Transport.DATACHANNEL
-    try:
-        peer_id, server_ice = await signal.register()
-        if registered is not None:
-            await registered(peer_id)
-        pending: deque[SetupEvent] = deque([Registered(peer_id, server_ice)])
-        while True:
-            if pending:
-                actions = handshake.handle(pending.popleft(), loop.time())
-            else:
-                event = await _next_input(signal, opener, handshake.next_deadline())
-                if event is None:  # a deadline, or an event set-up does not use
-                    actions = handshake.handle_timer(loop.time())
-                else:
-                    actions = handshake.handle(event, loop.time())
-            for action in actions:
-                if isinstance(action, Call):
-                    await _call(signal, action)
-                elif isinstance(action, ShowCode):
-                    link = None if page is None else page_link(page, action.code)
-                    ui.show_code(action.code, link)
-                elif isinstance(action, Status):
-                    ui.status(action.message)
-                elif isinstance(action, Reconnect):
-                    # How to get back (retries, pauses) is I/O policy, so it lives here;
-                    # that the old code is dead and a new one is shown is the handshake's.
-                    signal = await _reconnect(url, options, stack)
-                    peer_id, server_ice = await signal.register()
-                    if registered is not None:
-                        await registered(peer_id)
-                    pending.append(Registered(peer_id, server_ice))
-                elif isinstance(action, CreateOffers):
-                    if handshake.round_trip is not None:
-                        logger.info(
-                            "round trip through the server %.1f ms: %d WebRTC stream(s)",
-                            handshake.round_trip * 1000,
-                            action.count,
-                        )
-                    links = await stack.enter_async_context(
-                        PeerLinks(
-                            action.count, ice_servers=action.ice_servers, host_addresses=addresses
-                        )
-                    )
-                    offers = await links.create_offers()
-                    tcp = None
-                    if wants_tcp:
-                        direct = _direct_path(
-                            stack, sender=True, keys=action.keys, hosts=host_addresses(addresses)
-                        )
-                        tcp = await direct.listen()
-                    pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
-                elif isinstance(action, AnswerOffers):
-                    links = await stack.enter_async_context(
-                        PeerLinks(
-                            len(action.sdps),
-                            ice_servers=action.ice_servers,
-                            host_addresses=addresses,
-                        )
-                    )
-                    tcp = None
-                    if wants_tcp and action.tcp is not None:
-                        # Dialing the sender's listeners while ours start and the answer
-                        # travels: on a LAN the connection is proven before it arrives.
-                        direct = _direct_path(
-                            stack, sender=False, keys=action.keys, hosts=host_addresses(addresses)
-                        )
-                        direct.dial(action.tcp)
-                        tcp = await direct.listen()
-                    answers = await links.answer_offers(_descriptions("offer", action.sdps))
-                    pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
-                elif isinstance(action, AcceptAnswers):
-                    assert links is not None
-                    await links.accept_answers(_descriptions("answer", action.sdps))
-                    if direct is not None and action.tcp is not None:
-                        direct.dial(action.tcp)
-                elif isinstance(action, OpenChannel):
-                    assert links is not None
-                    if direct is not None and not action.direct:
-                        await direct.close()  # the other side takes no TCP
-                    opener = asyncio.ensure_future(
-                        open_transport(
-                            sender=handshake.role is Role.SENDER,
-                            transport=options.transport,
-                            direct=direct if action.direct else None,
-                            datachannel=functools.partial(links.open, options.connect_timeout),
-                            connect_timeout=options.connect_timeout,
-                        )
-                    )
-                elif isinstance(action, Leave):
-                    # From here on the peers talk directly; a server that goes away now
-                    # cannot disturb the transfer.
-                    await signal.leave()
-                elif isinstance(action, Done):
-                    assert opener is not None and links is not None
-                    opened = opener.result()
-                    if opened.tcp is None:
-                        return Session(opened.channel, action.keys)
-                    # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
-                    await links.close()
-                    stack.callback(opened.tcp.close)
-                    return Session(opened.channel, action.keys.over_tcp())
-                else:
-                    raise action.error
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        await _tell_partner(signal, handshake.handle(Cancelled(), loop.time()))
-        raise
-    finally:
-        if opener is not None and not opener.done():
-            opener.cancel()
-            await asyncio.gather(opener, return_exceptions=True)
+    pump = _SetUpPump(stack, handshake, url, options, ui, addresses, signal, registered, page)
+    return await pump.run()
+
+
+class _SetUpPump:
+    """What :func:`_set_up` holds while it pumps: the signaling client (a new one after
+    a reconnect), the peer connections, the direct path and the channel being opened,
+    and the events the actions produced for the handshake."""
+
+    def __init__(
+        self,
+        stack: AsyncExitStack,
+        handshake: Handshake,
+        url: str,
+        options: PeerOptions,
+        ui: Ui,
+        addresses: tuple[str, ...],
+        signal: SignalClient,
+        registered: Callable[[str], Awaitable[None]] | None,
+        page: str | None,
+    ) -> None:
+        self.stack = stack
+        self.handshake = handshake
+        self.url = url
+        self.options = options
+        self.ui = ui
+        self.addresses = addresses
+        self.signal = signal
+        self.registered = registered
+        self.page = page
+        self.links: PeerLinks | None = None
+        self.direct: DirectPath | None = None
+        self.opener: asyncio.Future[Opened] | None = None
+        self.wants_tcp = options.transport is not Transport.DATACHANNEL
+        self.pending: deque[SetupEvent] = deque()
+
+    async def run(self) -> Session:
+        loop = asyncio.get_running_loop()
+        try:
+            await self._register()
+            while True:
+                for action in await self._next_actions(loop.time):
+                    session = await self._carry_out(action)
+                    if session is not None:
+                        return session
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            await _tell_partner(self.signal, self.handshake.handle(Cancelled(), loop.time()))
+            raise
+        finally:
+            if self.opener is not None and not self.opener.done():
+                self.opener.cancel()
+                await asyncio.gather(self.opener, return_exceptions=True)
+
+    async def _register(self) -> None:
+        peer_id, server_ice = await self.signal.register()
+        if self.registered is not None:
+            await self.registered(peer_id)
+        self.pending.append(Registered(peer_id, server_ice))
+
+    async def _next_actions(self, now: Callable[[], float]) -> list[Action]:
+        """The handshake's answer to the next event: one the actions produced, else
+        the next input, else the deadline."""
+        if self.pending:
+            return self.handshake.handle(self.pending.popleft(), now())
+        event = await _next_input(self.signal, self.opener, self.handshake.next_deadline())
+        if event is None:  # a deadline, or an event set-up does not use
+            return self.handshake.handle_timer(now())
+        return self.handshake.handle(event, now())
+
+    async def _carry_out(self, action: Action) -> Session | None:
+        """Carry out one action; the session once the handshake is done."""
+        if isinstance(action, Call):
+            await _call(self.signal, action)
+        elif isinstance(action, ShowCode):
+            link = None if self.page is None else page_link(self.page, action.code)
+            self.ui.show_code(action.code, link)
+        elif isinstance(action, Status):
+            self.ui.status(action.message)
+        elif isinstance(action, Reconnect):
+            # How to get back (retries, pauses) is I/O policy, so it lives here;
+            # that the old code is dead and a new one is shown is the handshake's.
+            self.signal = await _reconnect(self.url, self.options, self.stack)
+            await self._register()
+        elif isinstance(action, CreateOffers):
+            await self._create_offers(action)
+        elif isinstance(action, AnswerOffers):
+            await self._answer_offers(action)
+        elif isinstance(action, AcceptAnswers):
+            assert self.links is not None
+            await self.links.accept_answers(_descriptions("answer", action.sdps))
+            if self.direct is not None and action.tcp is not None:
+                self.direct.dial(action.tcp)
+        elif isinstance(action, OpenChannel):
+            await self._open_channel(action)
+        elif isinstance(action, Leave):
+            # From here on the peers talk directly; a server that goes away now
+            # cannot disturb the transfer.
+            await self.signal.leave()
+        elif isinstance(action, Done):
+            return await self._session(action)
+        else:
+            raise action.error
+        return None
+
+    async def _create_offers(self, action: CreateOffers) -> None:
+        if self.handshake.round_trip is not None:
+            logger.info(
+                "round trip through the server %.1f ms: %d WebRTC stream(s)",
+                self.handshake.round_trip * 1000,
+                action.count,
+            )
+        self.links = await self.stack.enter_async_context(
+            PeerLinks(action.count, ice_servers=action.ice_servers, host_addresses=self.addresses)
+        )
+        offers = await self.links.create_offers()
+        tcp = None
+        if self.wants_tcp:
+            self.direct = _direct_path(
+                self.stack, sender=True, keys=action.keys, hosts=host_addresses(self.addresses)
+            )
+            tcp = await self.direct.listen()
+        self.pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
+
+    async def _answer_offers(self, action: AnswerOffers) -> None:
+        self.links = await self.stack.enter_async_context(
+            PeerLinks(
+                len(action.sdps),
+                ice_servers=action.ice_servers,
+                host_addresses=self.addresses,
+            )
+        )
+        tcp = None
+        if self.wants_tcp and action.tcp is not None:
+            # Dialing the sender's listeners while ours start and the answer
+            # travels: on a LAN the connection is proven before it arrives.
+            self.direct = _direct_path(
+                self.stack, sender=False, keys=action.keys, hosts=host_addresses(self.addresses)
+            )
+            self.direct.dial(action.tcp)
+            tcp = await self.direct.listen()
+        answers = await self.links.answer_offers(_descriptions("offer", action.sdps))
+        self.pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
+
+    async def _open_channel(self, action: OpenChannel) -> None:
+        links = self.links
+        assert links is not None
+        if self.direct is not None and not action.direct:
+            await self.direct.close()  # the other side takes no TCP
+        self.opener = asyncio.ensure_future(
+            open_transport(
+                sender=self.handshake.role is Role.SENDER,
+                transport=self.options.transport,
+                direct=self.direct if action.direct else None,
+                datachannel=functools.partial(links.open, self.options.connect_timeout),
+                connect_timeout=self.options.connect_timeout,
+            )
+        )
+
+    async def _session(self, action: Done) -> Session:
+        assert self.opener is not None
+        assert self.links is not None
+        opened = self.opener.result()
+        if opened.tcp is None:
+            return Session(opened.channel, action.keys)
+        # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
+        await self.links.close()
+        self.stack.callback(opened.tcp.close)
+        return Session(opened.channel, action.keys.over_tcp())
 
 
 async def _wait_on_lan(

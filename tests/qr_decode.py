@@ -26,11 +26,14 @@ def parse_drawing(lines: list[str]) -> list[list[bool]]:
     line that is not such a drawing (its colours, half blocks, the reset)."""
     matrix: list[list[bool]] = []
     for line in lines:
-        assert line.startswith(COLOURS) and line.endswith(RESET), repr(line)
+        assert line.startswith(COLOURS), repr(line)
+        assert line.endswith(RESET), repr(line)
         cells = line[len(COLOURS) : -len(RESET)]
-        assert cells and all(c in _PAIRS for c in cells), repr(line)
+        assert cells, repr(line)
+        assert all(c in _PAIRS for c in cells), repr(line)
         matrix += [[_PAIRS[c][0] for c in cells], [_PAIRS[c][1] for c in cells]]
-    assert matrix and all(len(row) == len(matrix[0]) for row in matrix)
+    assert matrix
+    assert all(len(row) == len(matrix[0]) for row in matrix)
     return matrix
 
 

@@ -33,7 +33,8 @@ def config_command(ctx: click.Context, command: str | None, path_only: bool) -> 
         say(str(config.path), err=False)
         return
     group = ctx.parent.command if ctx.parent is not None else None
-    assert isinstance(group, click.Group) and ctx.parent is not None
+    assert isinstance(group, click.Group)
+    assert ctx.parent is not None
     names = [n for n in sorted(group.commands) if n != "config"]
     if command is not None and command not in names:
         raise click.BadParameter(

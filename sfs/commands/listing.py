@@ -3,6 +3,7 @@ names that are taken, and the final line of a transfer."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from sfs.commands import terminal
@@ -96,10 +97,8 @@ def tree_listing(offer: Offer, *, max_lines: int, width: int | None = None) -> l
         counts.setdefault((folder[0], True), [0, 0])
 
     def line(name: str, folder: bool, files: int, size: int) -> str:
-        try:
+        with contextlib.suppress(SfsError):
             name = safe_name(name)
-        except SfsError:
-            pass
         what = (
             (f"{_plural(files, 'file')}, {format_size(size)}" if files else "empty")
             if folder

@@ -142,6 +142,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
+        self._check_ice_servers()
+        self._check_limits()
+        self._check_redis()
+
+    def _check_ice_servers(self) -> None:
         if len(self.ice_servers) + bool(self.stun_urls) + bool(self.turn_urls) > m.MAX_ICE_SERVERS:
             raise ValueError(f"at most {m.MAX_ICE_SERVERS} ICE servers can be configured")
         for urls, schemes, option in (
@@ -161,6 +166,8 @@ class ServerConfig:
             raise ValueError("a TURN secret without --turn URLs has nothing to sign")
         if self.turn_ttl_seconds < 60:
             raise ValueError("--turn-ttl must be at least 60 seconds")
+
+    def _check_limits(self) -> None:
         for name in (
             "max_connections",
             "max_lookups_per_connection",
@@ -185,6 +192,8 @@ class ServerConfig:
             raise ValueError("max_queued_bytes must be at least max_queued_bytes_per_connection")
         if self.fd_reserve < MIN_FD_RESERVE:
             raise ValueError(f"fd_reserve must be at least {MIN_FD_RESERVE}")
+
+    def _check_redis(self) -> None:
         if self.redis_url is not None:
             redis_url_display(self.redis_url)  # raises ValueError for a bad URL
         if self.request_timeout_seconds is not None and (

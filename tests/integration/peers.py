@@ -31,7 +31,8 @@ class Finished:
         # A prompt answered on a terminal leaves no newline on stderr, so the error may
         # follow it on the same line.
         lines = [line for line in self.stderr.splitlines() if "Error: " in line]
-        assert len(lines) == 1 and lines[0].count("Error: ") == 1, self.stderr
+        assert len(lines) == 1, self.stderr
+        assert lines[0].count("Error: ") == 1, self.stderr
         assert "Traceback" not in self.stderr, self.stderr
         return lines[0][lines[0].index("Error: ") :]
 

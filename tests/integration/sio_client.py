@@ -83,8 +83,10 @@ class Peer(QueueingClient):
     async def expect_failure(self, event: str, data: object, code: str) -> None:
         """Send *event*; the ack and the `error` event must both carry *code*."""
         ack = await self.call(event, data)
-        assert ack["ok"] is False and ack["error"] == code, ack
-        assert isinstance(ack["message"], str) and ack["message"]
+        assert ack["ok"] is False, ack
+        assert ack["error"] == code, ack
+        assert isinstance(ack["message"], str)
+        assert ack["message"]
         name, payload = await self.next_event()
         assert name == m.ERROR
         assert payload == {"event": event, "error": code, "message": ack["message"]}

@@ -27,16 +27,19 @@ async def test_a_description_without_a_fingerprint_is_one_clear_error(
         sdp = re.sub(r"a=fingerprint:[^\r\n]*\r\n", "", description["sdp"])
         return {"type": description["type"], "sdp": sdp}
 
+    async def connect() -> None:
+        offer = await offerer.create_offer()
+        if side == "offer":
+            offer = strip(offer)
+        answer = await answerer.answer_offer(offer)
+        if side == "answer":
+            answer = strip(answer)
+        await offerer.accept_answer(answer)
+        await asyncio.gather(offerer.open(5), answerer.open(5))
+
     try:
         with pytest.raises(PeerConnectionError, match="fingerprint") as raised:
-            offer = await offerer.create_offer()
-            if side == "offer":
-                offer = strip(offer)
-            answer = await answerer.answer_offer(offer)
-            if side == "answer":
-                answer = strip(answer)
-            await offerer.accept_answer(answer)
-            await asyncio.gather(offerer.open(5), answerer.open(5))
+            await connect()
         assert "Traceback" not in str(raised.value)
         await asyncio.sleep(0.5)  # let aiortc's background tasks run, if it started any
     finally:

@@ -73,19 +73,24 @@ def test_check_tells_the_nat_and_finds_the_relays(
     with serve(lab, tmp_path, turn.secret_file) as server:
         code, lines = check(lab, server)
     assert code == 0, lines
-    assert line(lines, "server ").startswith("ok ") and "no TLS" in line(lines, "server ")
+    assert line(lines, "server ").startswith("ok ")
+    assert "no TLS" in line(lines, "server ")
     for stun in (PUB_IP, SECOND_PUB_IP):
         seen = line(lines, f"STUN {stun}:3478")
-        assert seen.startswith("ok ") and "seen as 10.200.0.11:" in seen, lines
+        assert seen.startswith("ok "), lines
+        assert "seen as 10.200.0.11:" in seen, lines
         assert "(local 192.168.101.10:" in seen, lines
     nat = line(lines, "NAT")
     if mode == "cone":
-        assert nat.startswith("ok ") and "one public address for every destination" in nat
+        assert nat.startswith("ok ")
+        assert "one public address for every destination" in nat
     else:
-        assert nat.startswith("warn") and "symmetric" in nat
+        assert nat.startswith("warn")
+        assert "symmetric" in nat
     for transport in ("udp", "tcp"):
         relay = line(lines, f"TURN {PUB_IP}:3478 ({transport})")
-        assert relay.startswith("ok ") and f"relay allocated at {PUB_IP}:" in relay, lines
+        assert relay.startswith("ok "), lines
+        assert f"relay allocated at {PUB_IP}:" in relay, lines
     assert lines[-1] == (
         "Transfers possible: yes: with anyone (through the TURN relay when nothing else works)"
     )
@@ -114,7 +119,8 @@ def test_check_says_the_relay_refuses_a_wrong_secret(
     assert code == 0, lines  # peers on one network, and behind most NATs, still can
     for transport in ("udp", "tcp"):
         relay = line(lines, f"TURN {PUB_IP}:3478 ({transport})")
-        assert relay.startswith("FAIL") and "refused the credential" in relay, lines
+        assert relay.startswith("FAIL"), lines
+        assert "refused the credential" in relay, lines
     assert lines[-1].startswith("Transfers possible: on the same network and across most NATs")
     assert "not with everyone" in lines[-1], lines
 
@@ -157,8 +163,10 @@ def test_check_against_a_plain_server_says_what_works(netns: str, tmp_path: Path
         stop_process(server.process)
     assert code == 0, (lines, stderr, server.log_text())
     assert line(lines, "server ").startswith("ok "), lines
-    assert line(lines, "STUN").startswith("warn") and "sfs serve --stun" in line(lines, "STUN")
-    assert line(lines, "TURN").startswith("warn") and "sfs serve --turn" in line(lines, "TURN")
+    assert line(lines, "STUN").startswith("warn")
+    assert "sfs serve --stun" in line(lines, "STUN")
+    assert line(lines, "TURN").startswith("warn")
+    assert "sfs serve --turn" in line(lines, "TURN")
     assert not [x for x in lines if x.startswith("FAIL")], lines
     assert lines[-1].startswith("Transfers possible: on the same network only: across NATs")
 

@@ -333,7 +333,8 @@ async def test_redis_stopped_and_restarted(
         assert http_status(f"{node.url}/healthz") == 200
     newcomer = await joined(peers, node1.url, register=False)
     ack = await newcomer.call(m.REGISTER_PEER, {})
-    assert ack["ok"] is False and ack["error"] == m.SERVER_FULL, ack
+    assert ack["ok"] is False, ack
+    assert ack["error"] == m.SERVER_FULL, ack
     assert "registry (Redis)" in ack["message"], ack
     assert await asyncio.to_thread(metric, node1, "sfs_registry_up") == 0
     # What a user sees: one line that says why, and exit 3.
@@ -380,7 +381,8 @@ async def test_redis_stopped_and_restarted(
     for node in cluster.nodes:
         log = node.log_text()
         assert node.process.poll() is None, cluster.logs()
-        assert "does not answer" in log and "answers again" in log, cluster.logs()
+        assert "does not answer" in log, cluster.logs()
+        assert "answers again" in log, cluster.logs()
         assert "Traceback" not in log, cluster.logs()
 
 
@@ -417,7 +419,8 @@ async def test_behind_nginx_websocket_only_needs_no_sticky_sessions(
     with cluster.redis.client() as redis:
         node_of = {c.peer_id: redis.hget(f"{PREFIX}peer:{c.peer_id}", "node") for c in clients}
     on = {node: [c for c in clients if node_of[c.peer_id] == node] for node in node_of.values()}
-    assert len(on) == 2 and all(len(group) == 4 for group in on.values()), node_of
+    assert len(on) == 2, node_of
+    assert all(len(group) == 4 for group in on.values()), node_of
     assert [stats(node)["connections"] for node in cluster.nodes] == [4, 4]
     first, second = on.values()
     for receiver, sender in zip(first, second, strict=True):
@@ -473,8 +476,10 @@ def test_a_malformed_redis_url_is_a_usage_error_that_hides_the_password(url: str
     done = _serve(env={"SFS_REDIS_URL": url})
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "SFS_REDIS_URL" in errors[0], done.stderr
-    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert len(errors) == 1, done.stderr
+    assert "SFS_REDIS_URL" in errors[0], done.stderr
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_an_unreachable_redis_at_start_is_one_line_and_exit_3() -> None:
@@ -488,4 +493,5 @@ def test_an_unreachable_redis_at_start_is_one_line_and_exit_3() -> None:
         .splitlines()[-1]
         .startswith(f"Error: cannot reach Redis at redis://127.0.0.1:{port}/0: ")
     ), done.stderr
-    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr

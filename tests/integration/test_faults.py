@@ -104,7 +104,8 @@ def resume(server: ServerProcess, src: Path, out: Path, *, netns: str | None = N
     assert received.returncode == 0, received.stderr
     assert sha256_file(out / src.name) == sha256_file(src)
     assert sorted(os.listdir(out)) == [src.name]
-    assert "resumed" in sent.stdout and "resumed" in received.stdout, sent.stdout
+    assert "resumed" in sent.stdout, sent.stdout
+    assert "resumed" in received.stdout, sent.stdout
 
 
 def interrupted(
@@ -255,7 +256,8 @@ def test_source_changing_during_the_transfer(sfs_server: ServerProcess, tmp_path
     receiver = start_receiver(sfs_server, out, "--yes")
     sent = run_sender(sfs_server, receiver.code, str(src))
     received = receiver.finish()
-    assert sent.returncode == 0 and received.returncode == 0, received.stderr
+    assert sent.returncode == 0, received.stderr
+    assert received.returncode == 0, received.stderr
     assert "starting over" in received.stderr
     assert sha256_file(out / "f.bin") == sha256_file(src)
 

@@ -107,7 +107,8 @@ def test_a_folder_that_exists_is_kept_and_the_new_one_goes_beside_it(
     assert sent.returncode == 0, sent.stderr
     said = received.stderr
     note = "project/ exists: will save as project (1)/"
-    assert note in said and said.index(note) < said.index("Receive 1 folder"), said
+    assert note in said, said
+    assert said.index(note) < said.index("Receive 1 folder"), said
     assert (out / "project" / "a.txt").read_text() == "mine, longer\n"
     assert (out / "project (1)" / "a.txt").read_text() == "new\n"
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 )
 def test_an_ipv6_only_pair_through_a_server(tmp_path: Path, transport: str, path: str) -> None:
     with lan_hosts(2, ipv4=False, ipv6=True) as (a, b):
-        assert a.ipv6 is not None and b.ipv6 is not None
+        assert a.ipv6 is not None
+        assert b.ipv6 is not None
         server = start_server(tmp_path, netns=a.netns, host=a.ipv6)
         try:
             assert server.url.startswith("http://[fd77:")

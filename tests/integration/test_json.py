@@ -27,9 +27,11 @@ def events(stdout: str) -> list[dict[str, Any]]:
     """Every line of stdout as a JSON object with a type: nothing else is there."""
     parsed = []
     for line in stdout.splitlines():
-        assert line.isascii() and line.isprintable(), repr(line)
+        assert line.isascii(), repr(line)
+        assert line.isprintable(), repr(line)
         event = json.loads(line)
-        assert isinstance(event, dict) and isinstance(event.get("type"), str), line
+        assert isinstance(event, dict), line
+        assert isinstance(event.get("type"), str), line
         parsed.append(event)
     return parsed
 
@@ -68,7 +70,8 @@ def test_a_transfer_as_json_events(sfs_server: ServerProcess, tmp_path: Path) ->
     assert sent.returncode == 0, sent.stderr
     assert received.returncode == 0, received.stderr
     # --json: nothing but errors on stderr (no bars, no status lines).
-    assert sent.stderr == "" and received.stderr == ""
+    assert sent.stderr == ""
+    assert received.stderr == ""
 
     theirs = events(first + received.stdout)
     assert kinds(theirs) == ["code", "offer", "progress", "done"]
@@ -100,15 +103,19 @@ def test_a_transfer_as_json_events(sfs_server: ServerProcess, tmp_path: Path) ->
         last_progress = stream[-2]
         assert last_progress["bytes"] == last_progress["total"] == src.stat().st_size
         assert last_progress["file_bytes"] == last_progress["file_size"]
-        assert done["total_bytes"] == src.stat().st_size and done["resumed_bytes"] == 0
+        assert done["total_bytes"] == src.stat().st_size
+        assert done["resumed_bytes"] == 0
         assert done["route"] == "direct over TCP"
         [record] = done["files"]
-        assert record["name"] == "report.bin" and record["size"] == src.stat().st_size
+        assert record["name"] == "report.bin"
+        assert record["size"] == src.stat().st_size
         assert record["path"] == str(path.absolute())
         assert record["sha256"] == digest == sha256_file(Path(record["path"]))
-        assert record["resumed_bytes"] == 0 and record["seconds"] >= 0
+        assert record["resumed_bytes"] == 0
+        assert record["seconds"] >= 0
         assert record["route"] == done["route"]
-    assert ours[-1]["role"] == "send" and theirs[-1]["role"] == "receive"
+    assert ours[-1]["role"] == "send"
+    assert theirs[-1]["role"] == "receive"
     # A few progress events a second at most (and one at the end of the file).
     for stream in (ours, theirs):
         count = sum(e["type"] == "progress" for e in stream)
@@ -128,7 +135,8 @@ def test_a_wrong_code_is_an_error_event_with_the_exit_code(
         assert finished.returncode == 5, finished.stderr
         assert "Wrong code" in finished.error_line()  # the one line on stderr stays
         error = events(stdout)[-1]
-        assert error["type"] == "error" and error["exit_code"] == finished.returncode
+        assert error["type"] == "error"
+        assert error["exit_code"] == finished.returncode
         assert "Wrong code" in error["message"]
     assert kinds(events(first + received.stdout)) == ["code", "error"]
     assert os.listdir(tmp_path / "out") == []
@@ -140,7 +148,9 @@ def test_a_usage_error_is_an_error_event_too(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--yes" in done.stderr
     [error] = events(done.stdout)
-    assert error["type"] == "error" and error["exit_code"] == 2 and "--yes" in error["message"]
+    assert error["type"] == "error"
+    assert error["exit_code"] == 2
+    assert "--yes" in error["message"]
 
 
 def test_peers_json_once(tmp_path: Path) -> None:
@@ -152,8 +162,11 @@ def test_peers_json_once(tmp_path: Path) -> None:
             receiver.stop()
     assert listed.returncode == 0, listed.stderr
     [peer] = events(listed.stdout)
-    assert peer["type"] == "peer" and "id" not in peer
+    assert peer["type"] == "peer"
+    assert "id" not in peer
     assert receiver.code[:7] not in listed.stdout  # records carry no ID
-    assert peer["name"] == "bob\x1b[2J" and peer["role"] == "receiver"
-    assert peer["address"] == a.ipv4 and isinstance(peer["since"], int)
+    assert peer["name"] == "bob\x1b[2J"
+    assert peer["role"] == "receiver"
+    assert peer["address"] == a.ipv4
+    assert isinstance(peer["since"], int)
     assert receiver.code[8:] not in listed.stdout  # nor the words

@@ -147,7 +147,8 @@ def test_no_multicast_interface_names_server(tmp_path: Path) -> None:
             done = run(a, *args, timeout=20)
             assert done.returncode == 3, done.stderr
             line = done.error_line()
-            assert "multicast" in line and "--server" in line, line
+            assert "multicast" in line, line
+            assert "--server" in line, line
 
 
 def test_receiver_killed_mid_transfer_then_resumed_on_the_lan(tmp_path: Path) -> None:
@@ -179,7 +180,8 @@ def test_receiver_killed_mid_transfer_then_resumed_on_the_lan(tmp_path: Path) ->
         received = again.finish()
         assert sent.returncode == 0, sent.stderr
         assert received.returncode == 0, received.stderr
-        assert "resumed" in sent.stdout and "resumed" in received.stdout, sent.stdout
+        assert "resumed" in sent.stdout, sent.stdout
+        assert "resumed" in received.stdout, sent.stdout
         assert sha256_file(out / "big.bin") == sha256_file(src)
         assert sorted(os.listdir(out)) == ["big.bin"]
 

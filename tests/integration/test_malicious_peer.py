@@ -76,7 +76,8 @@ class Attacker:
 
     def raw(self, data: bytes) -> None:
         """Bytes on the TCP connection as they are, outside sfs's framing."""
-        assert isinstance(self.channel, TcpLink) and self.channel._transport is not None
+        assert isinstance(self.channel, TcpLink)
+        assert self.channel._transport is not None
         self.channel._transport.write(data)
 
     async def offer(self, *files: FileInfo, chunk_size: int = CHUNK) -> FrameType:

@@ -267,7 +267,8 @@ def test_a_multi_file_offer_shows_every_name_and_no_bar_in_a_log(
     for src in sources:
         assert f"  {src.name}  300.0 kB" in received.stderr
     assert "Receive 3 files (900.0 kB) from tester? yes (--yes)" in received.stderr
-    assert "\r" not in received.stderr and "\r" not in sent.stderr
+    assert "\r" not in received.stderr
+    assert "\r" not in sent.stderr
 
 
 def test_the_code_reaches_a_terminal_when_stdout_is_redirected(
@@ -327,7 +328,8 @@ def test_ctrl_c_on_an_idle_receiver_or_the_server_mentions_no_partial_copy(
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(WAIT_SECONDS) == 130
     log = server.log_text()
-    assert "Interrupted." in log and "partial" not in log
+    assert "Interrupted." in log
+    assert "partial" not in log
 
 
 def test_ctrl_c_on_the_sender_ends_the_receivers_prompt_at_once(
@@ -400,7 +402,8 @@ async def test_ctrl_c_during_set_up_reaches_the_other_side_at_once(tmp_path: Pat
             env=env,
         )
         try:
-            assert receiver.stdout is not None and receiver.stderr is not None
+            assert receiver.stdout is not None
+            assert receiver.stderr is not None
             async with asyncio.timeout(WAIT_SECONDS):
                 line = (await receiver.stdout.readline()).decode()
             code = line.removeprefix("Code: ").strip()
@@ -426,7 +429,8 @@ async def test_ctrl_c_during_set_up_reaches_the_other_side_at_once(tmp_path: Pat
                     process.kill()
                     await process.wait()
     text = err.decode()
-    assert sender is not None and sender.returncode == 130
+    assert sender is not None
+    assert sender.returncode == 130
     assert receiver.returncode == 7, text
     # Not the 60 s connect timeout; and the message shows it came as a cancel, not as
     # a partner that merely left the server (which also ends it, after a 5 s grace).

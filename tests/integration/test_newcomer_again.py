@@ -112,7 +112,8 @@ def test_a_mistyped_code_without_a_terminal_is_named_and_its_words_kept_out(
     assert result.returncode == 2, result.stderr
     assert f"{shown} looks like a mistyped code" in result.stderr
     assert "no code given" not in result.stderr
-    assert "beam" not in result.stderr and "haddock" not in result.stderr
+    assert "beam" not in result.stderr
+    assert "haddock" not in result.stderr
     if meant:
         assert f"(did you mean {meant[:7]}-…?)" in result.stderr
 
@@ -158,8 +159,10 @@ def test_stdout_on_a_terminal_is_refused_before_a_code_is_shown(
         raise AssertionError(f"not refused; the terminal showed:\n{tty.text()}") from None
     shown = tty.finish()
     assert process.returncode == 2, err
-    assert b"stdout is a terminal" in err and b"--force-tty" in err
-    assert "Code:" not in shown and b"Code:" not in err
+    assert b"stdout is a terminal" in err
+    assert b"--force-tty" in err
+    assert "Code:" not in shown
+    assert b"Code:" not in err
 
 
 def test_stdout_on_a_terminal_with_force_tty_writes_there(
@@ -290,7 +293,8 @@ def test_declining_is_said_plainly_and_the_sender_told_once(
     shown = tty.finish()
     assert receiver.returncode == 6, shown
     assert render(shown)[-1].endswith("Declined: nothing was received."), render(shown)
-    assert "Error" not in shown and "\x1b[31m" not in shown
+    assert "Error" not in shown
+    assert "\x1b[31m" not in shown
     assert sent.returncode == 6
     assert sent.error_line() == "Error: the receiver declined the transfer"
     assert os.listdir(tmp_path / "out") == []
@@ -314,7 +318,8 @@ def test_sizes_read_the_same_on_the_bar_prompt_and_final_line(
     assert not re.search(r"\d[kMG]B?/s|\d[kMG]\b", shown), shown
     final = stdout.decode()
     assert final.startswith("Sent big.bin (3.1 MB) in "), final
-    assert " 0.0 s" not in final and " 0 B/s" not in final
+    assert " 0.0 s" not in final
+    assert " 0 B/s" not in final
 
 
 def test_a_tiny_transfer_ends_with_real_figures(sfs_server: ServerProcess, tmp_path: Path) -> None:
@@ -325,7 +330,8 @@ def test_a_tiny_transfer_ends_with_real_figures(sfs_server: ServerProcess, tmp_p
     assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
     for line in (sent.stdout, received.stdout):
         match = re.search(r"\(37 B\) in ([\d.]+) s, ", line)
-        assert match and float(match.group(1)) > 0, line
+        assert match, line
+        assert float(match.group(1)) > 0, line
 
 
 def test_a_text_message_is_sized_as_everything_else(
@@ -335,7 +341,8 @@ def test_a_text_message_is_sized_as_everything_else(
     receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
     sent = run_sender(sfs_server, receiver.code, "--text", "x" * 37)
     received = receiver.finish()
-    assert sent.returncode == 0 and received.returncode == 0, sent.stderr + received.stderr
+    assert sent.returncode == 0, sent.stderr + received.stderr
+    assert received.returncode == 0, sent.stderr + received.stderr
     assert "Receive a text message (37 B) from tester? yes" in received.stderr
 
 
@@ -397,4 +404,5 @@ def test_a_connection_reset_is_told_in_words(sfs_server: ServerProcess, tmp_path
     assert sender.returncode == 7, said
     assert "Errno" not in said, said
     error = [line for line in said.splitlines() if "Error:" in line]
-    assert len(error) == 1 and "the direct connection broke" in error[0], said
+    assert len(error) == 1, said
+    assert "the direct connection broke" in error[0], said

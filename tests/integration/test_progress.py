@@ -103,7 +103,8 @@ def test_the_senders_progress_never_runs_ahead_of_the_receiver(
                 stop_process(process)
         stop_process(server.process)
     report = f"sender:\n{sent_err[-2000:]}\nreceiver:\n{received_err[-2000:]}"
-    assert done is not None and sender.returncode == 0, report
+    assert done is not None, report
+    assert sender.returncode == 0, report
     assert receiver.returncode == 0, report
     assert sha256_file(out / src.name) == sha256_file(src)
     assert done["route"] == ("direct over TCP" if transport == "tcp" else

@@ -127,7 +127,8 @@ async def test_register_twice_and_without_registering(node: Node) -> None:
     sid, peer_id = await _peer(a)
     with pytest.raises(Rejected) as info:
         await a.register(sid)
-    assert info.value.code == m.ALREADY_REGISTERED and peer_id in info.value.message
+    assert info.value.code == m.ALREADY_REGISTERED
+    assert peer_id in info.value.message
     assert a.connect("lurker", ADDRESS, now=0.0)
     with pytest.raises(Rejected) as info:
         await a.find("lurker", peer_id, now=0.0)
@@ -214,7 +215,7 @@ async def test_a_stalled_pairing_across_nodes_costs_both_ends(node: Node) -> Non
     a = await node(pairing_timeout_seconds=0.5)
     b = await node(pairing_timeout_seconds=0.5)
     r_sid, r_id = await _peer(a)
-    s_sid, s_id = await _peer(b)
+    s_sid, _s_id = await _peer(b)
     idle_sid, _ = await _peer(b)
     await b.request(s_sid, r_id, now=0.0)
     await asyncio.sleep(0.6)
@@ -224,7 +225,8 @@ async def test_a_stalled_pairing_across_nodes_costs_both_ends(node: Node) -> Non
     departure = await a.disconnect(r_sid)
     assert departure == Departure(peer_id=r_id, notify_sid=s_sid)
     second = await b.expire(now=time.monotonic())
-    assert second.stalled == [s_sid] and idle_sid not in second.stalled
+    assert second.stalled == [s_sid]
+    assert idle_sid not in second.stalled
     assert (await a.expire(now=time.monotonic())).stalled == []  # named once
 
 
@@ -241,7 +243,7 @@ async def test_the_partner_of_a_peer_on_a_dead_node_is_told_within_the_ttl(node:
     with pytest.raises(Rejected) as info:
         await a.find(r_sid, idle_id, now=0.0)
     assert info.value.code == m.UNKNOWN_PEER
-    new_sid, new_id = await _peer(a)
+    new_sid, _new_id = await _peer(a)
     await a.request(new_sid, r_id, now=0.0)
 
 
@@ -291,7 +293,8 @@ async def test_a_stalled_redis_refuses_and_the_node_catches_up_after(
     with pytest.raises(RegistryUnavailable) as info:
         await a.register(newcomer)
     assert time.monotonic() - started < REDIS_TIMEOUT_SECONDS + 1
-    assert info.value.code == m.SERVER_FULL and "Redis" in info.value.message
+    assert info.value.code == m.SERVER_FULL
+    assert "Redis" in info.value.message
     departure = await b.disconnect(s_sid)  # the sender leaves while Redis is away
     assert departure == Departure(peer_id=s_id, notify_sid=None)
     seen, _ = await _departures_seen(b, lambda seen: bool(seen), 10)

@@ -4,6 +4,7 @@ and no key outlives its transfer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import subprocess
@@ -54,10 +55,8 @@ def test_secret_is_in_no_log_and_no_command_line(tmp_path: Path) -> None:
         seen: list[bytes] = []
         while sender.poll() is None and len(seen) < 20:
             for pid in (sender.pid, receiver.process.pid):
-                try:
+                with contextlib.suppress(OSError):
                     seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-                except OSError:
-                    pass
         assert seen
         assert all(secret.encode() not in cmdline for cmdline in seen)
         assert sender.wait(PROCESS_TIMEOUT_SECONDS) == 0
@@ -71,7 +70,8 @@ def test_secret_is_in_no_log_and_no_command_line(tmp_path: Path) -> None:
         "receiver stderr": received.stderr,
         "sender stderr": (tmp_path / "sender.err").read_text(),
     }
-    assert "DEBUG" in logs["sender stderr"] and "DEBUG" in logs["receiver stderr"]
+    assert "DEBUG" in logs["sender stderr"]
+    assert "DEBUG" in logs["receiver stderr"]
     for name, text in logs.items():
         assert secret not in text, name
 

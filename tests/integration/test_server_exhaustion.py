@@ -96,9 +96,12 @@ async def registered(url: str) -> Client:
 
 async def healthz_status(url: str) -> int:
     """GET /healthz on a fresh connection; the status code."""
-    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
-        async with session.get(f"{url}/healthz") as response:
-            return response.status
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(TIMEOUT_SECONDS),
+        session.get(f"{url}/healthz") as response,
+    ):
+        return response.status
 
 
 async def settle(check: object, *, seconds: float = OUTCOME_SECONDS) -> None:
@@ -316,7 +319,8 @@ async def test_session_that_never_joins_the_namespace_is_dropped(
             joined = [await RawClient.open(session, server.url) for _ in range(8)]
             for raw in joined:
                 ack = await raw.call(m.REGISTER_PEER, {})
-                assert isinstance(ack, list) and ack[0]["ok"] is True
+                assert isinstance(ack, list)
+                assert ack[0]["ok"] is True
                 await raw.close()
         await assert_serving(server)
 
@@ -356,9 +360,11 @@ async def test_pairings_that_make_no_progress_expire(
             assert (await waiting.call(m.FIND_PEER, {"peer_id": "ZZZ-999"}))["ok"] is False
 
             async def idle() -> bool:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"{server.url}/stats") as response:
-                        stats = await response.json()
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{server.url}/stats") as response,
+                ):
+                    stats = await response.json()
                 return bool(stats == {"connections": 1, "peers": 1, "pending": 0, "pairs": 0})
 
             await settle(idle)
@@ -475,7 +481,8 @@ async def test_global_budget_drops_the_largest_backlog_and_spares_the_others(
                 ack = await a.call(m.OFFER, {"peer_id": b.peer_id, "sealed": sealed})
                 assert ack == {"ok": True}
                 await b.expect(m.OFFER, {"peer_id": a.peer_id, "sealed": sealed})
-            assert a.sio.connected and b.sio.connected
+            assert a.sio.connected
+            assert b.sio.connected
         await assert_serving(server)
 
 
@@ -494,15 +501,17 @@ def _ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1)")
 async def test_ipv6_clients_are_capped_too(tmp_path: Path, registry_args: list[str]) -> None:
     flags = ("--max-connections-per-address", "3", "--header-timeout", "30")
-    with serving(tmp_path, *registry_args, *flags, host="::1") as server:
-        with closing_all(await open_sockets(server.url, 6)) as socks:
-            assert len(socks) == 6
+    with (
+        serving(tmp_path, *registry_args, *flags, host="::1") as server,
+        closing_all(await open_sockets(server.url, 6)) as socks,
+    ):
+        assert len(socks) == 6
 
-            def three_refused() -> bool:
-                return sum(closed_by_server(s) for s in socks) >= 3
+        def three_refused() -> bool:
+            return sum(closed_by_server(s) for s in socks) >= 3
 
-            await settle(three_refused)
-            assert not any(closed_by_server(s) for s in socks[:3])
+        await settle(three_refused)
+        assert not any(closed_by_server(s) for s in socks[:3])
 
 
 # --------------------------------------------------------------------------- bookkeeping

@@ -168,8 +168,10 @@ class Client(QueueingClient):
     async def expect_failure(self, event: str, args: tuple[object, ...], code: str) -> None:
         """The ack and the `error` event must both carry *code*."""
         ack = await self.call(event, *args)
-        assert ack["ok"] is False and ack["error"] == code, ack
-        assert isinstance(ack["message"], str) and MARKER not in ack["message"]
+        assert ack["ok"] is False, ack
+        assert ack["error"] == code, ack
+        assert isinstance(ack["message"], str)
+        assert MARKER not in ack["message"]
         name, payload = await self.next_event()
         assert name == m.ERROR, (name, payload)
         assert payload == {"event": event[:64], "error": code, "message": ack["message"]}
@@ -262,9 +264,12 @@ class RawClient:
 async def assert_serving(server: ServerProcess, *markers: str) -> None:
     """The process is alive, /healthz answers 200 and the log holds no payload."""
     assert server.process.poll() is None, server.log_text()
-    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
-        async with session.get(f"{server.url}/healthz") as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(TIMEOUT_SECONDS),
+        session.get(f"{server.url}/healthz") as response,
+    ):
+        assert response.status == 200
     log = server.log_text()
     for marker in (MARKER, MARKER_B64, *markers):
         assert marker not in log, f"{marker!r} in the server log"
@@ -491,7 +496,8 @@ async def test_malformed_frames_cost_the_connection(
     for frame in GARBAGE_FRAMES:
         raw = await RawClient.open(session, server.url)
         ack = await raw.call(m.REGISTER_PEER, {})
-        assert isinstance(ack, list) and ack[0]["ok"] is True
+        assert isinstance(ack, list)
+        assert ack[0]["ok"] is True
         await raw.send(frame)
         try:
             await raw.expect_dropped()
@@ -530,7 +536,8 @@ async def test_oversized_frame_costs_the_connection(
     raw = await RawClient.open(session, server.url)
     filler = "A" * (FRAME_LIMIT_BYTES - 64)
     ack = await raw.call(m.REGISTER_PEER, {"version": filler})
-    assert isinstance(ack, list) and ack[0]["error"] == m.INVALID
+    assert isinstance(ack, list)
+    assert ack[0]["error"] == m.INVALID
     await raw.close()
     await assert_serving(server)
 

@@ -104,18 +104,24 @@ async def _pair(requester: Peer, target: Peer) -> None:
 async def test_ready_url_and_healthz(server_url: str) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:[0-9]+", server_url)
     assert not server_url.endswith(":0")
-    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
-        async with session.get(f"{server_url}/healthz") as response:
-            assert response.status == 200
-            assert await response.text() == "ok"
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(TIMEOUT_SECONDS),
+        session.get(f"{server_url}/healthz") as response,
+    ):
+        assert response.status == 200
+        assert await response.text() == "ok"
 
 
 async def _stats(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
-        async with session.get(f"{url}/stats") as response:
-            assert response.status == 200
-            stats: dict[str, Any] = await response.json()
-            return stats
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(TIMEOUT_SECONDS),
+        session.get(f"{url}/stats") as response,
+    ):
+        assert response.status == 200
+        stats: dict[str, Any] = await response.json()
+        return stats
 
 
 async def test_stats_counts_only(server_url: str, connect: Connect) -> None:
@@ -156,11 +162,14 @@ async def test_metrics_count_what_happened_and_name_nobody(
     for event in (m.OFFER, m.ICE_CANDIDATE, m.ICE_CANDIDATE):
         assert (await a.call(event, {"peer_id": b.peer_id, "sealed": SEALED}))["ok"]
     await a.expect_failure(m.OFFER, {"peer_id": c.peer_id, "sealed": SEALED}, m.NOT_PAIRED)
-    async with aiohttp.ClientSession() as session, asyncio.timeout(TIMEOUT_SECONDS):
-        async with session.get(f"{server_url}/metrics") as response:
-            assert response.status == 200
-            assert response.headers["Content-Type"].startswith("text/plain; version=")
-            text = await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(TIMEOUT_SECONDS),
+        session.get(f"{server_url}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = await response.text()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -170,10 +179,13 @@ async def test_metrics_count_what_happened_and_name_nobody(
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted(labels.items())))]
 
-    assert value("sfs_connections") == 3 and value("sfs_registered_peers") == 3
-    assert value("sfs_pairings") == 1 and value("sfs_pending_requests") == 0
+    assert value("sfs_connections") == 3
+    assert value("sfs_registered_peers") == 3
+    assert value("sfs_pairings") == 1
+    assert value("sfs_pending_requests") == 0
     assert value("sfs_registry_up") == 1
-    assert value("sfs_registrations_total") == 3 and value("sfs_pairings_made_total") == 1
+    assert value("sfs_registrations_total") == 3
+    assert value("sfs_pairings_made_total") == 1
     assert value("sfs_relayed_messages_total", event=m.SEND_PUBLIC_KEY) == 1
     assert value("sfs_relayed_messages_total", event=m.OFFER) == 1
     assert value("sfs_relayed_messages_total", event=m.ICE_CANDIDATE) == 2
@@ -283,7 +295,8 @@ async def test_full_pairing_and_relay(connect: Connect) -> None:
     offer = {"peer_id": receiver.peer_id, "sealed": SEALED}
     await sender.expect_failure(m.OFFER, offer, m.NOT_PAIRED)
     await _pair(sender, receiver)
-    assert receiver.events.empty() and sender.events.empty()
+    assert receiver.events.empty()
+    assert sender.events.empty()
 
 
 async def test_connection_request_rules(connect: Connect) -> None:
@@ -306,7 +319,8 @@ async def test_connection_request_rules(connect: Connect) -> None:
         "peer_id": a.peer_id,
     }
     await a.expect(m.CONNECTION_ACCEPTED, {"peer_id": b.peer_id})
-    assert c.events.empty() and b.events.empty()
+    assert c.events.empty()
+    assert b.events.empty()
 
 
 async def test_third_peer_cannot_inject(connect: Connect) -> None:
@@ -329,7 +343,8 @@ async def test_third_peer_cannot_inject(connect: Connect) -> None:
     await partner.expect_failure(
         m.OFFER, {"peer_id": intruder.peer_id, "sealed": SEALED}, m.NOT_PAIRED
     )
-    assert victim.events.empty() and intruder.events.empty()
+    assert victim.events.empty()
+    assert intruder.events.empty()
 
 
 # --------------------------------------------------------------------------- disconnects
@@ -514,4 +529,5 @@ async def test_logs_events_once_and_never_payloads(
     ]
     for record in caplog.records:
         text = record.getMessage()
-        assert secret_key not in text and secret_sdp not in text, text
+        assert secret_key not in text, text
+        assert secret_sdp not in text, text

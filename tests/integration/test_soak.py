@@ -78,7 +78,7 @@ def transfer(server: ServerProcess, work: Path, sizes: list[int]) -> None:
     receiver = start_receiver(server, out, "--yes", "-q", "-v")
     sent = run_sender(server, "-q", "-v", receiver.code, *map(str, sources))
     received = receiver.finish() if sent.returncode == 0 else receiver.stop()
-    assert sent.returncode == 0 and received.returncode == 0, (
+    assert (sent.returncode, received.returncode) == (0, 0), (
         f"{work.name}: sender exit {sent.returncode}, receiver exit {received.returncode}\n"
         f"sender stderr:\n{sent.stderr[-3000:]}\nreceiver stderr:\n{received.stderr[-3000:]}"
     )

@@ -169,9 +169,11 @@ def test_no_colour_and_no_bar_in_pipes(sfs_server: ServerProcess, tmp_path: Path
     receiver = start_receiver(sfs_server, tmp_path / "out", "--yes")
     sent = run_sfs("send", receiver.code, str(src), env=terminal_env(sfs_server))
     received = receiver.finish()
-    assert sent.returncode == 0 and received.returncode == 0, sent.stderr + received.stderr
+    assert sent.returncode == 0, sent.stderr + received.stderr
+    assert received.returncode == 0, sent.stderr + received.stderr
     for text in (sent.stdout, sent.stderr, received.stdout, received.stderr):
-        assert ESC not in text and "\r" not in text, text
+        assert ESC not in text, text
+        assert "\r" not in text, text
 
 
 # -- --quiet ---------------------------------------------------------------------------------
@@ -185,7 +187,8 @@ def test_quiet_leaves_stderr_empty_and_the_output_on_stdout(
     sent = run_sfs("send", "--quiet", receiver.code, str(src), env=terminal_env(sfs_server))
     received = receiver.finish()
     assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
-    assert sent.stderr == "" and received.stderr == ""
+    assert sent.stderr == ""
+    assert received.stderr == ""
     assert re.fullmatch(r"Sent a\.bin \(200\.0 kB\) in .*\n", sent.stdout)
     # After the `Code:` line (which start_receiver read): the final line alone.
     assert re.fullmatch(r"Received a\.bin \(200\.0 kB\) in .*\n", received.stdout)
@@ -200,7 +203,8 @@ def test_quiet_text_message_is_the_whole_output(sfs_server: ServerProcess, tmp_p
     received = receiver.finish()
     assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
     assert received.stdout == "hello\n"  # after the `Code:` line
-    assert received.stderr == "" and sent.stderr == ""
+    assert received.stderr == ""
+    assert sent.stderr == ""
 
 
 # -- bars and widths -------------------------------------------------------------------------

@@ -79,7 +79,8 @@ async def test_sender_name_file_name_and_cancel_reason(
             await session.channel.wait_closed()
     result = receiver.finish()
     assert result.returncode == 7, result.stderr
-    assert "Receive " in result.stderr and "\\x1b[2J" in result.stderr  # shown, inert
+    assert "Receive " in result.stderr
+    assert "\\x1b[2J" in result.stderr
     assert "\\x1b]52;c;ZXZpbA==\\x07" in result.error_line()
     assert_inert(result.stderr + result.stdout)
 

@@ -80,7 +80,7 @@ def make_pki(folder: Path) -> dict[str, Path]:
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .sign(ca_key, hashes.SHA256())
     )
     paths = {"ca": folder / "ca.pem"}
@@ -170,9 +170,11 @@ def test_a_certificate_that_does_not_verify_is_exit_3(
         done = run_client(server.url, env=env)
         assert done.returncode == 3, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert len(lines) == 1, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
         assert "has a certificate this machine does not trust" in lines[0]
-        assert reason in lines[0] and "--cacert" in lines[0], lines[0]
+        assert reason in lines[0], lines[0]
+        assert "--cacert" in lines[0], lines[0]
     finally:
         stop_process(server.process)
 
@@ -250,9 +252,11 @@ async def test_each_peer_gets_its_own_short_lived_turn_credential(
             mac = hmac.new(SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()
             assert turn["credential"] == base64.b64encode(mac).decode()
         assert first[1]["credential"] != second[1]["credential"]
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{server.url}/stats") as response:
-                stats = await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{server.url}/stats") as response,
+        ):
+            stats = await response.text()
         assert SECRET not in stats
     finally:
         stop_process(server.process)
@@ -305,4 +309,5 @@ def test_sfs_check_reports_the_tls_of_the_server(tmp_path: Path, pki: dict[str, 
     assert "warn  TURN: the server hands out no TURN relay" in trusted.stdout, trusted.stdout
     first = untrusted.stdout.splitlines()[0]
     assert first.startswith(f"FAIL  server {server.url}: the signaling server at"), first
-    assert "certificate this machine does not trust" in first and untrusted.returncode == 1
+    assert "certificate this machine does not trust" in first
+    assert untrusted.returncode == 1

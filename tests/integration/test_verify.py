@@ -47,7 +47,8 @@ def test_both_confirm_the_same_string(sfs_server: ServerProcess, tmp_path: Path)
     assert received.returncode == 0, received.stderr
     shown_by_sender = VERIFIER_RE.search(sent.stderr)
     shown_by_receiver = VERIFIER_RE.search(received.stderr)
-    assert shown_by_sender and shown_by_receiver
+    assert shown_by_sender
+    assert shown_by_receiver
     assert shown_by_sender.group(1) == shown_by_receiver.group(1)
     assert (tmp_path / "out" / "f.bin").read_bytes() == (tmp_path / "f.bin").read_bytes()
 

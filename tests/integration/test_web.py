@@ -120,7 +120,7 @@ def test_cli_sends_to_the_browser(web_lab: Lab, tmp_path: Path) -> None:
     page.click("#accept")
     wait_state(page, "done")
     screenshot(page, "receive-3-done")
-    returncode, stdout, stderr = finish(sender)
+    returncode, _stdout, stderr = finish(sender)
     assert returncode == 0, stderr
     saved = downloads.saved(len(files))
     for path in files:
@@ -266,7 +266,8 @@ def test_a_page_that_stops_sending_leaves_no_partial_copy_and_the_cli_says_why(
     assert os.listdir(out) == [], stderr  # neither the file nor a partial copy
     assert "the sender cannot resume a transfer (a web page)" in stderr, stderr
     assert "sending it again starts over" in stderr, stderr
-    assert "resumes it" not in stderr and "Kept" not in stderr, stderr
+    assert "resumes it" not in stderr, stderr
+    assert "Kept" not in stderr, stderr
     if how == "ctrl-c":
         page.context.close()
 
@@ -325,7 +326,8 @@ def test_a_hostile_name_is_shown_as_text(web_lab: Lab, tmp_path: Path) -> None:
     screenshot(page, "receive-hostile-name")
     body = page.inner_text("body")
     assert "<b>mallory</b>" in body  # shown as the characters it is
-    assert page.locator("img[src=x]").count() == 0 and page.locator("b").count() == 0
+    assert page.locator("img[src=x]").count() == 0
+    assert page.locator("b").count() == 0
     assert page.title() != "1"
     page.click("#decline")
     finish(sender)
@@ -365,7 +367,8 @@ def test_a_text_message_is_shown_and_a_folder_is_refused(web_lab: Lab, tmp_path:
     wait_state(page, "done")
     assert finish(sender)[0] == 0
     shown = page.locator("#text-message").inner_text()
-    assert "meet at 10" in shown and "\x1b" not in shown
+    assert "meet at 10" in shown
+    assert "\x1b" not in shown
     screenshot(page, "receive-text")
     page.context.close()
 

@@ -72,7 +72,8 @@ def test_cli_to_page_on_one_network_says_local(mdns_lab: Lab, tmp_path: Path) ->
     returncode, stdout, stderr = finish(sender)
     assert returncode == 0, stderr
     done = json.loads(stdout.strip().splitlines()[-1])
-    assert done["type"] == "done" and done["route"] == LOCAL, stdout
+    assert done["type"] == "done", stdout
+    assert done["route"] == LOCAL, stdout
     assert status(page).endswith(f", {LOCAL}"), status(page)
     page.context.close()
 
@@ -131,7 +132,7 @@ def test_the_pages_bars_follow_the_receivers_disk(mdns_lab: Lab, tmp_path: Path)
                 break
             time.sleep(0.05)  # the sampling interval
         wait_state(page, "done")
-        returncode, stdout, stderr = finish(receiver)
+        returncode, _stdout, stderr = finish(receiver)
     finally:
         subprocess.run(["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", "lo", "root"])
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "mtu", "65536"])

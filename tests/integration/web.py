@@ -211,7 +211,9 @@ def assert_not_blank(png: Path) -> None:
     rows = len(raw) // height
     # Filter bytes aside, more than a handful of distinct byte values means content.
     distinct = {raw[r * rows + 1 : (r + 1) * rows] for r in range(0, height, max(height // 50, 1))}
-    assert width > 100 and height > 100 and len(distinct) > 3, f"{png} looks blank"
+    assert width > 100, f"{png} looks blank"
+    assert height > 100, f"{png} looks blank"
+    assert len(distinct) > 3, f"{png} looks blank"
 
 
 def _chunks(data: bytes, kind: bytes) -> Iterator[bytes]:

@@ -21,12 +21,14 @@ SYMMETRIC = Finding("warn", "NAT", "a new public address per destination (symmet
 
 def test_a_working_relay_reaches_anyone() -> None:
     possible, line = verdict([SERVER_OK, STUN_OK, SYMMETRIC, TURN_REFUSED, TURN_OK])
-    assert possible and line.startswith("yes: with anyone")
+    assert possible
+    assert line.startswith("yes: with anyone")
 
 
 def test_no_server_no_transfer() -> None:
     possible, line = verdict([SERVER_DOWN, TURN_OK])
-    assert not possible and "cannot be reached" in line
+    assert not possible
+    assert "cannot be reached" in line
 
 
 def test_a_plain_server_is_enough_on_one_network() -> None:
@@ -45,14 +47,17 @@ def test_without_a_relay_only_a_machine_without_nat_reaches_anyone() -> None:
     )
     for nat in (CONE, SYMMETRIC):
         possible, line = verdict([SERVER_OK, STUN_OK, nat, TURN_REFUSED])
-        assert possible and line.startswith("on the same network and across most NATs")
-        assert "not with everyone" in line and "sfs serve --turn" in line
+        assert possible
+        assert line.startswith("on the same network and across most NATs")
+        assert "not with everyone" in line
+        assert "sfs serve --turn" in line
 
 
 @pytest.mark.parametrize("stun", [NO_STUN, STUN_SILENT])
 def test_without_stun_or_relay_it_is_one_network(stun: Finding) -> None:
     possible, line = verdict([SERVER_OK, stun, TURN_REFUSED])
-    assert possible and line.startswith("on the same network only")
+    assert possible
+    assert line.startswith("on the same network only")
 
 
 def test_levels() -> None:

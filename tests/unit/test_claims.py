@@ -98,7 +98,8 @@ def _nth(wanted: str, n: int) -> str:
 def test_one_name_one_claim_in_one_process(tmp_path: Path) -> None:
     lock = lock_path(tmp_path / "same")
     first = try_claim(lock)
-    assert first is not None and lock.exists()
+    assert first is not None
+    assert lock.exists()
     assert try_claim(lock) is None  # another open of the same file: held
     first.release()
     assert not lock.exists()  # nothing left behind
@@ -170,7 +171,8 @@ def test_a_lock_file_removed_between_open_and_lock_is_not_taken_for_the_claim(
 
     monkeypatch.setattr(platform, "try_lock", holder_releases_first)
     claim = try_claim(lock)
-    assert claim is not None and len(calls) == 2  # the orphan was locked, then left
+    assert claim is not None
+    assert len(calls) == 2
     assert lock.exists()
     assert try_claim(lock) is None  # and the claim is on the file at the name
     claim.release()
@@ -184,7 +186,8 @@ def test_a_lock_name_sfs_did_not_write_is_refused_untouched(tmp_path: Path) -> N
     lock.symlink_to(target)
     with pytest.raises(DestinationExistsError, match="sfs did not write"):
         try_claim(lock)
-    assert lock.is_symlink() and target.read_bytes() == b"mine"
+    assert lock.is_symlink()
+    assert target.read_bytes() == b"mine"
     lock.unlink()
     lock.write_bytes(b"notes")  # a file with something in it is nobody's lock
     with pytest.raises(DestinationExistsError, match="sfs did not write"):
@@ -218,7 +221,8 @@ def test_windows_locks_with_msvcrt_and_removes_after_closing(
 
     monkeypatch.setattr(os, "close", close)
     platform.release_lock_file(fd, path)
-    assert closed == [fd] and not path.exists()
+    assert closed == [fd]
+    assert not path.exists()
 
 
 def test_no_locks_on_the_file_system_means_going_on_without(
@@ -390,5 +394,6 @@ class _Reached:
 def test_the_lock_name_is_hidden_and_fits_a_file_system_name(tmp_path: Path) -> None:
     name = safe_name("é" * 5000 + ".tar.gz")
     lock = lock_path(tmp_path / name)
-    assert lock.name.startswith(".") and len(lock.name.encode()) <= 255
+    assert lock.name.startswith(".")
+    assert len(lock.name.encode()) <= 255
     assert lock.name.endswith(".sfs-lock")

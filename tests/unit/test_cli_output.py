@@ -73,14 +73,17 @@ def test_a_folder_offer_lists_its_top_level_with_counts() -> None:
 def test_a_wide_top_level_is_cut_to_a_screenful() -> None:
     wide = Offer(tuple(FileInfo(f"f{i}", 1, folder=(f"d{i}",)) for i in range(30)), "")
     lines = tree_listing(wide, max_lines=10, width=40)
-    assert len(lines) == 10 and lines[-1] == "  … and 21 more"
+    assert len(lines) == 10
+    assert lines[-1] == "  … and 21 more"
     assert lines[0] == "  d0/  1 file, 1 B"
 
 
 def test_a_folder_name_is_shown_safe_and_cut() -> None:
     hostile = Offer((FileInfo("x", 5, folder=("\x1b[2J" + "n" * 80,)),), "")
     [line] = tree_listing(hostile, max_lines=5, width=40)
-    assert "\x1b" not in line and len(line) <= 40 and line.endswith("…  1 file, 5 B")
+    assert "\x1b" not in line
+    assert len(line) <= 40
+    assert line.endswith("…  1 file, 5 B")
 
 
 @pytest.mark.parametrize("width", [40, 80, 120])

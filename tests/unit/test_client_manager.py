@@ -25,18 +25,22 @@ async def test_disconnect_leaves_nothing_behind(manager_class: type[Any]) -> Non
     await manager.disconnect(sids[0], "/")
     rooms = manager.rooms["/"]
     assert set(rooms) == {None, sids[1], sids[2]}
-    assert sids[0] not in rooms[None] and sids[0] not in manager.callbacks
-    assert manager.is_connected(sids[1], "/") and manager.sid_from_eio_sid("eio1", "/") == sids[1]
+    assert sids[0] not in rooms[None]
+    assert sids[0] not in manager.callbacks
+    assert manager.is_connected(sids[1], "/")
+    assert manager.sid_from_eio_sid("eio1", "/") == sids[1]
     pending = await manager.pre_connect("eio9", "/")
     for sid in (*sids[1:], pending):
         await manager.disconnect(sid, "/")
-    assert manager.rooms == {} and manager.callbacks == {}
-    assert manager.pending_connect == {} and manager.pending_disconnect == {}
+    assert manager.rooms == {}
+    assert manager.callbacks == {}
+    assert manager.pending_connect == {}
+    assert manager.pending_disconnect == {}
 
 
 async def test_refuses_rooms_it_would_not_leave() -> None:
     manager = _ClientManager()
     _server(manager)
     sid = await manager.connect("eio0", "/")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no rooms"):
         await manager.enter_room(sid, "/", "lobby")

@@ -27,7 +27,8 @@ def test_new_secret_is_two_known_words_and_varies() -> None:
     assert len(secrets_drawn) > 40
     for secret in secrets_drawn:
         first, second = secret.split("-")
-        assert first in wordlist() and second in wordlist()
+        assert first in wordlist()
+        assert second in wordlist()
 
 
 @pytest.mark.parametrize(
@@ -38,18 +39,18 @@ def test_parse_code_normalises(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "says"),
     [
-        "",
-        "ABC-123",
-        "AB-123-tiger-lamp",
-        "ABC-12-tiger-lamp",
-        "ABC-123-tiger",
-        "ABC-123-tiger-xyzzy",
+        ("", "no code given"),
+        ("ABC-123", "missing its secret words"),
+        ("AB-123-tiger-lamp", "starts with three letters and three digits"),
+        ("ABC-12-tiger-lamp", "starts with three letters and three digits"),
+        ("ABC-123-tiger", "missing its second secret word"),
+        ("ABC-123-tiger-xyzzy", "second secret word .* is not an sfs code word"),
     ],
 )
-def test_parse_code_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+def test_parse_code_rejects(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         parse_code(text)
 
 

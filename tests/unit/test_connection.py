@@ -72,7 +72,8 @@ def test_a_message_over_the_cap_is_seen_before_it_is_complete() -> None:
         if sizes_seen[-1] > CAP:
             break
         stream.add_chunk(chunk)
-    assert sizes_seen[-1] > CAP and len(sizes_seen) == CAP // 1024 + 1
+    assert sizes_seen[-1] > CAP
+    assert len(sizes_seen) == CAP // 1024 + 1
     assert not list(stream.pop_messages())
 
 

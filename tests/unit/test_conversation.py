@@ -66,13 +66,15 @@ def test_two_files_from_offer_to_the_last_ack() -> None:
     data = [b"abcdefgh", b"xyz"]
     sender.offer(offer_of(*map(len, data)))
     [ask] = cross(sender, receiver, 0.1)
-    assert isinstance(ask, AskUser) and [f.size for f in ask.offer.files] == [8, 3]
+    assert isinstance(ask, AskUser)
+    assert [f.size for f in ask.offer.files] == [8, 3]
     receiver.accept((0, 0), zstd=False)
     assert cross(receiver, sender, 0.2) == [HashPrefixes(())]
     go = sender.prefixes_hashed((0, 0), (b"", b""))
     assert go == SendFiles((0, 0))  # nothing to confirm: no round trip
     [confirm] = cross(sender, receiver, 0.3)
-    assert isinstance(confirm, ConfirmPrefixes) and confirm.resume.offsets == (0, 0)
+    assert isinstance(confirm, ConfirmPrefixes)
+    assert confirm.resume.offsets == (0, 0)
     receiver.prefixes_confirmed((0, 0))
     assert receiver.frames_to_send(0.3) == []  # START only after a proposed resume
     got: list[object] = []
@@ -88,8 +90,11 @@ def test_two_files_from_offer_to_the_last_ack() -> None:
     assert cross(receiver, sender, 0.6) == [Acknowledged(1, done=False)]
     receiver.files_placed(1)
     assert cross(receiver, sender, 0.7) == [Acknowledged(1, done=True)]
-    assert sender.over and receiver.over and receiver.done
-    assert sender.next_deadline() is None and receiver.next_deadline() is None
+    assert sender.over
+    assert receiver.over
+    assert receiver.done
+    assert sender.next_deadline() is None
+    assert receiver.next_deadline() is None
 
 
 def test_acks_in_version_1_are_one_frame_each() -> None:
@@ -136,7 +141,8 @@ def test_a_resume_the_receiver_cannot_confirm_restarts_that_file() -> None:
     assert cross(receiver, sender, 0) == [HashPrefixes((50, 0))]
     assert sender.prefixes_hashed((50, 0), (hashlib.sha256(b"x").digest(), b"")) is None
     [confirm] = cross(sender, receiver, 0)
-    assert isinstance(confirm, ConfirmPrefixes) and confirm.resume.offsets == (50, 0)
+    assert isinstance(confirm, ConfirmPrefixes)
+    assert confirm.resume.offsets == (50, 0)
     receiver.prefixes_confirmed((0, 0))  # our bytes hash otherwise
     assert cross(receiver, sender, 0) == [SendFiles((0, 0), restarted=(0,))]
     assert sender.proto.state is State.SENDING
@@ -156,10 +162,12 @@ def test_a_declined_offer_ends_both_and_leaves_no_word_to_say() -> None:
     cross(sender, receiver, 0)
     receiver.refuse()
     frames = receiver.frames_to_send(0)
-    with pytest.raises(RejectedError, match="^the receiver declined the transfer$"):
+    with pytest.raises(RejectedError, match=r"^the receiver declined the transfer$"):
         sender.frame_received(frames[0], 0)
-    assert sender.over and receiver.over
-    assert not sender.abort(RejectedError()) and not receiver.abort(RejectedError())
+    assert sender.over
+    assert receiver.over
+    assert not sender.abort(RejectedError())
+    assert not receiver.abort(RejectedError())
 
 
 def test_a_cancel_while_the_receiver_decides_ends_its_prompt() -> None:
@@ -251,7 +259,7 @@ def test_sending_data_puts_the_ping_off() -> None:
 
 
 def test_nothing_heard_for_the_idle_timeout_is_a_lost_connection() -> None:
-    sender, receiver = machines()
+    _sender, receiver = machines()
     receiver.heard(4.0)  # the transport got bytes it has not read yet
     receiver.handle_timer(4.0 + IDLE - 0.01)
     assert receiver.next_deadline() == pytest.approx(min(4.0 + IDLE, receiver._last_sent + PING))
@@ -284,7 +292,8 @@ def test_two_sides_that_wake_on_their_deadlines_never_lose_each_other(
             if now >= deadline:
                 side.handle_timer(now)
             cross(side, other, now)
-        assert now - sender._last_heard < IDLE and now - receiver._last_heard < IDLE
+        assert now - sender._last_heard < IDLE
+        assert now - receiver._last_heard < IDLE
 
 
 def test_a_machine_for_the_wrong_side_is_a_local_error() -> None:
@@ -302,5 +311,7 @@ def test_the_cancel_says_the_kind_of_failure_by_code_and_never_a_detail() -> Non
     assert receiver.abort(DiskError("cannot write '/home/me/secret/plan.txt'"))
     [frame] = receiver.frames_to_send(0)
     event = peer.receive(frame)
-    assert isinstance(event, Cancel) and event.code == "disk"
-    assert "secret" not in event.reason and "disk" in event.reason
+    assert isinstance(event, Cancel)
+    assert event.code == "disk"
+    assert "secret" not in event.reason
+    assert "disk" in event.reason

@@ -143,7 +143,7 @@ def test_finish_drops_the_spake2_state() -> None:
     with pytest.raises(WrongCodeError):
         receiver.finish(b"\x00" * 33)  # a failed finish drops it too
     assert len(spake2_objects()) == before - 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="already finished"):
         sender.finish(receiver.message)  # one attempt per exchange
 
 

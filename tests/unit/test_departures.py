@@ -51,7 +51,8 @@ def test_the_next_file_starts_when_the_last_ones_bytes_have_left() -> None:
     d.file("b", 50, 0)
     d.handed(50, 50)
     d.left(120)  # 30 of a's bytes have left, none of b's
-    assert shown.calls == [("start", "a")] and shown.shown == 30
+    assert shown.calls == [("start", "a")]
+    assert shown.shown == 30
     d.left(40)  # all of a, 10 of b
     assert shown.calls == [("start", "a"), ("finish", 100), ("start", "b")]
     assert shown.shown == 110

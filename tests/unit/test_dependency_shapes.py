@@ -62,7 +62,8 @@ async def test_a_real_transport_has_the_attributes_and_gets_the_patch() -> None:
     link = webrtc.DataChannelLink(FakeChannel(transport), max_message_size=65536)
     assert link._window is not None
     # Replaced on this instance only, never on aiortc's class.
-    assert "_receive_data_chunk" in vars(transport) and "_send_sack" in vars(transport)
+    assert "_receive_data_chunk" in vars(transport)
+    assert "_send_sack" in vars(transport)
     assert "_receive_data_chunk" not in vars(RTCSctpTransport) or inspect.iscoroutinefunction(
         RTCSctpTransport._receive_data_chunk
     )
@@ -105,7 +106,8 @@ def _init_without_window(self: Any) -> None:
 )
 def test_a_changed_sctp_shape_is_named(changes: dict[str, Any], says: str) -> None:
     problem = sctp_window.sctp_problem(_changed(**changes))
-    assert problem is not None and says in problem
+    assert problem is not None
+    assert says in problem
 
 
 def test_a_changed_stream_or_chunk_shape_is_named() -> None:
@@ -119,7 +121,7 @@ def test_a_changed_stream_or_chunk_shape_is_named() -> None:
             self.payload = b""
 
     assert "reassembly" in (sctp_window.sctp_problem(stream=Stream) or "")
-    assert "DataChunk has no user_data" == sctp_window.sctp_problem(chunk=Chunk)
+    assert sctp_window.sctp_problem(chunk=Chunk) == "DataChunk has no user_data"
 
 
 async def test_a_changed_shape_keeps_aiortcs_own_behaviour_with_one_warning(
@@ -219,9 +221,11 @@ def test_engineio_server_has_what_the_signal_server_meters() -> None:
 def test_click_has_what_settings_use() -> None:
     from click.core import ParameterSource
 
-    assert ParameterSource.DEFAULT_MAP and ParameterSource.ENVIRONMENT
+    assert ParameterSource.DEFAULT_MAP
+    assert ParameterSource.ENVIRONMENT
     option = click.Option(["--x"], envvar="SFS_X", type=click.FloatRange(0))
-    assert callable(option.process_value) and callable(option.get_default)
+    assert callable(option.process_value)
+    assert callable(option.get_default)
     assert callable(click.FloatRange(0).split_envvar_value)
 
 

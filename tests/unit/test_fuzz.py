@@ -12,6 +12,7 @@ tests at the end are for what the fuzzing found.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -257,8 +258,10 @@ PAYLOADS = st.one_of(
     st.builds(_big_list, st.one_of(SCALARS, FILE_ENTRIES), st.integers(0, 3000)),
     st.builds(_padded, st.integers(MAX_CONTROL_BYTES - 3, MAX_CONTROL_BYTES + 3)),
     st.sampled_from(
-        [b"", b"{}", b"[]", b"null", b'{"reason":null}', b"\xff\xfe", b'{"held":[]}']
-        + [b'{"offsets":[]}', b'{"offsets":[0]}', b'{"offsets":[true]}', b'{"offsets":[-1]}']
+        [
+            *[b"", b"{}", b"[]", b"null", b'{"reason":null}', b"\xff\xfe", b'{"held":[]}'],
+            *[b'{"offsets":[]}', b'{"offsets":[0]}', b'{"offsets":[true]}', b'{"offsets":[-1]}'],
+        ]
     ),
 )
 FRAME_TYPES = st.one_of(st.sampled_from(FrameType), st.integers(0, 255))
@@ -464,19 +467,23 @@ class Model:
             assert self.offer is None, "a second offer"
             self.offer = event
         elif isinstance(event, Accept):
-            assert self.offer is not None and self.held is None, "ACCEPT out of turn"
+            assert self.offer is not None, "ACCEPT out of turn"
+            assert self.held is None, "ACCEPT out of turn"
             files = self.offer.files
             assert len(event.held) in (0, len(files)), "one held offset per file, or none"
             for offset, info in zip(event.held, files, strict=False):
-                assert type(offset) is int and 0 <= offset <= info.size, offset
+                assert type(offset) is int, offset
+                assert 0 <= offset <= info.size, offset
             self.held = tuple(event.held)
         elif isinstance(event, Resume):
-            assert self.offer is not None and self.held is not None, "RESUME before ACCEPT"
+            assert self.offer is not None, "RESUME before ACCEPT"
+            assert self.held is not None, "RESUME before ACCEPT"
             assert self.proposed is None, "a second RESUME"
             assert len(event.offsets) == len(self.offer.files), "one offset per file"
             for i, offset in enumerate(event.offsets):
                 held = self.held[i] if self.held else 0
-                assert type(offset) is int and offset in (0, held), "offset not held"
+                assert type(offset) is int, "offset not held"
+                assert offset in (0, held), "offset not held"
             if event.sha256 or any(event.offsets):
                 assert len(event.sha256) == len(event.offsets), "one prefix hash per file"
                 for offset, digest in zip(event.offsets, event.sha256, strict=True):
@@ -485,19 +492,23 @@ class Model:
             if not any(event.offsets):
                 self.begin(event.offsets)
         elif isinstance(event, Start):
-            assert self.proposed is not None and any(self.proposed), "START unasked for"
+            assert self.proposed is not None, "START unasked for"
+            assert any(self.proposed), "START unasked for"
             assert self.index == -1, "a second START"
             assert len(event.offsets) == len(self.proposed), "one offset per file"
             for offset, proposed in zip(event.offsets, self.proposed, strict=True):
-                assert type(offset) is int and offset in (0, proposed), "offset not proposed"
+                assert type(offset) is int, "offset not proposed"
+                assert offset in (0, proposed), "offset not proposed"
             self.begin(event.offsets)
         elif isinstance(event, Chunk):
-            assert self.offer is not None and 0 <= self.index < len(self.offer.files)
+            assert self.offer is not None
+            assert 0 <= self.index < len(self.offer.files)
             assert 0 < len(event.data) <= self.offer.chunk_size, "chunk size not kept"
             self.moved += len(event.data)
             assert self.moved <= self.remaining(self.index), "more bytes than declared"
         elif isinstance(event, FileDone):
-            assert self.offer is not None and 0 <= self.index < len(self.offer.files)
+            assert self.offer is not None
+            assert 0 <= self.index < len(self.offer.files)
             assert self.moved == self.remaining(self.index), "FILE_DONE before all bytes"
             assert len(event.sha256) == SHA256_BYTES
             self.index += 1
@@ -526,16 +537,24 @@ class Model:
         if state is State.IDLE:
             assert self.offer is None
         elif state in (State.OFFERED, State.DECIDING):
-            assert self.offer is not None and self.held is None and self.index == -1
+            assert self.offer is not None
+            assert self.held is None
+            assert self.index == -1
         elif state is State.ACCEPTED:
-            assert self.offer is not None and self.held is not None and self.proposed is None
+            assert self.offer is not None
+            assert self.held is not None
+            assert self.proposed is None
             assert self.index == -1
         elif state is State.CONFIRMING:
-            assert self.proposed is not None and any(self.proposed) and self.index == -1
+            assert self.proposed is not None
+            assert any(self.proposed)
+            assert self.index == -1
         elif state in (State.SENDING, State.RECEIVING):
-            assert 0 <= self.index < count and proto.file_index == self.index
+            assert 0 <= self.index < count
+            assert proto.file_index == self.index
         elif state is State.AWAITING_ACKS:
-            assert self.index == count and self.acked < count
+            assert self.index == count
+            assert self.acked < count
         elif state is State.DONE:
             assert self.index == self.acked == count
 
@@ -776,10 +795,8 @@ def test_frames_out_of_order_fail_to_open(
                 proto.receive(sealed[i])
             assert proto.state is before
         else:
-            try:
+            with contextlib.suppress(RemoteProtocolError):
                 proto.receive(sealed[i])
-            except RemoteProtocolError:
-                pass
             due += 1
 
 
@@ -790,52 +807,57 @@ def run_sequence(
     proto: TransferProtocol, peer: FrameSealer, model: Model, actions: list[Action]
 ) -> None:
     for action in actions:
-        if isinstance(action, tuple):
-            if len(action[1]) + FRAME_OVERHEAD_BYTES > MAX_MESSAGE_BYTES:
-                # No DataChannel sends a message over max-message-size (send() refuses
-                # it), and sealing it would use up a counter value the receiver never
-                # sees: every later frame would then look reordered.
-                continue
-            before = proto.state
-            received = do_receive(proto, model, peer.seal(*action), sealed=True)
-            if action == (FrameType.PING, b""):
-                assert (received == Ping()) == (before is not State.CLOSED), "PING refused"
-        elif action in (RESUME, RESTART):
-            offsets = offsets_for(model.offer, model.held, [action == RESUME])
-            if model.role is Role.SENDER:
-                do_send(proto, model, resume_for(offsets))
-            else:
-                frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
-                do_receive(proto, model, frame, sealed=True)
-        elif action in (CONFIRM, DENY):
-            offsets = offsets_for(model.offer, model.proposed, [action == CONFIRM])
-            if model.role is Role.RECEIVER:
-                do_send(proto, model, Start(offsets))
-            else:
-                frame = peer.seal(FrameType.START, start_frame(offsets))
-                do_receive(proto, model, frame, sealed=True)
-        elif action == ACK:
-            if model.role is Role.SENDER:
-                do_receive(proto, model, peer.seal(FrameType.FILE_ACK, b""), sealed=True)
-            else:
-                do_send(proto, model, FileAck())
-        elif isinstance(action, str):
-            size = model.fitting_chunk()
-            if model.role is Role.SENDER:
-                event: Event = Chunk(b"s" * size) if size else FileDone(bytes(SHA256_BYTES))
-                do_send(proto, model, event)
-            elif size:
-                do_receive(proto, model, peer.seal(FrameType.CHUNK, b"r" * size), sealed=True)
-            else:
-                frame = peer.seal(FrameType.FILE_DONE, bytes(SHA256_BYTES))
-                do_receive(proto, model, frame, sealed=True)
-        else:
-            do_send(proto, model, action)
+        play(proto, peer, model, action)
     note_event(f"{model.role.value} ended {proto.state.value}")
     if any(model.offsets):
         note_event("resumed at a claimed offset")
     if proto.state is State.CLOSED:
         assert_closed_for_good(proto, peer)
+
+
+def play(proto: TransferProtocol, peer: FrameSealer, model: Model, action: Action) -> None:
+    """One action of a random sequence: a frame from the peer, or a step of this side."""
+    if isinstance(action, tuple):
+        if len(action[1]) + FRAME_OVERHEAD_BYTES > MAX_MESSAGE_BYTES:
+            # No DataChannel sends a message over max-message-size (send() refuses
+            # it), and sealing it would use up a counter value the receiver never
+            # sees: every later frame would then look reordered.
+            return
+        before = proto.state
+        received = do_receive(proto, model, peer.seal(*action), sealed=True)
+        if action == (FrameType.PING, b""):
+            assert (received == Ping()) == (before is not State.CLOSED), "PING refused"
+    elif action in (RESUME, RESTART):
+        offsets = offsets_for(model.offer, model.held, [action == RESUME])
+        if model.role is Role.SENDER:
+            do_send(proto, model, resume_for(offsets))
+        else:
+            frame = peer.seal(FrameType.RESUME, resume_frame(offsets))
+            do_receive(proto, model, frame, sealed=True)
+    elif action in (CONFIRM, DENY):
+        offsets = offsets_for(model.offer, model.proposed, [action == CONFIRM])
+        if model.role is Role.RECEIVER:
+            do_send(proto, model, Start(offsets))
+        else:
+            frame = peer.seal(FrameType.START, start_frame(offsets))
+            do_receive(proto, model, frame, sealed=True)
+    elif action == ACK:
+        if model.role is Role.SENDER:
+            do_receive(proto, model, peer.seal(FrameType.FILE_ACK, b""), sealed=True)
+        else:
+            do_send(proto, model, FileAck())
+    elif isinstance(action, str):
+        size = model.fitting_chunk()
+        if model.role is Role.SENDER:
+            event: Event = Chunk(b"s" * size) if size else FileDone(bytes(SHA256_BYTES))
+            do_send(proto, model, event)
+        elif size:
+            do_receive(proto, model, peer.seal(FrameType.CHUNK, b"r" * size), sealed=True)
+        else:
+            frame = peer.seal(FrameType.FILE_DONE, bytes(SHA256_BYTES))
+            do_receive(proto, model, frame, sealed=True)
+    else:
+        do_send(proto, model, action)
 
 
 @fuzz(1600)
@@ -916,6 +938,35 @@ class Side:
         self.model.check(self.proto)
 
 
+def take_step(
+    sender: Side, receiver: Side, kind: str, arg: Event | list[int] | list[bool] | None
+) -> None:
+    """One step of a pair: one side sends (an event, or the next directed step), or a
+    frame in flight is delivered."""
+    if kind == "sender" and isinstance(arg, Event):
+        sender.send(arg, receiver)
+    elif kind == "receiver" and isinstance(arg, Event):
+        receiver.send(arg, sender)
+    elif kind == "fit":
+        size = sender.model.fitting_chunk()
+        sender.send(Chunk(b"f" * size) if size else FileDone(bytes(SHA256_BYTES)), receiver)
+    elif kind == "accept":
+        seeds = arg if isinstance(arg, list) else None
+        receiver.send(Accept(held_for(receiver.model.offer, seeds)), sender)
+    elif kind == "resume" and isinstance(arg, list):
+        offsets = offsets_for(sender.model.offer, sender.model.held, arg)
+        sender.send(resume_for(offsets), receiver)
+    elif kind == "start" and isinstance(arg, list):
+        offsets = offsets_for(receiver.model.offer, receiver.model.proposed, arg)
+        receiver.send(Start(offsets), sender)
+    elif kind == "ack":
+        receiver.send(FileAck(), sender)
+    elif kind == "to_receiver" and receiver.inbox:
+        receiver.deliver_one()
+    elif kind == "to_sender" and sender.inbox:
+        sender.deliver_one()
+
+
 @fuzz(1000)
 @given(offer=weighted((3, SMALL_OFFERS), (1, WILD_OFFERS)), steps=PAIR_STEPS)
 def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairStep]) -> None:
@@ -923,28 +974,7 @@ def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairSte
     receiver = Side(TransferProtocol(Role.RECEIVER, RECEIVER_KEYS), Model(Role.RECEIVER), [])
     sender.send(offer, receiver)
     for kind, arg in steps:
-        if kind == "sender" and isinstance(arg, Event):
-            sender.send(arg, receiver)
-        elif kind == "receiver" and isinstance(arg, Event):
-            receiver.send(arg, sender)
-        elif kind == "fit":
-            size = sender.model.fitting_chunk()
-            sender.send(Chunk(b"f" * size) if size else FileDone(bytes(SHA256_BYTES)), receiver)
-        elif kind == "accept":
-            seeds = arg if isinstance(arg, list) else None
-            receiver.send(Accept(held_for(receiver.model.offer, seeds)), sender)
-        elif kind == "resume" and isinstance(arg, list):
-            offsets = offsets_for(sender.model.offer, sender.model.held, arg)
-            sender.send(resume_for(offsets), receiver)
-        elif kind == "start" and isinstance(arg, list):
-            offsets = offsets_for(receiver.model.offer, receiver.model.proposed, arg)
-            receiver.send(Start(offsets), sender)
-        elif kind == "ack":
-            receiver.send(FileAck(), sender)
-        elif kind == "to_receiver" and receiver.inbox:
-            receiver.deliver_one()
-        elif kind == "to_sender" and sender.inbox:
-            sender.deliver_one()
+        take_step(sender, receiver, kind, arg)
     while receiver.inbox or sender.inbox:
         if receiver.inbox:
             receiver.deliver_one()
@@ -968,14 +998,20 @@ def test_what_one_side_sends_the_other_accepts(offer: Offer, steps: list[PairSte
 
 def check_offer(offer: Offer) -> None:
     assert isinstance(offer, Offer)
-    assert isinstance(offer.files, tuple) and 1 <= len(offer.files) <= MAX_FILES
+    assert isinstance(offer.files, tuple)
+    assert 1 <= len(offer.files) <= MAX_FILES
     for info in offer.files:
         assert isinstance(info, FileInfo)
-        assert type(info.name) is str and len(info.name) <= MAX_OFFERED_NAME_CHARS
-        assert type(info.size) is int and 0 <= info.size <= MAX_FILE_BYTES
-        assert type(info.mtime_ns) is int and -(2**63) <= info.mtime_ns < 2**63
-    assert type(offer.sender) is str and len(offer.sender) <= MAX_SENDER_NAME_CHARS
-    assert type(offer.chunk_size) is int and 1 <= offer.chunk_size <= MAX_CHUNK_BYTES
+        assert type(info.name) is str
+        assert len(info.name) <= MAX_OFFERED_NAME_CHARS
+        assert type(info.size) is int
+        assert 0 <= info.size <= MAX_FILE_BYTES
+        assert type(info.mtime_ns) is int
+        assert -(2**63) <= info.mtime_ns < 2**63
+    assert type(offer.sender) is str
+    assert len(offer.sender) <= MAX_SENDER_NAME_CHARS
+    assert type(offer.chunk_size) is int
+    assert 1 <= offer.chunk_size <= MAX_CHUNK_BYTES
     assert decode_offer(encode_offer(offer)) == offer
 
 
@@ -1078,10 +1114,12 @@ def test_opener_refuses_every_mutation_of_a_valid_frame(
 # -- 5. safe_name ----------------------------------------------------------------------------
 
 NAME_PARTS = st.sampled_from(
-    ["/", "\\", "\x00", ".", "..", " ", "\t", "\n", "\u202e", "\u200b", "\ufeff", "\x85"]
-    + ["CON", "nul", "a", "é", "e\u0301", "😀", ".txt", ".tar.gz", "\u2028", "~"]
-    + [":", "<", ">", "|", "?", "*", '"', ":Zone.Identifier", "CONIN$", "conout$"]
-    + ["COM\u00b9", "lpt\u00b2", "LPT\u00b3", "com7", "Aux", "prn"]
+    [
+        *["/", "\\", "\x00", ".", "..", " ", "\t", "\n", "\u202e", "\u200b", "\ufeff", "\x85"],
+        *["CON", "nul", "a", "é", "e\u0301", "😀", ".txt", ".tar.gz", "\u2028", "~"],
+        *[":", "<", ">", "|", "?", "*", '"', ":Zone.Identifier", "CONIN$", "conout$"],
+        *["COM\u00b9", "lpt\u00b2", "LPT\u00b3", "com7", "Aux", "prn"],
+    ]
 )
 #: What Windows cannot store in a name, after CPython's ntpath.isreserved (3.13).
 WINDOWS_RESERVED_CHARS = set('<>:"|?*')
@@ -1112,9 +1150,12 @@ def test_safe_name_is_a_plain_local_name_or_raises(text: str) -> None:
         name = safe_name(text)
     except RemoteProtocolError:
         return
-    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert "/" not in name
+    assert "\\" not in name
+    assert "\x00" not in name
     assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name)
-    assert name not in (".", "..") and not name.startswith(".")
+    assert name not in (".", "..")
+    assert not name.startswith(".")
     assert 0 < len(name.encode("utf-8")) <= MAX_NAME_BYTES
     assert not windows_cannot_store(name), name
     out = PurePosixPath("/srv/out")
@@ -1294,7 +1335,8 @@ def check_parsed(parse: Parser, result: object) -> None:
     if isinstance(result, m.RegisterPeer):
         assert result.version == SIGNALING_PROTOCOL_VERSION
     if isinstance(result, m.Ack) and not result.ok:
-        assert isinstance(result.error, str) and isinstance(result.message, str)
+        assert isinstance(result.error, str)
+        assert isinstance(result.message, str)
 
 
 @fuzz(1500)
@@ -1392,7 +1434,7 @@ def test_offer_with_a_name_that_is_not_unicode_is_refused_locally() -> None:
         "too-many",
         "pipe-not-alone",
         "text-too-large",
-    ],  # fmt: skip
+    ],
 )
 def test_sender_refuses_an_offer_the_receiver_would_refuse(offer: Offer) -> None:
     # These went out, and the receiver answered with a protocol error.

@@ -30,10 +30,12 @@ def parse(lines: list[str]) -> list[dict[str, Any]]:
     """Every line one JSON object with a type, and nothing in it but printable ASCII."""
     events = []
     for line in lines:
-        assert "\n" not in line and "\r" not in line
+        assert "\n" not in line
+        assert "\r" not in line
         assert all(0x20 <= ord(c) < 0x7F for c in line), repr(line)
         event = json.loads(line)
-        assert isinstance(event, dict) and isinstance(event["type"], str)
+        assert isinstance(event, dict)
+        assert isinstance(event["type"], str)
         events.append(event)
     return events
 
@@ -74,10 +76,12 @@ def test_hostile_strings_give_one_inert_object_per_line(
     ui.lines.error(7, reason)
     events = parse(lines)
     assert [e["type"] for e in events][:2] == ["code", "offer"]
-    assert events[-2]["type"] == "done" and events[-1]["type"] == "error"
+    assert events[-2]["type"] == "done"
+    assert events[-1]["type"] == "error"
     # Nothing lost: the decoded strings are the hostile ones, as they were.
     assert [f["name"] for f in events[1]["files"]] == [f"{n}/{n}" for n in names]
-    assert events[1]["sender"] == sender and events[1]["folders"] == [sender]
+    assert events[1]["sender"] == sender
+    assert events[1]["folders"] == [sender]
     assert events[-1] == {"type": "error", "exit_code": 7, "message": reason}
     assert events[-2]["text"] == reason
     assert [f["route"] for f in events[-2]["files"]] == [reason] * len(names)
@@ -128,7 +132,8 @@ def test_resumed_bytes_count_as_done_but_not_into_the_rate() -> None:
     progress.advance(100)
     progress.finish()
     last = parse(lines)[-1]
-    assert last["bytes"] == 1000 and last["rate"] == 100.0
+    assert last["bytes"] == 1000
+    assert last["rate"] == 100.0
 
 
 def test_an_offer_without_yes_is_asked() -> None:
@@ -158,7 +163,8 @@ def test_offer_kinds() -> None:
         asyncio.run(ui.decide(offer))
     events = parse(lines)
     assert [e["kind"] for e in events] == ["text", "stream", "tree", "files"]
-    assert events[1]["total"] is None and events[3]["total"] == 3
+    assert events[1]["total"] is None
+    assert events[3]["total"] == 3
 
 
 def test_peers_come_and_go() -> None:

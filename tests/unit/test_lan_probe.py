@@ -78,13 +78,14 @@ def test_an_answer_is_the_same_shape_whatever_id_was_tried() -> None:
         message, proof = answer_probe(
             peer_id="KQZ-042", role="receiver", message=question.message, instance=INSTANCE
         )
-        assert len(message) == 33 and len(proof) == 32
+        assert len(message) == 33
+        assert len(proof) == 32
 
 
 @given(st.binary(max_size=80))
 def test_garbage_probes_are_refused_or_prove_nothing(garbage: bytes) -> None:
     try:
-        message, proof = answer_probe(
+        _message, proof = answer_probe(
             peer_id="KQZ-042", role="receiver", message=garbage, instance=INSTANCE
         )
     except CryptoError:

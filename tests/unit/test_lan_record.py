@@ -79,11 +79,14 @@ def test_name_and_since_are_cleaned() -> None:
     long_name = {**props, b"name": ("x" * 500).encode(), b"since": b"soon"}
     advert = parse(long_name, port=1, addresses=["10.0.0.2"])
     assert advert is not None
-    assert advert.name == "x" * MAX_NAME_CHARS and advert.since == 0
+    assert advert.name == "x" * MAX_NAME_CHARS
+    assert advert.since == 0
     bad_utf8 = parse({**props, b"name": b"\xffbob"}, port=1, addresses=["10.0.0.2"])
-    assert bad_utf8 is not None and bad_utf8.name == "\ufffdbob"
+    assert bad_utf8 is not None
+    assert bad_utf8.name == "\ufffdbob"
     no_name = parse({**props, b"name": None}, port=1, addresses=["10.0.0.2"])
-    assert no_name is not None and no_name.name == ""
+    assert no_name is not None
+    assert no_name.name == ""
 
 
 def test_connectable_addresses() -> None:
@@ -162,7 +165,8 @@ def test_two_devices_proving_one_id_get_nothing() -> None:
 def test_busy_is_not_absent() -> None:
     with pytest.raises(PeerBusyError) as caught:
         choose([Probed(OTHER), Probed(ADVERT, busy=True)], peer_id="KQZ-042", role="receiver")
-    assert caught.value.exit_code == 4 and "too busy" in str(caught.value)
+    assert caught.value.exit_code == 4
+    assert "too busy" in str(caught.value)
 
 
 def test_nobody_proved_it() -> None:
@@ -192,11 +196,13 @@ def test_choose_never_picks_an_unproven_endpoint(answers: list[tuple[bytes | Non
     except IdClaimedTwiceError:
         assert len(instances) > 1
     except PeerBusyError:
-        assert not instances and any(busy for _, busy in answers)
+        assert not instances
+        assert any(busy for _, busy in answers)
     except PeerNotOnLanError:
         assert not instances
     else:
-        assert len(instances) == 1 and chosen.instance in instances
+        assert len(instances) == 1
+        assert chosen.instance in instances
 
 
 def test_peer_table_shows_network_text_inert() -> None:
@@ -204,6 +210,8 @@ def test_peer_table_shows_network_text_inert() -> None:
     lines = peer_table([ADVERT, evil], now=ADVERT.since + 30)
     assert lines[0].split() == ["NAME", "WAITS", "TO", "ADDRESS", "WAITING"]
     assert lines[1].split() == ["alice", "receive", "10.0.0.2", "30", "s"]
-    assert "\x1b" not in lines[2] and "\u202e" not in lines[2]
-    assert "\\x1b[2J\\u202eevil" in lines[2] and " send " in lines[2]
+    assert "\x1b" not in lines[2]
+    assert "\u202e" not in lines[2]
+    assert "\\x1b[2J\\u202eevil" in lines[2]
+    assert " send " in lines[2]
     assert peer_table([], now=0) == ["Nobody is waiting on this network."]

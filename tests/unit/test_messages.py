@@ -139,7 +139,7 @@ def test_parse_ice_server_rejects(text: str, message: str) -> None:
 
 
 def test_parse_ice_server_error_never_repeats_password() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="needs a host name") as info:
         m.parse_ice_server("turn:alice:hunter2@bad host?transport=tcp")
     assert "hunter2" not in str(info.value)
 
@@ -169,28 +169,37 @@ def test_ice_server_from_dict_without_optional_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "says"),
     [
-        None,
-        ["stun:a.example"],
-        {},
-        {"urls": "stun:a.example"},
-        {"urls": []},
-        {"urls": [7]},
-        {"urls": ["stun:a.example"] * 9},
-        {"urls": ["stun:" + "a" * 510]},
-        {"urls": ["http://a.example"]},
-        {"urls": ["stun:a.example"], "extra": 1},
-        {"urls": ["stun:a.example"], "username": 5},
-        {"urls": ["stun:a.example"], "credential": ""},
-        {"urls": ["turn:t.example"]},
-        {"urls": ["turn:t.example"], "username": "u"},
-        {"urls": ["turn:u:p@t.example"], "username": "u", "credential": "p"},
-        {"urls": ["turn:t.example"], "username": "u", "credential": "p" * 513},
+        (None, "must be an object"),
+        (["stun:a.example"], "must be an object"),
+        ({}, "needs urls"),
+        ({"urls": "stun:a.example"}, "urls must be a non-empty list"),
+        ({"urls": []}, "urls must be a non-empty list"),
+        ({"urls": [7]}, "urls must be strings"),
+        ({"urls": ["stun:a.example"] * 9}, "at most 8 urls"),
+        ({"urls": ["stun:" + "a" * 510]}, "at most 512 characters"),
+        ({"urls": ["http://a.example"]}, "must start with stun:"),
+        ({"urls": ["stun:a.example"], "extra": 1}, "unexpected fields"),
+        ({"urls": ["stun:a.example"], "username": 5}, "username must be a non-empty string"),
+        ({"urls": ["stun:a.example"], "credential": ""}, "credential must be a non-empty string"),
+        ({"urls": ["turn:t.example"]}, "a TURN server needs a username and password"),
+        (
+            {"urls": ["turn:t.example"], "username": "u"},
+            "a TURN server needs a username and password",
+        ),
+        (
+            {"urls": ["turn:u:p@t.example"], "username": "u", "credential": "p"},
+            "must not contain credentials",
+        ),
+        (
+            {"urls": ["turn:t.example"], "username": "u", "credential": "p" * 513},
+            "credential may be at most 512 characters",
+        ),
     ],
 )
-def test_ice_server_from_dict_rejects(bad: object) -> None:
-    with pytest.raises(ValueError):
+def test_ice_server_from_dict_rejects(bad: object, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         m.IceServer.from_dict(bad)
 
 
@@ -358,19 +367,22 @@ def test_parse_register_reply() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "says"),
     [
-        {"port": -1},
-        {"port": 65536},
-        {"max_connections": 0},
-        {"max_lookups_per_connection": 0},
-        {"max_lookups_per_address": 0},
-        {"lookup_window_seconds": 0.0},
-        {"ice_servers": (m.IceServer(urls=("stun:a.example",)),) * 9},
+        ({"port": -1}, "port must be between 0 and 65535"),
+        ({"port": 65536}, "port must be between 0 and 65535"),
+        ({"max_connections": 0}, "max_connections must be at least 1"),
+        ({"max_lookups_per_connection": 0}, "max_lookups_per_connection must be at least 1"),
+        ({"max_lookups_per_address": 0}, "max_lookups_per_address must be at least 1"),
+        ({"lookup_window_seconds": 0.0}, "lookup_window_seconds must be positive"),
+        (
+            {"ice_servers": (m.IceServer(urls=("stun:a.example",)),) * 9},
+            "at most 8 ICE servers",
+        ),
     ],
 )
-def test_server_config_rejects(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+def test_server_config_rejects(kwargs: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
         ServerConfig(**kwargs)  # type: ignore[arg-type]
 
 
@@ -410,7 +422,8 @@ def test_register_gives_unique_ids_and_skips_live_ones() -> None:
     table.connect("s2", "x", now=0.0)
     assert table.register("s1") == A
     assert table.register("s2") == B  # two draws of A were skipped
-    assert table.sid_of(A) == "s1" and table.peer_id_of("s2") == B
+    assert table.sid_of(A) == "s1"
+    assert table.peer_id_of("s2") == B
 
 
 def test_register_reuses_an_id_once_its_peer_left() -> None:
@@ -449,7 +462,8 @@ def test_many_registrations_are_unique() -> None:
 
 def test_connect_refuses_over_max_connections() -> None:
     table = _table(max_connections=2)
-    assert table.connect("s1", "x", now=0.0) and table.connect("s2", "x", now=0.0)
+    assert table.connect("s1", "x", now=0.0)
+    assert table.connect("s2", "x", now=0.0)
     assert not table.connect("s3", "x", now=0.0)
     assert table.connection_count == 2
     table.disconnect("s1")
@@ -570,7 +584,8 @@ def test_abort_relays_then_dissolves_the_pairing() -> None:
 def test_disconnect_of_a_partner() -> None:
     table = _paired()
     assert table.disconnect("sa") == Departure(peer_id=A, notify_sid="sb")
-    assert table.sid_of(A) is None and not table.is_connected("sa")
+    assert table.sid_of(A) is None
+    assert not table.is_connected("sa")
     assert table.standing_of("sb") == (Standing.FREE, None)
     assert table.disconnect("sa") is None  # idempotent
     table.find("sc", B, now=0.0)  # B is free again
@@ -584,7 +599,8 @@ def test_disconnect_during_a_pending_request(leaving: str, staying: str) -> None
         table.register(sid)
     table.request("sa", B, now=0.0)
     departure = table.disconnect(leaving)
-    assert departure is not None and departure.notify_sid == staying
+    assert departure is not None
+    assert departure.notify_sid == staying
     assert table.standing_of(staying) == (Standing.FREE, None)
 
 

@@ -67,7 +67,8 @@ def test_deadlines_expire_in_order_once() -> None:
     assert clock.expired(now=9.9) == []
     assert clock.expired(now=11.0) == ["a", "b"]
     assert clock.expired(now=11.0) == []
-    assert "c" in clock and len(clock) == 1
+    assert "c" in clock
+    assert len(clock) == 1
 
 
 def test_deadlines_restart_and_cancel() -> None:
@@ -194,7 +195,8 @@ def test_lookups_are_limited_per_ipv6_64() -> None:
 
 def test_connections_are_capped_per_address() -> None:
     gate = Admission(max_per_address=2, fd_reserve=256)
-    assert gate.open("a") and gate.open("a")
+    assert gate.open("a")
+    assert gate.open("a")
     assert not gate.open("a")
     assert gate.open("b")
     assert gate.connections == 3
@@ -203,7 +205,8 @@ def test_connections_are_capped_per_address() -> None:
     for _ in range(2):
         gate.close("a")
     gate.close("b")
-    assert gate.connections == 0 and gate.tracked_addresses == 0
+    assert gate.connections == 0
+    assert gate.tracked_addresses == 0
 
 
 def test_sessions_leave_the_fd_reserve_free() -> None:
@@ -236,7 +239,8 @@ def test_shedding_starts_before_a_burst_of_accepts_could_run_out() -> None:
 def test_a_tiny_fd_limit_leaves_no_room_for_sessions() -> None:
     gate = Admission(max_per_address=10, fd_reserve=256)
     gate.set_fd_limit(200, fds_in_use=20)
-    assert gate.session_capacity == 0 and not gate.start_session()
+    assert gate.session_capacity == 0
+    assert not gate.start_session()
 
 
 # --------------------------------------------------------------------------- byte budgets
@@ -246,14 +250,19 @@ def test_queue_meter_counts_per_queue_and_in_all() -> None:
     meter = QueueMeter(per_queue=100, total=150)
     meter.add("q1", 80)
     meter.add("q2", 60)
-    assert meter.queued("q1") == 80 and meter.queued_bytes == 140
+    assert meter.queued("q1") == 80
+    assert meter.queued_bytes == 140
     assert not meter.over_total()
     meter.add("q2", 20)
-    assert meter.over_total() and meter.largest() == "q1"
+    assert meter.over_total()
+    assert meter.largest() == "q1"
     meter.remove("q1", 80)
-    assert meter.largest() == "q2" and not meter.over_total()
+    assert meter.largest() == "q2"
+    assert not meter.over_total()
     meter.forget("q2")
-    assert meter.queued_bytes == 0 and meter.largest() is None and meter.tracked_queues == 0
+    assert meter.queued_bytes == 0
+    assert meter.largest() is None
+    assert meter.tracked_queues == 0
 
 
 # --------------------------------------------------------------------------- config
@@ -273,5 +282,5 @@ def test_queue_meter_counts_per_queue_and_in_all() -> None:
     ],
 )
 def test_server_config_rejects_bad_limits(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^{next(iter(kwargs))} must be"):
         ServerConfig(**kwargs)  # type: ignore[arg-type]

@@ -83,7 +83,8 @@ def test_sync_all_only_where_sync_waits(monkeypatch: pytest.MonkeyPatch) -> None
     calls: list[str] = []
     monkeypatch.setattr(os, "sync", lambda: calls.append("sync"), raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    assert platform.sync_all() and calls == ["sync"]
+    assert platform.sync_all()
+    assert calls == ["sync"]
     macos(monkeypatch)  # sync(2) there schedules the writes and returns
     assert not platform.sync_all()
     windows(monkeypatch)
@@ -183,7 +184,7 @@ def test_a_real_link_error_is_not_taken_for_missing_hard_links(
     _no_hard_links(monkeypatch, errno.ENOSPC)
     src = tmp_path / "src"
     src.write_bytes(b"x")
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as caught:
         platform.place_no_replace(src, tmp_path / "dst")
     assert caught.value.errno == errno.ENOSPC
     assert os.listdir(tmp_path) == ["src"]
@@ -259,7 +260,7 @@ def test_no_fd_limit_without_the_resource_module(monkeypatch: pytest.MonkeyPatch
 def test_fd_limit_is_the_soft_limit_after_raising() -> None:
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     raised = platform.raise_fd_limit(1 << 20)
     if soft == resource.RLIM_INFINITY:
         assert raised is None
@@ -352,4 +353,5 @@ def test_uvloop_is_not_required_on_windows() -> None:
     pyproject = Path(__file__).parents[2] / "pyproject.toml"
     dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     uvloop = [d for d in dependencies if d.startswith("uvloop")]
-    assert uvloop and all("sys_platform != 'win32'" in d for d in uvloop)
+    assert uvloop
+    assert all("sys_platform != 'win32'" in d for d in uvloop)

@@ -183,7 +183,7 @@ def test_early_file_done_is_rejected() -> None:
 
 
 def test_file_done_with_bad_digest_length_is_rejected() -> None:
-    sender, receiver, ks = accepted_pair()
+    _sender, receiver, ks = accepted_pair()
     sealer = forged_sender(ks, 2)
     receiver.receive(sealer.seal(FrameType.CHUNK, b"hell"))
     receiver.receive(sealer.seal(FrameType.CHUNK, b"o"))
@@ -192,7 +192,7 @@ def test_file_done_with_bad_digest_length_is_rejected() -> None:
 
 
 def test_oversized_frame_is_rejected_before_decryption() -> None:
-    ks, kr = key_pair()
+    _ks, kr = key_pair()
     receiver = TransferProtocol(Role.RECEIVER, kr, max_frame_bytes=100)
     with pytest.raises(RemoteProtocolError, match="exceeds"):
         receiver.receive(b"\x01" * 101)
@@ -207,7 +207,7 @@ def test_frame_after_close_is_rejected() -> None:
 
 
 def test_ack_for_unsent_file_is_rejected() -> None:
-    sender, receiver, ks, kr = pair()
+    sender, receiver, _ks, kr = pair()
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept()))
     sender.send(Resume((0, 0)))
@@ -309,8 +309,9 @@ def test_resume_from_zero_needs_no_start() -> None:
     receiver.receive(sender.send(OFFER))
     sender.receive(receiver.send(Accept((3, 0))))
     assert receiver.receive(sender.send(Resume((0, 0)))) == Resume((0, 0))
-    assert sender.state is State.SENDING and receiver.state is State.RECEIVING
-    with pytest.raises(LocalProtocolError):
+    assert sender.state is State.SENDING
+    assert receiver.state is State.RECEIVING
+    with pytest.raises(LocalProtocolError, match="cannot send Start"):
         receiver.send(Start((0, 0)))
 
 
@@ -347,7 +348,7 @@ def test_largest_control_frames_sfs_makes_fit() -> None:
     )
     offer = Offer(files, "s" * MAX_SENDER_NAME_CHARS, MAX_CHUNK_BYTES)
     assert len(encode_offer(offer)) <= MAX_CONTROL_BYTES
-    sender, receiver, ks, kr = pair()
+    sender, receiver, _ks, _kr = pair()
     receiver.receive(sender.send(offer))
     held = (MAX_FILE_BYTES,) * MAX_FILES
     resume = Resume(held, (b"\xff" * 32,) * MAX_FILES)
@@ -364,9 +365,11 @@ def test_largest_control_frames_sfs_makes_fit() -> None:
     assert long_names.version == 3
     sender, receiver, _, _ = pair()
     frames = sender.send_frames(long_names)
-    assert len(frames) > 3 and all(len(f) <= MAX_MESSAGE_BYTES for f in frames)
+    assert len(frames) > 3
+    assert all(len(f) <= MAX_MESSAGE_BYTES for f in frames)
     events = [receiver.receive(frame) for frame in frames]
-    assert events[-1] == long_names and all(isinstance(e, Partial) for e in events[:-1])
+    assert events[-1] == long_names
+    assert all(isinstance(e, Partial) for e in events[:-1])
     # The offer's limit is the receiver's: a longer one is refused before it goes out.
     too_many = tuple(FileInfo(f"{i:06}", 1) for i in range(MAX_ENTRIES + 1))
     with pytest.raises(LocalProtocolError, match="1 to"):

@@ -39,5 +39,7 @@ def test_two_rows_of_modules_per_line_with_a_quiet_zone() -> None:
 def test_both_colours_are_explicit_on_every_line() -> None:
     """No line relies on the terminal's own colours (light or dark theme)."""
     for line in qr_lines("ABC-123-tiger-lamp"):
-        assert line.startswith(COLOURS) and line.endswith(RESET)
-        assert line.count("\x1b") == 2 and "\n" not in line
+        assert line.startswith(COLOURS)
+        assert line.endswith(RESET)
+        assert line.count("\x1b") == 2
+        assert "\n" not in line

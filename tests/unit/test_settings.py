@@ -53,7 +53,8 @@ def test_every_option_of_every_command_has_its_sfs_variable_shown_in_help() -> N
             key = sfs_settings.option_key(param)
             variable = "SFS_" + key.upper().replace("-", "_")
             envvars = [param.envvar] if isinstance(param.envvar, str) else param.envvar
-            assert envvars and envvars[0] == variable, (name, key, envvars)
+            assert envvars, (name, key, envvars)
+            assert envvars[0] == variable, (name, key, envvars)
         code, out, _ = run(name, "--help", env={"COLUMNS": "200"})
         assert code == 0
         for param in sfs_settings.settings_of(command):
@@ -127,7 +128,8 @@ def test_the_default_file_is_under_xdg_config_home(tmp_path: Path) -> None:
 
 def test_no_file_is_fine_unless_named(tmp_path: Path) -> None:
     code, out, _ = run("config")
-    assert code == 0 and "not there" in out.splitlines()[0]
+    assert code == 0
+    assert "not there" in out.splitlines()[0]
     code, _, err = run("--config", str(tmp_path / "missing.toml"), "config")
     assert code == 2
     assert err.strip().splitlines() == [
@@ -168,7 +170,8 @@ def test_a_file_that_is_not_utf8_or_not_readable(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_bytes(b"server = '\xff'\n")
     code, _, err = run("--config", str(path), "config")
-    assert code == 2 and err.startswith(f"Error: cannot read the config file {path}")
+    assert code == 2
+    assert err.startswith(f"Error: cannot read the config file {path}")
     code, _, err = run("--config", str(tmp_path), "config")
     assert code == 2
 
@@ -176,7 +179,7 @@ def test_a_file_that_is_not_utf8_or_not_readable(tmp_path: Path) -> None:
 def test_paths_in_the_file_expand_the_home_folder(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[receive]\noutput = '~/Downloads'\n")
-    code, out, _ = run("--config", str(path), "config", "receive")
+    _code, out, _ = run("--config", str(path), "config", "receive")
     assert config_lines(out, "receive")["output"][0] == f'"{Path.home() / "Downloads"}"'
 
 
@@ -197,7 +200,8 @@ def test_passwords_in_urls_are_never_shown(tmp_path: Path) -> None:
         "--config", str(path), "config", env={"SFS_REDIS": "redis://:hunter2@redis.example:6379/0"}
     )
     assert code == 0
-    assert "s3cret" not in out and "hunter2" not in out
+    assert "s3cret" not in out
+    assert "hunter2" not in out
     assert '"turn:alice:***@turn.example:3478"' in out
     assert '"redis://:***@redis.example:6379/0"' in out
 
@@ -290,7 +294,8 @@ def test_a_bad_streams_value_is_a_usage_error(value: str) -> None:
     code, out, err = run("send", "--streams", value, "ABC-123-able-acid", __file__)
     assert code == 2
     assert out == ""
-    assert "--streams" in err and "give auto or a number from 1 to 8" in err
+    assert "--streams" in err
+    assert "give auto or a number from 1 to 8" in err
 
 
 @pytest.mark.parametrize("value", ["auto", "1", "8"])
@@ -433,9 +438,11 @@ def test_nan_inf_and_negative_seconds_are_refused_from_every_source(
     last = err.strip().splitlines()[-1]
     assert f"--{key}" in last, err
     if source == "file":
-        assert len(err.strip().splitlines()) == 1 and last.startswith(f"Error: {path}, line 2:")
+        assert len(err.strip().splitlines()) == 1
+        assert last.startswith(f"Error: {path}, line 2:")
     if source == "environment":
-        assert err.strip().splitlines() == [last] and last.startswith(f"Error: {variable}: ")
+        assert err.strip().splitlines() == [last]
+        assert last.startswith(f"Error: {variable}: ")
 
 
 def test_finite_seconds_from_every_source_are_taken(tmp_path: Path) -> None:
@@ -459,7 +466,8 @@ def test_sfs_config_refuses_what_the_commands_refuse_from_the_environment() -> N
     ]
     # The command itself: the same refusal (click's wording), exit 2.
     code, _, err = run("send", "ABC-123-able-acid", __file__, env={"SFS_TRANSPORT": "x"})
-    assert code == 2 and "'x' is not one of 'auto', 'tcp', 'datachannel'" in err
+    assert code == 2
+    assert "'x' is not one of 'auto', 'tcp', 'datachannel'" in err
     # A command without that option is not concerned.
     code, _, err = run("config", "serve", env={"SFS_TRANSPORT": "x"})
     assert code == 0, err
@@ -469,7 +477,8 @@ def test_options_without_a_default_show_as_not_set() -> None:
     """click 8.3 and later give them a sentinel: `cacert = "Sentinel.UNSET"` was shown."""
     code, out, err = run("config")
     assert code == 0, err
-    assert "Sentinel" not in out and "UNSET" not in out
+    assert "Sentinel" not in out
+    assert "UNSET" not in out
     send = config_lines(out, "send")
     assert send["cacert"] == ("", "default")
     assert send["ice-server"] == ("[]", "default")

@@ -62,7 +62,7 @@ async def test_poll_and_close() -> None:
 
 
 def test_needs_a_link() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one link"):
         StripedChannel([])
 
 
@@ -102,7 +102,7 @@ async def test_striped_links_share_one_idle_clock() -> None:
     pings; the peer is alive as long as any link hears from it (issue 8, item 7): the
     striped channel's ``seconds_since_receive`` counts what any link heard, read or
     not, and the conversation judges idleness by it."""
-    sender, receiver, sending_links = striped_links(8)
+    _sender, receiver, sending_links = striped_links(8)
     await asyncio.sleep(0.3)
     quiet = receiver.seconds_since_receive()
     assert quiet >= 0.25

@@ -5,6 +5,7 @@ across the two transports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import os
@@ -66,7 +67,8 @@ def test_both_ends_prove_the_key_in_three_messages(sender_dials: bool) -> None:
     messages = run_proof(dialer, listener)
     assert [len(m) for m in messages] == [24, 48, 32]
     assert messages[0].startswith(TCP_MAGIC)
-    assert dialer.proven and listener.proven
+    assert dialer.proven
+    assert listener.proven
 
 
 def test_the_proof_is_an_hmac_of_the_transcript_under_the_roles_key() -> None:
@@ -111,7 +113,7 @@ def test_a_recorded_handshake_replayed_to_a_new_listener_fails() -> None:
 def test_a_listeners_proof_reflected_back_is_refused() -> None:
     """A man in the middle who bounces the receiver's own listener proof back to it
     (as if from the sender's listener) fails: the roles' keys differ."""
-    ks, kr = key_pair()
+    _ks, kr = key_pair()
     receiver_dialing = Prover(dialer=True, own_key=kr.proof_send, peer_key=kr.proof_receive)
     receiver_listening = Prover(dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive)
     answer = receiver_listening.receive(receiver_dialing.hello())
@@ -234,10 +236,8 @@ async def test_a_connection_cut_mid_frame_is_an_error_not_a_short_frame() -> Non
 async def closed_unanswered(reader: asyncio.StreamReader, *, answered: bytes = b"") -> None:
     """The other end closed (or reset) the connection, having sent only ``answered``."""
     async with asyncio.timeout(5):
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert await reader.read() == answered
-        except ConnectionResetError:
-            pass
 
 
 async def raw_connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -249,7 +249,7 @@ async def test_strangers_on_the_port_first_change_nothing() -> None:
     """A third party that connects first (silent, talking nonsense, or replaying the
     handshake of an earlier session) gets nothing and the real peer gets through."""
     ks, kr = key_pair()
-    old_ks, old_kr = key_pair(password=b"other-words")
+    old_ks, _old_kr = key_pair(password=b"other-words")
     sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
     addresses = await sender.listen()
     silent = await raw_connect(addresses[0])
@@ -297,7 +297,7 @@ async def test_a_replayed_dialer_handshake_is_not_proven() -> None:
     sender = DirectPath(sender=True, keys=ks, hosts=LOOPBACK)
     addresses = await sender.listen()
     genuine = Prover(dialer=True, own_key=kr.proof_send, peer_key=kr.proof_receive)
-    _, writer, recorded = await dial_and_prove(addresses[0], genuine)
+    _, _writer, recorded = await dial_and_prove(addresses[0], genuine)
     chosen = await asyncio.wait_for(sender.choose(), 5)  # that one was proven
     chosen.close()
     # The replay, to a listener of the same session.
@@ -425,8 +425,10 @@ async def test_no_nonce_is_used_twice_under_one_key_on_either_transport(
 
 def test_the_transports_keys_are_distinct_and_mirror_each_other() -> None:
     ks, kr = key_pair()
-    assert ks.tcp_send == kr.tcp_receive and ks.tcp_receive == kr.tcp_send
-    assert ks.proof_send == kr.proof_receive and ks.proof_receive == kr.proof_send
+    assert ks.tcp_send == kr.tcp_receive
+    assert ks.tcp_receive == kr.tcp_send
+    assert ks.proof_send == kr.proof_receive
+    assert ks.proof_receive == kr.proof_send
     keys = [ks.frame_send, ks.frame_receive, ks.tcp_send, ks.tcp_receive]
     keys += [ks.proof_send, ks.proof_receive, ks.signal_send, ks.signal_receive]
     assert len(set(keys)) == len(keys)
@@ -541,7 +543,8 @@ def test_nothing_dialled_is_an_address_the_peer_could_not_have(
         address = ipaddress.ip_address(host)
         assert port >= tcp.MIN_PORT
         assert not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is None
-        assert not (address.is_unspecified or address.is_multicast)
+        assert not (address.is_unspecified)
+        assert not (address.is_multicast)
         assert not address.is_reserved or address.is_loopback  # ::1 is in ::/8
         assert not (isinstance(address, ipaddress.IPv4Address) and address.packed[0] == 0)
         if address.is_loopback:

@@ -131,7 +131,8 @@ def test_wide_characters_count_twice() -> None:
 def test_a_listing_of_wide_names_fits_too() -> None:
     offer = Offer(tuple(FileInfo(f"{i}写真" * 20 + ".jpg", 1000) for i in range(2)), "")
     for line in offer_listing(offer, max_lines=10, width=40):
-        assert terminal.display_width(line) <= 40 and line.endswith("1.0 kB"), line
+        assert terminal.display_width(line) <= 40, line
+        assert line.endswith("1.0 kB"), line
 
 
 def test_a_peer_table_with_wide_names_stays_aligned() -> None:
@@ -221,7 +222,8 @@ def test_kept_partials_are_said_with_the_error_not_at_once(
     monkeypatch.setattr(sys, "stderr", err)
     ui = ConsoleUi(quiet=False)
     ui.kept_partial("big.bin", 1_000_000)
-    assert err.getvalue() == "" and ui.kept == ["big.bin"]
+    assert err.getvalue() == ""
+    assert ui.kept == ["big.bin"]
     ui.report_kept()
     assert err.getvalue().startswith("Kept 1.0 MB of big.bin to resume")
 

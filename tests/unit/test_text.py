@@ -57,7 +57,8 @@ def test_log_records_are_inert() -> None:
     except ValueError:
         record.exc_info = sys.exc_info()
     text = formatter.format(record)
-    assert "\x1b" not in text and "\\x1b]0;title\\x07" in text
+    assert "\x1b" not in text
+    assert "\\x1b]0;title\\x07" in text
     assert text.count("\n") >= 2  # the traceback keeps its own lines
 
 

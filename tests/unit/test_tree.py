@@ -48,7 +48,8 @@ def test_walk_keeps_the_tree_and_skips_what_is_not_a_file(tmp_path: Path) -> Non
     assert by_parts[("project", "run.sh")].executable
     assert by_parts[("project", "run.sh")].mtime_ns == 1_700_000_000_000_000_000
     assert not by_parts[("project", "src", "a.py")].executable
-    assert walked.files == 4 and walked.total_size == 9 + 10 + 10 + 9
+    assert walked.files == 4
+    assert walked.total_size == 9 + 10 + 10 + 9
     assert sorted(walked.skipped) == [
         f"{root / 'fifo'} (a FIFO)",
         f"{root / 'link'} (a symbolic link)",
@@ -186,7 +187,8 @@ def test_a_planned_path_stays_inside_the_output_folder(parts: list[str]) -> None
     except RemoteProtocolError:
         return
     joined = PurePosixPath("/out", *local)
-    assert joined.parts[:2] == ("/", "out") and len(joined.parts) == len(local) + 2
+    assert joined.parts[:2] == ("/", "out")
+    assert len(joined.parts) == len(local) + 2
     assert all(p not in ("", ".", "..") and "/" not in p and "\0" not in p for p in local)
 
 

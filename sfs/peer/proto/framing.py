@@ -366,22 +366,7 @@ class TransferProtocol:
 
     def _receiver_receive(self, kind: FrameType, payload: bytes) -> Event:
         if kind in (FrameType.CHUNK, FrameType.ZCHUNK) and self.state is State.RECEIVING:
-            assert self.offer is not None
-            if kind is FrameType.ZCHUNK:
-                if not self.zstd:
-                    raise RemoteProtocolError("a compressed chunk, though none was agreed")
-                if self._unzstd is None:  # one context for the session: 7x cheaper
-                    self._unzstd = zstandard.ZstdDecompressor()
-                payload = decompress_chunk(payload, self.offer.chunk_size, self._unzstd)
-            if not payload:
-                raise RemoteProtocolError("empty chunk")
-            if self._file_remaining is not None and len(payload) > self._file_remaining:
-                raise RemoteProtocolError("the sender sent more bytes than it declared")
-            if len(payload) > self.offer.chunk_size:
-                raise RemoteProtocolError("chunk larger than the announced chunk size")
-            if self._file_remaining is not None:
-                self._file_remaining -= len(payload)
-            return Chunk(payload)
+            return self._receive_chunk(kind, payload)
         if kind is FrameType.FILE_DONE and self.state is State.RECEIVING:
             if self._file_remaining:
                 raise RemoteProtocolError(
@@ -392,16 +377,7 @@ class TransferProtocol:
             self._next_file()
             return FileDone(payload)
         if kind is FrameType.OFFER and self.state is State.IDLE:
-            version = offer_version(payload)
-            if version >= 3:
-                self.version = version
-                self._header = payload
-                self._set_state(State.LISTING)
-                return Partial()
-            self.offer = decode_offer(payload)
-            self.version = version
-            self._set_state(State.DECIDING)
-            return self.offer
+            return self._receive_offer(payload)
         if kind is FrameType.LISTING and self.state is State.LISTING:
             self.offer = decode_offer(self._header, payload)
             self._header = b""
@@ -418,6 +394,38 @@ class TransferProtocol:
             self._resumed(resume.offsets)
             return resume
         raise RemoteProtocolError(f"unexpected {kind.name} frame in state {self.state.value}")
+
+    def _receive_chunk(self, kind: FrameType, payload: bytes) -> Chunk:
+        assert self.offer is not None
+        if kind is FrameType.ZCHUNK:
+            if not self.zstd:
+                raise RemoteProtocolError("a compressed chunk, though none was agreed")
+            if self._unzstd is None:  # one context for the session: 7x cheaper
+                self._unzstd = zstandard.ZstdDecompressor()
+            payload = decompress_chunk(payload, self.offer.chunk_size, self._unzstd)
+        if not payload:
+            raise RemoteProtocolError("empty chunk")
+        if self._file_remaining is not None and len(payload) > self._file_remaining:
+            raise RemoteProtocolError("the sender sent more bytes than it declared")
+        if len(payload) > self.offer.chunk_size:
+            raise RemoteProtocolError("chunk larger than the announced chunk size")
+        if self._file_remaining is not None:
+            self._file_remaining -= len(payload)
+        return Chunk(payload)
+
+    def _receive_offer(self, payload: bytes) -> Event:
+        """The offer of version 1 or 2, or the header of a version 3 offer (its listing
+        follows)."""
+        version = offer_version(payload)
+        if version >= 3:
+            self.version = version
+            self._header = payload
+            self._set_state(State.LISTING)
+            return Partial()
+        self.offer = decode_offer(payload)
+        self.version = version
+        self._set_state(State.DECIDING)
+        return self.offer
 
     # -- helpers --
 

@@ -615,7 +615,8 @@ class Handshake:
 
     def _start_keys(self, now: float) -> list[Action]:
         code = self._code
-        assert code is not None and self._partner is not None
+        assert code is not None
+        assert self._partner is not None
         # The code's peer ID is the side that printed it; the exchange binds both.
         printed_by = self.role if self.waits else _other(self.role)
         self._exchange = KeyExchange(
@@ -685,7 +686,8 @@ class Handshake:
         direct TCP addresses as ``tcp`` (a peer that does not know it ignores it)."""
         if not sdps:
             raise ValueError(f"an {kind} needs at least one session description")
-        assert self._keys is not None and self._partner is not None
+        assert self._keys is not None
+        assert self._partner is not None
         message: dict[str, object] = {"type": kind, "sdp": sdps[0]}
         if len(sdps) > 1:
             message["extra_sdps"] = list(sdps[1:])
