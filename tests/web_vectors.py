@@ -7,6 +7,10 @@ from the real Python code with deterministic randomness, and the JavaScript test
 (``node --test sfs/web/test/``) check the port against them.
 ``tests/unit/test_web_vectors.py`` fails if the committed file drifts from what this
 module builds.  Regenerate with ``python -m tests.web_vectors``.  All bytes are hex.
+
+The ``constants`` block holds every constant the page copies (versions, limits,
+timeouts, CANCEL/REJECT codes and texts, HKDF labels), read from the module that owns
+it, for ``sfs/web/test/constants.test.mjs``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from unittest import mock
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
+from sfs import app, code, defaults, text
 from sfs.errors import RemoteProtocolError
-from sfs.peer.proto import crypto, reasons
+from sfs.peer import transfer
+from sfs.peer.files import partial
+from sfs.peer.proto import conversation, crypto, handshake, names, reasons, wire
 from sfs.peer.proto.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.names import safe_name
@@ -42,6 +49,8 @@ from sfs.peer.proto.wire import (
     Resume,
     Start,
 )
+from sfs.peer.transport import gathering, webrtc
+from sfs.signal import client, messages
 from sfs.text import format_size, printable
 from tests.helpers import counter_entropy
 
@@ -488,6 +497,92 @@ def _names() -> dict[str, object]:
     }
 
 
+# -- constants (sfs/web/test/constants.test.mjs) -----------------------------------------------
+
+#: Integers a JS number cannot hold exactly go out as decimal strings (the page has them as BigInt).
+_SAFE_INTEGER = 2**53 - 1
+
+
+def _number(value: int | float) -> int | float | str:
+    return str(value) if isinstance(value, int) and abs(value) > _SAFE_INTEGER else value
+
+
+def _named(module: types.ModuleType, *names: str) -> dict[str, Any]:
+    """Each constant under its Python name, read from the module that owns it (never retyped)."""
+    return {name: getattr(module, name) for name in names}
+
+
+def _constants() -> dict[str, object]:
+    """Every constant the page has a copy of, from the Python module that owns it.
+
+    Only what the page itself defines goes here: the JS test checks each entry against
+    its constant and fails on an entry it has no constant for, so a constant added here
+    is a constant the page must add (or the test must name as not the page's).
+    """
+    limits = {
+        **_named(defaults, "FRAME_OVERHEAD_BYTES", "MAX_MESSAGE_BYTES", "MAX_CHUNK_BYTES"),
+        **_named(defaults, "DEFAULT_CHUNK_BYTES", "MAX_TEXT_BYTES", "MAX_SENDER_NAME_CHARS"),
+        **_named(defaults, "MAX_STREAMS"),
+        **_named(code, "SECRET_WORDS"),
+        **_named(wire, "MAX_CONTROL_BYTES", "MAX_JOINED_CONTROL_BYTES", "MAX_FILES", "MAX_ENTRIES"),
+        **_named(wire, "MAX_OFFERED_NAME_CHARS", "MAX_REASON_CHARS", "MAX_FILE_BYTES"),
+        **_named(wire, "SHA256_BYTES", "MAX_FOLDERS", "MAX_PATH_DEPTH"),
+        **_named(crypto, "KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "MAX_COUNTER"),
+        **_named(names, "MAX_NAME_BYTES", "FIRST_COPY_NUMBER"),
+        **_named(handshake, "BACKLOG_LIMIT"),
+        **_named(messages, "MAX_ICE_SERVERS", "MAX_ICE_URLS"),
+        **_named(webrtc, "DEFAULT_REMOTE_MAX_MESSAGE_BYTES"),
+        **_named(partial, "READ_BLOCK_BYTES"),
+        **_named(transfer, "MAX_SHOWN_NAME_CHARS"),
+    }
+    seconds = {
+        **_named(conversation, "PING_INTERVAL_SECONDS", "IDLE_TIMEOUT_SECONDS"),
+        **_named(defaults, "PEER_CONNECT_TIMEOUT_SECONDS"),
+        **_named(client, "SIGNAL_CONNECT_TIMEOUT_SECONDS", "CALL_TIMEOUT_SECONDS"),
+        **_named(handshake, "PARTNER_GONE_GRACE_SECONDS"),
+        **_named(app, "RECONNECT_SECONDS", "ABORT_NOTICE_SECONDS", "CLOSE_GRACE_SECONDS"),
+        **_named(transfer, "LAST_WORD_GRACE_SECONDS", "PROGRESS_TICK_SECONDS"),
+        **_named(gathering, "GATHER_SECONDS", "RELAY_GRACE_SECONDS"),
+    }
+    labels = [name for name in dir(crypto) if name.startswith("INFO_") and "_TCP_" not in name]
+    texts = {
+        name: value
+        for name, value in sorted(vars(reasons).items())
+        if name.isupper() and not name.startswith("_") and isinstance(value, str)
+    }
+    return {
+        "comment": "Each constant under its Python name; integers above 2**53 as strings",
+        "versions": _named(
+            defaults,
+            "TRANSFER_PROTOCOL_VERSION",
+            "SETUP_PROTOCOL_VERSION",
+            "SIGNALING_PROTOCOL_VERSION",
+        ),
+        "limits": {name: _number(value) for name, value in limits.items()},
+        "seconds": seconds,
+        # The TCP path's and LAN probe's labels are the command line's alone.
+        "hkdf_labels": {
+            name: getattr(crypto, name).decode("ascii")
+            for name in labels
+            if name != "INFO_PROBE_PROOF"
+        },
+        "words": {
+            **_named(webrtc, "CHANNEL_LABEL"),
+            **_named(wire, "CODE_PATTERN"),
+            **_named(handshake, "CANCELLED_REASON", "WRONG_CODE_REASON"),
+            **_named(client, "SERVER_LOST"),
+            **_named(text, "ELLIPSIS"),
+            "PUSHED_EVENTS": list(client.PUSHED_EVENTS),
+        },
+        # The module's public strings: the codes (DECLINED = "declined") and the texts
+        # named on their own (EXISTS_REASON).
+        "codes": {name: text for name, text in texts.items() if not name.endswith("_REASON")},
+        "reason_texts": {name: text for name, text in texts.items() if name.endswith("_REASON")},
+        "reject_reasons": dict(reasons.REJECT_REASONS),
+        "cancel_reasons": dict(reasons.CANCEL_REASONS),
+    }
+
+
 def build_vectors() -> dict[str, object]:
     """Every vector, as plain JSON data."""
     group = ParamsEd25519.group
@@ -515,6 +610,7 @@ def build_vectors() -> dict[str, object]:
         },
         "protocol": _protocol(keys_s, keys_r),
         "names": _names(),
+        "constants": _constants(),
     }
 
 

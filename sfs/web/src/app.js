@@ -30,7 +30,7 @@ import {
   RejectedError,
   SfsError,
 } from "./errors.js";
-import { State as ProtocolState } from "./protocol.js";
+import { MAX_SENDER_NAME_CHARS, State as ProtocolState } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
@@ -38,7 +38,6 @@ import { cancel, PAGE_CLOSED } from "./reasons.js";
 import { finalLine, formatSize } from "./transfer.js";
 
 const WORDS = loadWordlist(wordlistText);
-const MAX_SENDER_NAME_CHARS = 64;
 const PROGRESS_EVERY_MS = 250;
 const $ = (id) => document.getElementById(id);
 

@@ -22,6 +22,9 @@ import {
 } from "./errors.js";
 import { AsyncQueue } from "./queue.js";
 
+/** The signaling version the page speaks: its register_peer sends {}, which a server
+ * reads as version 1 (sfs/signal/messages.py), so a new version needs the page taught. */
+export const SIGNALING_PROTOCOL_VERSION = 1;
 /** How long reaching the signaling server may take (sfs/signal/client.py has the same). */
 export const SIGNAL_CONNECT_TIMEOUT_SECONDS = 10;
 export const CALL_TIMEOUT_SECONDS = 10;
@@ -40,8 +43,8 @@ export const PUSHED_EVENTS = [
 /** What nextEvent() resolves to once the connection to the server dropped. */
 export const SERVER_LOST = "server_lost";
 // What docs/PROTOCOL.md allows for the ICE servers of a register_peer answer.
-const MAX_ICE_SERVERS = 8;
-const MAX_ICE_URLS = 8;
+export const MAX_ICE_SERVERS = 8;
+export const MAX_ICE_URLS = 8;
 const ICE_URL = /^(stuns?|turns?):[^\s]+$/i;
 
 export class SignalClient {
