@@ -449,20 +449,9 @@ async def _blocks(
             yield source.data[offset:], packer.pack(source.data[offset:])
         return
     if source.reader is not None:
-        reader = source.reader
-
-        def read_pipe() -> tuple[bytes, list[Chunk]]:
-            try:
-                block = reader.read(block_size)
-            except OSError as exc:
-                raise SourceError(f"cannot read the input: {exc.strerror or exc}") from exc
-            return block, packer.pack(block)
-
-        while True:
-            block, chunks = await pump.serve(asyncio.to_thread(read_pipe))
-            if not block:
-                return
-            yield block, chunks
+        async for item in _pipe_blocks(pump, source, block_size, packer):
+            yield item
+        return
     f = open_source(source)
     try:
         remaining = source.size - offset
@@ -500,6 +489,27 @@ async def _blocks(
         f.close()
 
 
+async def _pipe_blocks(
+    pump: Pump, source: SourceFile, block_size: int, packer: Packer
+) -> AsyncIterator[tuple[bytes, list[Chunk]]]:
+    """A pipe's bytes, block by block, each cut into chunks, until its end."""
+    assert source.reader is not None
+    reader = source.reader
+
+    def read_pipe() -> tuple[bytes, list[Chunk]]:
+        try:
+            block = reader.read(block_size)
+        except OSError as exc:
+            raise SourceError(f"cannot read the input: {exc.strerror or exc}") from exc
+        return block, packer.pack(block)
+
+    while True:
+        block, chunks = await pump.serve(asyncio.to_thread(read_pipe))
+        if not block:
+            return
+        yield block, chunks
+
+
 #: Failures after which the bytes already written cannot be trusted for a resume.
 _UNTRUSTED = (IntegrityError, ProtocolError, CryptoError)
 
@@ -533,24 +543,218 @@ async def receive_files(
         into ``output_dir``; an offer of anything else is refused.
     :param zstd: take compressed chunks.
     """
-    progress = progress or NullProgress()
-    result = TransferResult()
-    part: PartFile | None = None
-    few = True  # name each saved file (not for a huge tree)
-    in_memory = False  # a text message, or --stdout: no file of ours
-    resumable = True  # the sender says it can resume (Offer.resumes)
+    receiving = _Receiving(
+        Pump(channel, Receiver(proto, time.monotonic())),
+        output_dir=output_dir,
+        overwrite=overwrite,
+        progress=progress or NullProgress(),
+        resume=resume,
+        status=status,
+        kept=kept,
+        sink=sink,
+    )
+    try:
+        await receiving.run(decide, zstd=zstd)
+        return receiving.result.finish()
+    except BaseException as exc:
+        await receiving.fail(exc)
+        raise
+    finally:
+        await receiving.close()
 
-    machine = Receiver(proto, time.monotonic())
-    pump = Pump(channel, machine)
 
-    async def acknowledge(items: list[Verified]) -> None:
+class _Receiving:
+    """One receive: the files' side of the receiver's conversation."""
+
+    def __init__(
+        self,
+        pump: Pump,
+        *,
+        output_dir: Path,
+        overwrite: bool,
+        progress: Progress,
+        resume: bool,
+        status: Callable[[str], None],
+        kept: Callable[[str, int], None],
+        sink: IO[bytes] | None,
+    ) -> None:
+        assert isinstance(pump.machine, Receiver)
+        self.pump = pump
+        self.machine: Receiver = pump.machine
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.progress = progress
+        self.resume = resume
+        self.status = status
+        self.kept = kept
+        self.sink = sink
+        self.result = TransferResult()
+        self.part: PartFile | None = None  # the partial copy being written
+        self.few = True  # name each saved file (not for a huge tree)
+        self.in_memory = False  # a text message, or --stdout: no file of ours
+        self.resumable = True  # the sender says it can resume (Offer.resumes)
+        self.claims: NameClaims | None = None
+        self.placer = Placer(output_dir, overwrite=overwrite, acknowledge=self._acknowledge)
+
+    async def run(self, decide: Callable[[Offer, Plan], Awaitable[bool]], *, zstd: bool) -> None:
+        pump = self.pump
+        offer = (await pump.expect(AskUser)).offer
+        plan = await self._plan(offer)
+        if not await pump.serve(decide(offer, plan), listen=True):
+            self.machine.refuse()
+            await pump.last_word()
+            raise DeclinedError()
+        destinations = plan.paths
+        held, complete = await self._held(offer, plan)
+        self.machine.accept(tuple(held), zstd)
+        pump.flush()
+        self.result.started = time.monotonic()
+        proposal = (await pump.expect(ConfirmPrefixes)).resume
+        starts = await pump.serve(
+            _confirm_prefixes(proposal, destinations, held, complete, self.status)
+        )
+        for i in sorted(complete):
+            if starts[i][0] != held[i] and not self.overwrite:
+                assert self.claims is not None
+                self.claims.move(i, self.status)  # both are kept: this one under a free name
+        self.machine.prefixes_confirmed(tuple(offset for offset, _ in starts))
+        pump.flush()
+        self.progress.begin(len(offer.files), None if offer.stream else offer.total_size)
+        self.few = len(offer.files) <= MAX_SAVED_LINES
+        many = len(offer.files) >= MANY_FILES
+        for i, (info, (offset, prefix)) in enumerate(zip(offer.files, starts, strict=True)):
+            whole = i in complete and offset == info.size
+            # Of many files, a small one is held in memory until it checks out,
+            # then written once (no partial copy and record: two file creations
+            # fewer); it has nothing worth resuming.
+            small = (
+                many and not (whole or self.in_memory or offset) and info.size <= SMALL_FILE_BYTES
+            )
+            # A large file takes a while: the small ones before it need not wait.
+            await self.placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
+            await self._receive_one(offer, i, destinations[i], offset, prefix, whole, small)
+            await self.placer.poll()
+        await pump.serve(self.placer.drain())
+        if not self.few and not self.in_memory:
+            self.status(f"Saved {describe_offer(offer)} in {self.output_dir}")
+
+    async def _plan(self, offer: Offer) -> Plan:
+        """Where each offered file goes (refusing what --stdout cannot take)."""
+        if self.sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
+            self.machine.refuse(reject(STDOUT_ONLY))
+            await self.pump.last_word()
+            raise RejectedError(
+                f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"
+            )
+        self.in_memory = offer.text or self.sink is not None
+        self.resumable = offer.resumes
+        if self.in_memory:
+            return Plan([Path(_shown_name(info.name)) for info in offer.files], written=False)
+        return await self.pump.serve(
+            asyncio.to_thread(
+                plan_destinations,
+                offer,
+                self.output_dir,
+                overwrite=self.overwrite,
+                resume=self.resume,
+            )
+        )
+
+    async def _held(self, offer: Offer, plan: Plan) -> tuple[list[int], set[int]]:
+        """How much of each file is here (a partial copy, or whole): folders made,
+        names claimed."""
+        if self.in_memory:
+            return [0] * len(offer.files), set()
+        self.claims = NameClaims(plan.paths, overwrite=self.overwrite)
+        await self.pump.serve(asyncio.to_thread(make_folders, plan))
+        if not self.resume:
+            return [0] * len(offer.files), set()
+        return await self.pump.serve(
+            asyncio.to_thread(find_held, offer, plan.paths, self.status, self.claims)
+        )
+
+    async def _receive_one(
+        self,
+        offer: Offer,
+        i: int,
+        dest: Path,
+        offset: int,
+        prefix: HashState | None,
+        whole: bool,
+        small: bool,
+    ) -> None:
+        """Take one file's bytes into its partial copy (or memory) and verify them."""
+        info = offer.files[i]
+        memory: MemoryFile | None = None
+        if not (whole or self.in_memory or small):
+            assert self.claims is not None
+            # The claim first: it may move the file to a free name (offset 0: a file
+            # with a partial copy to continue was claimed by find_held).
+            claim = self.claims.claim(i, self.status)
+            self.part = PartFile(
+                dest, offset=offset, prefix=prefix, identity=identity_of(info), claim=claim
+            )
+            writer: Callable[[bytes | memoryview], Awaitable[None] | None] = self.part.write
+        else:
+            memory = MemoryFile(self.sink, prefix)
+            writer = memory.write
+        self.progress.start(dest.name if not self.in_memory else "stdout", info.size)
+        self.progress.advance(offset)
+        started = time.monotonic()
+        try:
+            done = await self._chunks(writer)
+        finally:
+            self.progress.finish()
+        seconds = time.monotonic() - started
+        if self.part is not None:
+            self.part.verify(done.sha256)
+            if info.stream:  # its size is what came
+                info = dataclasses.replace(info, size=self.part.written)
+            self.placer.add(Verified(self.part, info, dest, offset, None, done.sha256, seconds))
+            self.part = None
+            return
+        assert memory is not None
+        checking = memory.verify(done.sha256)  # a pipe's flush may take a while
+        size = await (self.pump.serve(checking) if self.sink is not None else checking)
+        if offer.text:
+            self.result.text = _text_message(bytes(memory.data))
+        if info.stream:
+            info = dataclasses.replace(info, size=size)
+        data = bytes(memory.data) if small else None
+        self.placer.add(Verified(None, info, dest, offset, data, done.sha256, seconds))
+        self.result.skipped_files += whole and info.size > 0
+
+    async def _chunks(
+        self, writer: Callable[[bytes | memoryview], Awaitable[None] | None]
+    ) -> FileDone:
+        """Write chunks until the file's FILE_DONE (the hot path)."""
+        pump, result, progress = self.pump, self.result, self.progress
+        while True:
+            event = await pump.next_action()
+            if type(event) is Chunk:
+                if not result.received:
+                    # Wall time, so scripts/bench can compare it across processes.
+                    logger.info("first data byte at %.6f", time.time())
+                pending = writer(event.data)
+                if pending is not None:
+                    await pump.serve(pending)
+                result.received += len(event.data)
+                progress.advance(len(event.data))
+            elif isinstance(event, FileDone):
+                return event
+            else:
+                raise RemoteProtocolError(f"unexpected {type(event).__name__} from the other side")
+
+    async def _acknowledge(self, items: list[Verified]) -> None:
+        """A batch is in place: record it, say so, and acknowledge it."""
+        result = self.result
         for item in items:
-            if few and (item.part is not None or item.data is not None):
-                status(_saved(item.dest, item.info.name))
+            if self.few and (item.part is not None or item.data is not None):
+                self.status(_saved(item.dest, item.info.name))
             result.records.append(
                 FileRecord(
                     name="/".join((*item.info.folder, item.info.name)),
-                    path=None if in_memory else item.dest,
+                    path=None if self.in_memory else item.dest,
                     size=item.info.size,
                     sha256=item.sha256.hex(),
                     seconds=item.seconds,
@@ -560,151 +764,35 @@ async def receive_files(
             result.total_bytes += item.info.size
             result.resumed_bytes += item.offset
             result.resumed_files += bool(item.offset) and item.part is not None
-        machine.files_placed(len(items))
-        pump.flush()
+        self.machine.files_placed(len(items))
+        self.pump.flush()
 
-    placer = Placer(output_dir, overwrite=overwrite, acknowledge=acknowledge)
-    claims: NameClaims | None = None
-    try:
-        offer = (await pump.expect(AskUser)).offer
-        if sink is not None and (offer.text or len(offer.files) != 1 or offer.folders):
-            machine.refuse(reject(STDOUT_ONLY))
-            await pump.last_word()
-            raise RejectedError(
-                f"the sender offers {describe_offer(offer)}; --stdout takes one file or pipe"
-            )
-        in_memory = offer.text or sink is not None
-        resumable = offer.resumes
-        plan = (
-            Plan([Path(_shown_name(info.name)) for info in offer.files], written=False)
-            if in_memory
-            else await pump.serve(
-                asyncio.to_thread(
-                    plan_destinations, offer, output_dir, overwrite=overwrite, resume=resume
-                )
-            )
-        )
-        destinations = plan.paths
-        if not await pump.serve(decide(offer, plan), listen=True):
-            machine.refuse()
-            await pump.last_word()
-            raise DeclinedError()
-        held, complete = [0] * len(offer.files), set[int]()
-        if not in_memory:
-            claims = NameClaims(destinations, overwrite=overwrite)
-            await pump.serve(asyncio.to_thread(make_folders, plan))
-            if resume:
-                held, complete = await pump.serve(
-                    asyncio.to_thread(find_held, offer, destinations, status, claims)
-                )
-        machine.accept(tuple(held), zstd)
-        pump.flush()
-        result.started = time.monotonic()
-        proposal = (await pump.expect(ConfirmPrefixes)).resume
-        starts = await pump.serve(_confirm_prefixes(proposal, destinations, held, complete, status))
-        for i in sorted(complete):
-            if starts[i][0] != held[i] and not overwrite:
-                assert claims is not None
-                claims.move(i, status)  # both are kept: this one under a free name
-        machine.prefixes_confirmed(tuple(offset for offset, _ in starts))
-        pump.flush()
-        progress.begin(len(offer.files), None if offer.stream else offer.total_size)
-        few = len(offer.files) <= MAX_SAVED_LINES
-        many = len(offer.files) >= MANY_FILES
-        for i, (info, (offset, prefix)) in enumerate(zip(offer.files, starts, strict=True)):
-            whole = i in complete and offset == info.size
-            # Of many files, a small one is held in memory until it checks out,
-            # then written once (no partial copy and record: two file creations
-            # fewer); it has nothing worth resuming.
-            small = many and not (whole or in_memory or offset) and info.size <= SMALL_FILE_BYTES
-            # A large file takes a while: the small ones before it need not wait.
-            await placer.poll(now=info.size - offset >= BATCH_BYTES // 8)
-            if not (whole or in_memory or small):
-                assert claims is not None
-                # The claim first: it may move the file to a free name (offset 0:
-                # a file with a partial copy to continue was claimed by find_held).
-                claim = claims.claim(i, status)
-                part = PartFile(
-                    destinations[i],
-                    offset=offset,
-                    prefix=prefix,
-                    identity=identity_of(info),
-                    claim=claim,
-                )
-                writer: Callable[[bytes | memoryview], Awaitable[None] | None] = part.write
-            else:
-                memory = MemoryFile(sink, prefix)
-                writer = memory.write
-            dest = destinations[i]
-            progress.start(dest.name if not in_memory else "stdout", info.size)
-            progress.advance(offset)
-            started = time.monotonic()
-            try:
-                while True:
-                    event = await pump.next_action()
-                    if type(event) is Chunk:
-                        if not result.received:
-                            # Wall time, so scripts/bench can compare it across processes.
-                            logger.info("first data byte at %.6f", time.time())
-                        pending = writer(event.data)
-                        if pending is not None:
-                            await pump.serve(pending)
-                        result.received += len(event.data)
-                        progress.advance(len(event.data))
-                    elif isinstance(event, FileDone):
-                        done = event
-                        seconds = time.monotonic() - started
-                        break
-                    else:
-                        raise RemoteProtocolError(
-                            f"unexpected {type(event).__name__} from the other side"
-                        )
-            finally:
-                progress.finish()
-            if part is not None:
-                part.verify(done.sha256)
-                if info.stream:  # its size is what came
-                    info = dataclasses.replace(info, size=part.written)
-                placer.add(Verified(part, info, dest, offset, None, done.sha256, seconds))
-                part = None
-            else:
-                checking = memory.verify(done.sha256)  # a pipe's flush may take a while
-                size = await (pump.serve(checking) if sink is not None else checking)
-                if offer.text:
-                    result.text = _text_message(bytes(memory.data))
-                if info.stream:
-                    info = dataclasses.replace(info, size=size)
-                data = bytes(memory.data) if small else None
-                placer.add(Verified(None, info, dest, offset, data, done.sha256, seconds))
-                result.skipped_files += whole and info.size > 0
-            await placer.poll()
-        await pump.serve(placer.drain())
-        if not few and not in_memory:
-            status(f"Saved {describe_offer(offer)} in {output_dir}")
-        return result.finish()
-    except BaseException as exc:
+    async def fail(self, exc: BaseException) -> None:
+        """Keep (or remove) the partial copy being written, place what was verified,
+        and tell the peer why we stop."""
+        part = self.part
         if part is not None:
             held_bytes = part.offset + part.written
             if isinstance(exc, _UNTRUSTED) or not held_bytes:
                 part.discard()
-            elif not resumable:
+            elif not self.resumable:
                 # Kept, it would only be replaced by the next offer of the file.
                 part.discard()
-                status(
+                self.status(
                     f"Removed the {format_size(held_bytes)} of {part.final.name} received: "
                     "the sender cannot resume a transfer (a web page), so sending it "
                     "again starts over"
                 )
             else:
                 part.keep()
-                kept(part.final.name, held_bytes)
-        await placer.abandon()
-        await pump.abort(exc)
-        raise
-    finally:
-        await placer.close()
-        if claims is not None:  # after the last file is placed (or kept)
-            claims.release_all()
+                self.kept(part.final.name, held_bytes)
+        await self.placer.abandon()
+        await self.pump.abort(exc)
+
+    async def close(self) -> None:
+        await self.placer.close()
+        if self.claims is not None:  # after the last file is placed (or kept)
+            self.claims.release_all()
 
 
 #: From this many files in one offer, small files skip the partial copy.

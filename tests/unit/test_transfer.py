@@ -261,7 +261,8 @@ async def test_files_of_many_sizes_arrive_intact(tmp_path: Path) -> None:
 async def test_each_file_has_a_record_on_both_sides(tmp_path: Path) -> None:
     contents = {f"f{n}": os.urandom(n) for n in (0, 1, 100)}
     sent, received = await run_transfer(tmp_path, contents)
-    assert isinstance(sent, TransferResult) and isinstance(received, TransferResult)
+    assert isinstance(sent, TransferResult)
+    assert isinstance(received, TransferResult)
     for result, folder in ((sent, "src"), (received, "out")):
         assert [r.name for r in result.records] == list(contents)
         for record in result.records:
@@ -269,7 +270,8 @@ async def test_each_file_has_a_record_on_both_sides(tmp_path: Path) -> None:
             assert record.path == tmp_path / folder / record.name
             assert record.size == len(data)
             assert record.sha256 == hashlib.sha256(data).hexdigest()
-            assert record.seconds >= 0 and record.resumed_bytes == 0
+            assert record.seconds >= 0
+            assert record.resumed_bytes == 0
 
 
 async def test_decline_reaches_the_sender(tmp_path: Path) -> None:
@@ -293,7 +295,7 @@ async def test_an_existing_destination_is_kept_beside_the_new_file(tmp_path: Pat
 async def test_a_same_sized_file_that_differs_is_kept_beside_the_new_one(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_bytes(b"precious")  # the size of what is sent
-    sent, received = await run_transfer(tmp_path, {"f": b"new data"})
+    _sent, received = await run_transfer(tmp_path, {"f": b"new data"})
     assert isinstance(received, TransferResult), received
     assert (tmp_path / "out" / "f").read_bytes() == b"precious"
     assert (tmp_path / "out" / "f (1)").read_bytes() == b"new data"
@@ -303,7 +305,7 @@ async def test_a_same_sized_file_that_differs_is_kept_beside_the_new_one(tmp_pat
 async def test_overwrite_replaces(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_bytes(b"old")
-    sent, received = await run_transfer(tmp_path, {"f": b"new data"}, overwrite=True)
+    _sent, received = await run_transfer(tmp_path, {"f": b"new data"}, overwrite=True)
     assert not isinstance(received, BaseException), received
     assert (tmp_path / "out" / "f").read_bytes() == b"new data"
 
@@ -321,7 +323,7 @@ async def test_tampered_chunk_is_caught_and_nothing_kept(tmp_path: Path) -> None
 
 
 async def test_dropped_chunk_is_caught(tmp_path: Path) -> None:
-    sent, received = await run_transfer(
+    _sent, received = await run_transfer(
         tmp_path, {"f": os.urandom(50)}, tamper=lambda i, f: None if i == 2 else f
     )
     assert isinstance(received, CryptoError)
@@ -358,7 +360,8 @@ async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
     # Nothing at the final name; what arrived is kept, with its record, for a resume.
     assert sorted(os.listdir(out)) == [".big.sfs-info", ".big.sfs-part"]
     held = (out / ".big.sfs-part").read_bytes()
-    assert held and held == src.read_bytes()[: len(held)]
+    assert held
+    assert held == src.read_bytes()[: len(held)]
 
     # Resuming: the receiver claims what it holds, the sender checks it and continues.
     ks, kr = key_pair()
@@ -392,7 +395,7 @@ async def test_resume_restarts_when_the_source_changed(tmp_path: Path) -> None:
     messages: list[str] = []
     ks, kr = key_pair()
     a, b = channel_pair()
-    sent, received = await asyncio.gather(
+    sent, _received = await asyncio.gather(
         send_files(
             a,
             TransferProtocol(Role.SENDER, ks),
@@ -514,7 +517,8 @@ async def test_a_slow_answer_then_yes_loses_no_frame(tmp_path: Path) -> None:
         )
     )
     await asyncio.sleep(0.05)  # the receiver listens while the user thinks
-    assert not sending.done() and not receiving.done()
+    assert not sending.done()
+    assert not receiving.done()
     answer.set_result(True)
     await asyncio.wait_for(asyncio.gather(sending, receiving), 5)
     assert (out / "f").read_bytes() == b"hello"
@@ -527,7 +531,7 @@ async def test_a_users_own_part_file_is_never_touched(tmp_path: Path) -> None:
     # A browser's unfinished download, say: sfs neither truncates nor removes it.
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "thesis.docx.part").write_bytes(b"the user's own bytes")
-    sent, received = await run_transfer(tmp_path, {"thesis.docx": b"offered"})
+    _sent, received = await run_transfer(tmp_path, {"thesis.docx": b"offered"})
     assert not isinstance(received, BaseException), received
     assert (tmp_path / "out" / "thesis.docx.part").read_bytes() == b"the user's own bytes"
     assert (tmp_path / "out" / "thesis.docx").read_bytes() == b"offered"
@@ -536,7 +540,7 @@ async def test_a_users_own_part_file_is_never_touched(tmp_path: Path) -> None:
 
 async def test_offered_x_part_and_x_both_arrive(tmp_path: Path) -> None:
     contents = {"x.part": b"first file", "x": b"second file", "x.part.sfs": b"third"}
-    sent, received = await run_transfer(tmp_path, contents)
+    _sent, received = await run_transfer(tmp_path, contents)
     assert not isinstance(received, BaseException), received
     for name, data in contents.items():
         assert (tmp_path / "out" / name).read_bytes() == data
@@ -579,7 +583,8 @@ def _write_record(final: Path, info: FileInfo) -> None:
 def test_part_names_are_hidden_and_fit_a_file_system_name(tmp_path: Path) -> None:
     name = safe_name("é" * 5000 + ".tar.gz")
     for path in (part_path(tmp_path / name), meta_path(tmp_path / name)):
-        assert path.name.startswith(".") and len(path.name.encode()) <= 255
+        assert path.name.startswith(".")
+        assert len(path.name.encode()) <= 255
     # A final name never starts with a dot, so it can never be a part or record name.
     assert not safe_name(part_path(tmp_path / "x").name).startswith(".")
 
@@ -590,7 +595,7 @@ async def test_an_older_version_of_sfs_partial_is_replaced(tmp_path: Path) -> No
     kept = PartFile(out / "f", identity=identity_of(FileInfo("f", 99, 1)))
     kept.write(b"old")
     kept.keep()
-    sent, received = await run_transfer(tmp_path, {"f": b"new content"})
+    _sent, received = await run_transfer(tmp_path, {"f": b"new content"})
     assert not isinstance(received, BaseException), received
     assert os.listdir(out) == ["f"]
     assert (out / "f").read_bytes() == b"new content"

@@ -104,7 +104,8 @@ async def transfer(
 async def test_a_text_message_arrives_in_the_result_and_writes_nothing(tmp_path: Path) -> None:
     text = "the wifi password is 🦊\nsecond line"
     sent, received, _ = await transfer([text_source(text)], tmp_path / "out")
-    assert isinstance(received, TransferResult) and received.text == text
+    assert isinstance(received, TransferResult)
+    assert received.text == text
     assert isinstance(sent, TransferResult)
     assert os.listdir(tmp_path / "out") == []
     # Its records name no file: there is none on either side.
@@ -119,8 +120,10 @@ async def test_a_pipe_streams_to_the_sink_with_its_hash_checked(tmp_path: Path) 
         [stream_source(io.BytesIO(data), "backup.tar")], tmp_path / "out", sink=sink
     )
     assert isinstance(received, TransferResult), received
-    assert sink.getvalue() == data and received.total_bytes == len(data)
-    assert isinstance(sent, TransferResult) and sent.total_bytes == len(data)
+    assert sink.getvalue() == data
+    assert received.total_bytes == len(data)
+    assert isinstance(sent, TransferResult)
+    assert sent.total_bytes == len(data)
     assert FrameType.ZCHUNK in frame_types(wire)  # the run of z's shrank
     assert os.listdir(tmp_path / "out") == []
 
@@ -131,8 +134,10 @@ async def test_stdout_refuses_more_than_one_file(tmp_path: Path) -> None:
     sent, received, _ = await transfer(
         inspect_sources([tmp_path / "a", tmp_path / "b"]), tmp_path / "out", sink=io.BytesIO()
     )
-    assert isinstance(received, RejectedError) and "--stdout takes one" in str(received)
-    assert isinstance(sent, RejectedError) and "--stdout" in str(sent)
+    assert isinstance(received, RejectedError)
+    assert "--stdout takes one" in str(received)
+    assert isinstance(sent, RejectedError)
+    assert "--stdout" in str(sent)
 
 
 def make_tree(root: Path, files: int, size: int = 100) -> Path:
@@ -213,7 +218,7 @@ async def test_compressible_data_goes_compressed_and_random_data_does_not(
     (tmp_path / "text").write_bytes(b"all work and no play " * 5000)
     (tmp_path / "noise").write_bytes(os.urandom(100_000))
     sources = inspect_sources([tmp_path / "text", tmp_path / "noise"])
-    sent, received, wire = await transfer(
+    _sent, received, wire = await transfer(
         sources, tmp_path / "out", chunk_size=10_000, compress=compress
     )
     assert isinstance(received, TransferResult), received
@@ -223,9 +228,11 @@ async def test_compressible_data_goes_compressed_and_random_data_does_not(
     zchunks, chunks = types.count(FrameType.ZCHUNK), types.count(FrameType.CHUNK)
     if compress:
         # All of the text; the noise goes as it is (only a few chunks are tried).
-        assert zchunks == 11 and chunks == 10
+        assert zchunks == 11
+        assert chunks == 10
     else:
-        assert zchunks == 0 and chunks == 21
+        assert zchunks == 0
+        assert chunks == 21
 
 
 async def test_a_tampered_file_in_a_batch_never_gets_its_name(tmp_path: Path) -> None:
@@ -282,7 +289,8 @@ async def test_an_old_receivers_refusal_of_a_version_3_offer_says_upgrade(
         old_receiver(),
         return_exceptions=True,
     )
-    assert isinstance(sent, UpgradeError) and "upgrade sfs there" in str(sent)
+    assert isinstance(sent, UpgradeError)
+    assert "upgrade sfs there" in str(sent)
 
 
 async def test_a_pipe_with_a_wrong_hash_is_exit_12_after_the_data(tmp_path: Path) -> None:
@@ -302,7 +310,8 @@ async def test_a_pipe_with_a_wrong_hash_is_exit_12_after_the_data(tmp_path: Path
         ),
         return_exceptions=True,
     )  # fmt: skip
-    assert isinstance(received, IntegrityError) and "already written" in str(received)
+    assert isinstance(received, IntegrityError)
+    assert "already written" in str(received)
     assert received.exit_code == 12
     assert sink.getvalue() == b"abc" * 100  # it went out before the check could fail
 

@@ -146,11 +146,11 @@ class Conversation:
         """
         if self.over:
             return
-        if now - self._last_heard >= IDLE_TIMEOUT_SECONDS:
+        if now >= self._last_heard + IDLE_TIMEOUT_SECONDS:  # as next_deadline() computes it
             raise PeerGoneError(
                 f"lost the connection: nothing from the other side for {IDLE_TIMEOUT_SECONDS:.0f} s"
             )
-        if now - self._last_sent >= PING_INTERVAL_SECONDS and not self._outbox:
+        if now >= self._last_sent + PING_INTERVAL_SECONDS and not self._outbox:
             self._outbox.append(self.proto.send(Ping()))
 
     # -- frames --

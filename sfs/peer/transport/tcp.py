@@ -467,7 +467,8 @@ class TcpLink(asyncio.BufferedProtocol):
 
     def choose(self) -> None:
         """(Sender) make this the connection of the transfer: tell the other end."""
-        assert self._transport is not None and self._stage is _Stage.FRAMES
+        assert self._transport is not None
+        assert self._stage is _Stage.FRAMES
         self._transport.write(CHOSEN)
 
     def close(self) -> None:
