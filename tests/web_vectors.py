@@ -447,6 +447,380 @@ def _protocol(keys_s: SessionKeys, keys_r: SessionKeys) -> dict[str, object]:
     }
 
 
+# -- conversation scripts (sfs/web/src/conversation.js, sfs/peer/proto/conversation.py) --------
+
+#: What a step's ``input`` may be: a frame from the peer (``frame``: the event the peer
+#: seals), the timer (``timer``), the transport hearing the peer (``heard``), or a call
+#: of the machine's (``call``: its Python name; the JS test camel-cases it) with args.
+_A, _B, _C = b"a", b"bb", b"ccc"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _offer_of(*files: FileInfo, sender: str = "alice") -> dict[str, Any]:
+    return _describe(Offer(files=files, sender=sender, chunk_size=1024))
+
+
+def _frame(event: Any) -> dict[str, Any]:
+    return {"frame": _describe(event)}
+
+
+def _call(name: str, **args: Any) -> dict[str, Any]:
+    return {"call": name, "args": args}
+
+
+def _step(at: float, given: dict[str, Any], **expected: Any) -> dict[str, Any]:
+    """One input at time ``at`` and what must come out: ``sent`` (the events of the
+    frames queued, opened by the peer; [] if none), ``action`` (its ``kind`` and
+    fields, or None), ``error`` (``kind``: the class name; ``code``: the CANCEL code
+    this side answers it with), ``returned`` (a call's result), ``deadline``
+    (next_deadline() after the step)."""
+    return {"at": at, "input": given, **expected}
+
+
+_TWO = (FileInfo("a.txt", 1, 1), FileInfo("b.txt", 2, 2))
+_THREE = (FileInfo("a", 1, 1), FileInfo("b", 2, 2), FileInfo("c", 3, 3))
+_ACK = _describe(FileAck())
+_NONE: list[Any] = []
+_CONVERSATIONS: list[dict[str, Any]] = [
+    {
+        "name": "sender: two files, each acknowledged",
+        "side": "sender",
+        "steps": [
+            _step(
+                0,
+                _call("offer", offer=_offer_of(*_TWO)),
+                sent=[_offer_of(*_TWO)],
+                action=None,
+                deadline=2,
+            ),
+            _step(
+                1,
+                _frame(Accept()),
+                sent=_NONE,
+                action={"kind": "HashPrefixes", "held": []},
+                deadline=2,
+            ),
+            _step(
+                1,
+                _call("prefixes_hashed", offsets=[0, 0], digests=["", ""]),
+                sent=[_describe(Resume((0, 0)))],
+                action={"kind": "SendFiles", "offsets": [0, 0], "restarted": []},
+                deadline=3,
+            ),
+            _step(
+                1.5,
+                _call("send_chunk", data=_A.hex()),
+                returned=_describe(Chunk(_A)),
+                sent=_NONE,
+                deadline=3.5,
+            ),
+            _step(
+                1.5,
+                _call("file_done", sha256=_sha(_A)),
+                sent=[_describe(FileDone(bytes.fromhex(_sha(_A))))],
+                deadline=3.5,
+            ),
+            _step(
+                2,
+                _call("send_chunk", data=_B.hex()),
+                returned=_describe(Chunk(_B)),
+                sent=_NONE,
+                deadline=4,
+            ),
+            _step(
+                2,
+                _call("file_done", sha256=_sha(_B)),
+                sent=[_describe(FileDone(bytes.fromhex(_sha(_B))))],
+                deadline=4,
+            ),
+            _step(
+                2.5,
+                _frame(FileAck()),
+                sent=_NONE,
+                action={"kind": "Acknowledged", "count": 1, "done": False},
+                deadline=4,
+            ),
+            _step(
+                3,
+                _frame(FileAck()),
+                sent=_NONE,
+                action={"kind": "Acknowledged", "count": 1, "done": True},
+                deadline=None,
+            ),
+            _step(9, {"timer": True}, sent=_NONE, deadline=None),
+        ],
+    },
+    {
+        "name": "receiver: the user declines",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=_TWO, sender="alice", chunk_size=1024)),
+                sent=_NONE,
+                action={"kind": "AskUser", "offer": _offer_of(*_TWO)},
+                deadline=2,
+            ),
+            _step(
+                1,
+                _call("refuse", code=reasons.DECLINED),
+                sent=[_describe(reasons.reject(reasons.DECLINED))],
+                deadline=None,
+            ),
+            _step(
+                1,
+                _call("abort", error="RemoteProtocolError"),
+                returned=False,
+                sent=_NONE,
+                deadline=None,
+            ),
+        ],
+    },
+    {
+        "name": "receiver: confirms a resume (START), then takes the rest",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=(FileInfo("r.bin", 4, 7),), chunk_size=1024)),
+                sent=_NONE,
+                deadline=2,
+                action={
+                    "kind": "AskUser",
+                    "offer": _describe(Offer(files=(FileInfo("r.bin", 4, 7),), chunk_size=1024)),
+                },
+            ),
+            _step(
+                1, _call("accept", held=[2], zstd=False), sent=[_describe(Accept((2,)))], deadline=3
+            ),
+            _step(
+                1.5,
+                _frame(Resume((2,), (hashlib.sha256(b"ab").digest(),))),
+                sent=_NONE,
+                action={
+                    "kind": "ConfirmPrefixes",
+                    "resume": _describe(Resume((2,), (hashlib.sha256(b"ab").digest(),))),
+                },
+                deadline=3,
+            ),
+            _step(
+                1.5,
+                _call("prefixes_confirmed", offsets=[2]),
+                sent=[_describe(Start((2,)))],
+                deadline=3.5,
+            ),
+            _step(
+                2,
+                _frame(Chunk(b"cd")),
+                sent=_NONE,
+                action={"kind": "Chunk", "data": b"cd".hex()},
+                deadline=3.5,
+            ),
+            _step(
+                2,
+                _frame(FileDone(hashlib.sha256(b"abcd").digest())),
+                sent=_NONE,
+                action={"kind": "FileDone", "sha256": _sha(b"abcd")},
+                deadline=3.5,
+            ),
+            _step(2.5, _call("files_placed", count=1), sent=[_ACK], deadline=None),
+        ],
+    },
+    {
+        "name": "keepalive: a PING after PING_INTERVAL of silence, none while not due",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=_TWO, chunk_size=1024)),
+                sent=_NONE,
+                action={"kind": "AskUser", "offer": _describe(Offer(files=_TWO, chunk_size=1024))},
+                deadline=2,
+            ),
+            _step(1.9, {"timer": True}, sent=_NONE, deadline=2),
+            _step(2, {"timer": True}, sent=[_describe(Ping())], deadline=4),
+            _step(3, _frame(Ping()), sent=_NONE, action=None, deadline=4),
+            _step(4.5, {"timer": True}, sent=[_describe(Ping())], deadline=6.5),
+            _step(
+                5, _call("accept", held=[0, 0], zstd=False), sent=[_describe(Accept())], deadline=7
+            ),
+        ],
+    },
+    {
+        "name": "idle: nothing heard for IDLE_TIMEOUT fails; what the transport heard counts",
+        "side": "sender",
+        "steps": [
+            _step(0, _call("offer", offer=_offer_of(*_TWO)), sent=[_offer_of(*_TWO)], deadline=2),
+            _step(2, {"timer": True}, sent=[_describe(Ping())], deadline=4),
+            _step(4, {"heard": True}, sent=_NONE, deadline=4),
+            _step(4, {"timer": True}, sent=[_describe(Ping())], deadline=6),
+            _step(13.9, {"timer": True}, sent=[_describe(Ping())], deadline=14),
+            _step(
+                14,
+                {"timer": True},
+                sent=_NONE,
+                error={"kind": "PeerGoneError", "code": reasons.ERROR},
+            ),
+        ],
+    },
+    {
+        "name": "a CANCEL while the receiver decides ends the question",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=_TWO, chunk_size=1024)),
+                sent=_NONE,
+                action={"kind": "AskUser", "offer": _describe(Offer(files=_TWO, chunk_size=1024))},
+                deadline=2,
+            ),
+            _step(1, _frame(Ping()), sent=_NONE, action=None, deadline=2),
+            _step(
+                2,
+                _frame(reasons.cancel(reasons.CANCELLED)),
+                sent=_NONE,
+                error={"kind": "CancelledByPeerError", "code": reasons.ERROR},
+            ),
+            _step(
+                2,
+                _call("abort", error="CancelledByPeerError"),
+                returned=False,
+                sent=_NONE,
+                deadline=None,
+            ),
+        ],
+    },
+    {
+        "name": "receiver: an ack batch of 3 (version 1: three FILE_ACK frames)",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=_THREE, chunk_size=1024)),
+                sent=_NONE,
+                action={
+                    "kind": "AskUser",
+                    "offer": _describe(Offer(files=_THREE, chunk_size=1024)),
+                },
+                deadline=2,
+            ),
+            _step(
+                0,
+                _call("accept", held=[0, 0, 0], zstd=False),
+                sent=[_describe(Accept())],
+                deadline=2,
+            ),
+            _step(
+                0,
+                _frame(Resume((0, 0, 0))),
+                sent=_NONE,
+                action={"kind": "ConfirmPrefixes", "resume": _describe(Resume((0, 0, 0)))},
+                deadline=2,
+            ),
+            _step(0, _call("prefixes_confirmed", offsets=[0, 0, 0]), sent=_NONE, deadline=2),
+            *[
+                step
+                for data in (_A, _B, _C)
+                for step in (
+                    _step(
+                        0,
+                        _frame(Chunk(data)),
+                        sent=_NONE,
+                        action={"kind": "Chunk", "data": data.hex()},
+                        deadline=2,
+                    ),
+                    _step(
+                        0,
+                        _frame(FileDone(hashlib.sha256(data).digest())),
+                        sent=_NONE,
+                        action={"kind": "FileDone", "sha256": _sha(data)},
+                        deadline=2,
+                    ),
+                )
+            ],
+            _step(1, _call("files_placed", count=0), sent=_NONE, deadline=2),
+            _step(1, _call("files_placed", count=3), sent=[_ACK, _ACK, _ACK], deadline=None),
+        ],
+    },
+    {
+        "name": "receiver: a file that fails its check is cancelled with the integrity code",
+        "side": "receiver",
+        "steps": [
+            _step(
+                0,
+                _frame(Offer(files=(FileInfo("x", 1, 0),), chunk_size=1024)),
+                sent=_NONE,
+                action={
+                    "kind": "AskUser",
+                    "offer": _describe(Offer(files=(FileInfo("x", 1, 0),), chunk_size=1024)),
+                },
+                deadline=2,
+            ),
+            _step(0, _call("accept", held=[], zstd=False), sent=[_describe(Accept())], deadline=2),
+            _step(
+                0,
+                _frame(Resume((0,))),
+                sent=_NONE,
+                action={"kind": "ConfirmPrefixes", "resume": _describe(Resume((0,)))},
+                deadline=2,
+            ),
+            _step(
+                0,
+                _frame(Chunk(b"y")),
+                sent=_NONE,
+                action={"kind": "Chunk", "data": "79"},
+                deadline=2,
+            ),
+            _step(
+                0,
+                _frame(FileDone(hashlib.sha256(b"z").digest())),
+                sent=_NONE,
+                action={"kind": "FileDone", "sha256": _sha(b"z")},
+                deadline=2,
+            ),
+            _step(
+                0.5,
+                _call("abort", error="IntegrityError"),
+                returned=True,
+                sent=[_describe(reasons.cancel(reasons.INTEGRITY))],
+                deadline=None,
+            ),
+        ],
+    },
+    {
+        "name": "sender: a REJECT of the offer fails with RejectedError",
+        "side": "sender",
+        "steps": [
+            _step(0, _call("offer", offer=_offer_of(*_TWO)), sent=[_offer_of(*_TWO)], deadline=2),
+            _step(
+                1,
+                _frame(reasons.reject(reasons.FOLDERS)),
+                sent=_NONE,
+                error={"kind": "RejectedError", "code": reasons.ERROR},
+            ),
+        ],
+    },
+]
+
+
+def _conversations(keys_s: SessionKeys, keys_r: SessionKeys) -> dict[str, object]:
+    return {
+        "comment": (
+            "Each script drives one side's machine (created at time 0) step by step; a "
+            "frame input is the event the peer seals; sent: the events of the frames it "
+            "queued, as the peer opens them (after the input, framesToSend(at))"
+        ),
+        "sender_keys": _keys(keys_s),
+        "receiver_keys": _keys(keys_r),
+        "ping_interval_seconds": conversation.PING_INTERVAL_SECONDS,
+        "idle_timeout_seconds": conversation.IDLE_TIMEOUT_SECONDS,
+        "scripts": _CONVERSATIONS,
+    }
+
+
 # -- names and text shown (sfs/web/src/transfer.js safeName, formatSize; text.js) ----------
 
 _OFFERED_NAMES = [
@@ -609,6 +983,7 @@ def build_vectors() -> dict[str, object]:
             "receiver_to_sender": _frames(keys_r.frame_send, _RECEIVER_FRAMES, high=False),
         },
         "protocol": _protocol(keys_s, keys_r),
+        "conversations": _conversations(keys_s, keys_r),
         "names": _names(),
         "constants": _constants(),
     }

@@ -30,11 +30,11 @@ import {
   RejectedError,
   SfsError,
 } from "./errors.js";
-import { MAX_SENDER_NAME_CHARS, State as ProtocolState } from "./protocol.js";
+import { MAX_SENDER_NAME_CHARS } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
-import { cancel, PAGE_CLOSED } from "./reasons.js";
+import { PAGE_CLOSED } from "./reasons.js";
 import { finalLine, formatSize } from "./transfer.js";
 
 const WORDS = loadWordlist(wordlistText);
@@ -193,19 +193,16 @@ function duration(seconds) {
 
 // -- the running transfer, for cancel and tab close --------------------------------------------
 
-const running = { cancel: null, outbox: null, proto: null };
+const running = { cancel: null, pump: null };
 
-function started(outbox, proto) {
-  running.outbox = outbox;
-  running.proto = proto;
+function started(pump) {
+  running.pump = pump;
 }
 
 /** Best effort: tell the peer on the DataChannel why we stop (the tab is closing). */
 function sayGoodbye(code) {
-  const { outbox, proto } = running;
-  if (!outbox || proto.state === ProtocolState.CLOSED || proto.state === ProtocolState.DONE) return;
   try {
-    outbox.send(cancel(code)).catch(() => {});
+    running.pump?.goodbye(code);
   } catch {
     // the protocol allows no word now
   }
@@ -242,7 +239,7 @@ async function run(job, verb) {
     setState("error");
   } finally {
     ui.offer.hidden = true;
-    running.outbox = null;
+    running.pump = null;
     running.cancel = null;
   }
 }

@@ -12,6 +12,7 @@
 // `ice_candidate` events, so the page does the same.
 
 import { IceFailedError, PeerConnectionError, PeerGoneError } from "./errors.js";
+import { IDLE_TIMEOUT_SECONDS } from "./conversation.js";
 import { AsyncQueue } from "./queue.js";
 
 export const CHANNEL_LABEL = "sfs";
@@ -19,8 +20,6 @@ export const CHANNEL_LABEL = "sfs";
 export const HIGH_WATER_BYTES = 4 * 1024 * 1024;
 /** RFC 8841: an endpoint that does not advertise a=max-message-size accepts 64 KiB. */
 export const DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536;
-/** Nothing at all from the peer for this long means the connection is lost. */
-export const IDLE_TIMEOUT_SECONDS = 10;
 /** Gathering candidates takes at most this long, as on the command line... */
 export const GATHER_SECONDS = 3;
 /** ...and at most this much more once a relay candidate is in. */
@@ -45,7 +44,7 @@ function lost(seconds) {
 /**
  * One open DataChannel, seen as the Channel of ./transfer.js:
  * send(frame), receive({signal}), poll(), waitClosed(), secondsSinceSend(),
- * unsentBytes(), close().  Frames arrive as Uint8Array.
+ * secondsSinceReceive(), unsentBytes(), close().  Frames arrive as Uint8Array.
  */
 export class DataChannelLink {
   constructor(
@@ -165,6 +164,11 @@ export class DataChannelLink {
     return now() - this._lastSent;
   }
 
+  /** Since the peer's last frame arrived, read or not (the conversation's idle clock). */
+  secondsSinceReceive() {
+    return now() - this._lastHeard;
+  }
+
   /** Bytes given to send() that have not yet left: progress must not count them. */
   unsentBytes() {
     return this._channel.bufferedAmount;
@@ -205,7 +209,7 @@ export class DataChannelLink {
 const TIMED_OUT = Symbol("timed out");
 
 /** An AbortSignal that aborts when either does (AbortSignal.any is too new). */
-function anySignal(a, b) {
+export function anySignal(a, b) {
   if (!a) return b;
   const both = new AbortController();
   for (const signal of [a, b]) {

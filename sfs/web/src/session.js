@@ -12,7 +12,7 @@
 //   ui.waiting()              the offer is out; the receiver is asked
 //   ui.progress               begin/start/advance/finish (see transfer.js)
 //   ui.decide(offer, names, signal) -> {saving} | null
-//   ui.started(outbox, proto) the transfer runs (the page's tab-close handler needs it)
+//   ui.started(pump)          the transfer runs (the page's tab-close handler needs it)
 
 import { loadWordlist, newSecret } from "./code.js";
 import { FRAME_OVERHEAD_BYTES } from "./crypto.js";
@@ -242,7 +242,7 @@ export async function receive({ ui, wordlist, url = location.origin, cancel }) {
       decide: ui.decide,
       progress: ui.progress,
       status: ui.status,
-      started: (outbox) => ui.started?.(outbox, proto),
+      started: (pump) => ui.started?.(pump),
       cancel,
     });
     result.route = link.route;
@@ -278,7 +278,7 @@ export async function send({ code, files, sender, ui, url = location.origin, can
       progress: ui.progress,
       onWaiting: ui.waiting,
       status: ui.status,
-      started: (outbox) => ui.started?.(outbox, proto),
+      started: (pump) => ui.started?.(pump),
       cancel,
     });
     result.route = link.route;

@@ -2,7 +2,7 @@
 // sfs/peer/transfer.py (send_files, receive_files, safe_name and their helpers).
 //
 // It knows nothing of WebRTC: a Channel is anything with send(frame),
-// receive({signal}), poll(), waitClosed(), secondsSinceSend() and unsentBytes()
+// receive({signal}), poll(), waitClosed(), secondsSinceReceive() and unsentBytes()
 // (./connection.js DataChannelLink), and where received files go is a Saving from
 // ./save.js.  What the page does differently from the command line:
 //
@@ -12,34 +12,38 @@
 // * As receiver it holds nothing (ACCEPT {"held": []}), never takes zstd, refuses an
 //   offer with folders, shows a text message instead of saving it, and acknowledges
 //   each file once its SHA-256 checked out and its saving finished.
-// * Sealing and opening are asynchronous (WebCrypto), so frames go out through an
-//   Outbox that keeps them in the order they were numbered.
+// * Sealing and opening are asynchronous (WebCrypto): the machine hands out frames as
+//   promises, in the order it numbered them, and the Pump below sends them in that
+//   order.
+//
+// What to say and when (offer, answers, acknowledgements, keepalive PINGs, the idle
+// deadline, what a CANCEL or REJECT means) is the machine's: ./conversation.js, the
+// port of sfs/peer/proto/conversation.py.  This file only pumps it (Pump) between the
+// Channel, the files and the UI, as sfs/peer/transfer.py does.
 
 import { sha256 } from "@noble/hashes/sha2.js";
 
 import { digestsEqual } from "./crypto.js";
-import { cancelFor, DECLINED, FOLDERS, REJECT_REASONS, reject, stoppedBy } from "./reasons.js";
+import { anySignal } from "./connection.js";
+import {
+  Acknowledged,
+  AskUser,
+  ConfirmPrefixes,
+  HashPrefixes,
+  Receiver,
+  Sender,
+} from "./conversation.js";
+import { cancel, FOLDERS, REJECT_REASONS, reject } from "./reasons.js";
 import {
   IntegrityError,
+  LocalProtocolError,
+  PeerGoneError,
   RejectedError,
   RemoteProtocolError,
   SourceError,
 } from "./errors.js";
-import {
-  Accept,
-  Chunk,
-  FileAck,
-  FileDone,
-  FileInfo,
-  Offer,
-  Partial,
-  Ping,
-  Resume,
-  State,
-} from "./protocol.js";
+import { Chunk, FileDone, FileInfo, Offer } from "./protocol.js";
 
-/** A side sends a PING after this long without sending anything else. */
-export const PING_INTERVAL_SECONDS = 2;
 /** How long a side that sends the last frame (reject, cancel) waits for the peer to close. */
 export const LAST_WORD_GRACE_SECONDS = 3;
 /** After its last acknowledgement, the receiver waits this long for the sender to close. */
@@ -238,71 +242,184 @@ export function finalLine(verb, result) {
   return line;
 }
 
-// -- frames out, in order -------------------------------------------------------------------
+// -- the driver: frames out in order, one timer -----------------------------------------------
 
 /**
- * Sends events in the order they were sealed.  TransferProtocol numbers frames when
- * it is called; the channel must get them in that order, even when one send waits on
- * backpressure while a keepalive PING is sealed (Python's _send_lock).
+ * Carries a conversation's frames between the machine (./conversation.js) and a
+ * Channel, and keeps its clock: transfer.py's Pump for the page.
+ *
+ * Order: the machine numbers frames when it queues them (framesToSend() gives them in
+ * that order, as promises: sealing is WebCrypto's, asynchronous), and this is the one
+ * place that sends, through one chain: each batch goes out after everything before
+ * it, even while a send waits on backpressure and the timer queues a PING meanwhile.
+ * That chain is all that is left of the Outbox; what to send and when is the machine's.
+ *
+ * Time: one setTimeout at the machine's nextDeadline(), re-armed after every batch and
+ * every tick.  A tick tells the machine what the transport heard (read or not), lets
+ * it judge the silence, and sends the PING it may queue; a PeerGoneError it raises
+ * aborts `signal`, so the read (or the decision) under way fails with it.
  */
-export class Outbox {
-  constructor(channel, proto) {
-    this._channel = channel;
-    this._proto = proto;
+export class Pump {
+  constructor(channel, machine, { cancel } = {}) {
+    this.channel = channel;
+    this.machine = machine;
     this._chain = Promise.resolve();
-    /** Events handed over and not yet on the channel. */
-    this.pending = 0;
+    this._failed = new AbortController();
+    /** Aborts when the user cancels or the machine gives the peer up. */
+    this.signal = anySignal(cancel, this._failed.signal);
+    this._timer = null;
+    this._stopped = false;
+    this._arm();
   }
 
-  /**
-   * Seal `event` now (throws LocalProtocolError at once if not allowed) and send its
-   * frames after everything before it.
-   * @returns {Promise<void>} settles once its frames are on the channel
-   */
-  send(event) {
-    const frames = this._proto.sendFrames(event);
-    this.pending += 1;
+  /** Send what the machine has queued; settles once it is on the channel. */
+  flush() {
+    const frames = this.machine.framesToSend(now());
+    this._arm();
+    return frames.length ? this._send(frames) : Promise.resolve();
+  }
+
+  /** Seal one chunk now and send it after everything before it (the hot path). */
+  sendChunk(chunk) {
+    return this._send([this.machine.sendChunk(chunk, now())]);
+  }
+
+  _send(frames) {
     const sent = this._chain.then(async () => {
-      try {
-        for (const frame of frames) await this._channel.send(await frame);
-      } finally {
-        this.pending -= 1;
-      }
+      for (const frame of frames) await this.channel.send(await frame);
     });
     this._chain = sent.catch(() => {}); // each caller sees its own failure
     return sent;
   }
-}
 
-/**
- * Send a PING whenever this side has sent nothing for PING_INTERVAL_SECONDS, so the
- * peer can tell a quiet connection (a user deciding, a slow disk) from a lost one.
- * @returns {() => void} stops it
- */
-export function keepalive(channel, proto, outbox) {
-  const timer = setInterval(
-    () => {
-      if (
-        outbox.pending === 0 &&
-        channel.secondsSinceSend() >= PING_INTERVAL_SECONDS &&
-        proto.state !== State.CLOSED &&
-        proto.state !== State.DONE
-      ) {
-        outbox.send(new Ping()).catch(() => {}); // a dead channel shows on the next read
+  _arm() {
+    clearTimeout(this._timer);
+    const deadline = this.machine.nextDeadline();
+    if (this._stopped || deadline === null) return;
+    this._timer = setTimeout(() => this.tick(now()), Math.max(0, deadline - now()) * 1000);
+  }
+
+  /** The deadline passed (or may have): judge the silence, send a PING if due. */
+  tick(at) {
+    if (this._stopped) return;
+    this.machine.heard(at - this.channel.secondsSinceReceive());
+    try {
+      this.machine.handleTimer(at);
+    } catch (error) {
+      this._failed.abort(error);
+      return;
+    }
+    this.flush().catch(() => {}); // a dead channel shows on the next read
+  }
+
+  /** No more timers (the transfer ended, or is about to say its last word). */
+  stop() {
+    this._stopped = true;
+    clearTimeout(this._timer);
+  }
+
+  async _received(frame) {
+    const at = now();
+    const action = await this.machine.frameReceived(frame, at);
+    // Frames may come faster than the timer gets its turn: the keepalive is due all the same.
+    const deadline = this.machine.nextDeadline();
+    if (deadline !== null && at >= deadline) this.tick(at);
+    return action;
+  }
+
+  /** Read frames until one asks something of this side. */
+  async nextAction() {
+    for (;;) {
+      const action = await this._received(await this.channel.receive({ signal: this.signal }));
+      if (action !== null) return action;
+    }
+  }
+
+  /** The next action, which must be a `Kind` (the framing allows no other). */
+  async expect(Kind) {
+    const action = await this.nextAction();
+    if (!(action instanceof Kind)) {
+      throw new RemoteProtocolError(`unexpected ${action.constructor.name} from the other side`);
+    }
+    return action;
+  }
+
+  /** Handle the frames already here (never waits for one): a CANCEL stops us at once.
+   * @returns {Promise<object[]>} the actions they asked for */
+  async poll() {
+    const actions = [];
+    for (let frame = this.channel.poll(); frame !== undefined; frame = this.channel.poll()) {
+      const action = await this._received(frame);
+      if (action !== null) actions.push(action);
+    }
+    return actions;
+  }
+
+  /**
+   * `decide(signal)` while reading the channel.  Until the answer the peer may only
+   * PING or CANCEL (the machine's framing refuses anything else), and a CANCEL ends
+   * the question (`signal` aborts) instead of waiting for the user.
+   */
+  async serveListening(decide) {
+    const stop = new AbortController();
+    const listening = (async () => {
+      for (;;) {
+        let frame;
+        try {
+          frame = await this.channel.receive({ signal: anySignal(this.signal, stop.signal) });
+        } catch (error) {
+          if (error === DECIDED) return;
+          throw error;
+        }
+        if ((await this._received(frame)) !== null) {
+          throw new RemoteProtocolError("the other side did not wait for an answer");
+        }
       }
-    },
-    (PING_INTERVAL_SECONDS * 1000) / 4,
-  );
-  return () => clearInterval(timer);
-}
+    })();
+    try {
+      return await Promise.race([decide(stop.signal), listening.then(() => null)]);
+    } finally {
+      stop.abort(DECIDED);
+      await listening; // a frame being read when the answer came is checked all the same
+    }
+  }
 
-/** The next event from the peer, keepalives and pieces of larger frames skipped. */
-export async function nextEvent(channel, proto, options) {
-  for (;;) {
-    const event = await proto.receive(await channel.receive(options));
-    if (!(event instanceof Ping || event instanceof Partial)) return event;
+  /** Send what is queued (a REJECT) and give the peer time to read it. */
+  async lastWord() {
+    this.stop();
+    await this.flush();
+    await linger(this.channel, LAST_WORD_GRACE_SECONDS);
+  }
+
+  /** Tell the peer why we stop, if the protocol still allows a word and the peer is
+   * still there to read it. */
+  async abort(error) {
+    this.stop();
+    if (error instanceof PeerGoneError || !this.machine.abort(error)) return;
+    let timer;
+    try {
+      await Promise.race([
+        this.flush(),
+        new Promise((_, fail) => {
+          timer = setTimeout(() => fail(new Error("timed out")), 2000);
+        }),
+      ]);
+    } catch {
+      return; // could not deliver the cancel frame
+    } finally {
+      clearTimeout(timer);
+    }
+    await linger(this.channel, LAST_WORD_GRACE_SECONDS);
+  }
+
+  /** Best effort, for the page's tab closing: the CANCEL of `code`, sent at once. */
+  goodbye(code) {
+    this.stop();
+    if (this.machine.abort(null, cancel(code))) this.flush().catch(() => {});
   }
 }
+
+const DECIDED = Symbol("decided");
 
 /** Give the peer time to read our last frame and close first (at most `seconds`). */
 export async function linger(channel, seconds) {
@@ -314,31 +431,6 @@ export async function linger(channel, seconds) {
     }),
   ]);
   clearTimeout(timer);
-}
-
-/** Tell the peer why we stop, if the protocol still allows a word. */
-export async function abortTransfer(channel, proto, outbox, error) {
-  if (proto.state === State.CLOSED || proto.state === State.DONE) return;
-  let sent;
-  try {
-    sent = outbox.send(cancelFor(error));
-  } catch {
-    return; // the protocol allows no word now
-  }
-  let timer;
-  try {
-    await Promise.race([
-      sent,
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error("timed out")), 2000);
-      }),
-    ]);
-  } catch {
-    return; // could not deliver the cancel frame
-  } finally {
-    clearTimeout(timer);
-  }
-  await linger(channel, LAST_WORD_GRACE_SECONDS);
 }
 
 // -- sending ------------------------------------------------------------------------------
@@ -444,7 +536,7 @@ export class Departures {
  * @param {object} [options.progress]  begin(files, total), start(name, size), advance(n), finish()
  * @param {() => void} [options.onWaiting]  the offer is out; the receiver is asked
  * @param {(message: string) => void} [options.status]
- * @param {(outbox: Outbox) => void} [options.started]  the page's tab-close handler needs it
+ * @param {(pump: Pump) => void} [options.started]  the page's tab-close handler needs it (goodbye)
  * @param {AbortSignal} [options.cancel]  the user stops it (its reason is thrown)
  * @returns {Promise<TransferResult>}
  */
@@ -455,9 +547,10 @@ export async function sendFiles(
   { sender, chunkSize, progress = NULL_PROGRESS, onWaiting, status = () => {}, started, cancel },
 ) {
   const result = new TransferResult();
-  const outbox = new Outbox(channel, proto);
-  started?.(outbox);
-  const stopKeepalive = keepalive(channel, proto, outbox);
+  // Every file from its start, whatever the receiver holds (see the top of the file).
+  const machine = new Sender(proto, now(), { resume: false });
+  const pump = new Pump(channel, machine, { cancel });
+  started?.(pump);
   try {
     const offer = new Offer({
       files: files.map(
@@ -476,29 +569,29 @@ export async function sendFiles(
       // partial copy for it, and says so.
       resumes: false,
     });
-    await outbox.send(offer);
+    machine.offer(offer);
+    await pump.flush();
     onWaiting?.();
-    const reply = await nextEvent(channel, proto, { signal: cancel });
-    if (!(reply instanceof Accept)) throw stoppedBy(reply, offer.version);
+    await pump.expect(HashPrefixes); // asks for no prefix: resume is off
     status("The receiver accepted.");
     result.started = now();
-    // Every file from its start, whatever the receiver holds (see the top of the file).
-    await outbox.send(new Resume(files.map(() => 0)));
+    const go = machine.prefixesHashed(
+      files.map(() => 0),
+      files.map(() => new Uint8Array(0)),
+    );
+    await pump.flush();
+    if (go === null) throw new LocalProtocolError("nothing was proposed to resume");
     progress.begin(files.length, offer.totalSize);
     const departures = new Departures(progress);
     try {
       for (const file of files) {
-        const options = { chunkSize, departures, cancel };
-        result.totalBytes += await sendOne(channel, proto, outbox, file, options);
+        result.totalBytes += await sendOne(pump, file, { chunkSize, departures });
         result.files.push(file.name);
       }
       // The buffer drains while the acknowledgements come: the bar follows it.
       const follow = setInterval(() => departures.left(channel.unsentBytes()), PROGRESS_TICK_MS);
       try {
-        while (proto.state !== State.DONE) {
-          const event = await nextEvent(channel, proto, { signal: cancel });
-          if (!(event instanceof FileAck)) throw stoppedBy(event);
-        }
+        while (!machine.over) await pump.expect(Acknowledged);
       } finally {
         clearInterval(follow);
       }
@@ -508,16 +601,16 @@ export async function sendFiles(
     }
     return result.finish();
   } catch (error) {
-    stopKeepalive();
-    await abortTransfer(channel, proto, outbox, error);
+    await pump.abort(error);
     throw error;
   } finally {
-    stopKeepalive();
+    pump.stop();
   }
 }
 
 /** Send one file; resolve to its size. */
-async function sendOne(channel, proto, outbox, file, { chunkSize, departures, cancel }) {
+async function sendOne(pump, file, { chunkSize, departures }) {
+  const { channel, machine } = pump;
   const digest = sha256.create();
   const size = file.size;
   departures.file(file.name, size);
@@ -530,20 +623,22 @@ async function sendOne(channel, proto, outbox, file, { chunkSize, departures, ca
   // The next block is read while this one is sealed and sent.
   let next = size ? read(0) : null;
   for (let at = 0; at < size; at += blockSize) {
-    cancel?.throwIfAborted();
+    pump.signal.throwIfAborted(); // the user's cancel, or the peer gone silent
     const block = await next;
     next = at + blockSize < size ? read(at + blockSize) : null;
     digest.update(block);
     const sends = [];
     for (let i = 0; i < block.length; i += chunkSize) {
-      sends.push(outbox.send(new Chunk(block.subarray(i, i + chunkSize))));
+      sends.push(pump.sendChunk(new Chunk(block.subarray(i, i + chunkSize))));
     }
     await Promise.all(sends); // backpressure: the channel holds at most its high water
     departures.handed(block.length);
     departures.left(channel.unsentBytes());
-    await drainAcks(channel, proto);
+    // What the receiver sent meanwhile (acknowledgements; a CANCEL throws at once).
+    await pump.poll();
   }
-  await outbox.send(new FileDone(digest.digest()));
+  machine.fileDone(digest.digest());
+  await pump.flush();
   departures.handedAll();
   departures.left(channel.unsentBytes());
   return size;
@@ -565,16 +660,6 @@ async function readBlock(file, start, end) {
   return new Uint8Array(buffer);
 }
 
-/** Handle what the receiver sent meanwhile, so a cancel stops us at once. */
-async function drainAcks(channel, proto) {
-  for (let frame = channel.poll(); frame !== undefined; frame = channel.poll()) {
-    const event = await proto.receive(frame);
-    if (!(event instanceof FileAck || event instanceof Ping || event instanceof Partial)) {
-      throw stoppedBy(event);
-    }
-  }
-}
-
 // -- receiving ----------------------------------------------------------------------------
 
 /**
@@ -593,7 +678,7 @@ async function drainAcks(channel, proto) {
  *   null for a text message).  `signal` aborts when the sender cancels meanwhile.
  * @param {object} [options.progress]
  * @param {(message: string) => void} [options.status]
- * @param {(outbox: Outbox) => void} [options.started]
+ * @param {(pump: Pump) => void} [options.started]
  * @param {AbortSignal} [options.cancel]  the user stops it (its reason is thrown)
  * @returns {Promise<TransferResult>}
  */
@@ -603,34 +688,35 @@ export async function receiveFiles(
   { decide, progress = NULL_PROGRESS, status = () => {}, started, cancel },
 ) {
   const result = new TransferResult();
-  const outbox = new Outbox(channel, proto);
-  started?.(outbox);
-  const stopKeepalive = keepalive(channel, proto, outbox);
+  const machine = new Receiver(proto, now());
+  const pump = new Pump(channel, machine, { cancel });
+  started?.(pump);
   let sink = null;
   let saving = null;
   try {
-    const reading = { signal: cancel };
-    const offer = await nextEvent(channel, proto, reading);
-    if (!(offer instanceof Offer)) throw stoppedBy(offer);
+    const { offer } = await pump.expect(AskUser);
     if (isTree(offer)) {
-      await refuse(channel, outbox, FOLDERS);
+      machine.refuse(reject(FOLDERS));
+      await pump.lastWord();
       throw new RejectedError(
         `the sender offers ${describeOffer(offer)}: ${REJECT_REASONS[FOLDERS]}`,
       );
     }
     const names = offer.text ? ["text"] : planNames(offer);
-    const answer = await decideWhileListening(channel, proto, (signal) =>
-      decide(offer, names, signal),
-    );
+    const answer = await pump.serveListening((signal) => decide(offer, names, signal));
     if (answer === null) {
-      await refuse(channel, outbox, DECLINED);
+      machine.refuse();
+      await pump.lastWord();
       throw new RejectedError("You declined the transfer.");
     }
     saving = answer.saving;
-    await outbox.send(new Accept([], false)); // holds nothing, takes no zstd
+    machine.accept([], false); // holds nothing, takes no zstd
+    await pump.flush();
     result.started = now();
-    const proposal = await nextEvent(channel, proto, reading);
-    if (!(proposal instanceof Resume)) throw stoppedBy(proposal);
+    const { resume } = await pump.expect(ConfirmPrefixes);
+    // Nothing held, so nothing was proposed above 0 and no START is due.
+    machine.prefixesConfirmed(resume.offsets.map(() => 0));
+    await pump.flush();
     progress.begin(offer.files.length, offer.stream ? null : offer.totalSize);
     for (const [index, info] of offer.files.entries()) {
       const name = names[index];
@@ -642,19 +728,21 @@ export async function receiveFiles(
       let done;
       try {
         for (;;) {
-          const event = await nextEvent(channel, proto, reading);
-          if (event instanceof Chunk) {
-            const n = event.data.length; // before write(): a sink may take the buffer over
-            digest.update(event.data);
-            await sink.write(event.data);
+          const action = await pump.nextAction();
+          if (action instanceof Chunk) {
+            const n = action.data.length; // before write(): a sink may take the buffer over
+            digest.update(action.data);
+            await sink.write(action.data);
             size += n;
             result.received += n;
             progress.advance(n);
-          } else if (event instanceof FileDone) {
-            done = event;
+          } else if (action instanceof FileDone) {
+            done = action;
             break;
           } else {
-            throw stoppedBy(event);
+            throw new RemoteProtocolError(
+              `unexpected ${action.constructor.name} from the other side`,
+            );
           }
         }
       } finally {
@@ -672,18 +760,19 @@ export async function receiveFiles(
       sink = null;
       result.files.push(offer.text ? "a text message" : name);
       result.totalBytes += size;
-      await outbox.send(new FileAck(1));
+      machine.filesPlaced(1);
+      await pump.flush();
       if (!offer.text && offer.files.length <= 1000) status(savedLine(name, info.name));
     }
     return result.finish();
   } catch (error) {
-    stopKeepalive();
+    pump.stop();
     await sink?.abort(error);
     await saving?.close();
-    await abortTransfer(channel, proto, outbox, error);
+    await pump.abort(error);
     throw error;
   } finally {
-    stopKeepalive();
+    pump.stop();
   }
 }
 
@@ -694,41 +783,6 @@ function savedLine(name, offered) {
     line += ` (offered as ${JSON.stringify(offered.slice(0, MAX_SHOWN_NAME_CHARS))})`;
   }
   return line;
-}
-
-async function refuse(channel, outbox, code) {
-  await outbox.send(reject(code));
-  await linger(channel, LAST_WORD_GRACE_SECONDS);
-}
-
-const DECIDED = Symbol("decided");
-
-/**
- * Ask `decide` while reading the channel.  Until the answer the sender may only PING
- * or CANCEL: anything else is a protocol error at once, and a CANCEL ends the question
- * (the signal given to `decide` aborts) instead of waiting for the user.
- */
-async function decideWhileListening(channel, proto, decide) {
-  const stop = new AbortController();
-  const listening = (async () => {
-    for (;;) {
-      let frame;
-      try {
-        frame = await channel.receive({ signal: stop.signal });
-      } catch (error) {
-        if (error === DECIDED) return;
-        throw error;
-      }
-      const event = await proto.receive(frame);
-      if (!(event instanceof Ping)) throw stoppedBy(event);
-    }
-  })();
-  try {
-    return await Promise.race([decide(stop.signal), listening.then(() => null)]);
-  } finally {
-    stop.abort(DECIDED);
-    await listening; // a frame being read when the answer came is checked all the same
-  }
 }
 
 /** A text message: held in memory (at most 1 MiB), shown rather than saved. */

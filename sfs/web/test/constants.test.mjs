@@ -9,6 +9,7 @@ import { describe, it } from "node:test";
 
 import * as code from "../src/code.js";
 import * as connection from "../src/connection.js";
+import * as conversation from "../src/conversation.js";
 import * as crypto from "../src/crypto.js";
 import * as handshake from "../src/handshake.js";
 import * as protocol from "../src/protocol.js";
@@ -61,8 +62,8 @@ const PAGE = {
     MAX_SHOWN_NAME_CHARS: transfer.MAX_SHOWN_NAME_CHARS,
   },
   seconds: {
-    PING_INTERVAL_SECONDS: transfer.PING_INTERVAL_SECONDS,
-    IDLE_TIMEOUT_SECONDS: connection.IDLE_TIMEOUT_SECONDS,
+    PING_INTERVAL_SECONDS: conversation.PING_INTERVAL_SECONDS,
+    IDLE_TIMEOUT_SECONDS: conversation.IDLE_TIMEOUT_SECONDS,
     PEER_CONNECT_TIMEOUT_SECONDS: session.PEER_CONNECT_TIMEOUT_SECONDS,
     SIGNAL_CONNECT_TIMEOUT_SECONDS: signal.SIGNAL_CONNECT_TIMEOUT_SECONDS,
     CALL_TIMEOUT_SECONDS: signal.CALL_TIMEOUT_SECONDS,

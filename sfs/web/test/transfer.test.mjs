@@ -97,6 +97,9 @@ class MemoryChannel {
   secondsSinceSend() {
     return (performance.now() - this.lastSent) / 1000;
   }
+  secondsSinceReceive() {
+    return 0; // in memory, the peer is there until the channel closes
+  }
   unsentBytes() {
     return 0;
   }
