@@ -3,8 +3,8 @@
 The CLI and the tests call these.  They wire the pieces together: the set-up
 (pairing, SPAKE2, the sealed offer/answer) is :class:`sfs.peer.proto.handshake.Handshake`,
 which this module only pumps between the signaling client and the aiortc
-connection; then :mod:`sfs.peer.transfer` moves the files.  Nothing here prints;
-what the user sees goes through a :class:`Ui`.
+connection; then :mod:`sfs.peer.sending` or :mod:`sfs.peer.receiving` moves the
+files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
 """
 
 from __future__ import annotations
@@ -70,13 +70,9 @@ from sfs.peer.proto.handshake import (
 )
 from sfs.peer.proto.progress import Progress
 from sfs.peer.proto.wire import MAX_ENTRIES, Offer
-from sfs.peer.transfer import (
-    Pump,
-    TransferResult,
-    linger,
-    receive_files,
-    send_files,
-)
+from sfs.peer.receiving import receive_files
+from sfs.peer.sending import send_files
+from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, open_transport

@@ -28,7 +28,7 @@ from spake2.parameters.ed25519 import ParamsEd25519
 
 from sfs import app, code, defaults, text
 from sfs.errors import RemoteProtocolError
-from sfs.peer import transfer
+from sfs.peer import sending, transfer
 from sfs.peer.files import partial
 from sfs.peer.proto import conversation, crypto, handshake, names, reasons, wire
 from sfs.peer.proto.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
@@ -915,7 +915,8 @@ def _constants() -> dict[str, object]:
         **_named(client, "SIGNAL_CONNECT_TIMEOUT_SECONDS", "CALL_TIMEOUT_SECONDS"),
         **_named(handshake, "PARTNER_GONE_GRACE_SECONDS"),
         **_named(app, "RECONNECT_SECONDS", "ABORT_NOTICE_SECONDS", "CLOSE_GRACE_SECONDS"),
-        **_named(transfer, "LAST_WORD_GRACE_SECONDS", "PROGRESS_TICK_SECONDS"),
+        **_named(transfer, "LAST_WORD_GRACE_SECONDS"),
+        **_named(sending, "PROGRESS_TICK_SECONDS"),
         **_named(gathering, "GATHER_SECONDS", "RELAY_GRACE_SECONDS"),
     }
     labels = [name for name in dir(crypto) if name.startswith("INFO_") and "_TCP_" not in name]

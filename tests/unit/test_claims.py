@@ -32,7 +32,8 @@ from sfs.peer.proto.names import (
     safe_name,
 )
 from sfs.peer.proto.wire import Accept, Chunk, FileDone, FileInfo, Offer, Resume
-from sfs.peer.transfer import receive_files, send_files
+from sfs.peer.receiving import receive_files
+from sfs.peer.sending import send_files
 from tests.helpers import QueueChannel, channel_pair, key_pair
 
 # -- the next free name (pure) ----------------------------------------------------------------

@@ -25,7 +25,8 @@ from sfs.peer.proto import conversation
 from sfs.peer.proto.crypto import TCP_MAGIC, FrameOpener, SessionKeys, tcp_proof
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.wire import Offer
-from sfs.peer.transfer import receive_files, send_files
+from sfs.peer.receiving import receive_files
+from sfs.peer.sending import send_files
 from sfs.peer.transport import tcp
 from sfs.peer.transport.tcp import CHOSEN, DirectPath, Prover, TcpLink, parse_addresses
 from tests.helpers import channel_pair, key_pair

@@ -38,7 +38,9 @@ from sfs.peer.proto.wire import (
     Resume,
     encode_offer,
 )
-from sfs.peer.transfer import TransferResult, receive_files, send_files
+from sfs.peer.receiving import receive_files
+from sfs.peer.sending import send_files
+from sfs.peer.transfer import TransferResult
 from tests.helpers import channel_pair, key_pair
 
 

@@ -30,7 +30,9 @@ from sfs.peer.files.sources import (
 from sfs.peer.proto.crypto import FrameOpener, FrameSealer, SessionKeys
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.wire import FrameType, Offer
-from sfs.peer.transfer import TransferResult, receive_files, send_files
+from sfs.peer.receiving import receive_files
+from sfs.peer.sending import send_files
+from sfs.peer.transfer import TransferResult
 from tests.helpers import QueueChannel, channel_pair, key_pair
 
 

@@ -1,6 +1,6 @@
 """Names: what an offered name becomes here, and which names a file that arrives takes.
 
-Pure rules, shared by the planning of a single file (:mod:`sfs.peer.transfer`) and of
+Pure rules, shared by the planning of a single file (:mod:`sfs.peer.receiving`) and of
 a folder (:mod:`sfs.peer.proto.tree`): :func:`safe_name` reduces a name the peer offered to a
 plain local one (Windows rules on every OS: the file may be copied on), and
 :func:`free_name` finds the next free ``name (n).ext`` among names already taken.

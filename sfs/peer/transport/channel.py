@@ -3,8 +3,8 @@
 One seam per kind of transport: the DataChannel (:class:`sfs.peer.transport.webrtc.DataChannelLink`,
 several of them as a :class:`sfs.peer.transport.webrtc.StripedChannel`) and the direct TCP
 connection (:class:`sfs.peer.transport.tcp.TcpLink`) each are a :class:`Channel`, and
-:mod:`sfs.peer.transfer` knows nothing of either.  :class:`Route` says how a channel's
-data flows, in the words a user reads at the end of a transfer.
+the conversation (:mod:`sfs.peer.transfer`) knows nothing of either.  :class:`Route`
+says how a channel's data flows, in the words a user reads at the end of a transfer.
 """
 
 from __future__ import annotations
