@@ -821,6 +821,775 @@ def _conversations(keys_s: SessionKeys, keys_r: SessionKeys) -> dict[str, object
     }
 
 
+# -- set-up scripts (sfs/web/src/handshake.js) ---------------------------------------------
+
+# Written by hand at the event level; tests/unit/test_handshake_vectors.py and
+# sfs/web/test/handshake_vectors.test.mjs run them against each machine.  The other
+# side is played by the runner with the crypto primitives (not a Handshake): a
+# KeyExchange of the other role on ``peer.words`` and ``peer.code_id``, finished with
+# the machine's own send_public_key, seals every ``seal``/``seal_text`` input and
+# opens every offer/answer the machine sends.  So SPAKE2 and the nonces stay random,
+# and what is compared is the events and the plaintexts, as the scripts write them.
+_RCV, _SND, _EVE = "RCV-001", "SND-002", "EVE-666"
+_ICE = [{"urls": ["stun:192.0.2.1:3478"]}]
+_TIMEOUT = 30
+_KEY = "spake2-message"  # a send_public_key's key: base64 of a 33-byte SPAKE2 message
+_MATCH = "the peer's"  # Done's keys: the peer's, mirrored (send/receive swapped)
+_OFFER_SDP, _ANSWER_SDP = "v=0 offer", "v=0 answer"
+
+
+def _ev(name: str, **fields: Any) -> dict[str, Any]:
+    return {"event": name, **fields}
+
+
+def _peer_key(peer_id: str = _SND) -> dict[str, Any]:
+    """The runner's peer's SPAKE2 message, as the server relays it."""
+    return _ev("PublicKeyReceived", peer_id=peer_id, key_from_peer=True)
+
+
+def _sealed(kind: str, peer_id: str, *sdps: str, text: str | None = None) -> dict[str, Any]:
+    """A sealed offer or answer, sealed by the runner's peer (``seal``: a JSON value)."""
+    if text is not None:
+        return _ev("SealedReceived", peer_id=peer_id, kind=kind, seal_text=text)
+    message: dict[str, Any] = {"type": kind, "sdp": sdps[0]}
+    if len(sdps) > 1:
+        message["extra_sdps"] = list(sdps[1:])
+    return _ev("SealedReceived", peer_id=peer_id, kind=kind, seal=message)
+
+
+def _hs(
+    at: float, given: dict[str, Any], state: str, deadline: float | None, *actions: Any
+) -> dict[str, Any]:
+    """One input at time ``at``; what handle()/handle_timer() returns (``actions``,
+    each its ``kind`` and the fields that matter), then state and next_deadline()."""
+    return {
+        "at": at,
+        "input": given,
+        "actions": list(actions),
+        "state": state,
+        "deadline": deadline,
+    }
+
+
+def _glue_bug(at: float, given: dict[str, Any]) -> dict[str, Any]:
+    """A local event the state does not expect: the glue's bug, which raises."""
+    return {"at": at, "input": given, "glue_error": True}
+
+
+def _c(event: str, best_effort: bool = False, **payload: Any) -> dict[str, Any]:
+    return {"kind": "Call", "event": event, "payload": payload, "best_effort": best_effort}
+
+
+def _fail(error: str, says: str | None = None) -> dict[str, Any]:
+    """Fail: the error's class name, and a part of its message when that matters."""
+    return {"kind": "Fail", "error": error, **({"says": says} if says else {})}
+
+
+def _a(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": kind, **fields}
+
+
+def _seal_shown(kind: str, *sdps: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": kind, "sdp": sdps[0]}
+    if len(sdps) > 1:
+        message["extra_sdps"] = list(sdps[1:])
+    return message
+
+
+_T = _TIMEOUT
+_TIMER = {"timer": True}
+_DONE = (_a("Leave"), _a("Done", keys=_MATCH))
+_HANDSHAKES: list[dict[str, Any]] = [
+    {
+        "name": "receiver waits: code shown, request, keys, sealed offer and answer, channel open",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV, ice_servers=_ICE),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            # Before the pairing, a stranger's leaving means nothing.
+            _hs(0.5, _ev("PartnerLeft", peer_id=_SND), "awaiting_request", None),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(2, _peer_key(), "awaiting_offer", 2 + _T),
+            # After it, other peers' messages are dropped.
+            _hs(2.5, _sealed("offer", _EVE, "v=0 eve"), "awaiting_offer", 2 + _T),
+            _hs(
+                3,
+                _sealed("offer", _SND, _OFFER_SDP),
+                "answering",
+                None,
+                _a("AnswerOffers", sdps=[_OFFER_SDP], ice_servers=_ICE),
+            ),
+            _hs(
+                4,
+                _ev("LocalDescription", sdps=[_ANSWER_SDP]),
+                "opening",
+                None,
+                _c("answer", peer_id=_SND, sealed=_seal_shown("answer", _ANSWER_SDP)),
+                _a("OpenChannel"),
+            ),
+            _hs(5, _ev("ServerLost"), "opening", None),
+            _hs(6, _ev("ChannelOpen"), "done", None, *_DONE),
+            _hs(7, _ev("PartnerLeft", peer_id=_SND), "done", None),
+            _glue_bug(8, _ev("ChannelOpen")),
+        ],
+    },
+    {
+        "name": "sender joins a receiver's code: the whole way; the partner leaves first",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _glue_bug(0, _ev("ChannelOpen")),
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND, ice_servers=_ICE),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            _hs(
+                2,
+                _peer_key(_RCV),
+                "creating_offers",
+                None,
+                _a("CreateOffers", count=1, ice_servers=_ICE),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_OFFER_SDP]),
+                "awaiting_answer",
+                3 + _T,
+                _c("offer", peer_id=_RCV, sealed=_seal_shown("offer", _OFFER_SDP)),
+            ),
+            _hs(
+                4,
+                _sealed("answer", _RCV, _ANSWER_SDP),
+                "opening",
+                None,
+                _a("AcceptAnswers", sdps=[_ANSWER_SDP]),
+                _a("OpenChannel"),
+            ),
+            # The receiver left the server once its side opened: ours has a grace.
+            _hs(5, _ev("PartnerLeft", peer_id=_RCV), "partner_left", 5 + 5),
+            _hs(6, _ev("PartnerAborted", peer_id=_RCV, reason="cancelled"), "partner_left", 10),
+            _hs(7, _ev("ChannelOpen"), "done", None, *_DONE),
+        ],
+    },
+    {
+        "name": "sender waits (prints the code), two streams: extra_sdps both ways",
+        "side": "sender",
+        "streams": 2,
+        "words": ["orbit-velvet"],
+        "peer": {"words": "orbit-velvet", "code_id": _SND},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_SND}-orbit-velvet"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_RCV),
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            # A second request (someone else typing the code) pairs nothing.
+            _hs(1.5, _ev("ConnectionRequested", peer_id=_EVE), "awaiting_key", 1 + _T),
+            _hs(
+                2,
+                _peer_key(_RCV),
+                "creating_offers",
+                None,
+                _a("CreateOffers", count=2, ice_servers=[]),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=["v=0 a", "v=0 b"]),
+                "awaiting_answer",
+                3 + _T,
+                _c("offer", peer_id=_RCV, sealed=_seal_shown("offer", "v=0 a", "v=0 b")),
+            ),
+            _hs(
+                4,
+                _sealed("answer", _RCV, "v=0 A", "v=0 B"),
+                "opening",
+                None,
+                _a("AcceptAnswers", sdps=["v=0 A", "v=0 B"]),
+                _a("OpenChannel"),
+            ),
+            _hs(5, _ev("ChannelOpen"), "done", None, *_DONE),
+        ],
+    },
+    {
+        "name": "receiver joins a sender's code; the key and offer come early and are kept",
+        "side": "receiver",
+        "code": f"{_SND}-orbit-velvet",
+        "peer": {"words": "orbit-velvet", "code_id": _SND},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_SND),
+                _c("send_connection_request", peer_id=_SND),
+                _a("Status", message=f"Connecting to {_SND}…"),
+            ),
+            _hs(0.5, _peer_key(_SND), "awaiting_accept", _T),
+            _hs(0.6, _peer_key(_EVE), "awaiting_accept", _T),
+            # The accept starts the keys, which take the kept key: an offer is awaited.
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_SND),
+                "awaiting_offer",
+                1 + _T,
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(
+                2,
+                _sealed("offer", _SND, _OFFER_SDP),
+                "answering",
+                None,
+                _a("AnswerOffers", sdps=[_OFFER_SDP], ice_servers=[]),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_ANSWER_SDP]),
+                "opening",
+                None,
+                _c("answer", peer_id=_SND, sealed=_seal_shown("answer", _ANSWER_SDP)),
+                _a("OpenChannel"),
+            ),
+            _hs(4, _ev("ChannelOpen"), "done", None, *_DONE),
+        ],
+    },
+    {
+        "name": "receiver waits; the sender typed a wrong word: the offer does not open, one guess",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamb", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(2, _peer_key(), "awaiting_offer", 2 + _T),
+            _hs(
+                3,
+                _sealed("offer", _SND, _OFFER_SDP),
+                "failed",
+                None,
+                _c("abort", True, peer_id=_SND, reason="wrong_code"),
+                _fail("WrongCodeError"),
+            ),
+            # The code is spent: nobody gets a second try at it.
+            _hs(4, _ev("ConnectionRequested", peer_id=_EVE), "failed", None),
+            _hs(5, _sealed("offer", _SND, _OFFER_SDP), "failed", None),
+        ],
+    },
+    {
+        "name": "sender joins with a wrong word: its offer does not open, the receiver aborts",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamb",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            _hs(
+                2,
+                _peer_key(_RCV),
+                "creating_offers",
+                None,
+                _a("CreateOffers", count=1, ice_servers=[]),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_OFFER_SDP]),
+                "awaiting_answer",
+                3 + _T,
+                _c("offer", peer_id=_RCV, sealed="does not open"),
+            ),
+            _hs(
+                4,
+                _ev("PartnerAborted", peer_id=_RCV, reason="wrong_code"),
+                "failed",
+                None,
+                _fail("WrongCodeError"),
+            ),
+        ],
+    },
+    {
+        "name": "sender joins; an answer sealed under other keys is a wrong code too",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamb", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            _hs(
+                2,
+                _peer_key(_RCV),
+                "creating_offers",
+                None,
+                _a("CreateOffers", count=1, ice_servers=[]),
+            ),
+            # Kept: an answer before our offer is early.
+            _hs(2.5, _sealed("answer", _RCV, _ANSWER_SDP), "creating_offers", None),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_OFFER_SDP]),
+                "failed",
+                None,
+                _c("offer", peer_id=_RCV, sealed="does not open"),
+                _c("abort", True, peer_id=_RCV, reason="wrong_code"),
+                _fail("WrongCodeError"),
+            ),
+        ],
+    },
+    {
+        "name": "receiver waits; the sender leaves after its request",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(1.5, _ev("PartnerLeft", peer_id=_EVE), "awaiting_key", 1 + _T),
+            _hs(2, _ev("PartnerLeft", peer_id=_SND), "failed", None, _fail("PeerGoneError")),
+        ],
+    },
+    {
+        "name": "sender joins; nobody accepts: the timer at the deadline",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(_T - 0.5, _TIMER, "awaiting_accept", _T),
+            _hs(
+                _T,
+                _TIMER,
+                "failed",
+                None,
+                _fail("SignalingError", says=f"did not answer within {_T} s"),
+            ),
+        ],
+    },
+    {
+        "name": "sender joins; no answer to its sealed offer: the timeout says the code is spent",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            _hs(
+                2,
+                _peer_key(_RCV),
+                "creating_offers",
+                None,
+                _a("CreateOffers", count=1, ice_servers=[]),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_OFFER_SDP]),
+                "awaiting_answer",
+                3 + _T,
+                _c("offer", peer_id=_RCV, sealed=_seal_shown("offer", _OFFER_SDP)),
+            ),
+            _hs(
+                3 + _T,
+                _TIMER,
+                "failed",
+                None,
+                _fail("SignalingError", says="this code has had its one try"),
+            ),
+        ],
+    },
+    {
+        "name": "receiver waits; the partner leaves and the channel stays shut: the grace ends",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            # The offer before the key is kept, and taken once the keys are made.
+            _hs(1.5, _sealed("offer", _SND, _OFFER_SDP), "awaiting_key", 1 + _T),
+            _hs(
+                2,
+                _peer_key(),
+                "answering",
+                None,
+                _a("AnswerOffers", sdps=[_OFFER_SDP], ice_servers=[]),
+            ),
+            _hs(
+                3,
+                _ev("LocalDescription", sdps=[_ANSWER_SDP]),
+                "opening",
+                None,
+                _c("answer", peer_id=_SND, sealed=_seal_shown("answer", _ANSWER_SDP)),
+                _a("OpenChannel"),
+            ),
+            _hs(4, _ev("PartnerLeft", peer_id=_SND), "partner_left", 9),
+            _hs(8.9, _TIMER, "partner_left", 9),
+            _hs(9, _TIMER, "failed", None, _fail("PeerGoneError")),
+            _hs(10, _ev("Cancelled"), "failed", None),
+        ],
+    },
+    {
+        "name": "cancelled while waiting for a request: nobody to tell",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(1, _ev("Cancelled"), "failed", None),
+            _hs(2, _ev("ConnectionRequested", peer_id=_SND), "failed", None),
+        ],
+    },
+    {
+        "name": "cancelled after the pairing: the partner is told (abort cancelled)",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionAccepted", peer_id=_RCV),
+                "awaiting_key",
+                1 + _T,
+                _c("send_public_key", peer_id=_RCV, key=_KEY),
+            ),
+            _hs(
+                2,
+                _ev("Cancelled"),
+                "failed",
+                None,
+                _c("abort", True, peer_id=_RCV, reason="cancelled"),
+            ),
+            _hs(3, _TIMER, "failed", None),
+        ],
+    },
+    {
+        "name": "the partner cancels, or gives up for a reason we do not know",
+        "side": "receiver",
+        "code": f"{_SND}-orbit-velvet",
+        "peer": {"words": "orbit-velvet", "code_id": _SND},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_SND),
+                _c("send_connection_request", peer_id=_SND),
+                _a("Status", message=f"Connecting to {_SND}…"),
+            ),
+            _hs(1, _ev("PartnerAborted", peer_id=_EVE, reason="cancelled"), "awaiting_accept", _T),
+            _hs(
+                2,
+                _ev("PartnerAborted", peer_id=_SND, reason="cancelled"),
+                "failed",
+                None,
+                _fail("CancelledByPeerError"),
+            ),
+        ],
+    },
+    {
+        "name": "the partner gives up for another reason",
+        "side": "sender",
+        "code": f"{_RCV}-tiger-lamp",
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_SND),
+                "awaiting_accept",
+                _T,
+                _c("find_peer", peer_id=_RCV),
+                _c("send_connection_request", peer_id=_RCV),
+                _a("Status", message=f"Connecting to {_RCV}…"),
+            ),
+            _hs(
+                1,
+                _ev("PartnerAborted", peer_id=_RCV, reason=None),
+                "failed",
+                None,
+                _fail("PeerGoneError"),
+            ),
+        ],
+    },
+    {
+        "name": "receiver waits; the server goes away: a new code; lost again after the pairing",
+        "side": "receiver",
+        "words": ["tiger-lamp", "orbit-velvet"],
+        "peer": {"words": "orbit-velvet", "code_id": "RCV-009"},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ServerLost"),
+                "reconnecting",
+                None,
+                _a("Status", message="Lost the signaling server; reconnecting…"),
+                _a("Reconnect"),
+            ),
+            _glue_bug(1.5, _ev("LocalDescription", sdps=[_ANSWER_SDP])),
+            _hs(
+                2,
+                _ev("Registered", peer_id="RCV-009", ice_servers=_ICE),
+                "awaiting_request",
+                None,
+                _a("Status", message="Reconnected. The old code no longer works; use this one:"),
+                _a("ShowCode", code="RCV-009-orbit-velvet"),
+            ),
+            _hs(
+                3,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                3 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(4, _ev("ServerLost"), "failed", None, _fail("ServerLostError")),
+        ],
+    },
+    {
+        "name": "a request without a peer ID",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=None),
+                "failed",
+                None,
+                _fail("SignalingError", says="without peer_id"),
+            ),
+        ],
+    },
+    {
+        "name": "a key that is not base64",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(
+                2,
+                _ev("PublicKeyReceived", peer_id=_SND, key="not base64!"),
+                "failed",
+                None,
+                _fail("SignalingError", says="malformed key"),
+            ),
+        ],
+    },
+    {
+        "name": "an offer that opens but is not a session description",
+        "side": "receiver",
+        "words": ["tiger-lamp"],
+        "peer": {"words": "tiger-lamp", "code_id": _RCV},
+        "steps": [
+            _hs(
+                0,
+                _ev("Registered", peer_id=_RCV),
+                "awaiting_request",
+                None,
+                _a("ShowCode", code=f"{_RCV}-tiger-lamp"),
+            ),
+            _hs(
+                1,
+                _ev("ConnectionRequested", peer_id=_SND),
+                "awaiting_key",
+                1 + _T,
+                _c("accept_connection", peer_id=_SND),
+                _c("send_public_key", peer_id=_SND, key=_KEY),
+            ),
+            _hs(2, _peer_key(), "awaiting_offer", 2 + _T),
+            _hs(
+                3,
+                _sealed("offer", _SND, text='{"type":"answer","sdp":"v=0"}'),
+                "failed",
+                None,
+                _fail("SignalingError", says="malformed offer"),
+            ),
+        ],
+    },
+]
+
+
+def _handshakes() -> dict[str, object]:
+    return {
+        "comment": (
+            "Each script drives one side's set-up machine (sfs/peer/proto/handshake.py, "
+            "src/handshake.js), connect_timeout as given, step by step; the other side is "
+            "the runner's own KeyExchange (peer.words, peer.code_id): it seals each seal "
+            "or seal_text input and opens each offer or answer the machine sends"
+        ),
+        "connect_timeout": _TIMEOUT,
+        "partner_gone_grace_seconds": handshake.PARTNER_GONE_GRACE_SECONDS,
+        "scripts": _HANDSHAKES,
+    }
+
+
 # -- names and text shown (sfs/web/src/transfer.js safeName, formatSize; text.js) ----------
 
 _OFFERED_NAMES = [
@@ -985,6 +1754,7 @@ def build_vectors() -> dict[str, object]:
         },
         "protocol": _protocol(keys_s, keys_r),
         "conversations": _conversations(keys_s, keys_r),
+        "handshakes": _handshakes(),
         "names": _names(),
         "constants": _constants(),
     }
