@@ -179,8 +179,7 @@ async def _send_one(
             if channel.congested:
                 await pump.drain()
         # What the receiver sent meanwhile: a cancel stops us at once.
-        while pump.poll() is not None:
-            pass
+        pump.take_ready()  # acknowledgements (the machine counts them), or a CANCEL
     sha256 = digest.digest()
     machine.file_done(sha256)
     pump.flush()
@@ -229,9 +228,7 @@ async def _blocks(
 
             f.seek(offset)
             while remaining:
-                block, chunks = await pump.serve(
-                    asyncio.to_thread(read_file, min(block_size, remaining))
-                )
+                block, chunks = await pump.in_thread(read_file, min(block_size, remaining))
                 if not block:
                     raise SourceError(f"{source.name} shrank while it was being sent")
                 remaining -= len(block)
@@ -262,7 +259,7 @@ async def _pipe_blocks(
         return block, packer.pack(block)
 
     while True:
-        block, chunks = await pump.serve(asyncio.to_thread(read_pipe))
+        block, chunks = await pump.in_thread(read_pipe)
         if not block:
             return
         yield block, chunks
