@@ -1704,11 +1704,12 @@ def _constants() -> dict[str, object]:
         ),
         "limits": {name: _number(value) for name, value in limits.items()},
         "seconds": seconds,
-        # The TCP path's and LAN probe's labels are the command line's alone.
+        # The TCP path's and LAN probe's labels are the command line's alone; the
+        # relay token's joins them when the page relays (issue 25, part 4).
         "hkdf_labels": {
             name: getattr(crypto, name).decode("ascii")
             for name in labels
-            if name != "INFO_PROBE_PROOF"
+            if name not in ("INFO_PROBE_PROOF", "INFO_RELAY_TOKEN")
         },
         "words": {
             **_named(webrtc, "CHANNEL_LABEL"),

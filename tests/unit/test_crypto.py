@@ -14,6 +14,7 @@ from sfs.errors import CryptoError, WrongCodeError
 from sfs.peer.proto.crypto import (
     INFO_CONTROL_RECEIVER,
     INFO_DATA_SENDER,
+    INFO_RELAY_TOKEN,
     INFO_SIGNAL_RECEIVER,
     INFO_SIGNAL_SENDER,
     FrameOpener,
@@ -22,6 +23,7 @@ from sfs.peer.proto.crypto import (
     SessionKeys,
     derive_keys,
     open_message,
+    relay_token,
     seal_message,
 )
 from tests.helpers import counter_entropy, key_pair
@@ -34,6 +36,7 @@ SPAKE2_SIGNAL_SENDER_KEY = "8b0a2893e6ff819242ec902f92790a0c5f370f15e490c5004b4e
 SPAKE2_VERIFIER = "ea32-0051-538a"
 HKDF_SIGNAL_SENDER = "55954fa962279a54f1e750cd38cba776ece74e8db0a9bcc8ed5b596142627e28"
 HKDF_DATA_SENDER = "7cd423f3bc398a0ae665019557e5629dd84ac202001ea2ffe5869d0850f79941"
+HKDF_RELAY_TOKEN = "25c954998bc0646a929783e2651e03039ff7f68d7f453e7454789671ad5d3a2c"
 FRAME_0 = "0104000000000000000000000b0446c7d79a82d61af98545c5b59d9db457a52f88"
 FRAME_1 = "0105000000000000000000015e19271670dc71a2cba366aad71a5ab2"
 
@@ -71,6 +74,43 @@ def test_hkdf_known_answer_and_independent_hkdf() -> None:
         (INFO_CONTROL_RECEIVER, keys.frame_receive),
     ]:
         assert rfc5869_hkdf(pake_key, b"ABC-123", info) == value
+
+
+def test_relay_token_known_answer_and_independent_hkdf() -> None:
+    pake_key = bytes(range(32))
+    for role in ("sender", "receiver"):
+        keys = derive_keys(pake_key=pake_key, transcript=b"ABC-123", role=role)
+        assert keys.relay_token.hex() == HKDF_RELAY_TOKEN
+    assert relay_token(pake_key=pake_key, transcript=b"ABC-123").hex() == HKDF_RELAY_TOKEN
+    assert rfc5869_hkdf(pake_key, b"ABC-123", INFO_RELAY_TOKEN).hex() == HKDF_RELAY_TOKEN
+
+
+def test_both_sides_present_the_same_relay_token_and_sessions_differ() -> None:
+    sender, receiver = key_pair()
+    assert len(sender.relay_token) == 32
+    assert sender.relay_token == receiver.relay_token
+    other_sender, other_receiver = key_pair()  # the same code again: a fresh SPAKE2 run
+    assert other_sender.relay_token == other_receiver.relay_token
+    assert other_sender.relay_token != sender.relay_token
+    assert sender.relay_token.hex() not in repr(sender)
+
+
+def test_the_relay_token_is_no_other_key() -> None:
+    """The relay learns the token: it must be none of the keys, nor any key's prefix."""
+    keys = derive_keys(pake_key=b"k" * 32, transcript=b"ABC-123", role="receiver")
+    others = [
+        keys.signal_send,
+        keys.signal_receive,
+        keys.frame_send,
+        keys.frame_receive,
+        keys.tcp_send,
+        keys.tcp_receive,
+        keys.proof_send,
+        keys.proof_receive,
+    ]
+    assert keys.relay_token not in others
+    assert all(keys.relay_token[:8] not in key for key in others)
+    assert keys.verifier.replace("-", "") not in keys.relay_token.hex()
 
 
 def test_every_purpose_and_direction_has_its_own_key() -> None:

@@ -15,6 +15,10 @@ direction (``INFO_*`` labels), so no two uses ever share a key:
 * the same two again for the direct TCP path (``sfs/1 tcp …``), so that no nonce is
   ever used under one key on two transports, and one proof key per role that each
   side proves on a TCP connection before any frame travels on it;
+* a relay token (``sfs/1 relay token``), the same on both sides, that each peer
+  presents to ``sfs serve``'s relay so that the relay joins their two connections;
+  it is not a key: the relay learns it, and learns nothing else from it (HKDF with
+  a label of its own), and the TCP proof still runs end to end through the relay;
 * a verification string that users may compare out of band.
 
 Frames on the DataChannel are ``[12-byte nonce][AES-256-GCM ciphertext + tag]``.
@@ -67,6 +71,8 @@ INFO_TCP_DATA_SENDER = b"sfs/1 tcp data sender->receiver"
 INFO_TCP_CONTROL_RECEIVER = b"sfs/1 tcp control receiver->sender"
 INFO_TCP_PROOF_SENDER = b"sfs/1 tcp proof sender"
 INFO_TCP_PROOF_RECEIVER = b"sfs/1 tcp proof receiver"
+INFO_RELAY_TOKEN = b"sfs/1 relay token"
+RELAY_TOKEN_BYTES = KEY_BYTES
 
 _HEADER = struct.Struct(">BBHQ")  # version, frame type, reserved, counter
 
@@ -90,6 +96,8 @@ class SessionKeys:
     tcp_receive: bytes
     proof_send: bytes
     proof_receive: bytes
+    #: What both sides present to a relay (:func:`relay_token`); one per session, not per role.
+    relay_token: bytes
 
     def over_tcp(self) -> SessionKeys:
         """These keys with the TCP path's frame keys as the frame keys: a transfer
@@ -194,6 +202,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             INFO_TCP_PROOF_RECEIVER,
         )
     }
+    token = relay_token(pake_key=pake_key, transcript=transcript)
     verifier = format_verifier(keys[INFO_VERIFY])
     if role == "sender":
         return SessionKeys(
@@ -207,6 +216,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_CONTROL_RECEIVER],
             keys[INFO_TCP_PROOF_SENDER],
             keys[INFO_TCP_PROOF_RECEIVER],
+            token,
         )
     if role == "receiver":
         return SessionKeys(
@@ -220,8 +230,20 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_DATA_SENDER],
             keys[INFO_TCP_PROOF_RECEIVER],
             keys[INFO_TCP_PROOF_SENDER],
+            token,
         )
     raise ValueError(f"unknown role {role!r}")
+
+
+def relay_token(*, pake_key: bytes, transcript: bytes) -> bytes:
+    """The 32 bytes both peers of one session present to a relay to be joined.
+
+    Both sides derive the same token (it has no direction); another session, with
+    another SPAKE2 key, gets another one.  The relay sees it in the clear, so it has
+    a label of its own: knowing it tells nothing about any key of the session, and
+    the relay can do no more with it than join (or refuse to join) two connections.
+    """
+    return _hkdf(pake_key=pake_key, transcript=transcript, info=INFO_RELAY_TOKEN)
 
 
 def format_verifier(material: bytes) -> str:
