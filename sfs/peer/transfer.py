@@ -170,13 +170,20 @@ class Pump:
         fifth slower end to end (the reads overlapped less with the receiver's work).
         """
         future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        while True:
-            try:
-                async with asyncio.timeout(self._time_left()):
-                    # Shielded: a timer that fires leaves the thread's result to come.
-                    return await asyncio.shield(future)
-            except TimeoutError:
-                self.tick(time.monotonic())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._time_left()):
+                        # Shielded: a timer that fires leaves the thread's result to come.
+                        return await asyncio.shield(future)
+                except TimeoutError:
+                    self.tick(time.monotonic())
+        except BaseException:
+            # Ctrl-C or a timer's error: the caller closes the file while the thread may
+            # still read it. That read's error is expected; unretrieved, asyncio would
+            # print it with a traceback ("Future exception was never retrieved").
+            future.add_done_callback(_collect)
+            raise
 
     def take_ready(self) -> list[Action]:
         """Give the machine every frame already here (never waits): what the
@@ -242,6 +249,12 @@ async def linger(channel: Channel, seconds: float) -> None:
             await channel.wait_closed()
     except TimeoutError:
         logger.debug("the peer did not close within %.0f s", seconds)
+
+
+def _collect(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned thread job's outcome, so nothing prints it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def describe_offer(offer: Offer) -> str:

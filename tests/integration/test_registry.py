@@ -94,9 +94,11 @@ async def _departures_seen(
 async def test_an_id_goes_to_one_peer_even_when_both_nodes_draw_it_at_once(
     node: Node, redis_server: RedisServer
 ) -> None:
-    """500 registrations at once on two nodes that draw from only 600 IDs: collisions
+    """400 registrations at once on two nodes that draw from only 600 IDs: collisions
     happen by the hundred, and still every peer gets an ID of its own, which Redis
-    holds for the right node and session."""
+    holds for the right node and session. (At 500 of 600 the last peers fail their 50
+    draws about once in a thousand runs, as a CI run here did: a full pool is refused
+    by design.)"""
     pool = [f"AA{chr(ord('A') + i // 100)}-{i % 100:03d}" for i in range(600)]
     draws = 0
 
@@ -107,19 +109,19 @@ async def test_an_id_goes_to_one_peer_even_when_both_nodes_draw_it_at_once(
 
     a, b = await node(new_id=crowded), await node(new_id=crowded)
     sids = []
-    for i in range(500):
+    for i in range(400):
         registry = (a, b)[i % 2]
         sid = f"sid-{next(_sids)}"
         assert registry.connect(sid, ADDRESS, now=0.0)
         sids.append((registry, sid))
     ids = await asyncio.gather(*(registry.register(sid) for registry, sid in sids))
-    assert len(set(ids)) == 500
-    assert draws > 600, f"only {draws - 500} collisions: the race was not run"
+    assert len(set(ids)) == 400
+    assert draws > 500, f"only {draws - 400} collisions: the race was not run"
     with redis_server.client() as client:
         for (registry, sid), peer_id in zip(sids, ids, strict=True):
             entry = client.hgetall(f"{PREFIX}peer:{peer_id}")
             assert (entry["node"], entry["sid"]) == (registry.node, sid)
-        assert len(client.keys(f"{PREFIX}peer:*")) == 500
+        assert len(client.keys(f"{PREFIX}peer:*")) == 400
 
 
 async def test_register_twice_and_without_registering(node: Node) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from sfs.errors import (
 from sfs.peer.files.destinations import Plan, plan_destinations
 from sfs.peer.files.partial import PartFile, identity_of, meta_path, part_path
 from sfs.peer.files.sources import inspect_sources
+from sfs.peer.proto.conversation import Sender
 from sfs.peer.proto.crypto import FrameSealer
 from sfs.peer.proto.framing import Role, State, TransferProtocol
 from sfs.peer.proto.names import safe_name
@@ -40,7 +43,7 @@ from sfs.peer.proto.wire import (
 )
 from sfs.peer.receiving import receive_files
 from sfs.peer.sending import send_files
-from sfs.peer.transfer import TransferResult
+from sfs.peer.transfer import Pump, TransferResult
 from tests.helpers import channel_pair, key_pair
 
 
@@ -696,3 +699,31 @@ async def test_each_saved_path_is_told_and_a_changed_name_says_so(tmp_path: Path
         f"Saved {out / 'A (1).TXT'} (offered as 'A.TXT')",
         f"Saved {out / 'x_y'} (offered as 'x:y')",
     ]
+
+
+async def test_a_cancelled_thread_job_prints_nothing_when_it_fails_later() -> None:
+    """Ctrl-C while a block read runs in a thread: the sender closes the file and the
+    read then fails; asyncio must not print that as "Future exception was never
+    retrieved" (a CI run showed the traceback on the terminal)."""
+    ks, _ = key_pair()
+    a, _ = channel_pair()
+    pump = Pump(a, Sender(TransferProtocol(Role.SENDER, ks), 0.0))
+    release = threading.Event()
+
+    def read() -> bytes:
+        release.wait(5)
+        raise ValueError("read of closed file")
+
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    job = asyncio.ensure_future(pump.in_thread(read))
+    await asyncio.sleep(0.05)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    release.set()
+    await asyncio.sleep(0.1)  # the thread ends; its future's callbacks run
+    del job
+    gc.collect()
+    assert reported == []
