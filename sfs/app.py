@@ -24,9 +24,10 @@ from typing import IO, Any, Protocol
 from sfs.check import Report, check
 from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
-from sfs.defaults import PEER_CONNECT_TIMEOUT_SECONDS, Transport
+from sfs.defaults import PEER_CONNECT_TIMEOUT_SECONDS, RelayMode, Transport
 from sfs.errors import (
     DiskError,
+    PeerConnectionError,
     ServerUnreachableError,
     SfsError,
     SourceError,
@@ -76,7 +77,8 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, open_transport
-from sfs.peer.transport.tcp import DirectPath
+from sfs.peer.transport.relay import open_relay
+from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
 from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.config import ServerConfig
@@ -123,6 +125,7 @@ class PeerOptions:
     :param ca_file: certificates to trust for an ``https://`` server (a private CA).
     :param transport: TCP when the peers reach each other directly, else WebRTC
         (``auto``); or only one of them.
+    :param relay: whether the server's relay may carry the transfer (``--relay``).
     """
 
     server_url: str | None = None
@@ -133,6 +136,7 @@ class PeerOptions:
     find_timeout: float = LAN_FIND_SECONDS
     ca_file: str | None = None
     transport: Transport = Transport.AUTO
+    relay: RelayMode = RelayMode.AUTO
 
 
 @dataclass(frozen=True)
@@ -459,6 +463,7 @@ class _SetUpPump:
         self.direct: DirectPath | None = None
         self.opener: asyncio.Future[Opened] | None = None
         self.wants_tcp = options.transport is not Transport.DATACHANNEL
+        self.relay_only = options.relay is RelayMode.ONLY
         self.pending: deque[SetupEvent] = deque()
 
     async def run(self) -> Session:
@@ -479,10 +484,19 @@ class _SetUpPump:
                 await asyncio.gather(self.opener, return_exceptions=True)
 
     async def _register(self) -> None:
-        peer_id, server_ice = await self.signal.register()
+        registration = await self.signal.register()
+        peer_id = registration.peer_id
         if self.registered is not None:
             await self.registered(peer_id)
-        self.pending.append(Registered(peer_id, server_ice))
+        relay = None
+        if self.options.relay is not RelayMode.NEVER and self.wants_tcp:
+            relay = _relay_url(self.url, registration.relay)
+            if relay is None and self.relay_only:
+                raise PeerConnectionError(
+                    "the server offers no relay (--relay only): it runs with --no-relay, "
+                    "or is an older sfs"
+                )
+        self.pending.append(Registered(peer_id, registration.ice_servers, relay))
 
     async def _next_actions(self, now: Callable[[], float]) -> list[Action]:
         """The handshake's answer to the next event: one the actions produced, else
@@ -537,13 +551,13 @@ class _SetUpPump:
                 action.count,
             )
         self.links = await self.stack.enter_async_context(
-            PeerLinks(action.count, ice_servers=action.ice_servers, host_addresses=self.addresses)
+            PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
         offers = await self.links.create_offers()
         tcp = None
         if self.wants_tcp:
             self.direct = _direct_path(
-                self.stack, sender=True, keys=action.keys, hosts=host_addresses(self.addresses)
+                self.stack, sender=True, keys=action.keys, hosts=self._tcp_hosts()
             )
             tcp = await self.direct.listen()
         self.pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
@@ -552,33 +566,59 @@ class _SetUpPump:
         self.links = await self.stack.enter_async_context(
             PeerLinks(
                 len(action.sdps),
-                ice_servers=action.ice_servers,
+                ice_servers=self._ice(action),
                 host_addresses=self.addresses,
             )
         )
         tcp = None
-        if self.wants_tcp and action.tcp is not None:
+        if self.wants_tcp:
+            # Also for a sender that takes no direct TCP (the page): the relay's
+            # connection is one of this path's.
+            self.direct = _direct_path(
+                self.stack, sender=False, keys=action.keys, hosts=self._tcp_hosts()
+            )
+        if self.direct is not None and action.tcp is not None:
             # Dialing the sender's listeners while ours start and the answer
             # travels: on a LAN the connection is proven before it arrives.
-            self.direct = _direct_path(
-                self.stack, sender=False, keys=action.keys, hosts=host_addresses(self.addresses)
-            )
-            self.direct.dial(action.tcp)
+            if not self.relay_only:
+                self.direct.dial(action.tcp)
             tcp = await self.direct.listen()
         answers = await self.links.answer_offers(_descriptions("offer", action.sdps))
         self.pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
 
+    def _ice(self, action: CreateOffers | AnswerOffers) -> tuple[IceServer, ...]:
+        # With --relay only, WebRTC is never opened: no STUN or TURN to ask.
+        return () if self.relay_only else action.ice_servers
+
+    def _tcp_hosts(self) -> tuple[str, ...]:
+        # With --relay only, nothing listens: the one connection goes out to the relay.
+        return () if self.relay_only else host_addresses(self.addresses)
+
     async def _open_channel(self, action: OpenChannel) -> None:
         links = self.links
         assert links is not None
-        if self.direct is not None and not action.direct:
-            await self.direct.close()  # the other side takes no TCP
+        direct = self.direct if action.direct or action.relay is not None else None
+        if self.direct is not None and direct is None:
+            await self.direct.close()  # the other side takes no TCP, and no relay
+        if direct is not None and action.relay is not None:
+            direct.relay(
+                action.relay,
+                functools.partial(open_relay, timeout=self.options.connect_timeout,
+                                  ca_file=self.options.ca_file),
+                delay=0.0 if self.relay_only else RELAY_HEAD_START_SECONDS,
+                sole=self.relay_only,
+            )  # fmt: skip
+        elif self.relay_only:
+            raise PeerConnectionError(
+                "the other side takes no relay (--relay only): an older sfs, or --relay never"
+            )
+        datachannel = functools.partial(links.open, self.options.connect_timeout)
         self.opener = asyncio.ensure_future(
             open_transport(
                 sender=self.handshake.role is Role.SENDER,
                 transport=self.options.transport,
-                direct=self.direct if action.direct else None,
-                datachannel=functools.partial(links.open, self.options.connect_timeout),
+                direct=direct,
+                datachannel=None if self.relay_only else datachannel,
                 connect_timeout=self.options.connect_timeout,
             )
         )
@@ -735,6 +775,14 @@ def _direct_path(
     direct = DirectPath(sender=sender, keys=keys, hosts=hosts)
     stack.push_async_callback(direct.close)
     return direct
+
+
+def _relay_url(server_url: str, advertised: str | None) -> str | None:
+    """The relay this side offers: the one the server named on registration, ``""``
+    meaning its own (``/relay`` beside the signaling URL); None for none."""
+    if advertised is None:
+        return None
+    return advertised or server_url.rstrip("/") + "/relay"
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:

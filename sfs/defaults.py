@@ -44,6 +44,17 @@ class Transport(enum.Enum):
     DATACHANNEL = "datachannel"
 
 
+class RelayMode(enum.Enum):
+    """``--relay``: whether the relay of ``sfs serve`` may carry the transfer."""
+
+    #: After the peer-to-peer ways had a head start; whichever connects first wins.
+    AUTO = "auto"
+    NEVER = "never"
+    #: Only through the relay: no direct dials, no WebRTC (tests, and networks that
+    #: punish connection attempts).
+    ONLY = "only"
+
+
 # -- the peers' timing ---------------------------------------------------------------------------
 
 #: In LAN mode, how long the joining side looks for the code's peer on mDNS when

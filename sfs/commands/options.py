@@ -19,6 +19,7 @@ from sfs.commands.ui import _json_lines
 from sfs.defaults import (
     LAN_FIND_SECONDS,
     PEER_CONNECT_TIMEOUT_SECONDS,
+    RelayMode,
     Transport,
 )
 from sfs.errors import PeerConnectionError
@@ -98,6 +99,7 @@ def _peer_options(
     name: str = "",
     cacert: Path | None = None,
     transport: str = Transport.AUTO.value,
+    relay: str = RelayMode.AUTO.value,
 ) -> app.PeerOptions:
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
@@ -107,6 +109,12 @@ def _peer_options(
     ctx = click.get_current_context()
     if lan and ctx.get_parameter_source("server") is ParameterSource.COMMANDLINE:
         raise click.UsageError("--lan and --server exclude each other: pick one")
+    if relay == RelayMode.ONLY.value and (lan or server is None):
+        raise click.UsageError(
+            "--relay only needs a server with a relay (--server URL): LAN mode has none"
+        )
+    if relay == RelayMode.ONLY.value and transport == Transport.DATACHANNEL.value:
+        raise click.UsageError("--relay only and --transport datachannel exclude each other")
     # An explicit --connect-timeout also bounds the search on the LAN, whose own
     # default is short: a waiting peer there answers within a second.
     explicit = ctx.get_parameter_source("connect_timeout") is not ParameterSource.DEFAULT
@@ -125,6 +133,7 @@ def _peer_options(
         find_timeout=connect_timeout if explicit else LAN_FIND_SECONDS,
         ca_file=None if cacert is None else str(cacert),
         transport=Transport(transport),
+        relay=RelayMode(relay),
     )
 
 
@@ -224,6 +233,17 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="auto: a direct TCP connection when the two sides reach each other "
             "(fastest), else WebRTC (through NATs and TURN); tcp or datachannel: only "
             "that one.",
+        ),
+        click.option(
+            "--relay",
+            type=click.Choice([m.value for m in RelayMode]),
+            default=RelayMode.AUTO.value,
+            envvar="SFS_RELAY",
+            show_envvar=True,
+            show_default=True,
+            help="auto: when no direct connection is made within a moment, the "
+            "--server's relay carries the sealed bytes (over TCP, at its speed); "
+            "never: not the relay; only: nothing but the relay.",
         ),
         click.option(
             "-q",

@@ -99,6 +99,7 @@ def receive(
     ice_address: tuple[str, ...],
     connect_timeout: float,
     transport: str,
+    relay: str,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -144,6 +145,7 @@ def receive(
             name=_default_sender() if name is None else name,
             cacert=cacert,
             transport=transport,
+            relay=relay,
         ),
         verify=verify,
         resume=not no_resume,

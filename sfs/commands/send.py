@@ -153,6 +153,7 @@ def send(
     ice_address: tuple[str, ...],
     connect_timeout: float,
     transport: str,
+    relay: str,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -203,6 +204,7 @@ def send(
             name=name,
             cacert=cacert,
             transport=transport,
+            relay=relay,
         ),
         chunk_size=chunk_size,
         sender_name=name,

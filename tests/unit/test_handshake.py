@@ -97,6 +97,8 @@ class Side:
     tcp: tuple[str, ...] | None = None
     peer_tcp: tuple[str, ...] | None = None
     direct: bool | None = None
+    #: The relay OpenChannel named (None: none).
+    relay: str | None = None
 
 
 class Relay:
@@ -110,7 +112,9 @@ class Relay:
         streams: int | None = 1,
         tamper: Tamper | None = None,
         open_channels: bool = True,
+        relays: tuple[str | None, str | None] = (None, None),
     ) -> None:
+        """:param relays: the relay the server names to the sender and to the receiver."""
         self.now = 100.0
         self.actions: list[Action] = []
         self.tamper = tamper
@@ -123,13 +127,14 @@ class Relay:
             new_words=lambda: WORDS,
         )
         self.waiter = Side("waiter", WAITER_ID, waiter)
-        self.deliver(self.waiter, Registered(WAITER_ID, SERVER_ICE))
+        waiter_relay, joiner_relay = relays if waiter_role is Role.SENDER else relays[::-1]
+        self.deliver(self.waiter, Registered(WAITER_ID, SERVER_ICE, waiter_relay))
         code = parse_code(self.waiter.shown[-1])
         if joiner_words is not None:
             code = Code(code.peer_id, joiner_words)
         joiner = Handshake(joiner_role, code=code, connect_timeout=TIMEOUT, streams=streams)
         self.joiner = Side("joiner", JOINER_ID, joiner)
-        self.joiner.inbox.append(Registered(JOINER_ID, SERVER_ICE))
+        self.joiner.inbox.append(Registered(JOINER_ID, SERVER_ICE, joiner_relay))
 
     @property
     def sender(self) -> Side:
@@ -172,6 +177,7 @@ class Relay:
                 side.peer_tcp = action.tcp
             elif isinstance(action, OpenChannel):
                 side.direct = action.direct
+                side.relay = action.relay
                 if self.open_channels:
                     side.inbox.append(ChannelOpen())
             elif isinstance(action, Done):
@@ -457,6 +463,61 @@ def test_direct_addresses_travel_sealed_and_both_sides_agree_on_the_choice(
     for call in relay.sender.calls + relay.receiver.calls:
         assert "127.0.0.1" not in json.dumps(call.payload)
         assert "10.0.0.2" not in json.dumps(call.payload)
+
+
+SENDERS_RELAY = "https://a.example/relay"
+RECEIVERS_RELAY = "http://[fd00::2]:5000/node/2/relay"
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize(
+    ("relays", "met_at"),
+    [
+        ((SENDERS_RELAY, RECEIVERS_RELAY), RECEIVERS_RELAY),  # the receiver's node
+        ((SENDERS_RELAY, None), None),  # --relay never, a server without one, LAN mode
+        ((None, RECEIVERS_RELAY), None),  # the receiver answers with none
+        ((None, None), None),
+    ],
+)
+def test_both_sides_meet_at_the_receivers_relay_named_sealed(
+    waiter_role: Role, relays: tuple[str | None, str | None], met_at: str | None
+) -> None:
+    relay = Relay(waiter_role=waiter_role, relays=relays)
+    relay.run()
+    assert relay.sender.keys is not None
+    assert relay.receiver.keys is not None
+    assert relay.sender.relay == relay.receiver.relay == met_at
+    for call in relay.sender.calls + relay.receiver.calls:
+        assert "example" not in json.dumps(call.payload)
+        assert "fd00" not in json.dumps(call.payload)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        7,
+        ["https://a/relay"],
+        "ftp://a.example/relay",
+        "https:///relay",
+        "https://user:pw@a.example/relay",
+        "https://a.example/relay?x=1",
+        "https://a.example/relay#x",
+        "https://a.example:99999/relay",
+        "https://a.example/re lay",
+        "https://a.example/\x1b[2J",
+        "https://a.example/" + "r" * 512,
+    ],
+)
+def test_a_malformed_relay_url_is_malformed(url: object) -> None:
+    relay = Relay()
+    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
+    keys = relay.receiver.hs._keys
+    assert keys is not None
+    plaintext = json.dumps({"type": "offer", "sdp": "x", "relay": url}).encode()
+    sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
+    event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
+    actions = relay.receiver.hs.handle(event, relay.now)
+    assert str(only_error(actions)) == "the other side sent a malformed offer"
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,8 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeGuard
+from urllib.parse import urlsplit
 
 from sfs.code import Code, new_secret
 from sfs.defaults import MAX_STREAMS
@@ -83,6 +85,8 @@ PARTNER_GONE_GRACE_SECONDS = 5.0
 BACKLOG_LIMIT = 64
 #: The most direct TCP addresses one description may list.
 MAX_TCP_ADDRESSES = 8
+#: The longest relay URL taken from the other side's sealed description.
+MAX_RELAY_URL_CHARS = 512
 #: ``--streams auto``: one stream up to this round trip (a LAN, a city)...
 ONE_STREAM_ROUND_TRIP_SECONDS = 0.020
 #: ...then one more per this much round trip, up to AUTO_MAX_STREAMS: one aiortc
@@ -112,6 +116,9 @@ class Registered:
 
     peer_id: str
     ice_servers: tuple[IceServer, ...] = ()
+    #: The relay this side will use (absolute ``http(s)://…/relay``), None for none: the
+    #: server has none, LAN mode, or ``--relay never``.
+    relay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,27 @@ def signal_event(name: str, data: dict[str, object]) -> SetupEvent | None:
     return None
 
 
+def is_relay_url(url: object) -> TypeGuard[str]:
+    """``url`` is what a relay may be named by: an ``http`` or ``https`` URL with a
+    host, no user name or password, no query or fragment, at most
+    MAX_RELAY_URL_CHARS characters (the sealed ``relay`` key)."""
+    if not isinstance(url, str) or len(url) > MAX_RELAY_URL_CHARS or not url.isprintable():
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and not parts.query
+        and not parts.fragment
+        and " " not in url
+    )
+
+
 # -- actions ------------------------------------------------------------------------------
 
 
@@ -285,9 +313,13 @@ class OpenChannel:
     :param direct: both descriptions carried TCP addresses: the sender chooses
         between TCP and the DataChannel and says which on it (sfs.peer.transport.tcp).
         Otherwise the DataChannel(s), as before the direct path existed.
+    :param relay: the relay both sides offered to meet at: the receiver's, named in
+        its sealed answer; None when either side offered none. Its connection runs
+        the direct path's proof end to end, so it is one more candidate for the choice.
     """
 
     direct: bool = False
+    relay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +431,10 @@ class Handshake:
         # The direct TCP addresses of each side's sealed description (None: none).
         self._own_tcp: tuple[str, ...] | None = None
         self._peer_tcp: tuple[str, ...] | None = None
+        # The relay this side offers (from the server, on registration) and the
+        # other side's, from its sealed description.
+        self._own_relay: str | None = None
+        self._peer_relay: str | None = None
         self._backlog: deque[SetupEvent] = deque(maxlen=BACKLOG_LIMIT)
         self._asked_at: float | None = None
         #: The partner's round trip through the server, once measured (seconds).
@@ -474,14 +510,17 @@ class Handshake:
             return self._registered(event, now)
         if isinstance(event, LocalDescription) and self._state is SetupState.CREATING_OFFERS:
             self._own_tcp = event.tcp
-            call = self._sealed_call("offer", event.sdps, event.tcp)
+            call = self._sealed_call("offer", event.sdps, event.tcp, self._own_relay)
             self._set_state(SetupState.AWAITING_ANSWER, deadline=now + self.connect_timeout)
             return [call, *self._from_backlog(now)]
         if isinstance(event, LocalDescription) and self._state is SetupState.ANSWERING:
-            call = self._sealed_call("answer", event.sdps, event.tcp)
+            # The pair meets at the receiver's relay, offered only to a sender that
+            # offered one (an older sfs would not know the key).
+            relay = self._own_relay if self._peer_relay is not None else None
+            call = self._sealed_call("answer", event.sdps, event.tcp, relay)
             self._set_state(SetupState.OPENING)
             direct = event.tcp is not None and self._peer_tcp is not None
-            return [call, OpenChannel(direct)]
+            return [call, OpenChannel(direct, relay)]
         if isinstance(event, ChannelOpen) and self._state in (
             SetupState.OPENING,
             SetupState.PARTNER_LEFT,
@@ -494,6 +533,7 @@ class Handshake:
 
     def _registered(self, event: Registered, now: float) -> list[Action]:
         self._server_ice = event.ice_servers
+        self._own_relay = event.relay
         if not self.waits:
             assert self._partner is not None
             payload = {"peer_id": self._partner}
@@ -655,7 +695,7 @@ class Handshake:
     def _offered(self, event: SealedReceived) -> list[Action]:
         # If the offer does not open, this code has had its one try: tell the sender, end.
         try:
-            sdps, self._peer_tcp = self._open(event)
+            sdps, self._peer_tcp, self._peer_relay = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
@@ -666,24 +706,28 @@ class Handshake:
 
     def _answered(self, event: SealedReceived) -> list[Action]:
         try:
-            sdps, self._peer_tcp = self._open(event)
+            sdps, self._peer_tcp, self._peer_relay = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(SetupState.OPENING)
         direct = self._own_tcp is not None and self._peer_tcp is not None
-        return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct)]
+        relay = self._peer_relay if self._own_relay is not None else None
+        return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct, relay)]
 
     def _ice(self) -> tuple[IceServer, ...]:
         return self._server_ice if self._ice_override is None else self._ice_override
 
     # -- sealed offer/answer --------------------------------------------------------------
 
-    def _sealed_call(self, kind: str, sdps: tuple[str, ...], tcp: tuple[str, ...] | None) -> Call:
+    def _sealed_call(
+        self, kind: str, sdps: tuple[str, ...], tcp: tuple[str, ...] | None, relay: str | None
+    ) -> Call:
         """Seal the session description(s): the first as ``sdp``, any more (striping) as
         ``extra_sdps``, so a peer that knows only one stream still understands it; the
-        direct TCP addresses as ``tcp`` (a peer that does not know it ignores it)."""
+        direct TCP addresses as ``tcp`` and the relay as ``relay`` (a peer that does
+        not know a key ignores it)."""
         if not sdps:
             raise ValueError(f"an {kind} needs at least one session description")
         assert self._keys is not None
@@ -693,11 +737,15 @@ class Handshake:
             message["extra_sdps"] = list(sdps[1:])
         if tcp is not None:
             message["tcp"] = list(tcp)
+        if relay is not None:
+            message["relay"] = relay
         plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
 
-    def _open(self, event: SealedReceived) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    def _open(
+        self, event: SealedReceived
+    ) -> tuple[tuple[str, ...], tuple[str, ...] | None, str | None]:
         assert self._keys is not None
         kind = event.kind
         sealed = _b64(event.sealed, "sealed")
@@ -717,15 +765,16 @@ class Handshake:
         if len(strings) != len(sdps):
             raise SignalingError(malformed)
         tcp = message.get("tcp")
-        if tcp is None:
-            return strings, None
-        if (
+        if tcp is not None and (
             not isinstance(tcp, list)
             or len(tcp) > MAX_TCP_ADDRESSES
             or not all(isinstance(a, str) and len(a) <= 64 for a in tcp)
         ):
             raise SignalingError(malformed)
-        return strings, tuple(tcp)
+        relay = message.get("relay")
+        if relay is not None and not is_relay_url(relay):
+            raise SignalingError(malformed)
+        return strings, None if tcp is None else tuple(tcp), relay
 
     # -- endings --------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from typing import Literal, Protocol
 
 #: "local", "nat", "direct" (neither is known) and "relay" name a WebRTC connection
 #: by its nominated ICE candidate pair (:func:`sfs.peer.transport.gathering.route_of`); "tcp"
-#: is the direct TCP connection.
-RouteKind = Literal["local", "nat", "direct", "relay", "tcp"]
+#: is the direct TCP connection, "server" the same stream through ``sfs serve``'s relay.
+RouteKind = Literal["local", "nat", "direct", "relay", "tcp", "server"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,15 @@ class Route:
     """How a channel's data flows."""
 
     kind: RouteKind
-    relay: str = ""  # "HOST (udp)" for our own relay; "HOST" for the other side's
+    #: TURN: "HOST (udp)" for our own relay, "HOST" for the other side's; "server":
+    #: the host of the sfs relay.
+    relay: str = ""
 
     def __str__(self) -> str:
         if self.kind == "tcp":
             return "direct over TCP"
+        if self.kind == "server":
+            return f"relayed by {self.relay}"
         if self.kind == "local":
             return "direct on the local network"
         if self.kind == "nat":

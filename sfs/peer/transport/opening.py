@@ -1,5 +1,6 @@
-"""Opening the transport of a transfer: the chosen direct TCP connection, or the
-DataChannel(s), as the sender chose and said with CHOSEN (:mod:`sfs.peer.transport.tcp`).
+"""Opening the transport of a transfer: the chosen direct TCP connection (to the peer,
+or through the relay of ``sfs serve``), or the DataChannel(s), as the sender chose and
+said with CHOSEN (:mod:`sfs.peer.transport.tcp`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sfs.defaults import Transport
 from sfs.errors import (
@@ -41,7 +43,7 @@ async def open_transport(
     sender: bool,
     transport: Transport,
     direct: DirectPath | None,
-    datachannel: Callable[[], Awaitable[Channel]],
+    datachannel: Callable[[], Awaitable[Channel]] | None,
     connect_timeout: float,
 ) -> Opened:
     """Open the transport of the transfer: the chosen TCP connection, or the DataChannel.
@@ -50,8 +52,17 @@ async def open_transport(
     sfs, the browser page, ``--transport datachannel``): then the DataChannel is used
     as always, with no CHOSEN message.  Otherwise the sender chooses (TCP within
     DIRECT_SECONDS in ``auto``, else the DataChannel) and says so on the chosen one;
-    the receiver takes whichever the sender chose.
+    the receiver takes whichever the sender chose.  A relay the path joined (after
+    its head start) is one more TCP connection: once DIRECT_SECONDS passed with no
+    DataChannel open, the first of the two wins.  ``datachannel`` is None for
+    ``--relay only``: the relay is then the one way.
     """
+    if datachannel is None:
+        assert direct is not None
+        try:
+            return await _relay_only(sender, direct, connect_timeout)
+        finally:
+            await direct.close()
     if direct is None:
         if transport is Transport.TCP:
             raise PeerConnectionError(
@@ -105,6 +116,13 @@ async def _sender_opens(
                     return _tcp_chosen(by_tcp.result())
                 if by_datachannel in done and not direct.connected_count:
                     break
+            # No DataChannel yet: the relay, if it proves first, else WebRTC.
+            if (
+                direct.relay_pending
+                and not by_datachannel.done()
+                and (link := await _relay_or_datachannel(direct, by_tcp, by_datachannel))
+            ):
+                return _tcp_chosen(link)
             logger.info("no direct TCP connection: using WebRTC")
             by_tcp.cancel()
         await direct.close()
@@ -120,9 +138,52 @@ async def _sender_opens(
         )
 
 
+async def _relay_or_datachannel(
+    direct: DirectPath, by_tcp: asyncio.Future[TcpLink], by_datachannel: asyncio.Future[Channel]
+) -> TcpLink | None:
+    """(Sender) the relayed connection if it is proven before the DataChannel opens,
+    or after the DataChannel failed (ICE found no path: the relay is what is left,
+    until it too gives up); None to take the DataChannel (or its error)."""
+    await _first(by_tcp, by_datachannel)
+    if not by_tcp.done() and by_datachannel.exception() is not None:
+        logger.info("WebRTC failed (%s): waiting for the relay", by_datachannel.exception())
+        await _unless_relay_fails(direct, by_tcp)
+    if by_tcp.done() and not by_tcp.cancelled() and by_tcp.exception() is None:
+        return by_tcp.result()
+    return None
+
+
+async def _first(*futures: asyncio.Future[Any]) -> None:
+    await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _unless_relay_fails(direct: DirectPath, future: asyncio.Future[TcpLink]) -> None:
+    """Wait for ``future``, or until the relay gives up."""
+    relay_failed = asyncio.ensure_future(direct.relay_failed())
+    try:
+        await _first(future, relay_failed)
+    finally:
+        relay_failed.cancel()
+
+
+async def _relay_only(sender: bool, direct: DirectPath, connect_timeout: float) -> Opened:
+    """``--relay only``: the relayed connection or nothing, with the relay's reason."""
+    try:
+        async with asyncio.timeout(connect_timeout):
+            if sender:
+                return _tcp_chosen(await direct.choose())
+            link = await direct.chosen()
+            logger.info("the sender chose the connection through the relay")
+            return _tcp_taken(link)
+    except TimeoutError:
+        raise PeerConnectionError(
+            f"no connection through the relay within {connect_timeout:.0f} s (--relay only)"
+        ) from None
+
+
 def _tcp_chosen(link: TcpLink) -> Opened:
     # The time, precisely, is for scripts/bench (connect time), which reads it at -v.
-    logger.info("direct TCP connection to %s chosen", link.peer)
+    logger.info("%s connection to %s chosen", link.route, link.peer)
     logger.info("connected at %.6f: %s", time.time(), link.route)
     return _tcp_taken(link)
 
@@ -162,8 +223,14 @@ async def _receiver_opens(
                     )
                 return Opened(by_datachannel.result())
             # No DataChannel (ICE failed): TCP can still win if a connection is
-            # proven, and the sender chooses within its own bound; else this is over,
-            # and ICE's reason (with its hint) is the one to give.
+            # proven (the sender chooses within its own bound) or the relay may yet
+            # give one; else this is over, and ICE's reason (with its hint) is the one
+            # to give.
+            if direct.relay_pending:
+                logger.info("WebRTC failed: waiting for the sender's choice through the relay")
+                await _unless_relay_fails(direct, by_tcp)
+                if by_tcp.done():
+                    return _tcp_taken(by_tcp.result())
             if direct.proven_count:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DIRECT_SECONDS):

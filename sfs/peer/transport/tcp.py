@@ -38,15 +38,17 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from sfs.defaults import MAX_CHUNK_BYTES
 from sfs.errors import (
     CryptoError,
     PeerGoneError,
     RemoteProtocolError,
+    SfsError,
     connection_end,
 )
 from sfs.peer.proto.crypto import (
@@ -107,6 +109,15 @@ SOURCE_PREFIX_V6_BITS = 64
 #: How long a connection may take to prove the key, from its connect (seconds): the
 #: real peer needs one round trip and a half; a stranger's socket is freed by then.
 PROOF_SECONDS = 3.0
+#: How long a side lets its direct dials and WebRTC try before it joins the relay
+#: (magic-wormhole's transit gives the peers the same head start): on a LAN the
+#: direct connection is chosen first and the relay never sees the pair.
+RELAY_HEAD_START_SECONDS = 1.5
+
+#: Connects to the relay at a URL with the session's token and, once the partner is
+#: there, runs the protocol the factory makes on the connection
+#: (:func:`sfs.peer.transport.relay.open_relay`); raises an SfsError saying why not.
+JoinRelay = Callable[[str, bytes, Callable[[], "TcpLink"]], Awaitable[object]]
 
 
 # -- the proof, sans I/O ----------------------------------------------------------------------
@@ -210,8 +221,13 @@ class TcpLink(asyncio.BufferedProtocol):
         *,
         awaits_choice: bool,
         on_made: Callable[[TcpLink], None] | None = None,
+        relayed_by: str = "",
     ) -> None:
         loop = asyncio.get_running_loop()
+        if relayed_by:
+            self.route = Route("server", relayed_by)
+        #: Through sfs serve's relay (the host), not to the peer itself.
+        self.relayed_by = relayed_by
         self.max_message_size = MAX_FRAME_BYTES
         self.peer = ""
         #: Where the connection comes from, as a listener counts it (source_of).
@@ -445,7 +461,7 @@ class TcpLink(asyncio.BufferedProtocol):
     @property
     def accepted(self) -> bool:
         """A listener accepted this connection (this side did not dial it)."""
-        return not self._prover.dialer
+        return not self._prover.dialer and not self.relayed_by
 
     @property
     def closed(self) -> bool:
@@ -655,16 +671,25 @@ class DirectPath:
         self._servers: list[asyncio.AbstractServer] = []
         self._links: list[TcpLink] = []
         self._dials: list[asyncio.Task[None]] = []
-        self._proven: asyncio.Queue[TcpLink] = asyncio.Queue()
+        #: Proven connections, or the relay's failure when it was the only way.
+        self._proven: asyncio.Queue[TcpLink | SfsError] = asyncio.Queue()
         self._chosen: asyncio.Future[TcpLink] = asyncio.get_running_loop().create_future()
         self._taken: TcpLink | None = None
+        #: A relay joins (or joined) the attempt: a connection may still come after
+        #: the direct dials gave up.
+        self.relaying = False
+        #: Why the relay gave no connection, once it gave up.
+        self.relay_error: SfsError | None = None
+        self._relay_failed = asyncio.Event()
 
-    def _new_link(self, *, dialer: bool) -> TcpLink:
+    def _new_link(self, *, dialer: bool, relayed_by: str = "") -> TcpLink:
         prover = Prover(
             dialer=dialer, own_key=self._keys.proof_send, peer_key=self._keys.proof_receive
         )
-        on_made = None if dialer else self._admit
-        link = TcpLink(prover, awaits_choice=not self._sender, on_made=on_made)
+        on_made = None if dialer or relayed_by else self._admit
+        link = TcpLink(
+            prover, awaits_choice=not self._sender, on_made=on_made, relayed_by=relayed_by
+        )
         self._links.append(link)
         link.proven.add_done_callback(self._on_proven)
         if not self._sender:
@@ -757,11 +782,52 @@ class DirectPath:
             reason = errno.errorcode.get(getattr(exc, "errno", 0) or 0, type(exc).__name__)
             logger.info("dialing %s: %s", format_address(host, port), reason)
 
+    def relay(self, url: str, join: JoinRelay, *, delay: float, sole: bool = False) -> None:
+        """Join the pair's relay at ``url`` after ``delay`` seconds: one more connection
+        on which the proof runs end to end (the sender dials, the receiver listens),
+        so the relay carries only sealed bytes and the choice treats it like any other.
+
+        :param sole: the relay is the only way (``--relay only``): its failure ends
+            the attempt at once, with its reason.
+        """
+        host = urlsplit(url).hostname or url
+        self.relaying = True
+        self._dials.append(asyncio.ensure_future(self._join(url, host, join, delay, sole)))
+
+    async def _join(self, url: str, host: str, join: JoinRelay, delay: float, sole: bool) -> None:
+        await asyncio.sleep(delay)
+        logger.info("joining the relay at %s", host)
+        try:
+            await join(url, self._keys.relay_token, lambda: self._new_link(
+                dialer=self._sender, relayed_by=host
+            ))  # fmt: skip
+        except SfsError as exc:
+            logger.info("the relay at %s: %s", host, exc)
+            self.relay_error = exc
+            self._relay_failed.set()
+            if sole:
+                self._proven.put_nowait(exc)
+                if not self._chosen.done():
+                    self._chosen.set_exception(exc)
+                    self._chosen.exception()  # retrieved: chosen() raises it if asked
+
+    @property
+    def relay_pending(self) -> bool:
+        """A relayed connection may still come (joined, and the relay has not refused)."""
+        return self.relaying and self.relay_error is None
+
+    async def relay_failed(self) -> None:
+        """Wait until the relay gave up (never returns while it may yet connect)."""
+        await self._relay_failed.wait()
+
     async def choose(self) -> TcpLink:
         """(Sender) wait for the first proven connection, choose it, close the rest."""
-        link = await self._proven.get()
-        while not link.usable:  # closed since it was proven
+        while True:
             link = await self._proven.get()
+            if isinstance(link, SfsError):
+                raise link
+            if link.usable:  # else closed since it was proven
+                break
         link.choose()
         self._taken = link
         await self.close()
