@@ -479,7 +479,8 @@ class _SetUpPump:
                 await asyncio.gather(self.opener, return_exceptions=True)
 
     async def _register(self) -> None:
-        peer_id, server_ice = await self.signal.register()
+        registration = await self.signal.register()
+        peer_id, server_ice = registration.peer_id, registration.ice_servers
         if self.registered is not None:
             await self.registered(peer_id)
         self.pending.append(Registered(peer_id, server_ice))
