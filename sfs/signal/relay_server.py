@@ -88,6 +88,7 @@ class _End:
         self.conn_id = conn_id
         self.pair: _Pair | None = None
         self._pauses: set[str] = set()
+        self._early = bytearray()  # sent before the answer (a client should send nothing)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def pause(self, why: str) -> None:
@@ -116,6 +117,13 @@ class _End:
         """Answer: paired (raw: the 101, now)."""
         raise NotImplementedError
 
+    def flush_early(self) -> None:
+        """Pass on what the end sent before its answer (once both ends have theirs)."""
+        if self.pair is not None and self._early:
+            early, self._early = self._early, bytearray()
+            self.pair.forward(self, memoryview(early))
+        self.resume("early")
+
     def refuse(self, status: int, reason: str) -> None:
         """Answer a waiting end: refused, and close it."""
         raise NotImplementedError
@@ -133,7 +141,6 @@ class _RawEnd(_End, asyncio.BufferedProtocol):
         self.transport = transport
         self.previous = transport.get_protocol()  # the gate's, around aiohttp's
         self._view = memoryview(bytearray(EARLY_BYTES))
-        self._early = bytearray()
         # The swap comes before anything is written, in this step of the loop: bytes
         # that arrive from now on are ours, not aiohttp's parser's.
         transport.set_protocol(self)
@@ -196,13 +203,6 @@ class _RawEnd(_End, asyncio.BufferedProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIRED_SEND_BUFFER_BYTES)
         self._view = memoryview(bytearray(BUFFER_BYTES))
 
-    def flush_early(self) -> None:
-        """Pass on what the end sent before its answer (once both ends have theirs)."""
-        if self.pair is not None and self._early:
-            early, self._early = self._early, bytearray()
-            self.pair.forward(self, memoryview(early))
-        self.resume("early")
-
     def refuse(self, status: int, reason: str) -> None:
         if not self.transport.is_closing():
             self.transport.write(http_refusal(status, reason))
@@ -229,7 +229,6 @@ class _WsEnd(_End):
         self._wake = asyncio.Event()
         self._refusal: tuple[int, str] | None = None
         self._closing = False
-        self._early = bytearray()
 
     def _stop_reading(self) -> None:
         self._readable.clear()
@@ -250,12 +249,6 @@ class _WsEnd(_End):
     def paired(self, pair: _Pair) -> None:
         self.pair = pair
         self._wake.set()
-
-    def flush_early(self) -> None:
-        if self.pair is not None and self._early:
-            early, self._early = self._early, bytearray()
-            self.pair.forward(self, memoryview(early))
-        self.resume("early")
 
     def refuse(self, status: int, reason: str) -> None:
         self._refusal = (status, reason)
@@ -475,8 +468,7 @@ class RelayServer:
         first.paired(pair)
         second.paired(pair)
         for end in (first, second):
-            if isinstance(end, _RawEnd | _WsEnd):
-                end.flush_early()
+            end.flush_early()
         logger.debug("relay: paired two connections (%d pairs)", self.table.active_pairs)
 
     def gone(self, end: _End) -> None:

@@ -244,7 +244,7 @@ def test_the_rate_limit_holds_and_the_byte_limit_closes_the_pair(
     serve.append(capped := start_server(tmp_path, "--relay-max-bytes", "1M"))
 
     async def run() -> None:
-        s1, s2, t1, t2 = await pair(limited.url)
+        _s1, s2, t1, _t2 = await pair(limited.url)
         start = time.monotonic()
         t1.write(os.urandom(4 * MIB))
         async with asyncio.timeout(30):
@@ -255,7 +255,7 @@ def test_the_rate_limit_holds_and_the_byte_limit_closes_the_pair(
         assert took >= 3.0, f"4 MiB at 1 MiB/s took {took:.2f} s"
         t1.close()
 
-        s1, s2, t1, t2 = await pair(capped.url)
+        s1, s2, t1, _t2 = await pair(capped.url)
         t1.write(os.urandom(4 * MIB))
         async with asyncio.timeout(WAIT_SECONDS):
             await s2.ended
@@ -295,7 +295,8 @@ def test_a_websocket_end_pairs_with_a_raw_end(tmp_path: Path, serve: list[Server
                 await third.send_bytes(token)
                 async with asyncio.timeout(WAIT_SECONDS):
                     msg = await third.receive()
-                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4409, msg
+                assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+                assert msg.data == 4409, msg
             t2.close()
             async with asyncio.timeout(WAIT_SECONDS):
                 msg = await ws.receive()
