@@ -260,7 +260,8 @@ async def check(server_url: str, *, connect_timeout: float, ca_file: str | None 
         async with SignalClient(
             server_url, connect_timeout=connect_timeout, ca_file=ca_file
         ) as signal:
-            peer_id, servers = await signal.register()
+            registration = await signal.register()
+            peer_id, servers = registration.peer_id, registration.ice_servers
     except SfsError as exc:
         findings.append(Finding("fail", f"server {server_url}", str(exc)))
     else:

@@ -86,3 +86,10 @@ DEFAULT_REDIS_TTL_SECONDS = 10.0
 MIN_REDIS_TTL_SECONDS = 2.0
 #: How long an issued TURN credential is valid (--turn-ttl).
 DEFAULT_TURN_TTL_SECONDS = 3600
+
+# The relay in `sfs serve` (sfs.signal.relay, sfs.signal.relay_server); why each is
+# what it is: sfs.signal.relay.RelayLimits.
+DEFAULT_RELAY_WAIT_SECONDS = 10.0
+DEFAULT_RELAY_PAIRS_PER_ADDRESS = 8
+DEFAULT_RELAY_MAX_PAIRS = 500
+DEFAULT_RELAY_IDLE_SECONDS = 30.0

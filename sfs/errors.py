@@ -141,6 +141,23 @@ class IceFailedError(PeerConnectionError):
     exit_code = 8
 
 
+class RelayUnreachableError(PeerConnectionError):
+    """Cannot reach the relay of the signaling server (`sfs serve`'s /relay)."""
+
+    exit_code = 8
+
+
+class RelayRefusedError(PeerConnectionError):
+    """The relay refused the connection."""
+
+    exit_code = 8
+
+    def __init__(self, message: str | None = None, *, status: int = 0) -> None:
+        super().__init__(message)
+        #: The HTTP status of the refusal (409, 429, ...); 0 if the relay sent none.
+        self.status = status
+
+
 class PeerGoneError(PeerConnectionError):
     """The other side went away before the transfer finished."""
 

@@ -25,6 +25,10 @@ from sfs.defaults import (
     DEFAULT_PAIRING_TIMEOUT_SECONDS,
     DEFAULT_REDIS_TTL_SECONDS,
     DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    DEFAULT_RELAY_IDLE_SECONDS,
+    DEFAULT_RELAY_MAX_PAIRS,
+    DEFAULT_RELAY_PAIRS_PER_ADDRESS,
+    DEFAULT_RELAY_WAIT_SECONDS,
     DEFAULT_TURN_TTL_SECONDS,
     MIN_FD_RESERVE,
     MIN_REDIS_TTL_SECONDS,
@@ -207,6 +211,65 @@ SERVE_EXAMPLES = [
     "heartbeat (it sends one every third of that), so how soon the partners of a node "
     "that died are told.",
 )
+@click.option(
+    "--no-relay",
+    is_flag=True,
+    help="Do not relay (no /relay; the peers are told there is none unless --relay-url).",
+)
+@click.option(
+    "--relay-url",
+    metavar="URL",
+    help="The relay the peers are sent to instead of this server's own /relay, e.g. one "
+    "node of a cluster behind a proxy: https://sfs.example.org/node/2/relay.",
+)
+@click.option(
+    "--relay-wait",
+    default=DEFAULT_RELAY_WAIT_SECONDS,
+    type=Number(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a relay connection waits for its partner (then 408).",
+)
+@click.option(
+    "--relay-pairs-per-address",
+    default=DEFAULT_RELAY_PAIRS_PER_ADDRESS,
+    type=WholeNumber(1),
+    show_default=True,
+    help="Relay pairs one client address (IPv6: one /64) may take part in, and relay "
+    "connections it may have waiting (then 429).",
+)
+@click.option(
+    "--relay-max-pairs",
+    default=DEFAULT_RELAY_MAX_PAIRS,
+    type=WholeNumber(1),
+    show_default=True,
+    help="Relay pairs at once, from everyone (then 503).",
+)
+@click.option(
+    "--relay-rate",
+    default="0",
+    show_default=True,
+    metavar="BYTES_PER_S",
+    callback=lambda ctx, param, value: _byte_count(value, "--relay-rate"),
+    help="Bytes per second one relay pair may move, both ways together (500k, 2M; "
+    "k = 1024); 0 = no limit.",
+)
+@click.option(
+    "--relay-max-bytes",
+    default="0",
+    show_default=True,
+    metavar="BYTES",
+    callback=lambda ctx, param, value: _byte_count(value, "--relay-max-bytes"),
+    help="Bytes one relay pair may move in all (then it is closed; 10G); 0 = no limit.",
+)
+@click.option(
+    "--relay-idle",
+    default=DEFAULT_RELAY_IDLE_SECONDS,
+    type=Number(min=0, min_open=True),
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a relay pair that moves nothing for this long.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 def serve(
     host: str,
@@ -231,6 +294,14 @@ def serve(
     fd_reserve: int,
     redis_url: str | None,
     redis_ttl: float,
+    no_relay: bool,
+    relay_url: str | None,
+    relay_wait: float,
+    relay_pairs_per_address: int,
+    relay_max_pairs: int,
+    relay_rate: int,
+    relay_max_bytes: int,
+    relay_idle: float,
     verbose: int,
 ) -> None:
     """Run the signaling server (it never sees file data or keys)."""
@@ -265,6 +336,14 @@ def serve(
             fd_reserve=fd_reserve,
             redis_url=redis_url,
             redis_ttl_seconds=redis_ttl,
+            relay=not no_relay,
+            relay_url=relay_url,
+            relay_wait_seconds=relay_wait,
+            relay_pairs_per_address=relay_pairs_per_address,
+            relay_max_pairs=relay_max_pairs,
+            relay_rate=relay_rate,
+            relay_max_bytes=relay_max_bytes,
+            relay_idle_seconds=relay_idle,
         )
     except ValueError as exc:  # limits that contradict each other
         raise click.UsageError(str(exc)) from None
@@ -318,6 +397,16 @@ def _redis_url(value: str | None) -> str | None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--redis / SFS_REDIS_URL") from None
     return value.strip()
+
+
+def _byte_count(value: str, option: str) -> int:
+    """--relay-rate / --relay-max-bytes: bytes, with an optional unit."""
+    from sfs.signal.config import parse_byte_count
+
+    try:
+        return parse_byte_count(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _bare_ice_urls(values: Sequence[str], option: str) -> tuple[str, ...]:

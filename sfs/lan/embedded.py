@@ -57,6 +57,8 @@ EMBEDDED_CONFIG = ServerConfig(
     register_timeout_seconds=5.0,
     request_timeout_seconds=10.0,
     page=False,
+    # On a LAN the peers reach each other; a relay on one of them would only copy.
+    relay=False,
 )
 #: Probes one address may send per PROBE_WINDOW_SECONDS: each costs a SPAKE2 run
 #: (about 10 ms of CPU), and an honest joiner sends one per address it tries.

@@ -36,6 +36,9 @@ SEND_BUFFER_BYTES = 64 * 1024
 PACKET_OVERHEAD_BYTES = 64
 # Where python-socketio serves (its default path).
 SOCKETIO_PATH = "/socket.io/"
+# Where the relay serves (sfs.signal.relay_server.RELAY_PATH): its connections last as
+# long as a transfer, so they count as sessions against the fd reserve too.
+RELAY_PATH = "/relay"
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -300,9 +303,9 @@ class Gate:
     async def middleware(self, request: web.Request, handler: WebHandler) -> web.StreamResponse:
         """Count sessions against the fd reserve; one response per plain connection."""
         self._waiting.pop(request.protocol, None)  # it has sent its request
-        session = request.path.startswith(SOCKETIO_PATH)
+        session = request.path.startswith(SOCKETIO_PATH) or request.path == RELAY_PATH
         if session and not self.admission.start_session():
-            logger.debug("refused a Socket.IO client: file descriptors are running out")
+            logger.debug("refused a long-lived client: file descriptors are running out")
             busy = web.Response(status=503, text="server busy, try again later")
             busy.force_close()
             return busy

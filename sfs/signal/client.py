@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -51,6 +52,18 @@ PUSHED_EVENTS = (
 _DISCONNECTED = "__disconnected__"
 #: What next_event() returns once the connection to the server dropped.
 SERVER_LOST = "server_lost"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``sfs serve`` answers a registration with."""
+
+    #: This peer's ID.
+    peer_id: str
+    #: The STUN/TURN servers it recommends.
+    ice_servers: tuple[IceServer, ...]
+    #: Its relay: "" its own ``/relay``, else an absolute URL; None when it has none.
+    relay: str | None = None
 
 
 def trust(ca_file: str) -> ssl.SSLContext:
@@ -290,8 +303,8 @@ class SignalClient:
                 return WrongCodeError()
         return PeerGoneError("the other side left before the connection was set up")
 
-    async def register(self) -> tuple[str, tuple[IceServer, ...]]:
-        """Get a peer ID and the ICE servers that ``sfs serve`` recommends."""
+    async def register(self) -> Registration:
+        """Get a peer ID, the ICE servers and the relay that ``sfs serve`` recommends."""
         reply = await self.call("register_peer", {})
         peer_id = reply.get("peer_id")
         if not isinstance(peer_id, str):
@@ -301,7 +314,10 @@ class SignalClient:
             servers = tuple(IceServer.from_dict(s) for s in servers_obj)
         except (ValueError, TypeError) as exc:
             raise SignalingError(f"the signaling server sent bad ICE servers: {exc}") from exc
-        return peer_id, servers
+        relay = reply.get("relay")
+        if relay is not None and not isinstance(relay, str):
+            raise SignalingError("the signaling server sent a bad relay")
+        return Registration(peer_id, servers, relay)
 
     async def next_event(self) -> tuple[str, dict[str, Any]]:
         """The next pushed event, in the order received; ``("server_lost", {})`` when

@@ -21,10 +21,15 @@ from sfs.defaults import (
     DEFAULT_PORT,
     DEFAULT_REDIS_TTL_SECONDS,
     DEFAULT_REGISTER_TIMEOUT_SECONDS,
+    DEFAULT_RELAY_IDLE_SECONDS,
+    DEFAULT_RELAY_MAX_PAIRS,
+    DEFAULT_RELAY_PAIRS_PER_ADDRESS,
+    DEFAULT_RELAY_WAIT_SECONDS,
     MIN_FD_RESERVE,
     MIN_REDIS_TTL_SECONDS,
 )
 from sfs.signal import messages as m
+from sfs.signal.relay import RelayLimits
 from sfs.signal.turn import DEFAULT_TTL_SECONDS, TurnSecret
 
 # Far above the largest valid payload (a 64 KiB sealed SDP) yet small enough
@@ -34,6 +39,40 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 # ServerConfig has the reasoning per field.
 # What ``--redis`` takes: the schemes redis-py connects with.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: What ``--relay-rate`` and ``--relay-max-bytes`` accept after the number (binary).
+BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_byte_count(text: str) -> int:
+    """``"500k"`` -> 512000: a whole number of bytes with an optional binary unit
+    (k, M, G, T; a trailing ``B`` or ``iB`` is allowed: ``2MiB``, ``64KB``).
+
+    :raises ValueError: with a line for the user
+    """
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = value[-1:] if value[-1:] in BYTE_UNITS else ""
+    digits = value[: len(value) - len(unit)].strip()
+    if not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"{text!r} is not a byte count (e.g. 500k, 2M, 1G, 0)")
+    return int(digits) * BYTE_UNITS[unit]
+
+
+def check_relay_url(url: str) -> str:
+    """*url* if it can be a relay's address for the peers: an absolute ``http(s)://``
+    URL with a host and no user, query or fragment.
+
+    :raises ValueError: with a line for the user
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError("--relay-url has a bad host or port") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("--relay-url takes an absolute http:// or https:// URL")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError("--relay-url takes no user, query or fragment")
+    return url
 
 
 def redis_url_display(url: str) -> str:
@@ -111,6 +150,16 @@ class ServerConfig:
     :param redis_ttl_seconds: how long a node's peers stay in Redis after its last
         heartbeat (it sends one every third of that): the bound on how long the
         partners of a node that died wait to be told
+    :param relay: serve the relay at ``/relay`` (sfs.signal.relay_server)
+    :param relay_url: the relay the peers are told to use (the register ack's
+        ``relay``) instead of this server's own ``/relay``
+    :param relay_wait_seconds: how long a relay connection waits for its partner
+    :param relay_pairs_per_address: relay pairs one address (IPv6: /64) may take part
+        in, and relay connections it may have waiting
+    :param relay_max_pairs: relay pairs at once, from everyone
+    :param relay_rate: bytes per second one pair may move (both ways); 0 = no limit
+    :param relay_max_bytes: bytes one pair may move in all; 0 = no limit
+    :param relay_idle_seconds: a pair that moves nothing for this long is closed
     """
 
     host: str = "0.0.0.0"
@@ -138,13 +187,38 @@ class ServerConfig:
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_ttl_seconds: float = DEFAULT_REDIS_TTL_SECONDS
     request_timeout_seconds: float | None = None
+    relay: bool = True
+    relay_url: str | None = None
+    relay_wait_seconds: float = DEFAULT_RELAY_WAIT_SECONDS
+    relay_pairs_per_address: int = DEFAULT_RELAY_PAIRS_PER_ADDRESS
+    relay_max_pairs: int = DEFAULT_RELAY_MAX_PAIRS
+    relay_rate: int = 0
+    relay_max_bytes: int = 0
+    relay_idle_seconds: float = DEFAULT_RELAY_IDLE_SECONDS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
+        if self.relay_url is not None:
+            check_relay_url(self.relay_url)
+        if self.relay_rate < 0 or self.relay_max_bytes < 0:
+            raise ValueError("relay_rate and relay_max_bytes must be 0 (no limit) or more")
+        self.relay_limits()  # raises ValueError for limits RelayLimits refuses
         self._check_ice_servers()
         self._check_limits()
         self._check_redis()
+
+    def relay_limits(self) -> RelayLimits:
+        """The relay's limits (what sfs.signal.relay_server enforces)."""
+        return RelayLimits(
+            wait_seconds=self.relay_wait_seconds,
+            max_waiting_per_address=self.relay_pairs_per_address,
+            max_pairs_per_address=self.relay_pairs_per_address,
+            max_pairs=self.relay_max_pairs,
+            bytes_per_second_per_pair=self.relay_rate or None,
+            max_bytes_per_pair=self.relay_max_bytes or None,
+            idle_seconds=self.relay_idle_seconds,
+        )
 
     def _check_ice_servers(self) -> None:
         if len(self.ice_servers) + bool(self.stun_urls) + bool(self.turn_urls) > m.MAX_ICE_SERVERS:

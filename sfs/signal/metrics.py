@@ -19,6 +19,7 @@ from prometheus_client import generate_latest as _generate_latest
 
 from sfs.signal import messages as m
 from sfs.signal.registry import UNAVAILABLE_REASON
+from sfs.signal.relay import NO_PARTNER, Refusal
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Client events whose payload the server passes on to the partner.
@@ -34,6 +35,9 @@ DROP_REASONS = (
     "stalled",  # its request or pairing did not end in time
     "lost",  # the registry lost its peer ID (Redis restarted empty, or expired it)
 )
+
+#: Why the relay refuses or closes a connection before it pairs.
+RELAY_REFUSALS = (*(reason.value for reason in Refusal), NO_PARTNER)
 
 
 class Metrics:
@@ -84,6 +88,21 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.relay_bytes = Counter(
+            "sfs_relay_bytes", "Bytes the relay passed between the ends of its pairs", registry=r
+        )
+        self.relay_pairs = Gauge("sfs_relay_pairs_active", "Relay pairs open now", registry=r)
+        self.relay_waiting = Gauge(
+            "sfs_relay_waiting", "Relay connections waiting for their partner", registry=r
+        )
+        self.relay_refused = Counter(
+            "sfs_relay_refused",
+            "Relay connections refused, or closed for want of a partner, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in RELAY_REFUSALS:
+            self.relay_refused.labels(reason=reason)
         for event in RELAYED_EVENTS:
             self.relayed.labels(event=event)
         for reason in REJECT_REASONS:

@@ -310,3 +310,98 @@ def _count(counts: dict[str, int], key: str, delta: int) -> None:
         counts[key] = left
     else:
         counts.pop(key, None)
+
+
+class TokenBucket:
+    """A pair's byte budget per second (no I/O): what ``bytes_per_second_per_pair`` allows.
+
+    The bucket holds up to *burst* bytes and refills at *rate* bytes per second.  The
+    relay has already read what it reports (it cannot un-read), so :meth:`spend` may
+    take the level below zero; the answer is how long the pair must then stop reading
+    until the level is back at zero.  Over any stretch of time the bytes moved are at
+    most ``burst + rate * seconds`` plus one read.
+
+    :param rate: bytes per second, at least 1
+    :param burst: bytes that may pass at once after a quiet spell, at least 1
+    :param now: the clock's reading when the pair formed (the bucket starts full)
+    """
+
+    def __init__(self, *, rate: float, burst: float, now: float) -> None:
+        if not rate >= 1 or not burst >= 1:
+            raise ValueError("rate and burst must be at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.level = burst
+        self._last = now
+
+    def spend(self, nbytes: int, *, now: float) -> float:
+        """Take *nbytes*; return the seconds to pause before reading more (0: go on)."""
+        refill = max(now - self._last, 0.0) * self.rate
+        self.level = min(self.burst, self.level + refill) - nbytes
+        self._last = max(self._last, now)
+        return 0.0 if self.level >= 0 else -self.level / self.rate
+
+
+#: The HTTP status of each refusal (docs/PROTOCOL.md "Relay"); a WebSocket end gets
+#: close code 4000 + status.
+REFUSAL_STATUS = {
+    Refusal.NO_TOKEN: 400,
+    Refusal.MALFORMED_TOKEN: 400,
+    Refusal.TOKEN_USED: 409,
+    Refusal.PAIRS_PER_ADDRESS: 429,
+    Refusal.WAITING_PER_ADDRESS: 429,
+    Refusal.RELAY_FULL: 503,
+    Refusal.RELAY_BUSY: 503,
+}
+#: The one line a refused client reads (the peers show it sanitised).
+REFUSAL_TEXT = {
+    Refusal.NO_TOKEN: "no relay token (send Sfs-Relay-Token)",
+    Refusal.MALFORMED_TOKEN: "the relay token is not 32 bytes (64 lowercase hex digits)",
+    Refusal.TOKEN_USED: "this relay token has already formed a pair",
+    Refusal.PAIRS_PER_ADDRESS: "too many relay pairs from your address",
+    Refusal.WAITING_PER_ADDRESS: "too many relay connections waiting from your address",
+    Refusal.RELAY_FULL: "the relay is full, try again later",
+    Refusal.RELAY_BUSY: "the relay is busy, try again later",
+}
+#: A waiting connection whose partner did not come within ``wait_seconds``.
+NO_PARTNER_STATUS = 408
+NO_PARTNER = "no_partner"  # what metrics count it as
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_STATUS_PHRASES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    409: "Conflict",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+def token_from_header(value: str | None) -> bytes | None:
+    """The token of an ``Sfs-Relay-Token`` header: None when absent or empty, the 32
+    bytes of 64 lowercase hex digits, else a non-empty value that is not 32 bytes (the
+    table refuses it as malformed)."""
+    if not value:
+        return None
+    if len(value) == 2 * RELAY_TOKEN_BYTES and set(value) <= _HEX_DIGITS:
+        return bytes.fromhex(value)
+    return b"?"
+
+
+def token_from_message(data: object) -> bytes | None:
+    """The token of a WebSocket end's first message: the 32 bytes of a binary message;
+    anything else is malformed (a text message is never a token), nothing is None."""
+    if isinstance(data, bytes):
+        return data if data else None
+    return b"?" if data else None
+
+
+def http_refusal(status: int, reason: str) -> bytes:
+    """The whole HTTP response that refuses a raw relay connection: *status* and one
+    line of ``text/plain``; the server closes the connection after it."""
+    body = reason.encode("utf-8") + b"\n"
+    phrase = _STATUS_PHRASES.get(status, "Error")
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body

@@ -51,6 +51,7 @@ from sfs.signal.metrics import Metrics
 from sfs.signal.page import add_page_routes
 from sfs.signal.redis_registry import RedisRegistry
 from sfs.signal.registry import Deadlines, Departure, Expiry, Registry, Rejected
+from sfs.signal.relay_server import RELAY_PATH, RelayServer
 from sfs.signal.turn import rest_credential
 
 logger = logging.getLogger(__name__)
@@ -429,7 +430,18 @@ class _SignalServer:
         self.metrics.registrations.inc()
         logger.info("registered %s (%s)", peer_id, self.registry.address_of(sid))
         servers = [*self.config.ice_servers, *self._issued_ice_servers(peer_id)]
-        return m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in servers])
+        ack = m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in servers])
+        relay = self._relay_url()
+        if relay is not None:
+            ack["relay"] = relay
+        return ack
+
+    def _relay_url(self) -> str | None:
+        """The register ack's ``relay``: "" is this server's own ``/relay``, a URL
+        another relay (--relay-url), None (no key) no relay."""
+        if self.config.relay_url is not None:
+            return self.config.relay_url
+        return "" if self.config.relay else None
 
     def _issued_ice_servers(self, peer_id: str) -> list[m.IceServer]:
         """The --stun servers, and the --turn servers with a credential for this peer
@@ -520,7 +532,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig) -> web.Application:
     """Build the aiohttp application: Socket.IO at ``/socket.io/``, ``GET /healthz``,
-    ``GET /stats`` and ``GET /metrics``.
+    ``GET /stats``, ``GET /metrics`` and the relay at ``GET /relay`` (unless
+    ``config.relay`` is off; sfs.signal.relay_server).
 
     The app's :class:`~sfs.signal.registry.Registry` is available as
     ``app[REGISTRY_KEY]``, and the gate that counts TCP connections as
@@ -541,7 +554,12 @@ def create_app(config: ServerConfig) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(await server.registry.stats())
 
+    relay = RelayServer(config.relay_limits(), server.metrics) if config.relay else None
+
     async def metrics(request: web.Request) -> web.Response:
+        if relay is not None:
+            server.metrics.relay_pairs.set(relay.table.active_pairs)
+            server.metrics.relay_waiting.set(relay.table.waiting)
         counts = await server.registry.stats()
         # Registry.stats leaves the shared counts out when its store did not answer.
         body = server.metrics.render(counts, registry_up="pending" in counts)
@@ -549,11 +567,15 @@ def create_app(config: ServerConfig) -> web.Application:
 
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    if relay is not None:
+        app.router.add_get(RELAY_PATH, relay.handle)
     if config.page:
         add_page_routes(app)
     app[REGISTRY_KEY] = server.registry
 
     async def on_shutdown(app: web.Application) -> None:
+        if relay is not None:
+            relay.close_all()
         await server.close_all()
         await server.sio.shutdown()
 
