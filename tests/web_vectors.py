@@ -1681,7 +1681,8 @@ def _relay(exchange: dict[str, Any], keys_s: SessionKeys, keys_r: SessionKeys) -
     listener_reply = listener.receive(hello)
     dialer_proof = dialer.receive(listener_reply)
     assert listener.receive(dialer_proof) == b""
-    assert dialer.proven and listener.proven
+    assert dialer.proven
+    assert listener.proven
     sealer = FrameSealer(keys_s.over_tcp().frame_send)
     frames = [sealer.seal(frame_type, payload) for frame_type, payload in _STREAM_FRAMES]
     stream = hello + dialer_proof + tcp.CHOSEN
