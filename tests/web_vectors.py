@@ -49,7 +49,7 @@ from sfs.peer.proto.wire import (
     Resume,
     Start,
 )
-from sfs.peer.transport import gathering, webrtc
+from sfs.peer.transport import gathering, tcp, webrtc
 from sfs.signal import client, messages
 from sfs.text import format_size, printable
 from tests.helpers import counter_entropy
@@ -1640,6 +1640,78 @@ def _names() -> dict[str, object]:
     }
 
 
+# -- the relay: the direct TCP path's stream protocol (sfs/web/test/tcp.test.mjs) --------------
+
+_DIALER_NONCE = bytes(range(0x10, 0x20))
+_LISTENER_NONCE = bytes(range(0x20, 0x30))
+_STREAM_FRAMES = [
+    (FrameType.OFFER, b'{"v":1,"sender":"alice","chunk_size":65508,"files":[]}'),
+    (FrameType.CHUNK, bytes(range(256)) * 5),
+    (FrameType.PING, b""),
+]
+
+
+def _tcp_keys(keys: SessionKeys) -> dict[str, str]:
+    over = keys.over_tcp()
+    return {
+        "tcp_send": keys.tcp_send.hex(),
+        "tcp_receive": keys.tcp_receive.hex(),
+        "proof_send": keys.proof_send.hex(),
+        "proof_receive": keys.proof_receive.hex(),
+        "relay_token": keys.relay_token.hex(),
+        "over_tcp_frame_send": over.frame_send.hex(),
+        "over_tcp_frame_receive": over.frame_receive.hex(),
+    }
+
+
+def _relay(exchange: dict[str, Any], keys_s: SessionKeys, keys_r: SessionKeys) -> dict[str, object]:
+    """Keys from a fixed SPAKE2 key, one proof exchange with fixed nonces (the sender
+    dials, the receiver listens, as through a relay), and the bytes a listener then
+    receives: the proof, CHOSEN, length-prefixed frames under the over_tcp keys."""
+    dialer = tcp.Prover(
+        dialer=True, own_key=keys_s.proof_send, peer_key=keys_s.proof_receive, nonce=_DIALER_NONCE
+    )
+    listener = tcp.Prover(
+        dialer=False,
+        own_key=keys_r.proof_send,
+        peer_key=keys_r.proof_receive,
+        nonce=_LISTENER_NONCE,
+    )
+    hello = dialer.hello()
+    listener_reply = listener.receive(hello)
+    dialer_proof = dialer.receive(listener_reply)
+    assert listener.receive(dialer_proof) == b""
+    assert dialer.proven
+    assert listener.proven
+    sealer = FrameSealer(keys_s.over_tcp().frame_send)
+    frames = [sealer.seal(frame_type, payload) for frame_type, payload in _STREAM_FRAMES]
+    stream = hello + dialer_proof + tcp.CHOSEN
+    stream += b"".join(len(frame).to_bytes(4, "big") + frame for frame in frames)
+    return {
+        "comment": "The page's relay speaks the direct TCP path's bytes; keys from exchanges[0]",
+        "pake_key": exchange["sender_pake_key"],
+        "transcript": exchange["code_id"].encode().hex(),
+        "sender_keys": _tcp_keys(keys_s),
+        "receiver_keys": _tcp_keys(keys_r),
+        "proof": {
+            "dialer_nonce": _DIALER_NONCE.hex(),
+            "listener_nonce": _LISTENER_NONCE.hex(),
+            "hello": hello.hex(),
+            "listener_reply": listener_reply.hex(),
+            "dialer_proof": dialer_proof.hex(),
+        },
+        "stream": {
+            "to_listener": stream.hex(),
+            "frames": [
+                {"type": int(frame_type), "payload": payload.hex(), "sealed": frame.hex()}
+                for (frame_type, payload), frame in zip(_STREAM_FRAMES, frames, strict=True)
+            ],
+        },
+        "chosen": tcp.CHOSEN.hex(),
+        "max_frame_bytes": tcp.MAX_FRAME_BYTES,
+    }
+
+
 # -- constants (sfs/web/test/constants.test.mjs) -----------------------------------------------
 
 #: Integers a JS number cannot hold exactly go out as decimal strings (the page has them as BigInt).
@@ -1671,6 +1743,8 @@ def _constants() -> dict[str, object]:
         **_named(wire, "MAX_OFFERED_NAME_CHARS", "MAX_REASON_CHARS", "MAX_FILE_BYTES"),
         **_named(wire, "SHA256_BYTES", "MAX_FOLDERS", "MAX_PATH_DEPTH"),
         **_named(crypto, "KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "MAX_COUNTER"),
+        **_named(crypto, "TCP_NONCE_BYTES", "TCP_PROOF_BYTES", "RELAY_TOKEN_BYTES"),
+        **_named(tcp, "MAX_FRAME_BYTES"),
         **_named(names, "MAX_NAME_BYTES", "FIRST_COPY_NUMBER"),
         **_named(handshake, "BACKLOG_LIMIT"),
         **_named(messages, "MAX_ICE_SERVERS", "MAX_ICE_URLS"),
@@ -1688,7 +1762,7 @@ def _constants() -> dict[str, object]:
         **_named(sending, "PROGRESS_TICK_SECONDS"),
         **_named(gathering, "GATHER_SECONDS", "RELAY_GRACE_SECONDS"),
     }
-    labels = [name for name in dir(crypto) if name.startswith("INFO_") and "_TCP_" not in name]
+    labels = [name for name in dir(crypto) if name.startswith("INFO_")]
     texts = {
         name: value
         for name, value in sorted(vars(reasons).items())
@@ -1704,12 +1778,12 @@ def _constants() -> dict[str, object]:
         ),
         "limits": {name: _number(value) for name, value in limits.items()},
         "seconds": seconds,
-        # The TCP path's and LAN probe's labels are the command line's alone; the
-        # relay token's joins them when the page relays (issue 25, part 4).
+        # The LAN probe's label is the command line's alone; the TCP path's and the
+        # relay token's are the page's too, which speaks the TCP path through a relay.
         "hkdf_labels": {
             name: getattr(crypto, name).decode("ascii")
             for name in labels
-            if name not in ("INFO_PROBE_PROOF", "INFO_RELAY_TOKEN")
+            if name != "INFO_PROBE_PROOF"
         },
         "words": {
             **_named(webrtc, "CHANNEL_LABEL"),
@@ -1717,6 +1791,7 @@ def _constants() -> dict[str, object]:
             **_named(handshake, "CANCELLED_REASON", "WRONG_CODE_REASON"),
             **_named(client, "SERVER_LOST"),
             **_named(text, "ELLIPSIS"),
+            "TCP_MAGIC": crypto.TCP_MAGIC.decode("ascii"),
             "PUSHED_EVENTS": list(client.PUSHED_EVENTS),
         },
         # The module's public strings: the codes (DECLINED = "declined") and the texts
@@ -1732,7 +1807,7 @@ def build_vectors() -> dict[str, object]:
     """Every vector, as plain JSON data."""
     group = ParamsEd25519.group
     exchanges = [_exchange(*case) for case in _EXCHANGES]
-    _, keys_s, keys_r = exchanges[0]  # signals and frames use the first exchange's keys
+    first, keys_s, keys_r = exchanges[0]  # signals and frames use the first exchange's keys
     return {
         "comment": "Written by `python -m tests.web_vectors` from sfs/peer/crypto.py; do not edit",
         "spake2": {
@@ -1756,6 +1831,7 @@ def build_vectors() -> dict[str, object]:
         "protocol": _protocol(keys_s, keys_r),
         "conversations": _conversations(keys_s, keys_r),
         "handshakes": _handshakes(),
+        "relay": _relay(first, keys_s, keys_r),
         "names": _names(),
         "constants": _constants(),
     }

@@ -32,6 +32,7 @@ import {
 } from "./errors.js";
 import { MAX_SENDER_NAME_CHARS } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
+import { relayMode } from "./relay.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
 import { PAGE_CLOSED } from "./reasons.js";
@@ -254,9 +255,9 @@ function sessionUi() {
       setState("connecting");
       say("Connecting to the other side…");
     },
-    connected: (verifier) => {
+    connected: (verifier, route) => {
       ui.verifier.textContent = `Verification: ${verifier} (the other side shows the same)`;
-      say("Connected.");
+      say(route ? `Connected, ${printable(route)}.` : "Connected.");
     },
     progress: new PageProgress(),
     started,
@@ -281,6 +282,7 @@ async function startReceiving() {
         },
         wordlist: wordlistText,
         cancel,
+        relayMode: relayMode(location.search),
       }),
     "Received",
   );
@@ -462,6 +464,7 @@ async function startSending() {
           },
         },
         cancel,
+        relayMode: relayMode(location.search),
       }),
     "Sent",
   );

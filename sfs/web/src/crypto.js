@@ -21,6 +21,7 @@
 import { gcm } from "@noble/ciphers/aes.js";
 import { concatBytes } from "@noble/hashes/utils.js";
 import { hkdf } from "@noble/hashes/hkdf.js";
+import { hmac } from "@noble/hashes/hmac.js";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { defaultEntropy, SPAKE2_A, SPAKE2_B } from "./spake2.js";
 
@@ -42,6 +43,14 @@ export const INFO_SIGNAL_RECEIVER = "sfs/1 signaling receiver->sender";
 export const INFO_DATA_SENDER = "sfs/1 data sender->receiver";
 export const INFO_CONTROL_RECEIVER = "sfs/1 control receiver->sender";
 export const INFO_VERIFY = "sfs/1 verification";
+// The direct TCP path's stream protocol, which the page speaks through a relay
+// (./tcp.js): its frame keys, one proof key per role, and the relay token.
+export const INFO_TCP_DATA_SENDER = "sfs/1 tcp data sender->receiver";
+export const INFO_TCP_CONTROL_RECEIVER = "sfs/1 tcp control receiver->sender";
+export const INFO_TCP_PROOF_SENDER = "sfs/1 tcp proof sender";
+export const INFO_TCP_PROOF_RECEIVER = "sfs/1 tcp proof receiver";
+export const INFO_RELAY_TOKEN = "sfs/1 relay token";
+export const RELAY_TOKEN_BYTES = KEY_BYTES;
 
 const ROLES = ["sender", "receiver"];
 
@@ -93,11 +102,42 @@ function checkRole(role, name) {
 /**
  * The keys of one transfer session, as seen from one side: `*Send` keys seal what
  * this side sends, `*Receive` keys open what it receives.  All keys are 32 bytes.
+ * The TCP path's frame keys and proof keys (this side's role's, the other's) and
+ * the relay token (the same on both sides) are there for the relay; tests that
+ * build keys by hand may leave them out.
  */
 export class SessionKeys {
-  constructor(role, signalSend, signalReceive, frameSend, frameReceive, verifier) {
+  constructor(
+    role,
+    signalSend,
+    signalReceive,
+    frameSend,
+    frameReceive,
+    verifier,
+    { tcpSend = null, tcpReceive = null, proofSend = null, proofReceive = null, relayToken = null } = {},
+  ) {
     Object.assign(this, { role, signalSend, signalReceive, frameSend, frameReceive, verifier });
+    Object.assign(this, { tcpSend, tcpReceive, proofSend, proofReceive, relayToken });
     Object.freeze(this);
+  }
+
+  /**
+   * These keys with the TCP path's frame keys as the frame keys (SessionKeys.over_tcp):
+   * a transfer runs on one transport with one set of counters, and the two
+   * transports never share a key, so no nonce is ever used twice under one key.
+   */
+  overTcp() {
+    if (this.tcpSend === null) throw new TypeError("these keys have no TCP frame keys");
+    const { tcpSend, tcpReceive, proofSend, proofReceive, relayToken } = this;
+    return new SessionKeys(
+      this.role,
+      this.signalSend,
+      this.signalReceive,
+      tcpSend,
+      tcpReceive,
+      this.verifier,
+      { tcpSend, tcpReceive, proofSend, proofReceive, relayToken },
+    );
   }
 
   // Never let a key reach a log line: console.log in Node, JSON.stringify, `${keys}`.
@@ -195,9 +235,35 @@ export function deriveKeys({ pakeKey, transcript, role }) {
   const dataSender = key(INFO_DATA_SENDER);
   const controlReceiver = key(INFO_CONTROL_RECEIVER);
   const verifier = formatVerifier(key(INFO_VERIFY));
+  const tcpData = key(INFO_TCP_DATA_SENDER);
+  const tcpControl = key(INFO_TCP_CONTROL_RECEIVER);
+  const proofSender = key(INFO_TCP_PROOF_SENDER);
+  const proofReceiver = key(INFO_TCP_PROOF_RECEIVER);
+  const relayToken = deriveRelayToken({ pakeKey, transcript });
   return role === "sender"
-    ? new SessionKeys(role, signalSender, signalReceiver, dataSender, controlReceiver, verifier)
-    : new SessionKeys(role, signalReceiver, signalSender, controlReceiver, dataSender, verifier);
+    ? new SessionKeys(role, signalSender, signalReceiver, dataSender, controlReceiver, verifier, {
+        tcpSend: tcpData,
+        tcpReceive: tcpControl,
+        proofSend: proofSender,
+        proofReceive: proofReceiver,
+        relayToken,
+      })
+    : new SessionKeys(role, signalReceiver, signalSender, controlReceiver, dataSender, verifier, {
+        tcpSend: tcpControl,
+        tcpReceive: tcpData,
+        proofSend: proofReceiver,
+        proofReceive: proofSender,
+        relayToken,
+      });
+}
+
+/**
+ * The 32 bytes both peers of one session present to a relay to be joined (the same
+ * on both sides).  The relay sees it, so it has a label of its own: it tells nothing
+ * about any key of the session.
+ */
+export function deriveRelayToken({ pakeKey, transcript }) {
+  return hkdf32({ pakeKey, transcript, info: INFO_RELAY_TOKEN });
 }
 
 /** A short string both sides can read aloud to compare: "1a2b-3c4d-5e6f". */
@@ -396,4 +462,25 @@ export function digestsEqual(a, b) {
   let difference = 0;
   for (let i = 0; i < x.length; i++) difference |= x[i] ^ y[i];
   return difference === 0;
+}
+
+// -- the direct TCP path's proof (./tcp.js runs it) ---------------------------------------
+
+/** The first bytes a dialer sends on a direct connection; the version of that path. */
+export const TCP_MAGIC = new TextEncoder().encode("sfs/tcp1");
+export const TCP_NONCE_BYTES = 16;
+export const TCP_PROOF_BYTES = 32;
+
+/**
+ * HMAC-SHA256 of one connection's handshake under a role's proof key (crypto.tcp_proof).
+ * `side` is "L" for the listener's proof and "D" for the dialer's: with a key per
+ * role as well, a proof can be neither reflected nor used for the other end; the two
+ * fresh nonces make a recorded one useless.
+ * @param {{key: Uint8Array, side: "L"|"D", dialerNonce: Uint8Array, listenerNonce: Uint8Array}} options
+ * @returns {Uint8Array} 32 bytes
+ */
+export function tcpProof({ key, side, dialerNonce, listenerNonce }) {
+  if (side !== "L" && side !== "D") throw new TypeError(`side must be "L" or "D", not ${side}`);
+  const transcript = concatBytes(ascii(side, "side"), TCP_MAGIC, dialerNonce, listenerNonce);
+  return hmac(sha256, bytes(key, "key"), transcript);
 }

@@ -60,15 +60,21 @@ export const PARTNER_GONE_GRACE_SECONDS = 5.0;
 export const BACKLOG_LIMIT = 64;
 /** The most peer connections one session stripes over (the page offers one). */
 export const MAX_STREAMS = 8;
+/** The longest relay URL a sealed offer or answer may name. */
+export const MAX_RELAY_URL_CHARS = 512;
 
 const LEFT_MESSAGE = "the other side left before the connection was set up";
 
 // -- events -------------------------------------------------------------------------------
 
-/** The server gave us a peer ID (register_peer's reply). */
+/**
+ * The server gave us a peer ID (register_peer's reply): the ICE servers it names,
+ * and `relay`, the absolute `http(s)://…/relay` URL of the relay this side would use
+ * (null: none, or this side takes no part; ./relay.js relayUrlOf makes it).
+ */
 export class Registered {
-  constructor(peerId, iceServers = []) {
-    Object.assign(this, { peerId, iceServers });
+  constructor(peerId, iceServers = [], relay = null) {
+    Object.assign(this, { peerId, iceServers, relay });
   }
 }
 /** Someone typed our code and asks for a connection (`connection_request`). */
@@ -180,7 +186,19 @@ export class AcceptAnswers {
   }
 }
 /** Wait for the DataChannel to open, then feed ChannelOpen. */
-export class OpenChannel {}
+export class OpenChannel {
+  /**
+   * @param {string|null} relay  both descriptions named a relay: the pair meets at
+   *   this one (the receiver's, from the answer), and the sender chooses between it
+   *   and the DataChannel and says which with CHOSEN (./opening.js).  null: the
+   *   DataChannel, as before the relay existed (no CHOSEN).
+   * @param {SessionKeys|null} keys  with a relay: the keys its proof and token need
+   */
+  constructor(relay = null, keys = null) {
+    this.relay = relay;
+    this.keys = relay === null ? null : keys;
+  }
+}
 /** Leave the signaling server: the peers talk directly from now on. */
 export class Leave {}
 export class Done {
@@ -257,6 +275,8 @@ export class Handshake {
     this.connectTimeout = connectTimeout;
     this._iceOverride = iceServers;
     this._serverIce = [];
+    this._ownRelay = null; // the relay this side would use (Registered)
+    this._peerRelay = null; // the one the other side's description named
     this._streams = streams;
     this._newWords = newWords;
     // The joining side knows its partner from the code; the waiting side learns it
@@ -340,14 +360,16 @@ export class Handshake {
       return this._registered(event, now);
     }
     if (event instanceof LocalDescription && this._state === State.CREATING_OFFERS) {
-      const call = await this._sealedCall("offer", event.sdps);
+      const call = await this._sealedCall("offer", event.sdps, this._ownRelay);
       this._setState(State.AWAITING_ANSWER, { deadline: now + this.connectTimeout });
       return [call, ...(await this._fromBacklog(now))];
     }
     if (event instanceof LocalDescription && this._state === State.ANSWERING) {
-      const call = await this._sealedCall("answer", event.sdps);
+      // A relay in the answer only if the offer had one: the pair meets at ours.
+      const relay = this._peerRelay !== null ? this._ownRelay : null;
+      const call = await this._sealedCall("answer", event.sdps, relay);
       this._setState(State.OPENING);
-      return [call, new OpenChannel()];
+      return [call, new OpenChannel(relay, this._keys)];
     }
     if (
       event instanceof ChannelOpen &&
@@ -362,6 +384,7 @@ export class Handshake {
 
   async _registered(event, now) {
     this._serverIce = event.iceServers;
+    this._ownRelay = event.relay ?? null;
     if (!this.waits) {
       const payload = { peer_id: this._partner };
       this._setState(State.AWAITING_ACCEPT, { deadline: now + this.connectTimeout });
@@ -524,7 +547,7 @@ export class Handshake {
     // If the offer does not open, this code has had its one try: tell the sender, end.
     let sdps;
     try {
-      sdps = await this._open(event);
+      ({ sdps, relay: this._peerRelay } = await this._open(event));
     } catch (error) {
       if (error instanceof WrongCodeError) return this._wrongCode(error);
       if (error instanceof SignalingError) return this._fail(error);
@@ -537,14 +560,17 @@ export class Handshake {
   async _answered(event) {
     let sdps;
     try {
-      sdps = await this._open(event);
+      ({ sdps, relay: this._peerRelay } = await this._open(event));
     } catch (error) {
       if (error instanceof WrongCodeError) return this._wrongCode(error);
       if (error instanceof SignalingError) return this._fail(error);
       throw error;
     }
     this._setState(State.OPENING);
-    return [new AcceptAnswers(sdps), new OpenChannel()];
+    // The receiver's relay, if the offer named ours (an answer naming one unasked is
+    // not acted on: the offer decides whether a relay takes part).
+    const relay = this._ownRelay !== null ? this._peerRelay : null;
+    return [new AcceptAnswers(sdps), new OpenChannel(relay, this._keys)];
   }
 
   _ice() {
@@ -555,12 +581,14 @@ export class Handshake {
 
   /**
    * Seal the session description(s): the first as `sdp`, any more (striping) as
-   * `extra_sdps`, so a peer that knows only one stream still understands it.
+   * `extra_sdps`, so a peer that knows only one stream still understands it; the
+   * relay this side would use as `relay` (a peer that does not know it ignores it).
    */
-  async _sealedCall(kind, sdps) {
+  async _sealedCall(kind, sdps, relay = null) {
     if (!sdps.length) throw new Error(`an ${kind} needs at least one session description`);
     const message = { type: kind, sdp: sdps[0] };
     if (sdps.length > 1) message.extra_sdps = sdps.slice(1);
+    if (relay !== null) message.relay = relay;
     const plaintext = new TextEncoder().encode(JSON.stringify(message));
     const sealed = await sealMessage({ key: this._keys.signalSend, kind, plaintext });
     return new Call(kind, { peer_id: this._partner, sealed: toBase64(sealed) });
@@ -583,7 +611,11 @@ export class Handshake {
     const sdps = [message.sdp, ...extra];
     if (message.type !== kind || sdps.length > MAX_STREAMS) throw new SignalingError(malformed);
     if (!sdps.every((sdp) => typeof sdp === "string")) throw new SignalingError(malformed);
-    return sdps;
+    const relay = Object.hasOwn(message, "relay") ? message.relay : null;
+    if (relay !== null && !(typeof relay === "string" && relay.length <= MAX_RELAY_URL_CHARS)) {
+      throw new SignalingError(malformed);
+    }
+    return { sdps, relay };
   }
 
   // -- endings --------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 //   ui.status(message)        one line of what is happening
 //   ui.showCode(code)         the receiver's code, to give to the sender
 //   ui.pairing()              someone came with the code: the set-up runs
-//   ui.connected(verifier)    the DataChannel is open
+//   ui.connected(verifier, route)  the DataChannel or the relay is open ("relayed by HOST")
 //   ui.waiting()              the offer is out; the receiver is asked
 //   ui.progress               begin/start/advance/finish (see transfer.js)
 //   ui.decide(offer, names, signal) -> {saving} | null
@@ -38,6 +38,8 @@ import {
   Status,
 } from "./handshake.js";
 import { PeerLink } from "./connection.js";
+import { openTransport } from "./opening.js";
+import { relayUrlOf } from "./relay.js";
 import { DEFAULT_CHUNK_BYTES, Role, TransferProtocol } from "./protocol.js";
 import { SERVER_LOST, SignalClient } from "./signal.js";
 import { CLOSE_GRACE_SECONDS, linger, receiveFiles, sendFiles } from "./transfer.js";
@@ -58,15 +60,19 @@ const clock = () => performance.now() / 1000;
  * @param {string} options.url  the signaling server (the page's own origin)
  * @param {object} options.ui
  * @param {AbortSignal} [options.cancel]  the user gave up
- * @returns {Promise<{link: DataChannelLink, keys: SessionKeys, peer: PeerLink}>}
+ * @param {"auto"|"never"|"only"} [options.relayMode]  `?relay=` in the page's address
+ * @returns {Promise<{link, keys: SessionKeys, transferKeys: SessionKeys, peer: PeerLink}>}
+ *   `link` is a DataChannelLink or a RelayLink; `transferKeys` the keys its frames
+ *   are sealed under (the TCP path's through the relay)
  */
-export async function setUp(handshake, { url, ui, cancel }) {
+export async function setUp(handshake, { url, ui, cancel, relayMode = "auto" }) {
   let signal = await SignalClient.connect(url);
   let peer = null;
   let opening = null;
   try {
-    let { peerId, iceServers } = await signal.register();
-    const pending = [new Registered(peerId, iceServers)];
+    let { peerId, iceServers, relay } = await signal.register();
+    const registered = () => new Registered(peerId, iceServers, relayUrlOf(relay, url, relayMode));
+    const pending = [registered()];
     for (;;) {
       let actions;
       if (pending.length) {
@@ -90,8 +96,8 @@ export async function setUp(handshake, { url, ui, cancel }) {
           // How to get back (retries, pauses) is I/O policy, so it lives here; that
           // the old code is dead and a new one is shown is the handshake's.
           signal = await reconnect(url, cancel);
-          ({ peerId, iceServers } = await signal.register());
-          pending.push(new Registered(peerId, iceServers));
+          ({ peerId, iceServers, relay } = await signal.register());
+          pending.push(registered());
         } else if (action instanceof CreateOffers) {
           peer = new PeerLink({ iceServers: action.iceServers });
           pending.push(new LocalDescription([await peer.createOffer()]));
@@ -106,14 +112,26 @@ export async function setUp(handshake, { url, ui, cancel }) {
           }
           await peer.acceptAnswer(action.sdps[0]);
         } else if (action instanceof OpenChannel) {
-          opening = peer.open(handshake.connectTimeout);
+          opening =
+            action.relay === null
+              ? peer.open(handshake.connectTimeout).then((link) => ({ link, keys: null }))
+              : openTransport({
+                  sender: handshake.role === Role.SENDER,
+                  mode: relayMode === "only" ? "only" : "auto",
+                  relay: action.relay,
+                  keys: action.keys,
+                  peer,
+                  connectTimeout: handshake.connectTimeout,
+                  cancel,
+                });
           opening.catch(() => {}); // read in nextInput
         } else if (action instanceof Leave) {
           // From here on the peers talk directly; a server that goes away now cannot
           // disturb the transfer.
           signal.leave();
         } else if (action instanceof Done) {
-          return { link: await opening, keys: action.keys, peer };
+          const { link, keys } = await opening;
+          return { link, keys: action.keys, transferKeys: keys ?? action.keys, peer };
         } else if (action instanceof Fail) {
           throw action.error;
         }
@@ -228,16 +246,16 @@ async function reconnect(url, cancel) {
  * @param {AbortSignal} [options.cancel]
  * @returns {Promise<import("./transfer.js").TransferResult>}
  */
-export async function receive({ ui, wordlist, url = location.origin, cancel }) {
+export async function receive({ ui, wordlist, url = location.origin, cancel, relayMode }) {
   const words = loadWordlist(wordlist);
   const handshake = new Handshake(Role.RECEIVER, {
     connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS,
     newWords: () => newSecret(words),
   });
-  const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
+  const { link, keys, transferKeys, peer } = await setUp(handshake, { url, ui, cancel, relayMode });
   try {
-    ui.connected(keys.verifier);
-    const proto = new TransferProtocol(Role.RECEIVER, keys);
+    ui.connected(keys.verifier, link.route);
+    const proto = new TransferProtocol(Role.RECEIVER, transferKeys);
     const result = await receiveFiles(link, proto, {
       decide: ui.decide,
       progress: ui.progress,
@@ -250,6 +268,7 @@ export async function receive({ ui, wordlist, url = location.origin, cancel }) {
     await linger(link, CLOSE_GRACE_SECONDS);
     return result;
   } finally {
+    link.close();
     peer.close();
   }
 }
@@ -264,14 +283,16 @@ export async function receive({ ui, wordlist, url = location.origin, cancel }) {
  * @param {string} [options.url]
  * @param {AbortSignal} [options.cancel]
  */
-export async function send({ code, files, sender, ui, url = location.origin, cancel }) {
+export async function send({ code, files, sender, ui, url = location.origin, cancel, relayMode }) {
   const handshake = new Handshake(Role.SENDER, { code, connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS });
-  const { link, keys, peer } = await setUp(handshake, { url, ui, cancel });
+  const { link, keys, transferKeys, peer } = await setUp(handshake, { url, ui, cancel, relayMode });
   try {
-    ui.connected(keys.verifier);
-    const proto = new TransferProtocol(Role.SENDER, keys);
-    // Frames no larger than the receiver takes: 64 KiB, as the command line sends.
-    const chunkSize = Math.min(DEFAULT_CHUNK_BYTES, link.maxMessageSize - FRAME_OVERHEAD_BYTES);
+    ui.connected(keys.verifier, link.route);
+    const proto = new TransferProtocol(Role.SENDER, transferKeys);
+    // Frames no larger than the receiver takes: 64 KiB on a DataChannel, as the
+    // command line sends; 256 KiB through a relay, as on the direct TCP path.
+    const preferred = link.preferredChunkSize ?? DEFAULT_CHUNK_BYTES;
+    const chunkSize = Math.min(preferred, link.maxMessageSize - FRAME_OVERHEAD_BYTES);
     const result = await sendFiles(link, proto, files, {
       sender,
       chunkSize,
@@ -286,6 +307,7 @@ export async function send({ code, files, sender, ui, url = location.origin, can
   } finally {
     // Having received the last message (the final acknowledgement), the sender
     // closes first; the receiver waits for that.
+    link.close();
     peer.close();
   }
 }

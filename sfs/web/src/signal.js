@@ -158,14 +158,19 @@ export class SignalClient {
   /**
    * Get a peer ID and the ICE servers that `sfs serve` recommends, as RTCIceServer
    * dictionaries (never a public default: what the server says, or none).
-   * @returns {Promise<{peerId: string, iceServers: RTCIceServer[]}>}
+   * `relay` is the ack's, unchecked (./relay.js relayUrlOf reads it).
+   * @returns {Promise<{peerId: string, iceServers: RTCIceServer[], relay: unknown}>}
    */
   async register() {
     const reply = await this.call("register_peer", {});
     if (typeof reply.peer_id !== "string") {
       throw new SignalingError("the signaling server sent no peer ID");
     }
-    return { peerId: reply.peer_id, iceServers: iceServers(reply.ice_servers ?? []) };
+    return {
+      peerId: reply.peer_id,
+      iceServers: iceServers(reply.ice_servers ?? []),
+      relay: reply.relay,
+    };
   }
 
   /**

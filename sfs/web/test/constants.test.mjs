@@ -16,6 +16,7 @@ import * as protocol from "../src/protocol.js";
 import * as reasons from "../src/reasons.js";
 import * as session from "../src/session.js";
 import * as signal from "../src/signal.js";
+import * as tcp from "../src/tcp.js";
 import * as text from "../src/text.js";
 import * as transfer from "../src/transfer.js";
 
@@ -52,6 +53,10 @@ const PAGE = {
     NONCE_BYTES: crypto.NONCE_BYTES,
     TAG_BYTES: crypto.TAG_BYTES,
     MAX_COUNTER: crypto.MAX_COUNTER,
+    TCP_NONCE_BYTES: crypto.TCP_NONCE_BYTES,
+    TCP_PROOF_BYTES: crypto.TCP_PROOF_BYTES,
+    RELAY_TOKEN_BYTES: crypto.RELAY_TOKEN_BYTES,
+    MAX_FRAME_BYTES: tcp.MAX_FRAME_BYTES,
     MAX_NAME_BYTES: transfer.MAX_NAME_BYTES,
     FIRST_COPY_NUMBER: transfer.FIRST_COPY_NUMBER,
     BACKLOG_LIMIT: handshake.BACKLOG_LIMIT,
@@ -82,6 +87,11 @@ const PAGE = {
     INFO_DATA_SENDER: crypto.INFO_DATA_SENDER,
     INFO_CONTROL_RECEIVER: crypto.INFO_CONTROL_RECEIVER,
     INFO_VERIFY: crypto.INFO_VERIFY,
+    INFO_TCP_DATA_SENDER: crypto.INFO_TCP_DATA_SENDER,
+    INFO_TCP_CONTROL_RECEIVER: crypto.INFO_TCP_CONTROL_RECEIVER,
+    INFO_TCP_PROOF_SENDER: crypto.INFO_TCP_PROOF_SENDER,
+    INFO_TCP_PROOF_RECEIVER: crypto.INFO_TCP_PROOF_RECEIVER,
+    INFO_RELAY_TOKEN: crypto.INFO_RELAY_TOKEN,
   },
   words: {
     CHANNEL_LABEL: connection.CHANNEL_LABEL,
@@ -90,6 +100,7 @@ const PAGE = {
     WRONG_CODE_REASON: handshake.WRONG_CODE_REASON,
     SERVER_LOST: signal.SERVER_LOST,
     ELLIPSIS: text.ELLIPSIS,
+    TCP_MAGIC: new TextDecoder().decode(crypto.TCP_MAGIC),
     PUSHED_EVENTS: signal.PUSHED_EVENTS,
   },
   // reasons.js keeps the Python names.

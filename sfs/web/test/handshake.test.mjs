@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 
 import { Code, loadWordlist, newSecret, parseCode } from "../src/code.js";
-import { WrongCodeError } from "../src/crypto.js";
+import { openMessage, WrongCodeError } from "../src/crypto.js";
 import { CancelledByPeerError, PeerGoneError, SignalingError } from "../src/errors.js";
 import {
   AcceptAnswers,
@@ -83,15 +83,15 @@ describe("codes (sfs/code.py)", () => {
 });
 
 /** The receiver (shows the code) and the sender (typed it), up to their first calls. */
-async function start({ senderWords = "tiger-lamp" } = {}) {
+async function start({ senderWords = "tiger-lamp", senderRelay = null, receiverRelay = null } = {}) {
   const receiver = new Handshake("receiver", { connectTimeout: 30, newWords: () => "tiger-lamp" });
-  const shown = await receiver.handle(new Registered(RECEIVER_ID, ICE), 0);
+  const shown = await receiver.handle(new Registered(RECEIVER_ID, ICE, receiverRelay), 0);
   assert.deepEqual(shown, [new ShowCode(`${RECEIVER_ID}-tiger-lamp`)]);
   const sender = new Handshake("sender", {
     code: new Code(RECEIVER_ID, senderWords),
     connectTimeout: 30,
   });
-  const joined = await sender.handle(new Registered(SENDER_ID, ICE), 0);
+  const joined = await sender.handle(new Registered(SENDER_ID, ICE, senderRelay), 0);
   assert.deepEqual(
     joined.map((a) => a instanceof Call && a.event),
     ["find_peer", "send_connection_request", false],
@@ -137,6 +137,43 @@ describe("the set-up (sfs/peer/handshake.py)", () => {
     assert.deepEqual(doneS.keys.signalReceive, doneR.keys.signalSend);
     assert.equal(doneS.keys.verifier, doneR.keys.verifier);
     assert.equal(sender.state, State.DONE);
+  });
+
+  it("relay: both sides name one, and the pair meets at the receiver's (the answer's)", async () => {
+    const senderRelay = "https://a.example/relay";
+    const receiverRelay = "http://b.example:5000/node/2/relay";
+    const { receiver, sender } = await start({ senderRelay, receiverRelay });
+    const offer = await exchangeKeys(receiver, sender);
+    const opened = async (keys, kind, sealed) =>
+      JSON.parse(new TextDecoder().decode(await openMessage({ key: keys, kind, sealed: fromBase64(sealed, "s") })));
+    await receiver.handle(new SealedReceived(SENDER_ID, "offer", offer.payload.sealed), 4);
+    const answered = await receiver.handle(new LocalDescription(["v=0 answer"]), 5);
+    assert.equal(answered[1].relay, receiverRelay);
+    assert.ok(answered[1].keys.relayToken.length === 32);
+    const answer = call(answered, "answer");
+    const accepting = await sender.handle(new SealedReceived(RECEIVER_ID, "answer", answer.payload.sealed), 6);
+    assert.equal(accepting[1].relay, receiverRelay);
+    assert.deepEqual(accepting[1].keys.relayToken, answered[1].keys.relayToken);
+    // What went inside the sealed blobs: {"relay": URL} on both.
+    const [doneS] = (await sender.handle(new ChannelOpen(), 7)).slice(1);
+    const [doneR] = (await receiver.handle(new ChannelOpen(), 7)).slice(1);
+    const inOffer = await opened(doneR.keys.signalReceive, "offer", offer.payload.sealed);
+    const inAnswer = await opened(doneS.keys.signalReceive, "answer", answer.payload.sealed);
+    assert.equal(inOffer.relay, senderRelay);
+    assert.equal(inAnswer.relay, receiverRelay);
+  });
+
+  it("relay: a receiver answers with one only if the offer had one, and vice versa", async () => {
+    for (const [senderRelay, receiverRelay] of [[null, "http://b/relay"], ["http://a/relay", null]]) {
+      const { receiver, sender } = await start({ senderRelay, receiverRelay });
+      const offer = await exchangeKeys(receiver, sender);
+      await receiver.handle(new SealedReceived(SENDER_ID, "offer", offer.payload.sealed), 4);
+      const answered = await receiver.handle(new LocalDescription(["v=0 answer"]), 5);
+      assert.equal(answered[1].relay, null);
+      const answer = call(answered, "answer");
+      const accepting = await sender.handle(new SealedReceived(RECEIVER_ID, "answer", answer.payload.sealed), 6);
+      assert.equal(accepting[1].relay, null);
+    }
   });
 
   it("a wrong code: the receiver cannot open the offer, aborts wrong_code and fails", async () => {

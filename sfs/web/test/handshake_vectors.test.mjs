@@ -46,7 +46,7 @@ class Peer {
 async function buildEvent(given, peer) {
   switch (given.event) {
     case "Registered":
-      return new hs.Registered(given.peer_id, given.ice_servers ?? []);
+      return new hs.Registered(given.peer_id, given.ice_servers ?? [], given.relay ?? null);
     case "PublicKeyReceived":
       return new hs.PublicKeyReceived(given.peer_id, given.key_from_peer ? peer.message : given.key);
     case "SealedReceived": {
