@@ -1709,7 +1709,30 @@ def _relay(exchange: dict[str, Any], keys_s: SessionKeys, keys_r: SessionKeys) -
         },
         "chosen": tcp.CHOSEN.hex(),
         "max_frame_bytes": tcp.MAX_FRAME_BYTES,
+        "urls": [{"url": url, "ok": handshake.is_relay_url(url)} for url in _RELAY_URLS],
     }
+
+
+#: A sealed ``relay`` the page must judge as handshake.is_relay_url does.
+_RELAY_URLS = [
+    "https://sfs.example.org/relay",
+    "http://127.0.0.1:5000/relay",
+    "http://[fd00::2]:5000/node/2/relay",
+    "https://sfs.example.org",
+    "ftp://sfs.example.org/relay",
+    "https:///relay",
+    "https://user:pw@sfs.example.org/relay",
+    "https://sfs.example.org/relay?x=1",
+    "https://sfs.example.org/relay#x",
+    "https://sfs.example.org:99999/relay",
+    "https://sfs.example.org/re lay",
+    "https://sfs.example.org/\x1b[2J",
+    "https://sfs.example.org/\u200bx",
+    "https://sfs.example.org/" + "r" * 488,
+    "https://sfs.example.org/" + "r" * 489,
+    "relay",
+    "",
+]
 
 
 # -- constants (sfs/web/test/constants.test.mjs) -----------------------------------------------
@@ -1746,7 +1769,7 @@ def _constants() -> dict[str, object]:
         **_named(crypto, "TCP_NONCE_BYTES", "TCP_PROOF_BYTES", "RELAY_TOKEN_BYTES"),
         **_named(tcp, "MAX_FRAME_BYTES"),
         **_named(names, "MAX_NAME_BYTES", "FIRST_COPY_NUMBER"),
-        **_named(handshake, "BACKLOG_LIMIT"),
+        **_named(handshake, "BACKLOG_LIMIT", "MAX_RELAY_URL_CHARS"),
         **_named(messages, "MAX_ICE_SERVERS", "MAX_ICE_URLS"),
         **_named(webrtc, "DEFAULT_REMOTE_MAX_MESSAGE_BYTES"),
         **_named(partial, "READ_BLOCK_BYTES"),
@@ -1761,6 +1784,7 @@ def _constants() -> dict[str, object]:
         **_named(transfer, "LAST_WORD_GRACE_SECONDS"),
         **_named(sending, "PROGRESS_TICK_SECONDS"),
         **_named(gathering, "GATHER_SECONDS", "RELAY_GRACE_SECONDS"),
+        **_named(tcp, "RELAY_HEAD_START_SECONDS"),
     }
     labels = [name for name in dir(crypto) if name.startswith("INFO_")]
     texts = {

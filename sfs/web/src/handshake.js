@@ -63,6 +63,27 @@ export const MAX_STREAMS = 8;
 /** The longest relay URL a sealed offer or answer may name. */
 export const MAX_RELAY_URL_CHARS = 512;
 
+/**
+ * `url` is what a relay may be named by, as sfs/peer/proto/handshake.py's is_relay_url
+ * judges it (checked against the same list in vectors.json): http or https with a host,
+ * no user name or password, no query or fragment, no space or control character, at most
+ * MAX_RELAY_URL_CHARS characters. WHATWG URL parsing is lenient (it reads "https:///x"
+ * as host "x"), so the shape is checked on the text too.
+ */
+export function isRelayUrl(url) {
+  if (typeof url !== "string" || url.length > MAX_RELAY_URL_CHARS) return false;
+  if (/[\p{C}\p{Z}]/u.test(url) || /[?#]/.test(url)) return false;
+  const scheme = /^(https?):\/\/([^/@]+)(\/.*)?$/i.exec(url);
+  if (scheme === null) return false;
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return false;
+  }
+  return parsed.hostname !== "" && !parsed.username && !parsed.password;
+}
+
 const LEFT_MESSAGE = "the other side left before the connection was set up";
 
 // -- events -------------------------------------------------------------------------------
@@ -612,9 +633,7 @@ export class Handshake {
     if (message.type !== kind || sdps.length > MAX_STREAMS) throw new SignalingError(malformed);
     if (!sdps.every((sdp) => typeof sdp === "string")) throw new SignalingError(malformed);
     const relay = Object.hasOwn(message, "relay") ? message.relay : null;
-    if (relay !== null && !(typeof relay === "string" && relay.length <= MAX_RELAY_URL_CHARS)) {
-      throw new SignalingError(malformed);
-    }
+    if (relay !== null && !isRelayUrl(relay)) throw new SignalingError(malformed);
     return { sdps, relay };
   }
 

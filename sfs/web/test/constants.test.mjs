@@ -12,6 +12,7 @@ import * as connection from "../src/connection.js";
 import * as conversation from "../src/conversation.js";
 import * as crypto from "../src/crypto.js";
 import * as handshake from "../src/handshake.js";
+import * as opening from "../src/opening.js";
 import * as protocol from "../src/protocol.js";
 import * as reasons from "../src/reasons.js";
 import * as session from "../src/session.js";
@@ -60,6 +61,7 @@ const PAGE = {
     MAX_NAME_BYTES: transfer.MAX_NAME_BYTES,
     FIRST_COPY_NUMBER: transfer.FIRST_COPY_NUMBER,
     BACKLOG_LIMIT: handshake.BACKLOG_LIMIT,
+    MAX_RELAY_URL_CHARS: handshake.MAX_RELAY_URL_CHARS,
     MAX_ICE_SERVERS: signal.MAX_ICE_SERVERS,
     MAX_ICE_URLS: signal.MAX_ICE_URLS,
     DEFAULT_REMOTE_MAX_MESSAGE_BYTES: connection.DEFAULT_REMOTE_MAX_MESSAGE_BYTES,
@@ -80,6 +82,7 @@ const PAGE = {
     PROGRESS_TICK_SECONDS: transfer.PROGRESS_TICK_MS / 1000,
     GATHER_SECONDS: connection.GATHER_SECONDS,
     RELAY_GRACE_SECONDS: connection.GATHER_AFTER_RELAY_SECONDS,
+    RELAY_HEAD_START_SECONDS: opening.RELAY_HEAD_START_SECONDS,
   },
   hkdf_labels: {
     INFO_SIGNAL_SENDER: crypto.INFO_SIGNAL_SENDER,

@@ -21,6 +21,7 @@ import {
   Fail,
   fromBase64,
   Handshake,
+  isRelayUrl,
   Leave,
   LocalDescription,
   OpenChannel,
@@ -36,6 +37,16 @@ import {
   State,
   toBase64,
 } from "../src/handshake.js";
+
+const VECTORS = JSON.parse(readFileSync(new URL("./vectors.json", import.meta.url), "utf8"));
+
+describe("a sealed relay URL (handshake.py's is_relay_url)", () => {
+  for (const { url, ok } of VECTORS.relay.urls) {
+    it(`${JSON.stringify(url.slice(0, 40))}${url.length > 40 ? "…" : ""} is ${ok ? "taken" : "malformed"}`, () => {
+      assert.equal(isRelayUrl(url), ok);
+    });
+  }
+});
 
 const WORDS = loadWordlist(readFileSync(new URL("../../wordlist.txt", import.meta.url), "utf8"));
 const RECEIVER_ID = "RCV-001";
