@@ -117,7 +117,9 @@ RELAY_HEAD_START_SECONDS = 1.5
 #: Connects to the relay at a URL with the session's token and, once the partner is
 #: there, runs the protocol the factory makes on the connection
 #: (:func:`sfs.peer.transport.relay.open_relay`); raises an SfsError saying why not.
-JoinRelay = Callable[[str, bytes, Callable[[], "TcpLink"]], Awaitable[object]]
+JoinRelay = Callable[
+    [str, bytes, Callable[[], "TcpLink"]], Awaitable[tuple[asyncio.Transport, "TcpLink"]]
+]
 
 
 # -- the proof, sans I/O ----------------------------------------------------------------------
@@ -798,9 +800,18 @@ class DirectPath:
         await asyncio.sleep(delay)
         logger.info("joining the relay at %s", host)
         try:
-            await join(url, self._keys.relay_token, lambda: self._new_link(
+            _, link = await join(url, self._keys.relay_token, lambda: self._new_link(
                 dialer=self._sender, relayed_by=host
             ))  # fmt: skip
+            # What the relay joined this side to must prove the session key: a relay
+            # that pairs strangers (or tampers) is found out here, and says so.
+            try:
+                await link.proven
+            except CryptoError:
+                raise CryptoError(
+                    f"the relay at {host} joined this side to something that did not prove "
+                    "the session key: nothing was sent through it"
+                ) from None
         except SfsError as exc:
             logger.info("the relay at %s: %s", host, exc)
             self.relay_error = exc
