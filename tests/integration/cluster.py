@@ -4,7 +4,9 @@ Both come from Debian packages (scripts/test installs them) and listen on a free
 of 127.0.0.1 only.  Redis keeps nothing on disk (``--save '' --appendonly no``); nginx
 runs in the foreground with a configuration, pid file, logs and temporary folders
 all in the test's own folder.  The nginx configuration is the one docs/DEPLOY.md
-shows: this module reads it from there, so the documented one is the tested one.
+shows: this module reads it from there, so the documented one is the tested one.  Only
+the addresses change: the upstream lists the test's nodes, and the documented relay
+location of node 1 (``/node/1/relay``) is repeated for each test node.
 
 benchmarks/load.py starts its Redis with :class:`RedisServer` too.
 """
@@ -26,6 +28,13 @@ import redis
 LOOPBACK = "127.0.0.1"
 START_SECONDS = 20.0
 DEPLOY_MD = Path(__file__).resolve().parents[2] / "docs" / "DEPLOY.md"
+# One of DEPLOY.md's per-node relay locations: its node's number and address.
+RELAY_LOCATION = re.compile(
+    r" {8}location = /node/(\d+)/relay \{\n"
+    r".*?proxy_pass http://([^/\s;]+)/relay;"
+    r".*?\n {8}\}\n\n",
+    re.S,
+)
 
 
 def free_port() -> int:
@@ -176,6 +185,7 @@ class Nginx:
             return documented.replace("{", "{" + upstreams, 1)
 
         block = re.sub(r"upstream sfs_nodes \{.*?\}", nodes, nginx_config_block(), flags=re.S)
+        block = self._relay_locations(block)
         # Only the TLS server here: drop the one that redirects port 80 to it.
         block = re.sub(r"\n    server \{\n        listen 80;.*?\n    \}\n", "\n", block, flags=re.S)
         if self.cert is not None and self.key is not None:
@@ -202,6 +212,37 @@ class Nginx:
             f"{block}"
             "}\n"
         )
+
+    def relay_url(self, i: int) -> str:
+        """The ``--relay-url`` of node *i* (from 0): its own path through nginx."""
+        return f"{self.url}/node/{i + 1}/relay"
+
+    def _relay_locations(self, block: str) -> str:
+        """*block* with DEPLOY.md's per-node relay locations made one per test node:
+        the first, with each node's number and address put in."""
+        documented = list(RELAY_LOCATION.finditer(block))
+        upstream = re.search(r"upstream sfs_nodes \{.*?\}", nginx_config_block(), re.S)
+        assert upstream is not None, "DEPLOY.md's nginx block has no upstream sfs_nodes"
+        assert documented, "DEPLOY.md's nginx block has no per-node relay locations"
+        # The documented block is itself consistent: node N's location leads to the
+        # upstream's Nth server.
+        servers = re.findall(r"\n\s*server ([^\s;]+);", upstream.group(0))
+        assert [(int(d.group(1)), d.group(2)) for d in documented] == [
+            (n, server) for n, server in enumerate(servers, 1)
+        ], "DEPLOY.md: the relay locations do not match the upstream's servers"
+        template = documented[0].group(0)
+
+        def location(n: int, address: str) -> str:
+            return template.replace("/node/1/relay", f"/node/{n}/relay").replace(
+                f"http://{servers[0]}/relay", f"http://{address}/relay"
+            )
+
+        # ... and its locations differ only in those, so the tested ones are the documented.
+        for n, (found, server) in enumerate(zip(documented, servers, strict=True), 1):
+            assert found.group(0) == location(n, server), f"DEPLOY.md: /node/{n}/relay differs"
+        made = "".join(location(n, node) for n, node in enumerate(self.nodes, 1))
+        start, end = documented[0].start(), documented[-1].end()
+        return block[:start] + made + block[end:]
 
     def start(self) -> Nginx:
         self.folder.mkdir(parents=True, exist_ok=True)
