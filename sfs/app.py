@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
+from urllib.parse import urlsplit
 
 from sfs.check import Report, check
 from sfs.code import Code
@@ -84,6 +85,7 @@ from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
 from sfs.signal.server import run_server
+from sfs.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -464,6 +466,8 @@ class _SetUpPump:
         self.opener: asyncio.Future[Opened] | None = None
         self.wants_tcp = options.transport is not Transport.DATACHANNEL
         self.relay_only = options.relay is RelayMode.ONLY
+        #: The relay this side offered (its server's), once registered.
+        self.own_relay: str | None = None
         self.pending: deque[SetupEvent] = deque()
 
     async def run(self) -> Session:
@@ -496,6 +500,7 @@ class _SetUpPump:
                     "the server offers no relay (--relay only): it runs with --no-relay, "
                     "or is an older sfs"
                 )
+        self.own_relay = relay
         self.pending.append(Registered(peer_id, registration.ice_servers, relay))
 
     async def _next_actions(self, now: Callable[[], float]) -> list[Action]:
@@ -597,12 +602,24 @@ class _SetUpPump:
     async def _open_channel(self, action: OpenChannel) -> None:
         links = self.links
         assert links is not None
-        direct = self.direct if action.direct or action.relay is not None else None
+        relay = action.relay
+        if relay is not None and not _trusted_relay(relay, self.url, self.own_relay):
+            # The receiver names the relay: a peer with the code must not make this
+            # machine send requests to any host it likes (a port on the LAN, say).
+            logger.info("not joining %s: not this side's server", relay)
+            relay = None
+            if self.relay_only:
+                raise PeerConnectionError(
+                    f"the other side named a relay on another host than your server "
+                    f"({printable(urlsplit(action.relay or '').hostname or '', 100)}): "
+                    "not used (--relay only)"
+                )
+        direct = self.direct if action.direct or relay is not None else None
         if self.direct is not None and direct is None:
             await self.direct.close()  # the other side takes no TCP, and no relay
-        if direct is not None and action.relay is not None:
+        if direct is not None and relay is not None:
             direct.relay(
-                action.relay,
+                relay,
                 functools.partial(open_relay, timeout=self.options.connect_timeout,
                                   ca_file=self.options.ca_file),
                 delay=0.0 if self.relay_only else RELAY_HEAD_START_SECONDS,
@@ -775,6 +792,14 @@ def _direct_path(
     direct = DirectPath(sender=sender, keys=keys, hosts=hosts)
     stack.push_async_callback(direct.close)
     return direct
+
+
+def _trusted_relay(relay: str, server_url: str, own_relay: str | None) -> bool:
+    """A relay this side connects to: one on its own server's host (any port or path:
+    a cluster's nodes behind one name), or on the host of the relay its server named."""
+    host = urlsplit(relay).hostname
+    trusted = {urlsplit(server_url).hostname, urlsplit(own_relay or "").hostname} - {None}
+    return host is not None and host in trusted
 
 
 def _relay_url(server_url: str, advertised: str | None) -> str | None:

@@ -295,3 +295,25 @@ def test_a_relay_that_joins_two_sessions_gets_nothing_through(
     assert any("did not prove the session key" in f.stderr for f in outcomes), report(*outcomes)
     for i in (1, 2):
         assert list((tmp_path / f"out{i}").iterdir()) == []
+
+
+def test_a_sender_joins_no_relay_outside_its_own_servers_host(
+    servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    """The receiver names the relay (in its sealed answer); a sender connects to it only
+    on its own server's host, so whoever has the code cannot aim the sender's machine
+    at another host.  Here the receiver reached the server as `localhost`, the sender as
+    127.0.0.1: the sender refuses that relay (with --relay only: exit 8, saying so)."""
+    server = start_server(tmp_path)
+    servers.append(server)
+    port = server.url.rsplit(":", 1)[1]
+    elsewhere = ServerProcess(f"http://localhost:{port}", server.process, server.log)
+    receiver = start_receiver(
+        elsewhere, tmp_path / "out", "--yes", "--relay", "only", "--connect-timeout", "5"
+    )
+    sent = run_sender(server, "--relay", "only", "--text", "hi", receiver.code)
+    received = receiver.finish()
+    assert sent.returncode == 8, report(sent, received)
+    assert "named a relay on another host than your server (localhost)" in sent.error_line()
+    assert received.returncode != 0, report(sent, received)
+    assert relayed_bytes(server) == 0
