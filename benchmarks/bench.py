@@ -285,11 +285,12 @@ def run_sfs(
     if not sent or not first:
         raise RuntimeError("could not read the timings from the -v logs")
     chosen = re.search(r"(\d+) WebRTC stream", sender_text)
-    over_tcp = "direct TCP connection to" in sender_text
-    relayed = re.search(r"connected at [\d.]+: (relayed by (?!TURN )\S+)", sender_text)
-    note = "TCP" if over_tcp else f"WebRTC, {chosen.group(1) if chosen else streams} stream(s)"
-    if relayed:
-        note = relayed.group(1)
+    note = f"WebRTC, {chosen.group(1) if chosen else streams} stream(s)"
+    # The chosen TCP connection's route, as sfs.peer.transport.opening logs it.
+    route = re.search(r"connected at [\d.]+: (direct over TCP|relayed by (?!TURN )\S+)$",
+                      sender_text, re.MULTILINE)  # fmt: skip
+    if route:
+        note = "TCP" if route.group(1) == "direct over TCP" else route.group(1)
     return Sample(
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
         total_s=total,
