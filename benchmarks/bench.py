@@ -234,14 +234,16 @@ def run_sfs(
     placement: Placement = LOCAL,
     streams: str = "auto",
     transport: str = "auto",
+    relay: str = "auto",
 ) -> Sample:
+    """One `sfs receive` and `sfs send` of ``src``, both with ``--relay RELAY``."""
     for leftover in out.iterdir():
         leftover.unlink()
     # No server: LAN mode, as a user runs it (mDNS, the embedded server, every
     # local address as ICE host candidate).
     lan = server is None
     common = ["-q", "-v"] if server is None else ["--server", server.url, "-q", "-v"]
-    receive = ["receive", "--yes", "-o", str(out)]
+    receive = ["receive", "--yes", "-o", str(out), "--relay", relay]
     if not lan:
         receive += ["--ice-address", placement.receiver_address]
     receiver_log = out.parent / "receiver.log"
@@ -256,7 +258,7 @@ def run_sfs(
     assert receiver.stdout is not None
     code = _read_code(receiver.stdout)
     started = time.time()
-    send = ["send", "--streams", streams, "--transport", transport]
+    send = ["send", "--streams", streams, "--transport", transport, "--relay", relay]
     if chunk is not None:
         send += ["--chunk-size", str(chunk)]
     if not lan:
@@ -283,8 +285,12 @@ def run_sfs(
     if not sent or not first:
         raise RuntimeError("could not read the timings from the -v logs")
     chosen = re.search(r"(\d+) WebRTC stream", sender_text)
-    over_tcp = "direct TCP connection to" in sender_text
-    note = "TCP" if over_tcp else f"WebRTC, {chosen.group(1) if chosen else streams} stream(s)"
+    note = f"WebRTC, {chosen.group(1) if chosen else streams} stream(s)"
+    # The chosen TCP connection's route, as sfs.peer.transport.opening logs it.
+    route = re.search(r"connected at [\d.]+: (direct over TCP|relayed by (?!TURN )\S+)$",
+                      sender_text, re.MULTILINE)  # fmt: skip
+    if route:
+        note = "TCP" if route.group(1) == "direct over TCP" else route.group(1)
     return Sample(
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
         total_s=total,
@@ -385,16 +391,19 @@ def run_raw(
     )
 
 
-def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
-    """magic-wormhole with its own mailbox server and transit relay on 127.0.0.1."""
+def run_wormhole(src: Path, out: Path, relays: WormholeRelays, *, listen: bool = True) -> Sample:
+    """magic-wormhole with its own mailbox server and transit relay on 127.0.0.1.
+    With ``listen`` False both sides run ``--no-listen``: neither offers a direct
+    hint, so the bytes go through the transit relay (the relay row)."""
     for leftover in out.iterdir():
         leftover.unlink()
     mailbox, transit = relays.urls
     wormhole = str(relays.bin / "wormhole")
     common = ["--relay-url", mailbox, "--transit-helper", transit]
+    side = ["--hide-progress", *([] if listen else ["--no-listen"])]
     started = time.time()
     sender = subprocess.Popen(
-        [wormhole, *common, "send", "--hide-progress", str(src)],
+        [wormhole, *common, "send", *side, str(src)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -405,7 +414,7 @@ def run_wormhole(src: Path, out: Path, relays: WormholeRelays) -> Sample:
         match = re.search(r"wormhole receive (\S+)", sender.stdout.readline().decode())
         code = match.group(1) if match else ""
     receiver = subprocess.Popen(
-        [wormhole, *common, "receive", "--accept-file", "--hide-progress", code],
+        [wormhole, *common, "receive", "--accept-file", *side, code],
         cwd=out,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -562,6 +571,14 @@ def table(results: dict[str, list[Sample]]) -> list[str]:
     return rows
 
 
+def goal_line(label: str, value: float, goal: float) -> str | None:
+    """``label: value (goal ≥ goal: met|NOT met)``; None when a side was not measured."""
+    if math.isnan(value):
+        return None
+    verdict = "met" if value >= goal else "NOT met"
+    return f"{label}: {value:.2f} (goal ≥ {goal}: {verdict})"
+
+
 def ratios(results: dict[str, list[Sample]], limits: Limits | None) -> list[str]:
     """The ratios the goals are stated in, each with its goal and whether it is met."""
 
@@ -571,12 +588,13 @@ def ratios(results: dict[str, list[Sample]], limits: Limits | None) -> list[str]
     lines = []
 
     def check(label: str, value: float, goal: float) -> None:
-        if math.isnan(value):
-            return
-        verdict = "met" if value >= goal else "NOT met"
-        lines.append(f"{label}: {value:.2f} (goal ≥ {goal}: {verdict})")
+        line = goal_line(label, value, goal)
+        if line is not None:
+            lines.append(line)
 
     check("sfs auto / magic-wormhole", speed(AUTO) / speed(WORMHOLE), 1.5)
+    # Issue 25: sfs serve's relay at least as fast as magic-wormhole's transit relay.
+    check("sfs relay / magic-wormhole relay", speed(RELAY) / speed(WORMHOLE_RELAY), 1.0)
     if limits is not None:
         check("sfs auto / single-core limit", speed(AUTO) / limits.single_core, 0.5)
     check("sfs datachannel / raw aiortc", speed(DATACHANNEL) / speed(RAW), 0.95)
@@ -622,6 +640,9 @@ def plot(results: dict[str, list[Sample]], path: Path, title: str) -> None:
 
 AUTO, TCP, DATACHANNEL = "sfs auto", "sfs --transport tcp", "sfs --transport datachannel"
 RAW, WORMHOLE = "raw aiortc DataChannel", "magic-wormhole (direct TCP)"
+#: With --compare wormhole: each one's relay on 127.0.0.1 (issue 25).
+RELAY = "sfs --relay only (sfs serve's relay)"
+WORMHOLE_RELAY = "magic-wormhole --no-listen (transit relay)"
 SFS_CONTENDERS = {AUTO: "auto", TCP: "tcp", DATACHANNEL: "datachannel"}
 
 
@@ -740,6 +761,9 @@ def _measure(
             results[name] = []
         if relays is not None:
             results[WORMHOLE] = []
+            if server is not None:
+                results[RELAY] = []
+            results[WORMHOLE_RELAY] = []
         try:
             for run in range(args.runs):
                 for name, transport in SFS_CONTENDERS.items():
@@ -758,11 +782,29 @@ def _measure(
                         run_raw(args.size, chunk + 28, env, placement=placement, **layout)
                     )
                 if relays is not None:
-                    results[WORMHOLE].append(run_wormhole(src, out, relays))
+                    _compare_wormhole(results, relays, server, src, out, env, sfs_chunk, placement)
                 print(f"  run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         finally:
             started.close()
     return results, link is None
+
+
+def _compare_wormhole(
+    results: dict[str, list[Sample]],
+    relays: WormholeRelays,
+    server: SignalServer | None,
+    src: Path,
+    out: Path,
+    env: dict[str, str],
+    sfs_chunk: int | None,
+    placement: Placement,
+) -> None:
+    """One run of magic-wormhole as it chooses (direct), then of each one's relay:
+    `sfs serve`'s (``--relay only``) and magic-wormhole's transit relay."""
+    results[WORMHOLE].append(run_wormhole(src, out, relays))
+    if server is not None:
+        results[RELAY].append(run_sfs(server, src, out, env, sfs_chunk, placement, relay="only"))
+    results[WORMHOLE_RELAY].append(run_wormhole(src, out, relays, listen=False))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -786,7 +828,14 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="event loop for both sfs and raw (auto: uvloop when installed)",
     )
-    parser.add_argument("--compare", choices=["wormhole"], action="append", default=[])
+    parser.add_argument(
+        "--compare",
+        choices=["wormhole"],
+        action="append",
+        default=[],
+        help="also magic-wormhole (installed into .venv-compare), as it chooses and "
+        "forced through its transit relay (--no-listen), beside sfs --relay only",
+    )
     parser.add_argument(
         "--long-link",
         action="store_true",
@@ -805,8 +854,9 @@ def _parser() -> argparse.ArgumentParser:
         "--nat",
         action="store_true",
         help="the NAT matrix (root; tests/integration/nat.py's lab, coturn and sfs serve): "
-        "connect time (starting `sfs send` to its DataChannel open, median) and MiB/s for "
-        "each case; sfs only",
+        "connect time (starting `sfs send` to its connection, median) and MiB/s for "
+        "each case (WebRTC with --relay never; both symmetric also relayed by sfs serve, "
+        "no coturn); sfs only",
     )
     parser.add_argument(
         "--tree",
@@ -869,7 +919,8 @@ def _run_nat(args: argparse.Namespace, chunk: int, loop_name: str) -> None:
             f"scripts/bench --nat needs {exc.name}: pip install -e '.[test]'"
         ) from None
     title = (
-        f"sfs NAT matrix benchmark (tests/integration/nat.py: namespaces, coturn): "
+        f"sfs NAT matrix benchmark (tests/integration/nat.py: namespaces, coturn, "
+        f"sfs serve's relay): "
         f"{args.size / MIB:.0f} MiB file, {args.runs} runs, chunk {chunk} B, "
         f"{args.streams} stream(s), {loop_name}; {platform.python_implementation()} "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"

@@ -1,20 +1,28 @@
 """`scripts/bench --nat`: connect time and throughput for each case of the NAT matrix
-(issue 11).
+(issues 11 and 25).
 
 The lab is the test suite's own (``tests/integration/nat.py``): two home routers and
 an "internet" in network namespaces, a real coturn (STUN, TURN over UDP and TCP) and
-a real `sfs serve --turn ... --turn-secret-file` in ``pub``.  One lab serves every
-case: before each run the NATs are set to the case's behaviour (which also forgets
-their old mappings).  Each run is a real `sfs receive` and `sfs send` at ``-v`` in
-the case's peer namespaces; the cases take turns run by run, as in the rest of
+two real `sfs serve` in ``pub``: one with ``--turn ... --turn-secret-file`` (coturn's
+credentials) for the WebRTC cases, and one with nothing but its own relay (no STUN,
+no TURN) for the "relayed by sfs serve" case.  The WebRTC cases run the peers with
+``--relay never``, so they measure WebRTC and TURN as before the relay existed; the
+relay's case with ``--relay auto``, as users run it.  One lab serves every case:
+before each run the NATs are set to the case's behaviour (which also forgets their
+old mappings).  Each run is a real `sfs receive` and `sfs send` at ``-v`` in the
+case's peer namespaces; the cases take turns run by run, as in the rest of
 scripts/bench.  Connect time is from starting `sfs send` to the sender's "connected
-at" log line (the DataChannel open: process start, signaling, gathering, ICE, DTLS
-and SCTP included); MiB/s is from the sender's "sent N bytes in T s".
+at" log line (the DataChannel open, or the chosen TCP connection's proof: process
+start, signaling, gathering, ICE, DTLS and SCTP, or the relay's head start,
+included); MiB/s is from the sender's "sent N bytes in T s"; every received file's
+SHA-256 is checked against the source's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
 import re
 import statistics
@@ -29,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench import goal_line
 from tests.conftest import ServerProcess, read_line_matching, sfs_command, stop_process
 from tests.integration.lan import Host
 from tests.integration.nat import (
@@ -59,6 +68,11 @@ class Case:
     nat1: NatMode = "cone"
     nat2: NatMode = "cone"
     udp_blocked: bool = False
+    #: The peers' ``--relay``; "never" for the cases that measure WebRTC (and TURN).
+    relay: str = "never"
+    #: Whether the case uses the `sfs serve` that hands out coturn's STUN and TURN
+    #: (else the one with nothing but its own relay).
+    turn: bool = True
 
     def apply(self, lab: NatLab) -> None:
         lab.set_nat(self.nat1, 1)
@@ -78,14 +92,29 @@ def _peer2(lab: NatLab) -> Host:
     return lab.peer2
 
 
+BOTH_SYMMETRIC_TURN = "both symmetric, coturn + WebRTC"
+BOTH_SYMMETRIC_RELAYED = "both symmetric, relayed by sfs serve"
+
 #: The cases of tests/integration/test_nat_matrix.py that transfer a file.
 CASES = (
     Case("both cone", _peer2, _peer1),
     Case("one symmetric", _peer2, _peer1, nat2="symmetric"),
-    Case("both symmetric", _peer2, _peer1, nat1="symmetric", nat2="symmetric"),
+    Case(BOTH_SYMMETRIC_TURN, _peer2, _peer1, nat1="symmetric", nat2="symmetric"),
+    # Issue 25: no coturn at all, `--relay auto`.
+    Case(
+        BOTH_SYMMETRIC_RELAYED,
+        _peer2,
+        _peer1,
+        nat1="symmetric",
+        nat2="symmetric",
+        relay="auto",
+        turn=False,
+    ),
     Case("same NAT", _peer1b, _peer1),
     Case("all UDP blocked", _peer2, _peer1, udp_blocked=True),
 )
+#: The issue's goal for the relay: ≥ 5× coturn + WebRTC, both NATs symmetric.
+RELAY_OVER_TURN_GOAL = 5.0
 
 
 @dataclass
@@ -119,7 +148,7 @@ def run_once(
         leftover.unlink()
     case.apply(lab)
     env = {**nat_env(server), **env_extra}
-    timeout = ("--connect-timeout", CONNECT_TIMEOUT)
+    timeout = ("--connect-timeout", CONNECT_TIMEOUT, "--relay", case.relay)
     receiver_log, sender_log = workdir / "receiver.log", workdir / "sender.log"
     with open(receiver_log, "wb") as rlog:
         receiver = subprocess.Popen(
@@ -173,6 +202,8 @@ def run_once(
     received = out / src.name
     if not received.is_file() or received.stat().st_size != src.stat().st_size:
         raise RunFailed(f"{received} is missing or not {src.stat().st_size} bytes")
+    if _sha256(received) != _sha256(src):
+        raise RunFailed(f"{received} differs from what was sent (SHA-256)")
     connected = _CONNECTED_RE.search(sender_text)
     sent = _SENT_RE.search(sender_text)
     if not connected or not sent:
@@ -182,6 +213,14 @@ def run_once(
         connect_s=float(connected.group(1)) - started,
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
     )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _paths(samples: list[NatSample]) -> str:
@@ -211,7 +250,23 @@ def table(results: dict[str, list[NatSample]], failures: dict[str, int]) -> list
         return " | ".join(left + right).rstrip()
 
     rule = "-+-".join("-" * width for width in widths)
-    return [line(header), rule, *(line(row) for row in rows)]
+    return [line(header), rule, *(line(row) for row in rows), *goals(results)]
+
+
+def goals(results: dict[str, list[NatSample]]) -> list[str]:
+    """Issue 25's goal in the matrix: both NATs symmetric, the relay of `sfs serve`
+    at ≥ 5× coturn + WebRTC, medians of the same run."""
+
+    def speed(name: str) -> float:
+        samples = results.get(name, [])
+        return statistics.median(s.mib_per_s for s in samples) if samples else math.nan
+
+    line = goal_line(
+        "both symmetric: relayed by sfs serve / coturn + WebRTC",
+        speed(BOTH_SYMMETRIC_RELAYED) / speed(BOTH_SYMMETRIC_TURN),
+        RELAY_OVER_TURN_GOAL,
+    )
+    return [] if line is None else [line]
 
 
 def run_nat(
@@ -233,10 +288,14 @@ def run_nat(
             with contextlib.ExitStack() as stack:
                 lab = stack.enter_context(nat_lab())
                 turn = stack.enter_context(coturn(lab, workdir))
-                server = stack.enter_context(nat_server(lab, workdir, *turn_args(turn.secret_file)))
+                with_turn = stack.enter_context(
+                    nat_server(lab, workdir, *turn_args(turn.secret_file))
+                )
+                relay_only = stack.enter_context(nat_server(lab, workdir))
                 for run in range(runs):
                     for case in CASES:
                         progress = f"  run {run + 1}/{runs} {case.name}:"
+                        server = with_turn if case.turn else relay_only
                         try:
                             sample = run_once(lab, case, server, src, workdir, send_args, env_extra)
                         except RunFailed as exc:

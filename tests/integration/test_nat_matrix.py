@@ -1,7 +1,13 @@
-"""The NAT matrix (issue 11): real `sfs receive` and `sfs send` behind two home
-routers in network namespaces, a real `sfs serve` and a real coturn on the
-"internet" between them.  Each case asserts how the peers connected (from the final
-line) and the received file's SHA-256, or the exit code and the reason."""
+"""The NAT matrix (issues 11 and 25): real `sfs receive` and `sfs send` behind two
+home routers in network namespaces, a real `sfs serve` (which relays by default) and,
+where a case is about WebRTC's TURN, a real coturn on the "internet" between them.
+Each case asserts how the peers connected (from the final line) and the received
+file's SHA-256, or the exit code and the reason.
+
+The cases about WebRTC (through NAT, TURN over UDP or TCP, TURN's credentials) run
+the peers with ``--relay never``: with ``auto`` the relay of `sfs serve` joins 1.5 s
+after the answer and would carry what they mean to show.  The relay's own cases
+run with no coturn at all and ``--relay auto``, as users run."""
 
 from __future__ import annotations
 
@@ -45,9 +51,12 @@ RELAYED_TCP = f"relayed by TURN {PUB_IP} (tcp)"
 RELAYED_BY_PEER = f"relayed by the other side's TURN {PUB_IP}"
 RELAYED = (RELAYED_UDP, RELAYED_TCP, RELAYED_BY_PEER)
 DIRECT_TCP = "direct over TCP"
+#: The relay of `sfs serve` (issue 25), named by the host of its URL.
+RELAYED_BY_SERVER = f"relayed by {PUB_IP}"
 _PATH_RE = re.compile(
     r", (direct over TCP|direct on the local network|direct through NAT|direct"
-    r"|relayed by TURN \S+ \((?:udp|tcp)\)|relayed by the other side's TURN \S+)$"
+    r"|relayed by TURN \S+ \((?:udp|tcp)\)|relayed by the other side's TURN \S+"
+    r"|relayed by (?!TURN |the other side's )\S+)$"
 )
 
 
@@ -113,7 +122,9 @@ class Outcome:
         assert receiver_path in paths, (
             f"receiver: {receiver_path!r}, not one of {paths}\n{self.report()}"
         )
-        if "direct" in (sender_path.split()[0], receiver_path.split()[0]):
+        # Only TURN is named differently by the two sides (whose relay it is); a
+        # direct path and the server's relay are the same for both.
+        if not (sender_path in RELAYED and receiver_path in RELAYED):
             assert sender_path == receiver_path, self.report()
         return sender_path, receiver_path
 
@@ -135,13 +146,16 @@ def transfer(
     *,
     connect_timeout: str = CONNECT_TIMEOUT,
     transport: str = "auto",
+    relay: str = "auto",
 ) -> Outcome:
     """`sfs receive` on ``receiver``, then `sfs send` of a fresh 2 MiB file from
-    ``sender`` to its code; both to their end.  With ``--transport auto`` (what users
-    run) across the NATs, the direct TCP attempt fails and WebRTC carries the file."""
+    ``sender`` to its code; both to their end, both with ``--relay RELAY``.  With
+    ``--transport auto`` (what users run) across the NATs, the direct TCP attempt
+    fails, and WebRTC or (unless ``--relay never``) the server's relay carries the
+    file."""
     src = make_file(tmp / "f.bin", FILE_BYTES)
-    out_dir = tmp / f"out-{transport}"
-    timeout = ("--connect-timeout", connect_timeout, "--transport", transport)
+    out_dir = tmp / f"out-{transport}-{relay}"
+    timeout = ("--connect-timeout", connect_timeout, "--transport", transport, "--relay", relay)
     waiting = start_receiver(receiver, server, out_dir, *timeout)
     try:
         sent = run_sender(sender, server, *timeout, waiting.code, str(src), timeout=SENDER_TIMEOUT)
@@ -156,15 +170,25 @@ def transfer(
 def test_both_cone_connect_directly_through_nat(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
-    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn)
+    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn, relay="never")
     outcome.assert_delivered(THROUGH_NAT)
+
+
+def test_both_cone_with_the_relay_connect_through_nat_or_relayed(
+    lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
+) -> None:
+    # What users run: WebRTC's hole punching and the relay (after its head start)
+    # race; whichever the sender has first carries the file, never TURN (the
+    # DataChannel through NAT opens long before a TURN pair would be needed).
+    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn)
+    outcome.assert_delivered(THROUGH_NAT, RELAYED_BY_SERVER)
 
 
 def test_one_symmetric_nat_connects_directly_or_relayed(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
     lab.set_nat("symmetric", 2)
-    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn)
+    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn, relay="never")
     outcome.assert_delivered(THROUGH_NAT, *RELAYED)
 
 
@@ -172,16 +196,25 @@ def test_both_symmetric_are_relayed(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
     lab.set_nat("symmetric")
-    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn)
+    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn, relay="never")
     paths = outcome.assert_delivered(*RELAYED)
     assert paths != (RELAYED_BY_PEER, RELAYED_BY_PEER), outcome.report()
+
+
+def test_both_symmetric_without_turn_are_relayed_by_sfs_serve(lab: NatLab, tmp_path: Path) -> None:
+    # Issue 25: no coturn anywhere, no STUN, only `sfs serve`; `--relay auto`.
+    lab.set_nat("symmetric")
+    with nat_server(lab, tmp_path) as bare:
+        outcome = transfer(bare, tmp_path, lab.peer2, lab.peer1, None)
+    outcome.assert_delivered(RELAYED_BY_SERVER)
 
 
 def test_same_nat_connects_on_the_local_network(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
-    # Behind one router: the peers reach each other directly over TCP, and with
-    # WebRTC only, the host candidates meet on the LAN.
+    # Behind one router: the peers reach each other directly over TCP (long before
+    # the relay's head start is over), and with WebRTC only, the host candidates
+    # meet on the LAN.
     outcome = transfer(server, tmp_path, lab.peer1b, lab.peer1, turn)
     outcome.assert_delivered(DIRECT_TCP)
     outcome = transfer(server, tmp_path, lab.peer1b, lab.peer1, turn, transport="datachannel")
@@ -192,14 +225,23 @@ def test_all_udp_blocked_is_relayed_over_turn_tcp(
     lab: NatLab, turn: Coturn, server: ServerProcess, tmp_path: Path
 ) -> None:
     lab.block_udp()
-    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn)
+    outcome = transfer(server, tmp_path, lab.peer2, lab.peer1, turn, relay="never")
     outcome.assert_delivered(RELAYED_TCP)
+
+
+def test_all_udp_blocked_without_turn_is_relayed_by_sfs_serve(lab: NatLab, tmp_path: Path) -> None:
+    # Issue 25: a UDP-hostile firewall at both ends, no coturn: the relay is TCP to
+    # the server's own port, which signaling already reaches.
+    lab.block_udp()
+    with nat_server(lab, tmp_path) as bare:
+        outcome = transfer(bare, tmp_path, lab.peer2, lab.peer1, None)
+    outcome.assert_delivered(RELAYED_BY_SERVER)
 
 
 def test_no_stun_or_turn_across_nats_fails_with_the_hint(lab: NatLab, tmp_path: Path) -> None:
     # Signaling (TCP through both NATs) works; only host candidates, which cannot
-    # reach each other across the NATs.
-    with nat_server(lab, tmp_path) as bare:
+    # reach each other across the NATs, and a server without its relay.
+    with nat_server(lab, tmp_path, "--no-relay") as bare:
         outcome = transfer(
             bare, tmp_path, lab.peer2, lab.peer1, None, connect_timeout=FAIL_CONNECT_TIMEOUT
         )
@@ -210,7 +252,7 @@ def test_no_stun_or_turn_across_nats_fails_with_the_hint(lab: NatLab, tmp_path: 
 
 def test_wrong_turn_credential_is_reported(lab: NatLab, turn: Coturn, tmp_path: Path) -> None:
     # `sfs serve` signs its credentials with another secret than coturn's; both NATs
-    # symmetric, so nothing but a relay could have worked.
+    # symmetric and no relay for the peers, so nothing but TURN could have worked.
     lab.set_nat("symmetric")
     wrong = tmp_path / "wrong-secret"
     wrong.write_text("not-" + turn.secret_file.read_text())
@@ -222,6 +264,7 @@ def test_wrong_turn_credential_is_reported(lab: NatLab, turn: Coturn, tmp_path: 
             lab.peer1,
             turn,
             connect_timeout=FAIL_CONNECT_TIMEOUT,
+            relay="never",
         )
     for line in outcome.assert_failed(8):
         assert "refused the credential" in line, outcome.report()
@@ -229,14 +272,21 @@ def test_wrong_turn_credential_is_reported(lab: NatLab, turn: Coturn, tmp_path: 
 
 def test_expired_turn_credential_is_reported(lab: NatLab, tmp_path: Path) -> None:
     # coturn's clock runs two hours ahead: the one-hour credentials `sfs serve`
-    # issues have expired by coturn's reckoning.  Both NATs symmetric, as above.
+    # issues have expired by coturn's reckoning.  Both NATs symmetric and no relay
+    # for the peers, as above.
     lab.set_nat("symmetric")
     with (
         coturn(lab, tmp_path, clock_ahead="+2h") as late,
         nat_server(lab, tmp_path, *turn_args(late.secret_file), "--turn-ttl", "3600") as server,
     ):
         outcome = transfer(
-            server, tmp_path, lab.peer2, lab.peer1, late, connect_timeout=FAIL_CONNECT_TIMEOUT
+            server,
+            tmp_path,
+            lab.peer2,
+            lab.peer1,
+            late,
+            connect_timeout=FAIL_CONNECT_TIMEOUT,
+            relay="never",
         )
     for line in outcome.assert_failed(8):
         assert "refused the credential" in line, outcome.report()
