@@ -78,7 +78,7 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, open_transport
-from sfs.peer.transport.relay import open_relay
+from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
 from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
@@ -494,7 +494,7 @@ class _SetUpPump:
             await self.registered(peer_id)
         relay = None
         if self.options.relay is not RelayMode.NEVER and self.wants_tcp:
-            relay = _relay_url(self.url, registration.relay)
+            relay = relay_url(self.url, registration.relay)
             if relay is None and self.relay_only:
                 raise PeerConnectionError(
                     "the server offers no relay (--relay only): it runs with --no-relay, "
@@ -800,14 +800,6 @@ def _trusted_relay(relay: str, server_url: str, own_relay: str | None) -> bool:
     host = urlsplit(relay).hostname
     trusted = {urlsplit(server_url).hostname, urlsplit(own_relay or "").hostname} - {None}
     return host is not None and host in trusted
-
-
-def _relay_url(server_url: str, advertised: str | None) -> str | None:
-    """The relay this side offers: the one the server named on registration, ``""``
-    meaning its own (``/relay`` beside the signaling URL); None for none."""
-    if advertised is None:
-        return None
-    return advertised or server_url.rstrip("/") + "/relay"
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:

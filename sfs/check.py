@@ -5,8 +5,9 @@ signaling server itself (and its TLS), a STUN binding from one local UDP socket 
 each STUN server (the address this machine is seen as, and whether it is the same
 for every server: a NAT that maps one socket to one public address lets direct
 connections through; one that maps per destination does not), and a TURN allocation
-with the issued credential on every TURN URL.  The STUN and TURN protocols are
-aioice's; this module only asks.  :func:`verdict` is pure.
+with the issued credential on every TURN URL, and the server's own relay (two
+connections with one fresh token must be paired and carry bytes both ways).  The
+STUN and TURN protocols are aioice's; this module only asks.  :func:`verdict` is pure.
 
 A server with no STUN and no TURN is not broken: peers on one network connect
 directly without either.  So each line is ``ok`` (works), ``warn`` (works, with a
@@ -18,6 +19,7 @@ possible is what ``sfs check`` exits 0 for.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ import aioice.turn
 
 from sfs.errors import SfsError
 from sfs.peer.transport.gathering import IceUrl, ice_urls
+from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.signal.client import SignalClient
 from sfs.signal.messages import IceServer
+from sfs.text import printable
 
 #: How long one STUN or TURN probe may take.
 PROBE_SECONDS = 3.0
@@ -216,6 +220,63 @@ async def _allocate(url: IceUrl) -> Finding:
     return Finding("ok", name, f"relay allocated at {relayed[0]}:{relayed[1]}")
 
 
+class _Collect(asyncio.Protocol):
+    """What arrives through the relay, until ``wanted`` bytes did."""
+
+    def __init__(self, wanted: int) -> None:
+        self.data = b""
+        self.wanted = wanted
+        self.arrived: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.wanted and not self.arrived.done():
+            self.arrived.set_result(self.data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.arrived.done():
+            self.arrived.set_exception(ConnectionError("the relay closed the connection"))
+
+
+async def probe_relay(server_url: str, advertised: str | None, ca_file: str | None) -> Finding:
+    """Pair two connections at the server's relay under one fresh token and send a
+    few bytes each way: what a relayed transfer needs."""
+    url = relay_url(server_url, advertised)
+    if url is None:
+        return Finding(
+            "warn",
+            "relay",
+            "the server has no relay (sfs serve --no-relay, or an older sfs): peers that "
+            "reach it but not each other need a TURN relay",
+        )
+    name = f"relay {printable(url, 120)}"
+    token, hello = os.urandom(32), os.urandom(16)
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        async with asyncio.timeout(2 * PROBE_SECONDS):
+            opened = await asyncio.gather(
+                *(
+                    open_relay(url, token, lambda: _Collect(len(hello)), timeout=2 * PROBE_SECONDS,
+                               ca_file=ca_file)
+                    for _ in range(2)
+                )
+            )  # fmt: skip
+            transports += [transport for transport, _ in opened]
+            (one, first), (other, second) = opened
+            one.write(hello)
+            other.write(hello[::-1])
+            if await second.arrived != hello or await first.arrived != hello[::-1]:
+                return Finding("fail", name, "paired, but the bytes came back changed")
+    except SfsError as exc:
+        return Finding("fail", name, str(exc))
+    except (TimeoutError, ConnectionError) as exc:
+        return Finding("fail", name, f"paired, but nothing came through ({_reason(exc)})")
+    finally:
+        for transport in transports:
+            transport.close()
+    return Finding("ok", name, "pairs and relays over TCP: peers that reach the server connect")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"nothing within {PROBE_SECONDS:.0f} s"
@@ -234,6 +295,10 @@ def verdict(findings: Sequence[Finding]) -> tuple[bool, str]:
     by_kind = {f.what.split(" ")[0]: f for f in findings}
     if not by_kind.get("server", Finding("fail", "server", "")).ok:
         return False, "no: the signaling server cannot be reached"
+    if any(f.level == "ok" and f.what.startswith("relay ") for f in findings):
+        return True, (
+            "yes: with anyone who reaches the server (through its relay when nothing else works)"
+        )
     if any(f.level == "ok" and f.what.startswith("TURN ") for f in findings):
         return True, "yes: with anyone (through the TURN relay when nothing else works)"
     nat = by_kind.get("NAT")
@@ -255,6 +320,7 @@ async def check(server_url: str, *, connect_timeout: float, ca_file: str | None 
     """Run every probe against ``server_url``."""
     findings: list[Finding] = []
     servers: tuple[IceServer, ...] = ()
+    relay: str | None = None
     tls = server_url.lower().startswith("https://")
     try:
         async with SignalClient(
@@ -262,6 +328,7 @@ async def check(server_url: str, *, connect_timeout: float, ca_file: str | None 
         ) as signal:
             registration = await signal.register()
             peer_id, servers = registration.peer_id, registration.ice_servers
+            relay = registration.relay
     except SfsError as exc:
         findings.append(Finding("fail", f"server {server_url}", str(exc)))
     else:
@@ -271,10 +338,11 @@ async def check(server_url: str, *, connect_timeout: float, ca_file: str | None 
         )
     if findings[0].ok:
         urls = ice_urls(servers)
-        stun, turn = await asyncio.gather(
+        stun, turn, relayed = await asyncio.gather(
             probe_stun([u for u in urls if u.kind == "stun"]),
             probe_turn([u for u in urls if u.kind == "turn"]),
+            probe_relay(server_url, relay, ca_file),
         )
-        findings += stun + turn
+        findings += [*stun, *turn, relayed]
     possible, summary = verdict(findings)
     return Report(tuple(findings), possible, summary)

@@ -46,8 +46,11 @@ def turn(lab: NatLab, tmp_path: Path) -> Iterator[Coturn]:
 
 
 def serve(lab: NatLab, tmp: Path, secret_file: Path) -> AbstractContextManager[ServerProcess]:
-    """`sfs serve` with coturn's two STUN addresses and its TURN over UDP and TCP."""
-    return nat_server(lab, tmp, *turn_args(secret_file), "--stun", f"stun:{SECOND_PUB_IP}:3478")
+    """`sfs serve` with coturn's two STUN addresses and its TURN over UDP and TCP, and
+    no relay of its own (these tests are about what the verdict makes of TURN)."""
+    return nat_server(
+        lab, tmp, *turn_args(secret_file), "--stun", f"stun:{SECOND_PUB_IP}:3478", "--no-relay"
+    )
 
 
 def check(lab: NatLab, server: ServerProcess) -> tuple[int, list[str]]:
@@ -153,10 +156,15 @@ def check_on_loopback(netns: str, url: str) -> tuple[int, list[str], str]:
     return done.returncode, done.stdout.splitlines(), done.stderr
 
 
-def test_check_against_a_plain_server_says_what_works(netns: str, tmp_path: Path) -> None:
-    """`sfs serve` with no STUN and no TURN works for peers on one network: `warn`
-    lines say what crossing NATs would take, and the exit status is 0."""
-    server = start_server(tmp_path, netns=netns)
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "no-relay"])
+def test_check_against_a_plain_server_says_what_works(
+    netns: str, tmp_path: Path, relay: bool
+) -> None:
+    """`sfs serve` with no STUN and no TURN: its relay (checked by pairing two
+    connections through it) reaches anyone who reaches the server; with --no-relay it
+    works for peers on one network, `warn` lines say what crossing NATs would take.
+    The exit status is 0 either way."""
+    server = start_server(tmp_path, *(() if relay else ("--no-relay",)), netns=netns)
     try:
         code, lines, stderr = check_on_loopback(netns, server.url)
     finally:
@@ -168,7 +176,14 @@ def test_check_against_a_plain_server_says_what_works(netns: str, tmp_path: Path
     assert line(lines, "TURN").startswith("warn")
     assert "sfs serve --turn" in line(lines, "TURN")
     assert not [x for x in lines if x.startswith("FAIL")], lines
-    assert lines[-1].startswith("Transfers possible: on the same network only: across NATs")
+    if relay:
+        assert line(lines, "relay ").startswith("ok "), lines
+        assert "pairs and relays over TCP" in line(lines, "relay "), lines
+        assert lines[-1].startswith("Transfers possible: yes: with anyone who reaches"), lines
+    else:
+        assert line(lines, "relay").startswith("warn"), lines
+        assert "--no-relay" in line(lines, "relay"), lines
+        assert lines[-1].startswith("Transfers possible: on the same network only: across NATs")
 
 
 def test_check_tells_a_stranger_from_nothing_listening(netns: str, tmp_path: Path) -> None:

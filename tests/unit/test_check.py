@@ -67,3 +67,18 @@ def test_levels() -> None:
         True,
         False,
     ]
+
+
+RELAY_OK = Finding("ok", "relay http://s:5000/relay", "pairs and relays over TCP")
+RELAY_FAILED = Finding("fail", "relay http://s:5000/relay", "refused (HTTP 503)")
+NO_RELAY = Finding("warn", "relay", "the server has no relay")
+
+
+def test_the_servers_relay_reaches_anyone_who_reaches_the_server() -> None:
+    """`sfs serve` with neither STUN nor TURN but its relay: a transfer with anyone."""
+    possible, line = verdict([SERVER_OK, NO_STUN, NO_TURN, RELAY_OK])
+    assert possible
+    assert line.startswith("yes: with anyone who reaches the server")
+    for relay in (RELAY_FAILED, NO_RELAY):
+        possible, line = verdict([SERVER_OK, NO_STUN, NO_TURN, relay])
+        assert line.startswith("on the same network only")

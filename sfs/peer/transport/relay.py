@@ -137,6 +137,14 @@ class _AnswerReader(asyncio.Protocol):
             self.answer.set_result(answer)
 
 
+def relay_url(server_url: str, advertised: str | None) -> str | None:
+    """The relay a server named on registration (the ack's ``relay``), as a URL:
+    ``""`` means its own (``/relay`` beside the signaling URL); None for none."""
+    if advertised is None:
+        return None
+    return advertised or server_url.rstrip("/") + "/relay"
+
+
 async def open_relay(
     url: str,
     token: bytes,
