@@ -341,8 +341,9 @@ class PeerLink:
                 "coturn's static-auth-secret)"
             )
         return IceFailedError(
-            f"{what} (ICE failed). Across NATs or firewalls, configure a STUN/TURN "
-            "server with --ice-server."
+            f"{what} (ICE failed). Across NATs or firewalls, use an sfs serve that "
+            "relays (not --no-relay there, not --relay never here), or configure a "
+            "STUN/TURN server with --ice-server."
         )
 
     def _gatherer(self) -> Any:
