@@ -15,6 +15,7 @@ Needs the relay's server side (`/relay`, WebSocket and raw) and the CLI's relay
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,54 @@ pytestmark = pytest.mark.slow
 
 #: The page's own switch (sfs/web/src/relay.js relayMode).
 RELAY_ONLY = "?save=download&relay=only"
+#: The large receive: big enough that a page without backpressure holds more than
+#: relay.js MAX_HELD_BYTES (128 MiB) while its saving lags behind the sender.
+LARGE_BYTES = 512 * 1024 * 1024
+#: How fast the slowed saving takes bytes (a phone, a slow disk): well below what the
+#: page takes from the relay (~12 MB/s in this lab), so without backpressure frames
+#: pile up by several MB/s; 512 MiB then take ~64 s.
+SLOW_SAVE_BYTES_PER_S = 8 * 1024 * 1024
+#: The most a page with backpressure may hold: relay.js READ_AHEAD_BYTES (4 MiB) and
+#: what one read brings beyond it.
+HELD_BOUND_BYTES = 8 * 1024 * 1024
+#: A save-file picker whose file is written at SLOW_SAVE_BYTES_PER_S (sleeping, so the
+#: page's main thread is idle and free to read the socket meanwhile).  Its bytes are
+#: kept as Blob parts and their SHA-256 published in window.slowSave on close().
+SLOW_PICKER = """
+(() => {
+  const rate = %d;
+  const state = (window.slowSave = { closed: false, aborted: false, size: 0, sha256: "" });
+  const parts = [];
+  let start = 0;
+  const writable = {
+    async write(data) {
+      const bytes = new Uint8Array(data.buffer ?? data, data.byteOffset ?? 0, data.byteLength);
+      parts.push(new Blob([bytes]));
+      if (!start) start = performance.now();
+      state.size += bytes.length;
+      const due = start + (state.size / rate) * 1000 - performance.now();
+      if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+    },
+    async close() {
+      const all = await new Blob(parts).arrayBuffer();
+      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+      state.sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+      state.closed = true;
+    },
+    async abort() {
+      state.aborted = true;
+    },
+  };
+  window.showSaveFilePicker = async ({ suggestedName }) => ({
+    kind: "file",
+    name: suggestedName,
+    createWritable: async () => writable,
+  });
+  window.showDirectoryPicker = async () => {
+    throw new DOMException("one file only", "AbortError");
+  };
+})();
+"""
 SIZES = {"empty.bin": 0, "one.bin": 1, "five-mib.bin": 5 * 1024 * 1024 + 3, "ünï ✓.txt": 3000}
 
 
@@ -120,3 +169,44 @@ def test_a_page_sends_to_a_page_through_the_relay(relay_lab: Lab, tmp_path: Path
     assert "relayed by" in status(receiving), status(receiving)
     sending.context.close()
     receiving.context.close()
+
+
+def test_a_large_relayed_receive_on_a_slow_disk_holds_the_sender_back(
+    relay_lab: Lab, tmp_path: Path
+) -> None:
+    """Issue 25: a classic WebSocket cannot stop reading, so a page saving slower than
+    a CLI sends through the relay held ever more frames and gave up past 128 MiB.
+    With WebSocketStream (this Chromium has it) the page reads only as fast as it
+    saves: 512 MiB arrive whole, and the frames waiting stay within a few MiB."""
+    src = tmp_path / "large.bin"
+    with src.open("wb") as f:
+        for _ in range(LARGE_BYTES // (8 << 20)):
+            f.write(os.urandom(8 << 20))
+    context = relay_lab.browser.new_context()
+    context.add_init_script(SLOW_PICKER % SLOW_SAVE_BYTES_PER_S)
+    page = context.new_page()
+    page.goto(relay_lab.url + "/?save=picker&relay=only")
+    assert page.evaluate("typeof WebSocketStream") == "function"
+    page.click("#role-receive")
+    code = receiver_code(page)
+    started = time.monotonic()
+    sender = relay_lab.cli("send", "--relay", "only", code, str(src))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    # The slowed saving takes LARGE_BYTES / SLOW_SAVE_BYTES_PER_S (64 s); twice that.
+    wait_state(page, "done", "error", timeout_ms=2 * 1000 * LARGE_BYTES // SLOW_SAVE_BYTES_PER_S)
+    took = time.monotonic() - started
+    flow = page.evaluate("[document.body.dataset.relayFlow, document.body.dataset.relayPeakHeld]")
+    print(f"512 MiB through the relay in {took:.1f} s; flow {flow[0]}, peak held {flow[1]} bytes")
+    returncode, stdout, stderr = finish(sender)
+    assert page.evaluate("document.body.dataset.state") == "done", status(page)
+    assert returncode == 0, stderr
+    saved = page.evaluate("window.slowSave")
+    assert saved["closed"], saved
+    assert saved["size"] == LARGE_BYTES, saved
+    assert saved["sha256"] == sha256(src)
+    assert "relayed by" in status(page), status(page)
+    assert "relayed by" in stdout, stdout
+    assert flow[0] == "backpressure", flow
+    assert int(flow[1]) <= HELD_BOUND_BYTES, flow
+    context.close()

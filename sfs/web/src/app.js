@@ -32,7 +32,7 @@ import {
 } from "./errors.js";
 import { MAX_SENDER_NAME_CHARS } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
-import { relayMode } from "./relay.js";
+import { relayMode, relayStats } from "./relay.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
 import { PAGE_CLOSED } from "./reasons.js";
@@ -67,6 +67,11 @@ const ui = {
 /** The one place the page's state changes (tests wait on body[data-state]). */
 function setState(state) {
   ui.body.dataset.state = state;
+  if (relayStats.flow) {
+    // For tests and bug reports: how a relayed receive held incoming bytes back.
+    ui.body.dataset.relayFlow = relayStats.flow;
+    ui.body.dataset.relayPeakHeld = String(relayStats.peakHeld);
+  }
   const running = ["waiting", "connecting", "deciding", "transferring"].includes(state);
   // While an offer is open, Decline is the way out.
   ui.cancel.hidden = !running || state === "deciding";

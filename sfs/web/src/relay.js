@@ -14,6 +14,14 @@
 // (./connection.js) over a RelayStream, which looks to it like an RTCDataChannel
 // carrying one frame per message, so backpressure, the idle clock and closing work
 // exactly as on WebRTC and the Pump runs on it unchanged.
+//
+// Receiving, the page must not read faster than the Pump takes frames (a phone, a
+// slow disk), or frames pile up in memory.  Where the browser has WebSocketStream
+// (Chromium 124+), the socket is one (StreamSocket): its readable is read only while
+// fewer than READ_AHEAD_BYTES of frames wait, so the browser stops reading the TCP
+// connection, the relay stops reading the sender's, and TCP's windows hold the sender
+// back, with nothing added to the wire.  A classic WebSocket cannot stop reading:
+// there (Firefox, Safari) the page gives up past MAX_HELD_BYTES instead.
 
 import { PeerConnectionError, PeerGoneError } from "./errors.js";
 import { DataChannelLink, HIGH_WATER_BYTES } from "./connection.js";
@@ -26,9 +34,12 @@ import { printable } from "./text.js";
 export const RELAY_PAIR_SECONDS = 15;
 /** How long the proof may take once paired (tcp.PROOF_SECONDS). */
 export const PROOF_SECONDS = 3;
-/** Frames received and not yet taken beyond which the page gives up: a WebSocket
- * cannot stop reading, so this bounds the memory a too-fast sender can fill. */
+/** Frames received and not yet taken beyond which the page gives up: a classic
+ * WebSocket cannot stop reading, so this bounds the memory a too-fast sender can fill. */
 export const MAX_HELD_BYTES = 128 * 1024 * 1024;
+/** Frames received and not yet taken at which a StreamSocket stops reading (and
+ * below which it reads again): a few frames, so the Pump never waits for the network. */
+export const READ_AHEAD_BYTES = 4 * 1024 * 1024;
 /** How often a send waiting for the WebSocket to drain looks again: a WebSocket has
  * no `bufferedamountlow` event, so this is the one poll the page does. */
 export const DRAIN_POLL_MS = 5;
@@ -106,6 +117,121 @@ export function refusal(code, reason) {
   return `the relay refused: ${[what, why].filter(Boolean).join(": ")}`;
 }
 
+// -- the socket -----------------------------------------------------------------------------
+
+/**
+ * A WebSocketStream seen as the classic WebSocket the rest of this file uses (readyState,
+ * send, bufferedAmount, close, the `open`, `message` and `close` events), plus what a
+ * classic one cannot do: `reading = false` stops reading until it is set true again.
+ * `bufferedAmount` is what was given to send() and not yet taken by the browser.
+ */
+export class StreamSocket extends EventTarget {
+  /** Whether reading can be held back (a classic WebSocket has no such switch). */
+  static flowControlled = true;
+
+  constructor(url, { WebSocketStream = globalThis.WebSocketStream } = {}) {
+    super();
+    this.url = url;
+    this.readyState = 0;
+    this.bufferedAmount = 0;
+    this.binaryType = "arraybuffer"; // what it delivers anyway
+    this._reading = true;
+    this._resume = null;
+    this._writer = null;
+    this._closeEvent = null;
+    try {
+      this._wss = new WebSocketStream(url);
+    } catch (error) {
+      this._wss = null;
+      queueMicrotask(() => this._closed(1006, String(error?.message ?? error)));
+      return;
+    }
+    this._wss.closed.then(
+      (info) => this._closed(info?.closeCode ?? 1005, info?.reason ?? ""),
+      () => this._closed(1006, ""),
+    );
+    this._run();
+  }
+
+  get reading() {
+    return this._reading;
+  }
+
+  set reading(on) {
+    this._reading = on;
+    if (on && this._resume) {
+      this._resume();
+      this._resume = null;
+    }
+  }
+
+  async _run() {
+    let reader;
+    try {
+      const { readable, writable } = await this._wss.opened;
+      if (this.readyState !== 0) return;
+      this._writer = writable.getWriter();
+      this._writer.closed.catch(() => {});
+      reader = readable.getReader();
+      this.readyState = 1;
+      this.dispatchEvent(new Event("open"));
+      for (;;) {
+        if (!this._reading) await new Promise((resolve) => (this._resume = resolve));
+        if (this.readyState !== 1) return;
+        const { value, done } = await reader.read();
+        if (done || this.readyState !== 1) return;
+        this.dispatchEvent(Object.assign(new Event("message"), { data: value }));
+        // A text message (`paired`) hands the socket to new listeners, which a
+        // classic WebSocket's next message event (a task) would find in place; so
+        // does ours once this macrotask boundary has passed.
+        if (typeof value === "string") await new Promise((resolve) => setTimeout(resolve));
+      }
+    } catch {
+      // closed or failed: `closed` says how
+    } finally {
+      reader?.releaseLock();
+    }
+  }
+
+  send(data) {
+    if (this.readyState !== 1) throw new DOMException("the WebSocket is not open", "InvalidStateError");
+    const size = typeof data === "string" ? data.length : data.byteLength;
+    this.bufferedAmount += size;
+    this._writer.write(data).then(
+      () => (this.bufferedAmount -= size),
+      () => (this.bufferedAmount -= size),
+    );
+  }
+
+  close(code, reason) {
+    if (this.readyState >= 2) return;
+    this.readyState = 2;
+    this._resume?.();
+    try {
+      this._wss?.close(code === undefined ? undefined : { closeCode: code, reason });
+    } catch {
+      this._closed(1006, "");
+    }
+  }
+
+  _closed(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._resume?.();
+    this.dispatchEvent(Object.assign(new Event("close"), { code, reason }));
+  }
+}
+
+/** The socket to `url`: a StreamSocket where the browser has WebSocketStream. */
+export function openSocket(url, { WebSocket, WebSocketStream }) {
+  if (WebSocket === undefined && typeof WebSocketStream === "function") {
+    return new StreamSocket(url, { WebSocketStream });
+  }
+  const ws = new (WebSocket ?? globalThis.WebSocket)(url);
+  ws.binaryType = "arraybuffer";
+  return ws;
+}
+
 // -- the stream -----------------------------------------------------------------------------
 
 /**
@@ -149,6 +275,16 @@ export class RelayStream extends EventTarget {
 
   get bufferedAmount() {
     return this._ws.bufferedAmount;
+  }
+
+  /** Whether incoming bytes can be held back in the socket (see StreamSocket). */
+  get flowControlled() {
+    return this._ws.constructor.flowControlled === true;
+  }
+
+  /** Read from the socket or not (only a flow-controlled one can stop). */
+  set reading(on) {
+    if (this.flowControlled) this._ws.reading = on;
   }
 
   /** One frame, with its length before it. */
@@ -247,9 +383,17 @@ export class RelayLink extends DataChannelLink {
     /** 256 KiB frames, as on the direct TCP path (tcp.TcpLink.preferred_chunk_size). */
     this.preferredChunkSize = MAX_CHUNK_BYTES;
     this._held = 0;
+    /** The most bytes of frames that waited at once (the page's debug stats). */
+    this.peakHeld = 0;
+    /** How incoming bytes are held back: "backpressure" or "limit" (MAX_HELD_BYTES). */
+    this.flow = stream.flowControlled ? "backpressure" : "limit";
     this._onClose = () => stream.close();
     stream.addEventListener("message", (event) => {
       this._held += event.data.byteLength;
+      this.peakHeld = Math.max(this.peakHeld, this._held);
+      relayStats.flow = this.flow;
+      relayStats.peakHeld = Math.max(relayStats.peakHeld, this._held);
+      if (this._held >= READ_AHEAD_BYTES) stream.reading = false;
       if (this._held > MAX_HELD_BYTES) {
         const mib = MAX_HELD_BYTES / 1024 / 1024;
         this.fail(
@@ -265,7 +409,7 @@ export class RelayLink extends DataChannelLink {
   poll() {
     const frame = super.poll();
     if (frame !== undefined) {
-      this._held -= frame.length;
+      this._taken(frame);
       this._polled = frame; // receive() may have taken it through here
     }
     return frame;
@@ -273,11 +417,19 @@ export class RelayLink extends DataChannelLink {
 
   async receive(options) {
     const frame = await super.receive(options);
-    if (frame !== this._polled) this._held -= frame.length;
+    if (frame !== this._polled) this._taken(frame);
     this._polled = null;
     return frame;
   }
+
+  _taken(frame) {
+    this._held -= frame.length;
+    if (this._held < READ_AHEAD_BYTES) this.stream.reading = true;
+  }
 }
+
+/** What the page's relayed links did, for its debug attributes (app.js). */
+export const relayStats = { flow: "", peakHeld: 0 };
 
 /**
  * Connect to the relay at `relay` (http(s) URL), present `token`, wait until it pairs
@@ -290,7 +442,8 @@ export class RelayLink extends DataChannelLink {
  * @param {import("./crypto.js").SessionKeys} options.keys
  * @param {boolean} options.sender
  * @param {AbortSignal} [options.signal]  give up (the other path won)
- * @param {typeof WebSocket} [options.WebSocket]  tests pass their own
+ * @param {typeof WebSocket} [options.WebSocket]  tests pass their own (a classic one)
+ * @param {Function} [options.WebSocketStream]  used when there is no `WebSocket` option
  * @param {Uint8Array} [options.nonce]  the proof's nonce (known-answer tests)
  */
 export async function connectRelay({
@@ -300,11 +453,11 @@ export async function connectRelay({
   signal,
   pairSeconds = RELAY_PAIR_SECONDS,
   proofSeconds = PROOF_SECONDS,
-  WebSocket = globalThis.WebSocket,
+  WebSocket,
+  WebSocketStream = globalThis.WebSocketStream,
   nonce,
 }) {
-  const ws = new WebSocket(webSocketUrl(relay));
-  ws.binaryType = "arraybuffer";
+  const ws = openSocket(webSocketUrl(relay), { WebSocket, WebSocketStream });
   await paired(ws, keys.relayToken, { pairSeconds, signal });
   const prover = new Prover({
     dialer: sender,

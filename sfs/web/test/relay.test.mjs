@@ -24,6 +24,8 @@ import {
 } from "../src/opening.js";
 import {
   connectRelay,
+  MAX_HELD_BYTES,
+  READ_AHEAD_BYTES,
   refusal,
   relayMode,
   relayRoute,
@@ -317,5 +319,180 @@ describe("PathChoice (which path carries the transfer)", () => {
     const c = make(false);
     assert.ok(c.handle(new ChoiceBroken(new RemoteProtocolError("x")))[0] instanceof GiveUp);
     assert.deepEqual(kinds(c.handle(new RelayReady())), []);
+  });
+});
+
+// -- a fake relay of WebSocketStreams: each end's readable queues what the other sent, and
+// `waiting` counts what sits there unread (in a real browser: the TCP windows and the relay)
+
+class FakeStreamRelay {
+  constructor() {
+    this.waiting = new Map();
+    this.ends = [];
+  }
+  WebSocketStream = (() => {
+    const relay = this;
+    return class {
+      constructor(url) {
+        this.url = url;
+        this.partner = null;
+        this.unread = 0; // bytes delivered to this end and not yet read from its readable
+        this.reads = 0;
+        relay.ends.push(this);
+        let closed;
+        this.closed = new Promise((resolve) => (closed = resolve));
+        this._closedResolve = closed;
+        const end = this;
+        this.readable = new ReadableStream(
+          {
+            start: (controller) => (end._controller = controller),
+          },
+          { highWaterMark: 0 },
+        );
+        const reader = this.readable.getReader.bind(this.readable);
+        this.readable.getReader = () => {
+          const r = reader();
+          const read = r.read.bind(r);
+          r.read = async () => {
+            end.reads++;
+            const result = await read();
+            if (!result.done) end.unread -= typeof result.value === "string" ? 0 : result.value.byteLength;
+            return result;
+          };
+          return r;
+        };
+        this.writable = new WritableStream({
+          write: (data) => {
+            const bytes = new Uint8Array(data.buffer ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) : data);
+            if (end.partner === null) return relay._token(end, bytes);
+            end.partner._deliver(bytes.buffer);
+          },
+        });
+        this.opened = new Promise((resolve) => setTimeout(() => resolve({ readable: this.readable, writable: this.writable })));
+      }
+      _deliver(data) {
+        if (this._done) return;
+        if (typeof data !== "string") this.unread += data.byteLength;
+        this._controller.enqueue(data);
+      }
+      close({ closeCode = 1000, reason = "" } = {}) {
+        if (this._done) return;
+        this._done = true;
+        this._controller.close();
+        this._closedResolve({ closeCode, reason });
+        this.partner?.close();
+      }
+    };
+  })();
+  _token(end, token) {
+    const key = Buffer.from(token).toString("hex");
+    const other = this.waiting.get(key);
+    if (!other) {
+      this.waiting.set(key, end);
+      return;
+    }
+    this.waiting.delete(key);
+    end.partner = other;
+    other.partner = end;
+    for (const e of [end, other]) e._deliver("paired");
+  }
+}
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+describe("RelayLink over WebSocketStream (backpressure)", () => {
+  async function streamPair() {
+    const relay = new FakeStreamRelay();
+    const url = "http://relay.test:5000/relay";
+    const WebSocketStream = relay.WebSocketStream;
+    const [s, r] = await Promise.all([
+      connectRelay({ relay: url, keys: keysOf("sender"), sender: true, WebSocketStream }),
+      connectRelay({ relay: url, keys: keysOf("receiver"), sender: false, WebSocketStream }),
+    ]);
+    await s.stream.proven;
+    await r.stream.proven;
+    s.stream.choose();
+    await r.stream.chosen;
+    return { relay, s, r };
+  }
+
+  it("is taken where the browser has WebSocketStream, and carries frames both ways", async () => {
+    const { s, r } = await streamPair();
+    assert.equal(r.flow, "backpressure");
+    await s.send(Uint8Array.of(1, 2, 3));
+    assert.deepEqual(await r.receive(), Uint8Array.of(1, 2, 3));
+    await r.send(Uint8Array.of(4));
+    assert.deepEqual(await s.receive(), Uint8Array.of(4));
+    s.close();
+    await r.waitClosed();
+    await assert.rejects(r.receive(), PeerGoneError);
+  });
+
+  it("stops reading once READ_AHEAD_BYTES of frames wait, and reads on as they are taken", async () => {
+    const { relay, s, r } = await streamPair();
+    const receiving = relay.ends[1]; // the receiver's (connectRelay was called second for it)
+    const frame = new Uint8Array(256 * 1024);
+    const count = (3 * READ_AHEAD_BYTES) / frame.length; // 12 MiB: three times the read-ahead
+    for (let i = 0; i < count; i++) {
+      frame[0] = i;
+      await s.send(frame);
+    }
+    for (let i = 0; i < 20; i++) await tick();
+    // The page holds READ_AHEAD_BYTES (and at most one read beyond); the rest is unread
+    // in the socket, where it holds the sender back.
+    assert.ok(r._held >= READ_AHEAD_BYTES && r._held <= READ_AHEAD_BYTES + frame.length + 4, String(r._held));
+    assert.ok(receiving.unread >= 2 * READ_AHEAD_BYTES - frame.length, String(receiving.unread));
+    const readsWhileHeld = receiving.reads;
+    for (let i = 0; i < 20; i++) await tick();
+    assert.equal(receiving.reads, readsWhileHeld, "no read while the frames wait");
+    for (let i = 0; i < count; i++) {
+      const got = await r.receive();
+      assert.equal(got.length, frame.length);
+      assert.equal(got[0], i);
+    }
+    assert.equal(r._held, 0);
+    assert.ok(r.peakHeld <= READ_AHEAD_BYTES + frame.length + 4, String(r.peakHeld));
+  });
+
+  it("hands `paired` to its listener and the first bytes after it to the stream", async () => {
+    // The dialer's hello follows `paired` at once: it must reach the RelayStream.
+    const relay = new FakeStreamRelay();
+    const url = "http://relay.test:5000/relay";
+    const [s, r] = await Promise.all([
+      connectRelay({ relay: url, keys: keysOf("sender"), sender: true, WebSocketStream: relay.WebSocketStream }),
+      connectRelay({ relay: url, keys: keysOf("receiver"), sender: false, WebSocketStream: relay.WebSocketStream }),
+    ]);
+    await Promise.all([s.stream.proven, r.stream.proven]);
+  });
+
+  it("a refusal (close 4408) is a refusal with its reason", async () => {
+    const relay = new FakeStreamRelay();
+    relay._token = (end) => end.close({ closeCode: 4408, reason: "no partner came within 10 s" });
+    await assert.rejects(
+      connectRelay({ relay: "http://h/relay", keys: keysOf("sender"), sender: true, WebSocketStream: relay.WebSocketStream }),
+      (error) => error instanceof PeerConnectionError && /in time: no partner came/.test(error.message),
+    );
+  });
+
+  it("a classic WebSocket cannot stop reading: past MAX_HELD_BYTES the page gives up", async () => {
+    const relay = new FakeRelay();
+    const [s, r] = await pair(relay);
+    await r.stream.proven;
+    s.stream.choose();
+    await r.stream.chosen;
+    assert.equal(r.flow, "limit");
+    const frame = new Uint8Array(1024 * 1024);
+    for (let i = 0; i <= MAX_HELD_BYTES / frame.length; i++) await s.send(frame);
+    await r.waitClosed();
+    let error;
+    for (;;) {
+      try {
+        await r.receive();
+      } catch (e) {
+        error = e;
+        break;
+      }
+    }
+    assert.match(error.message, /sends faster than this page can take in/);
   });
 });
