@@ -133,6 +133,15 @@ def sfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         stop_process(server.process)
 
 
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Start servers with ``serve.append(start_server(...))``; all stop afterwards."""
+    servers: list[ServerProcess] = []
+    yield servers
+    for server in servers:
+        stop_process(server.process)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real ``redis-server`` on a free port of 127.0.0.1, for the whole run."""

@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +19,7 @@ import pytest
 
 from sfs.errors import RelayRefusedError
 from sfs.peer.transport.relay import open_relay, parse_relay_answer, relay_request
-from tests.conftest import ServerProcess, start_server, stop_process
+from tests.conftest import ServerProcess, start_server
 from tests.integration.test_tls_and_turn import make_pki
 
 MIB = 1 << 20
@@ -63,15 +63,6 @@ def metric(server: ServerProcess, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     raise AssertionError(f"no {name} in /metrics")
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """Start servers with ``serve.append(start_server(...))``; all stop afterwards."""
-    servers: list[ServerProcess] = []
-    yield servers
-    for server in servers:
-        stop_process(server.process)
 
 
 async def pair(

@@ -14,10 +14,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ServerProcess, peer_env, sfs_command, sha256_file, start_server
 from tests.conftest import stop_process as stop
@@ -42,20 +39,11 @@ def report(*finished: Finished) -> str:
     )
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """Start servers with ``servers.append(start_server(...))``; all stop afterwards."""
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        stop(server.process)
-
-
 def test_relay_only_carries_a_transfer_and_both_sides_say_so(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     server = start_server(tmp_path)
-    servers.append(server)
+    serve.append(server)
     src = make_file(tmp_path / "f.bin", 12 * MIB)
     receiver = start_receiver(server, tmp_path / "out", "--yes", "--relay", "only")
     sent = run_sender(server, "--relay", "only", "--json", receiver.code, str(src))
@@ -71,12 +59,12 @@ def test_relay_only_carries_a_transfer_and_both_sides_say_so(
 
 
 def test_on_loopback_auto_takes_the_direct_path_and_never_joins_the_relay(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """The relay waits RELAY_HEAD_START_SECONDS; the direct connection is chosen first,
     so the server relays nothing (a relay that joined early would show its bytes)."""
     server = start_server(tmp_path)
-    servers.append(server)
+    serve.append(server)
     src = make_file(tmp_path / "f.bin", 4 * MIB)
     receiver = start_receiver(server, tmp_path / "out", "--yes")
     sent = run_sender(server, receiver.code, str(src))
@@ -88,17 +76,17 @@ def test_on_loopback_auto_takes_the_direct_path_and_never_joins_the_relay(
 
 
 def test_relay_only_says_why_when_there_is_no_relay(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """A server with --no-relay; a peer that takes no relay: exit 8, one line saying why."""
     bare = start_server(tmp_path, "--no-relay")
-    servers.append(bare)
+    serve.append(bare)
     sent = run_sender(bare, "--relay", "only", "--text", "hi", "AAA-000-tiger-lamp")
     assert sent.returncode == 8, report(sent)
     assert "the server offers no relay" in sent.error_line(), report(sent)
 
     server = start_server(tmp_path)
-    servers.append(server)
+    serve.append(server)
     receiver = start_receiver(server, tmp_path / "out", "--yes", "--relay", "never")
     sent = run_sender(server, "--relay", "only", "--text", "hi", receiver.code)
     received = receiver.finish()
@@ -109,13 +97,13 @@ def test_relay_only_says_why_when_there_is_no_relay(
 
 
 def test_the_relay_killed_mid_transfer_ends_both_and_a_new_run_resumes(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """`sfs serve --relay-rate` slows the pair so the kill lands mid-file; both sides
     lose the connection (exit 7) and keep the verified part; run again (a new server,
     a new code): the file resumes and arrives whole."""
     slow = start_server(tmp_path, "--relay-rate", "2M")
-    servers.append(slow)
+    serve.append(slow)
     src = make_file(tmp_path / "f.bin", 24 * MIB)
     out = tmp_path / "out"
     receiver = start_receiver(slow, out, "--yes", "--relay", "only")
@@ -147,7 +135,7 @@ def test_the_relay_killed_mid_transfer_ends_both_and_a_new_run_resumes(
     assert not (out / "f.bin").exists(), "a partial file at its final name"
 
     server = start_server(tmp_path)
-    servers.append(server)
+    serve.append(server)
     receiver = start_receiver(server, out, "--yes", "--relay", "only")
     sent = run_sender(server, "--relay", "only", receiver.code, str(src))
     received = receiver.finish()
@@ -240,13 +228,13 @@ class EvilRelay:
 
 
 def test_a_relay_that_changes_a_byte_fails_the_transfer_and_writes_nothing(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """The relay sees only the proof and sealed frames: one bit flipped 1 MiB into
     the stream fails a frame's AES-GCM tag; nothing lands at the final name."""
     with EvilRelay(flip_at=MIB) as evil:
         server = start_server(tmp_path, "--relay-url", evil.url)
-        servers.append(server)
+        serve.append(server)
         src = make_file(tmp_path / "f.bin", 4 * MIB)
         receiver = start_receiver(server, tmp_path / "out", "--yes", "--relay", "only")
         sent = run_sender(server, "--relay", "only", receiver.code, str(src))
@@ -259,14 +247,14 @@ def test_a_relay_that_changes_a_byte_fails_the_transfer_and_writes_nothing(
 
 
 def test_a_relay_that_joins_two_sessions_gets_nothing_through(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """Two transfers at once through a relay that pairs each connection with one of
     the *other* session: the proof runs end to end, so no connection is proven, both
     sessions fail (with the relay named) and nothing is written."""
     with EvilRelay(cross=True) as evil:
         server = start_server(tmp_path, "--relay-url", evil.url)
-        servers.append(server)
+        serve.append(server)
         src = make_file(tmp_path / "f.bin", 1 * MIB)
         common = ("--relay", "only", "--connect-timeout", "10")
         receivers = [start_receiver(server, tmp_path / f"out{i}", "--yes", *common) for i in (1, 2)]
@@ -298,14 +286,14 @@ def test_a_relay_that_joins_two_sessions_gets_nothing_through(
 
 
 def test_a_sender_joins_no_relay_outside_its_own_servers_host(
-    servers: list[ServerProcess], tmp_path: Path
+    serve: list[ServerProcess], tmp_path: Path
 ) -> None:
     """The receiver names the relay (in its sealed answer); a sender connects to it only
     on its own server's host, so whoever has the code cannot aim the sender's machine
     at another host.  Here the receiver reached the server as `localhost`, the sender as
     127.0.0.1: the sender refuses that relay (with --relay only: exit 8, saying so)."""
     server = start_server(tmp_path)
-    servers.append(server)
+    serve.append(server)
     port = server.url.rsplit(":", 1)[1]
     elsewhere = ServerProcess(f"http://localhost:{port}", server.process, server.log)
     receiver = start_receiver(

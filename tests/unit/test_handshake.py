@@ -509,15 +509,19 @@ def test_both_sides_meet_at_the_receivers_relay_named_sealed(
     ],
 )
 def test_a_malformed_relay_url_is_malformed(url: object) -> None:
+    assert offered_with(relay=url) == "the other side sent a malformed offer"
+
+
+def offered_with(**fields: object) -> str:
+    """What a receiver fails with when a sealed offer carries ``fields`` besides its SDP."""
     relay = Relay()
     relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
     keys = relay.receiver.hs._keys
     assert keys is not None
-    plaintext = json.dumps({"type": "offer", "sdp": "x", "relay": url}).encode()
+    plaintext = json.dumps({"type": "offer", "sdp": "x", **fields}).encode()
     sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
     event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
-    actions = relay.receiver.hs.handle(event, relay.now)
-    assert str(only_error(actions)) == "the other side sent a malformed offer"
+    return str(only_error(relay.receiver.hs.handle(event, relay.now)))
 
 
 @pytest.mark.parametrize(
@@ -531,15 +535,7 @@ def test_a_malformed_relay_url_is_malformed(url: object) -> None:
     ],
 )
 def test_a_malformed_direct_address_list_is_malformed(tcp: object) -> None:
-    relay = Relay()
-    relay.run(until=lambda: relay.receiver.hs.state is SetupState.AWAITING_OFFER)
-    keys = relay.receiver.hs._keys
-    assert keys is not None
-    plaintext = json.dumps({"type": "offer", "sdp": "x", "tcp": tcp}).encode()
-    sealed = seal_message(key=keys.signal_receive, kind="offer", plaintext=plaintext)
-    event = SealedReceived(JOINER_ID, "offer", base64.b64encode(sealed).decode())
-    actions = relay.receiver.hs.handle(event, relay.now)
-    assert str(only_error(actions)) == "the other side sent a malformed offer"
+    assert offered_with(tcp=tcp) == "the other side sent a malformed offer"
 
 
 # -- the partner gone or giving up --------------------------------------------------------
