@@ -307,6 +307,16 @@ def _wait_for_a_bar(tty: Terminal, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"no progress bar: {tty.text()!r}")
 
 
+def _wait_for_bytes_on_disk(out: Path, process: subprocess.Popen[bytes]) -> None:
+    waited = threading.Event()
+    for _ in range(int(PROCESS_TIMEOUT_SECONDS / 0.05)):
+        if any(p.is_file() and p.stat().st_size for p in out.iterdir()):
+            return
+        assert process.poll() is None, "the receiver ended before writing anything"
+        waited.wait(0.05)
+    raise AssertionError(f"nothing written into {out}")
+
+
 @pytest.mark.parametrize("interrupted", ["sender", "receiver", "sender-keypress"])
 def test_ctrl_c_clears_the_bar_and_prints_one_line(
     sfs_server: ServerProcess, tmp_path: Path, interrupted: str
@@ -332,6 +342,10 @@ def test_ctrl_c_clears_the_bar_and_prints_one_line(
         )  # fmt: skip
     try:
         _wait_for_a_bar(tty, victim)
+        if interrupted == "receiver":
+            # The bar shows bytes received; the line under test names a partial copy
+            # only once some are on disk (under load, a CI run was quicker than that).
+            _wait_for_bytes_on_disk(tmp_path / "out", victim)
         if interrupted == "sender-keypress":
             os.write(tty.controller, b"\x03")
         else:
