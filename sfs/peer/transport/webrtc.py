@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from sfs.peer.transport.gathering import (
     local_networks,
     route_of,
 )
+from sfs.peer.transport.sctp_congestion import CongestionControl, congestion_internals_fit
 from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
 from sfs.signal.messages import IceServer
 
@@ -123,6 +125,15 @@ class DataChannelLink:
         self._window = (
             ReceiveWindow(transport, self, receive_window)
             if isinstance(transport, RTCSctpTransport) and sctp_internals_fit()
+            else None
+        )
+        #: CUBIC instead of aiortc's Reno for what this side sends (sctp_congestion);
+        #: SFS_SCTP_CUBIC=0 keeps aiortc's, for measuring one against the other.
+        self._congestion = (
+            CongestionControl(transport)
+            if isinstance(transport, RTCSctpTransport)
+            and os.environ.get("SFS_SCTP_CUBIC", "1") != "0"
+            and congestion_internals_fit()
             else None
         )
         channel.bufferedAmountLowThreshold = high_water // 2
