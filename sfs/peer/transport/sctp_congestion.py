@@ -60,6 +60,17 @@ ALPHA = 3 * (1 - BETA) / (1 + BETA)
 SLOW_START_CHUNKS_PER_SACK = 2
 #: RFC 9260 section 7.2.3: the window never falls below four chunks on a loss.
 MIN_SSTHRESH = 4 * MTU
+#: RFC 9406 (HyStart++) section 4.3: slow start ends early when a round's least
+#: RTT exceeds the previous round's by an eighth, clamped to these (seconds), ...
+HYSTART_MIN_ETA, HYSTART_MAX_ETA = 0.004, 0.016
+#: ... judged from at least this many samples in the round, ...
+HYSTART_SAMPLES = 8
+#: ... and only once the window is this large.
+HYSTART_LOW_WINDOW = 16 * MTU
+#: RFC 9406 section 4.2: after the delay grew, conservative slow start grows a
+#: quarter as fast for this many rounds, and returns to slow start if the delay
+#: falls back (a false alarm), else ends it.
+CSS_GROWTH_DIVISOR, CSS_ROUNDS = 4, 5
 #: Before the first round trip is measured.
 _DEFAULT_RTT = 0.1
 
@@ -84,6 +95,45 @@ class Cubic:
         self._k = 0.0
         #: Growth not yet whole bytes (slow growth must not round to nothing).
         self._carry = 0.0
+        # HyStart's rounds (RFC 9406 section 4.2), by time: one smoothed RTT each.
+        self._round_end = 0.0
+        self._round_min = float("inf")
+        self._round_samples = 0
+        self._last_round_min = float("inf")
+        #: In conservative slow start: the least RTT before the delay grew.
+        self._css_baseline: float | None = None
+        self._css_rounds = 0
+
+    def on_rtt_sample(self, sample: float, *, now: float, rtt: float) -> None:
+        """A round trip was measured (a SACK for a chunk sent once). In slow start, a
+        round whose least RTT grew by more than eta ends it (RFC 9406): a queue is
+        building (on this link, the receiver's socket while its CPU is busy), and
+        doubling on would overflow it and lose a window's worth of chunks."""
+        if now >= self._round_end:
+            if self._round_samples:
+                self._last_round_min = self._round_min
+                if self._css_baseline is not None:
+                    self._css_rounds += 1
+                    if self._css_rounds >= CSS_ROUNDS:
+                        self.ssthresh = self.cwnd - 1  # congestion avoidance from here
+                        self._css_baseline = None
+            self._round_end = now + rtt
+            self._round_min = float("inf")
+            self._round_samples = 0
+        self._round_min = min(self._round_min, sample)
+        self._round_samples += 1
+        if (
+            self.cwnd <= self.ssthresh
+            and self.cwnd >= HYSTART_LOW_WINDOW
+            and self._round_samples >= HYSTART_SAMPLES
+            and self._last_round_min != float("inf")
+        ):
+            if self._css_baseline is None:
+                eta = min(max(self._last_round_min / 8, HYSTART_MIN_ETA), HYSTART_MAX_ETA)
+                if self._round_min >= self._last_round_min + eta:
+                    self._css_baseline, self._css_rounds = self._last_round_min, 0
+            elif self._round_min < self._css_baseline:
+                self._css_baseline = None  # a false alarm: slow start again
 
     def _w_cubic(self, t: float) -> float:
         """RFC 9438 equation 1, in bytes: the window ``t`` seconds into the epoch."""
@@ -92,7 +142,10 @@ class Cubic:
     def on_ack(self, acked: int, *, now: float, rtt: float) -> int:
         """``acked`` new bytes were acknowledged with the window fully used: the new window."""
         if self.cwnd <= self.ssthresh:
-            self.cwnd += min(acked, SLOW_START_CHUNKS_PER_SACK * MTU)
+            step = min(acked, SLOW_START_CHUNKS_PER_SACK * MTU)
+            if self._css_baseline is not None:
+                step //= CSS_GROWTH_DIVISOR
+            self.cwnd += step
             return self.cwnd
         if self._epoch_start is None:
             # RFC 9438 section 4.2: a congestion avoidance epoch starts.
@@ -127,6 +180,7 @@ class Cubic:
             self.w_max = self.cwnd
         self.ssthresh = max(int(self.cwnd * BETA), MIN_SSTHRESH)
         self.cwnd = self.ssthresh
+        self._css_baseline = None
         self._epoch_start = None
         self._carry = 0.0
         return self.cwnd
@@ -137,6 +191,7 @@ class Cubic:
         self.w_max = self.cwnd
         self.ssthresh = max(int(self.cwnd * BETA), MIN_SSTHRESH)
         self.cwnd = MTU
+        self._css_baseline = None
         self._epoch_start = None
         self._carry = 0.0
         return self.cwnd
@@ -262,6 +317,8 @@ class CongestionControl:
         done_bytes = 0
 
         # handle acknowledged data
+        cubic = self.cubic
+        cubic.cwnd, cubic.ssthresh = t._cwnd, t._ssthresh
         sent_queue = t._sent_queue
         while sent_queue and uint32_gte(t._last_sacked_tsn, sent_queue[0].tsn):
             schunk = sent_queue.popleft()
@@ -271,6 +328,11 @@ class CongestionControl:
             t._flight_size_decrease(schunk)
             if done == 1 and schunk._sent_count == 1:
                 t._update_rto(received_time - schunk._sent_time)
+                cubic.on_rtt_sample(
+                    received_time - schunk._sent_time,
+                    now=received_time,
+                    rtt=t._srtt or _DEFAULT_RTT,
+                )
 
         loss = False
         if chunk.gaps:
@@ -279,18 +341,15 @@ class CongestionControl:
             self._retransmit_marked = self._retransmit_marked or loss
 
         # adjust congestion window (sfs: Cubic instead of Reno)
-        cubic = self.cubic
         if t._fast_recovery_exit is None:
             if done and cwnd_fully_utilized:
-                cubic.cwnd, cubic.ssthresh = t._cwnd, t._ssthresh
                 t._cwnd = cubic.on_ack(done_bytes, now=received_time, rtt=t._srtt or _DEFAULT_RTT)
             if loss:
-                cubic.cwnd, cubic.ssthresh = t._cwnd, t._ssthresh
                 t._cwnd = cubic.on_loss()
-                t._ssthresh = cubic.ssthresh
                 t._partial_bytes_acked = 0
                 t._fast_recovery_exit = sent_queue[-1].tsn
                 t._fast_recovery_transmit = True
+            t._ssthresh = cubic.ssthresh
         elif uint32_gte(chunk.cumulative_tsn, t._fast_recovery_exit):
             t._fast_recovery_exit = None
 
