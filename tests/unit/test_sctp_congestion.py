@@ -3,7 +3,9 @@ arithmetic against RFC 9438, and the patch on a real aiortc transport."""
 
 from __future__ import annotations
 
+import socket
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,6 +72,37 @@ def test_a_timeout_restarts_from_one_chunk_with_a_reduced_ssthresh() -> None:
     assert cubic.ssthresh == int(100 * MTU * BETA)
     _round_trips(cubic, 20 * RTT)
     assert cubic.cwnd > cubic.ssthresh  # slow start to ssthresh, then CUBIC
+
+
+def _slow_start_with_delay(cubic: Cubic, rtt_of_round: list[float], now: float = 0.0) -> float:
+    """One round per entry: 16 RTT samples, then a window's worth of SACKs."""
+    for sample in rtt_of_round:
+        for i in range(16):
+            cubic.on_rtt_sample(sample, now=now + i * 0.001, rtt=RTT)
+        for _ in range(cubic.cwnd // (2 * MTU)):
+            cubic.on_ack(2 * MTU, now=now, rtt=RTT)
+        now += RTT
+    return now
+
+
+def test_hystart_ends_slow_start_when_the_delay_grows() -> None:
+    """RFC 9406: a round whose least RTT is an eighth above the last one's (a queue
+    building) slows growth to a quarter for five rounds, then ends slow start."""
+    cubic = Cubic(16 * MTU, 10**9)
+    now = _slow_start_with_delay(cubic, [RTT, RTT, RTT + 0.010])
+    assert cubic._css_baseline == RTT
+    grown = cubic.cwnd
+    _slow_start_with_delay(cubic, [RTT + 0.010] * 6, now)
+    assert cubic.ssthresh < 10**9  # congestion avoidance now
+    assert cubic.cwnd < grown * 2**6  # far less than six doublings
+
+
+def test_hystart_keeps_slow_start_when_the_delay_stays() -> None:
+    cubic = Cubic(16 * MTU, 10**9)
+    _slow_start_with_delay(cubic, [RTT] * 6)
+    assert cubic.ssthresh == 10**9
+    assert cubic._css_baseline is None
+    assert cubic.cwnd == 16 * MTU * 2**6
 
 
 def test_slow_growth_is_not_lost_to_rounding() -> None:
@@ -182,3 +215,19 @@ async def test_the_sender_grows_backs_off_retransmits_and_respects_the_peer_wind
         assert control.peer_rwnd == 0
     finally:
         transport._t3_cancel()
+
+
+def test_the_ice_sockets_get_a_larger_receive_buffer() -> None:
+    """aiortc's chain down to aioice's sockets; the kernel caps the size at
+    net.core.rmem_max (and reports double what it keeps)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        udp = types.SimpleNamespace(get_extra_info=lambda name: sock if name == "socket" else None)
+        connection = types.SimpleNamespace(_protocols=[types.SimpleNamespace(transport=udp)])
+        sctp = types.SimpleNamespace(
+            transport=types.SimpleNamespace(transport=types.SimpleNamespace(_connection=connection))
+        )
+        webrtc.widen_receive_buffers(sctp)
+        after = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+        assert after >= min(2 * rmem_max, 2 * webrtc.UDP_RECEIVE_BUFFER_BYTES) or after > before
