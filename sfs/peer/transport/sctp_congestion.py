@@ -71,6 +71,11 @@ HYSTART_LOW_WINDOW = 16 * MTU
 #: quarter as fast for this many rounds, and returns to slow start if the delay
 #: falls back (a false alarm), else ends it.
 CSS_GROWTH_DIVISOR, CSS_ROUNDS = 4, 5
+#: The share of the peer's last advertised window that may be in flight. sfs's
+#: receiver drops a chunk that does not fit (sctp_window) and aiortc's sender then
+#: waits for T3 and resends its whole window; the advertisement is a round trip old
+#: and the receiver also counts its bookkeeping, so the sender stays clear of the edge.
+PEER_WINDOW_SHARE_PERCENT = 75
 #: Before the first round trip is measured.
 _DEFAULT_RTT = 0.1
 
@@ -414,8 +419,10 @@ class CongestionControl:
     def _window(self) -> int:
         """What may be in flight: the congestion window, and the peer's receive window."""
         cwnd: int = self._transport._cwnd
-        if self.peer_rwnd is not None and self.peer_rwnd < cwnd:
-            return self.peer_rwnd
+        if self.peer_rwnd is not None:
+            rwnd = self.peer_rwnd * PEER_WINDOW_SHARE_PERCENT // 100
+            if rwnd < cwnd:
+                return rwnd
         return cwnd
 
     async def _transmit(self) -> None:
