@@ -26,6 +26,7 @@ from tests.integration.web import (
     Lab,
     finish,
     lab,
+    make_files,
     read_code,
     receiver_code,
     sha256,
@@ -98,18 +99,8 @@ def relay_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield the_lab
 
 
-def make_files(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, size in SIZES.items():
-        path = folder / name
-        path.write_bytes(os.urandom(size))
-        paths.append(path)
-    return paths
-
-
 def test_the_page_sends_to_the_cli_through_the_relay(relay_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     out = tmp_path / "out"
     out.mkdir()
     receiver = relay_lab.cli("receive", "--relay", "only", "--yes", "-o", str(out))
@@ -130,7 +121,7 @@ def test_the_page_sends_to_the_cli_through_the_relay(relay_lab: Lab, tmp_path: P
 
 
 def test_the_cli_sends_to_the_page_through_the_relay(relay_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     page = relay_lab.new_page(RELAY_ONLY)
     downloads = Downloads(page, tmp_path / "downloads")
     page.click("#role-receive")
@@ -150,7 +141,7 @@ def test_the_cli_sends_to_the_page_through_the_relay(relay_lab: Lab, tmp_path: P
 
 
 def test_a_page_sends_to_a_page_through_the_relay(relay_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     receiving = relay_lab.new_page(RELAY_ONLY)
     downloads = Downloads(receiving, tmp_path / "downloads")
     receiving.click("#role-receive")
