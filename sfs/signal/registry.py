@@ -28,7 +28,6 @@ another node: emitting to it is the client manager's business
 
 from __future__ import annotations
 
-import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sfs.signal import messages as m
+from sfs.signal.addresses import address_key as address_key
+from sfs.signal.addresses import is_loopback as is_loopback
 
 if TYPE_CHECKING:
     from sfs.signal.config import ServerConfig
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 # max_connections live out of 17.6 million IDs, a dozen collisions in a row
 # means something is wrong.
 MAX_PEER_ID_ATTEMPTS = 50
-# An IPv6 client usually holds a whole /64: limits per address apply to that.
-IPV6_PREFIX_BITS = 64
 # The reason metrics give a request refused because the registry was unreachable.
 UNAVAILABLE_REASON = "registry_unavailable"
 
@@ -145,36 +144,6 @@ class Expiry:
     stalled: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     departed: list[Departure] = field(default_factory=list)
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a client address is this machine's loopback (IPv4-mapped included)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def address_key(address: str) -> str:
-    """The client address that per-address limits count: an IPv6 address's /64.
-
-    An IPv6 host is usually given a whole /64 and can pick any address in it, so
-    counting single addresses would let one client be 2**64 of them.  IPv4-mapped
-    IPv6 addresses (from a dual-stack socket) count as the IPv4 address they are;
-    anything unparsable counts as itself.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone index
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_BITS), strict=False))
-    return str(ip)
 
 
 _K = TypeVar("_K", bound=Hashable)

@@ -38,7 +38,7 @@ connection leaves, a waiting one simply goes (its token may be presented again: 
 pair was formed with it); a paired one ends its pair, :meth:`~RelayTable.leave`
 names the partner to close, and the token is remembered for
 ``token_memory_seconds`` more.  Addresses are counted per
-:func:`~sfs.signal.registry.address_key` (an IPv6 client's /64).
+:func:`~sfs.signal.addresses.address_key` (an IPv6 client's /64).
 
 What the relay cannot do follows from the peers, not from this table: the direct
 TCP path's proof (docs/PROTOCOL.md) runs end to end through a pair, so a relay (or
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 
-from sfs.signal.registry import address_key
+from sfs.signal.addresses import address_key
 
 logger = logging.getLogger(__name__)
 

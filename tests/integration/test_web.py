@@ -20,6 +20,7 @@ from tests.integration.web import (
     Lab,
     finish,
     lab,
+    make_files,
     read_code,
     receiver_code,
     screenshot,
@@ -48,16 +49,6 @@ def web_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield the_lab
 
 
-def make_files(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, size in SIZES.items():
-        path = folder / name
-        path.write_bytes(os.urandom(size))
-        paths.append(path)
-    return paths
-
-
 class Downloads:
     """Every download a page starts, saved under ``folder`` by its suggested name."""
 
@@ -83,7 +74,7 @@ class Downloads:
 
 
 def test_browser_sends_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     out = tmp_path / "out"
     out.mkdir()
     receiver = web_lab.cli("receive", "--yes", "-o", str(out))
@@ -107,7 +98,7 @@ def test_browser_sends_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
 
 
 def test_cli_sends_to_the_browser(web_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     page = web_lab.new_page()
     downloads = Downloads(page, tmp_path / "downloads")
     page.click("#role-receive")
@@ -129,7 +120,7 @@ def test_cli_sends_to_the_browser(web_lab: Lab, tmp_path: Path) -> None:
 
 
 def test_browser_sends_to_a_browser(web_lab: Lab, tmp_path: Path) -> None:
-    files = make_files(tmp_path / "src")
+    files = make_files(tmp_path / "src", SIZES)
     receiving = web_lab.new_page()
     downloads = Downloads(receiving, tmp_path / "downloads")
     receiving.click("#role-receive")

@@ -229,6 +229,17 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def make_files(folder: Path, sizes: dict[str, int]) -> list[Path]:
+    """Files of random bytes in ``folder``, one per name, of its size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, size in sizes.items():
+        path = folder / name
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
 def finish(
     process: subprocess.Popen[bytes], timeout: float = PROCESS_TIMEOUT_SECONDS
 ) -> tuple[int, str, str]:
