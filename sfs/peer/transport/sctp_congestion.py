@@ -283,6 +283,10 @@ def congestion_internals_fit() -> bool:
     return problem is None
 
 
+#: The slow-start threshold before the peer's INIT says its receive window.
+UNBOUNDED_SSTHRESH = 1 << 31
+
+
 class CongestionControl:
     """The sending side of one aiortc SCTP association, with :class:`Cubic`'s window.
 
@@ -296,8 +300,12 @@ class CongestionControl:
             raise ValueError("one CongestionControl per SCTP association")
         self._transport = transport
         # aiortc sets _ssthresh from the peer's INIT: Cubic takes both from the
-        # transport before each step.
-        self.cubic = Cubic(transport._cwnd, getattr(transport, "_ssthresh", transport._cwnd))
+        # transport before each step. A transport patched before its INIT (aiortc's
+        # own tests drive such transports) has none yet: until the INIT brings the
+        # peer's window, slow start is unbounded, as RFC 9260 section 7.2.1 allows.
+        if not hasattr(transport, "_ssthresh"):
+            transport._ssthresh = UNBOUNDED_SSTHRESH
+        self.cubic = Cubic(transport._cwnd, transport._ssthresh)
         #: The peer's last advertised receive window (None: not heard yet).
         self.peer_rwnd: int | None = None
         #: Some chunk may be marked for retransmission: _transmit must look.
@@ -438,6 +446,10 @@ class CongestionControl:
         burst_size = 2 * MTU if t._fast_recovery_exit is not None else 4 * MTU
         window = self._window()
         cwnd = min(t._flight_size + burst_size, window)
+        # RFC 9260 section 6.1 rule A: with nothing in flight, one chunk (new or a
+        # retransmission) may probe a closed receive window.
+        if t._flight_size == 0 and cwnd < MTU:
+            cwnd = MTU
 
         if self._retransmit_marked:
             retransmit_earliest = True
@@ -457,10 +469,6 @@ class CongestionControl:
                 retransmit_earliest = False
             self._retransmit_marked = False
 
-        # RFC 9260 section 6.1 rule A: with nothing in flight, one chunk may probe a
-        # closed receive window.
-        if t._flight_size == 0 and cwnd < MTU:
-            cwnd = MTU
         outbound_queue = t._outbound_queue
         while outbound_queue and t._flight_size < cwnd:
             chunk = outbound_queue.popleft()
