@@ -700,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_tree(args.runs, chunk, args.streams, env, loop_name)
         return
     where = "long link (2 namespaces, 1 Gbit, 25 ms each way)" if args.long_link else LOOPBACK
+    if args.loss:
+        where += f", {args.loss:g} % of UDP packets lost"
     if args.lan:
         where = "LAN mode, no server (2 namespaces on a veth pair, mDNS)"
         env.pop("SFS_SERVER", None)
@@ -844,6 +846,13 @@ def _parser() -> argparse.ArgumentParser:
         "benchmarks/longlink/nfqdelay.c); --streams auto picks the WebRTC streams",
     )
     parser.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        help="with --long-link: drop this percentage of the UDP packets arriving on "
+        "either side (iptables statistic), e.g. 1",
+    )
+    parser.add_argument(
         "--lan",
         action="store_true",
         help="LAN mode: no `sfs serve`; the peers in two network namespaces on a veth "
@@ -903,6 +912,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--tree runs on 127.0.0.1 only: no --lan, --long-link or --nat")
     if args.tree and (args.size is not None or args.compare or args.stripe):
         parser.error("--tree has its own data sets: no --size, --compare or --stripe")
+    if args.loss and not args.long_link:
+        parser.error("--loss needs --long-link")
     if args.lan and args.long_link:
         parser.error("--lan and --long-link exclude each other")
     if args.nat and (args.lan or args.long_link):
@@ -934,7 +945,7 @@ def _open_link(args: argparse.Namespace) -> tuple[LongLink | LanPair | None, Pla
     link: LongLink | LanPair | None = None
     placement = LOCAL
     if args.long_link:
-        link = LongLink()
+        link = LongLink(loss_percent=args.loss)
         addresses = (SENDER_ADDRESS, RECEIVER_ADDRESS)
     elif args.lan:
         link = LanPair()

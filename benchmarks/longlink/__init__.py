@@ -40,6 +40,8 @@ class LongLink:
 
     delay_ms: float = 25.0
     rate: str = "1gbit"
+    #: Percentage of UDP packets dropped on arrival at either side (before the delay).
+    loss_percent: float = 0.0
 
     def __post_init__(self) -> None:
         prefix = f"sfsll{os.getpid()}"
@@ -96,6 +98,12 @@ class LongLink:
                     "latency",
                     "50ms",
                 )
+                if self.loss_percent:
+                    _run(
+                        *("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-i", dev),
+                        *("-p", "udp", "-m", "statistic", "--mode", "random"),
+                        *("--probability", str(self.loss_percent / 100), "-j", "DROP"),
+                    )
                 _run(
                     "ip",
                     "netns",

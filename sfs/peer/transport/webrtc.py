@@ -11,8 +11,11 @@ addresses, which also lets two peers meet on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -44,6 +47,7 @@ from sfs.peer.transport.gathering import (
     local_networks,
     route_of,
 )
+from sfs.peer.transport.sctp_congestion import CongestionControl, congestion_internals_fit
 from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
 from sfs.signal.messages import IceServer
 
@@ -58,6 +62,12 @@ DEFAULT_REMOTE_MAX_MESSAGE_BYTES = 65_536
 CHANNEL_LABEL = "sfs"
 #: What one link holds for its consumer, received but not yet read (see ReceiveWindow).
 RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
+#: What the kernel may buffer of UDP arriving on the ICE sockets (capped by
+#: net.core.rmem_max): Linux's default, 208 KiB, holds about 90 of aiortc's 1 200-byte
+#: packets, a few milliseconds of a fast transfer, so a receiver busy for that long
+#: lost a burst of them, and the sender halved its window (docs/PERFORMANCE.md).
+#: SFS_UDP_RECEIVE_BUFFER overrides it (0: the kernel's default), for measuring.
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 _MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
 
 
@@ -68,6 +78,20 @@ def remote_max_message_size(sdp: str) -> int:
         return DEFAULT_REMOTE_MAX_MESSAGE_BYTES
     value = int(match.group(1))
     return value if value > 0 else 2**30
+
+
+def widen_receive_buffers(sctp: Any) -> None:
+    """Ask for UDP_RECEIVE_BUFFER_BYTES on every ICE socket under ``sctp``
+    (RTCSctpTransport -> RTCDtlsTransport -> RTCIceTransport -> aioice Connection,
+    whose ``_protocols`` gathering.aioice_problem checks); best effort."""
+    size = int(os.environ.get("SFS_UDP_RECEIVE_BUFFER", UDP_RECEIVE_BUFFER_BYTES))
+    ice = getattr(getattr(sctp, "transport", None), "transport", None)
+    for protocol in getattr(getattr(ice, "_connection", None), "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and size > 0:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 # -- the DataChannel as a Channel -----------------------------------------------------------
@@ -125,6 +149,17 @@ class DataChannelLink:
             if isinstance(transport, RTCSctpTransport) and sctp_internals_fit()
             else None
         )
+        #: CUBIC instead of aiortc's Reno for what this side sends (sctp_congestion);
+        #: SFS_SCTP_CUBIC=0 keeps aiortc's, for measuring one against the other.
+        self._congestion = (
+            CongestionControl(transport)
+            if isinstance(transport, RTCSctpTransport)
+            and os.environ.get("SFS_SCTP_CUBIC", "1") != "0"
+            and congestion_internals_fit()
+            else None
+        )
+        if isinstance(transport, RTCSctpTransport):
+            widen_receive_buffers(transport)
         channel.bufferedAmountLowThreshold = high_water // 2
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._drained.set)
