@@ -291,6 +291,8 @@ def run_sfs(
                       sender_text, re.MULTILINE)  # fmt: skip
     if route:
         note = "TCP" if route.group(1) == "direct over TCP" else route.group(1)
+    elif re.search(r"connected at [\d.]+: .*, over QUIC$", sender_text, re.MULTILINE):
+        note = "WebRTC path, QUIC"
     return Sample(
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
         total_s=total,

@@ -77,9 +77,10 @@ from sfs.peer.sending import send_files
 from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.gathering import check_local_addresses, host_addresses
-from sfs.peer.transport.opening import Opened, open_transport
+from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
+from sfs.peer.transport.quic import QUIC_SECONDS, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
-from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
+from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
 from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.config import ServerConfig
@@ -466,6 +467,15 @@ class _SetUpPump:
         self.opener: asyncio.Future[Opened] | None = None
         self.wants_tcp = options.transport is not Transport.DATACHANNEL
         self.relay_only = options.relay is RelayMode.ONLY
+        #: QUIC on the WebRTC path, offered in the sealed description (SFS_QUIC=0
+        #: leaves it out, for measuring the DataChannel).
+        self.offers_quic = (
+            options.transport is not Transport.TCP
+            and not self.relay_only
+            and os.environ.get("SFS_QUIC", "1") != "0"
+            and quic_available()
+        )
+        self.keys: SessionKeys | None = None
         #: The relay this side offered (its server's), once registered.
         self.own_relay: str | None = None
         self.pending: deque[SetupEvent] = deque()
@@ -565,12 +575,18 @@ class _SetUpPump:
                 self.stack, sender=True, keys=action.keys, hosts=self._tcp_hosts()
             )
             tcp = await self.direct.listen()
-        self.pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
+        self.keys = action.keys
+        self.pending.append(
+            LocalDescription(tuple(d["sdp"] for d in offers), tcp, quic=self.offers_quic)
+        )
 
     async def _answer_offers(self, action: AnswerOffers) -> None:
+        # Over QUIC one peer connection carries the transfer at any round trip: the
+        # sender's striping offers beyond the first are left unanswered (and closed).
+        sdps = action.sdps[:1] if action.quic and self.offers_quic else action.sdps
         self.links = await self.stack.enter_async_context(
             PeerLinks(
-                len(action.sdps),
+                len(sdps),
                 ice_servers=self._ice(action),
                 host_addresses=self.addresses,
             )
@@ -588,8 +604,11 @@ class _SetUpPump:
             if not self.relay_only:
                 self.direct.dial(action.tcp)
             tcp = await self.direct.listen()
-        answers = await self.links.answer_offers(_descriptions("offer", action.sdps))
-        self.pending.append(LocalDescription(tuple(d["sdp"] for d in answers), tcp))
+        answers = await self.links.answer_offers(_descriptions("offer", sdps))
+        self.keys = action.keys
+        self.pending.append(
+            LocalDescription(tuple(d["sdp"] for d in answers), tcp, quic=self.offers_quic)
+        )
 
     def _ice(self, action: CreateOffers | AnswerOffers) -> tuple[IceServer, ...]:
         # With --relay only, WebRTC is never opened: no STUN or TURN to ask.
@@ -630,20 +649,42 @@ class _SetUpPump:
                 "the other side takes no relay (--relay only): an older sfs, or --relay never"
             )
         datachannel = functools.partial(links.open, self.options.connect_timeout)
+        sender = self.handshake.role is Role.SENDER
+        quic = None
+        if action.quic and not self.relay_only:
+            assert self.keys is not None
+            quic = self._quic_opener(links, self.keys, sender=sender)
         self.opener = asyncio.ensure_future(
             open_transport(
-                sender=self.handshake.role is Role.SENDER,
+                sender=sender,
                 transport=self.options.transport,
                 direct=direct,
                 datachannel=None if self.relay_only else datachannel,
                 connect_timeout=self.options.connect_timeout,
+                quic=quic,
             )
         )
+
+    def _quic_opener(self, links: PeerLinks, keys: SessionKeys, *, sender: bool) -> QuicOpener:
+        """QUIC on the WebRTC path: the sender connects once the DataChannel is open
+        (ICE has its pair then) and gives it QUIC_SECONDS; the receiver listens from
+        now on (the sender's first datagram may come before its DataChannel opens)."""
+        if sender:
+
+            async def proven() -> TcpLink:
+                return await links.quic(client=True, keys=keys).link(QUIC_SECONDS)
+
+            return proven
+        path = links.quic(client=False, keys=keys)
+        return functools.partial(path.chosen, self.options.connect_timeout)
 
     async def _session(self, action: Done) -> Session:
         assert self.opener is not None
         assert self.links is not None
         opened = self.opener.result()
+        if opened.quic:
+            # The QUIC stream runs the TCP path's frames; the peer connection carries it.
+            return Session(opened.channel, action.keys.over_tcp())
         if opened.tcp is None:
             return Session(opened.channel, action.keys)
         # aiortc's ICE and DTLS would go on spending CPU beside the transfer.

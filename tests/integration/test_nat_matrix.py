@@ -56,7 +56,7 @@ RELAYED_BY_SERVER = f"relayed by {PUB_IP}"
 _PATH_RE = re.compile(
     r", (direct over TCP|direct on the local network|direct through NAT|direct"
     r"|relayed by TURN \S+ \((?:udp|tcp)\)|relayed by the other side's TURN \S+"
-    r"|relayed by (?!TURN |the other side's )\S+)$"
+    r"|relayed by (?!TURN |the other side's )\S+)(, over QUIC)?$"
 )
 
 
@@ -107,6 +107,10 @@ class Outcome:
         assert match, f"no connection path in the final line\n{self.report()}"
         return match.group(1)
 
+    def over_quic(self, finished: Finished) -> bool:
+        """``finished`` says its WebRTC path carried QUIC (sfs.peer.transport.quic)."""
+        return finished.stdout.strip().splitlines()[-1].rstrip().endswith(", over QUIC")
+
     def assert_delivered(self, *paths: str) -> tuple[str, str]:
         """Both sides succeeded, the file arrived intact, and both say they connected
         by one of ``paths`` (the same one if direct); returns the sender's and the
@@ -126,6 +130,11 @@ class Outcome:
         # direct path and the server's relay are the same for both.
         if not (sender_path in RELAYED and receiver_path in RELAYED):
             assert sender_path == receiver_path, self.report()
+        # Two CLIs carry QUIC on every WebRTC path (through NAT, through TURN over
+        # UDP or TCP), never on TCP or the server's relay.
+        webrtc = sender_path not in (DIRECT_TCP, RELAYED_BY_SERVER)
+        assert self.over_quic(self.sent) == webrtc, self.report()
+        assert self.over_quic(self.received) == webrtc, self.report()
         return sender_path, receiver_path
 
     def assert_failed(self, exit_code: int) -> tuple[str, str]:

@@ -166,6 +166,11 @@ class ServerLost:
     """The connection to the signaling server dropped."""
 
 
+#: The ``quic`` value of a sealed description: the one QUIC carriage this sfs speaks
+#: (docs/PROTOCOL.md, "QUIC on the WebRTC path").
+QUIC_VERSION = 1
+
+
 @dataclass(frozen=True)
 class LocalDescription:
     """The peer connection made the offers (sender) or answers (receiver) asked for.
@@ -177,6 +182,9 @@ class LocalDescription:
 
     sdps: tuple[str, ...]
     tcp: tuple[str, ...] | None = None
+    #: This side can carry the transfer over QUIC on the WebRTC path
+    #: (:mod:`sfs.peer.transport.quic`); a receiver offers it only to a sender that did.
+    quic: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,8 @@ class AnswerOffers:
     ice_servers: tuple[IceServer, ...]
     keys: SessionKeys
     tcp: tuple[str, ...] | None = None
+    #: The sender offered QUIC (one peer connection then carries everything).
+    quic: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,9 @@ class OpenChannel:
 
     direct: bool = False
     relay: str | None = None
+    #: Both sides offered QUIC: the sender may carry the transfer over QUIC on the
+    #: first peer connection's ICE path, and says which channel it chose on it.
+    quic: bool = False
 
 
 @dataclass(frozen=True)
@@ -435,6 +448,9 @@ class Handshake:
         # other side's, from its sealed description.
         self._own_relay: str | None = None
         self._peer_relay: str | None = None
+        # Whether each side's sealed description offered QUIC.
+        self._own_quic = False
+        self._peer_quic = False
         self._backlog: deque[SetupEvent] = deque(maxlen=BACKLOG_LIMIT)
         self._asked_at: float | None = None
         #: The partner's round trip through the server, once measured (seconds).
@@ -510,17 +526,21 @@ class Handshake:
             return self._registered(event, now)
         if isinstance(event, LocalDescription) and self._state is SetupState.CREATING_OFFERS:
             self._own_tcp = event.tcp
-            call = self._sealed_call("offer", event.sdps, event.tcp, self._own_relay)
+            self._own_quic = event.quic
+            call = self._sealed_call(
+                "offer", event.sdps, event.tcp, self._own_relay, quic=event.quic
+            )
             self._set_state(SetupState.AWAITING_ANSWER, deadline=now + self.connect_timeout)
             return [call, *self._from_backlog(now)]
         if isinstance(event, LocalDescription) and self._state is SetupState.ANSWERING:
             # The pair meets at the receiver's relay, offered only to a sender that
             # offered one (an older sfs would not know the key).
             relay = self._own_relay if self._peer_relay is not None else None
-            call = self._sealed_call("answer", event.sdps, event.tcp, relay)
+            quic = event.quic and self._peer_quic
+            call = self._sealed_call("answer", event.sdps, event.tcp, relay, quic=quic)
             self._set_state(SetupState.OPENING)
             direct = event.tcp is not None and self._peer_tcp is not None
-            return [call, OpenChannel(direct, relay)]
+            return [call, OpenChannel(direct, relay, quic)]
         if isinstance(event, ChannelOpen) and self._state in (
             SetupState.OPENING,
             SetupState.PARTNER_LEFT,
@@ -695,18 +715,18 @@ class Handshake:
     def _offered(self, event: SealedReceived) -> list[Action]:
         # If the offer does not open, this code has had its one try: tell the sender, end.
         try:
-            sdps, self._peer_tcp, self._peer_relay = self._open(event)
+            sdps, self._peer_tcp, self._peer_relay, self._peer_quic = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(SetupState.ANSWERING)
         assert self._keys is not None
-        return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp)]
+        return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp, self._peer_quic)]
 
     def _answered(self, event: SealedReceived) -> list[Action]:
         try:
-            sdps, self._peer_tcp, self._peer_relay = self._open(event)
+            sdps, self._peer_tcp, self._peer_relay, self._peer_quic = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
         except SignalingError as exc:
@@ -714,7 +734,8 @@ class Handshake:
         self._set_state(SetupState.OPENING)
         direct = self._own_tcp is not None and self._peer_tcp is not None
         relay = self._peer_relay if self._own_relay is not None else None
-        return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct, relay)]
+        quic = self._own_quic and self._peer_quic
+        return [AcceptAnswers(sdps, self._peer_tcp), OpenChannel(direct, relay, quic)]
 
     def _ice(self) -> tuple[IceServer, ...]:
         return self._server_ice if self._ice_override is None else self._ice_override
@@ -722,12 +743,18 @@ class Handshake:
     # -- sealed offer/answer --------------------------------------------------------------
 
     def _sealed_call(
-        self, kind: str, sdps: tuple[str, ...], tcp: tuple[str, ...] | None, relay: str | None
+        self,
+        kind: str,
+        sdps: tuple[str, ...],
+        tcp: tuple[str, ...] | None,
+        relay: str | None,
+        *,
+        quic: bool = False,
     ) -> Call:
         """Seal the session description(s): the first as ``sdp``, any more (striping) as
         ``extra_sdps``, so a peer that knows only one stream still understands it; the
-        direct TCP addresses as ``tcp`` and the relay as ``relay`` (a peer that does
-        not know a key ignores it)."""
+        direct TCP addresses as ``tcp``, the relay as ``relay`` and QUIC as ``quic``
+        (a peer that does not know a key ignores it)."""
         if not sdps:
             raise ValueError(f"an {kind} needs at least one session description")
         assert self._keys is not None
@@ -739,13 +766,15 @@ class Handshake:
             message["tcp"] = list(tcp)
         if relay is not None:
             message["relay"] = relay
+        if quic:
+            message["quic"] = QUIC_VERSION
         plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
 
     def _open(
         self, event: SealedReceived
-    ) -> tuple[tuple[str, ...], tuple[str, ...] | None, str | None]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...] | None, str | None, bool]:
         assert self._keys is not None
         kind = event.kind
         sealed = _b64(event.sealed, "sealed")
@@ -774,7 +803,9 @@ class Handshake:
         relay = message.get("relay")
         if relay is not None and not is_relay_url(relay):
             raise SignalingError(malformed)
-        return strings, None if tcp is None else tuple(tcp), relay
+        # Another version of sfs's QUIC is not this one: as if none was offered.
+        quic = message.get("quic") == QUIC_VERSION
+        return strings, None if tcp is None else tuple(tcp), relay, quic
 
     # -- endings --------------------------------------------------------------------------
 

@@ -26,8 +26,15 @@ class Route:
     #: TURN: "HOST (udp)" for our own relay, "HOST" for the other side's; "server":
     #: the host of the sfs relay.
     relay: str = ""
+    #: The WebRTC path (its ICE candidate pair) carries QUIC rather than SCTP
+    #: (:mod:`sfs.peer.transport.quic`).
+    quic: bool = False
 
     def __str__(self) -> str:
+        path = self._path()
+        return f"{path}, over QUIC" if self.quic else path
+
+    def _path(self) -> str:
         if self.kind == "tcp":
             return "direct over TCP"
         if self.kind == "server":

@@ -17,6 +17,7 @@ from sfs.defaults import Transport
 from sfs.errors import (
     PeerConnectionError,
     RemoteProtocolError,
+    SfsError,
 )
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.tcp import CHOSEN, DirectPath, TcpLink
@@ -36,6 +37,14 @@ class Opened:
     #: The chosen TCP connection, when the channel is one (its closing is the
     #: caller's); None for the DataChannel(s).
     tcp: TcpLink | None = None
+    #: The channel is the QUIC stream on the WebRTC path (sfs.peer.transport.quic):
+    #: its frames are the TCP path's, and the peer connection carries it.
+    quic: bool = False
+
+
+#: (Sender) QUIC on the WebRTC path: its proven link, once the DataChannel is open.
+#: (Receiver) the QUIC link the sender chose.
+QuicOpener = Callable[[], Awaitable[TcpLink]]
 
 
 async def open_transport(
@@ -45,6 +54,7 @@ async def open_transport(
     direct: DirectPath | None,
     datachannel: Callable[[], Awaitable[Channel]] | None,
     connect_timeout: float,
+    quic: QuicOpener | None = None,
 ) -> Opened:
     """Open the transport of the transfer: the chosen TCP connection, or the DataChannel.
 
@@ -56,6 +66,10 @@ async def open_transport(
     its head start) is one more TCP connection: once DIRECT_SECONDS passed with no
     DataChannel open, the first of the two wins.  ``datachannel`` is None for
     ``--relay only``: the relay is then the one way.
+
+    ``quic`` (both sides offered QUIC) makes the WebRTC path carry QUIC when it comes
+    up: the sender tries it once the DataChannel is open and says CHOSEN on whichever
+    it takes (also when there is no direct path); the receiver takes either.
     """
     if datachannel is None:
         assert direct is not None
@@ -69,13 +83,33 @@ async def open_transport(
                 "the other side does not take direct TCP connections (an older sfs, a "
                 "browser, or --transport datachannel); try --transport auto"
             )
-        return Opened(await datachannel())
+        if quic is None:
+            return Opened(await datachannel())
+        if sender:
+            return await _over_webrtc(await datachannel(), quic)
+        return await _receiver_opens(transport, None, datachannel, connect_timeout, quic)
     try:
         if sender:
-            return await _sender_opens(transport, direct, datachannel, connect_timeout)
-        return await _receiver_opens(transport, direct, datachannel, connect_timeout)
+            return await _sender_opens(transport, direct, datachannel, connect_timeout, quic)
+        return await _receiver_opens(transport, direct, datachannel, connect_timeout, quic)
     finally:
         await direct.close()
+
+
+async def _over_webrtc(channel: Channel, quic: QuicOpener | None) -> Opened:
+    """(Sender) the WebRTC path is the one: QUIC on it if it comes up, else the
+    DataChannel; CHOSEN said on the one taken."""
+    if quic is not None:
+        try:
+            link = await quic()
+        except SfsError as exc:
+            logger.info("QUIC did not come up (%s): using the DataChannel", exc)
+        else:
+            link.choose()
+            logger.info("connected at %.6f: %s", time.time(), link.route)
+            return Opened(link, quic=True)
+    channel.send(CHOSEN)
+    return Opened(channel)
 
 
 async def _sender_opens(
@@ -83,6 +117,7 @@ async def _sender_opens(
     direct: DirectPath,
     datachannel: Callable[[], Awaitable[Channel]],
     connect_timeout: float,
+    quic: QuicOpener | None,
 ) -> Opened:
     if transport is Transport.TCP:
         try:
@@ -126,9 +161,7 @@ async def _sender_opens(
             logger.info("no direct TCP connection: using WebRTC")
             by_tcp.cancel()
         await direct.close()
-        channel = await by_datachannel
-        channel.send(CHOSEN)
-        return Opened(channel)
+        return await _over_webrtc(await by_datachannel, quic)
     finally:
         for future in (by_tcp, by_datachannel):
             if future is not None and not future.done():
@@ -194,9 +227,10 @@ def _tcp_taken(link: TcpLink) -> Opened:
 
 async def _receiver_opens(
     transport: Transport,
-    direct: DirectPath,
+    direct: DirectPath | None,
     datachannel: Callable[[], Awaitable[Channel]],
     connect_timeout: float,
+    quic: QuicOpener | None,
 ) -> Opened:
     async def over_datachannel() -> Channel:
         channel = await datachannel()
@@ -205,13 +239,23 @@ async def _receiver_opens(
             raise RemoteProtocolError("the other side sent a frame before choosing a transport")
         return channel
 
-    by_tcp = asyncio.ensure_future(direct.chosen())
+    never: asyncio.Future[TcpLink] = asyncio.get_running_loop().create_future()
+    by_tcp = asyncio.ensure_future(direct.chosen()) if direct is not None else never
+    by_quic = asyncio.ensure_future(quic()) if quic is not None else never
     by_datachannel = asyncio.ensure_future(over_datachannel())
+    futures = (by_tcp, by_quic, by_datachannel)
     try:
         # The DataChannel has its own bound (connect_timeout, then ICE's reason, with
         # its hint); this one is for a sender that never says anything at all.
         async with asyncio.timeout(connect_timeout + DIRECT_SECONDS + 1):
-            await asyncio.wait({by_tcp, by_datachannel}, return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            if by_quic.done() and by_quic.exception() is None:
+                logger.info("the sender chose QUIC on the WebRTC path")
+                return Opened(by_quic.result(), quic=True)
+            if not by_tcp.done() and not by_datachannel.done():
+                # QUIC did not come up here: the sender chooses another, and says so.
+                pending.discard(by_quic)
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if by_tcp.done():
                 logger.info("the sender chose the direct TCP connection")
                 return _tcp_taken(by_tcp.result())
@@ -226,12 +270,12 @@ async def _receiver_opens(
             # proven (the sender chooses within its own bound) or the relay may yet
             # give one; else this is over, and ICE's reason (with its hint) is the one
             # to give.
-            if direct.relay_pending:
+            if direct is not None and direct.relay_pending:
                 logger.info("WebRTC failed: waiting for the sender's choice through the relay")
                 await _unless_relay_fails(direct, by_tcp)
                 if by_tcp.done():
                     return _tcp_taken(by_tcp.result())
-            if direct.proven_count:
+            if direct is not None and direct.proven_count:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DIRECT_SECONDS):
                         return _tcp_taken(await by_tcp)
@@ -241,6 +285,6 @@ async def _receiver_opens(
             f"the sender chose no connection within {connect_timeout:.0f} s"
         ) from None
     finally:
-        for future in (by_tcp, by_datachannel):
+        for future in futures:
             future.cancel()
-        await asyncio.gather(by_tcp, by_datachannel, return_exceptions=True)
+        await asyncio.gather(*futures, return_exceptions=True)

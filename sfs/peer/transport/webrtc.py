@@ -36,6 +36,7 @@ from sfs.errors import (
     PeerGoneError,
     SfsError,
 )
+from sfs.peer.proto.crypto import SessionKeys
 from sfs.peer.transport.channel import Route
 from sfs.peer.transport.gathering import (
     AIOICE_PROBLEM,
@@ -47,6 +48,7 @@ from sfs.peer.transport.gathering import (
     local_networks,
     route_of,
 )
+from sfs.peer.transport.quic import QuicPath
 from sfs.peer.transport.sctp_congestion import CongestionControl, congestion_internals_fit
 from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
 from sfs.signal.messages import IceServer
@@ -390,6 +392,10 @@ class PeerLink:
         """aioice's Connection under this link's (only) ICE transport."""
         return self._gatherer()._connection
 
+    def ice(self) -> Any:
+        """aioice's Connection under this link (QUIC shares its path)."""
+        return self._ice()
+
     async def _gather(self) -> None:
         """Gather every candidate before aiortc would (it then finds them gathered)."""
         gatherer = self._gatherer()
@@ -562,6 +568,7 @@ class PeerLinks:
             )
             for _ in range(count)
         ]
+        self._quic: QuicPath | None = None
 
     async def __aenter__(self) -> PeerLinks:
         return self
@@ -570,6 +577,8 @@ class PeerLinks:
         await self.close()
 
     async def close(self) -> None:
+        if self._quic is not None:
+            self._quic.close()
         await asyncio.gather(*(link.close() for link in self._links))
 
     async def create_offers(self) -> list[dict[str, str]]:
@@ -591,3 +600,15 @@ class PeerLinks:
     async def open(self, seconds: float) -> DataChannelLink | StripedChannel:
         links = await asyncio.gather(*(link.open(seconds) for link in self._links))
         return links[0] if len(links) == 1 else StripedChannel(links)
+
+    def quic(self, *, client: bool, keys: SessionKeys) -> QuicPath:
+        """QUIC over the first peer connection's ICE path (:mod:`sfs.peer.transport.quic`).
+
+        The receiver (the server) makes it as soon as it answered, so that no early
+        datagram of the sender's goes to DTLS; the sender (the client) once the
+        DataChannel is open, when ICE has nominated a pair. Closed with these links.
+        """
+        first = self._links[0]
+        path = QuicPath(first.ice(), client=client, keys=keys, route=first.route)
+        self._quic = path
+        return path
