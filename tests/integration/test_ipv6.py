@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize(
     ("transport", "path"),
-    [("auto", "direct over TCP"), ("datachannel", "direct on the local network")],
+    [("auto", "direct over TCP"), ("datachannel", "direct on the local network, over QUIC")],
 )
 def test_an_ipv6_only_pair_through_a_server(tmp_path: Path, transport: str, path: str) -> None:
     with lan_hosts(2, ipv4=False, ipv6=True) as (a, b):

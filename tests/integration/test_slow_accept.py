@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
@@ -33,13 +35,22 @@ def wait_for_text(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def test_streams_8_survive_16_s_at_the_prompt(sfs_server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("quic", ["0", "1"], ids=["datachannels", "quic"])
+def test_streams_8_survive_16_s_at_the_prompt(
+    sfs_server: ServerProcess, tmp_path: Path, quic: str
+) -> None:
+    """With SFS_QUIC=0 at the receiver, eight DataChannel streams; with QUIC, the one
+    QUIC connection the receiver answers for, idle at the prompt just as long."""
     src = make_file(tmp_path / "f.bin", 3 * 1024 * 1024)
     receiver_pty, receiver_tty = pty.openpty()
     try:
-        receiver = start_receiver(sfs_server, tmp_path / "out", stdin=receiver_tty)
+        receiver = start_receiver(
+            sfs_server, tmp_path / "out", stdin=receiver_tty, env={"SFS_QUIC": quic}
+        )
         sender = subprocess.Popen(
-            sfs_command("send", "--streams", "8", receiver.code, str(src)),
+            sfs_command(
+                "send", "--transport", "datachannel", "--streams", "8", receiver.code, str(src)
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -62,3 +73,4 @@ def test_streams_8_survive_16_s_at_the_prompt(sfs_server: ServerProcess, tmp_pat
     assert sent.returncode == 0, sent.stderr
     assert received.returncode == 0, received.stderr
     assert sha256_file(tmp_path / "out" / "f.bin") == sha256_file(src)
+    assert sent.stdout.rstrip().endswith(", over QUIC") == (quic == "1"), sent.stdout

@@ -27,12 +27,15 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, ice: _Ice) -> None:
         self.ice = ice
         self.transport: Any = None
+        #: The link is down: what arrives is lost.
+        self.dropping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.ice.data_received(data, 1)
+        if not self.dropping:
+            self.ice.data_received(data, 1)
 
 
 @dataclass
@@ -127,4 +130,39 @@ async def test_a_sender_that_never_comes_gives_a_bounded_error() -> None:
         with pytest.raises(PeerConnectionError, match="no QUIC connection within 1 s"):
             await server.chosen(1)
     finally:
+        server.close()
+
+
+async def test_what_is_unsent_counts_until_the_peer_acknowledged_it() -> None:
+    """The sender's progress (TcpLink.unsent_bytes) counts only what the peer's QUIC
+    acknowledged: nothing of what went out while the link was down."""
+    sender_keys, receiver_keys = key_pair()
+    client_ice, server_ice = await _ice_pair()
+    server = QuicPath(server_ice, client=False, keys=receiver_keys, route=lambda: None)
+    client = QuicPath(client_ice, client=True, keys=sender_keys, route=lambda: None)
+    try:
+        link = await client.link(5)
+        link.choose()
+        chosen = await server.chosen(5)
+
+        async def settled(expected: int) -> int:
+            for _ in range(200):
+                if link.unsent_bytes() == expected:
+                    break
+                await asyncio.sleep(0.01)
+            return link.unsent_bytes()
+
+        link.send(os.urandom(500_000))
+        assert await settled(0) == 0  # all of it acknowledged
+        server_ice._nominated[1].protocol.dropping = True
+        link.send(os.urandom(300_000))
+        await asyncio.sleep(0.3)  # sent (into the void), never acknowledged
+        assert link.unsent_bytes() >= 300_000
+        server_ice._nominated[1].protocol.dropping = False
+        assert await settled(0) == 0  # resent and acknowledged once the link is back
+        got = 0
+        while got < 800_000:
+            got += len(await asyncio.wait_for(chosen.receive(), 5))
+    finally:
+        client.close()
         server.close()

@@ -54,6 +54,14 @@ STREAM_WINDOW_BYTES = 32 * 1024 * 1024
 #: What a stream may hold unsent before TcpLink's writer waits (its pause_writing).
 WRITE_HIGH_BYTES = 8 * 1024 * 1024
 WRITE_LOW_BYTES = WRITE_HIGH_BYTES // 2
+#: A PING marks how much of a stream had left once the data before it advanced this
+#: far; its acknowledgement says the peer had it all (below, StreamTransport).
+PING_EVERY_BYTES = 64 * 1024
+#: PINGs awaiting their acknowledgement, at most (more wait for one to come back).
+PINGS_IN_FLIGHT = 16
+#: A PING not acknowledged within this long is taken as lost (QUIC never resends a
+#: PING) and another is sent for what it marked.
+PING_RETRY_SECONDS = 0.25
 #: The peer's address as qh3 sees it: a name for the one path, never sent to (datagrams
 #: go to the nominated ICE pair's remote address, whatever it is at the time).
 PATH_ADDRESS = ("192.0.2.1", 9)
@@ -162,6 +170,10 @@ class QuicPath:
         self._paused = 0
         self._link: asyncio.Future[TcpLink] = self._loop.create_future()
         self._closed = False
+        #: PING uid -> (stream, how much of it had left when the PING was sent).
+        self._pings: dict[int, tuple[StreamTransport, int]] = {}
+        self._next_ping = 0
+        self._ping_check: asyncio.TimerHandle | None = None
         if client:
             self._start(self._new_connection(None))
         # Only datagrams QUIC's first byte marks are taken: STUN is handled by aioice
@@ -204,7 +216,7 @@ class QuicPath:
         if self._quic is not None:
             self._quic.close()
             self._transmit()
-        for handle in (self._timer, self._transmit_soon):
+        for handle in (self._timer, self._transmit_soon, self._ping_check):
             if handle is not None:
                 handle.cancel()
         for stream in list(self._streams.values()):
@@ -259,6 +271,8 @@ class QuicPath:
                         continue  # only the sender opens a stream, and only one
                     stream = self._open_stream(event.stream_id)
                 stream.data(event.data, event.end_stream)
+            elif isinstance(event, events.PingAcknowledged):
+                self._ping_acknowledged(event.uid)
             elif isinstance(event, events.HandshakeCompleted):
                 if self._client:
                     self._open_stream(quic.get_next_available_stream_id())
@@ -283,6 +297,8 @@ class QuicPath:
         quic = self._quic
         if quic is None:
             return
+        if not self._closed:
+            self._mark_departures(quic)
         datagrams = quic.datagrams_to_send(now=self._loop.time())
         pair = self._ice._nominated.get(1)
         if pair is not None and datagrams:
@@ -297,6 +313,46 @@ class QuicPath:
         if self._timer is None and timer_at is not None and not self._closed:
             self._timer = self._loop.call_at(timer_at, self._on_timer)
         self._timer_at = timer_at
+
+    def _mark_departures(self, quic: Any) -> None:
+        """QUIC says nothing of which stream bytes the peer acknowledged; a PING sent
+        after them does: once the peer acknowledged the packet that carried it, it had
+        every packet sent before (a loss among them would be detected and resent, and
+        the progress then runs ahead by that much until it arrives)."""
+        now = self._loop.time()
+        for stream in self._streams.values():
+            departed = stream.written - self.unsent(stream.stream_id)
+            overdue = (
+                stream.acknowledged < stream.marked and now - stream.pinged_at >= PING_RETRY_SECONDS
+            )
+            if overdue:
+                # Lost with what it marked, or its acknowledgement was: mark again.
+                for uid in [u for u, (s, _) in self._pings.items() if s is stream]:
+                    del self._pings[uid]
+            if overdue or (
+                (
+                    departed - stream.marked >= PING_EVERY_BYTES
+                    or (departed > stream.marked and departed == stream.written)
+                )
+                and len(self._pings) < PINGS_IN_FLIGHT
+            ):
+                uid = self._next_ping
+                self._next_ping += 1
+                self._pings[uid] = (stream, departed)
+                stream.marked = departed
+                stream.pinged_at = now
+                quic.send_ping(uid)
+        if self._pings and self._ping_check is None and not self._closed:
+            self._ping_check = self._loop.call_later(PING_RETRY_SECONDS, self._check_pings)
+
+    def _check_pings(self) -> None:
+        self._ping_check = None
+        self.transmit_soon()
+
+    def _ping_acknowledged(self, uid: int) -> None:
+        for earlier in [u for u in self._pings if u <= uid]:
+            stream, departed = self._pings.pop(earlier)
+            stream.acknowledged = max(stream.acknowledged, departed)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -333,7 +389,15 @@ class QuicPath:
     def send_stream(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> None:
         if self._quic is None or self._closed:
             return
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        from qh3.quic.connection import QuicConnectionError
+
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end)
+        except QuicConnectionError:
+            # Closed by the peer, and the event not yet taken: the stream's protocol
+            # learns it from connection_lost, as from a TCP reset.
+            self._loop.call_soon(self.close)
+            return
         self.transmit_soon()
 
     def unsent(self, stream_id: int) -> int:
@@ -362,6 +426,12 @@ class StreamTransport(asyncio.Transport):
         super().__init__()
         self._path = path
         self._id = stream_id
+        #: Bytes written to the stream; how many had left (and a PING was sent after
+        #: them); how many of those the peer acknowledged (QuicPath._mark_departures).
+        self.written = 0
+        self.marked = 0
+        self.acknowledged = 0
+        self.pinged_at = 0.0
         self._protocol: Any = None
         self._closing = False
         self._write_paused = False
@@ -386,12 +456,19 @@ class StreamTransport(asyncio.Transport):
         # buffer is the whole window in flight, so it keeps its own (larger) marks.
         pass
 
+    @property
+    def stream_id(self) -> int:
+        return self._id
+
     def get_write_buffer_size(self) -> int:
-        return self._path.unsent(self._id)
+        """What the peer has not acknowledged yet (TcpLink.unsent_bytes: the sender's
+        progress counts what reached the other side)."""
+        return self.written - self.acknowledged
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing:
             return
+        self.written += len(data)
         self._path.send_stream(self._id, bytes(data))
         self.check_writable()
 
