@@ -254,3 +254,37 @@ def test_what_sfs_reaches_into_is_bounded_above_and_installed_within(name: str) 
     assert any(spec.operator == "<" for spec in requirement.specifier), requirement
     assert any(spec.operator == ">=" for spec in requirement.specifier), requirement
     assert requirement.specifier.contains(version(name)), (requirement, version(name))
+
+
+def test_qh3_and_aioice_have_what_quic_on_the_webrtc_path_uses() -> None:
+    """sfs.peer.transport.quic drives qh3's sans-I/O connection and takes datagrams
+    from aioice's Connection; pyproject.toml bounds qh3 below 3."""
+    from qh3._hazmat import Buffer
+    from qh3.quic import events
+    from qh3.quic.connection import QuicConnection, QuicConnectionError
+    from qh3.quic.packet import QuicPacketType, pull_quic_header
+
+    for name in (
+        "connect",
+        "receive_datagram",
+        "datagrams_to_send",
+        "get_timer",
+        "handle_timer",
+        "next_event",
+        "send_stream_data",
+        "get_send_buffer_size",
+        "get_next_available_stream_id",
+        "send_ping",
+        "close",
+    ):
+        assert callable(getattr(QuicConnection, name, None)), name
+    for event in ("StreamDataReceived", "HandshakeCompleted", "ConnectionTerminated",
+                  "PingAcknowledged"):  # fmt: skip
+        assert isinstance(getattr(events, event, None), type), event
+    assert issubclass(QuicConnectionError, Exception)
+    assert QuicPacketType.INITIAL is not None
+    assert callable(pull_quic_header)
+    assert callable(Buffer)
+    assert "data_received" in vars(aioice.ice.Connection)
+    assert "_nominated" in inspect.getsource(aioice.ice.Connection.__init__)
+    assert int(version("qh3").split(".")[0]) == 2
