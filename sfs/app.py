@@ -10,6 +10,7 @@ files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -78,7 +79,7 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
-from sfs.peer.transport.quic import QUIC_SECONDS, quic_available
+from sfs.peer.transport.quic import QUIC_SECONDS, load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
 from sfs.peer.transport.webrtc import PeerLinks
@@ -669,14 +670,23 @@ class _SetUpPump:
         """QUIC on the WebRTC path: the sender connects once the DataChannel is open
         (ICE has its pair then) and gives it QUIC_SECONDS; the receiver listens from
         now on (the sender's first datagram may come before its DataChannel opens)."""
+        # qh3's import (about 0.3 s) runs in a thread while ICE connects.
+        loading = asyncio.ensure_future(asyncio.to_thread(load_qh3))
+        self.stack.push_async_callback(_settled, loading)
         if sender:
 
             async def proven() -> TcpLink:
+                await loading
                 return await links.quic(client=True, keys=keys).link(QUIC_SECONDS)
 
             return proven
-        path = links.quic(client=False, keys=keys)
-        return functools.partial(path.chosen, self.options.connect_timeout)
+
+        async def chosen() -> TcpLink:
+            await loading
+            path = links.quic(client=False, keys=keys)
+            return await path.chosen(self.options.connect_timeout)
+
+        return chosen
 
     async def _session(self, action: Done) -> Session:
         assert self.opener is not None
@@ -841,6 +851,12 @@ def _trusted_relay(relay: str, server_url: str, own_relay: str | None) -> bool:
     host = urlsplit(relay).hostname
     trusted = {urlsplit(server_url).hostname, urlsplit(own_relay or "").hostname} - {None}
     return host is not None and host in trusted
+
+
+async def _settled(future: asyncio.Future[None]) -> None:
+    """Wait out a background job at the session's end (its failure is no news then)."""
+    with contextlib.suppress(Exception):
+        await future
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:

@@ -111,18 +111,24 @@ async def attack(
     server: ServerProcess, tmp_path: Path, script: Script, transport: str = "tcp"
 ) -> Finished:
     """Run ``script`` as the sender against a real receiver (``--transport auto``, as a
-    user runs it) over ``transport``; return the receiver's end."""
-    receiver = start_receiver(server, tmp_path / "out", "--yes", "--connect-timeout", "10")
+    user runs it) over ``transport``: "tcp", "datachannel" (a receiver that takes no
+    QUIC) or "quic" (the WebRTC path carrying QUIC); return the receiver's end."""
+    receiver = start_receiver(
+        server, tmp_path / "out", "--yes", "--connect-timeout", "10",
+        env={"SFS_QUIC": "0" if transport == "datachannel" else "1"},
+    )  # fmt: skip
     options = PeerOptions(
         server_url=server.url,
         ice_servers=(),
         ice_addresses=(LOOPBACK,),
         connect_timeout=10,
-        transport=Transport(transport),
+        transport=Transport.TCP if transport == "tcp" else Transport.DATACHANNEL,
     )
     async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
         attacker = Attacker(session)
-        assert isinstance(attacker.channel, TcpLink) is (transport == "tcp")
+        assert isinstance(attacker.channel, TcpLink) is (transport != "datachannel")
+        assert attacker.channel.route is not None
+        assert attacker.channel.route.quic is (transport == "quic")
         try:
             if not await script(attacker):
                 # The receiver must now give up: wait for its CANCEL (or its closing).
@@ -283,6 +289,16 @@ async def test_malicious_frames(
     before = snapshot(tmp_path)
     result = await attack(sfs_server, tmp_path, script, transport)
     assert_clean(result, tmp_path, before, exit_code)
+
+
+async def test_a_tampered_chunk_over_quic_fails_and_writes_nothing(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """QUIC carries the TCP path's frames (the cases above, over TCP): one of them over
+    QUIC shows the receiver reads them there the same way."""
+    before = snapshot(tmp_path)
+    result = await attack(sfs_server, tmp_path, tampered_chunk, "quic")
+    assert_clean(result, tmp_path, before, 12)
 
 
 @pytest.mark.parametrize(

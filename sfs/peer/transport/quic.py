@@ -24,8 +24,10 @@ it expects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import logging
 import ssl
 from collections import deque
@@ -72,18 +74,31 @@ HELD_DATAGRAM_BYTES = 64 * 1024 * 1024
 
 
 def quic_available() -> bool:
-    """qh3 imports here (a platform without its wheel keeps the DataChannel)."""
-    try:
-        import qh3.quic.connection  # noqa: F401
-    except ImportError:  # pragma: no cover - qh3 is a dependency
-        return False
-    return True
+    """qh3 is installed here (a platform without its wheel keeps the DataChannel).
+    Found, not imported: importing it takes about 0.3 s, which load_qh3 spends in a
+    thread while ICE connects."""
+    return importlib.util.find_spec("qh3") is not None
+
+
+def load_qh3() -> None:
+    """Import what QuicPath uses (in a worker thread: asyncio.to_thread(load_qh3))."""
+    import qh3.quic.connection
+    import qh3.quic.events
+    import qh3.quic.packet  # noqa: F401
 
 
 def is_quic(first_byte: int) -> bool:
     """RFC 9443's demultiplexing: QUIC's first byte has its fixed bit (0x40) set; 0–3
     is STUN, 20–63 DTLS, 128–191 RTP/RTCP (which sfs never sends)."""
     return 64 <= first_byte <= 127 or first_byte >= 192
+
+
+def _closed_error() -> type[Exception]:
+    """What qh3 raises for a call on a connection it closed (imported when one is
+    raised: only a QuicPath, which imported qh3, raises it)."""
+    from qh3.quic.connection import QuicConnectionError
+
+    return QuicConnectionError
 
 
 def _throwaway_certificate() -> tuple[bytes, bytes]:
@@ -214,8 +229,9 @@ class QuicPath:
         self._closed = True
         self._ice.data_received = self._ice_data_received
         if self._quic is not None:
-            self._quic.close()
-            self._transmit()
+            with contextlib.suppress(_closed_error()):  # closed already
+                self._quic.close()
+                self._transmit()
         for handle in (self._timer, self._transmit_soon, self._ping_check):
             if handle is not None:
                 handle.cancel()
@@ -236,8 +252,17 @@ class QuicPath:
                 self._held.append(data)
                 self._held_bytes += len(data)
             return
-        self._receive(data)
-        self._process()
+        try:
+            self._receive(data)
+            self._process()
+        except _closed_error() as exc:
+            self._gone(exc)
+
+    def _gone(self, exc: Exception) -> None:
+        """qh3 closed the connection itself (the peer's close, an idle timeout) before
+        its event was taken: as closed."""
+        logger.debug("QUIC connection closed: %s", exc)
+        self.close()
 
     def _receive(self, data: bytes) -> None:
         if self._quic is None:
@@ -263,7 +288,6 @@ class QuicPath:
         if quic is None:
             return
         while (event := quic.next_event()) is not None:
-            logger.debug("QUIC %s: %s", "client" if self._client else "server", event)
             if isinstance(event, events.StreamDataReceived):
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
@@ -277,12 +301,13 @@ class QuicPath:
                 if self._client:
                     self._open_stream(quic.get_next_available_stream_id())
             elif isinstance(event, events.ConnectionTerminated):
-                logger.info("QUIC connection closed: %s", event)
+                logger.debug("QUIC connection closed: %s", event.reason_phrase or event.error_code)
                 self.close()
                 return
         for stream in list(self._streams.values()):
             stream.check_writable()
-        self._transmit()
+        # Once the datagrams that arrived together are all in: one batch out.
+        self.transmit_soon()
 
     # -- datagrams out --------------------------------------------------------------------------
 
@@ -294,6 +319,12 @@ class QuicPath:
 
     def _transmit(self) -> None:
         self._transmit_soon = None
+        try:
+            self._send_datagrams()
+        except _closed_error() as exc:
+            self._gone(exc)
+
+    def _send_datagrams(self) -> None:
         quic = self._quic
         if quic is None:
             return
@@ -359,8 +390,11 @@ class QuicPath:
         self._timer_at = None
         if self._quic is None or self._closed:
             return
-        self._quic.handle_timer(now=self._loop.time())
-        self._process()
+        try:
+            self._quic.handle_timer(now=self._loop.time())
+            self._process()
+        except _closed_error() as exc:
+            self._gone(exc)
 
     # -- the stream -----------------------------------------------------------------------------
 
@@ -389,11 +423,9 @@ class QuicPath:
     def send_stream(self, stream_id: int, data: bytes | memoryview, end: bool = False) -> None:
         if self._quic is None or self._closed:
             return
-        from qh3.quic.connection import QuicConnectionError
-
         try:
             self._quic.send_stream_data(stream_id, data, end_stream=end)
-        except QuicConnectionError:
+        except _closed_error():
             # Closed by the peer, and the event not yet taken: the stream's protocol
             # learns it from connection_lost, as from a TCP reset.
             self._loop.call_soon(self.close)
@@ -403,7 +435,10 @@ class QuicPath:
     def unsent(self, stream_id: int) -> int:
         if self._quic is None or self._closed:
             return 0
-        return int(self._quic.get_send_buffer_size(stream_id))
+        try:
+            return int(self._quic.get_send_buffer_size(stream_id))
+        except _closed_error():
+            return 0
 
     def pause_reading(self) -> None:
         self._paused += 1
@@ -412,11 +447,14 @@ class QuicPath:
         self._paused = max(0, self._paused - 1)
         if self._paused or self._closed:
             return
-        while self._held and not self._paused:
-            data = self._held.popleft()
-            self._held_bytes -= len(data)
-            self._receive(data)
-            self._process()
+        try:
+            while self._held and not self._paused:
+                data = self._held.popleft()
+                self._held_bytes -= len(data)
+                self._receive(data)
+                self._process()
+        except _closed_error() as exc:
+            self._gone(exc)
 
 
 class StreamTransport(asyncio.Transport):
