@@ -679,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(startup_times(max(args.runs, 10))))
         return
     _check_args(parser, args)
-    if args.size is None:
+    if args.size is None and not args.browser:
         args.size = 32 * MIB if args.nat else 256 * MIB
 
     from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -695,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     loop_name = "asyncio" if args.loop == "asyncio" or event_loop_factory() is None else "uvloop"
     if args.nat:
         _run_nat(args, chunk, loop_name)
+        return
+    if args.browser:
+        _run_browser(args, loop_name)
         return
     if args.tree:
         from benchmarks.tree import run_tree
@@ -876,6 +879,13 @@ def _parser() -> argparse.ArgumentParser:
         "source, each as a folder and as one tar stream, with and without compression; "
         "files/s, MiB/s and peak RSS on 127.0.0.1",
     )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="the browser page (benchmarks/browser.py; root, Debian chromium, playwright): "
+        "page → CLI, CLI → page, page → page and CLI ↔ CLI over the DataChannel in one "
+        "namespace (tests/integration/web.py's lab); --size 64M unless given",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
     parser.add_argument(
         "--startup",
@@ -920,6 +930,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--lan and --long-link exclude each other")
     if args.nat and (args.lan or args.long_link):
         parser.error("--nat excludes --lan and --long-link")
+    if args.browser and (args.lan or args.long_link or args.nat or args.tree or args.compare):
+        parser.error("--browser runs in its own namespace: no --lan, --long-link, --nat, "
+                     "--tree or --compare")  # fmt: skip
 
 
 def _run_nat(args: argparse.Namespace, chunk: int, loop_name: str) -> None:
@@ -940,6 +953,19 @@ def _run_nat(args: argparse.Namespace, chunk: int, loop_name: str) -> None:
     )
     loop_env = {"SFS_EVENT_LOOP": "asyncio"} if args.loop == "asyncio" else {}
     run_nat(args.size, args.runs, chunk, args.streams, loop_env, title)
+
+
+def _run_browser(args: argparse.Namespace, loop_name: str) -> None:
+    from benchmarks.browser import run_browser
+
+    size = args.size if args.size is not None else 64 * MIB
+    title = (
+        f"sfs browser benchmark (tests/integration/web.py's lab: one namespace, sfs serve, "
+        f"headless Chromium): {size / MIB:.0f} MiB file, {args.runs} runs, CLI on "
+        f"{loop_name}; {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}"
+    )
+    run_browser(size, args.runs, title)
 
 
 def _open_link(args: argparse.Namespace) -> tuple[LongLink | LanPair | None, Placement]:

@@ -64,6 +64,8 @@ export class DataChannelLink {
     this._closed = false;
     this._closeWaiters = [];
     this._onClose = null; // the PeerLink's: close the connection too
+    /** Called with each frame as it arrives, before anyone reads it (the Pump's). */
+    this.onArrival = null;
     channel.binaryType = "arraybuffer";
     channel.bufferedAmountLowThreshold = highWater / 2;
     channel.addEventListener("message", (event) => {
@@ -71,7 +73,9 @@ export class DataChannelLink {
       // Text messages are not part of the protocol: an empty frame makes the protocol
       // layer refuse it like any other malformed frame.
       const data = event.data;
-      this._inbox.put(data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(0));
+      const frame = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(0);
+      this.onArrival?.(frame);
+      this._inbox.put(frame);
     });
     channel.addEventListener("close", () => this.markClosed());
   }

@@ -409,6 +409,25 @@ export class FrameOpener {
     this._key = importKey(key);
     this._counter = 0n;
     this._last = Promise.resolve();
+    /** Decryptions started ahead of their turn (warm()), by frame. */
+    this._early = new WeakMap();
+  }
+
+  /**
+   * Start decrypting a frame that has arrived but is not yet being opened: WebCrypto
+   * runs it off the main thread while the frames before it are handled, instead of one
+   * round trip to its thread per frame in turn.  Nothing is decided here: open() still
+   * checks the header and the counter in order and refuses what does not authenticate.
+   * The frame's bytes must not change until it is opened.
+   * @param {Uint8Array} frame
+   */
+  warm(frame) {
+    if (!(frame instanceof Uint8Array) || frame.length < FRAME_OVERHEAD_BYTES) return;
+    if (this._early.has(frame)) return;
+    const nonce = frame.subarray(0, NONCE_BYTES);
+    const payload = decrypt(this._key, nonce, frame.subarray(NONCE_BYTES), nonce);
+    payload.catch(() => {}); // open() awaits it, or the frame is never opened
+    this._early.set(frame, payload);
   }
 
   /**
@@ -444,7 +463,9 @@ export class FrameOpener {
       );
     }
     const nonce = frame.subarray(0, NONCE_BYTES);
-    const payload = await decrypt(this._key, nonce, frame.subarray(NONCE_BYTES), nonce);
+    const early = this._early.get(frame);
+    this._early.delete(frame);
+    const payload = await (early ?? decrypt(this._key, nonce, frame.subarray(NONCE_BYTES), nonce));
     if (payload === null) {
       throw new CryptoError("a frame failed its integrity check (tampered or damaged)");
     }

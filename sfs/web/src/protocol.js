@@ -674,6 +674,13 @@ export class TransferProtocol {
    * @returns {Promise<object>} rejects with CryptoError (forged, damaged, reordered or
    *   replayed) or RemoteProtocolError (well sealed but not allowed here)
    */
+  /** A frame has arrived that receive() will get later: start decrypting it now. */
+  warm(frame) {
+    if (this.state !== State.CLOSED && frame.byteLength <= this._maxFrameBytes) {
+      this._opener.warm(frame);
+    }
+  }
+
   async receive(frame) {
     if (this.state === State.CLOSED) {
       throw new RemoteProtocolError("frame received after the transfer was closed");

@@ -269,6 +269,8 @@ export class Pump {
     this.signal = anySignal(cancel, this._failed.signal);
     this._timer = null;
     this._stopped = false;
+    // Frames are decrypted as they arrive, ahead of their turn (FrameOpener.warm).
+    if ("onArrival" in channel) channel.onArrival = (frame) => machine.proto.warm(frame);
     this._arm();
   }
 

@@ -288,6 +288,30 @@ describe("DataChannel frames", () => {
     assert.deepEqual(opened.map(([type]) => type), [1, 4, 5]);
   });
 
+  it("opens frames warmed ahead of their turn as it opens the others", async () => {
+    const opener = new FrameOpener(bytes(key));
+    for (const f of [frame2, frame1, frame0]) opener.warm(f); // any order: nothing is decided
+    const opened = await Promise.all([frame0, frame1, frame2].map((f) => opener.open(f)));
+    assert.deepEqual(opened.map(([type]) => type), [1, 4, 5]);
+    assert.deepEqual(
+      opened.map(([, payload]) => hex(payload)),
+      frames.slice(0, 3).map((f) => f.payload),
+    );
+  });
+
+  it("checks a warmed frame in turn: reordered, replayed or tampered, it is refused", async () => {
+    const opener = new FrameOpener(bytes(key));
+    const flipped = flipBit(frame0, 40);
+    for (const f of [frame1, flipped, frame0]) opener.warm(f);
+    await assert.rejects(opener.open(frame1), /frame 1 arrived where frame 0 was due/);
+    await assert.rejects(opener.open(flipped), /integrity check/);
+    assert.equal((await opener.open(frame0))[0], 1);
+    await assert.rejects(opener.open(frame0), /frame 0 arrived where frame 1 was due/);
+    opener.warm(frame0.subarray(0, 27)); // too short to hold a frame: left to open() to refuse
+    await assert.rejects(opener.open(frame0.subarray(0, 27)), /too short/);
+    assert.equal((await opener.open(frame1))[0], 4);
+  });
+
   it("refuses a flipped bit anywhere", async () => {
     for (const index of [0, 1, 2, 4, 11, 12, 40, frame0.length - 1]) {
       const opener = new FrameOpener(bytes(key));
