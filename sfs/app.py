@@ -10,7 +10,6 @@ files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -854,9 +853,11 @@ def _trusted_relay(relay: str, server_url: str, own_relay: str | None) -> bool:
 
 
 async def _settled(future: asyncio.Future[None]) -> None:
-    """Wait out a background job at the session's end (its failure is no news then)."""
-    with contextlib.suppress(Exception):
-        await future
+    """Wait out a background job at the session's end (its failure, or its
+    cancellation, is no news then)."""
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
