@@ -39,6 +39,9 @@ PAGE_TO_CLI = "page → CLI"
 CLI_TO_PAGE = "CLI → page"
 PAGE_TO_PAGE = "page → page"
 CLI_TO_CLI = "CLI ↔ CLI (datachannel)"
+#: Two CLIs carry QUIC on the same WebRTC path (sfs.peer.transport.quic): beside the
+#: DataChannel reference, which is what the page speaks.
+CLI_TO_CLI_QUIC = "CLI ↔ CLI (QUIC on the WebRTC path)"
 PLAIN_PAGE_TO_CLI = "page → CLI, plain http"
 PLAIN_CLI_TO_PAGE = "CLI → page, plain http"
 #: The goals of issue 26, as (label, numerator, denominator or None, goal).
@@ -69,6 +72,7 @@ def run_browser(size: int, runs: int, title: str) -> None:
         CLI_TO_PAGE: (_cli_to_page, True),
         PAGE_TO_PAGE: (_page_to_page, True),
         CLI_TO_CLI: (_cli_to_cli, True),
+        CLI_TO_CLI_QUIC: (_cli_to_cli_quic, True),
         PLAIN_PAGE_TO_CLI: (_page_to_cli, False),
         PLAIN_CLI_TO_PAGE: (_cli_to_page, False),
     }
@@ -215,10 +219,21 @@ def _page_to_page(lab: Any, src: Path, out: Path, digest: str, query: str) -> Sa
         receiving.context.close()
 
 
-def _cli_to_cli(lab: Any, src: Path, out: Path, digest: str, query: str) -> Sample:
+def _cli_to_cli_quic(lab: Any, src: Path, out: Path, digest: str, query: str) -> Sample:
+    return _cli_to_cli(lab, src, out, digest, query, quic=True)
+
+
+def _cli_to_cli(
+    lab: Any, src: Path, out: Path, digest: str, query: str, *, quic: bool = False
+) -> Sample:
     from tests.integration.web import read_code
 
-    receiver = lab.cli("receive", "--yes", "--relay", "never", "-o", str(out))
+    # The reference is the DataChannel, as the page speaks it: a receiver that takes
+    # no QUIC (SFS_QUIC=0) keeps two CLIs on it.
+    receiver = lab.cli(
+        "receive", "--yes", "--relay", "never", "-o", str(out),
+        env={"SFS_QUIC": "1" if quic else "0"},
+    )  # fmt: skip
     code = read_code(receiver)
     sampler = Sampler(bytes_in(out), interval=0.02)
     sender = lab.cli("send", "--transport", "datachannel", "--relay", "never", code, str(src))

@@ -115,13 +115,16 @@ class Lab:
         page.goto(self.url + "/" + query)
         return page
 
-    def cli(self, *args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    def cli(
+        self, *args: str, stdin: int | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`sfs ARGS` in the namespace; ``env`` adds to peer_env()."""
         return subprocess.Popen(
             ["ip", "netns", "exec", self.netns, *_sfs(*args)],
             stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=self.peer_env(),
+            env={**self.peer_env(), **(env or {})},
         )
 
 
