@@ -581,7 +581,9 @@ def goal_line(label: str, value: float, goal: float) -> str | None:
     return f"{label}: {value:.2f} (goal ≥ {goal}: {verdict})"
 
 
-def ratios(results: dict[str, list[Sample]], limits: Limits | None) -> list[str]:
+def ratios(
+    results: dict[str, list[Sample]], limits: Limits | None, *, long_link: bool = False
+) -> list[str]:
     """The ratios the goals are stated in, each with its goal and whether it is met."""
 
     def speed(name: str) -> float:
@@ -599,7 +601,13 @@ def ratios(results: dict[str, list[Sample]], limits: Limits | None) -> list[str]
     check("sfs relay / magic-wormhole relay", speed(RELAY) / speed(WORMHOLE_RELAY), 1.0)
     if limits is not None:
         check("sfs auto / single-core limit", speed(AUTO) / limits.single_core, 0.5)
-    check("sfs datachannel / raw aiortc", speed(DATACHANNEL) / speed(RAW), 0.95)
+    # Issue 26: the WebRTC path at least 1.5x raw aiortc on 127.0.0.1; on the 50 ms
+    # link 3x, and 30 MiB/s.
+    check(
+        "sfs datachannel / raw aiortc", speed(DATACHANNEL) / speed(RAW), 3.0 if long_link else 1.5
+    )
+    if long_link:
+        check("sfs datachannel, MiB/s", speed(DATACHANNEL), 30.0)
     for name in (AUTO, TCP, DATACHANNEL):
         first = median(results.get(name, []), lambda s: s.first_byte_s)
         if not math.isnan(first):
@@ -724,7 +732,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.lan:
         transports &= {"auto"}  # mDNS and LAN mode as users run them
     results, on_loopback = _measure(args, env, chunk, sfs_chunk, transports)
-    _report(results, (sfs_chunk or MAX_CHUNK_BYTES) if on_loopback else None, args.plot, title)
+    _report(
+        results,
+        (sfs_chunk or MAX_CHUNK_BYTES) if on_loopback else None,
+        args.plot,
+        title,
+        long_link=args.long_link,
+    )
 
 
 def _measure(
@@ -1008,7 +1022,12 @@ def _stripes(count: int) -> dict[str, dict[str, Any]]:
 
 
 def _report(
-    results: dict[str, list[Sample]], limits_chunk: int | None, plot_path: Path | None, title: str
+    results: dict[str, list[Sample]],
+    limits_chunk: int | None,
+    plot_path: Path | None,
+    title: str,
+    *,
+    long_link: bool = False,
 ) -> None:
     """The table, the micro-limits (on loopback only: *limits_chunk* None elsewhere),
     the ratios and the plot."""
@@ -1020,7 +1039,7 @@ def _report(
             f"{limits.sha256:.0f} MiB/s, loopback TCP {limits.tcp:.0f} MiB/s: a side that "
             f"does all three for every byte moves at most {limits.single_core:.0f} MiB/s"
         )
-    print("\n".join(ratios(results, limits)))
+    print("\n".join(ratios(results, limits, long_link=long_link)))
     if plot_path is not None:
         plot(results, plot_path, title)
         print(f"throughput over time: {plot_path}")

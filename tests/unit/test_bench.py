@@ -63,11 +63,14 @@ def test_the_ratios_say_whether_each_goal_is_met() -> None:
     lines = ratios(RESULTS, Limits(aes_gcm=8000, sha256=1600, tcp=4000))
     text = "\n".join(lines)
     assert "sfs auto / magic-wormhole: 3.75 (goal ≥ 1.5: met)" in text
-    assert "sfs datachannel / raw aiortc: 0.96 (goal ≥ 0.95: met)" in text
+    assert "sfs datachannel / raw aiortc: 0.96 (goal ≥ 1.5: NOT met)" in text
     assert "single-core limit: 0.60 (goal ≥ 0.5: met)" in text  # 600 of 1000
     slow = {**RESULTS, DATACHANNEL: [sample(20, 1.2)]}
     text = "\n".join(ratios(slow, None))
-    assert "0.74 (goal ≥ 0.95: NOT met)" in text
+    assert "0.74 (goal ≥ 1.5: NOT met)" in text
+    long_link = "\n".join(ratios({**RESULTS, DATACHANNEL: [sample(80, 0.9)]}, None, long_link=True))
+    assert "sfs datachannel / raw aiortc: 2.96 (goal ≥ 3.0: NOT met)" in long_link
+    assert "sfs datachannel, MiB/s: 80.00 (goal ≥ 30.0: met)" in long_link
     assert f"first byte, {DATACHANNEL}: 1.20 s (goal ≤ 1.0 s: NOT met)" in text
     assert "single-core" not in text  # no limits (a namespace run): no such line
 
