@@ -13,16 +13,16 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from sfs.check import Report, check
 from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.defaults import PEER_CONNECT_TIMEOUT_SECONDS, RelayMode, Transport
@@ -34,15 +34,6 @@ from sfs.errors import (
     SourceError,
     VerificationError,
 )
-from sfs.lan.discovery import (
-    GOODBYE_SECONDS,
-    Browser,
-    advertise,
-    find_holder,
-    find_lan,
-    open_zeroconf,
-)
-from sfs.lan.embedded import embedded_server
 from sfs.lan.record import Advert, signaling_url
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
@@ -75,17 +66,22 @@ from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.receiving import receive_files
 from sfs.peer.sending import send_files
 from sfs.peer.transfer import Pump, TransferResult, linger
+from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
-from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, open_transport
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
-from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
-from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
-from sfs.signal.server import run_server
 from sfs.text import printable
+
+if TYPE_CHECKING:
+    # What a transfer does not need is imported where it is used: LAN mode (zeroconf,
+    # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
+    # tenth of a second or more, and aiortc comes from preload_webrtc.
+    from sfs.check import Report
+    from sfs.peer.transport.webrtc import PeerLinks
+    from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +179,8 @@ class ReceiveConfig:
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
     """Run the signaling server until cancelled."""
+    from sfs.signal.server import run_server
+
     await run_server(config, ready=ready)
 
 
@@ -193,6 +191,8 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
         ``show`` with the list at once, on every change and every second (the
         waiting times grow) until cancelled.
     """
+    from sfs.lan.discovery import Browser, find_lan, open_zeroconf
+
     loop = asyncio.get_running_loop()
     zeroconf = open_zeroconf(find_lan())
     try:
@@ -215,6 +215,8 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
 
 async def check_network(server_url: str, options: PeerOptions) -> Report:
     """`sfs check`: the signaling server, STUN, the NAT and TURN, as seen from here."""
+    from sfs.check import check
+
     return await check(server_url, connect_timeout=options.connect_timeout, ca_file=options.ca_file)
 
 
@@ -265,6 +267,7 @@ async def _session(
     page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
+    preload_webrtc()
 
     handshake = functools.partial(
         Handshake,
@@ -405,6 +408,34 @@ async def _verify(
         raise
 
 
+def preload_webrtc() -> None:
+    """Import aiortc in a thread, once per process.
+
+    Importing it takes a quarter of a second of CPU or more, and the set-up needs it
+    only for the offer or the answer: until then it waits on the network (the
+    server, the other side's SPAKE2), and the thread fills those waits.  Whoever
+    imports sfs.peer.transport.webrtc meanwhile waits for the thread's import to
+    finish (Python's per-module import lock); an import that fails in the thread is
+    ignored here and fails again, with its error, where the module is used.
+    """
+    global _preloading
+    with _preload_lock:
+        if _preloading is None:
+            _preloading = threading.Thread(target=_import_webrtc, name="sfs-preload", daemon=True)
+            _preloading.start()
+
+
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
+
+
+def _import_webrtc() -> None:
+    try:
+        import sfs.peer.transport.webrtc  # noqa: F401
+    except Exception:  # reported by the import that uses it
+        logger.debug("preloading aiortc failed", exc_info=True)
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -430,7 +461,9 @@ async def _set_up(
         is shown (LAN mode advertises it).
     :param page: the web page to link each code shown to.
     """
+    logger.debug("connecting to %s", url)
     signal = await stack.enter_async_context(_signal_client(url, options))
+    logger.debug("connected to the server")
     pump = _SetUpPump(stack, handshake, url, options, ui, addresses, signal, registered, page)
     return await pump.run()
 
@@ -489,6 +522,7 @@ class _SetUpPump:
 
     async def _register(self) -> None:
         registration = await self.signal.register()
+        logger.debug("registered")
         peer_id = registration.peer_id
         if self.registered is not None:
             await self.registered(peer_id)
@@ -555,6 +589,8 @@ class _SetUpPump:
                 self.handshake.round_trip * 1000,
                 action.count,
             )
+        from sfs.peer.transport.webrtc import PeerLinks
+
         self.links = await self.stack.enter_async_context(
             PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
@@ -568,6 +604,8 @@ class _SetUpPump:
         self.pending.append(LocalDescription(tuple(d["sdp"] for d in offers), tcp))
 
     async def _answer_offers(self, action: AnswerOffers) -> None:
+        from sfs.peer.transport.webrtc import PeerLinks
+
         self.links = await self.stack.enter_async_context(
             PeerLinks(
                 len(action.sdps),
@@ -597,6 +635,8 @@ class _SetUpPump:
 
     def _tcp_hosts(self) -> tuple[str, ...]:
         # With --relay only, nothing listens: the one connection goes out to the relay.
+        from sfs.peer.transport.gathering import host_addresses
+
         return () if self.relay_only else host_addresses(self.addresses)
 
     async def _open_channel(self, action: OpenChannel) -> None:
@@ -663,6 +703,9 @@ async def _wait_on_lan(
     """LAN mode, the side that shows the code: run the signaling server here,
     advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
     channel is open (the peers talk directly; nobody else should find this code)."""
+    from sfs.lan.discovery import advertise, find_lan, open_zeroconf
+    from sfs.lan.embedded import embedded_server
+
     lan = find_lan()
     rendezvous = AsyncExitStack()
     try:
@@ -695,6 +738,8 @@ async def _wait_on_lan(
 async def _finish_withdrawing(withdrawing: asyncio.Future[None]) -> None:
     """Wait a little for the record and the embedded server to go: a slow goodbye
     must never turn a finished transfer into a failure."""
+    from sfs.lan.discovery import GOODBYE_SECONDS
+
     try:
         await asyncio.wait_for(withdrawing, GOODBYE_SECONDS + 1)
     except (TimeoutError, OSError, SfsError):
@@ -717,6 +762,8 @@ async def _join_on_lan(
     of the right role is asked at once whether it holds the ID, and the code's key
     exchange runs with the one that proved it, once (see :mod:`sfs.lan.record`).
     """
+    from sfs.lan.discovery import Browser, find_holder, find_lan, open_zeroconf
+
     lan = find_lan()
     waiting = Role.RECEIVER if role is Role.SENDER else Role.SENDER
     ui.status(f"Looking for {peer_id} on the local network…")
