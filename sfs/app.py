@@ -686,10 +686,22 @@ class _SetUpPump:
         opened = self.opener.result()
         if opened.tcp is None:
             return Session(opened.channel, action.keys)
-        # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
-        await self.links.close()
+        # aiortc's ICE and DTLS would go on spending CPU beside the transfer: closed
+        # now, but not waited for (a third of a second on the long link) before the
+        # first frame goes; the session's end waits for it.
+        closing = asyncio.ensure_future(self.links.close())
+        self.stack.push_async_callback(_finish_closing, closing)
         self.stack.callback(opened.tcp.close)
         return Session(opened.channel, action.keys.over_tcp())
+
+
+async def _finish_closing(closing: asyncio.Future[None]) -> None:
+    """Wait for the unused peer connections to close; a failure to close them does not
+    turn a transfer into a failure."""
+    try:
+        await closing
+    except Exception:  # aiortc's own errors too: the transfer is what counts
+        logger.debug("closing the unused peer connections failed", exc_info=True)
 
 
 async def _wait_on_lan(
