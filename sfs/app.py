@@ -542,6 +542,7 @@ class _SetUpPump:
         the next input, else the deadline."""
         if self.pending:
             return self.handshake.handle(self.pending.popleft(), now())
+        self.handshake.prepare()  # work ahead of the wait (this side's SPAKE2 message)
         event = await _next_input(self.signal, self.opener, self.handshake.next_deadline())
         if event is None:  # a deadline, or an event set-up does not use
             return self.handshake.handle_timer(now())
