@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from sfs.code import Code
@@ -508,8 +508,11 @@ class _SetUpPump:
         try:
             await self._register()
             while True:
-                for action in await self._next_actions(loop.time):
-                    session = await self._carry_out(action)
+                for batch in call_batches(await self._next_actions(loop.time)):
+                    if isinstance(batch[0], Call):
+                        await _calls(self.signal, cast(list[Call], batch))
+                        continue
+                    session = await self._carry_out(batch[0])
                     if session is not None:
                         return session
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -551,7 +554,7 @@ class _SetUpPump:
     async def _carry_out(self, action: Action) -> Session | None:
         """Carry out one action; the session once the handshake is done."""
         if isinstance(action, Call):
-            await _call(self.signal, action)
+            await _call(self.signal, action)  # (run() sends calls in batches)
         elif isinstance(action, ShowCode):
             link = None if self.page is None else page_link(self.page, action.code)
             self.ui.show_code(action.code, link)
@@ -820,6 +823,37 @@ async def _next_input(
         return None
     name, data = receiving.result()
     return ServerLost() if name == SERVER_LOST else signal_event(name, data)
+
+
+def call_batches(actions: list[Action]) -> list[list[Action]]:
+    """``actions`` in order, each run of consecutive :class:`Call` in one list, every
+    other action alone."""
+    batches: list[list[Action]] = []
+    for action in actions:
+        if isinstance(action, Call) and batches and isinstance(batches[-1][-1], Call):
+            batches[-1].append(action)
+        else:
+            batches.append([action])
+    return batches
+
+
+async def _calls(signal: SignalClient, calls: list[Call]) -> None:
+    """Send ``calls`` one after the other without waiting for each answer, then wait
+    for the answers; raise the first call's error, in order.
+
+    The server handles one connection's events in order (sfs/signal/server.py,
+    async_handlers=False), so a call needs no answer to the one before: the waiting
+    side's accept_connection and send_public_key went a round trip to the server
+    apart, and that round trip was on the set-up's critical path.  Each call is sent
+    before the next is (socketio queues the packet before its first await).
+    """
+    if len(calls) == 1:
+        await _call(signal, calls[0])
+        return
+    results = await asyncio.gather(*(_call(signal, c) for c in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _call(signal: SignalClient, call: Call) -> None:
