@@ -13,16 +13,16 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from sfs.check import Report, check
 from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.defaults import PEER_CONNECT_TIMEOUT_SECONDS, RelayMode, Transport
@@ -34,15 +34,6 @@ from sfs.errors import (
     SourceError,
     VerificationError,
 )
-from sfs.lan.discovery import (
-    GOODBYE_SECONDS,
-    Browser,
-    advertise,
-    find_holder,
-    find_lan,
-    open_zeroconf,
-)
-from sfs.lan.embedded import embedded_server
 from sfs.lan.record import Advert, signaling_url
 from sfs.peer.files.destinations import Plan
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
@@ -75,18 +66,23 @@ from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.receiving import receive_files
 from sfs.peer.sending import send_files
 from sfs.peer.transfer import Pump, TransferResult, linger
+from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
-from sfs.peer.transport.gathering import check_local_addresses, host_addresses
 from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
 from sfs.peer.transport.quic import QUIC_SECONDS, load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
-from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
-from sfs.signal.config import ServerConfig
 from sfs.signal.messages import IceServer
-from sfs.signal.server import run_server
 from sfs.text import printable
+
+if TYPE_CHECKING:
+    # What a transfer does not need is imported where it is used: LAN mode (zeroconf,
+    # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
+    # tenth of a second or more, and aiortc comes from preload_webrtc.
+    from sfs.check import Report
+    from sfs.peer.transport.webrtc import PeerLinks
+    from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +180,8 @@ class ReceiveConfig:
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
     """Run the signaling server until cancelled."""
+    from sfs.signal.server import run_server
+
     await run_server(config, ready=ready)
 
 
@@ -194,6 +192,8 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
         ``show`` with the list at once, on every change and every second (the
         waiting times grow) until cancelled.
     """
+    from sfs.lan.discovery import Browser, find_lan, open_zeroconf
+
     loop = asyncio.get_running_loop()
     zeroconf = open_zeroconf(find_lan())
     try:
@@ -216,6 +216,8 @@ async def peers(show: Callable[[list[Advert]], None], *, once: float | None = No
 
 async def check_network(server_url: str, options: PeerOptions) -> Report:
     """`sfs check`: the signaling server, STUN, the NAT and TURN, as seen from here."""
+    from sfs.check import check
+
     return await check(server_url, connect_timeout=options.connect_timeout, ca_file=options.ca_file)
 
 
@@ -266,6 +268,7 @@ async def _session(
     page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
+    preload_webrtc()
 
     handshake = functools.partial(
         Handshake,
@@ -406,6 +409,34 @@ async def _verify(
         raise
 
 
+def preload_webrtc() -> None:
+    """Import aiortc in a thread, once per process.
+
+    Importing it takes a quarter of a second of CPU or more, and the set-up needs it
+    only for the offer or the answer: until then it waits on the network (the
+    server, the other side's SPAKE2), and the thread fills those waits.  Whoever
+    imports sfs.peer.transport.webrtc meanwhile waits for the thread's import to
+    finish (Python's per-module import lock); an import that fails in the thread is
+    ignored here and fails again, with its error, where the module is used.
+    """
+    global _preloading
+    with _preload_lock:
+        if _preloading is None:
+            _preloading = threading.Thread(target=_import_webrtc, name="sfs-preload", daemon=True)
+            _preloading.start()
+
+
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
+
+
+def _import_webrtc() -> None:
+    try:
+        import sfs.peer.transport.webrtc  # noqa: F401
+    except Exception:  # reported by the import that uses it
+        logger.debug("preloading aiortc failed", exc_info=True)
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -431,7 +462,9 @@ async def _set_up(
         is shown (LAN mode advertises it).
     :param page: the web page to link each code shown to.
     """
+    logger.debug("connecting to %s", url)
     signal = await stack.enter_async_context(_signal_client(url, options))
+    logger.debug("connected to the server")
     pump = _SetUpPump(stack, handshake, url, options, ui, addresses, signal, registered, page)
     return await pump.run()
 
@@ -485,8 +518,11 @@ class _SetUpPump:
         try:
             await self._register()
             while True:
-                for action in await self._next_actions(loop.time):
-                    session = await self._carry_out(action)
+                for batch in call_batches(await self._next_actions(loop.time)):
+                    if isinstance(batch[0], Call):
+                        await _calls(self.signal, cast(list[Call], batch))
+                        continue
+                    session = await self._carry_out(batch[0])
                     if session is not None:
                         return session
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -499,6 +535,7 @@ class _SetUpPump:
 
     async def _register(self) -> None:
         registration = await self.signal.register()
+        logger.debug("registered")
         peer_id = registration.peer_id
         if self.registered is not None:
             await self.registered(peer_id)
@@ -518,6 +555,7 @@ class _SetUpPump:
         the next input, else the deadline."""
         if self.pending:
             return self.handshake.handle(self.pending.popleft(), now())
+        self.handshake.prepare()  # work ahead of the wait (this side's SPAKE2 message)
         event = await _next_input(self.signal, self.opener, self.handshake.next_deadline())
         if event is None:  # a deadline, or an event set-up does not use
             return self.handshake.handle_timer(now())
@@ -526,7 +564,7 @@ class _SetUpPump:
     async def _carry_out(self, action: Action) -> Session | None:
         """Carry out one action; the session once the handshake is done."""
         if isinstance(action, Call):
-            await _call(self.signal, action)
+            await _call(self.signal, action)  # (run() sends calls in batches)
         elif isinstance(action, ShowCode):
             link = None if self.page is None else page_link(self.page, action.code)
             self.ui.show_code(action.code, link)
@@ -565,6 +603,8 @@ class _SetUpPump:
                 self.handshake.round_trip * 1000,
                 action.count,
             )
+        from sfs.peer.transport.webrtc import PeerLinks
+
         self.links = await self.stack.enter_async_context(
             PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
@@ -581,6 +621,8 @@ class _SetUpPump:
         )
 
     async def _answer_offers(self, action: AnswerOffers) -> None:
+        from sfs.peer.transport.webrtc import PeerLinks
+
         # Over QUIC one peer connection carries the transfer at any round trip: the
         # sender's striping offers beyond the first are left unanswered (and closed).
         sdps = action.sdps[:1] if action.quic and self.offers_quic else action.sdps
@@ -616,6 +658,8 @@ class _SetUpPump:
 
     def _tcp_hosts(self) -> tuple[str, ...]:
         # With --relay only, nothing listens: the one connection goes out to the relay.
+        from sfs.peer.transport.gathering import host_addresses
+
         return () if self.relay_only else host_addresses(self.addresses)
 
     async def _open_channel(self, action: OpenChannel) -> None:
@@ -696,10 +740,22 @@ class _SetUpPump:
             return Session(opened.channel, action.keys.over_tcp())
         if opened.tcp is None:
             return Session(opened.channel, action.keys)
-        # aiortc's ICE and DTLS would go on spending CPU beside the transfer.
-        await self.links.close()
+        # aiortc's ICE and DTLS would go on spending CPU beside the transfer: closed
+        # now, but not waited for (a third of a second on the long link) before the
+        # first frame goes; the session's end waits for it.
+        closing = asyncio.ensure_future(self.links.close())
+        self.stack.push_async_callback(_finish_closing, closing)
         self.stack.callback(opened.tcp.close)
         return Session(opened.channel, action.keys.over_tcp())
+
+
+async def _finish_closing(closing: asyncio.Future[None]) -> None:
+    """Wait for the unused peer connections to close; a failure to close them does not
+    turn a transfer into a failure."""
+    try:
+        await closing
+    except Exception:  # aiortc's own errors too: the transfer is what counts
+        logger.debug("closing the unused peer connections failed", exc_info=True)
 
 
 async def _wait_on_lan(
@@ -713,6 +769,9 @@ async def _wait_on_lan(
     """LAN mode, the side that shows the code: run the signaling server here,
     advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
     channel is open (the peers talk directly; nobody else should find this code)."""
+    from sfs.lan.discovery import advertise, find_lan, open_zeroconf
+    from sfs.lan.embedded import embedded_server
+
     lan = find_lan()
     rendezvous = AsyncExitStack()
     try:
@@ -745,6 +804,8 @@ async def _wait_on_lan(
 async def _finish_withdrawing(withdrawing: asyncio.Future[None]) -> None:
     """Wait a little for the record and the embedded server to go: a slow goodbye
     must never turn a finished transfer into a failure."""
+    from sfs.lan.discovery import GOODBYE_SECONDS
+
     try:
         await asyncio.wait_for(withdrawing, GOODBYE_SECONDS + 1)
     except (TimeoutError, OSError, SfsError):
@@ -767,6 +828,8 @@ async def _join_on_lan(
     of the right role is asked at once whether it holds the ID, and the code's key
     exchange runs with the one that proved it, once (see :mod:`sfs.lan.record`).
     """
+    from sfs.lan.discovery import Browser, find_holder, find_lan, open_zeroconf
+
     lan = find_lan()
     waiting = Role.RECEIVER if role is Role.SENDER else Role.SENDER
     ui.status(f"Looking for {peer_id} on the local network…")
@@ -810,6 +873,37 @@ async def _next_input(
         return None
     name, data = receiving.result()
     return ServerLost() if name == SERVER_LOST else signal_event(name, data)
+
+
+def call_batches(actions: list[Action]) -> list[list[Action]]:
+    """``actions`` in order, each run of consecutive :class:`Call` in one list, every
+    other action alone."""
+    batches: list[list[Action]] = []
+    for action in actions:
+        if isinstance(action, Call) and batches and isinstance(batches[-1][-1], Call):
+            batches[-1].append(action)
+        else:
+            batches.append([action])
+    return batches
+
+
+async def _calls(signal: SignalClient, calls: list[Call]) -> None:
+    """Send ``calls`` one after the other without waiting for each answer, then wait
+    for the answers; raise the first call's error, in order.
+
+    The server handles one connection's events in order (sfs/signal/server.py,
+    async_handlers=False), so a call needs no answer to the one before: the waiting
+    side's accept_connection and send_public_key went a round trip to the server
+    apart, and that round trip was on the set-up's critical path.  Each call is sent
+    before the next is (socketio queues the packet before its first await).
+    """
+    if len(calls) == 1:
+        await _call(signal, calls[0])
+        return
+    results = await asyncio.gather(*(_call(signal, c) for c in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _call(signal: SignalClient, call: Call) -> None:

@@ -104,7 +104,7 @@ def _peer_options(
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
     from sfs import app
-    from sfs.peer.transport.gathering import check_local_addresses
+    from sfs.peer.transport.addresses import check_local_addresses
 
     ctx = click.get_current_context()
     if lan and ctx.get_parameter_source("server") is ParameterSource.COMMANDLINE:

@@ -113,9 +113,12 @@ class Relay:
         tamper: Tamper | None = None,
         open_channels: bool = True,
         relays: tuple[str | None, str | None] = (None, None),
+        prepare: bool = False,
     ) -> None:
-        """:param relays: the relay the server names to the sender and to the receiver."""
+        """:param relays: the relay the server names to the sender and to the receiver.
+        :param prepare: call each machine's ``prepare`` whenever it waits, as app.py does."""
         self.now = 100.0
+        self.prepare = prepare
         self.actions: list[Action] = []
         self.tamper = tamper
         self.open_channels = open_channels
@@ -205,6 +208,9 @@ class Relay:
             target.inbox.append(PartnerAborted(sender, payload["reason"]))
 
     def step(self) -> bool:
+        if self.prepare:
+            for side in (self.waiter, self.joiner):
+                side.hs.prepare()
         for side in (self.waiter, self.joiner):
             if side.inbox:
                 self.deliver(side, side.inbox.popleft())
@@ -1009,3 +1015,86 @@ def test_streams_auto_offers_as_many_as_the_measured_round_trip_needs(
     assert [a.count for a in offers] == [streams]
     assert relay.sender.accepted is not None
     assert len(relay.sender.accepted) == streams
+
+
+# -- working ahead ------------------------------------------------------------------------
+
+
+def _sent_keys(side: Side) -> list[str]:
+    return [c.payload["key"] for c in side.calls if c.event == "send_public_key"]
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+def test_a_side_prepares_its_spake2_message_before_pairing_and_sends_that_one(
+    waiter_role: Role,
+) -> None:
+    relay = Relay(waiter_role=waiter_role, prepare=True)
+    waiter, joiner = relay.waiter, relay.joiner
+    waiter.hs.prepare()  # the code is shown: nothing else to do until a request
+    prepared = waiter.hs._exchange
+    assert prepared is not None
+    assert waiter.hs._code is None  # the words live on in the SPAKE2 state only
+    waiter.hs.prepare()
+    assert waiter.hs._exchange is prepared  # once per code
+    relay.step()  # the joiner registers and sends its request
+    joiner.hs.prepare()
+    assert joiner.hs._exchange is not None
+    joined = base64.b64encode(joiner.hs._exchange.message).decode()
+    waited = base64.b64encode(prepared.message).decode()
+    relay.run()
+    assert _sent_keys(waiter) == [waited]
+    assert _sent_keys(joiner) == [joined]
+    sender, receiver = relay.sender, relay.receiver
+    assert sender.keys is not None
+    assert receiver.keys is not None
+    assert sender.keys.frame_send == receiver.keys.frame_receive
+    for side in (sender, receiver):
+        assert side.hs.state is SetupState.DONE
+        assert side.hs._exchange is None
+
+
+def test_prepare_before_a_code_or_after_pairing_does_nothing() -> None:
+    hs = Handshake(Role.RECEIVER, connect_timeout=TIMEOUT, new_words=lambda: WORDS)
+    hs.prepare()
+    assert hs._exchange is None  # no code yet
+    hs.handle(Registered(WAITER_ID), 0.0)
+    hs.handle(ConnectionRequested(JOINER_ID), 1.0)  # computed on pairing, as before
+    assert hs.state is SetupState.AWAITING_KEY
+    exchange = hs._exchange
+    hs.prepare()
+    assert hs._exchange is exchange
+
+
+def test_a_wrong_code_still_has_one_try_when_prepared() -> None:
+    relay = Relay(joiner_words="tiger-lump", prepare=True)
+    relay.run()
+    assert isinstance(relay.waiter.error, WrongCodeError)
+    assert isinstance(relay.joiner.error, WrongCodeError)
+    assert len(_sent_keys(relay.waiter)) == len(_sent_keys(relay.joiner)) == 1
+
+
+def test_a_new_code_after_a_lost_server_gets_a_new_exchange() -> None:
+    words = iter(["tiger-lamp", "otter-bell"])
+    hs = Handshake(Role.RECEIVER, connect_timeout=TIMEOUT, new_words=lambda: next(words))
+    hs.handle(Registered(WAITER_ID), 0.0)
+    hs.prepare()
+    old = hs._exchange
+    assert old is not None
+    hs.handle(ServerLost(), 1.0)
+    hs.prepare()  # reconnecting: no code to work for
+    hs.handle(Registered("NEW-456"), 2.0)
+    assert hs._exchange is None  # the one for the dead code is gone
+    hs.prepare()
+    new = hs._exchange
+    assert new is not None
+    assert new is not old
+    actions = hs.handle(ConnectionRequested(JOINER_ID), 3.0)
+    keys = [
+        a.payload["key"] for a in actions if isinstance(a, Call) and a.event == "send_public_key"
+    ]
+    assert keys == [base64.b64encode(new.message).decode()]
+    joiner = KeyExchange(
+        role=Role.SENDER.value, password=b"otter-bell", code_id="NEW-456", printed_by="receiver"
+    )
+    hs.handle(PublicKeyReceived(JOINER_ID, base64.b64encode(joiner.message).decode()), 4.0)
+    assert hs.state is SetupState.AWAITING_OFFER  # the new code's words agree

@@ -17,6 +17,14 @@ MAX_SKIPPED_CHUNKS = 32
 #: zstd level 1: measured (docs/PERFORMANCE.md) within 1 % of level 3's effective
 #: speed at this link rate, for less of the sender's CPU.
 ZSTD_LEVEL = 1
+#: The first chunk of a transfer carries this many bytes, and each next one twice the
+#: last, up to the chunk size.  A new connection's congestion window (aiortc's SCTP:
+#: 3 packets of 1 200 bytes; TCP: 10 segments) grows one round trip at a time: a whole
+#: first chunk (64 KiB over WebRTC, 256 KiB over TCP) took four or five round trips to
+#: arrive before the receiver could open it and write its first byte, a 1 KiB one
+#: takes one trip, and the ramp costs a handful of extra frames (docs/PERFORMANCE.md,
+#: "First byte on the long link").
+FIRST_CHUNK_BYTES = 1024
 
 
 class Packer:
@@ -29,16 +37,24 @@ class Packer:
     Runs in a worker thread for large files (zstd releases the GIL).
     """
 
-    def __init__(self, chunk_size: int, *, compress: bool) -> None:
+    def __init__(self, chunk_size: int, *, compress: bool, ramp: bool = True) -> None:
+        """:param ramp: start with FIRST_CHUNK_BYTES, doubling up to ``chunk_size``."""
         self.chunk_size = chunk_size
+        self._next_size = min(FIRST_CHUNK_BYTES, chunk_size) if ramp else chunk_size
         self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if compress else None
         self._misses = 0
         self._skip = 0
 
     def pack(self, block: bytes) -> list[Chunk]:
         view = memoryview(block)
+        chunks = []
+        start = 0
+        while self._next_size < self.chunk_size and start < len(block):
+            chunks.append(Chunk(view[start : start + self._next_size]))
+            start += self._next_size
+            self._next_size = min(2 * self._next_size, self.chunk_size)
         size = self.chunk_size
-        chunks = [Chunk(view[i : i + size]) for i in range(0, len(block), size)]
+        chunks += [Chunk(view[i : i + size]) for i in range(start, len(block), size)]
         if self._zstd is None:
             return chunks
         for n, chunk in enumerate(chunks):

@@ -12,7 +12,6 @@ import contextvars
 import inspect
 import ipaddress
 import logging
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,29 +119,6 @@ def host_addresses(chosen: tuple[str, ...]) -> tuple[str, ...]:
     """The addresses to offer a peer: ``--ice-address`` if given, else every address
     of this machine that ICE would offer (no loopback, no link-local IPv6)."""
     return chosen or tuple(_original_get_host_addresses(use_ipv4=True, use_ipv6=True))
-
-
-def check_local_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
-    """Validate ``--ice-address`` values: IP literals that this machine can bind.
-
-    :raises PeerConnectionError: with a message naming the bad address.
-    """
-    checked = []
-    for text in addresses:
-        try:
-            address = ipaddress.ip_address(text.strip())
-        except ValueError:
-            raise PeerConnectionError(f"--ice-address {text!r} is not an IP address") from None
-        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((str(address), 0))
-            except OSError:
-                raise PeerConnectionError(
-                    f"--ice-address {text!r} is not an address of this machine"
-                ) from None
-        checked.append(str(address))
-    return tuple(checked)
 
 
 def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[Any]:
