@@ -69,7 +69,7 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
-from sfs.peer.transport.quic import QUIC_SECONDS, load_qh3, quic_available
+from sfs.peer.transport.quic import load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
@@ -710,9 +710,9 @@ class _SetUpPump:
         )
 
     def _quic_opener(self, links: PeerLinks, keys: SessionKeys, *, sender: bool) -> QuicOpener:
-        """QUIC on the WebRTC path: the sender connects once the DataChannel is open
-        (ICE has its pair then) and gives it QUIC_SECONDS; the receiver listens from
-        now on (the sender's first datagram may come before its DataChannel opens)."""
+        """QUIC on the WebRTC path: the sender connects as soon as ICE has its pair
+        (beside DTLS and SCTP; open_transport bounds the wait); the receiver listens
+        from now on (the sender's first datagram may come before its ICE says so)."""
         # qh3's import (about 0.3 s) runs in a thread while ICE connects.
         loading = asyncio.ensure_future(asyncio.to_thread(load_qh3))
         self.stack.push_async_callback(_settled, loading)
@@ -720,7 +720,8 @@ class _SetUpPump:
 
             async def proven() -> TcpLink:
                 await loading
-                return await links.quic(client=True, keys=keys).link(QUIC_SECONDS)
+                await links.ice_connected()
+                return await links.quic(client=True, keys=keys).link(self.options.connect_timeout)
 
             return proven
 

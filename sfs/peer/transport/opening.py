@@ -17,9 +17,9 @@ from sfs.defaults import Transport
 from sfs.errors import (
     PeerConnectionError,
     RemoteProtocolError,
-    SfsError,
 )
 from sfs.peer.transport.channel import Channel
+from sfs.peer.transport.quic import QUIC_SECONDS
 from sfs.peer.transport.tcp import CHOSEN, DirectPath, TcpLink
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ async def open_transport(
         if quic is None:
             return Opened(await datachannel())
         if sender:
-            return await _over_webrtc(await datachannel(), quic)
+            by_quic = asyncio.ensure_future(quic())
+            by_datachannel = asyncio.ensure_future(datachannel())
+            try:
+                return await _over_webrtc(by_datachannel, by_quic)
+            finally:
+                await _cancelled(by_datachannel, by_quic)
         return await _receiver_opens(transport, None, datachannel, connect_timeout, quic)
     try:
         if sender:
@@ -96,20 +101,41 @@ async def open_transport(
         await direct.close()
 
 
-async def _over_webrtc(channel: Channel, quic: QuicOpener | None) -> Opened:
-    """(Sender) the WebRTC path is the one: QUIC on it if it comes up, else the
-    DataChannel; CHOSEN said on the one taken."""
-    if quic is not None:
-        try:
-            link = await quic()
-        except SfsError as exc:
-            logger.info("QUIC did not come up (%s): using the DataChannel", exc)
-        else:
+async def _over_webrtc(
+    by_datachannel: asyncio.Future[Channel], by_quic: asyncio.Future[TcpLink] | None
+) -> Opened:
+    """(Sender) the WebRTC path is the one: QUIC on it if it is proven before the
+    DataChannel opens or within QUIC_SECONDS after, else the DataChannel; CHOSEN said
+    on the one taken."""
+    if by_quic is not None:
+        await _first(by_quic, by_datachannel)
+        webrtc_failed = by_datachannel.done() and by_datachannel.exception() is not None
+        if not by_quic.done() and not webrtc_failed:
+            await asyncio.wait({by_quic}, timeout=QUIC_SECONDS)
+        if by_quic.done() and not by_quic.cancelled() and by_quic.exception() is None:
+            link = by_quic.result()
             link.choose()
             logger.info("connected at %.6f: %s", time.time(), link.route)
             return Opened(link, quic=True)
+        why = (
+            by_quic.exception()
+            if by_quic.done() and not by_quic.cancelled()
+            else f"not within {QUIC_SECONDS:.0f} s"
+        )
+        logger.info("QUIC did not come up (%s): using the DataChannel", why)
+        by_quic.cancel()
+    channel = await by_datachannel
     channel.send(CHOSEN)
     return Opened(channel)
+
+
+async def _cancelled(*futures: asyncio.Future[Any] | None) -> None:
+    """Cancel what is still running and wait for it (its outcome is no news)."""
+    running = [f for f in futures if f is not None]
+    for future in running:
+        if not future.done():
+            future.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _sender_opens(
@@ -130,6 +156,8 @@ async def _sender_opens(
             ) from None
     by_tcp = asyncio.ensure_future(direct.choose()) if transport is Transport.AUTO else None
     by_datachannel = asyncio.ensure_future(datachannel())
+    # QUIC starts as soon as ICE has its pair, beside the DataChannel's set-up.
+    by_quic = asyncio.ensure_future(quic()) if quic is not None else None
     try:
         if by_tcp is not None:
             # TCP, if a connection is proven within DIRECT_SECONDS; but once the
@@ -161,14 +189,9 @@ async def _sender_opens(
             logger.info("no direct TCP connection: using WebRTC")
             by_tcp.cancel()
         await direct.close()
-        return await _over_webrtc(await by_datachannel, quic)
+        return await _over_webrtc(by_datachannel, by_quic)
     finally:
-        for future in (by_tcp, by_datachannel):
-            if future is not None and not future.done():
-                future.cancel()
-        await asyncio.gather(
-            *(f for f in (by_tcp, by_datachannel) if f is not None), return_exceptions=True
-        )
+        await _cancelled(by_tcp, by_datachannel, by_quic)
 
 
 async def _relay_or_datachannel(

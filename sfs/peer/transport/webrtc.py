@@ -304,6 +304,10 @@ class PeerLink:
         self._remote_max_message = DEFAULT_REMOTE_MAX_MESSAGE_BYTES
         self._pc.on("connectionstatechange", self._on_state)
         self._pc.on("datachannel", self._on_datachannel)
+        #: Resolved once ICE has a nominated pair (QUIC needs no more: it starts
+        #: while DTLS and SCTP still set up).
+        self._ice_ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pc.on("iceconnectionstatechange", self._on_ice_state)
 
     async def __aenter__(self) -> PeerLink:
         return self
@@ -331,6 +335,20 @@ class PeerLink:
                 self._channel_ready.set_exception(IceFailedError())
             if self._link is not None:
                 self._link.mark_closed()
+
+    def _on_ice_state(self) -> None:
+        if self._ice_ready.done():
+            return
+        state = self._pc.iceConnectionState
+        if state in ("connected", "completed"):
+            self._ice_ready.set_result(None)
+        elif state in ("failed", "closed"):
+            self._ice_ready.set_exception(IceFailedError())
+            self._ice_ready.exception()  # the DataChannel reports ICE's failure
+
+    async def ice_connected(self) -> None:
+        """Wait until ICE has nominated a pair (the caller bounds the wait)."""
+        await asyncio.shield(self._ice_ready)
 
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label != CHANNEL_LABEL or self._channel is not None:
@@ -601,12 +619,16 @@ class PeerLinks:
         links = await asyncio.gather(*(link.open(seconds) for link in self._links))
         return links[0] if len(links) == 1 else StripedChannel(links)
 
+    async def ice_connected(self) -> None:
+        """Wait until the first peer connection's ICE has nominated a pair."""
+        await self._links[0].ice_connected()
+
     def quic(self, *, client: bool, keys: SessionKeys) -> QuicPath:
         """QUIC over the first peer connection's ICE path (:mod:`sfs.peer.transport.quic`).
 
         The receiver (the server) makes it as soon as it answered, so that no early
-        datagram of the sender's goes to DTLS; the sender (the client) once the
-        DataChannel is open, when ICE has nominated a pair. Closed with these links.
+        datagram of the sender's goes to DTLS; the sender (the client) once ICE has
+        nominated a pair (ice_connected). Closed with these links.
         """
         first = self._links[0]
         path = QuicPath(first.ice(), client=client, keys=keys, route=first.route)
