@@ -86,9 +86,16 @@ def widen_receive_buffers(sctp: Any) -> None:
     """Ask for UDP_RECEIVE_BUFFER_BYTES on every ICE socket under ``sctp``
     (RTCSctpTransport -> RTCDtlsTransport -> RTCIceTransport -> aioice Connection,
     whose ``_protocols`` gathering.aioice_problem checks); best effort."""
-    size = int(os.environ.get("SFS_UDP_RECEIVE_BUFFER", UDP_RECEIVE_BUFFER_BYTES))
     ice = getattr(getattr(sctp, "transport", None), "transport", None)
-    for protocol in getattr(getattr(ice, "_connection", None), "_protocols", ()):
+    widen_ice_buffers(getattr(ice, "_connection", None))
+
+
+def widen_ice_buffers(connection: Any) -> None:
+    """Ask for UDP_RECEIVE_BUFFER_BYTES on every socket of an aioice Connection (its
+    ``_protocols``); best effort. QUIC needs it as much: it starts before the
+    DataChannel that widens them otherwise."""
+    size = int(os.environ.get("SFS_UDP_RECEIVE_BUFFER", UDP_RECEIVE_BUFFER_BYTES))
+    for protocol in getattr(connection, "_protocols", ()):
         transport = getattr(protocol, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and size > 0:
@@ -631,6 +638,7 @@ class PeerLinks:
         nominated a pair (ice_connected). Closed with these links.
         """
         first = self._links[0]
+        widen_ice_buffers(first.ice())
         path = QuicPath(first.ice(), client=client, keys=keys, route=first.route)
         self._quic = path
         return path
