@@ -166,3 +166,27 @@ async def test_what_is_unsent_counts_until_the_peer_acknowledged_it() -> None:
     finally:
         client.close()
         server.close()
+
+
+async def test_replies_wait_for_ice_to_nominate_the_pair() -> None:
+    """The receiver's ICE may hand on the sender's first QUIC datagram before it has
+    nominated a pair: its replies wait for the pair instead of being lost."""
+    sender_keys, receiver_keys = key_pair()
+    client_ice, server_ice = await _ice_pair()
+    pair = server_ice._nominated.pop(1)
+    server = QuicPath(server_ice, client=False, keys=receiver_keys, route=lambda: None)
+    client = QuicPath(client_ice, client=True, keys=sender_keys, route=lambda: None)
+    try:
+        for _ in range(500):
+            if server._unpaired:
+                break
+            await asyncio.sleep(0.01)
+        assert server._unpaired, "the server made no reply to the client's Initial"
+        server_ice._nominated[1] = pair
+        link = await client.link(5)
+        assert not server._unpaired
+        link.choose()
+        await server.chosen(5)
+    finally:
+        client.close()
+        server.close()

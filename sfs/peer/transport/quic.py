@@ -64,6 +64,10 @@ PINGS_IN_FLIGHT = 16
 #: A PING not acknowledged within this long is taken as lost (QUIC never resends a
 #: PING) and another is sent for what it marked.
 PING_RETRY_SECONDS = 0.25
+#: How many of QUIC's first datagrams wait for ICE to nominate a pair, at most, and how
+#: often it is asked whether it has (the handshake's few; more is dropped: QUIC resends).
+UNPAIRED_DATAGRAMS = 64
+PAIR_POLL_SECONDS = 0.01
 #: The peer's address as qh3 sees it: a name for the one path, never sent to (datagrams
 #: go to the nominated ICE pair's remote address, whatever it is at the time).
 PATH_ADDRESS = ("192.0.2.1", 9)
@@ -189,6 +193,9 @@ class QuicPath:
         self._pings: dict[int, tuple[StreamTransport, int]] = {}
         self._next_ping = 0
         self._ping_check: asyncio.TimerHandle | None = None
+        #: Datagrams to send once ICE has nominated a pair (_send_datagrams).
+        self._unpaired: list[bytes] = []
+        self._pair_poll: asyncio.TimerHandle | None = None
         if client:
             self._start(self._new_connection(None))
         # Only datagrams QUIC's first byte marks are taken: STUN is handled by aioice
@@ -232,7 +239,7 @@ class QuicPath:
             with contextlib.suppress(_closed_error()):  # closed already
                 self._quic.close()
                 self._transmit()
-        for handle in (self._timer, self._transmit_soon, self._ping_check):
+        for handle in (self._timer, self._transmit_soon, self._ping_check, self._pair_poll):
             if handle is not None:
                 handle.cancel()
         for stream in list(self._streams.values()):
@@ -330,13 +337,25 @@ class QuicPath:
             return
         if not self._closed:
             self._mark_departures(quic)
-        datagrams = quic.datagrams_to_send(now=self._loop.time())
+        datagrams = [data for data, _ in quic.datagrams_to_send(now=self._loop.time())]
         pair = self._ice._nominated.get(1)
-        if pair is not None and datagrams:
-            # aioice's own send_data is this, as a coroutine per datagram.
-            transport, address = pair.protocol.transport, pair.remote_addr
-            for data, _ in datagrams:
-                transport.sendto(data, address)
+        if pair is None:
+            # The receiver's ICE may take the sender's first QUIC datagrams before it
+            # has nominated the pair they came by (the sender's side nominates): keep
+            # the replies until it has, rather than leave QUIC to resend after a
+            # timeout of a second or more.
+            room = UNPAIRED_DATAGRAMS - len(self._unpaired)
+            self._unpaired.extend(datagrams[:room])
+            if self._unpaired and self._pair_poll is None and not self._closed:
+                self._pair_poll = self._loop.call_later(PAIR_POLL_SECONDS, self._poll_pair)
+            return
+        if self._unpaired:
+            datagrams = self._unpaired + datagrams
+            self._unpaired = []
+        # aioice's own send_data is this, as a coroutine per datagram.
+        transport, address = pair.protocol.transport, pair.remote_addr
+        for data in datagrams:
+            transport.sendto(data, address)
         timer_at = quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -344,6 +363,10 @@ class QuicPath:
         if self._timer is None and timer_at is not None and not self._closed:
             self._timer = self._loop.call_at(timer_at, self._on_timer)
         self._timer_at = timer_at
+
+    def _poll_pair(self) -> None:
+        self._pair_poll = None
+        self._transmit()
 
     def _mark_departures(self, quic: Any) -> None:
         """QUIC says nothing of which stream bytes the peer acknowledged; a PING sent
