@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,6 +71,11 @@ from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
 from sfs.peer.transport.quic import load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
+
+# aiortc with this module, before the runtime is tuned (gc.freeze): imported later, as
+# the set-up starts, a receiver that ended at its prompt died at interpreter shutdown,
+# "could not acquire lock for <stdin>" (test_hostile_sender, test_terminal).
+from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.messages import IceServer
 from sfs.text import printable
@@ -79,9 +83,8 @@ from sfs.text import printable
 if TYPE_CHECKING:
     # What a transfer does not need is imported where it is used: LAN mode (zeroconf,
     # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
-    # tenth of a second or more, and aiortc comes from preload_webrtc.
+    # tenth of a second or more.
     from sfs.check import Report
-    from sfs.peer.transport.webrtc import PeerLinks
     from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -268,7 +271,7 @@ async def _session(
     page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
-    preload_webrtc()
+    preload_quic()
 
     handshake = functools.partial(
         Handshake,
@@ -409,32 +412,15 @@ async def _verify(
         raise
 
 
-def preload_webrtc() -> None:
-    """Import aiortc in a thread, once per process.
-
-    Importing it takes a quarter of a second of CPU or more, and the set-up needs it
-    only for the offer or the answer: until then it waits on the network (the
-    server, the other side's SPAKE2), and the thread fills those waits.  Whoever
-    imports sfs.peer.transport.webrtc meanwhile waits for the thread's import to
-    finish (Python's per-module import lock); an import that fails in the thread is
-    ignored here and fails again, with its error, where the module is used.
+def preload_quic() -> None:
+    """Import qh3, for QUIC (about 0.3 s), as the set-up starts: only a transfer needs
+    it. aiortc comes with this module (see its import above): imported in a worker
+    thread, or later than this module, a receiver that ended at its prompt died at
+    interpreter shutdown, "could not acquire lock for <stdin>", with the prompt's
+    thread still reading (test_hostile_sender, test_terminal; why is not understood).
     """
-    global _preloading
-    with _preload_lock:
-        if _preloading is None:
-            _preloading = threading.Thread(target=_import_webrtc, name="sfs-preload", daemon=True)
-            _preloading.start()
-
-
-_preload_lock = threading.Lock()
-_preloading: threading.Thread | None = None
-
-
-def _import_webrtc() -> None:
-    try:
-        import sfs.peer.transport.webrtc  # noqa: F401
-    except Exception:  # reported by the import that uses it
-        logger.debug("preloading aiortc failed", exc_info=True)
+    if quic_available():
+        load_qh3()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -603,8 +589,6 @@ class _SetUpPump:
                 self.handshake.round_trip * 1000,
                 action.count,
             )
-        from sfs.peer.transport.webrtc import PeerLinks
-
         self.links = await self.stack.enter_async_context(
             PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
@@ -621,8 +605,6 @@ class _SetUpPump:
         )
 
     async def _answer_offers(self, action: AnswerOffers) -> None:
-        from sfs.peer.transport.webrtc import PeerLinks
-
         # Over QUIC one peer connection carries the transfer at any round trip: the
         # sender's striping offers beyond the first are left unanswered (and closed).
         sdps = action.sdps[:1] if action.quic and self.offers_quic else action.sdps
@@ -713,20 +695,15 @@ class _SetUpPump:
         """QUIC on the WebRTC path: the sender connects as soon as ICE has its pair
         (beside DTLS and SCTP; open_transport bounds the wait); the receiver listens
         from now on (the sender's first datagram may come before its ICE says so)."""
-        # qh3's import (about 0.3 s) runs in a thread while ICE connects.
-        loading = asyncio.ensure_future(asyncio.to_thread(load_qh3))
-        self.stack.push_async_callback(_settled, loading)
         if sender:
 
             async def proven() -> TcpLink:
-                await loading
                 await links.ice_connected()
                 return await links.quic(client=True, keys=keys).link(self.options.connect_timeout)
 
             return proven
 
         async def chosen() -> TcpLink:
-            await loading
             path = links.quic(client=False, keys=keys)
             return await path.chosen(self.options.connect_timeout)
 
@@ -945,14 +922,6 @@ def _trusted_relay(relay: str, server_url: str, own_relay: str | None) -> bool:
     host = urlsplit(relay).hostname
     trusted = {urlsplit(server_url).hostname, urlsplit(own_relay or "").hostname} - {None}
     return host is not None and host in trusted
-
-
-async def _settled(future: asyncio.Future[None]) -> None:
-    """Wait out a background job at the session's end (its failure, or its
-    cancellation, is no news then)."""
-    await asyncio.wait([future])
-    if not future.cancelled():
-        future.exception()
 
 
 def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:

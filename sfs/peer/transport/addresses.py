@@ -1,5 +1,5 @@
-"""``--ice-address`` checked before anything connects, without importing aiortc: the
-set-up imports aiortc in a thread meanwhile (see :func:`sfs.app.preload_webrtc`)."""
+"""``--ice-address`` checked before anything connects, without importing aiortc (the
+options of every command are checked; only a transfer needs aiortc)."""
 
 from __future__ import annotations
 

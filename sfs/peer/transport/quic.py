@@ -79,13 +79,13 @@ HELD_DATAGRAM_BYTES = 64 * 1024 * 1024
 
 def quic_available() -> bool:
     """qh3 is installed here (a platform without its wheel keeps the DataChannel).
-    Found, not imported: importing it takes about 0.3 s, which load_qh3 spends in a
-    thread while ICE connects."""
+    Found, not imported: importing it takes about 0.3 s, which only a transfer spends
+    (load_qh3, as its set-up starts)."""
     return importlib.util.find_spec("qh3") is not None
 
 
 def load_qh3() -> None:
-    """Import what QuicPath uses (in a worker thread: asyncio.to_thread(load_qh3))."""
+    """Import what QuicPath uses."""
     import qh3.quic.connection
     import qh3.quic.events
     import qh3.quic.packet  # noqa: F401
@@ -427,8 +427,7 @@ class QuicPath:
         prover = Prover(
             dialer=self._client, own_key=self._keys.proof_send, peer_key=self._keys.proof_receive
         )
-        link = TcpLink(prover, awaits_choice=not self._client)
-        link.route = dataclasses.replace(self._route() or Route("direct"), quic=True)
+        link = QuicLink(prover, awaits_choice=not self._client, route=self._route)
         link.proven.add_done_callback(self._on_proven)
         stream.set_protocol(link)
         link.connection_made(stream)
@@ -478,6 +477,26 @@ class QuicPath:
                 self._process()
         except _closed_error() as exc:
             self._gone(exc)
+
+
+class QuicLink(TcpLink):
+    """The TCP path's link on a QUIC stream; its route is the WebRTC path's as it is
+    when asked: ICE may first nominate a relayed pair and then a direct one, and QUIC's
+    datagrams follow the nominated pair (QuicPath._send_datagrams)."""
+
+    def __init__(
+        self, prover: Prover, *, awaits_choice: bool, route: Callable[[], Route | None]
+    ) -> None:
+        super().__init__(prover, awaits_choice=awaits_choice)
+        self._route_now = route
+
+    @property
+    def route(self) -> Route:
+        return dataclasses.replace(self._route_now() or Route("direct"), quic=True)
+
+    @route.setter
+    def route(self, value: Route) -> None:
+        raise AttributeError("a QUIC link's route is its WebRTC path's")
 
 
 class StreamTransport(asyncio.Transport):
