@@ -204,7 +204,10 @@ def run_once(
         raise RunFailed(f"{received} is missing or not {src.stat().st_size} bytes")
     if _sha256(received) != _sha256(src):
         raise RunFailed(f"{received} differs from what was sent (SHA-256)")
-    connected = _CONNECTED_RE.search(sender_text)
+    # The last: a WebRTC peer connection says it connected before the sender takes
+    # QUIC over its path (or the DataChannel), and that says so again.
+    connections = list(_CONNECTED_RE.finditer(sender_text))
+    connected = connections[-1] if connections else None
     sent = _SENT_RE.search(sender_text)
     if not connected or not sent:
         raise RunFailed(f"no 'connected at' or 'sent' line in sfs send's -v log:\n{sender_text}")

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,11 +72,6 @@ from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
 from sfs.peer.transport.quic import load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
-
-# aiortc with this module, before the runtime is tuned (gc.freeze): imported later, as
-# the set-up starts, a receiver that ended at its prompt died at interpreter shutdown,
-# "could not acquire lock for <stdin>" (test_hostile_sender, test_terminal).
-from sfs.peer.transport.webrtc import PeerLinks
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.messages import IceServer
 from sfs.text import printable
@@ -83,8 +79,9 @@ from sfs.text import printable
 if TYPE_CHECKING:
     # What a transfer does not need is imported where it is used: LAN mode (zeroconf,
     # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
-    # tenth of a second or more.
+    # tenth of a second or more, and aiortc and qh3 come from preload_transports.
     from sfs.check import Report
+    from sfs.peer.transport.webrtc import PeerLinks
     from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -271,7 +268,7 @@ async def _session(
     page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
-    preload_quic()
+    preload_transports()
 
     handshake = functools.partial(
         Handshake,
@@ -412,15 +409,39 @@ async def _verify(
         raise
 
 
-def preload_quic() -> None:
-    """Import qh3, for QUIC (about 0.3 s), as the set-up starts: only a transfer needs
-    it. aiortc comes with this module (see its import above): imported in a worker
-    thread, or later than this module, a receiver that ended at its prompt died at
-    interpreter shutdown, "could not acquire lock for <stdin>", with the prompt's
-    thread still reading (test_hostile_sender, test_terminal; why is not understood).
+def preload_transports() -> None:
+    """Import aiortc (and qh3, for QUIC) in a thread, once per process.
+
+    Importing them takes half a second of CPU or more, and the set-up needs them
+    only for the offer or the answer: until then it waits on the network (the
+    server, the other side's SPAKE2), and the thread fills those waits. Whoever
+    imports sfs.peer.transport.webrtc meanwhile waits for the thread's import to
+    finish (Python's per-module import lock); an import that fails in the thread is
+    ignored here and fails again, with its error, where the module is used.
+    (A prompt still waiting at exit once made this thread look guilty of a crash at
+    shutdown; the prompt's reading was the cause: sfs.commands.prompts.)
     """
-    if quic_available():
-        load_qh3()
+    global _preloading
+    with _preload_lock:
+        if _preloading is None:
+            _preloading = threading.Thread(
+                target=_import_transports, name="sfs-preload", daemon=True
+            )
+            _preloading.start()
+
+
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
+
+
+def _import_transports() -> None:
+    try:
+        import sfs.peer.transport.webrtc  # noqa: F401
+
+        if quic_available():
+            load_qh3()
+    except Exception:  # reported by the import that uses it
+        logger.debug("preloading aiortc or qh3 failed", exc_info=True)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -589,6 +610,8 @@ class _SetUpPump:
                 self.handshake.round_trip * 1000,
                 action.count,
             )
+        from sfs.peer.transport.webrtc import PeerLinks
+
         self.links = await self.stack.enter_async_context(
             PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
@@ -608,6 +631,8 @@ class _SetUpPump:
         # Over QUIC one peer connection carries the transfer at any round trip: the
         # sender's striping offers beyond the first are left unanswered (and closed).
         sdps = action.sdps[:1] if action.quic and self.offers_quic else action.sdps
+        from sfs.peer.transport.webrtc import PeerLinks
+
         self.links = await self.stack.enter_async_context(
             PeerLinks(
                 len(sdps),

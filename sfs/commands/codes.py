@@ -11,6 +11,7 @@ import click
 
 from sfs.commands import terminal
 from sfs.commands.output import say, say_error
+from sfs.commands.prompts import ask_line, read_line
 from sfs.commands.running import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
@@ -65,13 +66,19 @@ def _prompt_code() -> Code:
     """Ask on the terminal: a typo asks again; Ctrl-C or Ctrl-D ends like Ctrl-C."""
     from sfs.code import parse_code
 
-    for _ in range(CODE_PROMPT_TRIES):
+    tries = 0
+    while tries < CODE_PROMPT_TRIES:
         try:
-            text = click.prompt("Code", err=True)
-        except click.Abort:
+            text = ask_line("Code: ")
+        except KeyboardInterrupt:
+            text = None
+        if text is None:  # Ctrl-D, or Ctrl-C
             say("")
             say("Interrupted.")
             sys.exit(EXIT_INTERRUPTED)
+        if not text.strip():  # as click.prompt: an empty line asks again
+            continue
+        tries += 1
         try:
             return parse_code(text)
         except ValueError as exc:
@@ -80,7 +87,7 @@ def _prompt_code() -> Code:
 
 
 def _read_code() -> Code:
-    text = sys.stdin.readline()
+    text = read_line() or ""
     if not text.strip():
         raise click.UsageError("no code given: pass it first, or type or pipe it on stdin")
     from sfs.code import parse_code

@@ -13,6 +13,7 @@ from sfs.commands import terminal
 from sfs.commands.listing import describe_tree, offer_listing, plan_lines, tree_listing
 from sfs.commands.output import Styled, say
 from sfs.commands.progress import LineProgress, TqdmProgress
+from sfs.commands.prompts import confirm
 from sfs.text import format_size, printable
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ SEND_HINT = (
 RECEIVE_HINT = (
     "On the other computer, run `sfs receive CODE` (or `sfs receive -` and type the code). Waiting…"
 )
-
-
-def _confirm(question: str) -> bool:
-    return click.confirm(printable(question), default=False, err=True)
 
 
 class ConsoleUi:
@@ -139,7 +136,7 @@ class ConsoleUi:
 
     async def confirm_verifier(self, verifier: str) -> bool:
         say("Verification string: ", Styled(verifier, bold=True))
-        return await self._ask(lambda: _confirm("Does the other side show the same?"))
+        return await self._ask(lambda: confirm("Does the other side show the same?"))
 
     async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
         import shutil
@@ -186,7 +183,7 @@ class ConsoleUi:
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
             return True
-        return await self._ask(lambda: _confirm(question))
+        return await self._ask(lambda: confirm(question))
 
 
 def show_qr(text: str, *, err: bool) -> None:
@@ -206,7 +203,7 @@ def _json_lines() -> JsonLines:
 
 
 async def _ask(question: str) -> bool:
-    return await _ask_in_thread(lambda: _confirm(question))
+    return await _ask_in_thread(lambda: confirm(question))
 
 
 async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
@@ -222,10 +219,7 @@ async def _ask_in_thread(ask: Callable[[], bool]) -> bool:
     answer: asyncio.Future[bool] = loop.create_future()
 
     def run() -> None:
-        try:
-            result = ask()
-        except (click.Abort, EOFError):
-            result = False
+        result = ask()
 
         def deliver() -> None:
             if not answer.done():
