@@ -438,8 +438,10 @@ def _import_transports() -> None:
     try:
         import sfs.peer.transport.webrtc  # noqa: F401
 
+        logger.debug("aiortc loaded")
         if quic_available():
             load_qh3()
+            logger.debug("qh3 loaded")
     except Exception:  # reported by the import that uses it
         logger.debug("preloading aiortc or qh3 failed", exc_info=True)
 
@@ -596,7 +598,7 @@ class _SetUpPump:
         elif isinstance(action, Leave):
             # From here on the peers talk directly; a server that goes away now
             # cannot disturb the transfer.
-            await self.signal.leave()
+            self.signal.leave()
         elif isinstance(action, Done):
             return await self._session(action)
         else:

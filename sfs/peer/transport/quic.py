@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import logging
 import ssl
@@ -85,10 +86,21 @@ def quic_available() -> bool:
 
 
 def load_qh3() -> None:
-    """Import what QuicPath uses."""
+    """Import what QuicPath uses, and do once what its first connection would.
+
+    Run in a thread while the set-up waits (sfs.app.preload_transports): qh3's first
+    handshake on either side costs 30-40 ms of one-time work (measured: the first
+    ``connect`` 39 ms, the next 0.5 ms), and the receiver's first certificate another
+    30 ms of imports; on the critical path, each came before a datagram could leave.
+    """
     import qh3.quic.connection
     import qh3.quic.events
-    import qh3.quic.packet  # noqa: F401
+    import qh3.quic.packet
+
+    qh3.quic.connection.QuicConnection(configuration=_configuration(client=True)).connect(
+        PATH_ADDRESS, now=0.0
+    )
+    _configuration(client=False)  # the certificate, made once per process
 
 
 def is_quic(first_byte: int) -> bool:
@@ -105,9 +117,10 @@ def _closed_error() -> type[Exception]:
     return QuicConnectionError
 
 
+@functools.cache
 def _throwaway_certificate() -> tuple[bytes, bytes]:
-    """A fresh self-signed certificate and key (PEM): QUIC requires TLS 1.3 with one,
-    and nothing relies on it (the module comment)."""
+    """A self-signed certificate and key (PEM), made once per process: QUIC requires
+    TLS 1.3 with one, and nothing relies on it (the module comment)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -213,6 +226,7 @@ class QuicPath:
 
     def _start(self, connection: Any) -> None:
         self._quic = connection
+        logger.debug("QUIC connection %s", "opening" if self._client else "accepted")
         if self._client:
             connection.connect(PATH_ADDRESS, now=self._loop.time())
             self._transmit()
@@ -305,6 +319,7 @@ class QuicPath:
             elif isinstance(event, events.PingAcknowledged):
                 self._ping_acknowledged(event.uid)
             elif isinstance(event, events.HandshakeCompleted):
+                logger.debug("QUIC handshake complete")
                 if self._client:
                     self._open_stream(quic.get_next_available_stream_id())
             elif isinstance(event, events.ConnectionTerminated):
