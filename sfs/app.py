@@ -268,7 +268,7 @@ async def _session(
     page: str | None = None,
 ) -> AsyncIterator[Session]:
     addresses = check_local_addresses(options.ice_addresses)
-    preload_transports()
+    preload_transports(server=role is Role.RECEIVER)
 
     handshake = functools.partial(
         Handshake,
@@ -409,8 +409,10 @@ async def _verify(
         raise
 
 
-def preload_transports() -> None:
+def preload_transports(*, server: bool) -> None:
     """Import aiortc (and qh3, for QUIC) in a thread, once per process.
+
+    :param server: this side would be QUIC's server (the receiver).
 
     Importing them takes half a second of CPU or more, and the set-up needs them
     only for the offer or the answer: until then it waits on the network (the
@@ -425,7 +427,7 @@ def preload_transports() -> None:
     with _preload_lock:
         if _preloading is None:
             _preloading = threading.Thread(
-                target=_import_transports, name="sfs-preload", daemon=True
+                target=_import_transports, args=(server,), name="sfs-preload", daemon=True
             )
             _preloading.start()
 
@@ -434,16 +436,19 @@ _preload_lock = threading.Lock()
 _preloading: threading.Thread | None = None
 
 
-def _import_transports() -> None:
+def _import_transports(server: bool) -> None:
     try:
         import sfs.peer.transport.webrtc  # noqa: F401
 
         logger.debug("aiortc loaded")
         if quic_available():
-            load_qh3()
+            load_qh3(server=server)
             logger.debug("qh3 loaded")
     except Exception:  # reported by the import that uses it
         logger.debug("preloading aiortc or qh3 failed", exc_info=True)
+    # Not gc.freeze() here, though aiortc's objects would then leave the collector's
+    # walks: by now the session's keys exist, and a frozen object in a reference cycle
+    # is never freed (tests/integration/test_secrets.py).
 
 
 # -- helpers --------------------------------------------------------------------------------

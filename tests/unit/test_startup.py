@@ -75,7 +75,7 @@ APP_PROBE = """
 import json, sys
 import sfs.app
 before = set(sys.modules)
-sfs.app.preload_transports()
+sfs.app.preload_transports(server=True)
 sfs.app._preloading.join(60)
 print(json.dumps({"before": sorted(before), "after": sorted(sys.modules)}))
 """

@@ -85,13 +85,15 @@ def quic_available() -> bool:
     return importlib.util.find_spec("qh3") is not None
 
 
-def load_qh3() -> None:
+def load_qh3(*, server: bool = True) -> None:
     """Import what QuicPath uses, and do once what its first connection would.
 
     Run in a thread while the set-up waits (sfs.app.preload_transports): qh3's first
     handshake on either side costs 30-40 ms of one-time work (measured: the first
     ``connect`` 39 ms, the next 0.5 ms), and the receiver's first certificate another
     30 ms of imports; on the critical path, each came before a datagram could leave.
+
+    :param server: also make the certificate (only QUIC's server, the receiver, has one).
     """
     import qh3.quic.connection
     import qh3.quic.events
@@ -100,7 +102,8 @@ def load_qh3() -> None:
     qh3.quic.connection.QuicConnection(configuration=_configuration(client=True)).connect(
         PATH_ADDRESS, now=0.0
     )
-    _configuration(client=False)  # the certificate, made once per process
+    if server:
+        _configuration(client=False)  # the certificate, made once per process
 
 
 def is_quic(first_byte: int) -> bool:
