@@ -2,13 +2,15 @@
 
 Everything runs in the web tests' lab (tests/integration/web.py): one network
 namespace with a veth pair, a real `sfs serve`, headless Debian Chromium driven by
-Playwright and real `sfs` processes.  Four cases, interleaved run after run, every
-one over the DataChannel (`--relay never`, `?relay=never`) with the same file:
+Playwright and real `sfs` processes.  These cases, interleaved run after run, every
+one over the WebRTC path (`--relay never`, `?relay=never`) with the same file:
 
     page → CLI     the page sends, `sfs receive` saves
     CLI → page     `sfs send`, the page saves (a streamed download)
     page → page    two tabs of the same Chromium
-    CLI ↔ CLI      `sfs send --transport datachannel` to `sfs receive`
+    raw tab → tab  two tabs' own RTCPeerConnection, nothing of sfs: page → page's ceiling
+    CLI ↔ CLI      `sfs send --transport datachannel` to `sfs receive` (DataChannel, and
+                   QUIC on the same WebRTC path)
 
 and page → CLI and CLI → page again from a second Chromium that does not treat the
 page's plain-http origin as secure, as a page on a LAN address is: no WebCrypto there
@@ -42,6 +44,9 @@ CLI_TO_CLI = "CLI ↔ CLI (datachannel)"
 #: Two CLIs carry QUIC on the same WebRTC path (sfs.peer.transport.quic): beside the
 #: DataChannel reference, which is what the page speaks.
 CLI_TO_CLI_QUIC = "CLI ↔ CLI (QUIC on the WebRTC path)"
+#: Two tabs of the same Chromium with their own RTCPeerConnection and nothing of sfs (no
+#: sealing, no hashing, no file): the ceiling page → page can reach in this lab.
+RAW_PAGE_TO_PAGE = "raw Chromium DataChannel, tab → tab (no sfs)"
 PLAIN_PAGE_TO_CLI = "page → CLI, plain http"
 PLAIN_CLI_TO_PAGE = "CLI → page, plain http"
 #: The goals of issue 26, as (label, numerator, denominator or None, goal).
@@ -71,6 +76,7 @@ def run_browser(size: int, runs: int, title: str) -> None:
         PAGE_TO_CLI: (_page_to_cli, True),
         CLI_TO_PAGE: (_cli_to_page, True),
         PAGE_TO_PAGE: (_page_to_page, True),
+        RAW_PAGE_TO_PAGE: (_raw_page_to_page, True),
         CLI_TO_CLI: (_cli_to_cli, True),
         CLI_TO_CLI_QUIC: (_cli_to_cli_quic, True),
         PLAIN_PAGE_TO_CLI: (_page_to_cli, False),
@@ -214,6 +220,74 @@ def _page_to_page(lab: Any, src: Path, out: Path, digest: str, query: str) -> Sa
             raise RuntimeError(f"page → page failed: {receiving.locator('#status').inner_text()}")
         wait_state(sending, "done")
         return _sample(src, _saved(receiving, downloads, out, digest))
+    finally:
+        sending.context.close()
+        receiving.context.close()
+
+
+#: The raw case: the page's own message size (64 KiB less the frame's 28 bytes) and
+#: high water (4 MiB of bufferedAmount), as sfs's page sends.
+RAW_MESSAGE_BYTES = 64 * 1024 - 28
+RAW_HIGH_WATER = 4 * MIB
+
+_RAW_OFFER = """async () => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  const dc = pc.createDataChannel("raw", {ordered: true});
+  window.rawPc = pc; window.rawDc = dc;
+  await pc.setLocalDescription(await pc.createOffer());
+  while (pc.iceGatheringState !== "complete") await new Promise(r => setTimeout(r, 20));
+  return pc.localDescription.sdp;
+}"""
+_RAW_ANSWER = """async (offer) => {
+  const pc = new RTCPeerConnection({iceServers: []});
+  window.rawPc = pc; window.raw = {bytes: 0, first: 0, last: 0};
+  pc.ondatachannel = ({channel}) => {
+    channel.binaryType = "arraybuffer";
+    channel.onmessage = ({data}) => {
+      const now = performance.now();
+      if (!window.raw.bytes) window.raw.first = now;
+      window.raw.bytes += data.byteLength; window.raw.last = now;
+    };
+  };
+  await pc.setRemoteDescription({type: "offer", sdp: offer});
+  await pc.setLocalDescription(await pc.createAnswer());
+  while (pc.iceGatheringState !== "complete") await new Promise(r => setTimeout(r, 20));
+  return pc.localDescription.sdp;
+}"""
+_RAW_SEND = """async ([answer, size, message, highWater]) => {
+  const pc = window.rawPc, dc = window.rawDc;
+  await pc.setRemoteDescription({type: "answer", sdp: answer});
+  if (dc.readyState !== "open") await new Promise(r => dc.addEventListener("open", r));
+  dc.bufferedAmountLowThreshold = highWater / 2;
+  const chunk = new Uint8Array(message);
+  for (let sent = 0; sent < size; ) {
+    if (dc.bufferedAmount > highWater)
+      await new Promise(r => dc.addEventListener("bufferedamountlow", r, {once: true}));
+    const n = Math.min(message, size - sent);
+    dc.send(n === message ? chunk : chunk.subarray(0, n));
+    sent += n;
+  }
+}"""
+
+
+def _raw_page_to_page(lab: Any, src: Path, out: Path, digest: str, query: str) -> Sample:
+    """No sfs at all: what two tabs' DataChannel moves here (received bytes counted,
+    not checked: nothing of sfs runs to check them)."""
+    size = src.stat().st_size
+    receiving = lab.new_page(query)
+    sending = lab.new_page(query)
+    try:
+        answer = receiving.evaluate(_RAW_ANSWER, sending.evaluate(_RAW_OFFER))
+        sending.evaluate(_RAW_SEND, [answer, size, RAW_MESSAGE_BYTES, RAW_HIGH_WATER])
+        # Polled from here: wait_for_function's predicate is eval'd, which the page's
+        # CSP forbids.
+        deadline = time.monotonic() + _timeout_ms(src) / 1000
+        while receiving.evaluate("window.raw.bytes") < size:
+            if time.monotonic() > deadline:
+                raise RuntimeError("raw tab → tab: not every byte arrived in time")
+            time.sleep(0.05)
+        first, last = receiving.evaluate("[window.raw.first, window.raw.last]")
+        return _sample(src, (last - first) / 1000)
     finally:
         sending.context.close()
         receiving.context.close()

@@ -83,9 +83,16 @@ def wait_for_progress(
 
 
 def start_sender(
-    server: ServerProcess, code: str, src: Path, *args: str, netns: str | None = None
+    server: ServerProcess,
+    code: str,
+    src: Path,
+    *args: str,
+    netns: str | None = None,
+    quic: bool = False,
 ) -> subprocess.Popen[bytes]:
-    slow = SLOW_ENV if "datachannel" in args else {}
+    """``quic``: with ``--transport datachannel``, let the WebRTC path carry QUIC
+    (else SLOW_ENV keeps the sender on the DataChannel)."""
+    slow = SLOW_ENV if "datachannel" in args and not quic else {}
     return subprocess.Popen(
         sfs_command("send", "-q", *args, code, str(src), netns=netns),
         stdout=subprocess.PIPE,
@@ -195,9 +202,11 @@ def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str, transport: 
         stop_process(server.process)
 
 
-def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str) -> None:
-    """2 % of the UDP packets in each direction vanish (so the receiver's delayed SACKs
-    meet gaps, duplicates and retransmissions): the file arrives whole, in bounded time."""
+@pytest.mark.parametrize("quic", [False, True], ids=["datachannel", "quic"])
+def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str, quic: bool) -> None:
+    """2 % of the UDP packets in each direction vanish (so the receiver's delayed SACKs,
+    or QUIC's acknowledgements, meet gaps, duplicates and retransmissions): the file
+    arrives whole, in bounded time, over SCTP and over QUIC."""
     if subprocess.run(["which", "iptables"], capture_output=True).returncode:
         pytest.skip("iptables is not installed (scripts/test installs it as root)")
     server = start_server(tmp_path, netns=netns)
@@ -207,11 +216,14 @@ def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str) ->
         src = make_file(tmp_path / "big.bin", 16 * 1024 * 1024)
         out = tmp_path / "out"
         receiver = start_receiver(server, out, "--yes", "-q", netns=netns)
-        sender = start_sender(server, receiver.code, src, "--transport", "datachannel", netns=netns)
+        sender = start_sender(
+            server, receiver.code, src, "--transport", "datachannel", "-v", netns=netns, quic=quic
+        )
         sent, received = finish(sender, 120), receiver.finish(120)
         assert sent.returncode == 0, sent.stderr
         assert received.returncode == 0, received.stderr
         assert sha256_file(out / "big.bin") == sha256_file(src)
+        assert ("over QUIC" in sent.stderr) is quic, sent.stderr[-2000:]
     finally:
         stop_process(server.process)
 

@@ -85,6 +85,45 @@ def test_the_proof_is_an_hmac_of_the_transcript_under_the_roles_key() -> None:
     assert final == tcp_proof(key=ks.proof_send, side=b"D", dialer_nonce=nd, listener_nonce=nl)
 
 
+def test_on_quic_the_listener_proves_first_over_the_initials_connection_id() -> None:
+    """Known answer: on a QUIC stream the dialer's nonce is its Initial's destination
+    connection ID, the listener speaks first, and the magic is "sfs/quic"."""
+    ks, kr = key_pair()
+    dcid, nl = bytes(range(8)), bytes(range(16, 32))
+    dialer = Prover(dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive, quic_nonce=dcid)
+    listener = Prover(
+        dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive, nonce=nl, quic_nonce=dcid
+    )
+    assert dialer.hello() == b""
+    first = listener.hello()
+    assert first == nl + hmac.new(kr.proof_send, b"L" + b"sfs/quic" + dcid + nl, "sha256").digest()
+    final = dialer.receive(first)
+    assert dialer.proven
+    assert final == hmac.new(ks.proof_send, b"D" + b"sfs/quic" + dcid + nl, "sha256").digest()
+    assert listener.receive(final) == b""
+    assert listener.proven
+
+
+def test_a_quic_listeners_proof_is_worthless_on_another_connection_or_on_tcp() -> None:
+    """What a stranger gets by sending the receiver an Initial of its own: a proof
+    over its own connection ID, which the sender (another ID) refuses, and which a TCP
+    dialer with that very nonce refuses too (the magic differs)."""
+    ks, kr = key_pair()
+    theirs, senders = bytes(16), bytes(range(16))
+    listener = Prover(
+        dialer=False, own_key=kr.proof_send, peer_key=kr.proof_receive, quic_nonce=theirs
+    )
+    flight = listener.hello()
+    sender = Prover(
+        dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive, quic_nonce=senders
+    )
+    with pytest.raises(CryptoError):
+        sender.receive(flight)
+    over_tcp = Prover(dialer=True, own_key=ks.proof_send, peer_key=ks.proof_receive, nonce=theirs)
+    with pytest.raises(CryptoError):
+        over_tcp.receive(flight)
+
+
 def test_a_peer_with_other_keys_proves_nothing() -> None:
     ks, _ = key_pair()
     _, other = key_pair(password=b"tiger-lump")

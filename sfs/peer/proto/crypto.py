@@ -339,14 +339,28 @@ TCP_NONCE_BYTES = 16
 TCP_PROOF_BYTES = 32
 
 
-def tcp_proof(*, key: bytes, side: bytes, dialer_nonce: bytes, listener_nonce: bytes) -> bytes:
+#: The proof's magic on a QUIC stream, where the listener proves itself first and the
+#: dialer's nonce is its QUIC Initial's connection ID: never the same transcript as a
+#: TCP connection's.
+QUIC_PROOF_MAGIC = b"sfs/quic"
+
+
+def tcp_proof(
+    *,
+    key: bytes,
+    side: bytes,
+    dialer_nonce: bytes,
+    listener_nonce: bytes,
+    magic: bytes = TCP_MAGIC,
+) -> bytes:
     """HMAC-SHA256 of one TCP connection's handshake under a role's proof key.
 
     ``side`` is ``b"L"`` for the listener's proof and ``b"D"`` for the dialer's: with
     a key per role as well, a proof can be neither reflected nor used for the other
-    end; the two fresh nonces make a recorded one useless.
+    end; the two fresh nonces make a recorded one useless. ``magic``: TCP_MAGIC, or
+    QUIC_PROOF_MAGIC on a QUIC stream.
     """
-    transcript = side + TCP_MAGIC + dialer_nonce + listener_nonce
+    transcript = side + magic + dialer_nonce + listener_nonce
     return hmac.new(key, transcript, "sha256").digest()
 
 

@@ -167,8 +167,9 @@ class ServerLost:
 
 
 #: The ``quic`` value of a sealed description: the one QUIC carriage this sfs speaks
-#: (docs/PROTOCOL.md, "QUIC on the WebRTC path").
-QUIC_VERSION = 1
+#: (docs/PROTOCOL.md, "QUIC on the WebRTC path"). 2: the receiver proves itself first,
+#: on a stream it opens (1 had the sender open stream 0 and speak first).
+QUIC_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ QUIC with STUN and DTLS on one port: the NAT binding ICE opened, and any TURN re
 chose, carry QUIC as they carry DTLS. The DataChannel stays open beside it, for the
 page and for a sender whose QUIC does not come up.
 
-On the QUIC stream runs the direct TCP path's protocol unchanged (:class:`TcpLink`: the
-proof with the session keys, then length-prefixed sealed frames): QUIC's own TLS is
-not trusted for anything (its certificate is a throwaway and is not checked), exactly as
-TCP is not, so the keys that protect the transfer are only the code's.
+On the QUIC stream runs the direct TCP path's protocol (:class:`TcpLink`: the proof with
+the session keys, then length-prefixed sealed frames): QUIC's own TLS is not trusted for
+anything (its certificate is a throwaway and is not checked), exactly as TCP is not, so
+the keys that protect the transfer are only the code's. One change, for a round trip:
+the receiver opens the stream and proves itself first, with its handshake flight, over
+the sender's Initial connection ID as the dialer's nonce (``Prover(quic_nonce=...)``).
 
 ``QuicPath`` drives qh3's sans-I/O ``QuicConnection``: datagrams from the ICE
 connection in, datagrams out through the nominated pair, its timer on the event loop.
@@ -302,7 +304,14 @@ class QuicPath:
             # Only a client's Initial (padded to 1 200 bytes) opens the connection.
             if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
                 return
-            self._start(self._new_connection(header.destination_cid))
+            connection = self._new_connection(header.destination_cid)
+            self._start(connection)
+            connection.receive_datagram(data, PATH_ADDRESS, now=self._loop.time())
+            # The receiver's proof goes first, on a stream of its own, with its
+            # handshake flight (0.5-RTT data): the sender has it a round trip sooner
+            # than if it had to ask.
+            self._open_stream(connection.get_next_available_stream_id())
+            return
         self._quic.receive_datagram(data, PATH_ADDRESS, now=self._loop.time())
 
     def _process(self) -> None:
@@ -315,16 +324,16 @@ class QuicPath:
             if isinstance(event, events.StreamDataReceived):
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
-                    if self._client or self._link.done():
-                        continue  # only the sender opens a stream, and only one
+                    # Only the receiver opens a stream (bidirectional, server-
+                    # initiated: ID 1), and only one.
+                    if not self._client or self._streams or event.stream_id % 4 != 1:
+                        continue
                     stream = self._open_stream(event.stream_id)
                 stream.data(event.data, event.end_stream)
             elif isinstance(event, events.PingAcknowledged):
                 self._ping_acknowledged(event.uid)
             elif isinstance(event, events.HandshakeCompleted):
                 logger.debug("QUIC handshake complete")
-                if self._client:
-                    self._open_stream(quic.get_next_available_stream_id())
             elif isinstance(event, events.ConnectionTerminated):
                 logger.debug("QUIC connection closed: %s", event.reason_phrase or event.error_code)
                 self.close()
@@ -443,7 +452,10 @@ class QuicPath:
         stream = StreamTransport(self, stream_id)
         self._streams[stream_id] = stream
         prover = Prover(
-            dialer=self._client, own_key=self._keys.proof_send, peer_key=self._keys.proof_receive
+            dialer=self._client,
+            own_key=self._keys.proof_send,
+            peer_key=self._keys.proof_receive,
+            quic_nonce=self._quic.original_destination_connection_id,
         )
         link = QuicLink(prover, awaits_choice=not self._client, route=self._route)
         link.proven.add_done_callback(self._on_proven)
