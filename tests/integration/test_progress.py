@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sfs.peer.transport.webrtc import HIGH_WATER_BYTES, RECEIVE_WINDOW_BYTES
 from tests.conftest import (
     LOOPBACK,
     PROCESS_TIMEOUT_SECONDS,
@@ -31,7 +32,11 @@ FILE_BYTES = 24 * 1024 * 1024
 #: buffers (its channel's, the kernel's) would hold megabytes of it.
 RATE = "32mbit"
 #: How far the sender may be ahead of the receiver's disk: what is in flight beyond
-#: any buffer the sender can see (the receiver's socket, a read, a write).
+#: any buffer the sender can see (the receiver's socket, a read, a write). On the
+#: DataChannel the receiver's SCTP also acknowledges what its link holds for a reader
+#: that is behind, up to its receive window (sfs.peer.transport.sctp_window): a CI run
+#: on a busy host once saw 1.78 MB there. The sender's own buffer (HIGH_WATER_BYTES,
+#: 16 MiB) would still be far past that bound, if its progress counted it.
 AHEAD_BOUND_BYTES = 1024 * 1024
 
 
@@ -121,7 +126,9 @@ def test_the_senders_progress_never_runs_ahead_of_the_receiver(
     assert done["route"] == PATHS[transport][2], done
     ahead = max(sent - written for sent, written in samples)
     print(f"{transport}: {len(samples)} samples, at most {ahead / 1e6:.2f} MB ahead")
-    assert ahead <= AHEAD_BOUND_BYTES, [s for s in samples if s[0] - s[1] > AHEAD_BOUND_BYTES]
+    bound = AHEAD_BOUND_BYTES + (RECEIVE_WINDOW_BYTES if transport == "datachannel" else 0)
+    assert bound < HIGH_WATER_BYTES / 2  # a progress that counted the queue still fails
+    assert ahead <= bound, [s for s in samples if s[0] - s[1] > bound]
     mid = [s for s in samples if 0 < s[0] < FILE_BYTES]
     assert len(mid) >= 5, samples  # the bar moved, seen several times on the way
     assert samples[-1][0] == FILE_BYTES
