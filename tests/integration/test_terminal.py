@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sfs.peer.files.partial import part_path
 from tests.conftest import (
     PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
@@ -307,10 +308,14 @@ def _wait_for_a_bar(tty: Terminal, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"no progress bar: {tty.text()!r}")
 
 
-def _wait_for_bytes_on_disk(out: Path, process: subprocess.Popen[bytes]) -> None:
+def _wait_for_bytes_on_disk(out: Path, name: str, process: subprocess.Popen[bytes]) -> None:
+    """Until the partial copy of ``name`` holds file data: its record (written first,
+    with something in it) does not count (a CI run once interrupted the receiver
+    between the two, and rightly no partial copy was kept)."""
     waited = threading.Event()
+    part = part_path(out / name)
     for _ in range(int(PROCESS_TIMEOUT_SECONDS / 0.05)):
-        if any(p.is_file() and p.stat().st_size for p in out.iterdir()):
+        if part.is_file() and part.stat().st_size:
             return
         assert process.poll() is None, "the receiver ended before writing anything"
         waited.wait(0.05)
@@ -345,7 +350,7 @@ def test_ctrl_c_clears_the_bar_and_prints_one_line(
         if interrupted == "receiver":
             # The bar shows bytes received; the line under test names a partial copy
             # only once some are on disk (under load, a CI run was quicker than that).
-            _wait_for_bytes_on_disk(tmp_path / "out", victim)
+            _wait_for_bytes_on_disk(tmp_path / "out", src.name, victim)
         if interrupted == "sender-keypress":
             os.write(tty.controller, b"\x03")
         else:
