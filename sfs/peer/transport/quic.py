@@ -83,7 +83,7 @@ HELD_DATAGRAM_BYTES = 64 * 1024 * 1024
 def quic_available() -> bool:
     """qh3 is installed here (a platform without its wheel keeps the DataChannel).
     Found, not imported: importing it takes about 0.3 s, which only a transfer spends
-    (load_qh3, as its set-up starts)."""
+    (load_qh3, in the set-up's preload thread: sfs.app.preload_transports)."""
     return importlib.util.find_spec("qh3") is not None
 
 
