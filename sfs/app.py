@@ -10,6 +10,7 @@ files.  Nothing here prints; what the user sees goes through a :class:`Ui`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import os
@@ -422,6 +423,13 @@ def preload_transports(*, server: bool) -> None:
     ignored here and fails again, with its error, where the module is used.
     (A prompt still waiting at exit once made this thread look guilty of a crash at
     shutdown; the prompt's reading was the cause: sfs.commands.prompts.)
+
+    A process that ends before the thread is done (a refused offer, a wrong code)
+    waits for it at exit, bounded: Python 3.11 ends a daemon thread still running at
+    finalization with pthread_exit, and when that thread is inside Rust code that let
+    go of the GIL (cryptography's or qh3's, through PyO3), the unwinding aborts the
+    whole process ("FATAL: exception not rethrown", exit -6; seen in CI on a refused
+    offer, where sfs had already said why and meant to exit 13).
     """
     global _preloading
     with _preload_lock:
@@ -430,10 +438,15 @@ def preload_transports(*, server: bool) -> None:
                 target=_import_transports, args=(server,), name="sfs-preload", daemon=True
             )
             _preloading.start()
+            atexit.register(_preloading.join, PRELOAD_EXIT_WAIT_SECONDS)
 
 
 _preload_lock = threading.Lock()
 _preloading: threading.Thread | None = None
+
+#: How long an exit waits for the preload thread (it needs a second at most on a busy
+#: host; the bound only keeps a wedged import from holding the exit forever).
+PRELOAD_EXIT_WAIT_SECONDS = 10.0
 
 
 def _import_transports(server: bool) -> None:

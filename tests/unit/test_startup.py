@@ -90,3 +90,23 @@ def test_the_transfer_path_imports_aiortc_and_qh3_in_a_thread_and_no_lan_or_serv
     before = set(report["before"]) | {name.split(".")[0] for name in report["before"]}
     assert not before & NOT_FOR_A_TRANSFER, sorted(before & NOT_FOR_A_TRANSFER)
     assert {"aiortc", "sfs.peer.transport.webrtc", "qh3.quic.connection"} <= set(report["after"])
+
+
+EXIT_DURING_PRELOAD = """
+import logging, sys
+import sfs.app
+logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+sfs.app.preload_transports(server=True)
+sys.exit(13)
+"""
+
+
+def test_an_exit_during_the_preload_waits_for_it_instead_of_cutting_it_down() -> None:
+    # A daemon thread cut down at exit inside Rust code (cryptography, qh3) aborts
+    # the process (exit -6, "FATAL: exception not rethrown"): the exit must wait.
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_DURING_PRELOAD], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 13, done.stderr
+    assert "aiortc loaded" in done.stderr, done.stderr
+    assert "qh3 loaded" in done.stderr, done.stderr
