@@ -292,7 +292,8 @@ def run_sfs(
     if route:
         note = "TCP" if route.group(1) == "direct over TCP" else route.group(1)
     elif re.search(r"connected at [\d.]+: .*, over QUIC$", sender_text, re.MULTILINE):
-        note = "WebRTC path, QUIC"
+        quic = re.search(r"QUIC on (\d+) peer connection", sender_text)
+        note = f"WebRTC path, QUIC ×{quic.group(1)}" if quic else "WebRTC path, QUIC"
     return Sample(
         mib_per_s=int(sent.group(1)) / MIB / float(sent.group(2)),
         total_s=total,

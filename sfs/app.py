@@ -72,7 +72,7 @@ from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
 from sfs.peer.transport.quic import load_qh3, quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
-from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath, TcpLink
+from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link, serves_page
 from sfs.signal.messages import IceServer
 from sfs.text import printable
@@ -648,14 +648,11 @@ class _SetUpPump:
         )
 
     async def _answer_offers(self, action: AnswerOffers) -> None:
-        # Over QUIC one peer connection carries the transfer at any round trip: the
-        # sender's striping offers beyond the first are left unanswered (and closed).
-        sdps = action.sdps[:1] if action.quic and self.offers_quic else action.sdps
         from sfs.peer.transport.webrtc import PeerLinks
 
         self.links = await self.stack.enter_async_context(
             PeerLinks(
-                len(sdps),
+                len(action.sdps),
                 ice_servers=self._ice(action),
                 host_addresses=self.addresses,
             )
@@ -673,7 +670,7 @@ class _SetUpPump:
             if not self.relay_only:
                 self.direct.dial(action.tcp)
             tcp = await self.direct.listen()
-        answers = await self.links.answer_offers(_descriptions("offer", sdps))
+        answers = await self.links.answer_offers(_descriptions("offer", action.sdps))
         self.keys = action.keys
         self.pending.append(
             LocalDescription(tuple(d["sdp"] for d in answers), tcp, quic=self.offers_quic)
@@ -737,22 +734,14 @@ class _SetUpPump:
         )
 
     def _quic_opener(self, links: PeerLinks, keys: SessionKeys, *, sender: bool) -> QuicOpener:
-        """QUIC on the WebRTC path: the sender connects as soon as ICE has its pair
-        (beside DTLS and SCTP; open_transport bounds the wait); the receiver listens
-        from now on (the sender's first datagram may come before its ICE says so)."""
+        """QUIC on every peer connection's WebRTC path: the sender connects each as
+        soon as its ICE has a pair (beside DTLS and SCTP; open_transport bounds the
+        wait); the receiver listens from now on (the sender's first datagram may come
+        before its ICE says so)."""
+        seconds = self.options.connect_timeout
         if sender:
-
-            async def proven() -> TcpLink:
-                await links.ice_connected()
-                return await links.quic(client=True, keys=keys).link(self.options.connect_timeout)
-
-            return proven
-
-        async def chosen() -> TcpLink:
-            path = links.quic(client=False, keys=keys)
-            return await path.chosen(self.options.connect_timeout)
-
-        return chosen
+            return functools.partial(links.quic_links, keys, seconds)
+        return functools.partial(links.quic_chosen, keys, seconds)
 
     async def _session(self, action: Done) -> Session:
         assert self.opener is not None

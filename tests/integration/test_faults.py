@@ -202,11 +202,18 @@ def test_link_cut_is_noticed_and_resumed(tmp_path: Path, netns: str, transport: 
         stop_process(server.process)
 
 
-@pytest.mark.parametrize("quic", [False, True], ids=["datachannel", "quic"])
-def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str, quic: bool) -> None:
+@pytest.mark.parametrize(
+    ("quic", "streams"),
+    [(False, 1), (True, 1), (True, 3)],
+    ids=["datachannel", "quic", "quic striped"],
+)
+def test_a_lossy_link_over_webrtc_delivers_intact(
+    tmp_path: Path, netns: str, quic: bool, streams: int
+) -> None:
     """2 % of the UDP packets in each direction vanish (so the receiver's delayed SACKs,
     or QUIC's acknowledgements, meet gaps, duplicates and retransmissions): the file
-    arrives whole, in bounded time, over SCTP and over QUIC."""
+    arrives whole, in bounded time, over SCTP and over QUIC (on one peer connection,
+    and striped over three, each its own QUIC connection)."""
     if subprocess.run(["which", "iptables"], capture_output=True).returncode:
         pytest.skip("iptables is not installed (scripts/test installs it as root)")
     server = start_server(tmp_path, netns=netns)
@@ -217,13 +224,16 @@ def test_a_lossy_link_over_webrtc_delivers_intact(tmp_path: Path, netns: str, qu
         out = tmp_path / "out"
         receiver = start_receiver(server, out, "--yes", "-q", netns=netns)
         sender = start_sender(
-            server, receiver.code, src, "--transport", "datachannel", "-v", netns=netns, quic=quic
-        )
+            server, receiver.code, src, "--transport", "datachannel", "--streams", str(streams),
+            "-v", netns=netns, quic=quic,
+        )  # fmt: skip
         sent, received = finish(sender, 120), receiver.finish(120)
         assert sent.returncode == 0, sent.stderr
         assert received.returncode == 0, received.stderr
         assert sha256_file(out / "big.bin") == sha256_file(src)
         assert ("over QUIC" in sent.stderr) is quic, sent.stderr[-2000:]
+        if quic:
+            assert f"QUIC on {streams} peer connection(s)" in sent.stderr, sent.stderr[-2000:]
     finally:
         stop_process(server.process)
 

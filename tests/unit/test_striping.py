@@ -8,24 +8,20 @@ from typing import Any, cast
 import pytest
 
 from sfs.errors import PeerGoneError
-from sfs.peer.transport.webrtc import DataChannelLink, StripedChannel
+from sfs.peer.transport.striping import StripedChannel
+from sfs.peer.transport.webrtc import DataChannelLink
 from tests.helpers import QueueChannel
 
 
-class ClockedQueueChannel(QueueChannel):
-    def share_idle_clock(self, clock: object) -> None:
-        pass  # in memory, nothing is ever idle
-
-
-def clocked_pair() -> tuple[ClockedQueueChannel, ClockedQueueChannel]:
-    a, b = ClockedQueueChannel(), ClockedQueueChannel()
+def channel_pair() -> tuple[QueueChannel, QueueChannel]:
+    a, b = QueueChannel(), QueueChannel()
     a.peer, b.peer = b, a
     return a, b
 
 
 def striped_pair(n: int) -> tuple[StripedChannel, StripedChannel, list[QueueChannel]]:
     """(sending side, receiving side, the sending ends of each link)."""
-    pairs = [clocked_pair() for _ in range(n)]
+    pairs = [channel_pair() for _ in range(n)]
     a = StripedChannel([cast(Any, p[0]) for p in pairs])
     b = StripedChannel([cast(Any, p[1]) for p in pairs])
     return a, b, [p[0] for p in pairs]
@@ -97,7 +93,7 @@ def striped_links(n: int) -> tuple[StripedChannel, StripedChannel, list[DataChan
     return StripedChannel(senders), StripedChannel([e[1] for e in ends]), senders
 
 
-async def test_striped_links_share_one_idle_clock() -> None:
+async def test_a_striped_channel_hears_what_any_link_heard() -> None:
     """With N links and round-robin pings, each link hears something only every N
     pings; the peer is alive as long as any link hears from it (issue 8, item 7): the
     striped channel's ``seconds_since_receive`` counts what any link heard, read or

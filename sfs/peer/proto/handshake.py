@@ -167,9 +167,10 @@ class ServerLost:
 
 
 #: The ``quic`` value of a sealed description: the one QUIC carriage this sfs speaks
-#: (docs/PROTOCOL.md, "QUIC on the WebRTC path"). 2: the receiver proves itself first,
-#: on a stream it opens (1 had the sender open stream 0 and speak first).
-QUIC_VERSION = 2
+#: (docs/PROTOCOL.md, "QUIC on the WebRTC path"). 3: a QUIC connection on every
+#: answered peer connection, the frames striped over them (2 answered one peer
+#: connection only); since 2 the receiver proves itself first, on a stream it opens.
+QUIC_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -305,8 +306,6 @@ class AnswerOffers:
     ice_servers: tuple[IceServer, ...]
     keys: SessionKeys
     tcp: tuple[str, ...] | None = None
-    #: The sender offered QUIC (one peer connection then carries everything).
-    quic: bool = False
 
 
 @dataclass(frozen=True)
@@ -331,8 +330,8 @@ class OpenChannel:
 
     direct: bool = False
     relay: str | None = None
-    #: Both sides offered QUIC: the sender may carry the transfer over QUIC on the
-    #: first peer connection's ICE path, and says which channel it chose on it.
+    #: Both sides offered QUIC: the sender may carry the transfer over QUIC on every
+    #: peer connection's ICE path (striped), and says which channel it chose on them.
     quic: bool = False
 
 
@@ -747,7 +746,7 @@ class Handshake:
             return self._fail(exc)
         self._set_state(SetupState.ANSWERING)
         assert self._keys is not None
-        return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp, self._peer_quic)]
+        return [AnswerOffers(sdps, self._ice(), self._keys, self._peer_tcp)]
 
     def _answered(self, event: SealedReceived) -> list[Action]:
         try:

@@ -1,7 +1,7 @@
 """The Channel: what a transfer runs on, whatever carries it.
 
 One seam per kind of transport: the DataChannel (:class:`sfs.peer.transport.webrtc.DataChannelLink`,
-several of them as a :class:`sfs.peer.transport.webrtc.StripedChannel`) and the direct TCP
+several of them as a :class:`sfs.peer.transport.striping.StripedChannel`) and the direct TCP
 connection (:class:`sfs.peer.transport.tcp.TcpLink`) each are a :class:`Channel`, and
 the conversation (:mod:`sfs.peer.transfer`) knows nothing of either.  :class:`Route`
 says how a channel's data flows, in the words a user reads at the end of a transfer.

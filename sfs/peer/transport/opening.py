@@ -20,6 +20,7 @@ from sfs.errors import (
 )
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.quic import QUIC_SECONDS
+from sfs.peer.transport.striping import StripedChannel
 from sfs.peer.transport.tcp import CHOSEN, DirectPath, TcpLink
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ class Opened:
     quic: bool = False
 
 
-#: (Sender) QUIC on the WebRTC path: its proven link, once the DataChannel is open.
-#: (Receiver) the QUIC link the sender chose.
-QuicOpener = Callable[[], Awaitable[TcpLink]]
+#: (Sender) QUIC on the WebRTC path: its proven links, one per peer connection.
+#: (Receiver) the QUIC links the sender chose.
+QuicOpener = Callable[[], Awaitable[list[TcpLink]]]
 
 
 async def open_transport(
@@ -102,7 +103,7 @@ async def open_transport(
 
 
 async def _over_webrtc(
-    by_datachannel: asyncio.Future[Channel], by_quic: asyncio.Future[TcpLink] | None
+    by_datachannel: asyncio.Future[Channel], by_quic: asyncio.Future[list[TcpLink]] | None
 ) -> Opened:
     """(Sender) the WebRTC path is the one: QUIC on it if it is proven before the
     DataChannel opens or within QUIC_SECONDS after, else the DataChannel; CHOSEN said
@@ -113,10 +114,13 @@ async def _over_webrtc(
         if not by_quic.done() and not webrtc_failed:
             await asyncio.wait({by_quic}, timeout=QUIC_SECONDS)
         if by_quic.done() and not by_quic.cancelled() and by_quic.exception() is None:
-            link = by_quic.result()
-            link.choose()
-            logger.info("connected at %.6f: %s", time.time(), link.route)
-            return Opened(link, quic=True)
+            links = by_quic.result()
+            for link in links:
+                link.choose()
+            channel = _striped(links)
+            logger.info("QUIC on %d peer connection(s)", len(links))
+            logger.info("connected at %.6f: %s", time.time(), channel.route)
+            return Opened(channel, quic=True)
         why = (
             by_quic.exception()
             if by_quic.done() and not by_quic.cancelled()
@@ -127,6 +131,12 @@ async def _over_webrtc(
     channel = await by_datachannel
     channel.send(CHOSEN)
     return Opened(channel)
+
+
+def _striped(links: list[TcpLink]) -> Channel:
+    """QUIC on one peer connection, or striped over several (each its own connection
+    with its own congestion window: what a lossy long link needs)."""
+    return links[0] if len(links) == 1 else StripedChannel(links)
 
 
 async def _cancelled(*futures: asyncio.Future[Any] | None) -> None:
@@ -262,9 +272,9 @@ async def _receiver_opens(
             raise RemoteProtocolError("the other side sent a frame before choosing a transport")
         return channel
 
-    never: asyncio.Future[TcpLink] = asyncio.get_running_loop().create_future()
-    by_tcp = asyncio.ensure_future(direct.chosen()) if direct is not None else never
-    by_quic = asyncio.ensure_future(quic()) if quic is not None else never
+    loop = asyncio.get_running_loop()
+    by_tcp = asyncio.ensure_future(direct.chosen()) if direct is not None else loop.create_future()
+    by_quic = asyncio.ensure_future(quic()) if quic is not None else loop.create_future()
     by_datachannel = asyncio.ensure_future(over_datachannel())
     futures = (by_tcp, by_quic, by_datachannel)
     try:
@@ -274,7 +284,7 @@ async def _receiver_opens(
             _, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
             if by_quic.done() and by_quic.exception() is None:
                 logger.info("the sender chose QUIC on the WebRTC path")
-                return Opened(by_quic.result(), quic=True)
+                return Opened(_striped(by_quic.result()), quic=True)
             if not by_tcp.done() and not by_datachannel.done():
                 # QUIC did not come up here: the sender chooses another, and says so.
                 pending.discard(by_quic)

@@ -5,10 +5,14 @@ objects, SACKs): it is the ceiling of every transfer that cannot reach the other
 over TCP. qh3's QUIC does the same per-packet work in native code (measured on this
 machine: about three times less CPU per byte; docs/PERFORMANCE.md). When both sides
 offered it in the sealed offer/answer, the sender opens a QUIC connection over the
-candidate pair ICE nominated for the first peer connection, as RFC 9443 multiplexes
-QUIC with STUN and DTLS on one port: the NAT binding ICE opened, and any TURN relay it
-chose, carry QUIC as they carry DTLS. The DataChannel stays open beside it, for the
-page and for a sender whose QUIC does not come up.
+candidate pair ICE nominated for each peer connection, as RFC 9443 multiplexes QUIC
+with STUN and DTLS on one port: the NAT binding ICE opened, and any TURN relay it
+chose, carry QUIC as they carry DTLS. With several peer connections (``--streams``,
+or auto on a long link) the frames are striped over their QUIC connections
+(:mod:`sfs.peer.transport.striping`): qh3's congestion control is fixed in its native
+core, and one connection's window, cut by every loss, is the limit on a lossy long
+link. The DataChannel stays open beside it, for the page and for a sender whose QUIC
+does not come up.
 
 On the QUIC stream runs the direct TCP path's protocol (:class:`TcpLink`: the proof with
 the session keys, then length-prefixed sealed frames): QUIC's own TLS is not trusted for
@@ -56,9 +60,10 @@ QUIC_SECONDS = 3.0
 #: The stream and connection credit each side grants: enough for a 50 ms round trip at
 #: a few hundred MiB/s, so flow control never limits the rate before the path does.
 STREAM_WINDOW_BYTES = 32 * 1024 * 1024
-#: What a stream may hold unsent before TcpLink's writer waits (its pause_writing).
+#: What a stream may hold unsent before TcpLink's writer waits (its pause_writing):
+#: shared by the QUIC connections of a striped transfer, so memory does not grow with
+#: their number.
 WRITE_HIGH_BYTES = 8 * 1024 * 1024
-WRITE_LOW_BYTES = WRITE_HIGH_BYTES // 2
 #: A PING marks how much of a stream had left once the data before it advanced this
 #: far; its acknowledgement says the peer had it all (below, StreamTransport).
 PING_EVERY_BYTES = 64 * 1024
@@ -190,7 +195,11 @@ class QuicPath:
         client: bool,
         keys: SessionKeys,
         route: Callable[[], Route | None],
+        write_high: int = WRITE_HIGH_BYTES,
     ) -> None:
+        """:param write_high: what the stream may hold unsent before its writer waits
+        (WRITE_HIGH_BYTES, divided among the connections of a striped transfer)."""
+        self._write_high = write_high
         #: The WebRTC path's route, asked once the stream opens (ICE has chosen).
         self._route = route
         self._loop = asyncio.get_running_loop()
@@ -449,7 +458,7 @@ class QuicPath:
     # -- the stream -----------------------------------------------------------------------------
 
     def _open_stream(self, stream_id: int) -> StreamTransport:
-        stream = StreamTransport(self, stream_id)
+        stream = StreamTransport(self, stream_id, high=self._write_high)
         self._streams[stream_id] = stream
         prover = Prover(
             dialer=self._client,
@@ -532,7 +541,7 @@ class QuicLink(TcpLink):
 class StreamTransport(asyncio.Transport):
     """One QUIC stream as the asyncio transport :class:`TcpLink` runs on."""
 
-    def __init__(self, path: QuicPath, stream_id: int) -> None:
+    def __init__(self, path: QuicPath, stream_id: int, *, high: int = WRITE_HIGH_BYTES) -> None:
         super().__init__()
         self._path = path
         self._id = stream_id
@@ -546,8 +555,8 @@ class StreamTransport(asyncio.Transport):
         self._closing = False
         self._write_paused = False
         self._reading = True
-        self._high = WRITE_HIGH_BYTES
-        self._low = WRITE_LOW_BYTES
+        self._high = high
+        self._low = high // 2
 
     # -- what TcpLink calls ---------------------------------------------------------------------
 

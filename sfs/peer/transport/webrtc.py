@@ -48,9 +48,11 @@ from sfs.peer.transport.gathering import (
     local_networks,
     route_of,
 )
-from sfs.peer.transport.quic import QuicPath
+from sfs.peer.transport.quic import WRITE_HIGH_BYTES, QuicPath
 from sfs.peer.transport.sctp_congestion import CongestionControl, congestion_internals_fit
 from sfs.peer.transport.sctp_window import ReceiveWindow, sctp_internals_fit
+from sfs.peer.transport.striping import StripedChannel
+from sfs.peer.transport.tcp import TcpLink
 from sfs.signal.messages import IceServer
 
 logger = logging.getLogger(__name__)
@@ -108,12 +110,7 @@ def widen_ice_buffers(connection: Any) -> None:
 
 class IdleClock:
     """When the peer was last heard from (the conversation judges idleness by it:
-    :mod:`sfs.peer.proto.conversation`).
-
-    One per transfer path: the links of a :class:`StripedChannel` share one, since
-    anything heard on any of them proves the peer alive (its keepalives are dealt
-    round-robin too, so one link of N hears one only every N pings).
-    """
+    :mod:`sfs.peer.proto.conversation`; a striped channel by the latest of its links')."""
 
     def __init__(self) -> None:
         self.last_heard = time.monotonic()
@@ -173,9 +170,6 @@ class DataChannelLink:
         channel.on("message", self._on_message)
         channel.on("bufferedamountlow", self._drained.set)
         channel.on("close", self.mark_closed)
-
-    def share_idle_clock(self, clock: IdleClock) -> None:
-        self._clock = clock
 
     def heard(self) -> None:
         self._clock.heard()
@@ -506,76 +500,6 @@ class PeerLink:
         return self._link
 
 
-# -- striping ---------------------------------------------------------------------------------
-
-
-class StripedChannel:
-    """Several DataChannels, each on its own peer connection, seen as one channel.
-
-    Frames are dealt round-robin: frame k of a direction goes on link k mod N, and the
-    other side reads the links in the same order, so the frames come out in exactly
-    the order they went in, with no change to the protocol above (its strict counters
-    still hold). The links share one idle clock: the peer is alive while any of them
-    hears from it. Each link is its own SCTP association with its own window, which is
-    what lifts throughput on long links (docs/PERFORMANCE.md).
-    """
-
-    def __init__(self, links: Sequence[DataChannelLink]) -> None:
-        if not links:
-            raise ValueError("at least one link")
-        self._links = list(links)
-        clock = IdleClock()
-        for link in self._links:
-            link.share_idle_clock(clock)
-        self._next_send = 0
-        self._next_receive = 0
-
-    @property
-    def max_message_size(self) -> int:
-        return min(link.max_message_size for link in self._links)
-
-    @property
-    def preferred_chunk_size(self) -> int:
-        return self._links[0].preferred_chunk_size
-
-    @property
-    def route(self) -> Route | None:
-        return self._links[0].route
-
-    def send(self, frame: bytes) -> None:
-        link = self._links[self._next_send % len(self._links)]
-        self._next_send += 1
-        link.send(frame)
-
-    @property
-    def congested(self) -> bool:
-        return any(link.congested for link in self._links)
-
-    async def drain(self) -> None:
-        for link in self._links:
-            await link.drain()
-
-    async def receive(self) -> bytes:
-        frame = await self._links[self._next_receive % len(self._links)].receive()
-        self._next_receive += 1
-        return frame
-
-    def poll(self) -> bytes | None:
-        frame = self._links[self._next_receive % len(self._links)].poll()
-        if frame is not None:
-            self._next_receive += 1
-        return frame
-
-    async def wait_closed(self) -> None:
-        await asyncio.gather(*(link.wait_closed() for link in self._links))
-
-    def seconds_since_receive(self) -> float:
-        return self._links[0].seconds_since_receive()  # one clock for all
-
-    def unsent_bytes(self) -> int:
-        return sum(link.unsent_bytes() for link in self._links)
-
-
 class PeerLinks:
     """One to :data:`MAX_STREAMS` :class:`PeerLink` objects used as one transfer path."""
 
@@ -593,7 +517,7 @@ class PeerLinks:
             )
             for _ in range(count)
         ]
-        self._quic: QuicPath | None = None
+        self._quic: list[QuicPath] = []
 
     async def __aenter__(self) -> PeerLinks:
         return self
@@ -602,8 +526,8 @@ class PeerLinks:
         await self.close()
 
     async def close(self) -> None:
-        if self._quic is not None:
-            self._quic.close()
+        for path in self._quic:
+            path.close()
         await asyncio.gather(*(link.close() for link in self._links))
 
     async def create_offers(self) -> list[dict[str, str]]:
@@ -626,19 +550,32 @@ class PeerLinks:
         links = await asyncio.gather(*(link.open(seconds) for link in self._links))
         return links[0] if len(links) == 1 else StripedChannel(links)
 
-    async def ice_connected(self) -> None:
-        """Wait until the first peer connection's ICE has nominated a pair."""
-        await self._links[0].ice_connected()
+    async def quic_links(self, keys: SessionKeys, seconds: float) -> list[TcpLink]:
+        """(Sender) QUIC over every peer connection's ICE path, each connected as soon
+        as its ICE has nominated a pair (:mod:`sfs.peer.transport.quic`): the proven
+        links, in the peer connections' order (the striping's), within ``seconds``."""
 
-    def quic(self, *, client: bool, keys: SessionKeys) -> QuicPath:
-        """QUIC over the first peer connection's ICE path (:mod:`sfs.peer.transport.quic`).
+        async def one(link: PeerLink) -> TcpLink:
+            await link.ice_connected()
+            return await self._quic_path(link, client=True, keys=keys).link(seconds)
 
-        The receiver (the server) makes it as soon as it answered, so that no early
-        datagram of the sender's goes to DTLS; the sender (the client) once ICE has
-        nominated a pair (ice_connected). Closed with these links.
-        """
-        first = self._links[0]
-        widen_ice_buffers(first.ice())
-        path = QuicPath(first.ice(), client=client, keys=keys, route=first.route)
-        self._quic = path
+        return list(await asyncio.gather(*(one(link) for link in self._links)))
+
+    async def quic_chosen(self, keys: SessionKeys, seconds: float) -> list[TcpLink]:
+        """(Receiver) listen for QUIC on every peer connection's ICE path from now on
+        (the sender's first datagram may come before this side's ICE has nominated
+        its pair); the links the sender proved itself on and chose, in order."""
+        paths = [self._quic_path(link, client=False, keys=keys) for link in self._links]
+        return list(await asyncio.gather(*(path.chosen(seconds) for path in paths)))
+
+    def _quic_path(self, link: PeerLink, *, client: bool, keys: SessionKeys) -> QuicPath:
+        widen_ice_buffers(link.ice())
+        path = QuicPath(
+            link.ice(),
+            client=client,
+            keys=keys,
+            route=link.route,
+            write_high=WRITE_HIGH_BYTES // len(self._links),
+        )
+        self._quic.append(path)
         return path
