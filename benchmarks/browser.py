@@ -19,7 +19,9 @@ page's plain-http origin as secure, as a page on a LAN address is: no WebCrypto 
 MiB/s is the file's size over the time from its first byte to its last at the
 receiver: a CLI receiver's folder is polled every 20 ms; a page receiver reports
 that time itself (``body[data-data-seconds]``, performance.now()).  Connection set-up
-is not counted.  Every received file is checked by SHA-256.
+is not counted.  Every received file is checked by SHA-256.  "machine CPU" is what all
+cores spent busy during the case (set-up included): the page's Chromium processes, the
+CLIs and the server share two cores here.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def run_browser(size: int, runs: int, title: str) -> None:
         PLAIN_CLI_TO_PAGE: (_cli_to_page, False),
     }
     results: dict[str, list[Sample]] = {name: [] for name in cases}
+    machine: dict[str, list[float]] = {name: [] for name in cases}
     with tempfile.TemporaryDirectory(prefix="sfs-bench-browser-") as tmp:
         workdir = Path(tmp)
         src = workdir / "src.bin"
@@ -104,31 +107,48 @@ def run_browser(size: int, runs: int, title: str) -> None:
                     for name, (case, secure) in cases.items():
                         out = workdir / "out"
                         _empty(out)
+                        busy = machine_busy_seconds()
                         if secure:
                             sample = case(the_lab, src, out, digest, QUERY)
                         else:
                             sample = case(plain_lab, src, out, digest, PLAIN_QUERY)
+                        machine[name].append(machine_busy_seconds() - busy)
                         results[name].append(sample)
                     print(f"  run {run + 1}/{runs} done", file=sys.stderr, flush=True)
             finally:
                 plain_browser.close()
-    print("\n".join(browser_table(results)))
+    print("\n".join(browser_table(results, machine)))
     print("\n".join(browser_goals(results)))
 
 
-def browser_table(results: dict[str, list[Sample]]) -> list[str]:
+def browser_table(
+    results: dict[str, list[Sample]], machine: dict[str, list[float]] | None = None
+) -> list[str]:
+    """:param machine: per case, the CPU seconds the whole machine spent on each run
+    (machine_busy_seconds: Chromium's processes, the CLIs, the server, set-up included)."""
     rows = [
-        "| | MiB/s | first to last byte | CPU of the CLI send / recv | runs (MiB/s) |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| | MiB/s | first to last byte | CPU of the CLI send / recv | machine CPU "
+        "| runs (MiB/s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, samples in results.items():
+        busy = (machine or {}).get(name, [])
         rows.append(
             f"| {name} | {median(samples, lambda s: s.mib_per_s):.1f} "
             f"| {median(samples, lambda s: s.total_s):.2f} s "
             f"| {_cpu(samples, 'sender')} / {_cpu(samples, 'receiver')} "
+            f"| {f'{statistics.median(busy):.1f} s' if busy else '–'} "
             f"| {', '.join(f'{s.mib_per_s:.1f}' for s in samples)} |"
         )
     return rows
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: all but idle and
+    iowait). The page's side is several Chromium processes that come and go with the
+    tab; the machine's total is what they and the CLIs share on its cores."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(samples: list[Sample], side: str) -> str:
