@@ -160,6 +160,9 @@ class SendConfig:
     stream: IO[bytes] | None = None
     stream_name: str = "stdin"
     compress: bool = True
+    #: Show a printed code with a link to the web page (--qr, --json): the server's, if
+    #: it serves one; in LAN mode, the embedded server's.
+    link: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ class ReceiveConfig:
     code: Code | None = None
     #: Write the one offered file or pipe here (``--stdout``), not into output_dir.
     sink: IO[bytes] | None = None
-    #: Show the code with a link to the server's web page, if it serves one (--qr, --json).
+    #: Show the code with a link to the web page (--qr, --json): the server's, if it
+    #: serves one; in LAN mode, the embedded server's.
     link: bool = False
 
 
@@ -233,28 +237,34 @@ class Session:
 
 @asynccontextmanager
 async def sender_session(
-    code: Code | None, options: PeerOptions, ui: Ui, *, streams: int | None = 1
+    code: Code | None,
+    options: PeerOptions,
+    ui: Ui,
+    *,
+    streams: int | None = 1,
+    link: bool = False,
 ) -> AsyncIterator[Session]:
     """Find the receiver of ``code`` (or, with no code, show one and wait for the
     receiver to come), agree on keys, and open the DataChannel(s).
 
     :param streams: peer connections to stripe over (the receiver may accept fewer);
         None chooses from the round trip measured during set-up.
+    :param link: show a code with a link to the web page that receives with it.
     """
-    async with _session(Role.SENDER, code, options, ui, streams=streams) as session:
+    async with _session(Role.SENDER, code, options, ui, streams=streams, link=link) as session:
         yield session
 
 
 @asynccontextmanager
 async def receiver_session(
-    options: PeerOptions, ui: Ui, *, code: Code | None = None, page: str | None = None
+    options: PeerOptions, ui: Ui, *, code: Code | None = None, link: bool = False
 ) -> AsyncIterator[Session]:
     """Show a code and wait for the sender (or, given the sender's ``code``, join it),
     agree on keys, and open the DataChannel.
 
-    :param page: the URL of the web page to link the code to (the server's).
+    :param link: show a code with a link to the web page that sends with it.
     """
-    async with _session(Role.RECEIVER, code, options, ui, page=page) as session:
+    async with _session(Role.RECEIVER, code, options, ui, link=link) as session:
         yield session
 
 
@@ -266,8 +276,11 @@ async def _session(
     ui: Ui,
     *,
     streams: int | None = 1,
-    page: str | None = None,
+    link: bool = False,
 ) -> AsyncIterator[Session]:
+    """:param link: show the code (if this side shows one) with a link to the web
+    page: the server's, if it serves one; in LAN mode, this side's embedded server's,
+    which then serves the page."""
     addresses = check_local_addresses(options.ice_addresses)
     preload_transports(server=role is Role.RECEIVER)
 
@@ -282,12 +295,21 @@ async def _session(
 
     async with AsyncExitStack() as stack:
         if options.server_url is not None:
+            page = None
+            if (
+                link
+                and code is None
+                and await serves_page(options.server_url, ca_file=options.ca_file)
+            ):
+                page = options.server_url
             ui.status(f"Connecting via {options.server_url}…")
             session = await _set_up(
                 stack, handshake(), options.server_url, options, ui, addresses, page=page
             )
         elif code is None:
-            session = await _wait_on_lan(stack, handshake(), role, options, ui, addresses)
+            session = await _wait_on_lan(
+                stack, handshake(), role, options, ui, addresses, page=link
+            )
         else:
             session = await _join_on_lan(
                 stack, handshake(), code.peer_id, role, options, ui, addresses
@@ -314,7 +336,9 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         )
     for skipped in tree.skipped:
         ui.status(f"Skipping {skipped}")
-    async with sender_session(config.code, config.peer, ui, streams=config.streams) as session:
+    async with sender_session(
+        config.code, config.peer, ui, streams=config.streams, link=config.link
+    ) as session:
         channel = session.channel
         proto = TransferProtocol(Role.SENDER, session.keys)
         await _verify(ui, channel, proto, session.keys, ask=config.verify)
@@ -350,15 +374,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
-    page = None
-    if (
-        config.link
-        and config.code is None
-        and config.peer.server_url is not None
-        and await serves_page(config.peer.server_url, ca_file=config.peer.ca_file)
-    ):
-        page = config.peer.server_url
-    async with receiver_session(config.peer, ui, code=config.code, page=page) as session:
+    async with receiver_session(config.peer, ui, code=config.code, link=config.link) as session:
         proto = TransferProtocol(Role.RECEIVER, session.keys)
         await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
         result = await receive_files(
@@ -593,7 +609,11 @@ class _SetUpPump:
         if isinstance(action, Call):
             await _call(self.signal, action)  # (run() sends calls in batches)
         elif isinstance(action, ShowCode):
-            link = None if self.page is None else page_link(self.page, action.code)
+            link = (
+                None
+                if self.page is None
+                else page_link(self.page, action.code, receive=self.handshake.role is Role.SENDER)
+            )
             self.ui.show_code(action.code, link)
         elif isinstance(action, Status):
             self.ui.status(action.message)
@@ -777,17 +797,30 @@ async def _wait_on_lan(
     options: PeerOptions,
     ui: Ui,
     addresses: tuple[str, ...],
+    *,
+    page: bool = False,
 ) -> Session:
     """LAN mode, the side that shows the code: run the signaling server here,
     advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
-    channel is open (the peers talk directly; nobody else should find this code)."""
-    from sfs.lan.discovery import advertise, find_lan, open_zeroconf
-    from sfs.lan.embedded import embedded_server
+    channel is open (the peers talk directly; nobody else should find this code).
+
+    :param page: the embedded server serves the browser page too, and the code is
+        shown with a link to it (on the address of the default route's interface;
+        every other one is logged), so a phone with no app and no server can join.
+    """
+    from sfs.lan.discovery import advertise, default_route_address, find_lan, open_zeroconf
+    from sfs.lan.embedded import EMBEDDED_CONFIG, EMBEDDED_PAGE_CONFIG, embedded_server
+    from sfs.lan.record import page_urls
 
     lan = find_lan()
     rendezvous = AsyncExitStack()
     try:
-        embedded = await rendezvous.enter_async_context(embedded_server(role.value))
+        embedded = await rendezvous.enter_async_context(
+            embedded_server(role.value, EMBEDDED_PAGE_CONFIG if page else EMBEDDED_CONFIG)
+        )
+        urls = page_urls(lan.addresses, embedded.port, default_route_address()) if page else ()
+        for url in urls:
+            logger.info("the page is at %s", url)
         zeroconf = open_zeroconf(lan)
         rendezvous.push_async_callback(zeroconf.async_close)
         adverts = await rendezvous.enter_async_context(AsyncExitStack())
@@ -801,7 +834,14 @@ async def _wait_on_lan(
 
         ui.status("On the local network (no server; for other networks use --server)")
         session = await _set_up(
-            stack, handshake, embedded.local_url, options, ui, addresses, registered=registered
+            stack,
+            handshake,
+            embedded.local_url,
+            options,
+            ui,
+            addresses,
+            registered=registered,
+            page=urls[0] if urls else None,
         )
     except BaseException:
         await rendezvous.aclose()

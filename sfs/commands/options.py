@@ -68,8 +68,10 @@ TRANSFER_JSON_HELP = (
 QR_OPTION = click.option(
     "--qr",
     is_flag=True,
-    help="Also draw the code as a QR code (with a server that serves the web page, "
-    "its link: http://SERVER/#CODE), for a phone's camera.",
+    help="Also draw the code as a QR code of a link to the web page with the code in it "
+    "(http://SERVER/#CODE; on a LAN with no server, this computer's own page: "
+    "http://ADDRESS:PORT/#CODE), for a phone's camera: it opens the page, which sends "
+    "to `sfs receive` or receives from `sfs send --print-code`.",
 )
 
 

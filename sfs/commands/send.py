@@ -169,7 +169,7 @@ def send(
     if qr and not print_code:
         raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
     if as_json and qr:
-        raise click.UsageError("--json gives the code in its code event: drop --qr")
+        raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
     code: Code | None
     # stdin carries the data (a pipe, or --text -): the code cannot come from there.
     stdin_taken = "-" in args or text == "-"
@@ -211,6 +211,7 @@ def send(
         verify=verify,
         streams=streams,
         resume=not no_resume,
+        link=print_code and (qr or as_json),
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi

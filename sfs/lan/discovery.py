@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,20 @@ def find_lan() -> Lan:
     if not addresses:
         raise NoLanError()
     return Lan(addresses, tuple(dict.fromkeys(interfaces)))
+
+
+def default_route_address() -> str | None:
+    """This machine's source address towards the default route (IPv4, else IPv6), or
+    None without one. A connected UDP socket only asks the kernel for a route: no
+    packet leaves, and the documentation addresses below are never reached."""
+    for family, nowhere in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((nowhere, 9))
+                return str(probe.getsockname()[0])
+        except OSError:
+            continue
+    return None
 
 
 def open_zeroconf(lan: Lan) -> AsyncZeroconf:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -141,6 +142,13 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+#: With the page (``--qr``, ``--json``): a browser loads the page's files over a few
+#: connections at once (each closed after its one response) beside its socket.
+EMBEDDED_PAGE_CONFIG = dataclasses.replace(
+    EMBEDDED_CONFIG, page=True, max_connections_per_address=8
+)
+
+
 @contextlib.asynccontextmanager
 async def embedded_server(
     role: str, config: ServerConfig = EMBEDDED_CONFIG
@@ -148,6 +156,8 @@ async def embedded_server(
     """Run the signaling server until the block ends.
 
     :param role: the waiting side's role, which probes prove along with the ID
+    :param config: EMBEDDED_PAGE_CONFIG to serve the browser page too (as ``sfs
+        serve`` does: the same files, headers and Content-Security-Policy)
     """
     sock = _listening_socket()
     port = int(sock.getsockname()[1])

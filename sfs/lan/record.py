@@ -138,6 +138,15 @@ def signaling_url(address: str, port: int) -> str:
     return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
+def page_urls(addresses: Sequence[str], port: int, preferred: str | None) -> tuple[str, ...]:
+    """The URLs of the waiting side's page (its embedded server), the one for
+    ``preferred`` first (the address of the interface with the default route: the
+    network a phone on the same Wi-Fi is on), then the rest in ``addresses``' order
+    (:func:`connectable`'s: IPv4 first)."""
+    ordered = sorted(addresses, key=lambda address: address != preferred)
+    return tuple(signaling_url(address, port) for address in ordered)
+
+
 def waited(since: int, now: float) -> str:
     """How long a peer has been waiting, for ``sfs peers`` (its clock may differ:
     never less than zero)."""

@@ -98,10 +98,19 @@ def _certificate_error(exc: BaseException) -> str | None:
 PAGE_CHECK_SECONDS = 5.0
 
 
-def page_link(url: str, code: str) -> str:
-    """The link that opens the server's web page with ``code`` filled in: the page
-    reads the code after ``#`` (a fragment, which browsers never send to a server)."""
-    return f"{url.rstrip('/')}/#{code}"
+#: The fragment's prefix of a link that makes the page receive with the code (a
+#: sender's); without it, the page sends with it (a receiver's).
+RECEIVE_FRAGMENT = "receive/"
+
+
+def page_link(url: str, code: str, *, receive: bool = False) -> str:
+    """The link that opens the web page with ``code`` filled in: the page reads the
+    code after ``#`` (a fragment, which browsers never send to a server).
+
+    :param receive: the code is a sender's (``sfs send --print-code``): the page
+        receives from it at once, rather than offering to send to it.
+    """
+    return f"{url.rstrip('/')}/#{RECEIVE_FRAGMENT if receive else ''}{code}"
 
 
 async def serves_page(url: str, *, ca_file: str | None = None) -> bool:

@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from sfs.commands.qr import qr_lines
 from sfs.signal.client import page_link, serves_page
 from sfs.signal.config import ServerConfig
 from tests.conftest import (
@@ -49,8 +48,11 @@ def test_receive_qr_holds_the_page_link(sfs_server: ServerProcess, tmp_path: Pat
     assert receiver.code not in finished.stderr
 
 
-def test_send_print_code_qr_holds_the_code(sfs_server: ServerProcess, tmp_path: Path) -> None:
-    """The page opens Send with a code from a link: a sender's code goes as it is."""
+def test_send_print_code_qr_holds_the_receiving_link(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A sender's code makes the page receive: its QR code holds the page's link with
+    ``#receive/`` before the code, printed on stdout with the code."""
     source = make_file(tmp_path / "f.bin", 1000)
     process = subprocess.Popen(
         sfs_command("send", "--print-code", "--qr", str(source)),
@@ -61,17 +63,16 @@ def test_send_print_code_qr_holds_the_code(sfs_server: ServerProcess, tmp_path: 
     )
     try:
         code = read_line_matching(process, CODE_RE).group(1)
-        assert process.stdout is not None
-        # As many lines as the drawing of a code has: the sender waits, printing no more.
-        drawing = [process.stdout.readline().decode("utf-8") for _ in qr_lines(code)]
+        drawing = lines_until(process, "Link: ")
     finally:
         stop_process(process)
-    assert decode_drawing([line.rstrip("\n") for line in drawing], tmp_path) == code
+    assert decode_drawing(drawing, tmp_path) == f"{sfs_server.url}/#receive/{code}"
 
 
 async def test_serves_page_tells_a_server_with_the_page_from_one_without() -> None:
-    """The link is given only where the page is: `sfs serve`, not LAN mode's embedded
-    server (page=False), and not a port where nothing listens."""
+    """The link is given only where the page is: `sfs serve`, not a server with
+    page=False (LAN mode's embedded server unless --qr or --json asks for the page),
+    and not a port where nothing listens."""
     with_page = ServerConfig(host="127.0.0.1", port=0)
     without = ServerConfig(host="127.0.0.1", port=0, page=False)
     async with serving(with_page) as url, serving(without) as bare_url:
@@ -79,3 +80,6 @@ async def test_serves_page_tells_a_server_with_the_page_from_one_without() -> No
         assert not await serves_page(bare_url)
     assert not await serves_page("http://127.0.0.1:9")
     assert page_link(url + "/", "ABC-123-tiger-lamp") == f"{url}/#ABC-123-tiger-lamp"
+    assert page_link(url, "ABC-123-tiger-lamp", receive=True) == (
+        f"{url}/#receive/ABC-123-tiger-lamp"
+    )

@@ -18,6 +18,7 @@ from sfs.lan.record import (
     choose,
     connectable,
     instance_name,
+    page_urls,
     parse,
     signaling_url,
     waited,
@@ -215,3 +216,20 @@ def test_peer_table_shows_network_text_inert() -> None:
     assert "\\x1b[2J\\u202eevil" in lines[2]
     assert " send " in lines[2]
     assert peer_table([], now=0) == ["Nobody is waiting on this network."]
+
+
+def test_page_urls_put_the_default_routes_address_first() -> None:
+    addresses = connectable(["10.0.0.5", "fd00::5", "192.168.1.20"])
+    assert page_urls(addresses, 43117, "192.168.1.20") == (
+        "http://192.168.1.20:43117",
+        "http://10.0.0.5:43117",
+        "http://[fd00::5]:43117",
+    )
+    # No default route, or one through an address sfs does not serve on: as listed.
+    for preferred in (None, "172.16.0.1"):
+        assert page_urls(addresses, 80, preferred) == (
+            "http://10.0.0.5:80",
+            "http://192.168.1.20:80",
+            "http://[fd00::5]:80",
+        )
+    assert page_urls((), 80, "10.0.0.5") == ()

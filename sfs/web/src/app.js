@@ -14,8 +14,9 @@
 //   #progress                  per file and overall: bytes, rate, time left
 //   body[data-state]           idle | waiting | connecting | deciding | transferring | done | error
 //
-// URL: `#CODE` opens Send with the code filled in (the fragment never reaches the
-// server, and is removed from the address bar at once); `?save=picker|download|memory`
+// URL: `#CODE` opens Send with the code filled in, `#receive/CODE` (a sender's code:
+// `sfs send --print-code`) receives from that sender at once (the fragment never
+// reaches the server, and is removed from the address bar at once); `?save=picker|download|memory`
 // forces how received files are saved (./save.js).
 
 import qrcode from "qrcode-generator";
@@ -278,10 +279,11 @@ function sessionUi() {
 
 // -- receiving ------------------------------------------------------------------------------
 
-async function startReceiving() {
+/** Receive: with a new code shown here, or with `code`, a sender's (`sfs send --print-code`). */
+async function startReceiving(code = null) {
   $("receive-panel").hidden = false;
   setState("connecting");
-  say("Connecting to the server…");
+  say(code ? `Connecting to ${code.peerId}…` : "Connecting to the server…");
   // Found out now, so a size limit can be stated before the user accepts.
   const saving = SaveOptions.probe(requestedMethod(location.search));
   await run(
@@ -295,6 +297,7 @@ async function startReceiving() {
         wordlist: wordlistText,
         cancel,
         relayMode: relayMode(location.search),
+        code,
       }),
     "Received",
   );
@@ -496,7 +499,13 @@ $("role-receive").addEventListener("click", () => {
 $("role-send").addEventListener("click", () => showSendPanel());
 ui.again.addEventListener("click", () => location.assign(location.pathname + location.search));
 
-/** A link with the code after "#": Send, with the code filled in. */
+/** The fragment of a link that asks this page to receive: "#receive/CODE". */
+const RECEIVE_PREFIX = "receive/";
+
+/**
+ * A link with the code after "#": Send, with the code filled in; "#receive/CODE" (a
+ * sender's code, `sfs send --print-code`): Receive from that sender at once.
+ */
 function takeFragment() {
   if (!location.hash || ui.body.dataset.state !== "idle") return;
   let code = location.hash.slice(1);
@@ -507,7 +516,17 @@ function takeFragment() {
   }
   // The secret words should not linger in the address bar or the history.
   history.replaceState(null, "", location.pathname + location.search);
-  if (code) showSendPanel(code);
+  if (code.startsWith(RECEIVE_PREFIX)) {
+    $("roles").hidden = true;
+    try {
+      startReceiving(parseCode(code.slice(RECEIVE_PREFIX.length), WORDS));
+    } catch (error) {
+      say(capitalize(error.message) + ".");
+      setState("error");
+    }
+  } else if (code) {
+    showSendPanel(code);
+  }
 }
 
 window.addEventListener("hashchange", takeFragment);

@@ -246,9 +246,12 @@ async function reconnect(url, cancel) {
  * @param {AbortSignal} [options.cancel]
  * @returns {Promise<import("./transfer.js").TransferResult>}
  */
-export async function receive({ ui, wordlist, url = location.origin, cancel, relayMode }) {
+export async function receive({ ui, wordlist, url = location.origin, cancel, relayMode, code = null }) {
   const words = loadWordlist(wordlist);
+  // With `code` (a sender that printed it: `sfs send --print-code`), this side joins
+  // that sender instead of waiting with a code of its own.
   const handshake = new Handshake(Role.RECEIVER, {
+    code,
     connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS,
     newWords: () => newSecret(words),
   });
