@@ -335,7 +335,7 @@ class _Receiving:
                 part.discard()
                 self.status(
                     f"Removed the {format_size(held_bytes)} of {part.final.name} received: "
-                    "the sender cannot resume a transfer (a web page), so sending it "
+                    "the sender cannot resume a transfer (its offer says so), so sending it "
                     "again starts over"
                 )
             else:

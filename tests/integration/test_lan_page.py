@@ -109,6 +109,35 @@ def test_phone_sends_to_the_laptop_by_the_qr_code(tmp_path: Path) -> None:
         assert _status_code(phone, link.split("#")[0]) == "000"
 
 
+def test_phone_sends_a_folder_to_the_laptop(tmp_path: Path) -> None:
+    """**Choose a folder** on the phone: the laptop gets the tree as the CLI would send
+    it, every file at its path and verified."""
+    holiday = tmp_path / "src" / "holiday"
+    make_files(holiday, {"beach.jpg": 900_000})
+    make_files(holiday / "day 2", {"sunset.jpg": 1_200_000, "notes.txt": 300})
+    make_files(holiday / "day 2" / "raw", {"IMG_0001.dng": 2_000_000})
+    out = tmp_path / "out"
+    out.mkdir()
+    with phone_and_laptop(tmp_path) as (laptop, _phone, browser):
+        receiver = start_waiting(laptop, tmp_path, "receive", "--qr", "--yes", "-o", str(out))
+        page = open_link(browser, decode_drawing(lines_until(receiver.process, "Link: "), tmp_path))
+        wait_state(page, "idle")
+        page.set_input_files("#folder-input", str(holiday))
+        screenshot(page, "lan-folder-1-chosen")
+        page.click("#send")
+        wait_state(page, "done", "error")
+        screenshot(page, "lan-folder-2-done")
+        assert "Sent 4 files in 3 folders" in status(page), status(page)
+        received = receiver.finish()
+        assert received.returncode == 0, received.stderr
+        sent = sorted(p.relative_to(holiday.parent) for p in holiday.rglob("*") if p.is_file())
+        got = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+        assert got == sent
+        for path in sent:
+            assert sha256(out / path) == sha256(holiday.parent / path), path
+        page.context.close()
+
+
 def test_laptop_sends_to_the_phone_by_the_qr_code(tmp_path: Path) -> None:
     """`sfs send --print-code --qr` on the laptop: the link makes the page receive
     with the code at once; the phone accepts and saves; both verify."""

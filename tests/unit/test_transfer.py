@@ -44,7 +44,7 @@ from sfs.peer.proto.wire import (
 from sfs.peer.receiving import receive_files
 from sfs.peer.sending import send_files
 from sfs.peer.transfer import Pump, TransferResult
-from tests.helpers import channel_pair, key_pair
+from tests.helpers import QueueChannel, channel_pair, key_pair
 
 
 @pytest.mark.parametrize(
@@ -335,20 +335,26 @@ async def test_dropped_chunk_is_caught(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "out") == []
 
 
+def cut_after(frames: int) -> tuple[QueueChannel, QueueChannel]:
+    """A channel pair whose link goes away after the sender's first ``frames`` frames."""
+    a, b = channel_pair()
+
+    def cut(index: int, frame: bytes) -> bytes | None:
+        if index == frames:
+            b.inbox.put_nowait(None)  # the link goes away
+        return None if index >= frames else frame
+
+    a.tamper = cut
+    return a, b
+
+
 async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
     src = tmp_path / "big"
     src.write_bytes(os.urandom(1000))
     out = tmp_path / "out"
     out.mkdir()
     ks, kr = key_pair()
-    a, b = channel_pair()
-
-    def cut_after_five(index: int, frame: bytes) -> bytes | None:
-        if index == 5:
-            b.inbox.put_nowait(None)  # the link goes away
-        return None if index >= 5 else frame
-
-    a.tamper = cut_after_five
+    a, b = cut_after(5)
     sending = send_files(
         a, TransferProtocol(Role.SENDER, ks), inspect_sources([src]), sender="", chunk_size=10
     )
@@ -385,6 +391,46 @@ async def test_peer_vanishing_mid_transfer(tmp_path: Path) -> None:
     assert received.records[0].sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert (out / "big").read_bytes() == src.read_bytes()
     assert os.listdir(out) == ["big"]
+
+
+async def test_a_sender_that_cannot_resume_leaves_no_partial_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offer that says ``"resumes": false`` (a client that never resumes): what
+    arrived before the link went is removed, and the receiver says why, rather than
+    keep a copy no later offer will continue."""
+    import functools
+
+    from sfs.peer import sending
+
+    monkeypatch.setattr(sending, "Offer", functools.partial(Offer, resumes=False))
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    ks, kr = key_pair()
+    a, b = cut_after(5)
+    messages: list[str] = []
+    send_task = asyncio.ensure_future(
+        send_files(
+            a, TransferProtocol(Role.SENDER, ks), inspect_sources([src]), sender="", chunk_size=10
+        )
+    )
+    receiving = receive_files(
+        b,
+        TransferProtocol(Role.RECEIVER, kr),
+        output_dir=out,
+        overwrite=False,
+        decide=accept,
+        status=messages.append,
+    )
+    with pytest.raises(PeerGoneError):
+        await asyncio.wait_for(receiving, 5)
+    a.inbox.put_nowait(None)
+    with pytest.raises((PeerGoneError, CancelledByPeerError)):
+        await asyncio.wait_for(send_task, 5)
+    assert os.listdir(out) == []
+    assert any("the sender cannot resume a transfer (its offer says so)" in m for m in messages)
 
 
 async def test_resume_restarts_when_the_source_changed(tmp_path: Path) -> None:

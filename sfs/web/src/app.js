@@ -50,6 +50,7 @@ const ui = {
   codeInput: $("code-input"),
   name: $("name"),
   fileInput: $("file-input"),
+  folderInput: $("folder-input"),
   chosen: $("chosen"),
   drop: $("drop"),
   send: $("send"),
@@ -412,15 +413,74 @@ function decide(offer, names, signal, options) {
 
 // -- sending --------------------------------------------------------------------------------
 
+// What to send: {file, folder} (folder: the folders the file is in, inside the
+// transfer; [] for a file picked on its own), and every folder of the transfer, empty
+// ones included, as the command line sends a folder.
 let files = [];
+let folders = [];
 
-function choose(list) {
-  files = Array.from(list);
+function choose(items, folderList = []) {
+  files = items;
+  folders = folderList;
   clear(ui.chosen);
-  for (const file of files) ui.chosen.append(fileItem(file.name, file.size));
+  for (const { file, folder } of files) {
+    ui.chosen.append(fileItem([...folder, file.name].join("/"), file.size));
+  }
+  if (folders.length) {
+    const empty = folders.length - new Set(files.map(({ folder }) => folder.join("/"))).size;
+    say(`${files.length} files in ${folders.length} folders` + (empty > 0 ? ` (${empty} empty).` : "."));
+  }
 }
 
-ui.fileInput.addEventListener("change", () => choose(ui.fileInput.files));
+ui.fileInput.addEventListener("change", () =>
+  choose(Array.from(ui.fileInput.files, (file) => ({ file, folder: [] }))),
+);
+
+// A picked folder: each file's path inside it (webkitRelativePath, "holiday/a/b.jpg").
+// Browsers list no empty folder this way; a dropped folder has them.
+ui.folderInput.addEventListener("change", () => {
+  const items = Array.from(ui.folderInput.files, (file) => ({
+    file,
+    folder: file.webkitRelativePath.split("/").slice(0, -1),
+  }));
+  choose(items, foldersOf(items.map(({ folder }) => folder)));
+});
+
+/** Every folder on the way to each of `paths` (arrays of names), once, parents first. */
+function foldersOf(paths) {
+  const seen = new Map();
+  for (const path of paths) {
+    for (let depth = 1; depth <= path.length; depth++) {
+      const folder = path.slice(0, depth);
+      seen.set(folder.join("/"), folder);
+    }
+  }
+  return [...seen.values()];
+}
+
+/** The files and folders under dropped entries (the File and Directory Entries API). */
+async function walk(entries) {
+  const items = [];
+  const found = [];
+  const visit = async (entry, folder) => {
+    if (entry.isFile) {
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      items.push({ file, folder });
+    } else if (entry.isDirectory) {
+      const inside = [...folder, entry.name];
+      found.push(inside);
+      const reader = entry.createReader();
+      // readEntries() gives a batch at a time (100 in Chromium) until an empty one.
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const child of batch) await visit(child, inside);
+      }
+    }
+  };
+  for (const entry of entries) await visit(entry, []);
+  return { items, found };
+}
 
 ui.drop.addEventListener("dragover", (event) => {
   event.preventDefault();
@@ -430,12 +490,16 @@ ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("over"));
 ui.drop.addEventListener("drop", (event) => {
   event.preventDefault();
   ui.drop.classList.remove("over");
-  const items = Array.from(event.dataTransfer.items ?? []);
-  if (items.some((item) => item.webkitGetAsEntry?.()?.isDirectory)) {
-    say("The web page sends files, not folders: use the sfs command line for a folder.");
+  const entries = Array.from(event.dataTransfer.items ?? [], (item) => item.webkitGetAsEntry?.());
+  if (!entries.length || entries.some((entry) => !entry)) {
+    // No entries API here: the files as they are (a folder among them cannot be read).
+    choose(Array.from(event.dataTransfer.files, (file) => ({ file, folder: [] })));
     return;
   }
-  choose(event.dataTransfer.files);
+  walk(entries).then(
+    ({ items, found }) => choose(items, found),
+    (error) => say(`Cannot read what was dropped: ${printable(error.message ?? String(error))}.`),
+  );
 });
 
 function showSendPanel(code = "") {
@@ -457,12 +521,14 @@ async function startSending() {
     ui.codeInput.focus();
     return;
   }
-  if (!files.length) {
+  if (!files.length && !folders.length) {
     say("Choose the files to send first.");
     return;
   }
   const sender = Array.from(ui.name.value.trim()).slice(0, MAX_SENDER_NAME_CHARS).join("");
-  for (const element of [ui.codeInput, ui.name, ui.fileInput, ui.send]) element.disabled = true;
+  for (const element of [ui.codeInput, ui.name, ui.fileInput, ui.folderInput, ui.send]) {
+    element.disabled = true;
+  }
   setState("connecting");
   say(`Connecting to ${code.peerId}…`);
   await run(
@@ -470,6 +536,7 @@ async function startSending() {
       send({
         code,
         files,
+        folders,
         sender,
         ui: {
           ...sessionUi(),

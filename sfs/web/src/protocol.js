@@ -127,7 +127,8 @@ export class FileInfo {
 }
 
 export class Offer {
-  /** `resumes` false: the sender cannot continue an interrupted transfer (this page, for now). */
+  /** `resumes` false: the sender cannot continue an interrupted transfer (a client that
+   * does not resume; the page does, since issue 27). */
   constructor({
     files,
     sender = "",

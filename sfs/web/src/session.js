@@ -280,13 +280,24 @@ export async function receive({ ui, wordlist, url = location.origin, cancel, rel
  * Send `files` to the receiver that showed `code`.
  * @param {object} options
  * @param {import("./code.js").Code} options.code
- * @param {File[]} options.files
+ * @param {(File|{file: File, folder: string[]})[]} options.files  a file inside a
+ *   picked folder comes with the folders it is in
+ * @param {string[][]} [options.folders]  every folder of the transfer, empty ones too
  * @param {string} options.sender  the name the receiver is shown
  * @param {object} options.ui
  * @param {string} [options.url]
  * @param {AbortSignal} [options.cancel]
  */
-export async function send({ code, files, sender, ui, url = location.origin, cancel, relayMode }) {
+export async function send({
+  code,
+  files,
+  folders = [],
+  sender,
+  ui,
+  url = location.origin,
+  cancel,
+  relayMode,
+}) {
   const handshake = new Handshake(Role.SENDER, { code, connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS });
   const { link, keys, transferKeys, peer } = await setUp(handshake, { url, ui, cancel, relayMode });
   try {
@@ -297,6 +308,7 @@ export async function send({ code, files, sender, ui, url = location.origin, can
     const preferred = link.preferredChunkSize ?? DEFAULT_CHUNK_BYTES;
     const chunkSize = Math.min(preferred, link.maxMessageSize - FRAME_OVERHEAD_BYTES);
     const result = await sendFiles(link, proto, files, {
+      folders,
       sender,
       chunkSize,
       progress: ui.progress,

@@ -6,9 +6,11 @@
 // (./connection.js DataChannelLink), and where received files go is a Saving from
 // ./save.js.  What the page does differently from the command line:
 //
-// * As sender it offers plain files (version 1, or 3 beyond 1000 files) and never
-//   resumes: RESUME says 0 for every file whatever the receiver holds (a browser
-//   cannot find the same file again to hash its prefix).
+// * As sender it offers files and folders (version 1, 2 with folders, 3 beyond 1000
+//   files), a picked or dropped folder as the command line sends one, and resumes
+//   as the command line does: the files the user picks again are read for the
+//   prefixes the receiver holds (its partial copies of an interrupted transfer), and
+//   only what follows is sent.
 // * As receiver it holds nothing (ACCEPT {"held": []}), never takes zstd, refuses an
 //   offer with folders, shows a text message instead of saving it, and acknowledges
 //   each file once its SHA-256 checked out and its saving finished.
@@ -31,12 +33,12 @@ import {
   ConfirmPrefixes,
   HashPrefixes,
   Receiver,
+  SendFiles,
   Sender,
 } from "./conversation.js";
 import { cancel, FOLDERS, REJECT_REASONS, reject } from "./reasons.js";
 import {
   IntegrityError,
-  LocalProtocolError,
   PeerGoneError,
   RejectedError,
   RemoteProtocolError,
@@ -213,6 +215,11 @@ export class TransferResult {
     this.files = [];
     this.totalBytes = 0;
     this.received = 0;
+    /** Files resumed, and their bytes not sent again (what the receiver had). */
+    this.resumedFiles = 0;
+    this.resumedBytes = 0;
+    /** Folders sent (the final line counts files "in N folders"). */
+    this.folders = 0;
     /** A text message received (`sfs send --text`). */
     this.text = null;
     this.started = now();
@@ -232,12 +239,15 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 export function finalLine(verb, result) {
   let what;
   if (result.text !== null) what = "a text message";
-  else if (result.files.length === 1) what = result.files[0];
+  else if (result.files.length === 1 && !result.folders) what = result.files[0];
   else what = plural(result.files.length, "file");
-  const rate = result.totalBytes / result.elapsed;
+  if (result.folders) what += ` in ${plural(result.folders, "folder")}`;
+  const rate = (result.totalBytes - result.resumedBytes) / result.elapsed;
   let line =
     `${verb} ${what} (${formatSize(result.totalBytes)}) ` +
     `in ${result.elapsed.toFixed(1)} s, ${formatSize(rate)}/s`;
+  if (result.resumedFiles) line += `, ${plural(result.resumedFiles, "file")} resumed`;
+  if (result.resumedBytes) line += `, ${formatSize(result.resumedBytes)} not sent again`;
   if (result.route) line += `, ${result.route}`;
   return line;
 }
@@ -545,51 +555,74 @@ export class Departures {
 export async function sendFiles(
   channel,
   proto,
-  files,
-  { sender, chunkSize, progress = NULL_PROGRESS, onWaiting, status = () => {}, started, cancel },
+  picked,
+  {
+    sender,
+    chunkSize,
+    folders = [],
+    progress = NULL_PROGRESS,
+    onWaiting,
+    status = () => {},
+    started,
+    cancel,
+  },
 ) {
+  // A File at the top, or {file, folder} for one inside a picked folder (folder: the
+  // folders it is in, inside the transfer); `folders` lists every folder of the
+  // transfer, empty ones included, as the command line's version 2 offer does.
+  const items = picked.map((item) => (item instanceof Blob ? { file: item, folder: [] } : item));
+  const files = items.map((item) => item.file);
   const result = new TransferResult();
-  // Every file from its start, whatever the receiver holds (see the top of the file).
-  const machine = new Sender(proto, now(), { resume: false });
+  const machine = new Sender(proto, now());
   const pump = new Pump(channel, machine, { cancel });
   started?.(pump);
   try {
     const offer = new Offer({
-      files: files.map(
-        (file) =>
+      files: items.map(
+        ({ file, folder }) =>
           new FileInfo({
             name: file.name,
             size: file.size,
             // What a later resume would recognise the file by; milliseconds are all a
             // browser knows.
             mtimeNs: BigInt(Math.trunc(file.lastModified || 0)) * 1_000_000n,
+            folder,
           }),
       ),
       sender,
       chunkSize,
-      // This page starts every file over (docs/PROTOCOL.md): a receiver keeps no
-      // partial copy for it, and says so.
-      resumes: false,
+      folders,
     });
     machine.offer(offer);
     await pump.flush();
     onWaiting?.();
-    await pump.expect(HashPrefixes); // asks for no prefix: resume is off
+    const { held } = await pump.expect(HashPrefixes);
     status("The receiver accepted.");
     result.started = now();
-    const go = machine.prefixesHashed(
-      files.map(() => 0),
-      files.map(() => new Uint8Array(0)),
+    // What the receiver holds of each file (an interrupted transfer's partial copy):
+    // hashed here, so that it can check its bytes are these before we skip them.
+    const prefixes = await hashPrefixes(files, held, pump.signal, status);
+    let go = machine.prefixesHashed(
+      prefixes.map((p) => p.offset),
+      prefixes.map((p) => p.digest),
     );
     await pump.flush();
-    if (go === null) throw new LocalProtocolError("nothing was proposed to resume");
+    if (go === null) go = await pump.expect(SendFiles); // the receiver's START
     progress.begin(files.length, offer.totalSize);
     const departures = new Departures(progress);
     try {
-      for (const file of files) {
-        result.totalBytes += await sendOne(pump, file, { chunkSize, departures });
+      for (const [i, file] of files.entries()) {
+        const from = go.offsets[i] ?? 0;
+        // Resumed only where the receiver confirmed our prefix; else from the start.
+        const hash = from && from === prefixes[i].offset ? prefixes[i].hash : null;
+        result.totalBytes += await sendOne(pump, file, { chunkSize, departures, from, hash });
+        if (hash !== null) {
+          result.resumedFiles += 1;
+          result.resumedBytes += from;
+        }
         result.files.push(file.name);
       }
+      result.folders = folders.length;
       // The buffer drains while the acknowledgements come: the bar follows it.
       const follow = setInterval(() => departures.left(channel.unsentBytes()), PROGRESS_TICK_MS);
       try {
@@ -610,12 +643,37 @@ export async function sendFiles(
   }
 }
 
-/** Send one file; resolve to its size. */
-async function sendOne(pump, file, { chunkSize, departures }) {
+/**
+ * The SHA-256 of the first held[i] bytes of each file, for a resume: {offset, digest,
+ * hash}, `hash` the running SHA-256 to go on with from there (none held, or more than
+ * the file has: offset 0).
+ */
+async function hashPrefixes(files, held, signal, status) {
+  const prefixes = [];
+  for (const [i, file] of files.entries()) {
+    const offset = held[i] > 0 && held[i] <= file.size ? held[i] : 0;
+    const hash = sha256.create();
+    if (offset) status(`Checking what the receiver already has of ${file.name}…`);
+    for (let at = 0; at < offset; at += READ_BLOCK_BYTES) {
+      signal.throwIfAborted();
+      hash.update(await readBlock(file, at, Math.min(at + READ_BLOCK_BYTES, offset)));
+    }
+    prefixes.push({ offset, digest: offset ? hash.clone().digest() : new Uint8Array(0), hash });
+  }
+  return prefixes;
+}
+
+/**
+ * Send one file from byte `from` (a resume: `hash` has the bytes before it); resolve
+ * to its size.
+ */
+async function sendOne(pump, file, { chunkSize, departures, from = 0, hash = null }) {
   const { channel, machine } = pump;
-  const digest = sha256.create();
+  const digest = hash ?? sha256.create();
+  const start = hash === null ? 0 : from;
   const size = file.size;
   departures.file(file.name, size);
+  departures.handed(start); // the receiver has these: shown as arrived at once
   const blockSize = Math.max(chunkSize, Math.floor(READ_BLOCK_BYTES / chunkSize) * chunkSize);
   const read = (at) => {
     const reading = readBlock(file, at, Math.min(at + blockSize, size));
@@ -623,8 +681,8 @@ async function sendOne(pump, file, { chunkSize, departures }) {
     return reading;
   };
   // The next block is read while this one is sealed and sent.
-  let next = size ? read(0) : null;
-  for (let at = 0; at < size; at += blockSize) {
+  let next = start < size ? read(start) : null;
+  for (let at = start; at < size; at += blockSize) {
     pump.signal.throwIfAborted(); // the user's cancel, or the peer gone silent
     const block = await next;
     next = at + blockSize < size ? read(at + blockSize) : null;
