@@ -11,6 +11,7 @@ Every file is checked by SHA-256; every step's screenshot is checked not to be b
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -63,6 +64,13 @@ def phone_and_laptop(tmp: Path) -> Iterator[tuple[Host, Host, Any]]:
                 yield laptop, phone, browser
             finally:
                 browser.close()
+
+
+def scan_and_open(browser: Any, process: subprocess.Popen[bytes], tmp: Path) -> Any:
+    """What the phone's camera does: read the QR code the laptop drew, open its link."""
+    page = open_link(browser, decode_drawing(lines_until(process, "Link: "), tmp))
+    wait_state(page, "idle")
+    return page
 
 
 def open_link(browser: Any, link: str) -> Any:
@@ -120,8 +128,7 @@ def test_phone_sends_a_folder_to_the_laptop(tmp_path: Path) -> None:
     out.mkdir()
     with phone_and_laptop(tmp_path) as (laptop, _phone, browser):
         receiver = start_waiting(laptop, tmp_path, "receive", "--qr", "--yes", "-o", str(out))
-        page = open_link(browser, decode_drawing(lines_until(receiver.process, "Link: "), tmp_path))
-        wait_state(page, "idle")
+        page = scan_and_open(browser, receiver.process, tmp_path)
         page.set_input_files("#folder-input", str(holiday))
         screenshot(page, "lan-folder-1-chosen")
         page.click("#send")
@@ -163,6 +170,46 @@ def test_laptop_sends_to_the_phone_by_the_qr_code(tmp_path: Path) -> None:
         saved = downloads.saved(len(files))
         for path in files:
             assert sha256(saved[path.name]) == sha256(path), path.name
+        page.context.close()
+
+
+def test_the_phone_closes_the_tab_mid_transfer_and_resumes(tmp_path: Path) -> None:
+    """The tab closed mid-transfer (a phone locked, the Wi-Fi lost): the laptop keeps
+    its partial copy and says so; a new `sfs receive --qr` and the same photo picked
+    again send only the rest, and the photo is whole."""
+    video = tmp_path / "video.mp4"
+    video.write_bytes(os.urandom(32 * 1024 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+    with phone_and_laptop(tmp_path) as (laptop, _phone, browser):
+        receiver = start_waiting(laptop, tmp_path, "receive", "--qr", "--yes", "-o", str(out))
+        page = scan_and_open(browser, receiver.process, tmp_path)
+        page.set_input_files("#file-input", [str(video)])
+        page.click("#send")
+        wait_state(page, "transferring")
+        part = out / ".video.mp4.sfs-part"
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        screenshot(page, "lan-resume-1-mid-transfer")
+        page.context.close()  # the tab goes
+        stopped = receiver.finish()
+        assert stopped.returncode == 7, stopped.stderr
+        assert re.search(r"Kept .* of video\.mp4 to resume", stopped.stderr), stopped.stderr
+        kept = part.stat().st_size
+        assert 0 < kept < video.stat().st_size
+
+        receiver = start_waiting(laptop, tmp_path, "receive", "--qr", "--yes", "-o", str(out))
+        page = scan_and_open(browser, receiver.process, tmp_path)
+        page.set_input_files("#file-input", [str(video)])
+        page.click("#send")
+        wait_state(page, "done", "error")
+        screenshot(page, "lan-resume-2-done")
+        assert "1 file resumed" in status(page), status(page)
+        received = receiver.finish()
+        assert received.returncode == 0, received.stderr
+        assert sha256(out / "video.mp4") == sha256(video)
+        assert sorted(os.listdir(out)) == ["video.mp4"]
         page.context.close()
 
 
