@@ -173,6 +173,35 @@ def test_laptop_sends_to_the_phone_by_the_qr_code(tmp_path: Path) -> None:
         page.context.close()
 
 
+def test_text_messages_both_ways(tmp_path: Path) -> None:
+    """The phone types a message to the laptop, and the laptop sends one to the phone
+    (`sfs send --text`): each side shows it, as text only."""
+    with phone_and_laptop(tmp_path) as (laptop, _phone, browser):
+        receiver = start_waiting(laptop, tmp_path, "receive", "--qr", "--yes", "-o", str(tmp_path))
+        page = scan_and_open(browser, receiver.process, tmp_path)
+        page.fill("#text-input", "the wifi password is tiger-lamp ✓")
+        page.click("#send")
+        wait_state(page, "done", "error")
+        screenshot(page, "lan-text-1-sent")
+        assert "Sent a text message" in status(page), status(page)
+        received = receiver.finish()
+        assert received.returncode == 0, received.stderr
+        assert "the wifi password is tiger-lamp ✓" in received.stdout
+        page.context.close()
+
+        sender = start_waiting(
+            laptop, tmp_path, "send", "--print-code", "--qr", "--text", "see you at 8 <b>!</b>"
+        )
+        page = open_link(browser, decode_drawing(lines_until(sender.process, "Link: "), tmp_path))
+        wait_state(page, "deciding", "error")
+        page.click("#accept")
+        wait_state(page, "done", "error")
+        screenshot(page, "lan-text-2-received")
+        assert page.inner_text("#text-message") == "see you at 8 <b>!</b>"
+        assert sender.finish().returncode == 0
+        page.context.close()
+
+
 def test_the_phone_closes_the_tab_mid_transfer_and_resumes(tmp_path: Path) -> None:
     """The tab closed mid-transfer (a phone locked, the Wi-Fi lost): the laptop keeps
     its partial copy and says so; a new `sfs receive --qr` and the same photo picked

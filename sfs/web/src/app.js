@@ -31,7 +31,7 @@ import {
   RejectedError,
   SfsError,
 } from "./errors.js";
-import { MAX_SENDER_NAME_CHARS } from "./protocol.js";
+import { MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES } from "./protocol.js";
 import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
 import { relayMode, relayStats } from "./relay.js";
 import { receive, send } from "./session.js";
@@ -51,6 +51,7 @@ const ui = {
   name: $("name"),
   fileInput: $("file-input"),
   folderInput: $("folder-input"),
+  textInput: $("text-input"),
   chosen: $("chosen"),
   drop: $("drop"),
   send: $("send"),
@@ -521,12 +522,21 @@ async function startSending() {
     ui.codeInput.focus();
     return;
   }
-  if (!files.length && !folders.length) {
-    say("Choose the files to send first.");
+  const text = ui.textInput.value;
+  if (text && (files.length || folders.length)) {
+    say("Send either files or a text message, not both at once.");
+    return;
+  }
+  if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
+    say(`A text message is at most ${formatSize(MAX_TEXT_BYTES)}: send it as a file.`);
+    return;
+  }
+  if (!text && !files.length && !folders.length) {
+    say("Choose the files to send (or type a text message) first.");
     return;
   }
   const sender = Array.from(ui.name.value.trim()).slice(0, MAX_SENDER_NAME_CHARS).join("");
-  for (const element of [ui.codeInput, ui.name, ui.fileInput, ui.folderInput, ui.send]) {
+  for (const element of [ui.codeInput, ui.name, ui.fileInput, ui.folderInput, ui.textInput, ui.send]) {
     element.disabled = true;
   }
   setState("connecting");
@@ -537,6 +547,7 @@ async function startSending() {
         code,
         files,
         folders,
+        text: text || null,
         sender,
         ui: {
           ...sessionUi(),

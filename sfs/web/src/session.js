@@ -283,6 +283,7 @@ export async function receive({ ui, wordlist, url = location.origin, cancel, rel
  * @param {(File|{file: File, folder: string[]})[]} options.files  a file inside a
  *   picked folder comes with the folders it is in
  * @param {string[][]} [options.folders]  every folder of the transfer, empty ones too
+ * @param {string|null} [options.text]  a text message to send instead of files
  * @param {string} options.sender  the name the receiver is shown
  * @param {object} options.ui
  * @param {string} [options.url]
@@ -292,6 +293,7 @@ export async function send({
   code,
   files,
   folders = [],
+  text = null,
   sender,
   ui,
   url = location.origin,
@@ -309,6 +311,7 @@ export async function send({
     const chunkSize = Math.min(preferred, link.maxMessageSize - FRAME_OVERHEAD_BYTES);
     const result = await sendFiles(link, proto, files, {
       folders,
+      text,
       sender,
       chunkSize,
       progress: ui.progress,

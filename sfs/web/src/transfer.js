@@ -220,6 +220,8 @@ export class TransferResult {
     this.resumedBytes = 0;
     /** Folders sent (the final line counts files "in N folders"). */
     this.folders = 0;
+    /** What was sent was a text message. */
+    this.sentText = false;
     /** A text message received (`sfs send --text`). */
     this.text = null;
     this.started = now();
@@ -238,7 +240,7 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 /** The last line, as the command line prints it: "Received x.pdf (1.2 MB) in 0.4 s, 3.1 MB/s". */
 export function finalLine(verb, result) {
   let what;
-  if (result.text !== null) what = "a text message";
+  if (result.text !== null || result.sentText) what = "a text message";
   else if (result.files.length === 1 && !result.folders) what = result.files[0];
   else what = plural(result.files.length, "file");
   if (result.folders) what += ` in ${plural(result.folders, "folder")}`;
@@ -560,6 +562,7 @@ export async function sendFiles(
     sender,
     chunkSize,
     folders = [],
+    text = null,
     progress = NULL_PROGRESS,
     onWaiting,
     status = () => {},
@@ -570,7 +573,11 @@ export async function sendFiles(
   // A File at the top, or {file, folder} for one inside a picked folder (folder: the
   // folders it is in, inside the transfer); `folders` lists every folder of the
   // transfer, empty ones included, as the command line's version 2 offer does.
-  const items = picked.map((item) => (item instanceof Blob ? { file: item, folder: [] } : item));
+  // `text`: a text message instead (`sfs send --text`): one nameless file of its UTF-8.
+  const items =
+    text === null
+      ? picked.map((item) => (item instanceof Blob ? { file: item, folder: [] } : item))
+      : [{ file: new File([new TextEncoder().encode(text)], ""), folder: [] }];
   const files = items.map((item) => item.file);
   const result = new TransferResult();
   const machine = new Sender(proto, now());
@@ -592,6 +599,7 @@ export async function sendFiles(
       sender,
       chunkSize,
       folders,
+      text: text !== null,
     });
     machine.offer(offer);
     await pump.flush();
@@ -623,6 +631,7 @@ export async function sendFiles(
         result.files.push(file.name);
       }
       result.folders = folders.length;
+      result.sentText = text !== null;
       // The buffer drains while the acknowledgements come: the bar follows it.
       const follow = setInterval(() => departures.left(channel.unsentBytes()), PROGRESS_TICK_MS);
       try {
