@@ -607,8 +607,10 @@ def ratios(
     check(
         "sfs datachannel / raw aiortc", speed(DATACHANNEL) / speed(RAW), 3.0 if long_link else 1.5
     )
-    if long_link:
-        check("sfs datachannel, MiB/s", speed(DATACHANNEL), 30.0)
+    if not long_link:
+        return lines
+    check("sfs datachannel, MiB/s", speed(DATACHANNEL), 30.0)
+    # The first-byte goal is the 50 ms link's (on 127.0.0.1 the table shows it plainly).
     for name in (AUTO, TCP, DATACHANNEL):
         first = median(results.get(name, []), lambda s: s.first_byte_s)
         if not math.isnan(first):
@@ -738,7 +740,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (sfs_chunk or MAX_CHUNK_BYTES) if on_loopback else None,
         args.plot,
         title,
-        long_link=args.long_link,
+        # The goals are stated for the clean long link, not a lossy one.
+        long_link=args.long_link and not args.loss,
     )
 
 
