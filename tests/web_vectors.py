@@ -26,7 +26,7 @@ from unittest import mock
 from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.parameters.ed25519 import ParamsEd25519
 
-from sfs import app, code, defaults, text
+from sfs import app, code, defaults, setup, text
 from sfs.errors import RemoteProtocolError
 from sfs.peer import sending, transfer
 from sfs.peer.files import partial
@@ -1780,7 +1780,8 @@ def _constants() -> dict[str, object]:
         **_named(defaults, "PEER_CONNECT_TIMEOUT_SECONDS"),
         **_named(client, "SIGNAL_CONNECT_TIMEOUT_SECONDS", "CALL_TIMEOUT_SECONDS"),
         **_named(handshake, "PARTNER_GONE_GRACE_SECONDS"),
-        **_named(app, "RECONNECT_SECONDS", "ABORT_NOTICE_SECONDS", "CLOSE_GRACE_SECONDS"),
+        **_named(setup, "RECONNECT_SECONDS", "ABORT_NOTICE_SECONDS"),
+        **_named(app, "CLOSE_GRACE_SECONDS"),
         **_named(transfer, "LAST_WORD_GRACE_SECONDS"),
         **_named(sending, "PROGRESS_TICK_SECONDS"),
         **_named(gathering, "GATHER_SECONDS", "RELAY_GRACE_SECONDS"),

@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import pytest
 
-from sfs.app import _calls, call_batches
 from sfs.errors import PeerGoneError, SignalingError
 from sfs.peer.proto.handshake import Action, Call, ShowCode, Status
+from sfs.setup import _calls, call_batches
 from sfs.signal.client import SignalClient
 
 

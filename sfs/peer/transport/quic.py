@@ -43,8 +43,9 @@ from typing import Any
 
 from sfs.errors import PeerConnectionError
 from sfs.peer.proto.crypto import SessionKeys
+from sfs.peer.proto.proof import Prover
 from sfs.peer.transport.channel import Route
-from sfs.peer.transport.tcp import Prover, TcpLink
+from sfs.peer.transport.tcp import TcpLink
 
 logger = logging.getLogger(__name__)
 # qh3 logs every ordinary close ("Native peer close") as a warning; sfs says itself
