@@ -33,7 +33,8 @@ from sfs.peer.files import partial
 from sfs.peer.proto import conversation, crypto, handshake, names, reasons, wire
 from sfs.peer.proto.crypto import FrameSealer, KeyExchange, SessionKeys, derive_keys
 from sfs.peer.proto.framing import Role, TransferProtocol
-from sfs.peer.proto.names import safe_name
+from sfs.peer.proto.names import free_name, safe_name
+from sfs.peer.proto.tree import plan_tree
 from sfs.peer.proto.wire import (
     Accept,
     Cancel,
@@ -1622,6 +1623,57 @@ _OFFERED_NAMES = [
     "trailing dots...",
     "\u3000wide space\u3000",
 ]
+#: Names inside an offered folder: a leading dot is kept, unless it is sfs's own form.
+_IN_FOLDER_NAMES = [
+    ".gitignore",
+    ".config.json",
+    "...",
+    ". .",
+    ".x.sfs-part",
+    ".X.SFS-INFO",
+    ".sfs-staging-abc",
+    ".hidden.",
+    "." + "h" * 300,
+    "." + "h" * 300 + ".txt",
+    "Straße.txt",
+]
+#: (wanted, names taken (casefolded), a folder?) for free_name.
+_FREE_NAMES = [
+    ("a.txt", [], False),
+    ("a.txt", ["a.txt"], False),
+    ("a.txt", ["a.txt", "a (1).txt"], False),
+    ("A.TXT", ["a.txt"], False),
+    ("a.txt", [".a.txt.sfs-part"], False),
+    (".gitignore", [".gitignore"], False),
+    ("archive.tar.gz", ["archive.tar.gz"], False),
+    ("photos.2024", ["photos.2024"], True),
+    ("x." + "e" * 20, ["x." + "e" * 20], False),
+    ("b" * 250 + ".txt", ["b" * 250 + ".txt"], False),
+    ("strasse", ["strasse"], False),
+]
+#: Offered trees: [[parts, is a folder], ...] in offer order (folders first, as the
+#: offer lists them), for plan_tree.
+_TREES: list[list[tuple[list[str], bool]]] = [
+    [(["holiday"], True), (["holiday", "day 2"], True), (["holiday", "a.jpg"], False),
+     (["holiday", "day 2", "b.jpg"], False)],
+    [(["t"], True), (["t", "x.txt"], False), (["t", "X.TXT"], False), (["t", "x.txt"], False)],
+    [(["t"], True), (["t", ".gitignore"], False), (["t", ".x.sfs-part"], False)],
+    [(["..", "x"], False)],
+    [(["t", ".."], True)],
+    [(["t", ""], False)],
+    [(["t", "a/b"], False)],
+    [(["t", "a\\b"], False)],
+    [(["t", "a\x00"], False)],
+    [([], False)],
+    [(["d"] * 65, False)],
+    [(["t", "f"], False), (["t", "f", "g"], False)],
+    [(["t", "f"], True), (["t", "f"], False)],
+    [(["t", "f"], False), (["t", "F"], True)],
+    [(["a:b", "c<d>"], True), (["a:b", "c<d>", "CON"], False)],
+    [([" .top", "in"], False)],
+    [(["t", "Straße.txt"], False), (["t", "STRASSE.TXT"], False)],
+]  # fmt: skip
+
 _SIZES = [0, 1, 999, 1000, 1001, 1250, 1350, 1750, 2250, 1_234_567, 999_999_999, 10**12, 5 * 10**15]
 _SHOWN = ["plain", "esc\x1b[31mred", "bidi\u202eexe.pdf", "tab\tnew\nline", "😀 ok", "x" * 50]
 
@@ -1633,8 +1685,28 @@ def _names() -> dict[str, object]:
         except RemoteProtocolError:
             return None
 
+    def reduced_in_folder(name: str) -> str | None:
+        try:
+            return safe_name(name, in_folder=True)
+        except RemoteProtocolError:
+            return None
+
+    def planned(entries: list[tuple[list[str], bool]]) -> list[list[str]] | None:
+        try:
+            return [list(parts) for parts in plan_tree(entries)]
+        except RemoteProtocolError:
+            return None
+
     return {
         "safe_names": [[name, reduced(name)] for name in _OFFERED_NAMES],
+        "in_folder_names": [
+            [name, reduced_in_folder(name)] for name in _OFFERED_NAMES + _IN_FOLDER_NAMES
+        ],
+        "free_names": [
+            [wanted, sorted(taken), folder, free_name(wanted, set(taken), folder=folder)]
+            for wanted, taken, folder in _FREE_NAMES
+        ],
+        "trees": [[entries, planned(entries)] for entries in _TREES],
         "sizes": [[n, format_size(n)] for n in _SIZES],
         "printable": [[text, printable(text), printable(text, 20)] for text in _SHOWN],
     }

@@ -44,6 +44,7 @@ import {
   RemoteProtocolError,
   SourceError,
 } from "./errors.js";
+import { FIRST_COPY_NUMBER, numbered, safeName } from "./names.js";
 import { Chunk, FileDone, FileInfo, Offer } from "./protocol.js";
 
 /** How long a side that sends the last frame (reject, cancel) waits for the peer to close. */
@@ -54,98 +55,12 @@ export const CLOSE_GRACE_SECONDS = 5;
 export const READ_BLOCK_BYTES = 1024 * 1024;
 /** Of an offered name, at most this much is repeated back in a status line. */
 export const MAX_SHOWN_NAME_CHARS = 80;
-/** Names fit in 255 bytes with the command line's hidden partial-copy names around them. */
-export const MAX_NAME_BYTES = 255 - 1 - ".sfs-part".length;
 
 const now = () => performance.now() / 1000;
 
-// -- names --------------------------------------------------------------------------------
+// -- names (./names.js: the rules; here, the flat plan) ------------------------------------
 
-// The characters never shown raw (sfs/text.py) are never kept in a name either.
-const UNSAFE = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu;
-// Names Windows takes for devices, whatever the extension ("nul.txt" is NUL too).
-const WINDOWS_RESERVED = new Set(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]);
-for (const prefix of ["COM", "LPT"]) {
-  for (const c of "0123456789\u00b9\u00b2\u00b3") WINDOWS_RESERVED.add(prefix + c);
-}
-const encoder = new TextEncoder();
-const utf8Length = (text) => encoder.encode(text).length;
-
-/**
- * Reduce a name offered by the peer to a plain, harmless file name, exactly as
- * sfs/peer/transfer.py safe_name does: the last path component only, no control or
- * invisible characters, no leading dots, Windows' forbidden characters and device
- * names defused, at most MAX_NAME_BYTES with the extension kept.
- * @throws {RemoteProtocolError} nothing usable is left
- */
-export function safeName(offered) {
-  let name = offered.replaceAll("\\", "/");
-  name = name.slice(name.lastIndexOf("/") + 1);
-  name = name.replace(UNSAFE, "");
-  name = trim(name.normalize("NFC").replace(/[<>:"|?*]/g, "_"));
-  if (!name) {
-    throw new RemoteProtocolError(
-      `the offered file name ${JSON.stringify(offered.slice(0, 40))} is empty or unusable`,
-    );
-  }
-  name = fit(name);
-  // After the cut: a stem cut short could be a device name ("COM1" of "COM1xyz...").
-  if (WINDOWS_RESERVED.has(name.split(".")[0].replace(/ +$/, "").toUpperCase())) {
-    name = fit("_" + name);
-  }
-  return name;
-}
-
-/** Strip space and dots at both ends (no hidden files; Windows drops trailing ones). */
-function trim(name) {
-  for (;;) {
-    const trimmed = pyStrip(name).replace(/^\.+/, "").replace(/[. ]+$/, "");
-    if (trimmed === name) return name;
-    name = trimmed;
-  }
-}
-
-// Python's str.strip(): the characters str.isspace() calls whitespace.
-const PY_SPACE = "[\\s\\x1c-\\x1f\\x85]";
-const PY_STRIP = new RegExp(`^${PY_SPACE}+|${PY_SPACE}+$`, "gu");
-function pyStrip(text) {
-  return text.replace(PY_STRIP, "");
-}
-
-/** The first `limit` bytes of `text` in UTF-8, never cutting a character in two. */
-function cutUtf8(text, limit) {
-  const bytes = encoder.encode(text);
-  if (bytes.length <= limit) return text;
-  let end = limit;
-  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--; // a character's continuation
-  return new TextDecoder().decode(bytes.subarray(0, end));
-}
-
-/** Cut `name` to MAX_NAME_BYTES, keeping a short extension. */
-function fit(name) {
-  if (utf8Length(name) <= MAX_NAME_BYTES) return name;
-  const dot = name.lastIndexOf(".");
-  const ext = dot >= 0 ? name.slice(dot + 1) : "";
-  const keepExt = dot >= 0 && utf8Length(ext) > 0 && utf8Length(ext) <= 16;
-  const suffix = keepExt ? "." + ext : "";
-  const stem = keepExt ? name.slice(0, dot) : name;
-  return trim(cutUtf8(stem, MAX_NAME_BYTES - utf8Length(suffix))) + suffix;
-}
-
-/** `name (n).ext`, still within MAX_NAME_BYTES. */
-export function numbered(name, n) {
-  const dot = name.lastIndexOf(".");
-  let stem = name;
-  let tail = ` (${n})`;
-  if (dot >= 0 && utf8Length(name.slice(dot + 1)) <= 16) {
-    stem = name.slice(0, dot);
-    tail += name.slice(dot);
-  }
-  return trim(cutUtf8(stem, MAX_NAME_BYTES - utf8Length(tail))) + tail;
-}
-
-/** The number the second file of one name gets: "a.txt", then "a (1).txt" (transfer.py). */
-export const FIRST_COPY_NUMBER = 1;
+export { FIRST_COPY_NUMBER, MAX_NAME_BYTES, numbered, safeName } from "./names.js";
 
 /**
  * The names to save the offered files under: each safe, and two files never one name
