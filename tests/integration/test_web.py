@@ -1,8 +1,9 @@
 """The browser page against the CLI and against itself, in headless Debian Chromium
 (Playwright) inside a network namespace of the test's own, with a real `sfs serve`:
 files of 0 B, 1 B, 16 KiB - 1, 16 KiB + 1 and 10 MiB and a unicode name, each checked
-by SHA-256; a wrong code on either side; a decline; a tab closed mid-transfer; a
-screenshot of every step (test-artifacts/web/), checked to be non-blank."""
+by SHA-256; a folder dropped from the desktop, empty folders in it; a wrong code on
+either side; a decline; a tab closed mid-transfer; a screenshot of every step
+(test-artifacts/web/), checked to be non-blank."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.integration.web import (
     Lab,
+    dragging,
     finish,
     lab,
     make_files,
@@ -94,6 +96,62 @@ def test_browser_sends_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
     for path in files:
         assert sha256(out / path.name) == sha256(path), path.name
     assert "Received 6 files" in stdout
+    page.context.close()
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root``, relative: "folder" for a folder, the SHA-256 of a file."""
+    return {
+        str(p.relative_to(root)): "folder" if p.is_dir() else sha256(p)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_folder_dropped_on_the_page_reaches_the_cli_whole(web_lab: Lab, tmp_path: Path) -> None:
+    """A folder dragged from the desktop onto the page's drop zone (Chromium's own drag
+    and drop, through DevTools: the page's drop handler walks real directory entries):
+    `sfs receive` gets the tree as the CLI would send it, every file at its path and
+    verified, and the empty folders too, which a dropped folder lists and the folder
+    picker cannot (test_lan_page.py has the picker)."""
+    src = tmp_path / "src"
+    holiday = src / "holiday"
+    make_files(holiday, {"beach.jpg": 900_000, "empty.txt": 0})
+    make_files(holiday / "day 2", {"sunset.jpg": 1_200_000, "notes ✓ 日本.txt": 300})
+    make_files(holiday / "day 2" / "raw", {"IMG_0001.dng": 2_000_000})
+    (holiday / "day 2" / "raw" / "rejects").mkdir()  # empty, nested
+    (holiday / "empty album").mkdir()  # empty, at the top
+    (holiday / "day 3" / "nothing yet").mkdir(parents=True)  # empty, in a folder of no files
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+    code = read_code(receiver)
+    page = web_lab.new_page()
+    page.click("#role-send")
+    page.fill("#code-input", code)
+    with dragging(page, "#drop", holiday):
+        # The page took the drag: its dragover handler marks the zone.
+        assert "over" in (page.get_attribute("#drop", "class") or "").split()
+        screenshot(page, "drop-1-over")
+    # 7 folders (holiday, day 2, raw, rejects, empty album, day 3, nothing yet), 4
+    # of them with no file of their own.
+    deadline = time.monotonic() + 10
+    while "files in" not in status(page) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "5 files in 7 folders (4 empty)." in status(page), status(page)
+    assert "over" not in (page.get_attribute("#drop", "class") or "").split()
+    chosen = page.locator("#chosen").inner_text()
+    assert "holiday/day 2/raw/IMG_0001.dng" in chosen, chosen
+    screenshot(page, "drop-2-dropped")
+    page.click("#send")
+    wait_state(page, "done", "error")
+    screenshot(page, "drop-3-done")
+    assert "Sent 5 files in 7 folders" in status(page), status(page)
+    returncode, stdout, stderr = finish(receiver)
+    assert returncode == 0, stderr
+    assert "Received 5 files (" in stdout, stdout
+    assert tree(out) == tree(src)
+    for empty in ("empty album", "day 2/raw/rejects", "day 3/nothing yet"):
+        assert (out / "holiday" / empty).is_dir(), empty
     page.context.close()
 
 

@@ -228,6 +228,35 @@ def _chunks(data: bytes, kind: bytes) -> Iterator[bytes]:
         at += 12 + length
 
 
+@contextmanager
+def dragging(page: Any, selector: str, *paths: Path) -> Iterator[None]:
+    """Drag ``paths`` (files or folders) from the desktop over ``selector``, and drop
+    them there when the block ends (or cancel the drag if it raised), as a user does:
+    Chromium's own drag and drop, through the DevTools protocol (Input.dispatchDragEvent:
+    dragEnter, dragOver, drop), since Playwright has no drag from outside the page.
+    Chromium gives a dropped folder as a real FileSystemDirectoryEntry, empty folders in
+    it included (its readEntries() needs a page with a real origin: on about:blank it
+    fails with EncodingError)."""
+    target = page.locator(selector)
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()
+    assert box is not None, f"{selector} is not shown"
+    where = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    cdp = page.context.new_cdp_session(page)
+    try:
+        for kind in ("dragEnter", "dragOver"):
+            cdp.send("Input.dispatchDragEvent", {"type": kind, **where, "data": data})
+        try:
+            yield
+        except BaseException:
+            cdp.send("Input.dispatchDragEvent", {"type": "dragCancel", **where, "data": data})
+            raise
+        cdp.send("Input.dispatchDragEvent", {"type": "drop", **where, "data": data})
+    finally:
+        cdp.detach()
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
