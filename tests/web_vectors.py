@@ -291,10 +291,17 @@ _SESSIONS: list[tuple[str, list[tuple[Role, Any]]]] = [
         ],
     ),
     (
-        "v2 folders, refused by the page",
+        "v2 folders",
         [
             (Role.SENDER, _FOLDER_OFFER),
-            (Role.RECEIVER, reasons.reject(reasons.FOLDERS)),
+            (Role.RECEIVER, Accept()),
+            (Role.SENDER, Resume((0, 0))),
+            (Role.SENDER, Chunk(b"abc")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"abc").digest())),
+            (Role.RECEIVER, FileAck()),
+            (Role.SENDER, Chunk(b"#!/sh")),
+            (Role.SENDER, FileDone(hashlib.sha256(b"#!/sh").digest())),
+            (Role.RECEIVER, FileAck()),
         ],
     ),
     (

@@ -25,7 +25,7 @@ import pytest
 
 from tests.integration.lan import Host, lan_hosts, start_waiting
 from tests.integration.test_qr import lines_until
-from tests.integration.test_web import Downloads
+from tests.integration.test_web import Downloads, holiday_folder, tree, zip_tree
 from tests.integration.web import (
     CHROMIUM_ARGS,
     make_files,
@@ -170,6 +170,32 @@ def test_laptop_sends_to_the_phone_by_the_qr_code(tmp_path: Path) -> None:
         saved = downloads.saved(len(files))
         for path in files:
             assert sha256(saved[path.name]) == sha256(path), path.name
+        page.context.close()
+
+
+def test_laptop_sends_a_folder_to_the_phone(tmp_path: Path) -> None:
+    """`sfs send --print-code --qr holiday/`: a page over plain http can write into no
+    folder (no secure context), so the tree arrives as one zip, built as the files
+    come and offered once every entry checked out; the empty folder is in it."""
+    holiday = holiday_folder(tmp_path / "src")
+    with phone_and_laptop(tmp_path) as (laptop, _phone, browser):
+        sender = start_waiting(laptop, tmp_path, "send", "--print-code", "--qr", str(holiday))
+        page = open_link(browser, decode_drawing(lines_until(sender.process, "Link: "), tmp_path))
+        downloads = Downloads(page, tmp_path / "downloads")
+        wait_state(page, "deciding", "error")
+        assert "Receive 5 files in 3 folders" in status(page), status(page)
+        assert "arrive as one zip file, holiday.zip" in page.inner_text("body")
+        screenshot(page, "lan-receive-folder-1-offer")
+        page.click("#accept")
+        wait_state(page, "done", "error")
+        screenshot(page, "lan-receive-folder-2-done")
+        assert "Received 5 files in 3 folders" in status(page), status(page)
+        sent = sender.finish()
+        assert sent.returncode == 0, sent.stderr
+        saved = downloads.saved(1)
+        assert zip_tree(saved["holiday.zip"]) == {"holiday": "folder"} | {
+            f"holiday/{path}": digest for path, digest in tree(holiday).items()
+        }
         page.context.close()
 
 

@@ -1,16 +1,19 @@
 """The browser page against the CLI and against itself, in headless Debian Chromium
 (Playwright) inside a network namespace of the test's own, with a real `sfs serve`:
 files of 0 B, 1 B, 16 KiB - 1, 16 KiB + 1 and 10 MiB and a unicode name, each checked
-by SHA-256; a folder dropped from the desktop, empty folders in it; a wrong code on
-either side; a decline; a tab closed mid-transfer; a screenshot of every step
+by SHA-256; a folder dropped from the desktop, empty folders in it; a folder received
+as one zip or into a picked folder; a wrong code on either side; a decline; a tab
+closed mid-transfer; a screenshot of every step
 (test-artifacts/web/), checked to be non-blank."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -425,7 +428,7 @@ def test_without_a_way_to_stream_to_disk_the_limit_is_said_before_accepting(
     page.context.close()
 
 
-def test_a_text_message_is_shown_and_a_folder_is_refused(web_lab: Lab, tmp_path: Path) -> None:
+def test_a_text_message_is_shown(web_lab: Lab, tmp_path: Path) -> None:
     page = web_lab.new_page()
     page.click("#role-receive")
     code = receiver_code(page)
@@ -440,16 +443,116 @@ def test_a_text_message_is_shown_and_a_folder_is_refused(web_lab: Lab, tmp_path:
     screenshot(page, "receive-text")
     page.context.close()
 
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "a.txt").write_text("a")
-    page = web_lab.new_page()
+
+def holiday_folder(root: Path) -> Path:
+    """A folder as people send one: nested folders, an empty one, a unicode name, an
+    empty file, and a hidden file inside (kept, as the CLI keeps it)."""
+    holiday = root / "holiday"
+    make_files(holiday, {"beach.jpg": 900_000, "empty.txt": 0, ".hidden": 10})
+    make_files(holiday / "day 2", {"sunset.jpg": 1_200_000, "notes ✓ 日本.txt": 300})
+    (holiday / "day 2" / "raw").mkdir()  # empty, nested
+    return holiday
+
+
+def zip_tree(path: Path) -> dict[str, str]:
+    """tree() of a zip's entries: after testzip() found every CRC right."""
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        return {
+            info.filename.rstrip("/"): "folder"
+            if info.is_dir()
+            else hashlib.sha256(archive.read(info)).hexdigest()
+            for info in archive.infolist()
+        }
+
+
+def test_cli_sends_a_folder_to_a_page_without_a_picker_as_one_zip(
+    web_lab: Lab, tmp_path: Path
+) -> None:
+    """A page that cannot write into a folder (no File System Access API; plain http
+    on a LAN is ?save=memory, see test_lan_page.py) gets the tree as one zip, streamed
+    through the service worker as it arrives: every entry checked, the empty folder in
+    it."""
+    holiday = holiday_folder(tmp_path / "src")
+    page = web_lab.new_page("?save=download")
+    downloads = Downloads(page, tmp_path / "downloads")
     page.click("#role-receive")
     code = receiver_code(page)
-    sender = web_lab.cli("send", code, str(folder))
+    sender = web_lab.cli("send", code, str(holiday))
+    wait_state(page, "deciding")
+    assert "Receive 5 files in 3 folders" in status(page), status(page)
+    assert "arrive as one zip file, holiday.zip" in page.inner_text("body")
+    screenshot(page, "receive-folder-zip-offer")
+    page.click("#accept")
+    wait_state(page, "done", "error")
+    screenshot(page, "receive-folder-zip-done")
+    assert "Received 5 files in 3 folders" in status(page), status(page)
     returncode, _, stderr = finish(sender)
-    assert returncode == 6, stderr
-    assert "the web page takes files, not folders" in stderr
-    wait_state(page, "error")
-    assert "folder" in status(page)
+    assert returncode == 0, stderr
+    saved = downloads.saved(1)
+    assert zip_tree(saved["holiday.zip"]) == {"holiday": "folder"} | {
+        f"holiday/{path}": digest for path, digest in tree(holiday).items()
+    }
+    page.context.close()
+
+
+#: In place of the folder picker (headless Chromium cannot answer its dialog): the
+#: page's own private folder (OPFS), which has the same FileSystemDirectoryHandle API.
+#: A folder "holiday" with a file of the user's is there already.
+PICKER_IS_OPFS = """
+globalThis.showDirectoryPicker = async () => {
+  const root = await navigator.storage.getDirectory();
+  const mine = await root.getDirectoryHandle("holiday", { create: true });
+  const file = await (await mine.getFileHandle("mine.txt", { create: true })).createWritable();
+  await file.write("the user's own");
+  await file.close();
+  return root;
+};
+"""
+
+#: Every path in the page's private folder: "folder", or the SHA-256 of a file.
+READ_OPFS = """
+async () => {
+  const found = {};
+  const hex = (buffer) =>
+    Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  const visit = async (folder, prefix) => {
+    for await (const [name, handle] of folder.entries()) {
+      const path = prefix + name;
+      if (handle.kind === "directory") {
+        found[path] = "folder";
+        await visit(handle, path + "/");
+      } else {
+        const data = await (await handle.getFile()).arrayBuffer();
+        found[path] = hex(await crypto.subtle.digest("SHA-256", data));
+      }
+    }
+  };
+  await visit(await navigator.storage.getDirectory(), "");
+  return found;
+}
+"""
+
+
+def test_cli_sends_a_folder_into_a_folder_the_page_picks(web_lab: Lab, tmp_path: Path) -> None:
+    """With the File System Access API the tree goes into the picked folder, each file
+    committed after its SHA-256 checked out; a folder of the same name there is left
+    alone and the tree arrives as "holiday (1)", as the CLI does it."""
+    holiday = holiday_folder(tmp_path / "src")
+    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS)
+    page.click("#role-receive")
+    code = receiver_code(page)
+    sender = web_lab.cli("send", code, str(holiday))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "done", "error")
+    screenshot(page, "receive-folder-picked-done")
+    assert "Received 5 files in 3 folders" in status(page), status(page)
+    returncode, _, stderr = finish(sender)
+    assert returncode == 0, stderr
+    got = page.evaluate(READ_OPFS)
+    mine = hashlib.sha256(b"the user's own").hexdigest()
+    assert got == {"holiday": "folder", "holiday/mine.txt": mine, "holiday (1)": "folder"} | {
+        f"holiday (1)/{path}": digest for path, digest in tree(holiday).items()
+    }
     page.context.close()

@@ -108,8 +108,10 @@ class Lab:
         env.pop("SFS_DEBUG", None)
         return env
 
-    def new_page(self, query: str = "?save=download") -> Any:
+    def new_page(self, query: str = "?save=download", init_script: str | None = None) -> Any:
         context = self.browser.new_context(accept_downloads=True)
+        if init_script is not None:
+            context.add_init_script(init_script)
         page = context.new_page()
         page.set_default_timeout(PAGE_TIMEOUT_MS)
         page.goto(self.url + "/" + query)

@@ -32,12 +32,12 @@ import {
   SfsError,
 } from "./errors.js";
 import { MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES } from "./protocol.js";
-import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions } from "./save.js";
+import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions, zipName } from "./save.js";
 import { relayMode, relayStats } from "./relay.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
 import { PAGE_CLOSED } from "./reasons.js";
-import { finalLine, formatSize } from "./transfer.js";
+import { describeOffer, finalLine, formatSize } from "./transfer.js";
 
 const WORDS = loadWordlist(wordlistText);
 const PROGRESS_EVERY_MS = 250;
@@ -294,7 +294,8 @@ async function startReceiving(code = null) {
         ui: {
           ...sessionUi(),
           showCode,
-          decide: async (offer, names, signal) => decide(offer, names, signal, await saving),
+          decide: async (offer, names, signal, plan) =>
+            decide(offer, names, signal, plan, await saving),
         },
         wordlist: wordlistText,
         cancel,
@@ -345,14 +346,14 @@ $("copy-link").addEventListener("click", (event) => copy($("link").href, event.c
  * Ask whether to take `offer`; resolves to {saving} or null (declined).  The save
  * dialog (if any) opens from the Accept click itself, as browsers require.
  */
-function decide(offer, names, signal, options) {
+function decide(offer, names, signal, plan, options) {
   const sender = offer.sender ? ` from ${printable(offer.sender, 40)}` : "";
   const info = offer.files[0];
   let what;
   if (offer.text) what = `a text message (${plural(info.size, "byte")})`;
   else if (offer.stream) what = `${printable(names[0], 80)} (a pipe, size unknown)`;
   else if (offer.files.length === 1) what = `${printable(names[0], 80)} (${formatSize(info.size)})`;
-  else what = `${offer.files.length} files (${formatSize(offer.totalSize)})`;
+  else what = `${describeOffer(offer)} (${formatSize(offer.totalSize)})`;
   const question = `Receive ${what}${sender}?`;
   clear(ui.offerList);
   if (offer.files.length > 1) {
@@ -362,6 +363,9 @@ function decide(offer, names, signal, options) {
   const total = offer.stream ? null : offer.totalSize;
   const tooLarge = limit !== null && total !== null && total > limit;
   ui.offerNote.textContent = limit === null ? "" : capitalize(MEMORY_LIMIT_TEXT) + ".";
+  if (plan.tree && !options.canPick) {
+    ui.offerNote.textContent += ` The folders arrive as one zip file, ${printable(zipName(plan), 80)}.`;
+  }
   ui.accept.disabled = tooLarge;
   ui.decline.disabled = false;
   ui.offer.hidden = false;
@@ -382,7 +386,7 @@ function decide(offer, names, signal, options) {
       ui.accept.disabled = ui.decline.disabled = true;
       if (offer.text) return finish({ saving: null });
       // No await before choose(): the file picker needs this click's user activation.
-      options.choose(names, total).then(
+      options.choose(plan, total).then(
         (saving) => {
           saving.onMemoryFile = (name, link) => {
             const item = document.createElement("li");
@@ -491,7 +495,11 @@ ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("over"));
 ui.drop.addEventListener("drop", (event) => {
   event.preventDefault();
   ui.drop.classList.remove("over");
-  const entries = Array.from(event.dataTransfer.items ?? [], (item) => item.webkitGetAsEntry?.());
+  // Only the items that are files: a drag from a desktop may carry a link (text/uri-list)
+  // beside them, which has no entry and would hide the folder's.
+  const entries = Array.from(event.dataTransfer.items ?? [])
+    .filter((item) => item.kind === "file")
+    .map((item) => item.webkitGetAsEntry?.());
   if (!entries.length || entries.some((entry) => !entry)) {
     // No entries API here: the files as they are (a folder among them cannot be read).
     choose(Array.from(event.dataTransfer.files, (file) => ({ file, folder: [] })));

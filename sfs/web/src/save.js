@@ -17,12 +17,23 @@
 //    offered through an object-URL download link once verified, up to
 //    MEMORY_LIMIT_BYTES, a limit the page states before the user accepts.
 //
+// An offer with folders (a tree) goes into the picked folder as the command line
+// places one (a top folder whose name is taken becomes "holiday (1)"); without a
+// picker it becomes ONE zip, written as it arrives through method 2 or 3 (client-zip:
+// a stream, constant memory, the empty folders as entries).  Each file's entry ends
+// only after its SHA-256 checked out, and the zip's directory is written only after
+// the last one: a mismatch errors the stream, and no zip that completes holds an
+// unverified file.
+//
 // `?save=picker`, `?save=download` or `?save=memory` in the page's URL forces a method
 // (headless browsers in tests cannot answer a native save dialog).  Otherwise the page
 // tries them in that order and falls back to the next on any failure.
 
+import { makeZip } from "client-zip";
+
 import { DiskError } from "./errors.js";
-import { FIRST_COPY_NUMBER, numbered } from "./transfer.js";
+import { casefold, freeName, namesTaken } from "./names.js";
+import { AsyncQueue } from "./queue.js";
 
 export const MEMORY_LIMIT_BYTES = 512_000_000;
 export const MEMORY_LIMIT_TEXT =
@@ -35,6 +46,10 @@ const WORKER_SECONDS = 5;
 const DOWNLOAD_WINDOW_BYTES = 4 * 1024 * 1024;
 /** A service worker with nothing to do is stopped after ~30 s: a download keeps it busy. */
 const WORKER_KEEPALIVE_MS = 10_000;
+/** Received bytes of one zip entry not yet taken into the zip (then writes wait). */
+const ZIP_WINDOW_BYTES = 4 * 1024 * 1024;
+/** The zip's name when the offer is not one folder. */
+export const ZIP_NAME = "sfs-files.zip";
 
 /** The method the URL asks for ("auto" if none). */
 export function requestedMethod(search) {
@@ -95,19 +110,20 @@ export class SaveOptions {
   /**
    * Choose where the files go.  Call it from the Accept click: the file picker needs
    * that user gesture, so nothing may be awaited before it.
-   * @param {string[]} names  the safe names to suggest, one per file
+   * @param {{files: string[][], folders: string[][], tree: boolean}} plan  where each
+   *   file goes (transfer.js planOffer)
    * @param {number|null} total  bytes offered (null: a pipe, size unknown)
    * @returns {Promise<Saving>}
    * @throws {DOMException} "AbortError" when the user closed the picker without choosing
    */
-  async choose(names, total) {
+  async choose(plan, total) {
     let methods = this.methods();
     let picked = null;
     if (methods[0] === Method.PICKER) {
       try {
         picked =
-          names.length === 1
-            ? await globalThis.showSaveFilePicker({ suggestedName: names[0] })
+          !plan.tree && plan.files.length === 1
+            ? await globalThis.showSaveFilePicker({ suggestedName: plan.files[0][0] })
             : await globalThis.showDirectoryPicker({ id: "sfs", mode: "readwrite" });
       } catch (error) {
         // The user closing the dialog is an answer, not a failure: ask again.
@@ -121,8 +137,15 @@ export class SaveOptions {
     if (methods[0] === Method.MEMORY && total !== null && total > MEMORY_LIMIT_BYTES) {
       throw new DiskError(MEMORY_LIMIT_TEXT);
     }
-    return new Saving({ picked, methods, worker: this.worker });
+    return new Saving({ picked, methods, worker: this.worker, plan });
   }
+}
+
+/** The name of the zip a tree arrives as: its one top folder's, else ZIP_NAME. */
+export function zipName(plan) {
+  const tops = new Set([...plan.folders, ...plan.files].map((parts) => casefold(parts[0])));
+  const folder = plan.folders[0]?.[0] ?? plan.files.find((parts) => parts.length > 1)?.[0];
+  return tops.size === 1 && folder !== undefined ? `${folder}.zip` : ZIP_NAME;
 }
 
 async function registerWorker() {
@@ -143,15 +166,29 @@ async function registerWorker() {
 }
 
 /**
- * Where the files of one transfer go: open(index, name, size) gives a Sink for each
- * file in turn; a method that fails to open one is dropped for the next.
+ * Where the files of one transfer go: begin() once (a tree's folders, a zip's start),
+ * then open(index, name, size) gives a Sink for each file in turn, then finish().  A
+ * method that fails is dropped for the next, until the first file of a tree is
+ * placed: a tree is never split between two places.
  */
 export class Saving {
-  constructor({ picked, methods, worker }) {
-    this._picked = picked; // a FileSystemFileHandle, or a FileSystemDirectoryHandle
+  /**
+   * @param {object} options
+   * @param {FileSystemFileHandle|FileSystemDirectoryHandle|null} options.picked
+   * @param {string[]} options.methods  best first
+   * @param {ServiceWorker|null} options.worker
+   * @param {{files: string[][], folders: string[][], tree: boolean}} options.plan
+   */
+  constructor({ picked, methods, worker, plan }) {
+    this._picked = picked;
     this._methods = methods;
     this._worker = worker;
-    this._taken = new Set(); // names used in a picked folder, in this transfer
+    this._plan = plan;
+    this._places = null; // in a picked folder: each file's local path, top renamed
+    this._folders = new Map(); // in a picked folder: "a/b" -> its handle
+    this._zip = null;
+    this._settled = false; // a tree has begun in one place: no falling back now
+    this._finished = false;
     this._memoryUsed = 0;
     this._keepalive = null;
     /** Called with (name, url) for each file kept in memory: a link for the user. */
@@ -162,51 +199,136 @@ export class Saving {
     return this._methods[0];
   }
 
+  /** Whether the files go into one zip (a tree, and no picked folder). */
+  get zips() {
+    return this._plan.tree && this.method !== Method.PICKER;
+  }
+
+  /** Make the folders (a picked folder), or start the zip (a tree without one). */
+  async begin() {
+    await this._tryMethods("the folders", async (method) => {
+      if (method === Method.PICKER && this._picked.kind === "directory") await this._placeTops();
+      else if (this._plan.tree && method !== Method.PICKER) await this._startZip(method);
+    });
+    this._settled = this._plan.tree;
+  }
+
   /**
    * @param {number} index  the file's position in the offer
-   * @param {string} name  its safe name
+   * @param {string} name  its planned path, for messages
    * @param {number|null} size  bytes (null: unknown, a pipe)
+   * @param {bigint} [mtimeNs]  when it was last changed (a zip keeps it)
    * @returns {Promise<Sink>}
    */
-  async open(index, name, size) {
+  async open(index, name, size, mtimeNs = 0n) {
+    return this._tryMethods(name, async (method) => {
+      if (method === Method.PICKER) return this._openPicked(index);
+      if (this._zip !== null) return this._zip.file(name, mtimeNs);
+      if (method === Method.DOWNLOAD) return this._openDownload(name, size);
+      return this._openMemory(name, size);
+    });
+  }
+
+  async _tryMethods(what, attempt) {
     for (;;) {
       const method = this._methods[0];
       if (method === undefined) throw new DiskError("no way left to save the file here");
       try {
-        if (method === Method.PICKER) return await this._openPicked(index, name);
-        if (method === Method.DOWNLOAD) return await this._openDownload(name, size);
-        return this._openMemory(name, size);
+        return await attempt(method);
       } catch (error) {
-        if (method === Method.MEMORY || this._methods.length === 1) {
+        if (method === Method.MEMORY || this._methods.length === 1 || this._settled) {
           throw error instanceof DiskError
             ? error
-            : new DiskError(`cannot save ${name}: ${error.message}`, { cause: error });
+            : new DiskError(`cannot save ${what}: ${error.message}`, { cause: error });
         }
         this._methods.shift(); // on any failure, the next method
       }
     }
   }
 
-  async _openPicked(index, name) {
+  /**
+   * The local names at the top of the picked folder, as the command line gives them
+   * in its output folder: a folder or file whose name is taken there (or whose
+   * partial-copy names are) gets the next free one, "holiday (1)"; then every
+   * offered folder is made, empty ones included.
+   */
+  async _placeTops() {
+    const root = this._picked;
+    const taken = new Set();
+    for await (const name of root.keys()) taken.add(casefold(name));
+    const onDisk = new Set(taken);
+    // Files at the top keep their names from the folders' (as tree.py's plan does).
+    for (const parts of this._plan.files) {
+      if (parts.length === 1) for (const n of namesTaken(parts[0])) taken.add(n);
+    }
+    const tops = new Map();
+    const wanted = [...this._plan.folders, ...this._plan.files.filter((p) => p.length > 1)];
+    for (const [top] of wanted) {
+      if (tops.has(casefold(top))) continue;
+      const name = freeName(top, taken, { folder: true });
+      taken.add(casefold(name));
+      onDisk.add(casefold(name));
+      tops.set(casefold(top), name);
+    }
+    this._places = this._plan.files.map((parts) => {
+      if (parts.length > 1) return [tops.get(casefold(parts[0])), ...parts.slice(1)];
+      const name = freeName(parts[0], onDisk);
+      for (const n of namesTaken(name)) onDisk.add(n);
+      return [name];
+    });
+    this._folders.set("", root);
+    for (const parts of this._plan.folders) {
+      await this._folder([tops.get(casefold(parts[0])), ...parts.slice(1)]);
+    }
+  }
+
+  /** The handle of the local folder `parts` inside the picked one, made if missing. */
+  async _folder(parts) {
+    const key = parts.join("/");
+    let handle = this._folders.get(key);
+    if (handle === undefined) {
+      const parent = await this._folder(parts.slice(0, -1));
+      handle = await parent.getDirectoryHandle(parts.at(-1), { create: true });
+      this._folders.set(key, handle);
+    }
+    return handle;
+  }
+
+  async _openPicked(index) {
     const picked = this._picked;
     if (picked.kind === "file") {
       if (index !== 0) throw new Error("one file was picked for several");
       return new WritableSink(await picked.createWritable({ keepExistingData: false }));
     }
-    // A folder: never replace a file that is there; "name (1).ext" instead.
-    let candidate = name;
-    const taken = async (n) => this._taken.has(n.toLowerCase()) || (await exists(picked, n));
-    for (let n = FIRST_COPY_NUMBER; await taken(candidate); n++) candidate = numbered(name, n);
-    this._taken.add(candidate.toLowerCase());
-    const handle = await picked.getFileHandle(candidate, { create: true });
+    if (this._places === null) await this._placeTops();
+    const parts = this._places[index];
+    const folder = await this._folder(parts.slice(0, -1));
+    const name = parts.at(-1);
+    // Never replace a file that is there (one made since the folder was listed).
+    if (await exists(folder, name)) {
+      throw new DiskError(`${parts.join("/")} appeared in the folder meanwhile: not replaced`);
+    }
+    const handle = await folder.getFileHandle(name, { create: true });
     // An empty file now stands there; abort() removes it again (it is ours).
-    const remove = () => picked.removeEntry(candidate).catch(() => {});
+    const remove = () => folder.removeEntry(name).catch(() => {});
     try {
-      return new WritableSink(await handle.createWritable({ keepExistingData: false }), remove);
+      const sink = new WritableSink(await handle.createWritable({ keepExistingData: false }), remove);
+      sink.place = parts.join("/");
+      return sink;
     } catch (error) {
       await remove();
       throw error;
     }
+  }
+
+  async _startZip(method) {
+    const name = zipName(this._plan);
+    const out =
+      method === Method.DOWNLOAD
+        ? await this._openDownload(name, null)
+        : this._openMemory(name, null);
+    this._zip = new ZipWriter(out);
+    for (const parts of this._plan.folders) this._zip.folder(parts.join("/"));
   }
 
   async _openDownload(name, size) {
@@ -246,10 +368,141 @@ export class Saving {
     return new MemorySink(name, this);
   }
 
-  /** The transfer is over (done or failed): stop keeping the worker awake. */
-  async close() {
+  /** Every file is in: a zip's directory is written and the zip completed. */
+  async finish() {
+    if (this._finished) return;
+    this._finished = true;
+    try {
+      await this._zip?.finish();
+    } finally {
+      await this.close();
+    }
+  }
+
+  /**
+   * The transfer is over (done, or failed with `reason`): an unfinished zip is
+   * failed, and the worker no longer kept awake.
+   */
+  async close(reason = null) {
+    if (!this._finished && this._zip !== null) {
+      this._finished = true;
+      await this._zip.abort(reason ?? new Error("the transfer stopped"));
+    }
     if (this._keepalive !== null) clearInterval(this._keepalive);
     this._keepalive = null;
+  }
+}
+
+const END = Symbol("end");
+
+/** An async iterable of what `queue` gets, until END; an Error put there is thrown. */
+async function* drain(queue, taken = () => {}) {
+  for (;;) {
+    const item = await queue.get();
+    if (item === END) return;
+    if (item instanceof Error) throw item;
+    taken(item);
+    yield item;
+  }
+}
+
+const asError = (reason) => (reason instanceof Error ? reason : new Error(String(reason)));
+
+/**
+ * One zip, written to `out` (a download or memory Sink) as client-zip makes it from
+ * the entries put here.  client-zip pulls; the copy below pulls as fast as `out`
+ * takes, so memory stays within the entries' and the download's windows.
+ */
+class ZipWriter {
+  constructor(out) {
+    this._out = out;
+    this._entries = new AsyncQueue();
+    this._reader = makeZip(drain(this._entries), { buffersAreUTF8: true }).getReader();
+    this._written = this._copy();
+    // Rejects when the copy fails (the download cancelled); never resolves otherwise.
+    this.failed = this._written.then(() => new Promise(() => {}));
+    this._written.catch(() => {});
+    this.failed.catch(() => {});
+  }
+
+  async _copy() {
+    for (;;) {
+      const { done, value } = await this._reader.read();
+      if (done) return;
+      // A copy: client-zip reads its chunks' lengths again after yielding them (for its
+      // directory), and a download takes the buffer it is given (transfers it).
+      await this._out.write(value.slice());
+    }
+  }
+
+  folder(path) {
+    this._entries.put({ name: `${path}/` });
+  }
+
+  file(path, mtimeNs) {
+    const entry = new ZipEntry(this, path);
+    const lastModified = mtimeNs > 0n ? new Date(Number(mtimeNs / 1_000_000n)) : undefined;
+    this._entries.put({ name: path, lastModified, input: entry.chunks() });
+    return entry;
+  }
+
+  async finish() {
+    this._entries.put(END);
+    try {
+      await this._written;
+    } catch (error) {
+      await this._out.abort(error);
+      throw new DiskError(`cannot write the zip: ${error.message}`, { cause: error });
+    }
+    await this._out.commit();
+  }
+
+  async abort(reason) {
+    this._entries.put(asError(reason));
+    await this._reader.cancel(String(reason?.message ?? reason)).catch(() => {});
+    await this._out.abort(reason);
+  }
+}
+
+/** One file's entry in a ZipWriter: a Sink whose chunks client-zip pulls. */
+class ZipEntry {
+  constructor(writer, place) {
+    this._writer = writer;
+    this._queue = new AsyncQueue();
+    this._queued = 0;
+    this._drained = null;
+    this.place = place;
+  }
+
+  chunks() {
+    return drain(this._queue, (chunk) => {
+      this._queued -= chunk.length;
+      if (this._drained !== null && this._queued <= ZIP_WINDOW_BYTES) {
+        this._drained();
+        this._drained = null;
+      }
+    });
+  }
+
+  async write(data) {
+    this._queue.put(data);
+    this._queued += data.length;
+    if (this._queued > ZIP_WINDOW_BYTES) {
+      const drained = new Promise((resolve) => {
+        this._drained = resolve;
+      });
+      await Promise.race([drained, this._writer.failed]);
+    }
+  }
+
+  /** Its SHA-256 checked out: the entry ends (client-zip writes its CRC and sizes). */
+  commit() {
+    this._queue.put(END);
+  }
+
+  /** Errors the entry, hence the zip: its download fails, its memory is dropped. */
+  abort(reason) {
+    this._queue.put(asError(reason));
   }
 }
 

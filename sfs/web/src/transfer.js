@@ -11,9 +11,10 @@
 //   as the command line does: the files the user picks again are read for the
 //   prefixes the receiver holds (its partial copies of an interrupted transfer), and
 //   only what follows is sent.
-// * As receiver it holds nothing (ACCEPT {"held": []}), never takes zstd, refuses an
-//   offer with folders, shows a text message instead of saving it, and acknowledges
-//   each file once its SHA-256 checked out and its saving finished.
+// * As receiver it holds nothing (ACCEPT {"held": []}), never takes zstd, places an
+//   offer with folders by the command line's rules (./names.js planTree) into a
+//   picked folder or one zip (./save.js), shows a text message instead of saving it,
+//   and acknowledges each file once its SHA-256 checked out and its saving finished.
 // * Sealing and opening are asynchronous (WebCrypto): the machine hands out frames as
 //   promises, in the order it numbered them, and the Pump below sends them in that
 //   order.
@@ -36,7 +37,7 @@ import {
   SendFiles,
   Sender,
 } from "./conversation.js";
-import { cancel, FOLDERS, REJECT_REASONS, reject } from "./reasons.js";
+import { cancel } from "./reasons.js";
 import {
   IntegrityError,
   PeerGoneError,
@@ -44,7 +45,7 @@ import {
   RemoteProtocolError,
   SourceError,
 } from "./errors.js";
-import { FIRST_COPY_NUMBER, numbered, safeName } from "./names.js";
+import { FIRST_COPY_NUMBER, numbered, planTree, safeName } from "./names.js";
 import { Chunk, FileDone, FileInfo, Offer } from "./protocol.js";
 
 /** How long a side that sends the last frame (reject, cancel) waits for the peer to close. */
@@ -88,9 +89,32 @@ export function shownName(offered) {
   }
 }
 
-/** An offer with folders (version 2): the page takes flat files only. */
+/** An offer with folders (version 2 or 3): placed as a tree, by planTree. */
 export function isTree(offer) {
   return offer.folders.length > 0 || offer.files.some((info) => info.folder.length > 0);
+}
+
+/**
+ * Where each offered file goes, relative to the place the user chooses:
+ * {files: [parts...] per file, folders: [parts...] per offered folder, tree}.  A flat
+ * offer's files are each one name (planNames); a tree's are paths, by the command
+ * line's rules (names.js planTree: the same names, the same refusals).
+ * @throws {RemoteProtocolError} a path that cannot be placed
+ */
+export function planOffer(offer) {
+  if (!isTree(offer)) {
+    return { files: planNames(offer).map((name) => [name]), folders: [], tree: false };
+  }
+  const entries = [
+    ...offer.folders.map((folder) => [folder, true]),
+    ...offer.files.map((info) => [[...info.folder, info.name], false]),
+  ];
+  const local = planTree(entries);
+  return {
+    files: local.slice(offer.folders.length),
+    folders: local.slice(0, offer.folders.length),
+    tree: true,
+  };
 }
 
 /** "3 files", "a text message": for messages. */
@@ -649,17 +673,20 @@ async function readBlock(file, start, end) {
 /**
  * Wait for an offer, ask `decide`, then receive every file into the Saving it gives.
  *
- * An offer with folders is refused (REJECT, code FOLDERS) before anyone is asked.  A
- * text message is not saved: it ends up in the result's `text`.  Every file's bytes
- * are hashed as they come, and the SHA-256 is compared with the sender's BEFORE the
- * file is committed to its place; a mismatch aborts the save (IntegrityError).
+ * An offer with folders is planned as the command line plans one (planOffer); a path
+ * that cannot be placed safely ends the transfer before anyone is asked.  A text
+ * message is not saved: it ends up in the result's `text`.  Every file's bytes are
+ * hashed as they come, and the SHA-256 is compared with the sender's BEFORE the file
+ * is committed to its place; a mismatch aborts the save (IntegrityError).
  *
  * @param {object} channel
  * @param {import("./protocol.js").TransferProtocol} proto  a receiver's
  * @param {object} options
- * @param {(offer: Offer, names: string[], signal: AbortSignal) => Promise<object|null>}
- *   options.decide  null to decline; else {saving} (saving: a ./save.js Saving, or
- *   null for a text message).  `signal` aborts when the sender cancels meanwhile.
+ * @param {(offer: Offer, names: string[], signal: AbortSignal, plan: object) =>
+ *   Promise<object|null>} options.decide  null to decline; else {saving} (saving: a
+ *   ./save.js Saving, or null for a text message).  `names` are the planned paths
+ *   ("holiday/day 2/a.jpg"), `plan` is planOffer's.  `signal` aborts when the sender
+ *   cancels meanwhile.
  * @param {object} [options.progress]
  * @param {(message: string) => void} [options.status]
  * @param {(pump: Pump) => void} [options.started]
@@ -679,15 +706,9 @@ export async function receiveFiles(
   let saving = null;
   try {
     const { offer } = await pump.expect(AskUser);
-    if (isTree(offer)) {
-      machine.refuse(reject(FOLDERS));
-      await pump.lastWord();
-      throw new RejectedError(
-        `the sender offers ${describeOffer(offer)}: ${REJECT_REASONS[FOLDERS]}`,
-      );
-    }
-    const names = offer.text ? ["text"] : planNames(offer);
-    const answer = await pump.serveListening((signal) => decide(offer, names, signal));
+    const plan = offer.text ? { files: [["text"]], folders: [], tree: false } : planOffer(offer);
+    const names = plan.files.map((parts) => parts.join("/"));
+    const answer = await pump.serveListening((signal) => decide(offer, names, signal, plan));
     if (answer === null) {
       machine.refuse();
       await pump.lastWord();
@@ -701,11 +722,12 @@ export async function receiveFiles(
     // Nothing held, so nothing was proposed above 0 and no START is due.
     machine.prefixesConfirmed(resume.offsets.map(() => 0));
     await pump.flush();
+    await saving?.begin(); // the folders, empty ones included; a zip's start
     progress.begin(offer.files.length, offer.stream ? null : offer.totalSize);
     for (const [index, info] of offer.files.entries()) {
       const name = names[index];
       const declared = info.stream ? null : info.size;
-      sink = offer.text ? new TextSink() : await saving.open(index, name, declared);
+      sink = offer.text ? new TextSink() : await saving.open(index, name, declared, info.mtimeNs);
       const digest = sha256.create();
       let size = 0;
       progress.start(name, info.stream ? null : info.size);
@@ -740,19 +762,26 @@ export async function receiveFiles(
       }
       // Only now does the file take its place (or start its download for real).
       await sink.commit();
+      const placed = sink.place; // where a picked folder has it ("holiday (1)/a.jpg")
       if (offer.text) result.text = sink.text();
       sink = null;
       result.files.push(offer.text ? "a text message" : name);
       result.totalBytes += size;
+      // A zip is whole (its directory written) before the sender hears of its last file.
+      if (index === offer.files.length - 1) await saving?.finish();
       machine.filesPlaced(1);
       await pump.flush();
-      if (!offer.text && offer.files.length <= 1000) status(savedLine(name, info.name));
+      if (!offer.text && offer.files.length <= 1000) {
+        status(savedLine(placed ?? name, plan.files[index].at(-1), info.name));
+      }
     }
+    await saving?.finish(); // (an offer of empty folders only)
+    result.folders = plan.folders.length;
     return result.finish();
   } catch (error) {
     pump.stop();
     await sink?.abort(error);
-    await saving?.close();
+    await saving?.close(error);
     await pump.abort(error);
     throw error;
   } finally {
@@ -761,8 +790,8 @@ export async function receiveFiles(
 }
 
 /** The line for a file now saved, saying when its name is not the offered one. */
-function savedLine(name, offered) {
-  let line = `Saved ${name}`;
+function savedLine(place, name, offered) {
+  let line = `Saved ${place}`;
   if (name !== offered) {
     line += ` (offered as ${JSON.stringify(offered.slice(0, MAX_SHOWN_NAME_CHARS))})`;
   }

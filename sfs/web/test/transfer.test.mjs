@@ -18,6 +18,7 @@ import {
   IntegrityError,
   PeerGoneError,
   RejectedError,
+  RemoteProtocolError,
 } from "../src/errors.js";
 import {
   Chunk,
@@ -29,7 +30,7 @@ import {
   TransferProtocol,
 } from "../src/protocol.js";
 import { AsyncQueue } from "../src/queue.js";
-import { DECLINED_REASON, FOLDERS, REJECT_REASONS } from "../src/reasons.js";
+import { DECLINED_REASON } from "../src/reasons.js";
 import { printable } from "../src/text.js";
 import {
   Departures,
@@ -133,6 +134,12 @@ class MemorySaving {
         file.aborted = true;
       },
     };
+  }
+  async begin() {
+    this.begun = true;
+  }
+  async finish() {
+    this.finished = true;
   }
   async close() {
     this.closed = true;
@@ -279,23 +286,38 @@ describe("the page's receiver against Python's recorded senders", () => {
     assert.equal(finalLine("Received", result).split(" (")[0], "Received a text message");
   });
 
-  it("refuses folders with the words Python recorded, and declines likewise", async () => {
-    for (const [name, reason] of [
-      ["v2 folders, refused by the page", REJECT_REASONS[FOLDERS]],
-      ["v1 declined", DECLINED_REASON],
-    ]) {
-      const channel = replay(session(name), "receiver");
-      const saving = new MemorySaving();
-      setTimeout(() => channel.close(), 20); // Python's sender closes on the REJECT
-      await assert.rejects(
-        receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
-          decide: async () => null,
-        }),
-        RejectedError,
-      );
-      assert.ok(channel.done(), reason);
-      assert.equal(saving.files.length, 0);
-    }
+  it("takes folders as Python's receiver plans them, with Python's bytes", async () => {
+    const channel = replay(session("v2 folders"), "receiver");
+    const saving = new MemorySaving();
+    let planned = null;
+    const result = await receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+      decide: async (offer, names, signal, plan) => {
+        planned = { names, plan };
+        return { saving };
+      },
+    });
+    assert.ok(channel.done());
+    assert.deepEqual(planned.names, ["docs/readme.txt", "run.sh"]);
+    assert.deepEqual(planned.plan.folders, [["docs"], ["empty", "inner"]]);
+    assert.ok(planned.plan.tree);
+    assert.ok(saving.begun && saving.finished);
+    assert.equal(saving.bytes(0).toString(), "abc");
+    assert.equal(saving.bytes(1).toString(), "#!/sh");
+    assert.equal(finalLine("Received", result).split(" (")[0], "Received 2 files in 2 folders");
+  });
+
+  it("declines with the words Python recorded", async () => {
+    const channel = replay(session("v1 declined"), "receiver");
+    const saving = new MemorySaving();
+    setTimeout(() => channel.close(), 20); // Python's sender closes on the REJECT
+    await assert.rejects(
+      receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+        decide: async () => null,
+      }),
+      RejectedError,
+    );
+    assert.ok(channel.done(), DECLINED_REASON);
+    assert.equal(saving.files.length, 0);
   });
 });
 
@@ -325,6 +347,36 @@ describe("integrity", () => {
     const cancel = await sender.receive(replies.at(-1));
     assert.equal(cancel.reason, "the received data failed its integrity check");
   });
+});
+
+describe("a hostile folder offer, towards the page", () => {
+  for (const [why, files] of [
+    ["a parent", [new FileInfo({ name: "x", size: 1, folder: [".."] })]],
+    ["a file where a folder goes", [
+      new FileInfo({ name: "b", size: 1, folder: ["a"] }),
+      new FileInfo({ name: "a", size: 1 }),
+      new FileInfo({ name: "c", size: 1, folder: ["a", "b"] }),
+    ]],
+  ]) {
+    it(`is refused before anyone is asked: ${why}`, async () => {
+      const channel = new MemoryChannel();
+      const sender = new TransferProtocol(Role.SENDER, keys("sender"));
+      channel.onSend = async () => {};
+      let asked = false;
+      const receiving = receiveFiles(channel, new TransferProtocol(Role.RECEIVER, keys("receiver")), {
+        decide: async () => {
+          asked = true;
+          return { saving: new MemorySaving() };
+        },
+      });
+      for (const frame of sender.sendFrames(new Offer({ files, chunkSize: 4096 }))) {
+        channel.inbox.put(await frame);
+      }
+      setTimeout(() => channel.close(), 20);
+      await assert.rejects(receiving, RemoteProtocolError);
+      assert.ok(!asked);
+    });
+  }
 });
 
 describe("the DataChannel link (src/connection.js)", () => {
