@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 
 from tests.integration.web import (
+    OPFS_SIZE,
+    PICKER_IS_OPFS_ROOT,
+    READ_OPFS,
     Lab,
     dragging,
     finish,
@@ -510,29 +513,6 @@ globalThis.showDirectoryPicker = async () => {
 };
 """
 
-#: Every path in the page's private folder: "folder", or the SHA-256 of a file.
-READ_OPFS = """
-async () => {
-  const found = {};
-  const hex = (buffer) =>
-    Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
-  const visit = async (folder, prefix) => {
-    for await (const [name, handle] of folder.entries()) {
-      const path = prefix + name;
-      if (handle.kind === "directory") {
-        found[path] = "folder";
-        await visit(handle, path + "/");
-      } else {
-        const data = await (await handle.getFile()).arrayBuffer();
-        found[path] = hex(await crypto.subtle.digest("SHA-256", data));
-      }
-    }
-  };
-  await visit(await navigator.storage.getDirectory(), "");
-  return found;
-}
-"""
-
 
 def test_cli_sends_a_folder_into_a_folder_the_page_picks(web_lab: Lab, tmp_path: Path) -> None:
     """With the File System Access API the tree goes into the picked folder, each file
@@ -556,3 +536,45 @@ def test_cli_sends_a_folder_into_a_folder_the_page_picks(web_lab: Lab, tmp_path:
         f"holiday (1)/{path}": digest for path, digest in tree(holiday).items()
     }
     page.context.close()
+
+
+def test_a_page_receiving_into_a_picked_folder_resumes_after_the_tab_closed(
+    web_lab: Lab, tmp_path: Path
+) -> None:
+    """The tab receiving into a picked folder is closed mid-transfer: the partial copy
+    (the CLI's own `.NAME.sfs-part` and record) stays in the folder; the next transfer
+    of the file into that folder checks it by SHA-256 and sends only the rest."""
+    video = tmp_path / "video.mp4"
+    video.write_bytes(os.urandom(48 * 1024 * 1024))
+    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS_ROOT)
+    context = page.context
+    page.click("#role-receive")
+    sender = web_lab.cli("send", receiver_code(page), str(video))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "transferring")
+    deadline = time.monotonic() + 60
+    while page.evaluate(OPFS_SIZE, ".video.mp4.sfs-part") <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    screenshot(page, "receive-resume-1-mid-transfer")
+    page.close()  # the tab goes; the folder stays
+    returncode, _, stderr = finish(sender)
+    assert returncode == 7, stderr
+
+    page = context.new_page()
+    page.goto(web_lab.url + "/?save=picker")
+    kept = page.evaluate(OPFS_SIZE, ".video.mp4.sfs-part")
+    assert 0 < kept < video.stat().st_size, kept
+    assert page.evaluate(OPFS_SIZE, "video.mp4") == -1, "no unverified file at the final name"
+    page.click("#role-receive")
+    sender = web_lab.cli("send", receiver_code(page), str(video))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "done", "error")
+    screenshot(page, "receive-resume-2-done")
+    assert "1 file resumed" in status(page), status(page)
+    returncode, stdout, stderr = finish(sender)
+    assert returncode == 0, stderr
+    assert "resumed" in stdout + stderr
+    assert page.evaluate(READ_OPFS) == {"video.mp4": sha256(video)}
+    context.close()

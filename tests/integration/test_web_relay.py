@@ -23,6 +23,7 @@ import pytest
 
 from tests.integration.test_web import Downloads
 from tests.integration.web import (
+    READ_OPFS,
     Lab,
     finish,
     lab,
@@ -51,41 +52,40 @@ SLOW_SAVE_BYTES_PER_S = 8 * 1024 * 1024
 #: The most a page with backpressure may hold: relay.js READ_AHEAD_BYTES (4 MiB) and
 #: what one read brings beyond it.
 HELD_BOUND_BYTES = 8 * 1024 * 1024
-#: A save-file picker whose file is written at SLOW_SAVE_BYTES_PER_S (sleeping, so the
-#: page's main thread is idle and free to read the socket meanwhile).  Its bytes are
-#: kept as Blob parts and their SHA-256 published in window.slowSave on close().
+#: A folder picker whose folder (the page's private one, OPFS) is written at
+#: SLOW_SAVE_BYTES_PER_S: each write sleeps, so the page's main thread is idle and free
+#: to read the socket meanwhile.
 SLOW_PICKER = """
 (() => {
   const rate = %d;
-  const state = (window.slowSave = { closed: false, aborted: false, size: 0, sha256: "" });
-  const parts = [];
   let start = 0;
-  const writable = {
-    async write(data) {
-      const bytes = new Uint8Array(data.buffer ?? data, data.byteOffset ?? 0, data.byteLength);
-      parts.push(new Blob([bytes]));
-      if (!start) start = performance.now();
-      state.size += bytes.length;
-      const due = start + (state.size / rate) * 1000 - performance.now();
-      if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
-    },
-    async close() {
-      const all = await new Blob(parts).arrayBuffer();
-      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
-      state.sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-      state.closed = true;
-    },
-    async abort() {
-      state.aborted = true;
-    },
-  };
-  window.showSaveFilePicker = async ({ suggestedName }) => ({
-    kind: "file",
-    name: suggestedName,
-    createWritable: async () => writable,
-  });
+  let written = 0;
+  // Every other property is the real handle's, bound to it.
+  const wrap = (target, own) =>
+    new Proxy(target, {
+      get(object, property) {
+        if (property in own) return own[property];
+        const value = Reflect.get(object, property);
+        return typeof value === "function" ? value.bind(object) : value;
+      },
+    });
+  const slow = (writable) =>
+    wrap(writable, {
+      async write(data) {
+        await writable.write(data);
+        if (!start) start = performance.now();
+        written += data.byteLength ?? data.length;
+        const due = start + (written / rate) * 1000 - performance.now();
+        if (due > 0) await new Promise((resolve) => setTimeout(resolve, due));
+      },
+    });
+  const file = (handle) =>
+    wrap(handle, { createWritable: async (options) => slow(await handle.createWritable(options)) });
   window.showDirectoryPicker = async () => {
-    throw new DOMException("one file only", "AbortError");
+    const root = await navigator.storage.getDirectory();
+    return wrap(root, {
+      getFileHandle: async (name, options) => file(await root.getFileHandle(name, options)),
+    });
   };
 })();
 """
@@ -196,10 +196,7 @@ def test_a_large_relayed_receive_on_a_slow_disk_holds_the_sender_back(
     returncode, stdout, stderr = finish(sender)
     assert page.evaluate("document.body.dataset.state") == "done", status(page)
     assert returncode == 0, stderr
-    saved = page.evaluate("window.slowSave")
-    assert saved["closed"], saved
-    assert saved["size"] == LARGE_BYTES, saved
-    assert saved["sha256"] == sha256(src)
+    assert page.evaluate(READ_OPFS) == {"large.bin": sha256(src)}
     assert "relayed by" in status(page), status(page)
     assert "relayed by" in stdout, stdout
     assert flow[0] == "backpressure", flow

@@ -305,3 +305,43 @@ def read_code(process: subprocess.Popen[bytes], timeout: float = 30) -> str:
     stop_process(process)
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     raise AssertionError(f"sfs receive showed no code; its stderr:\n{stderr}")
+
+
+#: The folder picker answers with the page's private folder (OPFS), as it is: headless
+#: Chromium cannot answer the real dialog, and OPFS has the same directory handles.
+PICKER_IS_OPFS_ROOT = "globalThis.showDirectoryPicker = () => navigator.storage.getDirectory();"
+
+#: Every path in the page's private folder: "folder", or the SHA-256 of a file.
+READ_OPFS = """
+async () => {
+  const found = {};
+  const hex = (buffer) =>
+    Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  const visit = async (folder, prefix) => {
+    for await (const [name, handle] of folder.entries()) {
+      const path = prefix + name;
+      if (handle.kind === "directory") {
+        found[path] = "folder";
+        await visit(handle, path + "/");
+      } else {
+        const data = await (await handle.getFile()).arrayBuffer();
+        found[path] = hex(await crypto.subtle.digest("SHA-256", data));
+      }
+    }
+  };
+  await visit(await navigator.storage.getDirectory(), "");
+  return found;
+}
+"""
+
+#: The size of a file in the page's private folder (-1: none).
+OPFS_SIZE = """
+async (name) => {
+  try {
+    const root = await navigator.storage.getDirectory();
+    return (await (await root.getFileHandle(name)).getFile()).size;
+  } catch {
+    return -1;
+  }
+}
+"""

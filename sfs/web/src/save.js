@@ -1,11 +1,13 @@
 // Where received files go, without holding a large file in memory where the browser
 // offers a way not to.  Three methods, best first:
 //
-// 1. "picker": the File System Access API.  showSaveFilePicker (one file) or
-//    showDirectoryPicker (several) is called from the Accept click, which is the user
-//    gesture it needs; each file is written through createWritable() as its chunks
-//    come.  The browser keeps the bytes in a temporary swap file until close(), which
-//    happens only after the SHA-256 checked out; abort() drops them otherwise.
+// 1. "picker": the File System Access API.  showDirectoryPicker is called from the
+//    Accept click, which is the user gesture it needs (a folder even for one file).
+//    Each file is written as its chunks come into the command line's own partial
+//    copy, `.NAME.sfs-part` beside its record `.NAME.sfs-info`, committed as it grows
+//    (PartSink), and moved to NAME only after its SHA-256 checked out: a transfer cut
+//    short (a tab closed) leaves the partial copy, and the next one into that folder
+//    resumes from it once the sender's SHA-256 of the prefix matched.
 // 2. "download": a service-worker download stream.  The page hands ./sw.js a
 //    MessagePort with the file's name and size, and navigates a hidden same-origin
 //    iframe to /download/<random id>; the worker answers that request with a
@@ -31,8 +33,11 @@
 
 import { makeZip } from "client-zip";
 
-import { DiskError } from "./errors.js";
-import { casefold, freeName, namesTaken } from "./names.js";
+import { sha256 } from "@noble/hashes/sha2.js";
+
+import { digestsEqual } from "./crypto.js";
+import { DiskError, IntegrityError } from "./errors.js";
+import { casefold, FIRST_COPY_NUMBER, MAX_COPY_NUMBER, namesTaken, numbered } from "./names.js";
 import { AsyncQueue } from "./queue.js";
 
 export const MEMORY_LIMIT_BYTES = 512_000_000;
@@ -48,6 +53,16 @@ const DOWNLOAD_WINDOW_BYTES = 4 * 1024 * 1024;
 const WORKER_KEEPALIVE_MS = 10_000;
 /** Received bytes of one zip entry not yet taken into the zip (then writes wait). */
 const ZIP_WINDOW_BYTES = 4 * 1024 * 1024;
+/**
+ * A partial copy in a picked folder is committed (closed, so it survives the tab) each
+ * time this much arrived, or half of what it holds if more: every commit copies the
+ * file into the browser's swap file, so commits grow with it (at most ~3x its size
+ * copied in all).
+ */
+const CHECKPOINT_BYTES = 8 * 1024 * 1024;
+/** What the command line's partial-copy record says it is (partial.py RECORD_KIND). */
+const RECORD_KIND = "sfs partial copy";
+const READ_BLOCK_BYTES = 1024 * 1024;
 /** The zip's name when the offer is not one folder. */
 export const ZIP_NAME = "sfs-files.zip";
 
@@ -78,7 +93,6 @@ export class SaveOptions {
     options.canPick =
       wants(Method.PICKER) &&
       globalThis.isSecureContext === true &&
-      typeof globalThis.showSaveFilePicker === "function" &&
       typeof globalThis.showDirectoryPicker === "function";
     if (wants(Method.DOWNLOAD)) options.worker = await registerWorker();
     return options;
@@ -121,10 +135,9 @@ export class SaveOptions {
     let picked = null;
     if (methods[0] === Method.PICKER) {
       try {
-        picked =
-          !plan.tree && plan.files.length === 1
-            ? await globalThis.showSaveFilePicker({ suggestedName: plan.files[0][0] })
-            : await globalThis.showDirectoryPicker({ id: "sfs", mode: "readwrite" });
+        // A folder even for one file: the partial copy goes beside it, hidden, so
+        // that a transfer cut short resumes (a save-file dialog gives only the file).
+        picked = await globalThis.showDirectoryPicker({ id: "sfs", mode: "readwrite" });
       } catch (error) {
         // The user closing the dialog is an answer, not a failure: ask again.
         if (error?.name === "AbortError" || this.requested === Method.PICKER) throw error;
@@ -185,6 +198,8 @@ export class Saving {
     this._worker = worker;
     this._plan = plan;
     this._places = null; // in a picked folder: each file's local path, top renamed
+    this._found = null; // in a picked folder: per file {held, handle, whole} found there
+    this._given = new Map(); // in a picked folder: folder handle -> names given out
     this._folders = new Map(); // in a picked folder: "a/b" -> its handle
     this._zip = null;
     this._settled = false; // a tree has begun in one place: no falling back now
@@ -207,7 +222,7 @@ export class Saving {
   /** Make the folders (a picked folder), or start the zip (a tree without one). */
   async begin() {
     await this._tryMethods("the folders", async (method) => {
-      if (method === Method.PICKER && this._picked.kind === "directory") await this._placeTops();
+      if (method === Method.PICKER) await this._placeTops();
       else if (this._plan.tree && method !== Method.PICKER) await this._startZip(method);
     });
     this._settled = this._plan.tree;
@@ -218,11 +233,12 @@ export class Saving {
    * @param {string} name  its planned path, for messages
    * @param {number|null} size  bytes (null: unknown, a pipe)
    * @param {bigint} [mtimeNs]  when it was last changed (a zip keeps it)
+   * @param {number} [offset]  bytes held already (confirm() said so): written from there
    * @returns {Promise<Sink>}
    */
-  async open(index, name, size, mtimeNs = 0n) {
+  async open(index, name, size, mtimeNs = 0n, offset = 0) {
     return this._tryMethods(name, async (method) => {
-      if (method === Method.PICKER) return this._openPicked(index);
+      if (method === Method.PICKER) return this._openPicked(index, offset);
       if (this._zip !== null) return this._zip.file(name, mtimeNs);
       if (method === Method.DOWNLOAD) return this._openDownload(name, size);
       return this._openMemory(name, size);
@@ -246,40 +262,166 @@ export class Saving {
     }
   }
 
+  /** Whether files in the picked folder go by way of partial copies, to resume. */
+  get _resumable() {
+    return this.method === Method.PICKER;
+  }
+
   /**
-   * The local names at the top of the picked folder, as the command line gives them
-   * in its output folder: a folder or file whose name is taken there (or whose
-   * partial-copy names are) gets the next free one, "holiday (1)"; then every
-   * offered folder is made, empty ones included.
+   * Per file, how many of its bytes the picked folder holds already (0 elsewhere): the
+   * command line's partial copy (`.NAME.sfs-part` with its record), or a whole file of
+   * the offered size at its name, which the sender's SHA-256 must then confirm.
+   */
+  async held() {
+    if (!this._resumable) return this._plan.files.map(() => 0);
+    await this._placeTops();
+    return this._found.map((found) => found.held);
+  }
+
+  /**
+   * Check what is held against the sender's RESUME: a prefix whose SHA-256 is the
+   * sender's is kept, anything else starts over (a whole file that differs goes to the
+   * next free name).
+   * @returns {Promise<{offset: number, hash: object|null}[]>}  hash: the running
+   *   SHA-256 of the kept prefix
+   */
+  async confirm(resume, status = () => {}) {
+    const starts = [];
+    for (const [i, found] of this._found.entries()) {
+      const offset = resume.offsets[i] ?? 0;
+      if (!found.held || offset !== found.held) {
+        starts.push({ offset: 0, hash: null });
+        continue;
+      }
+      status(`Checking what is here of ${this._places[i].join("/")}…`);
+      const hash = await hashPrefix(found.handle, offset);
+      if (hash !== null && digestsEqual(hash.clone().digest(), resume.sha256[i])) {
+        starts.push({ offset, hash });
+        continue;
+      }
+      starts.push({ offset: 0, hash: null });
+      if (found.whole) {
+        // Another file of that name and size: this one goes beside it.
+        const folder = await this._folder(this._places[i].slice(0, -1));
+        const name = await freeHere(folder, this._places[i].at(-1), this._taken(folder));
+        this._places[i] = [...this._places[i].slice(0, -1), name];
+      }
+      this._found[i] = { held: 0 };
+    }
+    return starts;
+  }
+
+  /** Names this transfer gives out in `folder` (casefolded, with their partial names). */
+  _taken(folder) {
+    if (!this._given.has(folder)) this._given.set(folder, new Set());
+    return this._given.get(folder);
+  }
+
+  /**
+   * The local names at the top of the picked folder, as the command line gives them in
+   * its output folder: a folder or file whose name is taken there gets the next free
+   * one, "holiday (1)", unless it holds a partial copy of this offer (an interrupted
+   * transfer), which continues; then every offered folder is made, empty ones included.
    */
   async _placeTops() {
+    if (this._places !== null) return;
     const root = this._picked;
-    const taken = new Set();
-    for await (const name of root.keys()) taken.add(casefold(name));
-    const onDisk = new Set(taken);
+    const resumable = this._resumable;
+    const onDisk = new Set();
+    for await (const name of root.keys()) onDisk.add(casefold(name));
+    this._folders.set("", root);
     // Files at the top keep their names from the folders' (as tree.py's plan does).
+    const reserved = new Set(onDisk);
     for (const parts of this._plan.files) {
-      if (parts.length === 1) for (const n of namesTaken(parts[0])) taken.add(n);
+      if (parts.length === 1) for (const n of namesTaken(parts[0])) reserved.add(n);
     }
     const tops = new Map();
     const wanted = [...this._plan.folders, ...this._plan.files.filter((p) => p.length > 1)];
     for (const [top] of wanted) {
       if (tops.has(casefold(top))) continue;
-      const name = freeName(top, taken, { folder: true });
-      taken.add(casefold(name));
-      onDisk.add(casefold(name));
-      tops.set(casefold(top), name);
+      const under = this._plan.files
+        .map((parts, i) => [parts, i])
+        .filter(([parts]) => parts.length > 1 && casefold(parts[0]) === casefold(top));
+      let chosen = null;
+      for (const name of candidates(top, { folder: true })) {
+        if (!onDisk.has(casefold(name)) && !reserved.has(casefold(name))) {
+          chosen = name;
+          break;
+        }
+        if (resumable && onDisk.has(casefold(name)) && (await this._continues(name, under))) {
+          chosen = name;
+          break;
+        }
+      }
+      reserved.add(casefold(chosen));
+      tops.set(casefold(top), chosen);
     }
-    this._places = this._plan.files.map((parts) => {
-      if (parts.length > 1) return [tops.get(casefold(parts[0])), ...parts.slice(1)];
-      const name = freeName(parts[0], onDisk);
-      for (const n of namesTaken(name)) onDisk.add(n);
-      return [name];
-    });
-    this._folders.set("", root);
+    const taken = this._taken(root);
+    for (const name of tops.values()) taken.add(casefold(name));
+    this._places = [];
+    this._found = [];
+    for (const [i, parts] of this._plan.files.entries()) {
+      const local = parts.length > 1 ? [tops.get(casefold(parts[0])), ...parts.slice(1)] : parts;
+      const folder = await this._folder(local.slice(0, -1));
+      const info = this._plan.infos[i];
+      const { name, found } = resumable
+        ? await this._resumePlace(folder, local.at(-1), info)
+        : { name: await freeHere(folder, local.at(-1), this._taken(folder)), found: { held: 0 } };
+      for (const n of namesTaken(name)) this._taken(folder).add(n);
+      this._places.push([...local.slice(0, -1), name]);
+      this._found.push(found);
+    }
     for (const parts of this._plan.folders) {
       await this._folder([tops.get(casefold(parts[0])), ...parts.slice(1)]);
     }
+  }
+
+  /** Whether the folder `name` at the top holds a partial copy of one of `under`. */
+  async _continues(name, under) {
+    let top;
+    try {
+      top = await this._picked.getDirectoryHandle(name);
+    } catch {
+      return false; // a file of that name, or unreadable
+    }
+    for (const [parts, i] of under) {
+      const folder = await existingFolder(top, parts.slice(1, -1));
+      if (folder && (await readRecord(folder, parts.at(-1))) === record(this._plan.infos[i])) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * The name for a file `wanted` in `folder` when resuming is possible: the first
+   * candidate that is free, holds our partial copy of it, or is a whole file of its
+   * size (perhaps it, from an interrupted run); `found` says what is held there.
+   */
+  async _resumePlace(folder, wanted, info) {
+    const given = this._taken(folder);
+    for (const name of candidates(wanted)) {
+      if (namesTaken(name).some((n) => given.has(n))) continue;
+      const [file, part, meta] = await Promise.all(
+        [name, `.${name}.sfs-part`, `.${name}.sfs-info`].map((n) => lookUp(folder, n)),
+      );
+      if (file === null && part === null && meta === null) return { name, found: { held: 0 } };
+      if (file?.kind === "file" && !info.stream && info.size > 0) {
+        if ((await sizeOf(file)) === info.size) {
+          return { name, found: { held: info.size, handle: file, whole: true } };
+        }
+      }
+      if (file === null && meta?.kind === "file" && part?.kind !== "directory") {
+        const text = await readRecord(folder, name);
+        if (text === record(info) && !info.stream) {
+          const held = part === null ? 0 : Math.min(await sizeOf(part), info.size);
+          return { name, found: { held, handle: part } };
+        }
+        // sfs's own partial copy of another version of the file: started over.
+        if (text !== null && isRecord(text)) return { name, found: { held: 0 } };
+      }
+    }
+    throw new DiskError(`no free name for ${wanted} in the picked folder`);
   }
 
   /** The handle of the local folder `parts` inside the picked one, made if missing. */
@@ -294,31 +436,13 @@ export class Saving {
     return handle;
   }
 
-  async _openPicked(index) {
-    const picked = this._picked;
-    if (picked.kind === "file") {
-      if (index !== 0) throw new Error("one file was picked for several");
-      return new WritableSink(await picked.createWritable({ keepExistingData: false }));
-    }
-    if (this._places === null) await this._placeTops();
+  async _openPicked(index, offset) {
+    await this._placeTops();
     const parts = this._places[index];
+    const place = parts.join("/");
+    if (this._found[index].whole && offset > 0) return new KeptSink(place);
     const folder = await this._folder(parts.slice(0, -1));
-    const name = parts.at(-1);
-    // Never replace a file that is there (one made since the folder was listed).
-    if (await exists(folder, name)) {
-      throw new DiskError(`${parts.join("/")} appeared in the folder meanwhile: not replaced`);
-    }
-    const handle = await folder.getFileHandle(name, { create: true });
-    // An empty file now stands there; abort() removes it again (it is ours).
-    const remove = () => folder.removeEntry(name).catch(() => {});
-    try {
-      const sink = new WritableSink(await handle.createWritable({ keepExistingData: false }), remove);
-      sink.place = parts.join("/");
-      return sink;
-    } catch (error) {
-      await remove();
-      throw error;
-    }
+    return PartSink.open(folder, parts.at(-1), this._plan.infos[index], offset, place);
   }
 
   async _startZip(method) {
@@ -506,48 +630,219 @@ class ZipEntry {
   }
 }
 
-async function exists(folder, name) {
-  try {
-    await folder.getFileHandle(name);
-    return true;
-  } catch (error) {
-    if (error?.name === "NotFoundError") return false;
-    return true; // a folder of that name (TypeMismatchError), or unreadable: not ours to use
+/** `wanted`, then "wanted (1)" and on: the names a file or folder may take. */
+function* candidates(wanted, { folder = false } = {}) {
+  yield wanted;
+  for (let n = FIRST_COPY_NUMBER; n < FIRST_COPY_NUMBER + MAX_COPY_NUMBER; n++) {
+    yield numbered(wanted, n, { folder });
   }
 }
 
-/**
- * One received file on its way to its place: write(chunk) as chunks come, then
- * commit() once its SHA-256 checked out, or abort(reason).
- */
-class WritableSink {
-  constructor(writable, onAbort = null) {
-    this._writable = writable;
-    this._onAbort = onAbort;
+/** The handle at `name` in `folder`: a file's, {kind: "directory"}, or null (none). */
+async function lookUp(folder, name) {
+  try {
+    return await folder.getFileHandle(name);
+  } catch (error) {
+    if (error?.name === "NotFoundError") return null;
+    if (error?.name === "TypeMismatchError") return { kind: "directory" };
+    return { kind: "unknown" }; // unreadable: not ours to use
   }
+}
+
+async function sizeOf(handle) {
+  return (await handle.getFile()).size;
+}
+
+/** The first of `wanted`'s names free in `folder`: neither given out nor there. */
+async function freeHere(folder, wanted, given) {
+  for (const name of candidates(wanted)) {
+    if (namesTaken(name).some((n) => given.has(n))) continue;
+    const there = await Promise.all(
+      [name, `.${name}.sfs-part`, `.${name}.sfs-info`].map((n) => lookUp(folder, n)),
+    );
+    if (there.every((handle) => handle === null)) return name;
+  }
+  throw new DiskError(`no free name for ${wanted} in the picked folder`);
+}
+
+/** The folder `parts` inside `top` if it exists, else null. */
+async function existingFolder(top, parts) {
+  let folder = top;
+  for (const part of parts) {
+    try {
+      folder = await folder.getDirectoryHandle(part);
+    } catch {
+      return null;
+    }
+  }
+  return folder;
+}
+
+/**
+ * The record of a partial copy, byte for byte as the command line writes it
+ * (partial.py: json.dumps, ASCII only), so that either can continue the other's.
+ */
+export function record(info) {
+  const ascii = (text) =>
+    JSON.stringify(text).replace(
+      /[^\x20-\x7e]/g,
+      (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+    );
+  return (
+    `{"v": 1, "kind": ${ascii(RECORD_KIND)}, "name": ${ascii(info.name)}, ` +
+    `"size": ${info.size}, "mtime_ns": ${BigInt(info.mtimeNs)}}`
+  );
+}
+
+/** Whether `text` is a record sfs wrote (of any file). */
+function isRecord(text) {
+  try {
+    const obj = JSON.parse(text);
+    return obj?.v === 1 && obj?.kind === RECORD_KIND;
+  } catch {
+    return false;
+  }
+}
+
+/** The text of the record of `name`'s partial copy in `folder`, or null. */
+async function readRecord(folder, name) {
+  const handle = await lookUp(folder, `.${name}.sfs-info`);
+  if (handle?.kind !== "file") return null;
+  const file = await handle.getFile();
+  return file.size > 16 * 1024 ? null : file.text();
+}
+
+/** The running SHA-256 of the first `length` bytes of the file, or null if shorter. */
+async function hashPrefix(handle, length) {
+  const file = await handle.getFile();
+  if (file.size < length) return null;
+  const hash = sha256.create();
+  for (let at = 0; at < length; at += READ_BLOCK_BYTES) {
+    const end = Math.min(at + READ_BLOCK_BYTES, length);
+    hash.update(new Uint8Array(await file.slice(at, end).arrayBuffer()));
+  }
+  return hash;
+}
+
+/**
+ * A file received into a picked folder, by way of the command line's partial copy:
+ * `.NAME.sfs-part` beside its record `.NAME.sfs-info`, committed every
+ * CHECKPOINT_BYTES or so (so a closed tab leaves most of it), and moved to NAME only
+ * once its SHA-256 checked out.  A failed transfer keeps it to resume; a failed check
+ * removes it.
+ */
+class PartSink {
+  static async open(folder, name, info, offset, place) {
+    const partName = `.${name}.sfs-part`;
+    const metaName = `.${name}.sfs-info`;
+    try {
+      if (offset === 0) {
+        // Record first, then the part: a part without a record would not be ours.
+        await folder.removeEntry(partName).catch(() => {});
+        const meta = await (await folder.getFileHandle(metaName, { create: true })).createWritable();
+        await meta.write(record(info));
+        await meta.close();
+      }
+      const part = await folder.getFileHandle(partName, { create: true });
+      const writable = await part.createWritable({ keepExistingData: offset > 0 });
+      if (offset > 0) {
+        await writable.truncate(offset);
+        await writable.seek(offset);
+      }
+      return new PartSink({ folder, name, part, writable, offset, place });
+    } catch (error) {
+      throw new DiskError(`cannot write ${place}: ${error.message}`, { cause: error });
+    }
+  }
+
+  constructor({ folder, name, part, writable, offset, place }) {
+    Object.assign(this, { _folder: folder, _name: name, _part: part, _writable: writable });
+    this._written = offset;
+    this._committed = offset;
+    this.place = place;
+  }
+
   async write(data) {
     try {
       await this._writable.write(data);
+      this._written += data.length;
+      if (this._written - this._committed >= Math.max(CHECKPOINT_BYTES, this._committed / 2)) {
+        await this._writable.close();
+        this._committed = this._written;
+        this._writable = await this._part.createWritable({ keepExistingData: true });
+        await this._writable.seek(this._written);
+      }
     } catch (error) {
-      throw new DiskError(`cannot write the file: ${error.message}`, { cause: error });
+      throw new DiskError(`cannot write ${this.place}: ${error.message}`, { cause: error });
     }
   }
+
   async commit() {
+    const writable = this._writable;
+    this._writable = null;
     try {
-      await this._writable.close(); // the swap file takes the file's place only now
+      await writable.close();
     } catch (error) {
-      throw new DiskError(`cannot save the file: ${error.message}`, { cause: error });
+      throw new DiskError(`cannot save ${this.place}: ${error.message}`, { cause: error });
     }
+    // Never replace a file that is there (one made since the folder was listed).
+    if ((await lookUp(this._folder, this._name)) !== null) {
+      throw new DiskError(
+        `${this.place} appeared in the folder meanwhile: not replaced (the received copy ` +
+          `is .${this._name}.sfs-part)`,
+      );
+    }
+    await placePart(this._folder, this._part, this._name);
+    await this._folder.removeEntry(`.${this._name}.sfs-info`).catch(() => {});
   }
-  async abort() {
-    try {
-      await this._writable.abort();
-    } catch {
-      // already closed or failed: nothing of it was kept
+
+  async abort(reason) {
+    const writable = this._writable;
+    if (writable === null) return;
+    this._writable = null;
+    if (reason instanceof IntegrityError) {
+      await writable.abort().catch(() => {});
+      await this._folder.removeEntry(`.${this._name}.sfs-part`).catch(() => {});
+      await this._folder.removeEntry(`.${this._name}.sfs-info`).catch(() => {});
+      return;
     }
-    if (this._onAbort) await this._onAbort();
+    // What arrived stays for a resume: the next transfer checks it by its SHA-256.
+    await writable.close().catch(() => writable.abort().catch(() => {}));
   }
 }
+
+/** Move the verified partial copy to its name; where the browser cannot, copy it. */
+async function placePart(folder, part, name) {
+  try {
+    await part.move(name);
+    return;
+  } catch {
+    // No move() for this kind of folder here: a copy, then the part goes.
+  }
+  try {
+    const writable = await (await folder.getFileHandle(name, { create: true })).createWritable();
+    await (await part.getFile()).stream().pipeTo(writable);
+    await folder.removeEntry(part.name);
+  } catch (error) {
+    await folder.removeEntry(name).catch(() => {});
+    throw new DiskError(`cannot save ${name}: ${error.message}`, { cause: error });
+  }
+}
+
+/** A whole file already in the picked folder whose SHA-256 the sender confirmed. */
+class KeptSink {
+  constructor(place) {
+    this.place = place;
+  }
+  write() {
+    throw new DiskError(`${this.place} is here whole, yet more of it came`);
+  }
+  commit() {}
+  abort() {}
+}
+
+// A Sink: one received file on its way to its place: write(chunk) as chunks come, then
+// commit() once its SHA-256 checked out, or abort(reason).
 
 class DownloadSink {
   constructor(port) {

@@ -96,14 +96,16 @@ export function isTree(offer) {
 
 /**
  * Where each offered file goes, relative to the place the user chooses:
- * {files: [parts...] per file, folders: [parts...] per offered folder, tree}.  A flat
+ * {files: [parts...] per file, folders: [parts...] per offered folder, tree, infos:
+ * the offered FileInfos}.  A flat
  * offer's files are each one name (planNames); a tree's are paths, by the command
  * line's rules (names.js planTree: the same names, the same refusals).
  * @throws {RemoteProtocolError} a path that cannot be placed
  */
 export function planOffer(offer) {
   if (!isTree(offer)) {
-    return { files: planNames(offer).map((name) => [name]), folders: [], tree: false };
+    const files = planNames(offer).map((name) => [name]);
+    return { files, folders: [], tree: false, infos: offer.files };
   }
   const entries = [
     ...offer.folders.map((folder) => [folder, true]),
@@ -114,6 +116,7 @@ export function planOffer(offer) {
     files: local.slice(offer.folders.length),
     folders: local.slice(0, offer.folders.length),
     tree: true,
+    infos: offer.files,
   };
 }
 
@@ -706,7 +709,9 @@ export async function receiveFiles(
   let saving = null;
   try {
     const { offer } = await pump.expect(AskUser);
-    const plan = offer.text ? { files: [["text"]], folders: [], tree: false } : planOffer(offer);
+    const plan = offer.text
+      ? { files: [["text"]], folders: [], tree: false, infos: offer.files }
+      : planOffer(offer);
     const names = plan.files.map((parts) => parts.join("/"));
     const answer = await pump.serveListening((signal) => decide(offer, names, signal, plan));
     if (answer === null) {
@@ -715,22 +720,35 @@ export async function receiveFiles(
       throw new RejectedError("You declined the transfer.");
     }
     saving = answer.saving;
-    machine.accept([], false); // holds nothing, takes no zstd
+    // What a picked folder holds of each file (an interrupted transfer); takes no zstd.
+    const held = saving === null ? [] : await saving.held();
+    machine.accept(held, false);
     await pump.flush();
     result.started = now();
     const { resume } = await pump.expect(ConfirmPrefixes);
-    // Nothing held, so nothing was proposed above 0 and no START is due.
-    machine.prefixesConfirmed(resume.offsets.map(() => 0));
+    // Where each file starts: what is held, where its SHA-256 is the sender's.
+    const starts = held.some((h) => h > 0)
+      ? await saving.confirm(resume, status)
+      : offer.files.map(() => ({ offset: 0, hash: null }));
+    machine.prefixesConfirmed(starts.map(({ offset }) => offset));
     await pump.flush();
     await saving?.begin(); // the folders, empty ones included; a zip's start
     progress.begin(offer.files.length, offer.stream ? null : offer.totalSize);
     for (const [index, info] of offer.files.entries()) {
       const name = names[index];
       const declared = info.stream ? null : info.size;
-      sink = offer.text ? new TextSink() : await saving.open(index, name, declared, info.mtimeNs);
-      const digest = sha256.create();
-      let size = 0;
+      const { offset, hash } = starts[index];
+      sink = offer.text
+        ? new TextSink()
+        : await saving.open(index, name, declared, info.mtimeNs, offset);
+      const digest = hash ?? sha256.create();
+      let size = offset;
       progress.start(name, info.stream ? null : info.size);
+      if (offset) {
+        progress.advance(offset);
+        result.resumedFiles += 1;
+        result.resumedBytes += offset;
+      }
       let done;
       try {
         for (;;) {

@@ -5,41 +5,65 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { DiskError } from "../src/errors.js";
-import { MEMORY_LIMIT_BYTES, Method, requestedMethod, SaveOptions, Saving } from "../src/save.js";
+import { createHash } from "node:crypto";
+
+import { DiskError, IntegrityError } from "../src/errors.js";
+import { MEMORY_LIMIT_BYTES, Method, record, requestedMethod, SaveOptions, Saving } from "../src/save.js";
 
 /** A FileSystemWritableFileStream: bytes land in `file.data` only on close(). */
 class FakeWritable {
-  constructor(file) {
+  constructor(file, keep) {
     this.file = file;
-    this.swap = [];
+    this.swap = keep && file.data ? Buffer.from(file.data) : Buffer.alloc(0);
+    this.at = 0;
   }
   async write(data) {
-    this.swap.push(Buffer.from(data));
+    const bytes = Buffer.from(typeof data === "string" ? Buffer.from(data) : data);
+    const end = this.at + bytes.length;
+    if (end > this.swap.length) this.swap = Buffer.concat([this.swap, Buffer.alloc(end - this.swap.length)]);
+    bytes.copy(this.swap, this.at);
+    this.at = end;
+  }
+  async seek(position) {
+    this.at = position;
+  }
+  async truncate(size) {
+    this.swap = this.swap.subarray(0, size);
   }
   async close() {
-    this.file.data = Buffer.concat(this.swap);
+    this.file.data = Buffer.from(this.swap);
+    this.file.closes += 1;
   }
   async abort() {
-    this.swap = [];
+    this.swap = Buffer.alloc(0);
   }
 }
 
 class FakeFileHandle {
-  constructor(name) {
+  constructor(name, parent = null) {
     this.kind = "file";
     this.name = name;
+    this.parent = parent;
     this.data = null;
+    this.closes = 0;
   }
-  async createWritable() {
-    return new FakeWritable(this);
+  async createWritable({ keepExistingData = false } = {}) {
+    return new FakeWritable(this, keepExistingData);
+  }
+  async getFile() {
+    return new Blob([this.data ?? Buffer.alloc(0)]);
+  }
+  async move(name) {
+    this.parent.entries.delete(this.name);
+    this.name = name;
+    this.parent.entries.set(name, this);
   }
 }
 
 class FakeFolder {
   constructor(names = []) {
     this.kind = "directory";
-    this.entries = new Map(names.map((n) => [n, new FakeFileHandle(n)]));
+    this.entries = new Map(names.map((n) => [n, new FakeFileHandle(n, this)]));
   }
   async *keys() {
     yield* this.entries.keys();
@@ -51,7 +75,7 @@ class FakeFolder {
     }
     if (entry === undefined) {
       if (!create) throw Object.assign(new Error("no such file"), { name: "NotFoundError" });
-      this.entries.set(name, new FakeFileHandle(name));
+      this.entries.set(name, new FakeFileHandle(name, this));
     }
     return this.entries.get(name);
   }
@@ -78,7 +102,14 @@ class FakeFolder {
 }
 
 /** A flat offer's plan: one name per file. */
-const flat = (...names) => ({ files: names.map((n) => [n]), folders: [], tree: false });
+const flat = (...names) => ({
+  files: names.map((n) => [n]),
+  folders: [],
+  tree: false,
+  infos: names.map((name) => info(name, 1)),
+});
+/** An offered file, as the plan keeps it. */
+const info = (name, size, mtimeNs = 1_600_000_000_000_000_001n) => ({ name, size, mtimeNs, stream: false });
 
 /** Unzip (stored entries, as client-zip writes them): {name: bytes}, folders as null. */
 function unzip(zip) {
@@ -120,16 +151,75 @@ describe("saving received files", () => {
     await saving.begin();
     const first = await saving.open(0, "report.pdf", 3);
     await first.write(Uint8Array.of(1, 2, 3));
-    assert.equal(folder.entries.get("report (2).pdf").data, null); // not before the hash checks
+    // Not before the hash checks: a hidden partial copy, beside its record.
+    assert.ok(!folder.entries.has("report (2).pdf"));
+    assert.ok(folder.entries.has(".report (2).pdf.sfs-part"));
+    assert.equal(folder.entries.get(".report (2).pdf.sfs-info").data.toString(), record(info("report.pdf", 1)));
     await first.commit();
     assert.equal(first.place, "report (2).pdf");
     assert.deepEqual([...folder.entries.get("report (2).pdf").data], [1, 2, 3]);
+    assert.ok(!folder.entries.has(".report (2).pdf.sfs-part") && !folder.entries.has(".report (2).pdf.sfs-info"));
     assert.equal(folder.entries.get("report.pdf").data, null); // the file that was there: untouched
     // The second file's planned name is taken here too: its next free one, as the CLI says.
     const second = await saving.open(1, "report (1).pdf", 0);
     assert.equal(second.place, "report (1) (1).pdf");
-    await second.abort();
-    assert.ok(!folder.entries.has("report (1) (1).pdf"), "an aborted file leaves nothing");
+    await second.abort(new IntegrityError("SHA-256 mismatch"));
+    assert.deepEqual(
+      [...folder.entries.keys()].sort(),
+      ["report (1).pdf", "report (2).pdf", "report.pdf"],
+      "a file that failed its check leaves nothing",
+    );
+  });
+
+  it("writes the command line's record, byte for byte", () => {
+    // json.dumps({"v": 1, "kind": "sfs partial copy", "name": ..., "size": 5, "mtime_ns": ...})
+    assert.equal(
+      record(info("résumé ✓ 日本\n\"x😀", 5)),
+      String.raw`{"v": 1, "kind": "sfs partial copy", "name": "r\u00e9sum\u00e9 \u2713 \u65e5\u672c\n\"x\ud83d\ude00", "size": 5, "mtime_ns": 1600000000000000001}`,
+    );
+  });
+
+  it("resumes a partial copy in the picked folder: the prefix checked, the rest written", async () => {
+    const whole = Buffer.from("0123456789abcdefghij");
+    const offered = info("big.bin", whole.length);
+    for (const [digest, expected] of [
+      [createHash("sha256").update(whole.subarray(0, 12)).digest(), 12],
+      [createHash("sha256").update("other bytes").digest(), 0],
+    ]) {
+      const folder = new FakeFolder([".big.bin.sfs-info", ".big.bin.sfs-part"]);
+      folder.entries.get(".big.bin.sfs-info").data = Buffer.from(record(offered));
+      folder.entries.get(".big.bin.sfs-part").data = whole.subarray(0, 12);
+      const plan = { files: [["big.bin"]], folders: [], tree: false, infos: [offered] };
+      const saving = new Saving({ picked: folder, methods: [Method.PICKER], worker: null, plan });
+      assert.deepEqual(await saving.held(), [12]);
+      const [start] = await saving.confirm({ offsets: [12], sha256: [digest] });
+      assert.equal(start.offset, expected);
+      await saving.begin();
+      const sink = await saving.open(0, "big.bin", whole.length, 0n, start.offset);
+      await sink.write(whole.subarray(start.offset));
+      await sink.commit();
+      assert.deepEqual(folder.entries.get("big.bin").data, whole);
+      assert.deepEqual([...folder.entries.keys()], ["big.bin"]);
+    }
+  });
+
+  it("keeps what arrived when the transfer stops, committed as it grows", async () => {
+    const folder = new FakeFolder();
+    const plan = flat("video.mp4");
+    plan.infos[0] = info("video.mp4", 20 * 1024 * 1024);
+    const saving = new Saving({ picked: folder, methods: [Method.PICKER], worker: null, plan });
+    assert.deepEqual(await saving.held(), [0]);
+    await saving.begin();
+    const sink = await saving.open(0, "video.mp4", 20 * 1024 * 1024);
+    for (let i = 0; i < 9; i++) await sink.write(new Uint8Array(1024 * 1024));
+    const part = folder.entries.get(".video.mp4.sfs-part");
+    assert.equal(part.data.length, 8 * 1024 * 1024, "committed at 8 MiB, before the end");
+    await sink.abort(new Error("the connection was lost"));
+    assert.equal(part.data.length, 9 * 1024 * 1024, "kept whole to resume");
+    assert.ok(!folder.entries.has("video.mp4"));
+    // The next transfer of it finds it.
+    const again = new Saving({ picked: folder, methods: [Method.PICKER], worker: null, plan });
+    assert.deepEqual(await again.held(), [9 * 1024 * 1024]);
   });
 
   it("a tree into a picked folder: a top folder that is there is left alone, empty folders made", async () => {
@@ -139,6 +229,7 @@ describe("saving received files", () => {
       files: [["holiday", "day 2", "a.jpg"], ["holiday", "b.jpg"], ["top.txt"]],
       folders: [["holiday"], ["holiday", "day 2"], ["holiday", "empty"]],
       tree: true,
+      infos: [info("a.jpg", 2), info("b.jpg", 3), info("top.txt", 1)],
     };
     const saving = new Saving({ picked: folder, methods: [Method.PICKER], worker: null, plan });
     await saving.begin();
@@ -209,15 +300,6 @@ describe("saving received files", () => {
     await saving.close(failure);
     assert.ok(!linked, "no zip is offered");
     assert.equal(saving._memoryUsed, 0);
-  });
-
-  it("into one picked file: the first file only", async () => {
-    const file = new FakeFileHandle("x.bin");
-    const saving = new Saving({ picked: file, methods: [Method.PICKER], worker: null, plan: flat("x.bin") });
-    const sink = await saving.open(0, "x.bin", 1);
-    await sink.write(Uint8Array.of(9));
-    await sink.commit();
-    assert.deepEqual([...file.data], [9]);
   });
 
   it("falls back to the next method when one fails, and says the memory limit", async () => {

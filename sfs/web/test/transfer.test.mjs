@@ -135,6 +135,9 @@ class MemorySaving {
       },
     };
   }
+  async held() {
+    return [];
+  }
   async begin() {
     this.begun = true;
   }
