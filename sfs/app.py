@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.errors import (
     DiskError,
+    RemoteProtocolError,
     SfsError,
     SourceError,
     VerificationError,
@@ -39,13 +41,14 @@ from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.handshake import (
     Handshake,
 )
-from sfs.peer.proto.wire import MAX_ENTRIES
+from sfs.peer.proto.wire import MAX_ENTRIES, Offer
 from sfs.peer.receiving import receive_files
 from sfs.peer.sending import send_files
 from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.quic import load_qh3, quic_available
+from sfs.reconnect import Outages, meet_again, surviving
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
     # tenth of a second or more, and aiortc and qh3 come from preload_transports.
     from sfs.check import Report
+    from sfs.peer.files.destinations import Plan
     from sfs.signal.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -209,6 +213,7 @@ async def _session(
         connect_timeout=options.connect_timeout,
         ice_servers=options.ice_servers,
         streams=streams,
+        reconnects=options.reconnect_window > 0 and options.server_url is not None,
     )
 
     async with AsyncExitStack() as stack:
@@ -254,34 +259,60 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         )
     for skipped in tree.skipped:
         ui.status(f"Skipping {skipped}")
-    async with sender_session(
-        config.code, config.peer, ui, streams=config.streams, link=config.link
-    ) as session:
-        channel = session.channel
-        proto = TransferProtocol(Role.SENDER, session.keys)
+    peer = config.peer
+    if config.stream is not None:
+        # A pipe cannot be read again: after an outage there is nothing to resume from,
+        # so this side does not offer to wait for one.
+        peer = dataclasses.replace(peer, reconnect_window=0.0)
+    outages = Outages(peer.reconnect_window)
+    return await surviving(
+        outages,
+        peer,
+        ui,
+        first=lambda: sender_session(
+            config.code, peer, ui, streams=config.streams, link=config.link
+        ),
+        again=lambda: meet_again(Role.SENDER, outages, peer, ui, streams=config.streams),
+        transfer=lambda session: _send_over(session, config, ui, tree, outages),
+    )
+
+
+async def _send_over(
+    session: Session, config: SendConfig, ui: Ui, tree: Sources, outages: Outages
+) -> TransferResult:
+    """One session's part of `sfs send`: the first, or one after an outage."""
+    channel = session.channel
+    proto = TransferProtocol(Role.SENDER, session.keys)
+    if outages.secret:
+        ui.reconnected(str(channel.route or ""))
+    else:
         await _verify(ui, channel, proto, session.keys, ask=config.verify)
-        wanted = config.chunk_size or channel.preferred_chunk_size
-        chunk_size = min(wanted, channel.max_message_size - FRAME_OVERHEAD_BYTES)
-        if chunk_size < wanted:
-            logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
-        # Having received the last message (the final acknowledgement), the sender
-        # closes first; see CLOSE_GRACE_SECONDS.
-        result = await send_files(
-            channel,
-            proto,
-            sources,
-            sender=config.sender_name,
-            chunk_size=chunk_size,
-            progress=ui.progress(),
-            on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
-            resume=config.resume,
-            status=ui.status,
-            folders=tree.folders,
-            compress=config.compress,
-        )
-        result.route = str(channel.route or "")
-        _log_result("sent", result)
-        return result
+        # From here on (verified, if asked), an outage is waited out.
+        if session.reconnects:
+            outages.secret = session.keys.reconnect
+    wanted = config.chunk_size or channel.preferred_chunk_size
+    chunk_size = min(wanted, channel.max_message_size - FRAME_OVERHEAD_BYTES)
+    if chunk_size < wanted:
+        logger.info("chunk size lowered to %d: the receiver's message limit", chunk_size)
+    # Having received the last message (the final acknowledgement), the sender
+    # closes first; see CLOSE_GRACE_SECONDS.
+    result = await send_files(
+        channel,
+        proto,
+        tree.files,
+        sender=config.sender_name,
+        chunk_size=chunk_size,
+        progress=ui.progress(),
+        on_waiting=lambda: ui.status("Waiting for the receiver to accept…"),
+        # After an outage the receiver holds what arrived: only the rest is sent.
+        resume=config.resume or outages.count > 0,
+        status=ui.status,
+        folders=tree.folders,
+        compress=config.compress,
+    )
+    result.route = str(channel.route or "")
+    _log_result("sent", result)
+    return result
 
 
 async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
@@ -292,25 +323,64 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
-    async with receiver_session(config.peer, ui, code=config.code, link=config.link) as session:
-        proto = TransferProtocol(Role.RECEIVER, session.keys)
+    peer = config.peer
+    if config.sink is not None:
+        # What went to stdout is gone: after an outage there is nothing to resume from.
+        peer = dataclasses.replace(peer, reconnect_window=0.0)
+    outages = Outages(peer.reconnect_window)
+    accepted: list[Offer] = []
+    return await surviving(
+        outages,
+        peer,
+        ui,
+        first=lambda: receiver_session(peer, ui, code=config.code, link=config.link),
+        again=lambda: meet_again(Role.RECEIVER, outages, peer, ui),
+        transfer=lambda session: _receive_over(session, config, ui, outages, accepted),
+    )
+
+
+async def _receive_over(
+    session: Session, config: ReceiveConfig, ui: Ui, outages: Outages, accepted: list[Offer]
+) -> TransferResult:
+    """One session's part of `sfs receive`: the first, or one after an outage."""
+    proto = TransferProtocol(Role.RECEIVER, session.keys)
+    if outages.secret:
+        ui.reconnected(str(session.channel.route or ""))
+    else:
         await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
-        result = await receive_files(
-            session.channel,
-            proto,
-            output_dir=config.output_dir,
-            overwrite=config.overwrite,
-            decide=ui.decide,
-            progress=ui.progress(),
-            resume=config.resume,
-            status=ui.status,
-            kept=ui.kept_partial,
-            sink=config.sink,
-        )
-        result.route = str(session.channel.route or "")
-        _log_result("received", result)
-        await linger(session.channel, CLOSE_GRACE_SECONDS)
-        return result
+        # From here on (verified, if asked), an outage is waited out.
+        if session.reconnects:
+            outages.secret = session.keys.reconnect
+
+    async def decide(offer: Offer, plan: Plan) -> bool:
+        if not accepted:
+            if await ui.decide(offer, plan):
+                accepted.append(offer)
+                return True
+            return False
+        # After an outage: the offer the user accepted, again, or nothing.
+        if offer != accepted[0]:
+            raise RemoteProtocolError(
+                "after reconnecting, the other side offered something else than before"
+            )
+        return True
+
+    result = await receive_files(
+        session.channel,
+        proto,
+        output_dir=config.output_dir,
+        overwrite=config.overwrite,
+        decide=decide,
+        progress=ui.progress(),
+        resume=config.resume or outages.count > 0,
+        status=ui.status,
+        kept=ui.kept_partial,
+        sink=config.sink,
+    )
+    result.route = str(session.channel.route or "")
+    _log_result("received", result)
+    await linger(session.channel, CLOSE_GRACE_SECONDS)
+    return result
 
 
 def _log_result(verb: str, result: TransferResult) -> None:

@@ -63,6 +63,9 @@ LAN_FIND_SECONDS = 5.0
 #: How long to wait for each step of the other side during set-up, and for ICE,
 #: DTLS and SCTP once the offer and answer are exchanged (--connect-timeout).
 PEER_CONNECT_TIMEOUT_SECONDS = 30.0
+#: After the connection breaks mid-transfer, how long both sides look for each other
+#: again before giving up (--reconnect-window; 0: never).
+RECONNECT_WINDOW_SECONDS = 300.0
 
 # -- `sfs serve` (ServerConfig has the reasoning per limit) ------------------------------------
 

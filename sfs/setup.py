@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from sfs.defaults import LAN_FIND_SECONDS, PEER_CONNECT_TIMEOUT_SECONDS, RelayMode, Transport
+from sfs.defaults import (
+    LAN_FIND_SECONDS,
+    PEER_CONNECT_TIMEOUT_SECONDS,
+    RECONNECT_WINDOW_SECONDS,
+    RelayMode,
+    Transport,
+)
 from sfs.errors import (
     PeerConnectionError,
     ServerUnreachableError,
@@ -89,6 +95,11 @@ class Ui(Protocol):
 
     async def confirm_verifier(self, verifier: str) -> bool: ...
     def kept_partial(self, name: str, held_bytes: int) -> None: ...
+    def reconnecting(self, window: float) -> None:
+        """The connection broke: looking for the other side for up to ``window`` s."""
+
+    def reconnected(self, route: str) -> None:
+        """The other side is back (``route``: how the data flows now); resuming."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ class PeerOptions:
     :param transport: TCP when the peers reach each other directly, else WebRTC
         (``auto``); or only one of them.
     :param relay: whether the server's relay may carry the transfer (``--relay``).
+    :param reconnect_window: after the connection breaks mid-transfer, how long to
+        look for the other side again (seconds; 0: never).
     """
 
     server_url: str | None = None
@@ -117,6 +130,7 @@ class PeerOptions:
     ca_file: str | None = None
     transport: Transport = Transport.AUTO
     relay: RelayMode = RelayMode.AUTO
+    reconnect_window: float = RECONNECT_WINDOW_SECONDS
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,8 @@ class Session:
 
     channel: Channel
     keys: SessionKeys
+    #: Both sides keep the session after an outage and meet again (sfs.reconnect).
+    reconnects: bool = False
 
 
 async def set_up(
@@ -222,7 +238,7 @@ class _SetUpPump:
                 await asyncio.gather(self.opener, return_exceptions=True)
 
     async def _register(self) -> None:
-        registration = await self.signal.register()
+        registration = await self.signal.register(self.handshake.rendezvous)
         logger.debug("registered")
         peer_id = registration.peer_id
         if self.registered is not None:
@@ -412,18 +428,19 @@ class _SetUpPump:
         assert self.opener is not None
         assert self.links is not None
         opened = self.opener.result()
+        reconnects = self.handshake.can_reconnect
         if opened.quic:
             # The QUIC stream runs the TCP path's frames; the peer connection carries it.
-            return Session(opened.channel, action.keys.over_tcp())
+            return Session(opened.channel, action.keys.over_tcp(), reconnects)
         if opened.tcp is None:
-            return Session(opened.channel, action.keys)
+            return Session(opened.channel, action.keys, reconnects)
         # aiortc's ICE and DTLS would go on spending CPU beside the transfer: closed
         # now, but not waited for (a third of a second on the long link) before the
         # first frame goes; the session's end waits for it.
         closing = asyncio.ensure_future(self.links.close())
         self.stack.push_async_callback(_finish_closing, closing)
         self.stack.callback(opened.tcp.close)
-        return Session(opened.channel, action.keys.over_tcp())
+        return Session(opened.channel, action.keys.over_tcp(), reconnects)
 
 
 async def _finish_closing(closing: asyncio.Future[None]) -> None:

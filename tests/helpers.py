@@ -42,6 +42,12 @@ class QuietUi:
     def kept_partial(self, name: str, held_bytes: int) -> None:
         pass
 
+    def reconnecting(self, window: float) -> None:
+        pass
+
+    def reconnected(self, route: str) -> None:
+        pass
+
 
 def counter_entropy(seed: int) -> Callable[[int], bytes]:
     """Deterministic 'randomness' for known-answer vectors."""

@@ -107,6 +107,7 @@ def done_event(role: str, result: TransferResult) -> dict[str, Any]:
         "seconds": round(result.elapsed, 6),
         "rate": round(moved / result.elapsed, 1),
         "route": result.route,
+        "reconnects": result.reconnects,
         "text": result.text,
     }
 
@@ -196,6 +197,13 @@ class JsonUi:
 
     def kept_partial(self, name: str, held_bytes: int) -> None:
         self.kept.append(name)
+
+    def reconnecting(self, window: float) -> None:
+        self.lines.emit({"type": "reconnecting", "window": window})
+
+    def reconnected(self, route: str) -> None:
+        self.kept.clear()
+        self.lines.emit({"type": "reconnected", "route": route})
 
     async def confirm_verifier(self, verifier: str) -> bool:
         return await self._ask(

@@ -150,4 +150,6 @@ def _final_line(verb: str, result: TransferResult) -> str:
         line += f", {format_size(result.resumed_bytes)} not sent again"
     if result.route:
         line += f", {result.route}"
+    if result.reconnects:
+        line += f", {_plural(result.reconnects, 'reconnect')}"
     return line

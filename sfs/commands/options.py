@@ -19,6 +19,7 @@ from sfs.commands.ui import _json_lines
 from sfs.defaults import (
     LAN_FIND_SECONDS,
     PEER_CONNECT_TIMEOUT_SECONDS,
+    RECONNECT_WINDOW_SECONDS,
     RelayMode,
     Transport,
 )
@@ -97,6 +98,7 @@ def _peer_options(
     ice_address: Sequence[str],
     connect_timeout: float,
     *,
+    reconnect_window: float = RECONNECT_WINDOW_SECONDS,
     lan: bool = False,
     name: str = "",
     cacert: Path | None = None,
@@ -136,6 +138,7 @@ def _peer_options(
         ca_file=None if cacert is None else str(cacert),
         transport=Transport(transport),
         relay=RelayMode(relay),
+        reconnect_window=reconnect_window,
     )
 
 
@@ -224,6 +227,17 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "connection does not answer within this long (on the local network, "
             f"looking for the peer takes at most {LAN_FIND_SECONDS:.0f} s unless "
             "this is given).",
+        ),
+        click.option(
+            "--reconnect-window",
+            type=Number(0, 86400),
+            default=RECONNECT_WINDOW_SECONDS,
+            show_default=True,
+            metavar="SECONDS",
+            help="When the connection breaks mid-transfer (a Wi-Fi change, a phone "
+            "locking, a router restarting), look for the other side again through the "
+            "same server for this long, then resume where the transfer stopped; "
+            "0 gives up at once, as before.",
         ),
         click.option(
             "--transport",

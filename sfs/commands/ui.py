@@ -14,7 +14,7 @@ from sfs.commands.listing import describe_tree, offer_listing, plan_lines, tree_
 from sfs.commands.output import Styled, say
 from sfs.commands.progress import LineProgress, TqdmProgress
 from sfs.commands.prompts import confirm
-from sfs.text import format_size, printable
+from sfs.text import format_duration, format_size, printable
 
 if TYPE_CHECKING:
     import asyncio
@@ -108,6 +108,15 @@ class ConsoleUi:
         self._kept_lines.append(
             f"Kept {format_size(held_bytes)} of {name} to resume (hidden, as .{name}.sfs-part)"
         )
+
+    def reconnecting(self, window: float) -> None:
+        self.status(f"Connection lost; reconnecting (for up to {format_duration(window)})…")
+
+    def reconnected(self, route: str) -> None:
+        # What was kept is being continued: said again only if this session fails too.
+        self.kept.clear()
+        self._kept_lines.clear()
+        self.status(f"Reconnected ({route}); resuming" if route else "Reconnected; resuming")
 
     def clear(self) -> None:
         """Before the last line: no bar left on the screen, no line left unfinished

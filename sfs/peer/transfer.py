@@ -77,6 +77,8 @@ class TransferResult:
     elapsed: float = 0.0
     #: How the data flowed ("direct through NAT", …), when the connection says.
     route: str = ""
+    #: How often the connection broke and the two sides met again (--reconnect-window).
+    reconnects: int = 0
 
     def finish(self) -> TransferResult:
         self.elapsed = max(time.monotonic() - self.started, 1e-6)

@@ -325,9 +325,12 @@ class SignalClient:
                 return WrongCodeError()
         return PeerGoneError("the other side left before the connection was set up")
 
-    async def register(self) -> Registration:
-        """Get a peer ID, the ICE servers and the relay that ``sfs serve`` recommends."""
-        reply = await self.call("register_peer", {})
+    async def register(self, rendezvous: str | None = None) -> Registration:
+        """Get a peer ID (*rendezvous*, if given: a session meeting again), the ICE
+        servers and the relay that ``sfs serve`` recommends."""
+        reply = await self.call(
+            "register_peer", {} if rendezvous is None else {"rendezvous": rendezvous}
+        )
         peer_id = reply.get("peer_id")
         if not isinstance(peer_id, str):
             raise SignalingError("the signaling server sent no peer ID")

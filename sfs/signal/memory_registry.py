@@ -93,9 +93,14 @@ class PeerTable(ConnectionBook[_Connection]):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def register(self, sid: str) -> str:
-        """Give *sid* a peer ID that no live peer has."""
+    def register(self, sid: str, rendezvous: str | None = None) -> str:
+        """Give *sid* a peer ID that no live peer has (*rendezvous*, if given)."""
         conn = self._not_yet_registered(sid)
+        if rendezvous is not None:
+            if rendezvous in self._sid_by_peer_id:
+                raise refusal("rendezvous_taken")
+            self._set_peer_id(conn, rendezvous)
+            return rendezvous
         for _ in range(MAX_PEER_ID_ATTEMPTS):
             peer_id = self._new_id()
             if peer_id not in self._sid_by_peer_id:
@@ -259,8 +264,8 @@ class MemoryRegistry(Registry):
     def connection_count(self) -> int:
         return self.table.connection_count
 
-    async def register(self, sid: str) -> str:
-        return self.table.register(sid)
+    async def register(self, sid: str, rendezvous: str | None = None) -> str:
+        return self.table.register(sid, rendezvous)
 
     async def disconnect(self, sid: str) -> Departure | None:
         return self.table.disconnect(sid)

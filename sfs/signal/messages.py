@@ -96,6 +96,9 @@ MAX_ICE_CREDENTIAL_CHARS = 512
 MAX_ERROR_MESSAGE_CHARS = 256
 
 PEER_ID_RE = re.compile(r"^[A-Z]{3}-[0-9]{3}$")
+#: A rendezvous ID (sfs.peer.proto.crypto.reconnect_code): the peer ID a session that
+#: lost its connection registers under to meet again.  The server never makes one.
+RENDEZVOUS_RE = re.compile(r"^~[a-z2-7]{26}$")
 # Standard alphabet with padding; fullmatch() so a trailing newline is rejected.
 BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 REASON_RE = re.compile(r"^[a-z_]{1,64}$")
@@ -126,8 +129,10 @@ def new_peer_id() -> str:
 
 
 def is_peer_id(s: object) -> bool:
-    """Tell whether *s* is a well-formed peer ID (``ABC-123``)."""
-    return isinstance(s, str) and PEER_ID_RE.fullmatch(s) is not None
+    """Tell whether *s* is a well-formed peer ID (``ABC-123``, or a rendezvous ID)."""
+    return isinstance(s, str) and (
+        PEER_ID_RE.fullmatch(s) is not None or RENDEZVOUS_RE.fullmatch(s) is not None
+    )
 
 
 def is_base64(s: object, *, max_chars: int) -> bool:
@@ -294,9 +299,11 @@ def _require_turn_credentials(server: IceServer) -> None:
 
 @dataclass(frozen=True)
 class RegisterPeer:
-    """``register_peer``: ``{}`` or ``{"version": 1}``."""
+    """``register_peer``: ``{}`` or ``{"version": 1}``; ``"rendezvous": "~…"`` asks
+    for that peer ID (a session meeting again) instead of a new one."""
 
     version: int = SIGNALING_PROTOCOL_VERSION
+    rendezvous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -362,7 +369,7 @@ def _fields(
 def _peer_id_field(fields: Mapping[str, object]) -> str:
     value = fields["peer_id"]
     if not isinstance(value, str) or not is_peer_id(value):
-        raise InvalidMessage("peer_id must look like ABC-123")
+        raise InvalidMessage("peer_id must look like ABC-123 (or be a rendezvous ID)")
     return value
 
 
@@ -378,7 +385,12 @@ _PEER_ID = frozenset({"peer_id"})
 
 def parse_register_peer(obj: object) -> RegisterPeer:
     """Validate a ``register_peer`` payload."""
-    fields = _fields(obj, frozenset(), frozenset({"version"}))
+    fields = _fields(obj, frozenset(), frozenset({"version", "rendezvous"}))
+    rendezvous = fields.get("rendezvous")
+    if rendezvous is not None and (
+        not isinstance(rendezvous, str) or RENDEZVOUS_RE.fullmatch(rendezvous) is None
+    ):
+        raise InvalidMessage("rendezvous must be ~ and 26 base32 letters")
     version = fields.get("version", SIGNALING_PROTOCOL_VERSION)
     if type(version) is not int:  # bool is an int subclass; reject it
         raise InvalidMessage("version must be an integer")
@@ -386,7 +398,7 @@ def parse_register_peer(obj: object) -> RegisterPeer:
         raise InvalidMessage(
             f"unsupported protocol version (this server speaks {SIGNALING_PROTOCOL_VERSION})"
         )
-    return RegisterPeer(version=version)
+    return RegisterPeer(version=version, rendezvous=rendezvous)
 
 
 def parse_peer_ref(obj: object) -> PeerRef:

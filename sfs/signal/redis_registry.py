@@ -564,12 +564,14 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
 
     # ------------------------------------------------------------------ shared
 
-    async def register(self, sid: str) -> str:
+    async def register(self, sid: str, rendezvous: str | None = None) -> str:
         conn = self._not_yet_registered(sid)
         self._ready()
-        for _ in range(MAX_PEER_ID_ATTEMPTS):
-            peer_id = self._new_id()
+        for _ in range(1 if rendezvous is not None else MAX_PEER_ID_ATTEMPTS):
+            peer_id = rendezvous if rendezvous is not None else self._new_id()
             if not await self._run("register", peer_id, sid, self.node, self._ttl_ms):
+                if rendezvous is not None:
+                    raise refusal("rendezvous_taken")
                 continue
             if self._connections.get(sid) is not conn:  # it left while Redis answered
                 self._departures.append((peer_id, sid))

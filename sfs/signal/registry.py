@@ -90,6 +90,7 @@ _REFUSALS: dict[str, tuple[str, str]] = {
     "unknown_peer": (m.UNKNOWN_PEER, "no peer {peer_id}"),
     "self": (m.INVALID, "that is your own peer ID"),
     "busy_target": (m.BUSY, "{peer_id} is busy with another peer"),
+    "rendezvous_taken": (m.BUSY, "another connection holds that rendezvous"),
 }
 REFUSALS = frozenset(_REFUSALS)
 
@@ -405,8 +406,9 @@ class Registry(ABC):
     # ------------------------------------------------------------------ shared
 
     @abstractmethod
-    async def register(self, sid: str) -> str:
-        """Give *sid* a peer ID that no live peer has, on any node."""
+    async def register(self, sid: str, rendezvous: str | None = None) -> str:
+        """Give *sid* a peer ID that no live peer has, on any node: *rendezvous* if
+        given (a session meeting again; refused while another connection has it)."""
 
     @abstractmethod
     async def disconnect(self, sid: str) -> Departure | None:

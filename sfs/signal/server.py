@@ -425,8 +425,8 @@ class _SignalServer:
     # ------------------------------------------------------------------ events
 
     async def _register_peer(self, sid: str, payload: object) -> dict[str, object]:
-        m.parse_register_peer(payload)
-        peer_id = await self.registry.register(sid)
+        registration = m.parse_register_peer(payload)
+        peer_id = await self.registry.register(sid, registration.rendezvous)
         self.metrics.registrations.inc()
         logger.info("registered %s (%s)", peer_id, self.registry.address_of(sid))
         servers = [*self.config.ice_servers, *self._issued_ice_servers(peer_id)]

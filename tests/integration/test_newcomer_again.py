@@ -385,7 +385,9 @@ def test_a_connection_reset_is_told_in_words(sfs_server: ServerProcess, tmp_path
     err_path = tmp_path / "sender.err"
     with open(err_path, "wb") as err:
         sender = subprocess.Popen(
-            sfs_command("send", "--transport", "tcp", receiver.code, str(src)),
+            sfs_command(
+                "send", "--transport", "tcp", "--reconnect-window", "0", receiver.code, str(src)
+            ),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             env=peer_env(sfs_server.url),
         )  # fmt: skip

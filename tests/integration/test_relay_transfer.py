@@ -106,9 +106,10 @@ def test_the_relay_killed_mid_transfer_ends_both_and_a_new_run_resumes(
     serve.append(slow)
     src = make_file(tmp_path / "f.bin", 24 * MIB)
     out = tmp_path / "out"
-    receiver = start_receiver(slow, out, "--yes", "--relay", "only")
+    # The relay is the signaling server: with it dead there is no meeting again.
+    receiver = start_receiver(slow, out, "--yes", "--relay", "only", "--reconnect-window", "0")
     sender = subprocess.Popen(
-        sfs_command("send", "--relay", "only", receiver.code, str(src)),
+        sfs_command("send", "--relay", "only", "--reconnect-window", "0", receiver.code, str(src)),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -108,6 +108,12 @@ class InProcessUi:
     def kept_partial(self, name: str, held_bytes: int) -> None:
         pass
 
+    def reconnecting(self, window: float) -> None:
+        pass
+
+    def reconnected(self, route: str) -> None:
+        pass
+
 
 def live_key_exchanges() -> list[object]:
     gc.collect()

@@ -122,6 +122,13 @@ def test_the_final_line_has_a_rate_only_when_bytes_moved() -> None:
     assert nothing_moved == "Sent a.bin (37 B) in 0.002 s, 37 B not sent again"
 
 
+def test_the_final_line_counts_reconnections_last() -> None:
+    result = _result(2000, 0, 2.0)
+    result.route, result.reconnects = "direct over TCP", 2
+    line = _final_line("Received", result)
+    assert line == "Received a.bin (2.0 kB) in 2.0 s, 1.0 kB/s, direct over TCP, 2 reconnects"
+
+
 def test_the_bar_writes_sizes_as_every_other_line() -> None:
     stream = io.StringIO()
     bar = _size_bar()(total=1_073_741_824, unit="B", file=stream, bar_format=WIDE_BAR, desc="f")

@@ -28,7 +28,13 @@ from sfs.errors import (
     SignalingError,
     WrongCodeError,
 )
-from sfs.peer.proto.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.proto.crypto import (
+    KeyExchange,
+    SessionKeys,
+    open_message,
+    reconnect_code,
+    seal_message,
+)
 from sfs.peer.proto.framing import Role
 from sfs.peer.proto.handshake import (
     PARTNER_GONE_GRACE_SECONDS,
@@ -114,6 +120,7 @@ class Relay:
         open_channels: bool = True,
         relays: tuple[str | None, str | None] = (None, None),
         prepare: bool = False,
+        rendezvous: Code | None = None,
     ) -> None:
         """:param relays: the relay the server names to the sender and to the receiver.
         :param prepare: call each machine's ``prepare`` whenever it waits, as app.py does."""
@@ -125,14 +132,16 @@ class Relay:
         joiner_role = Role.SENDER if waiter_role is Role.RECEIVER else Role.RECEIVER
         waiter = Handshake(
             waiter_role,
+            rendezvous=rendezvous,
             connect_timeout=TIMEOUT,
             streams=streams,
             new_words=lambda: WORDS,
         )
-        self.waiter = Side("waiter", WAITER_ID, waiter)
+        waiter_id = WAITER_ID if rendezvous is None else rendezvous.peer_id
+        self.waiter = Side("waiter", waiter_id, waiter)
         waiter_relay, joiner_relay = relays if waiter_role is Role.SENDER else relays[::-1]
-        self.deliver(self.waiter, Registered(WAITER_ID, SERVER_ICE, waiter_relay))
-        code = parse_code(self.waiter.shown[-1])
+        self.deliver(self.waiter, Registered(waiter_id, SERVER_ICE, waiter_relay))
+        code = parse_code(self.waiter.shown[-1]) if rendezvous is None else rendezvous
         if joiner_words is not None:
             code = Code(code.peer_id, joiner_words)
         joiner = Handshake(joiner_role, code=code, connect_timeout=TIMEOUT, streams=streams)
@@ -1098,3 +1107,72 @@ def test_a_new_code_after_a_lost_server_gets_a_new_exchange() -> None:
     )
     hs.handle(PublicKeyReceived(JOINER_ID, base64.b64encode(joiner.message).decode()), 4.0)
     assert hs.state is SetupState.AWAITING_OFFER  # the new code's words agree
+
+
+# -- meeting again after an outage (issue 28) --------------------------------------------
+
+
+def _reconnect_code(keys: SessionKeys, password: bytes | None = None) -> Code:
+    rendezvous, derived = reconnect_code(keys.reconnect)
+    return Code(rendezvous, (password or derived).decode("ascii"))
+
+
+def test_a_session_meets_again_at_its_rendezvous_with_new_keys() -> None:
+    """The receiver waits at the rendezvous both sides derive from the first
+    session, shows no code, and a fresh SPAKE2 on the derived password gives both
+    new keys that agree."""
+    first = Relay()
+    first.run()
+    assert first.sender.keys is not None
+    assert first.receiver.keys is not None
+    assert first.sender.keys.reconnect == first.receiver.keys.reconnect
+    code = _reconnect_code(first.receiver.keys)
+    assert code == _reconnect_code(first.sender.keys)
+    assert code.peer_id.startswith("~")
+    assert WAITER_ID not in code.peer_id
+    again = Relay(rendezvous=code)
+    assert again.waiter.hs.rendezvous == code.peer_id
+    again.run()
+    sender, receiver = again.sender, again.receiver
+    assert sender.keys is not None
+    assert receiver.keys is not None
+    assert sender.keys.frame_send == receiver.keys.frame_receive
+    assert sender.keys.frame_send != first.sender.keys.frame_send
+    assert again.waiter.shown == []
+    assert again.waiter.statuses == ["Waiting for the other side to come back…"]
+
+
+def test_a_stranger_at_the_rendezvous_gets_nothing() -> None:
+    """Someone who learned the rendezvous ID (the server) but not the first session's
+    key: the sealed offer does not open, and the set-up fails on both sides."""
+    first = Relay()
+    first.run()
+    assert first.receiver.keys is not None
+    code = _reconnect_code(first.receiver.keys)
+    again = Relay(rendezvous=code, joiner_words="0" * 64)
+    again.run()
+    assert isinstance(again.receiver.error, WrongCodeError)
+    assert again.sender.keys is None
+    assert again.receiver.keys is None
+
+
+def test_a_waiting_side_given_another_id_than_its_rendezvous_fails() -> None:
+    first = Relay()
+    first.run()
+    assert first.receiver.keys is not None
+    hs = Handshake(
+        Role.RECEIVER, rendezvous=_reconnect_code(first.receiver.keys), connect_timeout=TIMEOUT
+    )
+    assert isinstance(only_error(hs.handle(Registered(WAITER_ID), 0.0)), SignalingError)
+
+
+def test_reconnect_code_known_answer() -> None:
+    """The rendezvous ID and password from a known secret: the page will derive the
+    same (sfs/web/test/vectors.json, when it reconnects)."""
+    rendezvous, password = reconnect_code(bytes(range(32)))
+    assert len(rendezvous) == 27
+    assert rendezvous[0] == "~"
+    assert (rendezvous, password) == reconnect_code(bytes(range(32)))
+    assert reconnect_code(bytes(32))[0] == "~ty6hnk4wprw5lmh2msfn4rdp3q"
+    with pytest.raises(ValueError, match="cannot reconnect"):
+        reconnect_code(b"")

@@ -192,3 +192,17 @@ def test_peers_come_and_go() -> None:
         "since": 1700000001,
     }
     assert events[0]["name"] == "alice\x1b]52;c;"
+
+
+def test_a_reconnection_is_two_events_and_a_count_in_done() -> None:
+    lines: list[str] = []
+    ui = JsonUi(JsonLines(lines.append), assume_yes=True, ask=no)
+    ui.kept_partial("big.iso", 10)
+    ui.reconnecting(300.0)
+    ui.reconnected("direct over TCP")
+    ui.done("send", TransferResult(reconnects=1).finish())
+    events = [json.loads(line) for line in lines]
+    assert events[0] == {"type": "reconnecting", "window": 300.0}
+    assert events[1] == {"type": "reconnected", "route": "direct over TCP"}
+    assert events[2]["reconnects"] == 1
+    assert ui.kept == []  # what was kept is being continued

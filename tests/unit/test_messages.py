@@ -206,13 +206,31 @@ def test_ice_server_from_dict_rejects(bad: object, says: str) -> None:
 # --------------------------------------------------------------------------- payloads
 
 
+R = "~" + "a2" * 13  # a rendezvous ID (issue 28)
+
+
 def test_parse_register_peer() -> None:
     assert m.parse_register_peer({}) == m.RegisterPeer(version=1)
     assert m.parse_register_peer({"version": 1}) == m.RegisterPeer(version=1)
+    assert m.parse_register_peer({"rendezvous": R}) == m.RegisterPeer(rendezvous=R)
+    assert m.parse_peer_ref({"peer_id": R}) == m.PeerRef(R)
 
 
 @pytest.mark.parametrize(
-    "bad", [None, [], "x", {"version": 2}, {"version": True}, {"version": "1"}, {"v": 1}]
+    "bad",
+    [
+        None,
+        [],
+        "x",
+        {"version": 2},
+        {"version": True},
+        {"version": "1"},
+        {"v": 1},
+        {"rendezvous": "ABC-123"},  # a code's ID is the server's to give
+        {"rendezvous": R + "a"},
+        {"rendezvous": R.upper()},
+        {"rendezvous": 5},
+    ],
 )
 def test_parse_register_peer_rejects(bad: object) -> None:
     with pytest.raises(m.InvalidMessage) as info:
@@ -433,6 +451,17 @@ def test_register_reuses_an_id_once_its_peer_left() -> None:
     table.disconnect("s1")
     table.connect("s2", "x", now=0.0)
     assert table.register("s2") == A
+
+
+def test_register_at_a_rendezvous_takes_that_id_while_it_is_free() -> None:
+    table = _table(A, B)
+    for sid in ("s1", "s2", "s3"):
+        table.connect(sid, "x", now=0.0)
+    assert table.register("s1", R) == R
+    assert table.sid_of(R) == "s1"
+    assert _code(lambda: table.register("s2", R)) == m.BUSY
+    table.disconnect("s1")
+    assert table.register("s3", R) == R
 
 
 def test_register_twice_is_rejected() -> None:

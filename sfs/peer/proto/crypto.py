@@ -32,6 +32,7 @@ may reorder harmless ICE candidates), with the message kind in the associated da
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hmac
 import secrets
@@ -73,6 +74,13 @@ INFO_TCP_PROOF_SENDER = b"sfs/1 tcp proof sender"
 INFO_TCP_PROOF_RECEIVER = b"sfs/1 tcp proof receiver"
 INFO_RELAY_TOKEN = b"sfs/1 relay token"
 RELAY_TOKEN_BYTES = KEY_BYTES
+# A session that lost its connection meets again (issue 28): where (a rendezvous ID
+# the server sees) and with what password (for a fresh SPAKE2, never sent).
+INFO_RECONNECT = b"sfs/1 reconnect"
+INFO_RENDEZVOUS = b"sfs/1 reconnect rendezvous"
+INFO_RECONNECT_PASSWORD = b"sfs/1 reconnect password"
+#: A rendezvous ID: "~" and 26 base32 letters (130 bits), a shape no code's ID has.
+RENDEZVOUS_CHARS = 26
 
 _HEADER = struct.Struct(">BBHQ")  # version, frame type, reserved, counter
 
@@ -98,6 +106,9 @@ class SessionKeys:
     proof_receive: bytes
     #: What both sides present to a relay (:func:`relay_token`); one per session, not per role.
     relay_token: bytes
+    #: Where and how the two sides meet again if the connection breaks
+    #: (:func:`reconnect_code`); one per session, not per role.
+    reconnect: bytes = b""
 
     def over_tcp(self) -> SessionKeys:
         """These keys with the TCP path's frame keys as the frame keys: a transfer
@@ -203,6 +214,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
         )
     }
     token = relay_token(pake_key=pake_key, transcript=transcript)
+    reconnect = _hkdf(pake_key=pake_key, transcript=transcript, info=INFO_RECONNECT)
     verifier = format_verifier(keys[INFO_VERIFY])
     if role == "sender":
         return SessionKeys(
@@ -217,6 +229,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_PROOF_SENDER],
             keys[INFO_TCP_PROOF_RECEIVER],
             token,
+            reconnect,
         )
     if role == "receiver":
         return SessionKeys(
@@ -231,6 +244,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_PROOF_RECEIVER],
             keys[INFO_TCP_PROOF_SENDER],
             token,
+            reconnect,
         )
     raise ValueError(f"unknown role {role!r}")
 
@@ -244,6 +258,24 @@ def relay_token(*, pake_key: bytes, transcript: bytes) -> bytes:
     the relay can do no more with it than join (or refuse to join) two connections.
     """
     return _hkdf(pake_key=pake_key, transcript=transcript, info=INFO_RELAY_TOKEN)
+
+
+def reconnect_code(secret: bytes) -> tuple[str, bytes]:
+    """Where a session that lost its connection meets again, and the password of the
+    fresh SPAKE2 that authenticates it there: (rendezvous ID, password).
+
+    Both come from the first session's SPAKE2 key (``SessionKeys.reconnect``), so
+    only its two sides can compute them, and neither is the code's: the server sees
+    the rendezvous ID but cannot link it to the code, and with 256 bits of password
+    there is nothing to guess.  A reconnection runs a new SPAKE2 (new ephemeral keys,
+    so forward secrecy, and no old message replays into it) and derives new keys.
+    """
+    if len(secret) != KEY_BYTES:
+        raise ValueError("no reconnect secret: this session cannot reconnect")
+    where = _hkdf(pake_key=secret, transcript=b"", info=INFO_RENDEZVOUS)
+    password = _hkdf(pake_key=secret, transcript=b"", info=INFO_RECONNECT_PASSWORD)
+    letters = base64.b32encode(where).decode("ascii").lower()[:RENDEZVOUS_CHARS]
+    return "~" + letters, password.hex().encode("ascii")
 
 
 def format_verifier(material: bytes) -> str:

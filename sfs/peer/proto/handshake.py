@@ -171,6 +171,10 @@ class ServerLost:
 #: answered peer connection, the frames striped over them (2 answered one peer
 #: connection only); since 2 the receiver proves itself first, on a stream it opens.
 QUIC_VERSION = 3
+#: The ``reconnect`` value of a sealed description: this side keeps the session for a
+#: while after an outage and meets again at the rendezvous (crypto.reconnect_code).
+#: A side that does not say so (the web page, an older sfs) is not waited for.
+RECONNECT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -421,15 +425,24 @@ class Handshake:
         role: Role,
         *,
         code: Code | None = None,
+        rendezvous: Code | None = None,
         connect_timeout: float,
         ice_servers: tuple[IceServer, ...] | None = None,
         streams: int | None = 1,
         new_words: Callable[[], str] = new_secret,
+        reconnects: bool = False,
     ) -> None:
         if streams is not None and not 1 <= streams <= MAX_STREAMS:
             raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams}")
+        if code is not None and rendezvous is not None:
+            raise ValueError("a side joins with a code or waits at a rendezvous, not both")
         self.role = role
         self.waits = code is None
+        self._reconnects = reconnects
+        self._peer_reconnects = False
+        # A session meeting again after its connection broke: this waiting side
+        # registers under the rendezvous ID and shows no code (crypto.reconnect_code).
+        self._rendezvous = rendezvous
         self.connect_timeout = connect_timeout
         self._ice_override = ice_servers
         self._server_ice: tuple[IceServer, ...] = ()
@@ -466,6 +479,16 @@ class Handshake:
     def partner(self) -> str | None:
         return self._partner
 
+    @property
+    def can_reconnect(self) -> bool:
+        """Both sides said they keep the session after an outage (``reconnect``)."""
+        return self._reconnects and self._peer_reconnects
+
+    @property
+    def rendezvous(self) -> str | None:
+        """The peer ID this waiting side registers under, if it is meeting again."""
+        return None if self._rendezvous is None else self._rendezvous.peer_id
+
     def _set_state(self, state: SetupState, *, deadline: float | None = None) -> None:
         logger.debug("handshake %s: %s -> %s", self.role.value, self._state.name, state.name)
         self._state = state
@@ -473,6 +496,7 @@ class Handshake:
         if state in _OVER:
             # Nothing secret outlives the set-up (tests/integration/test_secrets.py).
             self._code = None
+            self._rendezvous = None
             self._exchange = None
             self._keys = None
             self._backlog.clear()
@@ -584,6 +608,13 @@ class Handshake:
                 *self._from_backlog(now),
             ]
         reconnected = self._state is SetupState.RECONNECTING
+        if self._rendezvous is not None:
+            if event.peer_id != self._rendezvous.peer_id:
+                return self._fail(SignalingError("the signaling server gave another rendezvous"))
+            self._code = self._rendezvous
+            self._exchange = None
+            self._set_state(SetupState.AWAITING_REQUEST)
+            return [Status("Waiting for the other side to come back…"), *self._from_backlog(now)]
         self._code = Code(event.peer_id, self._new_words())
         self._exchange = None  # one prepared for the old code, which is dead
         self._set_state(SetupState.AWAITING_REQUEST)
@@ -777,8 +808,8 @@ class Handshake:
     ) -> Call:
         """Seal the session description(s): the first as ``sdp``, any more (striping) as
         ``extra_sdps``, so a peer that knows only one stream still understands it; the
-        direct TCP addresses as ``tcp``, the relay as ``relay`` and QUIC as ``quic``
-        (a peer that does not know a key ignores it)."""
+        direct TCP addresses as ``tcp``, the relay as ``relay``, QUIC as ``quic`` and
+        reconnection as ``reconnect`` (a peer that does not know a key ignores it)."""
         if not sdps:
             raise ValueError(f"an {kind} needs at least one session description")
         assert self._keys is not None
@@ -792,6 +823,8 @@ class Handshake:
             message["relay"] = relay
         if quic:
             message["quic"] = QUIC_VERSION
+        if self._reconnects:
+            message["reconnect"] = RECONNECT_VERSION
         plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
@@ -829,6 +862,7 @@ class Handshake:
             raise SignalingError(malformed)
         # Another version of sfs's QUIC is not this one: as if none was offered.
         quic = message.get("quic") == QUIC_VERSION
+        self._peer_reconnects = message.get("reconnect") == RECONNECT_VERSION
         return strings, None if tcp is None else tuple(tcp), relay, quic
 
     # -- endings --------------------------------------------------------------------------

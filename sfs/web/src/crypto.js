@@ -51,6 +51,12 @@ export const INFO_TCP_PROOF_SENDER = "sfs/1 tcp proof sender";
 export const INFO_TCP_PROOF_RECEIVER = "sfs/1 tcp proof receiver";
 export const INFO_RELAY_TOKEN = "sfs/1 relay token";
 export const RELAY_TOKEN_BYTES = KEY_BYTES;
+// A session that lost its connection meets again (docs/PROTOCOL.md, "Sessions that
+// survive an outage"): the command line's labels, kept equal here; the page does not
+// reconnect yet.
+export const INFO_RECONNECT = "sfs/1 reconnect";
+export const INFO_RENDEZVOUS = "sfs/1 reconnect rendezvous";
+export const INFO_RECONNECT_PASSWORD = "sfs/1 reconnect password";
 
 const ROLES = ["sender", "receiver"];
 

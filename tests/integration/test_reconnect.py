@@ -1,0 +1,200 @@
+"""Sessions that survive an outage (issue 28): real `sfs serve`, real peers, real
+outages; each time the transfer finishes on its own, verified by SHA-256, with no new
+code, and both sides say they reconnected.
+
+The outages: the receiver stopped (SIGSTOP) long past the idle timeout, then let go;
+the sender's link cut and brought back with a new address (namespaces on a bridge,
+the link slowed by tbf so the cut falls mid-transfer), over the direct TCP path and
+over WebRTC; and what must NOT reconnect: a Ctrl-C (CANCEL) on either side, and
+``--reconnect-window 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    ServerProcess,
+    in_netns,
+    peer_env,
+    sfs_command,
+    sha256_file,
+    start_server,
+    stop_process,
+)
+from tests.integration.lan import Host, lan_hosts
+from tests.integration.peers import Finished, Receiver, make_file, start_receiver
+from tests.integration.test_faults import finish, part_size, wait_for_progress
+
+pytestmark = pytest.mark.slow
+
+SIZE = 96 * 1024 * 1024
+#: The peers' own idle timeout is 10 s: an outage longer than that breaks the session.
+OUTAGE_SECONDS = 20
+#: tbf on a link: 96 MiB take ~10 s at 80 Mbit/s, time to cut mid-transfer.
+SLOW_LINK = ("tbf", "rate", "80mbit", "burst", "1mb", "latency", "100ms")
+
+
+def start_sender(
+    server: ServerProcess,
+    code: str,
+    src: Path,
+    *args: str,
+    netns: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`sfs send ARGS CODE SRC`; ``env`` adds to peer_env()."""
+    return subprocess.Popen(
+        sfs_command("send", *args, code, str(src), netns=netns),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**peer_env(server.url), **(env or {})},
+    )
+
+
+def check_reconnected(sent: Finished, received: Finished, src: Path, out: Path) -> None:
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert sha256_file(out / src.name) == sha256_file(src)
+    assert sorted(os.listdir(out)) == [src.name], "no partial copy or record left"
+    for said in (sent, received):
+        assert "Connection lost; reconnecting (for up to 5 min)…" in said.stderr, said.stderr
+        assert "Reconnected (" in said.stderr, said.stderr
+    assert "1 reconnect" in sent.stdout, sent.stdout
+    assert "1 reconnect" in received.stdout, received.stdout
+
+
+@dataclass
+class Moving:
+    """A transfer a quarter done, in one namespace whose loopback is slowed."""
+
+    src: Path
+    out: Path
+    receiver: Receiver
+    sender: subprocess.Popen[bytes]
+
+
+@contextmanager
+def moving(tmp: Path, netns: str, *sender_args: str) -> Iterator[Moving]:
+    """`sfs serve`, `sfs receive` and `sfs send --transport tcp SENDER_ARGS` in
+    ``netns``, its loopback slowed by tbf; yields once a quarter of the file is over."""
+    in_netns(netns, "tc", "qdisc", "add", "dev", "lo", "root", *SLOW_LINK)
+    server = start_server(tmp, netns=netns)
+    try:
+        src = make_file(tmp / "big.bin", SIZE)
+        out = tmp / "out"
+        receiver = start_receiver(server, out, "--yes", netns=netns)
+        sender = start_sender(
+            server, receiver.code, src, "--transport", "tcp", *sender_args, netns=netns
+        )
+        wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
+        yield Moving(src, out, receiver, sender)
+    finally:
+        stop_process(server.process)
+
+
+def test_a_receiver_stopped_for_30_s_comes_back_and_the_transfer_finishes(
+    tmp_path: Path, netns: str
+) -> None:
+    """SIGSTOP on the receiver for 30 s (a laptop's lid, a phone's sleep): the sender
+    gives up on the connection after 10 s and looks for the receiver at their
+    rendezvous; the receiver, let go, finds its connection dead and waits there; they
+    meet, and only the rest is sent."""
+    with moving(tmp_path, netns) as m:
+        m.receiver.process.send_signal(signal.SIGSTOP)
+        time.sleep(30)
+        held = part_size(m.out, "big.bin")
+        m.receiver.process.send_signal(signal.SIGCONT)
+        sent, received = finish(m.sender, 120), m.receiver.finish(120)
+    check_reconnected(sent, received, m.src, m.out)
+    assert 0 < held < SIZE
+    assert "resumed" not in sent.stdout.replace("1 reconnect", "")
+
+
+@contextmanager
+def server_and_peers(tmp: Path) -> Iterator[tuple[ServerProcess, Host, Host]]:
+    """Three hosts on one bridge: `sfs serve`, the receiver, the sender (its link
+    slowed by tbf)."""
+    with lan_hosts(3) as (server_host, receiver_host, sender_host):
+        sender_host.run("tc", "qdisc", "add", "dev", "eth0", "root", *SLOW_LINK)
+        assert server_host.ipv4 is not None
+        server = start_server(tmp, netns=server_host.netns, host=server_host.ipv4)
+        try:
+            yield server, receiver_host, sender_host
+        finally:
+            stop_process(server.process)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "datachannel"])
+def test_the_sender_loses_its_link_for_20_s_and_comes_back_with_a_new_address(
+    tmp_path: Path, transport: str
+) -> None:
+    """The sender's link goes down for 20 s (a laptop changing Wi-Fi) and comes back
+    with another address: both sides notice, meet at their rendezvous through the
+    same server, choose a transport afresh (the old address is gone), and the
+    96 MiB finish, verified."""
+    src = make_file(tmp_path / "big.bin", SIZE)
+    out = tmp_path / "out"
+    with server_and_peers(tmp_path) as (server, receiver_host, sender_host):
+        # Host candidates on every address of each namespace (its eth0 only).
+        receiver = start_receiver(
+            server, out, "--yes", netns=receiver_host.netns, env={"SFS_ICE_ADDRESSES": ""}
+        )
+        sender = start_sender(
+            server, receiver.code, src, "--transport", transport, netns=sender_host.netns,
+            env={"SFS_ICE_ADDRESSES": ""},
+        )  # fmt: skip
+        wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
+        sender_host.run("ip", "link", "set", "eth0", "down")
+        time.sleep(OUTAGE_SECONDS)
+        assert sender_host.ipv4 is not None
+        new_address = sender_host.ipv4.rsplit(".", 1)[0] + ".99"
+        sender_host.run("ip", "addr", "flush", "dev", "eth0")
+        sender_host.run("ip", "addr", "add", f"{new_address}/24", "dev", "eth0")
+        sender_host.run("ip", "link", "set", "eth0", "up")
+        sent, received = finish(sender, 180), receiver.finish(180)
+    check_reconnected(sent, received, src, out)
+    if transport == "tcp":
+        assert "direct" in sent.stdout, sent.stdout
+
+
+def test_with_reconnect_window_0_an_outage_ends_the_session_as_before(
+    tmp_path: Path, netns: str
+) -> None:
+    with moving(tmp_path, netns, "--reconnect-window", "0") as m:
+        m.receiver.process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        sent = finish(m.sender, 60)
+        took = time.monotonic() - started
+        m.receiver.process.send_signal(signal.SIGCONT)
+        m.receiver.stop()
+    assert sent.returncode == 7, sent.stderr
+    assert "lost the connection" in sent.error_line()
+    assert "reconnecting" not in sent.stderr
+    assert took < 30
+
+
+@pytest.mark.parametrize("who", ["sender", "receiver"])
+def test_ctrl_c_on_either_side_ends_both_at_once_with_no_retry(
+    tmp_path: Path, netns: str, who: str
+) -> None:
+    with moving(tmp_path, netns) as m:
+        (m.sender if who == "sender" else m.receiver.process).send_signal(signal.SIGINT)
+        started = time.monotonic()
+        sent, received = finish(m.sender, 60), m.receiver.finish(60)
+        took = time.monotonic() - started
+    other = received if who == "sender" else sent
+    assert other.returncode == 7, other.stderr
+    assert "cancel" in other.error_line().lower(), other.stderr
+    for said in (sent, received):
+        assert "reconnecting" not in said.stderr, said.stderr
+    assert took < 15
