@@ -164,6 +164,11 @@ class PeerGoneError(PeerConnectionError):
     exit_code = 7
 
 
+class NotBackError(PeerGoneError):
+    """The connection broke, and the other side did not come back within the reconnect
+    window (an outage that was waited out, so not one to wait out again)."""
+
+
 class TransferError(SfsError):
     """The transfer did not complete."""
 

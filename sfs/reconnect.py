@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sfs.code import Code
-from sfs.errors import PeerConnectionError, PeerGoneError, SignalingError, WrongCodeError
+from sfs.errors import (
+    NotBackError,
+    PeerConnectionError,
+    PeerGoneError,
+    SignalingError,
+    WrongCodeError,
+)
 from sfs.peer.proto.crypto import reconnect_code
 from sfs.peer.proto.framing import Role
 from sfs.peer.proto.handshake import Handshake
@@ -67,6 +73,7 @@ class Outages:
             self.window > 0
             and bool(self.secret)
             and options.server_url is not None
+            # (not NotBackError: that outage was waited out already)
             and type(error) is PeerGoneError
         )
 
@@ -136,7 +143,7 @@ async def meet_again(
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise PeerGoneError(
+            raise NotBackError(
                 "lost the connection, and the other side did not come back within "
                 f"{format_duration(outages.window)}"
             )

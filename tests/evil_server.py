@@ -193,6 +193,35 @@ class Replay(Attack):
         return [(event, data, to)]
 
 
+@dataclass
+class ReplayAtRendezvous(Attack):
+    """Records the SPAKE2 messages of a session's first set-up and plays them into
+    every set-up at a rendezvous (a session meeting again after an outage, issue 28):
+    what someone who captured the first set-up could try."""
+
+    events: tuple[str, ...] = (m.RECEIVE_PUBLIC_KEY,)
+    recorded: dict[str, dict[str, object]] = field(default_factory=dict)
+    replaying: bool = False
+    replayed: int = 0
+
+    def incoming(self, server: EvilSignalServer, sid: str, event: str, payload: object) -> object:
+        if event == m.REGISTER_PEER and isinstance(payload, dict) and "rendezvous" in payload:
+            self.replaying = True
+        return payload
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event in self.events:
+            if not self.replaying:
+                self.recorded.setdefault(event, data)
+            elif event in self.recorded:
+                # An old message in place of the new one (each side's own is fresh).
+                data = {**self.recorded[event], "peer_id": data["peer_id"]}
+                self.replayed += 1
+        return [(event, data, to)]
+
+
 class Drop(Attack):
     def __init__(self, kind: str) -> None:
         self.kind = kind

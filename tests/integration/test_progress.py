@@ -38,6 +38,10 @@ RATE = "32mbit"
 #: on a busy host once saw 1.78 MB there. The sender's own buffer (HIGH_WATER_BYTES,
 #: 16 MiB) would still be far past that bound, if its progress counted it.
 AHEAD_BOUND_BYTES = 1024 * 1024
+#: Over QUIC the receiver's stack acknowledges the datagrams it has processed, whose
+#: data then waits for the receiving task (the same event loop) to be read and
+#: written: on a busy host (a CI run beside other tests) that lag was seen at 1.09 MB.
+QUIC_SLACK_BYTES = 1024 * 1024
 
 
 def on_disk(out: Path, name: str) -> int:
@@ -126,7 +130,8 @@ def test_the_senders_progress_never_runs_ahead_of_the_receiver(
     assert done["route"] == PATHS[transport][2], done
     ahead = max(sent - written for sent, written in samples)
     print(f"{transport}: {len(samples)} samples, at most {ahead / 1e6:.2f} MB ahead")
-    bound = AHEAD_BOUND_BYTES + (RECEIVE_WINDOW_BYTES if transport == "datachannel" else 0)
+    slack = {"datachannel": RECEIVE_WINDOW_BYTES, "quic": QUIC_SLACK_BYTES}
+    bound = AHEAD_BOUND_BYTES + slack.get(transport, 0)
     assert bound < HIGH_WATER_BYTES / 2  # a progress that counted the queue still fails
     assert ahead <= bound, [s for s in samples if s[0] - s[1] > bound]
     mid = [s for s in samples if 0 < s[0] < FILE_BYTES]

@@ -5,13 +5,16 @@ code, and both sides say they reconnected.
 The outages: the receiver stopped (SIGSTOP) long past the idle timeout, then let go;
 the sender's link cut and brought back with a new address (namespaces on a bridge,
 the link slowed by tbf so the cut falls mid-transfer), over the direct TCP path and
-over WebRTC; and what must NOT reconnect: a Ctrl-C (CANCEL) on either side, and
-``--reconnect-window 0``.
+over WebRTC; `sfs serve` killed and restarted under a transfer through its relay. What
+must NOT get in or reconnect: a server replaying the first set-up into every meeting,
+a Ctrl-C (CANCEL) on either side, and ``--reconnect-window 0``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,6 +34,7 @@ from tests.conftest import (
     start_server,
     stop_process,
 )
+from tests.evil_server import ReplayAtRendezvous, serve_evil
 from tests.integration.lan import Host, lan_hosts
 from tests.integration.peers import Finished, Receiver, make_file, start_receiver
 from tests.integration.test_faults import finish, part_size, wait_for_progress
@@ -167,6 +171,33 @@ def test_the_sender_loses_its_link_for_20_s_and_comes_back_with_a_new_address(
         assert "direct" in sent.stdout, sent.stdout
 
 
+def test_the_server_killed_and_restarted_mid_transfer_is_survived(
+    tmp_path: Path, netns: str
+) -> None:
+    """The transfer runs through the server's relay (`--relay only`), so killing
+    `sfs serve` breaks it; the server comes back 5 s later on the same port, having
+    forgotten everything: the receiver registers its rendezvous again, the sender
+    finds it, and the transfer resumes through the new server's relay."""
+    in_netns(netns, "tc", "qdisc", "add", "dev", "lo", "root", *SLOW_LINK)
+    port = "38417"  # the namespace is the test's own: nothing else listens there
+    server = start_server(tmp_path, "--port", port, netns=netns)
+    src = make_file(tmp_path / "big.bin", SIZE)
+    out = tmp_path / "out"
+    try:
+        receiver = start_receiver(server, out, "--yes", "--relay", "only", netns=netns)
+        sender = start_sender(server, receiver.code, src, "--relay", "only", netns=netns)
+        wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+        time.sleep(5)
+        server = start_server(tmp_path, "--port", port, netns=netns)
+        sent, received = finish(sender, 180), receiver.finish(180)
+    finally:
+        stop_process(server.process)
+    check_reconnected(sent, received, src, out)
+    assert "relayed by" in sent.stdout, sent.stdout
+
+
 def test_with_reconnect_window_0_an_outage_ends_the_session_as_before(
     tmp_path: Path, netns: str
 ) -> None:
@@ -198,3 +229,69 @@ def test_ctrl_c_on_either_side_ends_both_at_once_with_no_retry(
     for said in (sent, received):
         assert "reconnecting" not in said.stderr, said.stderr
     assert took < 15
+
+
+async def test_a_replayed_message_of_the_first_set_up_gets_no_one_in(tmp_path: Path) -> None:
+    """A server (or anyone) that captured the first set-up plays its SPAKE2 message
+    into every attempt to meet again: each fresh SPAKE2 then gives the two sides
+    different keys, nothing opens, nothing moves; past the window both stop as before,
+    the partial copy kept and nothing at the final name. Nothing but delay."""
+    attack = ReplayAtRendezvous()
+    src = make_file(tmp_path / "big.bin", 48 * 1024 * 1024)
+    out = tmp_path / "out"
+    out.mkdir()
+    window = ("--reconnect-window", "20")
+    logs = {name: tmp_path / f"{name}.err" for name in ("sender", "receiver")}
+
+    def said() -> str:
+        return "\n".join(f"{n}:\n{p.read_text(errors='replace')[-3000:]}" for n, p in logs.items())
+
+    async with serve_evil(attack) as (url, _):
+        env = {**peer_env(url), "SFS_QUIC": "0"}
+        receiver = await _spawn(logs["receiver"], env, "receive", "--yes", "-o", str(out), *window)
+        assert receiver.stdout is not None
+        async with asyncio.timeout(30):
+            code = re.search(rb"Code: (\S+)", await receiver.stdout.readline())
+        assert code is not None
+        sender = await _spawn(
+            logs["sender"], env, "send", "--transport", "datachannel", "--chunk-size", "4096",
+            *window, code.group(1).decode(), str(src),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while part_size(out, "big.bin") < 1024 * 1024:
+                assert time.monotonic() < deadline, said()
+                await asyncio.sleep(0.05)
+            receiver.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(12)
+            receiver.send_signal(signal.SIGCONT)
+            try:
+                async with asyncio.timeout(90):
+                    await asyncio.gather(sender.communicate(), receiver.communicate())
+            except TimeoutError:
+                raise AssertionError("the peers did not stop in 90 s\n" + said()) from None
+        finally:
+            for process in (sender, receiver):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    assert attack.replayed > 0, "the attack never ran\n" + said()
+    for process, log in ((sender, logs["sender"]), (receiver, logs["receiver"])):
+        text = log.read_text(errors="replace")
+        assert process.returncode == 7, text
+        assert "Connection lost; reconnecting (for up to 20 s)…" in text
+        assert "did not come back within 20 s" in text
+        assert "Reconnected" not in text
+    assert not (out / "big.bin").exists()
+    assert 0 < part_size(out, "big.bin") < src.stat().st_size
+
+
+async def _spawn(log: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`sfs ARGS`, its stdout a pipe, its stderr into ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *sfs_command(*args), stdout=asyncio.subprocess.PIPE, stderr=fd, env=env
+        )
+    finally:
+        os.close(fd)
