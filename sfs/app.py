@@ -48,7 +48,7 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.quic import load_qh3, quic_available
-from sfs.reconnect import Outages, meet_again, surviving
+from sfs.reconnect import Connect, Outages, meet_again, surviving
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
@@ -213,7 +213,7 @@ async def _session(
         connect_timeout=options.connect_timeout,
         ice_servers=options.ice_servers,
         streams=streams,
-        reconnects=options.reconnect_window > 0 and options.server_url is not None,
+        reconnects=options.reconnect_window > 0,
     )
 
     async with AsyncExitStack() as stack:
@@ -272,9 +272,33 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         first=lambda: sender_session(
             config.code, peer, ui, streams=config.streams, link=config.link
         ),
-        again=lambda: meet_again(Role.SENDER, outages, peer, ui, streams=config.streams),
+        again=lambda: meet_again(
+            Role.SENDER,
+            outages,
+            peer,
+            ui,
+            _connect_again(Role.SENDER, peer),
+            streams=config.streams,
+        ),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
     )
+
+
+def _connect_again(role: Role, options: PeerOptions) -> Connect:
+    """How a session that lost its connection reaches the other side again: the same
+    server, or in LAN mode the same way a code is found (the receiver advertises the
+    rendezvous ID, the sender probes for it)."""
+
+    async def connect(stack: AsyncExitStack, handshake: Handshake, ui: Ui) -> Session:
+        addresses = check_local_addresses(options.ice_addresses)
+        if options.server_url is not None:
+            return await set_up(stack, handshake, options.server_url, options, ui, addresses)
+        if handshake.waits:
+            return await _wait_on_lan(stack, handshake, role, options, ui, addresses)
+        assert handshake.partner is not None
+        return await _join_on_lan(stack, handshake, handshake.partner, role, options, ui, addresses)
+
+    return connect
 
 
 async def _send_over(
@@ -334,7 +358,9 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         peer,
         ui,
         first=lambda: receiver_session(peer, ui, code=config.code, link=config.link),
-        again=lambda: meet_again(Role.RECEIVER, outages, peer, ui),
+        again=lambda: meet_again(
+            Role.RECEIVER, outages, peer, ui, _connect_again(Role.RECEIVER, peer)
+        ),
         transfer=lambda session: _receive_over(session, config, ui, outages, accepted),
     )
 

@@ -36,8 +36,7 @@ from sfs.errors import (
 from sfs.peer.proto.crypto import reconnect_code
 from sfs.peer.proto.framing import Role
 from sfs.peer.proto.handshake import Handshake
-from sfs.peer.transport.addresses import check_local_addresses
-from sfs.setup import PeerOptions, Session, Ui, set_up
+from sfs.setup import PeerOptions, Session, Ui
 from sfs.text import format_duration
 
 if TYPE_CHECKING:
@@ -72,7 +71,6 @@ class Outages:
         return (
             self.window > 0
             and bool(self.secret)
-            and options.server_url is not None
             # (not NotBackError: that outage was waited out already)
             and type(error) is PeerGoneError
         )
@@ -118,12 +116,18 @@ async def surviving(
         return result
 
 
+#: How one attempt to meet again reaches the other side: through the server, or in LAN
+#: mode through an embedded server found (or advertised) on mDNS (sfs.app's).
+Connect = Callable[[AsyncExitStack, Handshake, Ui], Awaitable[Session]]
+
+
 @asynccontextmanager
 async def meet_again(
     role: Role,
     outages: Outages,
     options: PeerOptions,
     ui: Ui,
+    connect: Connect,
     *,
     streams: int | None = 1,
 ) -> AsyncIterator[Session]:
@@ -132,13 +136,11 @@ async def meet_again(
     Tries until the window has passed, with growing pauses: the other side may not
     have noticed the outage yet, or be without a network for a while.
 
-    :raises PeerGoneError: the window passed without the other side.
+    :raises NotBackError: the window passed without the other side.
     """
-    assert options.server_url is not None
     rendezvous, password = reconnect_code(outages.secret)
     code = Code(rendezvous, password.decode("ascii"))
     deadline = outages.deadline()
-    addresses = check_local_addresses(options.ice_addresses)
     pause = FIRST_PAUSE_SECONDS
     while True:
         remaining = deadline - time.monotonic()
@@ -159,9 +161,7 @@ async def meet_again(
         stack = AsyncExitStack()
         try:
             async with asyncio.timeout(remaining):
-                session = await set_up(
-                    stack, handshake, options.server_url, options, _Quiet(ui), addresses
-                )
+                session = await connect(stack, handshake, _Quiet(ui))
         except (
             SignalingError,
             PeerConnectionError,

@@ -162,9 +162,11 @@ def test_receiver_killed_mid_transfer_then_resumed_on_the_lan(tmp_path: Path) ->
         b.run("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit",
               "burst", "1mb", "latency", "100ms")  # fmt: skip
         receiver = start_waiting(a, tmp_path, "receive", "--yes", "-q", "-o", str(out))
+        # --reconnect-window 0: a killed receiver ends the session at once (a resume by
+        # hand follows); test_reconnect.py has the sides waiting for each other.
         sender = start(
-            b, "send", "-q", "--chunk-size", "4096", receiver.code, str(src),
-            stderr_path=tmp_path / "sender.err",
+            b, "send", "-q", "--chunk-size", "4096", "--reconnect-window", "0", receiver.code,
+            str(src), stderr_path=tmp_path / "sender.err",
         )  # fmt: skip
         try:
             wait_for_progress(out, "big.bin", size // 4)

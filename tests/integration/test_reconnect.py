@@ -4,10 +4,11 @@ code, and both sides say they reconnected.
 
 The outages: the receiver stopped (SIGSTOP) long past the idle timeout, then let go;
 the sender's link cut and brought back with a new address (namespaces on a bridge,
-the link slowed by tbf so the cut falls mid-transfer), over the direct TCP path and
-over WebRTC; `sfs serve` killed and restarted under a transfer through its relay. What
-must NOT get in or reconnect: a server replaying the first set-up into every meeting,
-a Ctrl-C (CANCEL) on either side, and ``--reconnect-window 0``.
+the link slowed by tbf so the cut falls mid-transfer), over the direct TCP path, over
+WebRTC, and on a LAN with no server; `sfs serve` killed and restarted under a transfer
+through its relay. What must NOT get in or reconnect: a server replaying the first
+set-up into every meeting, a Ctrl-C (CANCEL) on either side, and
+``--reconnect-window 0``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.evil_server import ReplayAtRendezvous, serve_evil
-from tests.integration.lan import Host, lan_hosts
+from tests.integration.lan import Host, lan_hosts, start, start_waiting
 from tests.integration.peers import Finished, Receiver, make_file, start_receiver
 from tests.integration.test_faults import finish, part_size, wait_for_progress
 
@@ -158,17 +159,48 @@ def test_the_sender_loses_its_link_for_20_s_and_comes_back_with_a_new_address(
             env={"SFS_ICE_ADDRESSES": ""},
         )  # fmt: skip
         wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
-        sender_host.run("ip", "link", "set", "eth0", "down")
-        time.sleep(OUTAGE_SECONDS)
-        assert sender_host.ipv4 is not None
-        new_address = sender_host.ipv4.rsplit(".", 1)[0] + ".99"
-        sender_host.run("ip", "addr", "flush", "dev", "eth0")
-        sender_host.run("ip", "addr", "add", f"{new_address}/24", "dev", "eth0")
-        sender_host.run("ip", "link", "set", "eth0", "up")
+        cut_and_move(sender_host)
         sent, received = finish(sender, 180), receiver.finish(180)
     check_reconnected(sent, received, src, out)
     if transport == "tcp":
         assert "direct" in sent.stdout, sent.stdout
+
+
+def test_on_the_lan_with_no_server_the_sender_comes_back_with_a_new_address(
+    tmp_path: Path,
+) -> None:
+    """LAN mode, no server anywhere: the receiver advertises the rendezvous as it
+    advertised its code (its embedded server, mDNS), the sender, back after 20 s with
+    another address, probes for it and finds it; the transfer finishes, verified."""
+    src = make_file(tmp_path / "big.bin", SIZE)
+    out = tmp_path / "out"
+    out.mkdir()
+    with lan_hosts(2) as (receiver_host, sender_host):
+        sender_host.run("tc", "qdisc", "add", "dev", "eth0", "root", *SLOW_LINK)
+        receiver = start_waiting(receiver_host, tmp_path, "receive", "--yes", "-o", str(out))
+        sender_err = tmp_path / "sender.err"
+        sender = start(sender_host, "send", receiver.code, str(src), stderr_path=sender_err)
+        try:
+            wait_for_progress(out, "big.bin", SIZE // 4, sender=sender, receiver=receiver)
+            cut_and_move(sender_host)
+            stdout, _ = sender.communicate(timeout=180)
+        finally:
+            stop_process(sender)
+        received = receiver.finish(180)
+    sent = Finished(sender.returncode, stdout.decode(), sender_err.read_text(errors="replace"))
+    check_reconnected(sent, received, src, out)
+    assert "direct over TCP" in sent.stdout, sent.stdout
+
+
+def cut_and_move(host: Host) -> None:
+    """The host's link down for OUTAGE_SECONDS, then up with another address (a
+    laptop that changed Wi-Fi)."""
+    assert host.ipv4 is not None
+    host.run("ip", "link", "set", "eth0", "down")
+    time.sleep(OUTAGE_SECONDS)
+    host.run("ip", "addr", "flush", "dev", "eth0")
+    host.run("ip", "addr", "add", f"{host.ipv4.rsplit('.', 1)[0]}.99/24", "dev", "eth0")
+    host.run("ip", "link", "set", "eth0", "up")
 
 
 def test_the_server_killed_and_restarted_mid_transfer_is_survived(
