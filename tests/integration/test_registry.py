@@ -137,6 +137,24 @@ async def test_register_twice_and_without_registering(node: Node) -> None:
     assert info.value.code == m.NOT_REGISTERED
 
 
+async def test_a_rendezvous_is_held_by_one_connection_across_nodes(node: Node) -> None:
+    """A session meeting again (issue 28) registers under its rendezvous ID: on any
+    node, one connection holds it; once it leaves, another may take it, and a peer on
+    the other node finds it."""
+    a, b = await node(), await node()
+    rendezvous = "~" + "b3" * 13
+    for registry, sid in ((a, "r1"), (b, "r2"), (b, "r3")):
+        assert registry.connect(sid, ADDRESS, now=0.0)
+    assert await a.register("r1", rendezvous) == rendezvous
+    with pytest.raises(Rejected) as info:
+        await b.register("r2", rendezvous)
+    assert info.value.code == m.BUSY
+    await a.disconnect("r1")
+    assert await b.register("r3", rendezvous) == rendezvous
+    finder, _ = await _peer(a)
+    await a.find(finder, rendezvous, now=0.0)
+
+
 # --------------------------------------------------------------------------- the race
 
 
