@@ -51,14 +51,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 import logging
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeGuard
-from urllib.parse import urlsplit
 
 from sfs.code import Code, new_secret
 from sfs.defaults import MAX_STREAMS
@@ -71,6 +68,12 @@ from sfs.errors import (
     WrongCodeError,
 )
 from sfs.peer.proto.crypto import KeyExchange, SessionKeys, open_message, seal_message
+from sfs.peer.proto.description import MAX_RELAY_URL_CHARS as MAX_RELAY_URL_CHARS
+from sfs.peer.proto.description import MAX_TCP_ADDRESSES as MAX_TCP_ADDRESSES
+from sfs.peer.proto.description import QUIC_VERSION as QUIC_VERSION
+from sfs.peer.proto.description import RECONNECT_VERSION as RECONNECT_VERSION
+from sfs.peer.proto.description import Description, decode_description, encode_description
+from sfs.peer.proto.description import is_relay_url as is_relay_url
 from sfs.peer.proto.framing import Role
 from sfs.signal.messages import IceServer
 
@@ -83,10 +86,6 @@ WRONG_CODE_REASON = "wrong_code"
 PARTNER_GONE_GRACE_SECONDS = 5.0
 #: Early events kept for a later step; a flood only ever costs this many.
 BACKLOG_LIMIT = 64
-#: The most direct TCP addresses one description may list.
-MAX_TCP_ADDRESSES = 8
-#: The longest relay URL taken from the other side's sealed description.
-MAX_RELAY_URL_CHARS = 512
 #: ``--streams auto``: one stream up to this round trip (a LAN, a city)...
 ONE_STREAM_ROUND_TRIP_SECONDS = 0.020
 #: ...then one more per this much round trip, up to AUTO_MAX_STREAMS: one aiortc
@@ -166,17 +165,6 @@ class ServerLost:
     """The connection to the signaling server dropped."""
 
 
-#: The ``quic`` value of a sealed description: the one QUIC carriage this sfs speaks
-#: (docs/PROTOCOL.md, "QUIC on the WebRTC path"). 3: a QUIC connection on every
-#: answered peer connection, the frames striped over them (2 answered one peer
-#: connection only); since 2 the receiver proves itself first, on a stream it opens.
-QUIC_VERSION = 3
-#: The ``reconnect`` value of a sealed description: this side keeps the session for a
-#: while after an outage and meets again at the rendezvous (crypto.reconnect_code).
-#: A side that does not say so (the web page, an older sfs) is not waited for.
-RECONNECT_VERSION = 1
-
-
 @dataclass(frozen=True)
 class LocalDescription:
     """The peer connection made the offers (sender) or answers (receiver) asked for.
@@ -235,27 +223,6 @@ def signal_event(name: str, data: dict[str, object]) -> SetupEvent | None:
     if name == "peer_aborted":
         return PartnerAborted(peer_id, data.get("reason"))
     return None
-
-
-def is_relay_url(url: object) -> TypeGuard[str]:
-    """``url`` is what a relay may be named by: an ``http`` or ``https`` URL with a
-    host, no user name or password, no query or fragment, at most
-    MAX_RELAY_URL_CHARS characters (the sealed ``relay`` key)."""
-    if not isinstance(url, str) or len(url) > MAX_RELAY_URL_CHARS or not url.isprintable():
-        return False
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a bad port)
-    except ValueError:
-        return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and parts.username is None
-        and not parts.query
-        and not parts.fragment
-        and " " not in url
-    )
 
 
 # -- actions ------------------------------------------------------------------------------
@@ -806,26 +773,11 @@ class Handshake:
         *,
         quic: bool = False,
     ) -> Call:
-        """Seal the session description(s): the first as ``sdp``, any more (striping) as
-        ``extra_sdps``, so a peer that knows only one stream still understands it; the
-        direct TCP addresses as ``tcp``, the relay as ``relay``, QUIC as ``quic`` and
-        reconnection as ``reconnect`` (a peer that does not know a key ignores it)."""
-        if not sdps:
-            raise ValueError(f"an {kind} needs at least one session description")
+        """Seal this side's session description (:mod:`sfs.peer.proto.description`)."""
         assert self._keys is not None
         assert self._partner is not None
-        message: dict[str, object] = {"type": kind, "sdp": sdps[0]}
-        if len(sdps) > 1:
-            message["extra_sdps"] = list(sdps[1:])
-        if tcp is not None:
-            message["tcp"] = list(tcp)
-        if relay is not None:
-            message["relay"] = relay
-        if quic:
-            message["quic"] = QUIC_VERSION
-        if self._reconnects:
-            message["reconnect"] = RECONNECT_VERSION
-        plaintext = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        description = Description(sdps, tcp, relay, quic=quic, reconnect=self._reconnects)
+        plaintext = encode_description(kind, description)
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
 
@@ -833,37 +785,11 @@ class Handshake:
         self, event: SealedReceived
     ) -> tuple[tuple[str, ...], tuple[str, ...] | None, str | None, bool]:
         assert self._keys is not None
-        kind = event.kind
         sealed = _b64(event.sealed, "sealed")
-        plaintext = open_message(key=self._keys.signal_receive, kind=kind, sealed=sealed)
-        malformed = f"the other side sent a malformed {kind}"
-        try:
-            message = json.loads(plaintext)
-        except ValueError as exc:
-            raise SignalingError(malformed) from exc
-        extra = message.get("extra_sdps", []) if isinstance(message, dict) else None
-        if not isinstance(message, dict) or not isinstance(extra, list):
-            raise SignalingError(malformed)
-        sdps = [message.get("sdp"), *extra]
-        if message.get("type") != kind or len(sdps) > MAX_STREAMS:
-            raise SignalingError(malformed)
-        strings = tuple(sdp for sdp in sdps if isinstance(sdp, str))
-        if len(strings) != len(sdps):
-            raise SignalingError(malformed)
-        tcp = message.get("tcp")
-        if tcp is not None and (
-            not isinstance(tcp, list)
-            or len(tcp) > MAX_TCP_ADDRESSES
-            or not all(isinstance(a, str) and len(a) <= 64 for a in tcp)
-        ):
-            raise SignalingError(malformed)
-        relay = message.get("relay")
-        if relay is not None and not is_relay_url(relay):
-            raise SignalingError(malformed)
-        # Another version of sfs's QUIC is not this one: as if none was offered.
-        quic = message.get("quic") == QUIC_VERSION
-        self._peer_reconnects = message.get("reconnect") == RECONNECT_VERSION
-        return strings, None if tcp is None else tuple(tcp), relay, quic
+        plaintext = open_message(key=self._keys.signal_receive, kind=event.kind, sealed=sealed)
+        description = decode_description(event.kind, plaintext)
+        self._peer_reconnects = description.reconnect
+        return description.sdps, description.tcp, description.relay, description.quic
 
     # -- endings --------------------------------------------------------------------------
 
