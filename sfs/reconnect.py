@@ -27,15 +27,18 @@ from typing import TYPE_CHECKING
 
 from sfs.code import Code
 from sfs.errors import (
+    CancelledByPeerError,
     NotBackError,
     PeerConnectionError,
     PeerGoneError,
     SignalingError,
     WrongCodeError,
 )
+from sfs.peer.proto.conversation import Conversation
 from sfs.peer.proto.crypto import reconnect_code
-from sfs.peer.proto.framing import Role
+from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.handshake import Handshake
+from sfs.peer.transfer import Pump
 from sfs.setup import PeerOptions, Session, Ui
 from sfs.text import format_duration
 
@@ -142,6 +145,7 @@ async def meet_again(
     code = Code(rendezvous, password.decode("ascii"))
     deadline = outages.deadline()
     pause = FIRST_PAUSE_SECONDS
+    handshake: Handshake | None = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -149,15 +153,7 @@ async def meet_again(
                 "lost the connection, and the other side did not come back within "
                 f"{format_duration(outages.window)}"
             )
-        handshake = Handshake(
-            role,
-            code=code if role is Role.SENDER else None,
-            rendezvous=code if role is Role.RECEIVER else None,
-            connect_timeout=min(options.connect_timeout, remaining),
-            ice_servers=options.ice_servers,
-            streams=streams,
-            reconnects=True,
-        )
+        handshake = _handshake(role, code, min(options.connect_timeout, remaining), streams)
         stack = AsyncExitStack()
         try:
             async with asyncio.timeout(remaining):
@@ -174,9 +170,23 @@ async def meet_again(
             # (whose keys do not match): try again until the window ends.
             await stack.aclose()
             logger.info("meeting again failed: %s; trying again", exc)
-            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            try:
+                await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            except asyncio.CancelledError:
+                await _farewell(role, code, connect, ui)
+                raise
             pause = min(pause * 2, LAST_PAUSE_SECONDS)
             continue
+        except CancelledByPeerError:
+            await stack.aclose()
+            raise CancelledByPeerError(
+                "the other side was cancelled by its user while the two were reconnecting"
+            ) from None
+        except asyncio.CancelledError:
+            await stack.aclose()
+            if not handshake.paired:  # (a paired one was told by the set-up itself)
+                await _farewell(role, code, connect, ui)
+            raise
         except BaseException:
             await stack.aclose()
             raise
@@ -184,6 +194,62 @@ async def meet_again(
     outages.count += 1
     async with stack:
         yield session
+
+
+def _handshake(role: Role, code: Code, timeout: float, streams: int | None) -> Handshake:
+    """One attempt's set-up machine: the receiver waits at the rendezvous, the sender
+    joins it."""
+    return Handshake(
+        role,
+        code=code if role is Role.SENDER else None,
+        rendezvous=code if role is Role.RECEIVER else None,
+        connect_timeout=timeout,
+        streams=streams,
+        reconnects=True,
+    )
+
+
+#: How long a Ctrl-C while meeting again spends telling the other side (the sender
+#: retries at least every LAST_PAUSE_SECONDS, so a waiting receiver hears of it).
+FAREWELL_SECONDS = LAST_PAUSE_SECONDS + 1.0
+
+
+async def _farewell(role: Role, code: Code, connect: Connect, ui: Ui) -> None:
+    """Ctrl-C while the two look for each other: meet once more, only to say so.
+
+    The other side may be at the rendezvous, or coming to it: without a word it would
+    wait out its whole window. Once paired, the attempt is cancelled, and the set-up
+    tells the partner (an ``abort`` "cancelled" through the server), as a Ctrl-C during
+    any set-up does. Bounded by FAREWELL_SECONDS; nothing else is sent.
+    """
+    ui.status("Telling the other side…")
+    deadline = time.monotonic() + FAREWELL_SECONDS
+    while (left := deadline - time.monotonic()) > 0:
+        handshake = _handshake(role, code, left, 1)
+        async with AsyncExitStack() as stack:
+            attempt = asyncio.ensure_future(connect(stack, handshake, _Quiet(ui)))
+            try:
+                async with asyncio.timeout(left):
+                    # The machine changes state on what the pump feeds it, and has no
+                    # event of its own to wait on: look every 50 ms.
+                    while not handshake.paired and not attempt.done():  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
+                pass
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+                # The whole set-up ran within one look (a fast link): the word goes
+                # over the new channel, as a Ctrl-C during a transfer's does.
+                session = attempt.result()
+                proto = TransferProtocol(role, session.keys)
+                await Pump(session.channel, Conversation(proto, time.monotonic())).abort(
+                    KeyboardInterrupt()
+                )
+        if handshake.paired:
+            return
+        # Not there (yet), or the rendezvous still held by this side's own last attempt.
+        await asyncio.sleep(min(FIRST_PAUSE_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 class _Quiet:

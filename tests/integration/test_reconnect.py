@@ -230,6 +230,45 @@ def test_the_server_killed_and_restarted_mid_transfer_is_survived(
     assert "relayed by" in sent.stdout, sent.stdout
 
 
+def test_ctrl_c_while_reconnecting_tells_the_other_side(tmp_path: Path, netns: str) -> None:
+    """The sender is stopped; the receiver notices and waits at the rendezvous; its
+    user presses Ctrl-C there. The sender, let go, comes to the rendezvous and is told
+    at once (the receiver meets it once more only to say so): it stops in seconds,
+    not after the 5-minute window."""
+    with moving(tmp_path, netns) as m:
+        m.sender.send_signal(signal.SIGSTOP)
+        receiver_lines = Lines(m.receiver.stderr_path)
+        receiver_lines.wait_for("Connection lost; reconnecting", 30)
+        m.receiver.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        m.sender.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        received = m.receiver.finish(30)
+        sent = finish(m.sender, 60)
+        took = time.monotonic() - started
+    assert received.returncode == 130, received.stderr
+    assert "Telling the other side…" in received.stderr
+    assert sent.returncode == 7, sent.stderr
+    assert "cancel" in sent.error_line(), sent.stderr
+    assert took < 30
+    assert not (m.out / "big.bin").exists()
+
+
+class Lines:
+    """The lines a process writes to its stderr file, as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.path.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no {text!r} in {timeout} s:\n{self.path.read_text()[-3000:]}")
+
+
 def test_with_reconnect_window_0_an_outage_ends_the_session_as_before(
     tmp_path: Path, netns: str
 ) -> None:

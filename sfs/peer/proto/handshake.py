@@ -407,6 +407,7 @@ class Handshake:
         self.waits = code is None
         self._reconnects = reconnects
         self._peer_reconnects = False
+        self._was_paired = False
         # A session meeting again after its connection broke: this waiting side
         # registers under the rendezvous ID and shows no code (crypto.reconnect_code).
         self._rendezvous = rendezvous
@@ -447,6 +448,12 @@ class Handshake:
         return self._partner
 
     @property
+    def paired(self) -> bool:
+        """A partner has been paired with (so a Ctrl-C from now on tells it, through
+        the server); stays true after the set-up ends."""
+        return self._was_paired
+
+    @property
     def can_reconnect(self) -> bool:
         """Both sides said they keep the session after an outage (``reconnect``)."""
         return self._reconnects and self._peer_reconnects
@@ -459,6 +466,8 @@ class Handshake:
     def _set_state(self, state: SetupState, *, deadline: float | None = None) -> None:
         logger.debug("handshake %s: %s -> %s", self.role.value, self._state.name, state.name)
         self._state = state
+        if state in _PAIRED:
+            self._was_paired = True
         self._deadline = deadline
         if state in _OVER:
             # Nothing secret outlives the set-up (tests/integration/test_secrets.py).
