@@ -267,7 +267,6 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
     outages = Outages(peer.reconnect_window)
     return await surviving(
         outages,
-        peer,
         ui,
         first=lambda: sender_session(
             config.code, peer, ui, streams=config.streams, link=config.link
@@ -355,7 +354,6 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     accepted: list[Offer] = []
     return await surviving(
         outages,
-        peer,
         ui,
         first=lambda: receiver_session(peer, ui, code=config.code, link=config.link),
         again=lambda: meet_again(

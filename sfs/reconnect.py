@@ -69,7 +69,7 @@ class Outages:
     secret: bytes = b""
     count: int = 0
 
-    def can_retry(self, error: BaseException, options: PeerOptions) -> bool:
+    def can_retry(self, error: BaseException) -> bool:
         """Whether ``error``, ending a transfer, is an outage to reconnect after."""
         return (
             self.window > 0
@@ -84,7 +84,6 @@ class Outages:
 
 async def surviving(
     outages: Outages,
-    options: PeerOptions,
     ui: Ui,
     *,
     first: Callable[[], AbstractAsyncContextManager[Session]],
@@ -106,7 +105,7 @@ async def surviving(
             async with again() if outages.secret else first() as session:
                 result = await transfer(session)
         except PeerGoneError as exc:
-            if not outages.can_retry(exc, options):
+            if not outages.can_retry(exc):
                 raise
             logger.info("connection lost: %s", exc)
             ui.reconnecting(outages.window)
