@@ -262,18 +262,13 @@ export class Saving {
     }
   }
 
-  /** Whether files in the picked folder go by way of partial copies, to resume. */
-  get _resumable() {
-    return this.method === Method.PICKER;
-  }
-
   /**
    * Per file, how many of its bytes the picked folder holds already (0 elsewhere): the
    * command line's partial copy (`.NAME.sfs-part` with its record), or a whole file of
    * the offered size at its name, which the sender's SHA-256 must then confirm.
    */
   async held() {
-    if (!this._resumable) return this._plan.files.map(() => 0);
+    if (this.method !== Method.PICKER) return this._plan.files.map(() => 0);
     await this._placeTops();
     return this._found.map((found) => found.held);
   }
@@ -326,7 +321,6 @@ export class Saving {
   async _placeTops() {
     if (this._places !== null) return;
     const root = this._picked;
-    const resumable = this._resumable;
     const onDisk = new Set();
     for await (const name of root.keys()) onDisk.add(casefold(name));
     this._folders.set("", root);
@@ -344,15 +338,17 @@ export class Saving {
         .filter(([parts]) => parts.length > 1 && casefold(parts[0]) === casefold(top));
       let chosen = null;
       for (const name of candidates(top, { folder: true })) {
-        if (!onDisk.has(casefold(name)) && !reserved.has(casefold(name))) {
+        if (!reserved.has(casefold(name))) {
           chosen = name;
           break;
         }
-        if (resumable && onDisk.has(casefold(name)) && (await this._continues(name, under))) {
+        // A folder here that holds a partial copy of this offer: an interrupted run.
+        if (onDisk.has(casefold(name)) && (await this._continues(name, under))) {
           chosen = name;
           break;
         }
       }
+      if (chosen === null) throw new DiskError(`no free name for ${top} in the picked folder`);
       reserved.add(casefold(chosen));
       tops.set(casefold(top), chosen);
     }
@@ -364,9 +360,7 @@ export class Saving {
       const local = parts.length > 1 ? [tops.get(casefold(parts[0])), ...parts.slice(1)] : parts;
       const folder = await this._folder(local.slice(0, -1));
       const info = this._plan.infos[i];
-      const { name, found } = resumable
-        ? await this._resumePlace(folder, local.at(-1), info)
-        : { name: await freeHere(folder, local.at(-1), this._taken(folder)), found: { held: 0 } };
+      const { name, found } = await this._resumePlace(folder, local.at(-1), info);
       for (const n of namesTaken(name)) this._taken(folder).add(n);
       this._places.push([...local.slice(0, -1), name]);
       this._found.push(found);
