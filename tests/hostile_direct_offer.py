@@ -80,6 +80,7 @@ async def main(url: str, code: str, own: str) -> None:
 
     DirectPath.listen = hostile_listen  # type: ignore[method-assign]
     options = PeerOptions(
+        reconnect_window=0.0,  # an attacker that vanishes is not waited for
         server_url=url,
         ice_servers=(),
         ice_addresses=(own,),

@@ -77,7 +77,11 @@ async def attack_at_prompt(
         receiver = start_receiver(server, tmp_path / "out", "--connect-timeout", "10", stdin=tty)
         os.close(tty)
         options = PeerOptions(
-            server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+            reconnect_window=0.0,  # an attacker that vanishes is not waited for
+            server_url=server.url,
+            ice_servers=(),
+            ice_addresses=(LOOPBACK,),
+            connect_timeout=10,
         )
         async with sender_session(parse_code(receiver.code), options, QuietUi()) as session:
             began = time.monotonic()
@@ -164,7 +168,11 @@ async def probe_partial(server: ServerProcess, folder: Path, secret: bytes) -> l
     kept.keep()
     receiver = start_receiver(server, out, "--yes", "--connect-timeout", "10")
     options = PeerOptions(
-        server_url=server.url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+        reconnect_window=0.0,  # an attacker that vanishes is not waited for
+        server_url=server.url,
+        ice_servers=(),
+        ice_addresses=(LOOPBACK,),
+        connect_timeout=10,
     )
     heard: list[bytes] = []
 

@@ -118,6 +118,7 @@ async def attack(
         env={"SFS_QUIC": "0" if transport == "datachannel" else "1"},
     )  # fmt: skip
     options = PeerOptions(
+        reconnect_window=0.0,  # an attacker that vanishes is not waited for
         server_url=server.url,
         ice_servers=(),
         ice_addresses=(LOOPBACK,),

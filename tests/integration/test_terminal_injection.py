@@ -54,7 +54,11 @@ def assert_inert(text: str) -> None:
 
 def options(url: str) -> PeerOptions:
     return PeerOptions(
-        server_url=url, ice_servers=(), ice_addresses=(LOOPBACK,), connect_timeout=10
+        reconnect_window=0.0,  # an attacker that vanishes is not waited for
+        server_url=url,
+        ice_servers=(),
+        ice_addresses=(LOOPBACK,),
+        connect_timeout=10,
     )
 
 
