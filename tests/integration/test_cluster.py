@@ -528,6 +528,49 @@ def test_a_pair_split_across_nodes_behind_nginx_meets_at_the_receivers_relay(
         assert "Traceback" not in node.log_text(), logs
 
 
+def test_the_node_carrying_a_relayed_transfer_dies_and_the_pair_meets_on_the_other(
+    relay_nodes: tuple[Cluster, Nginx, Path], tmp_path: Path
+) -> None:
+    """Issue 28: the node whose relay carries a transfer is killed (kill -9). Both peers
+    lose the connection, come back through nginx to the node that lives, meet at their
+    rendezvous (in Redis) and resume through its relay; the file arrives whole."""
+    cluster, balancer, ca = relay_nodes
+    front = ServerProcess(balancer.url, cluster.nodes[0].process, cluster.nodes[0].log)
+    src = make_file(tmp_path / "relayed.bin", 384 * MIB)
+    out = tmp_path / "out"
+    args = ("--cacert", str(ca), "--relay", "only")
+    receiver = start_receiver(front, out, "--yes", *args)
+    sender = subprocess.Popen(
+        sfs_command("send", *args, receiver.code, str(src)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=peer_env(front.url),
+    )  # fmt: skip
+    try:
+        at = [metric(node, "sfs_registrations_total") for node in cluster.nodes].index(1)
+        part = out / ".relayed.bin.sfs-part"
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size > 32 * MIB):
+            assert time.monotonic() < deadline, f"no 32 MiB in 60 s\n{cluster.logs()}"
+            assert sender.poll() is None, sender.communicate()[1].decode()
+            time.sleep(0.02)
+        cluster.nodes[at].process.send_signal(signal.SIGKILL)
+        cluster.nodes[at].process.wait(10)
+        out_text, err_text = sender.communicate(timeout=180)
+    finally:
+        stop_process(sender)
+        received = receiver.finish(180)
+    sent_err = err_text.decode(errors="replace")
+    logs = cluster.logs()
+    assert sender.returncode == 0, f"{sent_err}\n{logs}"
+    assert received.returncode == 0, f"{received.stderr}\n{logs}"
+    assert sha256_file(out / "relayed.bin") == sha256_file(src)
+    for said in (sent_err, received.stderr):
+        assert "Connection lost; reconnecting" in said, said
+        assert "Reconnected (relayed by" in said, said
+    assert "1 reconnect" in out_text.decode(), out_text
+    # The node that lives carried the rest.
+    assert metric(cluster.nodes[1 - at], "sfs_relay_bytes_total") > 0, logs
+
+
 def test_behind_nginx_a_node_without_relay_url_has_its_relay_refused_at_once(
     cluster: Cluster, nginx: tuple[Nginx, Path], tmp_path: Path
 ) -> None:
