@@ -240,6 +240,9 @@ class _SetUpPump:
     async def _register(self) -> None:
         registration = await self.signal.register(self.handshake.rendezvous)
         logger.debug("registered")
+        if self.options.server_url is not None and not registration.come_back:
+            # A server that cannot take the session back (LAN mode meets again on mDNS).
+            self.handshake.withhold_reconnect()
         peer_id = registration.peer_id
         if self.registered is not None:
             await self.registered(peer_id)

@@ -1730,6 +1730,11 @@ _STREAM_FRAMES = [
 ]
 
 
+def _reconnect_code(keys: SessionKeys) -> dict[str, str]:
+    rendezvous, password = crypto.reconnect_code(keys.reconnect)
+    return {"rendezvous": rendezvous, "password": password.decode("ascii")}
+
+
 def _tcp_keys(keys: SessionKeys) -> dict[str, str]:
     over = keys.over_tcp()
     return {
@@ -1738,6 +1743,7 @@ def _tcp_keys(keys: SessionKeys) -> dict[str, str]:
         "proof_send": keys.proof_send.hex(),
         "proof_receive": keys.proof_receive.hex(),
         "relay_token": keys.relay_token.hex(),
+        "reconnect": keys.reconnect.hex(),
         "over_tcp_frame_send": over.frame_send.hex(),
         "over_tcp_frame_receive": over.frame_receive.hex(),
     }
@@ -1772,6 +1778,8 @@ def _relay(exchange: dict[str, Any], keys_s: SessionKeys, keys_r: SessionKeys) -
         "transcript": exchange["code_id"].encode().hex(),
         "sender_keys": _tcp_keys(keys_s),
         "receiver_keys": _tcp_keys(keys_r),
+        # Where and how this session would meet again after an outage (issue 28).
+        "reconnect_code": _reconnect_code(keys_s),
         "proof": {
             "dialer_nonce": _DIALER_NONCE.hex(),
             "listener_nonce": _LISTENER_NONCE.hex(),
@@ -1848,7 +1856,7 @@ def _constants() -> dict[str, object]:
         **_named(crypto, "TCP_NONCE_BYTES", "TCP_PROOF_BYTES", "RELAY_TOKEN_BYTES"),
         **_named(tcp, "MAX_FRAME_BYTES"),
         **_named(names, "MAX_NAME_BYTES", "FIRST_COPY_NUMBER"),
-        **_named(handshake, "BACKLOG_LIMIT", "MAX_RELAY_URL_CHARS"),
+        **_named(handshake, "BACKLOG_LIMIT", "MAX_RELAY_URL_CHARS", "RECONNECT_VERSION"),
         **_named(messages, "MAX_ICE_SERVERS", "MAX_ICE_URLS"),
         **_named(webrtc, "DEFAULT_REMOTE_MAX_MESSAGE_BYTES"),
         **_named(partial, "READ_BLOCK_BYTES"),

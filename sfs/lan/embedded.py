@@ -60,6 +60,8 @@ EMBEDDED_CONFIG = ServerConfig(
     page=False,
     # On a LAN the peers reach each other; a relay on one of them would only copy.
     relay=False,
+    # Gone once the transfer starts: a page cannot meet its peer here again.
+    come_back=False,
 )
 #: Probes one address may send per PROBE_WINDOW_SECONDS: each costs a SPAKE2 run
 #: (about 10 ms of CPU), and an honest joiner sends one per address it tries.

@@ -64,6 +64,8 @@ class Registration:
     ice_servers: tuple[IceServer, ...]
     #: Its relay: "" its own ``/relay``, else an absolute URL; None when it has none.
     relay: str | None = None
+    #: A session that loses its connection may meet again here (``rendezvous``).
+    come_back: bool = False
 
 
 def trust(ca_file: str) -> ssl.SSLContext:
@@ -342,7 +344,7 @@ class SignalClient:
         relay = reply.get("relay")
         if relay is not None and not isinstance(relay, str):
             raise SignalingError("the signaling server sent a bad relay")
-        return Registration(peer_id, servers, relay)
+        return Registration(peer_id, servers, relay, reply.get("rendezvous") is True)
 
     async def next_event(self) -> tuple[str, dict[str, Any]]:
         """The next pushed event, in the order received; ``("server_lost", {})`` when

@@ -195,6 +195,9 @@ class ServerConfig:
     relay_rate: int = 0
     relay_max_bytes: int = 0
     relay_idle_seconds: float = DEFAULT_RELAY_IDLE_SECONDS
+    #: Whether peers may come back here after an outage (the register ack says so):
+    #: not an embedded server, which is gone once its transfer starts.
+    come_back: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

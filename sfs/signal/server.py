@@ -434,6 +434,9 @@ class _SignalServer:
         relay = self._relay_url()
         if relay is not None:
             ack["relay"] = relay
+        if self.config.come_back:
+            # A session that loses its connection may meet again here (a rendezvous).
+            ack["rendezvous"] = True
         return ack
 
     def _relay_url(self) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import in_netns
 from tests.integration.web import (
     OPFS_SIZE,
     PICKER_IS_OPFS_ROOT,
@@ -290,9 +291,10 @@ def wait_for_partial(out: Path, name: str, receiver: Any, timeout: float = 60) -
     raise AssertionError(f"no bytes reached {part}; the receiver's stderr:\n{stderr}")
 
 
-def page_sends(web_lab: Lab, out: Path, path: Path) -> tuple[Any, Any]:
-    """`sfs receive` into ``out``, and a page that sends it ``path``: (receiver, page)."""
-    receiver = web_lab.cli("receive", "--yes", "-o", str(out))
+def page_sends(web_lab: Lab, out: Path, path: Path, *cli_args: str) -> tuple[Any, Any]:
+    """`sfs receive CLI_ARGS` into ``out``, and a page that sends it ``path``:
+    (receiver, page)."""
+    receiver = web_lab.cli("receive", "--yes", "-o", str(out), *cli_args)
     code = read_code(receiver)
     page = web_lab.new_page()
     page.click("#role-send")
@@ -314,7 +316,9 @@ def test_a_page_that_stopped_sending_resumes_where_it_stopped(
     big.write_bytes(os.urandom(48 * 1024 * 1024))
     out = tmp_path / "out"
     out.mkdir()
-    receiver, page = page_sends(web_lab, out, big)
+    # A page says it meets again after an outage, and a closed tab (in this headless
+    # browser, gone before its CANCEL) looks like one: the CLI waits 5 s for it here.
+    receiver, page = page_sends(web_lab, out, big, "--reconnect-window", "5")
     wait_state(page, "transferring")
     wait_for_partial(out, "big.bin", receiver)
     screenshot(page, "send-mid-transfer")
@@ -325,7 +329,7 @@ def test_a_page_that_stopped_sending_resumes_where_it_stopped(
         receiver.send_signal(signal.SIGINT)
     returncode, _, stderr = finish(receiver)
     assert returncode == (7 if how == "tab closed" else 130), stderr
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 30
     assert not (out / "big.bin").exists(), stderr
     kept = (out / ".big.bin.sfs-part").stat().st_size
     assert kept > 0, stderr
@@ -578,3 +582,66 @@ def test_a_page_receiving_into_a_picked_folder_resumes_after_the_tab_closed(
     assert "resumed" in stdout + stderr
     assert page.evaluate(READ_OPFS) == {"video.mp4": sha256(video)}
     context.close()
+
+
+def outage(web_lab: Lab, seconds: float) -> None:
+    """Every UDP packet in the lab dropped for ``seconds`` (each peer path of the page
+    is UDP: ICE, DTLS, SCTP), then let through again: longer than the peers' 10 s
+    idle timeout, so the session breaks."""
+    rule = ["INPUT", "-p", "udp", "-j", "DROP"]
+    in_netns(web_lab.netns, "iptables", "-I", *rule)
+    try:
+        time.sleep(seconds)
+    finally:
+        in_netns(web_lab.netns, "iptables", "-D", *rule)
+
+
+OUTAGE_SECONDS = 15
+
+
+def test_a_page_sending_to_the_cli_reconnects_after_an_outage(web_lab: Lab, tmp_path: Path) -> None:
+    """Issue 28 part 4: the page sends, the link goes for 15 s; both sides meet again
+    at their rendezvous (the page through the same server), and the rest is sent."""
+    src = tmp_path / "video.mp4"
+    src.write_bytes(os.urandom(64 * 1024 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+    receiver, page = page_sends(web_lab, out, src)
+    wait_for_partial(out, "video.mp4", receiver)
+    outage(web_lab, OUTAGE_SECONDS)
+    wait_state(page, "done", "error", timeout_ms=180_000)
+    screenshot(page, "reconnect-page-sends-done")
+    returncode, stdout, stderr = finish(receiver)
+    assert returncode == 0, stderr
+    assert sha256(out / "video.mp4") == sha256(src)
+    assert "1 reconnect" in status(page), status(page)
+    assert "1 reconnect" in stdout, stdout
+    assert "Reconnected (" in stderr, stderr
+    page.context.close()
+
+
+def test_a_page_receiving_into_a_picked_folder_reconnects_after_an_outage(
+    web_lab: Lab, tmp_path: Path
+) -> None:
+    """The CLI sends, the page saves into a picked folder; the link goes for 15 s; they
+    meet again and the page continues its partial copy: the file is whole."""
+    src = tmp_path / "video.mp4"
+    src.write_bytes(os.urandom(64 * 1024 * 1024))
+    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS_ROOT)
+    page.click("#role-receive")
+    sender = web_lab.cli("send", receiver_code(page), str(src))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "transferring")
+    deadline = time.monotonic() + 60
+    while page.evaluate(OPFS_SIZE, ".video.mp4.sfs-part") <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outage(web_lab, OUTAGE_SECONDS)
+    wait_state(page, "done", "error", timeout_ms=180_000)
+    screenshot(page, "reconnect-page-receives-done")
+    assert "1 reconnect" in status(page), status(page)
+    returncode, stdout, stderr = finish(sender)
+    assert returncode == 0, stderr
+    assert "1 reconnect" in stdout, stdout
+    assert page.evaluate(READ_OPFS) == {"video.mp4": sha256(src)}
+    page.context.close()

@@ -453,6 +453,11 @@ class Handshake:
         the server); stays true after the set-up ends."""
         return self._was_paired
 
+    def withhold_reconnect(self) -> None:
+        """Do not offer to meet again: the server will not take this session back (an
+        older ``sfs serve``). Before the description is sealed."""
+        self._reconnects = False
+
     @property
     def can_reconnect(self) -> bool:
         """Both sides said they keep the session after an outage (``reconnect``)."""

@@ -12,7 +12,7 @@
 //                              ("Received report.pdf (1.2 MB) in …", "Sent 2 files (…)",
 //                              "Wrong code…", "…declined…", "…went away…")
 //   #progress                  per file and overall: bytes, rate, time left
-//   body[data-state]           idle | waiting | connecting | deciding | transferring | done | error
+//   body[data-state]           idle | waiting | connecting | deciding | transferring | reconnecting | done | error
 //
 // URL: `#CODE` opens Send with the code filled in, `#receive/CODE` (a sender's code:
 // `sfs send --print-code`) receives from that sender at once (the fragment never
@@ -32,7 +32,7 @@ import {
   SfsError,
 } from "./errors.js";
 import { MAX_SENDER_NAME_CHARS, MAX_TEXT_BYTES } from "./protocol.js";
-import { MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions, zipName } from "./save.js";
+import { canPickFolder, MEMORY_LIMIT_TEXT, requestedMethod, SaveOptions, zipName } from "./save.js";
 import { relayMode, relayStats } from "./relay.js";
 import { receive, send } from "./session.js";
 import { printable, printableText } from "./text.js";
@@ -274,6 +274,14 @@ function sessionUi() {
       ui.verifier.textContent = `Verification: ${verifier} (the other side shows the same)`;
       say(route ? `Connected, ${printable(route)}.` : "Connected.");
     },
+    reconnecting: (windowSeconds) => {
+      setState("reconnecting");
+      say(`Connection lost; reconnecting (for up to ${Math.round(windowSeconds / 60)} min)…`);
+    },
+    reconnected: (route) => {
+      setState("transferring");
+      say(route ? `Reconnected (${printable(route)}); resuming` : "Reconnected; resuming");
+    },
     progress: new PageProgress(),
     started,
   };
@@ -301,6 +309,8 @@ async function startReceiving(code = null) {
         cancel,
         relayMode: relayMode(location.search),
         code,
+        // Only a page that saves into a picked folder can continue after an outage.
+        reconnects: canPickFolder(requestedMethod(location.search)),
       }),
     "Received",
   );

@@ -52,8 +52,7 @@ export const INFO_TCP_PROOF_RECEIVER = "sfs/1 tcp proof receiver";
 export const INFO_RELAY_TOKEN = "sfs/1 relay token";
 export const RELAY_TOKEN_BYTES = KEY_BYTES;
 // A session that lost its connection meets again (docs/PROTOCOL.md, "Sessions that
-// survive an outage"): the command line's labels, kept equal here; the page does not
-// reconnect yet.
+// survive an outage"): the command line's labels, kept equal here (reconnectCode).
 export const INFO_RECONNECT = "sfs/1 reconnect";
 export const INFO_RENDEZVOUS = "sfs/1 reconnect rendezvous";
 export const INFO_RECONNECT_PASSWORD = "sfs/1 reconnect password";
@@ -120,10 +119,17 @@ export class SessionKeys {
     frameSend,
     frameReceive,
     verifier,
-    { tcpSend = null, tcpReceive = null, proofSend = null, proofReceive = null, relayToken = null } = {},
+    {
+      tcpSend = null,
+      tcpReceive = null,
+      proofSend = null,
+      proofReceive = null,
+      relayToken = null,
+      reconnect = null,
+    } = {},
   ) {
     Object.assign(this, { role, signalSend, signalReceive, frameSend, frameReceive, verifier });
-    Object.assign(this, { tcpSend, tcpReceive, proofSend, proofReceive, relayToken });
+    Object.assign(this, { tcpSend, tcpReceive, proofSend, proofReceive, relayToken, reconnect });
     Object.freeze(this);
   }
 
@@ -134,7 +140,7 @@ export class SessionKeys {
    */
   overTcp() {
     if (this.tcpSend === null) throw new TypeError("these keys have no TCP frame keys");
-    const { tcpSend, tcpReceive, proofSend, proofReceive, relayToken } = this;
+    const { tcpSend, tcpReceive, proofSend, proofReceive, relayToken, reconnect } = this;
     return new SessionKeys(
       this.role,
       this.signalSend,
@@ -142,7 +148,7 @@ export class SessionKeys {
       tcpSend,
       tcpReceive,
       this.verifier,
-      { tcpSend, tcpReceive, proofSend, proofReceive, relayToken },
+      { tcpSend, tcpReceive, proofSend, proofReceive, relayToken, reconnect },
     );
   }
 
@@ -246,6 +252,7 @@ export function deriveKeys({ pakeKey, transcript, role }) {
   const proofSender = key(INFO_TCP_PROOF_SENDER);
   const proofReceiver = key(INFO_TCP_PROOF_RECEIVER);
   const relayToken = deriveRelayToken({ pakeKey, transcript });
+  const reconnect = key(INFO_RECONNECT);
   return role === "sender"
     ? new SessionKeys(role, signalSender, signalReceiver, dataSender, controlReceiver, verifier, {
         tcpSend: tcpData,
@@ -253,6 +260,7 @@ export function deriveKeys({ pakeKey, transcript, role }) {
         proofSend: proofSender,
         proofReceive: proofReceiver,
         relayToken,
+        reconnect,
       })
     : new SessionKeys(role, signalReceiver, signalSender, controlReceiver, dataSender, verifier, {
         tcpSend: tcpControl,
@@ -260,7 +268,46 @@ export function deriveKeys({ pakeKey, transcript, role }) {
         proofSend: proofReceiver,
         proofReceive: proofSender,
         relayToken,
+        reconnect,
       });
+}
+
+/** A rendezvous ID is "~" and this many base32 letters (130 bits). */
+export const RENDEZVOUS_CHARS = 26;
+const BASE32 = "abcdefghijklmnopqrstuvwxyz234567";
+
+/** RFC 4648 base32, lower case, no padding. */
+function base32(bytes) {
+  let out = "";
+  let buffer = 0;
+  let bits = 0;
+  for (const byte of bytes) {
+    buffer = (buffer << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      out += BASE32[(buffer >> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    buffer &= (1 << bits) - 1;
+  }
+  if (bits > 0) out += BASE32[(buffer << (5 - bits)) & 31];
+  return out;
+}
+
+/**
+ * Where a session that lost its connection meets again, and the password of the
+ * fresh SPAKE2 there (crypto.py reconnect_code): {rendezvous, password}, both strings.
+ * @param {Uint8Array} secret  the first session's keys.reconnect
+ */
+export function reconnectCode(secret) {
+  if (!(secret instanceof Uint8Array) || secret.length !== KEY_BYTES) {
+    throw new TypeError("no reconnect secret: this session cannot reconnect");
+  }
+  const empty = new Uint8Array(0);
+  const where = hkdf32({ pakeKey: secret, transcript: empty, info: INFO_RENDEZVOUS });
+  const password = hkdf32({ pakeKey: secret, transcript: empty, info: INFO_RECONNECT_PASSWORD });
+  const hex = Array.from(password, (b) => b.toString(16).padStart(2, "0")).join("");
+  return { rendezvous: "~" + base32(where).slice(0, RENDEZVOUS_CHARS), password: hex };
 }
 
 /**

@@ -62,6 +62,8 @@ export const BACKLOG_LIMIT = 64;
 export const MAX_STREAMS = 8;
 /** The longest relay URL a sealed offer or answer may name. */
 export const MAX_RELAY_URL_CHARS = 512;
+/** The `reconnect` value of a sealed description (handshake.py RECONNECT_VERSION). */
+export const RECONNECT_VERSION = 1;
 
 /**
  * `url` is what a relay may be named by, as sfs/peer/proto/handshake.py's is_relay_url
@@ -283,14 +285,31 @@ const isKept = (e) =>
 export class Handshake {
   constructor(
     role,
-    { code = null, connectTimeout, iceServers = null, streams = 1, newWords } = {},
+    {
+      code = null,
+      rendezvous = null,
+      connectTimeout,
+      iceServers = null,
+      streams = 1,
+      newWords,
+      reconnects = false,
+    } = {},
   ) {
     if (!(streams >= 1 && streams <= MAX_STREAMS)) {
       throw new RangeError(`streams must be 1 to ${MAX_STREAMS}, not ${streams}`);
     }
-    if (code === null && typeof newWords !== "function") {
+    if (code !== null && rendezvous !== null) {
+      throw new TypeError("a side joins with a code or waits at a rendezvous, not both");
+    }
+    if (code === null && rendezvous === null && typeof newWords !== "function") {
       throw new TypeError("a waiting side needs newWords");
     }
+    // A session meeting again after its connection broke (handshake.py): this waiting
+    // side registers under the rendezvous ID and shows no code.
+    this._rendezvous = rendezvous;
+    this._reconnects = reconnects;
+    this._peerReconnects = false;
+    this._wasPaired = false;
     this.role = role;
     this.waits = code === null;
     this.connectTimeout = connectTimeout;
@@ -321,13 +340,35 @@ export class Handshake {
     return this._partner;
   }
 
+  /** The peer ID this waiting side registers under, if it is meeting again. */
+  get rendezvous() {
+    return this._rendezvous === null ? null : this._rendezvous.peerId;
+  }
+
+  /** Whether this side offers to meet again after an outage (say it before sealing). */
+  set reconnects(value) {
+    this._reconnects = Boolean(value);
+  }
+
+  /** Both sides said they keep the session after an outage ("reconnect"). */
+  get canReconnect() {
+    return this._reconnects && this._peerReconnects;
+  }
+
+  /** A partner has been paired with; stays true after the set-up ends. */
+  get paired() {
+    return this._wasPaired;
+  }
+
   _setState(state, { deadline = null } = {}) {
     if (this.onStateChange) this.onStateChange(this._state, state);
     this._state = state;
     this._deadline = deadline;
+    if (PAIRED.has(state)) this._wasPaired = true;
     if (OVER.has(state)) {
       // Nothing secret outlives the set-up.
       this._code = null;
+      this._rendezvous = null;
       this._exchange = null;
       this._keys = null;
       this._backlog = [];
@@ -417,6 +458,14 @@ export class Handshake {
       ];
     }
     const reconnected = this._state === State.RECONNECTING;
+    if (this._rendezvous !== null) {
+      if (event.peerId !== this._rendezvous.peerId) {
+        return this._fail(new SignalingError("the signaling server gave another rendezvous"));
+      }
+      this._code = this._rendezvous;
+      this._setState(State.AWAITING_REQUEST);
+      return [new Status("Waiting for the other side to come back…"), ...(await this._fromBacklog(now))];
+    }
     this._code = new Code(event.peerId, this._newWords());
     this._setState(State.AWAITING_REQUEST);
     const actions = [];
@@ -610,6 +659,7 @@ export class Handshake {
     const message = { type: kind, sdp: sdps[0] };
     if (sdps.length > 1) message.extra_sdps = sdps.slice(1);
     if (relay !== null) message.relay = relay;
+    if (this._reconnects) message.reconnect = RECONNECT_VERSION;
     const plaintext = new TextEncoder().encode(JSON.stringify(message));
     const sealed = await sealMessage({ key: this._keys.signalSend, kind, plaintext });
     return new Call(kind, { peer_id: this._partner, sealed: toBase64(sealed) });
@@ -634,6 +684,7 @@ export class Handshake {
     if (!sdps.every((sdp) => typeof sdp === "string")) throw new SignalingError(malformed);
     const relay = Object.hasOwn(message, "relay") ? message.relay : null;
     if (relay !== null && !isRelayUrl(relay)) throw new SignalingError(malformed);
+    this._peerReconnects = message.reconnect === RECONNECT_VERSION;
     return { sdps, relay };
   }
 

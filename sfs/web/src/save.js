@@ -66,6 +66,18 @@ const READ_BLOCK_BYTES = 1024 * 1024;
 /** The zip's name when the offer is not one folder. */
 export const ZIP_NAME = "sfs-files.zip";
 
+/**
+ * Whether this browser will save into a folder the user picks (and so can resume a
+ * transfer cut short): what SaveOptions.probe finds for the picker, known at once.
+ */
+export function canPickFolder(requested) {
+  return (
+    (requested === "auto" || requested === Method.PICKER) &&
+    globalThis.isSecureContext === true &&
+    typeof globalThis.showDirectoryPicker === "function"
+  );
+}
+
 /** The method the URL asks for ("auto" if none). */
 export function requestedMethod(search) {
   const value = new URLSearchParams(search).get("save");
@@ -212,6 +224,22 @@ export class Saving {
 
   get method() {
     return this._methods[0];
+  }
+
+  /** Whether a transfer cut short can go on here (a picked folder holds partial copies). */
+  get resumable() {
+    return this.method === Method.PICKER;
+  }
+
+  /** A new Saving into the same picked folder, for the same offer after a reconnection. */
+  again() {
+    if (!this.resumable) throw new DiskError("this way of saving cannot continue a transfer");
+    return new Saving({
+      picked: this._picked,
+      methods: [Method.PICKER],
+      worker: this._worker,
+      plan: this._plan,
+    });
   }
 
   /** Whether the files go into one zip (a tree, and no picked folder). */

@@ -14,9 +14,18 @@
 //   ui.decide(offer, names, signal) -> {saving} | null
 //   ui.started(pump)          the transfer runs (the page's tab-close handler needs it)
 
-import { loadWordlist, newSecret } from "./code.js";
-import { FRAME_OVERHEAD_BYTES } from "./crypto.js";
-import { CancelledError, PeerConnectionError, ServerUnreachableError } from "./errors.js";
+import { Code, loadWordlist, newSecret } from "./code.js";
+import { anySignal } from "./connection.js";
+import { FRAME_OVERHEAD_BYTES, reconnectCode } from "./crypto.js";
+import {
+  CancelledByPeerError,
+  CancelledError,
+  PeerConnectionError,
+  PeerGoneError,
+  RemoteProtocolError,
+  ServerUnreachableError,
+} from "./errors.js";
+import { sleep } from "./queue.js";
 import {
   AcceptAnswers,
   AnswerOffers,
@@ -42,7 +51,7 @@ import { openTransport } from "./opening.js";
 import { relayUrlOf } from "./relay.js";
 import { DEFAULT_CHUNK_BYTES, Role, TransferProtocol } from "./protocol.js";
 import { SERVER_LOST, SignalClient } from "./signal.js";
-import { CLOSE_GRACE_SECONDS, linger, receiveFiles, sendFiles } from "./transfer.js";
+import { CLOSE_GRACE_SECONDS, linger, receiveFiles, sameOffer, sendFiles } from "./transfer.js";
 
 /** How long each step of the other side may take during set-up, and ICE after it. */
 export const PEER_CONNECT_TIMEOUT_SECONDS = 30;
@@ -70,7 +79,10 @@ export async function setUp(handshake, { url, ui, cancel, relayMode = "auto" }) 
   let peer = null;
   let opening = null;
   try {
-    let { peerId, iceServers, relay } = await signal.register();
+    let { peerId, iceServers, relay, comeBack } = await signal.register(handshake.rendezvous);
+    // Through a server that will not be there after an outage (a LAN peer's embedded
+    // one), this page does not offer to meet again.
+    if (!comeBack) handshake.reconnects = false;
     const registered = () => new Registered(peerId, iceServers, relayUrlOf(relay, url, relayMode));
     const pending = [registered()];
     for (;;) {
@@ -96,7 +108,7 @@ export async function setUp(handshake, { url, ui, cancel, relayMode = "auto" }) 
           // How to get back (retries, pauses) is I/O policy, so it lives here; that
           // the old code is dead and a new one is shown is the handshake's.
           signal = await reconnect(url, cancel);
-          ({ peerId, iceServers, relay } = await signal.register());
+          ({ peerId, iceServers, relay } = await signal.register(handshake.rendezvous));
           pending.push(registered());
         } else if (action instanceof CreateOffers) {
           peer = new PeerLink({ iceServers: action.iceServers });
@@ -131,7 +143,8 @@ export async function setUp(handshake, { url, ui, cancel, relayMode = "auto" }) 
           signal.leave();
         } else if (action instanceof Done) {
           const { link, keys } = await opening;
-          return { link, keys: action.keys, transferKeys: keys ?? action.keys, peer };
+          const reconnects = handshake.canReconnect;
+          return { link, keys: action.keys, transferKeys: keys ?? action.keys, peer, reconnects };
         } else if (action instanceof Fail) {
           throw action.error;
         }
@@ -246,7 +259,15 @@ async function reconnect(url, cancel) {
  * @param {AbortSignal} [options.cancel]
  * @returns {Promise<import("./transfer.js").TransferResult>}
  */
-export async function receive({ ui, wordlist, url = location.origin, cancel, relayMode, code = null }) {
+export async function receive({
+  ui,
+  wordlist,
+  url = location.origin,
+  cancel,
+  relayMode,
+  code = null,
+  reconnects = false,
+}) {
   const words = loadWordlist(wordlist);
   // With `code` (a sender that printed it: `sfs send --print-code`), this side joins
   // that sender instead of waiting with a code of its own.
@@ -254,13 +275,28 @@ export async function receive({ ui, wordlist, url = location.origin, cancel, rel
     code,
     connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS,
     newWords: () => newSecret(words),
+    reconnects,
   });
-  const { link, keys, transferKeys, peer } = await setUp(handshake, { url, ui, cancel, relayMode });
-  try {
-    ui.connected(keys.verifier, link.route);
+  const options = { url, ui, cancel, relayMode };
+  let accepted = null; // {offer, saving}: what the user accepted, continued after an outage
+  return surviving(Role.RECEIVER, await setUp(handshake, options), options, async (setup, again) => {
+    const { link, keys, transferKeys } = setup;
+    if (again) ui.reconnected?.(link.route);
+    else ui.connected(keys.verifier, link.route);
     const proto = new TransferProtocol(Role.RECEIVER, transferKeys);
     const result = await receiveFiles(link, proto, {
-      decide: ui.decide,
+      decide: async (offer, names, signal, plan) => {
+        if (accepted === null) {
+          const answer = await ui.decide(offer, names, signal, plan);
+          if (answer !== null) accepted = { offer, saving: answer.saving };
+          return answer;
+        }
+        // After an outage: the offer the user accepted, again, into the same place.
+        if (!sameOffer(offer, accepted.offer)) {
+          throw new RemoteProtocolError("after reconnecting, the other side offered something else");
+        }
+        return { saving: accepted.saving?.again() ?? null };
+      },
       progress: ui.progress,
       status: ui.status,
       started: (pump) => ui.started?.(pump),
@@ -270,10 +306,7 @@ export async function receive({ ui, wordlist, url = location.origin, cancel, rel
     // Having sent the last acknowledgement, wait for the sender to close first.
     await linger(link, CLOSE_GRACE_SECONDS);
     return result;
-  } finally {
-    link.close();
-    peer.close();
-  }
+  }, () => accepted === null || accepted.saving === null || accepted.saving.resumable);
 }
 
 /**
@@ -300,10 +333,17 @@ export async function send({
   cancel,
   relayMode,
 }) {
-  const handshake = new Handshake(Role.SENDER, { code, connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS });
-  const { link, keys, transferKeys, peer } = await setUp(handshake, { url, ui, cancel, relayMode });
-  try {
-    ui.connected(keys.verifier, link.route);
+  // The files stay picked while the tab is open: after an outage they are read again.
+  const handshake = new Handshake(Role.SENDER, {
+    code,
+    connectTimeout: PEER_CONNECT_TIMEOUT_SECONDS,
+    reconnects: true,
+  });
+  const options = { url, ui, cancel, relayMode };
+  return surviving(Role.SENDER, await setUp(handshake, options), options, async (setup, again) => {
+    const { link, keys, transferKeys } = setup;
+    if (again) ui.reconnected?.(link.route);
+    else ui.connected(keys.verifier, link.route);
     const proto = new TransferProtocol(Role.SENDER, transferKeys);
     // Frames no larger than the receiver takes: 64 KiB on a DataChannel, as the
     // command line sends; 256 KiB through a relay, as on the direct TCP path.
@@ -322,10 +362,86 @@ export async function send({
     });
     result.route = link.route;
     return result;
-  } finally {
-    // Having received the last message (the final acknowledgement), the sender
-    // closes first; the receiver waits for that.
-    link.close();
-    peer.close();
+  });
+}
+
+// -- sessions that survive an outage (sfs/reconnect.py) -----------------------------------
+
+/** After an outage, how long both sides look for each other (the CLI's default). */
+export const RECONNECT_WINDOW_SECONDS = 300;
+const FIRST_PAUSE_SECONDS = 0.5;
+const LAST_PAUSE_SECONDS = 5;
+
+/**
+ * Run `transfer(setup, again)` over the first session, and after each outage over one
+ * set up again at the rendezvous, while both sides said they reconnect and
+ * `resumable()` holds; the result counts the reconnections.
+ */
+async function surviving(role, first, options, transfer, resumable = () => true) {
+  const secret = first.reconnects ? first.keys.reconnect : null;
+  const started = performance.now() / 1000;
+  let setup = first;
+  let outages = 0;
+  for (;;) {
+    try {
+      const result = await transfer(setup, outages > 0);
+      if (outages) {
+        result.started = started;
+        result.reconnects = outages;
+        result.resumedFiles = result.resumedBytes = 0;
+        result.finish();
+      }
+      return result;
+    } catch (error) {
+      if (!(error instanceof PeerGoneError) || secret === null || !resumable()) throw error;
+    } finally {
+      // Having received the last message (the final acknowledgement), the sender
+      // closes first; the receiver waits for that (transfer lingers).
+      setup.link.close();
+      setup.peer.close();
+    }
+    options.ui.reconnecting?.(RECONNECT_WINDOW_SECONDS);
+    setup = await meetAgain(role, secret, options);
+    outages += 1;
+  }
+}
+
+/** Find the other side again at the rendezvous and set up a new session with it. */
+async function meetAgain(role, secret, { url, ui, cancel, relayMode }) {
+  const { rendezvous, password } = reconnectCode(secret);
+  const code = new Code(rendezvous, password);
+  const deadline = clock() + RECONNECT_WINDOW_SECONDS;
+  const quiet = { ...ui, status: () => {}, showCode: () => {}, pairing: () => {} };
+  let pause = FIRST_PAUSE_SECONDS;
+  for (;;) {
+    const left = deadline - clock();
+    if (left <= 0) {
+      throw new PeerGoneError(
+        "lost the connection, and the other side did not come back within 5 min",
+      );
+    }
+    const handshake = new Handshake(role, {
+      code: role === Role.SENDER ? code : null,
+      rendezvous: role === Role.RECEIVER ? code : null,
+      connectTimeout: Math.min(PEER_CONNECT_TIMEOUT_SECONDS, left),
+      reconnects: true,
+    });
+    const window = new AbortController();
+    const timer = setTimeout(() => window.abort(), left * 1000);
+    try {
+      return await setUp(handshake, {
+        url,
+        ui: quiet,
+        cancel: anySignal(cancel, window.signal),
+        relayMode,
+      });
+    } catch (error) {
+      if (cancel?.aborted || error instanceof CancelledByPeerError) throw error;
+      // Not there yet, the network still down, or someone else at the rendezvous.
+    } finally {
+      clearTimeout(timer);
+    }
+    await sleep(Math.min(pause, Math.max(0, deadline - clock())) * 1000, cancel);
+    pause = Math.min(pause * 2, LAST_PAUSE_SECONDS);
   }
 }

@@ -161,8 +161,9 @@ export class SignalClient {
    * `relay` is the ack's, unchecked (./relay.js relayUrlOf reads it).
    * @returns {Promise<{peerId: string, iceServers: RTCIceServer[], relay: unknown}>}
    */
-  async register() {
-    const reply = await this.call("register_peer", {});
+  /** @param {string|null} [rendezvous]  the peer ID to register under (meeting again) */
+  async register(rendezvous = null) {
+    const reply = await this.call("register_peer", rendezvous === null ? {} : { rendezvous });
     if (typeof reply.peer_id !== "string") {
       throw new SignalingError("the signaling server sent no peer ID");
     }
@@ -170,6 +171,8 @@ export class SignalClient {
       peerId: reply.peer_id,
       iceServers: iceServers(reply.ice_servers ?? []),
       relay: reply.relay,
+      // A server that lets a session meet again after an outage (not an embedded one).
+      comeBack: reply.rendezvous === true,
     };
   }
 

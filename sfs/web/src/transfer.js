@@ -169,6 +169,8 @@ export class TransferResult {
     this.started = now();
     this.elapsed = 0;
     this.route = "";
+    /** How often the connection broke and the two sides met again. */
+    this.reconnects = 0;
   }
 
   finish() {
@@ -193,7 +195,20 @@ export function finalLine(verb, result) {
   if (result.resumedFiles) line += `, ${plural(result.resumedFiles, "file")} resumed`;
   if (result.resumedBytes) line += `, ${formatSize(result.resumedBytes)} not sent again`;
   if (result.route) line += `, ${result.route}`;
+  if (result.reconnects) line += `, ${plural(result.reconnects, "reconnect")}`;
   return line;
+}
+
+/** Whether two offers offer the same (an offer again after a reconnection). */
+export function sameOffer(a, b) {
+  const shape = (offer) =>
+    JSON.stringify({
+      files: offer.files.map((f) => [f.name, f.size, String(f.mtimeNs), f.folder, f.executable, f.stream]),
+      folders: offer.folders,
+      sender: offer.sender,
+      text: offer.text,
+    });
+  return shape(a) === shape(b);
 }
 
 // -- the driver: frames out in order, one timer -----------------------------------------------

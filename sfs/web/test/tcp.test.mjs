@@ -8,7 +8,7 @@ import { describe, it } from "node:test";
 
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 
-import { CryptoError, deriveKeys, FrameOpener } from "../src/crypto.js";
+import { CryptoError, deriveKeys, FrameOpener, reconnectCode } from "../src/crypto.js";
 import { RemoteProtocolError } from "../src/errors.js";
 import {
   CHOSEN,
@@ -34,6 +34,7 @@ function tcpHex(keys) {
     proof_send: hex(keys.proofSend),
     proof_receive: hex(keys.proofReceive),
     relay_token: hex(keys.relayToken),
+    reconnect: hex(keys.reconnect),
     over_tcp_frame_send: hex(over.frameSend),
     over_tcp_frame_receive: hex(over.frameReceive),
   };
@@ -50,6 +51,12 @@ describe("the TCP path's keys (SessionKeys.over_tcp, relay_token)", () => {
   it("derives Python's TCP frame keys, proof keys and relay token for both roles", () => {
     assert.deepEqual(tcpHex(sender), V.sender_keys);
     assert.deepEqual(tcpHex(receiver), V.receiver_keys);
+  });
+
+  it("derives Python's rendezvous and password for meeting again (reconnect_code)", () => {
+    assert.deepEqual(reconnectCode(sender.reconnect), V.reconnect_code);
+    assert.deepEqual(reconnectCode(receiver.reconnect), V.reconnect_code);
+    assert.throws(() => reconnectCode(new Uint8Array(0)), /cannot reconnect/);
   });
 
   it("gives both sides one relay token, and TCP frame keys unlike the DataChannel's", () => {
