@@ -542,6 +542,23 @@ def test_cli_sends_a_folder_into_a_folder_the_page_picks(web_lab: Lab, tmp_path:
     page.context.close()
 
 
+def page_receives_into_folder(web_lab: Lab, src: Path, *cli_args: str) -> tuple[Any, Any]:
+    """`sfs send CLI_ARGS CODE SRC` to a page that saves into a picked folder (its
+    OPFS): (page, sender), once the page's partial copy holds a committed part."""
+    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS_ROOT)
+    page.click("#role-receive")
+    sender = web_lab.cli("send", *cli_args, receiver_code(page), str(src))
+    wait_state(page, "deciding")
+    page.click("#accept")
+    wait_state(page, "transferring")
+    part = f".{src.name}.sfs-part"
+    deadline = time.monotonic() + 60
+    while page.evaluate(OPFS_SIZE, part) <= 0:
+        assert time.monotonic() < deadline, f"no part of {src.name} committed: {status(page)}"
+        time.sleep(0.05)
+    return page, sender
+
+
 def test_a_page_receiving_into_a_picked_folder_resumes_after_the_tab_closed(
     web_lab: Lab, tmp_path: Path
 ) -> None:
@@ -550,16 +567,9 @@ def test_a_page_receiving_into_a_picked_folder_resumes_after_the_tab_closed(
     of the file into that folder checks it by SHA-256 and sends only the rest."""
     video = tmp_path / "video.mp4"
     video.write_bytes(os.urandom(48 * 1024 * 1024))
-    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS_ROOT)
+    # A closed tab whose CANCEL is lost looks like an outage: the CLI waits 5 s for it.
+    page, sender = page_receives_into_folder(web_lab, video, "--reconnect-window", "5")
     context = page.context
-    page.click("#role-receive")
-    sender = web_lab.cli("send", receiver_code(page), str(video))
-    wait_state(page, "deciding")
-    page.click("#accept")
-    wait_state(page, "transferring")
-    deadline = time.monotonic() + 60
-    while page.evaluate(OPFS_SIZE, ".video.mp4.sfs-part") <= 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
     screenshot(page, "receive-resume-1-mid-transfer")
     page.close()  # the tab goes; the folder stays
     returncode, _, stderr = finish(sender)
@@ -627,15 +637,7 @@ def test_a_page_receiving_into_a_picked_folder_reconnects_after_an_outage(
     meet again and the page continues its partial copy: the file is whole."""
     src = tmp_path / "video.mp4"
     src.write_bytes(os.urandom(64 * 1024 * 1024))
-    page = web_lab.new_page("?save=picker", init_script=PICKER_IS_OPFS_ROOT)
-    page.click("#role-receive")
-    sender = web_lab.cli("send", receiver_code(page), str(src))
-    wait_state(page, "deciding")
-    page.click("#accept")
-    wait_state(page, "transferring")
-    deadline = time.monotonic() + 60
-    while page.evaluate(OPFS_SIZE, ".video.mp4.sfs-part") <= 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    page, sender = page_receives_into_folder(web_lab, src)
     outage(web_lab, OUTAGE_SECONDS)
     wait_state(page, "done", "error", timeout_ms=180_000)
     screenshot(page, "reconnect-page-receives-done")
