@@ -76,6 +76,10 @@ def check_reconnected(sent: Finished, received: Finished, src: Path, out: Path) 
         assert "Reconnected (" in said.stderr, said.stderr
     assert "1 reconnect" in sent.stdout, sent.stdout
     assert "1 reconnect" in received.stdout, received.stdout
+    # What each side said, for the record (pytest -s shows it).
+    for side, said in (("sender", sent), ("receiver", received)):
+        lines = [line for line in said.stderr.splitlines() if "onnect" in line]
+        print(f"{side}: {' | '.join(lines)} | {said.stdout.strip()}")
 
 
 @dataclass

@@ -633,8 +633,8 @@ async def non_reading_partner(
     async with slow_reader(url) as (reader, writer):
         writer.write(_ws_frame('421["register_peer",{}]'))
         async with asyncio.timeout(TIMEOUT_SECONDS):
-            # The ack ends with its last key, the relay sfs serve names (issue 25).
-            reply = (await reader.readuntil(b'"relay":""}]')).decode("latin-1")
+            # The ack ends with its last key: that sessions may meet again here (issue 28).
+            reply = (await reader.readuntil(b'"rendezvous":true}]')).decode("latin-1")
         peer_id = reply.split('"peer_id":"')[1][:7]
         assert m.is_peer_id(peer_id), reply
         assert (await sender.call(m.SEND_CONNECTION_REQUEST, {"peer_id": peer_id}))["ok"]
