@@ -407,4 +407,6 @@ def test_a_connection_reset_is_told_in_words(sfs_server: ServerProcess, tmp_path
     assert "Errno" not in said, said
     error = [line for line in said.splitlines() if "Error:" in line]
     assert len(error) == 1, said
-    assert "the direct connection broke" in error[0], said
+    # A reset, told in words; or, when the receiver had read all that came before it
+    # died, its FIN (the reset comes after it): it went away.
+    assert re.search(r"the direct connection broke|went away before the transfer", error[0]), said

@@ -40,8 +40,9 @@ RATE = "32mbit"
 AHEAD_BOUND_BYTES = 1024 * 1024
 #: Over QUIC the receiver's stack acknowledges the datagrams it has processed, whose
 #: data then waits for the receiving task (the same event loop) to be read and
-#: written: on a busy host (a CI run beside other tests) that lag was seen at 1.09 MB.
-QUIC_SLACK_BYTES = 1024 * 1024
+#: written: on a busy host (CI runs beside other tests) that lag was seen at 1.09 MB,
+#: then 2.75 MB. The bound stays far below the sender's own buffer (HIGH_WATER_BYTES).
+QUIC_SLACK_BYTES = 3 * 1024 * 1024
 
 
 def on_disk(out: Path, name: str) -> int:

@@ -273,6 +273,36 @@ async def test_a_connection_cut_mid_frame_is_an_error_not_a_short_frame() -> Non
         await b.receive()
 
 
+async def test_a_peer_that_closes_after_frames_is_gone_not_unset_up() -> None:
+    """A FIN after frames (the peer killed with nothing unread) ends the link: it went
+    away; it was set up. Before: eof_received and then connection_lost both ended it,
+    and the second call said "closed before it was set up" (a CI run's sender said so
+    of a transfer that had moved megabytes)."""
+    a, b = await direct_pair()
+    a.send(b"frame")
+    assert await b.receive() == b"frame"
+    a.close()
+    async with asyncio.timeout(5):
+        await b._closed.wait()  # the FIN came
+    await asyncio.sleep(0.05)  # and connection_lost runs soon after it
+    with pytest.raises(PeerGoneError) as gone:
+        await b.receive()
+    assert "set up" not in str(gone.value)
+    assert "went away" in str(gone.value)
+
+
+async def test_a_reset_after_the_peers_fin_says_the_connection_broke() -> None:
+    """The peer's FIN, then its kernel's reset for what arrived after it closed: the
+    reset is told in words."""
+    a, b = await direct_pair()
+    b.eof_received()
+    b.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    with pytest.raises(PeerGoneError, match="the direct connection broke") as broke:
+        await b.receive()
+    assert "Errno" not in str(broke.value)
+    a.close()
+
+
 async def closed_unanswered(reader: asyncio.StreamReader, *, answered: bytes = b"") -> None:
     """The other end closed (or reset) the connection, having sent only ``answered``."""
     async with asyncio.timeout(5):

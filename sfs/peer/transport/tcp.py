@@ -279,8 +279,12 @@ class TcpLink(asyncio.BufferedProtocol):
         self._drained.set()
 
     def _end(self, exc: Exception | None) -> None:
+        # Called twice when the peer's FIN comes first (eof_received, then
+        # connection_lost, perhaps with the reset its kernel sent for what arrived after
+        # it closed): the second call may say why, never that a link that carried frames
+        # was not set up.
         self._proof_timer.cancel()
-        if self._stage is not _Stage.FRAMES and self._error is None:
+        if self._stage in (_Stage.PROVING, _Stage.AWAITING_CHOICE) and self._error is None:
             self._error = PeerGoneError("the direct connection closed before it was set up")
         if exc is not None and self._error is None:
             self._error = PeerGoneError(f"the direct connection broke: {connection_end(exc)}")
