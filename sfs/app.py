@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +27,28 @@ from typing import IO, TYPE_CHECKING
 from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.errors import (
+    CodeNotFoundError,
     DiskError,
+    PeerConnectionError,
     RemoteProtocolError,
     SfsError,
+    SignalingError,
     SourceError,
     VerificationError,
+    WrongCodeError,
 )
 from sfs.lan.record import Advert, signaling_url
+from sfs.pairs import Pair, PairStore, device_name
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
 from sfs.peer.proto.conversation import Conversation
-from sfs.peer.proto.crypto import FRAME_OVERHEAD_BYTES, SessionKeys
+from sfs.peer.proto.crypto import (
+    FRAME_OVERHEAD_BYTES,
+    PAIR_PERIOD_SECONDS,
+    SessionKeys,
+    pair_code,
+    pair_fingerprint,
+    pair_period,
+)
 from sfs.peer.proto.framing import Role, TransferProtocol
 from sfs.peer.proto.handshake import (
     Handshake,
@@ -48,7 +60,7 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.quic import load_qh3, quic_available
-from sfs.reconnect import Connect, Outages, meet_again, surviving
+from sfs.reconnect import Connect, Outages, Quiet, meet_again, surviving
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
@@ -94,6 +106,10 @@ class SendConfig:
     #: Show a printed code with a link to the web page (--qr, --json): the server's, if
     #: it serves one; in LAN mode, the embedded server's.
     link: bool = False
+    #: Send to this paired device (`sfs send @NAME`), with no code; ``code`` is None.
+    to_pair: Pair | None = None
+    #: Where to note when a paired device was last seen.
+    pair_store: PairStore | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,34 @@ class ReceiveConfig:
     #: Show the code with a link to the web page (--qr, --json): the server's, if it
     #: serves one; in LAN mode, the embedded server's.
     link: bool = False
+    #: Paired devices to wait for beside the code (when this side shows one), and
+    #: where to note when each was last seen.
+    pairs: tuple[Pair, ...] = ()
+    pair_store: PairStore | None = None
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """`sfs pair`: with ``code``, join the device that shows it; else show one.
+
+    :param name: the name this device gives itself (the other keeps it).
+    """
+
+    code: Code | None
+    name: str
+    store: PairStore
+    peer: PeerOptions = field(default_factory=PeerOptions)
+    link: bool = False
+
+
+@dataclass(frozen=True)
+class Paired:
+    """What `sfs pair` made: the other device's name (as kept here) and the pair's
+    fingerprint, the same on both devices."""
+
+    name: str
+    fingerprint: str
+    replaced: bool
 
 
 async def serve(config: ServerConfig, *, ready: Callable[[str], None] | None = None) -> None:
@@ -179,14 +223,21 @@ async def sender_session(
 
 @asynccontextmanager
 async def receiver_session(
-    options: PeerOptions, ui: Ui, *, code: Code | None = None, link: bool = False
+    options: PeerOptions,
+    ui: Ui,
+    *,
+    code: Code | None = None,
+    link: bool = False,
+    pairs: tuple[Pair, ...] = (),
 ) -> AsyncIterator[Session]:
     """Show a code and wait for the sender (or, given the sender's ``code``, join it),
     agree on keys, and open the DataChannel.
 
     :param link: show a code with a link to the web page that sends with it.
+    :param pairs: paired devices to wait for too, each at its rendezvous (when this
+        side shows a code): the first to come, by code or by pair, is the session.
     """
-    async with _session(Role.RECEIVER, code, options, ui, link=link) as session:
+    async with _session(Role.RECEIVER, code, options, ui, link=link, pairs=pairs) as session:
         yield session
 
 
@@ -199,12 +250,21 @@ async def _session(
     *,
     streams: int | None = 1,
     link: bool = False,
+    pairing: str | None = None,
+    pairs: tuple[Pair, ...] = (),
 ) -> AsyncIterator[Session]:
     """:param link: show the code (if this side shows one) with a link to the web
     page: the server's, if it serves one; in LAN mode, this side's embedded server's,
-    which then serves the page."""
+    which then serves the page.
+    :param pairing: this session pairs the devices (`sfs pair`): this side's name.
+    :param pairs: (a receiver showing a code) paired devices to wait for too."""
     addresses = check_local_addresses(options.ice_addresses)
     preload_transports(server=role is Role.RECEIVER)
+    if code is not None or role is not Role.RECEIVER:
+        pairs = ()
+    if pairs:
+        names = ", ".join(f"@{pair.name}" for pair in pairs)
+        ui.status(f"Paired devices need no code: waiting for {names} too")
 
     handshake = functools.partial(
         Handshake,
@@ -214,6 +274,7 @@ async def _session(
         ice_servers=options.ice_servers,
         streams=streams,
         reconnects=options.reconnect_window > 0,
+        pairing=pairing,
     )
 
     async with AsyncExitStack() as stack:
@@ -226,12 +287,19 @@ async def _session(
             ):
                 page = options.server_url
             ui.status(f"Connecting via {options.server_url}…")
-            session = await set_up(
-                stack, handshake(), options.server_url, options, ui, addresses, page=page
+            url, machine = options.server_url, handshake()
+            session = await _code_or_pairs(
+                stack,
+                lambda own: set_up(own, machine, url, options, ui, addresses, page=page),
+                url,
+                pairs,
+                options,
+                ui,
+                addresses,
             )
         elif code is None:
             session = await _wait_on_lan(
-                stack, handshake(), role, options, ui, addresses, page=link
+                stack, handshake(), role, options, ui, addresses, page=link, pairs=pairs
             )
         else:
             session = await _join_on_lan(
@@ -268,8 +336,10 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
     return await surviving(
         outages,
         ui,
-        first=lambda: sender_session(
-            config.code, peer, ui, streams=config.streams, link=config.link
+        first=lambda: (
+            sender_session(config.code, peer, ui, streams=config.streams, link=config.link)
+            if config.to_pair is None
+            else paired_sender_session(config.to_pair, peer, ui, streams=config.streams)
         ),
         again=lambda: meet_again(
             Role.SENDER,
@@ -309,6 +379,8 @@ async def _send_over(
     if outages.secret:
         ui.reconnected(str(channel.route or ""))
     else:
+        if session.paired_with is not None and config.pair_store is not None:
+            config.pair_store.seen(session.paired_with)
         await _verify(ui, channel, proto, session.keys, ask=config.verify)
         # From here on (verified, if asked), an outage is waited out.
         if session.reconnects:
@@ -355,7 +427,9 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
     return await surviving(
         outages,
         ui,
-        first=lambda: receiver_session(peer, ui, code=config.code, link=config.link),
+        first=lambda: receiver_session(
+            peer, ui, code=config.code, link=config.link, pairs=config.pairs
+        ),
         again=lambda: meet_again(
             Role.RECEIVER, outages, peer, ui, _connect_again(Role.RECEIVER, peer)
         ),
@@ -371,6 +445,8 @@ async def _receive_over(
     if outages.secret:
         ui.reconnected(str(session.channel.route or ""))
     else:
+        if session.paired_with is not None and config.pair_store is not None:
+            config.pair_store.seen(session.paired_with)
         await _verify(ui, session.channel, proto, session.keys, ask=config.verify)
         # From here on (verified, if asked), an outage is waited out.
         if session.reconnects:
@@ -378,7 +454,7 @@ async def _receive_over(
 
     async def decide(offer: Offer, plan: Plan) -> bool:
         if not accepted:
-            if await ui.decide(offer, plan):
+            if await ui.decide(offer, plan, paired=session.paired_with):
                 accepted.append(offer)
                 return True
             return False
@@ -504,6 +580,7 @@ async def _wait_on_lan(
     addresses: tuple[str, ...],
     *,
     page: bool = False,
+    pairs: tuple[Pair, ...] = (),
 ) -> Session:
     """LAN mode, the side that shows the code: run the signaling server here,
     advertise it on mDNS under the peer ID it gives, and wait.  Both go once the
@@ -538,15 +615,26 @@ async def _wait_on_lan(
             await adverts.enter_async_context(advertise(zeroconf, advert))
 
         ui.status("On the local network (no server; for other networks use --server)")
-        session = await set_up(
+        # Paired devices find this side by a pair probe only they can read, then meet
+        # at their pair's rendezvous on the embedded server.
+        embedded.holding.pairs = [pair.secret for pair in pairs]
+        session = await _code_or_pairs(
             stack,
-            handshake,
+            lambda own: set_up(
+                own,
+                handshake,
+                embedded.local_url,
+                options,
+                ui,
+                addresses,
+                registered=registered,
+                page=urls[0] if urls else None,
+            ),
             embedded.local_url,
+            pairs,
             options,
             ui,
             addresses,
-            registered=registered,
-            page=urls[0] if urls else None,
         )
     except BaseException:
         await rendezvous.aclose()
@@ -602,3 +690,203 @@ async def _join_on_lan(
     ui.status(f"Found {peer_id} at {holder.host} ({holder.advert.name or 'no name'})")
     url = signaling_url(holder.host, holder.advert.port)
     return await set_up(stack, handshake, url, options, ui, addresses)
+
+
+# -- trusted devices (`sfs pair`) ---------------------------------------------------------
+
+#: After a paired device's attempt at its rendezvous failed (someone else there, the
+#: server lost), the wait there begins again after this long.
+PAIR_RETRY_SECONDS = 1.0
+
+
+async def pair(config: PairConfig, ui: Ui) -> Paired:
+    """`sfs pair`: the code's set-up, exactly as a transfer's (one guess), each side
+    sealing the name it gives itself; then both keep the other's name and the secret
+    of this session's SPAKE2 key (``SessionKeys.pairing``). Nothing is kept unless the
+    whole set-up succeeded: a wrong code stores nothing."""
+    role = Role.RECEIVER if config.code is None else Role.SENDER
+    options = dataclasses.replace(config.peer, reconnect_window=0.0)
+    async with _session(
+        role, config.code, options, ui, link=config.link, pairing=config.name
+    ) as session:
+        name = device_name(session.pair_name or "")
+        secret = session.keys.pairing
+        replaced = config.store.add(Pair(name, secret, time.time()))
+        await linger(session.channel, 0.2)
+    return Paired(name, pair_fingerprint(secret), replaced)
+
+
+async def _code_or_pairs(
+    stack: AsyncExitStack,
+    code_attempt: Callable[[AsyncExitStack], Awaitable[Session]],
+    url: str,
+    pairs: tuple[Pair, ...],
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    """The code's set-up, and beside it a wait at each paired device's rendezvous on
+    the same server: the first session set up is the one; the others end (a partner
+    one of them had already met is told, as any cancelled set-up tells it).
+
+    The code's failures end the wait, as without pairs; a paired device's attempt
+    that fails (someone at its rendezvous without the secret, the server lost) only
+    starts that wait again.
+    """
+    if not pairs:
+        return await code_attempt(stack)
+
+    async def by_code() -> tuple[Session, AsyncExitStack]:
+        own = AsyncExitStack()
+        try:
+            return await code_attempt(own), own
+        except BaseException:
+            await own.aclose()
+            raise
+
+    attempts: dict[asyncio.Future[tuple[Session, AsyncExitStack]], Pair | None] = {
+        asyncio.ensure_future(by_code()): None
+    }
+    for each in pairs:
+        attempts[asyncio.ensure_future(_wait_for_pair(each, url, options, ui, addresses))] = each
+    winner: asyncio.Future[tuple[Session, AsyncExitStack]] | None = None
+    try:
+        done, _ = await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
+        winner = next(iter(done))
+        session, own = winner.result()
+    finally:
+        others = [a for a in attempts if a is not winner]
+        for attempt in others:
+            attempt.cancel()
+        for outcome in await asyncio.gather(*others, return_exceptions=True):
+            if isinstance(outcome, tuple):  # set up at the same moment: not this one
+                await outcome[1].aclose()
+    stack.push_async_callback(own.aclose)
+    device = attempts[winner]
+    if device is None:
+        return session
+    logger.info("paired device %s came", device.name)
+    return dataclasses.replace(session, paired_with=device.name)
+
+
+async def _wait_for_pair(
+    device: Pair, url: str, options: PeerOptions, ui: Ui, addresses: tuple[str, ...]
+) -> tuple[Session, AsyncExitStack]:
+    """Wait at ``device``'s rendezvous of each period in turn until it comes: a fresh
+    SPAKE2 on the pair's password for the period, so nobody without the secret gets
+    further than a failed attempt (which changes nothing here but a new wait)."""
+    quiet = Quiet(ui)
+    while True:
+        period = pair_period(time.time())
+        rendezvous, password = pair_code(device.secret, period)
+        handshake = Handshake(
+            Role.RECEIVER,
+            rendezvous=Code(rendezvous, password.decode("ascii")),
+            connect_timeout=options.connect_timeout,
+            ice_servers=options.ice_servers,
+            reconnects=options.reconnect_window > 0,
+        )
+        own = AsyncExitStack()
+        attempt = asyncio.ensure_future(set_up(own, handshake, url, options, quiet, addresses))
+        period_ends = (period + 1) * PAIR_PERIOD_SECONDS
+        try:
+            # Until the period ends; past it, only while a device met there sets up.
+            while not attempt.done():
+                left = period_ends - time.time()
+                await asyncio.wait({attempt}, timeout=max(left, 1.0))
+                if not attempt.done() and not handshake.paired and time.time() >= period_ends:
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    break
+            if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+                return attempt.result(), own
+            if attempt.done() and not attempt.cancelled():
+                error = attempt.exception()
+                if not isinstance(
+                    error, SignalingError | PeerConnectionError | WrongCodeError | OSError
+                ):
+                    assert error is not None
+                    raise error
+                logger.info("an attempt at %s's rendezvous failed: %s", device.name, error)
+        except BaseException:
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            await own.aclose()
+            raise
+        await own.aclose()
+        await asyncio.sleep(PAIR_RETRY_SECONDS)
+
+
+@asynccontextmanager
+async def paired_sender_session(
+    device: Pair, options: PeerOptions, ui: Ui, *, streams: int | None = 1
+) -> AsyncIterator[Session]:
+    """Find the paired ``device`` waiting (`sfs receive`) and set up a session with it,
+    with no code: at the pair's rendezvous of this period (or the one either side, for
+    clocks that differ), by a fresh SPAKE2 on the pair's password.
+
+    Through the server, the rendezvous IDs are asked for in turn; in LAN mode every
+    waiting receiver is asked a pair probe, and the one that proves the pair says
+    which period it waits in.
+    """
+    addresses = check_local_addresses(options.ice_addresses)
+    preload_transports(server=False)
+
+    def handshake(period: int) -> Handshake:
+        rendezvous, password = pair_code(device.secret, period)
+        return Handshake(
+            Role.SENDER,
+            code=Code(rendezvous, password.decode("ascii")),
+            connect_timeout=options.connect_timeout,
+            ice_servers=options.ice_servers,
+            streams=streams,
+            reconnects=options.reconnect_window > 0,
+        )
+
+    async with AsyncExitStack() as stack:
+        if options.server_url is not None:
+            ui.status(f"Connecting via {options.server_url}…")
+            ui.status(f"Looking for {device.name} (paired)…")
+            now = pair_period(time.time())
+            for period in (now, now - 1, now + 1):
+                try:
+                    session = await set_up(
+                        stack, handshake(period), options.server_url, options, Quiet(ui), addresses
+                    )
+                except CodeNotFoundError:
+                    continue
+                break
+            else:
+                raise CodeNotFoundError(
+                    f"{device.name} is not waiting: run `sfs receive` on it (with the same "
+                    "server); it waits for its paired devices beside its code"
+                )
+        else:
+            session = await _join_pair_on_lan(stack, device, handshake, options, ui, addresses)
+        ui.status(f"Connected to {device.name} (paired)")
+        yield dataclasses.replace(session, paired_with=device.name)
+
+
+async def _join_pair_on_lan(
+    stack: AsyncExitStack,
+    device: Pair,
+    handshake: Callable[[int], Handshake],
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    from sfs.lan.discovery import Browser, find_lan, find_pair_holder, open_zeroconf
+
+    lan = find_lan()
+    ui.status(f"Looking for {device.name} (paired) on the local network…")
+    zeroconf = open_zeroconf(lan)
+    try:
+        async with Browser(zeroconf) as browser:
+            holder = await find_pair_holder(
+                browser, secret=device.secret, name=device.name, within=options.find_timeout
+            )
+    finally:
+        await zeroconf.async_close()
+    ui.status(f"Found {device.name} at {holder.host}")
+    url = signaling_url(holder.host, holder.port)
+    return await set_up(stack, handshake(holder.period), url, options, Quiet(ui), addresses)

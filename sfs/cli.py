@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from sfs import __version__, settings
-from sfs.commands import check, config, peers, receive, send, serve
+from sfs.commands import check, config, pair, peers, receive, send, serve
 from sfs.defaults import (
     SETUP_PROTOCOL_VERSION,
     SIGNALING_PROTOCOL_VERSION,
@@ -79,6 +79,8 @@ main.add_command(serve.serve)
 main.add_command(receive.receive)
 main.add_command(send.send)
 main.add_command(peers.peers)
+main.add_command(pair.pair)
+main.add_command(pair.pairs)
 main.add_command(check.check_command)
 main.add_command(config.config_command)
 # Every option of every command from SFS_<NAME> too (after all commands are registered).

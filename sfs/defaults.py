@@ -96,3 +96,7 @@ DEFAULT_RELAY_WAIT_SECONDS = 10.0
 DEFAULT_RELAY_PAIRS_PER_ADDRESS = 8
 DEFAULT_RELAY_MAX_PAIRS = 500
 DEFAULT_RELAY_IDLE_SECONDS = 30.0
+
+#: The most paired devices one device keeps (`sfs pair`); `sfs receive` waits for each
+#: at its rendezvous, beside its code.
+MAX_PAIRS = 16

@@ -72,6 +72,12 @@ class SignalingError(SfsError):
     exit_code = 3
 
 
+class PairingMismatchError(SignalingError):
+    """One side pairs (`sfs pair`) and the other transfers: both must run `sfs pair`."""
+
+    exit_code = 6
+
+
 class ServerUnreachableError(SignalingError):
     """Cannot reach the signaling server."""
 

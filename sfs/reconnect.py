@@ -156,7 +156,7 @@ async def meet_again(
         stack = AsyncExitStack()
         try:
             async with asyncio.timeout(remaining):
-                session = await connect(stack, handshake, _Quiet(ui))
+                session = await connect(stack, handshake, Quiet(ui))
         except (
             SignalingError,
             PeerConnectionError,
@@ -226,7 +226,7 @@ async def _farewell(role: Role, code: Code, connect: Connect, ui: Ui) -> None:
     while (left := deadline - time.monotonic()) > 0:
         handshake = _handshake(role, code, left, 1)
         async with AsyncExitStack() as stack:
-            attempt = asyncio.ensure_future(connect(stack, handshake, _Quiet(ui)))
+            attempt = asyncio.ensure_future(connect(stack, handshake, Quiet(ui)))
             try:
                 async with asyncio.timeout(left):
                     # The machine changes state on what the pump feeds it, and has no
@@ -251,7 +251,7 @@ async def _farewell(role: Role, code: Code, connect: Connect, ui: Ui) -> None:
         await asyncio.sleep(min(FIRST_PAUSE_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-class _Quiet:
+class Quiet:
     """The user's Ui during a reconnection, minus the set-up's own status lines
     ("Connecting to ~…"): what the user hears is "reconnecting" and "reconnected"."""
 
@@ -267,8 +267,8 @@ class _Quiet:
     def progress(self) -> Progress:
         return self._ui.progress()
 
-    async def decide(self, offer: Offer, plan: Plan) -> bool:
-        return await self._ui.decide(offer, plan)
+    async def decide(self, offer: Offer, plan: Plan, *, paired: str | None = None) -> bool:
+        return await self._ui.decide(offer, plan, paired=paired)
 
     async def confirm_verifier(self, verifier: str) -> bool:
         return await self._ui.confirm_verifier(verifier)

@@ -90,8 +90,10 @@ class Ui(Protocol):
         """Show the code; ``link`` opens the server's web page with it filled in."""
 
     def progress(self) -> Progress: ...
-    async def decide(self, offer: Offer, plan: Plan) -> bool:
-        """Ask whether to take ``offer``; ``plan`` says where each file would go."""
+    async def decide(self, offer: Offer, plan: Plan, *, paired: str | None = None) -> bool:
+        """Ask whether to take ``offer``; ``plan`` says where each file would go;
+        ``paired``: the paired device it comes from (authenticated, unlike the name
+        the sender gives in the offer)."""
 
     async def confirm_verifier(self, verifier: str) -> bool: ...
     def kept_partial(self, name: str, held_bytes: int) -> None: ...
@@ -142,6 +144,11 @@ class Session:
     keys: SessionKeys
     #: Both sides keep the session after an outage and meet again (sfs.reconnect).
     reconnects: bool = False
+    #: In a pairing session (`sfs pair`), the name the other side gave itself.
+    pair_name: str | None = None
+    #: The paired device this session is with (`sfs send @NAME`, or found by `sfs
+    #: receive` at a pair's rendezvous): authenticated by the pairing secret.
+    paired_with: str | None = None
 
 
 async def set_up(
@@ -432,18 +439,19 @@ class _SetUpPump:
         assert self.links is not None
         opened = self.opener.result()
         reconnects = self.handshake.can_reconnect
+        name = self.handshake.peer_pair_name
         if opened.quic:
             # The QUIC stream runs the TCP path's frames; the peer connection carries it.
-            return Session(opened.channel, action.keys.over_tcp(), reconnects)
+            return Session(opened.channel, action.keys.over_tcp(), reconnects, name)
         if opened.tcp is None:
-            return Session(opened.channel, action.keys, reconnects)
+            return Session(opened.channel, action.keys, reconnects, name)
         # aiortc's ICE and DTLS would go on spending CPU beside the transfer: closed
         # now, but not waited for (a third of a second on the long link) before the
         # first frame goes; the session's end waits for it.
         closing = asyncio.ensure_future(self.links.close())
         self.stack.push_async_callback(_finish_closing, closing)
         self.stack.callback(opened.tcp.close)
-        return Session(opened.channel, action.keys.over_tcp(), reconnects)
+        return Session(opened.channel, action.keys.over_tcp(), reconnects, name)
 
 
 async def _finish_closing(closing: asyncio.Future[None]) -> None:

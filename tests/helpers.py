@@ -33,7 +33,7 @@ class QuietUi:
     def progress(self) -> Progress:
         return NullProgress()
 
-    async def decide(self, offer: Offer, plan: Plan) -> bool:
+    async def decide(self, offer: Offer, plan: Plan, *, paired: str | None = None) -> bool:
         return True
 
     async def confirm_verifier(self, verifier: str) -> bool:

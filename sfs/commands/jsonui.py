@@ -19,11 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from sfs.commands.listing import from_whom
 from sfs.lan.record import Advert
 from sfs.peer.files.destinations import Plan, is_tree
 from sfs.peer.proto.wire import Offer
 from sfs.peer.transfer import FileRecord, TransferResult, describe_offer
-from sfs.text import format_size, printable
+from sfs.text import format_size
 
 #: At most one progress event this often (and always one as each file ends).
 PROGRESS_EVENT_SECONDS = 0.25
@@ -180,9 +181,11 @@ class JsonUi:
         *,
         assume_yes: bool = False,
         ask: Callable[[str], Awaitable[bool]],
+        yes_from: tuple[str, ...] = (),
     ) -> None:
         self.lines = lines
         self.assume_yes = assume_yes
+        self.yes_from = yes_from
         self._ask = ask
         self.kept: list[str] = []
 
@@ -210,11 +213,15 @@ class JsonUi:
             f"Verification string: {verifier}. Does the other side show the same?"
         )
 
-    async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
-        self.lines.emit(offer_event(offer, plan))
-        if self.assume_yes:
+    async def decide(
+        self, offer: Offer, plan: Plan | None = None, *, paired: str | None = None
+    ) -> bool:
+        event = offer_event(offer, plan)
+        event["paired"] = paired
+        self.lines.emit(event)
+        if self.assume_yes or (paired is not None and paired in self.yes_from):
             return True
-        sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
+        sender = f" from {from_whom(offer, paired)}" if offer.sender or paired else ""
         size = "" if offer.stream else f" ({format_size(offer.total_size)})"
         return await self._ask(f"Receive {describe_offer(offer)}{size}{sender}?")
 

@@ -153,3 +153,12 @@ def _final_line(verb: str, result: TransferResult) -> str:
     if result.reconnects:
         line += f", {_plural(result.reconnects, 'reconnect')}"
     return line
+
+
+def from_whom(offer: Offer, paired: str | None) -> str:
+    """Who an offer is from, as the prompt says it: a paired device by the name kept
+    for it here, marked so (the pairing authenticated it); anyone else by the name it
+    gave itself, which proves nothing, and never with that mark."""
+    if paired is not None:
+        return f"{printable(paired, 40)} (paired)"
+    return printable(offer.sender, 40).replace("(paired)", "(unpaired)")

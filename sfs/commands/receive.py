@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from sfs.commands import pair as pair_command
 from sfs.commands import terminal
 from sfs.commands.codes import _code_argument, _prompt_code, _read_code
 from sfs.commands.listing import _final_line
@@ -25,13 +27,17 @@ from sfs.commands.options import (
 from sfs.commands.output import say
 from sfs.commands.running import _run, _setup_logging
 from sfs.commands.ui import ConsoleUi, _ask, _json_lines
-from sfs.text import printable_text
+from sfs.text import printable, printable_text
+
+if TYPE_CHECKING:
+    from sfs.pairs import Pair
 
 RECEIVE_EXAMPLES = [
     ("sfs receive", "print a code, wait for files, ask before saving"),
     ("sfs receive -o ~/Downloads --yes", "save whatever comes into ~/Downloads"),
     ("sfs receive -", "type a code from `sfs send --print-code`"),
     ("sfs receive --stdout --yes | tar x", "unpack a tar sent as a pipe"),
+    ("sfs receive --yes-from phone", "take what the paired phone sends without asking"),
 ]
 
 
@@ -47,6 +53,17 @@ RECEIVE_EXAMPLES = [
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
 @click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@click.option(
+    "--yes-from",
+    multiple=True,
+    metavar="NAME",
+    help="Accept an offer from this paired device (`sfs pairs`) without asking; repeat for more.",
+)
+@click.option(
+    "--no-pairs",
+    is_flag=True,
+    help="Wait only for the code: not for paired devices too.",
+)
 @click.option(
     "--list",
     "list_all",
@@ -84,6 +101,8 @@ def receive(
     output: Path,
     overwrite: bool,
     yes: bool,
+    yes_from: tuple[str, ...],
+    no_pairs: bool,
     list_all: bool,
     name: str | None,
     to_stdout: bool,
@@ -108,6 +127,8 @@ def receive(
 
     With CODE (printed by `sfs send --print-code`), join that sender instead; `-`
     types it at a prompt (or reads it from stdin), out of the process list.
+    Without CODE it also waits for the paired devices (`sfs pair`): `sfs send @NAME`
+    on one of them needs no code, and the prompt names it.
     """
     from sfs import app
 
@@ -122,10 +143,21 @@ def receive(
         )
     if as_json and qr:
         raise click.UsageError("--json gives the code (and link) in its code event: drop --qr")
-    if not yes and not sys.stdin.isatty():
+    if not yes and not sys.stdin.isatty() and not yes_from:
         raise click.UsageError(
             "no terminal to ask whether to accept the offer; pass --yes to accept without asking"
         )
+    paired: tuple[Pair, ...] = ()
+    kept = None
+    if code is None and not no_pairs:
+        kept = pair_command.store()
+        paired = tuple(pair_command.loaded(kept, as_json=as_json))
+    for device in yes_from:
+        if device not in {p.name for p in paired}:
+            raise click.UsageError(
+                f"--yes-from {printable(device, 40)}: no paired device of that name "
+                "waited for (`sfs pairs` lists them)"
+            )
     _require_terminal_for_verify(verify)
     if code is None:
         joined = None
@@ -153,15 +185,24 @@ def receive(
         resume=not no_resume,
         sink=sys.stdout.buffer if to_stdout else None,
         link=qr or as_json,
+        pairs=paired,
+        pair_store=kept,
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
 
-        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask)
+        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask, yes_from=yes_from)
         received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
         json_ui.done("receive", received)
         return
-    ui = ConsoleUi(quiet=quiet, assume_yes=yes, list_all=list_all, stdout_free=not to_stdout, qr=qr)
+    ui = ConsoleUi(
+        quiet=quiet,
+        assume_yes=yes,
+        list_all=list_all,
+        stdout_free=not to_stdout,
+        qr=qr,
+        yes_from=yes_from,
+    )
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:
         click.echo(printable_text(result.text), nl=not result.text.endswith("\n"))

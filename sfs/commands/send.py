@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from sfs.commands import pair as pair_command
 from sfs.commands.codes import (
     _code_argument,
     _did_you_mean,
@@ -40,9 +41,11 @@ from sfs.defaults import (
     MAX_STREAMS,
     MAX_TEXT_BYTES,
 )
+from sfs.text import printable
 
 if TYPE_CHECKING:
     from sfs.code import Code
+    from sfs.pairs import Pair
 
 
 SEND_EXAMPLES = [
@@ -51,6 +54,7 @@ SEND_EXAMPLES = [
     ("sfs send --print-code notes.txt", "print a code here instead"),
     ("sfs send CODE --text 'hello'", "a text message"),
     ("tar c dir | sfs send CODE -", "a pipe"),
+    ("sfs send @laptop report.pdf", "to a paired device (`sfs pair`), no code"),
 ]
 
 
@@ -77,7 +81,7 @@ def _complete_files(
 
 
 @click.command(epilog=_epilog(SEND_EXAMPLES))
-@click.argument("args", nargs=-1, metavar="[CODE] FILE...", shell_complete=_complete_files)
+@click.argument("args", nargs=-1, metavar="[CODE|@NAME] FILE...", shell_complete=_complete_files)
 @click.option(
     "--chunk-size",
     type=WholeNumber(1, MAX_CHUNK_BYTES),
@@ -162,6 +166,8 @@ def send(
 
     Leave CODE out to type it at a prompt (or pipe it on stdin), so it does not
     appear in the process list. With --print-code, this side prints the code instead.
+    With @NAME, send to that paired device (`sfs pair`) while it runs `sfs receive`:
+    no code.
     """
     from sfs import app
 
@@ -174,7 +180,15 @@ def send(
     code: Code | None
     # stdin carries the data (a pipe, or --text -): the code cannot come from there.
     stdin_taken = "-" in args or text == "-"
-    if print_code:
+    to_pair = None
+    if args and args[0].startswith("@"):
+        if print_code:
+            raise click.UsageError(
+                f"{printable(args[0], 40)} is a paired device: it needs no code (drop --print-code)"
+            )
+        to_pair = _paired_device(args[0][1:])
+        code, files = None, _only_files(args[1:])
+    elif print_code:
         code, files = None, _only_files(args)
     else:
         code, files = _split_code(
@@ -214,6 +228,8 @@ def send(
         streams=streams,
         resume=not no_resume,
         link=print_code and (qr or as_json),
+        to_pair=to_pair,
+        pair_store=None if to_pair is None else pair_command.store(),
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
@@ -224,6 +240,17 @@ def send(
     ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
     result = _run(app.send(config, ui), verbose, ui=ui)
     say(_final_line("Sent", result), err=False)
+
+
+def _paired_device(name: str) -> Pair:
+    """The paired device `sfs send @NAME` names, or a usage error that says which
+    there are."""
+    listed = pair_command.loaded(pair_command.store())
+    found = next((p for p in listed if p.name == name), None)
+    if found is None:
+        known = ", ".join(f"@{p.name}" for p in listed) or "none yet: `sfs pair` pairs one"
+        raise click.UsageError(f"no paired device named {printable(name, 40)!r} (paired: {known})")
+    return found
 
 
 def _split_code(

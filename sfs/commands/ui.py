@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 import click
 
 from sfs.commands import terminal
-from sfs.commands.listing import describe_tree, offer_listing, plan_lines, tree_listing
+from sfs.commands.listing import (
+    describe_tree,
+    from_whom,
+    offer_listing,
+    plan_lines,
+    tree_listing,
+)
 from sfs.commands.output import Styled, say
 from sfs.commands.progress import LineProgress, TqdmProgress
 from sfs.commands.prompts import confirm
@@ -48,11 +54,14 @@ class ConsoleUi:
         list_all: bool = False,
         stdout_free: bool = True,
         qr: bool = False,
+        yes_from: tuple[str, ...] = (),
     ) -> None:
         """:param stdout_free: stdout may carry the code (False with --stdout, where
         it carries the data and everything else goes to stderr).
-        :param qr: draw the code (or the web page's link with it) as a QR code too."""
+        :param qr: draw the code (or the web page's link with it) as a QR code too.
+        :param yes_from: paired devices whose offers are taken without asking."""
         self.qr = qr
+        self.yes_from = yes_from
         self.quiet = quiet
         self.assume_yes = assume_yes
         self.list_all = list_all
@@ -147,7 +156,9 @@ class ConsoleUi:
         say("Verification string: ", Styled(verifier, bold=True))
         return await self._ask(lambda: confirm("Does the other side show the same?"))
 
-    async def decide(self, offer: Offer, plan: Plan | None = None) -> bool:
+    async def decide(
+        self, offer: Offer, plan: Plan | None = None, *, paired: str | None = None
+    ) -> bool:
         import shutil
 
         from sfs.peer.files.destinations import is_tree
@@ -165,7 +176,7 @@ class ConsoleUi:
             # The summary first, then the top level with what each folder holds; every
             # file only with --list (a tree of thousands is no screenful).
             what = describe_tree(offer)
-            offered = f"{printable(offer.sender, 40)} offers" if offer.sender else "Offered:"
+            offered = f"{from_whom(offer, paired)} offers" if offer.sender or paired else "Offered:"
             self.status(f"{offered} {what}")
             screen = shutil.get_terminal_size().lines - 5
             listing = (
@@ -185,12 +196,15 @@ class ConsoleUi:
                 self.status(line)
         for line in plan_lines(plan):
             self.status(line)
-        sender = f" from {printable(offer.sender, 40)}" if offer.sender else ""
+        sender = f" from {from_whom(offer, paired)}" if offer.sender or paired else ""
         plain = not (is_tree(offer) or offer.text or offer.stream)
         size = f" ({format_size(offer.total_size)})" if plain else ""
         question = f"Receive {what}{size}{sender}?"
         if self.assume_yes:
             self.status(f"{question} yes (--yes)")
+            return True
+        if paired is not None and paired in self.yes_from:
+            self.status(f"{question} yes (--yes-from {paired})")
             return True
         return await self._ask(lambda: confirm(question))
 

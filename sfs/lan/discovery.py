@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,12 @@ import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from sfs.errors import NoLanError
+from sfs.errors import NoLanError, PeerNotOnLanError
 from sfs.lan.record import (
+    MAX_PAIR_PROBE_BODY_BYTES,
     MAX_PROBE_BODY_BYTES,
     MAX_RECORDS,
+    PAIR_PROBE_PATH,
     PROBE_PATH,
     SERVICE_TYPE,
     Advert,
@@ -41,7 +44,13 @@ from sfs.lan.record import (
     parse,
     signaling_url,
 )
-from sfs.peer.proto.crypto import IdProbe
+from sfs.peer.proto.crypto import (
+    PAIR_PROBE_NONCE_BYTES,
+    PAIR_PROBE_SLOTS,
+    IdProbe,
+    pair_period,
+    pair_probe_period,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -357,3 +366,100 @@ async def find_holder(
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
     return choose(done, peer_id=peer_id, role=waiting_role)
+
+
+# -- paired devices ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairHolder:
+    """A waiting receiver that proved it holds the pair: where, and for which period
+    (of its clock) it waits at the pair's rendezvous."""
+
+    host: str
+    port: int
+    period: int
+
+
+async def pair_probe(
+    advert: Advert, secret: bytes, *, within: float = PROBE_SECONDS
+) -> PairHolder | None:
+    """Ask every address of ``advert`` at once whether it is the pair's other device."""
+
+    async def ask(session: aiohttp.ClientSession, address: str) -> PairHolder | None:
+        asked = secrets.token_bytes(PAIR_PROBE_NONCE_BYTES)
+        url = signaling_url(address, advert.port) + PAIR_PROBE_PATH
+        body = {"nonce": base64.b64encode(asked).decode("ascii")}
+        try:
+            async with session.post(url, json=body, allow_redirects=False) as response:
+                if response.status != 200:
+                    return None
+                answer = json.loads(await response.content.read(MAX_PAIR_PROBE_BODY_BYTES))
+                answered = base64.b64decode(answer["nonce"], validate=True)
+                tags = [base64.b64decode(t, validate=True) for t in answer["tags"]]
+        except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError, binascii.Error):
+            return None
+        if len(tags) > PAIR_PROBE_SLOTS:
+            return None
+        period = pair_probe_period(secret, asked, answered, tags, around=pair_period(time.time()))
+        return None if period is None else PairHolder(address, advert.port, period)
+
+    timeout = aiohttp.ClientTimeout(total=within)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        tasks = [asyncio.ensure_future(ask(session, a)) for a in advert.addresses]
+        try:
+            async with asyncio.timeout(within):
+                for next_done in asyncio.as_completed(tasks):
+                    if (found := await next_done) is not None:
+                        return found
+        except TimeoutError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return None
+
+
+async def find_pair_holder(
+    browser: Browser, *, secret: bytes, name: str, within: float
+) -> PairHolder:
+    """Pair-probe every waiting receiver's record as it comes, all at once, and return
+    the first that proves it is ``name``, the pair's other device."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    asked: set[tuple[str, Advert]] = set()
+    running: set[asyncio.Future[PairHolder | None]] = set()
+    changed: asyncio.Future[bool] | None = None
+    try:
+        while (remaining := deadline - loop.time()) > 0:
+            for record, advert in browser.adverts.items():
+                if advert.role != "receiver" or (record, advert) in asked:
+                    continue
+                if len(asked) >= MAX_RECORDS:
+                    break
+                asked.add((record, advert))
+                running.add(
+                    asyncio.ensure_future(
+                        pair_probe(advert, secret, within=min(PROBE_SECONDS, max(0.1, remaining)))
+                    )
+                )
+            if changed is None or changed.done():
+                changed = asyncio.ensure_future(browser.wait_changed(remaining))
+            waiters: set[asyncio.Future[Any]] = {changed, *running}
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                if (found := task.result()) is not None:
+                    return found
+    finally:
+        leftovers: list[asyncio.Future[Any]] = [*running]
+        if changed is not None:
+            leftovers.append(changed)
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+    raise PeerNotOnLanError(
+        f"{name} is not waiting on this network: run `sfs receive` on it (for other "
+        "networks use --server on both)"
+    )

@@ -5,9 +5,11 @@ validation and limits, on one free port of every address (one dual-stack socket
 where IPv6 is there, so IPv4 and IPv6 share the port the record names).  It lives
 only while the waiting side sets up; peers talk directly after that.
 
-Beside signaling it answers one more request, ``POST PROBE_PATH``: the joining
+Beside signaling it answers two more requests: ``POST PROBE_PATH``, the joining
 side's question whether this endpoint holds the code's ID (see
-:mod:`sfs.lan.record`), which the record no longer says.
+:mod:`sfs.lan.record`), which the record no longer says; and ``POST PAIR_PROBE_PATH``,
+a paired device's question whether this is one of its pairs, whose answer only a
+paired device can read (:func:`sfs.peer.proto.crypto.answer_pair_probe`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,9 +31,15 @@ from typing import Any
 
 from aiohttp import web
 
+from sfs.defaults import MAX_PAIRS
 from sfs.errors import CryptoError
-from sfs.lan.record import MAX_PROBE_BODY_BYTES, PROBE_PATH
-from sfs.peer.proto.crypto import PROBE_INSTANCE_BYTES, answer_probe
+from sfs.lan.record import MAX_PROBE_BODY_BYTES, PAIR_PROBE_PATH, PROBE_PATH
+from sfs.peer.proto.crypto import (
+    PROBE_INSTANCE_BYTES,
+    answer_pair_probe,
+    answer_probe,
+    pair_period,
+)
 from sfs.signal.config import ServerConfig
 from sfs.signal.registry import address_key
 from sfs.signal.server import run_server
@@ -62,6 +71,8 @@ EMBEDDED_CONFIG = ServerConfig(
     relay=False,
     # Gone once the transfer starts: a page cannot meet its peer here again.
     come_back=False,
+    # The waiting side itself: its code's connection, and one per paired device.
+    loopback_extra_connections=1 + MAX_PAIRS,
 )
 #: Probes one address may send per PROBE_WINDOW_SECONDS: each costs a SPAKE2 run
 #: (about 10 ms of CPU), and an honest joiner sends one per address it tries.
@@ -76,6 +87,8 @@ class Holding:
 
     role: str
     peer_id: str | None = None
+    #: The secrets of the paired devices the waiting side waits for (sfs.pairs).
+    pairs: list[bytes] = field(default_factory=list)
     instance: bytes = field(default_factory=lambda: os.urandom(PROBE_INSTANCE_BYTES))
     _recent: dict[str, deque[float]] = field(default_factory=dict)
 
@@ -112,6 +125,27 @@ class Holding:
                 "msg": base64.b64encode(answer).decode("ascii"),
                 "instance": base64.b64encode(self.instance).decode("ascii"),
                 "proof": base64.b64encode(proof).decode("ascii"),
+            }
+        )
+
+    async def answer_pair(self, request: web.Request) -> web.Response:
+        """``POST PAIR_PROBE_PATH`` ``{"nonce": b64}`` -> ``{"nonce", "tags"}``: as
+        many tags whatever pairs there are, so anyone may ask and learn nothing."""
+        key = address_key(str(request.remote or "unknown"))
+        if self.peer_id is None or not self.admit(key, asyncio.get_running_loop().time()):
+            return web.Response(status=503, text="busy")
+        body = await request.content.read(MAX_PROBE_BODY_BYTES + 1)
+        try:
+            if len(body) > MAX_PROBE_BODY_BYTES:
+                raise ValueError("too long")
+            asked = base64.b64decode(json.loads(body)["nonce"], validate=True)
+            answered, tags = answer_pair_probe(self.pairs, pair_period(time.time()), asked)
+        except (ValueError, KeyError, TypeError, binascii.Error, CryptoError):
+            return web.Response(status=400, text="bad probe")
+        return web.json_response(
+            {
+                "nonce": base64.b64encode(answered).decode("ascii"),
+                "tags": [base64.b64encode(t).decode("ascii") for t in tags],
             }
         )
 
@@ -167,6 +201,7 @@ async def embedded_server(
 
     def extend(app: web.Application) -> None:
         app.router.add_post(PROBE_PATH, holding.answer)
+        app.router.add_post(PAIR_PROBE_PATH, holding.answer_pair)
 
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_server(config, ready=ready.set_result, sock=sock, extend=extend))

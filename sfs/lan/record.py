@@ -40,6 +40,11 @@ MAX_NAME_CHARS = 64
 PROBE_PATH = "/sfs-lan/probe"
 #: Largest probe request or answer body (three base64 fields of at most 44 chars).
 MAX_PROBE_BODY_BYTES = 512
+#: Where a waiting receiver's embedded server answers pair probes: "is one of my
+#: paired devices here?" (sfs.peer.proto.crypto.answer_pair_probe).
+PAIR_PROBE_PATH = "/sfs-lan/pair-probe"
+#: Largest pair probe answer: a nonce and PAIR_PROBE_SLOTS tags, in base64.
+MAX_PAIR_PROBE_BODY_BYTES = 2048
 #: Addresses of one record tried (all at once: the first that answers is used).
 MAX_ADDRESSES = 8
 #: Records a browser keeps track of at once; more are ignored.

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from sfs.defaults import FD_SPARE, LISTEN_BACKLOG
+from sfs.signal.addresses import is_loopback
 from sfs.signal.config import ServerConfig
 from sfs.signal.registry import address_key
 
@@ -58,8 +59,9 @@ class Admission:
     :param fd_reserve: fds websocket sessions leave to everything else
     """
 
-    def __init__(self, *, max_per_address: int, fd_reserve: int) -> None:
+    def __init__(self, *, max_per_address: int, fd_reserve: int, loopback_extra: int = 0) -> None:
         self._max_per_address = max_per_address
+        self._loopback_extra = loopback_extra
         self._fd_reserve = fd_reserve
         self._fd_limit = float("inf")  # until set_fd_limit()
         self._fds_before = 0
@@ -87,7 +89,10 @@ class Admission:
 
     def open(self, key: str) -> bool:
         """Count a new connection from *key*; False (and nothing counted) if it has its share."""
-        if self._by_address[key] >= self._max_per_address:
+        limit = self._max_per_address
+        if self._loopback_extra and is_loopback(key):
+            limit += self._loopback_extra
+        if self._by_address[key] >= limit:
             return False
         self._by_address[key] += 1
         self.connections += 1
@@ -250,7 +255,9 @@ class Gate:
 
     def __init__(self, config: ServerConfig) -> None:
         self.admission = Admission(
-            max_per_address=config.max_connections_per_address, fd_reserve=config.fd_reserve
+            max_per_address=config.max_connections_per_address,
+            fd_reserve=config.fd_reserve,
+            loopback_extra=config.loopback_extra_connections,
         )
         self._waiting: dict[object, _GuardedProtocol] = {}  # by aiohttp's protocol
         self._shedding = False

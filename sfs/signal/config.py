@@ -171,6 +171,9 @@ class ServerConfig:
     lookup_window_seconds: float = 60.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    #: More connections loopback may hold: in LAN mode the waiting side's own, one for
+    #: its code and one per paired device it waits for (sfs.lan.embedded).
+    loopback_extra_connections: int = 0
     header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS
     register_timeout_seconds: float = DEFAULT_REGISTER_TIMEOUT_SECONDS

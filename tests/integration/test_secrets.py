@@ -92,7 +92,7 @@ class InProcessUi:
     def progress(self) -> Progress:
         return NullProgress()
 
-    async def decide(self, offer: Offer, plan: Plan) -> bool:
+    async def decide(self, offer: Offer, plan: Plan, *, paired: str | None = None) -> bool:
         self.live_during_transfer = len(
             [obj for obj in live_secrets() if id(obj) not in self.baseline]
         )

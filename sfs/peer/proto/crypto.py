@@ -81,6 +81,23 @@ INFO_RENDEZVOUS = b"sfs/1 reconnect rendezvous"
 INFO_RECONNECT_PASSWORD = b"sfs/1 reconnect password"
 #: A rendezvous ID: "~" and 26 base32 letters (130 bits), a shape no code's ID has.
 RENDEZVOUS_CHARS = 26
+# Trusted devices (issue 29): `sfs pair` keeps a secret from the pairing session's
+# SPAKE2 key; every later session between the two meets at a rendezvous and runs a
+# fresh SPAKE2 on a password, both derived from that secret and the time.
+INFO_PAIRING = b"sfs/1 pairing"
+INFO_PAIR_FINGERPRINT = b"sfs/1 pair fingerprint"
+INFO_PAIR_RENDEZVOUS = b"sfs/1 pair rendezvous"
+INFO_PAIR_PASSWORD = b"sfs/1 pair password"
+INFO_PAIR_PROBE = b"sfs/1 pair probe"
+#: A pair's rendezvous changes this often (seconds of Unix time), so a server sees a
+#: new, unlinkable ID every period; a sender also tries the periods either side of
+#: its own, so clocks may differ by up to this much.
+PAIR_PERIOD_SECONDS = 600
+#: Tags in a LAN pair probe's answer, always (random ones fill the slots no pair
+#: uses): the answer says nothing of how many devices a receiver is paired with.
+PAIR_PROBE_SLOTS = 16
+PAIR_PROBE_NONCE_BYTES = 16
+PAIR_PROBE_TAG_BYTES = 16
 
 _HEADER = struct.Struct(">BBHQ")  # version, frame type, reserved, counter
 
@@ -109,6 +126,9 @@ class SessionKeys:
     #: Where and how the two sides meet again if the connection breaks
     #: (:func:`reconnect_code`); one per session, not per role.
     reconnect: bytes = b""
+    #: What `sfs pair` keeps of this session: the two devices' pairing secret
+    #: (:func:`pair_code`); one per session, not per role.
+    pairing: bytes = b""
 
     def over_tcp(self) -> SessionKeys:
         """These keys with the TCP path's frame keys as the frame keys: a transfer
@@ -215,6 +235,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
     }
     token = relay_token(pake_key=pake_key, transcript=transcript)
     reconnect = _hkdf(pake_key=pake_key, transcript=transcript, info=INFO_RECONNECT)
+    pairing = _hkdf(pake_key=pake_key, transcript=transcript, info=INFO_PAIRING)
     verifier = format_verifier(keys[INFO_VERIFY])
     if role == "sender":
         return SessionKeys(
@@ -230,6 +251,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_PROOF_RECEIVER],
             token,
             reconnect,
+            pairing,
         )
     if role == "receiver":
         return SessionKeys(
@@ -245,6 +267,7 @@ def derive_keys(*, pake_key: bytes, transcript: bytes, role: str) -> SessionKeys
             keys[INFO_TCP_PROOF_SENDER],
             token,
             reconnect,
+            pairing,
         )
     raise ValueError(f"unknown role {role!r}")
 
@@ -276,6 +299,80 @@ def reconnect_code(secret: bytes) -> tuple[str, bytes]:
     password = _hkdf(pake_key=secret, transcript=b"", info=INFO_RECONNECT_PASSWORD)
     letters = base64.b32encode(where).decode("ascii").lower()[:RENDEZVOUS_CHARS]
     return "~" + letters, password.hex().encode("ascii")
+
+
+def _pair_key(secret: bytes, period: int, info: bytes) -> bytes:
+    if len(secret) != KEY_BYTES:
+        raise ValueError("a pairing secret is 32 bytes")
+    return _hkdf(pake_key=secret, transcript=struct.pack(">Q", period), info=info)
+
+
+def pair_period(unix_seconds: float) -> int:
+    """The period a pair's rendezvous is derived for, at ``unix_seconds``."""
+    return int(unix_seconds // PAIR_PERIOD_SECONDS)
+
+
+def pair_code(secret: bytes, period: int) -> tuple[str, bytes]:
+    """Where two paired devices meet during ``period``, and the password of the fresh
+    SPAKE2 that authenticates each session there: (rendezvous ID, password).
+
+    Only the pair can compute either; the ID changes every period, so a server can
+    neither link two sessions of a pair across periods nor join one (256 bits of
+    password: nothing to guess); each session's keys come from its own SPAKE2, with
+    ephemeral Diffie-Hellman, never from the secret alone.
+    """
+    where = _pair_key(secret, period, INFO_PAIR_RENDEZVOUS)
+    password = _pair_key(secret, period, INFO_PAIR_PASSWORD)
+    letters = base64.b32encode(where).decode("ascii").lower()[:RENDEZVOUS_CHARS]
+    return "~" + letters, password.hex().encode("ascii")
+
+
+def pair_fingerprint(secret: bytes) -> str:
+    """What both paired devices show, to compare: ``"3f2a-91c0-77d1-0b4e"``."""
+    material = _pair_key(secret, 0, INFO_PAIR_FINGERPRINT)[:8].hex()
+    return "-".join(material[i : i + 4] for i in range(0, len(material), 4))
+
+
+def pair_probe_tag(secret: bytes, period: int, *, asked: bytes, answered: bytes) -> bytes:
+    """The tag a waiting device proves it holds a pair with (LAN mode): an HMAC of
+    both nonces under a key of the pair and the period. Another nonce, another tag."""
+    key = _pair_key(secret, period, INFO_PAIR_PROBE)
+    return hmac.digest(key, asked + answered, "sha256")[:PAIR_PROBE_TAG_BYTES]
+
+
+def answer_pair_probe(
+    secrets_held: list[bytes],
+    period: int,
+    asked: bytes,
+    *,
+    entropy: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[bytes, list[bytes]]:
+    """The waiting side's answer to a pair probe: its nonce and PAIR_PROBE_SLOTS tags,
+    one per pair it waits for (at most that many), the rest random, in random order.
+
+    Anyone may ask; only a device of one of the pairs recognises a tag, and the
+    answer looks the same whatever pairs, and however many, there are.
+    """
+    if len(asked) != PAIR_PROBE_NONCE_BYTES:
+        raise CryptoError("a pair probe's nonce is 16 bytes")
+    answered = entropy(PAIR_PROBE_NONCE_BYTES)
+    tags = [pair_probe_tag(s, period, asked=asked, answered=answered) for s in secrets_held]
+    tags = tags[:PAIR_PROBE_SLOTS]
+    tags += [entropy(PAIR_PROBE_TAG_BYTES) for _ in range(PAIR_PROBE_SLOTS - len(tags))]
+    shuffled = sorted(tags)  # the order of the pairs would say which slot is real
+    return answered, shuffled
+
+
+def pair_probe_period(
+    secret: bytes, asked: bytes, answered: bytes, tags: list[bytes], *, around: int
+) -> int | None:
+    """(The joining side) which period's tag of the pair is in ``tags``: the waiting
+    device holds the pair then; ``None`` if none of ``around`` and its neighbours."""
+    for period in (around, around - 1, around + 1):
+        tag = pair_probe_tag(secret, period, asked=asked, answered=answered)
+        if any(hmac.compare_digest(tag, t) for t in tags):
+            return period
+    return None
 
 
 def format_verifier(material: bytes) -> str:

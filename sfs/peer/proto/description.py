@@ -2,8 +2,9 @@
 
 JSON: the first SDP as ``sdp``, any more (striping) as ``extra_sdps``, so a peer that
 knows only one stream still understands it; the direct TCP addresses as ``tcp``, the
-relay as ``relay``, QUIC as ``quic`` and reconnection as ``reconnect`` (a peer that
-does not know a key ignores it; docs/PROTOCOL.md, "Key agreement").  Sealing and
+relay as ``relay``, QUIC as ``quic``, reconnection as ``reconnect`` and, in a session
+of `sfs pair`, the name this side gives itself as ``pair`` (a peer that does not know
+a key ignores it; docs/PROTOCOL.md, "Key agreement").  Sealing and
 opening are :mod:`sfs.peer.proto.crypto`'s; what the keys mean is the handshake's.
 """
 
@@ -30,6 +31,8 @@ QUIC_VERSION = 3
 #: while after an outage and meets again at the rendezvous (crypto.reconnect_code).
 #: A side that does not say so (the web page, an older sfs) is not waited for.
 RECONNECT_VERSION = 1
+#: The longest name a pairing side may give itself (``pair``).
+MAX_PAIR_NAME_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Description:
     relay: str | None = None
     quic: bool = False
     reconnect: bool = False
+    #: This session pairs the two devices (`sfs pair`), and this side's name.
+    pair: str | None = None
 
 
 def encode_description(kind: str, description: Description) -> bytes:
@@ -62,6 +67,8 @@ def encode_description(kind: str, description: Description) -> bytes:
         message["quic"] = QUIC_VERSION
     if description.reconnect:
         message["reconnect"] = RECONNECT_VERSION
+    if description.pair is not None:
+        message["pair"] = description.pair
     return json.dumps(message, separators=(",", ":")).encode("utf-8")
 
 
@@ -94,6 +101,9 @@ def decode_description(kind: str, plaintext: bytes) -> Description:
     relay = message.get("relay")
     if relay is not None and not is_relay_url(relay):
         raise SignalingError(malformed)
+    pair = message.get("pair")
+    if pair is not None and (not isinstance(pair, str) or len(pair) > MAX_PAIR_NAME_CHARS):
+        raise SignalingError(malformed)
     return Description(
         strings,
         None if tcp is None else tuple(tcp),
@@ -101,6 +111,7 @@ def decode_description(kind: str, plaintext: bytes) -> Description:
         # Another version of sfs's QUIC (or reconnection) is not this one: as if none.
         quic=message.get("quic") == QUIC_VERSION,
         reconnect=message.get("reconnect") == RECONNECT_VERSION,
+        pair=pair,
     )
 
 

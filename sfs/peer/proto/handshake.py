@@ -61,6 +61,7 @@ from sfs.code import Code, new_secret
 from sfs.defaults import MAX_STREAMS
 from sfs.errors import (
     CancelledByPeerError,
+    PairingMismatchError,
     PeerGoneError,
     ServerLostError,
     SfsError,
@@ -82,6 +83,8 @@ logger = logging.getLogger(__name__)
 #: The ``abort`` reason of a peer whose user pressed Ctrl-C during set-up.
 CANCELLED_REASON = "cancelled"
 WRONG_CODE_REASON = "wrong_code"
+#: The ``abort`` reason of a side that found one side pairing and the other not.
+PAIRING_REASON = "pairing_mismatch"
 #: How long a channel may still take to open after the partner left the server.
 PARTNER_GONE_GRACE_SECONDS = 5.0
 #: Early events kept for a later step; a flood only ever costs this many.
@@ -398,6 +401,7 @@ class Handshake:
         streams: int | None = 1,
         new_words: Callable[[], str] = new_secret,
         reconnects: bool = False,
+        pairing: str | None = None,
     ) -> None:
         if streams is not None and not 1 <= streams <= MAX_STREAMS:
             raise ValueError(f"streams must be 1 to {MAX_STREAMS}, not {streams}")
@@ -407,6 +411,10 @@ class Handshake:
         self.waits = code is None
         self._reconnects = reconnects
         self._peer_reconnects = False
+        # `sfs pair`: this side's name, sealed; the other side's, once opened.
+        self._pairing = pairing
+        #: The name the other side gave itself in a pairing session (`sfs pair`).
+        self.peer_pair_name: str | None = None
         self._was_paired = False
         # A session meeting again after its connection broke: this waiting side
         # registers under the rendezvous ID and shows no code (crypto.reconnect_code).
@@ -653,7 +661,7 @@ class Handshake:
         if isinstance(event, PartnerAborted):
             if self._state is SetupState.PARTNER_LEFT:
                 return []
-            return self._fail(_abort_error(event.reason))
+            return self._fail(_abort_error(event.reason, pairing=self._pairing is not None))
         if self._expects(event):
             return self._step(event, now)
         if isinstance(event, PublicKeyReceived | SealedReceived | ConnectionAccepted):
@@ -754,6 +762,8 @@ class Handshake:
             sdps, self._peer_tcp, self._peer_relay, self._peer_quic = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
+        except PairingMismatchError as exc:
+            return [self._abort_call(PAIRING_REASON), *self._fail(exc)]
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(SetupState.ANSWERING)
@@ -765,6 +775,8 @@ class Handshake:
             sdps, self._peer_tcp, self._peer_relay, self._peer_quic = self._open(event)
         except WrongCodeError as exc:
             return self._wrong_code(exc)
+        except PairingMismatchError as exc:
+            return [self._abort_call(PAIRING_REASON), *self._fail(exc)]
         except SignalingError as exc:
             return self._fail(exc)
         self._set_state(SetupState.OPENING)
@@ -790,7 +802,9 @@ class Handshake:
         """Seal this side's session description (:mod:`sfs.peer.proto.description`)."""
         assert self._keys is not None
         assert self._partner is not None
-        description = Description(sdps, tcp, relay, quic=quic, reconnect=self._reconnects)
+        description = Description(
+            sdps, tcp, relay, quic=quic, reconnect=self._reconnects, pair=self._pairing
+        )
         plaintext = encode_description(kind, description)
         sealed = seal_message(key=self._keys.signal_send, kind=kind, plaintext=plaintext)
         return Call(kind, {"peer_id": self._partner, "sealed": base64.b64encode(sealed).decode()})
@@ -802,7 +816,18 @@ class Handshake:
         sealed = _b64(event.sealed, "sealed")
         plaintext = open_message(key=self._keys.signal_receive, kind=event.kind, sealed=sealed)
         description = decode_description(event.kind, plaintext)
+        if self._pairing is not None and description.pair is None:
+            raise PairingMismatchError(
+                "the other side is not pairing (it ran sfs send or sfs receive, or an sfs "
+                "without `sfs pair`): both devices run sfs pair"
+            )
+        if self._pairing is None and description.pair is not None:
+            raise PairingMismatchError(
+                "the other side is pairing, not transferring: to pair with it, run "
+                "`sfs pair CODE` (with its code)"
+            )
         self._peer_reconnects = description.reconnect
+        self.peer_pair_name = description.pair
         return description.sdps, description.tcp, description.relay, description.quic
 
     # -- endings --------------------------------------------------------------------------
@@ -825,9 +850,16 @@ def _other(role: Role) -> Role:
     return Role.RECEIVER if role is Role.SENDER else Role.SENDER
 
 
-def _abort_error(reason: object) -> SfsError:
+def _abort_error(reason: object, *, pairing: bool) -> SfsError:
     if reason == WRONG_CODE_REASON:
         return WrongCodeError()
+    if reason == PAIRING_REASON:
+        return PairingMismatchError(
+            "the other side is not pairing: both devices run sfs pair"
+            if pairing
+            else "the other side is pairing, not transferring: to pair with it, run "
+            "`sfs pair CODE` (with its code)"
+        )
     if reason == CANCELLED_REASON:
         return CancelledByPeerError(
             "the other side was cancelled by its user before the connection was set up"
