@@ -697,6 +697,8 @@ async def _join_on_lan(
 #: After a paired device's attempt at its rendezvous failed (someone else there, the
 #: server lost), the wait there begins again after this long.
 PAIR_RETRY_SECONDS = 1.0
+#: Between a sender's rounds of lookups for a paired device not (yet) waiting.
+PAIR_LOOKUP_PAUSE_SECONDS = 2.0
 
 
 async def pair(config: PairConfig, ui: Ui) -> Paired:
@@ -822,8 +824,8 @@ async def paired_sender_session(
     device: Pair, options: PeerOptions, ui: Ui, *, streams: int | None = 1
 ) -> AsyncIterator[Session]:
     """Find the paired ``device`` waiting (`sfs receive`) and set up a session with it,
-    with no code: at the pair's rendezvous of this period (or the one either side, for
-    clocks that differ), by a fresh SPAKE2 on the pair's password.
+    with no code: at the pair's rendezvous of this period (or the nearer one beside it,
+    for clocks that differ), by a fresh SPAKE2 on the pair's password.
 
     Through the server, the rendezvous IDs are asked for in turn; in LAN mode every
     waiting receiver is asked a pair probe, and the one that proves the pair says
@@ -844,27 +846,62 @@ async def paired_sender_session(
         )
 
     async with AsyncExitStack() as stack:
-        if options.server_url is not None:
-            ui.status(f"Connecting via {options.server_url}…")
-            ui.status(f"Looking for {device.name} (paired)…")
-            now = pair_period(time.time())
-            for period in (now, now - 1, now + 1):
-                try:
-                    session = await set_up(
-                        stack, handshake(period), options.server_url, options, Quiet(ui), addresses
-                    )
-                except CodeNotFoundError:
-                    continue
-                break
-            else:
-                raise CodeNotFoundError(
-                    f"{device.name} is not waiting: run `sfs receive` on it (with the same "
-                    "server); it waits for its paired devices beside its code"
+        try:
+            if options.server_url is not None:
+                ui.status(f"Connecting via {options.server_url}…")
+                ui.status(f"Looking for {device.name} (paired)…")
+                session = await _join_pair_by_server(
+                    stack, device, handshake, options.server_url, options, ui, addresses
                 )
-        else:
-            session = await _join_pair_on_lan(stack, device, handshake, options, ui, addresses)
+            else:
+                session = await _join_pair_on_lan(stack, device, handshake, options, ui, addresses)
+        except WrongCodeError:
+            # No code was typed: the pair's secret is right on this side, so the other
+            # end of the exchange was not (only) the paired device.
+            raise WrongCodeError(
+                f"the key exchange with {device.name} failed: someone may be interfering "
+                "(the server, or a device that is not it); nothing was sent"
+            ) from None
         ui.status(f"Connected to {device.name} (paired)")
         yield dataclasses.replace(session, paired_with=device.name)
+
+
+async def _join_pair_by_server(
+    stack: AsyncExitStack,
+    device: Pair,
+    handshake: Callable[[int], Handshake],
+    url: str,
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+) -> Session:
+    """Ask for the pair's rendezvous of this period and of the nearer one beside it
+    (the clocks may differ by up to half a period), again for ``options.find_timeout``
+    (the device may be starting `sfs receive` just now), as LAN mode looks for its
+    records that long. Two lookups a round: a server counts them per address."""
+    deadline = time.monotonic() + options.find_timeout
+    while True:
+        clock = time.time()
+        now = pair_period(clock)
+        nearer = now - 1 if clock % PAIR_PERIOD_SECONDS < PAIR_PERIOD_SECONDS / 2 else now + 1
+        for period in (now, nearer):
+            own = AsyncExitStack()
+            try:
+                session = await set_up(own, handshake(period), url, options, Quiet(ui), addresses)
+            except CodeNotFoundError:
+                await own.aclose()
+                continue
+            except BaseException:
+                await own.aclose()
+                raise
+            stack.push_async_callback(own.aclose)
+            return session
+        if time.monotonic() >= deadline:
+            raise CodeNotFoundError(
+                f"{device.name} is not waiting: run `sfs receive` on it (through the same "
+                "server); it waits for its paired devices beside its code"
+            )
+        await asyncio.sleep(PAIR_LOOKUP_PAUSE_SECONDS)
 
 
 async def _join_pair_on_lan(

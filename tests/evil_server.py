@@ -222,6 +222,30 @@ class ReplayAtRendezvous(Attack):
         return [(event, data, to)]
 
 
+@dataclass
+class ReplayPairedSession(Attack):
+    """Records the SPAKE2 messages and sealed offer of one paired session (`sfs send
+    @NAME`, issue 29) while ``mode`` is "record", and plays them into every set-up
+    while it is "replay": what a server that keeps a pair's messages could try while
+    the pair's rendezvous is the same (one period)."""
+
+    mode: str = "idle"
+    events: tuple[str, ...] = (m.RECEIVE_PUBLIC_KEY, m.OFFER)
+    recorded: dict[str, dict[str, object]] = field(default_factory=dict)
+    replayed: int = 0
+
+    async def outgoing(
+        self, server: EvilSignalServer, event: str, data: dict[str, object], to: str
+    ) -> list[Emit]:
+        if event in self.events:
+            if self.mode == "record":
+                self.recorded.setdefault(event, data)
+            elif self.mode == "replay" and event in self.recorded:
+                data = {**self.recorded[event], "peer_id": data["peer_id"]}
+                self.replayed += 1
+        return [(event, data, to)]
+
+
 class Drop(Attack):
     def __init__(self, kind: str) -> None:
         self.kind = kind
