@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sfs import platform
 from sfs.defaults import MAX_PAIRS
 from sfs.errors import SfsError
 from sfs.peer.proto.crypto import KEY_BYTES, pair_fingerprint
@@ -94,7 +95,7 @@ class PairStore:
 
     def load(self) -> list[Pair]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(self.path, platform.open_flags(os.O_RDONLY))
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -137,10 +138,11 @@ class PairStore:
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             temporary = folder / f".{self.path.name}.{secrets.token_hex(4)}"
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            new = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            fd = os.open(temporary, platform.open_flags(new), 0o600)
             try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(document, f, indent=1)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(json.dumps(document, indent=1).encode("utf-8"))
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(temporary, self.path)

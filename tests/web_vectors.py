@@ -1890,12 +1890,13 @@ def _constants() -> dict[str, object]:
         ),
         "limits": {name: _number(value) for name, value in limits.items()},
         "seconds": seconds,
-        # The LAN probe's label is the command line's alone; the TCP path's and the
-        # relay token's are the page's too, which speaks the TCP path through a relay.
+        # The LAN probe's label and trusted devices' (`sfs pair`) are the command
+        # line's alone; the TCP path's and the relay token's are the page's too, which
+        # speaks the TCP path through a relay.
         "hkdf_labels": {
             name: getattr(crypto, name).decode("ascii")
             for name in labels
-            if name != "INFO_PROBE_PROOF"
+            if name != "INFO_PROBE_PROOF" and not name.startswith("INFO_PAIR")
         },
         "words": {
             **_named(webrtc, "CHANNEL_LABEL"),

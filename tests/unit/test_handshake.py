@@ -22,6 +22,7 @@ from sfs.code import Code, parse_code
 from sfs.defaults import MAX_STREAMS
 from sfs.errors import (
     CancelledByPeerError,
+    PairingMismatchError,
     PeerGoneError,
     ServerLostError,
     SfsError,
@@ -121,6 +122,7 @@ class Relay:
         relays: tuple[str | None, str | None] = (None, None),
         prepare: bool = False,
         rendezvous: Code | None = None,
+        pairing: tuple[str | None, str | None] = (None, None),
     ) -> None:
         """:param relays: the relay the server names to the sender and to the receiver.
         :param prepare: call each machine's ``prepare`` whenever it waits, as app.py does."""
@@ -136,6 +138,7 @@ class Relay:
             connect_timeout=TIMEOUT,
             streams=streams,
             new_words=lambda: WORDS,
+            pairing=pairing[0],
         )
         waiter_id = WAITER_ID if rendezvous is None else rendezvous.peer_id
         self.waiter = Side("waiter", waiter_id, waiter)
@@ -144,7 +147,9 @@ class Relay:
         code = parse_code(self.waiter.shown[-1]) if rendezvous is None else rendezvous
         if joiner_words is not None:
             code = Code(code.peer_id, joiner_words)
-        joiner = Handshake(joiner_role, code=code, connect_timeout=TIMEOUT, streams=streams)
+        joiner = Handshake(
+            joiner_role, code=code, connect_timeout=TIMEOUT, streams=streams, pairing=pairing[1]
+        )
         self.joiner = Side("joiner", JOINER_ID, joiner)
         self.joiner.inbox.append(Registered(JOINER_ID, SERVER_ICE, joiner_relay))
 
@@ -346,6 +351,40 @@ def test_wrong_code_ends_both_sides(waiter_role: Role) -> None:
     assert isinstance(relay.sender.error, WrongCodeError)
     assert abort_calls(relay.sender) == []
     assert relay.sender.hs.state is relay.receiver.hs.state is SetupState.FAILED
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+def test_a_pairing_seals_each_sides_name_and_both_get_one_secret(waiter_role: Role) -> None:
+    relay = Relay(waiter_role=waiter_role, pairing=("laptop", "phone"))
+    relay.run()
+    assert relay.waiter.hs.peer_pair_name == "phone"
+    assert relay.joiner.hs.peer_pair_name == "laptop"
+    assert relay.waiter.keys is not None
+    assert relay.joiner.keys is not None
+    assert len(relay.waiter.keys.pairing) == 32
+    assert relay.waiter.keys.pairing == relay.joiner.keys.pairing
+    assert relay.waiter.keys.pairing not in (relay.waiter.keys.reconnect, b"\0" * 32)
+
+
+@pytest.mark.parametrize("waiter_role", FLOWS, ids=["receiver-first", "sender-first"])
+@pytest.mark.parametrize("pairing", [("laptop", None), (None, "phone")], ids=["waiter", "joiner"])
+def test_pairing_with_a_side_that_transfers_ends_both(
+    waiter_role: Role, pairing: tuple[str | None, str | None]
+) -> None:
+    """One side runs `sfs pair`, the other `sfs send` or `sfs receive` with its code:
+    the receiver, opening the offer, finds it out, tells the sender and stops; each
+    says it in its own terms. Nobody's name is taken from the other."""
+    relay = Relay(waiter_role=waiter_role, pairing=pairing)
+    relay.run()
+    pairs = relay.waiter if pairing[0] else relay.joiner
+    transfers = relay.joiner if pairing[0] else relay.waiter
+    assert abort_calls(relay.receiver) == ["pairing_mismatch"]
+    for side in (relay.sender, relay.receiver):
+        assert isinstance(side.error, PairingMismatchError)
+        assert side.hs.state is SetupState.FAILED
+        assert side.hs.peer_pair_name is None
+    assert "the other side is not pairing" in str(pairs.error)
+    assert "the other side is pairing, not transferring" in str(transfers.error)
 
 
 def corrupt(kind: str) -> Tamper:
