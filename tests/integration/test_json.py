@@ -95,6 +95,7 @@ def test_a_transfer_as_json_events(sfs_server: ServerProcess, tmp_path: Path) ->
         "folders": [],
         "notes": [],
         "total": src.stat().st_size,
+        "paired": None,
     }
     ours = events(sent.stdout)
     assert kinds(ours) == ["progress", "done"]
