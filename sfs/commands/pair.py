@@ -42,6 +42,22 @@ def store() -> PairStore:
     return PairStore()
 
 
+def complete_names(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """The paired devices' names, for --remove and --yes-from (nothing if the pairs
+    file cannot be read: a completion never prints an error)."""
+    import click.shell_completion
+
+    from sfs.errors import SfsError
+
+    try:
+        names = [p.name for p in store().load()]
+    except SfsError:
+        return []
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
 def check_name(name: str) -> str:
     from sfs.pairs import NAME_RE
 
@@ -151,7 +167,14 @@ def pair(
 
 
 @click.command(epilog=_epilog(PAIRS_EXAMPLES))
-@click.option("--remove", "remove", default=None, metavar="NAME", help="Forget this device.")
+@click.option(
+    "--remove",
+    "remove",
+    default=None,
+    metavar="NAME",
+    help="Forget this device.",
+    shell_complete=complete_names,
+)
 @json_option("Write the list (or what was removed) to stdout as one JSON object.")
 def pairs(remove: str | None, as_json: bool) -> None:
     """List the paired devices (`sfs pair`): name, fingerprint, when paired and when

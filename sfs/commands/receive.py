@@ -57,6 +57,7 @@ RECEIVE_EXAMPLES = [
     "--yes-from",
     multiple=True,
     metavar="NAME",
+    shell_complete=pair_command.complete_names,
     help="Accept an offer from this paired device (`sfs pairs`) without asking; repeat for more.",
 )
 @click.option(

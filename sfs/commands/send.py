@@ -74,9 +74,14 @@ def _complete_files(
 ) -> list[click.shell_completion.CompletionItem]:
     """Files and folders for `sfs send`'s arguments: the shell's own file completion
     (click tells bash `compopt -o default`, zsh `_path_files`, fish its path
-    completion).  A code typed first is left alone: there is nothing to offer."""
+    completion).  A code typed first is left alone: there is nothing to offer; `@`
+    first is a paired device's name."""
     import click.shell_completion
 
+    if incomplete.startswith("@") and not ctx.params.get("args"):
+        # The first argument: a paired device (`sfs send @NAME FILE...`).
+        names = pair_command.complete_names(ctx, param, incomplete[1:])
+        return [click.shell_completion.CompletionItem(f"@{n.value}") for n in names]
     return [click.shell_completion.CompletionItem(incomplete, type="file")]
 
 

@@ -28,20 +28,35 @@ def shell(name: str, script: str) -> list[str]:
 
 def bash_complete(*words: str) -> list[str]:
     """What bash offers after ``sfs WORDS`` (the last word is the one being typed)."""
+    return shell("bash", _completing(*words))
+
+
+def _completing(*words: str) -> str:
     quoted = " ".join(f"'{w}'" for w in ("sfs", *words))
-    return shell(
-        "bash",
+    return (
         f'eval "$(_SFS_COMPLETE=bash_source sfs)"; COMP_WORDS=({quoted}); '
-        f'COMP_CWORD={len(words)}; _sfs_completion sfs; printf "%s\\n" "${{COMPREPLY[@]}}"',
+        f'COMP_CWORD={len(words)}; _sfs_completion sfs; printf "%s\\n" "${{COMPREPLY[@]}}"'
     )
 
 
 def test_bash_completes_commands_options_and_choices(tmp_path: Path) -> None:
     assert bash_complete("se") == ["send", "serve"]
-    assert bash_complete("") == ["check", "config", "peers", "receive", "send", "serve"]
+    assert bash_complete("") == [
+        "check", "config", "pair", "pairs", "peers", "receive", "send", "serve"
+    ]  # fmt: skip
     assert "--transport" in bash_complete("send", "--tr")
     assert bash_complete("send", "--transport", "") == ["auto", "tcp", "datachannel"]
     assert "--chunk-size" in bash_complete("send", "--")
+
+
+def test_bash_completes_paired_devices_names(tmp_path: Path) -> None:
+    from sfs.pairs import Pair, PairStore
+
+    PairStore(tmp_path / "sfs" / "pairs.json").add(Pair("phone", os.urandom(32), time.time()))
+    data = f"XDG_DATA_HOME='{tmp_path}'; export XDG_DATA_HOME; "
+    assert shell("bash", data + _completing("send", "@")) == ["@phone"]
+    assert shell("bash", data + _completing("pairs", "--remove", "p")) == ["phone"]
+    assert shell("bash", data + _completing("receive", "--yes-from", "")) == ["phone"]
 
 
 def test_fish_completes_with_descriptions() -> None:
