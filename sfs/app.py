@@ -262,9 +262,6 @@ async def _session(
     preload_transports(server=role is Role.RECEIVER)
     if code is not None or role is not Role.RECEIVER:
         pairs = ()
-    if pairs:
-        names = ", ".join(f"@{pair.name}" for pair in pairs)
-        ui.status(f"Paired devices need no code: waiting for {names} too")
 
     handshake = functools.partial(
         Handshake,
@@ -737,6 +734,8 @@ async def _code_or_pairs(
     """
     if not pairs:
         return await code_attempt(stack)
+    names = ", ".join(f"@{pair.name}" for pair in pairs)
+    ui.status(f"Paired devices need no code: waiting for {names} too")
 
     async def by_code() -> tuple[Session, AsyncExitStack]:
         own = AsyncExitStack()

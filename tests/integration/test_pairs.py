@@ -86,9 +86,13 @@ class Device:
 
 
 def device(tmp: Path, name: str, env: dict[str, str], netns: str | None = None) -> Device:
+    """A device with a data folder and a config folder of its own."""
     home = tmp / f"{name}-data"
     home.mkdir()
-    return Device(name, home, {**env, "XDG_DATA_HOME": str(home)}, netns)
+    config = tmp / f"{name}-config"
+    config.mkdir()
+    own = {"XDG_DATA_HOME": str(home), "XDG_CONFIG_HOME": str(config)}
+    return Device(name, home, {**env, **own}, netns)
 
 
 def pair(tmp: Path, waiting: Device, joining: Device) -> str:
@@ -97,6 +101,8 @@ def pair(tmp: Path, waiting: Device, joining: Device) -> str:
     shown = waiting.start(tmp, "pair", "--name", waiting.name)
     joined = joining.run("pair", "--name", joining.name, shown.code)
     waited = shown.finish(60)
+    print(f"== {waiting.name}$ sfs pair --name {waiting.name}\n{waited.stdout}{waited.stderr}")
+    print(f"== {joining.name}$ sfs pair --name {joining.name} CODE\n{joined.stdout}{joined.stderr}")
     assert joined.returncode == 0, joined.stderr
     assert waited.returncode == 0, waited.stderr
     assert f"Paired with {waiting.name} (fingerprint" in joined.stdout, joined.stdout
@@ -131,6 +137,9 @@ def send_to_pair(tmp: Path, sender: Device, receiver: Device, *receive_args: str
     with receiving(tmp, receiver, *receive_args) as (waiting, out):
         sent = sender.run("send", f"@{receiver.name}", str(src))
         received = waiting.finish(60)
+    # What each side said, for the record (pytest -s).
+    print(f"== {sender.name}$ sfs send @{receiver.name} {src.name}\n{sent.stderr}{sent.stdout}")
+    print(f"== {receiver.name}$ sfs receive {' '.join(receive_args)}\n{received.stderr}")
     assert sent.returncode == 0, f"{sent.stderr}\nreceiver:\n{received.stderr}"
     assert received.returncode == 0, received.stderr
     assert sha256_file(out / src.name) == sha256_file(src)
@@ -271,6 +280,24 @@ async def test_a_server_replaying_a_paired_sessions_messages_gets_no_one_in(
             finally:
                 stop_process(waiting.process)
     assert attack.replayed > 0
+
+
+def test_through_sfs_serve_between_namespaces(tmp_path: Path) -> None:
+    """The issue's run: `sfs serve` on one host, the laptop and the phone on two others
+    (three namespaces on a bridge), each with its own data and config folders: they
+    pair once by code, then send to each other by name, verified."""
+    with lan_hosts(3) as (server_host, laptop_host, phone_host):
+        assert server_host.ipv4 is not None
+        server = start_server(tmp_path, netns=server_host.netns, host=server_host.ipv4)
+        try:
+            env = {**peer_env(server.url), "SFS_ICE_ADDRESSES": ""}
+            laptop = device(tmp_path, "laptop", env, laptop_host.netns)
+            phone = device(tmp_path, "phone", env, phone_host.netns)
+            pair(tmp_path, laptop, phone)
+            send_to_pair(tmp_path, phone, laptop, "--yes-from", "phone")
+            send_to_pair(tmp_path, laptop, phone, "--yes")
+        finally:
+            stop_process(server.process)
 
 
 # -- on a LAN, no server ------------------------------------------------------------------
