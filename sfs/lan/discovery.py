@@ -17,11 +17,11 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import ifaddr
@@ -53,6 +53,8 @@ from sfs.peer.proto.crypto import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Linux interface flags (``/sys/class/net/NAME/flags``).
 IFF_UP = 0x1
@@ -287,25 +289,37 @@ async def probe(
             return Probed(advert)
         return Probed(advert, host=address, instance=instance)
 
+    results = await _each_address(advert, ask, lambda r: r.instance is not None, within)
+    proven = next((r for r in results if r.instance is not None), None)
+    busy = next((r for r in results if r.busy), None)
+    return proven or busy or Probed(advert)
+
+
+async def _each_address(
+    advert: Advert,
+    ask: Callable[[aiohttp.ClientSession, str], Awaitable[T]],
+    proven: Callable[[T], bool],
+    within: float,
+) -> list[T]:
+    """``ask`` every address of ``advert`` at once, for ``within`` seconds at most;
+    the answers until the first ``proven`` one (that one last)."""
     timeout = aiohttp.ClientTimeout(total=within)
-    results: list[Probed] = []
+    results: list[T] = []
     async with aiohttp.ClientSession(timeout=timeout) as session:
         tasks = [asyncio.ensure_future(ask(session, a)) for a in advert.addresses]
         try:
             async with asyncio.timeout(within):
                 for next_done in asyncio.as_completed(tasks):
-                    result = await next_done
-                    if result.instance is not None:
-                        return result
-                    results.append(result)
+                    results.append(await next_done)
+                    if proven(results[-1]):
+                        break
         except TimeoutError:
             pass
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    busy = next((r for r in results if r.busy), None)
-    return busy or Probed(advert)
+    return results
 
 
 async def find_holder(
@@ -316,33 +330,47 @@ async def find_holder(
 
     Once one has proven it, the probes still under way get SETTLE_SECONDS to finish,
     so that a second device claiming the ID is noticed.  Ends within ``within``."""
+
+    def ask(advert: Advert, seconds: float) -> Awaitable[Probed]:
+        return probe(advert, peer_id=peer_id, waiting_role=waiting_role, within=seconds)
+
+    done = await _each_record(
+        browser, waiting_role, ask, lambda r: r.instance is not None, within, SETTLE_SECONDS
+    )
+    return choose(done, peer_id=peer_id, role=waiting_role)
+
+
+async def _each_record(
+    browser: Browser,
+    role: str,
+    ask: Callable[[Advert, float], Awaitable[T]],
+    proven: Callable[[T], bool],
+    within: float,
+    settle: float,
+) -> list[T]:
+    """``ask`` every record of a waiting ``role`` as it comes (at most MAX_RECORDS),
+    all at once, for ``within`` seconds at most, each for at most PROBE_SECONDS; once
+    one answer is ``proven``, the others still under way get ``settle`` seconds.
+    Returns every answer that came."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     asked: set[tuple[str, Advert]] = set()
-    running: set[asyncio.Future[Probed]] = set()
-    done: list[Probed] = []
+    running: set[asyncio.Future[T]] = set()
+    done: list[T] = []
     changed: asyncio.Future[bool] | None = None
     found_at: float | None = None
     try:
         while True:
             for name, advert in browser.adverts.items():
-                if advert.role != waiting_role or (name, advert) in asked:
+                if advert.role != role or (name, advert) in asked:
                     continue
                 if len(asked) >= MAX_RECORDS:
                     break
                 asked.add((name, advert))
-                running.add(
-                    asyncio.ensure_future(
-                        probe(
-                            advert,
-                            peer_id=peer_id,
-                            waiting_role=waiting_role,
-                            within=min(PROBE_SECONDS, max(0.1, deadline - loop.time())),
-                        )
-                    )
-                )
+                seconds = min(PROBE_SECONDS, max(0.1, deadline - loop.time()))
+                running.add(asyncio.ensure_future(ask(advert, seconds)))
             if found_at is not None:
-                deadline = min(deadline, found_at + SETTLE_SECONDS)
+                deadline = min(deadline, found_at + settle)
                 if not running:
                     break
             remaining = deadline - loop.time()
@@ -355,7 +383,7 @@ async def find_holder(
             for task in [t for t in running if t.done()]:
                 running.discard(task)
                 result = task.result()
-                if result.instance is not None and found_at is None:
+                if proven(result) and found_at is None:
                     found_at = loop.time()
                 done.append(result)
     finally:
@@ -365,7 +393,7 @@ async def find_holder(
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-    return choose(done, peer_id=peer_id, role=waiting_role)
+    return done
 
 
 # -- paired devices ---------------------------------------------------------------------------
@@ -404,21 +432,8 @@ async def pair_probe(
         period = pair_probe_period(secret, asked, answered, tags, around=pair_period(time.time()))
         return None if period is None else PairHolder(address, advert.port, period)
 
-    timeout = aiohttp.ClientTimeout(total=within)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = [asyncio.ensure_future(ask(session, a)) for a in advert.addresses]
-        try:
-            async with asyncio.timeout(within):
-                for next_done in asyncio.as_completed(tasks):
-                    if (found := await next_done) is not None:
-                        return found
-        except TimeoutError:
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-    return None
+    results = await _each_address(advert, ask, lambda r: r is not None, within)
+    return next((r for r in results if r is not None), None)
 
 
 async def find_pair_holder(
@@ -426,40 +441,15 @@ async def find_pair_holder(
 ) -> PairHolder:
     """Pair-probe every waiting receiver's record as it comes, all at once, and return
     the first that proves it is ``name``, the pair's other device."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    asked: set[tuple[str, Advert]] = set()
-    running: set[asyncio.Future[PairHolder | None]] = set()
-    changed: asyncio.Future[bool] | None = None
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            for record, advert in browser.adverts.items():
-                if advert.role != "receiver" or (record, advert) in asked:
-                    continue
-                if len(asked) >= MAX_RECORDS:
-                    break
-                asked.add((record, advert))
-                running.add(
-                    asyncio.ensure_future(
-                        pair_probe(advert, secret, within=min(PROBE_SECONDS, max(0.1, remaining)))
-                    )
-                )
-            if changed is None or changed.done():
-                changed = asyncio.ensure_future(browser.wait_changed(remaining))
-            waiters: set[asyncio.Future[Any]] = {changed, *running}
-            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            for task in [t for t in running if t.done()]:
-                running.discard(task)
-                if (found := task.result()) is not None:
-                    return found
-    finally:
-        leftovers: list[asyncio.Future[Any]] = [*running]
-        if changed is not None:
-            leftovers.append(changed)
-        for task in leftovers:
-            task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
-    raise PeerNotOnLanError(
-        f"{name} is not waiting on this network: run `sfs receive` on it (for other "
-        "networks use --server on both)"
-    )
+
+    def ask(advert: Advert, seconds: float) -> Awaitable[PairHolder | None]:
+        return pair_probe(advert, secret, within=seconds)
+
+    done = await _each_record(browser, "receiver", ask, lambda r: r is not None, within, 0.0)
+    found = next((r for r in done if r is not None), None)
+    if found is None:
+        raise PeerNotOnLanError(
+            f"{name} is not waiting on this network: run `sfs receive` on it (for other "
+            "networks use --server on both)"
+        )
+    return found

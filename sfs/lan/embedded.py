@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,30 +107,32 @@ class Holding:
 
     async def answer(self, request: web.Request) -> web.Response:
         """``POST PROBE_PATH`` ``{"msg": b64}`` -> ``{"msg", "instance", "proof"}``."""
-        key = address_key(str(request.remote or "unknown"))
-        if self.peer_id is None or not self.admit(key, asyncio.get_running_loop().time()):
-            return web.Response(status=503, text="busy")
-        body = await request.content.read(MAX_PROBE_BODY_BYTES + 1)
-        try:
-            if len(body) > MAX_PROBE_BODY_BYTES:
-                raise ValueError("too long")
-            message = base64.b64decode(json.loads(body)["msg"], validate=True)
+
+        def reply(peer_id: str, body: dict[str, Any]) -> dict[str, Any]:
+            message = _b64(body["msg"])
             answer, proof = answer_probe(
-                peer_id=self.peer_id, role=self.role, message=message, instance=self.instance
+                peer_id=peer_id, role=self.role, message=message, instance=self.instance
             )
-        except (ValueError, KeyError, TypeError, binascii.Error, CryptoError):
-            return web.Response(status=400, text="bad probe")
-        return web.json_response(
-            {
-                "msg": base64.b64encode(answer).decode("ascii"),
-                "instance": base64.b64encode(self.instance).decode("ascii"),
-                "proof": base64.b64encode(proof).decode("ascii"),
-            }
-        )
+            return {"msg": _text(answer), "instance": _text(self.instance), "proof": _text(proof)}
+
+        return await self._probed(request, reply)
 
     async def answer_pair(self, request: web.Request) -> web.Response:
         """``POST PAIR_PROBE_PATH`` ``{"nonce": b64}`` -> ``{"nonce", "tags"}``: as
         many tags whatever pairs there are, so anyone may ask and learn nothing."""
+
+        def reply(peer_id: str, body: dict[str, Any]) -> dict[str, Any]:
+            asked = _b64(body["nonce"])
+            answered, tags = answer_pair_probe(self.pairs, pair_period(time.time()), asked)
+            return {"nonce": _text(answered), "tags": [_text(t) for t in tags]}
+
+        return await self._probed(request, reply)
+
+    async def _probed(
+        self, request: web.Request, reply: Callable[[str, dict[str, Any]], dict[str, Any]]
+    ) -> web.Response:
+        """Either probe: 503 before the waiting side has its ID or past an address's
+        share, 400 for a body that is not one, else ``reply``'s answer."""
         key = address_key(str(request.remote or "unknown"))
         if self.peer_id is None or not self.admit(key, asyncio.get_running_loop().time()):
             return web.Response(status=503, text="busy")
@@ -138,16 +140,22 @@ class Holding:
         try:
             if len(body) > MAX_PROBE_BODY_BYTES:
                 raise ValueError("too long")
-            asked = base64.b64decode(json.loads(body)["nonce"], validate=True)
-            answered, tags = answer_pair_probe(self.pairs, pair_period(time.time()), asked)
+            question = json.loads(body)
+            if not isinstance(question, dict):
+                raise TypeError("not an object")
+            return web.json_response(reply(self.peer_id, question))
         except (ValueError, KeyError, TypeError, binascii.Error, CryptoError):
             return web.Response(status=400, text="bad probe")
-        return web.json_response(
-            {
-                "nonce": base64.b64encode(answered).decode("ascii"),
-                "tags": [base64.b64encode(t).decode("ascii") for t in tags],
-            }
-        )
+
+
+def _b64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError("not base64 text")
+    return base64.b64decode(value, validate=True)
+
+
+def _text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 @dataclass(frozen=True)
