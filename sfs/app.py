@@ -39,6 +39,7 @@ from sfs.errors import (
 )
 from sfs.lan.record import Advert, signaling_url
 from sfs.pairs import Pair, PairStore, device_name
+from sfs.peer.files.exclusion import LeaveOut
 from sfs.peer.files.sources import Sources, inspect_tree, stream_source, text_source
 from sfs.peer.proto.conversation import Conversation
 from sfs.peer.proto.crypto import (
@@ -106,6 +107,8 @@ class SendConfig:
     #: Show a printed code with a link to the web page (--qr, --json): the server's, if
     #: it serves one; in LAN mode, the embedded server's.
     link: bool = False
+    #: What named folders leave out (--exclude, --gitignore).
+    leave_out: LeaveOut | None = None
     #: Send to this paired device (`sfs send @NAME`), with no code; ``code`` is None.
     to_pair: Pair | None = None
     #: Where to note when a paired device was last seen.
@@ -315,7 +318,9 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
     elif config.stream is not None:
         tree = Sources([stream_source(config.stream, config.stream_name)])
     else:
-        tree = inspect_tree(list(config.paths))
+        tree = inspect_tree(list(config.paths), config.leave_out)
+        if any(tree.left_out):
+            ui.status(f"Left out {_counted(*tree.left_out)} (--exclude, --gitignore)")
     sources = tree.files
     if len(sources) + len(tree.folders) > MAX_ENTRIES:
         raise SourceError(
@@ -348,6 +353,15 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         ),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
     )
+
+
+def _counted(files: int, folders: int) -> str:
+    said = [
+        f"{n} {what}{'' if n == 1 else 's'}"
+        for n, what in ((files, "file"), (folders, "folder"))
+        if n
+    ]
+    return " and ".join(said)
 
 
 def _connect_again(role: Role, options: PeerOptions) -> Connect:

@@ -46,6 +46,7 @@ from sfs.text import printable
 if TYPE_CHECKING:
     from sfs.code import Code
     from sfs.pairs import Pair
+    from sfs.peer.files.exclusion import LeaveOut
 
 
 SEND_EXAMPLES = [
@@ -55,6 +56,7 @@ SEND_EXAMPLES = [
     ("sfs send CODE --text 'hello'", "a text message"),
     ("tar c dir | sfs send CODE -", "a pipe"),
     ("sfs send @laptop report.pdf", "to a paired device (`sfs pair`), no code"),
+    ("sfs send --exclude '*.log' --gitignore CODE project/", "a folder, minus what is ignored"),
 ]
 
 
@@ -133,6 +135,18 @@ def _complete_files(
     help="The name the receiver saves a pipe (FILE `-`, stdin) under.",
 )
 @click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out what matches PATTERN inside the folders sent (gitignore-style: "
+    "`*.log`, `build/`, `**/node_modules`); repeatable.",
+)
+@click.option(
+    "--gitignore",
+    is_flag=True,
+    help="Leave out what the .gitignore files inside the folders sent ignore, and .git.",
+)
+@click.option(
     "--no-compress",
     is_flag=True,
     help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
@@ -148,6 +162,8 @@ def send(
     print_code: bool,
     text: str | None,
     stream_name: str,
+    exclude: tuple[str, ...],
+    gitignore: bool,
     no_compress: bool,
     sender_name: str | None,
     streams: int | None,
@@ -235,6 +251,7 @@ def send(
         link=print_code and (qr or as_json),
         to_pair=to_pair,
         pair_store=None if to_pair is None else pair_command.store(),
+        leave_out=_leave_out(exclude, gitignore),
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
@@ -245,6 +262,19 @@ def send(
     ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
     result = _run(app.send(config, ui), verbose, ui=ui)
     say(_final_line("Sent", result), err=False)
+
+
+def _leave_out(exclude: tuple[str, ...], gitignore: bool) -> LeaveOut | None:
+    if not exclude and not gitignore:
+        return None
+    from sfs.errors import SourceError
+    from sfs.peer.files.exclusion import LeaveOut
+
+    try:
+        return LeaveOut(exclude, gitignore)
+    except SourceError as exc:
+        message = str(exc).removeprefix("--exclude: ")
+        raise click.BadParameter(message, param_hint="--exclude") from None
 
 
 def _paired_device(name: str) -> Pair:

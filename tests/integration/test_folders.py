@@ -88,6 +88,30 @@ def test_a_tree_round_trips(sfs_server: ServerProcess, tmp_path: Path) -> None:
     assert "  project/  3 files, 200.0 kB\n  single.txt  27 B\n" in received.stderr
 
 
+def test_exclude_and_gitignore_leave_out_what_they_match(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """`sfs send --exclude '*.log' --gitignore CODE project/`: the receiver gets the
+    folder without its .log files, without what its .gitignore ignores and without
+    .git; the sender says how much it left out. The rest arrives verified."""
+    tree = tmp_path / "src" / "project"
+    for name in ("a.py", "logs/run.log", "top.log", "build/out.bin", "src/b.py", ".git/HEAD"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(os.urandom(1000))
+    (tree / ".gitignore").write_text("build/\n")
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes")
+    sent = run_sender(sfs_server, "--exclude", "*.log", "--gitignore", receiver.code, str(tree))
+    received = receiver.finish()
+    assert sent.returncode == 0, sent.stderr
+    assert received.returncode == 0, received.stderr
+    assert "Left out 2 files and 2 folders (--exclude, --gitignore)" in sent.stderr
+    expected = manifest(tmp_path / "src")
+    for gone in ("logs/run.log", "top.log", "build", "build/out.bin", ".git", ".git/HEAD"):
+        del expected[f"project/{gone}"]
+    assert manifest(out) == expected
+
+
 def test_a_folder_that_exists_is_kept_and_the_new_one_goes_beside_it(
     sfs_server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ from sfs.defaults import MAX_TEXT_BYTES
 from sfs.errors import (
     SourceError,
 )
+from sfs.peer.files.exclusion import LeaveOut
 from sfs.peer.files.partial import HashState, hash_stream
 from sfs.peer.files.tree import open_regular, reads_more_than_its_size, size_unknown, walk
 from sfs.text import format_size
@@ -63,6 +64,8 @@ class Sources:
     files: list[SourceFile]
     folders: tuple[tuple[str, ...], ...] = ()
     skipped: tuple[str, ...] = ()
+    #: (files, folders) left out by --exclude or --gitignore.
+    left_out: tuple[int, int] = (0, 0)
 
 
 def _text(name: str) -> str:
@@ -71,7 +74,7 @@ def _text(name: str) -> str:
     return os.fsencode(name).decode("utf-8", errors="replace")
 
 
-def inspect_tree(paths: list[Path]) -> Sources:
+def inspect_tree(paths: list[Path], leave_out: LeaveOut | None = None) -> Sources:
     """Check every file and folder to send before contacting anyone.
 
     A single file that says it is empty but reads more (``/proc/version``) is sent
@@ -90,6 +93,7 @@ def inspect_tree(paths: list[Path]) -> Sources:
     folders: list[tuple[str, ...]] = []
     skipped: list[str] = []
     names: set[str] = set()
+    files_out = folders_out = 0
     for path in paths:
         name = path.name or path.resolve().name
         if name in names:
@@ -98,8 +102,10 @@ def inspect_tree(paths: list[Path]) -> Sources:
         if not path.is_dir():
             files += inspect_sources([path])
             continue
-        walked = walk([path])
+        walked = walk([path], leave_out=leave_out)
         skipped += walked.skipped
+        files_out += walked.left_out[0]
+        folders_out += walked.left_out[1]
         for entry in walked.entries:
             parts = tuple(_text(part) for part in entry.parts)
             if entry.is_dir:
@@ -118,8 +124,9 @@ def inspect_tree(paths: list[Path]) -> Sources:
                     )
                 )
     if not files:
-        raise SourceError("no file to send (the folders named hold no files)")
-    return Sources(files, tuple(folders), tuple(skipped))
+        left = " but what --exclude or --gitignore leaves out" if files_out else ""
+        raise SourceError(f"no file to send (the folders named hold no files{left})")
+    return Sources(files, tuple(folders), tuple(skipped), (files_out, folders_out))
 
 
 def inspect_sources(paths: list[Path]) -> list[SourceFile]:

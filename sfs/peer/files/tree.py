@@ -17,6 +17,7 @@ from typing import IO, cast
 
 from sfs import platform
 from sfs.errors import SourceError
+from sfs.peer.files.exclusion import Ignores, LeaveOut
 from sfs.peer.proto.tree import MAX_DEPTH
 from sfs.peer.proto.wire import MAX_ENTRIES
 
@@ -44,6 +45,9 @@ class Walked:
 
     entries: tuple[Entry, ...]
     skipped: tuple[str, ...]
+    #: (files, folders) left out by --exclude or --gitignore (a folder counts once:
+    #: what is in it is not walked).
+    left_out: tuple[int, int] = (0, 0)
 
     @property
     def files(self) -> int:
@@ -120,9 +124,13 @@ def size_unknown(path: Path) -> str:
     )
 
 
-def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:
+def walk(
+    paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES, leave_out: LeaveOut | None = None
+) -> Walked:
     """Everything under ``paths``, each folder's entries in name order.  A named
     symbolic link is followed; links inside folders are not.
+
+    :param leave_out: --exclude and --gitignore, for what is inside named folders.
 
     :raises SourceError: a named path is missing or unreadable, two named paths have
         the same name, the tree is deeper than MAX_DEPTH or has more than
@@ -131,8 +139,9 @@ def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:
     entries: list[Entry] = []
     skipped: list[str] = []
     top: set[str] = set()
+    left_out = [0, 0]
 
-    def add(path: Path, parts: tuple[str, ...]) -> None:
+    def add(path: Path, parts: tuple[str, ...], ignores: Ignores) -> None:
         if len(parts) > MAX_DEPTH:
             raise SourceError(f"{str(path)!r} is nested more than {MAX_DEPTH} folders deep")
         try:
@@ -141,15 +150,21 @@ def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:
             info = path.stat() if len(parts) == 1 else path.lstat()
         except OSError as exc:
             raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-        if stat.S_ISDIR(info.st_mode):
+        is_dir = stat.S_ISDIR(info.st_mode)
+        if len(parts) > 1 and leave_out and _left_out(leave_out, ignores, parts[1:], is_dir):
+            left_out[1 if is_dir else 0] += 1
+            return
+        if is_dir:
             entries.append(Entry(parts, path, True, mtime_ns=info.st_mtime_ns))
             _check_count()
             try:
                 children = sorted(os.scandir(path), key=lambda d: d.name)
             except OSError as exc:
                 raise SourceError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+            if leave_out is not None and leave_out.gitignore:
+                ignores = ignores.entering(path, parts[1:])
             for child in children:
-                add(Path(child.path), (*parts, child.name))
+                add(Path(child.path), (*parts, child.name), ignores)
         elif stat.S_ISREG(info.st_mode):
             executable = bool(info.st_mode & stat.S_IXUSR)
             entries.append(Entry(parts, path, False, info.st_size, info.st_mtime_ns, executable))
@@ -168,5 +183,13 @@ def walk(paths: Sequence[Path], *, max_entries: int = MAX_ENTRIES) -> Walked:
         if name in top:
             raise SourceError(f"two of the named paths are called {name!r}; rename one")
         top.add(name)
-        add(path, (name,))
-    return Walked(tuple(entries), tuple(skipped))
+        add(path, (name,), Ignores())
+    return Walked(tuple(entries), tuple(skipped), (left_out[0], left_out[1]))
+
+
+def _left_out(leave_out: LeaveOut, ignores: Ignores, inside: tuple[str, ...], is_dir: bool) -> bool:
+    if leave_out.excluded(inside, is_dir):
+        return True
+    if not leave_out.gitignore:
+        return False
+    return (is_dir and inside[-1] == ".git") or ignores.ignored(inside, is_dir)
