@@ -67,6 +67,7 @@ from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
 from sfs.setup import set_up
 from sfs.signal.client import serves_page
+from sfs.text import format_size
 
 if TYPE_CHECKING:
     # What a transfer does not need is imported where it is used: LAN mode (zeroconf,
@@ -109,6 +110,8 @@ class SendConfig:
     link: bool = False
     #: What named folders leave out (--exclude, --gitignore).
     leave_out: LeaveOut | None = None
+    #: --limit-rate: file data at no more than this many bytes a second.
+    limit_rate: float | None = None
     #: Send to this paired device (`sfs send @NAME`), with no code; ``code`` is None.
     to_pair: Pair | None = None
     #: Where to note when a paired device was last seen.
@@ -135,6 +138,8 @@ class ReceiveConfig:
     #: where to note when each was last seen.
     pairs: tuple[Pair, ...] = ()
     pair_store: PairStore | None = None
+    #: --limit-rate: file data at no more than this many bytes a second.
+    limit_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         if any(tree.left_out):
             ui.status(f"Left out {_counted(*tree.left_out)} (--exclude, --gitignore)")
     sources = tree.files
+    _say_limit(ui, config.limit_rate)
     if len(sources) + len(tree.folders) > MAX_ENTRIES:
         raise SourceError(
             f"sfs sends at most {MAX_ENTRIES} files and folders at once "
@@ -353,6 +359,11 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         ),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
     )
+
+
+def _say_limit(ui: Ui, limit_rate: float | None) -> None:
+    if limit_rate is not None:
+        ui.status(f"File data moves at {format_size(limit_rate)}/s at most (--limit-rate)")
 
 
 def _counted(files: int, folders: int) -> str:
@@ -415,6 +426,7 @@ async def _send_over(
         status=ui.status,
         folders=tree.folders,
         compress=config.compress,
+        limit_rate=config.limit_rate,
     )
     result.route = str(channel.route or "")
     _log_result("sent", result)
@@ -429,6 +441,7 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
         raise DiskError(f"the output folder {str(config.output_dir)!r} does not exist")
     if not os.access(config.output_dir, os.W_OK | os.X_OK):
         raise DiskError(f"the output folder {str(config.output_dir)!r} is not writable")
+    _say_limit(ui, config.limit_rate)
     peer = config.peer
     if config.sink is not None:
         # What went to stdout is gone: after an outage there is nothing to resume from.
@@ -487,6 +500,7 @@ async def _receive_over(
         status=ui.status,
         kept=ui.kept_partial,
         sink=config.sink,
+        limit_rate=config.limit_rate,
     )
     result.route = str(session.channel.route or "")
     _log_result("received", result)

@@ -120,9 +120,16 @@ class JsonProgress:
     there (a resumed file): those count as done, but not into the rate.
     """
 
-    def __init__(self, lines: JsonLines, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        lines: JsonLines,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        limit: float | None = None,
+    ) -> None:
         self._lines = lines
         self._clock = clock
+        self._limit = limit
         self._total: int | None = None
         self._done = self._moved = 0
         self._name = ""
@@ -164,6 +171,7 @@ class JsonProgress:
                 "bytes": self._done,
                 "total": self._total,
                 "rate": round(self._moved / max(now - self._started, 1e-6), 1),
+                "limit": self._limit,
             }
         )
 
@@ -182,10 +190,12 @@ class JsonUi:
         assume_yes: bool = False,
         ask: Callable[[str], Awaitable[bool]],
         yes_from: tuple[str, ...] = (),
+        limit_rate: float | None = None,
     ) -> None:
         self.lines = lines
         self.assume_yes = assume_yes
         self.yes_from = yes_from
+        self.limit_rate = limit_rate
         self._ask = ask
         self.kept: list[str] = []
 
@@ -196,7 +206,7 @@ class JsonUi:
         self.lines.emit({"type": "code", "code": code, "link": link})
 
     def progress(self) -> JsonProgress:
-        return JsonProgress(self.lines)
+        return JsonProgress(self.lines, limit=self.limit_rate)
 
     def kept_partial(self, name: str, held_bytes: int) -> None:
         self.kept.append(name)

@@ -66,6 +66,34 @@ TRANSFER_JSON_HELP = (
     "Write events to stdout as JSON, one object per line (code, offer, progress, done, "
     "error; see README.md); no progress bars or status lines, only errors on stderr."
 )
+RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class Rate(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3 only
+    """``--limit-rate``: bytes a second, as curl takes them: ``500k``, ``2M``, ``1.5G``
+    (k, M, G: 1024, 1024², 1024³) or a plain number."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:[bB](?:/s)?)?\s*", str(value))
+        rate = float(match.group(1)) * RATE_UNITS[match.group(2).lower()] if match else 0.0
+        if not 1 <= rate < 2**53:
+            hint = "give bytes a second, such as 500k or 2M (at least 1)"
+            self.fail(f"{value!r}: {hint}", param, ctx)
+        return rate
+
+
+LIMIT_RATE_OPTION = click.option(
+    "--limit-rate",
+    type=Rate(),
+    default=None,
+    metavar="RATE",
+    help="Move file data at no more than RATE bytes a second: 500k, 2M, 1G (k, M, G: "
+    "1024, 1024², 1024³).",
+)
 QR_OPTION = click.option(
     "--qr",
     is_flag=True,

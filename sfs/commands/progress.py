@@ -40,7 +40,8 @@ class LineProgress:
     PROGRESS_LINE_SECONDS (tqdm's bars would fill a log with carriage returns), per
     file, or for the whole transfer when it has many files."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, limit: float | None = None) -> None:
+        self._limit = limit
         self._name = ""
         self._size: int | None = 0
         self._done = 0
@@ -64,13 +65,14 @@ class LineProgress:
         if now - self._last >= PROGRESS_LINE_SECONDS:
             self._last = now
             rate = self._done / max(now - self._started, 1e-6)
+            speed = f"{format_size(rate)}/s{limited(self._limit)}"
             if self._size is None:
-                say(f"{self._name}: {format_size(self._done)}, {format_size(rate)}/s")
+                say(f"{self._name}: {format_size(self._done)}, {speed}")
                 return
             percent = 100 * self._done / self._size if self._size else 100.0
             say(
                 f"{self._name}: {format_size(self._done)} of {format_size(self._size)} "
-                f"({percent:.0f} %), {format_size(rate)}/s"
+                f"({percent:.0f} %), {speed}"
             )
 
     def finish(self) -> None:
@@ -81,8 +83,9 @@ class TqdmProgress:
     """A tqdm bar on stderr: one per file, or one for the whole transfer when it has
     many files (a bar per file of a tree of thousands would cost more than the files)."""
 
-    def __init__(self, *, quiet: bool) -> None:
+    def __init__(self, *, quiet: bool, limit: float | None = None) -> None:
         self._quiet = quiet
+        self._limit = limit
         self._bar: tqdm[Any] | None = None
         self._files_left = 0  # of an overall bar
         self._width_checked = 0.0
@@ -100,7 +103,7 @@ class TqdmProgress:
         self.drawn = True
         # Narrow: the bar and the rate, rather than tqdm's line cut off mid-figure.
         layouts = (NARROW_BAR, NARROW_COUNT) if narrow else (WIDE_BAR, WIDE_COUNT)
-        return _size_bar()(
+        bar = _size_bar()(
             total=total,
             desc=printable(name, 30 if width is None else max(8, min(30, width // 3))),
             unit="B",
@@ -109,6 +112,8 @@ class TqdmProgress:
             ncols=None if width is None else width - BAR_SPARE_COLUMNS,
             bar_format=layouts[0] if total is not None else layouts[1],
         )
+        bar.sfs_limit = self._limit  # type: ignore[attr-defined]  # read by SizeBar
+        return bar
 
     @property
     def active(self) -> bool:
@@ -149,6 +154,11 @@ class TqdmProgress:
             self._bar = None
 
 
+def limited(limit: float | None) -> str:
+    """What a rate shown says of --limit-rate: `` (limit 2.1 MB/s)``, or nothing."""
+    return "" if limit is None else f" (limit {format_size(limit)}/s)"
+
+
 @functools.cache
 def _size_bar() -> type[tqdm[Any]]:
     """tqdm with ``size_n``, ``size_total`` and ``size_rate`` for its layout, written
@@ -164,6 +174,7 @@ def _size_bar() -> type[tqdm[Any]]:
             shown["size_n"] = format_size(shown.get("n") or 0)
             shown["size_total"] = "?" if total is None else format_size(total)
             shown["size_rate"] = "…/s" if not rate else f"{format_size(rate)}/s"
+            shown["size_rate"] += limited(getattr(self, "sfs_limit", None))
             return shown
 
     return SizeBar

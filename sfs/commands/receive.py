@@ -13,6 +13,7 @@ from sfs.commands import terminal
 from sfs.commands.codes import _code_argument, _prompt_code, _read_code
 from sfs.commands.listing import _final_line
 from sfs.commands.options import (
+    LIMIT_RATE_OPTION,
     QR_OPTION,
     RESUME_OPTION,
     TRANSFER_JSON_HELP,
@@ -92,6 +93,7 @@ RECEIVE_EXAMPLES = [
     help="With --stdout: write to stdout even when it is a terminal (the bytes go "
     "to the screen as they are).",
 )
+@LIMIT_RATE_OPTION
 @QR_OPTION
 @json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
@@ -104,6 +106,7 @@ def receive(
     yes: bool,
     yes_from: tuple[str, ...],
     no_pairs: bool,
+    limit_rate: float | None,
     list_all: bool,
     name: str | None,
     to_stdout: bool,
@@ -188,11 +191,14 @@ def receive(
         link=qr or as_json,
         pairs=paired,
         pair_store=kept,
+        limit_rate=limit_rate,
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
 
-        json_ui = JsonUi(_json_lines(), assume_yes=yes, ask=_ask, yes_from=yes_from)
+        json_ui = JsonUi(
+            _json_lines(), assume_yes=yes, ask=_ask, yes_from=yes_from, limit_rate=limit_rate
+        )
         received = _run(app.receive(config, json_ui), verbose, ui=json_ui, json_lines=json_ui.lines)
         json_ui.done("receive", received)
         return
@@ -203,6 +209,7 @@ def receive(
         stdout_free=not to_stdout,
         qr=qr,
         yes_from=yes_from,
+        limit_rate=limit_rate,
     )
     result = _run(app.receive(config, ui), verbose, ui=ui)
     if result.text is not None:

@@ -19,6 +19,7 @@ from sfs.commands.codes import (
 )
 from sfs.commands.listing import _final_line
 from sfs.commands.options import (
+    LIMIT_RATE_OPTION,
     QR_OPTION,
     RESUME_OPTION,
     TRANSFER_JSON_HELP,
@@ -151,6 +152,7 @@ def _complete_files(
     is_flag=True,
     help="Never compress (by default, chunks that shrink with zstd are sent compressed).",
 )
+@LIMIT_RATE_OPTION
 @QR_OPTION
 @json_option(TRANSFER_JSON_HELP)
 @VERIFY_OPTION
@@ -164,6 +166,7 @@ def send(
     stream_name: str,
     exclude: tuple[str, ...],
     gitignore: bool,
+    limit_rate: float | None,
     no_compress: bool,
     sender_name: str | None,
     streams: int | None,
@@ -252,14 +255,15 @@ def send(
         to_pair=to_pair,
         pair_store=None if to_pair is None else pair_command.store(),
         leave_out=_leave_out(exclude, gitignore),
+        limit_rate=limit_rate,
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
 
-        json_ui = JsonUi(_json_lines(), ask=_ask)
+        json_ui = JsonUi(_json_lines(), ask=_ask, limit_rate=limit_rate)
         json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
         return
-    ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr)
+    ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr, limit_rate=limit_rate)
     result = _run(app.send(config, ui), verbose, ui=ui)
     say(_final_line("Sent", result), err=False)
 

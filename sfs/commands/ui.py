@@ -55,6 +55,7 @@ class ConsoleUi:
         stdout_free: bool = True,
         qr: bool = False,
         yes_from: tuple[str, ...] = (),
+        limit_rate: float | None = None,
     ) -> None:
         """:param stdout_free: stdout may carry the code (False with --stdout, where
         it carries the data and everything else goes to stderr).
@@ -62,6 +63,7 @@ class ConsoleUi:
         :param yes_from: paired devices whose offers are taken without asking."""
         self.qr = qr
         self.yes_from = yes_from
+        self.limit_rate = limit_rate
         self.quiet = quiet
         self.assume_yes = assume_yes
         self.list_all = list_all
@@ -106,8 +108,8 @@ class ConsoleUi:
 
     def progress(self) -> Progress:
         if not self.quiet and not terminal.bars_allowed(sys.stderr):
-            return LineProgress()
-        bar = TqdmProgress(quiet=self.quiet)
+            return LineProgress(limit=self.limit_rate)
+        bar = TqdmProgress(quiet=self.quiet, limit=self.limit_rate)
         self._bars.append(bar)
         return bar
 

@@ -48,6 +48,7 @@ from sfs.peer.proto.conversation import (
 from sfs.peer.proto.crypto import digests_equal
 from sfs.peer.proto.framing import TransferProtocol
 from sfs.peer.proto.names import safe_name
+from sfs.peer.proto.pacing import Pace
 from sfs.peer.proto.progress import NullProgress, Progress
 from sfs.peer.proto.reasons import STDOUT_ONLY, reject
 from sfs.peer.proto.wire import Chunk, FileDone, Offer, Resume
@@ -82,6 +83,7 @@ async def receive_files(
     kept: Callable[[str, int], None] = lambda name, held: None,
     sink: IO[bytes] | None = None,
     zstd: bool = True,
+    limit_rate: float | None = None,
 ) -> TransferResult:
     """Wait for an offer, plan where each file goes, ask ``decide`` (with the plan),
     then write every file safely.
@@ -97,6 +99,8 @@ async def receive_files(
     :param sink: write the one offered file or pipe here (``--stdout``) instead of
         into ``output_dir``; an offer of anything else is refused.
     :param zstd: take compressed chunks.
+    :param limit_rate: take file data at no more than this many bytes a second (the
+        transport's flow control then holds the sender back).
     """
     receiving = _Receiving(
         Pump(channel, Receiver(proto, time.monotonic())),
@@ -108,6 +112,8 @@ async def receive_files(
         kept=kept,
         sink=sink,
     )
+    if limit_rate is not None:
+        receiving.pace = Pace(limit_rate, time.monotonic())
     try:
         await receiving.run(decide, zstd=zstd)
         return receiving.result.finish()
@@ -150,6 +156,8 @@ class _Receiving:
         self.resumable = True  # the sender says it can resume (Offer.resumes)
         self.claims: NameClaims | None = None
         self.placer = Placer(output_dir, overwrite=overwrite, acknowledge=self._acknowledge)
+        #: --limit-rate: how fast file data is taken.
+        self.pace: Pace | None = None
 
     async def run(self, decide: Callable[[Offer, Plan], Awaitable[bool]], *, zstd: bool) -> None:
         pump = self.pump
@@ -295,6 +303,7 @@ class _Receiving:
                     await pump.serve(pending)
                 result.received += len(event.data)
                 progress.advance(len(event.data))
+                await pump.paced(self.pace, len(event.data))
             elif isinstance(event, FileDone):
                 return event
             else:

@@ -27,6 +27,7 @@ from sfs.peer.proto.conversation import (
     SendFiles,
 )
 from sfs.peer.proto.framing import TransferProtocol
+from sfs.peer.proto.pacing import Pace
 from sfs.peer.proto.packing import Packer
 from sfs.peer.proto.progress import Departures, NullProgress, Progress
 from sfs.peer.proto.wire import Chunk, FileInfo, Offer
@@ -49,8 +50,11 @@ async def send_files(
     resume: bool = True,
     status: Callable[[str], None] = lambda message: None,
     compress: bool = True,
+    limit_rate: float | None = None,
 ) -> TransferResult:
     """Offer ``sources``, stream them if accepted, and return after the last ack.
+
+    :param limit_rate: send file data at no more than this many bytes a second.
 
     :param resume: continue files the receiver already partly holds, once their
         prefix is checked against ours, and skip those it holds whole; otherwise
@@ -93,9 +97,14 @@ async def send_files(
         packer = Packer(chunk_size, compress=compress and proto.zstd)
         progress.begin(len(sources), None if offer.stream else offer.total_size)
         departures = Departures(progress)
+        pace = (
+            None if limit_rate is None else Pace(limit_rate, time.monotonic(), largest=chunk_size)
+        )
         try:
             for source, (offset, prefix) in zip(sources, starts, strict=True):
-                record = await _send_one(pump, machine, source, packer, departures, offset, prefix)
+                record = await _send_one(
+                    pump, machine, source, packer, departures, offset, prefix, pace
+                )
                 result.records.append(record)
                 result.total_bytes += record.size
                 result.resumed_bytes += offset
@@ -161,6 +170,7 @@ async def _send_one(
     departures: Departures,
     offset: int,
     prefix: HashState | None,
+    pace: Pace | None = None,
 ) -> FileRecord:
     """Send one file (or text, or pipe) from ``offset``; return its record."""
     channel = pump.channel
@@ -178,6 +188,7 @@ async def _send_one(
             departures.left(channel.unsent_bytes())
             if channel.congested:
                 await pump.drain()
+            await pump.paced(pace, len(chunk.data))
         # What the receiver sent meanwhile: a cancel stops us at once.
         pump.take_ready()  # acknowledgements (the machine counts them), or a CANCEL
     sha256 = digest.digest()

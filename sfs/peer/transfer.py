@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from sfs.errors import PeerGoneError, RemoteProtocolError, SfsError
 from sfs.peer.proto.conversation import Action, Conversation
+from sfs.peer.proto.pacing import Pace
 from sfs.peer.proto.wire import Offer
 from sfs.peer.transport.channel import Channel
 
@@ -125,6 +126,16 @@ class Pump:
                     return await wait()
             except TimeoutError:
                 self.tick(time.monotonic())
+
+    async def paced(self, pace: Pace | None, n: int) -> None:
+        """``n`` bytes of file data moved: wait as long as ``pace`` (--limit-rate)
+        says before the next, the timers running."""
+        if pace is None:
+            return
+        wait = pace.spend(n, time.monotonic())
+        if wait:
+            until = time.monotonic() + wait
+            await self.bounded(lambda: asyncio.sleep(max(0.0, until - time.monotonic())))
 
     async def drain(self) -> None:
         """Wait while the channel holds too much (after a send)."""

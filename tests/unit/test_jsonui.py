@@ -118,6 +118,7 @@ def test_progress_at_most_every_quarter_second_and_at_each_file_end() -> None:
         "bytes": 1000,
         "total": 2000,
         "rate": round(1000 / (now[0] - 100.0), 1),
+        "limit": None,
     }
 
 
