@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING
 
 from sfs.code import Code
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
+from sfs.defaults import Transport
 from sfs.errors import (
     CodeNotFoundError,
     DiskError,
@@ -288,10 +289,13 @@ async def _session(
             if (
                 link
                 and code is None
-                and await serves_page(options.server_url, ca_file=options.ca_file)
+                and await serves_page(
+                    options.server_url, ca_file=options.ca_file, proxy=options.proxy
+                )
             ):
                 page = options.server_url
             ui.status(f"Connecting via {options.server_url}…")
+            _say_proxy(ui, options)
             url, machine = options.server_url, handshake()
             session = await _code_or_pairs(
                 stack,
@@ -359,6 +363,21 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         ),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
     )
+
+
+def _say_proxy(ui: Ui, options: PeerOptions) -> None:
+    if options.proxy is None:
+        return
+    if options.transport is Transport.DATACHANNEL:
+        ui.status(
+            f"Signaling through the proxy {options.proxy}; WebRTC (--transport "
+            "datachannel) goes around it, over UDP"
+        )
+    else:
+        ui.status(
+            f"Through the proxy {options.proxy}: no UDP (no WebRTC); the direct TCP "
+            "path and the server's relay only"
+        )
 
 
 def _say_limit(ui: Ui, limit_rate: float | None) -> None:

@@ -66,6 +66,7 @@ from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
 from sfs.signal.client import SERVER_LOST, SignalClient, page_link
 from sfs.signal.messages import IceServer
+from sfs.socks import Socks
 from sfs.text import printable
 
 if TYPE_CHECKING:
@@ -133,6 +134,9 @@ class PeerOptions:
     transport: Transport = Transport.AUTO
     relay: RelayMode = RelayMode.AUTO
     reconnect_window: float = RECONNECT_WINDOW_SECONDS
+    #: --proxy: signaling, the relay and direct dials through this SOCKS5 proxy; no
+    #: WebRTC (no UDP) unless --transport datachannel asks for it.
+    proxy: Socks | None = None
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,16 @@ class _SetUpPump:
         self.opener: asyncio.Future[Opened] | None = None
         self.wants_tcp = options.transport is not Transport.DATACHANNEL
         self.relay_only = options.relay is RelayMode.ONLY
+        #: --proxy (and not --transport datachannel): TCP through the proxy only, so no
+        #: WebRTC at all, as with --relay only, and nothing listens.
+        self.proxied = options.proxy is not None and self.wants_tcp
+        #: No WebRTC: no ICE servers asked, no DataChannel, no QUIC.
+        self.no_webrtc = self.relay_only or self.proxied
         #: QUIC on the WebRTC path, offered in the sealed description (SFS_QUIC=0
         #: leaves it out, for measuring the DataChannel).
         self.offers_quic = (
             options.transport is not Transport.TCP
-            and not self.relay_only
+            and not self.no_webrtc
             and os.environ.get("SFS_QUIC", "1") != "0"
             and quic_available()
         )
@@ -299,7 +308,8 @@ class _SetUpPump:
             await self._answer_offers(action)
         elif isinstance(action, AcceptAnswers):
             assert self.links is not None
-            await self.links.accept_answers(_descriptions("answer", action.sdps))
+            if not self.no_webrtc:
+                await self.links.accept_answers(_descriptions("answer", action.sdps))
             if self.direct is not None and action.tcp is not None:
                 self.direct.dial(action.tcp)
         elif isinstance(action, OpenChannel):
@@ -327,10 +337,16 @@ class _SetUpPump:
             PeerLinks(action.count, ice_servers=self._ice(action), host_addresses=self.addresses)
         )
         offers = await self.links.create_offers()
+        if self.no_webrtc:
+            await self._without_webrtc()
         tcp = None
         if self.wants_tcp:
             self.direct = _direct_path(
-                self.stack, sender=True, keys=action.keys, hosts=self._tcp_hosts()
+                self.stack,
+                sender=True,
+                keys=action.keys,
+                hosts=self._tcp_hosts(),
+                proxy=self.options.proxy if self.proxied else None,
             )
             tcp = await self.direct.listen()
         self.keys = action.keys
@@ -353,7 +369,11 @@ class _SetUpPump:
             # Also for a sender that takes no direct TCP (the page): the relay's
             # connection is one of this path's.
             self.direct = _direct_path(
-                self.stack, sender=False, keys=action.keys, hosts=self._tcp_hosts()
+                self.stack,
+                sender=False,
+                keys=action.keys,
+                hosts=self._tcp_hosts(),
+                proxy=self.options.proxy if self.proxied else None,
             )
         if self.direct is not None and action.tcp is not None:
             # Dialing the sender's listeners while ours start and the answer
@@ -361,15 +381,28 @@ class _SetUpPump:
             if not self.relay_only:
                 self.direct.dial(action.tcp)
             tcp = await self.direct.listen()
-        answers = await self.links.answer_offers(_descriptions("offer", action.sdps))
+        offered = action.sdps
+        if self.no_webrtc:
+            # Its candidates are not ours to check: no connectivity check goes out.
+            offered = tuple(without_candidates(sdp) for sdp in offered)
+        answers = await self.links.answer_offers(_descriptions("offer", offered))
+        if self.no_webrtc:
+            await self._without_webrtc()
         self.keys = action.keys
         self.pending.append(
             LocalDescription(tuple(d["sdp"] for d in answers), tcp, quic=self.offers_quic)
         )
 
+    async def _without_webrtc(self) -> None:
+        """--relay only, --proxy: the session descriptions are made (the other side
+        expects them), then the peer connections close at once, so nothing answers
+        the other side's connectivity checks and none goes out: no UDP at all."""
+        assert self.links is not None
+        await self.links.close()
+
     def _ice(self, action: CreateOffers | AnswerOffers) -> tuple[IceServer, ...]:
-        # With --relay only, WebRTC is never opened: no STUN or TURN to ask.
-        return () if self.relay_only else action.ice_servers
+        # With --relay only or --proxy, WebRTC is never opened: no STUN or TURN to ask.
+        return () if self.no_webrtc else action.ice_servers
 
     def _tcp_hosts(self) -> tuple[str, ...]:
         # With --relay only, nothing listens: the one connection goes out to the relay.
@@ -399,8 +432,8 @@ class _SetUpPump:
             direct.relay(
                 relay,
                 functools.partial(open_relay, timeout=self.options.connect_timeout,
-                                  ca_file=self.options.ca_file),
-                delay=0.0 if self.relay_only else RELAY_HEAD_START_SECONDS,
+                                  ca_file=self.options.ca_file, proxy=self.options.proxy),
+                delay=0.0 if self.no_webrtc else RELAY_HEAD_START_SECONDS,
                 sole=self.relay_only,
             )  # fmt: skip
         elif self.relay_only:
@@ -410,15 +443,22 @@ class _SetUpPump:
         datachannel = functools.partial(links.open, self.options.connect_timeout)
         sender = self.handshake.role is Role.SENDER
         quic = None
-        if action.quic and not self.relay_only:
+        if action.quic and not self.no_webrtc:
             assert self.keys is not None
             quic = self._quic_opener(links, self.keys, sender=sender)
+        if self.proxied and direct is None:
+            raise PeerConnectionError(
+                "through the proxy there is no way to the other side: it takes no direct "
+                "TCP and no relay (the server's relay is off, or the other side runs "
+                "--relay never or --transport datachannel)"
+            )
         self.opener = asyncio.ensure_future(
             open_transport(
                 sender=sender,
-                transport=self.options.transport,
+                # Through the proxy, TCP only (the direct dials or the relay).
+                transport=Transport.TCP if self.proxied else self.options.transport,
                 direct=direct,
-                datachannel=None if self.relay_only else datachannel,
+                datachannel=None if self.no_webrtc else datachannel,
                 connect_timeout=self.options.connect_timeout,
                 quic=quic,
             )
@@ -545,11 +585,24 @@ async def _tell_partner(signal: SignalClient, actions: list[Action]) -> None:
             logger.debug("could not tell the partner about the cancel", exc_info=True)
 
 
+def without_candidates(sdp: str) -> str:
+    """A session description with no ICE candidates: applied, it starts no checks."""
+    lines = sdp.split("\r\n")
+    return "\r\n".join(
+        line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
+
+
 def _direct_path(
-    stack: AsyncExitStack, *, sender: bool, keys: SessionKeys, hosts: tuple[str, ...]
+    stack: AsyncExitStack,
+    *,
+    sender: bool,
+    keys: SessionKeys,
+    hosts: tuple[str, ...],
+    proxy: Socks | None = None,
 ) -> DirectPath:
     """The direct TCP path of this session on ``hosts``, closed with the rest of the set-up."""
-    direct = DirectPath(sender=sender, keys=keys, hosts=hosts)
+    direct = DirectPath(sender=sender, keys=keys, hosts=hosts, proxy=proxy)
     stack.push_async_callback(direct.close)
     return direct
 
@@ -567,7 +620,9 @@ def _descriptions(kind: str, sdps: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _signal_client(url: str, options: PeerOptions) -> SignalClient:
-    return SignalClient(url, connect_timeout=options.connect_timeout, ca_file=options.ca_file)
+    return SignalClient(
+        url, connect_timeout=options.connect_timeout, ca_file=options.ca_file, proxy=options.proxy
+    )
 
 
 async def _reconnect(url: str, options: PeerOptions, stack: AsyncExitStack) -> SignalClient:

@@ -28,6 +28,7 @@ from sfs.errors import PeerConnectionError
 if TYPE_CHECKING:
     from sfs import app
     from sfs.signal.messages import IceServer
+    from sfs.socks import Socks
 
 
 class Number(settings.FiniteFloatRange):
@@ -132,6 +133,7 @@ def _peer_options(
     cacert: Path | None = None,
     transport: str = Transport.AUTO.value,
     relay: str = RelayMode.AUTO.value,
+    proxy: Socks | None = None,
 ) -> app.PeerOptions:
     """The options both peers share; the mode rule is here: ``--lan``, or no
     ``--server`` and no ``SFS_SERVER``, is LAN mode."""
@@ -147,6 +149,11 @@ def _peer_options(
         )
     if relay == RelayMode.ONLY.value and transport == Transport.DATACHANNEL.value:
         raise click.UsageError("--relay only and --transport datachannel exclude each other")
+    if proxy is not None and (lan or server is None):
+        raise click.UsageError(
+            "--proxy needs a server (--server URL): LAN mode finds peers with mDNS, over "
+            "UDP, which no SOCKS proxy carries"
+        )
     # An explicit --connect-timeout also bounds the search on the LAN, whose own
     # default is short: a waiting peer there answers within a second.
     explicit = ctx.get_parameter_source("connect_timeout") is not ParameterSource.DEFAULT
@@ -167,6 +174,7 @@ def _peer_options(
         transport=Transport(transport),
         relay=RelayMode(relay),
         reconnect_window=reconnect_window,
+        proxy=proxy,
     )
 
 
@@ -187,6 +195,17 @@ def _server_url(ctx: click.Context, param: click.Parameter, value: str | None) -
             f"{value!r} is not an http:// or https:// URL with a host, e.g. http://localhost:5000"
         )
     return value.strip()
+
+
+def _proxy(ctx: click.Context, param: click.Parameter, value: str | None) -> Socks | None:
+    if value is None or not value.strip():
+        return None
+    from sfs.socks import parse_proxy
+
+    try:
+        return parse_proxy(value.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 RESUME_OPTION = click.option(
@@ -244,6 +263,16 @@ def peer_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_envvar=True,
             help="Offer only this local address as ICE host candidate (repeatable; "
             "e.g. a VPN address, or 127.0.0.1 for two peers on one machine).",
+        ),
+        click.option(
+            "--proxy",
+            default=None,
+            callback=_proxy,
+            metavar="URL",
+            help="Connect through this SOCKS5 proxy (socks5h://HOST:PORT: the proxy "
+            "resolves names, as for Tor; socks5://: this machine does): signaling, the "
+            "relay and direct TCP. Then nothing goes over UDP (no WebRTC), unless "
+            "--transport datachannel asks for it.",
         ),
         click.option(
             "--connect-timeout",

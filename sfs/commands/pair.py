@@ -20,6 +20,7 @@ from sfs.text import printable
 if TYPE_CHECKING:
     from sfs.errors import SfsError
     from sfs.pairs import Pair, PairStore
+    from sfs.socks import Socks
 
 PAIR_HINT = "On the other device, run `sfs pair CODE` (or `sfs pair -` and type it). Waiting…"
 
@@ -92,6 +93,7 @@ def pair(
     server: str | None,
     lan: bool,
     cacert: Path | None,
+    proxy: Socks | None,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -140,6 +142,7 @@ def pair(
             cacert=cacert,
             transport=transport,
             relay=relay,
+            proxy=proxy,
         ),
     )
     if as_json:

@@ -32,6 +32,7 @@ from sfs.text import printable, printable_text
 
 if TYPE_CHECKING:
     from sfs.pairs import Pair
+    from sfs.socks import Socks
 
 RECEIVE_EXAMPLES = [
     ("sfs receive", "print a code, wait for files, ask before saving"),
@@ -118,6 +119,7 @@ def receive(
     server: str | None,
     lan: bool,
     cacert: Path | None,
+    proxy: Socks | None,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -184,6 +186,7 @@ def receive(
             cacert=cacert,
             transport=transport,
             relay=relay,
+            proxy=proxy,
         ),
         verify=verify,
         resume=not no_resume,

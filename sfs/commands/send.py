@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from sfs.code import Code
     from sfs.pairs import Pair
     from sfs.peer.files.exclusion import LeaveOut
+    from sfs.socks import Socks
 
 
 SEND_EXAMPLES = [
@@ -177,6 +178,7 @@ def send(
     server: str | None,
     lan: bool,
     cacert: Path | None,
+    proxy: Socks | None,
     ice_server: tuple[str, ...],
     ice_address: tuple[str, ...],
     connect_timeout: float,
@@ -245,6 +247,7 @@ def send(
             cacert=cacert,
             transport=transport,
             relay=relay,
+            proxy=proxy,
         ),
         chunk_size=chunk_size,
         sender_name=name,

@@ -30,6 +30,8 @@ from sfs.errors import (
     WrongCodeError,
 )
 from sfs.signal.messages import IceServer
+from sfs.socks import Socks, proxy_errors
+from sfs.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -115,26 +117,40 @@ def page_link(url: str, code: str, *, receive: bool = False) -> str:
     return f"{url.rstrip('/')}/#{RECEIVE_FRAGMENT if receive else ''}{code}"
 
 
-async def serves_page(url: str, *, ca_file: str | None = None) -> bool:
+def _session(proxy: Socks | None) -> aiohttp.ClientSession:
+    """An HTTP client session: direct, or through the SOCKS5 proxy (--proxy)."""
+    return aiohttp.ClientSession(connector=None if proxy is None else proxy.connector())
+
+
+async def serves_page(url: str, *, ca_file: str | None = None, proxy: Socks | None = None) -> bool:
     """Whether the server at ``url`` serves the browser page at ``/`` (``sfs serve``
     does unless the page was never built; LAN mode's embedded server does not).
 
     Any failure is a no: the page link is a convenience, never a reason to stop.
     """
     ssl_context: ssl.SSLContext | bool = True if ca_file is None else trust(ca_file)
+    failures: tuple[type[Exception], ...] = (
+        TimeoutError,
+        aiohttp.ClientError,
+        OSError,
+        ValueError,
+        *proxy_errors(),
+    )
     try:
         async with (
             asyncio.timeout(PAGE_CHECK_SECONDS),
-            aiohttp.ClientSession() as session,
+            _session(proxy) as session,
             session.get(f"{url.rstrip('/')}/", ssl=ssl_context, allow_redirects=False) as reply,
         ):
             return reply.status == 200 and reply.content_type == "text/html"
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+    except failures:
         logger.debug("no web page at %s", url, exc_info=True)
         return False
 
 
-async def why_unreachable(url: str, *, tls: ssl.SSLContext | bool, seconds: float) -> str:
+async def why_unreachable(
+    url: str, *, tls: ssl.SSLContext | bool, seconds: float, proxy: Socks | None = None
+) -> str:
     """The one line that says why the Socket.IO connection to ``url`` failed.
 
     python-socketio says only "Connection error" whatever happened, so one plain HTTP
@@ -146,12 +162,14 @@ async def why_unreachable(url: str, *, tls: ssl.SSLContext | bool, seconds: floa
     try:
         async with (
             asyncio.timeout(max(1.0, min(seconds, PAGE_CHECK_SECONDS))),
-            aiohttp.ClientSession() as session,
+            _session(proxy) as session,
             session.get(
                 f"{base}/socket.io/?EIO=4&transport=websocket", ssl=tls, allow_redirects=False
             ) as reply,
         ):
             status, kind = reply.status, reply.content_type
+    except proxy_errors() as exc:
+        return f"cannot reach the signaling server at {url} through the proxy {proxy}: {exc}"
     except aiohttp.ClientConnectorDNSError:
         host = yarl.URL(url).host or url
         return (
@@ -199,10 +217,17 @@ class SignalClient:
         *,
         connect_timeout: float = SIGNAL_CONNECT_TIMEOUT_SECONDS,
         ca_file: str | None = None,
+        proxy: Socks | None = None,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        self._proxy = proxy
         extra: dict[str, Any] = {}
+        #: Through a proxy, engine.io's connections go through this session's connector.
+        self._http: aiohttp.ClientSession | None = None
+        if proxy is not None:
+            self._http = _session(proxy)
+            extra["http_session"] = self._http
         self._ssl: ssl.SSLContext | bool = True
         if ca_file is not None:
             self._ssl = trust(ca_file)
@@ -243,6 +268,12 @@ class SignalClient:
                 f"the signaling server at {self.url} did not answer within "
                 f"{self.connect_timeout:.0f} s (see --server / SFS_SERVER, --connect-timeout)"
             ) from None
+        except proxy_errors() as exc:
+            await self._abandon()
+            raise ServerUnreachableError(
+                f"cannot reach the signaling server at {self.url} through the proxy "
+                f"{self._proxy}: {printable(str(exc), 200)}"
+            ) from None
         except (socketio.exceptions.ConnectionError, OSError, ValueError) as exc:
             await self._abandon()
             untrusted = _certificate_error(exc)
@@ -253,7 +284,9 @@ class SignalClient:
                     "SFS_CA_BUNDLE"
                 ) from exc
             raise ServerUnreachableError(
-                await why_unreachable(self.url, tls=self._ssl, seconds=self.connect_timeout)
+                await why_unreachable(
+                    self.url, tls=self._ssl, seconds=self.connect_timeout, proxy=self._proxy
+                )
             ) from exc
         return self
 
@@ -264,6 +297,11 @@ class SignalClient:
                 await self._sio.disconnect()
         except (TimeoutError, OSError, ValueError, socketio.exceptions.SocketIOError):
             logger.debug("dropping the half-open connection failed", exc_info=True)
+        await self._close_http()
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
 
     async def __aexit__(
         self,
@@ -278,6 +316,7 @@ class SignalClient:
                 await self._leaving
         except Exception:  # the transfer's outcome is what matters by now
             logger.debug("leaving the server did not end cleanly", exc_info=True)
+        await self._close_http()
 
     def leave(self) -> None:
         """Disconnect, in the background; later server events are ignored (the transfer

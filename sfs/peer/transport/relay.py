@@ -24,6 +24,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from sfs.errors import RelayRefusedError, RelayUnreachableError, connection_end
+from sfs.socks import Socks
 from sfs.text import printable
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ async def open_relay(
     *,
     timeout: float,  # noqa: ASYNC109 (one bound for connect, TLS and the relay's wait)
     ca_file: str | None = None,
+    proxy: Socks | None = None,
 ) -> tuple[asyncio.Transport, P]:
     """Connect to the relay at *url* with *token*; once paired, hand the connection
     to a new ``protocol_factory()`` (``connection_made``, then what already came).
@@ -160,6 +162,7 @@ async def open_relay(
     :param timeout: for all of it: TCP, TLS, the request and the relay's answer (give
         the relay's wait and a margin)
     :param ca_file: certificates (PEM) to trust for ``https://`` instead of the system's
+    :param proxy: connect through this SOCKS5 proxy (--proxy)
     :raises RelayRefusedError: the relay answered with a refusal (its reason, sanitised)
     :raises RelayUnreachableError: no answer: cannot connect, TLS failed, timed out,
         or what answered is not a relay
@@ -184,9 +187,15 @@ async def open_relay(
     transport: asyncio.Transport | None = None
     try:
         async with asyncio.timeout(timeout):
-            transport, reader = await loop.create_connection(
-                _AnswerReader, host, port, ssl=context, server_hostname=host if tls else None
-            )
+            if proxy is None:
+                transport, reader = await loop.create_connection(
+                    _AnswerReader, host, port, ssl=context, server_hostname=host if tls else None
+                )
+            else:
+                sock = await proxy.connect(host, port, timeout)
+                transport, reader = await loop.create_connection(
+                    _AnswerReader, sock=sock, ssl=context, server_hostname=host if tls else None
+                )
             transport.write(request)
             answer = await reader.answer
     except asyncio.CancelledError:

@@ -55,6 +55,7 @@ from sfs.peer.proto.crypto import (
 )
 from sfs.peer.proto.proof import Prover as Prover
 from sfs.peer.transport.channel import Route
+from sfs.socks import Socks
 
 #: ioctl(SIOCOUTQ) (= TIOCOUTQ) on Linux: the bytes in a TCP socket's send queue.
 _SIOCOUTQ: int | None = 0x5411 if sys.platform == "linux" else None
@@ -593,8 +594,18 @@ class DirectPath:
         the other side's addresses it may dial (:func:`dialable`).
     """
 
-    def __init__(self, *, sender: bool, keys: SessionKeys, hosts: Sequence[str]) -> None:
+    def __init__(
+        self,
+        *,
+        sender: bool,
+        keys: SessionKeys,
+        hosts: Sequence[str],
+        proxy: Socks | None = None,
+    ) -> None:
         self._sender = sender
+        # --proxy: dials go through it, and nothing listens (nothing could come in
+        # through it; a listener would only show where this side is).
+        self._proxy = proxy
         self._keys = keys
         self._hosts = tuple(hosts)
         self._servers: list[asyncio.AbstractServer] = []
@@ -667,7 +678,10 @@ class DirectPath:
         """Listen on an ephemeral port of each of this side's hosts; return ``host:port``
         strings for the sealed description (none if no address can listen)."""
         loop = asyncio.get_running_loop()
-        addresses = []
+        addresses: list[str] = []
+        if self._proxy is not None:
+            logger.info("listening for no direct connection: through the proxy, dials only")
+            return ()
         for host in self._hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -701,10 +715,14 @@ class DirectPath:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
+            if self._proxy is not None:
+                sock.close()
+                sock = await self._proxy.connect(host, port, DIAL_SECONDS)
             tune(sock)
             sock.setblocking(False)
-            async with asyncio.timeout(DIAL_SECONDS):
-                await loop.sock_connect(sock, (host, port))
+            if self._proxy is None:
+                async with asyncio.timeout(DIAL_SECONDS):
+                    await loop.sock_connect(sock, (host, port))
             await loop.create_connection(lambda: self._new_link(dialer=True), sock=sock)
         except (OSError, TimeoutError) as exc:
             sock.close()
