@@ -303,7 +303,8 @@ class _Receiving:
                     await pump.serve(pending)
                 result.received += len(event.data)
                 progress.advance(len(event.data))
-                await pump.paced(self.pace, len(event.data))
+                if self.pace is not None:  # (the hot path: no call without --limit-rate)
+                    await pump.paced(self.pace, len(event.data))
             elif isinstance(event, FileDone):
                 return event
             else:

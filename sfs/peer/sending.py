@@ -188,7 +188,8 @@ async def _send_one(
             departures.left(channel.unsent_bytes())
             if channel.congested:
                 await pump.drain()
-            await pump.paced(pace, len(chunk.data))
+            if pace is not None:  # (the hot path: no call without --limit-rate)
+                await pump.paced(pace, len(chunk.data))
         # What the receiver sent meanwhile: a cancel stops us at once.
         pump.take_ready()  # acknowledgements (the machine counts them), or a CANCEL
     sha256 = digest.digest()

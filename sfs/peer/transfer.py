@@ -127,11 +127,9 @@ class Pump:
             except TimeoutError:
                 self.tick(time.monotonic())
 
-    async def paced(self, pace: Pace | None, n: int) -> None:
+    async def paced(self, pace: Pace, n: int) -> None:
         """``n`` bytes of file data moved: wait as long as ``pace`` (--limit-rate)
         says before the next, the timers running."""
-        if pace is None:
-            return
         wait = pace.spend(n, time.monotonic())
         if wait:
             until = time.monotonic() + wait
