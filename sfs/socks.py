@@ -38,10 +38,11 @@ class Socks:
         """An aiohttp connector that connects through the proxy."""
         from aiohttp_socks import ProxyConnector, ProxyType
 
+        # By keyword: aiohttp-socks changed the order of its arguments (0.9).
         return ProxyConnector(
-            self.host,
-            self.port,
-            ProxyType.SOCKS5,
+            proxy_type=ProxyType.SOCKS5,
+            host=self.host,
+            port=self.port,
             username=self.username,
             password=self.password,
             rdns=self.remote_dns,
@@ -62,9 +63,9 @@ class Socks:
         from python_socks.async_.asyncio import Proxy
 
         proxy = Proxy(
-            ProxyType.SOCKS5,
-            self.host,
-            self.port,
+            proxy_type=ProxyType.SOCKS5,
+            host=self.host,
+            port=self.port,
             username=self.username,
             password=self.password,
             rdns=self.remote_dns,

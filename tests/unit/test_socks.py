@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfs.setup import without_candidates
-from sfs.socks import Socks, parse_proxy
+from sfs.socks import Socks, parse_proxy, proxy_errors
 
 
 def test_proxy_urls() -> None:
@@ -49,3 +49,15 @@ def test_without_candidates_keeps_all_but_the_candidates() -> None:
         "a=fingerprint:sha-256 00:11",
         "",
     ]
+
+
+async def test_the_libraries_take_what_sfs_gives_them() -> None:
+    """The connector and the proxy are made as the oldest and the newest allowed
+    aiohttp-socks and python-socks take them (by keyword: the order changed), and
+    every error class sfs catches is one."""
+    proxy = parse_proxy("socks5h://127.0.0.1:9")
+    connector = proxy.connector()
+    await connector.close()
+    assert all(issubclass(e, Exception) for e in proxy_errors())
+    with pytest.raises(OSError, match=r"proxy|Connect"):  # nothing listens on port 9
+        await proxy.connect("example.invalid", 80, 5)
