@@ -34,6 +34,9 @@ MAX_TEXT_BYTES = 1024 * 1024
 MAX_SENDER_NAME_CHARS = 64
 #: The most peer connections one session stripes over (the receiver enforces it).
 MAX_STREAMS = 8
+#: `sfs send --many N`: the most receivers one code may serve.  Each is one online
+#: guess at the code, so this bounds the guesses one code gives (SECURITY.md).
+MAX_MANY = 20
 
 
 class Transport(enum.Enum):

@@ -122,6 +122,13 @@ class NoLanError(SignalingError):
     exit_code = 3
 
 
+class CodeUsedUpError(CodeNotFoundError):
+    """That code has served every receiver its sender allowed (sfs send --many). Ask
+    the sender for a new one."""
+
+    exit_code = 4
+
+
 class RoomFullError(SignalingError):
     """That code is already in use by another transfer. Ask for a new one."""
 

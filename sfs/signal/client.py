@@ -21,6 +21,7 @@ import yarl
 
 from sfs.errors import (
     CodeNotFoundError,
+    CodeUsedUpError,
     PeerGoneError,
     RoomFullError,
     ServerLostError,
@@ -68,6 +69,8 @@ class Registration:
     relay: str | None = None
     #: A session that loses its connection may meet again here (``rendezvous``).
     come_back: bool = False
+    #: How many peers may ask for a connection (``many``, as asked); 0: one.
+    many: int = 0
 
 
 def trust(ca_file: str) -> ssl.SSLContext:
@@ -352,6 +355,8 @@ class SignalClient:
             raise CodeNotFoundError()
         if error == "busy":
             raise RoomFullError()
+        if error == "used_up":
+            raise CodeUsedUpError()
         if error == "rate_limited":
             raise SignalingError("too many attempts; the server asks you to wait a while")
         message = reply.get("message")
@@ -366,12 +371,25 @@ class SignalClient:
                 return WrongCodeError()
         return PeerGoneError("the other side left before the connection was set up")
 
-    async def register(self, rendezvous: str | None = None) -> Registration:
+    async def register(self, rendezvous: str | None = None, *, many: int = 0) -> Registration:
         """Get a peer ID (*rendezvous*, if given: a session meeting again), the ICE
-        servers and the relay that ``sfs serve`` recommends."""
-        reply = await self.call(
-            "register_peer", {} if rendezvous is None else {"rendezvous": rendezvous}
-        )
+        servers and the relay that ``sfs serve`` recommends.
+
+        :param many: let up to this many peers ask for a connection (``sfs send --many``).
+        """
+        payload: dict[str, Any] = {} if rendezvous is None else {"rendezvous": rendezvous}
+        if many:
+            payload["many"] = many
+        try:
+            reply = await self.call("register_peer", payload)
+        except SignalingError as exc:
+            # An older server refuses the key it does not know ("unexpected fields").
+            if many and "unexpected fields" in str(exc):
+                raise SignalingError(
+                    "the signaling server is an older sfs: it cannot let one code serve "
+                    "several receivers (--many)"
+                ) from None
+            raise
         peer_id = reply.get("peer_id")
         if not isinstance(peer_id, str):
             raise SignalingError("the signaling server sent no peer ID")
@@ -383,7 +401,14 @@ class SignalClient:
         relay = reply.get("relay")
         if relay is not None and not isinstance(relay, str):
             raise SignalingError("the signaling server sent a bad relay")
-        return Registration(peer_id, servers, relay, reply.get("rendezvous") is True)
+        if many and reply.get("many") != many:
+            raise SignalingError(
+                "the signaling server is an older sfs: it cannot let one code serve "
+                "several receivers (--many)"
+            )
+        return Registration(
+            peer_id, servers, relay, reply.get("rendezvous") is True, many=many
+        )
 
     async def next_event(self) -> tuple[str, dict[str, Any]]:
         """The next pushed event, in the order received; ``("server_lost", {})`` when

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -39,13 +39,22 @@ if TYPE_CHECKING:
 class _Connection(Connection):
     standing: Standing = Standing.FREE
     other_sid: str | None = None  # the counterpart of any link but FREE
+    # A peer that serves several (register_peer "many", `sfs send --many`): how many
+    # may ask it in all, how many have, and its links (each asker's sid: REQUESTED or
+    # PAIRED).  Its own standing stays FREE; each asker's link is as usual.
+    many: int = 0
+    served: int = 0
+    links: dict[str, Standing] = field(default_factory=dict)
 
 
 class PeerTable(ConnectionBook[_Connection]):
     """Live connections, peer IDs, pending requests and pairings (no I/O).
 
     Connections are keyed by their opaque Socket.IO session ID.  Each peer has at
-    most one link at a time; both ends of a link point at each other.  Methods
+    most one link at a time; both ends of a link point at each other.  A peer that
+    registered with ``many`` (``sfs send --many``) is the exception: it has a link
+    to each peer that asked it (at most ``many`` in all, ever), each ending on its
+    own, and never asks anyone itself.  Methods
     raise :class:`Rejected` and leave the links unchanged when they refuse.
     Time comes in as *now* (monotonic seconds).  A connection must register
     within ``register_timeout_seconds`` of connecting, and a link must end within
@@ -71,6 +80,8 @@ class PeerTable(ConnectionBook[_Connection]):
         ``pending`` counts connection requests not yet accepted, ``pairs`` pairings.
         """
         links = [conn.standing for conn in self._connections.values()]
+        for conn in self._connections.values():
+            links += conn.links.values()  # each serving peer's end of its links
         return {
             "connections": len(self._connections),
             "peers": len(self._sid_by_peer_id),
@@ -93,9 +104,11 @@ class PeerTable(ConnectionBook[_Connection]):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def register(self, sid: str, rendezvous: str | None = None) -> str:
-        """Give *sid* a peer ID that no live peer has (*rendezvous*, if given)."""
+    def register(self, sid: str, rendezvous: str | None = None, many: int = 0) -> str:
+        """Give *sid* a peer ID that no live peer has (*rendezvous*, if given); with
+        *many*, up to that many peers may ask it for a connection, in all."""
         conn = self._not_yet_registered(sid)
+        conn.many = many
         if rendezvous is not None:
             if rendezvous in self._sid_by_peer_id:
                 raise refusal("rendezvous_taken")
@@ -114,9 +127,13 @@ class PeerTable(ConnectionBook[_Connection]):
         if conn is None:
             return None
         self._linked.cancel(sid)
+        if conn.many:
+            for other in conn.links:
+                self._free(self._connections[other])
+            return Departure(peer_id=conn.peer_id, notify_sid=None, also=tuple(conn.links))
         notify = conn.other_sid
         if notify is not None:
-            self._free(self._connections[notify])
+            self._unlink(self._connections[notify], sid)
         return Departure(peer_id=conn.peer_id, notify_sid=notify)
 
     def stalled_pairings(self, *, now: float) -> list[str]:
@@ -133,50 +150,67 @@ class PeerTable(ConnectionBook[_Connection]):
     def request(self, sid: str, peer_id: str, *, now: float) -> Delivery:
         """Record a connection request from *sid* to *peer_id*."""
         conn = self._registered(sid)
+        if conn.many:
+            raise refusal("many_requests")
         if conn.standing is not Standing.FREE:
             raise refusal("busy_self")
         target = self._lookup(sid, peer_id, now=now)
         conn.standing, conn.other_sid = Standing.REQUESTING, target.sid
-        target.standing, target.other_sid = Standing.REQUESTED, sid
+        if target.many:
+            # Its own link: it runs out with the asker's clock, and drops the asker only.
+            target.links[sid] = Standing.REQUESTED
+            target.served += 1
+        else:
+            target.standing, target.other_sid = Standing.REQUESTED, sid
+            self._linked.start(target.sid, now=now)
         self._progressed(sid)
         self._linked.start(sid, now=now)
-        self._linked.start(target.sid, now=now)
         return Delivery(to_sid=target.sid, from_peer_id=self._id(conn))
 
     def accept(self, sid: str, peer_id: str) -> Delivery:
         """Pair *sid* with *peer_id*, which must have asked *sid* for a connection."""
         conn = self._registered(sid)
         requester_sid = self._sid_by_peer_id.get(peer_id)
-        if (
-            requester_sid is None
-            or conn.standing is not Standing.REQUESTED
-            or conn.other_sid != requester_sid
-        ):
+        if requester_sid is None or self._link(conn, requester_sid) is not Standing.REQUESTED:
             raise refusal("no_request", peer_id)
         requester = self._connections[requester_sid]
-        conn.standing = requester.standing = Standing.PAIRED
+        requester.standing = Standing.PAIRED
+        if conn.many:
+            conn.links[requester_sid] = Standing.PAIRED
+        else:
+            conn.standing = Standing.PAIRED
         return Delivery(to_sid=requester_sid, from_peer_id=self._id(conn))
 
     def relay(self, sid: str, peer_id: str) -> Delivery:
         """Route a message from *sid* to *peer_id*, which must be its partner."""
         conn = self._registered(sid)
         partner_sid = self._sid_by_peer_id.get(peer_id)
-        if (
-            conn.standing is not Standing.PAIRED
-            or partner_sid is None
-            or conn.other_sid != partner_sid
-        ):
+        if partner_sid is None or self._link(conn, partner_sid) is not Standing.PAIRED:
             raise refusal("not_paired", peer_id)
         return Delivery(to_sid=partner_sid, from_peer_id=self._id(conn))
 
     def abort(self, sid: str, peer_id: str) -> Delivery:
         """Like :meth:`relay`, then dissolve the pairing: nothing more may pass."""
         route = self.relay(sid, peer_id)
-        self._free(self._connections[route.to_sid])
-        self._free(self._connections[sid])
+        self._unlink(self._connections[route.to_sid], sid)
+        self._unlink(self._connections[sid], route.to_sid)
         return route
 
     # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _link(conn: _Connection, other_sid: str) -> Standing:
+        """Where *conn* stands with *other_sid*."""
+        if conn.many:
+            return conn.links.get(other_sid, Standing.FREE)
+        return conn.standing if conn.other_sid == other_sid else Standing.FREE
+
+    def _unlink(self, conn: _Connection, other_sid: str) -> None:
+        """End *conn*'s link with *other_sid* (gone, or aborted)."""
+        if conn.many:
+            conn.links.pop(other_sid, None)
+        else:
+            self._free(conn)
 
     def _free(self, conn: _Connection) -> None:
         conn.standing, conn.other_sid = Standing.FREE, None
@@ -192,7 +226,10 @@ class PeerTable(ConnectionBook[_Connection]):
         if target_sid == sid:
             raise refusal("self")
         target = self._connections[target_sid]
-        if target.standing is not Standing.FREE:
+        if target.many:
+            if target.served >= target.many:
+                raise refusal("used_up", peer_id)
+        elif target.standing is not Standing.FREE:
             raise refusal("busy_target", peer_id)
         return target
 
@@ -264,8 +301,8 @@ class MemoryRegistry(Registry):
     def connection_count(self) -> int:
         return self.table.connection_count
 
-    async def register(self, sid: str, rendezvous: str | None = None) -> str:
-        return self.table.register(sid, rendezvous)
+    async def register(self, sid: str, rendezvous: str | None = None, many: int = 0) -> str:
+        return self.table.register(sid, rendezvous, many)
 
     async def disconnect(self, sid: str) -> Departure | None:
         return self.table.disconnect(sid)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from sfs.defaults import MAX_MANY as MAX_MANY
 from sfs.defaults import SIGNALING_PROTOCOL_VERSION
 
 # Client -> server events (each sent with an ack).
@@ -66,6 +67,7 @@ BUSY = "busy"
 NOT_PAIRED = "not_paired"
 RATE_LIMITED = "rate_limited"
 SERVER_FULL = "server_full"
+USED_UP = "used_up"
 
 ERROR_CODES = frozenset(
     {
@@ -78,6 +80,7 @@ ERROR_CODES = frozenset(
         NOT_PAIRED,
         RATE_LIMITED,
         SERVER_FULL,
+        USED_UP,
     }
 )
 
@@ -300,10 +303,13 @@ def _require_turn_credentials(server: IceServer) -> None:
 @dataclass(frozen=True)
 class RegisterPeer:
     """``register_peer``: ``{}`` or ``{"version": 1}``; ``"rendezvous": "~…"`` asks
-    for that peer ID (a session meeting again) instead of a new one."""
+    for that peer ID (a session meeting again) instead of a new one; ``"many": N``
+    (1 to MAX_MANY) lets up to N peers ask for a connection, each its own pairing
+    (``sfs send --many``)."""
 
     version: int = SIGNALING_PROTOCOL_VERSION
     rendezvous: str | None = None
+    many: int = 0
 
 
 @dataclass(frozen=True)
@@ -385,12 +391,17 @@ _PEER_ID = frozenset({"peer_id"})
 
 def parse_register_peer(obj: object) -> RegisterPeer:
     """Validate a ``register_peer`` payload."""
-    fields = _fields(obj, frozenset(), frozenset({"version", "rendezvous"}))
+    fields = _fields(obj, frozenset(), frozenset({"version", "rendezvous", "many"}))
     rendezvous = fields.get("rendezvous")
     if rendezvous is not None and (
         not isinstance(rendezvous, str) or RENDEZVOUS_RE.fullmatch(rendezvous) is None
     ):
         raise InvalidMessage("rendezvous must be ~ and 26 base32 letters")
+    many = fields.get("many", 0)
+    if type(many) is not int or not 0 <= many <= MAX_MANY:
+        raise InvalidMessage(f"many must be a whole number from 0 to {MAX_MANY}")
+    if many and rendezvous is not None:
+        raise InvalidMessage("a rendezvous is met by one peer: not with many")
     version = fields.get("version", SIGNALING_PROTOCOL_VERSION)
     if type(version) is not int:  # bool is an int subclass; reject it
         raise InvalidMessage("version must be an integer")
@@ -398,7 +409,7 @@ def parse_register_peer(obj: object) -> RegisterPeer:
         raise InvalidMessage(
             f"unsupported protocol version (this server speaks {SIGNALING_PROTOCOL_VERSION})"
         )
-    return RegisterPeer(version=version, rendezvous=rendezvous)
+    return RegisterPeer(version=version, rendezvous=rendezvous, many=many)
 
 
 def parse_peer_ref(obj: object) -> PeerRef:

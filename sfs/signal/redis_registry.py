@@ -11,6 +11,11 @@ registration clocks); what all nodes must agree on lives in Redis, under ``sfs:`
     The key exists exactly while the ID is taken, and expires ``--redis-ttl``
     seconds after its node's last heartbeat: the peers of a node that dies leave
     with it.
+``sfs:links:{ID}`` (hash)
+    a peer that serves several (``register_peer`` ``many``, ``sfs send --many``;
+    its own hash then has ``many`` and ``served``, and its ``link`` stays ``free``):
+    each peer that asked it, ``requested`` or ``paired``.  Only the askers are on
+    their nodes' ``linked`` lists: a link runs out with the asker's clock.
 ``sfs:node:{NODE}:linked`` (sorted set)
     the node's peers in a request or pairing, scored by when it must have ended
     (milliseconds of Redis's clock); the node sweeps it for stalled pairings and for
@@ -108,6 +113,12 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+def _departure(peer_id: str, notify: Sequence[str]) -> Departure:
+    """A departure that tells the sids the leave script named."""
+    sids = tuple(str(sid) for sid in notify)
+    return Departure(peer_id=peer_id, notify_sid=sids[0] if sids else None, also=sids[1:])
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text[:200]
@@ -127,10 +138,12 @@ end
 local function set_free(key)
   redis.call('HSET', key, 'link', 'free', 'other', '', 'out', '0')
 end
+local function links_key(id) return prefix .. 'links:' .. id end
+local function serves_many(key) return tonumber(redis.call('HGET', key, 'many') or '0') > 0 end
 """
 
-# ARGV: prefix, id, sid, node, ttl_ms.  1 if the ID is now this sid's (also when a
-# retried call finds it so), 0 if another peer holds it.
+# ARGV: prefix, id, sid, node, ttl_ms, many.  1 if the ID is now this sid's (also
+# when a retried call finds it so), 0 if another peer holds it.
 _REGISTER = """
 local key = peer_key(ARGV[2])
 local holder = redis.call('HGET', key, 'sid')
@@ -138,39 +151,57 @@ if holder then
   if holder == ARGV[3] then return 1 end
   return 0
 end
-redis.call('HSET', key, 'sid', ARGV[3], 'node', ARGV[4], 'link', 'free', 'other', '', 'out', '0')
+redis.call('HSET', key, 'sid', ARGV[3], 'node', ARGV[4], 'link', 'free', 'other', '', 'out', '0',
+  'many', ARGV[6], 'served', '0')
 redis.call('PEXPIRE', key, ARGV[5])
+redis.call('DEL', links_key(ARGV[2]))
 return 1
 """
 
 # ARGV: prefix, id, sid, remember_ms.  Forgets the peer if it is still this sid's,
-# frees its partner or counterpart and returns {that one's sid}, or {}.  What it
-# returned is kept for a while: a call whose answer was lost (it timed out after
-# Redis had run it) is made again, and must name the partner again.
+# frees its partner or counterpart (a peer serving several: each of them) and
+# returns their sids, or {}.  What it returned is kept for a while: a call whose
+# answer was lost (it timed out after Redis had run it) is made again, and must name
+# the partners again.
 _LEAVE = """
 local me = ARGV[2]
 local mine = peer_key(me)
-local told = prefix .. 'left:' .. me .. ':' .. ARGV[3]
+local told = prefix .. 'told:' .. me .. ':' .. ARGV[3]
 local my = redis.call('HMGET', mine, 'sid', 'other', 'node')
 if my[1] ~= ARGV[3] then
-  local partner = redis.call('GET', told)
-  if partner then return {partner} end
-  return {}
+  return redis.call('LRANGE', told, 0, -1)
 end
+local many = serves_many(mine)
 redis.call('DEL', mine)
 redis.call('ZREM', linked_key(my[3]), me)
-if my[2] == '' then return {} end
-local theirs = peer_key(my[2])
-local o = redis.call('HMGET', theirs, 'other', 'sid', 'node')
-if o[1] ~= me then return {} end
-set_free(theirs)
--- A partner whose clock has run out stays on its node's list: that node drops it
--- as stalled, as one process drops both ends of a stalled pairing.
-local list = linked_key(o[3])
-local due = redis.call('ZSCORE', list, my[2])
-if due and tonumber(due) > now_ms() then redis.call('ZREM', list, my[2]) end
-redis.call('SET', told, o[2], 'PX', ARGV[4])
-return {o[2]}
+local others = {}
+if many then
+  others = redis.call('HKEYS', links_key(me))
+  redis.call('DEL', links_key(me))
+elseif my[2] ~= '' then
+  others = {my[2]}
+end
+local sids = {}
+for _, other in ipairs(others) do
+  local theirs = peer_key(other)
+  local o = redis.call('HMGET', theirs, 'other', 'sid', 'node')
+  if o[1] == me then
+    set_free(theirs)
+    -- A partner whose clock has run out stays on its node's list: that node drops it
+    -- as stalled, as one process drops both ends of a stalled pairing.
+    local list = linked_key(o[3])
+    local due = redis.call('ZSCORE', list, other)
+    if due and tonumber(due) > now_ms() then redis.call('ZREM', list, other) end
+    table.insert(sids, o[2])
+  elseif o[2] and not many and redis.call('HDEL', links_key(other), me) == 1 then
+    table.insert(sids, o[2])  -- it serves several: only this link ends
+  end
+end
+if #sids > 0 then
+  redis.call('RPUSH', told, unpack(sids))
+  redis.call('PEXPIRE', told, ARGV[4])
+end
+return sids
 """
 
 # ARGV: prefix, me, target, node, connection_spent (0/1), window_ms,
@@ -184,6 +215,7 @@ local mine = peer_key(me)
 local my_link = redis.call('HGET', mine, 'link')
 if not my_link then return {'lost', 0} end
 local request = ARGV[9] == '1'
+if request and serves_many(mine) then return {'many_requests', 0} end
 if request and my_link ~= 'free' then return {'busy_self', 0} end
 if ARGV[5] == '1' then return {'connection_lookups', 0} end
 local now = now_ms()
@@ -193,15 +225,29 @@ if redis.call('ZCARD', window) >= tonumber(ARGV[7]) then return {'address_lookup
 redis.call('ZADD', window, now, ARGV[8])
 redis.call('PEXPIRE', window, ARGV[6])
 local theirs = peer_key(target)
-local t = redis.call('HMGET', theirs, 'link', 'sid', 'node')
+local t = redis.call('HMGET', theirs, 'link', 'sid', 'node', 'many', 'served')
 if not t[1] then return {'unknown_peer', 1} end
 if target == me then return {'self', 1} end
-if t[1] ~= 'free' then return {'busy_target', 1} end
+local many = tonumber(t[4] or '0')
+if many > 0 then
+  if tonumber(t[5] or '0') >= many then return {'used_up', 1} end
+elseif t[1] ~= 'free' then
+  return {'busy_target', 1}
+end
 if not request then return {'ok', 1, t[2]} end
 redis.call('HSET', mine, 'link', 'requesting', 'other', target, 'out', '1')
-redis.call('HSET', theirs, 'link', 'requested', 'other', me, 'out', '0')
 local due = now + tonumber(ARGV[10])
-for _, entry in ipairs({{ARGV[4], me}, {t[3], target}}) do
+local clocks = {{ARGV[4], me}}
+if many > 0 then
+  -- Its own link, on the asker's clock: running out drops the asker only.
+  redis.call('HSET', links_key(target), me, 'requested')
+  redis.call('PEXPIRE', links_key(target), ARGV[11])
+  redis.call('HINCRBY', theirs, 'served', 1)
+else
+  redis.call('HSET', theirs, 'link', 'requested', 'other', me, 'out', '0')
+  table.insert(clocks, {t[3], target})
+end
+for _, entry in ipairs(clocks) do
   local list = linked_key(entry[1])
   redis.call('ZADD', list, due, entry[2])
   redis.call('PEXPIRE', list, ARGV[11])
@@ -215,10 +261,16 @@ local mine, theirs = peer_key(ARGV[2]), peer_key(ARGV[3])
 local my = redis.call('HMGET', mine, 'link', 'other')
 if not my[1] then return {'lost'} end
 local r = redis.call('HMGET', theirs, 'link', 'other', 'sid')
+local many = serves_many(mine)
+if many then my = {redis.call('HGET', links_key(ARGV[2]), ARGV[3]), ARGV[3]} end
 if my[1] ~= 'requested' or my[2] ~= ARGV[3] or r[1] ~= 'requesting' or r[2] ~= ARGV[2] then
   return {'no_request'}
 end
-redis.call('HSET', mine, 'link', 'paired')
+if many then
+  redis.call('HSET', links_key(ARGV[2]), ARGV[3], 'paired')
+else
+  redis.call('HSET', mine, 'link', 'paired')
+end
 redis.call('HSET', theirs, 'link', 'paired')
 return {'ok', r[3]}
 """
@@ -230,14 +282,22 @@ local mine, theirs = peer_key(ARGV[2]), peer_key(ARGV[3])
 local my = redis.call('HMGET', mine, 'link', 'other', 'node')
 if not my[1] then return {'lost'} end
 local p = redis.call('HMGET', theirs, 'link', 'other', 'sid', 'node')
+-- A peer that serves several keeps each link in its links hash.
+local i_serve, they_serve = serves_many(mine), p[1] and serves_many(theirs)
+if i_serve then my = {redis.call('HGET', links_key(ARGV[2]), ARGV[3]), ARGV[3], my[3]} end
+if they_serve then p = {redis.call('HGET', links_key(ARGV[3]), ARGV[2]), ARGV[2], p[3], p[4]} end
 if my[1] ~= 'paired' or my[2] ~= ARGV[3] or p[1] ~= 'paired' or p[2] ~= ARGV[2] then
   return {'not_paired'}
 end
 if ARGV[4] == '1' then
-  set_free(mine)
-  set_free(theirs)
-  redis.call('ZREM', linked_key(my[3]), ARGV[2])
-  redis.call('ZREM', linked_key(p[4]), ARGV[3])
+  for _, side in ipairs({{i_serve, ARGV[2], ARGV[3], my[3]}, {they_serve, ARGV[3], ARGV[2], p[4]}}) do
+    if side[1] then
+      redis.call('HDEL', links_key(side[2]), side[3])
+    else
+      set_free(peer_key(side[2]))
+      redis.call('ZREM', linked_key(side[4]), side[2])
+    end
+  end
 end
 return {'ok', p[3]}
 """
@@ -255,7 +315,8 @@ for _, id in ipairs(redis.call('ZRANGE', list, 0, -1)) do
   local other = redis.call('HGET', mine, 'other')
   if not other or other == '' then
     redis.call('ZREM', list, id)
-  elseif redis.call('HGET', peer_key(other), 'other') ~= id then
+  elseif redis.call('HGET', peer_key(other), 'other') ~= id
+      and redis.call('HEXISTS', links_key(other), id) == 0 then
     set_free(mine)
     redis.call('ZREM', list, id)
     table.insert(orphans, id)
@@ -273,6 +334,7 @@ for i = 4, #ARGV do
   local key = peer_key(ARGV[i])
   if redis.call('HGET', key, 'node') == ARGV[2] then
     redis.call('PEXPIRE', key, ARGV[3])
+    redis.call('PEXPIRE', links_key(ARGV[i]), ARGV[3])
   else
     table.insert(lost, ARGV[i])
   end
@@ -564,12 +626,12 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
 
     # ------------------------------------------------------------------ shared
 
-    async def register(self, sid: str, rendezvous: str | None = None) -> str:
+    async def register(self, sid: str, rendezvous: str | None = None, many: int = 0) -> str:
         conn = self._not_yet_registered(sid)
         self._ready()
         for _ in range(1 if rendezvous is not None else MAX_PEER_ID_ATTEMPTS):
             peer_id = rendezvous if rendezvous is not None else self._new_id()
-            if not await self._run("register", peer_id, sid, self.node, self._ttl_ms):
+            if not await self._run("register", peer_id, sid, self.node, self._ttl_ms, many):
                 if rendezvous is not None:
                     raise refusal("rendezvous_taken")
                 continue
@@ -592,7 +654,7 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
         except RegistryUnavailable:
             self._departures.append((conn.peer_id, sid))  # expire() tries again
             return Departure(peer_id=conn.peer_id, notify_sid=None)
-        return Departure(peer_id=conn.peer_id, notify_sid=notify[0] if notify else None)
+        return _departure(conn.peer_id, notify)
 
     async def find(self, sid: str, peer_id: str, *, now: float) -> None:
         await self._lookup(sid, peer_id, request=False)
@@ -666,7 +728,7 @@ class RedisRegistry(ConnectionBook[Connection], Registry):
             notify = await self._run("leave", peer_id, sid, LEFT_MEMORY_MS)
             self._departures.pop(0)
             if notify:
-                expiry.departed.append(Departure(peer_id=peer_id, notify_sid=notify[0]))
+                expiry.departed.append(_departure(peer_id, notify))
 
     async def stats(self) -> dict[str, int]:
         counts = {"connections": len(self._connections), "peers": len(self._sid_by_peer_id)}

@@ -91,6 +91,8 @@ _REFUSALS: dict[str, tuple[str, str]] = {
     "self": (m.INVALID, "that is your own peer ID"),
     "busy_target": (m.BUSY, "{peer_id} is busy with another peer"),
     "rendezvous_taken": (m.BUSY, "another connection holds that rendezvous"),
+    "used_up": (m.USED_UP, "{peer_id} has served every receiver its sender allowed"),
+    "many_requests": (m.INVALID, "a peer that serves several (many) cannot ask for a connection"),
 }
 REFUSALS = frozenset(_REFUSALS)
 
@@ -124,10 +126,18 @@ class Departure:
 
     :param peer_id: the leaving peer's ID, or None if it never registered
     :param notify_sid: its partner or pending counterpart, to be told it is gone
+    :param also: a peer that served several (``register_peer`` ``many``): the rest
+        of its partners and pending counterparts, to be told too
     """
 
     peer_id: str | None
     notify_sid: str | None
+    also: tuple[str, ...] = ()
+
+    @property
+    def told(self) -> tuple[str, ...]:
+        """Every sid to tell that the peer is gone."""
+        return self.also if self.notify_sid is None else (self.notify_sid, *self.also)
 
 
 @dataclass(frozen=True)
@@ -406,9 +416,13 @@ class Registry(ABC):
     # ------------------------------------------------------------------ shared
 
     @abstractmethod
-    async def register(self, sid: str, rendezvous: str | None = None) -> str:
+    async def register(self, sid: str, rendezvous: str | None = None, many: int = 0) -> str:
         """Give *sid* a peer ID that no live peer has, on any node: *rendezvous* if
-        given (a session meeting again; refused while another connection has it)."""
+        given (a session meeting again; refused while another connection has it).
+
+        :param many: (``sfs send --many``) this peer may be asked for a connection
+            by up to *many* peers in all, each its own pairing, at once or in turn;
+            0 is the usual one request, one partner at a time."""
 
     @abstractmethod
     async def disconnect(self, sid: str) -> Departure | None:

@@ -366,10 +366,10 @@ class _SignalServer:
         await self._tell_departure(departure)
 
     async def _tell_departure(self, departure: Departure) -> None:
-        if departure.notify_sid is not None and departure.peer_id is not None:
-            await self._emit(
-                m.PEER_DISCONNECTED, m.PeerRef(departure.peer_id).to_dict(), departure.notify_sid
-            )
+        if departure.peer_id is None:
+            return
+        for sid in departure.told:
+            await self._emit(m.PEER_DISCONNECTED, m.PeerRef(departure.peer_id).to_dict(), sid)
 
     async def _on_unknown(self, event: str, sid: str, *args: object) -> dict[str, object]:
         # The name is the client's own data: echo it back, but not at any length.
@@ -426,9 +426,10 @@ class _SignalServer:
 
     async def _register_peer(self, sid: str, payload: object) -> dict[str, object]:
         registration = m.parse_register_peer(payload)
-        peer_id = await self.registry.register(sid, registration.rendezvous)
+        peer_id = await self.registry.register(sid, registration.rendezvous, registration.many)
         self.metrics.registrations.inc()
-        logger.info("registered %s (%s)", peer_id, self.registry.address_of(sid))
+        many = f", for {registration.many} peers" if registration.many else ""
+        logger.info("registered %s (%s)%s", peer_id, self.registry.address_of(sid), many)
         servers = [*self.config.ice_servers, *self._issued_ice_servers(peer_id)]
         ack = m.ok_ack(peer_id=peer_id, ice_servers=[s.to_dict() for s in servers])
         relay = self._relay_url()
@@ -437,6 +438,8 @@ class _SignalServer:
         if self.config.come_back:
             # A session that loses its connection may meet again here (a rendezvous).
             ack["rendezvous"] = True
+        if registration.many:
+            ack["many"] = registration.many  # an older server refuses the key instead
         return ack
 
     def _relay_url(self) -> str | None:

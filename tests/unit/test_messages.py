@@ -341,9 +341,9 @@ def test_invalid_message_is_value_error() -> None:
 def test_error_codes_are_distinct() -> None:
     codes = [
         m.INVALID, m.UNKNOWN_EVENT, m.NOT_REGISTERED, m.ALREADY_REGISTERED, m.UNKNOWN_PEER,
-        m.BUSY, m.NOT_PAIRED, m.RATE_LIMITED, m.SERVER_FULL,
+        m.BUSY, m.NOT_PAIRED, m.RATE_LIMITED, m.SERVER_FULL, m.USED_UP,
     ]  # fmt: skip
-    assert len(set(codes)) == 9
+    assert len(set(codes)) == 10
     assert set(codes) == m.ERROR_CODES
     assert "peers_updated" not in m.CLIENT_EVENTS
 

@@ -70,6 +70,11 @@ export const CodeNotFoundError = define(
   SignalingError,
   "No receiver is waiting with that code. Check the code, or ask for a new one.",
 );
+export const CodeUsedUpError = define(
+  "CodeUsedUpError",
+  CodeNotFoundError,
+  "That code has served every receiver its sender allowed (sfs send --many). Ask the sender for a new one.",
+);
 export const RoomFullError = define(
   "RoomFullError",
   SignalingError,

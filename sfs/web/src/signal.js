@@ -14,6 +14,7 @@ import { io } from "socket.io-client";
 import { WrongCodeError } from "./crypto.js";
 import {
   CodeNotFoundError,
+  CodeUsedUpError,
   PeerGoneError,
   RoomFullError,
   ServerLostError,
@@ -139,6 +140,7 @@ export class SignalClient {
     if (code === "not_paired") throw this._whyPartnerLeft();
     if (code === "unknown_peer") throw new CodeNotFoundError();
     if (code === "busy") throw new RoomFullError();
+    if (code === "used_up") throw new CodeUsedUpError();
     if (code === "rate_limited") {
       throw new SignalingError("too many attempts; the server asks you to wait a while");
     }
