@@ -19,12 +19,13 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from sfs.code import Code
+from sfs.code import Code, new_secret
 from sfs.defaults import LAN_FIND_SECONDS as LAN_FIND_SECONDS
 from sfs.defaults import Transport
 from sfs.errors import (
@@ -66,8 +67,8 @@ from sfs.reconnect import Connect, Outages, Quiet, meet_again, surviving
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
-from sfs.setup import set_up
-from sfs.signal.client import serves_page
+from sfs.setup import set_up, set_up_through
+from sfs.signal.client import Registration, SignalClient, page_link, serves_page
 from sfs.text import format_size
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     # the embedded server), `sfs serve` and `sfs check` cost a transfer's start-up a
     # tenth of a second or more, and aiortc and qh3 come from preload_transports.
     from sfs.check import Report
+    from sfs.many import ManyResult, ManyUi, PartnerSignal
     from sfs.peer.files.destinations import Plan
     from sfs.signal.config import ServerConfig
 
@@ -117,6 +119,9 @@ class SendConfig:
     to_pair: Pair | None = None
     #: Where to note when a paired device was last seen.
     pair_store: PairStore | None = None
+    #: `sfs send --many N`: show one code that serves up to N receivers (``code`` is
+    #: None); 0: one receiver.
+    many: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,8 +325,134 @@ async def _session(
 
 async def send(config: SendConfig, ui: Ui) -> TransferResult:
     """Send files to the receiver that printed ``config.code``."""
-    # Every check of what to send is made now, not after connecting: that would
-    # spend the receiver's code.
+    tree = _what_to_send(config, ui)
+    peer = config.peer
+    if config.stream is not None:
+        # A pipe cannot be read again: after an outage there is nothing to resume from,
+        # so this side does not offer to wait for one.
+        peer = dataclasses.replace(peer, reconnect_window=0.0)
+    outages = Outages(peer.reconnect_window)
+    return await surviving(
+        outages,
+        ui,
+        first=lambda: (
+            sender_session(config.code, peer, ui, streams=config.streams, link=config.link)
+            if config.to_pair is None
+            else paired_sender_session(config.to_pair, peer, ui, streams=config.streams)
+        ),
+        again=lambda: _sender_again(outages, config, ui),
+        transfer=lambda session: _send_over(session, config, ui, tree, outages),
+    )
+
+
+def _sender_again(outages: Outages, config: SendConfig, ui: Ui) -> AsyncContextManager[Session]:
+    return meet_again(
+        Role.SENDER,
+        outages,
+        config.peer,
+        ui,
+        _connect_again(Role.SENDER, config.peer),
+        streams=config.streams,
+    )
+
+
+async def send_many(config: SendConfig, ui: ManyUi) -> ManyResult:
+    """`sfs send --many N`: show one code, and send to each of up to N receivers that
+    come with it (sfs.many), each its own session."""
+    from sfs.many import serve_many
+
+    assert config.code is None
+    assert config.stream is None
+    tree = _what_to_send(config, ui)
+    options = config.peer
+    addresses = check_local_addresses(options.ice_addresses)
+    preload_transports(server=False)
+    async with AsyncExitStack() as stack:
+        lobby, registration, url, page = await _open_lobby(stack, config, ui)
+        words = new_secret()
+        code = str(Code(registration.peer_id, words))
+        ui.show_code(code, None if page is None else page_link(page, code, receive=True))
+
+        async def serve_one(number: int, partner: PartnerSignal) -> TransferResult:
+            mine = ui.receiver(number)
+            outages = Outages(options.reconnect_window)
+
+            @asynccontextmanager
+            async def first() -> AsyncIterator[Session]:
+                handshake = Handshake(
+                    Role.SENDER,
+                    connect_timeout=options.connect_timeout,
+                    ice_servers=options.ice_servers,
+                    streams=config.streams,
+                    new_words=lambda: words,
+                    reconnects=options.reconnect_window > 0,
+                )
+                async with AsyncExitStack() as own:
+                    yield await set_up_through(
+                        own, handshake, partner, url, options, mine, addresses
+                    )
+
+            return await surviving(
+                outages,
+                mine,
+                first=first,
+                again=lambda: _sender_again(outages, config, mine),
+                transfer=lambda session: _send_over(session, config, mine, tree, outages),
+            )
+
+        return await serve_many(lobby, registration, config.many, ui, serve_one)
+
+
+async def _open_lobby(
+    stack: AsyncExitStack, config: SendConfig, ui: Ui
+) -> tuple[SignalClient, Registration, str, str | None]:
+    """`sfs send --many`: the one server connection, registered for ``many``, that
+    every receiver asks: (it, its registration, the server's URL, the page's URL to
+    link the code to).  In LAN mode the server is this side's embedded one, advertised
+    on mDNS as a waiting sender's, until the last receiver is served."""
+    options = config.peer
+    url, page = options.server_url, None
+    if url is not None:
+        ui.status(f"Connecting via {url}…")
+        _say_proxy(ui, options)
+        if config.link and await serves_page(url, ca_file=options.ca_file, proxy=options.proxy):
+            page = url
+        lobby = await stack.enter_async_context(
+            SignalClient(
+                url,
+                connect_timeout=options.connect_timeout,
+                ca_file=options.ca_file,
+                proxy=options.proxy,
+            )
+        )
+        return lobby, await lobby.register(many=config.many), url, page
+    from sfs.lan.discovery import advertise, default_route_address, find_lan, open_zeroconf
+    from sfs.lan.embedded import EMBEDDED_CONFIG, EMBEDDED_PAGE_CONFIG, embedded_server
+    from sfs.lan.record import page_urls
+
+    lan = find_lan()
+    embedded = await stack.enter_async_context(
+        embedded_server(Role.SENDER.value, EMBEDDED_PAGE_CONFIG if config.link else EMBEDDED_CONFIG)
+    )
+    if config.link:
+        urls = page_urls(lan.addresses, embedded.port, default_route_address())
+        page = urls[0] if urls else None
+    zeroconf = open_zeroconf(lan)
+    stack.push_async_callback(zeroconf.async_close)
+    ui.status("On the local network (no server; for other networks use --server)")
+    lobby = await stack.enter_async_context(
+        SignalClient(embedded.local_url, connect_timeout=options.connect_timeout)
+    )
+    registration = await lobby.register(many=config.many)
+    embedded.holding.peer_id = registration.peer_id  # what probes now prove
+    advert = Advert(Role.SENDER.value, options.name, embedded.port, lan.addresses, int(time.time()))
+    await stack.enter_async_context(advertise(zeroconf, advert))
+    return lobby, registration, embedded.local_url, page
+
+
+def _what_to_send(config: SendConfig, ui: Ui) -> Sources:
+    """What `sfs send` sends, checked (and what was left out or skipped said) before
+    any connection: a failure after one would spend the code."""
     if config.text is not None:
         tree = Sources([text_source(config.text)])
     elif config.stream is not None:
@@ -339,30 +470,7 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         )
     for skipped in tree.skipped:
         ui.status(f"Skipping {skipped}")
-    peer = config.peer
-    if config.stream is not None:
-        # A pipe cannot be read again: after an outage there is nothing to resume from,
-        # so this side does not offer to wait for one.
-        peer = dataclasses.replace(peer, reconnect_window=0.0)
-    outages = Outages(peer.reconnect_window)
-    return await surviving(
-        outages,
-        ui,
-        first=lambda: (
-            sender_session(config.code, peer, ui, streams=config.streams, link=config.link)
-            if config.to_pair is None
-            else paired_sender_session(config.to_pair, peer, ui, streams=config.streams)
-        ),
-        again=lambda: meet_again(
-            Role.SENDER,
-            outages,
-            peer,
-            ui,
-            _connect_again(Role.SENDER, peer),
-            streams=config.streams,
-        ),
-        transfer=lambda session: _send_over(session, config, ui, tree, outages),
-    )
+    return tree
 
 
 def _say_proxy(ui: Ui, options: PeerOptions) -> None:

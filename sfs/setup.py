@@ -64,7 +64,7 @@ from sfs.peer.transport.opening import Opened, QuicOpener, open_transport
 from sfs.peer.transport.quic import quic_available
 from sfs.peer.transport.relay import open_relay, relay_url
 from sfs.peer.transport.tcp import RELAY_HEAD_START_SECONDS, DirectPath
-from sfs.signal.client import SERVER_LOST, SignalClient, page_link
+from sfs.signal.client import SERVER_LOST, Registration, SignalClient, page_link
 from sfs.signal.messages import IceServer
 from sfs.socks import Socks
 from sfs.text import printable
@@ -103,6 +103,16 @@ class Ui(Protocol):
 
     def reconnected(self, route: str) -> None:
         """The other side is back (``route``: how the data flows now); resuming."""
+
+
+class Signal(Protocol):
+    """What a set-up needs of its server connection: a :class:`SignalClient`, or
+    (`sfs send --many`) one partner's view of a connection shared by several."""
+
+    async def register(self, rendezvous: str | None = None) -> Registration: ...
+    async def call(self, event: str, data: dict[str, Any]) -> dict[str, Any]: ...
+    async def next_event(self) -> tuple[str, dict[str, Any]]: ...
+    def leave(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,25 @@ async def set_up(
     logger.debug("connecting to %s", url)
     signal = await stack.enter_async_context(_signal_client(url, options))
     logger.debug("connected to the server")
+    return await set_up_through(
+        stack, handshake, signal, url, options, ui, addresses, registered=registered, page=page
+    )
+
+
+async def set_up_through(
+    stack: AsyncExitStack,
+    handshake: Handshake,
+    signal: Signal,
+    url: str,
+    options: PeerOptions,
+    ui: Ui,
+    addresses: tuple[str, ...],
+    *,
+    registered: Callable[[str], Awaitable[None]] | None = None,
+    page: str | None = None,
+) -> Session:
+    """:func:`set_up` over a server connection that is already there (``signal``;
+    ``url`` is its server's)."""
     pump = _SetUpPump(stack, handshake, url, options, ui, addresses, signal, registered, page)
     return await pump.run()
 
@@ -197,7 +226,7 @@ class _SetUpPump:
         options: PeerOptions,
         ui: Ui,
         addresses: tuple[str, ...],
-        signal: SignalClient,
+        signal: Signal,
         registered: Callable[[str], Awaitable[None]] | None,
         page: str | None,
     ) -> None:
@@ -504,7 +533,7 @@ async def _finish_closing(closing: asyncio.Future[None]) -> None:
 
 
 async def _next_input(
-    signal: SignalClient,
+    signal: Signal,
     opener: asyncio.Future[Opened] | None,
     deadline: float | None,
 ) -> SetupEvent | None:
@@ -543,7 +572,7 @@ def call_batches(actions: list[Action]) -> list[list[Action]]:
     return batches
 
 
-async def _calls(signal: SignalClient, calls: list[Call]) -> None:
+async def _calls(signal: Signal, calls: list[Call]) -> None:
     """Send ``calls`` one after the other without waiting for each answer, then wait
     for the answers; raise the first call's error, in order.
 
@@ -562,7 +591,7 @@ async def _calls(signal: SignalClient, calls: list[Call]) -> None:
             raise result
 
 
-async def _call(signal: SignalClient, call: Call) -> None:
+async def _call(signal: Signal, call: Call) -> None:
     if not call.best_effort:
         await signal.call(call.event, call.payload)
         return
@@ -572,7 +601,7 @@ async def _call(signal: SignalClient, call: Call) -> None:
         logger.debug("could not tell the other side (%s)", call.event, exc_info=True)
 
 
-async def _tell_partner(signal: SignalClient, actions: list[Action]) -> None:
+async def _tell_partner(signal: Signal, actions: list[Action]) -> None:
     """A Ctrl-C during set-up reaches the partner at once, through the server (there
     is no channel yet to carry a CANCEL): it must not wait out a timeout."""
     for action in actions:

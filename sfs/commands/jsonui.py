@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sfs.commands.listing import from_whom
+from sfs.errors import SfsError
 from sfs.lan.record import Advert
 from sfs.peer.files.destinations import Plan, is_tree
 from sfs.peer.proto.wire import Offer
@@ -48,6 +49,17 @@ class JsonLines:
 
     def error(self, exit_code: int, message: str) -> None:
         self.emit({"type": "error", "exit_code": exit_code, "message": message})
+
+
+class ReceiverLines(JsonLines):
+    """One receiver's events of `sfs send --many`: each says which (``"receiver": N``)."""
+
+    def __init__(self, lines: JsonLines, number: int) -> None:
+        super().__init__(lines._write)
+        self.number = number
+
+    def emit(self, event: dict[str, Any]) -> None:
+        super().emit({**event, "receiver": self.number})
 
 
 def offer_kind(offer: Offer) -> str:
@@ -203,7 +215,28 @@ class JsonUi:
         pass  # --json: nothing on stderr but errors
 
     def show_code(self, code: str, link: str | None = None) -> None:
+        if isinstance(self.lines, ReceiverLines):
+            return  # a receiver's session of --many: the code was shown once, before
         self.lines.emit({"type": "code", "code": code, "link": link})
+
+    # -- `sfs send --many` --------------------------------------------------------------
+
+    def receiver(self, number: int) -> JsonUi:
+        """Receiver ``number``'s Ui: its events say ``"receiver": number``."""
+        return JsonUi(ReceiverLines(self.lines, number), ask=self._ask, limit_rate=self.limit_rate)
+
+    def received(self, number: int, result: TransferResult) -> None:
+        self.lines.emit({**done_event("send", result), "receiver": number})
+
+    def failed(self, number: int, error: SfsError) -> None:
+        self.lines.emit(
+            {
+                "type": "failed",
+                "receiver": number,
+                "exit_code": error.exit_code,
+                "message": str(error),
+            }
+        )
 
     def progress(self) -> JsonProgress:
         return JsonProgress(self.lines, limit=self.limit_rate)

@@ -40,8 +40,9 @@ class LineProgress:
     PROGRESS_LINE_SECONDS (tqdm's bars would fill a log with carriage returns), per
     file, or for the whole transfer when it has many files."""
 
-    def __init__(self, *, limit: float | None = None) -> None:
+    def __init__(self, *, limit: float | None = None, label: str = "") -> None:
         self._limit = limit
+        self._label = f"{label}: " if label else ""
         self._name = ""
         self._size: int | None = 0
         self._done = 0
@@ -67,11 +68,12 @@ class LineProgress:
             rate = self._done / max(now - self._started, 1e-6)
             speed = f"{format_size(rate)}/s{limited(self._limit)}"
             if self._size is None:
-                say(f"{self._name}: {format_size(self._done)}, {speed}")
+                say(f"{self._label}{self._name}: {format_size(self._done)}, {speed}")
                 return
             percent = 100 * self._done / self._size if self._size else 100.0
             say(
-                f"{self._name}: {format_size(self._done)} of {format_size(self._size)} "
+                f"{self._label}{self._name}: {format_size(self._done)} of "
+                f"{format_size(self._size)} "
                 f"({percent:.0f} %), {speed}"
             )
 
@@ -83,9 +85,11 @@ class TqdmProgress:
     """A tqdm bar on stderr: one per file, or one for the whole transfer when it has
     many files (a bar per file of a tree of thousands would cost more than the files)."""
 
-    def __init__(self, *, quiet: bool, limit: float | None = None) -> None:
+    def __init__(self, *, quiet: bool, limit: float | None = None, label: str = "") -> None:
         self._quiet = quiet
         self._limit = limit
+        # `sfs send --many`: whose bar this is (``Receiver 2``, shown as ``2:``).
+        self._label = f"{label.rpartition(' ')[2]}: " if label else ""
         self._bar: tqdm[Any] | None = None
         self._files_left = 0  # of an overall bar
         self._width_checked = 0.0
@@ -105,7 +109,8 @@ class TqdmProgress:
         layouts = (NARROW_BAR, NARROW_COUNT) if narrow else (WIDE_BAR, WIDE_COUNT)
         bar = _size_bar()(
             total=total,
-            desc=printable(name, 30 if width is None else max(8, min(30, width // 3))),
+            desc=self._label
+            + printable(name, 30 if width is None else max(8, min(30, width // 3))),
             unit="B",
             file=sys.stderr,
             leave=False,

@@ -33,11 +33,12 @@ from sfs.commands.options import (
     peer_options,
 )
 from sfs.commands.output import say, say_error
-from sfs.commands.running import _run, _setup_logging
+from sfs.commands.running import EXIT_INTERRUPTED, _run, _setup_logging
 from sfs.commands.ui import RECEIVE_HINT, ConsoleUi, _ask, _json_lines
 from sfs.defaults import (
     DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
+    MAX_MANY,
     MAX_SENDER_NAME_CHARS,
     MAX_STREAMS,
     MAX_TEXT_BYTES,
@@ -46,6 +47,8 @@ from sfs.text import printable
 
 if TYPE_CHECKING:
     from sfs.code import Code
+    from sfs.commands.jsonui import JsonLines
+    from sfs.many import ManyResult
     from sfs.pairs import Pair
     from sfs.peer.files.exclusion import LeaveOut
     from sfs.socks import Socks
@@ -55,6 +58,7 @@ SEND_EXAMPLES = [
     ("sfs send KQZ-042-tiger-lamp report.pdf", "send to the receiver showing that code"),
     ("sfs send report.pdf photos/", "type the code at the prompt; folders go whole"),
     ("sfs send --print-code notes.txt", "print a code here instead"),
+    ("sfs send --many 5 --qr slides.pdf", "one code (and QR code) for up to 5 receivers"),
     ("sfs send CODE --text 'hello'", "a text message"),
     ("tar c dir | sfs send CODE -", "a pipe"),
     ("sfs send @laptop report.pdf", "to a paired device (`sfs pair`), no code"),
@@ -122,6 +126,15 @@ def _complete_files(
     "(the sender-first flow, as in magic-wormhole and croc).",
 )
 @click.option(
+    "--many",
+    type=WholeNumber(1, MAX_MANY),
+    default=None,
+    metavar="N",
+    help=f"Print one code that up to N receivers use (1-{MAX_MANY}), at once or in turn; "
+    "each gets its own keys, progress and resume. Each try of the code is a guess at "
+    "it, so the code gives at most N.",
+)
+@click.option(
     "--text",
     default=None,
     metavar="TEXT",
@@ -163,6 +176,7 @@ def send(
     args: tuple[str, ...],
     chunk_size: int | None,
     print_code: bool,
+    many: int | None,
     text: str | None,
     stream_name: str,
     exclude: tuple[str, ...],
@@ -199,6 +213,9 @@ def send(
 
     _setup_logging(verbose, quiet=quiet)
     _require_terminal_for_verify(verify)
+    if many is not None:
+        _check_many(args, verify)
+        print_code = True  # one code, printed here, for every receiver
     if qr and not print_code:
         raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
     if as_json and qr:
@@ -259,16 +276,85 @@ def send(
         pair_store=None if to_pair is None else pair_command.store(),
         leave_out=_leave_out(exclude, gitignore),
         limit_rate=limit_rate,
+        many=many or 0,
     )
     if as_json:
         from sfs.commands.jsonui import JsonUi
 
         json_ui = JsonUi(_json_lines(), ask=_ask, limit_rate=limit_rate)
+        if many is not None:
+            done = _run(app.send_many(config, json_ui), verbose, json_lines=json_ui.lines)
+            _end_many(done, json_lines=json_ui.lines)
+            return
         json_ui.done("send", _run(app.send(config, json_ui), verbose, json_lines=json_ui.lines))
         return
-    ui = ConsoleUi(quiet=quiet, code_hint=RECEIVE_HINT, qr=qr, limit_rate=limit_rate)
+    hint = RECEIVE_HINT if many is None else many_hint(many)
+    ui = ConsoleUi(quiet=quiet, code_hint=hint, qr=qr, limit_rate=limit_rate)
+    if many is not None:
+        _end_many(_run(app.send_many(config, ui), verbose, ui=ui), ui=ui)
+        return
     result = _run(app.send(config, ui), verbose, ui=ui)
     say(_final_line("Sent", result), err=False)
+
+
+def many_hint(many: int) -> str:
+    return (
+        f"On each other computer (up to {many}), run `sfs receive CODE` (or `sfs receive -` "
+        "and type the code). Waiting…"
+    )
+
+
+def _check_many(args: tuple[str, ...], verify: bool) -> None:
+    """What --many cannot go with, said before anything is read or sent."""
+    if args and (args[0].startswith("@") or _looks_like_code(args[0])):
+        raise click.UsageError(
+            "--many prints one code here for every receiver: give only the files"
+        )
+    if "-" in args:
+        raise click.UsageError("--many sends to several receivers: a pipe (`-`) is read once")
+    if verify:
+        raise click.UsageError("--verify compares one string with one receiver: not with --many")
+
+
+def _end_many(
+    done: ManyResult, *, ui: ConsoleUi | None = None, json_lines: JsonLines | None = None
+) -> None:
+    """After `sfs send --many`: the last line (each receiver had its own), and the exit
+    status: 0 when every receiver that came received it, else the first failure's."""
+    received, failures = len(done.received), done.failures
+    if json_lines is not None:
+        json_lines.emit(
+            {
+                "type": "summary",
+                "many": done.many,
+                "received": received,
+                "failed": len(failures),
+                "stopped": done.stopped,
+            }
+        )
+    if not done.served and done.stopped == "interrupted":
+        if json_lines is not None:
+            json_lines.error(EXIT_INTERRUPTED, "interrupted")
+        say("Interrupted.")
+        sys.exit(EXIT_INTERRUPTED)
+    if failures:
+        first = failures[0]
+        assert first.error is not None
+        message = (
+            f"{len(failures)} of {len(done.served)} receivers did not receive it "
+            f"(receiver {first.number}: {first.error})"
+        )
+        if json_lines is not None:
+            json_lines.error(first.error.exit_code, message)
+        say_error(message)
+        sys.exit(first.error.exit_code)
+    if ui is not None:
+        line = f"Sent to {received} receiver{'' if received == 1 else 's'}"
+        if done.stopped == "interrupted":
+            line += f" (stopped waiting; --many {done.many})"
+        elif done.stopped == "server_lost":
+            line += f" (the server went away; --many {done.many})"
+        say(line, err=False)
 
 
 def _leave_out(exclude: tuple[str, ...], gitignore: bool) -> LeaveOut | None:

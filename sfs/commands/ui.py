@@ -11,6 +11,7 @@ import click
 
 from sfs.commands import terminal
 from sfs.commands.listing import (
+    _final_line,
     describe_tree,
     from_whom,
     offer_listing,
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
     import asyncio
 
     from sfs.commands.jsonui import JsonLines
+    from sfs.errors import SfsError
     from sfs.peer.files.destinations import Plan
     from sfs.peer.proto.progress import Progress
     from sfs.peer.proto.wire import Offer
+    from sfs.peer.transfer import TransferResult
 
 
 #: What to do with a code: on the receiver's side, and on the sender's (--print-code).
@@ -56,11 +59,15 @@ class ConsoleUi:
         qr: bool = False,
         yes_from: tuple[str, ...] = (),
         limit_rate: float | None = None,
+        label: str = "",
     ) -> None:
         """:param stdout_free: stdout may carry the code (False with --stdout, where
         it carries the data and everything else goes to stderr).
         :param qr: draw the code (or the web page's link with it) as a QR code too.
-        :param yes_from: paired devices whose offers are taken without asking."""
+        :param yes_from: paired devices whose offers are taken without asking.
+        :param label: one receiver's session of `sfs send --many` (``Receiver 2``):
+        its lines and bars say so, and it shows no code (the command's Ui did)."""
+        self.label = label
         self.qr = qr
         self.yes_from = yes_from
         self.limit_rate = limit_rate
@@ -77,20 +84,41 @@ class ConsoleUi:
     def status(self, message: str) -> None:
         if self.quiet:
             return
+        self._lines(f"{self.label}: {message}" if self.label else message)
+
+    def _lines(self, message: str, *, err: bool = True) -> None:
         # On a terminal a long line is broken between words, never inside one (the
-        # terminal's own wrap would cut a word); elsewhere it stays one line.
-        lines = terminal.wrap(message, terminal.columns(sys.stderr))
+        # terminal's own wrap would cut a word); elsewhere it stays one line.  (stdout
+        # carries result lines, which stay whole for whatever reads them.)
+        lines = terminal.wrap(message, terminal.columns(sys.stderr)) if err else [message]
         if any(bar.active for bar in self._bars):
             from tqdm import tqdm
 
             with tqdm.external_write_mode(file=sys.stderr):  # the bar is redrawn below
                 for line in lines:
-                    say(line)
+                    say(line, err=err)
         else:
             for line in lines:
-                say(line)
+                say(line, err=err)
+
+    # -- `sfs send --many`: one Ui per receiver, and how each ended ------------------------
+
+    def receiver(self, number: int) -> ConsoleUi:
+        """Receiver ``number``'s Ui: its lines and bars labelled, its bars cleared with
+        this Ui's (before a last line)."""
+        child = ConsoleUi(quiet=self.quiet, limit_rate=self.limit_rate, label=f"Receiver {number}")
+        child._bars = self._bars
+        return child
+
+    def received(self, number: int, result: TransferResult) -> None:
+        self._lines(f"Receiver {number}: {_final_line('Sent', result)}", err=False)
+
+    def failed(self, number: int, error: SfsError) -> None:
+        self._lines(f"Receiver {number}: {error}")
 
     def show_code(self, code: str, link: str | None = None) -> None:
+        if self.label:
+            return  # a receiver's session of --many: the code was shown once, before
         # The code goes to stdout only, once: not into logs or stderr captures. When
         # stdout goes elsewhere (a file, a pipe) but stderr is the user's terminal, the
         # person must still see it there.  So does its QR code, which holds it too.
@@ -108,8 +136,8 @@ class ConsoleUi:
 
     def progress(self) -> Progress:
         if not self.quiet and not terminal.bars_allowed(sys.stderr):
-            return LineProgress(limit=self.limit_rate)
-        bar = TqdmProgress(quiet=self.quiet, limit=self.limit_rate)
+            return LineProgress(limit=self.limit_rate, label=self.label)
+        bar = TqdmProgress(quiet=self.quiet, limit=self.limit_rate, label=self.label)
         self._bars.append(bar)
         return bar
 
