@@ -212,10 +212,10 @@ def send(
     from sfs import app
 
     _setup_logging(verbose, quiet=quiet)
-    _require_terminal_for_verify(verify)
     if many is not None:
         _check_many(args, verify)
         print_code = True  # one code, printed here, for every receiver
+    _require_terminal_for_verify(verify)
     if qr and not print_code:
         raise click.UsageError("--qr draws the code this side prints: use it with --print-code")
     if as_json and qr:
