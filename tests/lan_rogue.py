@@ -60,9 +60,9 @@ async def find_victim(browser: Browser, name: str) -> Advert:
 async def clone(victim: Advert, zeroconf: Any, count: int, stalls: int, peer_id: str) -> None:
     register = PeerTable.register
 
-    def counted(self: PeerTable, sid: str, rendezvous: str | None = None) -> str:
+    def counted(self: PeerTable, sid: str, rendezvous: str | None = None, many: int = 0) -> str:
         say("registered")
-        return register(self, sid, rendezvous)
+        return register(self, sid, rendezvous, many)
 
     PeerTable.register = counted  # type: ignore[method-assign]
     async with contextlib.AsyncExitStack() as stack:

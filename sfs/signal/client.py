@@ -406,9 +406,7 @@ class SignalClient:
                 "the signaling server is an older sfs: it cannot let one code serve "
                 "several receivers (--many)"
             )
-        return Registration(
-            peer_id, servers, relay, reply.get("rendezvous") is True, many=many
-        )
+        return Registration(peer_id, servers, relay, reply.get("rendezvous") is True, many=many)
 
     async def next_event(self) -> tuple[str, dict[str, Any]]:
         """The next pushed event, in the order received; ``("server_lost", {})`` when

@@ -290,7 +290,8 @@ if my[1] ~= 'paired' or my[2] ~= ARGV[3] or p[1] ~= 'paired' or p[2] ~= ARGV[2] 
   return {'not_paired'}
 end
 if ARGV[4] == '1' then
-  for _, side in ipairs({{i_serve, ARGV[2], ARGV[3], my[3]}, {they_serve, ARGV[3], ARGV[2], p[4]}}) do
+  local sides = {{i_serve, ARGV[2], ARGV[3], my[3]}, {they_serve, ARGV[3], ARGV[2], p[4]}}
+  for _, side in ipairs(sides) do
     if side[1] then
       redis.call('HDEL', links_key(side[2]), side[3])
     else

@@ -256,3 +256,33 @@ def test_what_many_does_not_go_with(tmp_path: Path, args: tuple[str, ...], said:
     )
     assert done.returncode == 2, done.stderr
     assert said in done.stderr, done.stderr
+
+
+def test_on_the_lan_with_no_server_two_receivers_at_once(tmp_path: Path) -> None:
+    """LAN mode: the sender's embedded server and its mDNS record stay until the last
+    receiver is served; two receivers on two other hosts join at once, each verified;
+    afterwards nobody is listed as waiting."""
+    from tests.integration.lan import lan_hosts, run, start, start_waiting
+
+    with lan_hosts(3) as (a, b, c):
+        src = make_file(tmp_path / "f.bin", 6 * 1024 * 1024)
+        sender = start_waiting(a, tmp_path, "send", "--many", "2", "--name", "ana", str(src))
+        outs = [tmp_path / "b", tmp_path / "c"]
+        receivers = []
+        for host, out in zip((b, c), outs, strict=True):
+            out.mkdir()
+            err = tmp_path / f"{out.name}.err"
+            process = start(host, "receive", "--yes", "-o", str(out), sender.code, stderr_path=err)
+            receivers.append(Receiver(process, sender.code, err))
+        for receiver in receivers:
+            done = receiver.finish()
+            assert done.returncode == 0, done.stderr
+            assert f"Found {sender.code[:7]} at {a.ipv4}" in done.stderr
+        for out in outs:
+            assert sha256_file(out / "f.bin") == sha256_file(src)
+        sent = sender.finish()
+        assert sent.returncode == 0, sent.stderr
+        assert "On the local network" in sent.stderr
+        assert sent.stdout.splitlines()[-1] == "Sent to 2 receivers"
+        listed = run(b, "peers", "--once", "2")
+        assert listed.stdout.strip() == "Nobody is waiting on this network.", listed

@@ -78,9 +78,7 @@ async def test_up_to_many_ask_at_once_and_the_next_is_refused_used_up(nodes: Nod
     s_sid, s_id = await _peer(a, many=3)
     askers = [(reg, *await _peer(reg)) for reg in (a, b, b, a)]
     # Three ask at once: each gets its own request through.
-    routes = await asyncio.gather(
-        *(reg.request(sid, s_id, now=0.0) for reg, sid, _ in askers[:3])
-    )
+    routes = await asyncio.gather(*(reg.request(sid, s_id, now=0.0) for reg, sid, _ in askers[:3]))
     assert {r.to_sid for r in routes} == {s_sid}
     assert sorted(r.from_peer_id for r in routes) == sorted(i for _, _, i in askers[:3])
     # The fourth: refused, by find and by request, in words that say why.
@@ -119,7 +117,8 @@ async def test_each_askers_link_is_its_own(nodes: Nodes) -> None:
     await b.request(r1_sid, other_id, now=0.0)
     # An asker that leaves tells the serving peer, and only that link ends.
     departure = await b.disconnect(r2_sid)
-    assert departure is not None and departure.told == (s_sid,)
+    assert departure is not None
+    assert departure.told == (s_sid,)
     await _refused(m.NOT_PAIRED, a.relay(s_sid, r2_id))
     assert (await a.accept(s_sid, r3_id)).to_sid == r3_sid
     # All three slots were spent: the serving peer takes nobody else.
@@ -138,7 +137,8 @@ async def test_a_serving_peer_never_asks_and_its_leaving_frees_every_asker(nodes
     await a.request(r2_sid, s_id, now=0.0)
     await a.accept(s_sid, r1_id)  # one paired, one still asking
     departure = await a.disconnect(s_sid)
-    assert departure is not None and departure.peer_id == s_id
+    assert departure is not None
+    assert departure.peer_id == s_id
     assert sorted(departure.told) == sorted([r1_sid, r2_sid])
     # Both are free again: either may ask another peer.
     await b.request(r1_sid, target_id, now=0.0)
@@ -156,7 +156,8 @@ async def test_a_stalled_link_drops_the_asker_only(nodes: Nodes) -> None:
         stalled += (await b.expire(now=time.monotonic())).stalled
     assert stalled == [r_sid]
     departure = await b.disconnect(r_sid)
-    assert departure is not None and departure.told == (s_sid,)
+    assert departure is not None
+    assert departure.told == (s_sid,)
     # The serving peer stays, and its second slot is still there.
     late_sid, _ = await _peer(b)
     await b.request(late_sid, s_id, now=time.monotonic())

@@ -9,6 +9,7 @@ closed mid-transfer; a screenshot of every step
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -646,4 +647,44 @@ def test_a_page_receiving_into_a_picked_folder_reconnects_after_an_outage(
     assert returncode == 0, stderr
     assert "1 reconnect" in stdout, stdout
     assert page.evaluate(READ_OPFS) == {"video.mp4": sha256(src)}
+    page.context.close()
+
+
+def test_one_code_sends_to_the_page_and_to_the_cli(web_lab: Lab, tmp_path: Path) -> None:
+    """`sfs send --many 2` (issue 30): the page opens the sender's link and receives
+    while a CLI receiver takes the same code; each runs its own key exchange, both
+    verify, and the sender's JSON reports each."""
+    (src,) = make_files(tmp_path / "src", {"slides.bin": 4 * 1024 * 1024})
+    sender = web_lab.cli("send", "--many", "2", "--json", "--name", "alice", str(src))
+    assert sender.stdout is not None
+    first = json.loads(sender.stdout.readline() or b'{"type": "nothing"}')
+    assert first["type"] == "code", first
+    code, link = first["code"], first["link"]
+    assert link == f"{web_lab.url}/#receive/{code}", link
+    page = web_lab.new_page(f"?save=download#receive/{code}")
+    downloads = Downloads(page, tmp_path / "downloads")
+    wait_state(page, "deciding", "error")
+    screenshot(page, "many-1-offer")
+    assert "from alice" in page.inner_text("body")
+    out = tmp_path / "out"
+    out.mkdir()
+    cli = web_lab.cli("receive", "--yes", "-o", str(out), code)
+    page.click("#accept")
+    wait_state(page, "done", "error")
+    screenshot(page, "many-2-done")
+    returncode, _stdout, stderr = finish(cli)
+    assert returncode == 0, stderr
+    assert sha256(out / "slides.bin") == sha256(src)
+    assert sha256(downloads.saved(1)["slides.bin"]) == sha256(src)
+    returncode, stdout, stderr = finish(sender)
+    assert returncode == 0, stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(e["receiver"] for e in events if e["type"] == "done") == [1, 2]
+    assert events[-1] == {
+        "type": "summary",
+        "many": 2,
+        "received": 2,
+        "failed": 0,
+        "stopped": None,
+    }
     page.context.close()
