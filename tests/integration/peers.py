@@ -90,6 +90,39 @@ def start_receiver(
     return Receiver(process, code, stderr_path)
 
 
+def start_joining(server: ServerProcess, out: Path, code: str, *args: str) -> Receiver:
+    """`sfs receive --yes -o OUT ARGS CODE`, running (several may run at once)."""
+    out.mkdir(exist_ok=True)
+    stderr_path = out.parent / f"{out.name}-{time.monotonic_ns()}.err"
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            sfs_command("receive", "--yes", "-o", str(out), *args, code),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=peer_env(server.url),
+        )
+    return Receiver(process, code, stderr_path)
+
+
+def wait_for_partials(receivers: list[Receiver], outs: list[Path], at_least: int = 1) -> None:
+    """Until each receiver holds a partial copy of ``at_least`` bytes (its transfer is
+    under way); fail with a receiver's stderr if one ends first."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT_SECONDS
+    while True:
+        held = [
+            any(p.name.endswith(".sfs-part") and p.stat().st_size >= at_least
+                for p in out.iterdir())
+            for out in outs
+        ]  # fmt: skip
+        if all(held):
+            return
+        for receiver in receivers:
+            assert receiver.process.poll() is None, receiver.finish().stderr
+        assert time.monotonic() < deadline, f"no partial copy in {outs}"
+        time.sleep(0.1)
+
+
 def run_sfs(
     *args: str,
     env: dict[str, str],

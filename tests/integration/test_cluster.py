@@ -188,6 +188,40 @@ def test_a_transfer_from_a_sender_on_one_node_to_a_receiver_on_the_other(
         assert "Traceback" not in node.log_text(), cluster.logs()
 
 
+def test_one_code_serves_receivers_on_both_nodes(cluster: Cluster, tmp_path: Path) -> None:
+    """`sfs send --many 3` on node 1: receivers on node 2 and on node 1 take its code
+    at once, each its own pairing held in Redis; a fourth, on node 2, is refused
+    there in words while they are under way."""
+    from tests.integration.peers import start_joining, wait_for_partials
+    from tests.integration.test_sender_first import start_printing_sender
+
+    node1, node2 = cluster.nodes
+    src = make_file(tmp_path / "room.bin", 12 * MIB)
+    sender = start_printing_sender(node1, tmp_path, "--many", "3", str(src))
+    outs = [tmp_path / f"r{i}" for i in range(3)]
+    receivers = [
+        start_joining(node, out, sender.code, "--limit-rate", "2M")
+        for node, out in zip((node2, node2, node1), outs, strict=True)
+    ]
+    wait_for_partials(receivers, outs)
+    (tmp_path / "late").mkdir()
+    late = run_sfs(
+        "receive", "--yes", "-o", str(tmp_path / "late"), sender.code, env=peer_env(node2.url)
+    )
+    received = [r.finish() for r in receivers]
+    sent = sender.finish()
+    for done in received:
+        assert done.returncode == 0, f"{done.stderr}\n{cluster.logs()}"
+    for out in outs:
+        assert sha256_file(out / "room.bin") == sha256_file(src)
+    assert late.returncode == 4, late.stderr
+    assert "served every receiver its sender allowed" in late.stderr, late.stderr
+    assert sent.returncode == 0, f"{sent.stderr}\n{cluster.logs()}"
+    assert sent.stdout.splitlines()[-1] == "Sent to 3 receivers"
+    for node in cluster.nodes:
+        assert "Traceback" not in node.log_text(), cluster.logs()
+
+
 # --------------------------------------------------------------------------- peer IDs
 
 

@@ -19,51 +19,24 @@ import pytest
 
 from sfs.code import wordlist
 from tests.conftest import (
-    PROCESS_TIMEOUT_SECONDS,
     ServerProcess,
     peer_env,
     sfs_command,
     sha256_file,
 )
-from tests.integration.peers import Finished, Receiver, make_file, run_sfs
+from tests.integration.peers import (
+    Finished,
+    Receiver,
+    make_file,
+    run_sfs,
+    start_joining,
+    wait_for_partials,
+)
 from tests.integration.test_sender_first import start_printing_sender
 
 pytestmark = pytest.mark.slow
 
 SIZE = 3 * 1024 * 1024
-
-
-def start_joining(server: ServerProcess, out: Path, code: str, *args: str) -> Receiver:
-    """`sfs receive --yes -o OUT ARGS CODE`, running (several may run at once)."""
-    out.mkdir(exist_ok=True)
-    stderr_path = out.parent / f"{out.name}-{time.monotonic_ns()}.err"
-    with open(stderr_path, "wb") as err:
-        process = subprocess.Popen(
-            sfs_command("receive", "--yes", "-o", str(out), *args, code),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=peer_env(server.url),
-        )
-    return Receiver(process, code, stderr_path)
-
-
-def _wait_for_partials(receivers: list[Receiver], outs: list[Path], at_least: int = 1) -> None:
-    """Until each receiver holds a partial copy of ``at_least`` bytes (its transfer is
-    under way); fail with a receiver's stderr if one ends first."""
-    deadline = time.monotonic() + PROCESS_TIMEOUT_SECONDS
-    while True:
-        held = [
-            any(p.name.endswith(".sfs-part") and p.stat().st_size >= at_least
-                for p in out.iterdir())
-            for out in outs
-        ]  # fmt: skip
-        if all(held):
-            return
-        for receiver in receivers:
-            assert receiver.process.poll() is None, receiver.finish().stderr
-        assert time.monotonic() < deadline, f"no partial copy in {outs}"
-        time.sleep(0.1)
 
 
 def _sent_lines(sent: Finished) -> list[str]:
@@ -81,7 +54,7 @@ def test_one_code_serves_three_receivers_at_once_and_refuses_a_fourth(
     outs = [tmp_path / f"r{i}" for i in range(3)]
     # Held to 2 MiB/s, so that all three are under way when the fourth comes.
     receivers = [start_joining(sfs_server, out, sender.code, "--limit-rate", "2M") for out in outs]
-    _wait_for_partials(receivers, outs)
+    wait_for_partials(receivers, outs)
     (tmp_path / "r3").mkdir()
     fourth = run_sfs(
         "receive", "--yes", "-o", str(tmp_path / "r3"), sender.code, env=peer_env(sfs_server.url)
@@ -224,7 +197,7 @@ def test_a_receiver_that_stopped_resumes_in_a_slot_of_its_own(
     sender = start_printing_sender(sfs_server, tmp_path, "--many", "2", str(src))
     out = tmp_path / "out"
     slow = start_joining(sfs_server, out, sender.code, "--limit-rate", "2M")
-    _wait_for_partials([slow], [out], at_least=2 << 20)
+    wait_for_partials([slow], [out], at_least=2 << 20)
     slow.process.send_signal(signal.SIGINT)
     stopped = slow.finish()
     assert stopped.returncode == 130, stopped.stderr
