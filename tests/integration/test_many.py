@@ -259,3 +259,34 @@ def test_on_the_lan_with_no_server_two_receivers_at_once(tmp_path: Path) -> None
         assert sent.stdout.splitlines()[-1] == "Sent to 2 receivers"
         listed = run(b, "peers", "--once", "2")
         assert listed.stdout.strip() == "Nobody is waiting on this network.", listed
+
+
+def test_a_receiver_that_falls_silent_reconnects_while_another_finishes(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Each receiver's session survives an outage on its own: receiver 1 is stopped
+    (SIGSTOP) 14 s mid-transfer, past the 10 s idle timeout; receiver 2 finishes
+    meanwhile; let go, receiver 1 meets the sender again at its own rendezvous and
+    the rest of its file comes."""
+    src = make_file(tmp_path / "big.bin", 16 * 1024 * 1024)
+    sender = start_printing_sender(sfs_server, tmp_path, "--many", "2", str(src))
+    first = start_joining(sfs_server, tmp_path / "r1", sender.code, "--limit-rate", "2M")
+    wait_for_partials([first], [tmp_path / "r1"], at_least=2 << 20)
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        second = start_joining(sfs_server, tmp_path / "r2", sender.code).finish()
+        assert second.returncode == 0, second.stderr
+        time.sleep(14)
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    done = first.finish()
+    sent = sender.finish()
+    assert done.returncode == 0, done.stderr
+    assert "Reconnected (" in done.stderr, done.stderr
+    for out in ("r1", "r2"):
+        assert sha256_file(tmp_path / out / "big.bin") == sha256_file(src)
+    assert sent.returncode == 0, sent.stderr
+    assert "Receiver 1: Connection lost; reconnecting (for up to 5 min)…" in sent.stderr
+    line = next(s for s in sent.stdout.splitlines() if s.startswith("Receiver 1: "))
+    assert line.endswith(", 1 reconnect"), sent.stdout
+    assert sent.stdout.splitlines()[-1] == "Sent to 2 receivers"
