@@ -690,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(startup_times(max(args.runs, 10))))
         return
     _check_args(parser, args)
-    if args.size is None and not args.browser:
+    if args.size is None and not args.browser and not args.many:
         args.size = 32 * MIB if args.nat else 256 * MIB
 
     from sfs.defaults import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -709,6 +709,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.browser:
         _run_browser(args, loop_name)
+        return
+    if args.many:
+        from benchmarks.many import run_many
+
+        run_many(args.size or 64 * MIB, args.runs, args.many, env, loop_name)
         return
     if args.tree:
         from benchmarks.tree import run_tree
@@ -904,6 +909,15 @@ def _parser() -> argparse.ArgumentParser:
         "page → CLI, CLI → page, page → page and CLI ↔ CLI over the DataChannel in one "
         "namespace (tests/integration/web.py's lab); --size 64M unless given",
     )
+    parser.add_argument(
+        "--many",
+        type=int,
+        default=0,
+        metavar="N",
+        help="one `sfs send --many N` to N receivers at once, beside one receiver "
+        "(`--print-code`, `--many 1`), on 127.0.0.1 (benchmarks/many.py; --size 64M unless "
+        "given): each receiver's rate, all together, the sender's CPU and peak RSS",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ceiling")
     parser.add_argument(
         "--startup",
@@ -942,6 +956,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--tree runs on 127.0.0.1 only: no --lan, --long-link or --nat")
     if args.tree and (args.size is not None or args.compare or args.stripe):
         parser.error("--tree has its own data sets: no --size, --compare or --stripe")
+    if args.many and (args.lan or args.long_link or args.nat or args.tree or args.browser):
+        parser.error("--many runs on 127.0.0.1 only")
     if args.loss and not args.long_link:
         parser.error("--loss needs --long-link")
     if args.lan and args.long_link:
