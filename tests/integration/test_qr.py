@@ -69,6 +69,27 @@ def test_send_print_code_qr_holds_the_receiving_link(
     assert decode_drawing(drawing, tmp_path) == f"{sfs_server.url}/#receive/{code}"
 
 
+def test_send_many_qr_holds_the_receiving_link_once(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """`sfs send --many 3 --qr` (no --print-code: implied): one code, one QR code with
+    the page's receiving link, for every receiver."""
+    source = make_file(tmp_path / "f.bin", 1000)
+    process = subprocess.Popen(
+        sfs_command("send", "--many", "3", "--qr", str(source)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=peer_env(sfs_server.url),
+    )
+    try:
+        code = read_line_matching(process, CODE_RE).group(1)
+        drawing = lines_until(process, "Link: ")
+    finally:
+        stop_process(process)
+    assert decode_drawing(drawing, tmp_path) == f"{sfs_server.url}/#receive/{code}"
+
+
 async def test_serves_page_tells_a_server_with_the_page_from_one_without() -> None:
     """The link is given only where the page is: `sfs serve`, not a server with
     page=False (LAN mode's embedded server unless --qr or --json asks for the page),
