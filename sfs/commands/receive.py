@@ -40,6 +40,7 @@ RECEIVE_EXAMPLES = [
     ("sfs receive -", "type a code from `sfs send --print-code`"),
     ("sfs receive --stdout --yes | tar x", "unpack a tar sent as a pipe"),
     ("sfs receive --yes-from phone", "take what the paired phone sends without asking"),
+    ("sfs receive --limit-rate 500k", "leave bandwidth for others: at most 500 KiB/s"),
 ]
 
 

@@ -63,6 +63,8 @@ SEND_EXAMPLES = [
     ("tar c dir | sfs send CODE -", "a pipe"),
     ("sfs send @laptop report.pdf", "to a paired device (`sfs pair`), no code"),
     ("sfs send --exclude '*.log' --gitignore CODE project/", "a folder, minus what is ignored"),
+    ("sfs send --limit-rate 2M CODE backup.tar", "at most 2 MiB/s"),
+    ("sfs send --proxy socks5h://127.0.0.1:9050 CODE f", "through Tor: TCP only, no UDP"),
 ]
 
 
