@@ -63,7 +63,14 @@ from sfs.peer.transfer import Pump, TransferResult, linger
 from sfs.peer.transport.addresses import check_local_addresses
 from sfs.peer.transport.channel import Channel
 from sfs.peer.transport.quic import load_qh3, quic_available
-from sfs.reconnect import Connect, Outages, Quiet, meet_again, surviving
+from sfs.reconnect import (
+    Connect,
+    Outages,
+    Quiet,
+    farewell_at_rendezvous,
+    meet_again,
+    surviving,
+)
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
@@ -342,6 +349,9 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         ),
         again=lambda: _sender_again(outages, config, ui),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
+        farewell=lambda: farewell_at_rendezvous(
+            Role.SENDER, outages, _connect_again(Role.SENDER, peer), ui
+        ),
     )
 
 
@@ -398,6 +408,9 @@ async def send_many(config: SendConfig, ui: ManyUi) -> ManyResult:
                 first=first,
                 again=lambda: _sender_again(outages, config, mine),
                 transfer=lambda session: _send_over(session, config, mine, tree, outages),
+                farewell=lambda: farewell_at_rendezvous(
+                    Role.SENDER, outages, _connect_again(Role.SENDER, options), mine
+                ),
             )
 
         return await serve_many(lobby, registration, config.many, ui, serve_one)
@@ -585,6 +598,9 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             Role.RECEIVER, outages, peer, ui, _connect_again(Role.RECEIVER, peer)
         ),
         transfer=lambda session: _receive_over(session, config, ui, outages, accepted),
+        farewell=lambda: farewell_at_rendezvous(
+            Role.RECEIVER, outages, _connect_again(Role.RECEIVER, peer), ui
+        ),
     )
 
 

@@ -10,6 +10,7 @@ events, then a summary).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -290,3 +291,27 @@ def test_a_receiver_that_falls_silent_reconnects_while_another_finishes(
     line = next(s for s in sent.stdout.splitlines() if s.startswith("Receiver 1: "))
     assert line.endswith(", 1 reconnect"), sent.stdout
     assert sent.stdout.splitlines()[-1] == "Sent to 2 receivers"
+
+
+def test_ctrl_c_mid_transfer_ends_every_receiver(sfs_server: ServerProcess, tmp_path: Path) -> None:
+    """Ctrl-C while two receivers are under way (each held to 2 MiB/s, so a CANCEL
+    waits behind megabytes): each is told, over its channel or at its rendezvous, and
+    stops with its partial copy kept; the sender says it was interrupted (exit 130)."""
+    src = make_file(tmp_path / "big.bin", 32 * 1024 * 1024)
+    sender = start_printing_sender(sfs_server, tmp_path, "--many", "2", str(src))
+    outs = [tmp_path / "r1", tmp_path / "r2"]
+    receivers = [start_joining(sfs_server, out, sender.code, "--limit-rate", "2M") for out in outs]
+    wait_for_partials(receivers, outs, at_least=2 << 20)
+    sender.process.send_signal(signal.SIGINT)
+    pressed = time.monotonic()
+    sent = sender.finish(40)
+    received = [r.finish(40) for r in receivers]
+    took = time.monotonic() - pressed
+    assert sent.returncode == 130, sent.stderr
+    assert sent.stderr.splitlines()[-1] == "Interrupted."
+    for done in received:
+        assert done.returncode == 7, done.stderr
+        assert re.search(r"cancelled by (the|its) user", done.stderr), done.stderr
+    assert took < 30, f"the receivers stopped {took:.1f} s after the Ctrl-C"
+    for out in outs:
+        assert not (out / "big.bin").exists()

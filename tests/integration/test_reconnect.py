@@ -370,3 +370,33 @@ async def _spawn(log: Path, env: dict[str, str], *args: str) -> asyncio.subproce
         )
     finally:
         os.close(fd)
+
+
+def test_a_senders_ctrl_c_behind_unread_data_still_ends_the_receiver_at_once(
+    sfs_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The receiver reads at 2 MiB/s (--limit-rate), so megabytes wait in the buffers
+    between the two when the sender's user presses Ctrl-C: the CANCEL is behind them,
+    and the receiver cannot read it before the sender gives up lingering and closes.
+    The receiver takes the closed connection for an outage; the sender, which did not
+    see it close, meets it at the rendezvous once more only to say so: the receiver
+    stops in seconds (exit 7), not after its 5-minute window, with its partial copy
+    kept."""
+    src = make_file(tmp_path / "big.bin", 32 * 1024 * 1024)
+    out = tmp_path / "out"
+    receiver = start_receiver(sfs_server, out, "--yes", "--limit-rate", "2M")
+    sender = start_sender(sfs_server, receiver.code, src)
+    wait_for_progress(out, "big.bin", 2 << 20, sender=sender, receiver=receiver)
+    sender.send_signal(signal.SIGINT)
+    pressed = time.monotonic()
+    sent = finish(sender, 40)
+    received = receiver.finish(40)
+    took = time.monotonic() - pressed
+    assert sent.returncode == 130, sent.stderr
+    assert "Telling the other side…" in sent.stderr, sent.stderr
+    assert received.returncode == 7, received.stderr
+    # Told over the new channel, or through the server during the set-up.
+    assert re.search(r"cancelled by (the|its) user", received.stderr), received.stderr
+    assert took < 30, f"the receiver stopped {took:.1f} s after the Ctrl-C"
+    assert not (out / "big.bin").exists()
+    assert part_size(out, "big.bin") > 0  # kept to resume
