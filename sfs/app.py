@@ -74,7 +74,7 @@ from sfs.reconnect import (
 from sfs.setup import PeerOptions as PeerOptions
 from sfs.setup import Session as Session
 from sfs.setup import Ui as Ui
-from sfs.setup import set_up, set_up_through
+from sfs.setup import set_up
 from sfs.signal.client import Registration, SignalClient, page_link, serves_page
 from sfs.text import format_size
 
@@ -398,8 +398,8 @@ async def send_many(config: SendConfig, ui: ManyUi) -> ManyResult:
                     reconnects=options.reconnect_window > 0,
                 )
                 async with AsyncExitStack() as own:
-                    yield await set_up_through(
-                        own, handshake, partner, url, options, mine, addresses
+                    yield await set_up(
+                        own, handshake, url, options, mine, addresses, signal=partner
                     )
 
             return await surviving(

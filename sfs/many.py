@@ -4,7 +4,7 @@ The sender registers once with ``many`` (the server lets up to N peers ask it, e
 its own pairing: docs/PROTOCOL.md, "One code, many receivers") and shows one code.
 Each connection request that comes starts a session of its own: a
 :class:`~sfs.peer.proto.handshake.Handshake` on the code's words, pumped by
-:func:`sfs.setup.set_up_through` over a :class:`PartnerSignal` (the view of the one
+:func:`sfs.setup.set_up` over a :class:`PartnerSignal` (the view of the one
 server connection that carries this receiver's events only), then the transfer as
 `sfs send` runs it, with its own keys, progress, resume and reconnects.
 

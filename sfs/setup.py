@@ -175,6 +175,7 @@ async def set_up(
     *,
     registered: Callable[[str], Awaitable[None]] | None = None,
     page: str | None = None,
+    signal: Signal | None = None,
 ) -> Session:
     """Pump ``handshake`` between the signaling client at ``url`` and the peer
     connection(s).
@@ -186,29 +187,13 @@ async def set_up(
     :param registered: awaited with each peer ID the server gives, before the code
         is shown (LAN mode advertises it).
     :param page: the web page to link each code shown to.
+    :param signal: a connection to that server that is already there (`sfs send
+        --many`: one receiver's view of the shared one); else one is made.
     """
-    logger.debug("connecting to %s", url)
-    signal = await stack.enter_async_context(_signal_client(url, options))
-    logger.debug("connected to the server")
-    return await set_up_through(
-        stack, handshake, signal, url, options, ui, addresses, registered=registered, page=page
-    )
-
-
-async def set_up_through(
-    stack: AsyncExitStack,
-    handshake: Handshake,
-    signal: Signal,
-    url: str,
-    options: PeerOptions,
-    ui: Ui,
-    addresses: tuple[str, ...],
-    *,
-    registered: Callable[[str], Awaitable[None]] | None = None,
-    page: str | None = None,
-) -> Session:
-    """:func:`set_up` over a server connection that is already there (``signal``;
-    ``url`` is its server's)."""
+    if signal is None:
+        logger.debug("connecting to %s", url)
+        signal = await stack.enter_async_context(_signal_client(url, options))
+        logger.debug("connected to the server")
     pump = _SetUpPump(stack, handshake, url, options, ui, addresses, signal, registered, page)
     return await pump.run()
 

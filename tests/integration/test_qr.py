@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from sfs.signal.client import page_link, serves_page
 from sfs.signal.config import ServerConfig
 from tests.conftest import (
@@ -48,35 +50,16 @@ def test_receive_qr_holds_the_page_link(sfs_server: ServerProcess, tmp_path: Pat
     assert receiver.code not in finished.stderr
 
 
-def test_send_print_code_qr_holds_the_receiving_link(
-    sfs_server: ServerProcess, tmp_path: Path
+@pytest.mark.parametrize("flags", [("--print-code",), ("--many", "3")])
+def test_a_senders_qr_holds_the_receiving_link(
+    sfs_server: ServerProcess, tmp_path: Path, flags: tuple[str, ...]
 ) -> None:
     """A sender's code makes the page receive: its QR code holds the page's link with
-    ``#receive/`` before the code, printed on stdout with the code."""
+    ``#receive/`` before the code, printed on stdout with the code; with `--many 3`
+    (--print-code implied) one code and one QR code serve every receiver."""
     source = make_file(tmp_path / "f.bin", 1000)
     process = subprocess.Popen(
-        sfs_command("send", "--print-code", "--qr", str(source)),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=peer_env(sfs_server.url),
-    )
-    try:
-        code = read_line_matching(process, CODE_RE).group(1)
-        drawing = lines_until(process, "Link: ")
-    finally:
-        stop_process(process)
-    assert decode_drawing(drawing, tmp_path) == f"{sfs_server.url}/#receive/{code}"
-
-
-def test_send_many_qr_holds_the_receiving_link_once(
-    sfs_server: ServerProcess, tmp_path: Path
-) -> None:
-    """`sfs send --many 3 --qr` (no --print-code: implied): one code, one QR code with
-    the page's receiving link, for every receiver."""
-    source = make_file(tmp_path / "f.bin", 1000)
-    process = subprocess.Popen(
-        sfs_command("send", "--many", "3", "--qr", str(source)),
+        sfs_command("send", *flags, "--qr", str(source)),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
