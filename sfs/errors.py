@@ -103,8 +103,9 @@ class PeerNotOnLanError(CodeNotFoundError):
 
 
 class PeerBusyError(CodeNotFoundError):
-    """The peer's device on this network is too busy to answer (someone may be flooding
-    it); try again in a moment."""
+    """The peer's device on this network is too busy to answer: try again in a moment.
+
+    (Someone may be flooding it with requests.)"""
 
     exit_code = 4
 
@@ -123,8 +124,7 @@ class NoLanError(SignalingError):
 
 
 class CodeUsedUpError(CodeNotFoundError):
-    """That code has served every receiver its sender allowed (sfs send --many). Ask
-    the sender for a new one."""
+    """That code has served every receiver its sender allowed (sfs send --many)."""
 
     exit_code = 4
 
@@ -178,8 +178,10 @@ class PeerGoneError(PeerConnectionError):
 
 
 class NotBackError(PeerGoneError):
-    """The connection broke, and the other side did not come back within the reconnect
-    window (an outage that was waited out, so not one to wait out again)."""
+    """The connection broke, and the other side did not come back in time.
+
+    An outage that was waited out (--reconnect-window), so not one to wait out again;
+    raised with the window in its message."""
 
 
 class TransferError(SfsError):

@@ -187,3 +187,34 @@ def test_no_help_sends_the_reader_to_a_file_pip_does_not_install(args: tuple[str
     shown = CliRunner().invoke(main, [*args, "--help"], env={"COLUMNS": "120"}).output
     assert "beside the code" not in shown
     assert "sfs --help" in shown or not args  # each command points to where the codes are
+
+
+def _error_classes() -> list[type[errors.SfsError]]:
+    return [
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.SfsError)
+    ]
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+def test_an_errors_default_message_is_its_whole_first_sentence(
+    cls: type[errors.SfsError],
+) -> None:
+    """The CLI prints ``str(exc)``, which for a bare error is its docstring's first
+    line (what follows is for readers of the code): a sentence wrapped over two lines
+    would be cut in the middle."""
+    assert str(cls()).endswith((".", "?", "!")), f"{cls.__name__}: {str(cls())!r}"
+
+
+def test_the_pages_errors_say_what_pythons_say() -> None:
+    """sfs/web/src/errors.js mirrors sfs/errors.py: each class of the same name has the
+    same default message, so a failure reads the same in a browser."""
+    source = (Path(__file__).parents[2] / "sfs/web/src/errors.js").read_text()
+    pages = dict(re.findall(r'define\(\s*"(\w+)",\s*\w+,\s*"([^"]*)",?\s*\)', source))
+    assert len(pages) > 20, pages
+    # Advice about options the page has not: --ice-server (it names the server's
+    # setting instead), --overwrite.
+    own_words = {"IceFailedError", "DestinationExistsError"}
+    for name, message in pages.items():
+        cls = getattr(errors, name, None)
+        if cls is not None and name not in own_words:
+            assert str(cls()) == message, name

@@ -73,7 +73,7 @@ export const CodeNotFoundError = define(
 export const CodeUsedUpError = define(
   "CodeUsedUpError",
   CodeNotFoundError,
-  "That code has served every receiver its sender allowed (sfs send --many). Ask the sender for a new one.",
+  "That code has served every receiver its sender allowed (sfs send --many).",
 );
 export const RoomFullError = define(
   "RoomFullError",
