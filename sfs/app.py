@@ -67,7 +67,6 @@ from sfs.reconnect import (
     Connect,
     Outages,
     Quiet,
-    farewell_at_rendezvous,
     meet_again,
     surviving,
 )
@@ -349,9 +348,6 @@ async def send(config: SendConfig, ui: Ui) -> TransferResult:
         ),
         again=lambda: _sender_again(outages, config, ui),
         transfer=lambda session: _send_over(session, config, ui, tree, outages),
-        farewell=lambda: farewell_at_rendezvous(
-            Role.SENDER, outages, _connect_again(Role.SENDER, peer), ui
-        ),
     )
 
 
@@ -408,9 +404,6 @@ async def send_many(config: SendConfig, ui: ManyUi) -> ManyResult:
                 first=first,
                 again=lambda: _sender_again(outages, config, mine),
                 transfer=lambda session: _send_over(session, config, mine, tree, outages),
-                farewell=lambda: farewell_at_rendezvous(
-                    Role.SENDER, outages, _connect_again(Role.SENDER, options), mine
-                ),
             )
 
         return await serve_many(lobby, registration, config.many, ui, serve_one)
@@ -598,9 +591,6 @@ async def receive(config: ReceiveConfig, ui: Ui) -> TransferResult:
             Role.RECEIVER, outages, peer, ui, _connect_again(Role.RECEIVER, peer)
         ),
         transfer=lambda session: _receive_over(session, config, ui, outages, accepted),
-        farewell=lambda: farewell_at_rendezvous(
-            Role.RECEIVER, outages, _connect_again(Role.RECEIVER, peer), ui
-        ),
     )
 
 

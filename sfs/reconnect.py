@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from sfs.peer.proto.progress import Progress
     from sfs.peer.proto.wire import Offer
     from sfs.peer.transfer import TransferResult
-    from sfs.peer.transport.channel import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -90,35 +89,21 @@ async def surviving(
     first: Callable[[], AbstractAsyncContextManager[Session]],
     again: Callable[[], AbstractAsyncContextManager[Session]],
     transfer: Callable[[Session], Awaitable[TransferResult]],
-    farewell: Callable[[], Awaitable[None]] | None = None,
 ) -> TransferResult:
     """Run ``transfer`` over the ``first`` session, and after each outage over one
     set up ``again`` (:func:`meet_again`), until it finishes or an error is not an
     outage to wait out.  ``transfer`` sets ``outages.secret`` once the first session
     may reconnect.
 
-    :param farewell: after a Ctrl-C whose CANCEL the other side did not show it had
-        read (it closes on reading one), tells it at the rendezvous instead
-        (:func:`farewell_at_rendezvous`): else it would take the closed connection
-        for an outage and wait out its window.
     :returns: the last session's result, for the whole session: its time from the
         first start, and its reconnections (whose resumed bytes were sent in this
         session, so they are not counted as resumed).
     """
     started = time.monotonic()
     while True:
-        unheard = False
         try:
             async with again() if outages.secret else first() as session:
-                try:
-                    result = await transfer(session)
-                except (asyncio.CancelledError, KeyboardInterrupt):
-                    unheard = bool(outages.secret) and not await _closed(session.channel)
-                    raise
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            if unheard and farewell is not None:
-                await farewell()
-            raise
+                result = await transfer(session)
         except PeerGoneError as exc:
             if not outages.can_retry(exc):
                 raise
@@ -131,38 +116,6 @@ async def surviving(
             result.resumed_files = result.resumed_bytes = result.skipped_files = 0
             result.finish()
         return result
-
-
-#: How long a side that said CANCEL looks for the other side's close, having lingered
-#: already (sfs.peer.transfer.LAST_WORD_GRACE_SECONDS).
-CLOSED_LOOK_SECONDS = 0.05
-
-
-async def _closed(channel: Channel) -> bool:
-    """Whether the other side closed ``channel`` (as it does on reading a CANCEL)."""
-    try:
-        await asyncio.wait_for(channel.wait_closed(), CLOSED_LOOK_SECONDS)
-    except TimeoutError:
-        return False
-    return True
-
-
-#: How long a farewell after an unheard CANCEL looks for the other side: it comes to the
-#: rendezvous only once it has read what was ahead of the CANCEL, up to its buffers'
-#: worth (sfs.peer.transport.tcp.READ_LIMIT_BYTES and the kernel's) at its own rate.
-#: A second Ctrl-C ends the wait at once.
-FAREWELL_AFTER_CANCEL_SECONDS = 20.0
-
-
-async def farewell_at_rendezvous(role: Role, outages: Outages, connect: Connect, ui: Ui) -> None:
-    """A Ctrl-C whose CANCEL may still be on its way, behind data the other side has
-    not read yet (a slow link, a receiver held back by --limit-rate): once this side
-    closes, the other takes the broken connection for an outage and goes to the
-    rendezvous, so this side meets it there once more, only to say so (as a Ctrl-C
-    while reconnecting does; at most FAREWELL_AFTER_CANCEL_SECONDS)."""
-    rendezvous, password = reconnect_code(outages.secret)
-    code = Code(rendezvous, password.decode("ascii"))
-    await _farewell(role, code, connect, ui, FAREWELL_AFTER_CANCEL_SECONDS)
 
 
 #: How one attempt to meet again reaches the other side: through the server, or in LAN
@@ -260,19 +213,17 @@ def _handshake(role: Role, code: Code, timeout: float, streams: int | None) -> H
 FAREWELL_SECONDS = LAST_PAUSE_SECONDS + 1.0
 
 
-async def _farewell(
-    role: Role, code: Code, connect: Connect, ui: Ui, seconds: float = FAREWELL_SECONDS
-) -> None:
+async def _farewell(role: Role, code: Code, connect: Connect, ui: Ui) -> None:
     """Ctrl-C while the two look for each other: meet once more, only to say so.
 
     The other side may be at the rendezvous, or coming to it: without a word it would
     wait out its whole window. Once met, the word is a CANCEL over the new channel; an
     attempt still setting up at the deadline is cancelled, and the set-up tells the
     partner (an ``abort`` "cancelled" through the server), as a Ctrl-C during any
-    set-up does. Bounded by ``seconds``; nothing else is sent.
+    set-up does. Bounded by FAREWELL_SECONDS; nothing else is sent.
     """
     ui.status("Telling the other side…")
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + FAREWELL_SECONDS
     while (left := deadline - time.monotonic()) > 0:
         handshake = _handshake(role, code, left, 1)
         async with AsyncExitStack() as stack:

@@ -116,7 +116,7 @@ async def send_files(
             departures.close()
         return result.finish()
     except BaseException as exc:
-        await pump.abort(exc)
+        await pump.abort(exc, status)
         raise
 
 

@@ -33,6 +33,14 @@ MAX_SHOWN_NAME_CHARS = 80
 #: How long a side that sends the last frame (reject, cancel) waits for the peer to
 #: read it and close, before closing itself.
 LAST_WORD_GRACE_SECONDS = 3.0
+#: How long a CANCEL may take to leave this machine, behind the data queued before it
+#: (a slow link, or a receiver held back by --limit-rate reads megabytes late): closed
+#: sooner, it is lost with them, and the other side takes the end for an outage.
+LAST_WORD_DRAIN_SECONDS = 20.0
+#: Past this, a side waiting for its CANCEL to leave says so.
+LAST_WORD_SAY_SECONDS = 1.0
+#: How often the wait for a CANCEL to leave looks at what is still queued.
+LAST_WORD_LOOK_SECONDS = 0.1
 #: A file up to this size is read at once on the event loop (a thread hop per small
 #: file costs more than the read), and received into memory, checked, and written
 #: once to sfs's staging folder (a tree of thousands of small files).
@@ -236,9 +244,13 @@ class Pump:
         self.flush()
         await linger(self.channel, LAST_WORD_GRACE_SECONDS)
 
-    async def abort(self, exc: BaseException) -> None:
+    async def abort(self, exc: BaseException, status: Callable[[str], None] | None = None) -> None:
         """Tell the peer why we stop, if the protocol still allows a word and the peer
-        is still there to read it."""
+        is still there to read it.
+
+        :param status: says so when the word waits behind queued data (a second
+            Ctrl-C ends the wait at once).
+        """
         if isinstance(exc, PeerGoneError) or not self.machine.abort(exc):
             return
         try:
@@ -246,7 +258,29 @@ class Pump:
         except (SfsError, ConnectionError):
             logger.debug("could not deliver the cancel frame", exc_info=True)
             return
+        await _drain(self.channel, status)
         await linger(self.channel, LAST_WORD_GRACE_SECONDS)
+
+
+async def _drain(channel: Channel, status: Callable[[str], None] | None) -> None:
+    """Wait until what this side queued, the last word last, has left it (what the
+    peer's TCP or SCTP acknowledged is the peer's to read, even after we close), or
+    the peer closed; at most LAST_WORD_DRAIN_SECONDS."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    said = False
+    closed = asyncio.ensure_future(channel.wait_closed())
+    try:
+        while channel.unsent_bytes() and loop.time() - started < LAST_WORD_DRAIN_SECONDS:
+            if not said and status is not None and loop.time() - started >= LAST_WORD_SAY_SECONDS:
+                said = True
+                status("Telling the other side (after the data already on its way)…")
+            done, _ = await asyncio.wait({closed}, timeout=LAST_WORD_LOOK_SECONDS)
+            if done:
+                return
+    finally:
+        closed.cancel()
+        await asyncio.gather(closed, return_exceptions=True)
 
 
 async def linger(channel: Channel, seconds: float) -> None:

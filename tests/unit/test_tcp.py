@@ -291,6 +291,25 @@ async def test_a_peer_that_closes_after_frames_is_gone_not_unset_up() -> None:
     assert "went away" in str(gone.value)
 
 
+async def test_frames_before_the_peers_fin_are_read_before_a_send_fails() -> None:
+    """The peer's last word (a CANCEL) behind data, then its FIN: while frames wait
+    unread, a send (a PING, an ack) does not end the link with "went away"; every
+    frame is read, and only then is the peer gone. Before: a receiver held back by
+    --limit-rate sent a PING after the FIN and never read the CANCEL waiting for it."""
+    a, b = await direct_pair()
+    for i in range(3):
+        a.send(b"frame %d" % i)
+    a.close()
+    async with asyncio.timeout(5):
+        await b._closed.wait()  # the FIN came, three frames unread
+    b.send(b"a ping")  # nothing raised: frames wait
+    assert [await b.receive() for _ in range(3)] == [b"frame 0", b"frame 1", b"frame 2"]
+    with pytest.raises(PeerGoneError, match="went away"):
+        b.send(b"another ping")
+    with pytest.raises(PeerGoneError, match="went away"):
+        await b.receive()
+
+
 async def test_a_reset_after_the_peers_fin_says_the_connection_broke() -> None:
     """The peer's FIN, then its kernel's reset for what arrived after it closed: the
     reset is told in words."""

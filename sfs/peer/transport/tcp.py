@@ -320,6 +320,12 @@ class TcpLink(asyncio.BufferedProtocol):
 
     def send(self, frame: bytes) -> None:
         if self._closed.is_set() or self._transport is None:
+            if self._inbox:
+                # The peer closed after frames not yet read (its last word, a CANCEL,
+                # behind data): what it said comes first, and receive() says it is
+                # gone once they are read. A PING or an ack now goes nowhere.
+                logger.debug("a frame not sent: the other side closed; reading its last")
+                return
             raise self._gone()
         self._transport.writelines((_LENGTH.pack(len(frame)), frame))
 

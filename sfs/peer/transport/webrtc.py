@@ -213,6 +213,10 @@ class DataChannelLink:
 
     def send(self, frame: bytes) -> None:
         if self._closed.is_set() or self._channel.readyState != "open":
+            if self._held:
+                # As TcpLink.send: the peer's frames before its close are read first.
+                logger.debug("a frame not sent: the other side closed; reading its last")
+                return
             raise self._error or PeerGoneError()
         self._channel.send(frame)
 
