@@ -119,7 +119,7 @@ async def surviving(
 
 
 #: How one attempt to meet again reaches the other side: through the server, or in LAN
-#: mode through an embedded server found (or advertised) on mDNS (sfs.app's).
+#: mode through an embedded server found (or advertised) on mDNS (sfs.meeting's).
 Connect = Callable[[AsyncExitStack, Handshake, Ui], Awaitable[Session]]
 
 

@@ -4,7 +4,7 @@
 everything (pairing, SPAKE2, the sealed offer/answer, which transport), between the
 signaling client, the peer connections and the direct path, until the transport of
 the transfer is open: a :class:`Session`. Nothing here prints; what the user sees
-goes through a :class:`Ui`. :mod:`sfs.app` runs it and moves the files after.
+goes through a :class:`Ui`. :mod:`sfs.meeting` runs it; :mod:`sfs.app` moves the files after.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from sfs.socks import Socks
 from sfs.text import printable
 
 if TYPE_CHECKING:
-    # aiortc is imported where it is used: it comes from sfs.app.preload_transports,
+    # aiortc is imported where it is used: it comes from sfs.meeting.preload_transports,
     # in a thread, while the set-up waits on the network.
     from sfs.peer.transport.webrtc import PeerLinks
 

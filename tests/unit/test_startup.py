@@ -73,10 +73,10 @@ NOT_FOR_A_TRANSFER = {"zeroconf", "aiortc", "aioice", "av", "qh3", "sfs.lan.disc
 
 APP_PROBE = """
 import json, sys
-import sfs.app
+import sfs.app, sfs.meeting
 before = set(sys.modules)
 sfs.app.preload_transports(server=True)
-sfs.app._preloading.join(60)
+sfs.meeting._preloading.join(60)
 print(json.dumps({"before": sorted(before), "after": sorted(sys.modules)}))
 """
 
@@ -94,9 +94,9 @@ def test_the_transfer_path_imports_aiortc_and_qh3_in_a_thread_and_no_lan_or_serv
 
 EXIT_DURING_PRELOAD = """
 import logging, sys
-import sfs.app
+import sfs.meeting
 logging.basicConfig(level=logging.DEBUG, format="%(message)s")
-sfs.app.preload_transports(server=True)
+sfs.meeting.preload_transports(server=True)
 sys.exit(13)
 """
 

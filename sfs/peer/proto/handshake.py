@@ -2,7 +2,7 @@
 
 One :class:`Handshake` per side.  It is fed events (from the signaling server, from
 the peer connection, from the user) with the time ``now``, and answers with actions
-for the glue in :mod:`sfs.app` to carry out; it never waits, sleeps or touches a
+for the glue in :mod:`sfs.setup` to carry out; it never waits, sleeps or touches a
 socket, so every path below is a unit test (tests/unit/test_handshake.py).
 
 Two flows, the same roles: the sender is always SPAKE2 side A and sends the SDP

@@ -89,14 +89,14 @@ HELD_DATAGRAM_BYTES = 64 * 1024 * 1024
 def quic_available() -> bool:
     """qh3 is installed here (a platform without its wheel keeps the DataChannel).
     Found, not imported: importing it takes about 0.3 s, which only a transfer spends
-    (load_qh3, in the set-up's preload thread: sfs.app.preload_transports)."""
+    (load_qh3, in the set-up's preload thread: sfs.meeting.preload_transports)."""
     return importlib.util.find_spec("qh3") is not None
 
 
 def load_qh3(*, server: bool = True) -> None:
     """Import what QuicPath uses, and do once what its first connection would.
 
-    Run in a thread while the set-up waits (sfs.app.preload_transports): qh3's first
+    Run in a thread while the set-up waits (sfs.meeting.preload_transports): qh3's first
     handshake on either side costs 30-40 ms of one-time work (measured: the first
     ``connect`` 39 ms, the next 0.5 ms), and the receiver's first certificate another
     30 ms of imports; on the critical path, each came before a datagram could leave.
